@@ -1,0 +1,60 @@
+"""One logged event, custom or exposure, in the shape Statsig's wire format carries."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+GATE_EXPOSURE = "statsig::gate_exposure"
+CONFIG_EXPOSURE = "statsig::config_exposure"
+
+JSONValue = str | int | float | bool | None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class Event:
+    """An event as logged on the request path.
+
+    ``user`` is the Statsig user dictionary as the wire carries it (``userID``,
+    ``customIDs``, ``country``...; never the raw IP). ``exposure`` and ``group``
+    are flagware's own bookkeeping for exposures (the gate or config name and,
+    for experiments, the group), kept in columns so results can aggregate in SQL.
+    """
+
+    name: str
+    user: dict[str, Any]
+    value: str | float | int | None = None
+    metadata: dict[str, Any] | None = None
+    time: int = field(default_factory=now_ms)
+    secondary_exposures: list[dict[str, str]] | None = None
+    exposure: str | None = None
+    group: str | None = None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.user.get("userID")
+
+    @property
+    def stable_id(self) -> str | None:
+        ids = self.user.get("customIDs")
+        return ids.get("stableID") if ids else None
+
+    def to_wire(self) -> dict[str, Any]:
+        """The event as the SDK posts it to ``/log_event``."""
+        wire: dict[str, Any] = {"eventName": self.name, "user": self.user, "time": self.time}
+        if self.value is not None:
+            wire["value"] = self.value
+        if self.metadata is not None:
+            wire["metadata"] = self.metadata
+        if self.secondary_exposures is not None:
+            wire["secondaryExposures"] = self.secondary_exposures
+        return wire
+
+    def payload(self) -> str:
+        return json.dumps(self.to_wire(), separators=(",", ":"), default=str)
