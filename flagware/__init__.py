@@ -1,0 +1,1 @@
+"""flagware: feature gates, experiments and server-side events for any WSGI app."""
