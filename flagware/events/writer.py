@@ -1,0 +1,116 @@
+"""The in-memory queue and the background thread that appends it to the store.
+
+The request path only does ``SimpleQueue.put`` (a C call that never blocks).
+A daemon thread drains the queue every ``flush_interval`` seconds into one
+SQLite transaction. Everything here is per process: after a fork the child
+gets a fresh queue and thread on first use, and the events it inherited in the
+copied queue are left to the parent, which owns them (storing them twice
+would duplicate them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+from flagware.events.model import Event
+from flagware.events.store import EventStore
+
+log = logging.getLogger("flagware")
+
+MAX_BATCH = 5000
+
+
+class EventWriter:
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        deliver: bool = False,
+        flush_interval: float = 0.2,  # the most a kill -9 can lose
+        on_stored: Callable[[int], None] | None = None,
+        on_error: Callable[[BaseException, str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.deliver = deliver
+        self.flush_interval = flush_interval
+        self.on_stored = on_stored
+        self.on_error = on_error
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.stored = 0
+
+    def put(self, event: Event) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._queue.put(event)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            # Fresh state in a new process: inherited events belong to the parent.
+            self._queue = queue.SimpleQueue()
+            self._wake = threading.Event()
+            self._stop = threading.Event()
+            self._flush_lock = threading.Lock()
+            self._thread = threading.Thread(target=self._run, name="flagware-writer", daemon=True)
+            self._pid = os.getpid()
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> int:
+        """Store everything queued so far; returns how many events were stored."""
+        if self._pid != os.getpid():
+            return 0
+        total = 0
+        with self._flush_lock:
+            while True:
+                batch: list[Event] = []
+                try:
+                    while len(batch) < MAX_BATCH:
+                        batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    pass
+                if not batch:
+                    break
+                try:
+                    self.store.append(batch, deliver=self.deliver)
+                except Exception as exc:  # keep the events: put them back for the next try
+                    for event in batch:
+                        self._queue.put(event)
+                    if self.on_error is not None:
+                        self.on_error(exc, "event store")
+                    else:
+                        log.exception("flagware: could not store events")
+                    break
+                total += len(batch)
+        if total:
+            self.stored += total
+            if self.on_stored is not None:
+                self.on_stored(total)
+        return total
+
+    def close(self) -> None:
+        """Stop the thread and store everything queued (this process only)."""
+        if self._pid != os.getpid():
+            return
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self.flush()
+        self._pid = -1
