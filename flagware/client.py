@@ -1,0 +1,248 @@
+"""``Flagware``: configuration, the engine, the event pipeline and their lifecycle."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import secrets
+import threading
+from collections import Counter
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flagware import flags as _flags
+from flagware.engine import Engine, LocalEngine, StatsigEngine
+from flagware.events.model import Event
+from flagware.events.store import EventStore
+from flagware.events.writer import EventWriter
+
+if TYPE_CHECKING:
+    from flagware.events.delivery import Delivery
+    from flagware.identity import CustomResolver, UserResolver
+
+log = logging.getLogger("flagware")
+
+DEFAULT_SPEC = "flagware.toml"
+DEFAULT_EVENT_STORE = ".flagware/events.db"
+DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+
+
+class ConfigurationError(ValueError):
+    """flagware was configured in a way that cannot work; raised at start-up."""
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+class Flagware:
+    """One flagware client: an engine, an event store and, with Statsig, delivery.
+
+    Every option can be passed explicitly; the ones that hold secrets or paths
+    also come from the environment. Explicit arguments always win, so
+    ``Flagware(spec=...)`` is the local engine even where
+    ``STATSIG_SERVER_SECRET`` is set.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: str | os.PathLike[str] | None = None,  # local spec file (FLAGWARE_SPEC)
+        statsig_secret: str | None = None,  # STATSIG_SERVER_SECRET; selects the Statsig engine
+        statsig_api: str | None = None,  # base URL override for proxies and tests (STATSIG_API)
+        event_store: str | os.PathLike[str] | None = None,  # SQLite path (FLAGWARE_EVENT_STORE)
+        hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
+        user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
+        user_custom: CustomResolver | None = None,  # environ -> custom fields for conditions
+        allow_random_override: bool = False,  # honour ?random=1 (lets anyone pick a group)
+        cookie_name: str = "flagware_id",
+        cookie_max_age: int = 365 * 24 * 3600,
+        proxy_hops: int = 0,  # trusted X-Forwarded-For hops, applied with werkzeug's ProxyFix
+        send_ip: bool = False,  # the raw IP never leaves the process unless this is set
+        tier: str | None = None,  # environment tier for conditions (FLAGWARE_TIER)
+        init_timeout: float = 3.0,  # most a request waits for Statsig specs at start-up
+        shutdown_timeout: float = 5.0,  # how long close() keeps delivering
+        flush_interval: float = 0.2,  # how often queued events are written to the store
+        diagnostics: bool = False,  # serve the diagnostics page (see FlagwareMiddleware)
+    ) -> None:
+        if spec is not None and statsig_secret is not None:
+            raise ConfigurationError("pass either spec= (local engine) or statsig_secret=, not both")
+        if proxy_hops < 0:
+            raise ConfigurationError("proxy_hops must be 0 or more")
+        if spec is None and statsig_secret is None:
+            statsig_secret = _env("STATSIG_SERVER_SECRET")
+        if statsig_secret is None and spec is None:
+            spec = _env("FLAGWARE_SPEC") or DEFAULT_SPEC
+        self.event_store_path = Path(
+            event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+        )
+        self.allow_random_override = allow_random_override
+        self.cookie_name = cookie_name
+        self.cookie_max_age = cookie_max_age
+        self.proxy_hops = proxy_hops
+        self.send_ip = send_ip
+        self.tier = tier or _env("FLAGWARE_TIER")
+        self.user_id_resolver = user_id
+        self.custom_resolver = user_custom
+        self.shutdown_timeout = shutdown_timeout
+        self.diagnostics = diagnostics
+        self.errors: Counter[str] = Counter()
+        self._reported: set[tuple[str, type[BaseException]]] = set()
+        self._closed = False
+        self._lock = threading.Lock()
+
+        key = hash_key if hash_key is not None else _env("FLAGWARE_HASH_KEY")
+        self.engine: Engine
+        self.delivery: Delivery | None = None
+        if statsig_secret is not None:
+            if not statsig_secret.startswith("secret-"):
+                raise ConfigurationError(
+                    "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
+                )
+            if key is None:
+                raise ConfigurationError(
+                    "the Statsig engine needs a hash key, so the same visitor gets the same "
+                    "userID in every process and nothing reversible is sent: set "
+                    "FLAGWARE_HASH_KEY (e.g. `python -c 'import secrets; "
+                    "print(secrets.token_hex(32))'`) or pass hash_key="
+                )
+            api = (statsig_api or _env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
+            self.statsig_api = api
+            self.engine = StatsigEngine(
+                statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+            )
+        else:
+            assert spec is not None
+            self.statsig_api = None
+            self.engine = LocalEngine(spec, tier=self.tier)
+            if key is None:
+                key = self._local_hash_key()
+        self.hash_key: bytes = key.encode() if isinstance(key, str) else key
+
+        self.store = EventStore(self.event_store_path)
+        if statsig_secret is not None:
+            from flagware.events.delivery import Delivery
+
+            self.delivery = Delivery(
+                self.event_store_path,
+                secret=statsig_secret,
+                api=self.statsig_api or DEFAULT_STATSIG_API,
+            )
+        self.writer = EventWriter(
+            self.store,
+            deliver=self.delivery is not None,
+            flush_interval=flush_interval,
+            on_stored=self._on_stored,
+            on_error=self.report,
+        )
+        # Interpreter exit stores what is queued and delivers what it can.
+        _live_clients.add(self)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Flagware:
+        """Statsig when ``STATSIG_SERVER_SECRET`` is set, else the local spec.
+
+        Reads ``STATSIG_SERVER_SECRET``, ``STATSIG_API``, ``FLAGWARE_SPEC``,
+        ``FLAGWARE_EVENT_STORE``, ``FLAGWARE_HASH_KEY`` and ``FLAGWARE_TIER``;
+        keyword options win over them.
+        """
+        return cls(**options)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.kind
+
+    def _local_hash_key(self) -> str:
+        """The local engine's key: made once, kept beside the event store (mode 0600)."""
+        path = self.event_store_path.parent / "hash_key"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        log.warning(
+            "flagware: created a hash key for visitor IDs at %s; keep it (IDs change without "
+            "it) or set FLAGWARE_HASH_KEY",
+            path,
+        )
+        return key
+
+    # -- the event pipeline ----------------------------------------------------
+
+    def log(self, event: Event) -> None:
+        """Queue an event for the store (and Statsig). O(1); never touches disk or network."""
+        self.writer.put(event)
+        if _flags.listeners:
+            for listener in tuple(_flags.listeners):
+                listener(event)
+
+    def _on_stored(self, count: int) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
+
+    def flush(self) -> None:
+        """Store everything queued so far (tests and the CLI use it)."""
+        self.writer.flush()
+
+    def report(self, exc: BaseException, where: str) -> None:
+        """Count an internal failure and log it once per place and kind."""
+        self.errors[where] += 1
+        key = (where, type(exc))
+        if key not in self._reported:
+            self._reported.add(key)
+            log.error(
+                "flagware: %s failed (serving defaults; logged once, counted in "
+                "Flagware.errors)",
+                where,
+                exc_info=exc,
+            )
+
+    def close(self) -> None:
+        """Store everything queued, deliver for up to ``shutdown_timeout`` s, and stop."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_clients.discard(self)
+        self.writer.close()
+        if self.delivery is not None:
+            try:
+                self.delivery.drain(self.shutdown_timeout)
+            finally:
+                self.delivery.close()
+        self.engine.close()
+        self.store.close()
+
+    def __enter__(self) -> Flagware:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Flagware engine={self.engine_name} store={str(self.event_store_path)!r}>"
+
+
+# Strong references: a client dropped without close() must still be flushed at exit.
+_live_clients: set[Flagware] = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    for client in list(_live_clients):
+        try:
+            client.close()
+        except Exception:
+            log.exception("flagware: closing at exit failed")
+
+

@@ -1,0 +1,163 @@
+"""``flagware demo``: the seed lab's Flask app with thousands of simulated visitors.
+
+Each visitor is a fresh browser (no cookie) from its own IP and country. It
+opens the signup page, and clicks with a probability that depends on the
+button colour it saw, so the results at the end have a real effect to find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+from flagware.client import Flagware
+
+CLICK_RATE = {"Control": 0.10, "Red": 0.13}  # the demo's "true" effect
+AGENTS = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/126.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 Firefox/127.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Version/17.5 Mobile/15E148 Safari/604.1",
+]
+
+
+def find_demo_app(app_dir: str | None = None) -> ModuleType:
+    """Import examples/flask_demo/app.py from a clone (or ``--app-dir``)."""
+    here = Path(app_dir) if app_dir else Path(__file__).resolve().parents[1] / "examples/flask_demo"
+    path = here / "app.py"
+    if not path.exists():
+        raise SystemExit(
+            f"flagware demo: no demo app at {path}; run it from a clone of flagware "
+            "or pass --app-dir"
+        )
+    spec = importlib.util.spec_from_file_location("flagware_flask_demo", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def progress(done: int, total: int, out: TextIO, width: int = 40) -> None:
+    filled = width * done // total
+    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors")
+    if done == total:
+        out.write("\n")
+    out.flush()
+
+
+def simulate(
+    app: Any, visitors: int, *, seed: int = 7, out: TextIO = sys.stderr
+) -> dict[str, dict[str, int]]:
+    """Drive ``visitors`` through the app in process; returns what they saw."""
+    from werkzeug.test import Client
+
+    rng = random.Random(seed)
+    seen: dict[str, dict[str, int]] = {"groups": {}, "banner": {"shown": 0, "hidden": 0}}
+    step = max(1, visitors // 100)
+    for i in range(visitors):
+        client = Client(app)  # a new browser: no cookie yet
+        environ = {"REMOTE_ADDR": f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"}
+        headers = {"User-Agent": rng.choice(AGENTS)}
+        page = client.get("/signup", environ_base=environ, headers=headers)
+        html = page.get_data(as_text=True)
+        group = html.split('data-group="', 1)[1].split('"', 1)[0] if "data-group" in html else ""
+        seen["groups"][group or "(none)"] = seen["groups"].get(group or "(none)", 0) + 1
+        seen["banner"]["shown" if 'id="banner"' in html else "hidden"] += 1
+        if rng.random() < CLICK_RATE.get(group, 0.10):
+            client.post("/signup/click", environ_base=environ, headers=headers)
+        if (i + 1) % step == 0 or i + 1 == visitors:
+            progress(i + 1, visitors, out)
+    return seen
+
+
+def run(args: argparse.Namespace) -> int:
+    module = find_demo_app(args.app_dir)
+    store = args.store or str(Path(tempfile.mkdtemp(prefix="flagware-demo-")) / "events.db")
+    client = Flagware(spec=module.SPEC, event_store=store, allow_random_override=True)
+    app = module.create_app(client)
+    if args.serve:
+        from werkzeug.serving import run_simple
+
+        print(f"flagware demo: http://{args.host}:{args.port}/signup  (events in {store})")
+        try:
+            run_simple(args.host, args.port, app, threaded=True)
+        finally:
+            client.close()
+        return 0
+
+    print(f"flagware demo: {args.visitors} visitors through the seed lab (local engine)")
+    started = time.perf_counter()
+    seen = simulate(app, args.visitors, seed=args.seed)
+    client.close()
+    elapsed = time.perf_counter() - started
+    print(f"\nWhat the visitors saw ({elapsed:.1f} s):")
+    for group, count in sorted(seen["groups"].items()):
+        print(f"  button_color {group:<10} {count:>6} visitors")
+    print(f"  new_signup banner shown to {seen['banner']['shown']} of {args.visitors}")
+    print(f"\nWhat was logged (in {store}):")
+    for name, count in _event_counts(store):
+        print(f"  {name:<28} {count:>6}")
+    _print_results(module.SPEC, store, args)
+    return 0
+
+
+def _event_counts(store: str) -> list[tuple[str, int]]:
+    from flagware.events.store import connect
+
+    conn = connect(store, readonly=True)
+    try:
+        rows = conn.execute("SELECT event, count(*) FROM events GROUP BY event ORDER BY event")
+        return [(str(name), int(count)) for name, count in rows]
+    finally:
+        conn.close()
+
+
+def _print_results(spec: Path, store: str, args: argparse.Namespace) -> None:
+    """The results table and HTML report, when the results module is available."""
+    try:
+        from flagware.results import command
+    except ImportError:
+        return
+    print()
+    command.run(
+        argparse.Namespace(
+            experiment="button_color",
+            spec=str(spec),
+            store=store,
+            alpha=0.1,
+            format="text",
+            output=None,
+        )
+    )
+    report = Path(store).with_name("button_color.html")
+    command.run(
+        argparse.Namespace(
+            experiment="button_color",
+            spec=str(spec),
+            store=store,
+            alpha=0.1,
+            format="html",
+            output=str(report),
+        )
+    )
+    print(f"\nHTML report: {report}")
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("demo", help="run the seed lab demo with simulated visitors")
+    parser.add_argument("--visitors", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--store", help="event store (default: a new temporary file)")
+    parser.add_argument("--app-dir", help="folder holding the demo's app.py")
+    parser.add_argument("--serve", action="store_true", help="serve the demo for a browser")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.set_defaults(func=run)

@@ -1,0 +1,86 @@
+"""The embedded engine: the TOML spec, compiled to a DCS document, evaluated offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from statsig.statsig_options import StatsigOptions
+from statsig.statsig_server import StatsigServer
+
+from flagware.engine.base import Engine
+from flagware.spec import Spec, compile_dcs, load_spec
+
+log = logging.getLogger("flagware")
+
+RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's mtime
+
+
+class LocalEngine(Engine):
+    """Gates and experiments from a local spec file, with the SDK's own evaluator.
+
+    Gates can change at any time, so the spec file is re-read when it changes
+    (checked at most once a second); a broken edit keeps the last good spec and
+    is logged, never raised into a request.
+    """
+
+    kind = "local"
+
+    def __init__(self, spec_path: str | os.PathLike[str], *, tier: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(spec_path)
+        self.tier = tier
+        self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
+        self._mtime = self._stat()
+        self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
+        self._reload_lock = threading.Lock()
+
+    def _stat(self) -> float:
+        try:
+            return self.path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    def _sdk_key(self) -> str:
+        return "secret-flagware-local"
+
+    def _options(self) -> StatsigOptions:
+        return StatsigOptions(
+            local_mode=True,
+            bootstrap_values=json.dumps(compile_dcs(self.spec)),
+            disable_all_logging=True,
+            disable_diagnostics=True,
+            tier=self.tier,
+        )
+
+    def server(self) -> StatsigServer:
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + RELOAD_CHECK_INTERVAL
+            self._maybe_reload()
+        return super().server()
+
+    def _maybe_reload(self) -> None:
+        if not self._reload_lock.acquire(blocking=False):
+            return
+        try:
+            mtime = self._stat()
+            if mtime == self._mtime:
+                return
+            self._mtime = mtime
+            try:
+                spec = load_spec(self.path)
+            except Exception as exc:
+                log.error("flagware: keeping the previous spec: %s", exc)
+                return
+            self.spec = spec
+            old, self._server = self._server, None  # the next call starts a server on the new spec
+            if old is not None and self._pid == os.getpid():
+                old.shutdown()
+            log.info("flagware: reloaded %s", self.path)
+        finally:
+            self._reload_lock.release()

@@ -1,0 +1,312 @@
+"""The per-request Flags object and ``current_flags()``.
+
+A Flags object is created for every request but does nothing until used: the
+identity, the Statsig user and each evaluation are computed on first use and
+memoised, so one request records at most one exposure per gate or experiment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from statsig.statsig_user import StatsigUser
+
+from flagware import identity
+from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from flagware.client import Flagware
+
+__all__ = ["Config", "Flags", "NoRequestError", "current_flags"]
+
+
+class NoRequestError(LookupError):
+    """Raised by ``current_flags()`` outside a request handled by the middleware."""
+
+
+_current: ContextVar[Flags | None] = ContextVar("flagware_flags", default=None)
+
+
+def current_flags() -> Flags:
+    """This request's flags. Raises :class:`NoRequestError` outside a request."""
+    flags = _current.get()
+    if flags is None:
+        raise NoRequestError(
+            "current_flags() was called outside a request handled by flagware: wrap the app "
+            "with FlagwareMiddleware (app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)), "
+            "use the Flask extension, or add flagware.django.FlagwareMiddleware to MIDDLEWARE"
+        )
+    return flags
+
+
+class Config:
+    """An experiment's or dynamic config's value for this request."""
+
+    __slots__ = ("group", "name", "params", "rule_id")
+
+    def __init__(
+        self, name: str, params: dict[str, Any], *, group: str | None = None, rule_id: str = ""
+    ) -> None:
+        self.name = name
+        self.group = group  # the experiment group, None when not in the experiment
+        self.rule_id = rule_id
+        self.params = params
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    def __repr__(self) -> str:
+        return f"Config({self.name!r}, group={self.group!r}, params={self.params!r})"
+
+
+class Overrides:
+    """Forced values for tests (see flagware.testing); empty and skipped otherwise."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, bool] = {}
+        self.configs: dict[str, Config] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.gates or self.configs)
+
+    def clear(self) -> None:
+        self.gates.clear()
+        self.configs.clear()
+
+
+overrides = Overrides()
+# Called with every event a client logs; the pytest plugin captures through it.
+listeners: list[Callable[[Event], None]] = []
+
+
+class Flags:
+    """One request's identity, gates, experiments and event logging."""
+
+    __slots__ = (
+        "_client",
+        "_configs",
+        "_environ",
+        "_gates",
+        "_minted",
+        "_stable_id",
+        "_user",
+        "_user_dict",
+        "_user_id",
+    )
+
+    def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
+        self._client = client
+        self._environ = environ
+        self._user_id: str | None = None
+        self._stable_id: str | None = None
+        self._minted: str | None = None  # a stableID to set in the response cookie
+        self._user: StatsigUser | None = None
+        self._user_dict: dict[str, Any] | None = None
+        self._gates: dict[str, bool] = {}
+        self._configs: dict[str, Config] = {}
+
+    # -- identity ---------------------------------------------------------------
+
+    @property
+    def stable_id(self) -> str:
+        if self._stable_id is None:
+            self._resolve_ids()
+        assert self._stable_id is not None  # set by _resolve_ids
+        return self._stable_id
+
+    @property
+    def user_id(self) -> str:
+        if self._user_id is None:
+            self._resolve_ids()
+        assert self._user_id is not None
+        return self._user_id
+
+    def _resolve_ids(self) -> None:
+        client, environ = self._client, self._environ
+        if client.allow_random_override and identity.wants_random(environ):
+            # Re-rolled for this request only, and never stored in the cookie,
+            # so the browser keeps its real identity.
+            self._user_id = self._stable_id = identity.new_id()
+            return
+        stable_id = identity.read_cookie(environ, client.cookie_name)
+        if not identity.is_valid_stable_id(stable_id):
+            stable_id = self._minted = identity.new_id()
+        self._stable_id = stable_id
+        user_id: str | None = None
+        if client.user_id_resolver is not None:
+            try:
+                resolved = client.user_id_resolver(environ)
+            except Exception as exc:
+                client.report(exc, "user_id resolver")
+                resolved = None
+            if resolved is not None and resolved != "":
+                user_id = str(resolved)
+        if user_id is None:
+            ip = identity.client_ip(environ)
+            # No usable address (a unix socket, a broken proxy): fall back to the
+            # cookie rather than hash "" and put every such visitor together.
+            user_id = identity.hash_ip(client.hash_key, ip) if ip else "s-" + stable_id
+        self._user_id = user_id
+
+    def statsig_user(self) -> StatsigUser:
+        """The Statsig user for this request, built once."""
+        if self._user is None:
+            self._user = self._build_user()
+        return self._user
+
+    def _build_user(self) -> StatsigUser:
+        client, environ = self._client, self._environ
+        ip = identity.client_ip(environ)
+        user: dict[str, Any] = {
+            "userID": self.user_id,
+            "customIDs": {"stableID": self.stable_id},
+        }
+        country = identity.country_of(ip)
+        if country:
+            user["country"] = country
+        if client.send_ip and ip:
+            user["ip"] = ip
+        agent = environ.get("HTTP_USER_AGENT")
+        if agent:
+            user["userAgent"] = agent
+        custom: Mapping[str, Any] | None = None
+        if client.custom_resolver is not None:
+            try:
+                custom = client.custom_resolver(environ)
+            except Exception as exc:
+                client.report(exc, "custom resolver")
+        if custom:
+            user["custom"] = dict(custom)
+        if client.tier:
+            user["statsigEnvironment"] = {"tier": client.tier}
+        self._user_dict = user
+        return StatsigUser(
+            user_id=user["userID"],
+            custom_ids=user["customIDs"],
+            country=user.get("country"),
+            ip=user.get("ip"),
+            user_agent=user.get("userAgent"),
+            custom=user.get("custom"),
+            _statsig_environment=user.get("statsigEnvironment"),
+        )
+
+    def _wire_user(self) -> dict[str, Any]:
+        if self._user_dict is None:
+            self.statsig_user()
+        assert self._user_dict is not None
+        return self._user_dict
+
+    # -- gates and configs ------------------------------------------------------
+
+    def gate(self, name: str) -> bool:
+        """Whether this request passes the gate. Evaluated once; False on any error."""
+        try:
+            return self._gates[name]
+        except KeyError:
+            pass
+        value = False
+        if overrides and name in overrides.gates:
+            value = overrides.gates[name]
+            self._gates[name] = value
+            return value
+        client = self._client
+        try:
+            result = client.engine.gate(self.statsig_user(), name)
+            value = result.value
+            client.log(
+                Event(
+                    GATE_EXPOSURE,
+                    self._wire_user(),
+                    metadata={
+                        "gate": name,
+                        "gateValue": "true" if value else "false",
+                        "ruleID": result.rule_id,
+                    },
+                    secondary_exposures=result.secondary_exposures,
+                    exposure=name,
+                )
+            )
+        except Exception as exc:
+            client.report(exc, "gate")
+        self._gates[name] = value
+        return value
+
+    def experiment(self, name: str) -> Config:
+        """This request's group and parameters. Evaluated once; defaults on any error."""
+        return self.config(name)
+
+    def config(self, name: str) -> Config:
+        """A dynamic config or experiment (Statsig evaluates both the same way)."""
+        try:
+            return self._configs[name]
+        except KeyError:
+            pass
+        if overrides and name in overrides.configs:
+            config = self._configs[name] = overrides.configs[name]
+            return config
+        client = self._client
+        config = Config(name, {})
+        try:
+            result = client.engine.config(self.statsig_user(), name)
+            config = Config(name, result.params, group=result.group, rule_id=result.rule_id)
+            client.log(
+                Event(
+                    CONFIG_EXPOSURE,
+                    self._wire_user(),
+                    metadata={
+                        "config": name,
+                        "ruleID": result.rule_id,
+                        "rulePassed": "true" if result.value else "false",
+                    },
+                    secondary_exposures=result.secondary_exposures,
+                    exposure=name,
+                    group=result.group,
+                )
+            )
+        except Exception as exc:
+            client.report(exc, "experiment")
+        self._configs[name] = config
+        return config
+
+    # -- events -----------------------------------------------------------------
+
+    def log_event(
+        self,
+        name: str,
+        value: str | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Log a custom event for this request's user (never raises)."""
+        client = self._client
+        try:
+            client.log(
+                Event(
+                    name,
+                    self._wire_user(),
+                    value=value,
+                    metadata=None if metadata is None else dict(metadata),
+                )
+            )
+        except Exception as exc:
+            client.report(exc, "log_event")
+
+    # -- middleware hooks -------------------------------------------------------
+
+    def _set_cookie_header(self) -> str | None:
+        if self._minted is None:
+            return None
+        client = self._client
+        secure = self._environ.get("wsgi.url_scheme") == "https"
+        return identity.cookie_header(
+            client.cookie_name, self._minted, secure=secure, max_age=client.cookie_max_age
+        )
+
+    def __repr__(self) -> str:
+        return f"<Flags gates={self._gates!r} configs={list(self._configs)!r}>"

@@ -1,0 +1,121 @@
+"""Who a request is: a private userID, a stableID cookie and a country.
+
+Everything here runs only when a request first reads its flags, never for
+requests that do not.
+
+- ``userID`` is the app's own user when a resolver returns one, else an
+  HMAC-SHA256 of the client IP under the secret ``hash_key``. The seed lab used
+  Python's ``hash()``, which is salted per process, so a visitor changed groups
+  between workers and restarts; a plain SHA-256 of an IPv4 address is reversed
+  by trying all 2**32 of them. A keyed HMAC is stable and not reversible.
+- ``stableID`` is a random 128-bit ID kept in a first-party cookie, minted on
+  first use and visible to the very request that mints it.
+- The country comes from the SDK's own offline ip3country table, so the raw IP
+  never has to leave the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.http import dump_cookie, parse_cookie
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+UserResolver = Callable[["WSGIEnvironment"], object]
+CustomResolver = Callable[["WSGIEnvironment"], Mapping[str, Any] | None]
+
+_STABLE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_id() -> str:
+    """A random 128-bit ID as 32 lowercase hex characters."""
+    return secrets.token_hex(16)
+
+
+def is_valid_stable_id(value: str | None) -> bool:
+    # Anything else (tampered, truncated, another app's cookie) is replaced,
+    # never trusted: it would otherwise let a client pick any bucket string.
+    return value is not None and _STABLE_ID.fullmatch(value) is not None
+
+
+def client_ip(environ: WSGIEnvironment) -> str | None:
+    """The client address, normalised; None when missing or not an IP.
+
+    Only ``REMOTE_ADDR`` is read. Behind proxies, werkzeug's ``ProxyFix`` (the
+    ``proxy_hops`` option) rewrites it from ``X-Forwarded-For`` for exactly the
+    configured number of hops; reading the header directly would let any client
+    choose its own identity.
+    """
+    raw = environ.get("REMOTE_ADDR")
+    if not raw or not isinstance(raw, str):
+        return None
+    return _normalise_ip(raw.strip())
+
+
+@lru_cache(maxsize=4096)
+def _normalise_ip(raw: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(raw.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # the same visitor over a dual-stack socket
+    return ip.compressed
+
+
+def hash_ip(key: bytes, ip: str) -> str:
+    """HMAC-SHA256 of the IP under the secret key, as 32 hex characters (128 bits)."""
+    return hmac.new(key, ip.encode("ascii"), hashlib.sha256).hexdigest()[:32]
+
+
+_country_lookup: Any = None
+
+
+def country_of(ip: str | None) -> str | None:
+    """ISO country code from the SDK's bundled ip3country table (IPv4 only)."""
+    global _country_lookup
+    if ip is None or ":" in ip:
+        return None
+    if _country_lookup is None:
+        from ip3country import CountryLookup  # shipped with the statsig SDK
+
+        _country_lookup = CountryLookup()
+    code = _country_lookup.lookupStr(ip)
+    return code if isinstance(code, str) and code != "--" else None
+
+
+def read_cookie(environ: WSGIEnvironment, name: str) -> str | None:
+    header = environ.get("HTTP_COOKIE")
+    # Fast path: most requests either have no cookies or not ours.
+    if not header or name not in header:
+        return None
+    try:
+        return parse_cookie(header).get(name)
+    except Exception:  # a malformed header is a missing cookie, never an error page
+        return None
+
+
+def cookie_header(name: str, value: str, *, secure: bool, max_age: int) -> str:
+    return dump_cookie(
+        name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="Lax"
+    )
+
+
+def wants_random(environ: WSGIEnvironment) -> bool:
+    """The seed lab's ``?random=1``: only ever honoured when the app opts in."""
+    query = environ.get("QUERY_STRING")
+    if not query or "random" not in query:
+        return False
+    for part in query.split("&"):
+        if part in ("random=1", "random=true"):
+            return True
+    return False
