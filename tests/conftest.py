@@ -68,3 +68,57 @@ def no_internet() -> Iterator[list[str]]:
         socket.socket.connect = _real_connect  # type: ignore[method-assign]
         socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
         socket.getaddrinfo = _real_getaddrinfo
+
+
+# -- flagware fixtures ----------------------------------------------------------
+
+SPEC = """
+[gates.new_signup]
+rollout = 50
+
+[gates.everyone]
+rollout = 100
+
+[gates.nobody]
+rollout = 0
+
+[experiments.button_color]
+unit = "stableID"
+allocation = 100
+groups = [
+  { name = "Control", weight = 50, params = { color = "blue" } },
+  { name = "Red",     weight = 50, params = { color = "red" } },
+]
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path: Any) -> Any:
+    path = tmp_path / "flagware.toml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture
+def make_client(tmp_path: Any, spec_file: Any) -> Iterator[Any]:
+    """Factory for local-engine clients on a fresh store; all closed after the test."""
+    from flagware import Flagware
+
+    made: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("spec", spec_file)
+        options.setdefault("event_store", tmp_path / "events.db")
+        options.setdefault("hash_key", "test-key")
+        client = Flagware(**options)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client: Any) -> Any:
+    return make_client()

@@ -1,0 +1,85 @@
+"""identity: private, stable user IDs; safe handling of bad addresses and cookies."""
+
+import hashlib
+
+import pytest
+
+from flagware import identity
+
+
+def test_hash_ip_is_stable_keyed_and_not_a_plain_digest() -> None:
+    a = identity.hash_ip(b"k1", "203.0.113.9")
+    assert a == identity.hash_ip(b"k1", "203.0.113.9")  # same in every process
+    assert a != identity.hash_ip(b"k2", "203.0.113.9")  # depends on the secret
+    assert a != identity.hash_ip(b"k1", "203.0.113.10")
+    assert a not in hashlib.sha256(b"203.0.113.9").hexdigest()  # not brute-forceable
+    assert len(a) == 32 and int(a, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    ("remote_addr", "expected"),
+    [
+        ("203.0.113.9", "203.0.113.9"),
+        (" 203.0.113.9 ", "203.0.113.9"),
+        ("2001:DB8:0:0::1", "2001:db8::1"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),  # dual-stack sockets: same visitor
+        ("fe80::1%eth0", "fe80::1"),
+        ("", None),
+        ("unknown", None),
+        ("999.1.1.1", None),
+        ("1.2.3.4, 5.6.7.8", None),  # a header value pasted into REMOTE_ADDR
+        (None, None),
+    ],
+)
+def test_client_ip_normalises_or_rejects(remote_addr: str | None, expected: str | None) -> None:
+    environ = {} if remote_addr is None else {"REMOTE_ADDR": remote_addr}
+    assert identity.client_ip(environ) == expected
+
+
+def test_client_ip_ignores_forwarding_headers() -> None:
+    environ = {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "8.8.8.8"}
+    assert identity.client_ip(environ) == "10.0.0.1"
+
+
+def test_country_comes_from_the_bundled_table() -> None:
+    assert identity.country_of("8.8.8.8") == "US"
+    assert identity.country_of("127.0.0.1") is None
+    assert identity.country_of("2001:db8::1") is None
+    assert identity.country_of(None) is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'flagware_id="unterminated',
+        "flagware_id=" + "\xff" * 40,
+        "flagware_id",
+        ";;;=;=flagware_id",
+        "flagware_id=0123456789abcdef0123456789abcdeg",
+    ],
+)
+def test_malformed_cookies_never_yield_a_valid_id(header: str) -> None:
+    value = identity.read_cookie({"HTTP_COOKIE": header}, "flagware_id")
+    assert not identity.is_valid_stable_id(value)
+
+
+def test_valid_cookie_is_read() -> None:
+    sid = identity.new_id()
+    value = identity.read_cookie({"HTTP_COOKIE": f"a=b; flagware_id={sid}"}, "flagware_id")
+    assert value == sid and identity.is_valid_stable_id(value)
+
+
+def test_cookie_header_attributes() -> None:
+    plain = identity.cookie_header("fw", "abc", secure=False, max_age=60)
+    assert "HttpOnly" in plain and "SameSite=Lax" in plain and "Path=/" in plain
+    assert "Secure" not in plain
+    assert "Secure" in identity.cookie_header("fw", "abc", secure=True, max_age=60)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("random=1", True), ("a=b&random=true", True), ("random=0", False), ("", False),
+     ("notrandom=1", False), ("r\xe9sum\xe9=1&random=1", True)],
+)
+def test_wants_random(query: str, expected: bool) -> None:
+    assert identity.wants_random({"QUERY_STRING": query}) is expected

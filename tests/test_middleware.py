@@ -1,0 +1,248 @@
+"""FlagwareMiddleware and Flags, end to end through werkzeug's test client and the real SDK."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Request, Response
+
+from flagware import FlagwareMiddleware, current_flags
+from flagware.flags import NoRequestError, _current
+
+
+def flags_app(reads: bool = True) -> Any:
+    """A WSGI app that reports what its request's flags are."""
+
+    @Request.application  # type: ignore[misc]
+    def app(request: Request) -> Response:
+        if not reads:
+            return Response("plain")
+        flags = current_flags()
+        assert request.environ["flagware.flags"] is flags
+        exp = flags.experiment("button_color")
+        body = {
+            "user_id": flags.user_id,
+            "stable_id": flags.stable_id,
+            "gate": flags.gate("new_signup"),
+            "group": exp.group,
+            "color": exp.get("color", "none"),
+        }
+        return Response(json.dumps(body), mimetype="application/json")
+
+    return app
+
+
+def stored(client: Any) -> list[dict[str, Any]]:
+    client.flush()
+    return list(client.store.iter_events())
+
+
+def test_request_that_reads_no_flags_gets_no_cookie_and_no_events(client: Any) -> None:
+    http = Client(FlagwareMiddleware(flags_app(reads=False), client))
+    response = http.get("/")
+    assert response.text == "plain"
+    assert "Set-Cookie" not in response.headers
+    assert stored(client) == []
+
+
+def test_first_use_mints_a_cookie_visible_to_the_same_request(client: Any) -> None:
+    http = Client(FlagwareMiddleware(flags_app(), client))
+    first = http.get("/", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    body = first.json
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith(f"flagware_id={body['stable_id']};")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    # The browser sends it back: same IDs, same group, no new cookie.
+    second = http.get("/", environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    assert second.json == body
+    assert "Set-Cookie" not in second.headers
+
+
+def test_cookie_is_secure_on_https(client: Any) -> None:
+    http = Client(FlagwareMiddleware(flags_app(), client))
+    response = http.get("/", base_url="https://example.test/")
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_user_id_is_the_hmac_of_the_ip_and_stable_across_clients(make_client: Any, tmp_path: Any) -> None:
+    a = make_client()
+    b = make_client(event_store=tmp_path / "other.db")  # another process, same key
+    ids = [
+        Client(FlagwareMiddleware(flags_app(), c)).get("/", environ_base={"REMOTE_ADDR": "198.51.100.4"}).json["user_id"]
+        for c in (a, b)
+    ]
+    from flagware.identity import hash_ip
+
+    assert ids[0] == ids[1] == hash_ip(b"test-key", "198.51.100.4")
+    assert "198.51.100.4" not in json.dumps(stored(a))
+
+
+def test_user_id_resolver_wins_and_its_failure_falls_back(make_client: Any) -> None:
+    ok = make_client(user_id=lambda environ: environ.get("HTTP_X_USER"))
+    http = Client(FlagwareMiddleware(flags_app(), ok))
+    assert http.get("/", headers={"X-User": "42"}).json["user_id"] == "42"
+    assert http.get("/").json["user_id"] != "42"  # None: falls back to the IP hash
+
+    def broken(environ: Any) -> str:
+        raise RuntimeError("db down")
+
+    bad = make_client(user_id=broken, event_store=ok.event_store_path.with_name("b.db"))
+    response = Client(FlagwareMiddleware(flags_app(), bad)).get("/", environ_base={"REMOTE_ADDR": "203.0.113.1"})
+    assert response.status_code == 200 and len(response.json["user_id"]) == 32
+    assert bad.errors["user_id resolver"] == 1
+
+
+def test_each_evaluation_is_memoised_with_one_exposure_per_name(client: Any) -> None:
+    @Request.application  # type: ignore[misc]
+    def app(request: Request) -> Response:
+        flags = current_flags()
+        values = {flags.gate("new_signup") for _ in range(5)}
+        groups = {flags.experiment("button_color").group for _ in range(5)}
+        assert len(values) == 1 and len(groups) == 1
+        flags.log_event("clicked", value=1, metadata={"plan": "pro"})
+        return Response("ok")
+
+    Client(FlagwareMiddleware(app, client)).get("/")
+    events = stored(client)
+    names = sorted(e["event"] for e in events)
+    assert names == ["clicked", "statsig::config_exposure", "statsig::gate_exposure"]
+    clicked = next(e for e in events if e["event"] == "clicked")
+    assert clicked["value"] == 1 and clicked["metadata"] == {"plan": "pro"}
+    exposure = next(e for e in events if e["event"] == "statsig::config_exposure")
+    assert exposure["metadata"]["config"] == "button_color"
+    assert exposure["group"] in ("Control", "Red")
+    assert len({e["stable_id"] for e in events}) == 1
+
+
+def test_experiment_params_match_the_group(client: Any) -> None:
+    http = Client(FlagwareMiddleware(flags_app(), client))
+    seen = {}
+    for i in range(60):
+        body = Client(FlagwareMiddleware(flags_app(), client)).get("/", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).json
+        seen[body["group"]] = body["color"]
+    assert seen == {"Control": "blue", "Red": "red"}
+    assert http is not None
+
+
+def test_random_override_only_when_allowed(make_client: Any, tmp_path: Any) -> None:
+    strict = make_client()
+    http = Client(FlagwareMiddleware(flags_app(), strict))
+    first = http.get("/?random=1").json
+    assert http.get("/?random=1").json["stable_id"] == first["stable_id"]
+
+    lab = make_client(allow_random_override=True, event_store=tmp_path / "lab.db")
+    http = Client(FlagwareMiddleware(flags_app(), lab))
+    base = http.get("/").json
+    rolled = [http.get("/?random=1") for _ in range(30)]
+    assert len({r.json["stable_id"] for r in rolled}) == 30
+    assert all("Set-Cookie" not in r.headers for r in rolled)  # the browser keeps its identity
+    assert {r.json["group"] for r in rolled} == {"Control", "Red"}
+    assert http.get("/").json == base
+
+
+def test_response_iterable_is_untouched_and_closed_exactly_once(client: Any) -> None:
+    closes = []
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            yield b"a"
+            yield b"b"
+
+        def close(self) -> None:
+            closes.append(1)
+
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        current_flags().gate("new_signup")
+        return Body()
+
+    response = Client(FlagwareMiddleware(app, client)).get("/")
+    assert response.get_data() == b"ab"
+    response.close()
+    assert closes == [1]
+
+
+def test_contextvar_is_reset_after_the_request_even_when_the_app_raises(client: Any) -> None:
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        current_flags()
+        raise ValueError("view bug")
+
+    with pytest.raises(ValueError):
+        Client(FlagwareMiddleware(app, client)).get("/")
+    assert _current.get() is None
+    with pytest.raises(NoRequestError, match="FlagwareMiddleware"):
+        current_flags()
+
+
+def test_engine_failure_serves_defaults_logs_once_and_counts(client: Any, caplog: Any) -> None:
+    def explode(*args: Any) -> Any:
+        raise RuntimeError("engine broke")
+
+    client.engine.gate = explode
+    client.engine.config = explode
+    http = Client(FlagwareMiddleware(flags_app(), client))
+    for _ in range(3):
+        body = http.get("/").json
+        assert body["gate"] is False and body["group"] is None and body["color"] == "none"
+    assert client.errors["gate"] == 3 and client.errors["experiment"] == 3
+    assert sum("gate failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_proxy_hops_trust_exactly_the_configured_forwarding(make_client: Any, tmp_path: Any) -> None:
+    direct = make_client()
+    spoofed = {"REMOTE_ADDR": "10.0.0.1"}
+    headers = {"X-Forwarded-For": "8.8.8.8"}
+    a = Client(FlagwareMiddleware(flags_app(), direct)).get("/", environ_base=spoofed, headers=headers)
+    b = Client(FlagwareMiddleware(flags_app(), direct)).get("/", environ_base=spoofed)
+    assert a.json["user_id"] == b.json["user_id"]  # the header is ignored without proxy_hops
+
+    proxied = make_client(proxy_hops=1, event_store=tmp_path / "p.db")
+    from flagware.identity import hash_ip
+
+    c = Client(FlagwareMiddleware(flags_app(), proxied)).get(
+        "/", environ_base=spoofed, headers={"X-Forwarded-For": "6.6.6.6, 8.8.8.8"}
+    )
+    assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"REMOTE_ADDR": ""},
+        {"REMOTE_ADDR": "not-an-ip"},
+        {"REMOTE_ADDR": "2001:db8::7"},
+        {"REMOTE_ADDR": "::ffff:198.51.100.4"},
+        {"QUERY_STRING": "x=\xff\xfe&random=1"},
+        {"HTTP_COOKIE": "flagware_id=\"\\\xff; ; =="},
+        {"HTTP_USER_AGENT": "\x00\xff garbage"},
+    ],
+)
+def test_bad_input_never_breaks_the_request(client: Any, environ: dict[str, str]) -> None:
+    response = Client(FlagwareMiddleware(flags_app(), client)).get("/", environ_overrides=environ)
+    assert response.status_code == 200
+    body = response.json
+    assert len(body["stable_id"]) == 32 and body["user_id"]
+    assert sum(client.errors.values()) == 0
+
+
+def test_missing_remote_addr_falls_back_to_the_stable_id(client: Any) -> None:
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        environ.pop("REMOTE_ADDR", None)
+        flags = current_flags()
+        start_response("200 OK", [])
+        return [f"{flags.user_id} {flags.stable_id}".encode()]
+
+    user_id, stable_id = Client(FlagwareMiddleware(app, client)).get("/").text.split()
+    assert user_id == "s-" + stable_id
+
+
+def test_raw_ip_never_stored_country_is(client: Any) -> None:
+    Client(FlagwareMiddleware(flags_app(), client)).get("/", environ_base={"REMOTE_ADDR": "8.8.8.8"})
+    client.flush()
+    payloads = [row[0] for row in client.store._conn().execute("SELECT payload FROM events")]
+    assert payloads and all("8.8.8.8" not in p for p in payloads)
+    assert all(json.loads(p)["user"]["country"] == "US" for p in payloads)
