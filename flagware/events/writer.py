@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 
 from flagware.events.model import Event
@@ -22,6 +23,19 @@ from flagware.events.store import EventStore
 log = logging.getLogger("flagware")
 
 MAX_BATCH = 5000
+
+_writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock some parent thread held at the fork stays held forever in the
+    # child: give every writer fresh locks before anything can use them.
+    for writer in list(_writers):
+        writer._start_lock = threading.Lock()
+        writer._flush_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EventWriter:
@@ -39,36 +53,39 @@ class EventWriter:
         self.flush_interval = flush_interval
         self.on_stored = on_stored
         self.on_error = on_error
-        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._pid = -1
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stored = 0
+        _writers.add(self)
 
     def put(self, event: Event) -> None:
+        """Queue one event: O(1), never blocks, safe from any thread."""
         if self._pid != os.getpid():
             self._start()
         self._queue.put(event)
 
     def _start(self) -> None:
-        with self._lock:
+        with self._start_lock:
             if self._pid == os.getpid():
                 return
             # Fresh state in a new process: inherited events belong to the parent.
             self._queue = queue.SimpleQueue()
             self._wake = threading.Event()
             self._stop = threading.Event()
-            self._flush_lock = threading.Lock()
             self._thread = threading.Thread(target=self._run, name="flagware-writer", daemon=True)
             self._pid = os.getpid()
             self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
+        stop, wake = self._stop, self._wake
+        while not stop.is_set():
+            wake.wait(self.flush_interval)
+            wake.clear()
             self.flush()
 
     def flush(self) -> int:
@@ -78,12 +95,7 @@ class EventWriter:
         total = 0
         with self._flush_lock:
             while True:
-                batch: list[Event] = []
-                try:
-                    while len(batch) < MAX_BATCH:
-                        batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    pass
+                batch = self._take(MAX_BATCH)
                 if not batch:
                     break
                 try:
@@ -102,6 +114,16 @@ class EventWriter:
             if self.on_stored is not None:
                 self.on_stored(total)
         return total
+
+    def _take(self, limit: int) -> list[Event]:
+        batch: list[Event] = []
+        get = self._queue.get_nowait
+        try:
+            while len(batch) < limit:
+                batch.append(get())
+        except queue.Empty:
+            pass
+        return batch
 
     def close(self) -> None:
         """Stop the thread and store everything queued (this process only)."""

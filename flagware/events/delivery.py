@@ -1,0 +1,486 @@
+"""Delivery: forwards stored events to Statsig's ``POST {api}/log_event``.
+
+Events reach Statsig from the SQLite store, never from memory, so whatever
+was stored survives an outage, a restart or a crash. A batch is leased in the
+store before it is sent (see ``EventStore.claim``) and marked delivered only
+on a 2xx, so processes sharing one store never send the same event twice.
+
+Failures:
+- connection errors, timeouts, 408, 429 and 5xx give the batch back and back
+  off (capped exponential, jittered, shared by this process's threads), with
+  no limit on attempts while an event is younger than ``max_age``;
+- 413 halves the batch size; other 4xx park the batch (``delivery = 2``) with
+  one log line, since sending it again cannot succeed.
+
+Everything runtime (threads, HTTP connections, SQLite connections) belongs to
+one process and is created lazily on first use in that process, so a fork
+(gunicorn ``--preload``) never shares any of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import importlib.metadata
+import itertools
+import json
+import logging
+import os
+import platform
+import random
+import ssl
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from flagware.events.store import DELIVERED, PARKED, Batch, EventStore, StoreStats, lease_owner
+
+log = logging.getLogger("flagware")
+
+DEFAULT_API = "https://statsigapi.net/v1"
+SDK_TYPE = "py-server"  # events are the SDK's own, so Statsig files them as such
+
+
+def _sdk_version() -> str:
+    try:
+        return importlib.metadata.version("statsig")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.72.1"
+
+
+SDK_VERSION = _sdk_version()
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    backlog: int  # events stored for Statsig and not yet delivered, dropped or parked
+    delivered: int
+    retried: int  # failed sends that were (or will be) tried again
+    dropped: int  # older than max_age before they could be delivered
+    parked: int  # rejected by Statsig with a non-retryable 4xx
+    oldest_age: float | None  # seconds since the oldest undelivered event was logged
+
+    @classmethod
+    def from_store(cls, stats: StoreStats) -> DeliveryStats:
+        oldest = stats.oldest_pending_ms
+        return cls(
+            backlog=stats.backlog,
+            delivered=stats.delivered,
+            retried=stats.retried,
+            dropped=stats.dropped,
+            parked=stats.parked,
+            oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
+        )
+
+
+class DeliveryRejected(Exception):
+    """Statsig answered a batch with a 4xx that retrying cannot fix."""
+
+
+class _Runtime:
+    """One process's delivery state. Never used in another process."""
+
+    def __init__(self, store_path: Path, batch_size: int) -> None:
+        self.pid = os.getpid()
+        self.store = EventStore(store_path)
+        self.nonce = uuid.uuid4().hex[:8]
+        self.session_id = str(uuid.uuid4())
+        self.batches = itertools.count()  # next() is atomic in CPython
+        self.batch_size = batch_size
+        self.lock = threading.Lock()
+        self.wake = threading.Event()  # new events stored
+        self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.failures = 0  # consecutive failed sends, shared by the threads
+        self.retry_at = 0.0  # monotonic time before which nobody sends
+        self.draining = 0
+        self.inflight = 0  # threads between claim and settle
+
+
+_deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The start lock may have been held by a parent thread at the fork.
+    for delivery in list(_deliveries):
+        delivery._start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Delivery:
+    def __init__(
+        self,
+        store_path: str | os.PathLike[str],
+        *,
+        secret: str,
+        api: str = DEFAULT_API,
+        max_age: float = 7 * 86400,  # older undelivered events are dropped and counted
+        # Well above the API's normal latency: a timeout after the API accepted a
+        # batch is the one way an event can be sent twice.
+        request_timeout: float = 30.0,
+        batch_size: int = 1000,
+        concurrency: int = 2,  # requests in flight per process
+        retry_min: float = 0.5,  # first backoff, doubled per consecutive failure
+        retry_max: float = 60.0,  # backoff cap
+        poll_interval: float = 2.0,  # idle re-check for other processes' leftovers
+        on_error: Callable[[BaseException, str], None] | None = None,
+    ) -> None:
+        parts = urlsplit(api)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"statsig api must be an http(s) URL, got {api!r}")
+        self.store_path = Path(store_path)
+        self.secret = secret
+        self.api = api
+        self.max_age = max_age
+        self.request_timeout = request_timeout
+        # A lease outlives any request, so only a dead process's lease expires.
+        self.lease = max(60.0, 3 * request_timeout)
+        self.batch_size = batch_size
+        self.concurrency = max(1, concurrency)
+        self.retry_min = retry_min
+        self.retry_max = retry_max
+        self.poll_interval = poll_interval
+        self.on_error = on_error
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._path = parts.path.rstrip("/") + "/log_event"
+        self._start_lock = threading.Lock()
+        self._rt: _Runtime | None = None
+        self._closed_pid = -1
+        _deliveries.add(self)
+
+    # -- public -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New events were stored: send them soon. Cheap; starts the worker lazily."""
+        rt = self._running()
+        if rt is not None:
+            rt.wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver until nothing is left for this process to send, or ``timeout`` passes.
+
+        Returns True when the backlog this process can claim is empty. Events
+        another live process holds a lease on are that process's to send.
+        """
+        rt = self._running()
+        if rt is None:
+            return False
+        deadline = time.monotonic() + timeout
+        with rt.lock:
+            rt.draining += 1
+        try:
+            rt.store.release_dead_leases()
+            rt.kick.set()
+            rt.wake.set()
+            while True:
+                if rt.inflight == 0 and rt.store.claimable() == 0:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                rt.stop.wait(min(0.02, remaining))
+        finally:
+            with rt.lock:
+                rt.draining -= 1
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop this process's threads; a request still in flight after ``timeout`` is
+        left to finish or die with the process (its lease then expires)."""
+        with self._start_lock:
+            rt, self._rt = self._rt, None
+            self._closed_pid = os.getpid()
+        if rt is None or rt.pid != os.getpid():
+            return
+        rt.stop.set()
+        rt.wake.set()
+        rt.kick.set()
+        deadline = time.monotonic() + timeout
+        for thread in rt.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if not any(thread.is_alive() for thread in rt.threads):
+            rt.store.close()
+
+    def stats(self) -> DeliveryStats:
+        """Backlog and counters for the whole store (all processes sharing it)."""
+        rt = self._runtime()
+        return DeliveryStats.from_store(rt.store.stats())
+
+    # -- per-process runtime ------------------------------------------------------
+
+    def _runtime(self) -> _Runtime:
+        rt = self._rt
+        if rt is not None and rt.pid == os.getpid():
+            return rt
+        with self._start_lock:
+            rt = self._rt
+            if rt is None or rt.pid != os.getpid():
+                # Whatever a parent process left here is dropped unused: its
+                # threads do not exist in this process and its connections
+                # belong to the parent.
+                rt = self._rt = _Runtime(self.store_path, self.batch_size)
+            return rt
+
+    def _running(self) -> _Runtime | None:
+        """The runtime with its threads started, or None once closed in this process."""
+        if self._closed_pid == os.getpid():
+            return None
+        rt = self._runtime()
+        if not rt.threads:
+            with self._start_lock:
+                if not rt.threads:
+                    self._start(rt)
+        return rt
+
+    def _start(self, rt: _Runtime) -> None:
+        try:
+            rt.store.release_dead_leases()
+        except Exception as exc:
+            self._report(exc, "statsig delivery")
+        for i in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
+            )
+            rt.threads.append(thread)
+            thread.start()
+
+    # -- worker -------------------------------------------------------------------
+
+    def _work(self, rt: _Runtime) -> None:
+        sender = _Sender(self)
+        try:
+            while not rt.stop.is_set():
+                try:
+                    self._wait_backoff(rt)
+                    if rt.stop.is_set():
+                        break
+                    if not self._step(rt, sender):
+                        sender.close()  # idle: no stale keep-alive connection later
+                        rt.wake.wait(self.poll_interval)
+                except Exception as exc:  # a bug or a broken store: never kill the thread
+                    self._report(exc, "statsig delivery")
+                    self._failed(rt)
+        finally:
+            sender.close()
+            rt.store.close_thread()
+
+    def _step(self, rt: _Runtime, sender: _Sender) -> bool:
+        """Claim one batch and send it; False when there was nothing to claim."""
+        with rt.lock:
+            rt.inflight += 1
+        try:
+            rt.wake.clear()
+            owner = lease_owner(rt.nonce, next(rt.batches))
+            batch = rt.store.claim(
+                owner, limit=rt.batch_size, lease=self.lease, max_age=self.max_age
+            )
+            if batch is None:
+                return False
+            if len(batch) + batch.expired >= rt.batch_size:
+                rt.wake.set()  # probably more behind it: let the other threads in
+            if batch.expired:
+                log.warning(
+                    "flagware: dropped %d undelivered events older than %.0f s",
+                    batch.expired,
+                    self.max_age,
+                )
+            if batch.payloads:
+                self._send(rt, sender, batch)
+            return True
+        finally:
+            with rt.lock:
+                rt.inflight -= 1
+
+    def _send(self, rt: _Runtime, sender: _Sender, batch: Batch) -> None:
+        body = _body(batch.payloads, rt.session_id)
+        try:
+            status, reply, retry_after = sender.post(body, self._headers(rt, batch))
+        except (OSError, http.client.HTTPException) as exc:
+            self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
+            return
+        if 200 <= status < 300:
+            rt.store.settle(batch, DELIVERED)
+            self._succeeded(rt)
+        elif status in (408, 429) or status >= 500:
+            self._retry(rt, batch, f"HTTP {status}", retry_after)
+        elif status == 413 and len(batch) > 1:
+            rt.store.release(batch, failed=False)
+            with rt.lock:
+                rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
+            log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
+        else:
+            self._park(rt, batch, status, reply)
+
+    def _headers(self, rt: _Runtime, batch: Batch) -> dict[str, str]:
+        # What the SDK sends (statsig/http_worker.py _prepare_headers, batch_event_queue.py).
+        return {
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "Accept-Encoding": "gzip",
+            "User-Agent": USER_AGENT,
+            "STATSIG-API-KEY": self.secret,
+            "STATSIG-CLIENT-TIME": str(round(time.time() * 1000)),
+            "STATSIG-SERVER-SESSION-ID": rt.session_id,
+            "STATSIG-SDK-TYPE": SDK_TYPE,
+            "STATSIG-SDK-VERSION": SDK_VERSION,
+            "STATSIG-RETRY": str(batch.attempts),
+            "STATSIG-EVENT-COUNT": str(len(batch)),
+            "x-request-service": "unknown",
+        }
+
+    # -- outcomes -----------------------------------------------------------------
+
+    def _succeeded(self, rt: _Runtime) -> None:
+        with rt.lock:
+            recovered = rt.failures > 0
+            rt.failures = 0
+            rt.retry_at = 0.0
+        if recovered:
+            log.info("flagware: Statsig delivery recovered")
+
+    def _retry(self, rt: _Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
+        rt.store.release(batch, failed=True)
+        first = self._failed(rt, retry_after)
+        if first:
+            log.warning(
+                "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
+                " with backoff",
+                why,
+                self.store_path,
+            )
+
+    def _failed(self, rt: _Runtime, retry_after: float | None = None) -> bool:
+        """Back off every thread of this process; True for the first failure in a row."""
+        with rt.lock:
+            rt.failures += 1
+            cap = self.retry_max if not rt.draining else min(self.retry_max, 1.0)
+            ceiling = min(cap, self.retry_min * 2 ** min(rt.failures - 1, 30))
+            # Equal jitter: never less than half the delay, so processes that
+            # failed together do not all come back at the same instant.
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, cap))
+            rt.retry_at = max(rt.retry_at, time.monotonic() + delay)
+            return rt.failures == 1
+
+    def _wait_backoff(self, rt: _Runtime) -> None:
+        while not rt.stop.is_set():
+            remaining = rt.retry_at - time.monotonic()
+            if remaining <= 0:
+                return
+            if rt.kick.wait(remaining):
+                rt.kick.clear()  # a drain started: try once now
+                return
+
+    def _park(self, rt: _Runtime, batch: Batch, status: int, reply: bytes) -> None:
+        rt.store.settle(batch, PARKED)
+        detail = reply[:300].decode("utf-8", "replace").strip()
+        exc = DeliveryRejected(
+            f"Statsig rejected {len(batch)} events with HTTP {status} ({detail or 'no body'});"
+            f" parked in {self.store_path} (delivery = 2), not retried"
+        )
+        if self.on_error is not None:
+            self.on_error(exc, "statsig delivery")
+        log.error("flagware: %s", exc)
+
+    def _report(self, exc: BaseException, where: str) -> None:
+        if self.on_error is not None:
+            self.on_error(exc, where)
+        else:
+            log.error("flagware: %s failed", where, exc_info=exc)
+
+
+USER_AGENT = (
+    f"flagware python/{platform.python_version()} statsig-sdk-type/{SDK_TYPE}"
+    f" statsig-sdk-version/{SDK_VERSION} statsig-service/unknown"
+)
+
+
+def _body(payloads: list[str], session_id: str) -> bytes:
+    """The gzip ``log_event`` body. Stored payloads are already wire JSON: join, no re-encode."""
+    metadata = json.dumps(
+        {
+            "sdkVersion": SDK_VERSION,
+            "sdkType": SDK_TYPE,
+            "languageVersion": platform.python_version(),
+            "sessionID": session_id,
+        }
+    )
+    text = '{"events":[' + ",".join(payloads) + '],"statsigMetadata":' + metadata + "}"
+    # Level 6 compresses within a few percent of 9 at a fraction of the CPU.
+    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
+
+
+class _Sender:
+    """One keep-alive HTTP connection, owned by one worker thread."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            d = self._delivery
+            if d._https:
+                self._conn = http.client.HTTPSConnection(
+                    d._host, d._port, timeout=d.request_timeout, context=_ssl_context()
+                )
+            else:
+                self._conn = http.client.HTTPConnection(d._host, d._port, timeout=d.request_timeout)
+        return self._conn
+
+    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
+        """Status, body and Retry-After (seconds) of one POST; raises on transport errors."""
+        conn = self._connection()
+        try:
+            conn.request("POST", self._delivery._path, body=body, headers=headers)
+            response = conn.getresponse()
+            reply = response.read()
+        except BaseException:
+            self.close()  # the connection's state is unknown: never reuse it
+            raise
+        if response.getheader("Content-Encoding") == "gzip":
+            with contextlib.suppress(OSError, EOFError):  # it is only for the log line
+                reply = gzip.decompress(reply)
+        if response.will_close:
+            self.close()
+        return response.status, reply, _retry_after(response.getheader("Retry-After"))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+_ssl: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    global _ssl
+    if _ssl is None:
+        _ssl = ssl.create_default_context()
+    return _ssl
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
