@@ -1,0 +1,69 @@
+"""The Flask extension: factories, several apps, Jinja, async views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask, render_template_string
+
+from flagware import current_flags, log_event
+from flagware.flask import FlaskFlagware, get_client
+
+
+def create_app(ext: FlaskFlagware, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+    ext.init_app(app)
+
+    @app.get("/")
+    @log_event("home")
+    def home() -> str:
+        return render_template_string(
+            "{{ 'in' if flags.gate('everyone') else 'out' }} "
+            "{{ flags.experiment('button_color').get('color') }}"
+        )
+
+    @app.get("/async")
+    async def async_view() -> str:
+        return str(current_flags().gate("everyone"))
+
+    return app
+
+
+def test_factory_apps_get_their_own_clients(tmp_path: Any, spec_file: Any) -> None:
+    ext = FlaskFlagware()  # module-level in a real project, no app yet
+    opts = {"spec": spec_file, "hash_key": "k"}
+    a = create_app(ext, FLAGWARE={**opts, "event_store": tmp_path / "a.db"})
+    b = create_app(ext, FLAGWARE={**opts, "event_store": tmp_path / "b.db"})
+    try:
+        assert get_client(a) is a.extensions["flagware"] is not get_client(b)
+        assert a.test_client().get("/").text.split()[0] == "in"
+        with a.app_context():
+            assert get_client() is a.extensions["flagware"]
+        for app, expected in ((a, 1), (b, 0)):
+            client = get_client(app)
+            client.flush()
+            assert [e["event"] for e in client.store.iter_events()].count("home") == expected
+    finally:
+        get_client(a).close()
+        get_client(b).close()
+
+
+def test_jinja_templates_see_this_requests_flags(client: Any) -> None:
+    app = create_app(FlaskFlagware(client=client))
+    text = app.test_client().get("/").text
+    gate, color = text.split()
+    assert gate == "in" and color in ("blue", "red")
+
+
+def test_async_views(client: Any) -> None:
+    app = create_app(FlaskFlagware(client=client))
+    assert app.test_client().get("/async").text == "True"
+
+
+def test_init_app_twice_is_an_error(client: Any) -> None:
+    app = Flask(__name__)
+    ext = FlaskFlagware(app, client=client)
+    with pytest.raises(RuntimeError, match="already"):
+        ext.init_app(app)

@@ -1,0 +1,40 @@
+"""The seed lab as a Flask demo, and `flagware demo`."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from examples.flask_demo.app import SPEC, create_app
+from flagware.demo import simulate
+
+
+def test_demo_pages(make_client: Any) -> None:
+    client = make_client(spec=SPEC, allow_random_override=True)
+    http = create_app(client).test_client()
+    tasks = http.get("/tasks", environ_base={"REMOTE_ADDR": "192.0.2.8"}).json
+    assert len(tasks["tasks"]) == 3 and tasks["button_color"] in ("blue", "red")
+    rolled = {http.get("/tasks?random=1").json["button_color"] for _ in range(40)}
+    assert rolled == {"blue", "red"}  # the demo opts in to ?random=1
+
+    page = http.get("/signup")
+    assert page.status_code == 200 and 'id="signup"' in page.text
+    assert http.post("/signup/click").json == {"ok": True}
+    client.flush()
+    names = [e["event"] for e in client.store.iter_events()]
+    assert names.count("visited_signup") == 1 and names.count("signup_clicked") == 1
+
+
+def test_simulated_visitors_split_evenly_and_everything_is_logged(make_client: Any) -> None:
+    client = make_client(spec=SPEC)
+    app = create_app(client)
+    out = io.StringIO()
+    seen = simulate(app, 400, out=out)
+    assert sum(seen["groups"].values()) == 400
+    assert 150 < seen["groups"]["Control"] < 250 and 150 < seen["groups"]["Red"] < 250
+    assert 150 < seen["banner"]["shown"] < 250
+    assert "400/400 visitors" in out.getvalue()
+    client.flush()
+    names = [e["event"] for e in client.store.iter_events()]
+    assert names.count("visited_signup") == 400
+    assert names.count("statsig::config_exposure") == 400
