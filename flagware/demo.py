@@ -46,9 +46,13 @@ def find_demo_app(app_dir: str | None = None) -> ModuleType:
 
 
 def progress(done: int, total: int, out: TextIO, width: int = 40) -> None:
+    """A progress bar redrawn in place on a terminal, a line per tenth elsewhere."""
+    tty = out.isatty()
+    if not tty and done != total and done % max(1, total // 10):
+        return
     filled = width * done // total
-    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors")
-    if done == total:
+    out.write(f"{chr(13) if tty else ''}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors")
+    if done == total or not tty:
         out.write("\n")
     out.flush()
 
@@ -81,7 +85,10 @@ def simulate(
 def run(args: argparse.Namespace) -> int:
     module = find_demo_app(args.app_dir)
     store = args.store or str(Path(tempfile.mkdtemp(prefix="flagware-demo-")) / "events.db")
-    client = Flagware(spec=module.SPEC, event_store=store, allow_random_override=True)
+    # A fixed key: the demo's visitors are simulated, and its store is throwaway.
+    client = Flagware(
+        spec=module.SPEC, event_store=store, hash_key="flagware-demo", allow_random_override=True
+    )
     app = module.create_app(client)
     if args.serve:
         from werkzeug.serving import run_simple

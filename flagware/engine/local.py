@@ -20,6 +20,15 @@ log = logging.getLogger("flagware")
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's mtime
 
 
+def _not_local_mode_chatter(record: logging.LogRecord) -> bool:
+    # In local mode the SDK warns "Local mode is enabled. Not fetching ..." for
+    # every background task it skips; offline is the point here, not news.
+    return not str(record.msg).startswith("Local mode is enabled")
+
+
+logging.getLogger("statsig.sdk").addFilter(_not_local_mode_chatter)
+
+
 class LocalEngine(Engine):
     """Gates and experiments from a local spec file, with the SDK's own evaluator.
 
