@@ -1,0 +1,68 @@
+"""``flagware status``: how far Statsig delivery has got, read from the store.
+
+Works from any process (a shell, a health check) while the app runs: every
+figure is in the store, written by whichever process did the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from flagware.events.delivery import DeliveryStats
+from flagware.events.store import EventStore
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``flagware status --store PATH`` to the ``flagware`` command."""
+    parser = subparsers.add_parser(
+        "status", help="Statsig delivery: backlog, delivered, retried, dropped, parked"
+    )
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("FLAGWARE_EVENT_STORE") or ".flagware/events.db",
+        help="SQLite event store (default: $FLAGWARE_EVENT_STORE or .flagware/events.db)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.store)
+    if not path.exists():
+        print(f"flagware status: no event store at {path}", file=sys.stderr)
+        return 2
+    store = EventStore(path)
+    try:
+        stats = DeliveryStats.from_store(store.stats())
+    finally:
+        store.close()
+    print(format_stats(stats, path))
+    return 0
+
+
+def format_stats(stats: DeliveryStats, path: Path) -> str:
+    rows = [
+        ("store", str(path)),
+        ("backlog", f"{stats.backlog:,}"),
+        ("delivered", f"{stats.delivered:,}"),
+        ("retried", f"{stats.retried:,} (failed sends tried again)"),
+        ("dropped", f"{stats.dropped:,} (older than the maximum age)"),
+        ("parked", f"{stats.parked:,} (rejected by Statsig; see the log)"),
+        ("oldest undelivered", _age(stats.oldest_age)),
+    ]
+    return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -1,0 +1,171 @@
+"""EventStore: appends, reads, and the delivery leases and counters."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flagware.events.model import Event
+from flagware.events.store import (
+    DELIVERED,
+    DROPPED,
+    PARKED,
+    PENDING,
+    EventStore,
+    lease_owner,
+)
+
+
+def events(n: int, *, start: int = 0, age: float = 0.0) -> list[Event]:
+    t = int((time.time() - age) * 1000)
+    return [
+        Event("e", {"userID": f"u{i}"}, value=i, metadata={"uid": i}, time=t)
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[EventStore]:
+    s = EventStore(tmp_path / "events.db")
+    yield s
+    s.close()
+
+
+def states(store: EventStore) -> dict[int | None, int]:
+    rows = store._conn().execute("SELECT delivery, count(*) FROM events GROUP BY delivery")
+    return dict(rows.fetchall())
+
+
+def test_append_and_read(store: EventStore) -> None:
+    store.append(events(3), deliver=False)
+    rows = list(store.iter_events())
+    assert [r["value"] for r in rows] == [0, 1, 2]
+    assert rows[0]["user_id"] == "u0" and rows[0]["metadata"] == {"uid": 0}
+    assert store.count() == 3
+    assert states(store) == {None: 3}  # local only: never delivered
+
+
+def test_meta(store: EventStore) -> None:
+    assert store.get_meta("x") is None
+    store.set_meta("x", "1")
+    store.set_meta("x", "2")
+    assert store.get_meta("x") == "2"
+
+
+def test_old_store_gains_lease_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL,"
+        " event TEXT NOT NULL, user_id TEXT, stable_id TEXT, value TEXT, value_num REAL,"
+        " metadata TEXT, exposure TEXT, group_name TEXT, payload TEXT NOT NULL,"
+        " delivery INTEGER);"
+        "INSERT INTO events (time, event, payload, delivery) VALUES (1, 'old', '{}', 0);"
+    )
+    conn.commit()
+    conn.close()
+    store = EventStore(path)
+    batch = store.claim("me", limit=10, lease=60, max_age=1e12)
+    assert batch is not None and batch.payloads == ["{}"]
+    store.close()
+
+
+def test_claims_are_exclusive_until_settled(store: EventStore) -> None:
+    store.append(events(25), deliver=True)
+    a = store.claim("a", limit=10, lease=60, max_age=3600)
+    b = store.claim("b", limit=10, lease=60, max_age=3600)
+    c = store.claim("c", limit=10, lease=60, max_age=3600)
+    assert a and b and c
+    assert (len(a), len(b), len(c)) == (10, 10, 5)
+    assert store.claim("d", limit=10, lease=60, max_age=3600) is None
+    assert store.claimable() == 0
+    assert store.settle(a, DELIVERED) == 10
+    assert store.settle(a, DELIVERED) == 0  # settling twice changes nothing
+    store.settle(b, PARKED)
+    store.release(c, failed=True)
+    again = store.claim("e", limit=10, lease=60, max_age=3600)
+    assert again is not None and len(again) == 5 and again.attempts == 1
+    stats = store.stats()
+    assert (stats.backlog, stats.delivered, stats.parked, stats.retried) == (5, 10, 10, 1)
+    assert states(store) == {PENDING: 5, DELIVERED: 10, PARKED: 10}
+
+
+def test_expired_lease_is_claimable_and_old_owner_cannot_settle(store: EventStore) -> None:
+    store.append(events(5), deliver=True)
+    stale = store.claim("a", limit=10, lease=-1, max_age=3600)  # already expired
+    assert stale is not None
+    fresh = store.claim("b", limit=10, lease=60, max_age=3600)
+    assert fresh is not None and len(fresh) == 5
+    assert store.settle(stale, DELIVERED) == 0  # the lease moved on: no double count
+    assert store.settle(fresh, DELIVERED) == 5
+    assert store.stats().delivered == 5
+
+
+def test_old_events_are_dropped_at_claim(store: EventStore) -> None:
+    store.append(events(3, age=7200), deliver=True)
+    store.append(events(2, start=3), deliver=True)
+    batch = store.claim("a", limit=10, lease=60, max_age=3600)
+    assert batch is not None
+    assert batch.expired == 3 and len(batch) == 2
+    assert states(store)[DROPPED] == 3
+    assert store.stats().dropped == 3
+
+
+def test_dead_process_lease_is_released(store: EventStore) -> None:
+    store.append(events(4), deliver=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(proc.stdout)
+    owner = lease_owner("n", 1).replace(f"/{os.getpid()}/", f"/{dead_pid}/")
+    assert store.claim(owner, limit=10, lease=600, max_age=3600) is not None
+    mine = store.claim(lease_owner("n", 2), limit=10, lease=600, max_age=3600)
+    assert mine is None
+    store.append(events(1, start=4), deliver=True)
+    live = store.claim(lease_owner("n", 3), limit=10, lease=600, max_age=3600)  # ours: alive
+    assert live is not None
+    assert store.release_dead_leases() == 4
+    assert store.claimable() == 4
+
+
+def test_other_host_lease_waits_for_expiry(store: EventStore) -> None:
+    store.append(events(2), deliver=True)
+    assert store.claim("elsewhere/1/x/1", limit=10, lease=600, max_age=3600)
+    assert store.release_dead_leases() == 0
+    assert store.claimable() == 0
+
+
+def test_stats_oldest_pending(store: EventStore) -> None:
+    assert store.stats().oldest_pending_ms is None
+    store.append(events(1, age=30), deliver=True)
+    oldest = store.stats().oldest_pending_ms
+    assert oldest is not None and 29 <= time.time() - oldest / 1000 < 40
+
+
+def test_a_forked_child_opens_its_own_connection(store: EventStore) -> None:
+    store.append(events(1), deliver=False)
+    parent_conn = store._conn()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            child_conn = store._conn()
+            store.append(events(1, start=1), deliver=False)
+            code = 0 if child_conn is not parent_conn and store.count() == 2 else 3
+            store.close()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._conn() is parent_conn
+    assert store.count() == 2
