@@ -81,6 +81,9 @@ __all__ = [
     "Spec",
     "SpecError",
     "compile_dcs",
+    "derived_salt",
+    "gate_rule_id",
+    "group_rule_id",
     "load_spec",
     "parse_spec",
 ]
