@@ -502,6 +502,9 @@ def _condition(raw: Any, path: str) -> Condition:
             path, f"must be a table such as {{ country = [...] }}, not {_type_name(raw)}"
         )
     kinds = [k for k in _CONDITION_KEYS if k in raw]
+    if not kinds and raw:
+        # most likely a misspelt kind: point at the key itself
+        _known_keys(raw, path, set(_CONDITION_KEYS))
     if len(kinds) != 1:
         found = f"found {', '.join(kinds)}" if kinds else "found none"
         raise _Invalid(path, f"needs exactly one of {', '.join(_CONDITION_KEYS)} ({found})")

@@ -327,8 +327,8 @@ INVALID_SPECS = [
     ),
     (
         '[gates.x]\nconditions = [{ contry = ["US"] }]',
-        "gates.x.conditions[0]: needs exactly one of country, browser, os, field, tier"
-        " (found none)",
+        "gates.x.conditions[0].contry: unknown key"
+        " (expected one of: browser, country, field, os, tier)",
     ),
     (
         '[gates.x]\nconditions = [{ country = ["US"], any = true }]',
