@@ -1,0 +1,250 @@
+"""Experiments cannot change once started.
+
+The first stored exposure of an experiment records what decides who lands in
+which group and what they see (the spec's ``fingerprint_fields()``: unit, salt,
+groups, weights, params) in the store's ``meta`` table under
+``experiment:<name>``. Changing any of it mid-flight would mix units that saw
+different treatments in one group and make the results meaningless, so loading
+a spec that changes it fails, naming the change and the two ways out:
+
+- a new experiment name (a fresh experiment, a fresh analysis), or
+- ``restart = true``: the new definition is recorded and a new analysis window
+  starts; results count only exposures from the window start on.
+
+Allocation may grow freely (units already in keep their group); shrinking it
+takes units out of a running experiment, so it is treated like a change.
+
+The record (JSON in ``meta.value``)::
+
+    {"fingerprint": "...", "fields": {...}, "allocation": 50.0,
+     "started": <ms of the first record>, "window_start": <ms>, "restarts": 0}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flagware.events.model import now_ms
+from flagware.events.store import EventStore, connect
+from flagware.spec import ExperimentSpec, Spec, SpecError
+
+__all__ = ["StartRecord", "check_unchanged", "meta_key", "read_started", "record_started"]
+
+StoreRef = sqlite3.Connection | EventStore | str | os.PathLike[str]
+
+
+def meta_key(experiment: str) -> str:
+    return f"experiment:{experiment}"
+
+
+@dataclass(frozen=True)
+class StartRecord:
+    fingerprint: str
+    fields: dict[str, Any]
+    allocation: float  # the largest allocation seen so far
+    started: int  # ms: the first exposure ever recorded
+    window_start: int  # ms: the start of the current analysis window
+    restarts: int
+
+    @classmethod
+    def from_json(cls, text: str) -> StartRecord:
+        data = json.loads(text)
+        return cls(
+            fingerprint=str(data["fingerprint"]),
+            fields=dict(data["fields"]),
+            allocation=float(data.get("allocation", 0.0)),
+            started=int(data["started"]),
+            window_start=int(data.get("window_start", data["started"])),
+            restarts=int(data.get("restarts", 0)),
+        )
+
+
+# One statement, so concurrent writers (several processes on one store) cannot
+# interleave a read and a write. A new experiment inserts its record; an
+# existing one is rewritten only when
+# - the spec says restart and the definition changed (or allocation shrank):
+#   a new window starts, keeping the original start time and counting restarts;
+# - allocation grew: only the high-water mark moves.
+# Otherwise the row is left alone, which makes the call idempotent.
+_UPSERT = """
+INSERT INTO meta (key, value) VALUES (:key, :value)
+ON CONFLICT (key) DO UPDATE SET value = CASE
+    WHEN :restart AND (
+        json_extract(meta.value, '$.fingerprint') != :fingerprint
+        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation)
+    THEN json_set(
+        excluded.value,
+        '$.started', json_extract(meta.value, '$.started'),
+        '$.restarts', coalesce(json_extract(meta.value, '$.restarts'), 0) + 1)
+    ELSE json_set(meta.value, '$.allocation', :allocation)
+  END
+WHERE (:restart AND (
+        json_extract(meta.value, '$.fingerprint') != :fingerprint
+        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation))
+   OR (json_extract(meta.value, '$.fingerprint') = :fingerprint
+        AND coalesce(json_extract(meta.value, '$.allocation'), 0) < :allocation)
+"""
+
+
+def record_started(
+    store: StoreRef, experiment: ExperimentSpec, *, time_ms: int | None = None
+) -> None:
+    """Record that ``experiment`` has started (call it when its exposures are stored).
+
+    Cheap and idempotent: a single upsert that changes nothing once the
+    experiment is recorded with this definition. ``time_ms`` is when the
+    exposure happened (default now); it becomes the window start of a restart.
+    """
+    at = now_ms() if time_ms is None else int(time_ms)
+    fingerprint = experiment.fingerprint()
+    record = {
+        "fingerprint": fingerprint,
+        "fields": experiment.fingerprint_fields(),
+        "allocation": float(experiment.allocation),
+        "started": at,
+        "window_start": at,
+        "restarts": 0,
+    }
+    params = {
+        "key": meta_key(experiment.name),
+        "value": json.dumps(record, sort_keys=True, separators=(",", ":"), default=str),
+        "restart": 1 if experiment.restart else 0,
+        "fingerprint": fingerprint,
+        "allocation": float(experiment.allocation),
+    }
+    with _connection(store) as conn:
+        was_in_transaction = conn.in_transaction
+        conn.execute(_UPSERT, params)
+        # Commit only a transaction this call opened (legacy isolation levels
+        # open one implicitly); never the caller's.
+        if conn.in_transaction and not was_in_transaction:
+            conn.commit()
+
+
+def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
+    """The stored start record of ``experiment``, or None if it never started."""
+    with _connection(store) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key(experiment),))
+        found = row.fetchone()
+    return None if found is None else StartRecord.from_json(str(found[0]))
+
+
+def check_unchanged(
+    spec: Spec, store_path: str | os.PathLike[str], *, time_ms: int | None = None
+) -> None:
+    """Raise SpecError if a started experiment's definition changed in ``spec``.
+
+    Experiments marked ``restart = true`` whose definition changed get a new
+    analysis window starting now instead. A store that does not exist yet has
+    nothing started, so there is nothing to check.
+    """
+    if not Path(store_path).exists():
+        return
+    problems: list[str] = []
+    with _connection(store_path) as conn:
+        for experiment in spec.experiments.values():
+            record = read_started(conn, experiment.name)
+            if record is None:
+                continue
+            changes = describe_changes(record, experiment)
+            if not changes:
+                if record.allocation < experiment.allocation:
+                    record_started(conn, experiment, time_ms=time_ms)
+                continue
+            if experiment.restart:
+                record_started(conn, experiment, time_ms=time_ms)
+                continue
+            problems.append(_message(experiment.name, changes, record))
+    if problems:
+        where = f"{spec.source}: " if spec.source else ""
+        raise SpecError(where + "\n".join(problems))
+
+
+def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
+    """Human-readable changes between the recorded definition and ``experiment``."""
+    if record.fingerprint == experiment.fingerprint():
+        changes: list[str] = []
+    else:
+        # A JSON round trip gives the current fields the stored fields' types.
+        current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
+        changes = list(_diff(record.fields, current, ""))
+        if not changes:  # same fields, different hash: the fingerprint recipe changed
+            changes = ["the fingerprint changed"]
+    if experiment.allocation < record.allocation:
+        changes.append(
+            f"allocation shrank from {_show(record.allocation)} to {_show(experiment.allocation)}"
+            " (allocation may only grow)"
+        )
+    return changes
+
+
+def _message(name: str, changes: list[str], record: StartRecord) -> str:
+    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+    return (
+        f"experiments.{name}: {'; '.join(changes)} after the experiment started"
+        f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
+        f" either give the changed experiment a new name, or set `restart = true` in"
+        f" [experiments.{name}] to start a new analysis window from now (results then"
+        f" count only exposures from the restart on)."
+    )
+
+
+def _diff(old: Any, new: Any, path: str) -> Iterator[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                yield f"{sub} removed (was {_show(old[key])})"
+            elif key not in old:
+                yield f"{sub} added (= {_show(new[key])})"
+            else:
+                yield from _diff(old[key], new[key], sub)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _diff(a, b, f"{path}[{i}]")
+    elif path == "groups" and isinstance(old, list) and isinstance(new, list):
+        yield f"groups changed from {_group_names(old)} to {_group_names(new)}"
+    elif old != new:
+        yield f"{path} changed from {_show(old)} to {_show(new)}"
+
+
+def _group_names(groups: list[Any]) -> str:
+    names = [str(g.get("name")) if isinstance(g, dict) else str(g) for g in groups]
+    return "[" + ", ".join(names) + "]"
+
+
+def _show(value: Any) -> str:
+    """A value as it would be written in the TOML spec (50, not 50.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class _connection:
+    """Use the caller's connection as is, or open (and close) one for a path."""
+
+    def __init__(self, store: StoreRef) -> None:
+        self._owned: sqlite3.Connection | None = None
+        if isinstance(store, sqlite3.Connection):
+            self._conn = store
+        elif isinstance(store, EventStore):
+            # The store's per-thread connection: no new file handle per call.
+            self._conn = store._conn()
+        else:
+            self._owned = self._conn = connect(store)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._conn
+
+    def __exit__(self, *exc: object) -> None:
+        if self._owned is not None:
+            self._owned.close()
