@@ -89,28 +89,20 @@ listeners: list[Callable[[Event], None]] = []
 class Flags:
     """One request's identity, gates, experiments and event logging."""
 
-    __slots__ = (
-        "_client",
-        "_configs",
-        "_environ",
-        "_gates",
-        "_minted",
-        "_stable_id",
-        "_user",
-        "_user_dict",
-        "_user_id",
-    )
+    # No __slots__: class-level defaults make a Flags object two attribute
+    # stores to create, which is all a request that never reads flags pays.
+    _user_id: str | None = None
+    _stable_id: str | None = None
+    _minted: str | None = None  # a stableID to set in the response cookie
+    _user: StatsigUser | None = None
+    _user_dict: dict[str, Any] | None = None
+    _gates: dict[str, bool] | None = None
+    _configs: dict[str, Config] | None = None
+    _start_response: Any = None
 
     def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
         self._client = client
         self._environ = environ
-        self._user_id: str | None = None
-        self._stable_id: str | None = None
-        self._minted: str | None = None  # a stableID to set in the response cookie
-        self._user: StatsigUser | None = None
-        self._user_dict: dict[str, Any] | None = None
-        self._gates: dict[str, bool] = {}
-        self._configs: dict[str, Config] = {}
 
     # -- identity ---------------------------------------------------------------
 
@@ -207,14 +199,14 @@ class Flags:
 
     def gate(self, name: str) -> bool:
         """Whether this request passes the gate. Evaluated once; False on any error."""
-        try:
-            return self._gates[name]
-        except KeyError:
-            pass
+        gates = self._gates
+        if gates is None:
+            gates = self._gates = {}
+        elif name in gates:
+            return gates[name]
         value = False
         if overrides and name in overrides.gates:
-            value = overrides.gates[name]
-            self._gates[name] = value
+            value = gates[name] = overrides.gates[name]
             return value
         client = self._client
         try:
@@ -235,7 +227,7 @@ class Flags:
             )
         except Exception as exc:
             client.report(exc, "gate")
-        self._gates[name] = value
+        gates[name] = value
         return value
 
     def experiment(self, name: str) -> Config:
@@ -244,12 +236,13 @@ class Flags:
 
     def config(self, name: str) -> Config:
         """A dynamic config or experiment (Statsig evaluates both the same way)."""
-        try:
-            return self._configs[name]
-        except KeyError:
-            pass
+        configs = self._configs
+        if configs is None:
+            configs = self._configs = {}
+        elif name in configs:
+            return configs[name]
         if overrides and name in overrides.configs:
-            config = self._configs[name] = overrides.configs[name]
+            config = configs[name] = overrides.configs[name]
             return config
         client = self._client
         config = Config(name, {})
@@ -272,7 +265,7 @@ class Flags:
             )
         except Exception as exc:
             client.report(exc, "experiment")
-        self._configs[name] = config
+        configs[name] = config
         return config
 
     # -- events -----------------------------------------------------------------
@@ -299,6 +292,15 @@ class Flags:
 
     # -- middleware hooks -------------------------------------------------------
 
+    def _start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """The app's start_response: adds the stableID cookie if this request minted one."""
+        if self._minted is not None:
+            try:
+                headers.append(("Set-Cookie", self._set_cookie_header()))  # type: ignore[arg-type]
+            except Exception as exc:  # the response goes out without our cookie, never broken
+                self._client.report(exc, "cookie")
+        return self._start_response(status, headers, exc_info)
+
     def _set_cookie_header(self) -> str | None:
         if self._minted is None:
             return None
@@ -309,4 +311,4 @@ class Flags:
         )
 
     def __repr__(self) -> str:
-        return f"<Flags gates={self._gates!r} configs={list(self._configs)!r}>"
+        return f"<Flags gates={self._gates or {}!r} configs={list(self._configs or ())!r}>"
