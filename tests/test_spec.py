@@ -849,9 +849,113 @@ def test_raising_allocation_keeps_everyone_already_in() -> None:
     assert sum(g is not None for g in large.values()) > sum(g is not None for g in small.values())
 
 
+def _console_condition(type_: str, operator: str | None, target: Any, **extra: Any) -> Any:
+    return {
+        "type": type_,
+        "operator": operator,
+        "targetValue": target,
+        "field": extra.get("field"),
+        "additionalValues": extra.get("additional", {}),
+        "isDeviceBased": False,
+        "idType": extra.get("unit", "stableID"),
+    }
+
+
+def _console_rule(rule_id: str, conditions: list[Any], value: Any, **extra: Any) -> Any:
+    return {
+        "name": rule_id,
+        "id": rule_id,
+        "salt": extra.pop("salt", rule_id),
+        "passPercentage": 100,
+        "returnValue": value,
+        "idType": extra.pop("unit", "stableID"),
+        "conditions": conditions,
+        **extra,
+    }
+
+
+def console_fixture() -> dict[str, Any]:
+    """The experiment and targeting gate of the verified console fixture, dcs_example.json
+    (kept inline so the suite needs nothing outside the repository)."""
+    blue = {"button_color": "blue", "show_banner": False}
+    green = {"button_color": "green", "show_banner": False}
+    mobile = _console_condition(
+        "user_field", "any", ["ios", "android"], field="platform", unit="userID"
+    )
+    gate = {
+        "name": "checkout_exp_targeting",
+        "type": "feature_gate",
+        "entity": "feature_gate",
+        "salt": "gate-salt-targeting",
+        "enabled": True,
+        "defaultValue": False,
+        "idType": "userID",
+        "isDeviceBased": False,
+        "rules": [
+            _console_rule(
+                "rule_mobile", [mobile], True, unit="userID", isDeviceBased=False, name="mobile"
+            )
+        ],
+    }
+    layer = {"salt": "layer-salt-checkout"}
+    experiment_salt = {"salt": "exp-salt-checkout-button"}
+    rules = [
+        _console_rule(
+            "layerAssignment",
+            [_console_condition("user_bucket", "none", list(range(500)), additional=layer)],
+            blue,
+            salt="",
+            groupName="Layer Assignment",
+        ),
+        _console_rule(
+            "targetingGate",
+            [_console_condition("fail_gate", None, "checkout_exp_targeting")],
+            blue,
+            salt="",
+        ),
+        _console_rule(
+            "grp_control",
+            [_console_condition("user_bucket", "lt", 500, additional=experiment_salt)],
+            blue,
+            groupName="Control",
+            isExperimentGroup=True,
+        ),
+        _console_rule(
+            "grp_test",
+            [_console_condition("user_bucket", "lt", 1000, additional=experiment_salt)],
+            green,
+            groupName="Test",
+            isExperimentGroup=True,
+        ),
+    ]
+    experiment = {
+        "name": "checkout_button_exp",
+        "type": "dynamic_config",
+        "entity": "experiment",
+        "salt": "exp-salt-checkout-button",
+        "enabled": True,
+        "isActive": True,
+        "hasSharedParams": True,
+        "idType": "stableID",
+        "isDeviceBased": False,
+        "defaultValue": blue,
+        "explicitParameters": ["button_color"],
+        "rules": rules,
+    }
+    return {
+        "has_updates": True,
+        "time": 1700000000000,
+        "feature_gates": [gate],
+        "dynamic_configs": [experiment],
+        "layer_configs": [],
+        "layers": {},
+        "id_lists": {},
+    }
+
+
 def test_explicit_salts_reproduce_the_console_experiment() -> None:
     """Same salts, same assignment: the verified console fixture against our compilation."""
-    fixture = json.loads(Path("/work/shared/statsig/dcs_example.json").read_text())
+    fixture = console_fixture()
     spec = spec_from(
         """
         [gates.checkout_exp_targeting]
