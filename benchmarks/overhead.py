@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client = Flagware(spec=SPEC, event_store=tmp / "events.db", hash_key="bench")
     stub = StatsigStub(dcs=compile_dcs(load_spec(SPEC))).start()
     statsig.initialize("secret-bench", StatsigOptions(api=stub.url, disable_diagnostics=True))
+
     def settle() -> None:
         client.flush()  # flagware's events: into SQLite now
         statsig.flush()  # the SDK's events: posted to the stub now

@@ -8,7 +8,6 @@ import os
 import secrets
 import threading
 from collections import Counter
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +68,9 @@ class Flagware:
         diagnostics: bool = False,  # serve the diagnostics page (see FlagwareMiddleware)
     ) -> None:
         if spec is not None and statsig_secret is not None:
-            raise ConfigurationError("pass either spec= (local engine) or statsig_secret=, not both")
+            raise ConfigurationError(
+                "pass either spec= (local engine) or statsig_secret=, not both"
+            )
         if proxy_hops < 0:
             raise ConfigurationError("proxy_hops must be 0 or more")
         if spec is None and statsig_secret is None:
@@ -110,7 +111,7 @@ class Flagware:
                     "print(secrets.token_hex(32))'`) or pass hash_key="
                 )
             api = (statsig_api or _env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
-            self.statsig_api = api
+            self.statsig_api: str | None = api
             self.engine = StatsigEngine(
                 statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
             )
@@ -201,8 +202,7 @@ class Flagware:
         if key not in self._reported:
             self._reported.add(key)
             log.error(
-                "flagware: %s failed (serving defaults; logged once, counted in "
-                "Flagware.errors)",
+                "flagware: %s failed (serving defaults; logged once, counted in Flagware.errors)",
                 where,
                 exc_info=exc,
             )
@@ -244,5 +244,3 @@ def _close_all() -> None:
             client.close()
         except Exception:
             log.exception("flagware: closing at exit failed")
-
-

@@ -118,12 +118,10 @@ def log_event(
         after(flags, result)
         return result
 
-    return wrapper  # type: ignore[no-any-return]
+    return wrapper  # type: ignore[return-value]
 
 
-def feature_gate(
-    name: str, *, otherwise: int | Callable[..., Any] = 404
-) -> Callable[[F], F]:
+def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Callable[[F], F]:
     """Run the view only for requests that pass gate ``name``.
 
     Others get ``otherwise``: an HTTP status (Flask: raised as werkzeug's
@@ -155,7 +153,7 @@ def feature_gate(
             return denied(args, kwargs)
         return wrapped(*args, **kwargs)
 
-    return wrapper  # type: ignore[no-any-return]
+    return wrapper  # type: ignore[return-value]
 
 
 def _is_django_request(obj: Any) -> bool:
@@ -186,4 +184,4 @@ def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:
         kwargs = {**kwargs, arg: assignment()}
         return wrapped(*args, **kwargs)
 
-    return wrapper  # type: ignore[no-any-return]
+    return wrapper  # type: ignore[return-value]

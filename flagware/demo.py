@@ -31,7 +31,8 @@ AGENTS = [
 
 def find_demo_app(app_dir: str | None = None) -> ModuleType:
     """Import examples/flask_demo/app.py from a clone (or ``--app-dir``)."""
-    here = Path(app_dir) if app_dir else Path(__file__).resolve().parents[1] / "examples/flask_demo"
+    default = Path(__file__).resolve().parents[1] / "examples" / "flask_demo"
+    here = Path(app_dir) if app_dir else default
     path = here / "app.py"
     if not path.exists():
         raise SystemExit(
@@ -51,7 +52,8 @@ def progress(done: int, total: int, out: TextIO, width: int = 40) -> None:
     if not tty and done != total and done % max(1, total // 10):
         return
     filled = width * done // total
-    out.write(f"{chr(13) if tty else ''}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} visitors")
+    bar = "#" * filled + "." * (width - filled)
+    out.write(f"{chr(13) if tty else ''}  [{bar}] {done}/{total} visitors")
     if done == total or not tty:
         out.write("\n")
     out.flush()
@@ -68,7 +70,13 @@ def simulate(
     step = max(1, visitors // 100)
     for i in range(visitors):
         client = Client(app)  # a new browser: no cookie yet
-        environ = {"REMOTE_ADDR": f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"}
+        octets = (
+            rng.randint(1, 223),
+            rng.randint(0, 255),
+            rng.randint(0, 255),
+            rng.randint(1, 254),
+        )
+        environ = {"REMOTE_ADDR": ".".join(map(str, octets))}
         headers = {"User-Agent": rng.choice(AGENTS)}
         page = client.get("/signup", environ_base=environ, headers=headers)
         html = page.get_data(as_text=True)

@@ -115,7 +115,4 @@ def wants_random(environ: WSGIEnvironment) -> bool:
     query = environ.get("QUERY_STRING")
     if not query or "random" not in query:
         return False
-    for part in query.split("&"):
-        if part in ("random=1", "random=true"):
-            return True
-    return False
+    return any(part in ("random=1", "random=true") for part in query.split("&"))

@@ -51,6 +51,6 @@ class FlagwareMiddleware:
         try:
             # The iterable goes back untouched (no wrapper): the server calls its
             # close() once, and wsgi.file_wrapper responses keep their fast path.
-            return app(environ, flags._start)  # type: ignore[no-any-return]
+            return app(environ, flags._start)
         finally:
             _current.reset(token)

@@ -14,8 +14,14 @@ from flagware.spec import SpecError
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("STATSIG_SERVER_SECRET", "STATSIG_API", "FLAGWARE_SPEC", "FLAGWARE_EVENT_STORE",
-                 "FLAGWARE_HASH_KEY", "FLAGWARE_TIER"):
+    for name in (
+        "STATSIG_SERVER_SECRET",
+        "STATSIG_API",
+        "FLAGWARE_SPEC",
+        "FLAGWARE_EVENT_STORE",
+        "FLAGWARE_HASH_KEY",
+        "FLAGWARE_TIER",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -55,7 +61,7 @@ def test_statsig_without_a_hash_key_refuses_to_start(tmp_path: Any) -> None:
 
 
 def test_statsig_secret_must_be_a_server_secret(tmp_path: Any) -> None:
-    with pytest.raises(ConfigurationError, match="starts with 'secret-'"):
+    with pytest.raises(ConfigurationError, match=r"starts with 'secret-'"):
         Flagware(statsig_secret="client-x", hash_key="k", event_store=tmp_path / "e.db")
 
 
@@ -83,7 +89,7 @@ def test_environment_hash_key_is_used(monkeypatch: pytest.MonkeyPatch, make_clie
 
 
 def test_missing_spec_file_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(SpecError, match="nope.toml"):
+    with pytest.raises(SpecError, match=r"nope\.toml"):
         Flagware(spec=tmp_path / "nope.toml", event_store=tmp_path / "e.db")
 
 
@@ -122,7 +128,11 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     client = make_client()
     user = StatsigUser(user_id="u1", custom_ids={"stableID": "s1"})
     assert client.engine.gate(user, "nobody").value is False
-    spec_file.write_text(spec_file.read_text().replace("[gates.nobody]\nrollout = 0", "[gates.nobody]\nrollout = 100"))
+    spec_file.write_text(
+        spec_file.read_text().replace(
+            "[gates.nobody]\nrollout = 0", "[gates.nobody]\nrollout = 100"
+        )
+    )
     os.utime(spec_file, (1, 1))
     assert client.engine.gate(user, "nobody").value is True
     spec_file.write_text("not = [valid")

@@ -18,7 +18,9 @@ from flagware.flags import Config
 
 def names(client: Any) -> list[str]:
     client.flush()
-    return [e["event"] for e in client.store.iter_events() if not e["event"].startswith("statsig::")]
+    return [
+        e["event"] for e in client.store.iter_events() if not e["event"].startswith("statsig::")
+    ]
 
 
 def custom(client: Any) -> list[dict[str, Any]]:

@@ -78,8 +78,14 @@ def test_cookie_header_attributes() -> None:
 
 @pytest.mark.parametrize(
     ("query", "expected"),
-    [("random=1", True), ("a=b&random=true", True), ("random=0", False), ("", False),
-     ("notrandom=1", False), ("r\xe9sum\xe9=1&random=1", True)],
+    [
+        ("random=1", True),
+        ("a=b&random=true", True),
+        ("random=0", False),
+        ("", False),
+        ("notrandom=1", False),
+        ("r\xe9sum\xe9=1&random=1", True),
+    ],
 )
 def test_wants_random(query: str, expected: bool) -> None:
     assert identity.wants_random({"QUERY_STRING": query}) is expected

@@ -68,11 +68,15 @@ def test_cookie_is_secure_on_https(client: Any) -> None:
     assert "Secure" in response.headers["Set-Cookie"]
 
 
-def test_user_id_is_the_hmac_of_the_ip_and_stable_across_clients(make_client: Any, tmp_path: Any) -> None:
+def test_user_id_is_the_hmac_of_the_ip_and_stable_across_clients(
+    make_client: Any, tmp_path: Any
+) -> None:
     a = make_client()
     b = make_client(event_store=tmp_path / "other.db")  # another process, same key
     ids = [
-        Client(FlagwareMiddleware(flags_app(), c)).get("/", environ_base={"REMOTE_ADDR": "198.51.100.4"}).json["user_id"]
+        Client(FlagwareMiddleware(flags_app(), c))
+        .get("/", environ_base={"REMOTE_ADDR": "198.51.100.4"})
+        .json["user_id"]
         for c in (a, b)
     ]
     from flagware.identity import hash_ip
@@ -91,7 +95,9 @@ def test_user_id_resolver_wins_and_its_failure_falls_back(make_client: Any) -> N
         raise RuntimeError("db down")
 
     bad = make_client(user_id=broken, event_store=ok.event_store_path.with_name("b.db"))
-    response = Client(FlagwareMiddleware(flags_app(), bad)).get("/", environ_base={"REMOTE_ADDR": "203.0.113.1"})
+    response = Client(FlagwareMiddleware(flags_app(), bad)).get(
+        "/", environ_base={"REMOTE_ADDR": "203.0.113.1"}
+    )
     assert response.status_code == 200 and len(response.json["user_id"]) == 32
     assert bad.errors["user_id resolver"] == 1
 
@@ -122,7 +128,11 @@ def test_experiment_params_match_the_group(client: Any) -> None:
     http = Client(FlagwareMiddleware(flags_app(), client))
     seen = {}
     for i in range(60):
-        body = Client(FlagwareMiddleware(flags_app(), client)).get("/", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).json
+        body = (
+            Client(FlagwareMiddleware(flags_app(), client))
+            .get("/", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"})
+            .json
+        )
         seen[body["group"]] = body["color"]
     assert seen == {"Control": "blue", "Red": "red"}
     assert http is not None
@@ -192,11 +202,15 @@ def test_engine_failure_serves_defaults_logs_once_and_counts(client: Any, caplog
     assert sum("gate failed" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_proxy_hops_trust_exactly_the_configured_forwarding(make_client: Any, tmp_path: Any) -> None:
+def test_proxy_hops_trust_exactly_the_configured_forwarding(
+    make_client: Any, tmp_path: Any
+) -> None:
     direct = make_client()
     spoofed = {"REMOTE_ADDR": "10.0.0.1"}
     headers = {"X-Forwarded-For": "8.8.8.8"}
-    a = Client(FlagwareMiddleware(flags_app(), direct)).get("/", environ_base=spoofed, headers=headers)
+    a = Client(FlagwareMiddleware(flags_app(), direct)).get(
+        "/", environ_base=spoofed, headers=headers
+    )
     b = Client(FlagwareMiddleware(flags_app(), direct)).get("/", environ_base=spoofed)
     assert a.json["user_id"] == b.json["user_id"]  # the header is ignored without proxy_hops
 
@@ -217,7 +231,7 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(make_client: Any, tm
         {"REMOTE_ADDR": "2001:db8::7"},
         {"REMOTE_ADDR": "::ffff:198.51.100.4"},
         {"QUERY_STRING": "x=\xff\xfe&random=1"},
-        {"HTTP_COOKIE": "flagware_id=\"\\\xff; ; =="},
+        {"HTTP_COOKIE": 'flagware_id="\\\xff; ; =='},
         {"HTTP_USER_AGENT": "\x00\xff garbage"},
     ],
 )
@@ -241,7 +255,9 @@ def test_missing_remote_addr_falls_back_to_the_stable_id(client: Any) -> None:
 
 
 def test_raw_ip_never_stored_country_is(client: Any) -> None:
-    Client(FlagwareMiddleware(flags_app(), client)).get("/", environ_base={"REMOTE_ADDR": "8.8.8.8"})
+    Client(FlagwareMiddleware(flags_app(), client)).get(
+        "/", environ_base={"REMOTE_ADDR": "8.8.8.8"}
+    )
     client.flush()
     payloads = [row[0] for row in client.store._conn().execute("SELECT payload FROM events")]
     assert payloads and all("8.8.8.8" not in p for p in payloads)

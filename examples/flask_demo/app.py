@@ -36,7 +36,9 @@ SIGNUP_PAGE = """<!doctype html>
           color: white; background: {{ color }}; cursor: pointer; }
 </style></head>
 <body>
- {% if flags.gate("new_signup") %}<p class="banner" id="banner">New: sign up in one click.</p>{% endif %}
+ {% if flags.gate("new_signup") %}
+ <p class="banner" id="banner">New: sign up in one click.</p>
+ {% endif %}
  <h1>Sign up</h1>
  <form method="post" action="{{ url_for('signup_click') }}">
    <button id="signup" type="submit" data-group="{{ group }}">Create account</button>
