@@ -27,6 +27,7 @@ separate process: ``python tests/statsig_stub.py`` prints its base URL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import socket
@@ -194,10 +195,8 @@ class StatsigStub:
             return
         server.shutdown()
         for conn in connections:  # keep-alive clients must see the outage too
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         server.server_close()
         thread.join()
 

@@ -174,6 +174,10 @@ class Delivery:
         Returns True when the backlog this process can claim is empty. Events
         another live process holds a lease on are that process's to send.
         """
+        if self._closed_pid == os.getpid():
+            return False
+        if timeout <= 0:  # nothing to wait for: report without starting threads
+            return self._runtime().store.claimable() == 0
         rt = self._running()
         if rt is None:
             return False
