@@ -1,0 +1,106 @@
+"""The Statsig engine end to end: specs from a loopback Statsig API, events delivered to it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from flagware import Flagware, FlagwareMiddleware, current_flags
+from flagware.spec import compile_dcs, parse_spec
+from tests.statsig_stub import StatsigStub
+
+SPEC = {
+    "gates": {"everyone": {"rollout": 100}},
+    "experiments": {
+        "button_color": {
+            "unit": "stableID",
+            "groups": [
+                {"name": "Control", "weight": 50, "params": {"color": "blue"}},
+                {"name": "Red", "weight": 50, "params": {"color": "red"}},
+            ],
+        }
+    },
+}
+
+
+def seed_view(environ: Any, start_response: Any) -> Any:
+    flags = current_flags()
+    gate = flags.gate("everyone")
+    color = flags.experiment("button_color").get("color", "none")
+    flags.log_event("visited_signup", metadata={"page": "signup"})
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{gate} {color}".encode()]
+
+
+@pytest.fixture
+def stub() -> Any:
+    with StatsigStub(dcs=compile_dcs(parse_spec(SPEC))) as stub:
+        yield stub
+
+
+def test_specs_are_served_and_events_and_exposures_arrive(stub: Any, tmp_path: Any) -> None:
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+    )
+    http = Client(FlagwareMiddleware(seed_view, fw))
+    try:
+        bodies = [
+            http.get("/", environ_base={"REMOTE_ADDR": f"198.51.100.{i}"}).text for i in range(20)
+        ]
+    finally:
+        fw.close()
+    assert {b.split()[0] for b in bodies} == {"True"}  # the served gate, not the default
+    assert {b.split()[1] for b in bodies} <= {"blue", "red"}
+
+    names = [e["eventName"] for e in stub.events]
+    assert names.count("visited_signup") == 20
+    assert names.count("statsig::gate_exposure") == 20
+    assert names.count("statsig::config_exposure") == 20
+    gate = next(e for e in stub.events if e["eventName"] == "statsig::gate_exposure")
+    assert gate["metadata"] == {
+        "gate": "everyone",
+        "gateValue": "true",
+        "ruleID": gate["metadata"]["ruleID"],
+    }
+    assert gate["user"]["customIDs"]["stableID"] and "ip" not in gate["user"]
+    config = next(e for e in stub.events if e["eventName"] == "statsig::config_exposure")
+    assert config["metadata"]["config"] == "button_color"
+    assert config["metadata"]["rulePassed"] == "true"
+    headers = stub.received[0].headers
+    assert headers["STATSIG-API-KEY"] == "secret-test"
+
+
+def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> None:
+    with StatsigStub() as dead:
+        url = dead.url
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=url,  # nothing listens there any more
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        init_timeout=0.5,
+        shutdown_timeout=0,
+    )
+    http = Client(FlagwareMiddleware(seed_view, fw))
+    try:
+        started = time.monotonic()
+        first = http.get("/", environ_base={"REMOTE_ADDR": "198.51.100.1"})
+        elapsed = time.monotonic() - started
+        assert first.text == "False none"  # defaults until specs arrive
+        assert elapsed < 2.0
+        started = time.monotonic()
+        assert http.get("/").text == "False none"
+        assert time.monotonic() - started < 0.2  # only the first request of a process waits
+        assert sum(fw.errors.values()) == 0
+    finally:
+        fw.close()
+    # Nothing was lost: the events wait in the outbox for the next process.
+    from flagware.events.store import EventStore
+
+    assert EventStore(tmp_path / "outbox.db").count() == 6
