@@ -1,0 +1,697 @@
+"""End to end: events in a real SQLite store -> flagware.results -> numbers, verdicts, output.
+
+Every number is checked against an independent computation: the events are
+replayed in plain Python (first exposure per unit, per-unit metric values)
+and the samples handed to scipy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from flagware.events.model import CONFIG_EXPOSURE, Event
+from flagware.events.store import EventStore
+from flagware.results import (
+    ResultsError,
+    compute_results,
+    render_chart_svg,
+    render_html,
+    render_json,
+    render_text,
+)
+from flagware.results.command import add_parser, run
+from flagware.results.lock import record_started
+from flagware.results.stats import Z_DF_THRESHOLD
+from flagware.spec import Spec, parse_spec
+
+NOW = time.time_ns() // 1_000_000 // 1000 * 1000  # ms; guardrail freshness uses the clock
+HOUR = 3_600_000
+ALPHA = 0.1
+
+METRICS: dict[str, dict[str, Any]] = {
+    "signed_up": {"event": "signup", "kind": "conversion", "tags": ["core"]},
+    "clicks": {"event": "click", "kind": "count"},
+    "revenue": {"event": "purchase", "kind": "sum"},
+    "order_value": {"event": "purchase", "kind": "mean"},
+    "errors": {
+        "event": "error",
+        "kind": "count",
+        "tags": ["guardrail"],
+        "direction": "decrease",
+        "fresh_within": 24,
+    },
+}
+
+
+def make_spec(
+    groups: Iterable[tuple[str, float]] = (("Control", 50), ("Red", 50)),
+    *,
+    unit: str = "stableID",
+    metrics: dict[str, dict[str, Any]] | None = None,
+    experiments: Iterable[str] = ("button_color",),
+    **extra: Any,
+) -> Spec:
+    body = {
+        "unit": unit,
+        "groups": [{"name": n, "weight": w, "params": {"color": n.lower()}} for n, w in groups],
+        **extra,
+    }
+    return parse_spec(
+        {
+            "experiments": {name: dict(body) for name in experiments},
+            "metrics": METRICS if metrics is None else metrics,
+        }
+    )
+
+
+def user(i: int | str) -> dict[str, Any]:
+    return {"userID": f"u{i}", "customIDs": {"stableID": f"s{i}", "companyID": f"c{i}"}}
+
+
+@dataclass
+class Log:
+    """Builds the events of a test and remembers them for the independent computation."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def expose(self, i: int | str, group: str | None, t: int, exp: str = "button_color") -> None:
+        self.events.append(Event(CONFIG_EXPOSURE, user(i), time=t, exposure=exp, group=group))
+
+    def log(self, i: int | str, name: str, t: int, value: float | None = None) -> None:
+        self.events.append(Event(name, user(i), value=value, time=t))
+
+    def store(self, tmp_path: Path, name: str = "events.db") -> Path:
+        path = tmp_path / name
+        store = EventStore(path)
+        store.append(self.events)
+        store.close()
+        return path
+
+
+def independent_samples(
+    events: list[Event], exp: str, event_name: str, kind: str, unit_key: str = "stableID"
+) -> dict[str, list[float]]:
+    """Per group, per-unit metric values: the analysis rules replayed in plain Python."""
+
+    def unit_of(e: Event) -> str | None:
+        return e.user_id if unit_key == "userID" else e.user["customIDs"].get(unit_key)
+
+    first: dict[str, Event] = {}
+    for e in sorted(events, key=lambda e: e.time):  # stable: storage order breaks ties
+        u = unit_of(e)
+        if e.name == CONFIG_EXPOSURE and e.exposure == exp and u is not None and u not in first:
+            first[u] = e
+    values: dict[str, list[float]] = {}
+    for u, exposure in first.items():
+        if exposure.group is None:
+            continue
+        mine = [
+            e
+            for e in events
+            if e.name == event_name and unit_of(e) == u and e.time >= exposure.time
+        ]
+        valued = [float(e.value) for e in mine if isinstance(e.value, int | float)]
+        if kind == "conversion":
+            v: float | None = 1.0 if mine else 0.0
+        elif kind == "count":
+            v = float(len(mine))
+        elif kind == "sum":
+            v = sum(valued)
+        else:
+            v = sum(valued) / len(valued) if valued else None
+        if v is not None:
+            values.setdefault(exposure.group, []).append(v)
+    return values
+
+
+def random_log(seed: int, units: int = 300, effect: float = 0.0) -> Log:
+    """Messy but realistic traffic: repeat exposures, pre-exposure events, NULL groups."""
+    rng = random.Random(seed)
+    log = Log()
+    for i in range(units):
+        t0 = NOW - 48 * HOUR + rng.randrange(24 * HOUR)
+        if rng.random() < 0.1:  # not allocated on first exposure: never in the experiment
+            log.expose(i, None, t0)
+            log.expose(i, rng.choice(["Control", "Red"]), t0 + 1000)
+            group = None
+        else:
+            group = rng.choice(["Control", "Red"])
+            log.expose(i, group, t0)
+            if rng.random() < 0.2:  # later exposures do not move the unit
+                log.expose(i, rng.choice(["Control", "Red"]), t0 + rng.randrange(1, HOUR))
+        lift = effect if group == "Red" else 0.0
+        if rng.random() < 0.3:
+            log.log(i, "click", t0 - 5000)  # before the exposure: does not count
+        if rng.random() < 0.3 + lift:
+            log.log(i, "signup", t0 + rng.randrange(HOUR))
+        for _ in range(rng.choice([0, 0, 1, 2, 5])):
+            log.log(i, "click", t0 + rng.randrange(HOUR))
+        for _ in range(rng.choice([0, 0, 0, 1, 3])):
+            value = None if rng.random() < 0.2 else round(rng.expovariate(1 / 30) + lift * 50, 2)
+            log.log(i, "purchase", t0 + rng.randrange(HOUR), value)
+        if rng.random() < 0.05:
+            log.log(i, "error", t0 + rng.randrange(HOUR))
+    log.log("late", "error", NOW - HOUR)  # keeps the guardrail fresh
+    return log
+
+
+def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> int:
+    """Assert every metric row matches the independent computation; returns rows checked."""
+    checked = 0
+    for metric in results.metrics:
+        samples = independent_samples(log.events, exp, metric.event, metric.kind)
+        control = np.array(samples.get("Control", []))
+        for row in metric.results:
+            treated = np.array(samples.get(row.group, []))
+            assert row.units == len(treated) and row.control_units == len(control)
+            assert row.mean == pytest.approx(treated.mean(), rel=1e-9)
+            assert row.control_mean == pytest.approx(control.mean(), rel=1e-9)
+            assert row.delta == pytest.approx(treated.mean() - control.mean(), rel=1e-9, abs=1e-12)
+            ref = sps.ttest_ind(treated, control, equal_var=False)
+            if ref.df > Z_DF_THRESHOLD:
+                se = math.sqrt(
+                    treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control)
+                )
+                z = sps.norm.ppf(1 - ALPHA / 2)
+                p, lo, hi = (
+                    2 * sps.norm.sf(abs(row.delta / se)),
+                    row.delta - z * se,
+                    row.delta + z * se,
+                )
+            else:
+                ci = ref.confidence_interval(confidence_level=1 - ALPHA)
+                p, lo, hi = ref.pvalue, ci.low, ci.high
+            assert row.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
+            assert row.ci == pytest.approx((lo, hi), rel=1e-7, abs=1e-12)
+            assert row.significant == (p < ALPHA)
+            checked += 1
+    return checked
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_numbers_match_an_independent_computation(tmp_path: Path, seed: int) -> None:
+    log = random_log(seed, effect=0.15 if seed == 3 else 0.0)
+    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    assert check_against_scipy(results, log) == len(METRICS)
+    units = {g.name: g.units for g in results.groups}
+    expected = independent_samples(log.events, "button_color", "signup", "conversion")
+    assert units == {g: len(v) for g, v in expected.items()}
+    observed = [units["Control"], units["Red"]]
+    assert results.srm_p_value == pytest.approx(sps.chisquare(observed).pvalue, rel=1e-9)
+
+
+def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
+    log = Log()
+    log.expose(1, "Control", NOW - 10 * HOUR)
+    log.expose(1, "Red", NOW - 9 * HOUR)  # ignored: the unit stays in Control
+    log.log(1, "click", NOW - 11 * HOUR)  # before exposure: ignored
+    log.log(1, "click", NOW - 10 * HOUR)  # at the exposure: counts
+    log.log(1, "click", NOW - 8 * HOUR)
+    log.expose(2, None, NOW - 10 * HOUR)  # first exposure without a group: out
+    log.expose(2, "Red", NOW - 9 * HOUR)
+    log.log(2, "click", NOW - 8 * HOUR)
+    log.expose(3, "Red", NOW - 10 * HOUR, exp="other_experiment")  # another experiment
+    log.expose(4, "Red", NOW - 10 * HOUR)
+    spec = make_spec(metrics={"clicks": {"event": "click", "kind": "count"}})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    assert {g.name: g.units for g in results.groups} == {"Control": 1, "Red": 1}
+    row = results.metrics[0].results[0]
+    assert (row.group, row.control_mean, row.mean) == ("Red", 2.0, 0.0)
+    assert row.p_value is None and row.ci is None  # one unit per group: no test
+
+
+@pytest.mark.parametrize("unit", ["userID", "companyID"])
+def test_unit_id_follows_the_experiment(tmp_path: Path, unit: str) -> None:
+    log = Log()
+    # Same user ID for two stable IDs: as userID they are one unit, as stableID two.
+    for i, group in ((1, "Control"), (2, "Red"), (3, "Red")):
+        log.events.append(
+            Event(
+                CONFIG_EXPOSURE,
+                {"userID": "same" if i > 1 else "u1", "customIDs": {"companyID": f"c{i}"}},
+                time=NOW - i,
+                exposure="button_color",
+                group=group,
+            )
+        )
+    spec = make_spec(unit=unit, metrics={})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    expected = {"userID": {"Control": 1, "Red": 1}, "companyID": {"Control": 1, "Red": 2}}
+    assert {g.name: g.units for g in results.groups} == expected[unit]
+
+
+def test_mean_counts_only_units_with_values(tmp_path: Path) -> None:
+    log = Log()
+    for i in range(6):
+        log.expose(i, "Control" if i < 3 else "Red", NOW - HOUR)
+    log.log(0, "purchase", NOW, 10)
+    log.log(0, "purchase", NOW, 20)  # unit mean 15
+    log.log(1, "purchase", NOW, 30)
+    log.log(1, "purchase", NOW)  # no value: not in the unit's mean
+    log.log(3, "purchase", NOW, 40)
+    log.log(4, "purchase", NOW, 44)
+    spec = make_spec(metrics={"aov": {"event": "purchase", "kind": "mean"}})
+    row = compute_results(spec, "button_color", log.store(tmp_path), now=NOW).metrics[0].results[0]
+    assert (row.control_units, row.control_mean) == (2, 22.5)
+    assert (row.units, row.mean) == (2, 42.0)
+
+
+def test_multiple_groups_each_against_control(tmp_path: Path) -> None:
+    log = Log()
+    rng = random.Random(5)
+    groups = ["Control", "Red", "Green"]
+    for i in range(600):
+        g = groups[i % 3]
+        log.expose(i, g, NOW - HOUR)
+        if rng.random() < {"Control": 0.2, "Red": 0.2, "Green": 0.45}[g]:
+            log.log(i, "signup", NOW - 10)
+    spec = make_spec(
+        (("Red", 33.3), ("Control", 33.3), ("Green", 33.4)),
+        metrics={"signed_up": METRICS["signed_up"]},
+    )
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    assert results.control == "Control"
+    assert [r.group for r in results.metrics[0].results] == ["Red", "Green"]
+    assert {r.vs for r in results.metrics[0].results} == {"Control"}
+    assert results.verdict == "ship" and results.best_group == "Green"
+    assert check_against_scipy(results, log) == 2
+
+
+# --- A/A end to end ----------------------------------------------------------------------
+
+
+def test_aa_end_to_end_false_positive_rate(tmp_path: Path) -> None:
+    """200 A/A experiments through SQL: the false-positive rate stays near alpha."""
+    rng = np.random.default_rng(11)
+    names = [f"aa{k}" for k in range(200)]
+    log = Log()
+    for name in names:
+        groups = rng.random(150) < 0.5
+        converts = rng.random(150) < 0.3
+        for i, (red, converted) in enumerate(zip(groups, converts, strict=True)):
+            unit = f"{name}-{i}"
+            log.expose(unit, "Red" if red else "Control", NOW - HOUR, exp=name)
+            if converted:
+                log.log(unit, "signup", NOW - 10)
+    spec = make_spec(experiments=names, metrics={"signed_up": METRICS["signed_up"]})
+    store = log.store(tmp_path)
+    rejections = sum(
+        compute_results(spec, n, store, now=NOW).metrics[0].results[0].significant for n in names
+    )
+    rate = rejections / len(names)
+    print(f"A/A end to end (SQL): false-positive rate {rate:.3f} over {len(names)} experiments")
+    assert abs(rate - ALPHA) <= 2 * math.sqrt(ALPHA * (1 - ALPHA) / len(names))
+
+
+# --- checks and verdicts ---------------------------------------------------------------
+
+
+def balanced_log(
+    control: int, red: int, *, red_signup: float = 0.3, red_errors: float = 0.05
+) -> Log:
+    log = Log()
+    rng = random.Random(control * 7 + red)
+    for i in range(control + red):
+        g = "Control" if i < control else "Red"
+        log.expose(i, g, NOW - 2 * HOUR)
+        if rng.random() < (0.3 if g == "Control" else red_signup):
+            log.log(i, "signup", NOW - HOUR)
+        if rng.random() < (0.05 if g == "Control" else red_errors):
+            log.log(i, "error", NOW - HOUR)
+    return log
+
+
+def test_srm_failure_blocks(tmp_path: Path) -> None:
+    results = compute_results(
+        make_spec(), "button_color", balanced_log(1000, 1200).store(tmp_path), now=NOW
+    )
+    assert results.srm_p_value == pytest.approx(sps.chisquare([1000, 1200]).pvalue)
+    assert results.srm_status == "failed"
+    assert results.verdict == "blocked"
+    assert any("sample ratio mismatch" in r for r in results.reasons)
+
+
+def test_srm_warning_does_not_block(tmp_path: Path) -> None:
+    results = compute_results(
+        make_spec(), "button_color", balanced_log(1000, 1130).store(tmp_path), now=NOW
+    )
+    assert 0.001 < results.srm_p_value < 0.01  # type: ignore[operator]
+    assert results.srm_status == "warning"
+    assert results.verdict != "blocked"
+    assert any("sample ratio mismatch" in w for w in results.warnings)
+
+
+def test_srm_uses_the_weights(tmp_path: Path) -> None:
+    spec = make_spec((("Control", 20), ("Red", 80)))
+    results = compute_results(
+        spec, "button_color", balanced_log(400, 1600).store(tmp_path), now=NOW
+    )
+    assert results.srm_p_value == pytest.approx(1.0)
+    assert [g.expected for g in results.groups] == [400.0, 1600.0]
+
+
+@pytest.mark.parametrize("age_hours", [30, None])
+def test_stale_guardrail_blocks(tmp_path: Path, age_hours: int | None) -> None:
+    log = balanced_log(500, 500, red_errors=0.0)
+    log.events = [e for e in log.events if e.name != "error"]
+    if age_hours is not None:
+        log.log(0, "error", NOW - age_hours * HOUR)
+    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    (guardrail,) = results.guardrails
+    assert guardrail.status == "blocked" and guardrail.reason.startswith("stale")
+    assert results.verdict == "blocked"
+    assert any("stale" in r for r in results.reasons)
+
+
+def test_guardrail_regression_blocks_and_exits_3(tmp_path: Path, capsys: Any) -> None:
+    store = balanced_log(1000, 1000, red_errors=0.15).store(tmp_path)
+    spec_path = write_spec_file(tmp_path)
+    results = compute_results(make_spec(), "button_color", store, now=NOW)
+    (guardrail,) = results.guardrails
+    assert guardrail.status == "blocked" and "regressed" in guardrail.reason
+    assert results.verdict == "blocked"
+    code = run(namespace(spec_path, store, fmt="json"))
+    assert code == 3
+    assert json.loads(capsys.readouterr().out)["verdict"] == "blocked"
+
+
+def test_guardrail_improvement_does_not_block(tmp_path: Path) -> None:
+    log = balanced_log(1000, 1000, red_errors=0.0)
+    log.log("late", "error", NOW - HOUR)
+    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    assert results.guardrails[0].status == "ok"
+    assert results.metrics[-1].results[0].outcome == "better"
+    assert results.verdict == "inconclusive"  # guardrail wins are not reasons to ship
+
+
+def test_verdicts_ship_and_no_ship(tmp_path: Path) -> None:
+    ship = compute_results(
+        make_spec(),
+        "button_color",
+        balanced_log(1000, 1000, red_signup=0.4).store(tmp_path, "a.db"),
+        now=NOW,
+    )
+    assert ship.verdict == "ship" and ship.best_group == "Red"
+    assert ship.reasons[0].startswith("ship Red: signed_up")
+    no_ship = compute_results(
+        make_spec(),
+        "button_color",
+        balanced_log(1000, 1000, red_signup=0.2).store(tmp_path, "b.db"),
+        now=NOW,
+    )
+    assert no_ship.verdict == "no-ship" and no_ship.best_group is None
+    assert "signed_up" in no_ship.reasons[0]
+
+
+def test_decrease_metrics_invert_good_direction(tmp_path: Path) -> None:
+    metrics = {"bounced": {"event": "signup", "kind": "conversion", "direction": "decrease"}}
+    store = balanced_log(1000, 1000, red_signup=0.4).store(tmp_path)
+    results = compute_results(make_spec(metrics=metrics), "button_color", store, now=NOW)
+    assert results.metrics[0].results[0].outcome == "worse"
+    assert results.verdict == "no-ship"
+
+
+def test_no_exposures_is_inconclusive(tmp_path: Path) -> None:
+    log = Log()
+    log.log(1, "signup", NOW)
+    results = compute_results(
+        make_spec(metrics={"s": METRICS["signed_up"]}), "button_color", log.store(tmp_path), now=NOW
+    )
+    assert results.verdict == "inconclusive" and results.srm_p_value is None
+    assert results.srm_status == "untested"
+    assert "no units" in results.reasons[0]
+
+
+def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
+    log = Log()
+    for i in range(10):
+        log.expose(i, "Control" if i % 2 else "Red", NOW - 10 * HOUR)
+    for i in range(10, 16):
+        log.expose(i, "Control" if i % 2 else "Red", NOW - HOUR)
+    log.expose(0, "Red", NOW - HOUR)  # re-exposed after the restart: its first in the window
+    store = log.store(tmp_path)
+    record_started(store, make_spec().experiments["button_color"], time_ms=NOW - 10 * HOUR)
+    restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
+    record_started(store, restarted.experiments["button_color"], time_ms=NOW - 2 * HOUR)
+    results = compute_results(restarted, "button_color", store, now=NOW)
+    assert results.window_start == NOW - 2 * HOUR
+    assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 4}
+
+
+def test_unknown_group_in_data_fails_srm(tmp_path: Path) -> None:
+    log = balanced_log(100, 100)
+    log.expose("x", "Purple", NOW - HOUR)
+    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    assert [g.name for g in results.groups] == ["Control", "Red", "Purple"]
+    assert results.srm_p_value == 0.0 and results.verdict == "blocked"
+
+
+def test_bad_inputs_raise_results_error(tmp_path: Path) -> None:
+    store = balanced_log(10, 10).store(tmp_path)
+    with pytest.raises(ResultsError, match="unknown experiment 'nope'"):
+        compute_results(make_spec(), "nope", store)
+    with pytest.raises(ResultsError, match="not found"):
+        compute_results(make_spec(), "button_color", tmp_path / "missing.db")
+    with pytest.raises(ResultsError, match="alpha"):
+        compute_results(make_spec(), "button_color", store, alpha=1.0)
+    with pytest.raises(ResultsError, match="unknown metric"):
+        compute_results(make_spec(), "button_color", store, metrics=["nope"])
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("not sqlite" * 100)
+    with pytest.raises(ResultsError, match="cannot read"):
+        compute_results(make_spec(), "button_color", garbage)
+
+
+# --- output ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Any:
+    return compute_results(
+        make_spec(), "button_color", random_log(3, effect=0.15).store(tmp_path), now=NOW
+    )
+
+
+def test_json_shape(results: Any) -> None:
+    data = json.loads(render_json(results))
+    assert {
+        "experiment",
+        "alpha",
+        "groups",
+        "srm_p_value",
+        "metrics",
+        "guardrails",
+        "verdict",
+        "reasons",
+    } <= set(data)
+    assert data["experiment"] == "button_color" and data["alpha"] == ALPHA
+    assert all({"name", "units"} <= set(g) for g in data["groups"])
+    row_keys = {
+        "group",
+        "vs",
+        "mean",
+        "control_mean",
+        "delta",
+        "ci",
+        "relative",
+        "relative_ci",
+        "p_value",
+        "significant",
+    }
+    for metric in data["metrics"]:
+        assert {"name", "kind", "tags", "results"} <= set(metric)
+        for row in metric["results"]:
+            assert row_keys <= set(row)
+            assert len(row["ci"]) == 2 and row["ci"][0] <= row["delta"] <= row["ci"][1]
+            assert len(row["relative_ci"]) == 2
+            assert isinstance(row["significant"], bool)
+    assert data["metrics"][0]["tags"] == ["core"]
+    assert [g["metric"] for g in data["guardrails"]] == ["errors"]
+    assert {"metric", "status", "reason"} <= set(data["guardrails"][0])
+    assert data["verdict"] in {"blocked", "ship", "no-ship", "inconclusive"}
+    assert isinstance(data["reasons"], list) and data["reasons"]
+
+
+def test_text_table_is_aligned(results: Any) -> None:
+    text = render_text(results)
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("metric "))
+    header, separator = lines[top], lines[top + 1]
+    rows = lines[top + 2 : top + 2 + len(METRICS)]
+    spans = [m.span() for m in re.finditer(r"-+", separator)]
+    assert len(spans) == 12
+    left = {0, 1, 2, len(spans) - 1}  # metric, kind, group, result
+    for line in [header, *rows]:
+        for (_, end), (nxt, _) in itertools.pairwise(spans):
+            assert line[end:nxt] == "  ", (line, end)  # every gap is blank: nothing spills
+        for k, (a, b) in enumerate(spans):
+            cell = line[a:b]
+            if k in left:
+                assert cell[0] != " ", (line, k)  # left-aligned cell
+            else:
+                assert cell[-1] != " ", (line, k)  # right-aligned number
+    assert "Verdict: " in text and "SRM chi-square p" in text and "errors: " in text
+
+
+def test_html_is_one_self_contained_file(results: Any, tmp_path: Path) -> None:
+    html = render_html(results)
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("<svg") == len(METRICS) == html.count("</svg>")
+    for external in (
+        "http://",
+        "https://",
+        "src=",
+        "href=",
+        "<link",
+        "<script",
+        "url(",
+        "@import",
+        "//",
+    ):
+        assert external not in html.replace("<!--", ""), external
+    assert results.verdict.upper() in html
+    assert "SRM chi-square" in html and "Guardrails" in html
+    for metric in results.metrics:
+        assert f"<h3>{metric.name}</h3>" in html
+
+
+def test_chart_draws_each_group_around_zero(results: Any) -> None:
+    metric = results.metrics[0]
+    svg = render_chart_svg(metric)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert svg.count("<rect") == len(metric.results)
+    assert ">0</text>" in svg  # the zero line is labelled
+    colour = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#8c959f"}[
+        metric.results[0].outcome
+    ]
+    assert colour in svg
+    standalone = render_chart_svg(metric, standalone=True)
+    assert 'xmlns="http://www.w3.org/2000/svg"' in standalone
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+def write_spec_file(tmp_path: Path) -> Path:
+    lines = [
+        "[experiments.button_color]",
+        'unit = "stableID"',
+        "groups = [",
+        '  { name = "Control", weight = 50, params = { color = "control" } },',
+        '  { name = "Red", weight = 50, params = { color = "red" } },',
+        "]",
+    ]
+    for name, body in METRICS.items():
+        lines.append(f"[metrics.{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in body.items()]
+    path = tmp_path / "flagware.toml"
+    path.write_text("\n".join(lines) + "\n")
+    assert parse_spec_file_matches(path)
+    return path
+
+
+def parse_spec_file_matches(path: Path) -> bool:
+    from flagware.spec import load_spec
+
+    loaded = load_spec(path)
+    return (
+        loaded.experiments["button_color"].fingerprint()
+        == make_spec().experiments["button_color"].fingerprint()
+    )
+
+
+def namespace(
+    spec: Path,
+    store: Path,
+    *,
+    fmt: str = "text",
+    alpha: str = "0.1",
+    output: Path | None = None,
+    experiment: str = "button_color",
+) -> argparse.Namespace:
+    return argparse.Namespace(
+        experiment=experiment,
+        spec=str(spec),
+        store=str(store),
+        alpha=alpha,
+        format=fmt,
+        output=None if output is None else str(output),
+    )
+
+
+def test_command_parses_and_writes_output(tmp_path: Path, capsys: Any) -> None:
+    parser = argparse.ArgumentParser(prog="flagware")
+    add_parser(parser.add_subparsers(dest="command"))
+    store = random_log(3, effect=0.15).store(tmp_path)
+    spec = write_spec_file(tmp_path)
+    out = tmp_path / "report.html"
+    args = parser.parse_args(
+        [
+            "results",
+            "button_color",
+            "--spec",
+            str(spec),
+            "--store",
+            str(store),
+            "--format",
+            "html",
+            "--output",
+            str(out),
+            "--alpha",
+            "0.05",
+        ]
+    )
+    code = args.func(args)
+    assert code in (0, 3)
+    assert out.read_text().count("<svg") == len(METRICS)
+    assert "alpha 0.05" in out.read_text()
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"experiment": "nope"}, "unknown experiment 'nope'"),
+        ({"store": "missing.db"}, "event store not found"),
+        ({"alpha": "abc"}, "--alpha must be a number"),
+        ({"alpha": "0"}, "--alpha must be between 0 and 1"),
+        ({"alpha": "1.5"}, "--alpha must be between 0 and 1"),
+        ({"alpha": "nan"}, "--alpha must be between 0 and 1"),
+        ({"spec": "missing.toml"}, "spec file not found"),
+    ],
+)
+def test_command_bad_input_exits_2(
+    tmp_path: Path, capsys: Any, change: dict[str, str], message: str
+) -> None:
+    store = balanced_log(10, 10).store(tmp_path)
+    spec = write_spec_file(tmp_path)
+    args = namespace(spec, store)
+    for key, value in change.items():
+        setattr(args, key, str(tmp_path / value) if key in ("store", "spec") else value)
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("flagware results: ")
+
+
+def test_command_exit_0_when_not_blocked(tmp_path: Path, capsys: Any) -> None:
+    store = balanced_log(1000, 1000, red_signup=0.4).store(tmp_path)
+    spec = write_spec_file(tmp_path)
+    assert run(namespace(spec, store)) == 0
+    assert "Verdict: SHIP" in capsys.readouterr().out
