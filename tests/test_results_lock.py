@@ -1,0 +1,195 @@
+"""Experiments cannot change once started: record_started and check_unchanged."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flagware.events.store import EventStore, connect
+from flagware.results.lock import check_unchanged, meta_key, read_started, record_started
+from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
+
+T0 = 1_790_000_000_000
+
+
+def make_spec(
+    weights: tuple[float, float] = (50, 50),
+    *,
+    red_color: str = "red",
+    extra_group: bool = False,
+    **experiment: Any,
+) -> Spec:
+    groups = [
+        {"name": "Control", "weight": weights[0], "params": {"color": "blue"}},
+        {"name": "Red", "weight": weights[1], "params": {"color": red_color}},
+    ]
+    if extra_group:
+        groups[1]["weight"] = weights[1] - 10
+        groups.append({"name": "Green", "weight": 10, "params": {"color": "green"}})
+    body = {"unit": "stableID", "salt": "s1", "groups": groups, **experiment}
+    return parse_spec({"experiments": {"button_color": body}}, source="flagware.toml")
+
+
+def exp(spec: Spec) -> ExperimentSpec:
+    return spec.experiments["button_color"]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "events.db"
+    connect(path).close()
+    return path
+
+
+def test_record_started_stores_fingerprint_fields_and_time(store: Path) -> None:
+    spec = make_spec()
+    record_started(store, exp(spec), time_ms=T0)
+    record = read_started(store, "button_color")
+    assert record is not None
+    assert record.fingerprint == exp(spec).fingerprint()
+    assert record.fields == json.loads(json.dumps(exp(spec).fingerprint_fields()))
+    assert (record.started, record.window_start, record.restarts) == (T0, T0, 0)
+    assert record.allocation == 100.0
+    raw = EventStore(store).get_meta(meta_key("button_color"))
+    assert raw is not None and json.loads(raw)["fingerprint"] == exp(spec).fingerprint()
+
+
+def test_record_started_is_idempotent(store: Path) -> None:
+    spec = make_spec()
+    record_started(store, exp(spec), time_ms=T0)
+    first = EventStore(store).get_meta(meta_key("button_color"))
+    record_started(store, exp(spec), time_ms=T0 + 5000)
+    record_started(store, exp(make_spec((40, 60))), time_ms=T0 + 9000)  # not restart: ignored
+    assert EventStore(store).get_meta(meta_key("button_color")) == first
+
+
+def test_record_started_accepts_connections_and_event_stores(tmp_path: Path) -> None:
+    spec = make_spec()
+    event_store = EventStore(tmp_path / "a.db")
+    record_started(event_store, exp(spec), time_ms=T0)
+    assert read_started(event_store, "button_color") is not None
+    event_store.close()
+
+    connect(tmp_path / "b.db").close()
+    legacy = sqlite3.connect(tmp_path / "b.db")  # default isolation: implicit transactions
+    record_started(legacy, exp(spec), time_ms=T0)
+    assert not legacy.in_transaction  # committed what it opened
+    legacy.close()
+    assert read_started(tmp_path / "b.db", "button_color") is not None
+
+    caller = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    caller.execute("BEGIN")
+    record_started(caller, exp(make_spec(allocation=100)), time_ms=T0)
+    assert caller.in_transaction  # the caller's transaction is the caller's to end
+    caller.execute("ROLLBACK")
+    caller.close()
+
+
+def test_record_started_is_cheap(store: Path) -> None:
+    conn = connect(store)
+    experiment = exp(make_spec())
+    started = time.perf_counter()
+    for _ in range(1000):
+        record_started(conn, experiment)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    assert elapsed < 1.0, f"{elapsed * 1000:.1f} us per call"
+
+
+def test_unchanged_spec_and_missing_store_pass(store: Path, tmp_path: Path) -> None:
+    check_unchanged(make_spec(), tmp_path / "nothing-here.db")
+    assert not (tmp_path / "nothing-here.db").exists()  # checking never creates a store
+    check_unchanged(make_spec(), store)  # nothing started yet
+    record_started(store, exp(make_spec()), time_ms=T0)
+    check_unchanged(make_spec(), store)
+
+
+@pytest.mark.parametrize(
+    ("changed", "expected"),
+    [
+        (
+            make_spec((40, 60)),
+            "groups[0].weight changed from 50 to 40; groups[1].weight changed from 50 to 60",
+        ),
+        (make_spec(red_color="green"), 'groups[1].params.color changed from "red" to "green"'),
+        (make_spec(salt="s2"), 'salt changed from "s1" to "s2"'),
+        (make_spec(unit="userID"), 'unit changed from "stableID" to "userID"'),
+        (
+            make_spec(extra_group=True),
+            "groups changed from [Control, Red] to [Control, Red, Green]",
+        ),
+    ],
+)
+def test_changes_after_start_fail_naming_the_change(
+    store: Path, changed: Spec, expected: str
+) -> None:
+    record_started(store, exp(make_spec()), time_ms=T0)
+    with pytest.raises(SpecError) as raised:
+        check_unchanged(changed, store)
+    message = str(raised.value)
+    assert message.startswith("flagware.toml: experiments.button_color: ")
+    assert expected in message
+    assert "after the experiment started" in message
+    assert "new name" in message and "restart = true" in message
+
+
+def test_allocation_may_grow_but_not_shrink(store: Path) -> None:
+    record_started(store, exp(make_spec(allocation=20)), time_ms=T0)
+    check_unchanged(make_spec(allocation=50), store)
+    record = read_started(store, "button_color")
+    assert record is not None and record.allocation == 50.0  # the high-water mark moved
+    assert record.window_start == T0  # growing is not a restart
+    check_unchanged(make_spec(allocation=100), store)
+    with pytest.raises(SpecError, match="allocation shrank from 100 to 30"):
+        check_unchanged(make_spec(allocation=30), store)
+
+
+def test_restart_starts_a_new_window(store: Path) -> None:
+    record_started(store, exp(make_spec()), time_ms=T0)
+    restarted = make_spec((40, 60), restart=True)
+    check_unchanged(restarted, store, time_ms=T0 + 1000)
+    record = read_started(store, "button_color")
+    assert record is not None
+    assert record.fingerprint == exp(restarted).fingerprint()
+    assert (record.started, record.window_start, record.restarts) == (T0, T0 + 1000, 1)
+    # Loading it again, or more exposures of it, keep the window.
+    check_unchanged(restarted, store, time_ms=T0 + 5000)
+    record_started(store, exp(restarted), time_ms=T0 + 6000)
+    # An old process still running the old spec cannot undo the restart.
+    record_started(store, exp(make_spec()), time_ms=T0 + 7000)
+    again = read_started(store, "button_color")
+    assert again == record
+    # Without restart, going back is a change like any other.
+    with pytest.raises(SpecError, match="weight changed from 40 to 50"):
+        check_unchanged(make_spec(), store)
+
+
+def test_restart_on_first_exposure_without_check(store: Path) -> None:
+    record_started(store, exp(make_spec()), time_ms=T0)
+    record_started(store, exp(make_spec(red_color="pink", restart=True)), time_ms=T0 + 42)
+    record = read_started(store, "button_color")
+    assert record is not None and (record.window_start, record.restarts) == (T0 + 42, 1)
+
+
+def test_all_changed_experiments_are_reported(store: Path) -> None:
+    def two(weights: tuple[float, float]) -> Spec:
+        body = {
+            "unit": "stableID",
+            "groups": [
+                {"name": "Control", "weight": weights[0]},
+                {"name": "B", "weight": weights[1]},
+            ],
+        }
+        return parse_spec({"experiments": {"one": body, "two": body}})
+
+    original = two((50, 50))
+    for experiment in original.experiments.values():
+        record_started(store, experiment, time_ms=T0)
+    with pytest.raises(SpecError) as raised:
+        check_unchanged(two((30, 70)), store)
+    assert "experiments.one:" in str(raised.value) and "experiments.two:" in str(raised.value)
