@@ -248,8 +248,10 @@ def render_chart_svg(metric: MetricResult, *, standalone: bool = False) -> str:
         f'<svg{ns} class="chart" viewBox="0 0 {_W} {height}" width="{_W}" height="{height}"'
         f' role="img" aria-label="{escape(title)}" font-family="sans-serif" font-size="12">',
         f"<title>{escape(title)}</title>",
-        f'<text x="{plot_x0}" y="15" fill="#57606a">{escape(unit)}'
-        f" ({_level(metric.alpha)} interval)</text>",
+        f'<text x="8" y="15" fill="#24292f"><tspan font-weight="bold">{escape(metric.name)}'
+        f"{' (guardrail)' if metric.guardrail else ''}</tspan>: {escape(unit)} vs"
+        f" {escape(results[0].vs if results else 'control')},"
+        f" {_level(metric.alpha)} interval</text>",
     ]
     parts += _axis(x, extent, step, relative, height)
     for i, (r, span) in enumerate(zip(results, spans, strict=True)):
