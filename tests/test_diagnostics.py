@@ -1,0 +1,283 @@
+"""The diagnostics page through FlagwareMiddleware and werkzeug's test client."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+from typing import Any
+
+import pytest
+from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Request, Response
+
+from flagware import Flagware, FlagwareMiddleware, current_flags
+from flagware.diagnostics import DiagnosticsApp
+
+LOCAL = {"REMOTE_ADDR": "127.0.0.1"}
+REMOTE = {"REMOTE_ADDR": "203.0.113.77"}
+TOKEN = "s3cret-diagnostics-token-0123456789"
+
+METRICS = """
+[metrics.clicks]
+event = "clicked"
+kind = "conversion"
+"""
+
+_OPTIONS = set(inspect.signature(Flagware.__init__).parameters)
+
+
+@pytest.fixture
+def make_diag(make_client: Any) -> Any:
+    """A diagnostics-enabled client; options the client does not take yet become attributes."""
+
+    def make(**options: Any) -> Any:
+        options.setdefault("diagnostics", True)
+        later = {k: options.pop(k) for k in list(options) if k not in _OPTIONS}
+        client = make_client(**options)
+        for name, value in later.items():
+            setattr(client, name, value)
+        return client
+
+    return make
+
+
+@Request.application  # type: ignore[misc]
+def app(request: Request) -> Response:
+    """The app: "/" reads flags and logs an event; every other path is its own 404."""
+    if request.path != "/":
+        return Response("app: no such page", 404)
+    flags = current_flags()
+    flags.experiment("button_color")
+    name = request.args.get("event", "clicked")
+    flags.log_event(name, value=1, metadata={"note": request.args.get("note", "")})
+    return Response("app")
+
+
+def http(client: Any) -> Client:
+    return Client(FlagwareMiddleware(app, client))
+
+
+def page(browser: Client, path: str = "/_flagware/", **kwargs: Any) -> TestResponse:
+    kwargs.setdefault("environ_base", LOCAL)
+    kwargs.setdefault("headers", {"Host": "localhost:5000"})
+    return browser.get(path, **kwargs)
+
+
+def is_app_404(response: TestResponse) -> bool:
+    return response.status_code == 404 and response.text == "app: no such page"
+
+
+# -- access -------------------------------------------------------------------------
+
+
+def test_off_by_default_the_path_is_the_apps(client: Any) -> None:
+    assert client.diagnostics is False
+    assert is_app_404(page(http(client)))
+
+
+def test_loopback_without_a_token_sees_the_page(make_diag: Any) -> None:
+    response = page(http(make_diag()))
+    assert response.status_code == 200
+    assert "flagware diagnostics" in response.text
+
+
+@pytest.mark.parametrize(
+    ("environ", "host"),
+    [
+        (REMOTE, "example.test"),  # another machine
+        (LOCAL, "evil.example"),  # DNS rebinding: a page in the browser reading localhost
+        ({**LOCAL, "HTTP_X_FORWARDED_FOR": "203.0.113.77"}, "localhost"),  # a local proxy
+    ],
+)
+def test_without_a_token_only_this_machine_sees_it(
+    make_diag: Any, environ: dict[str, str], host: str
+) -> None:
+    response = page(http(make_diag()), environ_base=environ, headers={"Host": host})
+    assert is_app_404(response)  # exactly what the app says: nothing to probe
+
+
+def test_ipv6_loopback_counts_as_local(make_diag: Any) -> None:
+    response = page(
+        http(make_diag()), environ_base={"REMOTE_ADDR": "::1"}, headers={"Host": "[::1]:8000"}
+    )
+    assert response.status_code == 200
+
+
+def test_debug_serves_anyone_without_a_token(make_diag: Any) -> None:
+    response = page(http(make_diag(diagnostics="debug")), environ_base=REMOTE)
+    assert response.status_code == 200
+
+
+def test_a_token_is_required_even_from_loopback_and_in_debug(make_diag: Any) -> None:
+    browser = http(make_diag(diagnostics="debug", diagnostics_token=TOKEN))
+    assert is_app_404(page(browser))
+    assert is_app_404(page(browser, query_string={"token": "wrong"}))
+    assert is_app_404(page(browser, headers={"Authorization": "Bearer wrong"}))
+
+
+def test_token_once_then_a_strict_cookie(make_diag: Any) -> None:
+    browser = http(make_diag(diagnostics_token=TOKEN))
+    first = page(browser, "/_flagware/?token=" + TOKEN, environ_base=REMOTE)
+    assert first.status_code == 303
+    assert first.headers["Location"] == "/_flagware/"  # the token leaves the address bar
+    cookie = next(c for c in first.headers.getlist("Set-Cookie") if c.startswith("flagware_diag"))
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/_flagware/" in cookie
+    assert TOKEN not in cookie  # a digest of the token, not the token
+    again = page(browser, environ_base=REMOTE)  # the test client sends the cookie back
+    assert again.status_code == 200 and "flagware diagnostics" in again.text
+    assert page(browser, "/_flagware/events.json", environ_base=REMOTE).status_code == 200
+
+
+def test_bearer_token_and_token_from_the_environment(
+    make_diag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLAGWARE_DIAGNOSTICS_TOKEN", TOKEN)
+    browser = http(make_diag())
+    assert is_app_404(page(browser))  # loopback is not enough once a token exists
+    ok = page(browser, environ_base=REMOTE, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+
+
+def test_the_path_is_configurable(make_diag: Any) -> None:
+    browser = http(make_diag(diagnostics_path="/ops/flags"))
+    assert is_app_404(page(browser))
+    bare = page(browser, "/ops/flags")
+    assert bare.status_code == 303 and bare.headers["Location"] == "/ops/flags/"
+    assert page(browser, "/ops/flags/").status_code == 200
+
+
+def test_unknown_subpaths_and_other_methods(make_diag: Any) -> None:
+    browser = http(make_diag())
+    assert page(browser, "/_flagware/nope").status_code == 404
+    post = browser.post("/_flagware/", environ_base=LOCAL, headers={"Host": "localhost"})
+    assert post.status_code == 405
+
+
+def test_mounted_alone_it_still_checks_access(make_diag: Any) -> None:
+    response = Client(DiagnosticsApp(make_diag())).get("/_flagware/", environ_base=REMOTE)
+    assert response.status_code == 404
+
+
+# -- what the page shows ------------------------------------------------------------
+
+
+def test_headers_lock_the_page_down(make_diag: Any) -> None:
+    response = page(http(make_diag()))
+    csp = response.headers["Content-Security-Policy"]
+    nonce = re.search(r"'nonce-([^']+)'", csp)
+    assert nonce is not None and "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert f'<script nonce="{nonce.group(1)}">' in response.text
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "http://" not in response.text and "https://" not in response.text  # nothing external
+
+
+def test_shows_the_visitor_and_their_assignments_without_exposures(make_diag: Any) -> None:
+    client = make_diag()
+    browser = http(client)
+    first = page(browser)
+    stable_id = re.search(r"flagware_id=([0-9a-f]{32})", first.headers["Set-Cookie"])
+    assert stable_id is not None  # a first visit mints the cookie on the page itself
+    assert stable_id.group(1) in first.text
+    rows = dict(re.findall(r"<tr><td>(\w+)</td><td>(.*?)</td>", first.text))
+    assert "pass" in rows["everyone"] and "fail" in rows["nobody"]
+    # The app, asked with the same cookie, puts this visitor in the group the page shows.
+    browser.get("/", environ_base=LOCAL)
+    client.flush()
+    exposure = next(e for e in client.store.iter_events() if e["exposure"] == "button_color")
+    assert rows["button_color"] == exposure["group"]
+    # Looking at the page logged nothing: only the app's request did.
+    assert client.store.count() == 2
+
+
+def test_events_json_returns_what_came_after(make_diag: Any) -> None:
+    client = make_diag()
+    browser = http(client)
+    for _ in range(3):
+        browser.get("/", environ_base=REMOTE)
+    client.flush()
+    everything = page(browser, "/_flagware/events.json").json
+    assert [e["id"] for e in everything["events"]] == [1, 2, 3, 4, 5, 6]
+    assert everything["last_id"] == 6
+    later = page(browser, "/_flagware/events.json?after=4").json
+    assert [e["id"] for e in later["events"]] == [5, 6] and later["last_id"] == 6
+    assert {"event", "user_id", "value", "metadata", "time"} <= set(later["events"][0])
+    assert page(browser, "/_flagware/events.json?after=9").json == {"events": [], "last_id": 9}
+    assert page(browser, "/_flagware/events.json?after=x").status_code == 400
+
+
+def test_user_controlled_text_is_escaped(make_diag: Any) -> None:
+    client = make_diag()
+    browser = http(client)
+    evil = "<script>alert(1)</script>"
+    browser.get(
+        "/",
+        query_string={"event": evil, "note": '<img src=x onerror="alert(2)">'},
+        environ_base=REMOTE,
+    )
+    client.flush()
+    html = page(browser, headers={"Host": "localhost", "User-Agent": "<b>agent</b>"}).text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img" not in html and "<b>agent" not in html and "alert(1)</script>" not in html
+    body = page(browser, "/_flagware/events.json").get_data(as_text=True)
+    assert "<" not in body and ">" not in body  # JSON never carries raw markup characters
+
+
+def test_no_raw_ip_anywhere(make_diag: Any) -> None:
+    client = make_diag(diagnostics="debug", send_ip=True)  # the payload holds the IP
+    browser = http(client)
+    browser.get("/", query_string={"note": "203.0.113.77"}, environ_base=REMOTE)
+    client.flush()
+    responses = [page(browser, environ_base=REMOTE), page(browser, "/_flagware/events.json")]
+    for response in responses:
+        assert response.status_code == 200
+        assert "203.0.113.77" not in response.get_data(as_text=True)
+    assert "[ip hidden]" in responses[1].get_data(as_text=True)
+
+
+# -- results --------------------------------------------------------------------------
+
+
+def test_results_chart_when_results_exist(make_diag: Any, spec_file: Any) -> None:
+    spec_file.write_text(spec_file.read_text() + METRICS)
+    client = make_diag()
+    for i in range(40):  # forty visitors, each with their own cookie
+        Client(FlagwareMiddleware(app, client)).get(
+            "/", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}
+        )
+    client.flush()
+    html = page(http(client)).text
+    assert 'data-experiment="button_color"' in html
+    assert '<svg class="chart"' in html and "clicks" in html
+    assert "results unavailable" not in html
+
+
+def test_results_unavailable_before_any_event(make_diag: Any) -> None:
+    html = page(http(make_diag())).text
+    assert "results unavailable" in html and "<svg" not in html
+
+
+def test_results_unavailable_when_results_break(
+    make_diag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = make_diag()
+    browser = http(client)
+    browser.get("/", environ_base=REMOTE)
+    client.flush()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("bug in results")
+
+    monkeypatch.setattr("flagware.results.compute.compute_results", broken)
+    response = page(browser)
+    assert response.status_code == 200 and "results unavailable" in response.text
+    assert client.errors["diagnostics results"] == 1
+
+
+def test_results_unavailable_without_the_results_package(
+    make_diag: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "flagware.results.compute", None)  # import fails
+    response = page(http(make_diag()))
+    assert response.status_code == 200 and "results unavailable" in response.text
