@@ -119,6 +119,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            # Say so, as real servers do: a pooled client (requests/urllib3)
+            # would otherwise reuse the socket and fail with RemoteDisconnected.
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 

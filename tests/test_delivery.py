@@ -542,3 +542,15 @@ def test_writer_and_delivery_leave_no_threads_behind(
     delivery.close()
     left = {t.name for t in threading.enumerate() if t.is_alive()} - before
     assert not {name for name in left if name.startswith("flagware-")}
+
+
+def test_stub_serves_specs_and_id_lists() -> None:
+    import urllib.request
+
+    dcs = {"time": 1, "feature_gates": [], "dynamic_configs": [], "layer_configs": []}
+    with StatsigStub(dcs=dcs) as stub:
+        with urllib.request.urlopen(f"{stub.url}/download_config_specs/secret-x.json") as r:
+            assert json.load(r) == dcs
+        request = urllib.request.Request(f"{stub.url}/get_id_lists", data=b"{}", method="POST")
+        with urllib.request.urlopen(request) as r:
+            assert json.load(r) == {}
