@@ -1,0 +1,137 @@
+"""System checks (``manage.py check --tag flagware``): configuration mistakes
+reported with a fix before the first request, not as a failing page.
+
+- flagware.E001: the Statsig engine without a hash key
+- flagware.E002: the local spec file is missing
+- flagware.E003: the local spec file is invalid
+- flagware.E004: FlagwareMiddleware is placed before AuthenticationMiddleware
+- flagware.E005: settings.FLAGWARE is not a dict of Flagware(...) arguments
+- flagware.E006: a user resolver cannot be imported or is not callable
+- flagware.W001: flagware.django is installed but its middleware is not
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+from django.core.checks import CheckMessage, Error, register
+from django.core.exceptions import ImproperlyConfigured
+
+from flagware.client import DEFAULT_SPEC, Flagware, _env
+from flagware.django import conf
+from flagware.spec import SpecError, load_spec
+
+OUR_MIDDLEWARE = {
+    "flagware.django.FlagwareMiddleware",
+    "flagware.django.middleware.FlagwareMiddleware",
+}
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
+
+
+@register("flagware")
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    try:
+        options = conf.options()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="flagware.E005")]
+    errors: list[CheckMessage] = []
+    unknown = sorted(set(options) - OPTIONS)
+    if unknown:
+        errors.append(
+            Error(
+                f"settings.{conf.SETTING} has unknown keys: {', '.join(unknown)}",
+                hint=f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}",
+                id="flagware.E005",
+            )
+        )
+    for key in ("user_id", "user_custom"):
+        try:
+            conf.load_resolver(options.get(key), key)
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="flagware.E006"))
+
+    spec, secret = options.get("spec"), options.get("statsig_secret")
+    if spec is not None and secret is not None:
+        errors.append(
+            Error(
+                f"settings.{conf.SETTING} sets both spec and statsig_secret",
+                hint="spec selects the local engine, statsig_secret selects Statsig: keep one",
+                id="flagware.E005",
+            )
+        )
+        return errors
+    if spec is None and secret is None:
+        secret = _env("STATSIG_SERVER_SECRET")  # as Flagware(...) decides
+    if secret is not None:
+        errors += _check_hash_key(options)
+    else:
+        errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
+    return errors
+
+
+def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:
+    if options.get("hash_key") is not None or _env("FLAGWARE_HASH_KEY"):
+        return []
+    return [
+        Error(
+            "the Statsig engine needs a hash key: without it userIDs differ between "
+            "processes and the hashed IPs are not secret",
+            hint=f"set FLAGWARE_HASH_KEY or settings.{conf.SETTING}['hash_key'] to a long "
+            "random secret (python -c 'import secrets; print(secrets.token_hex(32))')",
+            id="flagware.E001",
+        )
+    ]
+
+
+def _check_spec(path: Path) -> list[CheckMessage]:
+    if not path.is_file():
+        return [
+            Error(
+                f"flagware spec file not found: {path.absolute()}",
+                hint=f"create it, or set settings.{conf.SETTING}['spec'] to its absolute "
+                "path (e.g. BASE_DIR / 'flagware.toml'); a relative path is read from the "
+                "working directory",
+                id="flagware.E002",
+            )
+        ]
+    try:
+        load_spec(path)
+    except SpecError as exc:
+        return [Error(f"invalid flagware spec: {exc}", id="flagware.E003")]
+    return []
+
+
+@register("flagware")
+def check_middleware(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    middleware = [str(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    ours = [i for i, path in enumerate(middleware) if path in OUR_MIDDLEWARE]
+    if not ours:
+        return [
+            checks.Warning(
+                "flagware.django is installed but its middleware is not in MIDDLEWARE, so "
+                "views have no request.flags and current_flags() raises",
+                hint=f'add "flagware.django.FlagwareMiddleware" after "{AUTH_MIDDLEWARE}"',
+                id="flagware.W001",
+            )
+        ]
+    if AUTH_MIDDLEWARE in middleware and ours[0] < middleware.index(AUTH_MIDDLEWARE):
+        return [
+            Error(
+                "FlagwareMiddleware comes before AuthenticationMiddleware, so it cannot use "
+                "the logged-in user as the userID",
+                hint=f'move "{middleware[ours[0]]}" after "{AUTH_MIDDLEWARE}"',
+                id="flagware.E004",
+            )
+        ]
+    return []

@@ -1,0 +1,172 @@
+"""One Flagware client per process, built from ``settings.FLAGWARE``.
+
+``FLAGWARE`` is a dict of ``Flagware(...)`` keyword arguments; environment
+variables apply as for ``Flagware`` (explicit keys win). Two keys differ from
+the core because Django code works with requests, not WSGI environs:
+
+- ``user_id``: a callable (or its dotted path) taking the ``HttpRequest`` and
+  returning the app's user ID or None. Left out, it is the primary key of an
+  authenticated ``request.user``; set to None, visitors are identified by the
+  keyed hash of their IP only.
+- ``user_custom``: likewise, returning a dict of custom fields for conditions.
+
+The client is built on first use and closed at interpreter exit by the core's
+exit hook; ``override_settings(FLAGWARE=...)`` in tests builds a fresh one.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from flagware.client import Flagware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from flagware.identity import CustomResolver, UserResolver
+
+SETTING = "FLAGWARE"
+# Namespaced META keys, as werkzeug does with "werkzeug.proxy_fix.orig".
+REQUEST_KEY = "flagware.django.request"  # a weakref: META must not keep its request alive
+USER_KEY = "flagware.django.user"  # the user, loaded ahead of async views
+
+RequestResolver = Callable[[HttpRequest], Any]
+
+_client: Flagware | None = None
+_lock = threading.Lock()
+
+
+def options() -> dict[str, Any]:
+    """``settings.FLAGWARE`` as a fresh dict (empty when unset)."""
+    raw = getattr(settings, SETTING, None)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(
+            f"settings.{SETTING} must be a dict of Flagware(...) keyword arguments, "
+            f"not {type(raw).__name__}"
+        )
+    return dict(raw)
+
+
+def get_client() -> Flagware:
+    """This process's client, built from settings on first use."""
+    client = _client
+    if client is not None:
+        return client
+    with _lock:
+        if _client is None:
+            _set_client(build_client())
+        assert _client is not None  # set just above; narrows the global for mypy
+        return _client
+
+
+def _set_client(client: Flagware | None) -> None:
+    global _client
+    _client = client
+
+
+def build_client(opts: Mapping[str, Any] | None = None) -> Flagware:
+    """A new client from ``opts`` (default: ``settings.FLAGWARE``)."""
+    kwargs = dict(options() if opts is None else opts)
+    user_id = kwargs.pop("user_id", request_user_id)
+    user_custom = kwargs.pop("user_custom", None)
+    return Flagware(
+        user_id=_per_request(user_id, "user_id"),
+        user_custom=_per_request(user_custom, "user_custom"),  # type: ignore[arg-type]
+        **kwargs,
+    )
+
+
+def reset_client() -> None:
+    """Close and forget the client; the next request builds a new one."""
+    with _lock:
+        client = _client
+        _set_client(None)
+    if client is not None:
+        client.close()
+
+
+def _reset_on_change(*, setting: str, **kwargs: Any) -> None:
+    if setting == SETTING:
+        reset_client()
+
+
+setting_changed.connect(_reset_on_change)
+
+
+def load_resolver(value: object, key: str) -> RequestResolver | None:
+    """A request resolver from a callable, its dotted path, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"settings.{SETTING}[{key!r}]: cannot import {value!r}: {exc}"
+            ) from exc
+    if not callable(value):
+        raise ImproperlyConfigured(
+            f"settings.{SETTING}[{key!r}] must be a callable taking the request, or its dotted path"
+        )
+    return value
+
+
+def _per_request(value: object, key: str) -> UserResolver | CustomResolver | None:
+    resolver = load_resolver(value, key)
+    return None if resolver is None else FromRequest(resolver)
+
+
+class FromRequest:
+    """Adapts a request resolver to the core's environ resolver.
+
+    The core resolves identity lazily from the environ (``request.META``), so
+    the middleware leaves a weak reference to the request there for this to
+    follow. Exceptions propagate to the core, which reports them through
+    ``client.report`` and falls back to the hashed IP.
+    """
+
+    __slots__ = ("resolver",)
+
+    def __init__(self, resolver: RequestResolver) -> None:
+        self.resolver = resolver
+
+    def __call__(self, environ: WSGIEnvironment) -> Any:
+        request = request_of(environ)
+        return None if request is None else self.resolver(request)
+
+
+def uses_default_user(client: Flagware) -> bool:
+    resolver = client.user_id_resolver
+    return isinstance(resolver, FromRequest) and resolver.resolver is request_user_id
+
+
+def attach_request(environ: WSGIEnvironment, request: HttpRequest) -> None:
+    environ[REQUEST_KEY] = weakref.ref(request)
+
+
+def request_of(environ: Mapping[str, Any]) -> HttpRequest | None:
+    ref = environ.get(REQUEST_KEY)
+    return ref() if ref is not None else None
+
+
+def request_user_id(request: HttpRequest) -> object:
+    """The default resolver: the primary key of an authenticated ``request.user``."""
+    user = request.META.get(USER_KEY)  # already loaded for async requests
+    if user is None:
+        # Reading request.user loads the session and the user: done only now,
+        # when a view first reads a flag, never for requests that do not.
+        user = getattr(request, "user", None)
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.pk

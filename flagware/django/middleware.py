@@ -1,0 +1,130 @@
+"""``FlagwareMiddleware`` for Django: ``request.flags`` under WSGI and ASGI.
+
+Like the WSGI middleware it only creates an empty Flags object per request and
+sets the contextvar around the view; identity and evaluation happen when the
+view (or a template, or code it calls) first reads a flag. The stableID cookie
+is added to the response only when this request minted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+from flagware.django import conf
+from flagware.flags import Flags, _current
+from flagware.middleware import ENVIRON_KEY
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from flagware.client import Flagware
+
+
+class FlagwareMiddleware:
+    """Add after ``django.contrib.auth.middleware.AuthenticationMiddleware``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self,
+        get_response: (
+            Callable[[HttpRequest], HttpResponseBase]
+            | Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+        ),
+    ) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            # Django sees an async middleware and does not wrap it in a thread.
+            markcoroutinefunction(self)
+        # Built when Django loads the middleware, so a bad configuration fails
+        # at start-up rather than on the first request that reads a flag.
+        conf.get_client()
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        flags = self._flags(request)
+        token = _current.set(flags)
+        try:
+            response = self.get_response(request)
+        finally:
+            _current.reset(token)
+        # The sync chain never returns an awaitable.
+        return self._set_cookie(flags, request, cast(HttpResponseBase, response))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        await _load_user(request)
+        flags = self._flags(request)
+        token = _current.set(flags)
+        try:
+            response = await self.get_response(request)  # type: ignore[misc]
+        finally:
+            _current.reset(token)
+        return self._set_cookie(flags, request, response)
+
+    def _flags(self, request: HttpRequest) -> Flags:
+        client = conf.get_client()
+        environ = _environ(request, client)
+        flags = Flags(client, environ)
+        request.META[ENVIRON_KEY] = flags
+        request.flags = flags  # type: ignore[attr-defined]
+        return flags
+
+    def _set_cookie(
+        self, flags: Flags, request: HttpRequest, response: HttpResponseBase
+    ) -> HttpResponseBase:
+        minted = flags._minted
+        if minted is None:  # no flag was read, or the browser already has its ID
+            return response
+        client = flags._client
+        try:
+            response.set_cookie(
+                client.cookie_name,
+                minted,
+                max_age=client.cookie_max_age,
+                path="/",
+                secure=request.is_secure(),
+                httponly=True,
+                samesite="Lax",
+            )
+        except Exception as exc:  # the response goes out without our cookie, never broken
+            client.report(exc, "cookie")
+        return response
+
+
+def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
+    """What the core reads identity from: ``request.META``, the WSGI environ itself."""
+    environ: WSGIEnvironment = request.META
+    if client.proxy_hops:
+        # The WSGI middleware uses werkzeug's ProxyFix; Django has no
+        # equivalent, so apply the same rule, to flagware's copy only: the
+        # address the trusted proxy saw, never one the client chose.
+        trusted = _forwarded_for(request.META, client.proxy_hops)
+        if trusted is not None:
+            environ = {**request.META, "REMOTE_ADDR": trusted}
+    conf.attach_request(environ, request)
+    return environ
+
+
+def _forwarded_for(meta: dict[str, Any], hops: int) -> str | None:
+    values = [v.strip() for v in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if v.strip()]
+    return values[-hops] if len(values) >= hops else None
+
+
+async def _load_user(request: HttpRequest) -> None:
+    """Load the user before an async view, for the default resolver.
+
+    Reading ``request.user`` loads the session and user synchronously, which
+    Django refuses inside the event loop, so async views would silently fall
+    back to the hashed IP. ``request.auser()`` (set by the auth middleware)
+    loads it without blocking; for visitors without a session it costs nothing.
+    """
+    auser = getattr(request, "auser", None)
+    if auser is not None and conf.uses_default_user(conf.get_client()):
+        request.META[conf.USER_KEY] = await auser()

@@ -1,0 +1,645 @@
+"""flagware.django: middleware, decorators, template tags, Jinja2 and system checks.
+
+Django's test Client, AsyncClient and RequestFactory against the real local
+engine; the views and URLs below are this module's (``ROOT_URLCONF = __name__``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from django_settings import AUTH_MIDDLEWARE, MIDDLEWARE, configure, flagware_settings, migrate
+
+configure()
+
+from asgiref.sync import iscoroutinefunction  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.core.checks import run_checks  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.template import engines  # noqa: E402
+from django.test import AsyncClient, Client, RequestFactory, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.utils.decorators import method_decorator  # noqa: E402
+from django.views import View  # noqa: E402
+
+from flagware import current_flags, experiment, feature_gate, log_event  # noqa: E402
+from flagware.django import FlagwareMiddleware, checks, conf  # noqa: E402
+from flagware.django.templatetags import flagware as tags  # noqa: E402
+from flagware.flags import Config, NoRequestError, _current  # noqa: E402
+from flagware.identity import hash_ip  # noqa: E402
+
+HEX32 = re.compile(r"[0-9a-f]{32}")
+
+# -- views ----------------------------------------------------------------------
+
+
+def describe() -> dict[str, Any]:
+    """Plain code a view calls: it finds the request's flags through the contextvar."""
+    flags = current_flags()
+    exp = flags.experiment("button_color")
+    return {
+        "user_id": flags.user_id,
+        "stable_id": flags.stable_id,
+        "gate": flags.gate("everyone"),
+        "group": exp.group,
+        "color": exp.get("color"),
+    }
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    flags = current_flags()
+    assert request.flags is flags  # type: ignore[attr-defined]
+    assert request.META["flagware.flags"] is flags
+    return JsonResponse(describe())
+
+
+async def awhoami(request: HttpRequest) -> JsonResponse:
+    await asyncio.sleep(0)  # across an await, still this request's flags
+    assert request.flags is current_flags()  # type: ignore[attr-defined]
+    return JsonResponse(describe())
+
+
+def plain(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("plain")
+
+
+@log_event("paid", value=9.5, metadata={"plan": "pro"})
+def logged(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+@log_event("missing")
+def logged_404(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(status=404)
+
+
+@log_event("raised")
+def logged_raises(request: HttpRequest) -> HttpResponse:
+    raise Http404("nope")
+
+
+@feature_gate("everyone")
+def gated_in(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("in")
+
+
+@feature_gate("nobody")
+def gated_out(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("in")
+
+
+@feature_gate("nobody", otherwise=403)
+def gated_403(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("in")
+
+
+@experiment("button_color")
+def with_experiment(request: HttpRequest, experiment: Config) -> HttpResponse:
+    return HttpResponse(f"{experiment.group}:{experiment.get('color')}")
+
+
+@log_event("async_event")
+@feature_gate("everyone")
+@experiment("button_color", arg="exp")
+async def async_decorated(request: HttpRequest, exp: Config) -> HttpResponse:
+    await asyncio.sleep(0)
+    return HttpResponse(f"{exp.group}:{exp.get('color')}")
+
+
+@feature_gate("nobody")
+async def async_gated_out(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("in")
+
+
+class DirectView(View):
+    @log_event("cbv_direct")
+    @experiment("button_color")
+    def get(self, request: HttpRequest, experiment: Config) -> HttpResponse:
+        return HttpResponse(str(experiment.get("color")))
+
+
+@method_decorator(log_event("cbv_method_decorator"), name="get")
+@method_decorator(feature_gate("nobody"), name="post")
+class MethodDecoratedView(View):
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(current_flags().stable_id)
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("in")
+
+
+class AsyncMethodView(View):
+    @method_decorator(log_event("cbv_async"))
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(0)
+        return HttpResponse(current_flags().stable_id)
+
+    @method_decorator(feature_gate("nobody", otherwise=403))
+    async def post(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("in")
+
+
+class DRFStyleRequest:
+    """Like rest_framework's Request: wraps the HttpRequest, proxies its attributes."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self._request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+class DRFStyleView:
+    """Like an APIView: handlers take the wrapped request first."""
+
+    @classmethod
+    def as_view(cls) -> Any:
+        def view(request: HttpRequest) -> HttpResponse:
+            handler = getattr(cls(), (request.method or "get").lower())
+            return handler(DRFStyleRequest(request))  # type: ignore[no-any-return]
+
+        return view
+
+    @log_event("api_get")
+    @experiment("button_color")
+    def get(self, request: DRFStyleRequest, experiment: Config) -> JsonResponse:
+        return JsonResponse({"color": experiment.get("color"), "user_id": request.flags.user_id})
+
+    @feature_gate("nobody")
+    def post(self, request: DRFStyleRequest) -> HttpResponse:
+        return HttpResponse("in")
+
+
+TAGS = (
+    '{% load flagware %}{% gate "everyone" as yes %}{% gate "nobody" as no %}'
+    '{% gate "everyone" as again %}{% experiment "button_color" as exp %}'
+    "{{ yes }} {{ no }} {{ again }} {{ exp.group }} {{ exp.params.color }}"
+)
+JINJA = (
+    "{{ gate('everyone') }} {{ gate('nobody') }} "
+    "{% set exp = experiment('button_color') %}{{ exp.group }} {{ exp.params.color }} "
+    "{{ flags.stable_id == request.flags.stable_id }}"
+)
+
+
+def tags_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(engines["django"].from_string(TAGS).render(request=request))
+
+
+def jinja_view(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(engines["jinja2"].from_string(JINJA).render(request=request))
+
+
+urlpatterns = [
+    path("whoami", whoami),
+    path("awhoami", awhoami),
+    path("plain", plain),
+    path("logged", logged),
+    path("logged_404", logged_404),
+    path("logged_raises", logged_raises),
+    path("gated_in", gated_in),
+    path("gated_out", gated_out),
+    path("gated_403", gated_403),
+    path("experiment", with_experiment),
+    path("async_decorated", async_decorated),
+    path("async_gated_out", async_gated_out),
+    path("cbv/direct", DirectView.as_view()),
+    path("cbv/method_decorator", MethodDecoratedView.as_view()),
+    path("cbv/async", AsyncMethodView.as_view()),
+    path("api", DRFStyleView.as_view()),
+    path("tags", tags_view),
+    path("jinja", jinja_view),
+]
+
+# -- fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def urls() -> Iterator[None]:
+    with override_settings(ROOT_URLCONF=__name__):
+        yield
+
+
+@pytest.fixture
+def fw(tmp_path: Path, spec_file: Path) -> Iterator[Any]:
+    """settings.FLAGWARE on a fresh store; the process's client for this test."""
+    yield from flagware_settings(tmp_path, spec_file)
+
+
+@pytest.fixture
+def user() -> Iterator[Any]:
+    migrate()
+    user = get_user_model().objects.create_user(username="ada", password="x")
+    yield user
+    user.delete()
+
+
+def cookie_of(response: Any) -> Any:
+    return response.cookies.get("flagware_id")
+
+
+# -- the middleware -------------------------------------------------------------
+
+
+def test_importing_flagware_django_needs_no_settings() -> None:
+    code = (
+        "import sys, flagware.django\n"
+        "assert not any(m == 'django' or m.startswith('django.') for m in sys.modules)\n"
+        "from flagware.django import FlagwareMiddleware\n"
+        "assert FlagwareMiddleware.async_capable and FlagwareMiddleware.sync_capable\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_middleware_with_request_factory_sync(fw: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        seen["flags"] = current_flags()
+        seen["stable_id"] = request.flags.stable_id  # type: ignore[attr-defined]
+        return HttpResponse("ok")
+
+    middleware = FlagwareMiddleware(get_response)
+    assert not iscoroutinefunction(middleware)
+    request = RequestFactory().get("/")
+    response = middleware(request)
+    assert seen["flags"] is request.flags  # type: ignore[attr-defined]
+    assert response.cookies["flagware_id"].value == seen["stable_id"]
+    assert _current.get() is None
+
+
+def test_middleware_with_request_factory_async(fw: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(0)
+        seen["flags"] = current_flags()
+        return HttpResponse(describe()["stable_id"])
+
+    middleware = FlagwareMiddleware(get_response)
+    assert iscoroutinefunction(middleware)
+    request = RequestFactory().get("/")
+    response = asyncio.run(middleware(request))
+    assert seen["flags"] is request.flags  # type: ignore[attr-defined]
+    assert response.cookies["flagware_id"].value == response.content.decode()
+
+
+def test_contextvar_is_reset_when_the_view_raises(fw: Any) -> None:
+    def get_response(request: HttpRequest) -> HttpResponse:
+        current_flags().gate("everyone")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        FlagwareMiddleware(get_response)(RequestFactory().get("/"))
+    assert _current.get() is None
+
+
+def test_current_flags_outside_a_request_names_the_django_middleware() -> None:
+    with pytest.raises(NoRequestError, match=r"flagware\.django\.FlagwareMiddleware"):
+        current_flags()
+
+
+def test_first_visit_mints_a_cookie_the_same_request_sees(fw: Any) -> None:
+    http = Client(REMOTE_ADDR="203.0.113.7")
+    first = http.get("/whoami")
+    body = first.json()
+    cookie = cookie_of(first)
+    assert cookie.value == body["stable_id"] and HEX32.fullmatch(body["stable_id"])
+    assert cookie["httponly"] is True and cookie["samesite"] == "Lax"
+    assert cookie["secure"] == "" and cookie["path"] == "/"
+    assert cookie["max-age"] == fw.cookie_max_age
+    assert body["user_id"] == hash_ip(b"test-key", "203.0.113.7")
+    # The browser sends it back: same IDs and group, no new cookie.
+    second = http.get("/whoami")
+    assert second.json() == body
+    assert "flagware_id" not in second.cookies
+
+
+def test_cookie_is_secure_on_https(fw: Any) -> None:
+    response = Client().get("/whoami", secure=True)
+    assert cookie_of(response)["secure"] is True
+
+
+def test_cookie_name_and_max_age_come_from_settings(tmp_path: Path, spec_file: Path) -> None:
+    for _ in flagware_settings(tmp_path, spec_file, cookie_name="vid", cookie_max_age=60):
+        response = Client().get("/whoami")
+        assert response.cookies["vid"].value == response.json()["stable_id"]
+        assert response.cookies["vid"]["max-age"] == 60
+
+
+def test_a_request_that_reads_no_flags_gets_no_cookie_and_no_events(
+    fw: Any, flagware_events: Any
+) -> None:
+    response = Client().get("/plain")
+    assert response.content == b"plain"
+    assert "flagware_id" not in response.cookies
+    assert flagware_events == []
+
+
+def test_async_view_through_the_sync_client(fw: Any) -> None:
+    response = Client().get("/awhoami")
+    assert response.json()["stable_id"] == cookie_of(response).value
+
+
+def test_async_view_through_the_async_client(fw: Any) -> None:
+    async def visit() -> Any:
+        http = AsyncClient()
+        first = await http.get("/awhoami")
+        second = await http.get("/awhoami")
+        return first, second
+
+    first, second = asyncio.run(visit())
+    assert first.json()["stable_id"] == cookie_of(first).value
+    assert second.json() == first.json()
+    assert "flagware_id" not in second.cookies
+
+
+def test_concurrent_async_requests_keep_their_own_flags(fw: Any) -> None:
+    async def visit() -> list[Any]:
+        return list(await asyncio.gather(*(AsyncClient().get("/awhoami") for _ in range(8))))
+
+    responses = asyncio.run(visit())
+    ids = [r.json()["stable_id"] for r in responses]
+    assert len(set(ids)) == 8
+    assert ids == [cookie_of(r).value for r in responses]
+
+
+# -- who the user is ------------------------------------------------------------
+
+
+def test_anonymous_visitors_are_the_hash_of_their_ip(fw: Any) -> None:
+    response = Client(REMOTE_ADDR="198.51.100.4").get("/whoami")
+    assert response.json()["user_id"] == hash_ip(b"test-key", "198.51.100.4")
+
+
+def test_logged_in_user_is_the_user_id(fw: Any, user: Any) -> None:
+    http = Client()
+    http.force_login(user)
+    assert http.get("/whoami").json()["user_id"] == str(user.pk)
+
+
+def test_logged_in_user_in_an_async_view(fw: Any, user: Any) -> None:
+    http = AsyncClient()
+    http.force_login(user)
+    response = asyncio.run(http.get("/awhoami"))
+    assert response.json()["user_id"] == str(user.pk)
+    assert fw.errors["user_id resolver"] == 0
+
+
+def test_default_resolver_with_request_factory(fw: Any) -> None:
+    request = RequestFactory().get("/")
+    request.user = SimpleNamespace(is_authenticated=True, pk=42)  # type: ignore[assignment]
+    response = FlagwareMiddleware(lambda r: HttpResponse(current_flags().user_id))(request)
+    assert response.content == b"42"
+    request = RequestFactory().get("/")
+    request.user = SimpleNamespace(is_authenticated=False, pk=None)  # type: ignore[assignment]
+    response = FlagwareMiddleware(lambda r: HttpResponse(current_flags().user_id))(request)
+    assert HEX32.fullmatch(response.content.decode())
+
+
+def user_from_header(request: HttpRequest) -> str | None:
+    return request.headers.get("X-User")
+
+
+def account_tier(request: HttpRequest) -> dict[str, str]:
+    return {"tier": request.headers.get("X-Tier", "free")}
+
+
+def broken_resolver(request: HttpRequest) -> str:
+    raise RuntimeError("resolver bug")
+
+
+def test_custom_resolvers_from_dotted_paths(
+    tmp_path: Path, spec_file: Path, flagware_events: Any
+) -> None:
+    options = {"user_id": f"{__name__}.user_from_header", "user_custom": account_tier}
+    for _ in flagware_settings(tmp_path, spec_file, **options):
+        response = Client().get("/logged", headers={"X-User": "u-7", "X-Tier": "pro"})
+    assert response.status_code == 200
+    [event] = flagware_events.named("paid")
+    assert event.user_id == "u-7"
+    assert event.user["custom"] == {"tier": "pro"}
+
+
+def test_user_id_none_uses_the_ip_even_when_logged_in(
+    tmp_path: Path, spec_file: Path, user: Any
+) -> None:
+    for _ in flagware_settings(tmp_path, spec_file, user_id=None):
+        http = Client(REMOTE_ADDR="192.0.2.1")
+        http.force_login(user)
+        assert http.get("/whoami").json()["user_id"] == hash_ip(b"test-key", "192.0.2.1")
+
+
+def test_a_failing_resolver_is_reported_and_never_breaks_the_request(
+    tmp_path: Path, spec_file: Path, caplog: Any
+) -> None:
+    for client in flagware_settings(tmp_path, spec_file, user_id=broken_resolver):
+        with caplog.at_level(logging.ERROR, logger="flagware"):
+            response = Client(REMOTE_ADDR="192.0.2.9").get("/whoami")
+        assert response.status_code == 200
+        assert response.json()["user_id"] == hash_ip(b"test-key", "192.0.2.9")
+        assert client.errors["user_id resolver"] == 1
+    assert "user_id resolver" in caplog.text
+
+
+def test_proxy_hops_trust_only_the_configured_hop(tmp_path: Path, spec_file: Path) -> None:
+    for _ in flagware_settings(tmp_path, spec_file, proxy_hops=1):
+        http = Client(REMOTE_ADDR="10.0.0.1")
+        forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.50"}
+        response = http.get("/whoami", headers=forwarded)
+        assert response.json()["user_id"] == hash_ip(b"test-key", "203.0.113.50")
+        request = response.wsgi_request
+        assert request.META["REMOTE_ADDR"] == "10.0.0.1"  # the app's own view is untouched
+
+
+# -- decorators -----------------------------------------------------------------
+
+
+def test_log_event_on_function_views(fw: Any, flagware_events: Any) -> None:
+    http = Client()
+    assert http.get("/logged").status_code == 200
+    assert http.get("/logged_404").status_code == 404
+    assert http.get("/logged_raises").status_code == 404
+    assert flagware_events.names() == ["paid"]
+    [event] = flagware_events
+    assert event.value == 9.5 and event.metadata == {"plan": "pro"}
+    assert event.stable_id is not None and event.user_id is not None
+
+
+def test_feature_gate_on_function_views(fw: Any) -> None:
+    http = Client()
+    assert http.get("/gated_in").content == b"in"
+    assert http.get("/gated_out").status_code == 404
+    assert http.get("/gated_403").status_code == 403
+
+
+def test_experiment_passes_the_assignment(fw: Any) -> None:
+    response = Client().get("/experiment")
+    group, color = response.content.decode().split(":")
+    assert (group, color) in {("Control", "blue"), ("Red", "red")}
+
+
+def test_decorated_async_views(fw: Any, flagware_events: Any) -> None:
+    async def visit() -> Any:
+        http = AsyncClient()
+        return await http.get("/async_decorated"), await http.get("/async_gated_out")
+
+    ok, denied = asyncio.run(visit())
+    assert ok.content.decode() in {"Control:blue", "Red:red"}
+    assert denied.status_code == 404
+    assert flagware_events.names() == ["async_event"]
+    assert Client().get("/async_decorated").status_code == 200  # and under WSGI
+
+
+def test_class_based_view_methods(fw: Any, flagware_events: Any) -> None:
+    http = Client()
+    assert http.get("/cbv/direct").content in {b"blue", b"red"}
+    response = http.get("/cbv/method_decorator")
+    assert response.content.decode() == http.cookies["flagware_id"].value
+    assert http.post("/cbv/method_decorator").status_code == 404
+    assert flagware_events.names() == ["cbv_direct", "cbv_method_decorator"]
+
+
+def test_async_class_based_view_methods(fw: Any, flagware_events: Any) -> None:
+    async def visit() -> Any:
+        http = AsyncClient()
+        return await http.get("/cbv/async"), await http.post("/cbv/async")
+
+    ok, denied = asyncio.run(visit())
+    assert ok.content.decode() == cookie_of(ok).value  # a fresh client: minted here
+    assert denied.status_code == 403
+    assert flagware_events.names() == ["cbv_async"]
+
+
+def test_drf_style_views_taking_the_request_first(fw: Any, flagware_events: Any) -> None:
+    http = Client(REMOTE_ADDR="192.0.2.44")
+    body = http.get("/api").json()
+    assert body["color"] in {"blue", "red"}
+    assert body["user_id"] == hash_ip(b"test-key", "192.0.2.44")
+    assert http.post("/api").status_code == 404
+    assert flagware_events.names() == ["api_get"]
+
+
+# -- templates ------------------------------------------------------------------
+
+
+def test_template_tags(fw: Any, flagware_events: Any) -> None:
+    response = Client().get("/tags")
+    yes, no, again, group, color = response.content.decode().split(" ")
+    assert (yes, no, again) == ("True", "False", "True")
+    assert (group, color) in {("Control", "blue"), ("Red", "red")}
+    # Each flag is evaluated and exposed once per request, however often it is read.
+    exposures = [e.metadata["gate"] for e in flagware_events.named("statsig::gate_exposure")]
+    assert sorted(exposures) == ["everyone", "nobody"]
+    assert len(flagware_events.named("statsig::config_exposure")) == 1
+
+
+def test_template_tags_outside_a_request_render_defaults(
+    monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(tags, "_warned", set())
+    template = engines["django"].from_string(TAGS)
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        assert template.render() == "False False False None "
+        template.render()
+    assert caplog.text.count("outside a request") == 1
+
+
+def test_jinja2_globals(fw: Any) -> None:
+    response = Client().get("/jinja")
+    yes, no, group, color, same = response.content.decode().split(" ")
+    assert (yes, no, same) == ("True", "False", "True")
+    assert (group, color) in {("Control", "blue"), ("Red", "red")}
+
+
+def test_jinja2_outside_a_request_renders_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tags, "_warned", {"template"})
+    template = engines["jinja2"].from_string(
+        "{{ gate('x') }} {{ experiment('x').group }} [{{ flags.stable_id }}]"
+    )
+    assert template.render() == "False None []"
+
+
+# -- settings and checks --------------------------------------------------------
+
+
+def check_ids(**settings: Any) -> list[str]:
+    with override_settings(**settings):
+        return [m.id for m in checks.check_settings() + checks.check_middleware()]
+
+
+def test_the_test_settings_pass_every_check() -> None:
+    assert run_checks(tags=["flagware"]) == []
+
+
+def test_check_statsig_without_a_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLAGWARE_HASH_KEY", raising=False)
+    assert check_ids(FLAGWARE={"statsig_secret": "secret-x"}) == ["flagware.E001"]
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-from-env")
+    assert check_ids(FLAGWARE={}) == ["flagware.E001"]
+    assert check_ids(FLAGWARE={"hash_key": "k"}) == []
+    monkeypatch.setenv("FLAGWARE_HASH_KEY", "k")
+    assert check_ids(FLAGWARE={}) == []
+
+
+def test_check_missing_spec(tmp_path: Path) -> None:
+    with override_settings(FLAGWARE={"spec": tmp_path / "nope.toml"}):
+        [error] = checks.check_settings()
+    assert error.id == "flagware.E002"
+    assert str(tmp_path / "nope.toml") in error.msg
+
+
+def test_check_invalid_spec(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gates.x]\nrollout = 'half'\n")
+    with override_settings(FLAGWARE={"spec": bad}):
+        [error] = checks.check_settings()
+    assert error.id == "flagware.E003"
+    assert "rollout" in error.msg
+
+
+def test_check_settings_shape(spec_file: Path) -> None:
+    assert check_ids(FLAGWARE=["spec"]) == ["flagware.E005"]
+    assert check_ids(FLAGWARE={"spec": spec_file, "specs": "x"}) == ["flagware.E005"]
+    assert check_ids(FLAGWARE={"spec": spec_file, "statsig_secret": "secret-x"}) == [
+        "flagware.E005"
+    ]
+    assert check_ids(FLAGWARE={"spec": spec_file, "user_id": "no.such.resolver"}) == [
+        "flagware.E006"
+    ]
+    assert check_ids(FLAGWARE={"spec": spec_file, "user_custom": 42}) == ["flagware.E006"]
+
+
+def test_check_middleware_order(spec_file: Path) -> None:
+    ours = "flagware.django.FlagwareMiddleware"
+    flagware = {"spec": spec_file}
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours, AUTH_MIDDLEWARE]) == ["flagware.E004"]
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[AUTH_MIDDLEWARE, ours]) == []
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours]) == []  # no users, no order
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[AUTH_MIDDLEWARE]) == ["flagware.W001"]
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=MIDDLEWARE) == []
+
+
+def test_bad_settings_fail_when_the_middleware_loads() -> None:
+    with override_settings(FLAGWARE="spec.toml"), pytest.raises(ImproperlyConfigured):
+        FlagwareMiddleware(lambda r: HttpResponse())
+
+
+def test_changing_settings_builds_a_new_client(tmp_path: Path, spec_file: Path) -> None:
+    first = conf.get_client()
+    assert conf.get_client() is first
+    for client in flagware_settings(tmp_path, spec_file):
+        assert client is not first and conf.get_client() is client
+    assert client._closed  # the override's client is closed when it ends
