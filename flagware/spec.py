@@ -149,6 +149,8 @@ class ExperimentSpec:
         return {
             "unit": self.unit,
             "salt": self.salt,
+            # Who is allocated at all: a new allocation salt reshuffles them.
+            "allocation_salt": self.effective_allocation_salt,
             # float() so that weight 50 and 50.0 give the same fingerprint
             "groups": [
                 {"name": g.name, "weight": float(g.weight), "params": g.params} for g in self.groups

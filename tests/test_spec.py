@@ -1023,7 +1023,7 @@ def test_fingerprint_is_stable_and_hex() -> None:
     first, second = _base_experiment(), _base_experiment()
     assert first.fingerprint() == second.fingerprint()
     assert len(first.fingerprint()) == 64 and int(first.fingerprint(), 16) >= 0
-    assert set(first.fingerprint_fields()) == {"unit", "salt", "groups"}
+    assert set(first.fingerprint_fields()) == {"unit", "salt", "allocation_salt", "groups"}
 
 
 def test_fingerprint_ignores_allocation_restart_and_weight_spelling() -> None:
@@ -1048,6 +1048,7 @@ def test_fingerprint_changes_with_what_decides_assignment() -> None:
     changed = {
         "unit": replace(base, unit="userID"),
         "salt": replace(base, salt="another"),
+        "allocation salt": replace(base, allocation_salt="another"),
         "group name": replace(base, groups=(replace(control, name="Ctl"), green, red)),
         "weight": replace(
             base, groups=(replace(control, weight=25), replace(green, weight=25), red)
