@@ -45,6 +45,7 @@ from flagware.events.store import DELIVERED, PARKED, Batch, EventStore, StoreSta
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
+REAP_INTERVAL = 30.0  # seconds between checks for leases of dead processes
 SDK_TYPE = "py-server"  # events are the SDK's own, so Statsig files them as such
 
 
@@ -103,6 +104,7 @@ class _Runtime:
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
+        self.reaped = time.monotonic()  # last release_dead_leases
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
@@ -272,12 +274,23 @@ class Delivery:
                     if not self._step(rt, sender):
                         sender.close()  # idle: no stale keep-alive connection later
                         rt.wake.wait(self.poll_interval)
+                        self._reap(rt)
                 except Exception as exc:  # a bug or a broken store: never kill the thread
                     self._report(exc, "statsig delivery")
                     self._failed(rt)
         finally:
             sender.close()
             rt.store.close_thread()
+
+    def _reap(self, rt: _Runtime) -> None:
+        """Now and then, free leases of dead local processes (a worker killed by a
+        timeout) instead of waiting for them to expire."""
+        now = time.monotonic()
+        with rt.lock:
+            if now - rt.reaped < REAP_INTERVAL:
+                return
+            rt.reaped = now
+        rt.store.release_dead_leases()
 
     def _step(self, rt: _Runtime, sender: _Sender) -> bool:
         """Claim one batch and send it; False when there was nothing to claim."""

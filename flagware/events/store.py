@@ -258,6 +258,13 @@ class EventStore:
         now = time.time()
         cutoff_ms = int((now - max_age) * 1000)
         conn = self._conn()
+        # A read first: an idle worker polling must not take the write lock.
+        if not conn.execute(
+            "SELECT 1 FROM events WHERE delivery = 0"
+            " AND (lease_until IS NULL OR lease_until < ?) LIMIT 1",
+            (now,),
+        ).fetchone():
+            return None
         with _write(conn):
             rows = conn.execute(
                 "UPDATE events SET lease_owner = ?, lease_until = ?"
