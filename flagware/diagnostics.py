@@ -428,7 +428,8 @@ def _event_rows(events: list[dict[str, Any]], stable_id: str) -> str:
         rows.append(
             f'<tr{you} data-id="{int(e["id"])}">'
             f"<td>{_time(e['time'])}</td><td>{escape(str(e['event']))}</td>"
-            f'<td class="mono">{escape(_text(e["user_id"]))}</td>'
+            f'<td class="id" title="{escape(_text(e["user_id"]))}">'
+            f"{escape(_short_id(_text(e['user_id'])))}</td>"
             f"<td>{escape(_text(e['value']))}</td>"
             f'<td class="mono">{escape(_text(e["metadata"]))}</td></tr>'
         )
@@ -440,6 +441,11 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else _json(value)
+
+
+def _short_id(text: str) -> str:
+    """IDs are 32 hex digits: the first 12 tell visitors apart; the tooltip has the rest."""
+    return text[:12] + "\u2026" if len(text) > 16 else text
 
 
 def _json(value: Any) -> str:

@@ -1,0 +1,187 @@
+"""The diagnostics page end to end: the Flask demo on a real server, headless Chromium.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` packages (``.ci/run``
+installs them). ``FLAGWARE_UPDATE_SCREENSHOT=1`` also writes the screenshot
+the README shows to ``examples/flask_demo/diagnostics.png``; otherwise it goes
+to the test's temporary directory, so a test run never changes the repository.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from examples.flask_demo.app import SPEC, create_app
+from flagware import current_flags
+from flagware.demo import simulate
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = Path(__file__).parent.parent / "examples" / "flask_demo" / "diagnostics.png"
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+    reason="headless browser test needs /usr/bin/chromium and /usr/bin/chromedriver "
+    "(apt-get install chromium chromium-driver)",
+)
+
+# Every flag that keeps Chromium from talking to anything but the test server.
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # the CI runs as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-features=Translate,OptimizationHints,MediaRouter",
+    "--window-size=1200,900",
+]
+
+
+@pytest.fixture
+def server(make_client: Any) -> Iterator[str]:
+    """The demo app with diagnostics on, already visited by 300 simulated people."""
+    client = make_client(spec=SPEC, diagnostics=True)
+    app = create_app(client)
+    _add_probe(app)
+    simulate(app, 300, out=io.StringIO())  # results need data to draw
+    client.flush()
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, name="diagnostics-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def _add_probe(app: Flask) -> None:
+    """A route that logs an event a hostile visitor could have named."""
+
+    @app.post("/probe")
+    def probe() -> str:
+        current_flags().log_event(
+            "probe <img id=pwned src=x>", value=7, metadata={"note": "<b id=bold>hi</b>"}
+        )
+        return "ok"
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Paths are given, so Selenium Manager has nothing to fetch; say so anyway.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_page_shows_you_and_events_arrive_live(server: str, browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base = server
+    wait = WebDriverWait(browser, 10, poll_frequency=0.2)
+
+    # The app first, as a visitor: its button says which group we are in.
+    browser.get(base + "/signup")
+    group = browser.find_element(By.ID, "signup").get_attribute("data-group")
+    sees_banner = bool(browser.find_elements(By.ID, "banner"))
+    stable_id = browser.get_cookie("flagware_id")["value"]
+
+    browser.get(base + "/_flagware/")
+    visitor = browser.find_element(By.ID, "visitor").text
+    assert stable_id in visitor and "userID" in visitor and "127.0.0.1" not in visitor
+    experiments = {r[0]: r[1] for r in _rows(browser, "experiments")}
+    assert experiments["button_color"] == group
+    gates = {r[0]: r[1] for r in _rows(browser, "gates")}
+    assert gates["new_signup"] == ("pass" if sees_banner else "fail")
+    assert browser.find_elements(By.CSS_SELECTOR, "#results svg.chart")  # the results chart
+    assert browser.find_element(By.ID, "engine").text == "local"
+
+    # Events logged elsewhere appear on the open page, with no reload.
+    browser.execute_script("window.stillTheSamePage = true;")
+    last = _last_id(browser)
+    _request(base + "/signup")  # visited_signup and two exposures
+    _request(base + "/signup/click", post=True)
+    wait.until(lambda driver: len(_rows_after(driver, last)) >= 4)
+    assert browser.execute_script("return window.stillTheSamePage === true;")
+    assert "signup_clicked" in _rows_after(browser, last)[0].text  # newest first
+    assert "(live)" in browser.find_element(By.ID, "poll-status").text
+    _screenshot(browser, tmp_path)
+
+    # A hostile event name arrives as text, never as markup.
+    last = _last_id(browser)
+    _request(base + "/probe", post=True)
+    wait.until(lambda driver: _rows_after(driver, last))
+    assert "probe <img id=pwned src=x>" in _rows_after(browser, last)[0].text
+    assert not browser.find_elements(By.ID, "pwned")
+    assert not browser.find_elements(By.ID, "bold")
+    assert browser.execute_script("return window.stillTheSamePage === true;")
+
+
+def _last_id(browser: Any) -> int:
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#events tr[data-id]")
+    return max((int(r.get_attribute("data-id")) for r in rows), default=0)
+
+
+def _rows_after(browser: Any, last: int) -> list[Any]:
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#events tr[data-id]")
+    return [r for r in rows if int(r.get_attribute("data-id")) > last]
+
+
+def _rows(browser: Any, table_id: str) -> list[list[str]]:
+    from selenium.webdriver.common.by import By
+
+    rows = browser.find_elements(By.CSS_SELECTOR, f"#{table_id} tr")
+    return [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows if r.text][1:]
+
+
+def _request(url: str, *, post: bool = False) -> None:
+    """Another visitor, outside the browser: no cookie, so a new stableID."""
+    request = urllib.request.Request(url, data=b"" if post else None)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def _screenshot(browser: Any, tmp_path: Path) -> None:
+    """The whole page in one PNG: the window grows to the document's height first."""
+    height = browser.execute_script("return document.documentElement.scrollHeight;")
+    browser.set_window_size(1200, min(int(height) + 40, 4000))
+    path = tmp_path / "diagnostics.png"
+    assert browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    if os.environ.get("FLAGWARE_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(path, SCREENSHOT)
