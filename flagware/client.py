@@ -20,6 +20,7 @@ from flagware.events.writer import EventWriter
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
     from flagware.identity import CustomResolver, UserResolver
+    from flagware.spec import Spec
 
 log = logging.getLogger("flagware")
 
@@ -91,6 +92,10 @@ class Flagware:
         self.shutdown_timeout = shutdown_timeout
         self.diagnostics = diagnostics
         self.errors: Counter[str] = Counter()
+        # Experiments this process has seen exposed, and the first exposure
+        # times still to be recorded in the store (by the writer thread).
+        self._started: set[str] = set()
+        self._pending_starts: dict[str, int] = {}
         self._reported: set[tuple[str, type[BaseException]]] = set()
         self._closed = False
         self._lock = threading.Lock()
@@ -118,7 +123,8 @@ class Flagware:
         else:
             assert spec is not None
             self.statsig_api = None
-            self.engine = LocalEngine(spec, tier=self.tier)
+            # An experiment that has started may not change under its results.
+            self.engine = LocalEngine(spec, tier=self.tier, check=self._check_unchanged)
             if key is None:
                 key = self._local_hash_key()
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
@@ -190,6 +196,36 @@ class Flagware:
     def _on_stored(self, count: int) -> None:
         if self.delivery is not None:
             self.delivery.wake()
+        if self._pending_starts:
+            self._record_starts()
+
+    def _note_started(self, experiment: str, time_ms: int) -> None:
+        """First exposure of ``experiment`` in this process (request path: no I/O)."""
+        if isinstance(self.engine, LocalEngine):
+            self._started.add(experiment)
+            self._pending_starts.setdefault(experiment, time_ms)
+
+    def _record_starts(self) -> None:
+        from flagware.results.lock import record_started
+
+        spec = self.engine.spec  # type: ignore[attr-defined]  # only LocalEngine notes starts
+        while True:
+            try:  # popitem is atomic: request threads may add while this runs
+                name, time_ms = self._pending_starts.popitem()
+            except KeyError:
+                return
+            experiment = spec.experiments.get(name)
+            if experiment is None:
+                continue
+            try:
+                record_started(self.store, experiment, time_ms=time_ms)
+            except Exception as exc:
+                self.report(exc, "experiment start record")
+
+    def _check_unchanged(self, spec: Spec) -> None:
+        from flagware.results.lock import check_unchanged
+
+        check_unchanged(spec, self.event_store_path)
 
     def flush(self) -> None:
         """Store everything queued so far (tests and the CLI use it)."""
@@ -215,6 +251,8 @@ class Flagware:
             self._closed = True
         _live_clients.discard(self)
         self.writer.close()
+        if self._pending_starts:
+            self._record_starts()
         if self.delivery is not None:
             try:
                 self.delivery.drain(self.shutdown_timeout)

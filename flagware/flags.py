@@ -251,20 +251,21 @@ class Flags:
         try:
             result = client.engine.config(self.statsig_user(), name)
             config = Config(name, result.params, group=result.group, rule_id=result.rule_id)
-            client.log(
-                Event(
-                    CONFIG_EXPOSURE,
-                    self._wire_user(),
-                    metadata={
-                        "config": name,
-                        "ruleID": result.rule_id,
-                        "rulePassed": "true" if result.value else "false",
-                    },
-                    secondary_exposures=result.secondary_exposures,
-                    exposure=name,
-                    group=result.group,
-                )
+            exposure = Event(
+                CONFIG_EXPOSURE,
+                self._wire_user(),
+                metadata={
+                    "config": name,
+                    "ruleID": result.rule_id,
+                    "rulePassed": "true" if result.value else "false",
+                },
+                secondary_exposures=result.secondary_exposures,
+                exposure=name,
+                group=result.group,
             )
+            client.log(exposure)
+            if result.group is not None and name not in client._started:
+                client._note_started(name, exposure.time)
         except Exception as exc:
             client.report(exc, "experiment")
         configs[name] = config

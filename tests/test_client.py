@@ -138,3 +138,74 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     spec_file.write_text("not = [valid")
     os.utime(spec_file, (2, 2))
     assert client.engine.gate(user, "nobody").value is True
+
+
+def _expose(client: Any, visitors: int = 20) -> None:
+    from werkzeug.test import Client
+
+    from flagware import FlagwareMiddleware, current_flags
+
+    def app(environ: Any, start_response: Any) -> Any:
+        current_flags().experiment("button_color")
+        start_response("200 OK", [])
+        return [b""]
+
+    http = Client(FlagwareMiddleware(app, client))
+    for i in range(visitors):
+        http.get("/", environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"})
+
+
+def test_a_started_experiment_cannot_change(
+    make_client: Any, spec_file: Any, tmp_path: Any
+) -> None:
+    client = make_client()
+    _expose(client)
+    client.close()
+    from flagware.results.lock import read_started
+
+    record = read_started(client.event_store_path, "button_color")
+    assert record is not None
+
+    changed = spec_file.read_text().replace(
+        'weight = 50, params = { color = "red"', 'weight = 50, params = { color = "green"'
+    )
+    spec_file.write_text(changed)
+    with pytest.raises(SpecError, match=r"button_color.*params.*new name.*restart = true"):
+        make_client()
+    spec_file.write_text(changed.replace('unit = "stableID"', 'unit = "stableID"\nrestart = true'))
+    assert make_client().engine_name == "local"  # a new analysis window instead
+
+
+def test_allocation_may_grow_after_the_start(make_client: Any, spec_file: Any) -> None:
+    spec_file.write_text(spec_file.read_text().replace("allocation = 100", "allocation = 50"))
+    client = make_client()
+    _expose(client)
+    client.close()
+    spec_file.write_text(spec_file.read_text().replace("allocation = 50", "allocation = 80"))
+    assert make_client().engine_name == "local"
+
+
+def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from statsig.statsig_user import StatsigUser
+
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    client = make_client()
+    _expose(client)
+    client.flush()
+    client._record_starts()
+    spec_file.write_text(spec_file.read_text().replace('color = "red"', 'color = "green"'))
+    os.utime(spec_file, (5, 5))
+    user = StatsigUser(user_id="u", custom_ids={"stableID": "s"})
+    colors = {
+        client.engine.config(
+            StatsigUser(user_id="u", custom_ids={"stableID": str(i)}), "button_color"
+        ).params["color"]
+        for i in range(40)
+    }
+    assert colors == {"blue", "red"}
+    assert client.engine.gate(user, "everyone").value is True
+    assert any("keeping the previous spec" in r.getMessage() for r in caplog.records)

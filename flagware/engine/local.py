@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from statsig.statsig_options import StatsigOptions
@@ -39,11 +40,20 @@ class LocalEngine(Engine):
 
     kind = "local"
 
-    def __init__(self, spec_path: str | os.PathLike[str], *, tier: str | None = None) -> None:
+    def __init__(
+        self,
+        spec_path: str | os.PathLike[str],
+        *,
+        tier: str | None = None,
+        check: Callable[[Spec], None] | None = None,  # raises SpecError to refuse a spec
+    ) -> None:
         super().__init__()
         self.path = Path(spec_path)
         self.tier = tier
+        self.check = check
         self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
+        if check is not None:
+            check(self.spec)
         self._mtime = self._stat()
         self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
         self._reload_lock = threading.Lock()
@@ -83,6 +93,8 @@ class LocalEngine(Engine):
             self._mtime = mtime
             try:
                 spec = load_spec(self.path)
+                if self.check is not None:
+                    self.check(spec)
             except Exception as exc:
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
