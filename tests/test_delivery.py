@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -554,3 +555,32 @@ def test_stub_serves_specs_and_id_lists() -> None:
         request = urllib.request.Request(f"{stub.url}/get_id_lists", data=b"{}", method="POST")
         with urllib.request.urlopen(request) as r:
             assert json.load(r) == {}
+
+
+def test_fork_while_delivery_runs_in_the_parent(
+    pipeline: Callable[..., Pipeline], stub: StatsigStub
+) -> None:
+    _store, writer, delivery = pipeline()
+    before = log_many(writer, 500, prefix="before")
+    writer.flush()
+    assert delivery.drain(5)  # the parent's threads and connections are live at the fork
+    parent_runtime = delivery._rt
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            log_many(writer, 500, prefix="child")
+            writer.close()
+            fresh = delivery._rt is not parent_runtime
+            ok = delivery.drain(5)
+            code = 0 if ok and fresh and delivery._rt is not parent_runtime else 3
+            delivery.close()
+        finally:
+            os._exit(code)
+    after = log_many(writer, 500, prefix="after")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    writer.close()
+    assert delivery.drain(5)
+    assert delivery._rt is parent_runtime
+    assert_exact(stub, before + [f"child{i}" for i in range(500)] + after)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flagware.events.store import DELIVERED, PARKED, Batch, EventStore, StoreStats, lease_owner
@@ -108,6 +109,8 @@ class _Runtime:
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
+_inherited: list[_Runtime] = []
+T = TypeVar("T")
 
 
 def _after_fork_in_child() -> None:
@@ -179,7 +182,7 @@ class Delivery:
         if self._closed_pid == os.getpid():
             return False
         if timeout <= 0:  # nothing to wait for: report without starting threads
-            return self._runtime().store.claimable() == 0
+            return self._read(lambda store: store.claimable()) == 0
         rt = self._running()
         if rt is None:
             return False
@@ -220,8 +223,19 @@ class Delivery:
 
     def stats(self) -> DeliveryStats:
         """Backlog and counters for the whole store (all processes sharing it)."""
-        rt = self._runtime()
-        return DeliveryStats.from_store(rt.store.stats())
+        return DeliveryStats.from_store(self._read(lambda store: store.stats()))
+
+    def _read(self, query: Callable[[EventStore], T]) -> T:
+        """Run a read on this process's store, or on a short-lived one before the
+        first wake (so nothing is opened in a parent that is about to fork)."""
+        rt = self._rt
+        if rt is not None and rt.pid == os.getpid():
+            return query(rt.store)
+        store = EventStore(self.store_path)
+        try:
+            return query(store)
+        finally:
+            store.close()
 
     # -- per-process runtime ------------------------------------------------------
 
@@ -232,9 +246,11 @@ class Delivery:
         with self._start_lock:
             rt = self._rt
             if rt is None or rt.pid != os.getpid():
-                # Whatever a parent process left here is dropped unused: its
-                # threads do not exist in this process and its connections
-                # belong to the parent.
+                if rt is not None:
+                    # A parent's runtime: its threads do not exist here and its
+                    # SQLite handles are the parent's. Keep it referenced so it
+                    # is never finalized (closed) in this process.
+                    _inherited.append(rt)
                 rt = self._rt = _Runtime(self.store_path, self.batch_size)
             return rt
 
