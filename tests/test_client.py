@@ -209,3 +209,27 @@ def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
     assert colors == {"blue", "red"}
     assert client.engine.gate(user, "everyone").value is True
     assert any("keeping the previous spec" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
+    """Pre-fork servers: the parent's SDK threads do not survive a fork, so the
+    child must build its own SDK on first use instead of using the parent's."""
+    from statsig.statsig_user import StatsigUser
+
+    client = make_client()
+    user = StatsigUser(user_id="u", custom_ids={"stableID": "s"})
+    parent_server = client.engine.server()
+    assert client.engine.gate(user, "everyone").value is True
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave without running the parent's atexit
+        ok = client.engine.server() is not parent_server
+        ok = ok and client.engine.gate(user, "everyone").value is True
+        os.write(write, b"ok" if ok else b"no")
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 2) == b"ok" and status == 0
+    os.close(read)
+    assert client.engine.server() is parent_server

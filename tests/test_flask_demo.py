@@ -38,3 +38,36 @@ def test_simulated_visitors_split_evenly_and_everything_is_logged(make_client: A
     names = [e["event"] for e in client.store.iter_events()]
     assert names.count("visited_signup") == 400
     assert names.count("statsig::config_exposure") == 400
+
+
+def test_demo_serve_answers_a_browser_over_http(tmp_path: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "flagware.cli", "demo", "--serve", "--port", str(port)]
+    cmd += ["--store", str(tmp_path / "events.db")]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/signup", timeout=2) as r:
+                    page = r.read().decode()
+                    cookie = r.headers["Set-Cookie"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert 'id="signup"' in page and cookie.startswith("flagware_id=")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        assert server.stdout is not None
+        server.stdout.close()

@@ -104,3 +104,35 @@ def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> 
     from flagware.events.store import EventStore
 
     assert EventStore(tmp_path / "outbox.db").count() == 6
+
+
+def _sdk_exception_attempts(server: Any, refused: list[str]) -> list[str]:
+    """Make the SDK's error boundary report an error; return the refusals it caused."""
+    before = len(refused)
+    server._errorBoundary.log_exception("flagware-test", RuntimeError("boom"), log_mode="none")
+    server._errorBoundary._executor.shutdown(wait=True)  # let a submitted POST run
+    return refused[before:]
+
+
+def test_the_sdk_never_posts_its_exceptions_to_the_internet(
+    make_client: Any, no_internet: list[str]
+) -> None:
+    """The SDK's error boundary POSTs to a hard-coded statsigapi.net address.
+
+    flagware's engines start the SDK with disable_all_logging, which stops it;
+    the control shows that the offline guard would catch the attempt.
+    """
+    from statsig.statsig_options import StatsigOptions
+    from statsig.statsig_server import StatsigServer
+
+    client = make_client()
+    ours = client.engine.server()
+    assert _sdk_exception_attempts(ours, no_internet) == []
+
+    control = StatsigServer()
+    control.initialize("secret-control", StatsigOptions(local_mode=True, disable_diagnostics=True))
+    try:
+        attempts = _sdk_exception_attempts(control, no_internet)
+    finally:
+        control.shutdown()
+    assert any("statsigapi.net" in attempt for attempt in attempts)
