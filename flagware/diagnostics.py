@@ -44,13 +44,14 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from flagware import identity
 from flagware.events.store import connect
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from flagware.client import Flagware
     from flagware.flags import Flags
@@ -93,6 +94,10 @@ class DiagnosticsApp:
             if self._token
             else None
         )
+        # The middleware routes here before its ProxyFix, so apply the same
+        # trusted hops: the visitor's userID and country must be the app's.
+        hops = int(getattr(client, "proxy_hops", 0) or 0)
+        self._app: WSGIApplication = ProxyFix(self._serve, x_for=hops) if hops else self._serve
 
     # -- access -------------------------------------------------------------------
 
@@ -127,6 +132,9 @@ class DiagnosticsApp:
     # -- WSGI -----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self._app(environ, start_response)
+
+    def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # Checked again: the middleware asks handles() first, but nothing stops
         # a caller from mounting this app on its own.
         if not self.handles(environ):
@@ -134,10 +142,10 @@ class DiagnosticsApp:
         if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
             response = Response("method not allowed\n", 405, mimetype="text/plain")
             response.headers["Allow"] = "GET, HEAD"
-        elif self._token is not None and self._presented_token(environ) == "query":
-            response = self._start_session(environ)
         else:
             response = self._route(environ)
+            if self._token is not None and self._presented_token(environ) == "query":
+                self._start_session(environ, response)
         _harden(response)
         return response(environ, start_response)
 
@@ -152,9 +160,13 @@ class DiagnosticsApp:
             return self._events_json(environ)
         return _not_found()
 
-    def _start_session(self, environ: WSGIEnvironment) -> Response:
-        """Trade ``?token=`` for a cookie, and drop the token from the address bar."""
-        response = _redirect(environ, self.prefix)
+    def _start_session(self, environ: WSGIEnvironment, response: Response) -> None:
+        """Trade ``?token=`` for a cookie; the page's script drops it from the address bar.
+
+        The page is served on this very request, not after a redirect: a
+        redirect that follows a link from another site (the token pasted in a
+        chat) would not carry a SameSite=Strict cookie.
+        """
         response.set_cookie(
             COOKIE,
             self._cookie_value or "",
@@ -164,7 +176,6 @@ class DiagnosticsApp:
             httponly=True,
             samesite="Strict",
         )
-        return response
 
     # -- the page ---------------------------------------------------------------------
 

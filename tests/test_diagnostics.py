@@ -119,8 +119,7 @@ def test_a_token_is_required_even_from_loopback_and_in_debug(make_diag: Any) -> 
 def test_token_once_then_a_strict_cookie(make_diag: Any) -> None:
     browser = http(make_diag(diagnostics_token=TOKEN))
     first = page(browser, "/_flagware/?token=" + TOKEN, environ_base=REMOTE)
-    assert first.status_code == 303
-    assert first.headers["Location"] == "/_flagware/"  # the token leaves the address bar
+    assert first.status_code == 200 and "history.replaceState" in first.text
     cookie = next(c for c in first.headers.getlist("Set-Cookie") if c.startswith("flagware_diag"))
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/_flagware/" in cookie
     assert TOKEN not in cookie  # a digest of the token, not the token
@@ -281,3 +280,48 @@ def test_results_unavailable_without_the_results_package(
     monkeypatch.setitem(sys.modules, "flagware.results.compute", None)  # import fails
     response = page(http(make_diag()))
     assert response.status_code == 200 and "results unavailable" in response.text
+
+
+# -- the Statsig engine -------------------------------------------------------------
+
+
+def test_statsig_engine_lists_what_its_specs_offer(tmp_path: Any) -> None:
+    from flagware.spec import compile_dcs, parse_spec
+    from tests.statsig_stub import StatsigStub
+
+    spec = {
+        "gates": {"everyone": {"rollout": 100}},
+        "experiments": {
+            "button_color": {"groups": [{"name": "Control", "weight": 100, "params": {"c": 1}}]}
+        },
+    }
+    with StatsigStub(dcs=compile_dcs(parse_spec(spec))) as stub:
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            diagnostics=True,
+        )
+        try:
+            html = page(http(client)).text
+        finally:
+            client.close()
+    assert '<span class="pill" id="engine">statsig</span>' in html
+    assert "From the Statsig specs this process has downloaded" in html
+    assert re.search(r"<td>everyone</td><td><span class=\"on\">pass", html)
+    assert re.search(r"<td>button_color</td><td>Control</td>", html)
+    assert "results unavailable" in html and "Statsig console" in html
+    assert not [e for e in stub.events if e["eventName"].startswith("statsig::")]  # no exposures
+
+
+def test_behind_a_proxy_the_visitor_is_the_one_the_app_sees(make_diag: Any) -> None:
+    from flagware.identity import hash_ip
+
+    client = make_diag(diagnostics_token=TOKEN, proxy_hops=1)
+    proxied = {"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "198.51.100.4"}
+    response = page(
+        http(client), environ_base=proxied, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert hash_ip(b"test-key", "198.51.100.4") in response.text
+    assert "198.51.100.4" not in response.text

@@ -12,8 +12,9 @@ import io
 import os
 import shutil
 import threading
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from flagware.demo import simulate
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TOKEN = "browser-test-token-0123456789abcdef"
 SCREENSHOT = Path(__file__).parent.parent / "examples" / "flask_demo" / "diagnostics.png"
 
 pytestmark = pytest.mark.skipif(
@@ -56,19 +58,25 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture
-def server(make_client: Any) -> Iterator[str]:
-    """The demo app with diagnostics on, already visited by 300 simulated people."""
-    client = make_client(spec=SPEC, diagnostics=True)
-    app = create_app(client)
-    _add_probe(app)
-    simulate(app, 300, out=io.StringIO())  # results need data to draw
-    client.flush()
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, name="diagnostics-server")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}"
-    finally:
+def serve(make_client: Any) -> Iterator[Callable[..., str]]:
+    """Factory: the demo app with diagnostics on, served on loopback; returns its URL."""
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def start(*, visitors: int = 0) -> str:
+        client = make_client(spec=SPEC, diagnostics=True)
+        app = create_app(client)
+        _add_probe(app)
+        if visitors:
+            simulate(app, visitors, out=io.StringIO())  # results need data to draw
+            client.flush()
+        httpd = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=httpd.serve_forever, name="diagnostics-server")
+        thread.start()
+        servers.append((httpd, thread))
+        return f"http://127.0.0.1:{httpd.server_port}"
+
+    yield start
+    for httpd, thread in servers:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
@@ -104,11 +112,13 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         driver.quit()
 
 
-def test_page_shows_you_and_events_arrive_live(server: str, browser: Any, tmp_path: Path) -> None:
+def test_page_shows_you_and_events_arrive_live(
+    serve: Callable[..., str], browser: Any, tmp_path: Path
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    base = server
+    base = serve(visitors=300)
     wait = WebDriverWait(browser, 10, poll_frequency=0.2)
 
     # The app first, as a visitor: its button says which group we are in.
@@ -146,6 +156,31 @@ def test_page_shows_you_and_events_arrive_live(server: str, browser: Any, tmp_pa
     assert not browser.find_elements(By.ID, "pwned")
     assert not browser.find_elements(By.ID, "bold")
     assert browser.execute_script("return window.stillTheSamePage === true;")
+
+
+def test_token_link_once_then_the_cookie_carries_the_session(
+    serve: Callable[..., str], browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("FLAGWARE_DIAGNOSTICS_TOKEN", TOKEN)
+    base = serve()
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no token: the app's own 404
+        _request(base + "/_flagware/")
+    assert refused.value.code == 404
+    refused.value.close()
+
+    browser.get(base + "/_flagware/?token=" + TOKEN)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "flagware diagnostics"
+    assert "token" not in browser.current_url  # replaced in the address bar and history
+    assert browser.get_cookie("flagware_diagnostics")["sameSite"] == "Strict"
+    # The polling fetch carries the cookie: new events still arrive.
+    last = _last_id(browser)
+    _request(base + "/signup")
+    WebDriverWait(browser, 10, poll_frequency=0.2).until(lambda d: _rows_after(d, last))
+    browser.get(base + "/_flagware/")  # and so does the next visit, without the token
+    assert browser.find_element(By.TAG_NAME, "h1").text == "flagware diagnostics"
 
 
 def _last_id(browser: Any) -> int:
