@@ -240,7 +240,7 @@ def fw(tmp_path: Path, spec_file: Path) -> Iterator[Any]:
 @pytest.fixture
 def user() -> Iterator[Any]:
     migrate()
-    user = get_user_model().objects.create_user(username="ada", password="x")
+    user = get_user_model().objects.create_user(username="ada", password="x")  # type: ignore[attr-defined]
     yield user
     user.delete()
 
@@ -577,7 +577,7 @@ def test_jinja2_outside_a_request_renders_defaults(monkeypatch: pytest.MonkeyPat
 
 def check_ids(**settings: Any) -> list[str]:
     with override_settings(**settings):
-        return [m.id for m in checks.check_settings() + checks.check_middleware()]
+        return [str(m.id) for m in checks.check_settings() + checks.check_middleware()]
 
 
 def test_the_test_settings_pass_every_check() -> None:

@@ -1,0 +1,165 @@
+"""examples/django_demo: the seed lab on Django, in-process and as its one command."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_settings import ROOT, configure, flagware_settings
+
+configure()
+
+from django.test import Client, override_settings  # noqa: E402
+
+DEMO = ROOT / "examples" / "django_demo"
+SPEC = DEMO / "flagware.toml"
+BUTTON = re.compile(r"background: (\w+);.*data-group=\"(\w*)\"", re.S)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[Any]:
+    """The demo's URLs and settings.FLAGWARE (its own spec, a store in tmp_path)."""
+    with override_settings(ROOT_URLCONF="examples.django_demo.demo.urls"):
+        yield from flagware_settings(tmp_path, SPEC, allow_random_override=True)
+
+
+def button(response: Any) -> tuple[str, str]:
+    match = BUTTON.search(response.content.decode())
+    assert match, response.content
+    return match.group(1), match.group(2)
+
+
+def test_tasks(demo: Any) -> None:
+    response = Client().get("/tasks")
+    body = response.json()
+    assert [t["id"] for t in body["tasks"]] == [1, 2, 3]
+    assert isinstance(body["new_signup"], bool)
+    assert body["button_color"] in {"blue", "red"}
+    assert "flagware_id" in response.cookies
+
+
+def test_signup_page_shows_the_assigned_colour_and_logs_the_visit(
+    demo: Any, flagware_events: Any
+) -> None:
+    http = Client()
+    color, group = button(http.get("/signup"))
+    assert (group, color) in {("Control", "blue"), ("Red", "red")}
+    # The browser keeps its group.
+    assert button(http.get("/signup")) == (color, group)
+    assert flagware_events.names() == ["visited_signup", "visited_signup"]
+    configs = flagware_events.named("statsig::config_exposure")
+    assert [e.group for e in configs] == [group, group]
+
+
+def test_signup_with_forced_flags(demo: Any, flagware_overrides: Any) -> None:
+    flagware_overrides.gate("new_signup", True)
+    flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
+    response = Client().get("/signup")
+    assert button(response) == ("red", "Red")
+    assert 'id="banner"' in response.content.decode()
+    flagware_overrides.gate("new_signup", False)
+    flagware_overrides.experiment("button_color", {"color": "blue"}, group="Control")
+    response = Client().get("/signup")
+    assert button(response) == ("blue", "Control")
+    assert 'id="banner"' not in response.content.decode()
+
+
+def test_click_logs_signup_clicked(demo: Any, flagware_events: Any) -> None:
+    http = Client()
+    http.get("/signup")
+    assert http.get("/signup/click").status_code == 405
+    assert http.post("/signup/click").json() == {"ok": True}
+    assert flagware_events.names() == ["visited_signup", "signup_clicked"]
+    visit, click = flagware_events.custom
+    assert visit.stable_id == click.stable_id == http.cookies["flagware_id"].value
+
+
+def test_random_override_rerolls_without_a_cookie(demo: Any, flagware_events: Any) -> None:
+    http = Client()
+    response = http.get("/signup?random=1")
+    assert "flagware_id" not in response.cookies
+    http.get("/signup?random=1")
+    first, second = flagware_events.named("visited_signup")
+    assert first.stable_id != second.stable_id
+
+
+def test_index_redirects_to_signup(demo: Any) -> None:
+    assert Client().get("/")["Location"] == "/signup"
+
+
+def demo_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "STATSIG_"))}
+    env["FLAGWARE_EVENT_STORE"] = str(tmp_path / "events.db")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_manage_py_check_passes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(DEMO / "manage.py"), "check", "--fail-level", "WARNING"],
+        cwd=tmp_path,
+        env=demo_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_wsgi_and_asgi_entry_points_import(tmp_path: Path) -> None:
+    code = "import demo.asgi, demo.wsgi; print(demo.wsgi.application, demo.asgi.application)"
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=DEMO, env=demo_env(tmp_path), check=True, timeout=120
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_runserver_serves_the_lab_with_one_command(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, str(DEMO / "manage.py"), "runserver", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(
+        [*command, "--noreload"],
+        cwd=tmp_path,
+        env=demo_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            # http.client, not urllib: no proxy from the environment gets a say.
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/tasks")
+                response = conn.getresponse()
+                body, cookie = json.load(response), response.getheader("Set-Cookie")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+            finally:
+                conn.close()
+        assert body["button_color"] in {"blue", "red"}
+        assert cookie is not None and "flagware_id=" in cookie and "HttpOnly" in cookie
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert b"Traceback" not in output, output.decode()

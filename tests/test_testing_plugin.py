@@ -1,0 +1,243 @@
+"""The pytest plugin (flagware.testing), run as users run it: through pytester."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Request, Response
+
+from flagware import FlagwareMiddleware, current_flags
+from flagware.flags import overrides
+
+pytest_plugins = ["pytester"]
+
+# A user's project: a tiny WSGI app behind flagware, and tests that force flags.
+USER_CONFTEST = '''
+import pytest
+from werkzeug.test import Client
+from werkzeug.wrappers import Request, Response
+
+from flagware import Flagware, FlagwareMiddleware, current_flags, log_event
+
+SPEC = """
+[gates.new_signup]
+rollout = 0
+
+[experiments.button_color]
+unit = "stableID"
+allocation = 100
+groups = [{ name = "Control", weight = 100, params = { color = "blue" } }]
+"""
+
+
+def make_app(client):
+    @Request.application
+    @log_event("visited_signup", value=1, metadata={"page": "signup"})
+    def app(request):
+        flags = current_flags()
+        exp = flags.experiment("button_color")
+        banner = "banner" if flags.gate("new_signup") else "plain"
+        return Response(f"{banner} {exp.get('color')} {exp.group}")
+
+    return FlagwareMiddleware(app, client)
+
+
+@pytest.fixture
+def fw(tmp_path):
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    with Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key="k") as client:
+        yield client
+
+
+@pytest.fixture
+def http(fw):
+    return Client(make_app(fw))
+'''
+
+
+def run(pytester: pytest.Pytester, source: str, passed: int) -> None:
+    pytester.makeconftest(USER_CONFTEST)
+    pytester.makepyfile(source)
+    # No pytest_plugins line anywhere: the pytest11 entry point loads the plugin.
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=passed)
+
+
+def test_overrides_force_gates_and_experiments(pytester: pytest.Pytester) -> None:
+    run(
+        pytester,
+        """
+        def test_forced(http, flagware_overrides, flagware_events):
+            flagware_overrides.gate("new_signup", True)
+            flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
+            assert http.get("/signup").text == "banner red Red"
+            assert flagware_events.names() == ["visited_signup"]
+            [event] = flagware_events.custom
+            assert event.value == 1 and event.metadata == {"page": "signup"}
+            assert len(event.stable_id) == 32 and event.user_id
+
+        def test_gate_forced_off(http, flagware_overrides):
+            flagware_overrides.gate("new_signup", False)
+            assert http.get("/").text.startswith("plain ")
+
+        def test_undone_after_the_test(http, flagware_events):
+            assert http.get("/signup").text == "plain blue Control"
+            assert flagware_events.names(exposures=True) == [
+                "statsig::config_exposure", "statsig::gate_exposure", "visited_signup",
+            ]
+        """,
+        passed=3,
+    )
+
+
+def test_overrides_apply_to_every_client(pytester: pytest.Pytester) -> None:
+    run(
+        pytester,
+        """
+        from conftest import SPEC, make_app
+        from flagware import Flagware
+        from werkzeug.test import Client
+
+        def test_two_clients(tmp_path, fw, flagware_overrides, flagware_events):
+            (tmp_path / "b").mkdir()
+            (tmp_path / "b" / "spec.toml").write_text(SPEC)
+            with Flagware(spec=tmp_path / "b" / "spec.toml", event_store=tmp_path / "b" / "e.db",
+                          hash_key="other") as other:
+                flagware_overrides.gate("new_signup", True)
+                for client in (fw, other):
+                    assert Client(make_app(client)).get("/").text.startswith("banner ")
+            assert flagware_events.names() == ["visited_signup", "visited_signup"]
+        """,
+        passed=1,
+    )
+
+
+def test_config_overrides_and_clear(pytester: pytest.Pytester) -> None:
+    run(
+        pytester,
+        """
+        from flagware import current_flags
+        from werkzeug.test import Client
+        from werkzeug.wrappers import Request, Response
+        from flagware import FlagwareMiddleware
+
+        def test_config(fw, flagware_overrides):
+            flagware_overrides.config("limits", {"max_tasks": 5})
+
+            @Request.application
+            def app(request):
+                config = current_flags().config("limits")
+                return Response(f"{config.get('max_tasks')} {config.group}")
+
+            http = Client(FlagwareMiddleware(app, fw))
+            assert http.get("/").text == "5 None"
+            flagware_overrides.clear()
+            assert http.get("/").text == "None None"  # not in the spec: defaults
+        """,
+        passed=1,
+    )
+
+
+def test_fixtures_need_no_client_spec_or_store(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from flagware.flags import overrides
+
+        def test_alone(flagware_overrides, flagware_events):
+            flagware_overrides.gate("x", True)
+            flagware_overrides.experiment("e", {"k": 1})
+            assert overrides.gates == {"x": True}
+            assert overrides.configs["e"].params == {"k": 1}
+            assert overrides.configs["e"].group is None
+            assert flagware_events == []
+
+        def test_then_clean():
+            assert not overrides
+        """
+    )
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert not list(pytester.path.glob("**/*.db"))
+
+
+def test_overrides_set_outside_the_fixture_survive_it(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import pytest
+        from flagware.flags import overrides
+
+        @pytest.fixture(autouse=True, scope="session")
+        def project_wide():
+            overrides.gates["kill_switch"] = False
+            yield
+            overrides.clear()
+        """
+    )
+    pytester.makepyfile(
+        """
+        from flagware.flags import overrides
+
+        def test_a(flagware_overrides):
+            flagware_overrides.gate("new_signup", True)
+            flagware_overrides.gate("kill_switch", True)
+
+        def test_b():
+            assert overrides.gates == {"kill_switch": False}
+        """
+    )
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines(
+        ["plugins: *flagware-*", "*from flagware.testing*", "flagware_events*", "flagware_over*"]
+    )
+
+
+def test_events_are_captured_in_this_suite_too(client: Any, flagware_events: Any) -> None:
+    @Request.application
+    def app(request: Request) -> Response:
+        flags = current_flags()
+        flags.gate("everyone")
+        flags.log_event("clicked", value="pro", metadata={"plan": "pro"})
+        return Response("ok")
+
+    Client(FlagwareMiddleware(app, client)).get("/")
+    assert flagware_events.names(exposures=True) == ["statsig::gate_exposure", "clicked"]
+    [clicked] = flagware_events.named("clicked")
+    assert (clicked.value, clicked.metadata) == ("pro", {"plan": "pro"})
+    assert [e.metadata["gate"] for e in flagware_events.exposures] == ["everyone"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="overridden values log no exposure until flags.py takes the patch in issue 4's "
+    "report; remove this marker with it",
+)
+def test_overridden_values_still_log_their_exposure(
+    client: Any, flagware_overrides: Any, flagware_events: Any
+) -> None:
+    # As Statsig's override_gate/override_config: the evaluation is replaced,
+    # the exposure is still logged, with ruleID "override".
+    flagware_overrides.gate("nobody", True)
+    flagware_overrides.experiment("button_color", {"color": "green"}, group="Green")
+
+    @Request.application
+    def app(request: Request) -> Response:
+        flags = current_flags()
+        return Response(f"{flags.gate('nobody')} {flags.experiment('button_color').group}")
+
+    assert Client(FlagwareMiddleware(app, client)).get("/").text == "True Green"
+    gate, config = flagware_events.exposures
+    assert gate.metadata == {"gate": "nobody", "gateValue": "true", "ruleID": "override"}
+    assert config.metadata["ruleID"] == "override" and config.group == "Green"
+    assert gate.stable_id == config.stable_id is not None
+
+
+def test_no_override_leaks_out_of_this_module() -> None:
+    assert not overrides
