@@ -9,7 +9,7 @@ import secrets
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
@@ -66,7 +66,9 @@ class Flagware:
         init_timeout: float = 3.0,  # most a request waits for Statsig specs at start-up
         shutdown_timeout: float = 5.0,  # how long close() keeps delivering
         flush_interval: float = 0.2,  # how often queued events are written to the store
-        diagnostics: bool = False,  # serve the diagnostics page (see FlagwareMiddleware)
+        diagnostics: bool | Literal["debug"] = False,  # the page in flagware.diagnostics
+        diagnostics_path: str = "/_flagware/",  # where the middleware serves it
+        diagnostics_token: str | None = None,  # required when set (FLAGWARE_DIAGNOSTICS_TOKEN)
     ) -> None:
         if spec is not None and statsig_secret is not None:
             raise ConfigurationError(
@@ -74,6 +76,16 @@ class Flagware:
             )
         if proxy_hops < 0:
             raise ConfigurationError("proxy_hops must be 0 or more")
+        if diagnostics not in (False, True, "debug"):
+            raise ConfigurationError('diagnostics must be False, True or "debug"')
+        if not diagnostics_path.strip("/"):
+            raise ConfigurationError("diagnostics_path must not be '/': it would hide the app")
+        diagnostics_token = diagnostics_token or _env("FLAGWARE_DIAGNOSTICS_TOKEN")
+        if diagnostics_token is not None and len(diagnostics_token) < 16:
+            raise ConfigurationError(
+                "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
+                "secrets; print(secrets.token_urlsafe(32))'`)"
+            )
         if spec is None and statsig_secret is None:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
@@ -91,6 +103,8 @@ class Flagware:
         self.custom_resolver = user_custom
         self.shutdown_timeout = shutdown_timeout
         self.diagnostics = diagnostics
+        self.diagnostics_path = diagnostics_path
+        self.diagnostics_token = diagnostics_token
         self.errors: Counter[str] = Counter()
         # Experiments this process has seen exposed, and the first exposure
         # times still to be recorded in the store (by the writer thread).
