@@ -52,11 +52,13 @@ def pipeline(store_path: Path, stub: StatsigStub) -> Iterator[Callable[..., Pipe
     """Factory: store + writer + delivery wired as the client wires them; closed after."""
     made: list[Pipeline] = []
 
-    def make(**options: Any) -> Pipeline:
+    def make(flush_interval: float = 0.2, **options: Any) -> Pipeline:
         options.setdefault("retry_max", 0.5)  # tests wait for recovery, not for backoff
         store = EventStore(store_path)
         delivery = Delivery(store_path, secret="secret-test", api=stub.url, **options)
-        writer = EventWriter(store, deliver=True, on_stored=lambda n: delivery.wake())
+        writer = EventWriter(
+            store, deliver=True, flush_interval=flush_interval, on_stored=lambda n: delivery.wake()
+        )
         made.append((store, writer, delivery))
         return store, writer, delivery
 
@@ -133,7 +135,7 @@ def test_body_is_gzip_json(store_path: Path) -> None:
 def test_retryable_answers_are_retried_until_delivered(
     pipeline: Callable[..., Pipeline], stub: StatsigStub, status: int
 ) -> None:
-    _store, writer, delivery = pipeline(retry_min=0.01)
+    _store, writer, delivery = pipeline(retry_min=0.01, flush_interval=60)
     stub.fail_next(3, status)
     logged = log_many(writer, 50)
     writer.close()
@@ -167,7 +169,9 @@ def test_other_4xx_park_the_batch_with_one_log_line(
 
 
 def test_413_splits_the_batch(pipeline: Callable[..., Pipeline], stub: StatsigStub) -> None:
-    _store, writer, delivery = pipeline(batch_size=100)
+    _store, writer, delivery = pipeline(
+        batch_size=100, concurrency=1, flush_interval=60
+    )  # one batch at a time
     stub.fail_next(1, 413)
     logged = log_many(writer, 100)
     writer.close()
@@ -211,14 +215,16 @@ def test_a_response_lost_after_acceptance_is_the_one_duplicate(
     pipeline: Callable[..., Pipeline], stub: StatsigStub
 ) -> None:
     """Documented: HTTP cannot tell "lost before" from "lost after" the API accepted."""
-    _store, writer, delivery = pipeline(batch_size=100)
+    _store, writer, delivery = pipeline(batch_size=100, flush_interval=60)
     stub.drop_next_responses(1)
     logged = log_many(writer, 300)
     writer.close()
     assert delivery.drain(10)
     ids = stub.ids()
     assert set(ids) == set(logged)
-    assert sum(n - 1 for n in ids.values()) == 100  # exactly the one batch, once
+    twice = {uid for uid, n in ids.items() if n == 2}
+    assert sum(n - 1 for n in ids.values()) == len(twice) == 100  # exactly one batch, once
+    assert any({e["metadata"]["uid"] for e in b.events} == twice for b in stub.received)
     assert delivery.stats().delivered == 300
 
 

@@ -105,6 +105,7 @@ class _Runtime:
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
+        self.claims = 0  # claims started, so a drain can tell none slipped past it
         self.reaped = time.monotonic()  # last release_dead_leases
 
 
@@ -194,7 +195,7 @@ class Delivery:
             rt.kick.set()
             rt.wake.set()
             while True:
-                if rt.inflight == 0 and rt.store.claimable() == 0:
+                if self._drained(rt):
                     return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -203,6 +204,17 @@ class Delivery:
         finally:
             with rt.lock:
                 rt.draining -= 1
+
+    def _drained(self, rt: _Runtime) -> bool:
+        """Nothing claimable and no send of ours in progress, observed together:
+        no claim may start between the two looks, or its batch (leased, so not
+        claimable) could be released again unseen."""
+        with rt.lock:
+            idle, claims = rt.inflight == 0, rt.claims
+        if not idle or rt.store.claimable():
+            return False
+        with rt.lock:
+            return rt.claims == claims
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop this process's threads; a request still in flight after ``timeout`` is
@@ -312,6 +324,7 @@ class Delivery:
         """Claim one batch and send it; False when there was nothing to claim."""
         with rt.lock:
             rt.inflight += 1
+            rt.claims += 1
         try:
             rt.wake.clear()
             owner = lease_owner(rt.nonce, next(rt.batches))
@@ -348,9 +361,9 @@ class Delivery:
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:
-            rt.store.release(batch, failed=False)
-            with rt.lock:
+            with rt.lock:  # before the release, so no thread re-claims at the old size
                 rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
+            rt.store.release(batch, failed=False)
             log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
         else:
             self._park(rt, batch, status, reply)
