@@ -115,8 +115,9 @@ def flagware_events() -> Iterator[CapturedEvents]:
     from flagware.flags import listeners
 
     events = CapturedEvents()
-    listeners.append(events.append)
+    listener = events.append  # the one bound method, so remove() finds exactly it
+    listeners.append(listener)
     try:
         yield events
     finally:
-        listeners.remove(events.append)
+        listeners.remove(listener)

@@ -409,6 +409,22 @@ def test_default_resolver_with_request_factory(fw: Any) -> None:
     assert HEX32.fullmatch(response.content.decode())
 
 
+def test_a_failing_async_user_load_is_reported_and_never_breaks_the_request(
+    fw: Any,
+) -> None:
+    async def auser() -> Any:
+        raise RuntimeError("session store down")
+
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(current_flags().user_id)
+
+    request = RequestFactory().get("/", REMOTE_ADDR="192.0.2.5")
+    request.auser = auser  # type: ignore[attr-defined]
+    response = asyncio.run(FlagwareMiddleware(get_response)(request))
+    assert response.content.decode() == hash_ip(b"test-key", "192.0.2.5")
+    assert fw.errors["user_id resolver"] == 1
+
+
 def user_from_header(request: HttpRequest) -> str | None:
     return request.headers.get("X-User")
 

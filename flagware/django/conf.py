@@ -32,7 +32,6 @@ from flagware.client import Flagware
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-    from flagware.identity import CustomResolver, UserResolver
 
 SETTING = "FLAGWARE"
 # Namespaced META keys, as werkzeug does with "werkzeug.proxy_fix.orig".
@@ -64,10 +63,11 @@ def get_client() -> Flagware:
     if client is not None:
         return client
     with _lock:
-        if _client is None:
-            _set_client(build_client())
-        assert _client is not None  # set just above; narrows the global for mypy
-        return _client
+        client = _client
+        if client is None:  # not built by another thread while this one waited
+            client = build_client()
+            _set_client(client)
+        return client
 
 
 def _set_client(client: Flagware | None) -> None:
@@ -82,7 +82,7 @@ def build_client(opts: Mapping[str, Any] | None = None) -> Flagware:
     user_custom = kwargs.pop("user_custom", None)
     return Flagware(
         user_id=_per_request(user_id, "user_id"),
-        user_custom=_per_request(user_custom, "user_custom"),  # type: ignore[arg-type]
+        user_custom=_per_request(user_custom, "user_custom"),
         **kwargs,
     )
 
@@ -122,7 +122,7 @@ def load_resolver(value: object, key: str) -> RequestResolver | None:
     return value
 
 
-def _per_request(value: object, key: str) -> UserResolver | CustomResolver | None:
+def _per_request(value: object, key: str) -> FromRequest | None:
     resolver = load_resolver(value, key)
     return None if resolver is None else FromRequest(resolver)
 
@@ -162,11 +162,11 @@ def request_of(environ: Mapping[str, Any]) -> HttpRequest | None:
 
 def request_user_id(request: HttpRequest) -> object:
     """The default resolver: the primary key of an authenticated ``request.user``."""
-    user = request.META.get(USER_KEY)  # already loaded for async requests
-    if user is None:
-        # Reading request.user loads the session and the user: done only now,
-        # when a view first reads a flag, never for requests that do not.
-        user = getattr(request, "user", None)
+    # Loaded ahead of an async view (None if that failed); otherwise reading
+    # request.user loads the session and the user: done only now, when a view
+    # first reads a flag, never for requests that do not.
+    meta = request.META
+    user = meta[USER_KEY] if USER_KEY in meta else getattr(request, "user", None)
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     return user.pk

@@ -126,5 +126,12 @@ async def _load_user(request: HttpRequest) -> None:
     loads it without blocking; for visitors without a session it costs nothing.
     """
     auser = getattr(request, "auser", None)
-    if auser is not None and conf.uses_default_user(conf.get_client()):
-        request.META[conf.USER_KEY] = await auser()
+    client = conf.get_client()
+    if auser is None or not conf.uses_default_user(client):
+        return
+    try:
+        user = await auser()
+    except Exception as exc:  # e.g. the session store is down: no user, never a broken page
+        client.report(exc, "user_id resolver")
+        user = None
+    request.META[conf.USER_KEY] = user
