@@ -114,7 +114,8 @@ def test_close_stores_everything_and_is_idempotent(make_client: Any) -> None:
     client.close()
     from flagware.events.store import EventStore
 
-    assert EventStore(client.event_store_path).count() == 500
+    with EventStore(client.event_store_path) as store:
+        assert store.count() == 500
 
 
 def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(

@@ -39,6 +39,11 @@ def exp(spec: Spec) -> ExperimentSpec:
     return spec.experiments["button_color"]
 
 
+def _meta(path: Path) -> str | None:
+    with EventStore(path) as events:
+        return events.get_meta(meta_key("button_color"))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
     path = tmp_path / "events.db"
@@ -55,17 +60,17 @@ def test_record_started_stores_fingerprint_fields_and_time(store: Path) -> None:
     assert record.fields == json.loads(json.dumps(exp(spec).fingerprint_fields()))
     assert (record.started, record.window_start, record.restarts) == (T0, T0, 0)
     assert record.allocation == 100.0
-    raw = EventStore(store).get_meta(meta_key("button_color"))
+    raw = _meta(store)
     assert raw is not None and json.loads(raw)["fingerprint"] == exp(spec).fingerprint()
 
 
 def test_record_started_is_idempotent(store: Path) -> None:
     spec = make_spec()
     record_started(store, exp(spec), time_ms=T0)
-    first = EventStore(store).get_meta(meta_key("button_color"))
+    first = _meta(store)
     record_started(store, exp(spec), time_ms=T0 + 5000)
     record_started(store, exp(make_spec((40, 60))), time_ms=T0 + 9000)  # not restart: ignored
-    assert EventStore(store).get_meta(meta_key("button_color")) == first
+    assert _meta(store) == first
 
 
 def test_record_started_accepts_connections_and_event_stores(tmp_path: Path) -> None:

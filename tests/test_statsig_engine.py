@@ -103,7 +103,8 @@ def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> 
     # Nothing was lost: the events wait in the outbox for the next process.
     from flagware.events.store import EventStore
 
-    assert EventStore(tmp_path / "outbox.db").count() == 6
+    with EventStore(tmp_path / "outbox.db") as store:
+        assert store.count() == 6
 
 
 def _sdk_exception_attempts(server: Any, refused: list[str]) -> list[str]:

@@ -394,6 +394,12 @@ class EventStore:
             conn.close()
         self._local = threading.local()
 
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class _write:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``: waits for the write lock up front.
