@@ -82,6 +82,7 @@ class Overrides:
 
 
 overrides = Overrides()
+OVERRIDE_RULE = "override"  # the rule ID Statsig reports for local overrides
 # Called with every event a client logs; the pytest plugin captures through it.
 listeners: list[Callable[[Event], None]] = []
 
@@ -207,13 +208,16 @@ class Flags:
         elif name in gates:
             return gates[name]
         value = False
-        if overrides and name in overrides.gates:
-            value = gates[name] = overrides.gates[name]
-            return value
         client = self._client
         try:
-            result = client.engine.gate(self.statsig_user(), name)
-            value = result.value
+            if overrides and name in overrides.gates:
+                # As Statsig's override_gate: the value is forced, the exposure
+                # is still logged (ruleID "override"), so tests can assert on it.
+                value, rule_id, secondary = overrides.gates[name], OVERRIDE_RULE, []
+            else:
+                result = client.engine.gate(self.statsig_user(), name)
+                value, rule_id = result.value, result.rule_id
+                secondary = result.secondary_exposures
             client.log(
                 Event(
                     GATE_EXPOSURE,
@@ -221,9 +225,9 @@ class Flags:
                     metadata={
                         "gate": name,
                         "gateValue": "true" if value else "false",
-                        "ruleID": result.rule_id,
+                        "ruleID": rule_id,
                     },
-                    secondary_exposures=result.secondary_exposures,
+                    secondary_exposures=secondary,
                     exposure=name,
                 )
             )
@@ -243,28 +247,31 @@ class Flags:
             configs = self._configs = {}
         elif name in configs:
             return configs[name]
-        if overrides and name in overrides.configs:
-            config = configs[name] = overrides.configs[name]
-            return config
         client = self._client
         config = Config(name, {})
         try:
-            result = client.engine.config(self.statsig_user(), name)
-            config = Config(name, result.params, group=result.group, rule_id=result.rule_id)
+            forced = overrides.configs.get(name) if overrides else None
+            if forced is not None:
+                # As Statsig's override_config: forced, and still an exposure.
+                config, passed, secondary = forced, True, []
+            else:
+                result = client.engine.config(self.statsig_user(), name)
+                config = Config(name, result.params, group=result.group, rule_id=result.rule_id)
+                passed, secondary = result.value, result.secondary_exposures
             exposure = Event(
                 CONFIG_EXPOSURE,
                 self._wire_user(),
                 metadata={
                     "config": name,
-                    "ruleID": result.rule_id,
-                    "rulePassed": "true" if result.value else "false",
+                    "ruleID": config.rule_id,
+                    "rulePassed": "true" if passed else "false",
                 },
-                secondary_exposures=result.secondary_exposures,
+                secondary_exposures=secondary,
                 exposure=name,
-                group=result.group,
+                group=config.group,
             )
             client.log(exposure)
-            if result.group is not None and name not in client._started:
+            if forced is None and config.group is not None and name not in client._started:
                 client._note_started(name, exposure.time)
         except Exception as exc:
             client.report(exc, "experiment")

@@ -214,11 +214,6 @@ def test_events_are_captured_in_this_suite_too(client: Any, flagware_events: Any
     assert [e.metadata["gate"] for e in flagware_events.exposures] == ["everyone"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="overridden values log no exposure until flags.py takes the patch in issue 4's "
-    "report; remove this marker with it",
-)
 def test_overridden_values_still_log_their_exposure(
     client: Any, flagware_overrides: Any, flagware_events: Any
 ) -> None:
