@@ -8,6 +8,7 @@ import os
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +19,7 @@ from flagware.events.store import EventStore
 from flagware.events.writer import EventWriter
 
 if TYPE_CHECKING:
-    from flagware.events.delivery import Delivery
+    from flagware.events.delivery import Delivery, DeliveryStats
     from flagware.identity import CustomResolver, UserResolver
     from flagware.spec import Spec
 
@@ -66,6 +67,7 @@ class Flagware:
         init_timeout: float = 3.0,  # most a request waits for Statsig specs at start-up
         shutdown_timeout: float = 5.0,  # how long close() keeps delivering
         flush_interval: float = 0.2,  # how often queued events are written to the store
+        delivery_options: Mapping[str, Any] | None = None,  # Delivery(...) tuning, Statsig only
         diagnostics: bool | Literal["debug"] = False,  # the page in flagware.diagnostics
         diagnostics_path: str = "/_flagware/",  # where the middleware serves it
         diagnostics_token: str | None = None,  # required when set (FLAGWARE_DIAGNOSTICS_TOKEN)
@@ -151,6 +153,8 @@ class Flagware:
                 self.event_store_path,
                 secret=statsig_secret,
                 api=self.statsig_api or DEFAULT_STATSIG_API,
+                on_error=self.report,
+                **(delivery_options or {}),
             )
         self.writer = EventWriter(
             self.store,
@@ -158,6 +162,9 @@ class Flagware:
             flush_interval=flush_interval,
             on_stored=self._on_stored,
             on_error=self.report,
+            # A process's first event also starts delivery, so a backlog left
+            # by a crashed worker goes out without waiting for new events.
+            on_start=self._on_stored_start,
         )
         # Interpreter exit stores what is queued and delivers what it can.
         _live_clients.add(self)
@@ -212,6 +219,17 @@ class Flagware:
             self.delivery.wake()
         if self._pending_starts:
             self._record_starts()
+
+    def _on_stored_start(self) -> None:
+        if self.delivery is not None:
+            self.delivery.wake()
+
+    def delivery_stats(self) -> DeliveryStats:
+        """Backlog, delivered, retried, dropped and parked counts, and the oldest
+        undelivered event's age (what ``flagware status`` prints)."""
+        from flagware.events.delivery import DeliveryStats
+
+        return DeliveryStats.from_store(self.store.stats())
 
     def _note_started(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""

@@ -137,3 +137,46 @@ def test_the_sdk_never_posts_its_exceptions_to_the_internet(
     finally:
         control.shutdown()
     assert any("statsigapi.net" in attempt for attempt in attempts)
+
+
+def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> None:
+    """Events left undelivered by one client go out with the next one's first
+    event, and the client reports the same figures as `flagware status`."""
+    with StatsigStub() as dead:
+        url = dead.url
+    first = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=url,  # unreachable: everything stays in the outbox
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        shutdown_timeout=0.2,
+        init_timeout=0.2,
+    )
+    http = Client(FlagwareMiddleware(seed_view, first))
+    for i in range(10):
+        http.get("/", environ_base={"REMOTE_ADDR": f"198.51.100.{i}"})
+    first.close()
+    stats = first.delivery_stats()
+    assert (stats.backlog, stats.delivered) == (30, 0)
+    assert stats.oldest_age is not None and stats.oldest_age >= 0
+
+    with StatsigStub(dcs=compile_dcs(parse_spec(SPEC))) as stub:
+        second = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            delivery_options={"poll_interval": 0.1},
+        )
+        try:
+            Client(FlagwareMiddleware(seed_view, second)).get("/")
+            assert stub.wait_for_events(33, timeout=10)
+            second.flush()
+            deadline = time.monotonic() + 5
+            while second.delivery_stats().backlog and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stats = second.delivery_stats()
+            assert (stats.backlog, stats.delivered, stats.parked, stats.dropped) == (0, 33, 0, 0)
+        finally:
+            second.close()
+        assert len(stub.events) == 33

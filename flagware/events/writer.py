@@ -47,12 +47,14 @@ class EventWriter:
         flush_interval: float = 0.2,  # the most a kill -9 can lose
         on_stored: Callable[[int], None] | None = None,
         on_error: Callable[[BaseException, str], None] | None = None,
+        on_start: Callable[[], None] | None = None,  # once per process, on the writer thread
     ) -> None:
         self.store = store
         self.deliver = deliver
         self.flush_interval = flush_interval
         self.on_stored = on_stored
         self.on_error = on_error
+        self.on_start = on_start
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pid = -1
@@ -83,6 +85,12 @@ class EventWriter:
 
     def _run(self) -> None:
         stop, wake = self._stop, self._wake
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception as exc:
+                if self.on_error is not None:
+                    self.on_error(exc, "writer start")
         while not stop.is_set():
             wake.wait(self.flush_interval)
             wake.clear()
