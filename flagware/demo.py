@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nWhat was logged (in {store}):")
     for name, count in _event_counts(store):
         print(f"  {name:<28} {count:>6}")
-    _print_results(module.SPEC, store, args)
+    _print_results(module.SPEC, store)
     return 0
 
 
@@ -135,34 +135,26 @@ def _event_counts(store: str) -> list[tuple[str, int]]:
         conn.close()
 
 
-def _print_results(spec: Path, store: str, args: argparse.Namespace) -> None:
-    """The results table and HTML report, when the results module is available."""
-    try:
-        from flagware.results import command
-    except ImportError:
-        return
+def _print_results(spec: Path, store: str) -> None:
+    """The results table (the seed lab's alpha, 0.1) and the HTML report."""
+    from flagware.results import command
+
+    def results(format: str, output: str | None) -> None:
+        command.run(
+            argparse.Namespace(
+                experiment="button_color",
+                spec=str(spec),
+                store=store,
+                alpha=0.1,
+                format=format,
+                output=output,
+            )
+        )
+
     print()
-    command.run(
-        argparse.Namespace(
-            experiment="button_color",
-            spec=str(spec),
-            store=store,
-            alpha=0.1,
-            format="text",
-            output=None,
-        )
-    )
+    results("text", None)
     report = Path(store).with_name("button_color.html")
-    command.run(
-        argparse.Namespace(
-            experiment="button_color",
-            spec=str(spec),
-            store=store,
-            alpha=0.1,
-            format="html",
-            output=str(report),
-        )
-    )
+    results("html", str(report))
     print(f"\nHTML report: {report}")
 
 
