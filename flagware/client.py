@@ -229,7 +229,9 @@ class Flagware:
         undelivered event's age (what ``flagware status`` prints)."""
         from flagware.events.delivery import DeliveryStats
 
-        return DeliveryStats.from_store(self.store.stats())
+        # Its own short-lived connection: callable from any thread, even after close().
+        with EventStore(self.event_store_path) as store:
+            return DeliveryStats.from_store(store.stats())
 
     def _note_started(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
