@@ -128,10 +128,8 @@ class Flags:
             # so the browser keeps its real identity.
             self._user_id = self._stable_id = identity.new_id()
             return
-        cookie = identity.read_cookie(environ, client.cookie_name)
-        if cookie is not None and identity.is_valid_stable_id(cookie):
-            stable_id = cookie
-        else:
+        stable_id = identity.read_stable_id(environ, client.cookie_name)
+        if stable_id is None:
             stable_id = self._minted = identity.new_id()
         self._stable_id = stable_id
         user_id: str | None = None

@@ -89,3 +89,38 @@ def test_cookie_header_attributes() -> None:
 )
 def test_wants_random(query: str, expected: bool) -> None:
     assert identity.wants_random({"QUERY_STRING": query}) is expected
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        'flagware_id="unterminated',
+        "flagware_id=" + "\xff" * 40,
+        "flagware_id",
+        ";;;=;=flagware_id",
+        "flagware_id=0123456789abcdef0123456789abcdeg",
+        "flagware_id=0123456789abcdef0123456789abcdef0",  # too long
+        "xflagware_id=0123456789abcdef0123456789abcdef",  # another cookie's name
+        'flagware_id="0123456789abcdef0123456789abcdef"',  # quoted: not ours
+    ],
+)
+def test_read_stable_id_rejects_anything_but_our_own_format(header: str) -> None:
+    assert identity.read_stable_id({"HTTP_COOKIE": header}, "flagware_id") is None
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["flagware_id={}", "a=b; flagware_id={}", "flagware_id={}; a=b", "a=b;flagware_id={} ;c=d"],
+)
+def test_read_stable_id_agrees_with_a_full_cookie_parser(template: str) -> None:
+    sid = identity.new_id()
+    environ = {"HTTP_COOKIE": template.format(sid)}
+    assert identity.read_stable_id(environ, "flagware_id") == sid
+    assert identity.read_cookie(environ, "flagware_id") == sid
+
+
+def test_hash_ip_is_the_documented_hmac() -> None:
+    import hmac
+
+    expected = hmac.new(b"k", b"192.0.2.1", hashlib.sha256).hexdigest()[:32]
+    assert identity.hash_ip(b"k", "192.0.2.1") == expected
