@@ -10,20 +10,36 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flagware.client import DEFAULT_EVENT_STORE
+from flagware.events.store import EventStore
 
 
 def _default_store() -> str:
     return os.environ.get("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
 
 
-def _events(args: argparse.Namespace) -> int:
-    from flagware.events.store import EventStore
+def existing_store(path: str, command: str) -> EventStore | None:
+    """The store at ``path`` for a read-only command, or None (and a message) if absent.
 
-    path = Path(args.store)
-    if not path.exists():
-        print(f"flagware events: no event store at {path}", file=sys.stderr)
+    Reading must not create an empty store where the user mistyped a path.
+    """
+    if not Path(path).exists():
+        print(f"flagware {command}: no event store at {path}", file=sys.stderr)
+        return None
+    return EventStore(path)
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        default=_default_store(),
+        help=f"SQLite event store (default: $FLAGWARE_EVENT_STORE or {DEFAULT_EVENT_STORE})",
+    )
+
+
+def _events(args: argparse.Namespace) -> int:
+    store = existing_store(args.store, "events")
+    if store is None:
         return 2
-    store = EventStore(path)
     out = sys.stdout
     try:
         for row in store.iter_events():
@@ -50,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     events = sub.add_parser("events", help="print every stored event, exposures included")
-    events.add_argument("--store", default=_default_store(), help="SQLite event store")
+    add_store_argument(events)
     events.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
     events.set_defaults(func=_events)
 

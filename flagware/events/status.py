@@ -7,13 +7,11 @@ figure is in the store, written by whichever process did the work.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from flagware.cli import add_store_argument, existing_store
 from flagware.events.delivery import DeliveryStats
-from flagware.events.store import EventStore
 
 
 def add_parser(subparsers: Any) -> None:
@@ -21,25 +19,17 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status", help="Statsig delivery: backlog, delivered, retried, dropped, parked"
     )
-    parser.add_argument(
-        "--store",
-        default=os.environ.get("FLAGWARE_EVENT_STORE") or ".flagware/events.db",
-        help="SQLite event store (default: $FLAGWARE_EVENT_STORE or .flagware/events.db)",
-    )
+    add_store_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = Path(args.store)
-    if not path.exists():
-        print(f"flagware status: no event store at {path}", file=sys.stderr)
+    store = existing_store(args.store, "status")
+    if store is None:
         return 2
-    store = EventStore(path)
-    try:
+    with store:
         stats = DeliveryStats.from_store(store.stats())
-    finally:
-        store.close()
-    print(format_stats(stats, path))
+    print(format_stats(stats, Path(args.store)))
     return 0
 
 
