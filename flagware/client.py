@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
 from flagware.events.model import Event
-from flagware.events.store import EventStore
+from flagware.events.store import EventStore, fork_guard
 from flagware.events.writer import EventWriter
 
 if TYPE_CHECKING:
@@ -252,7 +252,8 @@ class Flagware:
             if experiment is None:
                 continue
             try:
-                record_started(self.store, experiment, time_ms=time_ms)
+                with fork_guard():
+                    record_started(self.store, experiment, time_ms=time_ms)
             except Exception as exc:
                 self.report(exc, "experiment start record")
 

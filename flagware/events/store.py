@@ -23,10 +23,12 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from flagware.events.model import Event
 
@@ -72,6 +74,56 @@ _META_PREFIX = "delivery."
 _HOST = socket.gethostname()
 
 
+# SQLite's unix VFS keeps process-wide mutexes around its file locks. If a
+# process forks while another of its threads holds one (the writer appending,
+# a delivery thread polling), the child inherits it locked and its first
+# SQLite call hangs forever: seen under `gunicorn --preload` when the master
+# had logged an event. Every SQLite call flagware makes holds this lock, and
+# os.fork() waits for it, so a fork never lands inside one.
+_fork_guard = threading.RLock()
+
+
+def _before_fork() -> None:
+    _fork_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.RLock()  # the child's only thread is the forking one
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
+def fork_guard() -> AbstractContextManager[Any]:
+    """The guard itself, for SQLite calls made outside this module."""
+    return _fork_guard
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fork_safe(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function``'s SQLite calls where a fork cannot interrupt them."""
+
+    @wraps(function)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _fork_guard:
+            return function(*args, **kwargs)
+
+    return guarded
+
+
+@fork_safe
 def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
     """Open the store with the settings every flagware connection needs."""
     if readonly:
@@ -192,6 +244,7 @@ class EventStore:
         self._local = threading.local()
         self._pid = os.getpid()
 
+    @fork_safe
     def append(self, events: Sequence[Event], *, deliver: bool = False) -> None:
         """Store a batch in one transaction; ``deliver`` marks them for Statsig."""
         if not events:
@@ -219,26 +272,36 @@ class EventStore:
         if limit is not None:
             sql += " LIMIT ?"
             params += (limit,)
-        for row in self._conn().execute(sql, params):
-            yield {
-                "id": row[0],
-                "time": row[1],
-                "event": row[2],
-                "user_id": row[3],
-                "stable_id": row[4],
-                "value": None if row[5] is None else json.loads(row[5]),
-                "metadata": None if row[6] is None else json.loads(row[6]),
-                "exposure": row[7],
-                "group": row[8],
-            }
+        with _fork_guard:
+            cursor = self._conn().execute(sql, params)
+        while True:
+            with _fork_guard:  # never held across a yield: the caller may fork
+                rows = cursor.fetchmany(1000)
+            if not rows:
+                return
+            for row in rows:
+                yield {
+                    "id": row[0],
+                    "time": row[1],
+                    "event": row[2],
+                    "user_id": row[3],
+                    "stable_id": row[4],
+                    "value": None if row[5] is None else json.loads(row[5]),
+                    "metadata": None if row[6] is None else json.loads(row[6]),
+                    "exposure": row[7],
+                    "group": row[8],
+                }
 
+    @fork_safe
     def count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM events").fetchone()[0])
 
+    @fork_safe
     def get_meta(self, key: str) -> str | None:
         row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    @fork_safe
     def set_meta(self, key: str, value: str) -> None:
         self._conn().execute(
             "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -248,6 +311,7 @@ class EventStore:
 
     # -- delivery ---------------------------------------------------------------
 
+    @fork_safe
     def claim(self, owner: str, *, limit: int, lease: float, max_age: float) -> Batch | None:
         """Lease the oldest claimable pending events to ``owner``.
 
@@ -288,6 +352,7 @@ class EventStore:
         attempts = max(row[3] for row in rows)
         return Batch(owner, rows[0][0], rows[-1][0], payloads, expired, attempts)
 
+    @fork_safe
     def settle(self, batch: Batch, state: int) -> int:
         """Record the outcome of sending ``batch``: DELIVERED or PARKED.
 
@@ -305,6 +370,7 @@ class EventStore:
             _bump(conn, counter, changed)
         return changed
 
+    @fork_safe
     def release(self, batch: Batch, *, failed: bool) -> None:
         """Give the batch back to the pool; ``failed`` counts a retried attempt."""
         conn = self._conn()
@@ -318,6 +384,7 @@ class EventStore:
             if failed:
                 _bump(conn, "retried", 1)
 
+    @fork_safe
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist.
 
@@ -344,6 +411,7 @@ class EventStore:
                 for owner in dead
             )
 
+    @fork_safe
     def claimable(self) -> int:
         """Pending events no live lease holds: what a drain still has to send."""
         return int(
@@ -356,6 +424,7 @@ class EventStore:
             .fetchone()[0]
         )
 
+    @fork_safe
     def stats(self) -> StoreStats:
         conn = self._conn()
         backlog, oldest = conn.execute(
@@ -372,6 +441,7 @@ class EventStore:
             **counters,
         )
 
+    @fork_safe
     def close_thread(self) -> None:
         """Close the calling thread's connection (worker threads, as they exit)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -383,6 +453,7 @@ class EventStore:
                 self._all.remove(conn)
         conn.close()
 
+    @fork_safe
     def close(self) -> None:
         """Close every connection this process opened (call once its threads are done)."""
         if self._pid != os.getpid():
