@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from flagware.client import Flagware
 
 CLICK_RATE = {"Control": 0.10, "Red": 0.13}  # the demo's "true" effect
+RELOAD_RATE = 0.2  # visitors who open the page twice (the visits guardrail varies)
 AGENTS = [
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko)"
     " Chrome/126.0 Safari/537.36",
@@ -66,7 +67,11 @@ def simulate(
     from werkzeug.test import Client
 
     rng = random.Random(seed)
-    seen: dict[str, dict[str, int]] = {"groups": {}, "banner": {"shown": 0, "hidden": 0}}
+    seen: dict[str, dict[str, int]] = {
+        "groups": {},
+        "banner": {"shown": 0, "hidden": 0},
+        "pages": {"signup": 0},
+    }
     step = max(1, visitors // 100)
     for i in range(visitors):
         client = Client(app)  # a new browser: no cookie yet
@@ -83,6 +88,10 @@ def simulate(
         group = html.split('data-group="', 1)[1].split('"', 1)[0] if "data-group" in html else ""
         seen["groups"][group or "(none)"] = seen["groups"].get(group or "(none)", 0) + 1
         seen["banner"]["shown" if 'id="banner"' in html else "hidden"] += 1
+        seen["pages"]["signup"] += 1
+        if rng.random() < RELOAD_RATE:  # same browser, same group: a second visit
+            client.get("/signup", environ_base=environ, headers=headers)
+            seen["pages"]["signup"] += 1
         if rng.random() < CLICK_RATE.get(group, 0.10):
             client.post("/signup/click", environ_base=environ, headers=headers)
         if (i + 1) % step == 0 or i + 1 == visitors:

@@ -251,7 +251,11 @@ class Flags:
             forced = overrides.configs.get(name) if overrides else None
             if forced is not None:
                 # As Statsig's override_config: forced, and still an exposure.
-                config, passed, secondary = forced, True, []
+                # A copy per request, so a view that edits .params edits only its own.
+                config = Config(
+                    name, dict(forced.params), group=forced.group, rule_id=forced.rule_id
+                )
+                passed, secondary = True, []
             else:
                 result = client.engine.config(self.statsig_user(), name)
                 config = Config(name, result.params, group=result.group, rule_id=result.rule_id)

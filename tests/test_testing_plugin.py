@@ -236,3 +236,23 @@ def test_overridden_values_still_log_their_exposure(
 
 def test_no_override_leaks_out_of_this_module() -> None:
     assert not overrides
+
+
+def test_each_request_gets_its_own_copy_of_an_overridden_config(
+    client: Any, flagware_overrides: Any
+) -> None:
+    from werkzeug.test import Client
+
+    from flagware import FlagwareMiddleware, current_flags
+
+    flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
+
+    def app(environ: Any, start_response: Any) -> Any:
+        exp = current_flags().experiment("button_color")
+        body = f"{exp.group} {exp.params['color']}"
+        exp.params["color"] = "mutated by the view"
+        start_response("200 OK", [])
+        return [body.encode()]
+
+    http = Client(FlagwareMiddleware(app, client))
+    assert [http.get("/").text for _ in range(2)] == ["Red red", "Red red"]
