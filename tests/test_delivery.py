@@ -379,6 +379,13 @@ def app_script(store: Path, stub: StatsigStub, body: str, **options: Any) -> str
     )
 
 
+def spawn_app(store: Path, stub: StatsigStub, body: str) -> subprocess.Popen[str]:
+    """The app script in its own process, its stdout piped back line by line."""
+    return subprocess.Popen(
+        [sys.executable, "-c", app_script(store, stub, body)], stdout=subprocess.PIPE, text=True
+    )
+
+
 def run_app(script: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout
@@ -404,11 +411,7 @@ def test_scenario_sigkill_then_a_new_process_delivers_the_backlog(
         print("stored", flush=True)
         time.sleep(60)
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", app_script(store_path, stub, body)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_app(store_path, stub, body)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "1000"
     assert proc.stdout.readline().strip() == "stored"
@@ -511,11 +514,7 @@ def test_kill_9_loses_at_most_the_unstored_tail(store_path: Path, stub: StatsigS
             i += 1
             time.sleep(0.0005)
     """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", app_script(store_path, stub, body)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_app(store_path, stub, body)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("500 "):
