@@ -80,10 +80,6 @@ class Engine:
             result.secondary_exposures or [],
         )
 
-    def is_ready(self) -> bool:
-        server = self._server
-        return server is not None and self._pid == os.getpid() and server.is_store_populated()
-
     def close(self) -> None:
         with self._lock:
             server, self._server = self._server, None
