@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import secrets
+import signal
 import threading
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
 from flagware.events.model import Event
-from flagware.events.store import EventStore, fork_guard
-from flagware.events.writer import EventWriter
+from flagware.events.store import Store, is_postgres_url, open_store, redact
+from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery, DeliveryStats
@@ -28,6 +31,12 @@ log = logging.getLogger("flagware")
 DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+# Inputs copied into every event are capped, so one huge header or a careless
+# metadata dict cannot multiply into megabytes per request.
+MAX_USER_AGENT = 512  # characters; real browsers send 100 to 300
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY = 128  # characters per key
+MAX_METADATA_VALUE = 1024  # characters per value (non-strings as their JSON)
 
 
 class ConfigurationError(ValueError):
@@ -54,7 +63,9 @@ class Flagware:
         spec: str | os.PathLike[str] | None = None,  # local spec file (FLAGWARE_SPEC)
         statsig_secret: str | None = None,  # STATSIG_SERVER_SECRET; selects the Statsig engine
         statsig_api: str | None = None,  # base URL override for proxies and tests (STATSIG_API)
-        event_store: str | os.PathLike[str] | None = None,  # SQLite path (FLAGWARE_EVENT_STORE)
+        # A SQLite path, or a postgresql:// URL for a store shared by many hosts
+        # (FLAGWARE_EVENT_STORE)
+        event_store: str | os.PathLike[str] | None = None,
         hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
         user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
         user_custom: CustomResolver | None = None,  # environ -> custom fields for conditions
@@ -67,6 +78,8 @@ class Flagware:
         init_timeout: float = 3.0,  # most a request waits for Statsig specs at start-up
         shutdown_timeout: float = 5.0,  # how long close() keeps delivering
         flush_interval: float = 0.2,  # how often queued events are written to the store
+        max_queue: int = DEFAULT_MAX_QUEUE,  # events held in memory; beyond it dropped, counted
+        handle_sigterm: bool = True,  # store the queue on SIGTERM (see _install_sigterm)
         delivery_options: Mapping[str, Any] | None = None,  # Delivery(...) tuning, Statsig only
         diagnostics: bool | Literal["debug"] = False,  # the page in flagware.diagnostics
         diagnostics_path: str = "/_flagware/",  # where the middleware serves it
@@ -92,9 +105,11 @@ class Flagware:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
             spec = _env("FLAGWARE_SPEC") or DEFAULT_SPEC
-        self.event_store_path = Path(
-            event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
-        )
+        location = event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+        self.event_store = os.fspath(location)  # the path or URL, as given
+        self._shared_store = is_postgres_url(self.event_store)
+        # The SQLite file (diagnostics read it directly); a URL for PostgreSQL.
+        self.event_store_path = Path(self.event_store)
         self.allow_random_override = allow_random_override
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
@@ -108,6 +123,7 @@ class Flagware:
         self.diagnostics_path = diagnostics_path
         self.diagnostics_token = diagnostics_token
         self.errors: Counter[str] = Counter()
+        self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
         # Experiments this process has seen exposed, and the first exposure
         # times still to be recorded in the store (by the writer thread).
         self._started: set[str] = set()
@@ -116,6 +132,8 @@ class Flagware:
         self._closed = False
         self._lock = threading.Lock()
 
+        # Opening connects nothing yet: each process connects on first use.
+        self.store: Store = open_store(self.event_store)
         key = hash_key if hash_key is not None else _env("FLAGWARE_HASH_KEY")
         self.engine: Engine
         self.delivery: Delivery | None = None
@@ -145,12 +163,11 @@ class Flagware:
                 key = self._local_hash_key()
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
 
-        self.store = EventStore(self.event_store_path)
         if statsig_secret is not None:
             from flagware.events.delivery import Delivery
 
             self.delivery = Delivery(
-                self.event_store_path,
+                self.event_store,
                 secret=statsig_secret,
                 api=self.statsig_api or DEFAULT_STATSIG_API,
                 on_error=self.report,
@@ -160,6 +177,7 @@ class Flagware:
             self.store,
             deliver=self.delivery is not None,
             flush_interval=flush_interval,
+            max_queue=max_queue,
             on_stored=self._on_stored,
             on_error=self.report,
             # A process's first event also starts delivery, so a backlog left
@@ -168,6 +186,8 @@ class Flagware:
         )
         # Interpreter exit stores what is queued and delivers what it can.
         _live_clients.add(self)
+        if handle_sigterm:
+            _install_sigterm()
 
     @classmethod
     def from_env(cls, **options: Any) -> Flagware:
@@ -184,7 +204,10 @@ class Flagware:
         return self.engine.kind
 
     def _local_hash_key(self) -> str:
-        """The local engine's key: made once, kept beside the event store (mode 0600)."""
+        """The local engine's key: made once, kept beside the event store (mode 0600),
+        or in a shared store's ``meta``, so every host gives a visitor the same ID."""
+        if self._shared_store:
+            return self.store.init_meta("hash_key", secrets.token_hex(32))
         path = self.event_store_path.parent / "hash_key"
         try:
             return path.read_text().strip()
@@ -209,6 +232,14 @@ class Flagware:
 
     def log(self, event: Event) -> None:
         """Queue an event for the store (and Statsig). O(1); never touches disk or network."""
+        agent = event.user.get("userAgent")
+        if agent is not None and len(agent) > MAX_USER_AGENT:
+            # In place: the request's other events share this user and stay capped.
+            event.user["userAgent"] = agent[:MAX_USER_AGENT]
+            self._truncated("user_agent", f"User-Agent longer than {MAX_USER_AGENT} characters")
+        if event.metadata and _oversized(event.metadata):
+            event.metadata = _cap_metadata(event.metadata)
+            self._truncated("metadata", "event metadata over its size limits")
         self.writer.put(event)
         if _flags.listeners:
             for listener in tuple(_flags.listeners):
@@ -230,8 +261,11 @@ class Flagware:
         from flagware.events.delivery import DeliveryStats
 
         # Its own short-lived connection: callable from any thread, even after close().
-        with EventStore(self.event_store_path) as store:
-            return DeliveryStats.from_store(store.stats())
+        with open_store(self.event_store) as store:
+            stats = DeliveryStats.from_store(store.stats())
+        # Drops this process has not been able to record in the store yet.
+        pending = self.writer.pending_drops()
+        return replace(stats, queue_dropped=stats.queue_dropped + pending) if pending else stats
 
     def _note_started(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
@@ -252,19 +286,23 @@ class Flagware:
             if experiment is None:
                 continue
             try:
-                with fork_guard():
-                    record_started(self.store, experiment, time_ms=time_ms)
+                record_started(self.store, experiment, time_ms=time_ms)
             except Exception as exc:
                 self.report(exc, "experiment start record")
 
     def _check_unchanged(self, spec: Spec) -> None:
         from flagware.results.lock import check_unchanged
 
-        check_unchanged(spec, self.event_store_path)
+        check_unchanged(spec, self.event_store)
 
     def flush(self) -> None:
         """Store everything queued so far (tests and the CLI use it)."""
         self.writer.flush()
+
+    def _truncated(self, what: str, why: str) -> None:
+        self.truncated[what] += 1
+        if self.truncated[what] == 1:
+            log.warning("flagware: %s truncated (logged once, counted in Flagware.truncated)", why)
 
     def report(self, exc: BaseException, where: str) -> None:
         """Count an internal failure and log it once per place and kind."""
@@ -303,7 +341,7 @@ class Flagware:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Flagware engine={self.engine_name} store={str(self.event_store_path)!r}>"
+        return f"<Flagware engine={self.engine_name} store={redact(self.event_store)!r}>"
 
 
 # Strong references: a client dropped without close() must still be flushed at exit.
@@ -317,3 +355,77 @@ def _close_all() -> None:
             client.close()
         except Exception:
             log.exception("flagware: closing at exit failed")
+
+
+def _oversized(metadata: Mapping[str, Any]) -> bool:
+    if len(metadata) > MAX_METADATA_KEYS:
+        return True
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY:
+            return True
+        if isinstance(value, str):
+            if len(value) > MAX_METADATA_VALUE:
+                return True
+        elif isinstance(value, dict | list | tuple) and _json_len(value) > MAX_METADATA_VALUE:
+            return True
+    return False
+
+
+def _cap_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    capped: dict[str, Any] = {}
+    for key, value in list(metadata.items())[:MAX_METADATA_KEYS]:
+        if isinstance(value, dict | list | tuple) and _json_len(value) > MAX_METADATA_VALUE:
+            value = json.dumps(value, default=str)
+        if isinstance(value, str):
+            value = value[:MAX_METADATA_VALUE]
+        capped[key[:MAX_METADATA_KEY]] = value
+    return capped
+
+
+def _json_len(value: Any) -> int:
+    return len(json.dumps(value, default=str))
+
+
+# -- SIGTERM -------------------------------------------------------------------------
+
+_sigterm_installed = False
+
+
+def _install_sigterm() -> None:
+    """Store every client's queue when SIGTERM arrives, then do what SIGTERM did before.
+
+    ``docker stop``, systemd and Kubernetes stop a process with SIGTERM. A
+    server with its own handler (gunicorn, uvicorn) exits gracefully and
+    ``atexit`` closes the client; one without (waitress, ``python app.py``)
+    dies on the spot and loses the queue. So: the queue is stored first, then
+    an existing Python handler is called as before, or, where SIGTERM was the
+    default action, the client closes (delivering for ``shutdown_timeout``) and
+    the process dies by SIGTERM as it would have. A process that ignores SIGTERM
+    keeps ignoring it. Signal handlers can only be set in the main thread; a
+    client made elsewhere installs nothing.
+    """
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # ignored, or a handler set in C
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        chained = callable(previous)
+        for client in list(_live_clients):
+            try:
+                if chained:
+                    client.flush()  # the server's own shutdown closes the client
+                else:
+                    client.close()
+            except Exception:
+                log.exception("flagware: storing events on SIGTERM failed")
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _sigterm_installed = True

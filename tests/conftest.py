@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -122,3 +123,71 @@ def make_client(tmp_path: Any, spec_file: Any) -> Iterator[Any]:
 @pytest.fixture
 def client(make_client: Any) -> Any:
     return make_client()
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+class Postgres:
+    """The suite's PostgreSQL server: fresh databases on demand, and restarts."""
+
+    def __init__(self, admin_url: str, cluster: Any | None) -> None:
+        self.admin_url = admin_url
+        self.cluster = cluster  # None for an external server (FLAGWARE_TEST_POSTGRES)
+        self._n = 0
+
+    def database(self) -> str:
+        from pg_cluster import create_database
+
+        self._n += 1
+        return create_database(self.admin_url, f"flagware_test_{os.getpid()}_{self._n}")
+
+    def restart(self) -> None:
+        if self.cluster is None:
+            pytest.skip("restarting needs the suite's own cluster, not FLAGWARE_TEST_POSTGRES")
+        self.cluster.pg_ctl("restart")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A PostgreSQL server for the whole run: the suite's own throwaway cluster."""
+    external = os.environ.get("FLAGWARE_TEST_POSTGRES")
+    if external:
+        yield Postgres(external, None)
+        return
+    from pg_cluster import Cluster, find_bin
+
+    bin_dir = find_bin()
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        bin_dir = None
+    if bin_dir is None:
+        reason = "PostgreSQL (initdb) or psycopg is not installed; .ci/run installs them"
+        if os.environ.get("FLAGWARE_REQUIRE_POSTGRES"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    cluster = Cluster(bin_dir)
+    try:
+        yield Postgres(cluster.url(), cluster)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test."""
+    from pg_cluster import drop_database
+
+    url = postgres.database()
+    yield url
+    drop_database(postgres.admin_url, url.rpartition("/")[2].partition("?")[0])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Where a test's store lives, once per backend: a SQLite path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -1,4 +1,4 @@
-"""EventStore: appends, reads, and the delivery leases and counters."""
+"""The event store on both backends: appends, reads, the delivery leases and counters."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ from flagware.events.store import (
     PARKED,
     PENDING,
     EventStore,
+    Store,
     lease_owner,
+    open_store,
 )
 
 
@@ -32,18 +35,18 @@ def events(n: int, *, start: int = 0, age: float = 0.0) -> list[Event]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    s = EventStore(tmp_path / "events.db")
+def store(store_location: str) -> Iterator[Store]:
+    s = open_store(store_location)
     yield s
     s.close()
 
 
-def states(store: EventStore) -> dict[int | None, int]:
+def states(store: Store) -> dict[int | None, int]:
     rows = store._conn().execute("SELECT delivery, count(*) FROM events GROUP BY delivery")
     return dict(rows.fetchall())
 
 
-def test_append_and_read(store: EventStore) -> None:
+def test_append_and_read(store: Store) -> None:
     store.append(events(3), deliver=False)
     rows = list(store.iter_events())
     assert [r["value"] for r in rows] == [0, 1, 2]
@@ -52,7 +55,7 @@ def test_append_and_read(store: EventStore) -> None:
     assert states(store) == {None: 3}  # local only: never delivered
 
 
-def test_meta(store: EventStore) -> None:
+def test_meta(store: Store) -> None:
     assert store.get_meta("x") is None
     store.set_meta("x", "1")
     store.set_meta("x", "2")
@@ -77,7 +80,7 @@ def test_old_store_gains_lease_columns(tmp_path: Path) -> None:
     store.close()
 
 
-def test_claims_are_exclusive_until_settled(store: EventStore) -> None:
+def test_claims_are_exclusive_until_settled(store: Store) -> None:
     store.append(events(25), deliver=True)
     a = store.claim("a", limit=10, lease=60, max_age=3600)
     b = store.claim("b", limit=10, lease=60, max_age=3600)
@@ -97,18 +100,19 @@ def test_claims_are_exclusive_until_settled(store: EventStore) -> None:
     assert states(store) == {PENDING: 5, DELIVERED: 10, PARKED: 10}
 
 
-def test_expired_lease_is_claimable_and_old_owner_cannot_settle(store: EventStore) -> None:
+def test_expired_lease_is_claimable_and_old_owner_cannot_settle(store: Store) -> None:
     store.append(events(5), deliver=True)
     stale = store.claim("a", limit=10, lease=-1, max_age=3600)  # already expired
     assert stale is not None
     fresh = store.claim("b", limit=10, lease=60, max_age=3600)
     assert fresh is not None and len(fresh) == 5
+    assert fresh.attempts == 1  # the dead lease may have been sent: this is a retry
     assert store.settle(stale, DELIVERED) == 0  # the lease moved on: no double count
     assert store.settle(fresh, DELIVERED) == 5
     assert store.stats().delivered == 5
 
 
-def test_old_events_are_dropped_at_claim(store: EventStore) -> None:
+def test_old_events_are_dropped_at_claim(store: Store) -> None:
     store.append(events(3, age=7200), deliver=True)
     store.append(events(2, start=3), deliver=True)
     batch = store.claim("a", limit=10, lease=60, max_age=3600)
@@ -118,7 +122,7 @@ def test_old_events_are_dropped_at_claim(store: EventStore) -> None:
     assert store.stats().dropped == 3
 
 
-def test_dead_process_lease_is_released(store: EventStore) -> None:
+def test_dead_process_lease_is_released(store: Store) -> None:
     store.append(events(4), deliver=True)
     proc = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -136,23 +140,25 @@ def test_dead_process_lease_is_released(store: EventStore) -> None:
     assert live is not None
     assert store.release_dead_leases() == 4
     assert store.claimable() == 4
+    again = store.claim(lease_owner("n", 4), limit=10, lease=600, max_age=3600)
+    assert again is not None and again.attempts == 1  # it may have been sent: a retry
 
 
-def test_other_host_lease_waits_for_expiry(store: EventStore) -> None:
+def test_other_host_lease_waits_for_expiry(store: Store) -> None:
     store.append(events(2), deliver=True)
     assert store.claim("elsewhere/1/x/1", limit=10, lease=600, max_age=3600)
     assert store.release_dead_leases() == 0
     assert store.claimable() == 0
 
 
-def test_stats_oldest_pending(store: EventStore) -> None:
+def test_stats_oldest_pending(store: Store) -> None:
     assert store.stats().oldest_pending_ms is None
     store.append(events(1, age=30), deliver=True)
     oldest = store.stats().oldest_pending_ms
     assert oldest is not None and 29 <= time.time() - oldest / 1000 < 40
 
 
-def test_a_forked_child_opens_its_own_connection(store: EventStore) -> None:
+def test_a_forked_child_opens_its_own_connection(store: Store) -> None:
     store.append(events(1), deliver=False)
     parent_conn = store._conn()
     pid = os.fork()
@@ -169,3 +175,42 @@ def test_a_forked_child_opens_its_own_connection(store: EventStore) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert store._conn() is parent_conn
     assert store.count() == 2
+
+
+def test_concurrent_claims_take_disjoint_batches(store: Store) -> None:
+    store.append(events(500), deliver=True)
+    taken: list[list[str]] = []
+
+    def sender(name: str) -> None:
+        n = 0
+        while (batch := store.claim(f"{name}/{n}", limit=7, lease=60, max_age=3600)) is not None:
+            taken.append(batch.payloads)
+            store.settle(batch, DELIVERED)
+            n += 1
+        store.close_thread()
+
+    threads = [threading.Thread(target=sender, args=(f"t{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    payloads = [p for batch in taken for p in batch]
+    assert len(payloads) == len(set(payloads)) == 500
+    assert store.stats().delivered == 500 and store.claimable() == 0
+
+
+def test_meta_init_keeps_the_first_value_and_counters_add(store: Store) -> None:
+    assert store.init_meta("k", "first") == "first"
+    assert store.init_meta("k", "second") == "first"
+    store.add_to_counter("queue_dropped", 3)
+    store.add_to_counter("queue_dropped", 4)
+    assert store.stats().queue_dropped == 7
+
+
+def test_named_queries_match_between_dialects() -> None:
+    from flagware.events.store.postgres import PostgresStore
+
+    assert set(EventStore.queries) - {"schema", "exists"} == set(PostgresStore.queries) - {
+        "schema",
+        "exists",
+    }

@@ -1,9 +1,13 @@
 """Delivery: forwards stored events to Statsig's ``POST {api}/log_event``.
 
-Events reach Statsig from the SQLite store, never from memory, so whatever
-was stored survives an outage, a restart or a crash. A batch is leased in the
-store before it is sent (see ``EventStore.claim``) and marked delivered only
-on a 2xx, so processes sharing one store never send the same event twice.
+Events reach Statsig from the store (SQLite or PostgreSQL), never from memory,
+so whatever was stored survives an outage, a restart or a crash. A batch is
+leased in the store before it is sent (see ``Store.claim``) and marked
+delivered only on a 2xx, so processes sharing one store never send the same
+event twice. The one exception: a process that dies between a send and its
+settle leaves a lease that is re-sent (with ``STATSIG-RETRY`` raised) when it
+expires or is found dead, so a SIGKILL can duplicate at most
+``concurrency x batch_size`` events.
 
 Failures:
 - connection errors, timeouts, 408, 429 and 5xx give the batch back and back
@@ -12,7 +16,7 @@ Failures:
 - 413 halves the batch size; other 4xx park the batch (``delivery = 2``) with
   one log line, since sending it again cannot succeed.
 
-Everything runtime (threads, HTTP connections, SQLite connections) belongs to
+Everything runtime (threads, HTTP connections, store connections) belongs to
 one process and is created lazily on first use in that process, so a fork
 (gunicorn ``--preload``) never shares any of it.
 """
@@ -37,11 +41,19 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flagware.events.store import DELIVERED, PARKED, Batch, EventStore, StoreStats, lease_owner
+from flagware.events.store import (
+    DELIVERED,
+    PARKED,
+    Batch,
+    Store,
+    StoreStats,
+    lease_owner,
+    open_store,
+    redact,
+)
 
 log = logging.getLogger("flagware")
 
@@ -68,6 +80,7 @@ class DeliveryStats:
     dropped: int  # older than max_age before they could be delivered
     parked: int  # rejected by Statsig with a non-retryable 4xx
     oldest_age: float | None  # seconds since the oldest undelivered event was logged
+    queue_dropped: int = 0  # never stored: a process's queue was full while the store failed
 
     @classmethod
     def from_store(cls, stats: StoreStats) -> DeliveryStats:
@@ -79,6 +92,7 @@ class DeliveryStats:
             dropped=stats.dropped,
             parked=stats.parked,
             oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
+            queue_dropped=stats.queue_dropped,
         )
 
 
@@ -89,9 +103,9 @@ class DeliveryRejected(Exception):
 class _Runtime:
     """One process's delivery state. Never used in another process."""
 
-    def __init__(self, store_path: Path, batch_size: int) -> None:
+    def __init__(self, store: str, batch_size: int) -> None:
         self.pid = os.getpid()
-        self.store = EventStore(store_path)
+        self.store = open_store(store)
         self.nonce = uuid.uuid4().hex[:8]
         self.session_id = str(uuid.uuid4())
         self.batches = itertools.count()  # next() is atomic in CPython
@@ -126,7 +140,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class Delivery:
     def __init__(
         self,
-        store_path: str | os.PathLike[str],
+        store: str | os.PathLike[str],  # a SQLite path or a postgresql:// URL
         *,
         secret: str,
         api: str = DEFAULT_API,
@@ -134,7 +148,9 @@ class Delivery:
         # Well above the API's normal latency: a timeout after the API accepted a
         # batch is the one way an event can be sent twice.
         request_timeout: float = 30.0,
-        batch_size: int = 1000,
+        # A SIGKILL mid-send can duplicate up to concurrency x batch_size events
+        # (the batches in flight are re-sent): 2 x 500 = 1,000 at most.
+        batch_size: int = 500,
         concurrency: int = 2,  # requests in flight per process
         retry_min: float = 0.5,  # first backoff, doubled per consecutive failure
         retry_max: float = 60.0,  # backoff cap
@@ -144,7 +160,8 @@ class Delivery:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"statsig api must be an http(s) URL, got {api!r}")
-        self.store_path = Path(store_path)
+        self.store_location = os.fspath(store)
+        self._where = redact(self.store_location)
         self.secret = secret
         self.api = api
         self.max_age = max_age
@@ -237,13 +254,13 @@ class Delivery:
         """Backlog and counters for the whole store (all processes sharing it)."""
         return DeliveryStats.from_store(self._read(lambda store: store.stats()))
 
-    def _read(self, query: Callable[[EventStore], T]) -> T:
+    def _read(self, query: Callable[[Store], T]) -> T:
         """Run a read on this process's store, or on a short-lived one before the
         first wake (so nothing is opened in a parent that is about to fork)."""
         rt = self._rt
         if rt is not None and rt.pid == os.getpid():
             return query(rt.store)
-        store = EventStore(self.store_path)
+        store = open_store(self.store_location)
         try:
             return query(store)
         finally:
@@ -260,10 +277,10 @@ class Delivery:
             if rt is None or rt.pid != os.getpid():
                 if rt is not None:
                     # A parent's runtime: its threads do not exist here and its
-                    # SQLite handles are the parent's. Keep it referenced so it
+                    # store connections are the parent's. Keep it referenced so it
                     # is never finalized (closed) in this process.
                     _inherited.append(rt)
-                rt = self._rt = _Runtime(self.store_path, self.batch_size)
+                rt = self._rt = _Runtime(self.store_location, self.batch_size)
             return rt
 
     def _running(self) -> _Runtime | None:
@@ -356,7 +373,7 @@ class Delivery:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
             return
         if 200 <= status < 300:
-            rt.store.settle(batch, DELIVERED)
+            self._settle_delivered(rt, batch)
             self._succeeded(rt)
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
@@ -367,6 +384,23 @@ class Delivery:
             log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
         else:
             self._park(rt, batch, status, reply)
+
+    def _settle_delivered(self, rt: _Runtime, batch: Batch) -> None:
+        """Mark a batch Statsig accepted, trying again while the store is briefly away
+        (a database restart): giving up would re-send the whole batch once its lease
+        expires."""
+        deadline = time.monotonic() + self.lease / 2
+        pause = 0.1
+        while True:
+            try:
+                rt.store.settle(batch, DELIVERED)
+                return
+            except Exception as exc:
+                if time.monotonic() + pause > deadline or rt.stop.is_set():
+                    raise
+                self._report(exc, "statsig delivery settle")
+                time.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def _headers(self, rt: _Runtime, batch: Batch) -> dict[str, str]:
         # What the SDK sends (statsig/http_worker.py _prepare_headers, batch_event_queue.py).
@@ -403,7 +437,7 @@ class Delivery:
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
                 " with backoff",
                 why,
-                self.store_path,
+                self._where,
             )
 
     def _failed(self, rt: _Runtime, retry_after: float | None = None) -> bool:
@@ -434,7 +468,7 @@ class Delivery:
         detail = reply[:300].decode("utf-8", "replace").strip()
         exc = DeliveryRejected(
             f"Statsig rejected {len(batch)} events with HTTP {status} ({detail or 'no body'});"
-            f" parked in {self.store_path} (delivery = 2), not retried"
+            f" parked in {self._where} (delivery = 2), not retried"
         )
         if self.on_error is not None:
             self.on_error(exc, "statsig delivery")

@@ -1,11 +1,18 @@
 """The in-memory queue and the background thread that appends it to the store.
 
 The request path only does ``SimpleQueue.put`` (a C call that never blocks).
-A daemon thread drains the queue every ``flush_interval`` seconds into one
-SQLite transaction. Everything here is per process: after a fork the child
-gets a fresh queue and thread on first use, and the events it inherited in the
-copied queue are left to the parent, which owns them (storing them twice
-would duplicate them).
+A daemon thread drains the queue into one store transaction per batch on a
+fixed cadence: each flush is due ``flush_interval`` after the previous one
+STARTED, so a slow flush (a busy machine, a slow database) does not stretch
+the window a kill -9 can lose. Everything here is per process: after a fork
+the child gets a fresh queue and thread on first use, and the events it
+inherited in the copied queue are left to the parent, which owns them (storing
+them twice would duplicate them).
+
+Memory is bounded: at most ``max_queue`` events wait in a process, counting a
+batch the store refused (kept, and tried again first). While the store fails
+and the queue is full, new events are dropped, counted (``dropped``, and
+``queue_dropped`` in the store once it takes writes again) and logged once.
 """
 
 from __future__ import annotations
@@ -14,15 +21,19 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
 from flagware.events.model import Event
-from flagware.events.store import EventStore
+from flagware.events.store import Store
 
 log = logging.getLogger("flagware")
 
 MAX_BATCH = 5000
+# About 40 MB of events (~750 bytes each): a store outage of 25 s at 2,000
+# events/s per process before anything is dropped.
+DEFAULT_MAX_QUEUE = 50_000
 
 _writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
 
@@ -33,6 +44,7 @@ def _after_fork_in_child() -> None:
     for writer in list(_writers):
         writer._start_lock = threading.Lock()
         writer._flush_lock = threading.Lock()
+        writer._drop_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -41,10 +53,11 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class EventWriter:
     def __init__(
         self,
-        store: EventStore,
+        store: Store,
         *,
         deliver: bool = False,
-        flush_interval: float = 0.2,  # the most a kill -9 can lose
+        flush_interval: float = 0.2,  # the most a kill -9 can lose, plus one flush
+        max_queue: int = DEFAULT_MAX_QUEUE,  # events waiting in memory; more are dropped
         on_stored: Callable[[int], None] | None = None,
         on_error: Callable[[BaseException, str], None] | None = None,
         on_start: Callable[[], None] | None = None,  # once per process, on the writer thread
@@ -55,8 +68,14 @@ class EventWriter:
         self.on_stored = on_stored
         self.on_error = on_error
         self.on_start = on_start
+        self.max_queue = max(1, max_queue)
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._held: list[Event] = []  # a batch the store refused: stored first next time
+        self._room = self.max_queue  # what the queue may hold besides the held batch
+        self.dropped = 0  # events refused because the queue was full
+        self._unrecorded = 0  # of those, not yet added to the store's counter
         self._pid = -1
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -69,7 +88,25 @@ class EventWriter:
         """Queue one event: O(1), never blocks, safe from any thread."""
         if self._pid != os.getpid():
             self._start()
+        size = self._queue.qsize()
+        if size >= self._room:
+            self._drop()
+            return
         self._queue.put(event)
+        if size == MAX_BATCH:  # a burst: store it now rather than at the next tick
+            self._wake.set()
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self.dropped += 1
+            self._unrecorded += 1
+            first = self._unrecorded == 1
+        if first:  # once per outage: the count says the rest
+            log.error(
+                "flagware: the event queue is full (%d events): the store is not taking writes"
+                " or not keeping up; dropping new events and counting them (queue_dropped)",
+                self.max_queue,
+            )
 
     def _start(self) -> None:
         with self._start_lock:
@@ -77,6 +114,8 @@ class EventWriter:
                 return
             # Fresh state in a new process: inherited events belong to the parent.
             self._queue = queue.SimpleQueue()
+            self._held = []
+            self._room = self.max_queue
             self._wake = threading.Event()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="flagware-writer", daemon=True)
@@ -91,10 +130,15 @@ class EventWriter:
             except Exception as exc:
                 if self.on_error is not None:
                     self.on_error(exc, "writer start")
+        due = time.monotonic() + self.flush_interval
         while not stop.is_set():
-            wake.wait(self.flush_interval)
+            wake.wait(max(0.0, due - time.monotonic()))
             wake.clear()
+            started = time.monotonic()
             self.flush()
+            # The next flush is due one interval after this one started, not
+            # after it ended: a flush that ran long is followed at once.
+            due = started + self.flush_interval
 
     def flush(self) -> int:
         """Store everything queued so far; returns how many events were stored."""
@@ -103,25 +147,43 @@ class EventWriter:
         total = 0
         with self._flush_lock:
             while True:
-                batch = self._take(MAX_BATCH)
+                batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
                 if not batch:
                     break
                 try:
                     self.store.append(batch, deliver=self.deliver)
-                except Exception as exc:  # keep the events: put them back for the next try
-                    for event in batch:
-                        self._queue.put(event)
-                    if self.on_error is not None:
-                        self.on_error(exc, "event store")
-                    else:
-                        log.exception("flagware: could not store events")
+                except Exception as exc:  # keep the events for the next try, within the cap
+                    self._held = batch
+                    self._room = max(0, self.max_queue - len(batch))
+                    self._report(exc)
                     break
+                self._room = self.max_queue
                 total += len(batch)
+            if total and self._unrecorded:
+                self._record_drops()
         if total:
             self.stored += total
             if self.on_stored is not None:
                 self.on_stored(total)
         return total
+
+    def _record_drops(self) -> None:
+        with self._drop_lock:
+            count, self._unrecorded = self._unrecorded, 0
+        try:
+            self.store.add_to_counter("queue_dropped", count)
+        except Exception as exc:
+            with self._drop_lock:
+                self._unrecorded += count
+            self._report(exc)
+            return
+        log.warning("flagware: the event store takes writes again; %d events were dropped", count)
+
+    def _report(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc, "event store")
+        else:
+            log.error("flagware: could not store events", exc_info=exc)
 
     def _take(self, limit: int) -> list[Event]:
         batch: list[Event] = []
@@ -143,4 +205,11 @@ class EventWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         self.flush()
+        left = len(self._held) + self._queue.qsize()
+        if left:  # the store still refuses writes: say what is lost, never silently
+            log.error("flagware: %d queued events could not be stored before exit", left)
         self._pid = -1
+
+    def pending_drops(self) -> int:
+        """Events this process dropped that the store's counter does not show yet."""
+        return self._unrecorded

@@ -32,12 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from flagware.events.model import now_ms
-from flagware.events.store import EventStore, connect
+from flagware.events.store import (
+    EventStore,
+    Store,
+    connect,
+    is_postgres_url,
+    open_store,
+    store_exists,
+)
 from flagware.spec import ExperimentSpec, Spec, SpecError
 
 __all__ = ["StartRecord", "check_unchanged", "meta_key", "read_started", "record_started"]
 
-StoreRef = sqlite3.Connection | EventStore | str | os.PathLike[str]
+StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
+_Raw = (sqlite3.Connection, str, os.PathLike)  # not a store object: SQLite directly
 
 
 def meta_key(experiment: str) -> str:
@@ -66,31 +74,8 @@ class StartRecord:
         )
 
 
-# One statement, so concurrent writers (several processes on one store) cannot
-# interleave a read and a write. A new experiment inserts its record; an
-# existing one is rewritten only when
-# - the spec says restart and the definition changed (or allocation shrank):
-#   a new window starts, keeping the original start time and counting restarts;
-# - allocation grew: only the high-water mark moves.
-# Otherwise the row is left alone, which makes the call idempotent.
-_UPSERT = """
-INSERT INTO meta (key, value) VALUES (:key, :value)
-ON CONFLICT (key) DO UPDATE SET value = CASE
-    WHEN :restart AND (
-        json_extract(meta.value, '$.fingerprint') != :fingerprint
-        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation)
-    THEN json_set(
-        excluded.value,
-        '$.started', json_extract(meta.value, '$.started'),
-        '$.restarts', coalesce(json_extract(meta.value, '$.restarts'), 0) + 1)
-    ELSE json_set(meta.value, '$.allocation', :allocation)
-  END
-WHERE (:restart AND (
-        json_extract(meta.value, '$.fingerprint') != :fingerprint
-        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation))
-   OR (json_extract(meta.value, '$.fingerprint') = :fingerprint
-        AND coalesce(json_extract(meta.value, '$.allocation'), 0) < :allocation)
-"""
+# The upsert that records a start, in each backend's dialect (events/store/*.sql).
+_UPSERT = EventStore.queries["record_start"]
 
 
 def record_started(
@@ -119,6 +104,9 @@ def record_started(
         "fingerprint": fingerprint,
         "allocation": float(experiment.allocation),
     }
+    if not isinstance(store, _Raw):  # a store: either backend, in its own dialect
+        store.run("record_start", params)
+        return
     with _connection(store) as conn:
         was_in_transaction = conn.in_transaction
         conn.execute(_UPSERT, params)
@@ -130,6 +118,9 @@ def record_started(
 
 def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
     """The stored start record of ``experiment``, or None if it never started."""
+    if not isinstance(store, _Raw):
+        text = store.get_meta(meta_key(experiment))
+        return None if text is None else StartRecord.from_json(text)
     with _connection(store) as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key(experiment),))
         found = row.fetchone()
@@ -145,23 +136,32 @@ def check_unchanged(
     analysis window starting now instead. A store that does not exist yet has
     nothing started, so there is nothing to check.
     """
+    if is_postgres_url(store_path):
+        if store_exists(store_path):
+            with open_store(store_path) as store:
+                _check(spec, store, time_ms)
+        return
     if not Path(store_path).exists():
         return
-    problems: list[str] = []
     with _connection(store_path) as conn:
-        for experiment in spec.experiments.values():
-            record = read_started(conn, experiment.name)
-            if record is None:
-                continue
-            changes = describe_changes(record, experiment)
-            if not changes:
-                if record.allocation < experiment.allocation:
-                    record_started(conn, experiment, time_ms=time_ms)
-                continue
-            if experiment.restart:
+        _check(spec, conn, time_ms)
+
+
+def _check(spec: Spec, conn: StoreRef, time_ms: int | None) -> None:
+    problems: list[str] = []
+    for experiment in spec.experiments.values():
+        record = read_started(conn, experiment.name)
+        if record is None:
+            continue
+        changes = describe_changes(record, experiment)
+        if not changes:
+            if record.allocation < experiment.allocation:
                 record_started(conn, experiment, time_ms=time_ms)
-                continue
-            problems.append(_message(experiment.name, changes, record))
+            continue
+        if experiment.restart:
+            record_started(conn, experiment, time_ms=time_ms)
+            continue
+        problems.append(_message(experiment.name, changes, record))
     if problems:
         where = f"{spec.source}: " if spec.source else ""
         raise SpecError(where + "\n".join(problems))
@@ -232,13 +232,10 @@ def _show(value: Any) -> str:
 class _connection:
     """Use the caller's connection as is, or open (and close) one for a path."""
 
-    def __init__(self, store: StoreRef) -> None:
+    def __init__(self, store: sqlite3.Connection | str | os.PathLike[str]) -> None:
         self._owned: sqlite3.Connection | None = None
         if isinstance(store, sqlite3.Connection):
             self._conn = store
-        elif isinstance(store, EventStore):
-            # The store's per-thread connection: no new file handle per call.
-            self._conn = store._conn()
         else:
             self._owned = self._conn = connect(store)
 

@@ -1,0 +1,194 @@
+"""The SQLite backend: the embedded default, one file on the host's own disk.
+
+One table holds every event. Columns that results aggregate on (name, IDs,
+numeric value, exposure name and group) are real columns so analysis runs in
+SQL; ``payload`` keeps the exact wire event so delivery can send it unchanged.
+WAL mode lets readers (CLI, diagnostics, results) run while the writer appends.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from flagware.events.store.base import EVENT_COLUMNS, SQLStore, load_queries
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    time        INTEGER NOT NULL,  -- ms since the epoch, when logged
+    event       TEXT    NOT NULL,  -- name; exposures keep statsig::... names
+    user_id     TEXT,
+    stable_id   TEXT,
+    value       TEXT,              -- JSON of the value, or NULL
+    value_num   REAL,              -- the value when numeric, for sums and means
+    metadata    TEXT,              -- JSON object, or NULL
+    exposure    TEXT,              -- exposures: gate or config name
+    group_name  TEXT,              -- experiment exposures: the group
+    payload     TEXT    NOT NULL,  -- the event exactly as Statsig's wire format carries it
+    delivery    INTEGER            -- NULL local only; 0 pending; 1 delivered; 2 parked; 3 dropped
+);
+CREATE INDEX IF NOT EXISTS events_by_exposure ON events (exposure, group_name)
+    WHERE exposure IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_name ON events (event);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Added after the first release: stores created before them gain them on open.
+LEASE_COLUMNS = {
+    "lease_owner": "TEXT",  # host/pid/nonce/batch of the process sending the row
+    "lease_until": "REAL",  # unix time the lease expires
+    "attempts": "INTEGER NOT NULL DEFAULT 0",  # sends so far that may have failed
+}
+# Only pending rows are indexed, so claiming stays fast however many rows were
+# delivered. Queries must say ``delivery = 0`` literally for SQLite to use it.
+PENDING_INDEX = "CREATE INDEX IF NOT EXISTS events_pending ON events (delivery) WHERE delivery = 0"
+
+
+# SQLite's unix VFS keeps process-wide mutexes around its file locks. If a
+# process forks while another of its threads holds one (the writer appending,
+# a delivery thread polling), the child inherits it locked and its first
+# SQLite call hangs forever: seen under `gunicorn --preload` when the master
+# had logged an event. Every SQLite call flagware makes holds this lock, and
+# os.fork() waits for it, so a fork never lands inside one.
+_fork_guard = threading.RLock()
+
+
+def _before_fork() -> None:
+    _fork_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fork_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _fork_guard
+    _fork_guard = threading.RLock()  # the child's only thread is the forking one
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
+def fork_guard() -> AbstractContextManager[Any]:
+    """The guard itself, for SQLite calls made outside this module."""
+    return _fork_guard
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fork_safe(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function``'s SQLite calls where a fork cannot interrupt them."""
+
+    @wraps(function)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        with _fork_guard:
+            return function(*args, **kwargs)
+
+    return guarded
+
+
+@fork_safe
+def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the store with the settings every flagware connection needs."""
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{os.fspath(path)}?mode=ro", uri=True, timeout=30, check_same_thread=False
+        )
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False only so close() can close every thread's
+        # connection once those threads are done; no connection is shared.
+        conn = sqlite3.connect(
+            os.fspath(path), timeout=30, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against process crashes in WAL mode; only a power
+        # loss can take the last transactions, and it costs no fsync per batch.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        _migrate(conn)
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    missing = [name for name in LEASE_COLUMNS if name not in have]
+    if missing:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated.
+            have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+            for name in missing:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {name} {LEASE_COLUMNS[name]}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.execute(PENDING_INDEX)
+
+
+# Connections inherited through a fork are kept here, unreferenced by anything
+# else, so the child never finalizes (closes) SQLite handles the parent owns.
+_inherited: list[sqlite3.Connection] = []
+
+_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class EventStore(SQLStore):
+    """The SQLite store at ``path``. One instance per process; connections are per thread."""
+
+    dialect = "sqlite"
+    queries = load_queries("sqlite")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.location = os.fspath(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        return connect(self.path)
+
+    def _transaction(self, conn: sqlite3.Connection) -> AbstractContextManager[Any]:
+        return _immediate(conn)
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        conn.executemany(_INSERT, rows)
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        return _fork_guard
+
+    def _forget_inherited(self, conns: list[Any]) -> None:
+        _inherited.extend(conns)
+
+    def __enter__(self) -> EventStore:
+        return self
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``: waits for the write lock up front.
+
+    A deferred transaction that reads before it writes can fail at once with
+    SQLITE_BUSY when another process committed in between; IMMEDIATE waits.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
