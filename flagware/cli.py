@@ -7,32 +7,38 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from flagware.client import DEFAULT_EVENT_STORE
-from flagware.events.store import EventStore
+from flagware.events.store import Store, open_store, redact, store_exists
 
 
 def _default_store() -> str:
     return os.environ.get("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
 
 
-def existing_store(path: str, command: str) -> EventStore | None:
-    """The store at ``path`` for a read-only command, or None (and a message) if absent.
+def existing_store(location: str, command: str) -> Store | None:
+    """The store at ``location`` (a SQLite path or a ``postgresql://`` URL) for a
+    read-only command, or None (and a message) if there is none.
 
     Reading must not create an empty store where the user mistyped a path.
     """
-    if not Path(path).exists():
-        print(f"flagware {command}: no event store at {path}", file=sys.stderr)
+    try:
+        found = store_exists(location)
+    except Exception as exc:  # unreachable server, bad URL, no driver
+        print(f"flagware {command}: cannot open {redact(location)}: {exc}", file=sys.stderr)
         return None
-    return EventStore(path)
+    if not found:
+        print(f"flagware {command}: no event store at {redact(location)}", file=sys.stderr)
+        return None
+    return open_store(location, create=False)
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         default=_default_store(),
-        help=f"SQLite event store (default: $FLAGWARE_EVENT_STORE or {DEFAULT_EVENT_STORE})",
+        help="SQLite event store path or postgresql:// URL"
+        f" (default: $FLAGWARE_EVENT_STORE or {DEFAULT_EVENT_STORE})",
     )
 
 

@@ -1,5 +1,6 @@
 """Statsig delivery against the loopback stub: wire format, failures, and the
-scenarios of issue 3, each with exact counts (logged = delivered, duplicates = 0).
+scenarios of issue 3, each with exact counts (logged = delivered, duplicates = 0),
+on both store backends (SQLite and PostgreSQL).
 
 Every event carries a unique ``metadata["uid"]``; the stub counts arrivals per
 uid, so a duplicate or a loss shows up as a number, not as a flaky sleep.
@@ -27,7 +28,7 @@ from statsig_stub import StatsigStub
 from flagware.events.delivery import Delivery
 from flagware.events.model import Event
 from flagware.events.status import run as status_run
-from flagware.events.store import DROPPED, PARKED, EventStore
+from flagware.events.store import DROPPED, PARKED, Store, open_store
 from flagware.events.writer import EventWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,21 +41,27 @@ def stub() -> Iterator[StatsigStub]:
 
 
 @pytest.fixture
-def store_path(tmp_path: Path) -> Path:
-    return tmp_path / "events.db"
+def store_path(store_location: str) -> str:
+    """The store of a test: a SQLite path, then a PostgreSQL URL (parametrised)."""
+    return store_location
 
 
-Pipeline = tuple[EventStore, EventWriter, Delivery]
+def count_state(store: Store, state: int) -> int:
+    rows = store._conn().execute("SELECT delivery, count(*) FROM events GROUP BY delivery")  # type: ignore[attr-defined]
+    return int(dict(rows.fetchall()).get(state, 0))
+
+
+Pipeline = tuple[Store, EventWriter, Delivery]
 
 
 @pytest.fixture
-def pipeline(store_path: Path, stub: StatsigStub) -> Iterator[Callable[..., Pipeline]]:
+def pipeline(store_path: str, stub: StatsigStub) -> Iterator[Callable[..., Pipeline]]:
     """Factory: store + writer + delivery wired as the client wires them; closed after."""
     made: list[Pipeline] = []
 
     def make(flush_interval: float = 0.2, **options: Any) -> Pipeline:
         options.setdefault("retry_max", 0.5)  # tests wait for recovery, not for backoff
-        store = EventStore(store_path)
+        store = open_store(store_path)
         delivery = Delivery(store_path, secret="secret-test", api=stub.url, **options)
         writer = EventWriter(
             store, deliver=True, flush_interval=flush_interval, on_stored=lambda n: delivery.wake()
@@ -95,7 +102,7 @@ def assert_exact(stub: StatsigStub, logged: list[str]) -> None:
 def test_batches_carry_the_sdk_wire_format_and_headers(
     pipeline: Callable[..., Pipeline], stub: StatsigStub
 ) -> None:
-    _store, writer, delivery = pipeline()
+    _store, writer, delivery = pipeline(concurrency=1)  # one batch (PostgreSQL may split)
     exposure = Event(
         "statsig::config_exposure",
         {"userID": "u", "customIDs": {"stableID": "s"}},
@@ -120,7 +127,7 @@ def test_batches_carry_the_sdk_wire_format_and_headers(
     assert batch.events[1] == event("y", time=batch.events[1]["time"]).to_wire()
 
 
-def test_body_is_gzip_json(store_path: Path) -> None:
+def test_body_is_gzip_json() -> None:
     from flagware.events.delivery import _body
 
     body = json.loads(gzip.decompress(_body(['{"eventName":"a"}'], "sid")))
@@ -135,7 +142,7 @@ def test_body_is_gzip_json(store_path: Path) -> None:
 def test_retryable_answers_are_retried_until_delivered(
     pipeline: Callable[..., Pipeline], stub: StatsigStub, status: int
 ) -> None:
-    _store, writer, delivery = pipeline(retry_min=0.01, flush_interval=60)
+    _store, writer, delivery = pipeline(retry_min=0.01, flush_interval=60, concurrency=1)
     stub.fail_next(3, status)
     logged = log_many(writer, 50)
     writer.close()
@@ -153,7 +160,8 @@ def test_other_4xx_park_the_batch_with_one_log_line(
     status: int,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    store, writer, delivery = pipeline()
+    # One sender: on PostgreSQL concurrent claims may split 20 events in two batches.
+    store, writer, delivery = pipeline(concurrency=1)
     stub.fail_next(1, status)
     log_many(writer, 20)
     writer.close()
@@ -164,8 +172,7 @@ def test_other_4xx_park_the_batch_with_one_log_line(
     assert (stats.parked, stats.delivered, stats.backlog) == (20, 0, 0)
     [line] = [r.getMessage() for r in caplog.records]
     assert f"rejected 20 events with HTTP {status}" in line and "parked" in line
-    rows = store._conn().execute("SELECT count(*) FROM events WHERE delivery = ?", (PARKED,))
-    assert rows.fetchone()[0] == 20
+    assert count_state(store, PARKED) == 20
 
 
 def test_413_splits_the_batch(pipeline: Callable[..., Pipeline], stub: StatsigStub) -> None:
@@ -192,8 +199,7 @@ def test_events_older_than_max_age_are_dropped_and_counted(
     assert delivery.drain(5)
     assert_exact(stub, logged)
     assert delivery.stats().dropped == 5
-    rows = store._conn().execute("SELECT count(*) FROM events WHERE delivery = ?", (DROPPED,))
-    assert rows.fetchone()[0] == 5
+    assert count_state(store, DROPPED) == 5
 
 
 def test_drain_gives_up_at_its_timeout_and_keeps_the_events(
@@ -228,7 +234,7 @@ def test_a_response_lost_after_acceptance_is_the_one_duplicate(
     assert delivery.stats().delivered == 300
 
 
-def test_closed_delivery_does_nothing(store_path: Path, stub: StatsigStub) -> None:
+def test_closed_delivery_does_nothing(store_path: str, stub: StatsigStub) -> None:
     delivery = Delivery(store_path, secret="secret-test", api=stub.url)
     delivery.close()
     delivery.wake()
@@ -236,9 +242,9 @@ def test_closed_delivery_does_nothing(store_path: Path, stub: StatsigStub) -> No
     assert stub.requests == 0
 
 
-def test_rejects_a_non_http_api(store_path: Path) -> None:
+def test_rejects_a_non_http_api(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="http"):
-        Delivery(store_path, secret="secret-test", api="ftp://example")
+        Delivery(tmp_path / "events.db", secret="secret-test", api="ftp://example")
 
 
 # -- visibility ------------------------------------------------------------------
@@ -247,7 +253,7 @@ def test_rejects_a_non_http_api(store_path: Path) -> None:
 def test_status_command_prints_the_counts(
     pipeline: Callable[..., Pipeline],
     stub: StatsigStub,
-    store_path: Path,
+    store_path: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store, writer, delivery = pipeline(retry_min=0.01, batch_size=10)
@@ -372,14 +378,14 @@ def serve(prefix, requests=10, per_request=100):
 """
 
 
-def app_script(store: Path, stub: StatsigStub, body: str, **options: Any) -> str:
+def app_script(store: str, stub: StatsigStub, body: str, **options: Any) -> str:
     opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
     return APP.format(root=str(ROOT), store=str(store), api=stub.url, options=opts) + (
         textwrap.dedent(body)
     )
 
 
-def spawn_app(store: Path, stub: StatsigStub, body: str) -> subprocess.Popen[str]:
+def spawn_app(store: str, stub: StatsigStub, body: str) -> subprocess.Popen[str]:
     """The app script in its own process, its stdout piped back line by line."""
     return subprocess.Popen(
         [sys.executable, "-c", app_script(store, stub, body)], stdout=subprocess.PIPE, text=True
@@ -394,13 +400,13 @@ def run_app(script: str, timeout: float = 30) -> subprocess.CompletedProcess[str
     return proc
 
 
-def test_scenario_process_exits_without_close(store_path: Path, stub: StatsigStub) -> None:
+def test_scenario_process_exits_without_close(store_path: str, stub: StatsigStub) -> None:
     run_app(app_script(store_path, stub, "print(serve('a'))\n"))  # no close(): atexit delivers
     assert_exact(stub, [f"a{r}-{i}" for r in range(10) for i in range(100)])
 
 
 def test_scenario_sigkill_then_a_new_process_delivers_the_backlog(
-    store_path: Path, stub: StatsigStub
+    store_path: str, stub: StatsigStub
 ) -> None:
     # The API swallows requests, so the killed process dies holding a lease
     # on a batch in flight: the next process must take it over at once.
@@ -434,7 +440,7 @@ def test_scenario_sigkill_then_a_new_process_delivers_the_backlog(
 
 
 def test_scenario_fork_with_events_buffered_in_the_parent(
-    store_path: Path, stub: StatsigStub
+    store_path: str, stub: StatsigStub
 ) -> None:
     # gunicorn --preload: the app (and its client) is built before the fork,
     # the parent has logged and not yet stored, then every process logs.
@@ -461,7 +467,7 @@ def test_scenario_fork_with_events_buffered_in_the_parent(
 
 
 def test_scenario_several_processes_write_and_deliver_on_one_store(
-    store_path: Path, stub: StatsigStub
+    store_path: str, stub: StatsigStub
 ) -> None:
     stub.latency = 0.05  # keep batches in flight so the processes' leases overlap
     procs = [
@@ -481,8 +487,8 @@ def test_scenario_several_processes_write_and_deliver_on_one_store(
     assert len(senders) >= 2  # really shared between processes
 
 
-def test_several_deliverers_on_one_prefilled_store(store_path: Path, stub: StatsigStub) -> None:
-    store = EventStore(store_path)
+def test_several_deliverers_on_one_prefilled_store(store_path: str, stub: StatsigStub) -> None:
+    store = open_store(store_path)
     logged = [f"pre{i}" for i in range(20_000)]
     store.append([event(uid) for uid in logged], deliver=True)
     store.close()
@@ -502,7 +508,7 @@ def test_several_deliverers_on_one_prefilled_store(store_path: Path, stub: Stats
     assert len({b.headers["STATSIG-SERVER-SESSION-ID"] for b in stub.received}) >= 2
 
 
-def test_kill_9_loses_at_most_the_unstored_tail(store_path: Path, stub: StatsigStub) -> None:
+def test_kill_9_loses_at_most_the_unstored_tail(store_path: str, stub: StatsigStub) -> None:
     """Measures the real bound: events logged but not yet stored when SIGKILL lands."""
     body = """
         from flagware.events.model import Event
@@ -526,7 +532,7 @@ def test_kill_9_loses_at_most_the_unstored_tail(store_path: Path, stub: StatsigS
     proc.stdout.close()
     last = lines[-2].split()  # lines[-1] is "" or a line the kill cut short
     logged, last_time = int(last[0]) + 1, int(last[1])
-    store = EventStore(store_path)
+    store = open_store(store_path)
     stored = [row["metadata"]["uid"] for row in store.iter_events()]
     last_stored_time = store._conn().execute("SELECT max(time) FROM events").fetchone()[0]
     store.close()

@@ -1,23 +1,30 @@
-"""EventWriter: the request path's queue and the background writer thread."""
+"""EventWriter: the request path's queue and the background writer thread, on both backends."""
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flagware.events.model import Event
-from flagware.events.store import EventStore
+from flagware.events.store import Store, open_store
 from flagware.events.writer import EventWriter
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[EventStore]:
-    s = EventStore(tmp_path / "events.db")
+def store(store_location: str) -> Iterator[Store]:
+    s = open_store(store_location)
     yield s
     s.close()
 
@@ -26,11 +33,11 @@ def event(i: int) -> Event:
     return Event("e", {"userID": "u"}, metadata={"uid": i})
 
 
-def uids(store: EventStore) -> list[int]:
+def uids(store: Store) -> list[int]:
     return [row["metadata"]["uid"] for row in store.iter_events()]
 
 
-def test_background_thread_stores_within_the_flush_interval(store: EventStore) -> None:
+def test_background_thread_stores_within_the_flush_interval(store: Store) -> None:
     stored = threading.Event()
     writer = EventWriter(store, flush_interval=0.05, on_stored=lambda n: stored.set())
     writer.put(event(0))
@@ -39,7 +46,7 @@ def test_background_thread_stores_within_the_flush_interval(store: EventStore) -
     writer.close()
 
 
-def test_close_stores_everything_queued(store: EventStore) -> None:
+def test_close_stores_everything_queued(store: Store) -> None:
     writer = EventWriter(store, deliver=True, flush_interval=60)
     for i in range(12_000):  # more than one transaction's worth
         writer.put(event(i))
@@ -49,7 +56,7 @@ def test_close_stores_everything_queued(store: EventStore) -> None:
     assert writer.stored == 12_000
 
 
-def test_put_is_cheap(store: EventStore) -> None:
+def test_put_is_cheap(store: Store) -> None:
     writer = EventWriter(store, flush_interval=60)
     e = event(0)
     writer.put(e)
@@ -61,7 +68,7 @@ def test_put_is_cheap(store: EventStore) -> None:
     assert per_put < 50e-6  # a queue put, not a disk write
 
 
-def test_a_failed_write_keeps_the_events(store: EventStore) -> None:
+def test_a_failed_write_keeps_the_events(store: Store) -> None:
     errors: list[str] = []
     writer = EventWriter(store, flush_interval=60, on_error=lambda exc, where: errors.append(where))
     writer.put(event(0))
@@ -79,7 +86,7 @@ def test_a_failed_write_keeps_the_events(store: EventStore) -> None:
     assert uids(store) == [0]
 
 
-def test_after_fork_parent_keeps_its_buffer_and_child_starts_fresh(store: EventStore) -> None:
+def test_after_fork_parent_keeps_its_buffer_and_child_starts_fresh(store: Store) -> None:
     writer = EventWriter(store, flush_interval=60)
     for i in range(100):
         writer.put(event(i))  # buffered, not stored, at the fork
@@ -97,3 +104,116 @@ def test_after_fork_parent_keeps_its_buffer_and_child_starts_fresh(store: EventS
     writer.put(event(100))
     writer.close()
     assert sorted(uids(store)) == [*range(101), 1000]  # each event once
+
+
+class Failing:
+    """A store that refuses writes while ``failing`` is set, and records flush starts."""
+
+    def __init__(self, store: Store, *, delay: float = 0.0) -> None:
+        self.store = store
+        self.failing = False
+        self.delay = delay
+        self.starts: list[float] = []
+
+    def append(self, events: Sequence[Event], *, deliver: bool = False) -> None:
+        self.starts.append(time.monotonic())
+        time.sleep(self.delay)
+        if self.failing:
+            raise OSError("disk full")
+        self.store.append(events, deliver=deliver)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_full_queue_drops_counts_and_logs_once(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    failing = Failing(store)
+    failing.failing = True
+    writer = EventWriter(failing, flush_interval=60, max_queue=100)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="flagware"):
+        for i in range(60):
+            writer.put(event(i))
+        assert writer.flush() == 0  # refused: the 60 are held, and count against the cap
+        for i in range(60, 200):
+            writer.put(event(i))
+    assert writer.dropped == 200 - 100
+    assert len([r for r in caplog.records if "queue is full" in r.getMessage()]) == 1
+    failing.failing = False
+    assert writer.flush() == 100
+    assert uids(store) == list(range(100))  # the first 100, in order; the rest counted
+    assert store.stats().queue_dropped == 100  # recorded once the store took writes
+    assert writer.pending_drops() == 0
+    writer.close()
+
+
+def test_flushes_keep_a_fixed_cadence_when_a_flush_is_slow(store: Store) -> None:
+    slow = Failing(store, delay=0.12)
+    writer = EventWriter(slow, flush_interval=0.2)  # type: ignore[arg-type]
+    end = time.monotonic() + 1.5
+    i = 0
+    while time.monotonic() < end:
+        writer.put(event(i))
+        i += 1
+        time.sleep(0.005)
+    writer.close()
+    gaps = [b - a for a, b in zip(slow.starts, slow.starts[1:-1], strict=False)]
+    assert len(gaps) >= 4
+    # Each flush is due 0.2 s after the previous one STARTED (not 0.32 s: after it ended).
+    assert sorted(gaps)[len(gaps) // 2] < 0.26, gaps
+
+
+MEMORY = """
+import sys, threading, time
+sys.path.insert(0, {root!r})
+from flagware import Flagware
+from flagware.events.model import Event
+
+fw = Flagware(spec={spec!r}, event_store={store!r}, hash_key="k", max_queue=20_000,
+              flush_interval=0.05, handle_sigterm=False)
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+def load(stop):
+    i = 0
+    while not stop.is_set():
+        fw.log(Event("clicked", {{"userID": f"u{{i}}", "userAgent": "x" * 200}},
+                     metadata={{"uid": i, "plan": "pro"}}))
+        i += 1
+        if i % 200 == 0:
+            time.sleep(0.001)
+
+stop = threading.Event()
+threads = [threading.Thread(target=load, args=(stop,)) for _ in range(3)]
+for t in threads:
+    t.start()
+time.sleep(1.5)
+before = rss_mb()
+time.sleep(3)
+after = rss_mb()
+stop.set()
+for t in threads:
+    t.join()
+print(before, after, fw.writer.dropped, flush=True)
+"""
+
+
+def test_memory_stays_flat_while_the_store_is_unwritable(tmp_path: Path, spec_file: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # the store's directory cannot be created: every write fails
+    script = MEMORY.format(root=str(ROOT), spec=str(spec_file), store=str(blocker / "events.db"))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    before, after, dropped = proc.stdout.split()
+    print("rss MB", before, after, "dropped", dropped)
+    assert int(dropped) > 10_000  # under load, and dropping: the queue is full
+    assert float(after) - float(before) < 5, (before, after)  # MB over 3 s of load
+    assert "queue is full" in proc.stderr and proc.stderr.count("queue is full") == 1

@@ -7,11 +7,11 @@ figure is in the store, written by whichever process did the work.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from flagware.cli import add_store_argument, existing_store
 from flagware.events.delivery import DeliveryStats
+from flagware.events.store import redact
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,18 +29,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with store:
         stats = DeliveryStats.from_store(store.stats())
-    print(format_stats(stats, Path(args.store)))
+    print(format_stats(stats, args.store))
     return 0
 
 
-def format_stats(stats: DeliveryStats, path: Path) -> str:
+def format_stats(stats: DeliveryStats, location: str) -> str:
     rows = [
-        ("store", str(path)),
+        ("store", redact(location)),
         ("backlog", f"{stats.backlog:,}"),
         ("delivered", f"{stats.delivered:,}"),
         ("retried", f"{stats.retried:,} (failed sends tried again)"),
         ("dropped", f"{stats.dropped:,} (older than the maximum age)"),
         ("parked", f"{stats.parked:,} (rejected by Statsig; see the log)"),
+        ("queue dropped", f"{stats.queue_dropped:,} (never stored: a full queue)"),
         ("oldest undelivered", _age(stats.oldest_age)),
     ]
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
