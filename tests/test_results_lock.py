@@ -1,4 +1,5 @@
-"""Experiments cannot change once started: record_started and check_unchanged."""
+"""Experiments cannot change once started: record_started and check_unchanged,
+on both store backends."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flagware.events.store import EventStore, connect
+from flagware.events.store import EventStore, connect, open_store
 from flagware.results.lock import check_unchanged, meta_key, read_started, record_started
 from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
 
@@ -39,19 +40,19 @@ def exp(spec: Spec) -> ExperimentSpec:
     return spec.experiments["button_color"]
 
 
-def _meta(path: Path) -> str | None:
-    with EventStore(path) as events:
+def _meta(location: str) -> str | None:
+    with open_store(location) as events:
         return events.get_meta(meta_key("button_color"))
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    path = tmp_path / "events.db"
-    connect(path).close()
-    return path
+def store(store_location: str) -> str:
+    """An empty store: a SQLite path, then a PostgreSQL URL (parametrised)."""
+    open_store(store_location).close()
+    return store_location
 
 
-def test_record_started_stores_fingerprint_fields_and_time(store: Path) -> None:
+def test_record_started_stores_fingerprint_fields_and_time(store: str) -> None:
     spec = make_spec()
     record_started(store, exp(spec), time_ms=T0)
     record = read_started(store, "button_color")
@@ -64,7 +65,7 @@ def test_record_started_stores_fingerprint_fields_and_time(store: Path) -> None:
     assert raw is not None and json.loads(raw)["fingerprint"] == exp(spec).fingerprint()
 
 
-def test_record_started_is_idempotent(store: Path) -> None:
+def test_record_started_is_idempotent(store: str) -> None:
     spec = make_spec()
     record_started(store, exp(spec), time_ms=T0)
     first = _meta(store)
@@ -95,18 +96,19 @@ def test_record_started_accepts_connections_and_event_stores(tmp_path: Path) -> 
     caller.close()
 
 
-def test_record_started_is_cheap(store: Path) -> None:
-    conn = connect(store)
+def test_record_started_is_cheap(store: str) -> None:
+    opened = open_store(store)
     experiment = exp(make_spec())
+    record_started(opened, experiment)  # connected
     started = time.perf_counter()
     for _ in range(1000):
-        record_started(conn, experiment)
+        record_started(opened, experiment)
     elapsed = time.perf_counter() - started
-    conn.close()
+    opened.close()
     assert elapsed < 1.0, f"{elapsed * 1000:.1f} us per call"
 
 
-def test_unchanged_spec_and_missing_store_pass(store: Path, tmp_path: Path) -> None:
+def test_unchanged_spec_and_missing_store_pass(store: str, tmp_path: Path) -> None:
     check_unchanged(make_spec(), tmp_path / "nothing-here.db")
     assert not (tmp_path / "nothing-here.db").exists()  # checking never creates a store
     check_unchanged(make_spec(), store)  # nothing started yet
@@ -143,7 +145,7 @@ def test_changes_after_start_fail_naming_the_change(
     assert "new name" in message and "restart = true" in message
 
 
-def test_allocation_may_grow_but_not_shrink(store: Path) -> None:
+def test_allocation_may_grow_but_not_shrink(store: str) -> None:
     record_started(store, exp(make_spec(allocation=20)), time_ms=T0)
     check_unchanged(make_spec(allocation=50), store)
     record = read_started(store, "button_color")
@@ -154,7 +156,7 @@ def test_allocation_may_grow_but_not_shrink(store: Path) -> None:
         check_unchanged(make_spec(allocation=30), store)
 
 
-def test_restart_starts_a_new_window(store: Path) -> None:
+def test_restart_starts_a_new_window(store: str) -> None:
     record_started(store, exp(make_spec()), time_ms=T0)
     restarted = make_spec((40, 60), restart=True)
     check_unchanged(restarted, store, time_ms=T0 + 1000)
@@ -174,14 +176,14 @@ def test_restart_starts_a_new_window(store: Path) -> None:
         check_unchanged(make_spec(), store)
 
 
-def test_restart_on_first_exposure_without_check(store: Path) -> None:
+def test_restart_on_first_exposure_without_check(store: str) -> None:
     record_started(store, exp(make_spec()), time_ms=T0)
     record_started(store, exp(make_spec(red_color="pink", restart=True)), time_ms=T0 + 42)
     record = read_started(store, "button_color")
     assert record is not None and (record.window_start, record.restarts) == (T0 + 42, 1)
 
 
-def test_all_changed_experiments_are_reported(store: Path) -> None:
+def test_all_changed_experiments_are_reported(store: str) -> None:
     def two(weights: tuple[float, float]) -> Spec:
         body = {
             "unit": "stableID",

@@ -104,6 +104,10 @@ def record_started(
         "fingerprint": fingerprint,
         "allocation": float(experiment.allocation),
     }
+    if is_postgres_url(store):
+        with open_store(str(store)) as opened:
+            opened.run("record_start", params)
+        return
     if not isinstance(store, _Raw):  # a store: either backend, in its own dialect
         store.run("record_start", params)
         return
@@ -118,6 +122,9 @@ def record_started(
 
 def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
     """The stored start record of ``experiment``, or None if it never started."""
+    if is_postgres_url(store):
+        with open_store(str(store)) as opened:
+            return read_started(opened, experiment)
     if not isinstance(store, _Raw):
         text = store.get_meta(meta_key(experiment))
         return None if text is None else StartRecord.from_json(text)
