@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flagware import ConfigurationError, Flagware
 from flagware.spec import SpecError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -234,3 +241,131 @@ def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     assert os.read(read, 2) == b"ok" and status == 0
     os.close(read)
     assert client.engine.server() is parent_server
+
+
+# -- bounded inputs --------------------------------------------------------------
+
+
+def test_user_agent_and_metadata_are_capped_and_counted(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flagware.client import MAX_METADATA_KEYS, MAX_METADATA_VALUE, MAX_USER_AGENT
+    from flagware.events.model import Event
+
+    fw = make_client()
+    user = {"userID": "u", "userAgent": "A" * 1_000_000}
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        for i in range(3):
+            fw.log(Event("big", user, metadata={"note": "x" * 100_000, "i": i}))
+        fw.log(Event("wide", {"userID": "u"}, metadata={f"k{i}": i for i in range(500)}))
+        fw.log(Event("nested", {"userID": "u"}, metadata={"list": list(range(10_000))}))
+        fw.log(Event("small", {"userID": "u", "userAgent": "ok"}, metadata={"a": "b"}))
+    fw.flush()
+    rows = {r["event"]: r for r in fw.store.iter_events()}
+    assert len(user["userAgent"]) == MAX_USER_AGENT
+    assert len(rows["big"]["metadata"]["note"]) == MAX_METADATA_VALUE
+    assert len(rows["wide"]["metadata"]) == MAX_METADATA_KEYS
+    assert len(rows["nested"]["metadata"]["list"]) == MAX_METADATA_VALUE  # its JSON, cut
+    assert rows["small"]["metadata"] == {"a": "b"}
+    assert fw.truncated == {"user_agent": 1, "metadata": 5}  # once per shared user
+    assert len([r for r in caplog.records if "truncated" in r.getMessage()]) == 2
+
+
+# -- SIGTERM ---------------------------------------------------------------------
+
+SIGTERM_APP = """
+import signal, sys, time
+sys.path.insert(0, {root!r})
+{before}
+from flagware import Flagware
+from flagware.events.model import Event
+fw = Flagware(spec={spec!r}, event_store={store!r}, hash_key="k", flush_interval=60)
+for i in range(51):
+    fw.log(Event("queued", {{"userID": "u"}}, metadata={{"uid": i}}))
+print("ready", flush=True)
+time.sleep(30)
+print("not reached", flush=True)
+"""
+
+APP_HANDLER = """
+def app_handler(signum, frame):
+    print("app handler", flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, app_handler)
+"""
+
+
+@pytest.mark.parametrize(
+    ("before", "code", "output"),
+    [
+        ("", -signal.SIGTERM, ""),  # no handler (waitress, python app.py): dies by SIGTERM
+        (APP_HANDLER, 3, "app handler\n"),  # the app's own handler still runs, after ours
+    ],
+    ids=["no-handler", "chained"],
+)
+def test_sigterm_stores_the_queue(
+    store_location: str, spec_file: Any, before: str, code: int, output: str
+) -> None:
+    from flagware.events.store import open_store
+
+    script = SIGTERM_APP.format(
+        root=str(ROOT), spec=str(spec_file), store=store_location, before=before
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == code
+    assert proc.stdout.read() == output
+    proc.stdout.close()
+    with open_store(store_location) as store:
+        stored = [r["metadata"]["uid"] for r in store.iter_events() if r["event"] == "queued"]
+    assert stored == list(range(51))
+
+
+def test_sigterm_handler_is_installed_only_from_the_main_thread(
+    spec_file: Any, tmp_path: Any
+) -> None:
+    script = f"""
+import signal, sys, threading
+sys.path.insert(0, {str(ROOT)!r})
+from flagware import Flagware
+t = threading.Thread(target=lambda: Flagware(spec={str(spec_file)!r}, hash_key="k",
+                     event_store={str(tmp_path / "e.db")!r}).close())
+t.start(); t.join()
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+Flagware(spec={str(spec_file)!r}, hash_key="k", event_store={str(tmp_path / "e.db")!r})
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)  # ignored stays ignored
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert proc.stdout.split() == ["True", "True"], proc.stderr
+
+
+# -- a shared PostgreSQL store ------------------------------------------------------
+
+
+def test_local_engine_on_a_shared_store_shares_one_hash_key(
+    postgres_url: str, spec_file: Any
+) -> None:
+    with Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False) as a:
+        key = a.hash_key
+    with Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False) as b:
+        assert b.hash_key == key and len(key) == 64
+    assert "***" not in repr(b) and "postgresql://" in repr(b)
+
+
+def test_first_exposures_record_the_start_on_either_backend(
+    store_location: str, spec_file: Any
+) -> None:
+    from flagware.events.model import Event
+    from flagware.results.lock import read_started
+
+    with Flagware(spec=spec_file, event_store=store_location, hash_key="k") as fw:
+        fw._note_started("button_color", 1_790_000_000_000)
+        fw.log(Event("statsig::config_exposure", {"userID": "u"}, exposure="button_color"))
+        fw.flush()
+        record = read_started(fw.store, "button_color")
+    assert record is not None and record.started == 1_790_000_000_000
