@@ -373,33 +373,33 @@ class Delivery:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
             return
         if 200 <= status < 300:
-            self._settle_delivered(rt, batch)
+            self._persist(rt, lambda: rt.store.settle(batch, DELIVERED))
             self._succeeded(rt)
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size
                 rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
-            rt.store.release(batch, failed=False)
+            self._persist(rt, lambda: rt.store.release(batch, failed=False))
             log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
         else:
             self._park(rt, batch, status, reply)
 
-    def _settle_delivered(self, rt: _Runtime, batch: Batch) -> None:
-        """Mark a batch Statsig accepted, trying again while the store is briefly away
-        (a database restart): giving up would re-send the whole batch once its lease
-        expires."""
+    def _persist(self, rt: _Runtime, write: Callable[[], object]) -> None:
+        """Record a send's outcome, trying again while the store is briefly away (a
+        database restart) for up to half the lease: giving up leaves the batch leased
+        until the lease expires, and re-sends a batch Statsig already accepted."""
         deadline = time.monotonic() + self.lease / 2
         pause = 0.1
         while True:
             try:
-                rt.store.settle(batch, DELIVERED)
+                write()
                 return
             except Exception as exc:
                 if time.monotonic() + pause > deadline or rt.stop.is_set():
                     raise
-                self._report(exc, "statsig delivery settle")
-                time.sleep(pause)
+                self._report(exc, "event store (delivery outcome)")
+                rt.stop.wait(pause)
                 pause = min(pause * 2, 2.0)
 
     def _headers(self, rt: _Runtime, batch: Batch) -> dict[str, str]:
@@ -430,7 +430,7 @@ class Delivery:
             log.info("flagware: Statsig delivery recovered")
 
     def _retry(self, rt: _Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
-        rt.store.release(batch, failed=True)
+        self._persist(rt, lambda: rt.store.release(batch, failed=True))
         first = self._failed(rt, retry_after)
         if first:
             log.warning(
@@ -464,7 +464,7 @@ class Delivery:
                 return
 
     def _park(self, rt: _Runtime, batch: Batch, status: int, reply: bytes) -> None:
-        rt.store.settle(batch, PARKED)
+        self._persist(rt, lambda: rt.store.settle(batch, PARKED))
         detail = reply[:300].decode("utf-8", "replace").strip()
         exc = DeliveryRejected(
             f"Statsig rejected {len(batch)} events with HTTP {status} ({detail or 'no body'});"
