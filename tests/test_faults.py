@@ -39,9 +39,9 @@ fw = Flagware(statsig_secret="secret-test", statsig_api={api!r}, hash_key="k",
               delivery_options=dict(retry_max=0.5, batch_size={batch}, concurrency={concurrency}))
 
 def view(environ, start_response):
-    flags = current_flags()
+    flags, r = current_flags(), environ["QUERY_STRING"]
     for i in range({per_request}):
-        flags.log_event("clicked", value=1, metadata={{"uid": f"{name}-{{environ['QUERY_STRING']}}-{{i}}"}})
+        flags.log_event("clicked", value=1, metadata={{"uid": f"{name}-{{r}}-{{i}}"}})
     return Response("ok")(environ, start_response)
 
 client = Client(FlagwareMiddleware(view, fw))
