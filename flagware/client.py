@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import secrets
-import signal
 import threading
 from collections import Counter
 from collections.abc import Mapping
@@ -17,7 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
+from flagware.events.limits import cap_event
 from flagware.events.model import Event
+from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
 
@@ -31,12 +31,6 @@ log = logging.getLogger("flagware")
 DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
-# Inputs copied into every event are capped, so one huge header or a careless
-# metadata dict cannot multiply into megabytes per request.
-MAX_USER_AGENT = 512  # characters; real browsers send 100 to 300
-MAX_METADATA_KEYS = 50
-MAX_METADATA_KEY = 128  # characters per key
-MAX_METADATA_VALUE = 1024  # characters per value (non-strings as their JSON)
 
 
 class ConfigurationError(ValueError):
@@ -79,7 +73,7 @@ class Flagware:
         shutdown_timeout: float = 5.0,  # how long close() keeps delivering
         flush_interval: float = 0.2,  # how often queued events are written to the store
         max_queue: int = DEFAULT_MAX_QUEUE,  # events held in memory; beyond it dropped, counted
-        handle_sigterm: bool = True,  # store the queue on SIGTERM (see _install_sigterm)
+        handle_sigterm: bool = True,  # store the queue on SIGTERM (see events/shutdown.py)
         delivery_options: Mapping[str, Any] | None = None,  # Delivery(...) tuning, Statsig only
         diagnostics: bool | Literal["debug"] = False,  # the page in flagware.diagnostics
         diagnostics_path: str = "/_flagware/",  # where the middleware serves it
@@ -187,7 +181,7 @@ class Flagware:
         # Interpreter exit stores what is queued and delivers what it can.
         _live_clients.add(self)
         if handle_sigterm:
-            _install_sigterm()
+            install_sigterm(lambda: _live_clients)
 
     @classmethod
     def from_env(cls, **options: Any) -> Flagware:
@@ -232,14 +226,8 @@ class Flagware:
 
     def log(self, event: Event) -> None:
         """Queue an event for the store (and Statsig). O(1); never touches disk or network."""
-        agent = event.user.get("userAgent")
-        if agent is not None and len(agent) > MAX_USER_AGENT:
-            # In place: the request's other events share this user and stay capped.
-            event.user["userAgent"] = agent[:MAX_USER_AGENT]
-            self._truncated("user_agent", f"User-Agent longer than {MAX_USER_AGENT} characters")
-        if event.metadata and _oversized(event.metadata):
-            event.metadata = _cap_metadata(event.metadata)
-            self._truncated("metadata", "event metadata over its size limits")
+        for cut in cap_event(event):  # a huge User-Agent or metadata: counted, logged once
+            self._truncated(cut)
         self.writer.put(event)
         if _flags.listeners:
             for listener in tuple(_flags.listeners):
@@ -299,10 +287,14 @@ class Flagware:
         """Store everything queued so far (tests and the CLI use it)."""
         self.writer.flush()
 
-    def _truncated(self, what: str, why: str) -> None:
+    def _truncated(self, what: str) -> None:
         self.truncated[what] += 1
         if self.truncated[what] == 1:
-            log.warning("flagware: %s truncated (logged once, counted in Flagware.truncated)", why)
+            log.warning(
+                "flagware: %s over its size limit truncated (logged once, counted in"
+                " Flagware.truncated)",
+                what,
+            )
 
     def report(self, exc: BaseException, where: str) -> None:
         """Count an internal failure and log it once per place and kind."""
@@ -355,77 +347,3 @@ def _close_all() -> None:
             client.close()
         except Exception:
             log.exception("flagware: closing at exit failed")
-
-
-def _oversized(metadata: Mapping[str, Any]) -> bool:
-    if len(metadata) > MAX_METADATA_KEYS:
-        return True
-    for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
-            return True
-        if isinstance(value, str):
-            if len(value) > MAX_METADATA_VALUE:
-                return True
-        elif isinstance(value, dict | list | tuple) and _json_len(value) > MAX_METADATA_VALUE:
-            return True
-    return False
-
-
-def _cap_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    capped: dict[str, Any] = {}
-    for key, value in list(metadata.items())[:MAX_METADATA_KEYS]:
-        if isinstance(value, dict | list | tuple) and _json_len(value) > MAX_METADATA_VALUE:
-            value = json.dumps(value, default=str)
-        if isinstance(value, str):
-            value = value[:MAX_METADATA_VALUE]
-        capped[key[:MAX_METADATA_KEY]] = value
-    return capped
-
-
-def _json_len(value: Any) -> int:
-    return len(json.dumps(value, default=str))
-
-
-# -- SIGTERM -------------------------------------------------------------------------
-
-_sigterm_installed = False
-
-
-def _install_sigterm() -> None:
-    """Store every client's queue when SIGTERM arrives, then do what SIGTERM did before.
-
-    ``docker stop``, systemd and Kubernetes stop a process with SIGTERM. A
-    server with its own handler (gunicorn, uvicorn) exits gracefully and
-    ``atexit`` closes the client; one without (waitress, ``python app.py``)
-    dies on the spot and loses the queue. So: the queue is stored first, then
-    an existing Python handler is called as before, or, where SIGTERM was the
-    default action, the client closes (delivering for ``shutdown_timeout``) and
-    the process dies by SIGTERM as it would have. A process that ignores SIGTERM
-    keeps ignoring it. Signal handlers can only be set in the main thread; a
-    client made elsewhere installs nothing.
-    """
-    global _sigterm_installed
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_IGN or previous is None:  # ignored, or a handler set in C
-        return
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        chained = callable(previous)
-        for client in list(_live_clients):
-            try:
-                if chained:
-                    client.flush()  # the server's own shutdown closes the client
-                else:
-                    client.close()
-            except Exception:
-                log.exception("flagware: storing events on SIGTERM failed")
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    _sigterm_installed = True

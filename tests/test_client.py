@@ -249,7 +249,7 @@ def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
 def test_user_agent_and_metadata_are_capped_and_counted(
     make_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flagware.client import MAX_METADATA_KEYS, MAX_METADATA_VALUE, MAX_USER_AGENT
+    from flagware.events.limits import MAX_METADATA_KEYS, MAX_METADATA_VALUE, MAX_USER_AGENT
     from flagware.events.model import Event
 
     fw = make_client()

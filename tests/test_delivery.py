@@ -128,7 +128,7 @@ def test_batches_carry_the_sdk_wire_format_and_headers(
 
 
 def test_body_is_gzip_json() -> None:
-    from flagware.events.delivery import _body
+    from flagware.events.wire import body as _body
 
     body = json.loads(gzip.decompress(_body(['{"eventName":"a"}'], "sid")))
     assert body["events"] == [{"eventName": "a"}]

@@ -23,24 +23,17 @@ one process and is created lazily on first use in that process, so a fork
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import http.client
-import importlib.metadata
 import itertools
-import json
 import logging
 import os
-import platform
 import random
-import ssl
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -54,22 +47,13 @@ from flagware.events.store import (
     open_store,
     redact,
 )
+from flagware.events.wire import Sender, headers
+from flagware.events.wire import body as wire_body
 
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
 REAP_INTERVAL = 30.0  # seconds between checks for leases of dead processes
-SDK_TYPE = "py-server"  # events are the SDK's own, so Statsig files them as such
-
-
-def _sdk_version() -> str:
-    try:
-        return importlib.metadata.version("statsig")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.72.1"
-
-
-SDK_VERSION = _sdk_version()
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +293,13 @@ class Delivery:
     # -- worker -------------------------------------------------------------------
 
     def _work(self, rt: _Runtime) -> None:
-        sender = _Sender(self)
+        sender = Sender(
+            https=self._https,
+            host=self._host,
+            port=self._port,
+            path=self._path,
+            timeout=self.request_timeout,
+        )
         try:
             while not rt.stop.is_set():
                 try:
@@ -337,7 +327,7 @@ class Delivery:
             rt.reaped = now
         rt.store.release_dead_leases()
 
-    def _step(self, rt: _Runtime, sender: _Sender) -> bool:
+    def _step(self, rt: _Runtime, sender: Sender) -> bool:
         """Claim one batch and send it; False when there was nothing to claim."""
         with rt.lock:
             rt.inflight += 1
@@ -365,10 +355,12 @@ class Delivery:
             with rt.lock:
                 rt.inflight -= 1
 
-    def _send(self, rt: _Runtime, sender: _Sender, batch: Batch) -> None:
-        body = _body(batch.payloads, rt.session_id)
+    def _send(self, rt: _Runtime, sender: Sender, batch: Batch) -> None:
+        body = wire_body(batch.payloads, rt.session_id)
         try:
-            status, reply, retry_after = sender.post(body, self._headers(rt, batch))
+            status, reply, retry_after = sender.post(
+                body, headers(self.secret, rt.session_id, batch.attempts, len(batch))
+            )
         except (OSError, http.client.HTTPException) as exc:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
             return
@@ -401,23 +393,6 @@ class Delivery:
                 self._report(exc, "event store (delivery outcome)")
                 rt.stop.wait(pause)
                 pause = min(pause * 2, 2.0)
-
-    def _headers(self, rt: _Runtime, batch: Batch) -> dict[str, str]:
-        # What the SDK sends (statsig/http_worker.py _prepare_headers, batch_event_queue.py).
-        return {
-            "Content-Type": "application/json",
-            "Content-Encoding": "gzip",
-            "Accept-Encoding": "gzip",
-            "User-Agent": USER_AGENT,
-            "STATSIG-API-KEY": self.secret,
-            "STATSIG-CLIENT-TIME": str(round(time.time() * 1000)),
-            "STATSIG-SERVER-SESSION-ID": rt.session_id,
-            "STATSIG-SDK-TYPE": SDK_TYPE,
-            "STATSIG-SDK-VERSION": SDK_VERSION,
-            "STATSIG-RETRY": str(batch.attempts),
-            "STATSIG-EVENT-COUNT": str(len(batch)),
-            "x-request-service": "unknown",
-        }
 
     # -- outcomes -----------------------------------------------------------------
 
@@ -479,88 +454,3 @@ class Delivery:
             self.on_error(exc, where)
         else:
             log.error("flagware: %s failed", where, exc_info=exc)
-
-
-USER_AGENT = (
-    f"flagware python/{platform.python_version()} statsig-sdk-type/{SDK_TYPE}"
-    f" statsig-sdk-version/{SDK_VERSION} statsig-service/unknown"
-)
-
-
-def _body(payloads: list[str], session_id: str) -> bytes:
-    """The gzip ``log_event`` body. Stored payloads are already wire JSON: join, no re-encode."""
-    metadata = json.dumps(
-        {
-            "sdkVersion": SDK_VERSION,
-            "sdkType": SDK_TYPE,
-            "languageVersion": platform.python_version(),
-            "sessionID": session_id,
-        }
-    )
-    text = '{"events":[' + ",".join(payloads) + '],"statsigMetadata":' + metadata + "}"
-    # Level 6 compresses within a few percent of 9 at a fraction of the CPU.
-    return gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)
-
-
-class _Sender:
-    """One keep-alive HTTP connection, owned by one worker thread."""
-
-    def __init__(self, delivery: Delivery) -> None:
-        self._delivery = delivery
-        self._conn: http.client.HTTPConnection | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            d = self._delivery
-            if d._https:
-                self._conn = http.client.HTTPSConnection(
-                    d._host, d._port, timeout=d.request_timeout, context=_ssl_context()
-                )
-            else:
-                self._conn = http.client.HTTPConnection(d._host, d._port, timeout=d.request_timeout)
-        return self._conn
-
-    def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, float | None]:
-        """Status, body and Retry-After (seconds) of one POST; raises on transport errors."""
-        conn = self._connection()
-        try:
-            conn.request("POST", self._delivery._path, body=body, headers=headers)
-            response = conn.getresponse()
-            reply = response.read()
-        except BaseException:
-            self.close()  # the connection's state is unknown: never reuse it
-            raise
-        if response.getheader("Content-Encoding") == "gzip":
-            with contextlib.suppress(OSError, EOFError):  # it is only for the log line
-                reply = gzip.decompress(reply)
-        if response.will_close:
-            self.close()
-        return response.status, reply, _retry_after(response.getheader("Retry-After"))
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-_ssl: ssl.SSLContext | None = None
-
-
-def _ssl_context() -> ssl.SSLContext:
-    global _ssl
-    if _ssl is None:
-        _ssl = ssl.create_default_context()
-    return _ssl
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

@@ -13,7 +13,8 @@ import re
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from flagware.events.store.base import EVENT_COLUMNS, SQLStore, load_queries
+from flagware.events.store.base import EVENT_COLUMNS, load_queries
+from flagware.events.store.sql import SQLStore
 
 if TYPE_CHECKING:
     import psycopg

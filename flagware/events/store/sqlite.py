@@ -17,7 +17,8 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from flagware.events.store.base import EVENT_COLUMNS, SQLStore, load_queries
+from flagware.events.store.base import EVENT_COLUMNS, load_queries
+from flagware.events.store.sql import SQLStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

@@ -1,0 +1,63 @@
+"""SIGTERM: store what is queued before the process goes.
+
+``docker stop``, systemd and Kubernetes stop a process with SIGTERM. A server
+with its own handler (gunicorn, uvicorn) exits gracefully and ``atexit``
+closes the client; one without (waitress, ``python app.py``) dies on the spot
+and would lose the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+log = logging.getLogger("flagware")
+
+
+class _Client(Protocol):
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+_sigterm_installed = False
+
+
+def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
+    """Store every client's queue when SIGTERM arrives, then do what SIGTERM did before.
+
+    An existing Python handler is called after the queue is stored (its
+    graceful exit closes the clients through ``atexit``). Where SIGTERM had its
+    default action, the clients close (delivering for ``shutdown_timeout``) and
+    the process then dies by SIGTERM as it would have. A process that ignores
+    SIGTERM keeps ignoring it. Handlers can only be set in the main thread: a
+    client made in another thread installs nothing. Installed once per process.
+    """
+    global _sigterm_installed
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # ignored, or a handler set in C
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        chained = callable(previous)
+        for client in list(clients()):
+            try:
+                if chained:
+                    client.flush()  # the server's own shutdown closes the client
+                else:
+                    client.close()
+            except Exception:
+                log.exception("flagware: storing events on SIGTERM failed")
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _sigterm_installed = True

@@ -1,0 +1,325 @@
+"""The store's logic, written once over a backend's connections and named queries.
+
+Both backends subclass ``SQLStore``: each method runs named queries of the
+backend's dialect (``sqlite.sql``, ``postgres.sql``: the same names side by
+side). A backend supplies connections, transactions, the bulk insert and its
+schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
+from typing import Any, LiteralString
+
+from flagware.events.model import Event
+from flagware.events.store.base import (
+    COUNTERS,
+    DELIVERED,
+    META_PREFIX,
+    PARKED,
+    Batch,
+    StoreStats,
+    event_row,
+    is_dead_local,
+)
+
+
+class SQLStore:
+    """The store's logic over a backend's connections and named queries."""
+
+    location: str
+    dialect: str
+    queries: dict[str, LiteralString]
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._all: list[Any] = []
+        self._all_lock = threading.Lock()
+
+    # -- what a backend provides ----------------------------------------------------
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _transaction(self, conn: Any) -> AbstractContextManager[Any]:
+        """A write transaction that waits for the locks it needs up front."""
+        raise NotImplementedError
+
+    def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def _usable(self, conn: Any) -> bool:
+        """False for a connection the server dropped (it is then reopened)."""
+        return True
+
+    def _guard(self) -> AbstractContextManager[Any]:
+        """Held around every database call (SQLite: the fork guard)."""
+        return nullcontext()
+
+    def _forget_inherited(self, conns: list[Any]) -> None:
+        """A parent's connections after a fork: never used, never closed here."""
+
+    # -- connections: one per thread per process ------------------------------------
+
+    def _conn(self) -> Any:
+        if self._pid != os.getpid():
+            self._after_fork()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not self._usable(conn):
+            self._drop(conn)
+            conn = None
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._all_lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        with suppress(Exception):  # already broken: nothing left to release
+            conn.close()
+
+    def _after_fork(self) -> None:
+        self._forget_inherited(self._all)
+        self._all = []
+        self._all_lock = threading.Lock()
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    def _exec(self, conn: Any, name: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Any:
+        return conn.execute(self.queries[name], params)
+
+    # -- events ---------------------------------------------------------------------
+
+    def append(self, events: Sequence[Event], *, deliver: bool = False) -> None:
+        """Store a batch in one transaction; ``deliver`` marks them for Statsig."""
+        if not events:
+            return
+        rows = [event_row(e, deliver) for e in events]
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                self._insert(conn, rows)
+
+    def iter_events(
+        self, *, after_id: int = 0, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Stored events in order, as plain dicts (the ``flagware events`` shape).
+
+        Read in pages by id, each a short query: nothing is held across a
+        yield, so a caller may fork, or take its time, between rows.
+        """
+        left = limit
+        while left is None or left > 0:
+            page = 1000 if left is None else min(1000, left)
+            with self._guard():
+                rows = self._exec(
+                    self._conn(), "events_after", {"after": after_id, "limit": page}
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield {
+                    "id": row[0],
+                    "time": row[1],
+                    "event": row[2],
+                    "user_id": row[3],
+                    "stable_id": row[4],
+                    "value": None if row[5] is None else json.loads(row[5]),
+                    "metadata": None if row[6] is None else json.loads(row[6]),
+                    "exposure": row[7],
+                    "group": row[8],
+                }
+            after_id = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+
+    def count(self) -> int:
+        with self._guard():
+            return int(self._exec(self._conn(), "count").fetchone()[0])
+
+    def get_meta(self, key: str) -> str | None:
+        with self._guard():
+            row = self._exec(self._conn(), "meta_get", {"key": key}).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                self._exec(conn, "meta_set", {"key": key, "value": value})
+
+    def init_meta(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key`` unless a value is there; return the one kept."""
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                self._exec(conn, "meta_init", {"key": key, "value": value})
+                return str(self._exec(conn, "meta_get", {"key": key}).fetchone()[0])
+
+    def add_to_counter(self, counter: str, by: int) -> None:
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                self._bump(conn, counter, by)
+
+    def run(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one named query of this backend's dialect (one transaction); its rows."""
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                cursor = self._exec(conn, name, params or {})
+                return list(cursor.fetchall()) if cursor.description else []
+
+    # -- delivery -------------------------------------------------------------------
+
+    def claim(self, owner: str, *, limit: int, lease: float, max_age: float) -> Batch | None:
+        """Lease the oldest claimable pending events to ``owner`` for ``lease`` seconds.
+
+        Events older than ``max_age`` seconds are dropped (and counted) in the
+        same transaction instead of being leased. Returns None when nothing is
+        claimable.
+        """
+        now = time.time()
+        cutoff_ms = int((now - max_age) * 1000)
+        params = {"owner": owner, "limit": limit, "lease": lease, "now": now}
+        with self._guard():
+            conn = self._conn()
+            # A read first: an idle sender polling must not take a write lock.
+            if not self._exec(conn, "any_claimable", params).fetchone():
+                return None
+            with self._transaction(conn):
+                rows = self._exec(conn, "claim", params).fetchall()
+                if not rows:
+                    return None
+                rows.sort()
+                expired = sum(1 for row in rows if row[1] < cutoff_ms)
+                if expired:
+                    self._exec(
+                        conn,
+                        "drop_expired",
+                        {
+                            "first": rows[0][0],
+                            "last": rows[-1][0],
+                            "owner": owner,
+                            "cutoff": cutoff_ms,
+                        },
+                    )
+                    self._bump(conn, "dropped", expired)
+        payloads = [row[2] for row in rows if row[1] >= cutoff_ms]
+        attempts = max(row[3] for row in rows)
+        return Batch(owner, rows[0][0], rows[-1][0], payloads, expired, attempts)
+
+    def settle(self, batch: Batch, state: int) -> int:
+        """Record the outcome of sending ``batch``: DELIVERED or PARKED.
+
+        Only rows still leased to the batch's owner change, so a sender whose
+        lease was taken over cannot overwrite the new owner's outcome.
+        """
+        counter = {DELIVERED: "delivered", PARKED: "parked"}[state]
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                changed = int(
+                    self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount
+                )
+                self._bump(conn, counter, changed)
+        return changed
+
+    def release(self, batch: Batch, *, failed: bool) -> None:
+        """Give the batch back to the pool; ``failed`` counts a retried attempt."""
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                self._exec(conn, "release", {"failed": int(failed), **_range(batch)})
+                if failed:
+                    self._bump(conn, "retried", 1)
+
+    def release_dead_leases(self) -> int:
+        """Free leases held by processes of this host that no longer exist.
+
+        Without this a crashed worker's batches wait for their leases to
+        expire. They may have reached the API before the crash, so their
+        attempt count goes up (they go out again with ``STATSIG-RETRY``).
+        Leases of other hosts' processes only expire.
+        """
+        with self._guard():
+            conn = self._conn()
+            owners = [row[0] for row in self._exec(conn, "lease_owners").fetchall()]
+            dead = [owner for owner in owners if is_dead_local(owner)]
+            if not dead:
+                return 0
+            with self._transaction(conn):
+                return sum(
+                    int(self._exec(conn, "release_owner", {"owner": owner}).rowcount)
+                    for owner in dead
+                )
+
+    def claimable(self) -> int:
+        """Pending events no live lease holds: what a drain still has to send."""
+        with self._guard():
+            return int(self._exec(self._conn(), "claimable", {"now": time.time()}).fetchone()[0])
+
+    def stats(self) -> StoreStats:
+        with self._guard():
+            conn = self._conn()
+            backlog, oldest = self._exec(conn, "backlog").fetchone()
+            counters = dict.fromkeys(COUNTERS, 0)
+            for key, value in self._exec(conn, "counters").fetchall():
+                name = key[len(META_PREFIX) :]
+                if name in counters:
+                    counters[name] = int(value)
+        return StoreStats(
+            backlog=int(backlog),
+            oldest_pending_ms=None if oldest is None else int(oldest),
+            **counters,
+        )
+
+    def _bump(self, conn: Any, counter: str, by: int) -> None:
+        if by:
+            self._exec(conn, "bump", {"key": META_PREFIX + counter, "by": by})
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def close_thread(self) -> None:
+        """Close the calling thread's connection (worker threads, as they exit)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._pid != os.getpid():
+            return
+        with self._guard():
+            self._drop(conn)
+
+    def close(self) -> None:
+        """Close every connection this process opened (call once its threads are done)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+            return
+        with self._guard():
+            with self._all_lock:
+                conns, self._all = self._all, []
+            for conn in conns:
+                conn.close()
+            self._local = threading.local()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location!r}>"
+
+
+def _range(batch: Batch) -> dict[str, Any]:
+    return {"first": batch.first_id, "last": batch.last_id, "owner": batch.owner}
