@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -214,3 +215,30 @@ def test_named_queries_match_between_dialects() -> None:
         "schema",
         "exists",
     }
+
+
+def test_cli_reads_either_backend_and_never_creates_a_store(
+    store_location: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flagware.cli import main
+    from flagware.events.store import store_exists
+
+    assert main(["events", "--store", store_location]) == 2
+    assert "no event store at" in capsys.readouterr().err
+    assert not store_exists(store_location)  # reading created nothing
+    with open_store(store_location) as store:
+        store.append(events(2), deliver=True)
+    assert main(["events", "--store", store_location]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["value"] for line in lines] == [0, 1]
+    assert main(["status", "--store", store_location]) == 0
+    out = capsys.readouterr().out
+    assert "backlog:            2\n" in out and "queue dropped:" in out
+
+
+def test_urls_are_shown_without_their_password() -> None:
+    from flagware.events.store import redact
+
+    assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
+    assert redact("postgresql://app@db/x") == "postgresql://app@db/x"
+    assert redact("/var/lib/app/events.db") == "/var/lib/app/events.db"
