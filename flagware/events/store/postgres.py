@@ -33,7 +33,8 @@ def is_postgres_url(location: object) -> bool:
 
 def redact(url: str) -> str:
     """``url`` without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
 
 
 def _psycopg() -> Any:
