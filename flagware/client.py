@@ -201,7 +201,13 @@ class Flagware:
         """The local engine's key: made once, kept beside the event store (mode 0600),
         or in a shared store's ``meta``, so every host gives a visitor the same ID."""
         if self._shared_store:
-            return self.store.init_meta("hash_key", secrets.token_hex(32))
+            try:
+                return self.store.init_meta("hash_key", secrets.token_hex(32))
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"cannot read the shared hash key from {redact(self.event_store)} ({exc});"
+                    " set FLAGWARE_HASH_KEY on every host, or make the store reachable"
+                ) from exc
         path = self.event_store_path.parent / "hash_key"
         try:
             return path.read_text().strip()
@@ -280,8 +286,14 @@ class Flagware:
 
     def _check_unchanged(self, spec: Spec) -> None:
         from flagware.results.lock import check_unchanged
+        from flagware.spec import SpecError
 
-        check_unchanged(spec, self.event_store)
+        try:
+            check_unchanged(spec, self.event_store)
+        except SpecError:
+            raise
+        except Exception as exc:  # the store is unreachable: serve, and say so once
+            self.report(exc, "experiment start check")
 
     def flush(self) -> None:
         """Store everything queued so far (tests and the CLI use it)."""

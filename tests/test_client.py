@@ -369,3 +369,11 @@ def test_first_exposures_record_the_start_on_either_backend(
         fw.flush()
         record = read_started(fw.store, "button_color")
     assert record is not None and record.started == 1_790_000_000_000
+
+
+def test_an_unreachable_shared_store_fails_clearly_or_serves(spec_file: Any, tmp_path: Any) -> None:
+    url = f"postgresql://nobody@/nothing?host={tmp_path}&connect_timeout=1"  # no server there
+    with pytest.raises(ConfigurationError, match="FLAGWARE_HASH_KEY"):
+        Flagware(spec=spec_file, event_store=url, handle_sigterm=False)
+    with Flagware(spec=spec_file, event_store=url, hash_key="k", handle_sigterm=False) as fw:
+        assert fw.errors["experiment start check"] == 1  # counted, logged once; serving
