@@ -9,7 +9,7 @@ time between the newest stored event of the killed worker and the last event
 it logged.
 
     python benchmarks/kill9_load.py [--runs 5] [--workers 4] [--threads 4]
-                                    [--store postgresql://...]
+                                    [--store postgresql://... | --postgres]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def one_run(args: argparse.Namespace, tmp: Path, store: str) -> tuple[int, int, 
             f"127.0.0.1:{port}",
             "app:app",
         ],
-        stderr=subprocess.DEVNULL,
+        stderr=open(tmp / "gunicorn.log", "w"),  # noqa: SIM115 - closed with the directory
     )
     try:
         deadline = time.monotonic() + 20
@@ -112,7 +112,9 @@ def one_run(args: argparse.Namespace, tmp: Path, store: str) -> tuple[int, int, 
             stdout=subprocess.DEVNULL,
         )
         time.sleep(args.seconds / 2)
-        victim = children(server.pid)[0]
+        # A worker that has served requests (each writes its file on its first).
+        serving = [pid for pid in children(server.pid) if (log / str(pid)).exists()]
+        victim = serving[0]
         os.kill(victim, signal.SIGKILL)
         load.wait()
     finally:
@@ -138,7 +140,27 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--store", help="a postgresql:// URL (default: a fresh SQLite file)")
+    parser.add_argument(
+        "--postgres", action="store_true", help="on a throwaway PostgreSQL cluster (fsync on)"
+    )
     args = parser.parse_args()
+    if args.postgres and not args.store:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from pg_cluster import Cluster, create_database, find_bin
+
+        bin_dir = find_bin()
+        assert bin_dir is not None, "PostgreSQL is not installed"
+        cluster = Cluster(bin_dir, durable=True)
+        try:
+            args.store = create_database(cluster.url(), "flagware_kill9")
+            measure(args)
+        finally:
+            cluster.stop()
+        return
+    measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
     windows, losses = [], []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
