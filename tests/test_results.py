@@ -575,7 +575,7 @@ def test_text_table_is_aligned(results: Any) -> None:
     header, separator = lines[top], lines[top + 1]
     rows = lines[top + 2 : top + 2 + len(METRICS)]
     spans = [m.span() for m in re.finditer(r"-+", separator)]
-    assert len(spans) == 12
+    assert len(spans) == 14
     left = {0, 1, 2, len(spans) - 1}  # metric, kind, group, result
     for line in [header, *rows]:
         for (_, end), (nxt, _) in itertools.pairwise(spans):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flagware.results import proportions, sequential
-from flagware.results.stats import Sample, Z_DF_THRESHOLD, critical_value, two_sided_p, welch_df
+from flagware.results.stats import Z_DF_THRESHOLD, Sample, critical_value, two_sided_p, welch_df
 
 __all__ = [
     "MIN_UNITS",
@@ -169,7 +169,7 @@ def _pooled_se(treatment: Sample, control: Sample) -> float:
 
 
 def fieller(m_t: float, m_c: float, v_t: float, v_c: float, crit: float) -> Interval | None:
-    """Fieller's interval for m_t / m_c, with squared standard errors v_t and v_c (None if unbounded)."""
+    """Fieller's interval for m_t / m_c from squared standard errors (None: unbounded)."""
     a = m_c * m_c - crit * crit * v_c
     if m_c <= 0 or a <= 0:
         return None

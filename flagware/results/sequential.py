@@ -40,7 +40,7 @@ DEFAULT_TUNING = 5000
 
 
 def rho(alpha: float, n_star: float = DEFAULT_TUNING) -> float:
-    """The mixture's tuning parameter (Howard et al. 2021, eq. (3.5); gbstats ``sequential_rho``)."""
+    """The mixture's tuning parameter, as gbstats' ``sequential_rho``."""
     log_term = -2.0 * math.log(alpha)
     return math.sqrt((log_term + math.log(log_term + 1.0)) / n_star)
 

@@ -29,8 +29,8 @@ from flagware.results.stats import Sample
 __all__ = [
     "count_future",
     "group_samples",
-    "load_units",
     "load_unit_events",
+    "load_units",
     "newest_event",
     "non_numeric_events",
     "unit_column",
@@ -133,9 +133,7 @@ def load_units(
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-def load_unit_events(
-    conn: sqlite3.Connection, unit: str, events: list[str], until: int
-) -> None:
+def load_unit_events(conn: sqlite3.Connection, unit: str, events: list[str], until: int) -> None:
     """Fill ``temp.fw_unit_events``: per unit and event name, count, value sum and valued count."""
     conn.execute("DROP TABLE IF EXISTS temp.fw_unit_events")
     conn.execute(
