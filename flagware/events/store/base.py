@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, LiteralString, Protocol
 
-from flagware.events.model import Event
+from flagware.events.model import Event, numeric_value
 
 PENDING = 0
 DELIVERED = 1
@@ -126,9 +126,7 @@ def load_queries(dialect: str) -> dict[str, LiteralString]:
 def event_row(event: Event, deliver: bool) -> tuple[Any, ...]:
     """An event as the row both backends insert (``EVENT_COLUMNS`` order)."""
     value = event.value
-    value_num = (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    )
+    value_num = numeric_value(value)
     return (
         event.time,
         event.name,
