@@ -174,12 +174,11 @@ class SQLStore:
                 self._bump(conn, counter, by)
 
     def run(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one named query of this backend's dialect (one transaction); its rows."""
+        """Run one named query of this backend's dialect (one statement, atomic by
+        itself); its rows."""
         with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                cursor = self._exec(conn, name, params or {})
-                return list(cursor.fetchall()) if cursor.description else []
+            cursor = self._exec(self._conn(), name, params or {})
+            return list(cursor.fetchall()) if cursor.description else []
 
     # -- delivery -------------------------------------------------------------------
 
