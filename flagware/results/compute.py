@@ -1,4 +1,4 @@
-"""Experiment results from the local event store: aggregation in SQL, decisions in Python.
+"""Experiment results from the event store: aggregation in SQL, decisions in Python.
 
 :mod:`.sql` finds the units and each metric's per-group summaries;
 :mod:`.analysis` tests every group against the control and corrects each
@@ -13,13 +13,12 @@ clock skew; they are not counted, and their number is reported.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from flagware.events.model import now_ms
-from flagware.events.store import connect
+from flagware.events.store import redact, store_exists
+from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import analyse_metrics
@@ -84,18 +83,21 @@ def compute_results(
         known = ", ".join(sorted(spec.experiments)) or "none"
         raise ResultsError(f"unknown experiment {experiment!r} (the spec defines: {known})")
     chosen = _choose_metrics(spec, metrics)
-    if not Path(store_path).is_file():
-        raise ResultsError(f"event store not found: {os.fspath(store_path)}")
+    where = redact(os.fspath(store_path))
+    try:
+        found = store_exists(store_path)
+    except Exception as exc:  # an unreachable server, a bad URL, no driver
+        raise ResultsError(f"cannot open event store {where}: {exc}") from None
+    if not found or os.path.isdir(store_path):
+        raise ResultsError(f"event store not found: {where}")
     reference = now_ms() if now is None else now
     end = reference if until is None else min(until, reference)
     use_sequential = exp.sequential if sequential is None else sequential
-    conn = connect(store_path, readonly=True)
     try:
-        return _analyse(conn, exp, chosen, alpha, reference, end, use_sequential)
-    except sqlite3.DatabaseError as exc:
-        raise ResultsError(f"cannot read event store {os.fspath(store_path)}: {exc}") from None
-    finally:
-        conn.close()
+        with open_reader(store_path) as conn:
+            return _analyse(conn, exp, chosen, alpha, reference, end, use_sequential)
+    except database_errors() as exc:
+        raise ResultsError(f"cannot read event store {where}: {exc}") from None
 
 
 def _choose_metrics(spec: Spec, names: Sequence[str] | None) -> list[MetricSpec]:
@@ -108,7 +110,7 @@ def _choose_metrics(spec: Spec, names: Sequence[str] | None) -> list[MetricSpec]
 
 
 def _analyse(
-    conn: sqlite3.Connection,
+    conn: Reader,
     exp: ExperimentSpec,
     metrics: list[MetricSpec],
     alpha: float,
@@ -117,7 +119,7 @@ def _analyse(
     use_sequential: bool,
 ) -> Results:
     window_start = sql.window_start(conn, exp.name)
-    unit = sql.unit_column(exp.unit)
+    unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, until)
     events = sorted({m.event for m in metrics})
     sql.load_unit_events(conn, unit, events, until)
@@ -181,7 +183,7 @@ def _analyse(
     )
 
 
-def _with_data_checks(conn: sqlite3.Connection, result: MetricResult) -> MetricResult:
+def _with_data_checks(conn: Reader, result: MetricResult) -> MetricResult:
     if result.kind not in ("sum", "mean"):
         return result
     bad = sql.non_numeric_events(conn, result.event)

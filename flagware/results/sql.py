@@ -16,14 +16,16 @@ row and a million events never become a million Python objects.
    after ``until``.
 3. **Per group**: n, mean and the sum of squared deviations of the per-unit
    values, in two passes (mean first) so the variance does not cancel.
+
+The same SQL runs on SQLite and PostgreSQL through the store's ``Reader``
+(``?`` placeholders); the few fragments that differ come from its ``Dialect``.
 """
 
 from __future__ import annotations
 
-import sqlite3
-
 from flagware.events.model import CONFIG_EXPOSURE
-from flagware.results.lock import read_started
+from flagware.events.store.reader import Dialect, Reader, database_errors
+from flagware.results.lock import StartRecord, meta_key
 from flagware.results.stats import Sample
 
 __all__ = [
@@ -37,27 +39,29 @@ __all__ = [
     "window_start",
 ]
 
-_NOT_OVERRIDE = "coalesce(json_extract(e.metadata, '$.ruleID'), '') <> 'override'"
+
+def _not_override(d: Dialect) -> str:
+    return f"coalesce({d.json_text('e.metadata', 'ruleID')}, '') <> 'override'"
 
 
-def unit_column(unit: str) -> str:
+def unit_column(unit: str, dialect: Dialect) -> str:
     """The SQL expression (over table alias ``e``) that yields the unit ID."""
     if unit == "userID":
         return "e.user_id"
     if unit == "stableID":
         return "e.stable_id"
-    # Custom ID types live only in the stored wire payload. Quote the name both
-    # as a JSON path member and as an SQL string literal.
-    member = unit.replace("\\", "\\\\").replace('"', '\\"')
-    path = f'$.user.customIDs."{member}"'.replace("'", "''")
-    return f"json_extract(e.payload, '{path}')"
+    # Custom ID types live only in the stored wire payload (quoted by json_text).
+    return dialect.json_text("e.payload", "user", "customIDs", unit)
 
 
-def window_start(conn: sqlite3.Connection, experiment: str) -> int | None:
+def window_start(conn: Reader, experiment: str) -> int | None:
     try:
-        record = read_started(conn, experiment)
-    except sqlite3.OperationalError:  # a store without the meta table: never restarted
+        row = conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (meta_key(experiment),)
+        ).fetchone()
+    except database_errors():  # a store without the meta table: never restarted
         return None
+    record = None if row is None else StartRecord.from_json(str(row[0]))
     # Before any restart every exposure counts; the first record's time is when
     # the writer stored the first exposure, a little after it happened.
     if record is None or record.restarts == 0:
@@ -83,25 +87,27 @@ class Units:
         self.last = last
 
 
-def load_units(
-    conn: sqlite3.Connection, experiment: str, unit: str, start: int, until: int
-) -> Units:
+def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int) -> Units:
     """Fill ``temp.fw_first`` (unit, group, first exposure time) and count what was left out."""
-    conn.execute("DROP TABLE IF EXISTS temp.fw_first")
+    d = conn.dialect
+    not_override = _not_override(d)
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_first")
     conn.execute(
-        "CREATE TEMP TABLE fw_first (unit TEXT PRIMARY KEY, grp TEXT NOT NULL, t0 INTEGER NOT NULL)"
-        " WITHOUT ROWID"
+        "CREATE TEMP TABLE fw_first (unit TEXT PRIMARY KEY, grp TEXT NOT NULL, t0 BIGINT NOT NULL)"
+        + d.without_rowid
     )
     window = "e.exposure = ? AND e.event = ? AND e.time >= ? AND e.time <= ?"
     args = (experiment, CONFIG_EXPOSURE, start, until)
     # A unit with exposures in two groups is a crossover: its outcome belongs
     # to neither group, so it is set aside first and counted.
-    conn.execute("DROP TABLE IF EXISTS temp.fw_cross")
+    # (Created, then filled: PostgreSQL takes no parameters in CREATE TABLE AS.)
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_cross")
+    conn.execute("CREATE TEMP TABLE fw_cross (unit TEXT PRIMARY KEY)" + d.without_rowid)
     conn.execute(
         f"""
-        CREATE TEMP TABLE fw_cross AS
+        INSERT INTO {d.temp}.fw_cross (unit)
         SELECT {unit} AS unit FROM events AS e
-        WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL AND {_NOT_OVERRIDE}
+        WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL AND {not_override}
         GROUP BY {unit} HAVING min(e.group_name) <> max(e.group_name)
         """,
         args,
@@ -110,35 +116,38 @@ def load_units(
     # only then are units without a group dropped, so they stay out.
     conn.execute(
         f"""
-        INSERT INTO temp.fw_first (unit, grp, t0)
+        INSERT INTO {d.temp}.fw_first (unit, grp, t0)
         SELECT unit, group_name, time FROM (
             SELECT {unit} AS unit, e.group_name, e.time,
                    ROW_NUMBER() OVER (PARTITION BY {unit} ORDER BY e.time, e.id) AS rn
             FROM events AS e
-            WHERE {window} AND {unit} IS NOT NULL AND {_NOT_OVERRIDE}
-        )
-        WHERE rn = 1 AND group_name IS NOT NULL AND unit NOT IN (SELECT unit FROM temp.fw_cross)
+            WHERE {window} AND {unit} IS NOT NULL AND {not_override}
+        ) AS ranked
+        WHERE rn = 1 AND group_name IS NOT NULL AND unit NOT IN (SELECT unit FROM {d.temp}.fw_cross)
         """,
         args,
     )
-    crossovers = conn.execute("SELECT count(*) FROM temp.fw_cross").fetchone()[0]
+    conn.analyze("fw_first")
+    crossovers = conn.execute(f"SELECT count(*) FROM {d.temp}.fw_cross").fetchone()[0]
     overrides = conn.execute(
-        f"SELECT count(*) FROM events AS e WHERE {window} AND NOT ({_NOT_OVERRIDE})", args
+        f"SELECT count(*) FROM events AS e WHERE {window} AND NOT ({not_override})", args
     ).fetchone()[0]
     per_group = {
-        str(g): int(n) for g, n in conn.execute("SELECT grp, count(*) FROM fw_first GROUP BY grp")
+        str(g): int(n)
+        for g, n in conn.execute(f"SELECT grp, count(*) FROM {d.temp}.fw_first GROUP BY grp")
     }
-    first, last = conn.execute("SELECT min(t0), max(t0) FROM temp.fw_first").fetchone()
+    first, last = conn.execute(f"SELECT min(t0), max(t0) FROM {d.temp}.fw_first").fetchone()
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-def load_unit_events(conn: sqlite3.Connection, unit: str, events: list[str], until: int) -> None:
+def load_unit_events(conn: Reader, unit: str, events: list[str], until: int) -> None:
     """Fill ``temp.fw_unit_events``: per unit and event name, count, value sum and valued count."""
-    conn.execute("DROP TABLE IF EXISTS temp.fw_unit_events")
+    d = conn.dialect
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_unit_events")
     conn.execute(
         "CREATE TEMP TABLE fw_unit_events (event TEXT NOT NULL, unit TEXT NOT NULL,"
-        " c INTEGER NOT NULL, s REAL NOT NULL, vn INTEGER NOT NULL, PRIMARY KEY (event, unit))"
-        " WITHOUT ROWID"
+        f" c INTEGER NOT NULL, s {d.real} NOT NULL, vn INTEGER NOT NULL,"
+        " PRIMARY KEY (event, unit))" + d.without_rowid
     )
     if not events:
         return
@@ -148,14 +157,15 @@ def load_unit_events(conn: sqlite3.Connection, unit: str, events: list[str], unt
     # rather than re-scanning events for every unit.
     conn.execute(
         f"""
-        INSERT INTO temp.fw_unit_events (event, unit, c, s, vn)
-        SELECT e.event, f.unit, count(*), total(e.value_num), count(e.value_num)
-        FROM events AS e CROSS JOIN temp.fw_first AS f
+        INSERT INTO {d.temp}.fw_unit_events (event, unit, c, s, vn)
+        SELECT e.event, f.unit, count(*), {d.total("e.value_num")}, count(e.value_num)
+        FROM events AS e CROSS JOIN {d.temp}.fw_first AS f
         WHERE e.event IN ({marks}) AND f.unit = {unit} AND e.time >= f.t0 AND e.time <= ?
         GROUP BY e.event, f.unit
         """,
         [*events, until],
     )
+    conn.analyze("fw_unit_events")
 
 
 # Per-unit value of each metric kind, over fw_unit_events aliased p. Units
@@ -169,33 +179,36 @@ _VALUE = {
 }
 
 
-def group_samples(conn: sqlite3.Connection, kind: str, event: str) -> dict[str, Sample]:
+def group_samples(conn: Reader, kind: str, event: str) -> dict[str, Sample]:
     """n, mean and sum of squared deviations of the per-unit values, per group."""
-    value = _VALUE[kind]
+    d = conn.dialect
+    # Double precision whatever the kind: PostgreSQL would otherwise average
+    # integers and decimal literals in exact (slow) numeric arithmetic.
+    value = f"CAST({_VALUE[kind]} AS {d.real})"
     if kind == "mean":
-        join = "JOIN temp.fw_unit_events AS p ON p.unit = f.unit AND p.event = ? AND p.vn > 0"
+        join = f"JOIN {d.temp}.fw_unit_events AS p ON p.unit = f.unit AND p.event = ? AND p.vn > 0"
     else:
-        join = "LEFT JOIN temp.fw_unit_events AS p ON p.unit = f.unit AND p.event = ?"
+        join = f"LEFT JOIN {d.temp}.fw_unit_events AS p ON p.unit = f.unit AND p.event = ?"
     rows = conn.execute(
         f"""
-        WITH v AS (SELECT f.grp AS grp, {value} AS v FROM temp.fw_first AS f {join}),
+        WITH v AS (SELECT f.grp AS grp, {value} AS v FROM {d.temp}.fw_first AS f {join}),
              m AS (SELECT grp, avg(v) AS mu FROM v GROUP BY grp)
-        SELECT v.grp, count(*), m.mu, total((v.v - m.mu) * (v.v - m.mu))
-        FROM v JOIN m ON m.grp = v.grp GROUP BY v.grp
+        SELECT v.grp, count(*), m.mu, {d.total("(v.v - m.mu) * (v.v - m.mu)")}
+        FROM v JOIN m ON m.grp = v.grp GROUP BY v.grp, m.mu
         """,
         (event,),
     )
     return {str(g): Sample(int(n), float(mu), float(m2)) for g, n, mu, m2 in rows}
 
 
-def newest_event(conn: sqlite3.Connection, event: str, until: int) -> int | None:
+def newest_event(conn: Reader, event: str, until: int) -> int | None:
     row = conn.execute(
         "SELECT max(time) FROM events WHERE event = ? AND time <= ?", (event, until)
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
-def count_future(conn: sqlite3.Connection, experiment: str, events: list[str], now: int) -> int:
+def count_future(conn: Reader, experiment: str, events: list[str], now: int) -> int:
     """Exposures of the experiment and metric events stamped after ``now`` (clock skew)."""
     # Two queries, so each can use its index (by exposure, by event name).
     (exposures,) = conn.execute(
@@ -210,7 +223,7 @@ def count_future(conn: sqlite3.Connection, experiment: str, events: list[str], n
     return int(exposures) + int(metric_events)
 
 
-def non_numeric_events(conn: sqlite3.Connection, event: str) -> int:
+def non_numeric_events(conn: Reader, event: str) -> int:
     """Stored events named ``event`` whose value is not a number (sums count them as 0)."""
     row = conn.execute(
         """
