@@ -292,7 +292,7 @@ class DiagnosticsApp:
         sections = []
         for name in spec.experiments:
             try:
-                results = compute_results(spec, name, self.client.event_store_path)
+                results = compute_results(spec, name, self.client.event_store)
                 charts = "".join(render_chart_svg(m) for m in results.metrics)
             except Exception as exc:
                 # ResultsError says why in words (no events yet, unknown metric);
