@@ -34,12 +34,10 @@ import ipaddress
 import json
 import os
 import secrets
-import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from html import escape
 from importlib import resources
-from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -48,7 +46,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from flagware import identity
-from flagware.events.store import connect
+from flagware.events.store import store_exists
+from flagware.events.store.reader import Reader, database_errors, open_reader
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -330,19 +329,17 @@ class DiagnosticsApp:
         return _read_events(self._store_path(), tail=TAIL)
 
     def _count(self) -> int:
-        path = self._store_path()
-        if not path.is_file():
-            return 0
-        conn = connect(path, readonly=True)
+        location = self._store_path()
         try:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        except sqlite3.Error:
+            if not _is_store(location):
+                return 0
+            with open_reader(location) as conn:
+                return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        except database_errors():
             return 0
-        finally:
-            conn.close()
 
-    def _store_path(self) -> Path:
-        return Path(self.client.event_store_path)
+    def _store_path(self) -> str:
+        return self.client.event_store  # a SQLite path or a postgresql:// URL
 
 
 # -- reading the store ---------------------------------------------------------------------
@@ -350,8 +347,12 @@ class DiagnosticsApp:
 _EVENT_COLUMNS = "id, time, event, user_id, stable_id, value, metadata, exposure, group_name"
 
 
+def _is_store(location: str) -> bool:
+    return store_exists(location) and not os.path.isdir(location)
+
+
 def _read_events(
-    path: Path, *, after: int = 0, limit: int = POLL_LIMIT, tail: int | None = None
+    location: str, *, after: int = 0, limit: int = POLL_LIMIT, tail: int | None = None
 ) -> list[dict[str, Any]]:
     """Events newer than ``after`` (oldest first), or the newest ``tail`` of them.
 
@@ -359,25 +360,29 @@ def _read_events(
     whatever thread the server picks, and the client's store keeps one
     connection per thread until it closes, which would pile up here.
     """
-    if not path.is_file():
-        return []
-    conn = connect(path, readonly=True)
     try:
-        if tail is not None:
-            rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (tail,)
-            ).fetchall()
-            rows.reverse()
-        else:
-            rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
-            ).fetchall()
-    except sqlite3.Error:
+        if not _is_store(location):
+            return []
+        with open_reader(location) as conn:
+            rows = _select(conn, after, limit, tail)
+    except database_errors():
         return []  # a store still being created: nothing to show yet
-    finally:
-        conn.close()
     return [_event(row) for row in rows]
+
+
+def _select(conn: Reader, after: int, limit: int, tail: int | None) -> list[tuple[Any, ...]]:
+    if tail is not None:
+        rows: list[tuple[Any, ...]] = conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (tail,)
+        ).fetchall()
+        rows.reverse()
+        return rows
+    return list(
+        conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+    )
 
 
 def _event(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -133,3 +133,17 @@ def test_results_command_reads_a_postgresql_store(
     assert sum(g["units"] for g in data["groups"]) > 0
     missing = postgres_url.replace("flagware_test_", "nothing_here_")
     assert main(["results", "button_color", "--spec", str(spec), "--store", missing]) == 2
+
+
+def test_diagnostics_page_reads_a_postgresql_store(make_client: Any, postgres_url: str) -> None:
+    from test_diagnostics import http, page
+
+    client = make_client(event_store=postgres_url, diagnostics=True)
+    browser = http(client)
+    for note in ("a", "b"):
+        assert browser.get(f"/?note={note}").status_code == 200
+    client.flush()
+    events = page(browser, "/_flagware/events.json").json["events"]
+    notes = [e["metadata"]["note"] for e in events if e["event"] == "clicked"]
+    assert notes == ["a", "b"]
+    assert "flagware diagnostics" in page(browser).text
