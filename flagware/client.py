@@ -295,9 +295,10 @@ class Flagware:
         except Exception as exc:  # the store is unreachable: serve, and say so once
             self.report(exc, "experiment start check")
 
-    def flush(self) -> None:
-        """Store everything queued so far (tests and the CLI use it)."""
-        self.writer.flush()
+    def flush(self, *, timeout: float = -1) -> None:
+        """Store everything queued so far (tests and the CLI use it); ``timeout``
+        bounds the wait for a flush already running."""
+        self.writer.flush(timeout=timeout)
 
     def _truncated(self, what: str) -> None:
         self.truncated[what] += 1

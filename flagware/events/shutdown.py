@@ -19,7 +19,7 @@ log = logging.getLogger("flagware")
 
 
 class _Client(Protocol):
-    def flush(self) -> None: ...
+    def flush(self, *, timeout: float = -1) -> None: ...
     def close(self) -> None: ...
 
 
@@ -47,10 +47,10 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
         chained = callable(previous)
         for client in list(clients()):
             try:
-                if chained:
-                    client.flush()  # the server's own shutdown closes the client
-                else:
-                    client.close()
+                # Bounded: this thread may have been interrupted inside a flush.
+                client.flush(timeout=5)
+                if not chained:
+                    client.close()  # the server's own shutdown closes it otherwise
             except Exception:
                 log.exception("flagware: storing events on SIGTERM failed")
         if callable(previous):

@@ -140,31 +140,43 @@ class EventWriter:
             # after it ended: a flush that ran long is followed at once.
             due = started + self.flush_interval
 
-    def flush(self) -> int:
-        """Store everything queued so far; returns how many events were stored."""
+    def flush(self, *, timeout: float = -1) -> int:
+        """Store everything queued so far; returns how many events were stored.
+
+        ``timeout`` bounds the wait for a flush already running (a signal handler
+        must not wait forever for a flush its own thread was interrupted in).
+        """
         if self._pid != os.getpid():
             return 0
-        total = 0
-        with self._flush_lock:
-            while True:
-                batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
-                if not batch:
-                    break
-                try:
-                    self.store.append(batch, deliver=self.deliver)
-                except Exception as exc:  # keep the events for the next try, within the cap
-                    self._held = batch
-                    self._room = max(0, self.max_queue - len(batch))
-                    self._report(exc)
-                    break
-                self._room = self.max_queue
-                total += len(batch)
-            if total and self._unrecorded:
-                self._record_drops()
+        if not self._flush_lock.acquire(timeout=timeout):
+            return 0
+        try:
+            total = self._store_queued()
+        finally:
+            self._flush_lock.release()
         if total:
             self.stored += total
             if self.on_stored is not None:
                 self.on_stored(total)
+        return total
+
+    def _store_queued(self) -> int:
+        total = 0
+        while True:
+            batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
+            if not batch:
+                break
+            try:
+                self.store.append(batch, deliver=self.deliver)
+            except Exception as exc:  # keep the events for the next try, within the cap
+                self._held = batch
+                self._room = max(0, self.max_queue - len(batch))
+                self._report(exc)
+                break
+            self._room = self.max_queue
+            total += len(batch)
+        if total and self._unrecorded:
+            self._record_drops()
         return total
 
     def _record_drops(self) -> None:
@@ -204,7 +216,7 @@ class EventWriter:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
-        self.flush()
+        self.flush(timeout=5)
         left = len(self._held) + self._queue.qsize()
         if left:  # the store still refuses writes: say what is lost, never silently
             log.error("flagware: %d queued events could not be stored before exit", left)
