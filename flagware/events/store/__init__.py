@@ -48,14 +48,14 @@ Location = str | os.PathLike[str]
 def open_store(location: Location, *, create: bool = True) -> Store:
     """The store at ``location``: a ``postgresql://`` URL or a SQLite file path.
 
-    ``create=False`` never creates anything (read-only commands); check
-    ``store_exists`` first.
+    ``create=False`` opens it for reading only: it never creates, migrates or
+    writes (read commands; check ``store_exists`` first).
     """
     if is_postgres_url(location):
         from flagware.events.store.postgres import PostgresStore
 
         return PostgresStore(str(location), create=create)
-    return EventStore(location)
+    return EventStore(location, readonly=not create)
 
 
 def store_exists(location: Location) -> bool:

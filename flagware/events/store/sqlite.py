@@ -155,13 +155,14 @@ class EventStore(SQLStore):
     dialect = "sqlite"
     queries = load_queries("sqlite")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
         self.location = os.fspath(path)
+        self.readonly = readonly  # for commands that read: never creates, migrates or writes
 
     def _connect(self) -> sqlite3.Connection:
-        return connect(self.path)
+        return connect(self.path, readonly=self.readonly)
 
     def _transaction(self, conn: sqlite3.Connection) -> AbstractContextManager[Any]:
         return _immediate(conn)
