@@ -242,3 +242,19 @@ def test_urls_are_shown_without_their_password() -> None:
     assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
     assert redact("postgresql://app@db/x") == "postgresql://app@db/x"
     assert redact("/var/lib/app/events.db") == "/var/lib/app/events.db"
+
+
+def test_postgresql_leases_run_on_the_database_clock(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(postgres_url)
+    try:
+        store.append(events(3), deliver=True)
+        assert store.claim("a/1/x/1", limit=10, lease=60, max_age=1e9) is not None
+        # A sender whose clock runs an hour ahead still sees the live lease.
+        ahead = time.time() + 3600
+        monkeypatch.setattr(time, "time", lambda: ahead)
+        assert store.claimable() == 0
+        assert store.claim("b/1/x/1", limit=10, lease=60, max_age=1e9) is None
+    finally:
+        store.close()
