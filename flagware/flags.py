@@ -99,7 +99,10 @@ class Flags:
     _user_dict: dict[str, Any] | None = None
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
-    _start_response: Any = None
+    # Set by the request lifecycle (flagware.request) when a middleware will
+    # see the response: success events wait here for its status.
+    _held: list[Event] | None = None
+    _status: int | None = None  # the response status, once it started
 
     def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
         self._client = client
@@ -291,35 +294,18 @@ class Flags:
         """Log a custom event for this request's user (never raises)."""
         client = self._client
         try:
-            client.log(
-                Event(
-                    name,
-                    self._wire_user(),
-                    value=value,
-                    metadata=None if metadata is None else dict(metadata),
-                )
-            )
+            client.log(self._event(name, value, metadata))
         except Exception as exc:
             client.report(exc, "log_event")
 
-    # -- middleware hooks -------------------------------------------------------
-
-    def _start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        """The app's start_response: adds the stableID cookie if this request minted one."""
-        if self._minted is not None:
-            try:
-                headers.append(("Set-Cookie", self._set_cookie_header()))  # type: ignore[arg-type]
-            except Exception as exc:  # the response goes out without our cookie, never broken
-                self._client.report(exc, "cookie")
-        return self._start_response(status, headers, exc_info)
-
-    def _set_cookie_header(self) -> str | None:
-        if self._minted is None:
-            return None
-        client = self._client
-        secure = self._environ.get("wsgi.url_scheme") == "https"
-        return identity.cookie_header(
-            client.cookie_name, self._minted, secure=secure, max_age=client.cookie_max_age
+    def _event(
+        self, name: str, value: str | float | None, metadata: Mapping[str, Any] | None
+    ) -> Event:
+        return Event(
+            name,
+            self._wire_user(),
+            value=value,
+            metadata=None if metadata is None else dict(metadata),
         )
 
     def __repr__(self) -> str:

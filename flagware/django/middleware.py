@@ -9,14 +9,15 @@ is added to the response only when this request minted one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
+from flagware import request as lifecycle
 from flagware.django import conf
-from flagware.flags import Flags, _current
-from flagware.middleware import ENVIRON_KEY
+from flagware.flags import Flags
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -49,52 +50,57 @@ class FlagwareMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        flags = self._flags(request)
-        token = _current.set(flags)
+        flags, token = self._begin(request)
         try:
-            response = self.get_response(request)
+            # Django turns a view's exception (and a TemplateResponse that
+            # fails while rendering) into a response before it gets here.
+            response = cast(HttpResponseBase, self.get_response(request))
+        except BaseException:
+            lifecycle.finish(flags, failed=True)
+            raise
         finally:
-            _current.reset(token)
-        # The sync chain never returns an awaitable.
-        return self._set_cookie(flags, request, cast(HttpResponseBase, response))
+            lifecycle.end(token)
+        return self._respond(flags, request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         await _load_user(request)
-        flags = self._flags(request)
-        token = _current.set(flags)
+        flags, token = self._begin(request)
         try:
             response = await self.get_response(request)  # type: ignore[misc]
+        except BaseException:
+            lifecycle.finish(flags, failed=True)
+            raise
         finally:
-            _current.reset(token)
-        return self._set_cookie(flags, request, response)
+            lifecycle.end(token)
+        return self._respond(flags, request, response)
 
-    def _flags(self, request: HttpRequest) -> Flags:
+    def _begin(self, request: HttpRequest) -> tuple[Flags, Token[Flags | None]]:
         client = conf.get_client()
-        environ = _environ(request, client)
-        flags = Flags(client, environ)
-        request.META[ENVIRON_KEY] = flags
+        flags, token = lifecycle.begin(client, _environ(request, client))
+        request.META[lifecycle.KEY] = flags
         request.flags = flags  # type: ignore[attr-defined]
-        return flags
+        return flags, token
 
-    def _set_cookie(
+    def _respond(
         self, flags: Flags, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        # The status this request's client gets decides its success events.
+        cookie = lifecycle.respond(flags, response.status_code, secure=request.is_secure())
         minted = flags._minted
-        if minted is None:  # no flag was read, or the browser already has its ID
-            return response
-        client = flags._client
-        try:
-            response.set_cookie(
-                client.cookie_name,
-                minted,
-                max_age=client.cookie_max_age,
-                path="/",
-                secure=request.is_secure(),
-                httponly=True,
-                samesite="Lax",
-            )
-        except Exception as exc:  # the response goes out without our cookie, never broken
-            client.report(exc, "cookie")
+        if cookie is not None and minted is not None:  # this request minted the stableID
+            client = flags._client
+            try:
+                response.set_cookie(
+                    client.cookie_name,
+                    minted,
+                    max_age=client.cookie_max_age,
+                    path="/",
+                    secure=request.is_secure(),
+                    httponly=True,
+                    samesite="Lax",
+                )
+            except Exception as exc:  # the response goes out without our cookie, never broken
+                client.report(exc, "cookie")
         return response
 
 
@@ -113,8 +119,7 @@ def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
 
 
 def _forwarded_for(meta: dict[str, Any], hops: int) -> str | None:
-    values = [v.strip() for v in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if v.strip()]
-    return values[-hops] if len(values) >= hops else None
+    return lifecycle.forwarded_for(meta.get("HTTP_X_FORWARDED_FOR"), hops)
 
 
 async def _load_user(request: HttpRequest) -> None:
