@@ -38,7 +38,8 @@ SCOPE_KEY = request.KEY
 
 
 class FlagwareMiddleware:
-    """``app = FlagwareMiddleware(app, fw)``, or ``app.add_middleware(FlagwareMiddleware, client=fw)``.
+    """Wrap any ASGI 3 app: ``app = FlagwareMiddleware(app, fw)``; in Starlette and
+    FastAPI, ``app.add_middleware(FlagwareMiddleware, client=fw)``.
 
     Proxies: ``proxy_hops`` reads ``X-Forwarded-For`` from the headers exactly
     as the WSGI middleware does, into flagware's own copy of the address
