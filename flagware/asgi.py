@@ -130,14 +130,14 @@ class FlagwareMiddleware:
     async def _serve_diagnostics(
         self, environ: ScopeEnviron, flags: Flags, receive: Receive, send: Send
     ) -> None:
-        """The diagnostics page is a small WSGI app: run it in a thread (it reads SQLite)."""
+        """The diagnostics page is a WSGI app: rendered in a thread (it reads SQLite)."""
         body = await _read_body(receive)
         wsgi = environ.wsgi(body=body)
         wsgi[SCOPE_KEY] = flags
         if not self._diagnostics.handles(wsgi):  # refused or another path: the app answers
             await self.app(environ.scope, _replay(body, receive), send)
             return
-        status, headers, page = await _in_thread(_call_wsgi, self._diagnostics, wsgi)
+        status, headers, page = await _in_thread(self._diagnostics.render, wsgi)
         await send(
             {
                 "type": "http.response.start",
@@ -268,23 +268,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # http.disconnect when the client leaves
 
     return replay
-
-
-def _call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
-    started: list[Any] = []
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        started[:] = [int(status[:3]), headers]
-        return lambda data: None
-
-    result = app(environ, start_response)
-    try:
-        body = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return started[0], started[1], body
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

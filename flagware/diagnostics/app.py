@@ -118,6 +118,23 @@ class DiagnosticsApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self._app(environ, start_response)
 
+    def render(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The whole response at once, for adapters that are not WSGI (ASGI, Django)."""
+        started: list[Any] = []
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            started[:] = [int(status[:3]), list(headers)]
+            return lambda data: None
+
+        result = self(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return started[0], started[1], body
+
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # Checked again: the middleware asks handles() first, but nothing stops
         # a caller from mounting this app on its own.

@@ -8,12 +8,13 @@ is added to the response only when this request minted one.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from flagware import request as lifecycle
 from flagware.django import conf
@@ -43,6 +44,13 @@ class FlagwareMiddleware:
         if self.async_mode:
             # Django sees an async middleware and does not wrap it in a thread.
             markcoroutinefunction(self)
+        else:
+            # Only in the sync chain (WSGI): an async view runs in its own
+            # event loop there, where reading request.user is refused, so the
+            # user is loaded first. Under ASGI __acall__ awaits auser(), and
+            # no sync process_view means no thread hop per request.
+            self.process_view = self._process_view
+        self._diagnostics: tuple[Flagware, Any] | None = None
         # Built when Django loads the middleware, so a bad configuration fails
         # at start-up rather than on the first request that reads a flag.
         conf.get_client()
@@ -52,9 +60,15 @@ class FlagwareMiddleware:
             return self.__acall__(request)
         flags, token = self._begin(request)
         try:
-            # Django turns a view's exception (and a TemplateResponse that
-            # fails while rendering) into a response before it gets here.
-            response = cast(HttpResponseBase, self.get_response(request))
+            page = self._diagnostics_page(flags, request)
+            if page is not None:
+                response: HttpResponseBase = HttpResponse(page[2], status=page[0])
+                for name, value in page[1]:
+                    response[name] = value
+            else:
+                # Django turns a view's exception (and a TemplateResponse that
+                # fails while rendering) into a response before it gets here.
+                response = cast(HttpResponseBase, self.get_response(request))
         except BaseException:
             lifecycle.finish(flags, failed=True)
             raise
@@ -66,7 +80,16 @@ class FlagwareMiddleware:
         await _load_user(request)
         flags, token = self._begin(request)
         try:
-            response = await self.get_response(request)  # type: ignore[misc]
+            page = None
+            if self._diagnostics_app(flags._client, request) is not None:
+                # A thread only for the page's own path: it reads SQLite.
+                page = await sync_to_async(self._diagnostics_page)(flags, request)
+            if page is not None:
+                response = HttpResponse(page[2], status=page[0])
+                for name, value in page[1]:
+                    response[name] = value
+            else:
+                response = await self.get_response(request)  # type: ignore[misc]
         except BaseException:
             lifecycle.finish(flags, failed=True)
             raise
@@ -80,6 +103,44 @@ class FlagwareMiddleware:
         request.META[lifecycle.KEY] = flags
         request.flags = flags  # type: ignore[attr-defined]
         return flags, token
+
+    def _process_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
+        if iscoroutinefunction(view) and conf.REQUEST_KEY in request.META:
+            _load_user_sync(request)
+
+    def _diagnostics_app(self, client: Flagware, request: HttpRequest) -> Any:
+        """The diagnostics app when it is on and the path is its own (cheap checks only)."""
+        if not client.diagnostics:
+            return None
+        cached = self._diagnostics
+        if cached is None or cached[0] is not client:  # settings changed: a new client
+            from flagware.diagnostics import DiagnosticsApp
+
+            cached = self._diagnostics = (client, DiagnosticsApp(client))
+        app = cached[1]
+        return app if request.path_info.startswith(app.root) else None
+
+    def _diagnostics_page(
+        self, flags: Flags, request: HttpRequest
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """The diagnostics page, when enabled, asked for and allowed: the same app,
+        access rules and HTML as the WSGI and ASGI middlewares serve."""
+        app = self._diagnostics_app(flags._client, request)
+        if app is None:
+            return None
+        environ = {
+            **request.META,
+            "PATH_INFO": request.path_info,
+            "wsgi.url_scheme": request.scheme,
+            "wsgi.input": io.BytesIO(request.body),
+            lifecycle.KEY: flags,
+        }
+        if not app.handles(environ):  # refused: the app answers, as if it were off
+            return None
+        result: tuple[int, list[tuple[str, str]], bytes] = app.render(environ)
+        return result
 
     def _respond(
         self, flags: Flags, request: HttpRequest, response: HttpResponseBase
@@ -120,6 +181,21 @@ def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
 
 def _forwarded_for(meta: dict[str, Any], hops: int) -> str | None:
     return lifecycle.forwarded_for(meta.get("HTTP_X_FORWARDED_FOR"), hops)
+
+
+def _load_user_sync(request: HttpRequest) -> None:
+    """Load the user now, in the sync chain, before an async view runs."""
+    client = conf.get_client()
+    if not conf.uses_default_user(client) or conf.USER_KEY in request.META:
+        return
+    user = getattr(request, "user", None)
+    try:
+        # Touching the lazy user loads the session and the user here.
+        user = user if user is not None and user.is_authenticated else None
+    except Exception as exc:  # e.g. the session store is down: no user, never a broken page
+        client.report(exc, "user_id resolver")
+        user = None
+    request.META[conf.USER_KEY] = user
 
 
 async def _load_user(request: HttpRequest) -> None:
