@@ -164,3 +164,23 @@ def test_diagnostics_refused_requests_reach_the_app(diagnostics: Any) -> None:
 
 def test_diagnostics_off_by_default(fw: Any) -> None:
     assert Client(**LOCAL).get("/_flagware/").content == b"the app's own page"
+
+
+def not_health_checks(request: HttpRequest) -> bool:
+    return request.path != "/rendered"
+
+
+def test_exposure_filter_from_settings_takes_the_request(tmp_path: Path, spec_file: Path) -> None:
+    dotted = f"{__name__}.not_health_checks"
+    for client in flagware_settings(tmp_path, spec_file, exposure_filter=dotted):
+        assert Client().get("/rendered").status_code == 200  # reads a gate: filtered out
+        assert client.skipped_exposures == {"filter": 1}
+        client.flush()
+        assert [e["event"] for e in client.store.iter_events()] == ["rendered"]
+        broken = Client(raise_request_exception=False).get("/broken")  # reads it too: exposed
+        assert broken.status_code == 500
+        client.flush()
+        assert [e["event"] for e in client.store.iter_events()] == [
+            "rendered",
+            "statsig::gate_exposure",
+        ]
