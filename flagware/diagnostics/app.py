@@ -23,6 +23,7 @@ from flagware.diagnostics.html import (
     _error,
     _event_rows,
     _json,
+    _live_verdict,
     _row,
     _template,
     _unavailable,
@@ -302,12 +303,9 @@ class DiagnosticsApp:
                     self.client.report(exc, "diagnostics results")
                 sections.append(f"<h3>{escape(name)}</h3>" + _unavailable(str(exc)))
                 continue
-            verdict = escape(results.verdict)
             sections.append(
                 f'<section class="experiment-results" data-experiment="{escape(name)}">'
-                f"<h3>{escape(name)} &middot; "
-                f'<span class="verdict {verdict}">{verdict}</span></h3>'
-                f'<p class="muted">{escape("; ".join(results.reasons))}</p>'
+                + _live_verdict(name, results)
                 + (charts or '<p class="muted">No metrics in the spec\'s catalog.</p>')
                 + "</section>"
             )
