@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from flagware import identity
+from flagware import identity, qa
+from flagware.diagnostics import override
 from flagware.diagnostics.events import POLL_LIMIT, _read_events, _scrub
 from flagware.diagnostics.html import (
     _cells,
@@ -40,12 +41,12 @@ from flagware.diagnostics.http import (
     _script_name,
 )
 from flagware.events.store import connect
+from flagware.flags import OVERRIDE_RULE, Config, Flags
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from flagware.client import Flagware
-    from flagware.flags import Flags
 
 __all__ = ["DEFAULT_PATH", "DiagnosticsApp"]
 
@@ -56,6 +57,9 @@ POLL_SECONDS = 1.5
 TAIL = 50  # events on the page when it opens
 KEEP = 200  # rows the page keeps as new ones arrive
 LISTED_NAMES = 100  # gates and experiments listed from the Statsig specs
+
+
+_FAIL = '<span class="off">fail</span>'
 
 
 class DiagnosticsApp:
@@ -141,7 +145,10 @@ class DiagnosticsApp:
         # a caller from mounting this app on its own.
         if not self.handles(environ):
             return _not_found()(environ, start_response)
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "POST" and environ.get("PATH_INFO") == self.prefix + "override":
+            response = self._override(environ)
+        elif method not in ("GET", "HEAD"):
             response = Response("method not allowed\n", 405, mimetype="text/plain")
             response.headers["Allow"] = "GET, HEAD"
         else:
@@ -160,7 +167,30 @@ class DiagnosticsApp:
             return self._page(environ)
         if rest == "events.json":
             return self._events_json(environ)
+        if rest == "override":  # the form posts here; a GET goes back to the page
+            return _redirect(environ, self.prefix)
         return _not_found()
+
+    def _override(self, environ: WSGIEnvironment) -> Response:
+        flags: Flags | None = environ.get("flagware.flags")
+        if flags is None:
+            return _not_found()
+        gate_names, _, _ = self._names()
+        return override.handle_post(
+            self.client,
+            flags,
+            environ,
+            gate_names,
+            self._groups(),
+            _script_name(environ) + self.prefix,
+        )
+
+    def _groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        try:
+            return qa.experiment_groups(self.client.engine)
+        except Exception as exc:  # Statsig specs not downloaded yet: gates only
+            self.client.report(exc, "diagnostics")
+            return {}
 
     def _start_session(self, environ: WSGIEnvironment, response: Response) -> None:
         """Trade ``?token=`` for a cookie; the page's script drops it from the address bar.
@@ -203,10 +233,17 @@ class DiagnosticsApp:
             poll_seconds=f"{POLL_SECONDS:g}",
             keep=KEEP,
             results=self._results(),
+            override=self._override_section(flags),
         )
         response = Response(html, mimetype="text/html")
         response.headers["Content-Security-Policy"] = _csp(nonce)
         return response
+
+    def _override_section(self, flags: Flags | None) -> str:
+        if flags is None:
+            return '<p class="muted">Needs the flagware middleware.</p>'
+        gate_names, _, _ = self._names()
+        return override.section(self.client, flags, gate_names, self._groups())
 
     def _visitor_rows(self, environ: WSGIEnvironment, flags: Flags | None) -> str:
         if flags is None:
@@ -232,24 +269,32 @@ class DiagnosticsApp:
         gates, experiments = [], []
         for name in gate_names:
             try:
-                result = engine.gate(user, name)
+                forced = flags._forced_gate(name)  # a QA or test override, shown as such
+                if forced is None:
+                    result = engine.gate(user, name)
+                    passed, rule_id = result.value, result.rule_id
+                else:
+                    passed, rule_id = forced, OVERRIDE_RULE
                 value = (
-                    '<span class="on">pass</span>'
-                    if result.value
-                    else ('<span class="off">fail</span>')
+                    '<span class="on">pass</span>' if passed else '<span class="off">fail</span>'
                 )
-                gates.append(_cells(escape(name), value, _code(result.rule_id)))
+                gates.append(_cells(escape(name), value, _code(rule_id)))
             except Exception as exc:
                 gates.append(_cells(escape(name), _error(exc), ""))
         for name in experiment_names:
             try:
-                result = engine.config(user, name)
+                config = flags._forced_config(name)
+                if config is None:
+                    result = engine.config(user, name)
+                    config = Config(name, result.params, group=result.group)
                 group = (
-                    escape(result.group)
-                    if result.group
+                    escape(config.group)
+                    if config.group
                     else ('<span class="muted">not in the experiment</span>')
                 )
-                experiments.append(_cells(escape(name), group, _code(_json(result.params))))
+                if config.rule_id == OVERRIDE_RULE:
+                    group += ' <span class="pill">override</span>'
+                experiments.append(_cells(escape(name), group, _code(_json(config.params))))
             except Exception as exc:
                 experiments.append(_cells(escape(name), _error(exc), ""))
         if not gates:
