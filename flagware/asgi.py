@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from typing import TYPE_CHECKING, Any
 
 from flagware import request
-from flagware.flags import Flags, current_flags
+from flagware.flags import Flags, _current, current_flags
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -104,7 +104,7 @@ class FlagwareMiddleware:
         else:
             request.finish(flags)
         finally:
-            request.end(token)
+            _current.reset(token)
 
     # -- lifespan -------------------------------------------------------------------
 

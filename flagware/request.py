@@ -70,7 +70,8 @@ def respond(flags: Flags, status: int, *, secure: bool) -> str | None:
     """The response starts with ``status``: settle held events; the cookie to set, if any."""
     if flags._status is None:
         flags._status = status
-        _settle(flags, status < 400)
+        if flags._held:
+            _settle(flags, status < 400)
     if flags._minted is None:
         return None
     client = flags._client
