@@ -38,6 +38,7 @@ from flagware.results.command import add_parser, run
 from flagware.results.lock import record_started
 from flagware.results.stats import Z_DF_THRESHOLD
 from flagware.spec import Spec, parse_spec
+from tests.reference import brute_force_interval
 
 NOW = time.time_ns() // 1_000_000 // 1000 * 1000  # ms; guardrail freshness uses the clock
 HOUR = 3_600_000
@@ -185,10 +186,8 @@ def reference_test(
     if method == "score":  # Miettinen-Nurminen, with its N/(N-1) variance factor
         x_t, x_c = int(treated.sum()), int(control.sum())
         p = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True).pvalue
-        ci = smp.confint_proportions_2indep(
-            x_t, n_t, x_c, n_c, method="score", compare="diff", alpha=level, correction=True
-        )
-        return float(p), (float(ci[0]), float(ci[1]))
+        crit = sps.norm.ppf(1 - level / 2)
+        return float(p), brute_force_interval(x_t, n_t, x_c, n_c, crit, ratio=False)
     assert method == "welch"
     welch = sps.ttest_ind(treated, control, equal_var=False)
     student = sps.ttest_ind(treated, control, equal_var=True)
@@ -661,9 +660,11 @@ def namespace(
     store: Path,
     *,
     fmt: str = "text",
-    alpha: str = "0.1",
+    alpha: str = "0.05",
     output: Path | None = None,
     experiment: str = "button_color",
+    until: str | None = None,
+    sequential: bool | None = None,
 ) -> argparse.Namespace:
     return argparse.Namespace(
         experiment=experiment,
@@ -672,6 +673,8 @@ def namespace(
         alpha=alpha,
         format=fmt,
         output=None if output is None else str(output),
+        until=until,
+        sequential=sequential,
     )
 
 

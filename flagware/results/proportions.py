@@ -45,24 +45,26 @@ def _mn_factor(n_t: int, n_c: int) -> float:
 def _z_diff(d: float, x_t: int, n_t: int, x_c: int, n_c: int) -> float | None:
     """(p_t - p_c - d) / SE(d), SE from the proportions restricted to p_t - p_c = d."""
     p_t, p_c = x_t / n_t, x_c / n_c
-    n, x = n_t + n_c, x_t + x_c
     if d == 0.0:
-        r_c = r_t = x / n
+        r_c = r_t = (x_t + x_c) / (n_t + n_c)
     else:
-        # Farrington & Manning's cubic, solved in its trigonometric form.
-        a3 = float(n)
-        a2 = (n_t + 2 * n_c) * d - n - x
-        a1 = (x_c * d - n - 2 * x_c) * d + x
-        a0 = x_c * d * (1 - d)
-        q = (a2 / (3 * a3)) ** 3 - a1 * a2 / (6 * a3**2) + a0 / (2 * a3)
-        p = math.copysign(math.sqrt(max((a2 / (3 * a3)) ** 2 - a1 / (3 * a3), 0.0)), q)
-        if p == 0.0:
-            r_c = -a2 / (3 * a3)
+        # Farrington & Manning's cubic for the treatment rate under p_t - p_c = d,
+        # solved in its trigonometric form (as in SAS's documentation of the
+        # Farrington-Manning test; checked against direct maximisation).
+        ratio = n_c / n_t
+        a = 1.0 + ratio
+        b = -(1.0 + ratio + p_t + ratio * p_c + d * (ratio + 2.0))
+        c = d * d + d * (2.0 * p_t + ratio + 1.0) + p_t + ratio * p_c
+        e = -p_t * d * (1.0 + d)
+        v = b**3 / (27.0 * a**3) - b * c / (6.0 * a * a) + e / (2.0 * a)
+        u = math.copysign(math.sqrt(max(b * b / (9.0 * a * a) - c / (3.0 * a), 0.0)), v)
+        if u == 0.0:
+            r_t = -b / (3.0 * a)
         else:
-            angle = (math.pi + math.acos(max(-1.0, min(1.0, q / p**3)))) / 3
-            r_c = 2 * p * math.cos(angle) - a2 / (3 * a3)
-        r_c = min(max(r_c, 0.0), 1.0)
-        r_t = min(max(r_c + d, 0.0), 1.0)
+            w = (math.pi + math.acos(max(-1.0, min(1.0, v / u**3)))) / 3.0
+            r_t = 2.0 * u * math.cos(w) - b / (3.0 * a)
+        r_t = min(max(r_t, 0.0), 1.0)
+        r_c = min(max(r_t - d, 0.0), 1.0)
     var = (r_t * (1 - r_t) / n_t + r_c * (1 - r_c) / n_c) * _mn_factor(n_t, n_c)
     diff = p_t - p_c - d
     if var <= 0.0:
