@@ -44,7 +44,8 @@ from flagware.asgi import FlagwareMiddleware  # noqa: E402
 
 SPEC = ROOT / "examples" / "fastapi_demo" / "flagware.toml"
 STABLE_ID = "0123456789abcdef0123456789abcdef"
-START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+HEADERS = [(b"content-type", b"text/plain")]
+START = {"type": "http.response.start", "status": 200, "headers": HEADERS}
 BODY = {"type": "http.response.body", "body": b"ok"}
 
 

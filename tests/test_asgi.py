@@ -465,3 +465,26 @@ def test_lifespan_shutdown_under_uvicorn_closes_the_client(
     with EventStore(client.event_store_path) as store:
         mine = [e["event"] for e in store.iter_events() if e["stable_id"] == stable_id]
     assert sorted(mine) == ["clicked", "statsig::config_exposure", "statsig::gate_exposure"]
+
+
+def test_random_override_and_resolvers_see_the_scope(make_client: Any) -> None:
+    client = make_client(
+        allow_random_override=True,
+        user_id=lambda environ: environ["HTTP_X_USER"] + "@" + environ["asgi.scope"]["client"][0],
+    )
+    seen: list[tuple[str, str]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        flags = current_flags()
+        seen.append((flags.user_id, flags.stable_id))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    wrapped = FlagwareMiddleware(app, client)
+    run_asgi(wrapped, http_scope(headers=[(b"x-user", b"u-42")]), [])
+    rolled = http_scope(headers=[(b"x-user", b"u-42")])
+    rolled["query_string"] = b"random=1"
+    sent = run_asgi(wrapped, rolled, [])
+    assert seen[0][0] == "u-42@10.1.2.3"
+    assert seen[1][0] == seen[1][1] and len(seen[1][0]) == 32  # re-rolled for this request
+    assert not [v for k, v in sent[0]["headers"] if k == b"set-cookie"]  # never stored
