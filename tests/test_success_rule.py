@@ -221,3 +221,53 @@ def test_asgi_client_gone_mid_request_still_logs_what_the_view_did(client: Any) 
     with pytest.raises(RuntimeError):
         drive(AsgiMiddleware(failing_app, client))
     assert custom(client) == ["signed_up"]
+
+
+def test_falcon_asgi_app_status_on_the_response_object(client: Any) -> None:
+    import falcon.asgi
+
+    class Missing:
+        @log_event("falcon_asgi_missing")
+        async def on_get(self, req: Any, resp: Any) -> None:
+            current_flags().gate("everyone")
+            resp.status = falcon.HTTP_404
+
+    class Found:
+        @log_event("falcon_asgi_found")
+        async def on_get(self, req: Any, resp: Any) -> None:
+            resp.media = {"found": True}
+
+    app = falcon.asgi.App()
+    app.add_route("/missing", Missing())
+    app.add_route("/found", Found())
+    wrapped = AsgiMiddleware(app, client)
+    statuses = []
+    for path in ("/missing", "/found"):
+        sent: list[Any] = []
+
+        async def go(path: str = path, sent: list[Any] = sent) -> None:
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": path,
+                "query_string": b"",
+                "headers": [(b"host", b"example.test")],
+                "client": ("192.0.2.1", 1234),
+                "server": ("example.test", 80),
+            }
+
+            async def receive() -> Any:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            async def send(message: Any) -> None:
+                sent.append(message)
+
+            await wrapped(scope, receive, send)
+
+        asyncio.run(go())
+        statuses.append(sent[0]["status"])
+    assert statuses == [404, 200]
+    assert custom(client) == ["falcon_asgi_found"]
