@@ -4,6 +4,12 @@ Like the WSGI middleware it only creates an empty Flags object per request and
 sets the contextvar around the view; identity and evaluation happen when the
 view (or a template, or code it calls) first reads a flag. The stableID cookie
 is added to the response only when this request minted one.
+
+A thin adapter over :mod:`flagware.request`: the response it gets back from
+Django decides the view's success events (a ``TemplateResponse`` has been
+rendered by then, so a template that fails is a 500, not a success). With
+``diagnostics`` on it also serves the diagnostics page, the same app the WSGI
+and ASGI middlewares serve.
 """
 
 from __future__ import annotations
