@@ -72,13 +72,33 @@ class Overrides:
     def __init__(self) -> None:
         self.gates: dict[str, bool] = {}
         self.configs: dict[str, Config] = {}
+        self.defaults = False  # unforced gates False, unforced experiments their control
 
     def __bool__(self) -> bool:
-        return bool(self.gates or self.configs)
+        return bool(self.gates or self.configs or self.defaults)
 
     def clear(self) -> None:
         self.gates.clear()
         self.configs.clear()
+        self.defaults = False
+
+    def gate(self, name: str) -> bool | None:
+        """The forced value of gate ``name``, or None to evaluate it."""
+        forced = self.gates.get(name)
+        return False if forced is None and self.defaults else forced
+
+    def config(self, name: str, client: Flagware) -> Config | None:
+        """The forced value of config ``name``, or None to evaluate it."""
+        forced = self.configs.get(name)
+        if forced is None and self.defaults:
+            # The control group's params, as a unit outside the experiment sees.
+            spec = getattr(client.engine, "spec", None)
+            experiment = spec.experiments.get(name) if spec is not None else None
+            if experiment is None:
+                return Config(name, {}, rule_id=OVERRIDE_RULE)
+            control = experiment.control
+            return Config(name, control.params, group=control.name, rule_id=OVERRIDE_RULE)
+        return forced
 
 
 overrides = Overrides()
@@ -208,10 +228,11 @@ class Flags:
         value = False
         client = self._client
         try:
-            if overrides and name in overrides.gates:
+            forced = overrides.gate(name) if overrides else None
+            if forced is not None:
                 # As Statsig's override_gate: the value is forced, the exposure
                 # is still logged (ruleID "override"), so tests can assert on it.
-                value, rule_id, secondary = overrides.gates[name], OVERRIDE_RULE, []
+                value, rule_id, secondary = forced, OVERRIDE_RULE, []
             else:
                 result = client.engine.gate(self.statsig_user(), name)
                 value, rule_id = result.value, result.rule_id
@@ -248,7 +269,7 @@ class Flags:
         client = self._client
         config = Config(name, {})
         try:
-            forced = overrides.configs.get(name) if overrides else None
+            forced = overrides.config(name, client) if overrides else None
             if forced is not None:
                 # As Statsig's override_config: forced, and still an exposure.
                 # A copy per request, so a view that edits .params edits only its own.

@@ -195,7 +195,7 @@ def test_overrides_set_outside_the_fixture_survive_it(pytester: pytest.Pytester)
 def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(
-        ["plugins: *flagware-*", "*from flagware.testing*", "flagware_events*", "flagware_over*"]
+        ["plugins: *flagware-*", "*from flagware.testing*", "flagware_over*", "flagware_events*"]
     )
 
 
