@@ -115,7 +115,7 @@ def _is_exposure(event: Event) -> bool:
     return event.name.startswith("statsig::")
 
 
-class capture_events:  # noqa: N801 - used like a function, as contextlib's helpers
+class capture_events:  # lower case: used like a function, as contextlib's helpers
     """``with capture_events() as events:`` every event any client logs inside the block."""
 
     def __init__(self) -> None:
@@ -195,7 +195,7 @@ class _OverrideConfig(_Override):
             overrides.configs[self.config.name] = saved
 
 
-class override_gate(_Override):  # noqa: N801 - named like Django's override_settings
+class override_gate(_Override):  # lower case, like Django's override_settings
     """Gate ``name`` is ``value`` for every request, inside the block or decorated test."""
 
     def __init__(self, name: str, value: bool = True) -> None:
@@ -215,21 +215,21 @@ class override_gate(_Override):  # noqa: N801 - named like Django's override_set
             overrides.gates[self.name] = saved
 
 
-class override_experiment(_OverrideConfig):  # noqa: N801
+class override_experiment(_OverrideConfig):
     """Every request is in ``group`` of experiment ``name`` with ``params``."""
 
     def __init__(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
         super().__init__(Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE))
 
 
-class override_config(_OverrideConfig):  # noqa: N801
+class override_config(_OverrideConfig):
     """Dynamic config ``name`` has ``value`` for every request."""
 
     def __init__(self, name: str, value: Mapping[str, Any]) -> None:
         super().__init__(Config(name, dict(value), rule_id=OVERRIDE_RULE))
 
 
-class override_defaults(_Override):  # noqa: N801
+class override_defaults(_Override):
     """Unforced gates are False and unforced experiments their control (see
     :meth:`FlagwareOverrides.defaults`)."""
 
