@@ -214,7 +214,8 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
         with open(source, "rb") as f:
             data = tomllib.load(f)
     except FileNotFoundError:
-        raise SpecError(f"{source}: spec file not found") from None
+        where = "" if os.path.isabs(source) else f" (looked for {os.path.abspath(source)})"
+        raise SpecError(f"{source}: spec file not found{where}") from None
     except OSError as exc:
         raise SpecError(f"{source}: cannot read spec file: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
