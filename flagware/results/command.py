@@ -13,6 +13,7 @@ import math
 import sys
 from pathlib import Path
 
+from flagware.cli import add_spec_argument, add_store_argument
 from flagware.results.compute import ResultsError, compute_results
 from flagware.results.render import render
 from flagware.spec import SpecError, load_spec
@@ -30,15 +31,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " catalog. Exit code 3 when the launch is blocked, 2 on bad input, else 0.",
     )
     parser.add_argument("experiment", help="experiment name in the spec")
-    parser.add_argument("--spec", default="flagware.toml", help="spec file (default: %(default)s)")
-    parser.add_argument(
-        "--store", default=".flagware/events.db", help="SQLite event store (default: %(default)s)"
-    )
+    add_spec_argument(parser)  # $FLAGWARE_SPEC and $FLAGWARE_EVENT_STORE, as Flagware(...)
+    add_store_argument(parser)
     # A string, validated in run(): a bad value then gets the same one-line
     # message and exit code as every other bad input.
     parser.add_argument("--alpha", default="0.1", help="significance level (default: 0.1)")
-    parser.add_argument("--format", choices=("text", "json", "html"), default="text")
-    parser.add_argument("--output", help="write to this file instead of stdout")
+    parser.add_argument(
+        "--format", choices=("text", "json", "html"), default="text", help="(default: text)"
+    )
+    parser.add_argument("--output", metavar="PATH", help="write to this file instead of stdout")
     parser.set_defaults(func=run)
 
 
