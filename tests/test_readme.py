@@ -163,7 +163,9 @@ def test_django_recipe_passes(block: Block, sandbox: Path) -> None:
     assert result.returncode == 0 and f"Ran {tests} tests" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "toml"], ids=str)
+@pytest.mark.parametrize(
+    "block", [b for b in BLOCKS if b.lang == "toml" and not b.mode.startswith("skip")], ids=str
+)
 def test_toml_blocks_are_valid_specs(block: Block) -> None:
     parse_spec(tomllib.loads(block.code), source=str(block))
 
@@ -171,7 +173,7 @@ def test_toml_blocks_are_valid_specs(block: Block) -> None:
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "sh"], ids=str)
 def test_flagware_command_lines_parse(block: Block) -> None:
     parser = build_parser()
-    for line in block.code.splitlines():
+    for line in block.code.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
         if not words or Path(words[0]).name != "flagware":
             continue

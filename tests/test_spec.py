@@ -403,7 +403,7 @@ INVALID_SPECS = [
         EXPERIMENT + GROUPS + "alocation = 5",
         "experiments.e.alocation: unknown key (did you mean 'allocation'?)"
         " (expected one of: allocation, allocation_salt,"
-        " groups, restart, salt, targeting_gate, unit)",
+        " groups, restart, salt, sequential, targeting_gate, unit)",
     ),
     (
         EXPERIMENT + GROUPS + "allocation = 120",

@@ -43,6 +43,8 @@ and every problem is reported at once.
 - ``allocation_salt``  the salt deciding who is allocated; default derived from ``salt``, so
   a new salt reshuffles both. Set both to reproduce a Statsig experiment (its layer salt).
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
+- ``sequential``  ``true`` makes results always valid (a confidence sequence), so they
+  can be read at any time; default ``false`` (fixed horizon).
 - ``restart``  ``true`` starts a fresh analysis period (read by the results module);
   default ``false``. It does not change assignment.
 
@@ -50,7 +52,8 @@ and every problem is reported at once.
 
 - ``event``  the event name (required).
 - ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"`` or ``"mean"``.
-- ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail.
+- ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail,
+  ``"primary"`` a decision metric (none tagged: every non-guardrail metric is one).
 - ``direction``  ``"increase"`` (default) or ``"decrease"``: which way is better.
 - ``fresh_within``  hours, a positive number; guardrails only: how recent the data must be.
 

@@ -69,6 +69,7 @@ class ExperimentSpec:
     targeting_gate: str | None = None
     restart: bool = False
     allocation_salt: str | None = None  # None: derived from `salt`
+    sequential: bool = False  # always-valid results (read by the results module)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""

@@ -57,6 +57,7 @@ EXPERIMENT_KEYS = {
     "allocation_salt",
     "targeting_gate",
     "restart",
+    "sequential",
 }
 METRIC_KEYS = {"event", "kind", "tags", "direction", "fresh_within"}
 
@@ -234,6 +235,7 @@ class _Parser:
             groups=self.attempt(lambda: _groups(body, path), ()),
             targeting_gate=targeting,
             restart=self.attempt(lambda: _get(body, path, "restart", bool, False), False),
+            sequential=self.attempt(lambda: _get(body, path, "sequential", bool, False), False),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),
                 None,
@@ -252,6 +254,10 @@ class _Parser:
             if not isinstance(tag, str) or not tag:
                 self.problems.append(_Invalid(f"{path}.tags[{i}]", "must be a non-empty string"))
         fresh_within = self.attempt(lambda: _fresh_within(body, path, tags), None)
+        if "guardrail" in tags and "primary" in tags:
+            self.problems.append(
+                _Invalid(f"{path}.tags", 'a metric is either "primary" or "guardrail", not both')
+            )
         return MetricSpec(
             name=name,
             event=self.attempt(lambda: _nonempty(body, path, "event", "?"), ""),
