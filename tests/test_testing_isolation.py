@@ -88,6 +88,8 @@ def fingerprint(folder: Path) -> dict[str, str]:
 def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makefile(".toml", flagware=SPEC)
     pytester.makepyfile(app=APP, test_user=USER_TESTS)
+    # The app is imported before any test runs, as a conftest often does.
+    pytester.makeconftest("import app  # noqa: F401\n")
     for name in ("STATSIG_SERVER_SECRET", "FLAGWARE_SPEC", "FLAGWARE_EVENT_STORE"):
         monkeypatch.delenv(name, raising=False)
     # The app has run before: it has a store with events and its own key.
