@@ -8,7 +8,7 @@ says how to run it when it is not a plain script:
 - ``<!-- readme-test: pytest -->``: saved as a test module, run by pytest;
 - ``<!-- readme-test: django-settings -->``: a settings.py fragment;
 - ``<!-- readme-test: django-demo -->``: tests run by Django's runner against
-  ``examples/django_demo``;
+  ``examples/django_demo`` (with the README's ``FlagwareRunner``);
 - ``<!-- readme-test: skip REASON -->``: not run.
 
 TOML blocks must be valid specs; every ``flagware ...`` line of a shell block
@@ -151,8 +151,11 @@ def test_django_settings_fragment(block: Block, sandbox: Path) -> None:
 def test_django_recipe_passes(block: Block, sandbox: Path) -> None:
     module = f"test_readme_django_{block.line}"
     (sandbox / f"{module}.py").write_text(block.code)
+    before = app_state(sandbox)
+    runner = ["--testrunner", "flagware_runner.FlagwareRunner"]  # the README's, if it has one
     result = run(
-        [sys.executable, "-m", "django", "test", module, "-v", "2"],
+        [sys.executable, "-m", "django", "test", module, "-v", "2"]
+        + (runner if (sandbox / "flagware_runner.py").exists() else []),
         sandbox,
         PYTHONPATH=os.pathsep.join(
             [str(sandbox), str(ROOT / "examples" / "django_demo"), str(ROOT)]
@@ -161,6 +164,7 @@ def test_django_recipe_passes(block: Block, sandbox: Path) -> None:
     )
     tests = block.code.count("    def test_")
     assert result.returncode == 0 and f"Ran {tests} tests" in result.stderr, result.stderr
+    assert app_state(sandbox) == before
 
 
 @pytest.mark.parametrize(

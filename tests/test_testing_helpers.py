@@ -7,12 +7,14 @@ import io
 import unittest
 from typing import Any
 
+import pytest
 from werkzeug.test import Client
 
 from flagware import FlagwareMiddleware, current_flags
 from flagware.flags import overrides
 from flagware.testing import (
     capture_events,
+    isolate,
     override_config,
     override_defaults,
     override_experiment,
@@ -99,3 +101,20 @@ def test_capture_events(client: Any) -> None:
     read(client)  # after the block: not captured
     assert events.names(exposures=True) == ["statsig::config_exposure", "statsig::gate_exposure"]
     assert events.exposures[1].metadata["ruleID"] == "override"
+
+
+def test_isolate_for_other_runners(spec_file: Any, tmp_path: Any) -> None:
+    from flagware import Flagware
+    from flagware.client import TEST_HASH_KEY
+
+    with isolate() as root:
+        fw = Flagware(spec=spec_file, event_store=tmp_path / "app.db")
+        assert fw.isolated and fw.event_store_path.is_relative_to(root)
+        assert fw.hash_key == TEST_HASH_KEY.encode()
+        read(fw)
+        with pytest.raises(RuntimeError, match="already isolated"), isolate():
+            pass
+    assert fw._closed and not root.exists()
+    assert not (tmp_path / "app.db").exists()
+    with Flagware(spec=spec_file, event_store=tmp_path / "app.db", hash_key="k") as after:
+        assert not after.isolated

@@ -39,7 +39,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import shutil
+import tempfile
+import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flagware.flags import OVERRIDE_RULE, Config, listeners, overrides
@@ -52,6 +57,7 @@ __all__ = [
     "CapturedEvents",
     "FlagwareOverrides",
     "capture_events",
+    "isolate",
     "override_config",
     "override_defaults",
     "override_experiment",
@@ -128,6 +134,55 @@ class capture_events:  # lower case: used like a function, as contextlib's helpe
     def __exit__(self, *exc_info: object) -> None:
         # remove() compares bound methods by equality: exactly this list's append
         listeners.remove(self.events.append)
+
+
+class isolate:  # lower case: used like a function, as contextlib's helpers
+    """What the pytest plugin does for a test run, for any other runner.
+
+    Inside the block every new client stores its events in a fresh temporary
+    file, delivers nothing to Statsig and hashes with a fixed key (unless given
+    ``hash_key=``); on exit, the clients still open are closed and their files
+    removed. For Django's runner::
+
+        class FlagwareRunner(DiscoverRunner):
+            def run_tests(self, *args, **kwargs):
+                with isolate():
+                    return super().run_tests(*args, **kwargs)
+    """
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.label = "session"  # the plugin names a folder per test
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Path:
+        """A new client's store path (``flagware.client.isolated_store``)."""
+        assert self.root is not None  # only installed between enter and exit
+        with self._lock:
+            return self.root / f"{self.label}-{next(self._count)}" / "events.db"
+
+    def __enter__(self) -> Path:
+        from flagware import client
+
+        if client.isolated_store is not None:
+            raise RuntimeError("flagware clients are already isolated")
+        self.root = Path(tempfile.mkdtemp(prefix="flagware-tests-"))
+        client.isolated_store = self
+        return self.root
+
+    def __exit__(self, *exc_info: object) -> None:
+        from flagware import client
+
+        if client.isolated_store is self:
+            client.isolated_store = None
+        # Close what is still open before removing its stores, or exit would
+        # write to them again.
+        for live in list(client._live_clients):
+            if live.isolated:
+                live.close()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class _Override:

@@ -21,17 +21,12 @@ ini options (``pytest.ini``, ``[tool.pytest.ini_options]``):
 
 from __future__ import annotations
 
-import itertools
 import re
-import shutil
-import tempfile
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from flagware.testing import CapturedEvents, FlagwareOverrides, capture_events
+from flagware.testing import CapturedEvents, FlagwareOverrides, capture_events, isolate
 
 __all__ = ["flagware_events", "flagware_overrides"]
 
@@ -51,21 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-class _Isolation:
-    """Hands each new client a fresh store path, under the running test's directory."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="flagware-tests-"))
-        self.label = "session"  # clients made outside a test (at import, in session fixtures)
-        self._count = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> Path:
-        with self._lock:
-            return self.root / f"{self.label}-{next(self._count)}" / "events.db"
-
-
-_isolation: _Isolation | None = None
+_isolation: isolate | None = None
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -81,28 +62,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _start(config: pytest.Config) -> None:
     global _isolation
-    from flagware import client
-
     if _isolation is not None or not config.getini("flagware_isolate"):
         return
-    _isolation = _Isolation()
-    client.isolated_store = _isolation
+    _isolation = isolate()
+    _isolation.__enter__()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _isolation
-    from flagware import client
-
     isolation, _isolation = _isolation, None
-    if isolation is None:
-        return
-    client.isolated_store = None
-    # Close what the run left open before removing its stores, or exit would
-    # write to them again.
-    for live in list(client._live_clients):
-        if live.isolated:
-            live.close()
-    shutil.rmtree(isolation.root, ignore_errors=True)
+    if isolation is not None:
+        isolation.__exit__()
 
 
 @pytest.fixture(autouse=True)
