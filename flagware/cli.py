@@ -37,12 +37,13 @@ def default_store() -> str:
     return _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
 
 
-def add_spec_argument(parser: argparse.ArgumentParser) -> None:
+def add_spec_argument(parser: argparse.ArgumentParser, *, read: bool = True) -> None:
+    unused = "; not read by this command" if not read else ""
     parser.add_argument(
         "--spec",
         metavar="PATH",
         default=default_spec(),
-        help=f"the local spec file (default: $FLAGWARE_SPEC or {DEFAULT_SPEC})",
+        help=f"the local spec file (default: $FLAGWARE_SPEC or {DEFAULT_SPEC}{unused})",
     )
 
 
@@ -152,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         imported.add_parser(sub)
+    # Every command that works on the app's data takes the same two options,
+    # so a script can pass both to any of them.
+    for name, command in sub.choices.items():
+        options = {option for action in command._actions for option in action.option_strings}
+        if name != "demo" and "--spec" not in options:
+            add_spec_argument(command, read=False)
     return parser
 
 
