@@ -29,8 +29,8 @@ DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
 
-# Set by the pytest plugin (flagware.testing.plugin) for a test session: it
-# returns a fresh temporary store path for each new client. Isolated clients
+# Set for a test run by flagware.testing.isolate() (the pytest plugin uses it):
+# it returns a fresh temporary store path for each new client. Isolated clients
 # store there whatever their options say, deliver nothing to Statsig and hash
 # with TEST_HASH_KEY unless given a hash_key, so a test run never touches the
 # app's own store or key and gives the same flag values on every machine.

@@ -91,7 +91,7 @@ class Overrides:
         """The forced value of config ``name``, or None to evaluate it."""
         forced = self.configs.get(name)
         if forced is None and self.defaults:
-            # The control group's params, as a unit outside the experiment sees.
+            # The control group, by name and params, from the local spec.
             spec = getattr(client.engine, "spec", None)
             experiment = spec.experiments.get(name) if spec is not None else None
             if experiment is None:
