@@ -76,7 +76,7 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
         groups = [{ name = "A", weight = 60 }]
         targeting_gate = "c"
         [metrics.m]
-        kind = "ratio"
+        kind = "average"
         """
     )
     assert [p.split(": ")[1] for p in found] == [
@@ -85,8 +85,8 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
         "gates.a.unit",
         "gates.b.rollout",
         "experiments.e.groups",
-        "metrics.m.event",
         "metrics.m.kind",
+        "metrics.m.event",
         "experiments.e.targeting_gate",
     ]
 
@@ -165,3 +165,24 @@ def test_unknown_flag_names_warn_once_with_a_did_you_mean(
         "button_color": 3,
         "buton_color": 3,
     }
+
+
+def test_ratio_metric_problems_are_all_listed() -> None:
+    found = problems(
+        '[metrics.r]\nkind = "ratio"\nevent = "x"\nnumerator = { event = "buy", aggregate = "avg" }'
+    )
+    assert [p.split(": ", 2)[1] for p in found] == [
+        "metrics.r.denominator",
+        "metrics.r.event",
+        "metrics.r.numerator.aggregate",
+    ]
+    spec = spec_from(
+        '[metrics.r]\nkind = "ratio"\nnumerator = { event = "buy", aggregate = "sum" }\n'
+        'denominator = { event = "visit" }'
+    )
+    metric = spec.metrics["r"]
+    assert (metric.event, metric.denominator.event, metric.denominator.aggregate) == (
+        "buy",
+        "visit",
+        "count",
+    )

@@ -51,7 +51,12 @@ and every problem is reported at once.
 ``[metrics.<name>]``  a metric for results; metrics do not change the DCS.
 
 - ``event``  the event name (required).
-- ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"`` or ``"mean"``.
+- ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"``, ``"mean"`` or ``"ratio"``.
+- ``numerator``, ``denominator``  ratio metrics only, instead of ``event``: tables
+  ``{ event = "...", aggregate = "count" | "sum" }`` (default ``"count"``).
+- ``cuped_days``  days of pre-exposure data for CUPED, default 7; 0 turns it off.
+- ``cap_percentile``  sum and count metrics: per-unit values are capped at this
+  percentile of the experiment's units, default 99.9; 100 turns it off.
 - ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail,
   ``"primary"`` a decision metric (none tagged: every non-guardrail metric is one).
 - ``direction``  ``"increase"`` (default) or ``"decrease"``: which way is better.
@@ -70,6 +75,7 @@ from flagware.spec.compile import compile_dcs, gate_rule_id, group_rule_id
 from flagware.spec.model import (
     BUCKETS,
     Condition,
+    EventAggregate,
     ExperimentSpec,
     GateSpec,
     Group,
@@ -84,6 +90,7 @@ __all__ = [
     "BUCKETS",
     "ID_TYPES",
     "Condition",
+    "EventAggregate",
     "ExperimentSpec",
     "GateSpec",
     "Group",

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 ConditionKind = Literal["country", "browser", "os", "field", "tier"]
-MetricKind = Literal["conversion", "count", "sum", "mean"]
+MetricKind = Literal["conversion", "count", "sum", "mean", "ratio"]
+Aggregate = Literal["count", "sum"]
 Direction = Literal["increase", "decrease"]
 Scalar = str | int | float | bool
 
@@ -105,13 +106,25 @@ class ExperimentSpec:
 
 
 @dataclass(frozen=True)
+class EventAggregate:
+    """One side of a ratio metric: an event's count or the sum of its values, per unit."""
+
+    event: str
+    aggregate: Aggregate = "count"
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
-    event: str
+    event: str  # for ratio metrics, the numerator's event
     kind: MetricKind = "conversion"
     tags: tuple[str, ...] = ()
     direction: Direction = "increase"
     fresh_within: float | None = None  # hours; only meaningful for guardrails
+    numerator: EventAggregate | None = None  # ratio metrics only
+    denominator: EventAggregate | None = None
+    cuped_days: float = 7.0  # pre-exposure lookback for CUPED; 0 turns it off
+    cap_percentile: float = 99.9  # sum and count metrics: winsorize here; 100 turns it off
 
     @property
     def guardrail(self) -> bool:

@@ -26,9 +26,12 @@ from flagware.spec.model import (
 from flagware.spec.values import (
     ID_TYPES,
     NAME,
+    _cap_percentile,
     _check_buckets,
     _choice,
     _condition,
+    _cuped_days,
+    _event_aggregate,
     _fresh_within,
     _get,
     _groups,
@@ -59,7 +62,17 @@ EXPERIMENT_KEYS = {
     "restart",
     "sequential",
 }
-METRIC_KEYS = {"event", "kind", "tags", "direction", "fresh_within"}
+METRIC_KEYS = {
+    "event",
+    "kind",
+    "tags",
+    "direction",
+    "fresh_within",
+    "cuped_days",
+    "cap_percentile",
+    "numerator",
+    "denominator",
+}
 
 
 def load_spec(path: str | os.PathLike[str]) -> Spec:
@@ -245,10 +258,38 @@ class _Parser:
     def metric(self, name: str, body: Mapping[str, Any]) -> MetricSpec:
         path = f"metrics.{name}"
         self.known_keys(body, path, METRIC_KEYS)
-        if "event" not in body:
-            self.problems.append(
-                _Invalid(f"{path}.event", "missing (the name of the event to count)")
-            )
+        kind: MetricKind = self.attempt(
+            lambda: _choice(body, path, "kind", get_args(MetricKind), "conversion"), "conversion"
+        )
+        numerator = denominator = None
+        if kind == "ratio":
+            for key in ("numerator", "denominator"):
+                if key not in body:
+                    self.problems.append(
+                        _Invalid(f"{path}.{key}", 'missing (ratio metrics need { event = "..." })')
+                    )
+            if "event" in body:
+                self.problems.append(
+                    _Invalid(f"{path}.event", "ratio metrics name their numerator and denominator")
+                )
+            if "numerator" in body:
+                numerator = self.attempt(
+                    lambda: _event_aggregate(body["numerator"], f"{path}.numerator"), None
+                )
+            if "denominator" in body:
+                denominator = self.attempt(
+                    lambda: _event_aggregate(body["denominator"], f"{path}.denominator"), None
+                )
+        else:
+            for key in ("numerator", "denominator"):
+                if key in body:
+                    self.problems.append(
+                        _Invalid(f"{path}.{key}", 'only applies to kind = "ratio"')
+                    )
+            if "event" not in body:
+                self.problems.append(
+                    _Invalid(f"{path}.event", "missing (the name of the event to count)")
+                )
         tags: list[Any] = self.attempt(lambda: _get(body, path, "tags", list, []), [])
         for i, tag in enumerate(tags):
             if not isinstance(tag, str) or not tag:
@@ -258,17 +299,21 @@ class _Parser:
             self.problems.append(
                 _Invalid(f"{path}.tags", 'a metric is either "primary" or "guardrail", not both')
             )
+        event = numerator.event if numerator else ""
+        if kind != "ratio" and "event" in body:
+            event = self.attempt(lambda: _nonempty(body, path, "event", ""), "")
         return MetricSpec(
             name=name,
-            event=self.attempt(lambda: _nonempty(body, path, "event", "?"), ""),
-            kind=self.attempt(
-                lambda: _choice(body, path, "kind", get_args(MetricKind), "conversion"),
-                "conversion",
-            ),
+            event=event,
+            kind=kind,
             tags=tuple(tags),
             direction=self.attempt(
                 lambda: _choice(body, path, "direction", get_args(Direction), "increase"),
                 "increase",
             ),
             fresh_within=fresh_within,
+            numerator=numerator,
+            denominator=denominator,
+            cuped_days=self.attempt(lambda: _cuped_days(body, path), 7.0),
+            cap_percentile=self.attempt(lambda: _cap_percentile(body, path, kind), 99.9),
         )

@@ -6,9 +6,16 @@ import difflib
 import math
 import re
 from collections.abc import Collection, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 
-from flagware.spec.model import BUCKETS, Condition, ConditionKind, Group
+from flagware.spec.model import (
+    BUCKETS,
+    Aggregate,
+    Condition,
+    ConditionKind,
+    EventAggregate,
+    Group,
+)
 
 ID_TYPES = ("userID", "stableID")  # built in; others are declared in [flagware] custom_ids
 MAX_DEPTH = 32  # params nested deeper than this are a mistake (and a RecursionError risk)
@@ -41,6 +48,34 @@ def _fresh_within(body: Mapping[str, Any], path: str, tags: list[Any]) -> float 
     if "guardrail" not in tags:
         raise _Invalid(f"{path}.fresh_within", 'only applies to metrics tagged "guardrail"')
     return hours
+
+
+def _cuped_days(body: Mapping[str, Any], path: str) -> float:
+    days = _number(body.get("cuped_days", 7), f"{path}.cuped_days")
+    if not 0 <= days <= 365:
+        raise _Invalid(f"{path}.cuped_days", "must be between 0 (off) and 365 days")
+    return days
+
+
+def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float:
+    cap = _number(body.get("cap_percentile", 99.9), f"{path}.cap_percentile")
+    if not 50 <= cap <= 100:
+        raise _Invalid(f"{path}.cap_percentile", "must be between 50 and 100 (100: no cap)")
+    if "cap_percentile" in body and kind not in ("sum", "count"):
+        raise _Invalid(f"{path}.cap_percentile", 'only applies to kind "sum" or "count"')
+    return cap
+
+
+def _event_aggregate(raw: Any, path: str) -> EventAggregate:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(path, 'must be a table like { event = "purchase", aggregate = "sum" }')
+    _known_keys(raw, path, {"event", "aggregate"})
+    if "event" not in raw:
+        raise _Invalid(f"{path}.event", "missing (the name of the event)")
+    return EventAggregate(
+        event=_nonempty(raw, path, "event", ""),
+        aggregate=_choice(raw, path, "aggregate", get_args(Aggregate), "count"),
+    )
 
 
 def _unknown_key(path: str, key: str, allowed: Collection[str]) -> _Invalid:
