@@ -184,3 +184,26 @@ def test_flagware_command_lines_parse(block: Block) -> None:
         if words[1:] == ["--version"]:
             continue
         parser.parse_args(words[1:])  # raises SystemExit on anything it does not accept
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang == "django"], ids=str)
+def test_django_templates_compile(block: Block, sandbox: Path) -> None:
+    code = (
+        "import sys, django; django.setup()\n"
+        "from django.template import engines\n"
+        "engines['django'].from_string(sys.stdin.read())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=block.code,
+        cwd=sandbox,
+        env={
+            **env(),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "examples" / "django_demo"), str(ROOT)]),
+            "DJANGO_SETTINGS_MODULE": "demo.settings",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
