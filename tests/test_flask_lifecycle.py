@@ -71,15 +71,20 @@ def test_a_thousand_app_factories_keep_threads_and_fds_flat(
             time.sleep(3 * get_client(app).writer.flush_interval)
             app.test_client().get("/")
             get_client(app).flush()
+            gc.collect()  # what earlier tests left is not counted against this one
             baseline, files = resources(), open_files()
     client = get_client(app)
     client.flush()
-    assert resources() == baseline, Counter(open_files()) - Counter(files)
+    threads, fds = resources()
+    # Flat: nothing more than after the first ten apps (before the change,
+    # every app added a thread and two descriptors).
+    assert threads <= baseline[0] and fds <= baseline[1], Counter(open_files()) - Counter(files)
     assert client.store.count() == 2 * 1002  # one exposure and one event per request: none lost
     assert len(_shared) == 1
 
 
 def test_clients_of_discarded_apps_are_closed(spec_file: Path, tmp_path: Path) -> None:
+    gc.collect()
     before = resources()
     apps = [create_app(spec_file, tmp_path / f"{i}.db") for i in range(20)]
     for app in apps:
@@ -90,7 +95,7 @@ def test_clients_of_discarded_apps_are_closed(spec_file: Path, tmp_path: Path) -
     gc.collect()
     last = create_app(spec_file, tmp_path / "last.db")  # the next factory call closes them
     assert all(client._closed for client in clients.values())
-    assert resources()[0] == before[0]  # the new client has not started a thread yet
+    assert resources()[0] <= before[0]  # the new client has not started a thread yet
     for client in clients.values():  # closing stored what each app logged
         with EventStore(client.event_store_path) as store:
             assert store.count() == 2
