@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,12 +25,21 @@ if TYPE_CHECKING:
     from flagware.events.delivery import Delivery, DeliveryStats
     from flagware.identity import CustomResolver, UserResolver
     from flagware.spec import Spec
+    from flagware.visitors import ExposureFilter
 
 log = logging.getLogger("flagware")
 
 DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+
+# Set for a test run by flagware.testing.isolate() (the pytest plugin uses it):
+# it returns a fresh temporary store path for each new client. Isolated clients
+# store there whatever their options say, deliver nothing to Statsig and hash
+# with TEST_HASH_KEY unless given a hash_key, so a test run never touches the
+# app's own store or key and gives the same flag values on every machine.
+isolated_store: Callable[[], Path] | None = None
+TEST_HASH_KEY = "flagware-test-hash-key"
 
 
 class ConfigurationError(ValueError):
@@ -49,6 +58,14 @@ class Flagware:
     also come from the environment. Explicit arguments always win, so
     ``Flagware(spec=...)`` is the local engine even where
     ``STATSIG_SERVER_SECRET`` is set.
+
+    Lifecycle: whoever constructs a client owns it. A client holds a writer
+    thread, a store connection per thread that used it and, with Statsig, a
+    delivery thread and the SDK's threads; they start lazily, on the first
+    event or evaluation. Make one per process and configuration (at module
+    level, or through the Flask extension or Django settings, which share
+    one), and call :meth:`close` (or use ``with``) when you make clients in a
+    loop or per test; interpreter exit closes the ones left open.
     """
 
     def __init__(
@@ -63,6 +80,9 @@ class Flagware:
         hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
         user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
         user_custom: CustomResolver | None = None,  # environ -> custom fields for conditions
+        # environ -> False for requests whose flag reads are not exposures
+        # (health checks, internal traffic); bots, HEAD and prefetches never are.
+        exposure_filter: ExposureFilter | None = None,
         allow_random_override: bool = False,  # honour ?random=1 (lets anyone pick a group)
         cookie_name: str = "flagware_id",
         cookie_max_age: int = 365 * 24 * 3600,
@@ -99,10 +119,15 @@ class Flagware:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
             spec = _env("FLAGWARE_SPEC") or DEFAULT_SPEC
-        location = event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+        isolate = isolated_store
+        self.isolated = isolate is not None  # under the pytest plugin: see isolated_store
+        if isolate is not None:
+            location: str | os.PathLike[str] = isolate()
+        else:
+            location = event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
         self.event_store = os.fspath(location)  # the path or URL, as given
         self._shared_store = is_postgres_url(self.event_store)
-        # The SQLite file (diagnostics read it directly); a URL for PostgreSQL.
+        # The SQLite file; for PostgreSQL only a name (use event_store).
         self.event_store_path = Path(self.event_store)
         self.allow_random_override = allow_random_override
         self.cookie_name = cookie_name
@@ -112,12 +137,16 @@ class Flagware:
         self.tier = tier or _env("FLAGWARE_TIER")
         self.user_id_resolver = user_id
         self.custom_resolver = user_custom
+        self.exposure_filter = exposure_filter
         self.shutdown_timeout = shutdown_timeout
         self.diagnostics = diagnostics
         self.diagnostics_path = diagnostics_path
         self.diagnostics_token = diagnostics_token
         self.errors: Counter[str] = Counter()
         self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
+        # Exposures not logged because the request was no visitor, by reason:
+        # "bot", "method" (HEAD, OPTIONS), "prefetch", "filter" (exposure_filter).
+        self.skipped_exposures: Counter[str] = Counter()
         # Experiments this process has seen exposed, and the first exposure
         # times still to be recorded in the store (by the writer thread).
         self._started: set[str] = set()
@@ -128,7 +157,10 @@ class Flagware:
 
         # Opening connects nothing yet: each process connects on first use.
         self.store: Store = open_store(self.event_store)
-        key = hash_key if hash_key is not None else _env("FLAGWARE_HASH_KEY")
+        if hash_key is not None:
+            key: str | bytes | None = hash_key
+        else:
+            key = TEST_HASH_KEY if self.isolated else _env("FLAGWARE_HASH_KEY")
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
@@ -157,7 +189,7 @@ class Flagware:
                 key = self._local_hash_key()
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
 
-        if statsig_secret is not None:
+        if statsig_secret is not None and not self.isolated:
             from flagware.events.delivery import Delivery
 
             self.delivery = Delivery(

@@ -123,3 +123,10 @@ WHERE (%(restart)s::int = 1 AND (
         OR coalesce((m.value::jsonb ->> 'allocation')::float8, 0) > %(allocation)s))
    OR (m.value::jsonb ->> 'fingerprint' = %(fingerprint)s
         AND coalesce((m.value::jsonb ->> 'allocation')::float8, 0) < %(allocation)s)
+
+-- Experiments with a start record (flagware reset lists them).
+-- name: started_experiments
+SELECT substr(key, 12) FROM meta WHERE key LIKE 'experiment:%%' ORDER BY key
+
+-- name: meta_delete
+DELETE FROM meta WHERE key = %(key)s

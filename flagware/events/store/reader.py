@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,10 @@ class Dialect:
     def total(self, expr: str) -> str:
         """The sum of ``expr``, 0.0 (not NULL) over no or only NULL values."""
         return f"total({expr})" if self.name == "sqlite" else f"coalesce(sum({expr}), 0)"
+
+    def least(self, a: str, b: str) -> str:
+        """The smaller of two values (SQLite's two-argument min)."""
+        return f"min({a}, {b})" if self.name == "sqlite" else f"least({a}, {b})"
 
     def json_text(self, column: str, *keys: str) -> str:
         """The text at ``keys`` inside the JSON object in ``column`` (NULL if absent)."""
@@ -59,6 +63,13 @@ class Reader:
             # The analysis's SQL has no other "?" or "%": the placeholders are all.
             sql = sql.replace("?", "%s")
         return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        if self.dialect is POSTGRES:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(sql.replace("?", "%s"), list(rows))
+            return
+        self._conn.executemany(sql, rows)
 
     def analyze(self, table: str) -> None:
         """Give the planner a filled temporary table's statistics (PostgreSQL never

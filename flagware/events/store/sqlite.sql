@@ -96,3 +96,10 @@ WHERE (:restart AND (
         OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation))
    OR (json_extract(meta.value, '$.fingerprint') = :fingerprint
         AND coalesce(json_extract(meta.value, '$.allocation'), 0) < :allocation)
+
+-- Experiments with a start record (flagware reset lists them).
+-- name: started_experiments
+SELECT substr(key, 12) FROM meta WHERE key LIKE 'experiment:%' ORDER BY key
+
+-- name: meta_delete
+DELETE FROM meta WHERE key = :key
