@@ -67,10 +67,19 @@ def comparable(results: Any) -> dict[str, Any]:
     return data
 
 
+RATIO = {  # clicks per signup: a ratio metric (the delta method), both events summed per unit
+    "clicks_per_signup": {
+        "kind": "ratio",
+        "numerator": {"event": "click", "aggregate": "count"},
+        "denominator": {"event": "signup", "aggregate": "count"},
+    }
+}
+
+
 @pytest.mark.parametrize("unit", ["stableID", "userID", "companyID"])
 def test_postgresql_and_sqlite_agree(tmp_path: Path, postgres_url: str, unit: str) -> None:
     log = messy_log()
-    spec = make_spec(unit=unit)
+    spec = make_spec(unit=unit, metrics={**METRICS, **RATIO})
     sqlite = stored(log, str(tmp_path / "events.db"))
     postgres = stored(log, postgres_url)
     one = compute_results(spec, "button_color", sqlite, now=NOW)
