@@ -19,7 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [
     "flagware/py.typed",
-    "flagware/diagnostics_page.html",
+    "flagware/diagnostics/page.html",
+    "flagware/events/store/sqlite.sql",  # each store dialect's queries
+    "flagware/events/store/postgres.sql",
     "flagware/demo/app.py",
     "flagware/demo/flagware.toml",
     "flagware/testing/plugin.py",
