@@ -158,3 +158,19 @@ def test_diagnostics_page_reads_a_postgresql_store(make_client: Any, postgres_ur
     notes = [e["metadata"]["note"] for e in events if e["event"] == "clicked"]
     assert notes == ["a", "b"]
     assert "flagware diagnostics" in page(browser).text
+
+
+def test_check_and_reset_read_either_store(
+    store_location: str, spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flagware.spec import load_spec
+
+    spec = load_spec(spec_file)
+    record_started(store_location, spec.experiments["button_color"], time_ms=NOW - HOUR)
+    changed = spec_file.parent / "changed.toml"
+    changed.write_text(spec_file.read_text().replace('color = "red"', 'color = "pink"'))
+    assert main(["check", "--spec", str(spec_file), "--store", store_location]) == 0
+    assert main(["check", "--spec", str(changed), "--store", store_location]) == 2
+    assert "after the experiment started" in capsys.readouterr().err
+    assert main(["reset", "button_color", "--yes", "--store", store_location]) == 0
+    assert main(["check", "--spec", str(changed), "--store", store_location]) == 0
