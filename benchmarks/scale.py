@@ -167,7 +167,7 @@ def grow(location: str, have: int, size: int) -> None:
     store = open_store(location)
     store.count()  # schema ready
     conn = store._conn()  # type: ignore[attr-defined]
-    dialect = store.dialect  # type: ignore[attr-defined]
+    dialect = store.dialect
     start = time.time_ns() // 1_000_000 - 20 * 3_600_000
     params = {"start": start, "units": UNITS, "exposure": CONFIG_EXPOSURE}
     if have == 0:

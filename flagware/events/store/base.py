@@ -84,6 +84,7 @@ class Store(Protocol):
     forked child opens its own connections on first use."""
 
     location: str  # the path or URL it was opened with (passwords never included)
+    dialect: str  # "sqlite" or "postgres": which .sql file its named queries come from
 
     def append(self, events: Sequence[Event], *, deliver: bool = False) -> None: ...
     def iter_events(
