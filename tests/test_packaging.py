@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = [
     "flagware/py.typed",
-    "flagware/diagnostics_page.html",
+    "flagware/diagnostics/page.html",
     "flagware/demo/app.py",
     "flagware/demo/flagware.toml",
     "flagware/testing/plugin.py",
