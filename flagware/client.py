@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
-from flagware.engine import Engine, LocalEngine, StatsigEngine
+from flagware.engine import Engine, LocalEngine, LocalSpec, StatsigEngine
 from flagware.events.model import Event
 from flagware.events.store import EventStore, fork_guard
 from flagware.events.writer import EventWriter
@@ -28,6 +28,8 @@ log = logging.getLogger("flagware")
 DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+ENGINES = ("legacy", "core")
+EngineChoice = Literal["legacy", "core"]
 
 
 class ConfigurationError(ValueError):
@@ -54,6 +56,7 @@ class Flagware:
         spec: str | os.PathLike[str] | None = None,  # local spec file (FLAGWARE_SPEC)
         statsig_secret: str | None = None,  # STATSIG_SERVER_SECRET; selects the Statsig engine
         statsig_api: str | None = None,  # base URL override for proxies and tests (STATSIG_API)
+        engine: EngineChoice | None = None,  # the SDK that evaluates: FLAGWARE_ENGINE, "legacy"
         event_store: str | os.PathLike[str] | None = None,  # SQLite path (FLAGWARE_EVENT_STORE)
         hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
         user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
@@ -88,6 +91,16 @@ class Flagware:
                 "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
                 "secrets; print(secrets.token_urlsafe(32))'`)"
             )
+        engine = engine or _env("FLAGWARE_ENGINE") or "legacy"  # type: ignore[assignment]
+        if engine not in ENGINES:
+            raise ConfigurationError(f"engine must be 'legacy' or 'core', not {engine!r}")
+        if engine == "core":
+            from flagware.engine.core import require_core
+
+            try:
+                require_core()
+            except ImportError as exc:
+                raise ConfigurationError(str(exc)) from None
         if spec is None and statsig_secret is None:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
@@ -133,14 +146,24 @@ class Flagware:
                 )
             api = (statsig_api or _env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
             self.statsig_api: str | None = api
-            self.engine = StatsigEngine(
-                statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
-            )
+            if engine == "core":
+                from flagware.engine.core import CoreStatsigEngine
+
+                self.engine = CoreStatsigEngine(
+                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+                )
+            else:
+                self.engine = StatsigEngine(
+                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+                )
         else:
             assert spec is not None
             self.statsig_api = None
             # An experiment that has started may not change under its results.
-            self.engine = LocalEngine(spec, tier=self.tier, check=self._check_unchanged)
+            local = LocalEngine
+            if engine == "core":
+                from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
+            self.engine = local(spec, tier=self.tier, check=self._check_unchanged)
             if key is None:
                 key = self._local_hash_key()
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
@@ -181,7 +204,13 @@ class Flagware:
 
     @property
     def engine_name(self) -> str:
+        """Where the specs come from: "local" or "statsig"."""
         return self.engine.kind
+
+    @property
+    def engine_sdk(self) -> str:
+        """The SDK that evaluates them: "legacy" (the statsig package) or "core"."""
+        return self.engine.sdk
 
     def _local_hash_key(self) -> str:
         """The local engine's key: made once, kept beside the event store (mode 0600)."""
@@ -235,7 +264,7 @@ class Flagware:
 
     def _note_started(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
-        if isinstance(self.engine, LocalEngine):
+        if isinstance(self.engine, LocalSpec):
             self._started.add(experiment)
             self._pending_starts.setdefault(experiment, time_ms)
 
@@ -303,7 +332,7 @@ class Flagware:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Flagware engine={self.engine_name} store={str(self.event_store_path)!r}>"
+        return f"<Flagware engine={self.engine_name}/{self.engine_sdk} store={str(self.event_store_path)!r}>"
 
 
 # Strong references: a client dropped without close() must still be flushed at exit.
