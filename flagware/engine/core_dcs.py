@@ -5,7 +5,8 @@ conditions inline in each rule. Core rejects that (``invalid type: sequence,
 expected a map``); it wants specs in maps keyed by name and every condition
 stored once in ``condition_map``, referenced from rules by key. The evaluation
 fields are the same, so the conversion is mechanical and assignments do not
-change (the oracle test in tests/test_core_oracle.py holds both SDKs to it).
+change (the oracle test in tests/test_core_oracle.py holds both SDKs to it),
+except for the one difference between the SDKs themselves that it documents.
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ def to_v2(dcs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _spec(spec: Mapping[str, Any], conditions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    # The legacy SDK skips the rules of a disabled spec; Core does not look at
+    # `enabled` before evaluating rules (Statsig serves disabled specs to it
+    # without any), so a disabled spec goes over with none: default value,
+    # rule ID "disabled", as on the legacy SDK.
     rules = [
         {**rule, "conditions": [_key(c, conditions) for c in rule["conditions"]]}
-        for rule in spec["rules"]
+        for rule in (spec["rules"] if spec.get("enabled", True) else ())
     ]
     return {**spec, "rules": rules}
 
