@@ -85,11 +85,6 @@ class CoreSDK(Engine):
     def __init__(self) -> None:
         require_core()
         super().__init__()
-        # One options object per kind, reused: building them is not free.
-        self._gate_options = core.FeatureGateEvaluationOptions(disable_exposure_logging=True)
-        self._experiment_options = core.ExperimentEvaluationOptions(
-            disable_exposure_logging=True
-        )
 
     def _sdk_key(self) -> str:
         raise NotImplementedError
@@ -124,7 +119,11 @@ class CoreSDK(Engine):
         )
 
     def gate(self, user: Any, name: str) -> Evaluation:
-        raw = self.server()._INTERNAL_get_feature_gate(user, name, self._gate_options)
+        # No disable_exposure_logging option: with it, Core counts the check and
+        # POSTs a statsig::non_exposed_checks event to log_event_url at shutdown,
+        # even with disable_all_logging (measured, 0.24.2). Without it, the
+        # exposure is made and dropped by disable_all_logging: nothing is sent.
+        raw = self.server()._INTERNAL_get_feature_gate(user, name, None)
         return Evaluation(
             bool(raw.get("value")),
             {},
@@ -136,7 +135,7 @@ class CoreSDK(Engine):
     def config(self, user: Any, name: str) -> Evaluation:
         # get_experiment, not get_dynamic_config: only it reports the group and
         # secondary exposures, and it evaluates dynamic configs the same way.
-        raw = self.server()._INTERNAL_get_experiment(user, name, self._experiment_options)
+        raw = self.server()._INTERNAL_get_experiment(user, name, None)
         rule_id = raw.get("ruleID") or ""
         value = raw.get("value")
         return Evaluation(
@@ -181,6 +180,14 @@ class CoreLocalEngine(LocalSpec, CoreSDK):
             raise EngineStartError(f"the Core SDK did not accept the compiled spec: {reason}")
 
 
+def core_specs_url(api: str) -> str:
+    """Where Core downloads specs: the v2 endpoint beside the API's v1 base URL."""
+    api = api.rstrip("/")
+    if api.endswith("/v1"):
+        api = api[: -len("/v1")] + "/v2"
+    return f"{api}/download_config_specs"
+
+
 class CoreStatsigEngine(StatsigSource, CoreSDK):
     """Specs downloaded from Statsig (or ``statsig_api``) by Core itself."""
 
@@ -190,7 +197,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
     def _core_options(self) -> Any:
         api = (self.api or "https://statsigapi.net/v1").rstrip("/")
         return core.StatsigOptions(
-            specs_url=f"{api}/download_config_specs",
+            specs_url=core_specs_url(api),
             log_event_url=f"{api}/log_event",  # unused (logging is off), never a default host
             init_timeout_ms=int(self.init_timeout * 1000),
             disable_all_logging=True,  # flagware stores and delivers events itself
