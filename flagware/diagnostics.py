@@ -296,12 +296,9 @@ class DiagnosticsApp:
                     self.client.report(exc, "diagnostics results")
                 sections.append(f"<h3>{escape(name)}</h3>" + _unavailable(str(exc)))
                 continue
-            verdict = escape(results.verdict)
             sections.append(
                 f'<section class="experiment-results" data-experiment="{escape(name)}">'
-                f"<h3>{escape(name)} &middot; "
-                f'<span class="verdict {verdict}">{verdict}</span></h3>'
-                f'<p class="muted">{escape("; ".join(results.reasons))}</p>'
+                + _live_verdict(name, results)
                 + (charts or '<p class="muted">No metrics in the spec\'s catalog.</p>')
                 + "</section>"
             )
@@ -576,3 +573,27 @@ def _harden(response: Response) -> None:
     headers["Referrer-Policy"] = "no-referrer"
     headers["X-Frame-Options"] = "DENY"
     headers["X-Robots-Tag"] = "noindex"
+
+
+def _live_verdict(name: str, results: Any) -> str:
+    """The heading with the verdict, only where reading it at every refresh is valid.
+
+    This page recomputes results on every load. A sequential experiment's
+    intervals hold at every look; a fixed-horizon verdict read this way would
+    call noise significant far more often than alpha, so only a block (which
+    needs no significance: SRM, stale guardrails, crossovers) is shown live.
+    """
+    if results.sequential or results.verdict == "blocked":
+        verdict = escape(results.verdict)
+        return (
+            f'<h3>{escape(name)} &middot; <span class="verdict {verdict}">{verdict}</span></h3>'
+            f'<p class="muted">{escape("; ".join(results.reasons))}</p>'
+        )
+    return (
+        f"<h3>{escape(name)} &middot; "
+        '<span class="verdict fixed-horizon">fixed horizon</span></h3>'
+        '<p class="muted">Analysed at a fixed horizon: the verdict is valid once the'
+        " planned sample is reached, so it is not shown live (read it then with"
+        " <code>flagware results</code>). Set <code>sequential = true</code> on the"
+        " experiment to watch an always-valid verdict here.</p>"
+    )

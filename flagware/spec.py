@@ -40,6 +40,8 @@ is an error, so a typo never silently changes who sees what.
 - ``allocation_salt``  the salt deciding who is allocated; default derived from ``salt``, so
   a new salt reshuffles both. Set both to reproduce a Statsig experiment (its layer salt).
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
+- ``sequential``  ``true`` makes results always valid (a confidence sequence), so they
+  can be read at any time; default ``false`` (fixed horizon).
 - ``restart``  ``true`` starts a fresh analysis period (read by the results module);
   default ``false``. It does not change assignment.
 
@@ -47,7 +49,8 @@ is an error, so a typo never silently changes who sees what.
 
 - ``event``  the event name (required).
 - ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"`` or ``"mean"``.
-- ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail.
+- ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail,
+  ``"primary"`` a decision metric (none tagged: every non-guardrail metric is one).
 - ``direction``  ``"increase"`` (default) or ``"decrease"``: which way is better.
 - ``fresh_within``  hours, a positive number; guardrails only: how recent the data must be.
 
@@ -143,6 +146,7 @@ class ExperimentSpec:
     targeting_gate: str | None = None
     restart: bool = False
     allocation_salt: str | None = None  # None: derived from `salt`
+    sequential: bool = False  # always-valid results (read by the results module)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""
@@ -302,7 +306,7 @@ class _Parser:
     def experiment(self, name: str, body: Mapping[str, Any]) -> ExperimentSpec:
         path = f"experiments.{name}"
         keys = {"unit", "allocation", "groups", "salt", "allocation_salt", "targeting_gate"}
-        _known_keys(body, path, keys | {"restart"})
+        _known_keys(body, path, keys | {"restart", "sequential"})
         allocation = _percent(body, path, "allocation", 100.0)
         _check_buckets(allocation, f"{path}.allocation")
         salt = _nonempty(body, path, "salt", derived_salt("experiment", name))
@@ -317,6 +321,7 @@ class _Parser:
             groups=_groups(body, path),
             targeting_gate=targeting,
             restart=_get(body, path, "restart", bool, False),
+            sequential=_get(body, path, "sequential", bool, False),
             allocation_salt=_nonempty(
                 body, path, "allocation_salt", derived_salt("allocation", salt)
             ),
@@ -338,6 +343,8 @@ class _Parser:
                 raise _Invalid(f"{path}.fresh_within", "must be a positive number of hours")
             if "guardrail" not in tags:
                 raise _Invalid(f"{path}.fresh_within", 'only applies to metrics tagged "guardrail"')
+        if "guardrail" in tags and "primary" in tags:
+            raise _Invalid(f"{path}.tags", 'a metric is either "primary" or "guardrail", not both')
         return MetricSpec(
             name=name,
             event=_nonempty(body, path, "event", ""),

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy import stats as sps
+from statsmodels.stats import proportion as smp
 
 from flagware.events.model import CONFIG_EXPOSURE, Event
 from flagware.events.store import EventStore
@@ -37,10 +38,11 @@ from flagware.results.command import add_parser, run
 from flagware.results.lock import record_started
 from flagware.results.stats import Z_DF_THRESHOLD
 from flagware.spec import Spec, parse_spec
+from tests.reference import brute_force_interval
 
 NOW = time.time_ns() // 1_000_000 // 1000 * 1000  # ms; guardrail freshness uses the clock
 HOUR = 3_600_000
-ALPHA = 0.1
+ALPHA = 0.05  # the default
 
 METRICS: dict[str, dict[str, Any]] = {
     "signed_up": {"event": "signup", "kind": "conversion", "tags": ["core"]},
@@ -111,18 +113,25 @@ def independent_samples(
         return e.user_id if unit_key == "userID" else e.user["customIDs"].get(unit_key)
 
     first: dict[str, Event] = {}
+    seen: dict[str, set[str]] = {}
     for e in sorted(events, key=lambda e: e.time):  # stable: storage order breaks ties
         u = unit_of(e)
-        if e.name == CONFIG_EXPOSURE and e.exposure == exp and u is not None and u not in first:
-            first[u] = e
+        if e.name != CONFIG_EXPOSURE or e.exposure != exp or u is None:
+            continue
+        if (e.metadata or {}).get("ruleID") == "override" or e.time > NOW:
+            continue
+        first.setdefault(u, e)
+        if e.group is not None:
+            seen.setdefault(u, set()).add(e.group)
+    crossovers = {u for u, groups in seen.items() if len(groups) > 1}
     values: dict[str, list[float]] = {}
     for u, exposure in first.items():
-        if exposure.group is None:
+        if exposure.group is None or u in crossovers:
             continue
         mine = [
             e
             for e in events
-            if e.name == event_name and unit_of(e) == u and e.time >= exposure.time
+            if e.name == event_name and unit_of(e) == u and exposure.time <= e.time <= NOW
         ]
         valued = [float(e.value) for e in mine if isinstance(e.value, int | float)]
         if kind == "conversion":
@@ -169,6 +178,31 @@ def random_log(seed: int, units: int = 300, effect: float = 0.0) -> Log:
     return log
 
 
+def reference_test(
+    method: str | None, treated: np.ndarray, control: np.ndarray, level: float
+) -> tuple[float, tuple[float, float]]:
+    """(p, interval at ``level``) from scipy or statsmodels, for the method flagware chose."""
+    n_t, n_c = len(treated), len(control)
+    if method == "score":  # Miettinen-Nurminen, with its N/(N-1) variance factor
+        x_t, x_c = int(treated.sum()), int(control.sum())
+        p = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True).pvalue
+        crit = sps.norm.ppf(1 - level / 2)
+        return float(p), brute_force_interval(x_t, n_t, x_c, n_c, crit, ratio=False)
+    assert method == "welch"
+    welch = sps.ttest_ind(treated, control, equal_var=False)
+    student = sps.ttest_ind(treated, control, equal_var=True)
+    se_welch = math.sqrt(treated.var(ddof=1) / n_t + control.var(ddof=1) / n_c)
+    se_pooled = abs((treated.mean() - control.mean()) / student.statistic)
+    ref = student if se_pooled > se_welch else welch
+    delta = treated.mean() - control.mean()
+    if ref.df > Z_DF_THRESHOLD:
+        se = max(se_pooled, se_welch)
+        z = sps.norm.ppf(1 - level / 2)
+        return 2 * sps.norm.sf(abs(delta / se)), (delta - z * se, delta + z * se)
+    ci = ref.confidence_interval(confidence_level=1 - level)
+    return float(ref.pvalue), (float(ci.low), float(ci.high))
+
+
 def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> int:
     """Assert every metric row matches the independent computation; returns rows checked."""
     checked = 0
@@ -181,23 +215,21 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
             assert row.mean == pytest.approx(treated.mean(), rel=1e-9)
             assert row.control_mean == pytest.approx(control.mean(), rel=1e-9)
             assert row.delta == pytest.approx(treated.mean() - control.mean(), rel=1e-9, abs=1e-12)
-            ref = sps.ttest_ind(treated, control, equal_var=False)
-            if ref.df > Z_DF_THRESHOLD:
-                se = math.sqrt(
-                    treated.var(ddof=1) / len(treated) + control.var(ddof=1) / len(control)
-                )
-                z = sps.norm.ppf(1 - ALPHA / 2)
-                p, lo, hi = (
-                    2 * sps.norm.sf(abs(row.delta / se)),
-                    row.delta - z * se,
-                    row.delta + z * se,
-                )
-            else:
-                ci = ref.confidence_interval(confidence_level=1 - ALPHA)
-                p, lo, hi = ref.pvalue, ci.low, ci.high
+            expected_method = "score" if metric.kind == "conversion" else "welch"
+            assert row.method == expected_method
+            p, (lo, hi) = reference_test(row.method, treated, control, row.ci_alpha)
             assert row.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
-            assert row.ci == pytest.approx((lo, hi), rel=1e-7, abs=1e-12)
-            assert row.significant == (p < ALPHA)
+            assert row.ci == pytest.approx((lo, hi), rel=1e-6, abs=1e-9)
+            if metric.role == "decision":
+                size = metric.family_size
+                assert row.ci_alpha == pytest.approx(results.alpha / size)
+                assert row.p_value_adjusted == pytest.approx(min(1.0, p * size), rel=1e-6)
+            assert row.significant == (lo > 0 or hi < 0)
+            assert row.significant == (row.p_value_adjusted < results.alpha)
+            if row.significant:
+                assert row.relative_ci is not None
+                assert (row.relative_ci[0] > 0) == (row.ci[0] > 0)
+                assert (row.relative_ci[1] < 0) == (row.ci[1] < 0)
             checked += 1
     return checked
 
@@ -220,7 +252,7 @@ def test_numbers_match_an_independent_computation(tmp_path: Path, seed: int) -> 
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log = Log()
     log.expose(1, "Control", NOW - 10 * HOUR)
-    log.expose(1, "Red", NOW - 9 * HOUR)  # ignored: the unit stays in Control
+    log.expose(1, "Control", NOW - 9 * HOUR)  # a repeat exposure changes nothing
     log.log(1, "click", NOW - 11 * HOUR)  # before exposure: ignored
     log.log(1, "click", NOW - 10 * HOUR)  # at the exposure: counts
     log.log(1, "click", NOW - 8 * HOUR)
@@ -229,12 +261,18 @@ def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log.log(2, "click", NOW - 8 * HOUR)
     log.expose(3, "Red", NOW - 10 * HOUR, exp="other_experiment")  # another experiment
     log.expose(4, "Red", NOW - 10 * HOUR)
+    log.expose(5, "Red", NOW - 10 * HOUR)  # a crossover: counted, left out
+    log.expose(5, "Control", NOW - 9 * HOUR)
+    log.log(5, "click", NOW - 8 * HOUR)
     spec = make_spec(metrics={"clicks": {"event": "click", "kind": "count"}})
     results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
     assert {g.name: g.units for g in results.groups} == {"Control": 1, "Red": 1}
+    assert results.crossover_units == 1
     row = results.metrics[0].results[0]
     assert (row.group, row.control_mean, row.mean) == ("Red", 2.0, 0.0)
     assert row.p_value is None and row.ci is None  # one unit per group: no test
+    assert row.note == "needs at least 10 units in each group"
+    assert results.verdict == "blocked"  # 1 crossover in 3 units is far above 1%
 
 
 @pytest.mark.parametrize("unit", ["userID", "companyID"])
@@ -536,7 +574,7 @@ def test_text_table_is_aligned(results: Any) -> None:
     header, separator = lines[top], lines[top + 1]
     rows = lines[top + 2 : top + 2 + len(METRICS)]
     spans = [m.span() for m in re.finditer(r"-+", separator)]
-    assert len(spans) == 12
+    assert len(spans) == 14
     left = {0, 1, 2, len(spans) - 1}  # metric, kind, group, result
     for line in [header, *rows]:
         for (_, end), (nxt, _) in itertools.pairwise(spans):

@@ -1,9 +1,10 @@
-"""flagware.results.stats against scipy, plus A/A and coverage simulations.
+"""flagware.results.stats and .inference against scipy, plus A/A and coverage simulations.
 
 The simulations draw data with numpy and hand the library the same summary
-statistics (n, sum, sum of squares) the SQL aggregation returns, so thousands
-of experiments run in a second or two. End-to-end SQL simulations live in
-test_results.py.
+statistics (n, mean, sum of squared deviations) the SQL aggregation returns, so
+thousands of experiments run in a second or two. End-to-end SQL simulations
+live in test_results.py; the catalog-wide decision simulations in
+test_results_decisions.py.
 """
 
 from __future__ import annotations
@@ -13,15 +14,34 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as sps
+from scipy.optimize import brentq
 
 from flagware.results import stats
-from flagware.results.stats import Sample, compare_means, srm_test
+from flagware.results.inference import estimate
+from flagware.results.stats import Sample, srm_test
 
 ALPHA = 0.1
 
 
 def sample(values: np.ndarray) -> Sample:
-    return Sample(len(values), float(values.sum()), float((values * values).sum()))
+    return Sample.from_values([float(v) for v in values])
+
+
+class Compared:
+    """One comparison at one level, as the results show it."""
+
+    def __init__(self, t: Sample, c: Sample, alpha: float, kind: str = "sum") -> None:
+        est = estimate(kind, t, c) if min(t.n, c.n) >= 2 else None
+        self.delta = t.mean - c.mean
+        self.p_value = est.p_value if est else None
+        self.df = est.df if est else None
+        self.method = est.method if est else None
+        self.relative = est.relative if est else None
+        self.ci, self.relative_ci = est.intervals(alpha) if est else (None, None)
+
+
+def compare_means(t: Sample, c: Sample, alpha: float, kind: str = "sum") -> Compared:
+    return Compared(t, c, alpha, kind)
 
 
 # --- special functions and distributions ---------------------------------------------
@@ -74,25 +94,42 @@ def test_bad_arguments_raise() -> None:
 # --- Welch interval and p-value --------------------------------------------------------
 
 
-def scipy_welch(t: np.ndarray, c: np.ndarray, alpha: float) -> tuple[float, float, float, float]:
-    """p, ci low, ci high, df: scipy's Welch test, or its normal version above the threshold."""
-    res = sps.ttest_ind(t, c, equal_var=False)
+def scipy_two_sample(
+    t: np.ndarray, c: np.ndarray, alpha: float
+) -> tuple[float, float, float, float]:
+    """p, ci low, ci high, df: Welch's test, or Student's where its standard error is larger."""
+    welch = sps.ttest_ind(t, c, equal_var=False)
+    student = sps.ttest_ind(t, c, equal_var=True)
+    delta = t.mean() - c.mean()
+    se_welch = math.sqrt(t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c))
+    se_pooled = abs(delta / student.statistic)
+    res, se = (student, se_pooled) if se_pooled > se_welch else (welch, se_welch)
     if res.df > stats.Z_DF_THRESHOLD:
-        delta = t.mean() - c.mean()
-        se = math.sqrt(t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c))
         z = sps.norm.ppf(1 - alpha / 2)
         return 2 * sps.norm.sf(abs(delta / se)), delta - z * se, delta + z * se, math.inf
     ci = res.confidence_interval(confidence_level=1 - alpha)
     return float(res.pvalue), float(ci.low), float(ci.high), float(res.df)
 
 
-def scipy_relative_ci(t: np.ndarray, c: np.ndarray, alpha: float, df: float) -> tuple[float, float]:
-    """Delta-method interval of mean_t / mean_c - 1, with scipy's quantile."""
+def fieller_by_inversion(
+    t: np.ndarray, c: np.ndarray, crit: float, pooled: bool
+) -> tuple[float, float] | None:
+    """Lift interval found numerically: every lift whose Fieller statistic is within crit."""
     mt, mc = t.mean(), c.mean()
-    var = t.var(ddof=1) / len(t) / mc**2 + mt**2 * c.var(ddof=1) / len(c) / mc**4
-    q = sps.norm.ppf(1 - alpha / 2) if math.isinf(df) else sps.t.ppf(1 - alpha / 2, df)
-    rel = mt / mc - 1
-    return rel - q * math.sqrt(var), rel + q * math.sqrt(var)
+    vt, vc = t.var(ddof=1) / len(t), c.var(ddof=1) / len(c)
+    if pooled:
+        s2 = ((len(t) - 1) * t.var(ddof=1) + (len(c) - 1) * c.var(ddof=1)) / (len(t) + len(c) - 2)
+        vt, vc = s2 / len(t), s2 / len(c)
+
+    def excess(r: float) -> float:  # > 0 outside the interval
+        return (mt - r * mc) ** 2 - crit**2 * (vt + r * r * vc)
+
+    point = mt / mc
+    lo = brentq(excess, point - 1e3 * abs(point) - 1, point) if excess(-1e9) > 0 else None
+    hi = brentq(excess, point, point + 1e3 * abs(point) + 1) if excess(1e9) > 0 else None
+    if lo is None or hi is None:
+        return None
+    return lo - 1, hi - 1
 
 
 SIZES = [(2, 2), (2, 5), (3, 3), (5, 9), (12, 30), (100, 80), (700, 650), (5000, 4000)]
@@ -101,48 +138,54 @@ SIZES = [(2, 2), (2, 5), (3, 3), (5, 9), (12, 30), (100, 80), (700, 650), (5000,
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize(("n_t", "n_c"), SIZES)
 @pytest.mark.parametrize("alpha", [0.1, 0.05, 0.01])
-def test_welch_matches_scipy(seed: int, n_t: int, n_c: int, alpha: float) -> None:
+def test_mean_comparison_matches_scipy(seed: int, n_t: int, n_c: int, alpha: float) -> None:
     rng = np.random.default_rng(seed * 1000 + n_t)
     t = rng.normal(10.3, rng.uniform(0.5, 3), n_t)
     c = rng.lognormal(2.3, rng.uniform(0.1, 0.6), n_c)  # skewed, unequal variance
     got = compare_means(sample(t), sample(c), alpha)
-    p, lo, hi, df = scipy_welch(t, c, alpha)
+    p, lo, hi, df = scipy_two_sample(t, c, alpha)
     assert got.delta == pytest.approx(t.mean() - c.mean(), rel=1e-9)
     assert got.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
     assert got.ci is not None
     assert got.ci[0] == pytest.approx(lo, rel=1e-7)
     assert got.ci[1] == pytest.approx(hi, rel=1e-7)
     assert (got.df or math.inf) == pytest.approx(df, rel=1e-7)
-    rlo, rhi = scipy_relative_ci(t, c, alpha, df)
+    crit = sps.norm.ppf(1 - alpha / 2) if math.isinf(df) else sps.t.ppf(1 - alpha / 2, df)
     assert got.relative == pytest.approx(t.mean() / c.mean() - 1, rel=1e-9)
-    assert got.relative_ci is not None
-    assert got.relative_ci[0] == pytest.approx(rlo, rel=1e-7, abs=1e-12)
-    assert got.relative_ci[1] == pytest.approx(rhi, rel=1e-7, abs=1e-12)
+    student = sps.ttest_ind(t, c, equal_var=True)
+    se_pooled = abs((t.mean() - c.mean()) / student.statistic)
+    pooled = se_pooled > math.sqrt(t.var(ddof=1) / len(t) + c.var(ddof=1) / len(c))
+    expected = fieller_by_inversion(t, c, crit, pooled)
+    if expected is None:
+        assert got.relative_ci is None
+    else:
+        assert got.relative_ci == pytest.approx(expected, rel=1e-7, abs=1e-9)
+    # One story: the lift interval excludes 0 exactly when the delta interval does.
+    if got.relative_ci is not None:
+        assert (got.ci[0] > 0) == (got.relative_ci[0] > 0)
+        assert (got.ci[1] < 0) == (got.relative_ci[1] < 0)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_welch_on_conversions_matches_scipy(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    for n in (4, 40, 400, 4000):
-        t = (rng.random(n) < 0.3).astype(float)
-        c = (rng.random(n + 7) < 0.25).astype(float)
-        if t.var() == 0 or c.var() == 0:
-            continue
-        got = compare_means(sample(t), sample(c), ALPHA)
-        p, lo, hi, _ = scipy_welch(t, c, ALPHA)
-        assert got.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
-        assert got.ci == pytest.approx((lo, hi), rel=1e-7)
+def test_large_offsets_keep_their_variance() -> None:
+    """1e9 + N(0, 1): the naive sum-of-squares variance cancels; two passes do not."""
+    rng = np.random.default_rng(8)
+    t = 1e9 + rng.normal(0.1, 1.0, 4000)
+    c = 1e9 + rng.normal(0.0, 1.0, 4000)
+    got = compare_means(sample(t), sample(c), 0.05)
+    p, lo, hi, _ = scipy_two_sample(t - 1e9, c - 1e9, 0.05)
+    assert got.ci == pytest.approx((lo, hi), rel=1e-4)
+    assert got.p_value == pytest.approx(p, rel=1e-4)
 
 
 def test_degenerate_samples_give_no_test() -> None:
-    one = Sample(1, 5.0, 25.0)
-    many = Sample(10, 50.0, 260.0)
+    one = Sample.from_values([5.0])
+    many = sample(np.array([4.0, 6.0] * 5))
     assert compare_means(one, many, ALPHA).p_value is None
-    constant = Sample(10, 30.0, 90.0)  # ten 3s
-    result = compare_means(constant, Sample(10, 20.0, 40.0), ALPHA)  # ten 2s
+    constant = sample(np.full(10, 3.0))
+    result = compare_means(constant, sample(np.full(10, 2.0)), ALPHA)
     assert result.delta == 1.0
     assert result.p_value is None and result.ci is None
-    zero_control = compare_means(many, Sample(5, 0.0, 0.0), ALPHA)
+    zero_control = compare_means(many, sample(np.zeros(5)), ALPHA)
     assert zero_control.p_value is not None
     assert zero_control.relative is None and zero_control.relative_ci is None
 
@@ -195,11 +238,16 @@ def _simulate(
     lift = effect / base
     rejections = covered = lift_covered = 0
     for row_t, row_c in zip(t, c, strict=True):
-        cmp = compare_means(sample(row_t), sample(row_c), ALPHA)
-        assert cmp.p_value is not None and cmp.ci is not None and cmp.relative_ci is not None
-        rejections += cmp.p_value < ALPHA
+        cmp = compare_means(
+            sample(row_t), sample(row_c), ALPHA, "conversion" if kind == "conversion" else "sum"
+        )
+        assert cmp.p_value is not None and cmp.ci is not None
+        rejections += cmp.ci[0] > 0 or cmp.ci[1] < 0
         covered += cmp.ci[0] <= effect <= cmp.ci[1]
-        lift_covered += cmp.relative_ci[0] <= lift <= cmp.relative_ci[1]
+        # No finite lift interval (the control mean is not clearly above 0):
+        # the set of compatible lifts is unbounded and so covers the truth.
+        rel = cmp.relative_ci
+        lift_covered += rel is None or rel[0] <= lift <= rel[1]
     return rejections / experiments, covered / experiments, lift_covered / experiments
 
 

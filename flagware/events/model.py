@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,27 @@ JSONValue = str | int | float | bool | None
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def numeric_value(value: object) -> float | None:
+    """The number a logged value stands for, or None.
+
+    Numbers count as themselves; strings that spell a finite number
+    (``"20.0"``, ``" 3 "``) as that number, so a sum metric never adds them as
+    0. Booleans, NaN, infinities and other strings are not numbers.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from flagware.events.model import Event
+from flagware.events.model import Event, numeric_value
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -166,9 +166,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 def _row(event: Event, deliver: bool) -> tuple[Any, ...]:
     value = event.value
-    value_num = (
-        float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    )
+    value_num = numeric_value(value)
     return (
         event.time,
         event.name,

@@ -1,9 +1,10 @@
 """``flagware results EXPERIMENT --spec PATH --store PATH``: the results in a terminal or CI job.
 
 Exit codes: 0 results computed (ship, no-ship or inconclusive), 3 blocked (a
-guardrail regressed or is stale, or the sample ratio is off), so a deploy
+guardrail regressed or is stale, the sample ratio is off, or too many units
+crossed over between groups), so a deploy
 pipeline can stop a launch; 2 bad input (unknown experiment, missing store or
-spec, bad alpha), with a one-line message on stderr.
+spec, bad alpha or time), with a one-line message on stderr.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
-from flagware.results.compute import ResultsError, compute_results
+from flagware.results.compute import DEFAULT_ALPHA, ResultsError, compute_results
 from flagware.results.render import render
 from flagware.spec import SpecError, load_spec
 
@@ -34,9 +36,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--store", default=".flagware/events.db", help="SQLite event store (default: %(default)s)"
     )
-    # A string, validated in run(): a bad value then gets the same one-line
+    # Strings, validated in run(): a bad value then gets the same one-line
     # message and exit code as every other bad input.
-    parser.add_argument("--alpha", default="0.1", help="significance level (default: 0.1)")
+    parser.add_argument(
+        "--alpha",
+        default=str(DEFAULT_ALPHA),
+        help="family-wise significance level (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--until",
+        metavar="TIME",
+        help="end of the analysis window, ISO 8601 (2026-11-30 or 2026-11-30T12:00:00+01:00;"
+        " UTC when no offset is given); default: now",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        default=None,
+        help="always-valid intervals and p-values (a confidence sequence), whatever the"
+        " experiment's `sequential` setting says",
+    )
     parser.add_argument("--format", choices=("text", "json", "html"), default="text")
     parser.add_argument("--output", help="write to this file instead of stdout")
     parser.set_defaults(func=run)
@@ -52,11 +71,34 @@ def _alpha(value: object) -> float:
     return alpha
 
 
+def _until(value: str | None) -> int | None:
+    """``--until`` as ms since the epoch."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ResultsError(
+            f"--until must be an ISO 8601 date or time (2026-11-30T12:00:00Z), got {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         alpha = _alpha(args.alpha)
+        until = _until(getattr(args, "until", None))
         spec = load_spec(args.spec)
-        results = compute_results(spec, args.experiment, args.store, alpha=alpha)
+        results = compute_results(
+            spec,
+            args.experiment,
+            args.store,
+            alpha=alpha,
+            until=until,
+            sequential=getattr(args, "sequential", None),
+        )
     except (ResultsError, SpecError) as exc:
         print(f"flagware results: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

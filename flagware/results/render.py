@@ -38,13 +38,25 @@ def render(results: Results, fmt: str) -> str:
 
 
 def to_dict(results: Results) -> dict[str, Any]:
-    """The documented JSON shape (issue 5), plus a few extra keys."""
+    """The documented JSON shape: every result's interval is drawn at its ``ci_alpha``.
+
+    ``significant`` is true exactly when ``ci`` excludes 0 (and then
+    ``relative_ci`` excludes 0 on the same side), and exactly when
+    ``p_value_adjusted`` is below ``alpha``.
+    """
     return {
         "experiment": results.experiment,
         "unit": results.unit,
         "alpha": results.alpha,
         "control": results.control,
         "window_start": results.window_start,
+        "until": results.until,
+        "sequential": results.sequential,
+        "crossover_units": results.crossover_units,
+        "override_exposures": results.override_exposures,
+        "future_events": results.future_events,
+        "first_exposure": results.first_exposure,
+        "last_exposure": results.last_exposure,
         "groups": [
             {"name": g.name, "units": g.units, "weight": g.weight, "expected": g.expected}
             for g in results.groups
@@ -77,6 +89,10 @@ def _metric_dict(m: MetricResult) -> dict[str, Any]:
         "tags": list(m.tags),
         "direction": m.direction,
         "guardrail": m.guardrail,
+        "role": m.role,
+        "correction": m.correction,
+        "family_size": m.family_size,
+        "non_numeric_events": m.non_numeric_events,
         "results": [
             {
                 "group": r.group,
@@ -90,8 +106,12 @@ def _metric_dict(m: MetricResult) -> dict[str, Any]:
                 "relative": r.relative,
                 "relative_ci": list(r.relative_ci) if r.relative_ci else None,
                 "p_value": r.p_value,
+                "p_value_adjusted": r.p_value_adjusted,
+                "ci_alpha": r.ci_alpha,
+                "method": r.method,
                 "significant": r.significant,
                 "outcome": r.outcome,
+                "note": r.note,
             }
             for r in m.results
         ],
@@ -143,14 +163,38 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
 
 
 def _level(alpha: float) -> str:
-    return f"{1 - alpha:.0%}" if round((1 - alpha) * 100, 6).is_integer() else f"{1 - alpha:.1%}"
+    """1 - alpha as a percentage with as many decimals as it needs (95%, 98.75%)."""
+    for digits in range(4):
+        text = f"{1 - alpha:.{digits}%}"
+        if abs(float(text[:-1]) / 100 - (1 - alpha)) < 1e-9:
+            return text
+    return f"{1 - alpha:.3%}"
+
+
+_ROLE_MARK = {"decision": " *", "secondary": " ~", "guardrail": " !"}
+
+
+def _method_line(results: Results) -> str:
+    """How the intervals were made, in one line (the README explains each part)."""
+    tests = (
+        "always-valid confidence sequences (sequential)"
+        if results.sequential
+        else "fixed-horizon tests (score for conversions, Welch or pooled t otherwise)"
+    )
+    data = [f"{results.crossover_units} crossover unit(s) left out"]
+    if results.override_exposures:
+        data.append(f"{results.override_exposures} override exposure(s) ignored")
+    return (
+        f"Intervals: {tests}; decision metrics Bonferroni-corrected, secondary"
+        f" Benjamini-Hochberg, guardrails uncorrected; {', '.join(data)}"
+    )
 
 
 def render_text(results: Results) -> str:
-    level = _level(results.alpha)
     out = [
         f"Experiment {results.experiment} (unit {results.unit}, control {results.control},"
-        f" alpha {results.alpha:g}, {level} intervals)",
+        f" alpha {results.alpha:g})",
+        _method_line(results),
         f"Verdict: {results.verdict.upper()}",
         *(f"  - {reason}" for reason in results.reasons),
         *(f"  ! {warning}" for warning in results.warnings),
@@ -172,15 +216,17 @@ def render_text(results: Results) -> str:
         "mean",
         "control",
         "delta",
-        f"{level} CI",
+        "CI",
         "lift",
-        f"lift {level} CI",
+        "lift CI",
+        "level",
         "p",
+        "adj. p",
         "result",
     ]
     rows = [
         [
-            m.name + (" [guardrail]" if m.guardrail else ""),
+            m.name + _ROLE_MARK[m.role],
             m.kind,
             r.group,
             str(r.units),
@@ -190,14 +236,17 @@ def render_text(results: Results) -> str:
             _interval(r.ci, "num"),
             _pct(r.relative),
             _interval(r.relative_ci, "pct"),
+            "-" if r.ci_alpha is None else _level(r.ci_alpha),
             _p(r.p_value),
-            r.outcome,
+            _p(r.p_value_adjusted),
+            r.outcome if r.note is None else f"{r.outcome} ({r.note})",
         ]
         for m in results.metrics
         for r in m.results
     ]
     if rows:
-        out += _table(header, rows, {3, 4, 5, 6, 7, 8, 9, 10})
+        out += _table(header, rows, {3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
+        out.append("roles: * decision (Bonferroni), ~ secondary (Benjamini-Hochberg), ! guardrail")
     else:
         out.append("(no metrics to compare)")
     if results.guardrails:
@@ -251,7 +300,7 @@ def render_chart_svg(metric: MetricResult, *, standalone: bool = False) -> str:
         f'<text x="8" y="15" fill="#24292f"><tspan font-weight="bold">{escape(metric.name)}'
         f"{' (guardrail)' if metric.guardrail else ''}</tspan>: {escape(unit)} vs"
         f" {escape(results[0].vs if results else 'control')},"
-        f" {_level(metric.alpha)} interval</text>",
+        f" {_level(_chart_alpha(metric))} interval</text>",
     ]
     parts += _axis(x, extent, step, relative, height)
     for i, (r, span) in enumerate(zip(results, spans, strict=True)):
@@ -262,6 +311,12 @@ def render_chart_svg(metric: MetricResult, *, standalone: bool = False) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _chart_alpha(metric: MetricResult) -> float:
+    """The level the chart's intervals are drawn at (after the correction)."""
+    levels = [r.ci_alpha for r in metric.results if r.ci_alpha is not None]
+    return levels[0] if levels else metric.alpha
 
 
 def _span(r: GroupResult, relative: bool) -> tuple[float, float, float] | None:
@@ -326,7 +381,10 @@ def _row(
 
 def _row_title(r: GroupResult, relative: bool) -> str:
     what = "lift" if relative else "delta"
-    return f"{r.group} vs {r.vs}: {what} {r.outcome}, p = {_p(r.p_value)}"
+    return (
+        f"{r.group} vs {r.vs}: {what} {r.outcome}, p = {_p(r.p_value)},"
+        f" adjusted p = {_p(r.p_value_adjusted)}"
+    )
 
 
 # --- HTML ------------------------------------------------------------------------------
@@ -353,8 +411,8 @@ def render_html(results: Results) -> str:
     body = [
         f"<h1>Experiment {escape(results.experiment)}</h1>",
         f'<p class="muted">unit {escape(results.unit)} · control {escape(results.control)} ·'
-        f" alpha {results.alpha:g} ({_level(results.alpha)} intervals) ·"
-        f" computed {when:%Y-%m-%d %H:%M} UTC</p>",
+        f" alpha {results.alpha:g} · computed {when:%Y-%m-%d %H:%M} UTC</p>",
+        f'<p class="muted">{escape(_method_line(results))}</p>',
         f'<p><span class="verdict" style="background:{colour}">'
         f"{escape(results.verdict.upper())}</span></p>",
         "<ul>" + "".join(f"<li>{escape(r)}</li>" for r in results.reasons) + "</ul>",
@@ -414,10 +472,11 @@ def _html_metrics(results: Results) -> list[str]:
     parts = ["<h2>Metrics</h2>", f'<p class="legend">{legend}</p>']
     for m in results.metrics:
         tags = f" · tags: {escape(', '.join(m.tags))}" if m.tags else ""
+        family = f"{m.role} metric, {m.correction} over {m.family_size}"
         parts.append(
             f'<section class="metric"><h3>{escape(m.name)}</h3>'
             f'<p class="muted">{escape(m.kind)} of {escape(m.event)} · good direction:'
-            f" {escape(m.direction)}{tags}</p>"
+            f" {escape(m.direction)}{tags} · {escape(family)}</p>"
             f"{render_chart_svg(m)}{_html_metric_table(m)}</section>"
         )
     return parts
@@ -429,11 +488,14 @@ def _html_metric_table(m: MetricResult) -> str:
         f"<td class=n>{_num(r.control_mean)}</td><td class=n>{_num(r.delta)}</td>"
         f"<td class=n>{escape(_interval(r.ci, 'num'))}</td><td class=n>{_pct(r.relative)}</td>"
         f"<td class=n>{escape(_interval(r.relative_ci, 'pct'))}</td>"
-        f"<td class=n>{escape(_p(r.p_value))}</td><td>{r.outcome}</td></tr>"
+        f"<td class=n>{'-' if r.ci_alpha is None else _level(r.ci_alpha)}</td>"
+        f"<td class=n>{escape(_p(r.p_value))}</td><td class=n>{escape(_p(r.p_value_adjusted))}</td>"
+        f"<td>{r.outcome}{escape(f' ({r.note})' if r.note else '')}</td></tr>"
         for r in m.results
     )
     return (
         "<table><tr><th>group</th><th>units</th><th>mean</th><th>control</th><th>delta</th>"
-        "<th>CI</th><th>lift</th><th>lift CI</th><th>p</th><th>result</th></tr>"
+        "<th>CI</th><th>lift</th><th>lift CI</th><th>level</th><th>p</th><th>adj. p</th>"
+        "<th>result</th></tr>"
         f"{rows}</table>"
     )

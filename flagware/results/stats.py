@@ -1,6 +1,6 @@
 """Pure-Python statistics for experiment results (the library ships without numpy/scipy).
 
-Everything works on summary statistics (n, sum, sum of squares per group), which
+Everything works on summary statistics (n, mean, sum of squared deviations per group), which
 is what the SQL aggregation returns. Every function here is checked against
 scipy in ``tests/test_stats.py``.
 
@@ -10,17 +10,21 @@ scipy in ``tests/test_stats.py``.
   Newton iteration.
 - Chi-square survival: through the regularized upper incomplete gamma function
   (series below ``a + 1``, continued fraction above).
-- Difference of means: Welch's t interval with Welch-Satterthwaite degrees of
-  freedom. Above :data:`Z_DF_THRESHOLD` degrees of freedom the normal quantile
-  is used instead: t and normal quantiles then differ by less than 0.1% (the
-  textbook large-sample z-test that Statsig's console also uses), and the
-  incomplete beta would only burn iterations to say the same thing.
-- Relative lift: the delta method on the ratio of the two means.
+- Welch-Satterthwaite degrees of freedom, and the two-sided p-value and
+  critical value of a t or z statistic. Above :data:`Z_DF_THRESHOLD` degrees of
+  freedom the normal quantile is used instead: t and normal quantiles then
+  differ by less than 0.1% (the textbook large-sample z-test that Statsig's
+  console also uses), and the incomplete beta would only burn iterations to say
+  the same thing.
+- Pearson's chi-square test of the sample ratio.
+
+The comparisons built on these live in :mod:`.inference`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
@@ -206,41 +210,37 @@ def chi2_sf(x: float, df: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """Summary statistics of one group's per-unit values."""
+    """Summary statistics of one group's per-unit values.
+
+    ``m2`` is the sum of squared deviations from the mean, computed in two passes
+    (mean first) so the variance stays exact for values far from zero:
+    ``sum(x^2) - sum(x)^2 / n`` cancels catastrophically there (for 1e9 + N(0, 1)
+    it turned an interval of [0.0, 0.18] into [-3.5, 3.6]).
+    """
 
     n: int
-    total: float
-    total_sq: float
+    mean: float
+    m2: float
+
+    @classmethod
+    def from_values(cls, values: Sequence[float]) -> Sample:
+        n = len(values)
+        if n == 0:
+            return cls(0, math.nan, 0.0)
+        mean = math.fsum(values) / n
+        m2 = math.fsum((v - mean) ** 2 for v in values)
+        return cls(n, mean, m2)
 
     @property
-    def mean(self) -> float:
-        return self.total / self.n if self.n else math.nan
+    def total(self) -> float:
+        return self.mean * self.n if self.n else 0.0
 
     @property
     def variance(self) -> float:
         """Unbiased sample variance (n - 1 in the denominator)."""
         if self.n < 2:
             return math.nan
-        # Sums of squares can cancel catastrophically; clamp tiny negatives.
-        return max(0.0, (self.total_sq - self.total * self.total / self.n) / (self.n - 1))
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """Treatment minus control, with two-sided intervals at ``1 - alpha``.
-
-    Fields are ``None`` where the data cannot support them: fewer than two units
-    in a group, no variance in either group, or a control mean of zero for the
-    relative lift.
-    """
-
-    delta: float
-    ci: tuple[float, float] | None
-    relative: float | None
-    relative_ci: tuple[float, float] | None
-    p_value: float | None
-    df: float | None  # Welch degrees of freedom; None when the normal was used
-    statistic: float | None
+        return max(0.0, self.m2) / (self.n - 1)
 
 
 def welch_df(var_t: float, n_t: int, var_c: float, n_c: int) -> float:
@@ -261,44 +261,6 @@ def critical_value(alpha: float, df: float | None) -> float:
     if df is None:
         return norm_ppf(1.0 - alpha / 2.0)
     return t_isf(alpha / 2.0, df)
-
-
-def compare_means(treatment: Sample, control: Sample, alpha: float) -> Comparison:
-    """Welch's test and interval for mean(treatment) - mean(control), plus relative lift."""
-    delta = treatment.mean - control.mean
-    if treatment.n < 2 or control.n < 2:
-        return Comparison(delta, None, None, None, None, None, None)
-    var_t, var_c = treatment.variance, control.variance
-    se = math.sqrt(var_t / treatment.n + var_c / control.n)
-    if se == 0.0:
-        # Both groups constant: no sampling noise to test against.
-        return Comparison(delta, None, None, None, None, None, None)
-    df: float | None = welch_df(var_t, treatment.n, var_c, control.n)
-    if df is not None and df > Z_DF_THRESHOLD:
-        df = None
-    statistic = delta / se
-    crit = critical_value(alpha, df)
-    ci = (delta - crit * se, delta + crit * se)
-    relative, relative_ci = _relative_lift(treatment, control, var_t, var_c, crit)
-    return Comparison(delta, ci, relative, relative_ci, two_sided_p(statistic, df), df, statistic)
-
-
-def _relative_lift(
-    treatment: Sample, control: Sample, var_t: float, var_c: float, crit: float
-) -> tuple[float | None, tuple[float, float] | None]:
-    """mean_t / mean_c - 1 and its delta-method interval.
-
-    Var(m_t / m_c) ~ Var(m_t) / m_c^2 + m_t^2 Var(m_c) / m_c^4 (the two groups
-    are independent, so there is no covariance term). The interval uses the
-    same critical value as the absolute delta so both tell the same story.
-    """
-    m_t, m_c = treatment.mean, control.mean
-    if m_c == 0.0:
-        return None, None
-    relative = m_t / m_c - 1.0
-    var_ratio = var_t / treatment.n / m_c**2 + m_t**2 * (var_c / control.n) / m_c**4
-    se = math.sqrt(var_ratio)
-    return relative, (relative - crit * se, relative + crit * se)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,123 @@
+"""What an analysis returns: plain frozen dataclasses, rendered by :mod:`.render`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from flagware.events.model import now_ms
+from flagware.results.stats import Sample
+
+__all__ = [
+    "GroupResult",
+    "GroupUnits",
+    "GuardrailStatus",
+    "MetricResult",
+    "Outcome",
+    "Results",
+    "ResultsError",
+    "Role",
+    "Verdict",
+]
+
+Verdict = Literal["blocked", "ship", "no-ship", "inconclusive"]
+Outcome = Literal["better", "worse", "neutral"]
+#: decision: can ship (corrected with Bonferroni); secondary: reported with
+#: Benjamini-Hochberg, never ships; guardrail: uncorrected, a regression blocks.
+Role = Literal["decision", "secondary", "guardrail"]
+
+
+class ResultsError(ValueError):
+    """Results cannot be computed from these inputs (unknown experiment, no store, bad alpha)."""
+
+
+@dataclass(frozen=True)
+class GroupUnits:
+    name: str
+    units: int
+    weight: float  # percent of allocated units the spec assigns; 0 for unknown groups
+    expected: float | None  # units expected from the weights (None without an SRM test)
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """One metric, one group against the control.
+
+    ``ci`` and ``relative_ci`` are drawn at ``ci_alpha`` (the level after the
+    multiple-comparison correction), so ``significant`` is exactly "``ci``
+    excludes 0", and ``relative_ci`` then excludes 0 on the same side.
+    ``p_value_adjusted`` below the experiment's alpha says the same thing.
+    """
+
+    group: str
+    vs: str
+    units: int  # units in this metric's sample (for `mean`: units with a value)
+    control_units: int
+    mean: float | None
+    control_mean: float | None
+    delta: float | None
+    ci: tuple[float, float] | None
+    relative: float | None
+    relative_ci: tuple[float, float] | None
+    p_value: float | None
+    significant: bool
+    outcome: Outcome  # significant and in the metric's good direction, bad one, or neither
+    p_value_adjusted: float | None = None
+    ci_alpha: float | None = None
+    method: str | None = None  # "welch", "score" or "sequential"
+    note: str | None = None  # why no test was made (below the minimum sample, no variance)
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    name: str
+    event: str
+    kind: str
+    tags: tuple[str, ...]
+    direction: str
+    guardrail: bool
+    alpha: float
+    samples: dict[str, Sample]  # per group, control included
+    results: tuple[GroupResult, ...]
+    role: Role = "decision"
+    correction: str = "bonferroni"  # "bonferroni", "benjamini-hochberg" or "none"
+    family_size: int = 1
+    non_numeric_events: int = 0  # sum/mean metrics: events whose value is not a number
+
+
+@dataclass(frozen=True)
+class GuardrailStatus:
+    metric: str
+    status: Literal["ok", "blocked"]
+    reason: str
+    newest_event: int | None  # ms
+
+
+@dataclass(frozen=True)
+class Results:
+    experiment: str
+    unit: str
+    alpha: float
+    control: str
+    groups: tuple[GroupUnits, ...]
+    srm_p_value: float | None
+    srm_status: Literal["ok", "warning", "failed", "untested"]
+    metrics: tuple[MetricResult, ...]
+    guardrails: tuple[GuardrailStatus, ...]
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    best_group: str | None = None
+    window_start: int | None = None  # ms, when a restart opened a new analysis window
+    computed_at: int = field(default_factory=now_ms)
+    until: int | None = None  # ms: nothing later is counted (default: computed_at)
+    sequential: bool = False
+    crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
+    override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored
+    future_events: int = 0  # events stamped after computed_at (clock skew), not counted
+    first_exposure: int | None = None  # ms, the earliest counted exposure
+    last_exposure: int | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return self.verdict == "blocked"

@@ -1,0 +1,151 @@
+"""Checks that block a launch, and the verdict.
+
+In order:
+
+1. **Blocked** by any of: a sample ratio mismatch (chi-square of units against
+   the weights, p < 0.001; p < 0.01 warns); crossover units (exposed to two
+   groups) above :data:`CROSSOVER_BLOCK` of the units; a guardrail that is stale
+   (no event within ``fresh_within`` hours, or none at all) or that regressed
+   significantly in any group.
+2. **Ship** a group whose decision metrics include a significant improvement
+   (after the Bonferroni correction) and no significant regression; the group
+   with the most such improvements is named (ties: the spec's order).
+3. **No-ship** when a decision metric regressed significantly and no group ships.
+4. Otherwise **inconclusive**, saying whether the sample is still below the
+   minimum for a call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from flagware.results.inference import MIN_UNITS
+from flagware.results.model import GroupResult, GroupUnits, GuardrailStatus, MetricResult, Verdict
+
+__all__ = [
+    "CROSSOVER_BLOCK",
+    "SRM_BLOCK_P",
+    "SRM_WARN_P",
+    "describe",
+    "guardrail_status",
+    "srm_status",
+    "verdict",
+]
+
+SRM_WARN_P = 0.01
+SRM_BLOCK_P = 0.001
+#: Crossovers above this share of the experiment's units block the launch
+#: (GrowthBook's multiple-exposure warning threshold); any crossover warns.
+CROSSOVER_BLOCK = 0.01
+
+
+def srm_status(p: float | None) -> Literal["ok", "warning", "failed", "untested"]:
+    if p is None:
+        return "untested"
+    if p < SRM_BLOCK_P:
+        return "failed"
+    return "warning" if p < SRM_WARN_P else "ok"
+
+
+def guardrail_status(
+    result: MetricResult,
+    newest: int | None,
+    fresh_within: float | None,
+    now: int,
+) -> GuardrailStatus:
+    event = result.event
+    if newest is None:
+        reason = f"stale: no {event!r} events stored, so the guardrail cannot be checked"
+        return GuardrailStatus(result.name, "blocked", reason, None)
+    if fresh_within is not None:
+        age_h = (now - newest) / 3_600_000
+        if age_h > fresh_within:
+            reason = (
+                f"stale: newest {event!r} event is {age_h:.1f} h old"
+                f" (fresh_within = {fresh_within:g} h)"
+            )
+            return GuardrailStatus(result.name, "blocked", reason, newest)
+    worse = [r for r in result.results if r.outcome == "worse"]
+    if worse:
+        reason = "regressed: " + "; ".join(describe(result.name, r) for r in worse)
+        return GuardrailStatus(result.name, "blocked", reason, newest)
+    return GuardrailStatus(result.name, "ok", "no significant regression", newest)
+
+
+def describe(metric: str, r: GroupResult) -> str:
+    change = f"{r.relative:+.1%}" if r.relative is not None else f"{r.delta:+.4g}"
+    if r.p_value_adjusted is not None and r.p_value_adjusted != r.p_value:
+        p = f"adjusted p = {r.p_value_adjusted:.3g}"
+    else:
+        p = f"p = {r.p_value:.3g}" if r.p_value is not None else "p n/a"
+    return f"{metric} {change} in {r.group} vs {r.vs} ({p})"
+
+
+def verdict(
+    srm_p: float | None,
+    groups: Sequence[GroupUnits],
+    metrics: Sequence[MetricResult],
+    guardrails: Sequence[GuardrailStatus],
+    alpha: float,
+    *,
+    crossover_units: int = 0,
+    future_events: int = 0,
+    sequential: bool = False,
+) -> tuple[Verdict, list[str], list[str], str | None]:
+    """(verdict, reasons, warnings, best group)."""
+    warnings: list[str] = []
+    blockers: list[str] = []
+    if srm_p is not None and srm_p < SRM_WARN_P:
+        counts = ", ".join(f"{g.name} {g.units}" for g in groups)
+        message = f"sample ratio mismatch: p = {srm_p:.3g} for units {counts} against the weights"
+        (blockers if srm_p < SRM_BLOCK_P else warnings).append(message)
+    units = sum(g.units for g in groups)
+    if crossover_units:
+        share = crossover_units / (units + crossover_units)
+        message = (
+            f"{crossover_units} unit(s) ({share:.1%}) were exposed to more than one group and"
+            " are left out of the analysis"
+        )
+        (blockers if share > CROSSOVER_BLOCK else warnings).append(
+            message + (f" (above {CROSSOVER_BLOCK:.0%})" if share > CROSSOVER_BLOCK else "")
+        )
+    if future_events:
+        warnings.append(
+            f"{future_events} event(s) are stamped in the future (clock skew?) and are not counted"
+        )
+    blockers += [f"guardrail {g.metric}: {g.reason}" for g in guardrails if g.status != "ok"]
+
+    wins: dict[str, list[str]] = {}
+    losses: dict[str, list[str]] = {}
+    for m in metrics:
+        for r in m.results:
+            if m.role == "decision" and r.outcome == "better":
+                wins.setdefault(r.group, []).append(describe(m.name, r))
+            elif m.role == "decision" and r.outcome == "worse":
+                losses.setdefault(r.group, []).append(describe(m.name, r))
+            elif m.role == "secondary" and r.outcome == "worse":
+                warnings.append(f"secondary metric regressed: {describe(m.name, r)}")
+    shippable = [g.name for g in groups if wins.get(g.name) and not losses.get(g.name)]
+    best = max(shippable, key=lambda g: len(wins[g])) if shippable else None
+    regressions = [text for items in losses.values() for text in items]
+
+    if blockers:
+        return "blocked", blockers, warnings, best
+    if best is not None:
+        warnings += [f"also: {text}" for text in regressions]
+        return "ship", [f"ship {best}: " + "; ".join(wins[best])], warnings, best
+    if regressions:
+        return "no-ship", [f"significant regression: {t}" for t in regressions], warnings, None
+    if not units:
+        return "inconclusive", ["no units exposed to the experiment yet"], warnings, None
+    decision = [r for m in metrics if m.role == "decision" for r in m.results]
+    if decision and all(r.note and "at least" in r.note for r in decision):
+        reason = (
+            f"not enough data for a call: every decision metric needs at least {MIN_UNITS}"
+            " units in each group"
+        )
+        return "inconclusive", [reason], warnings, None
+    how = "always-valid (sequential)" if sequential else "Bonferroni-corrected"
+    reason = f"no decision metric moved significantly ({how}, alpha {alpha:g})"
+    return "inconclusive", [reason], warnings, None

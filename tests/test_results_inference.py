@@ -1,0 +1,189 @@
+"""The building blocks of a decision, each against an independent implementation.
+
+- Miettinen-Nurminen score test and intervals: a brute-force inversion (numerical
+  restricted MLE) everywhere, and statsmodels' ``proportion`` for the test and the ratio.
+- Bonferroni and Benjamini-Hochberg: statsmodels' ``multipletests``.
+- The confidence sequence: the formula as GrowthBook's gbstats writes it,
+  re-typed here, plus its invariants.
+- One story: for every estimator, the interval excludes 0 exactly when p < alpha,
+  and the relative interval then agrees.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from statsmodels.stats import proportion as smp
+from statsmodels.stats.multitest import multipletests
+
+from flagware.results import sequential
+from flagware.results.corrections import benjamini_hochberg, bonferroni
+from flagware.results.inference import estimate
+from flagware.results.proportions import diff_interval, ratio_interval, score_statistic
+from flagware.results.stats import Sample, norm_ppf, two_sided_p
+from tests.reference import brute_force_interval
+
+COUNTS = [
+    (3, 28, 0, 12),  # the issue's small-sample case shape
+    (0, 12, 3, 28),
+    (30, 100, 20, 100),
+    (1, 40, 1, 40),
+    (12, 15, 5, 15),
+    (480, 4000, 400, 4000),
+    (7, 9, 9, 9),  # every control unit converted
+]
+
+
+def conversions(x: int, n: int) -> Sample:
+    return Sample.from_values([1.0] * x + [0.0] * (n - x))
+
+
+@pytest.mark.parametrize(("x_t", "n_t", "x_c", "n_c"), COUNTS)
+@pytest.mark.parametrize("alpha", [0.05, 0.005])
+def test_score_intervals_match_a_brute_force_inversion(
+    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float
+) -> None:
+    crit = norm_ppf(1 - alpha / 2)
+    diff = diff_interval(x_t, n_t, x_c, n_c, crit)
+    assert diff == pytest.approx(brute_force_interval(x_t, n_t, x_c, n_c, crit, False), abs=1e-7)
+    ratio = ratio_interval(x_t, n_t, x_c, n_c, crit)
+    if x_c == 0:
+        assert ratio is None  # no finite ratio without a control conversion
+    else:
+        expected = brute_force_interval(x_t, n_t, x_c, n_c, crit, True)
+        assert ratio is not None
+        assert ratio[0] == pytest.approx(0.0 if x_t == 0 else expected[0], rel=1e-5, abs=1e-7)
+        assert ratio[1] == pytest.approx(expected[1], rel=1e-5)
+
+
+@pytest.mark.parametrize(("x_t", "n_t", "x_c", "n_c"), [(30, 100, 20, 100), (480, 4000, 400, 4000)])
+@pytest.mark.parametrize("alpha", [0.05, 0.01, 0.005])
+def test_score_test_and_intervals_match_statsmodels(
+    x_t: int, n_t: int, x_c: int, n_c: int, alpha: float
+) -> None:
+    crit = norm_ppf(1 - alpha / 2)
+    z = score_statistic(x_t, n_t, x_c, n_c)
+    ref = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True)
+    assert z == pytest.approx(ref.statistic, rel=1e-9)
+    # (statsmodels 0.15's restricted MLE for a non-zero difference is not the
+    # likelihood's maximum: at 30/100 vs 20/100 and d = 0.2 it gives p_c = 0.1505
+    # where direct maximisation and Farrington-Manning give 0.1629, so its
+    # difference interval is not a reference; the brute-force test above is.)
+    ref_ratio = smp.confint_proportions_2indep(
+        x_t, n_t, x_c, n_c, method="score", compare="ratio", alpha=alpha, correction=True
+    )
+    assert ratio_interval(x_t, n_t, x_c, n_c, crit) == pytest.approx(ref_ratio, rel=1e-6)
+
+
+def test_the_issues_small_sample_case_does_not_ship() -> None:
+    # 0/12 vs 3/28: Welch's t called this significant; Fisher's exact p = 0.54.
+    est = estimate("conversion", conversions(3, 28), conversions(0, 12))
+    assert est.p_value is not None and est.p_value > 0.2
+    ci, rel = est.intervals(0.05)
+    assert ci is not None and ci[0] < 0 < ci[1]
+    assert rel is None
+
+
+def test_no_conversion_at_all_gives_no_test() -> None:
+    assert score_statistic(0, 20, 0, 30) is None
+    assert estimate("conversion", conversions(0, 20), conversions(0, 30)).p_value is None
+
+
+def test_corrections_match_statsmodels() -> None:
+    rng = np.random.default_rng(4)
+    for size in (1, 2, 7, 30):
+        p = list(rng.uniform(0, 0.2, size) ** 2)
+        alpha = 0.05
+        adjusted, level = bonferroni(p, alpha)
+        reject, ref, _, _ = multipletests(p, alpha=alpha, method="bonferroni")
+        assert adjusted == pytest.approx(list(ref), rel=1e-12)
+        assert level == alpha / size
+        adjusted, level = benjamini_hochberg(p, alpha)
+        reject, ref, _, _ = multipletests(p, alpha=alpha, method="fdr_bh")
+        assert adjusted == pytest.approx(list(ref), rel=1e-12)
+        rejected = int(reject.sum())
+        assert level == pytest.approx(max(rejected, 1) * alpha / size)
+        # The FCR level separates exactly: rejected p below it, the rest above.
+        assert all((q < level) == r for q, r in zip(p, reject, strict=True))
+
+
+def test_untestable_comparisons_stay_in_the_family() -> None:
+    adjusted, level = bonferroni([0.01, None, None], 0.05)
+    assert adjusted == [0.03, None, None] and level == pytest.approx(0.05 / 3)
+    adjusted, _ = benjamini_hochberg([0.01, None, 0.04], 0.05, m=3)
+    assert adjusted == pytest.approx([0.03, None, 0.06])
+
+
+def gbstats_halfwidth(s2: float, n: int, n_star: float, alpha: float) -> float:
+    """gbstats' ``sequential_interval_halfwidth``, re-typed (Waudby-Smith et al. 2023)."""
+    rho = math.sqrt((-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / n_star)
+    return math.sqrt(s2) * math.sqrt(
+        2 * (n * rho**2 + 1) / (n**2 * rho**2) * math.log(math.sqrt(n * rho**2 + 1) / alpha)
+    )
+
+
+@pytest.mark.parametrize("n", [20, 200, 5000, 100_000])
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_confidence_sequence_matches_gbstats(n: int, alpha: float) -> None:
+    se = 0.37
+    rho = sequential.rho(alpha)
+    ours = se * sequential.critical(alpha, n, rho)
+    assert ours == pytest.approx(gbstats_halfwidth(se * se * n, n, 5000, alpha), rel=1e-12)
+    # Always wider than the fixed-horizon interval: it pays for every look.
+    assert ours > se * norm_ppf(1 - alpha / 2)
+    # The p-value is the level at which the sequence touches 0.
+    z = 3.1
+    p = sequential.p_value(z, n, rho)
+    if p < 1:
+        assert sequential.critical(p, n, rho) == pytest.approx(z, rel=1e-9)
+
+
+def test_confidence_sequence_narrows_as_units_arrive() -> None:
+    rho = sequential.rho(0.05)
+    widths = [sequential.critical(0.05, n, rho) / math.sqrt(n) for n in (10, 100, 1000, 10_000)]
+    assert widths == sorted(widths, reverse=True)
+
+
+@pytest.mark.parametrize("kind", ["conversion", "count", "sum", "mean"])
+@pytest.mark.parametrize("sequential_on", [False, True])
+def test_interval_excludes_zero_exactly_when_p_is_below_alpha(
+    kind: str, sequential_on: bool
+) -> None:
+    rng = np.random.default_rng(17)
+    checked = 0
+    for _ in range(300):
+        n_t, n_c = (int(k) for k in rng.integers(10, 400, 2))
+        if kind == "conversion":
+            t = (rng.random(n_t) < rng.uniform(0.05, 0.5)).astype(float)
+            c = (rng.random(n_c) < rng.uniform(0.05, 0.5)).astype(float)
+        else:
+            t = rng.exponential(rng.uniform(0.5, 2.0), n_t)
+            c = rng.exponential(rng.uniform(0.5, 2.0), n_c)
+        est = estimate(
+            kind,
+            Sample.from_values(list(t)),
+            Sample.from_values(list(c)),
+            sequential_rho=sequential.rho(0.05) if sequential_on else None,
+        )
+        if est.p_value is None:
+            continue
+        for alpha in (0.05, 0.01, 0.0025):
+            ci, rel = est.intervals(alpha)
+            assert ci is not None
+            excludes = ci[0] > 0 or ci[1] < 0
+            if abs(est.p_value - alpha) > 1e-9:
+                assert excludes == (est.p_value < alpha), (est.p_value, alpha, ci)
+            if rel is not None:
+                assert (rel[0] > 0) == (ci[0] > 0) and (rel[1] < 0) == (ci[1] < 0)
+            checked += 1
+    assert checked > 500
+
+
+def test_two_sided_p_of_the_score_statistic() -> None:
+    z = score_statistic(30, 100, 20, 100)
+    assert z is not None
+    assert two_sided_p(z, None) == pytest.approx(
+        smp.score_test_proportions_2indep(30, 100, 20, 100, correction=True).pvalue, rel=1e-9
+    )
