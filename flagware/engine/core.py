@@ -14,8 +14,10 @@ flagware's too (``flagware.testing``), so they never reach Core.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import weakref
 from typing import Any
 
 from flagware.engine.base import Engine, Evaluation, UserFields
@@ -77,6 +79,17 @@ if core is not None:
             return False  # a changed spec file starts a new server instead
 
 
+_engines: weakref.WeakSet[CoreSDK] = weakref.WeakSet()
+
+
+@atexit.register  # after Core's own atexit hook, so it runs before it (LIFO)
+def _close_engines() -> None:
+    # Core's hook stops its runtime; an instance still alive after that is
+    # dropped during finalisation and prints "StatsigSafeGil: GIL Unavailable".
+    for engine in list(_engines):
+        engine.close()
+
+
 class CoreSDK(Engine):
     """One Core instance per process; evaluations through its raw dict API."""
 
@@ -85,6 +98,7 @@ class CoreSDK(Engine):
     def __init__(self) -> None:
         require_core()
         super().__init__()
+        _engines.add(self)
 
     def _sdk_key(self) -> str:
         raise NotImplementedError
