@@ -104,7 +104,7 @@ def start_servers(tmp: Path, stub_url: str) -> dict[str, tuple[subprocess.Popen[
         cmd += [f"127.0.0.1:{port}", "--log-level", "warning", "throughput_app:app"]
         log = (tmp / f"{kind}.log").open("wb")
         servers[kind] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=log), port)
-    for kind, (_, port) in servers.items():
+    for _, port in servers.values():
         wait_up(f"http://127.0.0.1:{port}/")
     return servers
 

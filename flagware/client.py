@@ -332,7 +332,8 @@ class Flagware:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Flagware engine={self.engine_name}/{self.engine_sdk} store={str(self.event_store_path)!r}>"
+        engine = f"{self.engine_name}/{self.engine_sdk}"
+        return f"<Flagware engine={engine} store={str(self.event_store_path)!r}>"
 
 
 # Strong references: a client dropped without close() must still be flushed at exit.

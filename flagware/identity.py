@@ -104,7 +104,8 @@ def _hash_ip(key: bytes, ip: str) -> str:
     h.update(ip.encode("ascii"))
     o = outer.copy()
     o.update(h.digest())
-    return o.digest()[:16].hex()
+    digest: bytes = o.digest()
+    return digest[:16].hex()
 
 
 @lru_cache(maxsize=8)

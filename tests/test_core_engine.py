@@ -20,11 +20,11 @@ import pytest
 
 pytest.importorskip("statsig_python_core")
 
-from flagware import Flagware  # noqa: E402
-from flagware.client import ConfigurationError  # noqa: E402
-from flagware.spec import compile_dcs, parse_spec  # noqa: E402
-from tests.conftest import SPEC  # noqa: E402
-from tests.statsig_stub import StatsigStub  # noqa: E402
+from flagware import Flagware
+from flagware.client import ConfigurationError
+from flagware.spec import compile_dcs, parse_spec
+from tests.conftest import SPEC
+from tests.statsig_stub import StatsigStub
 
 STRACE = shutil.which("strace")
 needs_strace = pytest.mark.skipif(

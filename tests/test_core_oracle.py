@@ -17,9 +17,9 @@ import pytest
 
 pytest.importorskip("statsig_python_core")
 
-from flagware.engine.core import CoreLocalEngine, CoreSDK  # noqa: E402
-from flagware.engine.legacy import LegacySDK  # noqa: E402
-from flagware.engine.local import LocalEngine  # noqa: E402
+from flagware.engine.core import CoreLocalEngine, CoreSDK
+from flagware.engine.legacy import LegacySDK
+from flagware.engine.local import LocalEngine
 
 USERS = 20_000
 TIER = "staging"
@@ -69,7 +69,11 @@ conditions = [{ tier = ["production"] }]
 
 [gates.all_of]
 rollout = 80
-conditions = [{ country = ["US", "GB", "DE"] }, { browser = ["Chrome", "Safari"] }, { field = "plan", in = ["pro", "free"] }]
+conditions = [
+  { country = ["US", "GB", "DE"] },
+  { browser = ["Chrome", "Safari"] },
+  { field = "plan", in = ["pro", "free"] },
+]
 
 [gates.target]
 rollout = 70

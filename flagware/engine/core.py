@@ -15,6 +15,7 @@ flagware's too (``flagware.testing``), so they never reach Core.
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import logging
 import weakref
@@ -26,12 +27,15 @@ from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
 from flagware.engine.statsig import StatsigSource
 from flagware.spec import compile_dcs
 
+core: Any  # the module, or None without the extra; Any keeps its stubbed-out API contained
 try:
-    import statsig_python_core as core
-    from statsig_python_core import statsig as core_statsig
-    from statsig_python_core.data_store import DataStoreResponse
+    core = importlib.import_module("statsig_python_core")
+    core_statsig: Any = importlib.import_module("statsig_python_core.statsig")
+    DataStoreResponse: Any = importlib.import_module(
+        "statsig_python_core.data_store"
+    ).DataStoreResponse
 except ImportError:  # pragma: no cover - exercised only without the extra
-    core = None
+    core = core_statsig = None
 
 log = logging.getLogger("flagware")
 
@@ -64,13 +68,13 @@ if core is not None:
 
         def __init__(self, document: str, time_ms: int) -> None:
             super().__init__()
-            self.document = document
-            self.time_ms = time_ms
+            data_store: Any = importlib.import_module("statsig_python_core.data_store")
+            self.response = data_store.DataStoreResponse(result=document, time=time_ms)
 
         def get(self, key: str) -> Any:
             if "download_config_specs" not in key:
                 return None
-            return DataStoreResponse(result=self.document, time=self.time_ms)
+            return self.response
 
         def set(self, key: str, value: str, time: int | None = None) -> None:
             pass  # read-only: the spec file is the truth
@@ -227,6 +231,6 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
         # served while Core keeps trying in the background.
         if not details.is_config_spec_ready:
             log.warning(
-                "flagware: Statsig specs not ready after %.1f s; serving defaults until they arrive",
+                "flagware: Statsig specs not ready after %.1f s; serving defaults until they come",
                 self.init_timeout,
             )
