@@ -660,9 +660,11 @@ def namespace(
     store: Path,
     *,
     fmt: str = "text",
-    alpha: str = "0.1",
+    alpha: str = "0.05",
     output: Path | None = None,
     experiment: str = "button_color",
+    until: str | None = None,
+    sequential: bool | None = None,
 ) -> argparse.Namespace:
     return argparse.Namespace(
         experiment=experiment,
@@ -671,6 +673,8 @@ def namespace(
         alpha=alpha,
         format=fmt,
         output=None if output is None else str(output),
+        until=until,
+        sequential=sequential,
     )
 
 

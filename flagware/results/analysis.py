@@ -24,7 +24,7 @@ The families (README, "Reading results"):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flagware.results.corrections import benjamini_hochberg, bonferroni
 from flagware.results.inference import Estimate, estimate, too_small
@@ -35,6 +35,7 @@ from flagware.spec import MetricSpec
 __all__ = ["PRIMARY_TAG", "analyse_metrics", "role_of"]
 
 PRIMARY_TAG = "primary"
+Correction = Callable[[Sequence[float | None], float, int | None], tuple[list[float | None], float]]
 _EMPTY = Sample(0, math.nan, 0.0)
 
 
@@ -67,7 +68,7 @@ def analyse_metrics(
     cells: list[list[tuple[Estimate | None, str | None]]] = []
     for metric, per_group in zip(metrics, samples, strict=True):
         base = per_group.get(control, _EMPTY)
-        row = []
+        row: list[tuple[Estimate | None, str | None]] = []
         for group in treatments:
             sample = per_group.get(group, _EMPTY)
             reason = too_small(sample, base)
@@ -81,7 +82,11 @@ def analyse_metrics(
     adjusted: dict[tuple[int, int], float | None] = {}
     levels: dict[Role, float] = {"guardrail": alpha}
     sizes: dict[Role, int] = {"guardrail": 1}
-    for role, correct in (("decision", bonferroni), ("secondary", benjamini_hochberg)):
+    families: tuple[tuple[Role, Correction], ...] = (
+        ("decision", bonferroni),
+        ("secondary", benjamini_hochberg),
+    )
+    for role, correct in families:
         keys = [(i, j) for i, r in enumerate(roles) if r == role for j in range(len(treatments))]
         p_values = [_p(cells[i][j][0]) for i, j in keys]
         sizes[role] = max(len(keys), 1)

@@ -94,35 +94,34 @@ def load_units(
     )
     window = "e.exposure = ? AND e.event = ? AND e.time >= ? AND e.time <= ?"
     args = (experiment, CONFIG_EXPOSURE, start, until)
+    # A unit with exposures in two groups is a crossover: its outcome belongs
+    # to neither group, so it is set aside first and counted.
+    conn.execute("DROP TABLE IF EXISTS temp.fw_cross")
+    conn.execute(
+        f"""
+        CREATE TEMP TABLE fw_cross AS
+        SELECT {unit} AS unit FROM events AS e
+        WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL AND {_NOT_OVERRIDE}
+        GROUP BY {unit} HAVING min(e.group_name) <> max(e.group_name)
+        """,
+        args,
+    )
     # ROW_NUMBER picks each unit's first exposure (ties broken by storage order);
-    # only then are units without a group dropped, so they stay out. A unit with
-    # exposures in two groups is a crossover: its outcome belongs to neither.
+    # only then are units without a group dropped, so they stay out.
     conn.execute(
         f"""
         INSERT INTO temp.fw_first (unit, grp, t0)
         SELECT unit, group_name, time FROM (
             SELECT {unit} AS unit, e.group_name, e.time,
-                   ROW_NUMBER() OVER (PARTITION BY {unit} ORDER BY e.time, e.id) AS rn,
-                   min(e.group_name) OVER (PARTITION BY {unit}) AS lowest,
-                   max(e.group_name) OVER (PARTITION BY {unit}) AS highest
+                   ROW_NUMBER() OVER (PARTITION BY {unit} ORDER BY e.time, e.id) AS rn
             FROM events AS e
             WHERE {window} AND {unit} IS NOT NULL AND {_NOT_OVERRIDE}
         )
-        WHERE rn = 1 AND group_name IS NOT NULL AND lowest = highest
+        WHERE rn = 1 AND group_name IS NOT NULL AND unit NOT IN (SELECT unit FROM temp.fw_cross)
         """,
         args,
     )
-    crossovers = conn.execute(
-        f"""
-        SELECT count(*) FROM (
-            SELECT 1 FROM events AS e
-            WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL
-              AND {_NOT_OVERRIDE}
-            GROUP BY {unit} HAVING min(e.group_name) <> max(e.group_name)
-        )
-        """,
-        args,
-    ).fetchone()[0]
+    crossovers = conn.execute("SELECT count(*) FROM temp.fw_cross").fetchone()[0]
     overrides = conn.execute(
         f"SELECT count(*) FROM events AS e WHERE {window} AND NOT ({_NOT_OVERRIDE})", args
     ).fetchone()[0]
@@ -198,12 +197,17 @@ def newest_event(conn: sqlite3.Connection, event: str, until: int) -> int | None
 
 def count_future(conn: sqlite3.Connection, experiment: str, events: list[str], now: int) -> int:
     """Exposures of the experiment and metric events stamped after ``now`` (clock skew)."""
-    marks = ", ".join("?" * len(events)) or "NULL"
-    row = conn.execute(
-        f"SELECT count(*) FROM events WHERE time > ? AND (exposure = ? OR event IN ({marks}))",
-        [now, experiment, *events],
+    # Two queries, so each can use its index (by exposure, by event name).
+    (exposures,) = conn.execute(
+        "SELECT count(*) FROM events WHERE exposure = ? AND time > ?", (experiment, now)
     ).fetchone()
-    return int(row[0])
+    marks = ", ".join("?" * len(events))
+    metric_events = 0
+    if events:
+        (metric_events,) = conn.execute(
+            f"SELECT count(*) FROM events WHERE event IN ({marks}) AND time > ?", [*events, now]
+        ).fetchone()
+    return int(exposures) + int(metric_events)
 
 
 def non_numeric_events(conn: sqlite3.Connection, event: str) -> int:

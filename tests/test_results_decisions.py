@@ -1,0 +1,259 @@
+"""Evidence that the verdict holds its error rates: seeded simulations over whole catalogs.
+
+Each simulation draws per-unit data with numpy, summarises it exactly as the
+SQL does (n, mean, sum of squared deviations per group), and runs the same
+``analyse_metrics`` and ``verdict`` that ``flagware results`` runs. The figures
+are printed (``pytest -s``) and quoted in the README; the assertions hold them
+to alpha within two standard errors of the simulation.
+
+Bigger runs: ``python benchmarks/decisions.py`` (same code, more experiments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from flagware.results import sequential
+from flagware.results.analysis import analyse_metrics
+from flagware.results.inference import estimate
+from flagware.results.model import GroupUnits
+from flagware.results.stats import Sample, two_sided_p, welch_df
+from flagware.results.verdict import verdict
+from flagware.spec import MetricSpec
+
+ALPHA = 0.05
+GROUPS = ["Control", "A", "B"]
+
+Draw = Callable[[np.random.Generator, int, float], np.ndarray]
+
+
+def _conversion(base: float) -> Draw:
+    return lambda rng, n, lift: (rng.random(n) < base * (1 + lift)).astype(float)
+
+
+def _count(rng: np.random.Generator, n: int, lift: float) -> np.ndarray:
+    return rng.poisson(1.5 * (1 + lift), n).astype(float)
+
+
+def _revenue(rng: np.random.Generator, n: int, lift: float) -> np.ndarray:
+    """90% zeros, the rest log-normal: the skewed shape of real revenue."""
+    values = np.zeros(n)
+    buyers = rng.random(n) < 0.1
+    values[buyers] = rng.lognormal(3.0, 1.0, int(buyers.sum())) * (1 + lift)
+    return values
+
+
+def _order_value(rng: np.random.Generator, n: int, lift: float) -> np.ndarray:
+    return rng.normal(50.0 * (1 + lift), 20.0, n)
+
+
+CATALOG: list[tuple[MetricSpec, Draw]] = [
+    (MetricSpec("signup", "signup", "conversion"), _conversion(0.10)),
+    (MetricSpec("activated", "activate", "conversion"), _conversion(0.30)),
+    (MetricSpec("clicks", "click", "count"), _count),
+    (MetricSpec("revenue", "purchase", "sum"), _revenue),
+    (MetricSpec("order_value", "purchase", "mean"), _order_value),
+]
+
+
+def np_sample(x: np.ndarray) -> Sample:
+    mean = float(x.mean())
+    return Sample(len(x), mean, float(((x - mean) ** 2).sum()))
+
+
+def run_catalog(
+    rng: np.random.Generator, n: int, lifts: dict[tuple[str, str], float] | None = None
+) -> tuple[object, ...]:
+    """One experiment over the whole catalog: (metric results, verdict, best group)."""
+    lifts = lifts or {}
+    samples = []
+    for metric, draw in CATALOG:
+        samples.append(
+            {g: np_sample(draw(rng, n, lifts.get((metric.name, g), 0.0))) for g in GROUPS}
+        )
+    results = analyse_metrics([m for m, _ in CATALOG], samples, GROUPS, "Control", ALPHA)
+    units = tuple(GroupUnits(g, n, 100 / 3, None) for g in GROUPS)
+    decision, _, _, best = verdict(None, units, results, (), ALPHA)
+    return results, decision, best
+
+
+def two_se(rate: float, runs: int) -> float:
+    return 2 * math.sqrt(rate * (1 - rate) / runs)
+
+
+RUNS = 1500
+
+
+def test_aa_catalog_false_ship_rate_is_at_most_alpha() -> None:
+    """3 groups x 5 metrics, no effect anywhere: how often does anything ship?"""
+    rng = np.random.default_rng(20261130)
+    any_significant = ships = uncorrected = 0
+    for _ in range(RUNS):
+        results, decision, _ = run_catalog(rng, 300)
+        rows = [r for m in results for r in m.results]  # type: ignore[attr-defined]
+        any_significant += any(r.significant for r in rows)
+        ships += decision == "ship"
+        # What the verdict did before: any raw p below alpha, in either direction.
+        uncorrected += any(r.p_value is not None and r.p_value < ALPHA for r in rows)
+    fwer, ship_rate, raw = any_significant / RUNS, ships / RUNS, uncorrected / RUNS
+    print(
+        f"\nA/A 3 groups x 5 metrics, {RUNS} experiments at alpha {ALPHA}:"
+        f" family-wise false-positive rate {fwer:.4f}, false-ship rate {ship_rate:.4f};"
+        f" uncorrected, any p < alpha: {raw:.4f}"
+    )
+    # Bonferroni keeps the family-wise rate at alpha (a little under: it is
+    # conservative for correlated comparisons, and the groups share a control).
+    assert fwer <= ALPHA + two_se(ALPHA, RUNS)
+    assert fwer >= ALPHA / 2  # and it is not bought by never calling anything
+    # A ship needs a significant improvement: one tail of the two-sided family.
+    assert ship_rate <= ALPHA / 2 + two_se(ALPHA / 2, RUNS)
+    assert raw > 3 * ALPHA  # the problem the correction solves
+
+
+def test_catalog_power_on_a_known_effect() -> None:
+    """Signup +20% in group A (0.10 -> 0.12), nothing else: how often is A shipped?"""
+    rng = np.random.default_rng(7)
+    runs, n = 400, 5000
+    shipped_a = raw_power = 0
+    for _ in range(runs):
+        results, decision, best = run_catalog(rng, n, {("signup", "A"): 0.2})
+        shipped_a += decision == "ship" and best == "A"
+        signup_a = results[0].results[0]  # type: ignore[index]
+        raw_power += signup_a.p_value < ALPHA
+    power, raw = shipped_a / runs, raw_power / runs
+    print(
+        f"\nknown effect (signup 0.10 -> 0.12 in A, n={n}/group, 10 decision comparisons):"
+        f" ships A in {power:.3f} of {runs} experiments; uncorrected power {raw:.3f}"
+    )
+    assert power > 0.5
+    assert power < raw  # the price of the correction, stated rather than hidden
+
+
+def test_bonferroni_intervals_cover_all_effects_at_once() -> None:
+    """Simultaneous coverage: all 10 decision intervals contain the true effect."""
+    rng = np.random.default_rng(99)
+    lifts = {("signup", "A"): 0.1, ("clicks", "B"): -0.05, ("order_value", "A"): 0.02}
+    truths = {
+        ("signup", "A"): 0.10 * 0.1,
+        ("clicks", "B"): 1.5 * -0.05,
+        ("order_value", "A"): 50.0 * 0.02,
+    }
+    runs = 600
+    all_covered = 0
+    for _ in range(runs):
+        results, _, _ = run_catalog(rng, 2000, lifts)
+        ok = True
+        for m in results:  # type: ignore[attr-defined]
+            for r in m.results:
+                truth = 0.0 if m.name == "revenue" else truths.get((m.name, r.group), 0.0)
+                ok = ok and r.ci is not None and r.ci[0] <= truth <= r.ci[1]
+        all_covered += ok
+    coverage = all_covered / runs
+    print(f"\nsimultaneous coverage of 10 Bonferroni intervals: {coverage:.4f} (target >= 0.95)")
+    assert coverage >= 1 - ALPHA - two_se(ALPHA, runs)
+
+
+# --- peeking ---------------------------------------------------------------------------
+
+
+LOOKS, BATCH = 10, 100
+
+
+def _peek(rng: np.random.Generator, runs: int, effect: float) -> tuple[float, float, float]:
+    """Per run, 10 looks at a growing two-group conversion experiment.
+
+    Returns (fixed-horizon any-look rejection rate, sequential any-look
+    rejection rate, sequential time-uniform coverage of the true difference).
+    """
+    base = 0.2
+    rho = sequential.rho(ALPHA)
+    fixed_any = seq_any = covered = 0
+    for _ in range(runs):
+        t = (rng.random(LOOKS * BATCH) < base + effect).astype(float)
+        c = (rng.random(LOOKS * BATCH) < base).astype(float)
+        fixed_hit = seq_hit = False
+        always_covered = True
+        for look in range(1, LOOKS + 1):
+            n = look * BATCH
+            st, sc = np_sample(t[:n]), np_sample(c[:n])
+            fixed = estimate("conversion", st, sc)
+            fixed_hit = fixed_hit or (fixed.p_value is not None and fixed.p_value < ALPHA)
+            seq = estimate("conversion", st, sc, sequential_rho=rho)
+            ci, _ = seq.intervals(ALPHA)
+            if ci is not None:
+                seq_hit = seq_hit or ci[0] > 0 or ci[1] < 0
+                always_covered = always_covered and ci[0] <= effect <= ci[1]
+        fixed_any += fixed_hit
+        seq_any += seq_hit
+        covered += always_covered
+    return fixed_any / runs, seq_any / runs, covered / runs
+
+
+def test_peeking_sequential_stays_at_alpha_fixed_horizon_does_not() -> None:
+    runs = 1500
+    fixed, seq, coverage = _peek(np.random.default_rng(314), runs, 0.0)
+    print(
+        f"\nA/A, {LOOKS} looks of {BATCH} units a group: any-look false-positive rate"
+        f" fixed-horizon {fixed:.4f}, sequential {seq:.4f} (alpha {ALPHA});"
+        f" sequential coverage at every look {coverage:.4f}"
+    )
+    assert seq <= ALPHA + two_se(ALPHA, runs)
+    assert fixed > 2 * ALPHA  # why the diagnostics page shows no fixed-horizon verdict live
+    assert coverage >= 1 - ALPHA - two_se(ALPHA, runs)
+
+
+def test_sequential_covers_a_real_effect_at_every_look() -> None:
+    runs = 800
+    _, power, coverage = _peek(np.random.default_rng(2718), runs, 0.06)
+    print(
+        f"\neffect +0.06 on 0.20, {LOOKS} looks: sequential power {power:.3f},"
+        f" coverage at every look {coverage:.4f}"
+    )
+    assert coverage >= 1 - ALPHA - two_se(ALPHA, runs)
+    assert power > 0.5
+
+
+# --- small samples ------------------------------------------------------------------------
+
+
+def _welch_p(t: Sample, c: Sample) -> float | None:
+    """The old test: Welch's t on the per-unit values, for contrast."""
+    se = math.sqrt(t.variance / t.n + c.variance / c.n)
+    if se == 0:
+        return None
+    return two_sided_p((t.mean - c.mean) / se, welch_df(t.variance, t.n, c.variance, c.n))
+
+
+@pytest.mark.parametrize(
+    ("kind", "draw", "n_t", "n_c"),
+    [
+        ("conversion", _conversion(0.10), 28, 12),
+        ("conversion", _conversion(0.30), 28, 12),
+        ("sum", _revenue, 20, 20),
+        ("count", lambda rng, n, lift: rng.poisson(0.2, n).astype(float), 28, 12),
+    ],
+    ids=["conv10%-28v12", "conv30%-28v12", "revenue90%zeros-20v20", "rare-count-28v12"],
+)
+def test_small_samples_hold_alpha(kind: str, draw: Draw, n_t: int, n_c: int) -> None:
+    rng = np.random.default_rng(41)
+    runs = 3000
+    metric = MetricSpec("m", "e", kind)  # type: ignore[arg-type]
+    calls = old = 0
+    for _ in range(runs):
+        t, c = np_sample(draw(rng, n_t, 0.0)), np_sample(draw(rng, n_c, 0.0))
+        (result,) = analyse_metrics(
+            [metric], [{"Red": t, "Control": c}], ["Control", "Red"], "Control", ALPHA
+        )
+        calls += result.results[0].significant
+        p = _welch_p(t, c)
+        old += p is not None and p < ALPHA
+    rate, old_rate = calls / runs, old / runs
+    print(
+        f"\nA/A {kind} {n_t} vs {n_c} units: false-positive rate {rate:.4f}"
+        f" (Welch on the per-unit values: {old_rate:.4f}), alpha {ALPHA}"
+    )
+    assert rate <= ALPHA + two_se(ALPHA, runs)
