@@ -164,6 +164,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute(PENDING_INDEX)
 
 
+# Made once: json.dumps with keyword arguments builds a new JSONEncoder on every
+# call, and the writer thread made three such calls per event.
+_encode = json.JSONEncoder(default=str).encode
+
+
 def _row(event: Event, deliver: bool) -> tuple[Any, ...]:
     value = event.value
     value_num = numeric_value(value)
@@ -174,7 +179,7 @@ def _row(event: Event, deliver: bool) -> tuple[Any, ...]:
         event.stable_id,
         None if value is None else json.dumps(value),
         value_num,
-        None if event.metadata is None else json.dumps(event.metadata, default=str),
+        None if event.metadata is None else _encode(event.metadata),
         event.exposure,
         event.group,
         event.payload(),
