@@ -8,7 +8,7 @@ Install it with ``pip install 'flagware[core]'``. Both spec sources work:
 - Statsig with a secret: Core downloads the specs from ``statsig_api`` itself.
 
 Core's own event logging is off in both: flagware records exposures and events
-itself (store, delivery, dedupe), exactly as on the legacy engine. Overrides are
+itself (store and delivery), exactly as on the legacy engine. Overrides are
 flagware's too (``flagware.testing``), so they never reach Core.
 """
 
