@@ -48,7 +48,12 @@ is an error, so a typo never silently changes who sees what.
 ``[metrics.<name>]``  a metric for results; metrics do not change the DCS.
 
 - ``event``  the event name (required).
-- ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"`` or ``"mean"``.
+- ``kind``  ``"conversion"`` (default), ``"count"``, ``"sum"``, ``"mean"`` or ``"ratio"``.
+- ``numerator``, ``denominator``  ratio metrics only, instead of ``event``: tables
+  ``{ event = "...", aggregate = "count" | "sum" }`` (default ``"count"``).
+- ``cuped_days``  days of pre-exposure data for CUPED, default 7; 0 turns it off.
+- ``cap_percentile``  sum and count metrics: per-unit values are capped at this
+  percentile of the experiment's units, default 99.9; 100 turns it off.
 - ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail,
   ``"primary"`` a decision metric (none tagged: every non-guardrail metric is one).
 - ``direction``  ``"increase"`` (default) or ``"decrease"``: which way is better.
@@ -92,7 +97,8 @@ __all__ = [
 ]
 
 ConditionKind = Literal["country", "browser", "os", "field", "tier"]
-MetricKind = Literal["conversion", "count", "sum", "mean"]
+MetricKind = Literal["conversion", "count", "sum", "mean", "ratio"]
+Aggregate = Literal["count", "sum"]
 Direction = Literal["increase", "decrease"]
 Scalar = str | int | float | bool
 
@@ -182,13 +188,25 @@ class ExperimentSpec:
 
 
 @dataclass(frozen=True)
+class EventAggregate:
+    """One side of a ratio metric: an event's count or the sum of its values, per unit."""
+
+    event: str
+    aggregate: Aggregate = "count"
+
+
+@dataclass(frozen=True)
 class MetricSpec:
     name: str
-    event: str
+    event: str  # for ratio metrics, the numerator's event
     kind: MetricKind = "conversion"
     tags: tuple[str, ...] = ()
     direction: Direction = "increase"
     fresh_within: float | None = None  # hours; only meaningful for guardrails
+    numerator: EventAggregate | None = None  # ratio metrics only
+    denominator: EventAggregate | None = None
+    cuped_days: float = 7.0  # pre-exposure lookback for CUPED; 0 turns it off
+    cap_percentile: float = 99.9  # sum and count metrics: winsorize here; 100 turns it off
 
     @property
     def guardrail(self) -> bool:
@@ -329,9 +347,28 @@ class _Parser:
 
     def metric(self, name: str, body: Mapping[str, Any]) -> MetricSpec:
         path = f"metrics.{name}"
-        _known_keys(body, path, {"event", "kind", "tags", "direction", "fresh_within"})
-        if "event" not in body:
-            raise _Invalid(f"{path}.event", "missing (the name of the event to count)")
+        keys = {"event", "kind", "tags", "direction", "fresh_within", "cuped_days"}
+        _known_keys(body, path, keys | {"cap_percentile", "numerator", "denominator"})
+        kind = _choice(body, path, "kind", get_args(MetricKind), "conversion")
+        numerator = denominator = None
+        if kind == "ratio":
+            for key in ("numerator", "denominator"):
+                if key not in body:
+                    raise _Invalid(
+                        f"{path}.{key}", 'missing (ratio metrics need { event = "..." })'
+                    )
+            if "event" in body:
+                raise _Invalid(
+                    f"{path}.event", "ratio metrics name their numerator and denominator"
+                )
+            numerator = _event_aggregate(body["numerator"], f"{path}.numerator")
+            denominator = _event_aggregate(body["denominator"], f"{path}.denominator")
+        else:
+            for key in ("numerator", "denominator"):
+                if key in body:
+                    raise _Invalid(f"{path}.{key}", 'only applies to kind = "ratio"')
+            if "event" not in body:
+                raise _Invalid(f"{path}.event", "missing (the name of the event to count)")
         tags = _get(body, path, "tags", list, [])
         for i, tag in enumerate(tags):
             if not isinstance(tag, str) or not tag:
@@ -345,14 +382,38 @@ class _Parser:
                 raise _Invalid(f"{path}.fresh_within", 'only applies to metrics tagged "guardrail"')
         if "guardrail" in tags and "primary" in tags:
             raise _Invalid(f"{path}.tags", 'a metric is either "primary" or "guardrail", not both')
+        cuped_days = _number(body.get("cuped_days", 7), f"{path}.cuped_days")
+        if not 0 <= cuped_days <= 365:
+            raise _Invalid(f"{path}.cuped_days", "must be between 0 (off) and 365 days")
+        cap = _number(body.get("cap_percentile", 99.9), f"{path}.cap_percentile")
+        if not 50 <= cap <= 100:
+            raise _Invalid(f"{path}.cap_percentile", "must be between 50 and 100 (100: no cap)")
+        if "cap_percentile" in body and kind not in ("sum", "count"):
+            raise _Invalid(f"{path}.cap_percentile", 'only applies to kind "sum" or "count"')
         return MetricSpec(
             name=name,
-            event=_nonempty(body, path, "event", ""),
-            kind=_choice(body, path, "kind", get_args(MetricKind), "conversion"),
+            event=numerator.event if numerator else _nonempty(body, path, "event", ""),
+            kind=kind,
             tags=tuple(tags),
             direction=_choice(body, path, "direction", get_args(Direction), "increase"),
             fresh_within=fresh_within,
+            numerator=numerator,
+            denominator=denominator,
+            cuped_days=cuped_days,
+            cap_percentile=cap,
         )
+
+
+def _event_aggregate(raw: Any, path: str) -> EventAggregate:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(path, 'must be a table like { event = "purchase", aggregate = "sum" }')
+    _known_keys(raw, path, {"event", "aggregate"})
+    if "event" not in raw:
+        raise _Invalid(f"{path}.event", "missing (the name of the event)")
+    return EventAggregate(
+        event=_nonempty(raw, path, "event", ""),
+        aggregate=_choice(raw, path, "aggregate", get_args(Aggregate), "count"),
+    )
 
 
 # --------------------------------------------------------------------------- value checks

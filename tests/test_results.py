@@ -105,9 +105,19 @@ class Log:
 
 
 def independent_samples(
-    events: list[Event], exp: str, event_name: str, kind: str, unit_key: str = "stableID"
+    events: list[Event],
+    exp: str,
+    event_name: str,
+    kind: str,
+    unit_key: str = "stableID",
+    before_ms: int | None = None,
 ) -> dict[str, list[float]]:
-    """Per group, per-unit metric values: the analysis rules replayed in plain Python."""
+    """Per group, per-unit metric values: the analysis rules replayed in plain Python.
+
+    ``kind`` "valued" is the number of events with a numeric value; with
+    ``before_ms`` the values are over that many ms before the first exposure
+    (CUPED's covariate) instead of after it.
+    """
 
     def unit_of(e: Event) -> str | None:
         return e.user_id if unit_key == "userID" else e.user["customIDs"].get(unit_key)
@@ -128,23 +138,33 @@ def independent_samples(
     for u, exposure in first.items():
         if exposure.group is None or u in crossovers:
             continue
+        if before_ms is None:
+            start, end = exposure.time, NOW
+        else:
+            start, end = exposure.time - before_ms, exposure.time - 1
         mine = [
-            e
-            for e in events
-            if e.name == event_name and unit_of(e) == u and exposure.time <= e.time <= NOW
+            e for e in events if e.name == event_name and unit_of(e) == u and start <= e.time <= end
         ]
         valued = [float(e.value) for e in mine if isinstance(e.value, int | float)]
         if kind == "conversion":
-            v: float | None = 1.0 if mine else 0.0
+            v = 1.0 if mine else 0.0
         elif kind == "count":
             v = float(len(mine))
         elif kind == "sum":
             v = sum(valued)
         else:
-            v = sum(valued) / len(valued) if valued else None
-        if v is not None:
-            values.setdefault(exposure.group, []).append(v)
+            assert kind == "valued"
+            v = float(len(valued))
+        values.setdefault(exposure.group, []).append(v)
     return values
+
+
+def delta_method_ratio(y: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """sum(y) / sum(x) and its squared standard error by the delta method, in numpy."""
+    r = y.sum() / x.sum()
+    cov = np.cov(y, x, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r * r * cov[1, 1]) / (len(y) * x.mean() ** 2)
+    return float(r), float(var)
 
 
 def random_log(seed: int, units: int = 300, effect: float = 0.0) -> Log:
@@ -207,7 +227,23 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
     """Assert every metric row matches the independent computation; returns rows checked."""
     checked = 0
     for metric in results.metrics:
+        if metric.kind == "mean":
+            checked += check_ratio_metric(metric, log, exp)
+            continue
         samples = independent_samples(log.events, exp, metric.event, metric.kind)
+        if metric.kind in ("sum", "count"):  # winsorized at the 99.9th percentile of all units
+            cap = float(
+                np.percentile(
+                    np.concatenate([np.array(v) for v in samples.values()]),
+                    99.9,
+                    method="inverted_cdf",
+                )
+            )
+            assert metric.cap == pytest.approx(cap, rel=1e-12)
+            assert metric.capped_units == sum(
+                int((np.array(v) > cap).sum()) for v in samples.values()
+            )
+            samples = {g: list(np.minimum(np.array(v), cap)) for g, v in samples.items()}
         control = np.array(samples.get("Control", []))
         for row in metric.results:
             treated = np.array(samples.get(row.group, []))
@@ -220,18 +256,42 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
             p, (lo, hi) = reference_test(row.method, treated, control, row.ci_alpha)
             assert row.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
             assert row.ci == pytest.approx((lo, hi), rel=1e-6, abs=1e-9)
-            if metric.role == "decision":
-                size = metric.family_size
-                assert row.ci_alpha == pytest.approx(results.alpha / size)
-                assert row.p_value_adjusted == pytest.approx(min(1.0, p * size), rel=1e-6)
-            assert row.significant == (lo > 0 or hi < 0)
-            assert row.significant == (row.p_value_adjusted < results.alpha)
-            if row.significant:
-                assert row.relative_ci is not None
-                assert (row.relative_ci[0] > 0) == (row.ci[0] > 0)
-                assert (row.relative_ci[1] < 0) == (row.ci[1] < 0)
+            check_call(results, metric, row, p)
             checked += 1
     return checked
+
+
+def check_call(results: Any, metric: Any, row: Any, p: float) -> None:
+    """The correction and the one-story rule, for any row."""
+    lo, hi = row.ci
+    if metric.role == "decision":
+        size = metric.family_size
+        assert row.ci_alpha == pytest.approx(results.alpha / size)
+        assert row.p_value_adjusted == pytest.approx(min(1.0, p * size), rel=1e-6)
+    assert row.significant == (lo > 0 or hi < 0)
+    assert row.significant == (row.p_value_adjusted < results.alpha)
+    if row.significant:
+        assert row.relative_ci is not None
+        assert (row.relative_ci[0] > 0) == (lo > 0)
+        assert (row.relative_ci[1] < 0) == (hi < 0)
+
+
+def check_ratio_metric(metric: Any, log: Log, exp: str) -> int:
+    """A mean metric is sum of values over valued events: the delta method, in numpy."""
+    sums = independent_samples(log.events, exp, metric.event, "sum")
+    counts = independent_samples(log.events, exp, metric.event, "valued")
+    r_c, v_c = delta_method_ratio(np.array(sums["Control"]), np.array(counts["Control"]))
+    for row in metric.results:
+        r_t, v_t = delta_method_ratio(np.array(sums[row.group]), np.array(counts[row.group]))
+        assert row.units == len(sums[row.group])
+        assert (row.mean, row.control_mean) == pytest.approx((r_t, r_c), rel=1e-9)
+        se = math.sqrt(v_t + v_c)
+        z = sps.norm.ppf(1 - row.ci_alpha / 2)
+        assert row.method == "delta"
+        assert row.ci == pytest.approx((r_t - r_c - z * se, r_t - r_c + z * se), rel=1e-7)
+        p = 2 * sps.norm.sf(abs(r_t - r_c) / se)
+        assert row.p_value == pytest.approx(p, rel=1e-6)
+    return len(metric.results)
 
 
 # --- numbers ---------------------------------------------------------------------------
@@ -240,7 +300,9 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_numbers_match_an_independent_computation(tmp_path: Path, seed: int) -> None:
     log = random_log(seed, effect=0.15 if seed == 3 else 0.0)
-    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    store = log.store(tmp_path)
+    # Unadjusted here; CUPED against its own independent computation in test_results_power.
+    results = compute_results(make_spec(), "button_color", store, now=NOW, cuped=False)
     assert check_against_scipy(results, log) == len(METRICS)
     units = {g.name: g.units for g in results.groups}
     expected = independent_samples(log.events, "button_color", "signup", "conversion")
@@ -295,20 +357,22 @@ def test_unit_id_follows_the_experiment(tmp_path: Path, unit: str) -> None:
     assert {g.name: g.units for g in results.groups} == expected[unit]
 
 
-def test_mean_counts_only_units_with_values(tmp_path: Path) -> None:
+def test_mean_is_value_sum_over_valued_events_of_every_unit(tmp_path: Path) -> None:
     log = Log()
     for i in range(6):
         log.expose(i, "Control" if i < 3 else "Red", NOW - HOUR)
     log.log(0, "purchase", NOW, 10)
-    log.log(0, "purchase", NOW, 20)  # unit mean 15
+    log.log(0, "purchase", NOW, 20)
     log.log(1, "purchase", NOW, 30)
-    log.log(1, "purchase", NOW)  # no value: not in the unit's mean
+    log.log(1, "purchase", NOW)  # no value: not in the mean
     log.log(3, "purchase", NOW, 40)
     log.log(4, "purchase", NOW, 44)
     spec = make_spec(metrics={"aov": {"event": "purchase", "kind": "mean"}})
     row = compute_results(spec, "button_color", log.store(tmp_path), now=NOW).metrics[0].results[0]
-    assert (row.control_units, row.control_mean) == (2, 22.5)
-    assert (row.units, row.mean) == (2, 42.0)
+    # Every exposed unit is in the sample (units without a purchase too), so the
+    # metric does not condition on what the treatment may have changed.
+    assert (row.control_units, row.control_mean) == (3, 20.0)
+    assert (row.units, row.mean) == (3, 42.0)
 
 
 def test_multiple_groups_each_against_control(tmp_path: Path) -> None:

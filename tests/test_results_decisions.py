@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from flagware.results import sequential
-from flagware.results.analysis import analyse_metrics
+from flagware.results.analysis import MetricData, analyse_metrics
 from flagware.results.inference import estimate
 from flagware.results.model import GroupUnits
-from flagware.results.stats import Sample, two_sided_p, welch_df
+from flagware.results.stats import Moments, Sample, two_sided_p, welch_df
 from flagware.results.verdict import verdict
 from flagware.spec import MetricSpec
 
@@ -48,7 +48,11 @@ def _revenue(rng: np.random.Generator, n: int, lift: float) -> np.ndarray:
 
 
 def _order_value(rng: np.random.Generator, n: int, lift: float) -> np.ndarray:
-    return rng.normal(50.0 * (1 + lift), 20.0, n)
+    """A mean (ratio) metric: per unit, (sum of order values, number of orders)."""
+    orders = rng.poisson(1.0, n)
+    # The sum of k order values of N(50, 20) is N(50 k, 20 sqrt(k)).
+    totals = rng.normal(50.0 * (1 + lift) * orders, 20.0 * np.sqrt(orders))
+    return np.stack([totals, orders.astype(float)])
 
 
 CATALOG: list[tuple[MetricSpec, Draw]] = [
@@ -65,17 +69,33 @@ def np_sample(x: np.ndarray) -> Sample:
     return Sample(len(x), mean, float(((x - mean) ** 2).sum()))
 
 
+def np_moments(values: np.ndarray) -> Moments:
+    """Moments of per-unit y, or of (y, x) rows for a ratio metric."""
+    if values.ndim == 1:
+        s = np_sample(values)
+        return Moments(s.n, s.mean, s.m2)
+    y, x = values
+    my, mx = float(y.mean()), float(x.mean())
+    return Moments(
+        len(y),
+        my,
+        float(((y - my) ** 2).sum()),
+        mx,
+        float(((x - mx) ** 2).sum()),
+        float(((y - my) * (x - mx)).sum()),
+    )
+
+
 def run_catalog(
     rng: np.random.Generator, n: int, lifts: dict[tuple[str, str], float] | None = None
 ) -> tuple[object, ...]:
     """One experiment over the whole catalog: (metric results, verdict, best group)."""
     lifts = lifts or {}
-    samples = []
-    for metric, draw in CATALOG:
-        samples.append(
-            {g: np_sample(draw(rng, n, lifts.get((metric.name, g), 0.0))) for g in GROUPS}
-        )
-    results = analyse_metrics([m for m, _ in CATALOG], samples, GROUPS, "Control", ALPHA)
+    data = [
+        MetricData({g: np_moments(draw(rng, n, lifts.get((m.name, g), 0.0))) for g in GROUPS})
+        for m, draw in CATALOG
+    ]
+    results = analyse_metrics([m for m, _ in CATALOG], data, GROUPS, "Control", ALPHA)
     units = tuple(GroupUnits(g, n, 100 / 3, None) for g in GROUPS)
     decision, _, _, best = verdict(None, units, results, (), ALPHA)
     return results, decision, best
@@ -140,7 +160,7 @@ def test_bonferroni_intervals_cover_all_effects_at_once() -> None:
     truths = {
         ("signup", "A"): 0.10 * 0.1,
         ("clicks", "B"): 1.5 * -0.05,
-        ("order_value", "A"): 50.0 * 0.02,
+        ("order_value", "A"): 50.0 * 0.02,  # the mean order value moves by 2%
     }
     runs = 600
     all_covered = 0
@@ -245,9 +265,8 @@ def test_small_samples_hold_alpha(kind: str, draw: Draw, n_t: int, n_c: int) -> 
     calls = old = 0
     for _ in range(runs):
         t, c = np_sample(draw(rng, n_t, 0.0)), np_sample(draw(rng, n_c, 0.0))
-        (result,) = analyse_metrics(
-            [metric], [{"Red": t, "Control": c}], ["Control", "Red"], "Control", ALPHA
-        )
+        data = MetricData.of({"Red": t, "Control": c})
+        (result,) = analyse_metrics([metric], [data], ["Control", "Red"], "Control", ALPHA)
         calls += result.results[0].significant
         p = _welch_p(t, c)
         old += p is not None and p < ALPHA

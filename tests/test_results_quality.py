@@ -172,7 +172,8 @@ def test_numeric_strings_are_numbers_and_other_strings_are_reported(tmp_path: Pa
     log.log(0, "purchase", NOW - 10, "20.0")  # type: ignore[arg-type]
     log.log(0, "purchase", NOW - 10, 5)
     log.log(1, "purchase", NOW - 10, "pro")  # type: ignore[arg-type]
-    spec = make_spec(metrics={"revenue": {"event": "purchase", "kind": "sum"}})
+    revenue = {"event": "purchase", "kind": "sum", "cap_percentile": 100}
+    spec = make_spec(metrics={"revenue": revenue})
     results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
     red = results.metrics[0].samples["Red"]
     assert red.mean * red.n == pytest.approx(25.0)

@@ -1,6 +1,6 @@
-"""From per-group summaries to corrected, mutually consistent results for a whole catalog.
+"""From per-group moments to corrected, mutually consistent results for a whole catalog.
 
-Pure functions over :class:`~flagware.results.stats.Sample` (no store), so the
+Pure functions over :class:`~flagware.results.stats.Moments` (no store), so the
 seeded simulations in the tests run exactly the code the CLI runs.
 
 The families (README, "Reading results"):
@@ -25,18 +25,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+from flagware.results import cuped
 from flagware.results.corrections import benjamini_hochberg, bonferroni
 from flagware.results.inference import Estimate, estimate, too_small
 from flagware.results.model import GroupResult, MetricResult, Outcome, Role
-from flagware.results.stats import Sample
+from flagware.results.planning import minimum_detectable_effect, units_needed
+from flagware.results.stats import Moments, Sample, norm_ppf
 from flagware.spec import MetricSpec
 
-__all__ = ["PRIMARY_TAG", "analyse_metrics", "role_of"]
+__all__ = ["PRIMARY_TAG", "MetricData", "analyse_metrics", "role_of"]
 
 PRIMARY_TAG = "primary"
 Correction = Callable[[Sequence[float | None], float, int | None], tuple[list[float | None], float]]
-_EMPTY = Sample(0, math.nan, 0.0)
+_EMPTY = Moments(0, math.nan, 0.0)
+_RATIOS = ("ratio", "mean")
+
+
+@dataclass(frozen=True)
+class MetricData:
+    """One metric's per-group moments, and the cap already applied to them."""
+
+    moments: dict[str, Moments]
+    cap: float | None = None
+    capped_units: int = 0
+
+    @classmethod
+    def of(cls, samples: dict[str, Sample]) -> MetricData:
+        """Plain samples, no covariate (simulations and tests)."""
+        return cls({g: Moments(s.n, s.mean, s.m2) for g, s in samples.items()})
 
 
 def role_of(metric: MetricSpec, catalog: Sequence[MetricSpec]) -> Role:
@@ -47,37 +65,72 @@ def role_of(metric: MetricSpec, catalog: Sequence[MetricSpec]) -> Role:
     return "decision"
 
 
+class _Prepared:
+    """A metric's per-group values ready to compare: adjusted by CUPED, or ratios."""
+
+    def __init__(self, metric: MetricSpec, data: MetricData, use_cuped: bool) -> None:
+        self.metric = metric
+        self.data = data
+        self.theta = None
+        self.samples = {g: m.y for g, m in data.moments.items()}
+        self.reduction: dict[str, float] = {}
+        if metric.kind not in _RATIOS and use_cuped and metric.cuped_days > 0:
+            self.theta = cuped.theta(data.moments)
+        if self.theta is not None:
+            self.samples = cuped.adjust(data.moments, self.theta)
+            self.reduction = {
+                g: 1.0 - self.samples[g].m2 / m.m2_y for g, m in data.moments.items() if m.m2_y > 0
+            }
+
+    def means(self, group: str) -> tuple[float, float]:
+        """The group's point estimate and its squared standard error."""
+        if self.metric.kind in _RATIOS:
+            return cuped.ratio(self.data.moments.get(group, _EMPTY))
+        sample = self.samples.get(group)
+        if sample is None or sample.n == 0:
+            return math.nan, math.nan
+        return sample.mean, sample.variance / sample.n  # variance: nan below 2 units
+
+    def compare(
+        self, group: str, control: str, rho: float | None
+    ) -> tuple[Estimate | None, str | None]:
+        t = self.data.moments.get(group, _EMPTY)
+        c = self.data.moments.get(control, _EMPTY)
+        reason = too_small(t.y, c.y)
+        if reason is not None:
+            return None, reason
+        if self.metric.kind in _RATIOS:
+            est = cuped.ratio_estimate(t, c, rho)
+            if est is None:
+                return None, "no denominator events in a group"
+        else:
+            kind = "sum" if self.theta is not None else self.metric.kind
+            est = estimate(kind, self.samples[group], self.samples[control], sequential_rho=rho)
+        return est, None if est.p_value is not None else "no variance to test"
+
+
 def analyse_metrics(
     metrics: Sequence[MetricSpec],
-    samples: Sequence[dict[str, Sample]],
+    data: Sequence[MetricData],
     groups: Sequence[str],
     control: str,
     alpha: float,
     *,
     sequential_rho: float | None = None,
+    use_cuped: bool = True,
+    target_mde: float = 0.05,
 ) -> tuple[MetricResult, ...]:
     """Every metric's comparisons of every group with ``control``, corrected per family.
 
-    ``samples[i]`` holds metric ``i``'s sample per group; ``groups`` is the
+    ``data[i]`` holds metric ``i``'s moments per group; ``groups`` is the
     display order (control included). ``sequential_rho`` switches every test to
-    the always-valid confidence sequence with that tuning.
+    the always-valid confidence sequence with that tuning. ``target_mde`` is
+    the relative effect the planning figures (units needed) are for.
     """
     treatments = [g for g in groups if g != control]
     roles = [role_of(m, metrics) for m in metrics]
-    # One estimate (or a reason for none) per metric and treatment group.
-    cells: list[list[tuple[Estimate | None, str | None]]] = []
-    for metric, per_group in zip(metrics, samples, strict=True):
-        base = per_group.get(control, _EMPTY)
-        row: list[tuple[Estimate | None, str | None]] = []
-        for group in treatments:
-            sample = per_group.get(group, _EMPTY)
-            reason = too_small(sample, base)
-            if reason is None:
-                est = estimate(metric.kind, sample, base, sequential_rho=sequential_rho)
-                row.append((est, None if est.p_value is not None else "no variance to test"))
-            else:
-                row.append((None, reason))
-        cells.append(row)
+    prepared = [_Prepared(m, d, use_cuped) for m, d in zip(metrics, data, strict=True)]
+    cells = [[p.compare(g, control, sequential_rho) for g in treatments] for p in prepared]
 
     adjusted: dict[tuple[int, int], float | None] = {}
     levels: dict[Role, float] = {"guardrail": alpha}
@@ -94,43 +147,66 @@ def analyse_metrics(
         adjusted.update(zip(keys, values, strict=True))
 
     results = []
-    for i, (metric, per_group) in enumerate(zip(metrics, samples, strict=True)):
+    for i, prep in enumerate(prepared):
         role = roles[i]
-        base = per_group.get(control, _EMPTY)
-        row_results = tuple(
+        row = tuple(
             _group_result(
-                metric,
+                prep,
                 group,
                 control,
-                per_group.get(group, _EMPTY),
-                base,
                 cells[i][j],
                 adjusted.get((i, j), _p(cells[i][j][0])),
                 levels[role],
+                target_mde,
             )
             for j, group in enumerate(treatments)
         )
-        results.append(
-            MetricResult(
-                name=metric.name,
-                event=metric.event,
-                kind=metric.kind,
-                tags=metric.tags,
-                direction=metric.direction,
-                guardrail=metric.guardrail,
-                alpha=alpha,
-                samples=dict(per_group),
-                results=row_results,
-                role=role,
-                correction={
-                    "decision": "bonferroni",
-                    "secondary": "benjamini-hochberg",
-                    "guardrail": "none",
-                }[role],
-                family_size=sizes[role],
-            )
-        )
+        results.append(_metric_result(prep, row, role, sizes[role], alpha, groups))
     return tuple(results)
+
+
+def _metric_result(
+    prep: _Prepared,
+    row: tuple[GroupResult, ...],
+    role: Role,
+    size: int,
+    alpha: float,
+    groups: Sequence[str],
+) -> MetricResult:
+    metric = prep.metric
+    z = norm_ppf(1 - alpha / 2)
+    intervals: dict[str, tuple[float, float] | None] = {}
+    for group in groups:
+        mean, var = prep.means(group)
+        intervals[group] = (
+            None
+            if not math.isfinite(var)
+            else (mean - z * math.sqrt(var), mean + z * math.sqrt(var))
+        )
+    return MetricResult(
+        name=metric.name,
+        event=metric.event,
+        kind=metric.kind,
+        tags=metric.tags,
+        direction=metric.direction,
+        guardrail=metric.guardrail,
+        alpha=alpha,
+        samples={g: m.y for g, m in prep.data.moments.items()},
+        results=row,
+        role=role,
+        correction={
+            "decision": "bonferroni",
+            "secondary": "benjamini-hochberg",
+            "guardrail": "none",
+        }[role],
+        family_size=size,
+        cuped=prep.theta is not None,
+        theta=prep.theta,
+        variance_reduction=prep.reduction,
+        cap=prep.data.cap,
+        capped_units=prep.data.capped_units,
+        group_intervals=intervals,
+    )
 
 
 def _p(est: Estimate | None) -> float | None:
@@ -138,43 +214,56 @@ def _p(est: Estimate | None) -> float | None:
 
 
 def _group_result(
-    metric: MetricSpec,
+    prep: _Prepared,
     group: str,
     control: str,
-    sample: Sample,
-    base: Sample,
     cell: tuple[Estimate | None, str | None],
     p_adjusted: float | None,
     level: float,
+    target_mde: float,
 ) -> GroupResult:
     est, note = cell
     ci, relative_ci = est.intervals(level) if est is not None else (None, None)
     # Significant is defined by the interval itself, so the two cannot disagree.
     significant = ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)
+    mean, _ = prep.means(group)
+    control_mean, _ = prep.means(control)
+    if est is not None:
+        mean, control_mean = est.m_t, est.m_c
+    delta = mean - control_mean
     outcome: Outcome = "neutral"
-    delta = sample.mean - base.mean
     if significant:
         up = delta > 0
-        outcome = "better" if up == (metric.direction == "increase") else "worse"
-    m_c = base.mean
+        outcome = "better" if up == (prep.metric.direction == "increase") else "worse"
+    units = prep.data.moments.get(group, _EMPTY).n
+    control_units = prep.data.moments.get(control, _EMPTY).n
+    mde = needed = None
+    if est is not None:
+        mde = minimum_detectable_effect(est, level)
+        if math.isfinite(control_mean) and control_mean > 0:
+            needed = units_needed(est, level, target_mde * control_mean)
     return GroupResult(
         group=group,
         vs=control,
-        units=sample.n,
-        control_units=base.n,
-        mean=_finite(sample.mean),
-        control_mean=_finite(m_c),
+        units=units,
+        control_units=control_units,
+        mean=_finite(mean),
+        control_mean=_finite(control_mean),
         delta=_finite(delta),
         ci=ci,
-        relative=(sample.mean / m_c - 1.0) if math.isfinite(m_c) and m_c > 0 else None,
+        relative=(mean / control_mean - 1.0)
+        if math.isfinite(control_mean) and control_mean > 0
+        else None,
         relative_ci=relative_ci,
         p_value=_p(est),
         significant=significant,
         outcome=outcome,
         p_value_adjusted=p_adjusted,
         ci_alpha=level if est is not None else None,
-        method=est.method if est is not None else None,
+        method=None if est is None else est.method + ("+cuped" if prep.theta is not None else ""),
         note=note,
+        mde=mde,
+        units_needed=needed,
     )
 
 

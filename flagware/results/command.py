@@ -56,6 +56,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="always-valid intervals and p-values (a confidence sequence), whatever the"
         " experiment's `sequential` setting says",
     )
+    parser.add_argument(
+        "--no-cuped",
+        dest="cuped",
+        action="store_false",
+        help="show the analysis without CUPED's pre-exposure adjustment",
+    )
+    parser.add_argument(
+        "--mde",
+        default="0.05",
+        metavar="LIFT",
+        help="relative effect the planning figures are for: units needed to detect it with"
+        " 80%% power (default: %(default)s, i.e. 5%%)",
+    )
     parser.add_argument("--format", choices=("text", "json", "html"), default="text")
     parser.add_argument("--output", help="write to this file instead of stdout")
     parser.set_defaults(func=run)
@@ -69,6 +82,16 @@ def _alpha(value: object) -> float:
     if not (math.isfinite(alpha) and 0.0 < alpha < 1.0):
         raise ResultsError(f"--alpha must be between 0 and 1 (exclusive), got {value}")
     return alpha
+
+
+def _mde(value: object) -> float:
+    try:
+        mde = float(str(value))
+    except ValueError:
+        raise ResultsError(f"--mde must be a number (0.05 for 5%), got {value!r}") from None
+    if not (math.isfinite(mde) and mde > 0):
+        raise ResultsError(f"--mde must be a positive relative effect, got {value}")
+    return mde
 
 
 def _until(value: str | None) -> int | None:
@@ -90,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         alpha = _alpha(args.alpha)
         until = _until(getattr(args, "until", None))
+        mde = _mde(getattr(args, "mde", "0.05"))
         spec = load_spec(args.spec)
         results = compute_results(
             spec,
@@ -98,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
             alpha=alpha,
             until=until,
             sequential=getattr(args, "sequential", None),
+            cuped=getattr(args, "cuped", True),
+            target_mde=mde,
         )
     except (ResultsError, SpecError) as exc:
         print(f"flagware results: {exc}", file=sys.stderr)

@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flagware.events.model import now_ms
 from flagware.events.store import connect
 from flagware.results import sequential as seq
 from flagware.results import sql
-from flagware.results.analysis import analyse_metrics
+from flagware.results.analysis import MetricData, analyse_metrics
 from flagware.results.model import (
     GroupResult,
     GroupUnits,
@@ -68,6 +68,8 @@ def compute_results(
     until: int | None = None,
     metrics: Sequence[str] | None = None,
     sequential: bool | None = None,
+    cuped: bool = True,
+    target_mde: float = 0.05,
 ) -> Results:
     """Analyse ``experiment`` on the events in ``store_path``.
 
@@ -75,10 +77,13 @@ def compute_results(
     ``now`` (ms) is the reference time for guardrail freshness and for what
     counts as the future (default: now); ``until`` (ms, default ``now``) ends
     the analysis window. ``sequential`` overrides the experiment's
-    ``sequential`` setting.
+    ``sequential`` setting; ``cuped=False`` turns CUPED off for every metric.
+    ``target_mde`` (relative) is the effect the planning figures are for.
     """
     if not 0.0 < alpha < 1.0:
         raise ResultsError(f"alpha must be between 0 and 1 (exclusive), got {alpha}")
+    if not target_mde > 0.0:
+        raise ResultsError(f"the target effect must be positive, got {target_mde}")
     exp = spec.experiments.get(experiment)
     if exp is None:
         known = ", ".join(sorted(spec.experiments)) or "none"
@@ -91,7 +96,8 @@ def compute_results(
     use_sequential = exp.sequential if sequential is None else sequential
     conn = connect(store_path, readonly=True)
     try:
-        return _analyse(conn, exp, chosen, alpha, reference, end, use_sequential)
+        options = _Options(alpha, reference, end, use_sequential, cuped, target_mde)
+        return _analyse(conn, exp, chosen, options)
     except sqlite3.DatabaseError as exc:
         raise ResultsError(f"cannot read event store {os.fspath(store_path)}: {exc}") from None
     finally:
@@ -107,58 +113,78 @@ def _choose_metrics(spec: Spec, names: Sequence[str] | None) -> list[MetricSpec]
     return [spec.metrics[n] for n in names]
 
 
+@dataclass(frozen=True)
+class _Options:
+    alpha: float
+    now: int
+    until: int
+    sequential: bool
+    cuped: bool
+    target_mde: float
+
+
+def _lookbacks(metrics: list[MetricSpec], use_cuped: bool) -> dict[str, int]:
+    """Per event read, how far before a unit's exposure to look (ms; CUPED's covariate)."""
+    days: dict[str, float] = {}
+    for m in metrics:
+        for event in sql.metric_events(m):
+            wanted = m.cuped_days if use_cuped and m.kind not in ("ratio", "mean") else 0.0
+            days[event] = max(days.get(event, 0.0), wanted)
+    return {event: int(d * 86_400_000) for event, d in days.items()}
+
+
 def _analyse(
-    conn: sqlite3.Connection,
-    exp: ExperimentSpec,
-    metrics: list[MetricSpec],
-    alpha: float,
-    now: int,
-    until: int,
-    use_sequential: bool,
+    conn: sqlite3.Connection, exp: ExperimentSpec, metrics: list[MetricSpec], opt: _Options
 ) -> Results:
     window_start = sql.window_start(conn, exp.name)
     unit = sql.unit_column(exp.unit)
-    units = sql.load_units(conn, exp.name, unit, window_start or 0, until)
-    events = sorted({m.event for m in metrics})
-    sql.load_unit_events(conn, unit, events, until)
+    units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
+    lookbacks = _lookbacks(metrics, opt.cuped)
+    sql.load_unit_events(conn, unit, lookbacks, opt.until)
     control = exp.control.name
     groups, srm_p = _group_units(exp, units.per_group)
-    samples = [sql.group_samples(conn, m.kind, m.event) for m in metrics]
+    data = []
+    for m in metrics:
+        cap = m.cap_percentile if m.kind in ("sum", "count") else 100.0
+        moments, cap_value, capped = sql.metric_moments(conn, m, cap)
+        data.append(MetricData(moments, cap_value, capped))
     results = analyse_metrics(
         metrics,
-        samples,
+        data,
         [g.name for g in groups],
         control,
-        alpha,
-        sequential_rho=seq.rho(alpha) if use_sequential else None,
+        opt.alpha,
+        sequential_rho=seq.rho(opt.alpha) if opt.sequential else None,
+        use_cuped=opt.cuped,
+        target_mde=opt.target_mde,
     )
-    results = tuple(_with_data_checks(conn, r) for r in results)
+    results = tuple(_with_data_checks(conn, r, m) for r, m in zip(results, metrics, strict=True))
     guardrails = tuple(
-        guardrail_status(r, sql.newest_event(conn, m.event, until), m.fresh_within, now)
+        guardrail_status(r, sql.newest_event(conn, m.event, opt.until), m.fresh_within, opt.now)
         for r, m in zip(results, metrics, strict=True)
         if m.guardrail
     )
-    future = sql.count_future(conn, exp.name, events, now)
+    future = sql.count_future(conn, exp.name, sorted(lookbacks), opt.now)
     decision, reasons, warnings, best = verdict(
         srm_p,
         groups,
         results,
         guardrails,
-        alpha,
+        opt.alpha,
         crossover_units=units.crossovers,
         future_events=future,
-        sequential=use_sequential,
+        sequential=opt.sequential,
     )
     warnings += [
-        f"{r.non_numeric_events} {r.event!r} event(s) have a value that is not a number;"
-        f" {r.name} counts them as 0"
+        f"{r.non_numeric_events} event(s) read by {r.name} have a value that is not a number"
+        " and count as 0"
         for r in results
         if r.non_numeric_events
     ]
     return Results(
         experiment=exp.name,
         unit=exp.unit,
-        alpha=alpha,
+        alpha=opt.alpha,
         control=control,
         groups=groups,
         srm_p_value=srm_p,
@@ -170,24 +196,31 @@ def _analyse(
         warnings=tuple(warnings),
         best_group=best,
         window_start=window_start,
-        computed_at=now,
-        until=until,
-        sequential=use_sequential,
+        computed_at=opt.now,
+        until=opt.until,
+        sequential=opt.sequential,
         crossover_units=units.crossovers,
         override_exposures=units.overrides,
         future_events=future,
         first_exposure=units.first,
         last_exposure=units.last,
+        cuped=opt.cuped,
+        target_mde=opt.target_mde,
     )
 
 
-def _with_data_checks(conn: sqlite3.Connection, result: MetricResult) -> MetricResult:
-    if result.kind not in ("sum", "mean"):
-        return result
-    bad = sql.non_numeric_events(conn, result.event)
-    if not bad:
-        return result
-    return replace(result, non_numeric_events=bad)
+def _with_data_checks(
+    conn: sqlite3.Connection, result: MetricResult, metric: MetricSpec
+) -> MetricResult:
+    """Count events whose value should be a number but is not (they add 0 to sums)."""
+    summed = []
+    if metric.kind in ("sum", "mean"):
+        summed.append(metric.event)
+    for side in (metric.numerator, metric.denominator):
+        if side is not None and side.aggregate == "sum":
+            summed.append(side.event)
+    bad = sum(sql.non_numeric_events(conn, event) for event in sorted(set(summed)))
+    return replace(result, non_numeric_events=bad) if bad else result
 
 
 def _group_units(

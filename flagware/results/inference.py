@@ -43,7 +43,7 @@ __all__ = [
     "too_small",
 ]
 
-Method = Literal["welch", "score", "sequential"]
+Method = Literal["welch", "score", "delta", "sequential"]
 
 #: No comparison is called with fewer units than this in either group.
 MIN_UNITS = 10
@@ -56,22 +56,31 @@ class Estimate:
     """Treatment minus control on one metric, testable at any level."""
 
     method: Method
-    treatment: Sample
-    control: Sample
-    delta: float
-    relative: float | None  # m_t / m_c - 1, when the control mean is positive
+    m_t: float  # the two group means (for ratio metrics, the two ratios)
+    m_c: float
+    n_t: int
+    n_c: int
     p_value: float | None  # None: no variance to test against
     se: float
     df: float | None  # t degrees of freedom; None for normal-based methods
     v_t: float = math.nan  # the squared standard errors of the two means that se is made of
     v_c: float = math.nan
     rho: float | None = None  # sequential tuning
+    successes: tuple[int, int] | None = None  # score method: conversions per group
+
+    @property
+    def delta(self) -> float:
+        return self.m_t - self.m_c
+
+    @property
+    def relative(self) -> float | None:
+        """m_t / m_c - 1, when the control mean is positive."""
+        return self.m_t / self.m_c - 1.0 if self.m_c > 0 else None
 
     def crit(self, alpha: float) -> float:
         """The multiple of ``se`` that makes the interval at ``alpha``."""
-        if self.method == "sequential":
-            assert self.rho is not None
-            return sequential.critical(alpha, self.treatment.n + self.control.n, self.rho)
+        if self.rho is not None:
+            return sequential.critical(alpha, self.n_t + self.n_c, self.rho)
         return critical_value(alpha, self.df)
 
     def intervals(self, alpha: float) -> tuple[Interval | None, Interval | None]:
@@ -79,14 +88,13 @@ class Estimate:
         if self.p_value is None:
             return None, None
         crit = self.crit(alpha)
-        if self.method == "score":
-            t, c = self.treatment, self.control
-            x_t, x_c = _successes(t), _successes(c)
-            absolute = proportions.diff_interval(x_t, t.n, x_c, c.n, crit)
-            ratio = proportions.ratio_interval(x_t, t.n, x_c, c.n, crit)
+        if self.successes is not None:
+            x_t, x_c = self.successes
+            absolute = proportions.diff_interval(x_t, self.n_t, x_c, self.n_c, crit)
+            ratio = proportions.ratio_interval(x_t, self.n_t, x_c, self.n_c, crit)
         else:
             absolute = (self.delta - crit * self.se, self.delta + crit * self.se)
-            ratio = fieller(self.treatment.mean, self.control.mean, self.v_t, self.v_c, crit)
+            ratio = fieller(self.m_t, self.m_c, self.v_t, self.v_c, crit)
         relative = None if ratio is None else (ratio[0] - 1.0, ratio[1] - 1.0)
         return absolute, relative
 
@@ -117,27 +125,20 @@ def estimate(
     sequential_rho: float | None = None,
 ) -> Estimate:
     """The comparison's estimator: sequential when tuned, else score or Welch by metric kind."""
-    delta = treatment.mean - control.mean
-    m_c = control.mean
-    relative = treatment.mean / m_c - 1.0 if m_c > 0 else None
-    v_t = treatment.variance / treatment.n
-    v_c = control.variance / control.n
+    n_t, n_c = treatment.n, control.n
+    m_t, m_c = treatment.mean, control.mean
+    if min(n_t, n_c) < 2:
+        return Estimate("welch", m_t, m_c, n_t, n_c, None, math.nan, None)
+    v_t = treatment.variance / n_t
+    v_c = control.variance / n_c
     se = math.sqrt(v_t + v_c)
     if sequential_rho is not None:
-        p = (
-            sequential.p_value(delta / se, treatment.n + control.n, sequential_rho)
-            if se > 0
-            else None
-        )
-        return Estimate(
-            "sequential", treatment, control, delta, relative, p, se, None, v_t, v_c, sequential_rho
-        )
+        return normal_estimate(m_t, v_t, n_t, m_c, v_c, n_c, "sequential", sequential_rho)
     if kind == "conversion":
-        z = proportions.score_statistic(
-            _successes(treatment), treatment.n, _successes(control), control.n
-        )
+        x_t, x_c = _successes(treatment), _successes(control)
+        z = proportions.score_statistic(x_t, n_t, x_c, n_c)
         p = None if z is None else two_sided_p(z, None)
-        return Estimate("score", treatment, control, delta, relative, p, se, None, v_t, v_c)
+        return Estimate("score", m_t, m_c, n_t, n_c, p, se, None, v_t, v_c, None, (x_t, x_c))
     df: float | None = None
     p = None
     pooled = _pooled_se(treatment, control)
@@ -148,17 +149,46 @@ def estimate(
         # Welch's test calls noise significant (A/A: 7-9% at alpha 0.05 with
         # 12 vs 28 units). Taking the larger of the two keeps the test valid
         # under that null and the interval valid under unequal variances.
-        se, df = pooled, float(treatment.n + control.n - 2)
-        pooled_var = pooled * pooled / (1.0 / treatment.n + 1.0 / control.n)
-        v_t, v_c = pooled_var / treatment.n, pooled_var / control.n
+        se, df = pooled, float(n_t + n_c - 2)
+        pooled_var = pooled * pooled / (1.0 / n_t + 1.0 / n_c)
+        v_t, v_c = pooled_var / n_t, pooled_var / n_c
     elif se > 0:
-        df = welch_df(treatment.variance, treatment.n, control.variance, control.n)
+        df = welch_df(treatment.variance, n_t, control.variance, n_c)
     if se > 0:
         assert df is not None
         if df > Z_DF_THRESHOLD:
             df = None
-        p = two_sided_p(delta / se, df)
-    return Estimate("welch", treatment, control, delta, relative, p, se, df, v_t, v_c)
+        p = two_sided_p((m_t - m_c) / se, df)
+    return Estimate("welch", m_t, m_c, n_t, n_c, p, se, df, v_t, v_c)
+
+
+def normal_estimate(
+    m_t: float,
+    v_t: float,
+    n_t: int,
+    m_c: float,
+    v_c: float,
+    n_c: int,
+    method: Method = "delta",
+    sequential_rho: float | None = None,
+) -> Estimate:
+    """A large-sample z comparison from two means and their squared standard errors.
+
+    Ratio metrics (delta method) and the sequential test use it; with
+    ``sequential_rho`` the p-value is the always-valid one.
+    """
+    se = math.sqrt(v_t + v_c) if math.isfinite(v_t + v_c) else math.nan
+    p = None
+    if se > 0:
+        z = (m_t - m_c) / se
+        p = (
+            sequential.p_value(z, n_t + n_c, sequential_rho)
+            if sequential_rho is not None
+            else two_sided_p(z, None)
+        )
+    if sequential_rho is not None:
+        method = "sequential"
+    return Estimate(method, m_t, m_c, n_t, n_c, p, se, None, v_t, v_c, sequential_rho)
 
 
 def _pooled_se(treatment: Sample, control: Sample) -> float:

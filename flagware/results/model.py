@@ -64,8 +64,10 @@ class GroupResult:
     outcome: Outcome  # significant and in the metric's good direction, bad one, or neither
     p_value_adjusted: float | None = None
     ci_alpha: float | None = None
-    method: str | None = None  # "welch", "score" or "sequential"
+    method: str | None = None  # "welch", "score", "delta" or "sequential"
     note: str | None = None  # why no test was made (below the minimum sample, no variance)
+    mde: float | None = None  # absolute effect detectable with 80% power at this sample
+    units_needed: int | None = None  # units (both groups) for the target MDE at 80% power
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ class MetricResult:
     correction: str = "bonferroni"  # "bonferroni", "benjamini-hochberg" or "none"
     family_size: int = 1
     non_numeric_events: int = 0  # sum/mean metrics: events whose value is not a number
+    cuped: bool = False  # adjusted by pre-exposure data (CUPED)
+    theta: float | None = None  # CUPED's pooled coefficient
+    variance_reduction: dict[str, float] = field(default_factory=dict)  # per group, 0-1
+    cap: float | None = None  # per-unit values were capped here (winsorized)
+    capped_units: int = 0
+    group_intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,8 @@ class Results:
     future_events: int = 0  # events stamped after computed_at (clock skew), not counted
     first_exposure: int | None = None  # ms, the earliest counted exposure
     last_exposure: int | None = None
+    cuped: bool = True  # CUPED allowed (``--no-cuped`` turns it off)
+    target_mde: float = 0.05  # relative effect the planning figures are for
 
     @property
     def blocked(self) -> bool:

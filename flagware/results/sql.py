@@ -14,23 +14,30 @@ row and a million events never become a million Python objects.
 2. **Per unit and metric event** (``temp.fw_unit_events``): count, value sum and
    valued count of the events at or after the unit's first exposure and not
    after ``until``.
-3. **Per group**: n, mean and the sum of squared deviations of the per-unit
-   values, in two passes (mean first) so the variance does not cancel.
+3. **Per metric** (``temp.fw_values``): each unit's value y and its x, the
+   CUPED covariate (the same measure in the ``cuped_days`` before the unit's
+   first exposure; 0 without events there) or a ratio's denominator; sum and
+   count metrics capped at a percentile of the experiment's units.
+4. **Per group**: n, means, squared deviations and the co-deviation of y and
+   x, in two passes (means first) so the variance does not cancel.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 from flagware.events.model import CONFIG_EXPOSURE
 from flagware.results.lock import read_started
-from flagware.results.stats import Sample
+from flagware.results.stats import Moments
+from flagware.spec import MetricSpec
 
 __all__ = [
     "count_future",
-    "group_samples",
     "load_unit_events",
     "load_units",
+    "metric_events",
+    "metric_moments",
     "newest_event",
     "non_numeric_events",
     "unit_column",
@@ -132,60 +139,131 @@ def load_units(
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-def load_unit_events(conn: sqlite3.Connection, unit: str, events: list[str], until: int) -> None:
-    """Fill ``temp.fw_unit_events``: per unit and event name, count, value sum and valued count."""
+def load_unit_events(
+    conn: sqlite3.Connection, unit: str, lookbacks: dict[str, int], until: int
+) -> None:
+    """Fill ``temp.fw_unit_events``: per unit and event name, after and before the exposure.
+
+    After (from the unit's first exposure to ``until``): count ``c``, value sum
+    ``s`` and valued count ``vn``. Before (the ``lookbacks[event]`` ms up to
+    the exposure, CUPED's covariate): count ``pc`` and value sum ``ps``.
+    """
     conn.execute("DROP TABLE IF EXISTS temp.fw_unit_events")
     conn.execute(
         "CREATE TEMP TABLE fw_unit_events (event TEXT NOT NULL, unit TEXT NOT NULL,"
-        " c INTEGER NOT NULL, s REAL NOT NULL, vn INTEGER NOT NULL, PRIMARY KEY (event, unit))"
-        " WITHOUT ROWID"
+        " c INTEGER NOT NULL, s REAL NOT NULL, vn INTEGER NOT NULL,"
+        " pc INTEGER NOT NULL, ps REAL NOT NULL, PRIMARY KEY (event, unit)) WITHOUT ROWID"
     )
-    if not events:
+    conn.execute("DROP TABLE IF EXISTS temp.fw_lookback")
+    conn.execute("CREATE TEMP TABLE fw_lookback (event TEXT PRIMARY KEY, ms INTEGER NOT NULL)")
+    conn.executemany("INSERT INTO temp.fw_lookback VALUES (?, ?)", lookbacks.items())
+    if not lookbacks:
         return
-    marks = ", ".join("?" * len(events))
+    marks = ", ".join("?" * len(lookbacks))
+    after = "e.time >= f.t0"
     # CROSS JOIN pins the loop order: scan the metric events once (through the
     # event-name index) and probe the small first-exposure table by unit,
     # rather than re-scanning events for every unit.
     conn.execute(
         f"""
-        INSERT INTO temp.fw_unit_events (event, unit, c, s, vn)
-        SELECT e.event, f.unit, count(*), total(e.value_num), count(e.value_num)
-        FROM events AS e CROSS JOIN temp.fw_first AS f
-        WHERE e.event IN ({marks}) AND f.unit = {unit} AND e.time >= f.t0 AND e.time <= ?
+        INSERT INTO temp.fw_unit_events (event, unit, c, s, vn, pc, ps)
+        SELECT e.event, f.unit,
+               count(CASE WHEN {after} THEN 1 END),
+               total(CASE WHEN {after} THEN e.value_num END),
+               count(CASE WHEN {after} THEN e.value_num END),
+               count(CASE WHEN NOT {after} THEN 1 END),
+               total(CASE WHEN NOT {after} THEN e.value_num END)
+        FROM events AS e CROSS JOIN temp.fw_first AS f CROSS JOIN temp.fw_lookback AS l
+        WHERE e.event IN ({marks}) AND f.unit = {unit} AND l.event = e.event
+          AND e.time >= f.t0 - l.ms AND e.time <= ?
         GROUP BY e.event, f.unit
         """,
-        [*events, until],
+        [*lookbacks, until],
     )
 
 
-# Per-unit value of each metric kind, over fw_unit_events aliased p. Units
-# without a row get 0 (LEFT JOIN) except for `mean`, whose sample is only the
-# units with at least one valued event (inner join, vn > 0).
-_VALUE = {
-    "conversion": "CASE WHEN p.c > 0 THEN 1.0 ELSE 0.0 END",
-    "count": "coalesce(p.c, 0)",
-    "sum": "coalesce(p.s, 0.0)",
-    "mean": "p.s / p.vn",
+# Per-unit values over fw_unit_events rows p (the metric's event) and q (a
+# ratio's denominator event); a unit without a row has no events (0). y is
+# the metric, x its CUPED covariate (the same measure before exposure) or,
+# for ratios, the denominator.
+_CONVERSION = "CASE WHEN coalesce({r}.{c}, 0) > 0 THEN 1.0 ELSE 0.0 END"
+_AGGREGATE = {"count": "coalesce({r}.c, 0)", "sum": "coalesce({r}.s, 0.0)"}
+_VALUES = {
+    "conversion": (_CONVERSION.format(r="p", c="c"), _CONVERSION.format(r="p", c="pc")),
+    "count": ("coalesce(p.c, 0)", "coalesce(p.pc, 0)"),
+    "sum": ("coalesce(p.s, 0.0)", "coalesce(p.ps, 0.0)"),
+    # The mean value per event: sum of values over the number of valued events,
+    # a ratio over every unit (not a mean over the units that had an event).
+    "mean": ("coalesce(p.s, 0.0)", "coalesce(p.vn, 0)"),
 }
 
 
-def group_samples(conn: sqlite3.Connection, kind: str, event: str) -> dict[str, Sample]:
-    """n, mean and sum of squared deviations of the per-unit values, per group."""
-    value = _VALUE[kind]
-    if kind == "mean":
-        join = "JOIN temp.fw_unit_events AS p ON p.unit = f.unit AND p.event = ? AND p.vn > 0"
+def metric_events(metric: MetricSpec) -> tuple[str, str]:
+    """The events a metric reads: (its event or numerator's, the denominator's or the same)."""
+    if metric.numerator and metric.denominator:
+        return metric.numerator.event, metric.denominator.event
+    return metric.event, metric.event
+
+
+def metric_moments(
+    conn: sqlite3.Connection, metric: MetricSpec, cap_percentile: float = 100.0
+) -> tuple[dict[str, Moments], float | None, int]:
+    """Per group moments of (y, x), and the cap applied to y (None: none) with units capped."""
+    if metric.numerator and metric.denominator:
+        y = _AGGREGATE[metric.numerator.aggregate].format(r="p")
+        x = _AGGREGATE[metric.denominator.aggregate].format(r="q")
     else:
-        join = "LEFT JOIN temp.fw_unit_events AS p ON p.unit = f.unit AND p.event = ?"
-    rows = conn.execute(
+        y, x = _VALUES[metric.kind]
+    first, second = metric_events(metric)
+    conn.execute("DROP TABLE IF EXISTS temp.fw_values")
+    conn.execute(
         f"""
-        WITH v AS (SELECT f.grp AS grp, {value} AS v FROM temp.fw_first AS f {join}),
-             m AS (SELECT grp, avg(v) AS mu FROM v GROUP BY grp)
-        SELECT v.grp, count(*), m.mu, total((v.v - m.mu) * (v.v - m.mu))
-        FROM v JOIN m ON m.grp = v.grp GROUP BY v.grp
+        CREATE TEMP TABLE fw_values AS
+        SELECT f.grp AS grp, {y} AS y, {x} AS x FROM temp.fw_first AS f
+        LEFT JOIN temp.fw_unit_events AS p ON p.unit = f.unit AND p.event = ?
+        LEFT JOIN temp.fw_unit_events AS q ON q.unit = f.unit AND q.event = ?
         """,
-        (event,),
+        (first, second),
     )
-    return {str(g): Sample(int(n), float(mu), float(m2)) for g, n, mu, m2 in rows}
+    cap, capped = None, 0
+    if cap_percentile < 100.0:
+        cap = _percentile(conn, "y", cap_percentile)
+        x_cap = _percentile(conn, "x", cap_percentile)
+        if cap is not None and x_cap is not None:
+            (capped,) = conn.execute(
+                "SELECT count(*) FROM temp.fw_values WHERE y > ?", (cap,)
+            ).fetchone()
+            conn.execute("UPDATE temp.fw_values SET y = min(y, ?), x = min(x, ?)", (cap, x_cap))
+    rows = conn.execute(
+        """
+        WITH m AS (SELECT grp, avg(y) AS my, avg(x) AS mx FROM temp.fw_values GROUP BY grp)
+        SELECT v.grp, count(*), m.my, total((v.y - m.my) * (v.y - m.my)),
+               m.mx, total((v.x - m.mx) * (v.x - m.mx)), total((v.y - m.my) * (v.x - m.mx))
+        FROM temp.fw_values AS v JOIN m ON m.grp = v.grp GROUP BY v.grp
+        """
+    )
+    moments = {
+        str(g): Moments(int(n), float(my), float(m2y), float(mx), float(m2x), float(cxy))
+        for g, n, my, m2y, mx, m2x, cxy in rows
+    }
+    return moments, cap, int(capped)
+
+
+def _percentile(conn: sqlite3.Connection, column: str, percentile: float) -> float | None:
+    """A fw_values column's percentile over all units, by nearest rank.
+
+    The smallest value with at least ``percentile`` % of the units at or below
+    it (numpy's ``inverted_cdf``): below 1,000 units the 99.9th percentile is
+    the maximum, so small experiments are never trimmed.
+    """
+    n = int(conn.execute("SELECT count(*) FROM temp.fw_values").fetchone()[0])
+    if not n:
+        return None
+    rank = max(math.ceil(percentile / 100.0 * n - 1e-9), 1)
+    row = conn.execute(
+        f"SELECT {column} FROM temp.fw_values ORDER BY {column} LIMIT 1 OFFSET ?", (rank - 1,)
+    ).fetchone()
+    return float(row[0])
 
 
 def newest_event(conn: sqlite3.Connection, event: str, until: int) -> int | None:

@@ -243,6 +243,31 @@ class Sample:
         return max(0.0, self.m2) / (self.n - 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """Per group: two per-unit quantities y and x, their means, squared deviations and co-deviation.
+
+    x is the pre-exposure covariate of y for CUPED, or the denominator of a
+    ratio metric (y / x). All sums are around the group's own means (two
+    passes), for the same reason as :class:`Sample`.
+    """
+
+    n: int
+    mean_y: float
+    m2_y: float
+    mean_x: float = 0.0
+    m2_x: float = 0.0
+    c_xy: float = 0.0
+
+    @property
+    def y(self) -> Sample:
+        return Sample(self.n, self.mean_y, self.m2_y)
+
+    @property
+    def x(self) -> Sample:
+        return Sample(self.n, self.mean_x, self.m2_x)
+
+
 def welch_df(var_t: float, n_t: int, var_c: float, n_c: int) -> float:
     """Welch-Satterthwaite degrees of freedom."""
     a, b = var_t / n_t, var_c / n_c

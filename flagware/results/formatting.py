@@ -1,0 +1,130 @@
+"""Number and interval formatting shared by the text, HTML and chart renderers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flagware.results.model import MetricResult, Results
+
+# Colours by outcome: significant in the good direction, in the bad one, neither.
+COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#8c959f"}
+VERDICT_COLOURS = {
+    "blocked": "#cf222e",
+    "ship": "#1a7f37",
+    "no-ship": "#bc4c00",
+    "inconclusive": "#57606a",
+}
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def interval(ci: tuple[float, float] | None, fmt: str) -> str:
+    if ci is None:
+        return "-"
+    if fmt == "pct":
+        return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+    return f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
+
+
+def pvalue(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    """Columns padded to their widest cell; numbers right-aligned."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def level(alpha: float) -> str:
+    """1 - alpha as a percentage with as many decimals as it needs (95%, 98.75%)."""
+    for digits in range(4):
+        text = f"{1 - alpha:.{digits}%}"
+        if abs(float(text[:-1]) / 100 - (1 - alpha)) < 1e-9:
+            return text
+    return f"{1 - alpha:.3%}"
+
+
+ROLE_MARK = {"decision": " *", "secondary": " ~", "guardrail": " !"}
+
+
+def method_line(results: Results) -> str:
+    """How the intervals were made, in one line (the README explains each part)."""
+    tests = (
+        "always-valid confidence sequences (sequential)"
+        if results.sequential
+        else "fixed-horizon tests (score for conversions, Welch or pooled t otherwise)"
+    )
+    data = [f"{results.crossover_units} crossover unit(s) left out"]
+    if results.override_exposures:
+        data.append(f"{results.override_exposures} override exposure(s) ignored")
+    return (
+        f"Intervals: {tests}; decision metrics Bonferroni-corrected, secondary"
+        f" Benjamini-Hochberg, guardrails uncorrected; {', '.join(data)}"
+    )
+
+
+def relative_mde(mde: float | None, control_mean: float | None) -> float | None:
+    if mde is None or not control_mean or control_mean <= 0:
+        return None
+    return mde / control_mean
+
+
+def days_running(results: Results) -> float | None:
+    """Days from the first counted exposure to the end of the window."""
+    if results.first_exposure is None or results.until is None:
+        return None
+    return round((results.until - results.first_exposure) / 86_400_000, 2)
+
+
+def adjustment_notes(m: MetricResult) -> list[str]:
+    """CUPED's variance reduction and the cap, in words (text and HTML)."""
+    notes = []
+    if m.cuped:
+        reduction = ", ".join(f"{g} {r:.0%}" for g, r in m.variance_reduction.items())
+        notes.append(f"CUPED variance reduction: {reduction}")
+    if m.cap is not None and m.capped_units:
+        notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
+    return notes
+
+
+def planning_rows(results: Results) -> list[list[str]]:
+    """Per decision comparison: MDE now, units for the target effect, units still to come."""
+    rows = []
+    for m in results.metrics:
+        if m.role != "decision":
+            continue
+        for r in m.results:
+            now = r.units + r.control_units
+            remaining = None if r.units_needed is None else max(0, r.units_needed - now)
+            rows.append(
+                [
+                    m.name,
+                    r.group,
+                    num(r.mde),
+                    pct(relative_mde(r.mde, r.control_mean)),
+                    str(now),
+                    "-" if r.units_needed is None else str(r.units_needed),
+                    "-" if remaining is None else str(remaining),
+                ]
+            )
+    return rows
+
+
+PLANNING_HEADER = ["metric", "group", "MDE", "MDE lift", "units", "needed", "to go"]
