@@ -90,7 +90,7 @@ def wait_up(url: str, timeout: float = 30) -> None:
 
 
 def start_servers(tmp: Path, stub_url: str) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
-    servers = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     for kind in APPS:
         port = free_port()
         env = {
@@ -102,8 +102,8 @@ def start_servers(tmp: Path, stub_url: str) -> dict[str, tuple[subprocess.Popen[
         }
         cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b"]
         cmd += [f"127.0.0.1:{port}", "--log-level", "warning", "throughput_app:app"]
-        log = (tmp / f"{kind}.log").open("wb")
-        servers[kind] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=log), port)
+        with (tmp / f"{kind}.log").open("wb") as log:  # the child keeps its own copy
+            servers[kind] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=log), port)
     for _, port in servers.values():
         wait_up(f"http://127.0.0.1:{port}/")
     return servers
@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sys.exit("throughput.py needs wrk: apt-get install wrk")
     kinds = args.apps.split(",")
 
-    tmp = Path(tempfile.mkdtemp(prefix="flagware-throughput-"))
+    with tempfile.TemporaryDirectory(prefix="flagware-throughput-") as directory:
+        return _run(args, wrk, kinds, Path(directory))
+
+
+def _run(args: argparse.Namespace, wrk: str, kinds: list[str], tmp: Path) -> dict[str, Any]:
     script = tmp / "bench.lua"
     script.write_text(LUA)
     samples: dict[tuple[str, str], list[dict[str, Any]]] = {
