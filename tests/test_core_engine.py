@@ -134,3 +134,25 @@ def test_with_a_secret_core_reaches_only_statsig_api(tmp_path: Path) -> None:
         port = stub.url.split(":")[2].split("/")[0]
         assert stub.received == []
     assert connects == [f"127.0.0.1:{port}"]  # no DNS (port 53), no other host
+
+
+def test_core_reports_through_logging_not_stdout(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with StatsigStub() as dead:
+        url = dead.url  # nothing listens here once the stub stops
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=url,
+        hash_key="k",
+        engine="core",
+        event_store=tmp_path / "outbox.db",
+        init_timeout=0.5,
+    )
+    engine = client.engine
+    assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
+    client.close()
+    assert "Statsig" not in capfd.readouterr().out
+    core_errors = [r for r in caplog.records if r.name == "flagware.core"]
+    assert core_errors and all(r.levelname in ("ERROR", "WARNING") for r in core_errors)
+    assert any("specs not ready" in r.getMessage() for r in caplog.records)

@@ -38,6 +38,7 @@ except ImportError:  # pragma: no cover - exercised only without the extra
     core = core_statsig = None
 
 log = logging.getLogger("flagware")
+core_log = logging.getLogger("flagware.core")  # what the Core SDK itself reports
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds close() waits for Core's runtime to stop
 # Rule IDs that mean no rule matched (or the spec is off): the config's rule did not pass.
@@ -62,6 +63,15 @@ if core is not None:
         """Core's base class without the Python wrapper's per-call error boundary
         (flagware catches, counts and logs errors itself); a Python subclass so the
         instance can join Core's fork-recovery set (a WeakSet)."""
+
+    class _Logs(core.OutputLoggerProvider):  # type: ignore[misc]
+        """Core's own log lines into Python logging (it prints them to stdout otherwise)."""
+
+        def warn(self, tag: str, msg: str) -> None:
+            core_log.warning("%s: %s", tag, msg)
+
+        def error(self, tag: str, msg: str) -> None:
+            core_log.error("%s: %s", tag, msg)
 
     class _SpecsStore(core.DataStore):  # type: ignore[misc]
         """Hands Core one DCS document; Core's only source with the network off."""
@@ -187,6 +197,7 @@ class CoreLocalEngine(LocalSpec, CoreSDK):
             disable_country_lookup=True,  # flagware sets user.country, and never sends the IP
             environment=self.tier,
             output_log_level="error",
+            output_logger_provider=_Logs(),
         )
 
     def _check_started(self, details: Any) -> None:
@@ -224,6 +235,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
             fallback_to_statsig_api=False,  # statsig_api is the one host Core may reach
             environment=self.tier,
             output_log_level="error",
+            output_logger_provider=_Logs(),
         )
 
     def _check_started(self, details: Any) -> None:
