@@ -27,13 +27,12 @@ from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
 from flagware.engine.statsig import StatsigSource
 from flagware.spec import compile_dcs
 
-core: Any  # the module, or None without the extra; Any keeps its stubbed-out API contained
+# The modules, or None without the extra; Any keeps their untyped API contained.
+core: Any
+core_statsig: Any
 try:
     core = importlib.import_module("statsig_python_core")
-    core_statsig: Any = importlib.import_module("statsig_python_core.statsig")
-    DataStoreResponse: Any = importlib.import_module(
-        "statsig_python_core.data_store"
-    ).DataStoreResponse
+    core_statsig = importlib.import_module("statsig_python_core.statsig")
 except ImportError:  # pragma: no cover - exercised only without the extra
     core = core_statsig = None
 
