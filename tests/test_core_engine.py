@@ -156,3 +156,34 @@ def test_core_reports_through_logging_not_stdout(
     core_errors = [r for r in caplog.records if r.name == "flagware.core"]
     assert core_errors and all(r.levelname in ("ERROR", "WARNING") for r in core_errors)
     assert any("specs not ready" in r.getMessage() for r in caplog.records)
+
+
+def test_known_difference_a_gates_secondary_exposures(tmp_path: Path) -> None:
+    """Measured, and documented in the README: for a gate that checks another
+    gate (possible in Statsig specs, not in the local spec), the legacy SDK
+    reports the nested check as a secondary exposure and Core does not.
+    Experiments' secondary exposures (targeting gates) match: see the oracle."""
+    dcs = compile_dcs(parse_spec({"gates": {"base": {}, "nested": {}}}))
+    nested = next(g for g in dcs["feature_gates"] if g["name"] == "nested")
+    nested["rules"][0]["conditions"] = [
+        {"type": "pass_gate", "targetValue": "base", "operator": None, "field": None,
+         "additionalValues": {}, "isDeviceBased": False, "idType": "userID"}
+    ]  # fmt: skip
+    with StatsigStub(dcs=dcs) as stub:
+        found = {}
+        for engine in ("legacy", "core"):
+            client = Flagware(
+                statsig_secret="secret-test",
+                statsig_api=stub.url,
+                hash_key="k",
+                engine=engine,  # type: ignore[arg-type]
+                event_store=tmp_path / f"{engine}.db",
+            )
+            result = client.engine.gate(client.engine.user({"userID": "u"}), "nested")
+            found[engine] = (result.value, result.secondary_exposures)
+            client.close()
+    assert found["legacy"] == (
+        True,
+        [{"gate": "base", "gateValue": "true", "ruleID": "base:rollout"}],
+    )
+    assert found["core"] == (True, [])
