@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from flagware.events.delivery import Delivery, DeliveryStats
     from flagware.identity import CustomResolver, UserResolver
     from flagware.spec import Spec
+    from flagware.visitors import ExposureFilter
 
 log = logging.getLogger("flagware")
 
@@ -61,6 +62,9 @@ class Flagware:
         hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
         user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
         user_custom: CustomResolver | None = None,  # environ -> custom fields for conditions
+        # environ -> False for requests whose flag reads are not exposures
+        # (health checks, internal traffic); bots, HEAD and prefetches never are.
+        exposure_filter: ExposureFilter | None = None,
         allow_random_override: bool = False,  # honour ?random=1 (lets anyone pick a group)
         cookie_name: str = "flagware_id",
         cookie_max_age: int = 365 * 24 * 3600,
@@ -116,11 +120,15 @@ class Flagware:
         self.tier = tier or _env("FLAGWARE_TIER")
         self.user_id_resolver = user_id
         self.custom_resolver = user_custom
+        self.exposure_filter = exposure_filter
         self.shutdown_timeout = shutdown_timeout
         self.diagnostics = diagnostics
         self.diagnostics_path = diagnostics_path
         self.diagnostics_token = diagnostics_token
         self.errors: Counter[str] = Counter()
+        # Exposures not logged because the request was no visitor, by reason:
+        # "bot", "method" (HEAD, OPTIONS), "prefetch", "filter" (exposure_filter).
+        self.skipped_exposures: Counter[str] = Counter()
         # Experiments this process has seen exposed, and the first exposure
         # times still to be recorded in the store (by the writer thread).
         self._started: set[str] = set()

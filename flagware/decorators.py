@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import wrapt
 
+from flagware import request
 from flagware.flags import Config, Flags, _current
 
 log = logging.getLogger("flagware")
@@ -75,6 +76,21 @@ def _log(flags: Flags | None, name: str, value: Any, metadata: Any, result: Any)
     )
 
 
+def _hold(flags: Flags | None, name: str, value: Any, metadata: Any, result: Any) -> None:
+    """A success event: logged when the response status is known to be < 400."""
+    if flags is None:
+        return
+    try:
+        event = flags._event(
+            name,
+            _resolve(flags, value, result, "value"),
+            _resolve(flags, metadata, result, "metadata"),
+        )
+        request.hold(flags, event)
+    except Exception as exc:
+        flags._client.report(exc, "log_event")
+
+
 def log_event(
     name: str,
     *,
@@ -84,10 +100,15 @@ def log_event(
 ) -> Callable[[F], F]:
     """Log ``name`` server-side for the request's user when the view succeeds.
 
-    "Success" means the view returned without raising and the response status,
-    where visible (Flask/werkzeug and Django responses, ``(body, status)``
-    tuples), is below 400. ``on="call"`` logs before the view runs instead.
-    ``value`` and ``metadata`` are constants or callables of the view's result.
+    "Success" means the view returned without raising and the status the
+    client got is below 400. A middleware (WSGI, ASGI or Django) holds the
+    event until the response starts and decides by its status, whatever set
+    it: a response object, a renderer, a template that failed while
+    rendering, an error handler. Without one (a plain function outside a
+    request) the status visible in the return value decides (Flask/werkzeug
+    and Django responses, ``(body, status)`` tuples). ``on="call"`` logs
+    before the view runs instead. ``value`` and ``metadata`` are constants or
+    callables of the view's result.
     """
     if on not in ("success", "call"):
         raise ValueError(f"log_event(on=...) must be 'success' or 'call', not {on!r}")
@@ -100,7 +121,7 @@ def log_event(
 
     def after(flags: Flags | None, result: Any) -> None:
         if on == "success" and _succeeded(result):
-            _log(flags, name, value, metadata, result)
+            _hold(flags, name, value, metadata, result)
 
     @wrapt.decorator
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -132,7 +153,7 @@ def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Cal
     def denied(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if callable(otherwise):
             return otherwise(*args, **kwargs)
-        return _deny(otherwise, args)
+        return _deny(otherwise, args, _current.get())
 
     def allowed() -> bool:
         flags = _flags_or_warn("feature_gate", name)
@@ -160,13 +181,21 @@ def _is_django_request(obj: Any) -> bool:
     return hasattr(obj, "META") and hasattr(obj, "method") and hasattr(obj, "path_info")
 
 
-def _deny(status: int, args: tuple[Any, ...]) -> Any:
+def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
     if args and _is_django_request(args[0]):
         from django.http import Http404, HttpResponse
 
         if status == 404:
             raise Http404("feature not available")
         return HttpResponse(status=status)
+    if flags is not None and getattr(flags._environ, "scope", None) is not None:
+        # An ASGI request: Starlette and FastAPI answer their own HTTPException.
+        try:
+            from starlette.exceptions import HTTPException
+        except ImportError:
+            pass
+        else:
+            raise HTTPException(status)
     from werkzeug.exceptions import abort
 
     abort(status)
@@ -179,9 +208,43 @@ def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:
         flags = _flags_or_warn("experiment", name)
         return flags.experiment(name) if flags is not None else Config(name, {})
 
-    @wrapt.decorator
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         kwargs = {**kwargs, arg: assignment()}
         return wrapped(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    def decorate(view: F) -> F:
+        # The view's signature without ``arg``: frameworks that inject
+        # arguments by name (FastAPI) must not try to fill it from the request.
+        adapter = _without_parameter(view, arg)
+        decorator: Any = wrapt.decorator(adapter=adapter)
+        return decorator(wrapper)(view)  # type: ignore[no-any-return]
+
+    return decorate
+
+
+def _without_parameter(view: Callable[..., Any], name: str) -> Any:
+    try:
+        signature = inspect.signature(view)
+    except (TypeError, ValueError):  # builtins and other objects without one
+        return None
+    if name not in signature.parameters:
+        return None
+    adapted = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != name]
+    )
+
+    # wrapt takes the signature from the adapter and the coroutine flag from
+    # its code object, so an async view needs an async adapter.
+    adapter: Any
+    if inspect.iscoroutinefunction(view):
+
+        async def async_adapter(*args: Any, **kwargs: Any) -> Any: ...
+
+        adapter = async_adapter
+    else:
+
+        def sync_adapter(*args: Any, **kwargs: Any) -> Any: ...
+
+        adapter = sync_adapter
+    adapter.__signature__ = adapted
+    return adapter

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from flagware import identity
+from flagware import identity, qa, visitors
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
 
 if TYPE_CHECKING:
@@ -97,7 +97,13 @@ class Flags:
     _user_dict: dict[str, Any] | None = None
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
-    _start_response: Any = None
+    # Set by the request lifecycle (flagware.request) when a middleware will
+    # see the response: success events wait here for its status.
+    _held: list[Event] | None = None
+    _status: int | None = None  # the response status, once it started
+    _visitor: bool | None = None  # whether flag reads are exposures; decided on first use
+    _skip: str | None = None  # why they are not ("bot", "method", "prefetch", "filter")
+    _qa: Any = False  # the QA override cookie: False until read, then QAOverride or None
 
     def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
         self._client = client
@@ -198,27 +204,29 @@ class Flags:
         value = False
         client = self._client
         try:
-            if overrides and name in overrides.gates:
+            forced = self._forced_gate(name)
+            if forced is not None:
                 # As Statsig's override_gate: the value is forced, the exposure
                 # is still logged (ruleID "override"), so tests can assert on it.
-                value, rule_id, secondary = overrides.gates[name], OVERRIDE_RULE, []
+                value, rule_id, secondary = forced, OVERRIDE_RULE, []
             else:
                 result = client.engine.gate(self.statsig_user(), name)
                 value, rule_id = result.value, result.rule_id
                 secondary = result.secondary_exposures
-            client.log(
-                Event(
-                    GATE_EXPOSURE,
-                    self._wire_user(),
-                    metadata={
-                        "gate": name,
-                        "gateValue": "true" if value else "false",
-                        "ruleID": rule_id,
-                    },
-                    secondary_exposures=secondary,
-                    exposure=name,
+            if self._exposes():
+                client.log(
+                    Event(
+                        GATE_EXPOSURE,
+                        self._wire_user(),
+                        metadata={
+                            "gate": name,
+                            "gateValue": "true" if value else "false",
+                            "ruleID": rule_id,
+                        },
+                        secondary_exposures=secondary,
+                        exposure=name,
+                    )
                 )
-            )
         except Exception as exc:
             client.report(exc, "gate")
         gates[name] = value
@@ -239,6 +247,8 @@ class Flags:
         config = Config(name, {})
         try:
             forced = overrides.configs.get(name) if overrides else None
+            if forced is None:
+                forced = self._forced_config(name)
             if forced is not None:
                 # As Statsig's override_config: forced, and still an exposure.
                 # A copy per request, so a view that edits .params edits only its own.
@@ -262,13 +272,57 @@ class Flags:
                 exposure=name,
                 group=config.group,
             )
-            client.log(exposure)
-            if forced is None and config.group is not None and name not in client._started:
-                client._note_started(name, exposure.time)
+            if self._exposes():
+                client.log(exposure)
+                if forced is None and config.group is not None and name not in client._started:
+                    client._note_started(name, exposure.time)
         except Exception as exc:
             client.report(exc, "experiment")
         configs[name] = config
         return config
+
+    # -- exposure rules and QA overrides -----------------------------------------
+
+    def _exposes(self) -> bool:
+        """Whether this request's flag reads are exposures (see flagware.visitors)."""
+        visitor = self._visitor
+        if visitor is None:
+            client = self._client
+            try:
+                self._skip = visitors.skip_reason(self._environ, client.exposure_filter)
+            except Exception as exc:  # a broken filter: log the exposure, never lose it
+                client.report(exc, "exposure filter")
+                self._skip = None
+            visitor = self._visitor = self._skip is None
+        if not visitor:
+            self._client.skipped_exposures[self._skip or "filter"] += 1
+        return visitor
+
+    def _qa_override(self) -> qa.QAOverride | None:
+        if self._qa is False:
+            override = None
+            if qa.COOKIE in self._environ.get("HTTP_COOKIE", ""):
+                override = qa.read(self._client.hash_key, self._environ)
+            self._qa = override
+        found: qa.QAOverride | None = self._qa
+        return found
+
+    def _forced_gate(self, name: str) -> bool | None:
+        if overrides and name in overrides.gates:
+            return overrides.gates[name]
+        override = self._qa_override()
+        return override.gates.get(name) if override else None
+
+    def _forced_config(self, name: str) -> Config | None:
+        """The group a QA override chose for this browser, with that group's params."""
+        override = self._qa_override()
+        group = override.groups.get(name) if override else None
+        if group is None:
+            return None
+        params = qa.group_params(self._client.engine, name, group)
+        if params is None:  # the group was renamed or removed since: evaluate normally
+            return None
+        return Config(name, params, group=group, rule_id=OVERRIDE_RULE)
 
     # -- events -----------------------------------------------------------------
 
@@ -281,35 +335,18 @@ class Flags:
         """Log a custom event for this request's user (never raises)."""
         client = self._client
         try:
-            client.log(
-                Event(
-                    name,
-                    self._wire_user(),
-                    value=value,
-                    metadata=None if metadata is None else dict(metadata),
-                )
-            )
+            client.log(self._event(name, value, metadata))
         except Exception as exc:
             client.report(exc, "log_event")
 
-    # -- middleware hooks -------------------------------------------------------
-
-    def _start(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        """The app's start_response: adds the stableID cookie if this request minted one."""
-        if self._minted is not None:
-            try:
-                headers.append(("Set-Cookie", self._set_cookie_header()))  # type: ignore[arg-type]
-            except Exception as exc:  # the response goes out without our cookie, never broken
-                self._client.report(exc, "cookie")
-        return self._start_response(status, headers, exc_info)
-
-    def _set_cookie_header(self) -> str | None:
-        if self._minted is None:
-            return None
-        client = self._client
-        secure = self._environ.get("wsgi.url_scheme") == "https"
-        return identity.cookie_header(
-            client.cookie_name, self._minted, secure=secure, max_age=client.cookie_max_age
+    def _event(
+        self, name: str, value: str | float | None, metadata: Mapping[str, Any] | None
+    ) -> Event:
+        return Event(
+            name,
+            self._wire_user(),
+            value=value,
+            metadata=None if metadata is None else dict(metadata),
         )
 
     def __repr__(self) -> str:

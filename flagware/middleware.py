@@ -1,20 +1,25 @@
-"""``FlagwareMiddleware``: gives every WSGI request its own lazily evaluated Flags."""
+"""``FlagwareMiddleware``: gives every WSGI request its own lazily evaluated Flags.
+
+A thin adapter: the request lifecycle (flags, held success events, the cookie)
+lives in :mod:`flagware.request`; this module only translates WSGI into it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from flagware.flags import Flags, _current
+from flagware import request
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from flagware.client import Flagware
+    from flagware.flags import Flags
 
-ENVIRON_KEY = "flagware.flags"
+ENVIRON_KEY = request.KEY
 
 
 class FlagwareMiddleware:
@@ -41,16 +46,50 @@ class FlagwareMiddleware:
             self._diagnostics = DiagnosticsApp(client)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        flags = Flags(self.client, environ)
-        flags._start_response = start_response
+        flags, token = request.begin(self.client, environ)
         environ[ENVIRON_KEY] = flags
         app = self._inner
         if self._diagnostics is not None and self._diagnostics.handles(environ):
             app = self._diagnostics
-        token = _current.set(flags)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            code = int(status[:3]) if status[:3].isdigit() else 500
+            secure = environ.get("wsgi.url_scheme") == "https"
+            cookie = request.respond(flags, code, secure=secure)
+            if cookie is not None:
+                headers.append(("Set-Cookie", cookie))
+            return start_response(status, headers, exc_info)
+
         try:
-            # The iterable goes back untouched (no wrapper): the server calls its
-            # close() once, and wsgi.file_wrapper responses keep their fast path.
-            return app(environ, flags._start)
+            body = app(environ, start)
+        except BaseException:
+            request.finish(flags, failed=True)
+            raise
         finally:
-            _current.reset(token)
+            request.end(token)
+        if flags._held and flags._status is None:
+            # start_response comes later, from inside the iterable: wait for
+            # it (the rare lazy app). Otherwise the iterable goes back
+            # untouched: the server calls its close() once, and
+            # wsgi.file_wrapper responses keep their fast path.
+            return _Settling(body, flags)
+        return body
+
+
+class _Settling:
+    """Iterates a lazy app's body; held events settle when it closes."""
+
+    def __init__(self, body: Iterable[bytes], flags: Flags) -> None:
+        self._body = body
+        self._flags = flags
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            request.finish(self._flags)

@@ -206,7 +206,9 @@ def _rows(browser: Any, table_id: str) -> list[list[str]]:
 
 def _request(url: str, *, post: bool = False) -> None:
     """Another visitor, outside the browser: no cookie, so a new stableID."""
-    request = urllib.request.Request(url, data=b"" if post else None)
+    # A browser's agent: urllib's own is a bot's, whose flag reads expose nothing.
+    headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Firefox/121.0"}
+    request = urllib.request.Request(url, data=b"" if post else None, headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
 
@@ -220,3 +222,67 @@ def _screenshot(browser: Any, tmp_path: Path) -> None:
     assert path.stat().st_size > 10_000
     if os.environ.get("FLAGWARE_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(path, SCREENSHOT)
+
+
+def test_qa_override_forces_this_browser_into_a_chosen_group(
+    serve: Callable[..., str], browser: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from flagware.events.store import EventStore
+
+    base = serve()
+    browser.get(base + "/signup")
+    natural = browser.find_element(By.ID, "signup").get_attribute("data-group")
+    banner = bool(browser.find_elements(By.ID, "banner"))
+    stable_id = browser.get_cookie("flagware_id")["value"]
+    chosen = "Red" if natural == "Control" else "Control"
+
+    browser.get(base + "/_flagware/")
+    assert "No override" in browser.find_element(By.ID, "override-status").text
+    Select(browser.find_element(By.NAME, "experiment:button_color")).select_by_value(chosen)
+    Select(browser.find_element(By.NAME, "gate:new_signup")).select_by_value(
+        "fail" if banner else "pass"
+    )
+    browser.find_element(By.ID, "override-apply").click()
+    assert browser.current_url == base + "/_flagware/"  # back on the page after the post
+    status = browser.find_element(By.ID, "override-status").text
+    assert "override active" in status and f"button_color = {chosen}" in status
+    experiments = {r[0]: r[1] for r in _rows(browser, "experiments")}
+    assert experiments["button_color"] == f"{chosen} override"
+    cookie = browser.get_cookie("flagware_qa")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+
+    # The app, in this browser: the chosen group and gate value, exposures marked.
+    browser.get(base + "/signup")
+    assert browser.find_element(By.ID, "signup").get_attribute("data-group") == chosen
+    assert bool(browser.find_elements(By.ID, "banner")) is not banner
+    _request(base + "/signup")  # another visitor, without the cookie: not forced
+    with EventStore(tmp_path / "events.db") as store:
+        deadline = 50
+        while deadline:
+            mine = [e for e in store.iter_events() if e["stable_id"] == stable_id]
+            if sum(e["event"] == "statsig::config_exposure" for e in mine) >= 2:
+                break
+            deadline -= 1
+            threading.Event().wait(0.1)
+    exposures = [e for e in mine if e["event"] == "statsig::config_exposure"]
+    assert [e["metadata"]["ruleID"] for e in exposures][-1] == "override"
+    assert exposures[-1]["group"] == chosen
+    assert exposures[0]["metadata"]["ruleID"] != "override"  # the visit before the override
+
+    # A cookie the server did not sign changes nothing.
+    value = cookie["value"]
+    browser.add_cookie({"name": "flagware_qa", "value": value[:-4] + "0000", "path": "/"})
+    browser.get(base + "/signup")
+    assert browser.find_element(By.ID, "signup").get_attribute("data-group") == natural
+
+    # Cleared from the page: the natural group again.
+    browser.add_cookie({"name": "flagware_qa", "value": value, "path": "/"})
+    browser.get(base + "/_flagware/")
+    browser.find_element(By.ID, "override-clear").click()
+    assert "No override" in browser.find_element(By.ID, "override-status").text
+    assert browser.get_cookie("flagware_qa") is None
+    browser.get(base + "/signup")
+    assert browser.find_element(By.ID, "signup").get_attribute("data-group") == natural

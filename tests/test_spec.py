@@ -397,7 +397,7 @@ INVALID_SPECS = [
     (
         EXPERIMENT + GROUPS + "alocation = 5",
         "experiments.e.alocation: unknown key (expected one of: allocation, allocation_salt,"
-        " groups, restart, salt, targeting_gate, unit)",
+        " groups, restart, salt, sequential, targeting_gate, unit)",
     ),
     (
         EXPERIMENT + GROUPS + "allocation = 120",
@@ -497,11 +497,13 @@ INVALID_SPECS = [
     ("[metrics.m]\nevent = 5", "metrics.m.event: must be a string, not a number"),
     (
         '[metrics.m]\nevent = "e"\ntype = "sum"',
-        "metrics.m.type: unknown key (expected one of: direction, event, fresh_within, kind, tags)",
+        "metrics.m.type: unknown key (expected one of: cap_percentile, cuped_days, denominator,"
+        " direction, event, fresh_within, kind, numerator, tags)",
     ),
     (
         '[metrics.m]\nevent = "e"\nkind = "average"',
-        "metrics.m.kind: must be 'conversion' or 'count' or 'sum' or 'mean', not 'average'",
+        "metrics.m.kind: must be 'conversion' or 'count' or 'sum' or 'mean' or 'ratio',"
+        " not 'average'",
     ),
     (
         '[metrics.m]\nevent = "e"\ndirection = "up"',

@@ -185,3 +185,22 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> Non
         finally:
             second.close()
         assert len(stub.events) == 33
+
+
+def test_the_engine_lists_the_downloaded_experiments_and_their_groups(
+    stub: Any, tmp_path: Any
+) -> None:
+    """What the diagnostics page and the QA override read, on either engine."""
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+    )
+    try:
+        assert fw.engine.names() == (["everyone"], ["button_color"])
+        assert fw.engine.experiment_groups() == {
+            "button_color": {"Control": {"color": "blue"}, "Red": {"color": "red"}}
+        }
+    finally:
+        fw.close()

@@ -6,7 +6,7 @@ reported with a fix before the first request, not as a failing page.
 - flagware.E003: the local spec file is invalid
 - flagware.E004: FlagwareMiddleware is placed before AuthenticationMiddleware
 - flagware.E005: settings.FLAGWARE is not a dict of Flagware(...) arguments
-- flagware.E006: a user resolver cannot be imported or is not callable
+- flagware.E006: a user resolver or the exposure filter cannot be imported or is not callable
 - flagware.W001: flagware.django is installed but its middleware is not
 """
 
@@ -53,7 +53,7 @@ def check_settings(
                 id="flagware.E005",
             )
         )
-    for key in ("user_id", "user_custom"):
+    for key in ("user_id", "user_custom", "exposure_filter"):
         try:
             conf.load_resolver(options.get(key), key)
         except ImproperlyConfigured as exc:

@@ -9,6 +9,8 @@ the core because Django code works with requests, not WSGI environs:
   authenticated ``request.user``; set to None, visitors are identified by the
   keyed hash of their IP only.
 - ``user_custom``: likewise, returning a dict of custom fields for conditions.
+- ``exposure_filter``: likewise, returning False for requests whose flag reads
+  are not exposures (health checks, internal traffic).
 
 The client is built on first use and closed at interpreter exit by the core's
 exit hook; ``override_settings(FLAGWARE=...)`` in tests builds a fresh one.
@@ -80,9 +82,11 @@ def build_client(opts: Mapping[str, Any] | None = None) -> Flagware:
     kwargs = dict(options() if opts is None else opts)
     user_id = kwargs.pop("user_id", request_user_id)
     user_custom = kwargs.pop("user_custom", None)
+    exposure_filter = load_resolver(kwargs.pop("exposure_filter", None), "exposure_filter")
     return Flagware(
         user_id=_per_request(user_id, "user_id"),
         user_custom=_per_request(user_custom, "user_custom"),
+        exposure_filter=None if exposure_filter is None else RequestFilter(exposure_filter),
         **kwargs,
     )
 
@@ -144,6 +148,16 @@ class FromRequest:
     def __call__(self, environ: WSGIEnvironment) -> Any:
         request = request_of(environ)
         return None if request is None else self.resolver(request)
+
+
+class RequestFilter(FromRequest):
+    """``exposure_filter`` for Django: the app's callable takes the request."""
+
+    __slots__ = ()
+
+    def __call__(self, environ: Mapping[str, Any]) -> bool:
+        request = request_of(environ)
+        return True if request is None else bool(self.resolver(request))
 
 
 def uses_default_user(client: Flagware) -> bool:

@@ -4,19 +4,27 @@ Like the WSGI middleware it only creates an empty Flags object per request and
 sets the contextvar around the view; identity and evaluation happen when the
 view (or a template, or code it calls) first reads a flag. The stableID cookie
 is added to the response only when this request minted one.
+
+A thin adapter over :mod:`flagware.request`: the response it gets back from
+Django decides the view's success events (a ``TemplateResponse`` has been
+rendered by then, so a template that fails is a 500, not a success). With
+``diagnostics`` on it also serves the diagnostics page, the same app the WSGI
+and ASGI middlewares serve.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.http import HttpRequest, HttpResponseBase
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
+from flagware import request as lifecycle
 from flagware.django import conf
-from flagware.flags import Flags, _current
-from flagware.middleware import ENVIRON_KEY
+from flagware.flags import Flags
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -42,6 +50,13 @@ class FlagwareMiddleware:
         if self.async_mode:
             # Django sees an async middleware and does not wrap it in a thread.
             markcoroutinefunction(self)
+        else:
+            # Only in the sync chain (WSGI): an async view runs in its own
+            # event loop there, where reading request.user is refused, so the
+            # user is loaded first. Under ASGI __acall__ awaits auser(), and
+            # no sync process_view means no thread hop per request.
+            self.process_view = self._process_view
+        self._diagnostics: tuple[Flagware, Any] | None = None
         # Built when Django loads the middleware, so a bad configuration fails
         # at start-up rather than on the first request that reads a flag.
         conf.get_client()
@@ -49,52 +64,110 @@ class FlagwareMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        flags = self._flags(request)
-        token = _current.set(flags)
+        flags, token = self._begin(request)
         try:
-            response = self.get_response(request)
+            page = self._diagnostics_page(flags, request)
+            if page is not None:
+                response: HttpResponseBase = HttpResponse(page[2], status=page[0])
+                for name, value in page[1]:
+                    response[name] = value
+            else:
+                # Django turns a view's exception (and a TemplateResponse that
+                # fails while rendering) into a response before it gets here.
+                response = cast(HttpResponseBase, self.get_response(request))
+        except BaseException:
+            lifecycle.finish(flags, failed=True)
+            raise
         finally:
-            _current.reset(token)
-        # The sync chain never returns an awaitable.
-        return self._set_cookie(flags, request, cast(HttpResponseBase, response))
+            lifecycle.end(token)
+        return self._respond(flags, request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         await _load_user(request)
-        flags = self._flags(request)
-        token = _current.set(flags)
+        flags, token = self._begin(request)
         try:
-            response = await self.get_response(request)  # type: ignore[misc]
+            page = None
+            if self._diagnostics_app(flags._client, request) is not None:
+                # A thread only for the page's own path: it reads SQLite.
+                page = await sync_to_async(self._diagnostics_page)(flags, request)
+            if page is not None:
+                response = HttpResponse(page[2], status=page[0])
+                for name, value in page[1]:
+                    response[name] = value
+            else:
+                response = await self.get_response(request)  # type: ignore[misc]
+        except BaseException:
+            lifecycle.finish(flags, failed=True)
+            raise
         finally:
-            _current.reset(token)
-        return self._set_cookie(flags, request, response)
+            lifecycle.end(token)
+        return self._respond(flags, request, response)
 
-    def _flags(self, request: HttpRequest) -> Flags:
+    def _begin(self, request: HttpRequest) -> tuple[Flags, Token[Flags | None]]:
         client = conf.get_client()
-        environ = _environ(request, client)
-        flags = Flags(client, environ)
-        request.META[ENVIRON_KEY] = flags
+        flags, token = lifecycle.begin(client, _environ(request, client))
+        request.META[lifecycle.KEY] = flags
         request.flags = flags  # type: ignore[attr-defined]
-        return flags
+        return flags, token
 
-    def _set_cookie(
+    def _process_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
+        if iscoroutinefunction(view) and conf.REQUEST_KEY in request.META:
+            _load_user_sync(request)
+
+    def _diagnostics_app(self, client: Flagware, request: HttpRequest) -> Any:
+        """The diagnostics app when it is on and the path is its own (cheap checks only)."""
+        if not client.diagnostics:
+            return None
+        cached = self._diagnostics
+        if cached is None or cached[0] is not client:  # settings changed: a new client
+            from flagware.diagnostics import DiagnosticsApp
+
+            cached = self._diagnostics = (client, DiagnosticsApp(client))
+        app = cached[1]
+        return app if request.path_info.startswith(app.root) else None
+
+    def _diagnostics_page(
+        self, flags: Flags, request: HttpRequest
+    ) -> tuple[int, list[tuple[str, str]], bytes] | None:
+        """The diagnostics page, when enabled, asked for and allowed: the same app,
+        access rules and HTML as the WSGI and ASGI middlewares serve."""
+        app = self._diagnostics_app(flags._client, request)
+        if app is None:
+            return None
+        environ = {
+            **request.META,
+            "PATH_INFO": request.path_info,
+            "wsgi.url_scheme": request.scheme,
+            "wsgi.input": io.BytesIO(request.body),
+            lifecycle.KEY: flags,
+        }
+        if not app.handles(environ):  # refused: the app answers, as if it were off
+            return None
+        result: tuple[int, list[tuple[str, str]], bytes] = app.render(environ)
+        return result
+
+    def _respond(
         self, flags: Flags, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
+        # The status this request's client gets decides its success events.
+        cookie = lifecycle.respond(flags, response.status_code, secure=request.is_secure())
         minted = flags._minted
-        if minted is None:  # no flag was read, or the browser already has its ID
-            return response
-        client = flags._client
-        try:
-            response.set_cookie(
-                client.cookie_name,
-                minted,
-                max_age=client.cookie_max_age,
-                path="/",
-                secure=request.is_secure(),
-                httponly=True,
-                samesite="Lax",
-            )
-        except Exception as exc:  # the response goes out without our cookie, never broken
-            client.report(exc, "cookie")
+        if cookie is not None and minted is not None:  # this request minted the stableID
+            client = flags._client
+            try:
+                response.set_cookie(
+                    client.cookie_name,
+                    minted,
+                    max_age=client.cookie_max_age,
+                    path="/",
+                    secure=request.is_secure(),
+                    httponly=True,
+                    samesite="Lax",
+                )
+            except Exception as exc:  # the response goes out without our cookie, never broken
+                client.report(exc, "cookie")
         return response
 
 
@@ -113,8 +186,22 @@ def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
 
 
 def _forwarded_for(meta: dict[str, Any], hops: int) -> str | None:
-    values = [v.strip() for v in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if v.strip()]
-    return values[-hops] if len(values) >= hops else None
+    return lifecycle.forwarded_for(meta.get("HTTP_X_FORWARDED_FOR"), hops)
+
+
+def _load_user_sync(request: HttpRequest) -> None:
+    """Load the user now, in the sync chain, before an async view runs."""
+    client = conf.get_client()
+    if not conf.uses_default_user(client) or conf.USER_KEY in request.META:
+        return
+    user = getattr(request, "user", None)
+    try:
+        # Touching the lazy user loads the session and the user here.
+        user = user if user is not None and user.is_authenticated else None
+    except Exception as exc:  # e.g. the session store is down: no user, never a broken page
+        client.report(exc, "user_id resolver")
+        user = None
+    request.META[conf.USER_KEY] = user
 
 
 async def _load_user(request: HttpRequest) -> None:

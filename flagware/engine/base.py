@@ -75,6 +75,10 @@ class Engine:
         """Gate and experiment names in the specs this process holds."""
         raise NotImplementedError
 
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each experiment's groups and their params, from the specs this process holds."""
+        raise NotImplementedError
+
     def close(self) -> None:
         with self._lock:
             server, self._server = self._server, None

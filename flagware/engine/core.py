@@ -179,6 +179,17 @@ class CoreSDK(Engine):
         server = self.server()
         return sorted(server.get_feature_gate_list()), sorted(server.get_experiment_list())
 
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        server = self.server()
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in server.get_experiment_list():
+            groups: dict[str, dict[str, Any]] = {}
+            for group in server._INTERNAL_get_experiment_groups(name).get("groups") or ():
+                if group.get("group_name") and group["group_name"] not in groups:
+                    groups[group["group_name"]] = dict(group.get("return_value") or {})
+            found[name] = groups
+        return found
+
 
 class CoreLocalEngine(LocalSpec, CoreSDK):
     """The local spec evaluated by Core, offline."""

@@ -72,3 +72,19 @@ class LegacySDK(Engine):
         configs = store.get_all_configs()
         experiments = [n for n, spec in configs.items() if spec.get("entity") == "experiment"]
         return sorted(store.get_all_gates()), sorted(experiments)
+
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        # Its config specs carry each experiment group's name and value on the
+        # rules that assign it.
+        store: Any = self.server()._evaluator._spec_store
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, config in store.get_all_configs().items():
+            if config.get("entity") != "experiment":
+                continue
+            groups: dict[str, dict[str, Any]] = {}
+            for rule in config.get("rules", ()):
+                group = rule.get("groupName")
+                if group and group not in groups:
+                    groups[group] = dict(rule.get("returnValue") or {})
+            found[name] = groups
+        return found

@@ -76,6 +76,12 @@ class LocalSpec(Engine):
     def names(self) -> tuple[list[str], list[str]]:
         return list(self.spec.gates), list(self.spec.experiments)
 
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {
+            name: {g.name: dict(g.params) for g in exp.groups}
+            for name, exp in self.spec.experiments.items()
+        }
+
     def _maybe_reload(self) -> None:
         if not self._reload_lock.acquire(blocking=False):
             return

@@ -1,76 +1,65 @@
-"""The diagnostics page: who you are, what you get, and the events as they arrive.
-
-``Flagware(diagnostics=True)`` makes :class:`FlagwareMiddleware` serve it under
-``/_flagware/`` (``diagnostics_path``). It shows this visitor's IDs and
-country (never the IP), each gate's value and each experiment's group and
-params for this visitor, the latest stored events (exposures included),
-refreshed by a small inline script polling ``events.json``, and each
-experiment's results chart.
-
-Access (the page reveals every visitor's events, so it is closed by default):
-
-- with a token (``diagnostics_token`` or ``FLAGWARE_DIAGNOSTICS_TOKEN``), only
-  requests presenting it: ``?token=...`` once (answered with a redirect that
-  drops it from the URL and sets an HttpOnly, SameSite=Strict cookie scoped to
-  the page's path), the cookie, or ``Authorization: Bearer ...``;
-- without a token, anyone when ``diagnostics="debug"``, else only requests
-  from this machine: a loopback peer, a loopback ``Host`` (so a DNS-rebinding
-  page in the developer's browser cannot read it) and no forwarding headers (a
-  reverse proxy on the same host makes every visitor look local).
-
-A refused request is not answered by this page at all: :meth:`handles` says
-no and the app answers the path as if diagnostics were off, so nobody can
-probe for the page.
-
-Evaluations on this page go straight to the engine and log no exposures, so
-looking at the page never puts the developer into an experiment's results.
-"""
+"""The diagnostics WSGI app: routes, the page, the events feed."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
-import os
 import secrets
 import sqlite3
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterable
 from html import escape
-from importlib import resources
 from pathlib import Path
-from string import Template
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from flagware import identity
+from flagware import identity, qa
+from flagware.diagnostics import override
+from flagware.diagnostics.events import POLL_LIMIT, _read_events, _scrub
+from flagware.diagnostics.html import (
+    _cells,
+    _code,
+    _error,
+    _event_rows,
+    _json,
+    _live_verdict,
+    _row,
+    _template,
+    _unavailable,
+)
+from flagware.diagnostics.http import (
+    _configured_token,
+    _csp,
+    _harden,
+    _is_local,
+    _not_found,
+    _query,
+    _redirect,
+    _same,
+    _script_name,
+)
 from flagware.events.store import connect
+from flagware.flags import OVERRIDE_RULE, Config, Flags
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from flagware.client import Flagware
-    from flagware.flags import Flags
 
 __all__ = ["DEFAULT_PATH", "DiagnosticsApp"]
 
 DEFAULT_PATH = "/_flagware/"
-TOKEN_ENV = "FLAGWARE_DIAGNOSTICS_TOKEN"
 COOKIE = "flagware_diagnostics"
 COOKIE_MAX_AGE = 8 * 3600  # a working day; the token brings it back
 POLL_SECONDS = 1.5
 TAIL = 50  # events on the page when it opens
 KEEP = 200  # rows the page keeps as new ones arrive
-POLL_LIMIT = 200  # events per poll; the next poll fetches the rest
 LISTED_NAMES = 100  # gates and experiments listed from the Statsig specs
 
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
-_FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
-_HIDDEN_IP = "[ip hidden]"
+
+_FAIL = '<span class="off">fail</span>'
 
 
 class DiagnosticsApp:
@@ -134,12 +123,32 @@ class DiagnosticsApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         return self._app(environ, start_response)
 
+    def render(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The whole response at once, for adapters that are not WSGI (ASGI, Django)."""
+        started: list[Any] = []
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            started[:] = [int(status[:3]), list(headers)]
+            return lambda data: None
+
+        result = self(environ, start_response)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return started[0], started[1], body
+
     def _serve(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         # Checked again: the middleware asks handles() first, but nothing stops
         # a caller from mounting this app on its own.
         if not self.handles(environ):
             return _not_found()(environ, start_response)
-        if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method == "POST" and environ.get("PATH_INFO") == self.prefix + "override":
+            response = self._override(environ)
+        elif method not in ("GET", "HEAD"):
             response = Response("method not allowed\n", 405, mimetype="text/plain")
             response.headers["Allow"] = "GET, HEAD"
         else:
@@ -158,7 +167,30 @@ class DiagnosticsApp:
             return self._page(environ)
         if rest == "events.json":
             return self._events_json(environ)
+        if rest == "override":  # the form posts here; a GET goes back to the page
+            return _redirect(environ, self.prefix)
         return _not_found()
+
+    def _override(self, environ: WSGIEnvironment) -> Response:
+        flags: Flags | None = environ.get("flagware.flags")
+        if flags is None:
+            return _not_found()
+        gate_names, _, _ = self._names()
+        return override.handle_post(
+            self.client,
+            flags,
+            environ,
+            gate_names,
+            self._groups(),
+            _script_name(environ) + self.prefix,
+        )
+
+    def _groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        try:
+            return qa.experiment_groups(self.client.engine)
+        except Exception as exc:  # Statsig specs not downloaded yet: gates only
+            self.client.report(exc, "diagnostics")
+            return {}
 
     def _start_session(self, environ: WSGIEnvironment, response: Response) -> None:
         """Trade ``?token=`` for a cookie; the page's script drops it from the address bar.
@@ -201,10 +233,17 @@ class DiagnosticsApp:
             poll_seconds=f"{POLL_SECONDS:g}",
             keep=KEEP,
             results=self._results(),
+            override=self._override_section(flags),
         )
         response = Response(html, mimetype="text/html")
         response.headers["Content-Security-Policy"] = _csp(nonce)
         return response
+
+    def _override_section(self, flags: Flags | None) -> str:
+        if flags is None:
+            return '<p class="muted">Needs the flagware middleware.</p>'
+        gate_names, _, _ = self._names()
+        return override.section(self.client, flags, gate_names, self._groups())
 
     def _visitor_rows(self, environ: WSGIEnvironment, flags: Flags | None) -> str:
         if flags is None:
@@ -230,24 +269,32 @@ class DiagnosticsApp:
         gates, experiments = [], []
         for name in gate_names:
             try:
-                result = engine.gate(user, name)
+                forced = flags._forced_gate(name)  # a QA or test override, shown as such
+                if forced is None:
+                    result = engine.gate(user, name)
+                    passed, rule_id = result.value, result.rule_id
+                else:
+                    passed, rule_id = forced, OVERRIDE_RULE
                 value = (
-                    '<span class="on">pass</span>'
-                    if result.value
-                    else ('<span class="off">fail</span>')
+                    '<span class="on">pass</span>' if passed else '<span class="off">fail</span>'
                 )
-                gates.append(_cells(escape(name), value, _code(result.rule_id)))
+                gates.append(_cells(escape(name), value, _code(rule_id)))
             except Exception as exc:
                 gates.append(_cells(escape(name), _error(exc), ""))
         for name in experiment_names:
             try:
-                result = engine.config(user, name)
+                config = flags._forced_config(name)
+                if config is None:
+                    result = engine.config(user, name)
+                    config = Config(name, result.params, group=result.group)
                 group = (
-                    escape(result.group)
-                    if result.group
+                    escape(config.group)
+                    if config.group
                     else ('<span class="muted">not in the experiment</span>')
                 )
-                experiments.append(_cells(escape(name), group, _code(_json(result.params))))
+                if config.rule_id == OVERRIDE_RULE:
+                    group += ' <span class="pill">override</span>'
+                experiments.append(_cells(escape(name), group, _code(_json(config.params))))
             except Exception as exc:
                 experiments.append(_cells(escape(name), _error(exc), ""))
         if not gates:
@@ -338,262 +385,3 @@ class DiagnosticsApp:
 
     def _store_path(self) -> Path:
         return Path(self.client.event_store_path)
-
-
-# -- reading the store ---------------------------------------------------------------------
-
-_EVENT_COLUMNS = "id, time, event, user_id, stable_id, value, metadata, exposure, group_name"
-
-
-def _read_events(
-    path: Path, *, after: int = 0, limit: int = POLL_LIMIT, tail: int | None = None
-) -> list[dict[str, Any]]:
-    """Events newer than ``after`` (oldest first), or the newest ``tail`` of them.
-
-    A short-lived read-only connection per call: the page is polled from
-    whatever thread the server picks, and the client's store keeps one
-    connection per thread until it closes, which would pile up here.
-    """
-    if not path.is_file():
-        return []
-    conn = connect(path, readonly=True)
-    try:
-        if tail is not None:
-            rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id DESC LIMIT ?", (tail,)
-            ).fetchall()
-            rows.reverse()
-        else:
-            rows = conn.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (after, limit),
-            ).fetchall()
-    except sqlite3.Error:
-        return []  # a store still being created: nothing to show yet
-    finally:
-        conn.close()
-    return [_event(row) for row in rows]
-
-
-def _event(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {
-        "id": row[0],
-        "time": row[1],
-        "event": _scrub(row[2]),
-        "user_id": _scrub(row[3]),
-        "stable_id": row[4],
-        "value": _scrub(_loads(row[5])),
-        "metadata": _scrub(_loads(row[6])),
-        "exposure": row[7],
-        "group": row[8],
-    }
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _scrub(value: Any) -> Any:
-    """Replace any string that is an IP address: the store holds none, but apps log metadata."""
-    if isinstance(value, str):
-        return _HIDDEN_IP if _is_ip(value) else value
-    if isinstance(value, Mapping):
-        return {str(k): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value
-
-
-def _is_ip(text: str) -> bool:
-    if not 2 < len(text) < 46 or not ("." in text or ":" in text):
-        return False  # cheap rejection for the common case
-    try:
-        ipaddress.ip_address(text.strip().split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
-
-
-# -- HTML fragments --------------------------------------------------------------------------
-
-
-def _event_rows(events: list[dict[str, Any]], stable_id: str) -> str:
-    if not events:
-        return '<tr id="no-events"><td colspan="5" class="muted">no events yet</td></tr>'
-    rows = []
-    for e in reversed(events):  # newest first, as the script adds them
-        you = ' class="you"' if stable_id and e["stable_id"] == stable_id else ""
-        rows.append(
-            f'<tr{you} data-id="{int(e["id"])}">'
-            f"<td>{_time(e['time'])}</td><td>{escape(str(e['event']))}</td>"
-            f'<td class="id" title="{escape(_text(e["user_id"]))}">'
-            f"{escape(_short_id(_text(e['user_id'])))}</td>"
-            f"<td>{escape(_text(e['value']))}</td>"
-            f'<td class="mono">{escape(_text(e["metadata"]))}</td></tr>'
-        )
-    return "".join(rows)
-
-
-def _text(value: Any) -> str:
-    """What the script shows for a value, so both renderings agree."""
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else _json(value)
-
-
-def _short_id(text: str) -> str:
-    """IDs are 32 hex digits: the first 12 tell visitors apart; the tooltip has the rest."""
-    return text[:12] + "\u2026" if len(text) > 16 else text
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _time(ms: Any) -> str:
-    try:
-        return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return ""
-
-
-def _row(label: str, value_html: str) -> str:
-    return f"<tr><th>{escape(label)}</th><td>{value_html}</td></tr>"
-
-
-def _cells(*cells_html: str) -> str:
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells_html) + "</tr>"
-
-
-def _code(text: str) -> str:
-    return f"<code>{escape(text)}</code>" if text else ""
-
-
-def _error(exc: BaseException) -> str:
-    return f'<span class="off">error: {escape(type(exc).__name__)}</span>'
-
-
-def _unavailable(reason: str) -> str:
-    return f'<p class="muted results-unavailable">results unavailable: {escape(reason)}</p>'
-
-
-_page_template: Template | None = None
-
-
-def _template() -> Template:
-    global _page_template
-    if _page_template is None:
-        text = resources.files("flagware").joinpath("diagnostics_page.html").read_text("utf-8")
-        _page_template = Template(text)
-    return _page_template
-
-
-# -- HTTP helpers ------------------------------------------------------------------------------
-
-
-def _configured_token(client: Flagware) -> str | None:
-    if hasattr(client, "diagnostics_token"):  # the client read the environment itself
-        token = getattr(client, "diagnostics_token", None)
-    else:
-        token = os.environ.get(TOKEN_ENV)
-    token = (token or "").strip()
-    return token or None
-
-
-def _same(presented: str, expected: bytes) -> bool:
-    try:
-        return hmac.compare_digest(presented.encode(), expected)
-    except UnicodeEncodeError:  # lone surrogates from a hostile query string
-        return False
-
-
-def _query(environ: WSGIEnvironment) -> dict[str, str]:
-    parsed = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
-    return {key: values[0] for key, values in parsed.items()}
-
-
-def _is_local(environ: WSGIEnvironment) -> bool:
-    """A request from this machine's own browser, not relayed and not rebound."""
-    if any(environ.get(h) for h in _FORWARDING_HEADERS):
-        return False
-    ip = identity.client_ip(environ)
-    if ip is None or not ipaddress.ip_address(ip).is_loopback:
-        return False
-    return _is_loopback_host(environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""))
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host.startswith("["):  # [::1]:8000
-        name = host[1:].partition("]")[0]
-    else:
-        name = host.rpartition(":")[0] if host.count(":") == 1 else host
-    name = name.lower().rstrip(".")
-    if name in _LOOPBACK_HOSTS or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _script_name(environ: WSGIEnvironment) -> str:
-    return str(environ.get("SCRIPT_NAME", "")).rstrip("/")
-
-
-def _redirect(environ: WSGIEnvironment, path: str) -> Response:
-    response = Response("", 303)
-    response.headers["Location"] = _script_name(environ) + path
-    return response
-
-
-def _not_found() -> Response:
-    return Response("Not Found\n", 404, mimetype="text/plain")
-
-
-def _csp(nonce: str) -> str:
-    return (
-        "default-src 'none'; "
-        f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-        "img-src 'self' data:; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-
-
-def _harden(response: Response) -> None:
-    """Headers every diagnostics response carries (the page sets its own CSP)."""
-    headers = response.headers
-    headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-    headers["X-Content-Type-Options"] = "nosniff"
-    headers["Cache-Control"] = "no-store"
-    headers["Referrer-Policy"] = "no-referrer"
-    headers["X-Frame-Options"] = "DENY"
-    headers["X-Robots-Tag"] = "noindex"
-
-
-def _live_verdict(name: str, results: Any) -> str:
-    """The heading with the verdict, only where reading it at every refresh is valid.
-
-    This page recomputes results on every load. A sequential experiment's
-    intervals hold at every look; a fixed-horizon verdict read this way would
-    call noise significant far more often than alpha, so only a block (which
-    needs no significance: SRM, stale guardrails, crossovers) is shown live.
-    """
-    if results.sequential or results.verdict == "blocked":
-        verdict = escape(results.verdict)
-        return (
-            f'<h3>{escape(name)} &middot; <span class="verdict {verdict}">{verdict}</span></h3>'
-            f'<p class="muted">{escape("; ".join(results.reasons))}</p>'
-        )
-    return (
-        f"<h3>{escape(name)} &middot; "
-        '<span class="verdict fixed-horizon">fixed horizon</span></h3>'
-        '<p class="muted">Analysed at a fixed horizon: the verdict is valid once the'
-        " planned sample is reached, so it is not shown live (read it then with"
-        " <code>flagware results</code>). Set <code>sequential = true</code> on the"
-        " experiment to watch an always-valid verdict here.</p>"
-    )

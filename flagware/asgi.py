@@ -1,0 +1,279 @@
+"""``FlagwareMiddleware`` for ASGI 3 apps: FastAPI, Starlette, Quart, Litestar, Django.
+
+The ASGI twin of :class:`flagware.FlagwareMiddleware`, and as thin: the request
+lifecycle lives in :mod:`flagware.request`; this module translates ``scope``
+into the WSGI-style keys the core reads identity from, and the response start
+into the status and the cookie.
+
+- ``http`` requests get a lazy :class:`~flagware.Flags` (``current_flags()``
+  and ``scope["flagware.flags"]``); nothing is computed until a flag is read.
+- ``websocket`` connections pass through untouched: they have no response
+  status to decide events by and no response to carry a cookie.
+- ``lifespan`` passes through; when the app reports its shutdown complete, the
+  client is closed (queued events stored and delivered) first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from flagware import request
+from flagware.flags import Flags, _current, current_flags
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
+
+__all__ = ["FlagwareMiddleware", "get_flags"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SCOPE_KEY = request.KEY
+
+
+class FlagwareMiddleware:
+    """Wrap any ASGI 3 app: ``app = FlagwareMiddleware(app, fw)``; in Starlette and
+    FastAPI, ``app.add_middleware(FlagwareMiddleware, client=fw)``.
+
+    Proxies: ``proxy_hops`` reads ``X-Forwarded-For`` from the headers exactly
+    as the WSGI middleware does, into flagware's own copy of the address
+    (``scope["client"]`` is never changed). uvicorn already rewrites
+    ``scope["client"]`` from that header for peers in ``--forwarded-allow-ips``
+    (127.0.0.1 by default): use either uvicorn's rule or ``proxy_hops``, not
+    both (``uvicorn --no-proxy-headers`` with ``proxy_hops``), or a hop is
+    skipped twice.
+    """
+
+    def __init__(self, app: ASGIApp, client: Flagware) -> None:
+        self.app = app
+        self.client = client
+        self._diagnostics: Any = None
+        if client.diagnostics:
+            from flagware.diagnostics import DiagnosticsApp
+
+            self._diagnostics = DiagnosticsApp(client)
+            self._diagnostics_root = self._diagnostics.root
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        if SCOPE_KEY in scope:
+            # Already handled by an outer FlagwareMiddleware (a mounted
+            # sub-app wrapped too): one request, one Flags, one cookie.
+            await self.app(scope, receive, send)
+            return
+        client = self.client
+        environ = ScopeEnviron(scope, client.proxy_hops)
+        flags, token = request.begin(client, environ)
+        scope[SCOPE_KEY] = flags
+        secure = scope.get("scheme") in ("https", "wss")
+
+        # Closes over this request's flags rather than reading the contextvar:
+        # send may run in another context (streaming bodies, task groups).
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                cookie = request.respond(flags, message["status"], secure=secure)
+                if cookie is not None:
+                    headers = list(message.get("headers", ()))
+                    headers.append((b"set-cookie", cookie.encode("latin-1")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            if self._diagnostics is not None and self._is_diagnostics(scope):
+                await self._serve_diagnostics(environ, flags, receive, send_wrapper)
+            else:
+                await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            request.finish(flags)  # the client went away: the view's own work still counts
+            raise
+        except BaseException:
+            request.finish(flags, failed=True)
+            raise
+        else:
+            request.finish(flags)
+        finally:
+            _current.reset(token)
+
+    # -- lifespan -------------------------------------------------------------------
+
+    def _lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                # Before the server hears "complete" and stops the process.
+                try:
+                    await _in_thread(self.client.close)
+                except Exception as exc:
+                    self.client.report(exc, "close")
+            await send(message)
+
+        return lifespan_send
+
+    # -- diagnostics ----------------------------------------------------------------
+
+    def _is_diagnostics(self, scope: Scope) -> bool:
+        path: str = scope.get("path", "")
+        root: str = self._diagnostics_root
+        return path.startswith(root) or path.startswith(scope.get("root_path", "") + root)
+
+    async def _serve_diagnostics(
+        self, environ: ScopeEnviron, flags: Flags, receive: Receive, send: Send
+    ) -> None:
+        """The diagnostics page is a WSGI app: rendered in a thread (it reads SQLite)."""
+        body = await _read_body(receive)
+        wsgi = environ.wsgi(body=body)
+        wsgi[SCOPE_KEY] = flags
+        if not self._diagnostics.handles(wsgi):  # refused or another path: the app answers
+            await self.app(environ.scope, _replay(body, receive), send)
+            return
+        status, headers, page = await _in_thread(self._diagnostics.render, wsgi)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": page, "more_body": False})
+
+
+async def get_flags() -> Flags:
+    """A FastAPI dependency: ``flags: Annotated[Flags, Depends(get_flags)]``.
+
+    Async, so FastAPI calls it on the event loop rather than in a thread.
+    """
+    return current_flags()
+
+
+class ScopeEnviron(Mapping[str, Any]):
+    """The WSGI keys the core reads (``REMOTE_ADDR``, ``HTTP_COOKIE``...) from a scope.
+
+    Built on first access only: a request that reads no flag never pays for
+    walking its headers. Resolvers get this mapping; ``environ["asgi.scope"]``
+    is the scope itself.
+    """
+
+    __slots__ = ("_data", "_hops", "scope")
+
+    def __init__(self, scope: Scope, hops: int = 0) -> None:
+        self.scope = scope
+        self._hops = hops
+        self._data: dict[str, Any] | None = None
+
+    def _build(self) -> dict[str, Any]:
+        scope = self.scope
+        data: dict[str, Any] = {}
+        for raw_name, raw_value in scope.get("headers", ()):
+            name = raw_name.decode("latin-1").upper().replace("-", "_")
+            key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
+            value = raw_value.decode("latin-1")
+            if key in data:  # repeated headers are joined in order, never overwritten
+                value = data[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
+            data[key] = value
+        client = scope.get("client")
+        peer = client[0] if client else ""
+        trusted = request.forwarded_for(data.get("HTTP_X_FORWARDED_FOR"), self._hops)
+        path: str = scope.get("path", "")
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        server = scope.get("server") or ("", 80)
+        data.update(
+            {
+                "REQUEST_METHOD": scope.get("method", "GET"),
+                "SCRIPT_NAME": root,
+                "PATH_INFO": path,
+                "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+                "REMOTE_ADDR": trusted or peer,
+                "SERVER_NAME": str(server[0]),
+                "SERVER_PORT": str(server[1]),
+                "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
+                "wsgi.url_scheme": scope.get("scheme", "http"),
+                "asgi.scope": scope,
+                "flagware.peer": peer,
+            }
+        )
+        self._data = data
+        return data
+
+    def _mapping(self) -> dict[str, Any]:
+        data = self._data
+        return data if data is not None else self._build()
+
+    def __getitem__(self, key: str) -> Any:
+        return self._mapping()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._mapping().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._mapping()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._mapping())
+
+    def __len__(self) -> int:
+        return len(self._mapping())
+
+    def wsgi(self, body: bytes = b"") -> dict[str, Any]:
+        """A full WSGI environ (for the diagnostics app), with the peer's own address."""
+        environ = dict(self._mapping())
+        environ["REMOTE_ADDR"] = environ.pop("flagware.peer")
+        environ.update(
+            {
+                "wsgi.version": (1, 0),
+                "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": io.StringIO(),
+                "wsgi.multithread": True,
+                "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+                "CONTENT_LENGTH": str(len(body)),
+            }
+        )
+        return environ
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The request's receive, with the body that was already read given back first."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # http.disconnect when the client leaves
+
+    return replay
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run blocking work off the event loop (asyncio); inline under other loops."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)

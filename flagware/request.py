@@ -1,0 +1,121 @@
+"""The one request lifecycle that WSGI, ASGI and Django share.
+
+Each adapter translates its protocol into four calls, and nothing else:
+
+- :func:`begin` when a request arrives: an empty :class:`~flagware.Flags` (its
+  identity, evaluations and exposures happen on first use, in ``flags.py``)
+  and the contextvar behind ``current_flags()``;
+- :func:`respond` when the response starts, with the status the client gets:
+  it releases or drops the events that ``@log_event(on="success")`` held, and
+  returns the ``Set-Cookie`` value to add when this request minted a stableID;
+- :func:`finish` when the app is done: events still held because no response
+  ever started are released (see its docstring for why);
+- :func:`end` resets the contextvar.
+
+The status decides success, not the view's return value, because many views
+never return their status: Falcon and Bottle set it on a response object,
+Pyramid renderers on ``request.response``, Django's ``TemplateResponse``
+renders (and may fail) after the view returned, and Flask error handlers turn
+an exception into a page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import Token
+from typing import TYPE_CHECKING, Any
+
+from flagware import identity
+from flagware.flags import Flags, _current
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
+    from flagware.events.model import Event
+
+__all__ = ["begin", "end", "finish", "forwarded_for", "hold", "respond"]
+
+KEY = "flagware.flags"  # environ / scope / META key holding this request's Flags
+
+
+def begin(client: Flagware, environ: Mapping[str, Any]) -> tuple[Flags, Token[Flags | None]]:
+    """A request arrived: its (empty) Flags, current until :func:`end`."""
+    flags = Flags(client, environ)  # type: ignore[arg-type]  # any mapping of WSGI keys
+    # A middleware will see the status: success events wait for it.
+    flags._held = []
+    return flags, _current.set(flags)
+
+
+def end(token: Token[Flags | None]) -> None:
+    _current.reset(token)
+
+
+def hold(flags: Flags, event: Event) -> None:
+    """A success event from ``@log_event``: logged once the status is known to be < 400.
+
+    Without a middleware that reports the status (a Flags made by hand, a plain
+    function outside a request) it is logged at once, as the decorator's own
+    check of the view's return value already passed.
+    """
+    status = flags._status
+    if status is not None:  # the response already started (streaming bodies)
+        if status < 400:
+            flags._client.log(event)
+    elif flags._held is None:
+        flags._client.log(event)
+    else:
+        flags._held.append(event)
+
+
+def respond(flags: Flags, status: int, *, secure: bool) -> str | None:
+    """The response starts with ``status``: settle held events; the cookie to set, if any."""
+    if flags._status is None:
+        flags._status = status
+        if flags._held:
+            _settle(flags, status < 400)
+    if flags._minted is None:
+        return None
+    client = flags._client
+    try:
+        return identity.cookie_header(
+            client.cookie_name, flags._minted, secure=secure, max_age=client.cookie_max_age
+        )
+    except Exception as exc:  # the response goes out without our cookie, never broken
+        client.report(exc, "cookie")
+        return None
+
+
+def finish(flags: Flags, *, failed: bool = False) -> None:
+    """The app is done. Events still held mean no response ever started.
+
+    That happens when the client went away mid-request and the server
+    cancelled the app, or when a WSGI server stopped before calling
+    ``start_response``. A view that returned normally did what its success
+    event records (the signup happened; only the page was not delivered), so
+    those events are logged. When the app itself raised (``failed``), the
+    server answers 500, and they are dropped like any failed response's.
+    """
+    if flags._status is None and flags._held:
+        _settle(flags, not failed)
+
+
+def _settle(flags: Flags, success: bool) -> None:
+    held = flags._held
+    if not held:
+        return
+    flags._held = None  # from now on, events follow the known status
+    if success:
+        log = flags._client.log
+        for event in held:
+            log(event)
+
+
+def forwarded_for(header: str | None, hops: int) -> str | None:
+    """The client address as the ``hops``-th trusted proxy saw it, or None.
+
+    The same rule as werkzeug's ``ProxyFix(x_for=hops)``: count from the right,
+    because the left of ``X-Forwarded-For`` is whatever the client sent.
+    """
+    if not header or hops <= 0:
+        return None
+    values = [v.strip() for v in header.split(",") if v.strip()]
+    return values[-hops] if len(values) >= hops else None

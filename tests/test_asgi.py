@@ -1,0 +1,490 @@
+"""flagware.asgi.FlagwareMiddleware on FastAPI and Starlette, under a real uvicorn.
+
+The same behaviours the WSGI tests check: identity, the cookie on the minting
+response only, lazy flags, one exposure per name per request, decorators,
+events stored, overrides and the diagnostics page; plus thread-pool endpoints,
+dependency injection through the decorators, and the lifespan close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from conftest import SPEC
+from fastapi import Depends, FastAPI, Query, Response
+from servers import Reply, fetch, uvicorn_server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Mount, Route
+
+from flagware import Flagware, current_flags, experiment, feature_gate, log_event
+from flagware.asgi import FlagwareMiddleware, get_flags
+from flagware.flags import Config, Flags, NoRequestError, overrides
+from flagware.identity import hash_ip
+
+KEY = b"asgi-test-key"
+
+
+def describe(flags: Flags) -> dict[str, Any]:
+    exp = flags.experiment("button_color")
+    return {
+        "user_id": flags.user_id,
+        "stable_id": flags.stable_id,
+        "gate": flags.gate("new_signup"),
+        "group": exp.group,
+        "color": exp.get("color", "none"),
+        "current": current_flags() is flags,
+    }
+
+
+def fastapi_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/plain")
+    async def plain() -> dict[str, str]:
+        return {"plain": "yes"}
+
+    @app.get("/flags")
+    async def flags_async(flags: Annotated[Flags, Depends(get_flags)]) -> dict[str, Any]:
+        await asyncio.sleep(0.005)  # let other requests interleave on the loop
+        return describe(flags)
+
+    @app.get("/sync")
+    def flags_sync() -> dict[str, Any]:  # run in anyio's thread pool
+        return describe(current_flags())
+
+    @app.get("/memo")
+    async def memo() -> dict[str, Any]:
+        flags = current_flags()
+        values = {flags.gate("new_signup") for _ in range(5)}
+        groups = {flags.experiment("button_color").group for _ in range(5)}
+        flags.log_event("clicked", value=1, metadata={"plan": "pro"})
+        return {"values": len(values), "groups": len(groups), "stable_id": flags.stable_id}
+
+    @app.get("/visit")
+    @log_event("visited", value=lambda result: result["n"])
+    async def visit(n: int = Query(...)) -> dict[str, Any]:
+        return {"n": n, "stable_id": current_flags().stable_id}
+
+    @app.get("/visit-sync")
+    @log_event("visited_sync")
+    def visit_sync(n: int) -> dict[str, Any]:
+        return {"n": n, "stable_id": current_flags().stable_id}
+
+    @app.get("/not-found")
+    @log_event("not_found")
+    async def not_found(response: Response) -> dict[str, Any]:
+        # The status lives on the injected response: only the middleware sees it.
+        response.status_code = 404
+        return {"stable_id": current_flags().stable_id}
+
+    @app.get("/gated")
+    @feature_gate("nobody")
+    async def gated() -> dict[str, str]:
+        return {"gated": "open"}
+
+    @app.get("/open")
+    @feature_gate("everyone")
+    def open_() -> dict[str, str]:
+        return {"gated": "open"}
+
+    @app.get("/exp")
+    @experiment("button_color")
+    async def exp(experiment: Config, q: str = "x") -> dict[str, Any]:
+        return {"group": experiment.group, "color": experiment.get("color"), "q": q}
+
+    @app.get("/exp-sync")
+    @experiment("button_color", arg="assignment")
+    def exp_sync(assignment: Config, q: int = 0) -> dict[str, Any]:
+        return {"group": assignment.group, "q": q}
+
+    return app
+
+
+def starlette_app() -> Starlette:
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    async def flags_async(request: Request) -> JSONResponse:
+        await asyncio.sleep(0.005)
+        flags = request.scope["flagware.flags"]
+        return JSONResponse(describe(flags))
+
+    def flags_sync(request: Request) -> JSONResponse:
+        return JSONResponse(describe(current_flags()))
+
+    async def memo(request: Request) -> JSONResponse:
+        flags = current_flags()
+        values = {flags.gate("new_signup") for _ in range(5)}
+        groups = {flags.experiment("button_color").group for _ in range(5)}
+        flags.log_event("clicked", value=1, metadata={"plan": "pro"})
+        body = {"values": len(values), "groups": len(groups), "stable_id": flags.stable_id}
+        return JSONResponse(body)
+
+    @log_event("visited", value=lambda response: int(json.loads(response.body)["n"]))
+    async def visit(request: Request) -> JSONResponse:
+        n = int(request.query_params["n"])
+        return JSONResponse({"n": n, "stable_id": current_flags().stable_id})
+
+    @log_event("visited_sync")
+    def visit_sync(request: Request) -> JSONResponse:
+        n = int(request.query_params["n"])
+        return JSONResponse({"n": n, "stable_id": current_flags().stable_id})
+
+    @log_event("not_found")
+    async def not_found(request: Request) -> JSONResponse:
+        return JSONResponse({"stable_id": current_flags().stable_id}, status_code=404)
+
+    @feature_gate("nobody")
+    async def gated(request: Request) -> JSONResponse:
+        return JSONResponse({"gated": "open"})
+
+    @feature_gate("everyone")
+    def open_(request: Request) -> JSONResponse:
+        return JSONResponse({"gated": "open"})
+
+    @experiment("button_color")
+    async def exp(request: Request, experiment: Config) -> JSONResponse:
+        q = request.query_params.get("q", "x")
+        return JSONResponse({"group": experiment.group, "color": experiment.get("color"), "q": q})
+
+    @experiment("button_color", arg="assignment")
+    def exp_sync(request: Request, assignment: Config) -> JSONResponse:
+        q = int(request.query_params.get("q", "0"))
+        return JSONResponse({"group": assignment.group, "q": q})
+
+    routes = [
+        Route("/plain", plain),
+        Route("/flags", flags_async),
+        Route("/sync", flags_sync),
+        Route("/memo", memo),
+        Route("/visit", visit),
+        Route("/visit-sync", visit_sync),
+        Route("/not-found", not_found),
+        Route("/gated", gated),
+        Route("/open", open_),
+        Route("/exp", exp),
+        Route("/exp-sync", exp_sync),
+    ]
+    return Starlette(routes=routes)
+
+
+FRAMEWORKS = {"fastapi": fastapi_app, "starlette": starlette_app}
+
+
+class Served:
+    def __init__(self, port: int, client: Flagware) -> None:
+        self.port = port
+        self.client = client
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return fetch(self.port, path, **kwargs)
+
+    def events(self, stable_id: str | None = None) -> list[dict[str, Any]]:
+        self.client.flush()
+        return [
+            e
+            for e in self.client.store.iter_events()
+            if stable_id is None or e["stable_id"] == stable_id
+        ]
+
+
+@pytest.fixture(scope="module", params=sorted(FRAMEWORKS))
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    spec = tmp / "flagware.toml"
+    spec.write_text(SPEC)
+    client = Flagware(spec=spec, event_store=tmp / "events.db", hash_key=KEY, diagnostics=True)
+    app = FRAMEWORKS[request.param]()
+    app.add_middleware(FlagwareMiddleware, client=client)
+    try:
+        with uvicorn_server(app) as port:
+            yield Served(port, client)
+    finally:
+        client.close()
+
+
+def test_request_that_reads_no_flag_gets_no_cookie_and_no_events(served: Served) -> None:
+    before = len(served.events())
+    reply = served.get("/plain")
+    assert reply.status == 200 and reply.cookies() == []
+    assert len(served.events()) == before
+
+
+@pytest.mark.parametrize("path", ["/flags", "/sync"])
+def test_identity_and_cookie_on_the_minting_response_only(served: Served, path: str) -> None:
+    first = served.get(path)
+    body = first.json()
+    assert first.status == 200
+    assert body["current"] is True  # scope["flagware.flags"] / the dependency is current_flags()
+    assert first.minted() == body["stable_id"]
+    [cookie] = first.cookies()
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert body["user_id"] == hash_ip(KEY, "127.0.0.1")
+    assert body["color"] == {"Control": "blue", "Red": "red"}[body["group"]]
+    again = served.get(path, headers={"Cookie": f"flagware_id={body['stable_id']}"})
+    assert again.json() == body and again.cookies() == []
+
+
+def test_concurrent_requests_keep_their_own_flags(served: Served) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: served.get("/flags" if i % 2 else "/sync"), range(16)))
+    ids = [r.json()["stable_id"] for r in replies]
+    assert len(set(ids)) == 16 and ids == [r.minted() for r in replies]
+
+
+def test_one_exposure_per_name_per_request(served: Served) -> None:
+    body = served.get("/memo").json()
+    assert body["values"] == body["groups"] == 1
+    events = served.events(body["stable_id"])
+    assert sorted(e["event"] for e in events) == [
+        "clicked",
+        "statsig::config_exposure",
+        "statsig::gate_exposure",
+    ]
+    clicked = next(e for e in events if e["event"] == "clicked")
+    assert clicked["value"] == 1 and clicked["metadata"] == {"plan": "pro"}
+
+
+@pytest.mark.parametrize(("path", "name"), [("/visit", "visited"), ("/visit-sync", "visited_sync")])
+def test_log_event_on_endpoints_with_injected_parameters(
+    served: Served, path: str, name: str
+) -> None:
+    reply = served.get(f"{path}?n=7")
+    assert reply.status == 200 and reply.json()["n"] == 7
+    [event] = served.events(reply.json()["stable_id"])
+    assert event["event"] == name
+    if name == "visited":
+        assert event["value"] == 7
+
+
+def test_fastapi_still_validates_parameters_through_the_decorators(make_client: Any) -> None:
+    app = fastapi_app()
+    app.add_middleware(FlagwareMiddleware, client=make_client())
+    with uvicorn_server(app) as port:
+        assert fetch(port, "/visit").status == 422  # n is required: FastAPI saw the parameter
+        assert fetch(port, "/exp-sync?q=notanint").status == 422
+        assert fetch(port, "/exp-sync?q=5").json()["q"] == 5
+    # FastAPI reads the view's own signature, less the injected experiment.
+    schema = app.openapi()["paths"]["/exp"]["get"]["parameters"]
+    assert [p["name"] for p in schema] == ["q"]
+
+
+def test_success_is_decided_by_the_status_the_client_got(served: Served) -> None:
+    reply = served.get("/not-found")
+    assert reply.status == 404
+    assert served.events(reply.json()["stable_id"]) == []
+
+
+def test_feature_gate_and_experiment_decorators(served: Served) -> None:
+    assert served.get("/gated").status == 404
+    assert served.get("/open").json() == {"gated": "open"}
+    for path in ("/exp?q=hi", "/exp-sync?q=3"):
+        reply = served.get(path)
+        assert reply.status == 200, reply.body
+        body = reply.json()
+        assert body["group"] in ("Control", "Red")
+        assert body["q"] in ("hi", 3)
+        [exposure] = served.events(reply.minted())
+        assert exposure["event"] == "statsig::config_exposure"
+        assert exposure["group"] == body["group"]
+
+
+def test_test_overrides_apply_and_still_expose(served: Served) -> None:
+    overrides.configs["button_color"] = Config(
+        "button_color", {"color": "green"}, group="Green", rule_id="override"
+    )
+    try:
+        body = served.get("/flags").json()
+    finally:
+        overrides.clear()
+    assert body["group"] == "Green" and body["color"] == "green"
+    [exposure] = [
+        e for e in served.events(body["stable_id"]) if e["event"] == "statsig::config_exposure"
+    ]
+    assert exposure["metadata"]["ruleID"] == "override"
+
+
+def test_diagnostics_page_is_served_through_the_asgi_middleware(served: Served) -> None:
+    cookie = {"Cookie": "flagware_id=" + "a" * 32}
+    page = served.get("/_flagware/", headers={"Host": "127.0.0.1", **cookie})
+    assert page.status == 200 and "flagware diagnostics" in page.text
+    assert "a" * 32 in page.text  # this visitor's stableID
+    assert page.header("Content-Security-Policy") is not None
+    events = served.get("/_flagware/events.json?after=0", headers={"Host": "localhost"})
+    assert events.status == 200 and "events" in events.json()
+    # A request relayed by a proxy is not local: the app answers, as if there were no page.
+    relayed = served.get("/_flagware/", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert relayed.status == 404 and "flagware diagnostics" not in relayed.text
+
+
+def test_outside_a_request_current_flags_raises() -> None:
+    with pytest.raises(NoRequestError, match="FlagwareMiddleware"):
+        current_flags()
+
+
+# -- protocol details, driven in-process ------------------------------------------------
+
+
+def run_asgi(app: Any, scope: dict[str, Any], messages: list[dict[str, Any]]) -> list[Any]:
+    sent: list[Any] = []
+
+    async def go() -> None:
+        queue = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            if queue:
+                return queue.pop(0)
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    asyncio.run(go())
+    return sent
+
+
+def http_scope(path: str = "/", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers or [],
+        "client": ("10.1.2.3", 5000),
+        "server": ("example.test", 443),
+    }
+
+
+def test_websocket_and_lifespan_scopes_pass_through(make_client: Any) -> None:
+    client = make_client()
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((scope["type"], "flagware.flags" in scope))
+        try:
+            current_flags()
+        except NoRequestError:
+            seen.append("no flags")
+        if scope["type"] == "lifespan":
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            assert message["type"] == "lifespan.shutdown"
+            await send({"type": "lifespan.shutdown.complete"})
+        else:
+            await send({"type": "websocket.close", "code": 1000})
+
+    wrapped = FlagwareMiddleware(app, client)
+    run_asgi(wrapped, {"type": "websocket", "path": "/ws", "headers": []}, [])
+    assert seen == [("websocket", False), "no flags"]
+    assert not client._closed
+    sent = run_asgi(
+        wrapped, {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    )
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert client._closed  # closed before the server heard "complete"
+
+
+def test_secure_cookie_repeated_headers_and_proxy_hops(make_client: Any) -> None:
+    client = make_client(proxy_hops=1)
+    bodies: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        flags = current_flags()
+        bodies.append((flags.user_id, flags.stable_id, scope["client"]))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    headers = [
+        (b"x-forwarded-for", b"198.51.100.1"),
+        (b"x-forwarded-for", b"203.0.113.5"),  # a second header line: joined, rightmost wins
+        (b"cookie", b"other=1"),
+    ]
+    sent = run_asgi(FlagwareMiddleware(app, client), http_scope(headers=headers), [])
+    user_id, stable_id, peer = bodies[0]
+    assert user_id == hash_ip(b"test-key", "203.0.113.5")
+    assert peer == ("10.1.2.3", 5000)  # the scope's client is never rewritten
+    start = sent[0]
+    assert start["headers"][0] == (b"x-a", b"1")
+    [cookie] = [v for k, v in start["headers"] if k == b"set-cookie"]
+    assert cookie.startswith(f"flagware_id={stable_id};".encode()) and b"Secure" in cookie
+
+
+def test_a_mounted_sub_app_wrapped_twice_shares_one_flags(make_client: Any) -> None:
+    client = make_client()
+    seen: list[Any] = []
+
+    async def inner(request: Request) -> PlainTextResponse:
+        flags = current_flags()
+        seen.append(flags)
+        flags.gate("everyone")
+        return PlainTextResponse("inner")
+
+    sub = Starlette(routes=[Route("/x", inner)])
+    sub.add_middleware(FlagwareMiddleware, client=client)
+    outer = Starlette(routes=[Mount("/sub", app=sub)])
+    outer.add_middleware(FlagwareMiddleware, client=client)
+    sent = run_asgi(outer, http_scope("/sub/x"), [{"type": "http.request", "body": b""}])
+    cookies = [v for k, v in sent[0]["headers"] if k == b"set-cookie"]
+    assert len(cookies) == 1 and len(seen) == 1
+    client.flush()
+    assert [e["event"] for e in client.store.iter_events()] == ["statsig::gate_exposure"]
+
+
+def test_lifespan_shutdown_under_uvicorn_closes_the_client(
+    make_client: Any, tmp_path: Path
+) -> None:
+    client = make_client()
+    app = fastapi_app()
+    app.add_middleware(FlagwareMiddleware, client=client)
+    with uvicorn_server(app, lifespan="on") as port:
+        stable_id = fetch(port, "/memo").json()["stable_id"]
+    assert client._closed
+    from flagware.events.store import EventStore
+
+    with EventStore(client.event_store_path) as store:
+        mine = [e["event"] for e in store.iter_events() if e["stable_id"] == stable_id]
+    assert sorted(mine) == ["clicked", "statsig::config_exposure", "statsig::gate_exposure"]
+
+
+def test_random_override_and_resolvers_see_the_scope(make_client: Any) -> None:
+    client = make_client(
+        allow_random_override=True,
+        user_id=lambda environ: environ["HTTP_X_USER"] + "@" + environ["asgi.scope"]["client"][0],
+    )
+    seen: list[tuple[str, str]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        flags = current_flags()
+        seen.append((flags.user_id, flags.stable_id))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    wrapped = FlagwareMiddleware(app, client)
+    run_asgi(wrapped, http_scope(headers=[(b"x-user", b"u-42")]), [])
+    rolled = http_scope(headers=[(b"x-user", b"u-42")])
+    rolled["query_string"] = b"random=1"
+    sent = run_asgi(wrapped, rolled, [])
+    assert seen[0][0] == "u-42@10.1.2.3"
+    assert seen[1][0] == seen[1][1] and len(seen[1][0]) == 32  # re-rolled for this request
+    assert not [v for k, v in sent[0]["headers"] if k == b"set-cookie"]  # never stored

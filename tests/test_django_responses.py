@@ -1,0 +1,186 @@
+"""flagware.django: success decided by the final response, the diagnostics page through
+the Django middleware, and the logged-in user in async views under WSGI."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_settings import configure, flagware_settings, migrate
+
+configure()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.template import engines  # noqa: E402
+from django.template.response import TemplateResponse  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.views import View  # noqa: E402
+
+from flagware import current_flags, log_event  # noqa: E402
+
+
+class Boom:
+    @property
+    def explode(self) -> str:
+        raise RuntimeError("template bug")
+
+
+PAGE = engines["django"].from_string("<p>{{ word }}</p>")
+BROKEN = engines["django"].from_string("<p>{{ boom.explode }}</p>")
+
+
+@log_event("rendered")
+def rendered(request: HttpRequest) -> TemplateResponse:
+    current_flags().gate("everyone")
+    return TemplateResponse(request, PAGE, {"word": "fine"})
+
+
+@log_event("broken")
+def broken(request: HttpRequest) -> TemplateResponse:
+    current_flags().gate("everyone")
+    # Returned as a 200, rendered (and failing) only after the decorator returned.
+    return TemplateResponse(request, BROKEN, {"boom": Boom()})
+
+
+@log_event("abroken")
+async def abroken(request: HttpRequest) -> TemplateResponse:
+    return TemplateResponse(request, BROKEN, {"boom": Boom()})
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    flags = current_flags()
+    return JsonResponse({"user_id": flags.user_id, "stable_id": flags.stable_id})
+
+
+async def awhoami(request: HttpRequest) -> JsonResponse:
+    flags = current_flags()
+    return JsonResponse({"user_id": flags.user_id})
+
+
+class AsyncWhoami(View):
+    async def get(self, request: HttpRequest) -> JsonResponse:
+        return JsonResponse({"user_id": current_flags().user_id})
+
+
+def plain(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("the app's own page", status=404)
+
+
+urlpatterns = [
+    path("rendered", rendered),
+    path("broken", broken),
+    path("abroken", abroken),
+    path("whoami", whoami),
+    path("awhoami", awhoami),
+    path("cbv", AsyncWhoami.as_view()),
+    path("_flagware/", plain),
+]
+
+
+@pytest.fixture(autouse=True)
+def urls() -> Iterator[None]:
+    with override_settings(ROOT_URLCONF=__name__):
+        yield
+
+
+@pytest.fixture
+def fw(tmp_path: Path, spec_file: Path) -> Iterator[Any]:
+    yield from flagware_settings(tmp_path, spec_file)
+
+
+def custom(client: Any) -> list[str]:
+    client.flush()
+    return [e["event"] for e in client.store.iter_events() if not e["event"].startswith("statsig")]
+
+
+def test_template_response_that_fails_while_rendering_is_not_a_success(fw: Any) -> None:
+    http = Client(raise_request_exception=False)
+    assert http.get("/rendered").status_code == 200
+    assert http.get("/broken").status_code == 500
+    response = asyncio.run(AsyncClient(raise_request_exception=False).get("/abroken"))
+    assert response.status_code == 500
+    assert custom(fw) == ["rendered"]
+
+
+def test_logged_in_user_in_async_views_under_wsgi(fw: Any) -> None:
+    migrate()
+    user = get_user_model().objects.create_user(username="grace", password="x")  # type: ignore[attr-defined]
+    try:
+        http = Client()  # Django's WSGI handler: async views run in their own loop
+        http.force_login(user)
+        for url in ("/whoami", "/awhoami", "/cbv"):
+            assert http.get(url).json()["user_id"] == str(user.pk), url
+        anonymous = Client(REMOTE_ADDR="198.51.100.9")
+        assert anonymous.get("/awhoami").json()["user_id"] != str(user.pk)
+    finally:
+        user.delete()
+    assert fw.errors["user_id resolver"] == 0
+
+
+@pytest.fixture
+def diagnostics(tmp_path: Path, spec_file: Path) -> Iterator[Any]:
+    yield from flagware_settings(tmp_path, spec_file, diagnostics=True)
+
+
+LOCAL = {"REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "localhost"}
+
+
+def test_diagnostics_page_through_the_django_middleware(diagnostics: Any) -> None:
+    stable_id = "b" * 32
+    http = Client(**LOCAL)
+    http.cookies["flagware_id"] = stable_id
+    page = http.get("/_flagware/")
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "flagware diagnostics" in text and stable_id in text
+    assert "nonce-" in page["Content-Security-Policy"] and page["Cache-Control"] == "no-store"
+    feed = http.get("/_flagware/events.json", {"after": "0"})
+    assert feed.status_code == 200 and "events" in feed.json()
+
+
+def test_diagnostics_page_under_the_async_handler_with_a_token(
+    tmp_path: Path, spec_file: Path
+) -> None:
+    token = "t" * 24
+    for _ in flagware_settings(tmp_path, spec_file, diagnostics=True, diagnostics_token=token):
+        http = AsyncClient()  # its Host is always "testserver": a token, not loopback
+        page = asyncio.run(http.get("/_flagware/", headers={"Authorization": f"Bearer {token}"}))
+        assert page.status_code == 200 and b"flagware diagnostics" in page.content
+        refused = asyncio.run(http.get("/_flagware/", headers={"Authorization": "Bearer nope"}))
+        assert refused.content == b"the app's own page"
+
+
+def test_diagnostics_refused_requests_reach_the_app(diagnostics: Any) -> None:
+    remote = Client(REMOTE_ADDR="203.0.113.7", HTTP_HOST="localhost").get("/_flagware/")
+    assert remote.status_code == 404 and remote.content == b"the app's own page"
+    relayed = Client(**LOCAL, HTTP_X_FORWARDED_FOR="203.0.113.7").get("/_flagware/")
+    assert relayed.content == b"the app's own page"
+
+
+def test_diagnostics_off_by_default(fw: Any) -> None:
+    assert Client(**LOCAL).get("/_flagware/").content == b"the app's own page"
+
+
+def not_health_checks(request: HttpRequest) -> bool:
+    return request.path != "/rendered"
+
+
+def test_exposure_filter_from_settings_takes_the_request(tmp_path: Path, spec_file: Path) -> None:
+    dotted = f"{__name__}.not_health_checks"
+    for client in flagware_settings(tmp_path, spec_file, exposure_filter=dotted):
+        assert Client().get("/rendered").status_code == 200  # reads a gate: filtered out
+        assert client.skipped_exposures == {"filter": 1}
+        client.flush()
+        assert [e["event"] for e in client.store.iter_events()] == ["rendered"]
+        broken = Client(raise_request_exception=False).get("/broken")  # reads it too: exposed
+        assert broken.status_code == 500
+        client.flush()
+        assert [e["event"] for e in client.store.iter_events()] == [
+            "rendered",
+            "statsig::gate_exposure",
+        ]

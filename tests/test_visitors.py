@@ -1,0 +1,134 @@
+"""Exposures only from visitors: HEAD/OPTIONS, prefetches, bots and the app's own filter."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from servers import fetch, uvicorn_server
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
+
+from flagware import FlagwareMiddleware, current_flags
+from flagware.asgi import FlagwareMiddleware as AsgiMiddleware
+from flagware.visitors import is_bot, skip_reason
+
+CHROME = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1"
+)
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0"
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+BOTS = [
+    GOOGLEBOT,
+    "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; bingbot/2.0; "
+    "+http://www.bing.com/bingbot.htm) Chrome/116.0.1938.76 Safari/537.36",
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+    "Mozilla/5.0 (compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+    "Twitterbot/1.0",
+    "Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.0; "
+    "+https://openai.com/gptbot)",
+]
+
+
+@pytest.mark.parametrize("agent", BOTS)
+def test_bots_and_crawlers_are_recognised(agent: str) -> None:
+    assert is_bot(agent)
+    assert skip_reason({"REQUEST_METHOD": "GET", "HTTP_USER_AGENT": agent}, None) == "bot"
+
+
+@pytest.mark.parametrize("agent", [CHROME, IPHONE, FIREFOX])
+def test_browsers_are_visitors(agent: str) -> None:
+    assert not is_bot(agent)
+    assert skip_reason({"REQUEST_METHOD": "GET", "HTTP_USER_AGENT": agent}, None) is None
+
+
+@pytest.mark.parametrize(
+    ("environ", "reason"),
+    [
+        ({"REQUEST_METHOD": "HEAD"}, "method"),
+        ({"REQUEST_METHOD": "OPTIONS"}, "method"),
+        ({"REQUEST_METHOD": "GET", "HTTP_SEC_PURPOSE": "prefetch"}, "prefetch"),
+        ({"REQUEST_METHOD": "GET", "HTTP_SEC_PURPOSE": "prefetch;prerender"}, "prefetch"),
+        ({"REQUEST_METHOD": "GET", "HTTP_PURPOSE": "prefetch"}, "prefetch"),
+        ({"REQUEST_METHOD": "GET", "HTTP_X_MOZ": "prefetch"}, "prefetch"),
+        ({"REQUEST_METHOD": "GET", "HTTP_X_PURPOSE": "preview"}, "prefetch"),
+        ({"REQUEST_METHOD": "POST", "HTTP_USER_AGENT": CHROME}, None),
+        ({"REQUEST_METHOD": "GET", "HTTP_USER_AGENT": "x" * 10_000}, None),
+    ],
+)
+def test_requests_that_show_nobody_a_page(environ: dict[str, str], reason: str | None) -> None:
+    assert skip_reason(environ, None) == reason
+
+
+def app(environ: Any, start_response: Any) -> Any:
+    flags = current_flags()
+    body = {"gate": flags.gate("everyone"), "group": flags.experiment("button_color").group}
+    return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
+
+
+def exposures(client: Any) -> list[dict[str, Any]]:
+    client.flush()
+    return [e for e in client.store.iter_events() if e["event"].startswith("statsig::")]
+
+
+def test_non_visitors_get_their_values_and_log_no_exposure(client: Any) -> None:
+    http = Client(FlagwareMiddleware(app, client))
+    bot = http.get("/", headers={"User-Agent": GOOGLEBOT})
+    assert bot.json["gate"] is True and bot.json["group"] in ("Control", "Red")
+    assert http.head("/", headers={"User-Agent": CHROME}).status_code == 200
+    assert http.options("/", headers={"User-Agent": CHROME}).status_code == 200
+    http.get("/", headers={"User-Agent": CHROME, "Sec-Purpose": "prefetch"})
+    assert exposures(client) == []
+    assert client.skipped_exposures == {"bot": 2, "method": 4, "prefetch": 2}
+    person = Client(FlagwareMiddleware(app, client)).get("/", headers={"User-Agent": CHROME})
+    assert person.status_code == 200
+    assert len(exposures(client)) == 2
+
+
+def test_exposure_filter_adds_the_apps_own_rule(make_client: Any) -> None:
+    client = make_client(exposure_filter=lambda environ: environ["PATH_INFO"] != "/healthz")
+    http = Client(FlagwareMiddleware(app, client))
+    assert http.get("/healthz").json["gate"] is True
+    assert exposures(client) == [] and client.skipped_exposures == {"filter": 2}
+    http.get("/page")
+    assert {e["event"] for e in exposures(client)} == {
+        "statsig::gate_exposure",
+        "statsig::config_exposure",
+    }
+
+
+def test_a_broken_exposure_filter_is_reported_and_loses_nothing(make_client: Any) -> None:
+    def broken(environ: Any) -> bool:
+        raise RuntimeError("filter bug")
+
+    client = make_client(exposure_filter=broken)
+    response = Client(FlagwareMiddleware(app, client)).get("/")
+    assert response.status_code == 200
+    assert len(exposures(client)) == 2 and client.errors["exposure filter"] == 1
+
+
+def test_under_uvicorn_bots_and_head_requests_log_no_exposure(make_client: Any) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request as StarletteRequest
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def page(request: StarletteRequest) -> JSONResponse:
+        return JSONResponse({"gate": current_flags().gate("everyone")})
+
+    client = make_client()
+    asgi = AsgiMiddleware(Starlette(routes=[Route("/", page, methods=["GET", "HEAD"])]), client)
+    with uvicorn_server(asgi) as port:
+        assert fetch(port, "/", headers={"User-Agent": GOOGLEBOT}).json() == {"gate": True}
+        assert fetch(port, "/", method="HEAD", headers={"User-Agent": CHROME}).status == 200
+        assert exposures(client) == []
+        fetch(port, "/", headers={"User-Agent": CHROME})
+    assert len(exposures(client)) == 1
+    assert client.skipped_exposures == {"bot": 1, "method": 1}
