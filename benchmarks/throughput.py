@@ -11,7 +11,8 @@ noise hits them alike:
   every exposure and event in SQLite.
 
 Each is driven by wrk (Debian's ``wrk``) with new visitors (no cookie: a
-stableID is minted and set) and returning ones (a valid cookie). The report
+stableID is minted and set) and returning ones (a valid cookie), all with a
+browser's User-Agent. The report
 gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds)
 and the ratios the issue sets goals for.
 
@@ -52,11 +53,14 @@ PROFILES = ("new", "returning")
 # wrk prints one JSON line at the end: requests/s and latency percentiles (us).
 LUA = """
 local profile = os.getenv("BENCH_PROFILE")
+local agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+  .. "Chrome/126.0.0.0 Safari/537.36"
 function request()
   if profile == "returning" then
-    return wrk.format("GET", "/", {["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef"})
+    return wrk.format("GET", "/", {["User-Agent"] = agent,
+      ["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef"})
   end
-  return wrk.format("GET", "/")
+  return wrk.format("GET", "/", {["User-Agent"] = agent})
 end
 function done(summary, latency, requests)
   local seconds = summary.duration / 1e6
