@@ -41,7 +41,7 @@ from flagware import Flagware, FlagwareMiddleware, current_flags, log_event  # n
 from flagware.spec import compile_dcs, load_spec  # noqa: E402
 from tests.statsig_stub import StatsigStub  # noqa: E402
 
-SPEC = ROOT / "examples" / "flask_demo" / "flagware.toml"
+SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 STABLE_ID = "0123456789abcdef0123456789abcdef"  # a returning visitor: the common case
 
 

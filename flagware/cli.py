@@ -1,45 +1,105 @@
-"""The ``flagware`` command."""
+"""The ``flagware`` command.
+
+Every command takes ``--spec`` and ``--store`` where it reads them, with the
+defaults ``Flagware(...)`` uses: ``$FLAGWARE_SPEC`` or ``flagware.toml``, and
+``$FLAGWARE_EVENT_STORE`` or ``.flagware/events.db``. Commands that only read
+open the store read-only: they never create, migrate or write to it.
+Exit codes: 0 success, 2 bad input (with a message on stderr).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flagware.client import DEFAULT_EVENT_STORE
-from flagware.events.store import EventStore
+from flagware import __version__
+from flagware.client import DEFAULT_EVENT_STORE, DEFAULT_SPEC
+from flagware.events.store import EventStore, connect
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
 
 
-def _default_store() -> str:
-    return os.environ.get("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+def _env(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None
 
 
-def existing_store(path: str, command: str) -> EventStore | None:
-    """The store at ``path`` for a read-only command, or None (and a message) if absent.
+def default_spec() -> str:
+    return _env("FLAGWARE_SPEC") or DEFAULT_SPEC
 
-    Reading must not create an empty store where the user mistyped a path.
-    """
-    if not Path(path).exists():
-        print(f"flagware {command}: no event store at {path}", file=sys.stderr)
-        return None
-    return EventStore(path)
+
+def default_store() -> str:
+    return _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+
+
+def add_spec_argument(parser: argparse.ArgumentParser, *, read: bool = True) -> None:
+    unused = "; not read by this command" if not read else ""
+    parser.add_argument(
+        "--spec",
+        metavar="PATH",
+        default=default_spec(),
+        help=f"the local spec file (default: $FLAGWARE_SPEC or {DEFAULT_SPEC}{unused})",
+    )
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
-        default=_default_store(),
-        help=f"SQLite event store (default: $FLAGWARE_EVENT_STORE or {DEFAULT_EVENT_STORE})",
+        metavar="PATH",
+        default=default_store(),
+        help=f"the event store, a SQLite file (default: $FLAGWARE_EVENT_STORE or "
+        f"{DEFAULT_EVENT_STORE})",
     )
+
+
+def not_a_store(location: str) -> str | None:
+    """Why ``location`` cannot be read as an event store, or None if it can.
+
+    The one place a ``--store`` value is checked (a PostgreSQL URL would be
+    recognised here); it only reads.
+    """
+    path = Path(location)
+    if not path.exists():
+        return f"no event store at {location}"
+    if path.is_dir():
+        return f"{location} is a directory, not a flagware event store"
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            tables = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return f"{location} is not a flagware event store (not an SQLite database)"
+    if not {"events", "meta"} <= tables:
+        return f"{location} is not a flagware event store (an SQLite database without its tables)"
+    return None
+
+
+def existing_store(location: str, command: str) -> EventStore | None:
+    """The store at ``location``, opened read-only, or None after a one-line message.
+
+    Reading must not create an empty store where the user mistyped a path, nor
+    add tables to (or switch the journal of) a database that is not ours.
+    """
+    problem = not_a_store(location)
+    if problem is not None:
+        print(f"flagware {command}: {problem}", file=sys.stderr)
+        return None
+    return EventStore(location, readonly=True)
 
 
 def _events(args: argparse.Namespace) -> int:
     store = existing_store(args.store, "events")
     if store is None:
-        return 2
+        return EXIT_BAD_INPUT
     out = sys.stdout
     try:
         for row in store.iter_events():
@@ -56,22 +116,35 @@ def _events(args: argparse.Namespace) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
     finally:
         store.close()
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flagware", description="Feature gates, experiments and events for WSGI apps."
+        prog="flagware",
+        description="Feature gates, experiments and events for Python web apps.",
+        epilog="`flagware COMMAND --help` describes a command and its options.",
     )
+    parser.add_argument("--version", action="version", version=f"flagware {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    events = sub.add_parser("events", help="print every stored event, exposures included")
+    events = sub.add_parser(
+        "events",
+        help="print every stored event, exposures included",
+        description="Print every stored event, oldest first (read-only).",
+    )
     add_store_argument(events)
-    events.add_argument("--format", choices=("jsonl", "table"), default="jsonl")
+    events.add_argument(
+        "--format",
+        choices=("jsonl", "table"),
+        default="jsonl",
+        help="one JSON object a line, or an aligned table (default: %(default)s)",
+    )
     events.set_defaults(func=_events)
 
-    from flagware import demo
+    from flagware import commands, demo
 
+    commands.add_parsers(sub)
     demo.add_parser(sub)
     # Subcommands that live with their feature.
     for module in ("flagware.events.status", "flagware.results.command"):
@@ -80,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError:
             continue
         imported.add_parser(sub)
+    # Every command that works on the app's data takes the same two options,
+    # so a script can pass both to any of them.
+    for name, command in sub.choices.items():
+        options = {option for action in command._actions for option in action.option_strings}
+        if name != "demo" and "--spec" not in options:
+            add_spec_argument(command, read=False)
     return parser
 
 

@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,6 +32,14 @@ DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
 ENGINES = ("legacy", "core")
 EngineChoice = Literal["legacy", "core"]
 
+# Set for a test run by flagware.testing.isolate() (the pytest plugin uses it):
+# it returns a fresh temporary store path for each new client. Isolated clients
+# store there whatever their options say, deliver nothing to Statsig and hash
+# with TEST_HASH_KEY unless given a hash_key, so a test run never touches the
+# app's own store or key and gives the same flag values on every machine.
+isolated_store: Callable[[], Path] | None = None
+TEST_HASH_KEY = "flagware-test-hash-key"
+
 
 class ConfigurationError(ValueError):
     """flagware was configured in a way that cannot work; raised at start-up."""
@@ -49,6 +57,14 @@ class Flagware:
     also come from the environment. Explicit arguments always win, so
     ``Flagware(spec=...)`` is the local engine even where
     ``STATSIG_SERVER_SECRET`` is set.
+
+    Lifecycle: whoever constructs a client owns it. A client holds a writer
+    thread, a SQLite connection per thread that used it and, with Statsig, a
+    delivery thread and the SDK's threads; they start lazily, on the first
+    event or evaluation. Make one per process and configuration (at module
+    level, or through the Flask extension or Django settings, which share
+    one), and call :meth:`close` (or use ``with``) when you make clients in a
+    loop or per test; interpreter exit closes the ones left open.
     """
 
     def __init__(
@@ -109,9 +125,14 @@ class Flagware:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
             spec = _env("FLAGWARE_SPEC") or DEFAULT_SPEC
-        self.event_store_path = Path(
-            event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
-        )
+        isolate = isolated_store
+        self.isolated = isolate is not None  # under the pytest plugin: see isolated_store
+        if isolate is not None:
+            self.event_store_path = isolate()
+        else:
+            self.event_store_path = Path(
+                event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+            )
         self.allow_random_override = allow_random_override
         self.cookie_name = cookie_name
         self.cookie_max_age = cookie_max_age
@@ -137,7 +158,10 @@ class Flagware:
         self._closed = False
         self._lock = threading.Lock()
 
-        key = hash_key if hash_key is not None else _env("FLAGWARE_HASH_KEY")
+        if hash_key is not None:
+            key: str | bytes | None = hash_key
+        else:
+            key = TEST_HASH_KEY if self.isolated else _env("FLAGWARE_HASH_KEY")
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
@@ -177,7 +201,7 @@ class Flagware:
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
 
         self.store = EventStore(self.event_store_path)
-        if statsig_secret is not None:
+        if statsig_secret is not None and not self.isolated:
             from flagware.events.delivery import Delivery
 
             self.delivery = Delivery(

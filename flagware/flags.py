@@ -70,13 +70,33 @@ class Overrides:
     def __init__(self) -> None:
         self.gates: dict[str, bool] = {}
         self.configs: dict[str, Config] = {}
+        self.defaults = False  # unforced gates False, unforced experiments their control
 
     def __bool__(self) -> bool:
-        return bool(self.gates or self.configs)
+        return bool(self.gates or self.configs or self.defaults)
 
     def clear(self) -> None:
         self.gates.clear()
         self.configs.clear()
+        self.defaults = False
+
+    def gate(self, name: str) -> bool | None:
+        """The forced value of gate ``name``, or None to evaluate it."""
+        forced = self.gates.get(name)
+        return False if forced is None and self.defaults else forced
+
+    def config(self, name: str, client: Flagware) -> Config | None:
+        """The forced value of config ``name``, or None to evaluate it."""
+        forced = self.configs.get(name)
+        if forced is None and self.defaults:
+            # The control group, by name and params, from the local spec.
+            spec = getattr(client.engine, "spec", None)
+            experiment = spec.experiments.get(name) if spec is not None else None
+            if experiment is None:
+                return Config(name, {}, rule_id=OVERRIDE_RULE)
+            control = experiment.control
+            return Config(name, control.params, group=control.name, rule_id=OVERRIDE_RULE)
+        return forced
 
 
 overrides = Overrides()
@@ -246,7 +266,7 @@ class Flags:
         client = self._client
         config = Config(name, {})
         try:
-            forced = overrides.configs.get(name) if overrides else None
+            forced = overrides.config(name, client) if overrides else None
             if forced is None:
                 forced = self._forced_config(name)
             if forced is not None:
@@ -308,8 +328,10 @@ class Flags:
         return found
 
     def _forced_gate(self, name: str) -> bool | None:
-        if overrides and name in overrides.gates:
-            return overrides.gates[name]
+        """A test's override (or its defaults mode), else this browser's QA override."""
+        forced = overrides.gate(name) if overrides else None
+        if forced is not None:
+            return forced
         override = self._qa_override()
         return override.gates.get(name) if override else None
 

@@ -3,11 +3,22 @@
 It wraps ``app.wsgi_app`` with :class:`~flagware.FlagwareMiddleware`, registers
 the client in ``app.extensions["flagware"]`` and puts ``flags`` (this request's
 Flags) into Jinja templates. It never keeps a reference to the app, so one
-extension object serves any number of apps, each with its own client.
+extension object serves any number of apps.
+
+Clients are shared: apps initialised with the same options (and the same
+flagware environment variables) use one client, so an app factory called once
+per test, or a thousand times, still runs one writer thread and holds one
+store. A shared client is closed once every app using it has been garbage
+collected (at the next ``init_app``, or at exit). A client passed as
+``client=`` belongs to the caller, who closes it.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+from pathlib import Path
 from typing import Any
 
 try:
@@ -15,17 +26,30 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("flagware.flask needs Flask: pip install 'flagware[flask]'") from exc
 
+from flagware import client as _client_module
 from flagware.client import Flagware
 from flagware.flags import Flags, _current
 from flagware.middleware import FlagwareMiddleware
 
 __all__ = ["FlaskFlagware", "get_client"]
 
+# What Flagware(...) reads from the environment: a change makes a new client.
+_ENVIRONMENT = (
+    "STATSIG_SERVER_SECRET",
+    "STATSIG_API",
+    "FLAGWARE_SPEC",
+    "FLAGWARE_EVENT_STORE",
+    "FLAGWARE_HASH_KEY",
+    "FLAGWARE_TIER",
+    "FLAGWARE_DIAGNOSTICS_TOKEN",
+)
+
 
 class FlaskFlagware:
     """Flask extension. Options come from ``client=``, keyword arguments, or
     ``app.config["FLAGWARE"]`` (a dict of ``Flagware(...)`` keyword arguments),
-    in that order; environment variables apply as for ``Flagware``."""
+    in that order; environment variables apply as for ``Flagware``. A relative
+    ``spec`` path is relative to ``app.root_path`` (the app's package folder)."""
 
     def __init__(
         self, app: Flask | None = None, *, client: Flagware | None = None, **options: Any
@@ -41,11 +65,63 @@ class FlaskFlagware:
         client = client or self.client
         if client is None:
             options = {**app.config.get("FLAGWARE", {}), **self.options}
-            client = Flagware(**options)
+            spec = options.get("spec")
+            if spec is not None and not Path(spec).is_absolute():
+                options["spec"] = Path(app.root_path) / spec
+            client = _shared_client(app, options)
         app.wsgi_app = FlagwareMiddleware(app.wsgi_app, client)  # type: ignore[method-assign]
         app.extensions["flagware"] = client
         app.context_processor(_template_flags)
         return client
+
+
+class _Shared:
+    __slots__ = ("apps", "client")
+
+    def __init__(self, client: Flagware) -> None:
+        self.client = client
+        self.apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+
+
+_shared: dict[str, _Shared] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_client(app: Flask, options: dict[str, Any]) -> Flagware:
+    key = _configuration_key(options)
+    with _shared_lock:
+        _close_unused()
+        entry = _shared.get(key)
+        if entry is None or entry.client._closed:
+            entry = _shared[key] = _Shared(Flagware(**options))
+        entry.apps.add(app)
+        return entry.client
+
+
+def _close_unused() -> None:
+    """Close shared clients whose apps are all gone (called with the lock held).
+
+    Here rather than in a weakref callback: a callback runs in whichever thread
+    triggers the garbage collection, possibly the client's own writer thread,
+    which cannot wait for itself to stop.
+    """
+    for key, entry in list(_shared.items()):
+        if not entry.apps:
+            del _shared[key]
+            entry.client.close()
+
+
+def _configuration_key(options: dict[str, Any]) -> str:
+    def canonical(value: Any) -> str:
+        if isinstance(value, os.PathLike):
+            return repr(os.path.abspath(os.fspath(value)))
+        return repr(value)
+
+    parts = [f"{name}={canonical(value)}" for name, value in sorted(options.items())]
+    parts += [f"${name}={os.environ.get(name, '')}" for name in _ENVIRONMENT]
+    # Inside and outside the pytest plugin's isolation are different clients.
+    parts.append(f"isolated={id(_client_module.isolated_store)}")
+    return "\0".join(parts)
 
 
 def _template_flags() -> dict[str, Flags | None]:

@@ -48,3 +48,146 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "flagware.cli", "--help"], capture_output=True, text=True, check=True
     )
     assert "events" in out.stdout and "demo" in out.stdout
+
+
+# -- one CLI --------------------------------------------------------------------
+
+
+def flagware_cmd(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flagware.cli", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_version() -> None:
+    from flagware import __version__
+
+    assert flagware_cmd("--version").stdout == f"flagware {__version__}\n"
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    from flagware.cli import build_parser
+
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
+    assert set(sub.choices) >= {"events", "check", "reset", "demo", "status", "results"}
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            assert action.help, f"flagware {name} {action.option_strings or action.dest}"
+        options = {s for a in command._actions for s in a.option_strings}
+        if name != "demo":  # the demo runs its own app, spec and temporary store
+            assert {"--spec", "--store"} <= options, name
+
+
+def test_store_and_spec_default_to_the_environment_as_the_client_does(
+    client: Any, spec_file: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    Client(FlagwareMiddleware(_exposing_app, client)).get("/")
+    client.flush()
+    monkeypatch.setenv("FLAGWARE_EVENT_STORE", str(client.event_store_path))
+    monkeypatch.setenv("FLAGWARE_SPEC", str(spec_file))
+    for command in (["events"], ["status"], ["check"], ["results", "button_color"]):
+        assert main(command) == 0, command
+    out = capsys.readouterr().out
+    assert "statsig::config_exposure" in out and "is valid" in out and "Verdict" in out
+
+
+def _exposing_app(environ: Any, start_response: Any) -> Any:
+    current_flags().experiment("button_color")
+    start_response("200 OK", [])
+    return [b""]
+
+
+def test_check_lists_every_problem(tmp_path: Any, capsys: Any) -> None:
+    spec = tmp_path / "flagware.toml"
+    spec.write_text('[gates.a]\nrolout = 5\n[gates.b]\nunit = "stableId"\n[metric.m]\n')
+    assert main(["check", "--spec", str(spec), "--store", str(tmp_path / "none.db")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{spec}: metric: unknown section (did you mean 'metrics'?)"
+        " (expected gates, experiments, metrics or flagware)",
+        f"{spec}: gates.a.rolout: unknown key (did you mean 'rollout'?)"
+        " (expected one of: conditions, enabled, rollout, salt, unit)",
+        f"{spec}: gates.b.unit: unknown ID type 'stableId' (did you mean 'stableID'?)"
+        ' (ID types are case-sensitive: "userID", "stableID", or a custom ID type declared in'
+        " [flagware] custom_ids)",
+        f"flagware check: 3 problems in {spec}",
+    ]
+    spec.write_text("[gates.a]\nrollout = 5\n")
+    assert main(["check", "--spec", str(spec), "--store", str(tmp_path / "none.db")]) == 0
+    assert capsys.readouterr().out == (
+        f"flagware check: {spec} is valid (1 gate, 0 experiments, 0 metrics)\n"
+    )
+
+
+def test_check_and_reset_a_started_experiment(
+    make_client: Any, spec_file: Any, tmp_path: Any, capsys: Any
+) -> None:
+    client = make_client()
+    Client(FlagwareMiddleware(_exposing_app, client)).get("/")
+    client.close()  # records the start
+    store = str(client.event_store_path)
+    spec_file.write_text(spec_file.read_text().replace('"red"', '"crimson"'))
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "experiments.button_color: groups[1].params.color changed from" in err
+    assert "flagware reset button_color" in err
+
+    assert main(["reset", "button_colour", "--store", store, "--yes"]) == 2
+    assert "did you mean 'button_color'?" in capsys.readouterr().err
+    no_tty = flagware_cmd("reset", "button_color", "--store", store, stdin=subprocess.DEVNULL)
+    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr
+    assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert make_client()  # the app starts on the changed spec
+
+
+def test_read_commands_never_touch_a_database_that_is_not_a_store(
+    tmp_path: Any, capsys: Any
+) -> None:
+    import hashlib
+    import sqlite3
+
+    other = tmp_path / "app.sqlite3"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE users (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all, " * 100)
+    for command in ("events", "status"):
+        assert main([command, "--store", str(other)]) == 2
+        assert main([command, "--store", str(text)]) == 2
+        assert main([command, "--store", str(tmp_path / "missing.db")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [
+        f"flagware events: {other} is not a flagware event store (an SQLite database without"
+        " its tables)",
+        f"flagware events: {text} is not a flagware event store (not an SQLite database)",
+        f"flagware events: no event store at {tmp_path / 'missing.db'}",
+    ]
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite3", "notes.txt"]
+
+
+def test_reading_a_store_does_not_migrate_or_write_it(client: Any, capsys: Any) -> None:
+    import hashlib
+
+    Client(FlagwareMiddleware(_exposing_app, client)).get("/")
+    client.close()
+    path = client.event_store_path
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    for command in (["events"], ["status"]):
+        assert main([*command, "--store", str(path)]) == 0
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_demo_is_reproducible_to_the_byte(tmp_path: Any) -> None:
+    runs = [
+        flagware_cmd("demo", "--visitors", "150", "--seed", "11", cwd=tmp_path, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout == runs[1].stdout and "Verdict" in runs[0].stdout
+    other = flagware_cmd("demo", "--visitors", "150", "--seed", "12", cwd=tmp_path, check=True)
+    assert other.stdout != runs[0].stdout

@@ -32,6 +32,9 @@ USERS = 20_000
 TIER = "staging"
 
 SPEC = """
+[flagware]
+custom_ids = ["companyID"]
+
 [gates.rollout_user]
 rollout = 30
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask import Flask, render_template_string
 
-from flagware import current_flags, log_event
+from flagware import Flagware, current_flags, log_event
 from flagware.flask import FlaskFlagware, get_client
 
 
@@ -67,3 +67,21 @@ def test_init_app_twice_is_an_error(client: Any) -> None:
     ext = FlaskFlagware(app, client=client)
     with pytest.raises(RuntimeError, match="already"):
         ext.init_app(app)
+
+
+def test_relative_spec_paths_are_relative_to_the_app(tmp_path: Any, monkeypatch: Any) -> None:
+    from flagware.spec import SpecError
+
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "flagware.toml").write_text("[gates.everyone]\nrollout = 100\n")
+    monkeypatch.chdir(tmp_path)  # the working directory has no spec
+    app = Flask("myapp", root_path=str(package))
+    FlaskFlagware(app, spec="flagware.toml", event_store=tmp_path / "e.db")
+    client = get_client(app)
+    assert client.engine.spec.source == str(package / "flagware.toml")  # type: ignore[attr-defined]
+    with pytest.raises(SpecError) as missing:
+        Flagware(spec="missing.toml", event_store=tmp_path / "e.db", hash_key="k")
+    assert str(missing.value) == (
+        f"missing.toml: spec file not found (looked for {tmp_path / 'missing.toml'})"
+    )

@@ -74,6 +74,7 @@ def make_spec(
     }
     return parse_spec(
         {
+            "flagware": {"custom_ids": ["companyID"]},
             "experiments": {name: dict(body) for name in experiments},
             "metrics": METRICS if metrics is None else metrics,
         }

@@ -191,7 +191,7 @@ def test_explicit_keys_are_kept() -> None:
     spec = spec_from(
         """
         [flagware]
-        anything = "reserved for future options"
+        custom_ids = ["companyID"]
         [gates.beta]
         rollout = 12.5
         unit = "stableID"
@@ -282,7 +282,8 @@ INVALID_SPECS = [
     # top level
     (
         "[gate.x]\nrollout = 5",
-        "gate: unknown section (expected gates, experiments, metrics or flagware)",
+        "gate: unknown section (did you mean 'gates'?)"
+        " (expected gates, experiments, metrics or flagware)",
     ),
     ("gates = 5", "gates: must be a table, not a number"),
     ("flagware = 1", "flagware: must be a table, not a number"),
@@ -292,7 +293,8 @@ INVALID_SPECS = [
     # gates
     (
         "[gates.x]\nrolout = 5",
-        "gates.x.rolout: unknown key (expected one of: conditions, enabled, rollout, salt, unit)",
+        "gates.x.rolout: unknown key (did you mean 'rollout'?)"
+        " (expected one of: conditions, enabled, rollout, salt, unit)",
     ),
     ('[gates.x]\nrollout = "50"', "gates.x.rollout: must be a number, not a string"),
     ("[gates.x]\nrollout = true", "gates.x.rollout: must be a number, not a boolean"),
@@ -303,7 +305,9 @@ INVALID_SPECS = [
     ("[gates.x]\nsalt = 7", "gates.x.salt: must be a string, not a number"),
     (
         '[gates.x]\nunit = "user id"',
-        'gates.x.unit: invalid ID type \'user id\' (e.g. "userID", "stableID")',
+        "gates.x.unit: unknown ID type 'user id' (did you mean 'userID'?) (ID types are"
+        " case-sensitive:"
+        ' "userID", "stableID", or a custom ID type declared in [flagware] custom_ids)',
     ),
     ('[gates.x]\nenabled = "yes"', "gates.x.enabled: must be true or false, not a string"),
     (
@@ -327,7 +331,7 @@ INVALID_SPECS = [
     ),
     (
         '[gates.x]\nconditions = [{ contry = ["US"] }]',
-        "gates.x.conditions[0].contry: unknown key"
+        "gates.x.conditions[0].contry: unknown key (did you mean 'country'?)"
         " (expected one of: browser, country, field, os, tier)",
     ),
     (
@@ -372,7 +376,8 @@ INVALID_SPECS = [
     ),
     (
         '[gates.x]\nconditions = [{ field = "plan", equal = "a" }]',
-        "gates.x.conditions[0].equal: unknown key (expected one of: equals, field, in)",
+        "gates.x.conditions[0].equal: unknown key (did you mean 'equals'?)"
+        " (expected one of: equals, field, in)",
     ),
     (
         '[gates.x]\nconditions = [{ field = "plan", in = [] }]',
@@ -396,7 +401,8 @@ INVALID_SPECS = [
     (EXPERIMENT + 'groups = "Control"', "experiments.e.groups: must be a list, not a string"),
     (
         EXPERIMENT + GROUPS + "alocation = 5",
-        "experiments.e.alocation: unknown key (expected one of: allocation, allocation_salt,"
+        "experiments.e.alocation: unknown key (did you mean 'allocation'?)"
+        " (expected one of: allocation, allocation_salt,"
         " groups, restart, salt, sequential, targeting_gate, unit)",
     ),
     (
@@ -445,7 +451,8 @@ INVALID_SPECS = [
     ),
     (
         EXPERIMENT + 'groups = [{ name = "A", weight = 100, parms = {} }]',
-        "experiments.e.groups[0].parms: unknown key (expected one of: name, params, weight)",
+        "experiments.e.groups[0].parms: unknown key (did you mean 'params'?)"
+        " (expected one of: name, params, weight)",
     ),
     (
         EXPERIMENT + 'groups = [{ name = "A", weight = "100" }]',

@@ -194,9 +194,10 @@ def test_overrides_set_outside_the_fixture_survive_it(pytester: pytest.Pytester)
 
 def test_fixtures_are_listed(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--fixtures", "-p", "no:cacheprovider")
-    result.stdout.fnmatch_lines(
-        ["plugins: *flagware-*", "*from flagware.testing*", "flagware_events*", "flagware_over*"]
-    )
+    for line in ("plugins: *flagware-*", "*from flagware.testing*"):
+        result.stdout.fnmatch_lines([line])
+    for fixture in ("flagware_overrides", "flagware_events"):
+        result.stdout.fnmatch_lines(["*from flagware.testing*", f"{fixture} -- *"])
 
 
 def test_events_are_captured_in_this_suite_too(client: Any, flagware_events: Any) -> None:

@@ -7,15 +7,16 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from statsig.statsig_options import StatsigOptions
 
-from flagware.engine.base import Engine
+from flagware.engine.base import Engine, Evaluation
 from flagware.engine.legacy import LegacySDK
-from flagware.spec import Spec, compile_dcs, load_spec
+from flagware.spec import Spec, compile_dcs, did_you_mean, load_spec
 
 log = logging.getLogger("flagware")
 
@@ -59,6 +60,39 @@ class LocalSpec(Engine):
         self._mtime = self._stat()
         self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
         self._reload_lock = threading.Lock()
+        # Names read in code that the spec does not define (a typo, or a flag
+        # removed from the spec): counted on every read, logged once per name.
+        self.unknown_names: Counter[str] = Counter()
+
+    def gate(self, user: Any, name: str) -> Evaluation:
+        if name not in self.spec.gates:
+            self._unknown("gate", name, "it is False for everyone")
+        return super().gate(user, name)
+
+    def config(self, user: Any, name: str) -> Evaluation:
+        if name not in self.spec.experiments:
+            self._unknown("experiment", name, "everyone gets empty params")
+        return super().config(user, name)
+
+    def _unknown(self, kind: str, name: str, outcome: str) -> None:
+        self.unknown_names[name] += 1
+        if self.unknown_names[name] > 1:
+            return
+        spec = self.spec
+        if kind == "gate" and name in spec.experiments:
+            hint = f" (it is an experiment: read it with flags.experiment({name!r}))"
+        elif kind == "experiment" and name in spec.gates:
+            hint = f" (it is a gate: read it with flags.gate({name!r}))"
+        else:
+            hint = did_you_mean(name, spec.gates if kind == "gate" else spec.experiments)
+        log.warning(
+            "flagware: %s %r is not defined in the spec %s%s; %s",
+            kind,
+            name,
+            spec.source,
+            hint,
+            outcome,
+        )
 
     def _stat(self) -> float:
         try:

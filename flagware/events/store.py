@@ -220,8 +220,9 @@ _inherited: list[sqlite3.Connection] = []
 class EventStore:
     """Appends and reads events. One instance per process; connections are per thread."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly  # for commands that read: never creates, migrates or writes
         self._local = threading.local()
         self._pid = os.getpid()
         self._all: list[sqlite3.Connection] = []
@@ -234,7 +235,7 @@ class EventStore:
             self._after_fork()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path)
+            conn = connect(self.path, readonly=self.readonly)
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)

@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flagware.cli import add_spec_argument, add_store_argument
 from flagware.results.compute import DEFAULT_ALPHA, ResultsError, compute_results
 from flagware.results.render import render
 from flagware.spec import SpecError, load_spec
@@ -32,10 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         " catalog. Exit code 3 when the launch is blocked, 2 on bad input, else 0.",
     )
     parser.add_argument("experiment", help="experiment name in the spec")
-    parser.add_argument("--spec", default="flagware.toml", help="spec file (default: %(default)s)")
-    parser.add_argument(
-        "--store", default=".flagware/events.db", help="SQLite event store (default: %(default)s)"
-    )
+    add_spec_argument(parser)  # $FLAGWARE_SPEC and $FLAGWARE_EVENT_STORE, as Flagware(...)
+    add_store_argument(parser)
     # Strings, validated in run(): a bad value then gets the same one-line
     # message and exit code as every other bad input.
     parser.add_argument(
@@ -69,8 +68,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="relative effect the planning figures are for: units needed to detect it with"
         " 80%% power (default: %(default)s, i.e. 5%%)",
     )
-    parser.add_argument("--format", choices=("text", "json", "html"), default="text")
-    parser.add_argument("--output", help="write to this file instead of stdout")
+    parser.add_argument(
+        "--format", choices=("text", "json", "html"), default="text", help="(default: text)"
+    )
+    parser.add_argument("--output", metavar="PATH", help="write to this file instead of stdout")
     parser.set_defaults(func=run)
 
 

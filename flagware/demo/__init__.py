@@ -1,8 +1,10 @@
 """``flagware demo``: the seed lab's Flask app with thousands of simulated visitors.
 
-Each visitor is a fresh browser (no cookie) from its own IP and country. It
-opens the signup page, and clicks with a probability that depends on the
-button colour it saw, so the results at the end have a real effect to find.
+Each visitor is a new browser from its own IP and country, with a stableID
+drawn, like everything else, from ``--seed``: the same seed prints the same
+report, byte for byte (timings and file locations go to stderr). It opens
+the signup page, and clicks with a probability that depends on the button
+colour it saw, so the results at the end have a real effect to find.
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ AGENTS = [
 
 
 def find_demo_app(app_dir: str | None = None) -> ModuleType:
-    """Import examples/flask_demo/app.py from a clone (or ``--app-dir``)."""
-    default = Path(__file__).resolve().parents[1] / "examples" / "flask_demo"
-    here = Path(app_dir) if app_dir else default
-    path = here / "app.py"
+    """The demo app shipped in flagware (``flagware.demo.app``), or ``app_dir``'s app.py."""
+    if app_dir is None:
+        try:
+            from flagware.demo import app
+        except ImportError as exc:
+            raise SystemExit(
+                f"flagware demo: the demo is a Flask app and needs Flask ({exc}):"
+                " pip install 'flagware[flask]'"
+            ) from None
+        return app
+    path = Path(app_dir) / "app.py"
     if not path.exists():
-        raise SystemExit(
-            f"flagware demo: no demo app at {path}; run it from a clone of flagware "
-            "or pass --app-dir"
-        )
-    spec = importlib.util.spec_from_file_location("flagware_flask_demo", path)
-    assert spec is not None and spec.loader is not None
+        raise SystemExit(f"flagware demo: no app.py in {app_dir}")
+    spec = importlib.util.spec_from_file_location("flagware_demo_app", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"flagware demo: cannot import {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,7 +68,12 @@ def progress(done: int, total: int, out: TextIO, width: int = 40) -> None:
 
 
 def simulate(
-    app: Any, visitors: int, *, seed: int = 7, out: TextIO = sys.stderr
+    app: Any,
+    visitors: int,
+    *,
+    seed: int = 7,
+    out: TextIO = sys.stderr,
+    cookie_name: str = "flagware_id",
 ) -> dict[str, dict[str, int]]:
     """Drive ``visitors`` through the app in process; returns what they saw."""
     from werkzeug.test import Client
@@ -74,7 +86,9 @@ def simulate(
     }
     step = max(1, visitors // 100)
     for i in range(visitors):
-        client = Client(app)  # a new browser: no cookie yet
+        client = Client(app)  # a new browser
+        # Its stableID cookie as flagware would mint it, but from the seed.
+        client.set_cookie(cookie_name, f"{rng.getrandbits(128):032x}")
         octets = (
             rng.randint(1, 223),
             rng.randint(0, 255),
@@ -119,14 +133,14 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"flagware demo: {args.visitors} visitors through the seed lab (local engine)")
     started = time.perf_counter()
-    seen = simulate(app, args.visitors, seed=args.seed)
+    seen = simulate(app, args.visitors, seed=args.seed, cookie_name=client.cookie_name)
     client.close()
-    elapsed = time.perf_counter() - started
-    print(f"\nWhat the visitors saw ({elapsed:.1f} s):")
+    print(f"({time.perf_counter() - started:.1f} s; events in {store})", file=sys.stderr)
+    print("\nWhat the visitors saw:")
     for group, count in sorted(seen["groups"].items()):
         print(f"  button_color {group:<10} {count:>6} visitors")
     print(f"  new_signup banner shown to {seen['banner']['shown']} of {args.visitors}")
-    print(f"\nWhat was logged (in {store}):")
+    print("\nWhat was logged:")
     for name, count in _event_counts(store):
         print(f"  {name:<28} {count:>6}")
     _print_results(module.SPEC, store)
@@ -164,16 +178,36 @@ def _print_results(spec: Path, store: str) -> None:
     results("text", None)
     report = Path(store).with_name("button_color.html")
     results("html", str(report))
-    print(f"\nHTML report: {report}")
+    print(f"\nHTML report: {report}", file=sys.stderr)
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("demo", help="run the seed lab demo with simulated visitors")
-    parser.add_argument("--visitors", type=int, default=3000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--store", help="event store (default: a new temporary file)")
-    parser.add_argument("--app-dir", help="folder holding the demo's app.py")
-    parser.add_argument("--serve", action="store_true", help="serve the demo for a browser")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5000)
+    parser = sub.add_parser(
+        "demo",
+        help="run the seed lab demo with simulated visitors",
+        description="Drive simulated visitors through the seed lab's Flask app (shipped in"
+        " flagware; needs flagware[flask]) and print what they saw, what was logged and the"
+        " results. The same --seed prints the same report.",
+    )
+    parser.add_argument(
+        "--visitors", type=int, default=3000, help="how many visitors (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=7, help="the simulation's random seed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--store", metavar="PATH", help="event store (default: a new temporary file)"
+    )
+    parser.add_argument(
+        "--app-dir",
+        metavar="DIR",
+        help="a folder with another demo app.py (default: the one shipped in flagware)",
+    )
+    parser.add_argument("--serve", action="store_true", help="serve the demo for a browser instead")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="--serve: address (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=5000, help="--serve: port (default: %(default)s)"
+    )
     parser.set_defaults(func=run)

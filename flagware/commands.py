@@ -1,0 +1,134 @@
+"""``flagware check`` and ``flagware reset``: the spec and the start records, for development."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from flagware.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    add_spec_argument,
+    add_store_argument,
+    existing_store,
+    not_a_store,
+)
+from flagware.events.store import EventStore, connect
+from flagware.spec import SpecError, did_you_mean, load_spec
+
+
+def add_parsers(sub: Any) -> None:
+    check = sub.add_parser(
+        "check",
+        help="validate a spec file, listing every problem",
+        description="Validate a spec file. Exit 0 when it is valid; 2 with every problem listed"
+        " (file: key path: problem), and, when the store has started experiments, every"
+        " change a running experiment may not take.",
+    )
+    add_spec_argument(check)
+    add_store_argument(check)
+    check.set_defaults(func=run_check)
+
+    reset = sub.add_parser(
+        "reset",
+        help="forget an experiment's start record (local engine, development)",
+        description="Forget the start record of EXPERIMENT in the store, so a changed"
+        " definition is accepted and its next exposure starts a new analysis window."
+        " Events are kept. Meant for development with the local engine.",
+    )
+    reset.add_argument("experiment", help="the experiment's name")
+    add_store_argument(reset)
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reset.set_defaults(func=run_reset)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        count = len(exc.problems)
+        print(
+            f"flagware check: {count} problem{'s' if count > 1 else ''} in {args.spec}",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    changes = _changes_since_start(spec, args.store)
+    for change in changes:
+        print(change, file=sys.stderr)
+    if changes:
+        return EXIT_BAD_INPUT
+    print(
+        f"flagware check: {args.spec} is valid ({_count(spec.gates, 'gate')},"
+        f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')})"
+    )
+    return EXIT_OK
+
+
+def _count(items: Any, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _changes_since_start(spec: Any, store: str) -> list[str]:
+    """What the running app would refuse: started experiments changed without restart."""
+    from flagware.results.lock import describe_changes, read_started
+
+    if not_a_store(store) is not None:
+        return []  # nothing started yet (or not ours): nothing to compare with
+    problems = []
+    conn = connect(store, readonly=True)
+    try:
+        for experiment in spec.experiments.values():
+            record = read_started(conn, experiment.name)
+            if record is None or experiment.restart:
+                continue
+            changes = describe_changes(record, experiment)
+            if changes:
+                problems.append(
+                    f"{spec.source}: experiments.{experiment.name}: {'; '.join(changes)} after"
+                    f" the experiment started (recorded in {store}): rename it, set"
+                    f" `restart = true`, or, in development, `flagware reset {experiment.name}`"
+                )
+    finally:
+        conn.close()
+    return problems
+
+
+def run_reset(args: argparse.Namespace) -> int:
+    from flagware.results.lock import meta_key
+
+    reader = existing_store(args.store, "reset")
+    if reader is None:
+        return EXIT_BAD_INPUT
+    with reader:
+        started = sorted(
+            key.removeprefix("experiment:")
+            for (key,) in reader._conn().execute(
+                "SELECT key FROM meta WHERE key LIKE 'experiment:%'"
+            )
+        )
+    if args.experiment not in started:
+        known = ", ".join(started) or "none"
+        print(
+            f"flagware reset: {args.experiment!r} has no start record in {args.store}"
+            f"{did_you_mean(args.experiment, started)} (started: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("flagware reset: not a terminal; pass --yes to confirm", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        answer = input(
+            f"Forget when {args.experiment!r} started and what it was, in {args.store}? "
+            "Its results restart from its next exposure. [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("flagware reset: nothing changed")
+            return EXIT_OK
+    with EventStore(args.store) as store:
+        store._conn().execute("DELETE FROM meta WHERE key = ?", (meta_key(args.experiment),))
+    print(f"flagware reset: {args.experiment} forgotten; it starts again on its next exposure")
+    return EXIT_OK

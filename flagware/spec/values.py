@@ -1,0 +1,298 @@
+"""Value checks for the spec parser: each raises ``_Invalid`` naming its key path."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Collection, Mapping
+from typing import Any, TypeVar, cast, get_args
+
+from flagware.spec.model import (
+    BUCKETS,
+    Aggregate,
+    Condition,
+    ConditionKind,
+    EventAggregate,
+    Group,
+)
+
+ID_TYPES = ("userID", "stableID")  # built in; others are declared in [flagware] custom_ids
+MAX_DEPTH = 32  # params nested deeper than this are a mistake (and a RecursionError risk)
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+_COUNTRY = re.compile(r"[A-Za-z]{2}")
+_T = TypeVar("_T")
+
+
+def did_you_mean(name: str, known: Collection[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest known name, or ``""``."""
+    by_case = [k for k in known if k.casefold() == name.casefold()]
+    close = by_case or difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+def _fresh_within(body: Mapping[str, Any], path: str, tags: list[Any]) -> float | None:
+    value = body.get("fresh_within")
+    if value is None:
+        return None
+    hours = _number(value, f"{path}.fresh_within")
+    if hours <= 0:
+        raise _Invalid(f"{path}.fresh_within", "must be a positive number of hours")
+    if "guardrail" not in tags:
+        raise _Invalid(f"{path}.fresh_within", 'only applies to metrics tagged "guardrail"')
+    return hours
+
+
+def _cuped_days(body: Mapping[str, Any], path: str) -> float:
+    days = _number(body.get("cuped_days", 7), f"{path}.cuped_days")
+    if not 0 <= days <= 365:
+        raise _Invalid(f"{path}.cuped_days", "must be between 0 (off) and 365 days")
+    return days
+
+
+def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float:
+    cap = _number(body.get("cap_percentile", 99.9), f"{path}.cap_percentile")
+    if not 50 <= cap <= 100:
+        raise _Invalid(f"{path}.cap_percentile", "must be between 50 and 100 (100: no cap)")
+    if "cap_percentile" in body and kind not in ("sum", "count"):
+        raise _Invalid(f"{path}.cap_percentile", 'only applies to kind "sum" or "count"')
+    return cap
+
+
+def _event_aggregate(raw: Any, path: str) -> EventAggregate:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(path, 'must be a table like { event = "purchase", aggregate = "sum" }')
+    _known_keys(raw, path, {"event", "aggregate"})
+    if "event" not in raw:
+        raise _Invalid(f"{path}.event", "missing (the name of the event)")
+    return EventAggregate(
+        event=_nonempty(raw, path, "event", ""),
+        aggregate=_choice(raw, path, "aggregate", get_args(Aggregate), "count"),
+    )
+
+
+def _unknown_key(path: str, key: str, allowed: Collection[str]) -> _Invalid:
+    hint = did_you_mean(key, allowed)
+    return _Invalid(path, f"unknown key{hint} (expected one of: {', '.join(sorted(allowed))})")
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a table"
+    return type(value).__name__
+
+
+_EXPECTED = {bool: "true or false", list: "a list", str: "a string"}
+
+
+def _get(body: Mapping[str, Any], path: str, key: str, kind: type[_T], default: _T) -> _T:
+    value = body.get(key, default)
+    if not isinstance(value, kind):
+        raise _Invalid(f"{path}.{key}", f"must be {_EXPECTED[kind]}, not {_type_name(value)}")
+    return value
+
+
+def _table(body: Mapping[str, Any], path: str, key: str) -> Mapping[str, Any]:
+    value = body.get(key, {})
+    if not isinstance(value, Mapping):
+        raise _Invalid(path, f"must be a table, not {_type_name(value)}")
+    return cast(Mapping[str, Any], value)
+
+
+def _known_keys(body: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    for key in body:
+        if key not in allowed:
+            raise _unknown_key(f"{path}.{key}", key, allowed)
+
+
+def _nonempty(body: Mapping[str, Any], path: str, key: str, default: str) -> str:
+    value = _get(body, path, key, str, default)
+    if not value.strip():
+        raise _Invalid(f"{path}.{key}", "must not be empty")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    # bool is an int in Python; `rollout = true` is a mistake, not 1 percent
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(path, f"must be a number, not {_type_name(value)}")
+    if not math.isfinite(value):
+        raise _Invalid(path, "must be a finite number")
+    return float(value)
+
+
+def _percent(body: Mapping[str, Any], path: str, key: str, default: float) -> float:
+    value = _number(body.get(key, default), f"{path}.{key}")
+    if not 0 <= value <= 100:
+        raise _Invalid(f"{path}.{key}", f"must be between 0 and 100, not {_fmt(value)}")
+    return value
+
+
+def _check_buckets(percent: float, path: str) -> None:
+    if abs(percent * 10 - round(percent * 10)) > 1e-6:
+        raise _Invalid(
+            path, f"{_fmt(percent)} is finer than 0.1 (units are split into {BUCKETS} buckets)"
+        )
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _choice(
+    body: Mapping[str, Any], path: str, key: str, allowed: tuple[str, ...], default: str
+) -> Any:
+    value = body.get(key, default)
+    if value not in allowed:
+        options = " or ".join(repr(a) for a in allowed)
+        raise _Invalid(f"{path}.{key}", f"must be {options}, not {value!r}")
+    return value
+
+
+def _unit(body: Mapping[str, Any], path: str, custom_ids: tuple[str, ...]) -> str:
+    unit = _get(body, path, "unit", str, "userID")
+    known = (*ID_TYPES, *custom_ids)
+    if unit in known:
+        return unit
+    # "stableId" is not "stableID": the SDK would read an absent custom ID and
+    # put every unit in one bucket.
+    raise _Invalid(
+        f"{path}.unit",
+        f"unknown ID type {unit!r}{did_you_mean(unit, known)} (ID types are case-sensitive:"
+        ' "userID", "stableID", or a custom ID type declared in [flagware] custom_ids)',
+    )
+
+
+def _json_value(value: Any, path: str, depth: int = 0) -> None:
+    """Params become DCS JSON: TOML dates and NaN have no faithful JSON form."""
+    if depth > MAX_DEPTH:
+        raise _Invalid(path, f"nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid(path, "must be a finite number (JSON has no NaN or infinity)")
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _json_value(item, f"{path}.{key}", depth + 1)
+        return
+    raise _Invalid(path, f"{type(value).__name__} values cannot be sent as JSON")
+
+
+def _groups(body: Mapping[str, Any], path: str) -> tuple[Group, ...]:
+    if "groups" not in body:
+        raise _Invalid(f"{path}.groups", "missing (a list of { name, weight, params })")
+    raw = _get(body, path, "groups", list, [])
+    if not raw:
+        raise _Invalid(f"{path}.groups", "must list at least one group")
+    groups = tuple(_group(g, f"{path}.groups[{i}]") for i, g in enumerate(raw))
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        if group.name.casefold() in seen:
+            raise _Invalid(f"{path}.groups[{i}].name", f"duplicate group name {group.name!r}")
+        seen.add(group.name.casefold())
+    total = sum(g.weight for g in groups)
+    if abs(total - 100) > 1e-6:
+        raise _Invalid(f"{path}.groups", f"weights add up to {_fmt(round(total, 6))}, not 100")
+    return groups
+
+
+def _group(raw: Any, path: str) -> Group:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(path, f"must be a table {{ name, weight, params }}, not {_type_name(raw)}")
+    _known_keys(raw, path, {"name", "weight", "params"})
+    for key in ("name", "weight"):
+        if key not in raw:
+            raise _Invalid(f"{path}.{key}", "missing")
+    weight = _number(raw["weight"], f"{path}.weight")
+    if weight <= 0:
+        raise _Invalid(f"{path}.weight", f"must be positive, not {_fmt(weight)}")
+    _check_buckets(weight, f"{path}.weight")
+    params = _table(raw, f"{path}.params", "params")
+    _json_value(params, f"{path}.params")
+    return Group(name=_nonempty(raw, path, "name", ""), weight=weight, params=dict(params))
+
+
+# Condition tables: the key that names the kind, and the DCS field it reads.
+_LIST_CONDITIONS: dict[str, str] = {"country": "country", "browser": "browser", "os": "os"}
+_CONDITION_KEYS = ("country", "browser", "os", "field", "tier")
+
+
+def _condition(raw: Any, path: str) -> Condition:
+    if not isinstance(raw, Mapping):
+        raise _Invalid(
+            path, f"must be a table such as {{ country = [...] }}, not {_type_name(raw)}"
+        )
+    kinds = [k for k in _CONDITION_KEYS if k in raw]
+    if not kinds and raw:
+        # most likely a misspelt kind: point at the key itself
+        _known_keys(raw, path, set(_CONDITION_KEYS))
+    if len(kinds) != 1:
+        found = f"found {', '.join(kinds)}" if kinds else "found none"
+        raise _Invalid(path, f"needs exactly one of {', '.join(_CONDITION_KEYS)} ({found})")
+    kind = cast(ConditionKind, kinds[0])
+    if kind == "field":
+        return _field_condition(raw, path)
+    _known_keys(raw, path, {kind})
+    values = _string_list(raw[kind], f"{path}.{kind}")
+    if kind == "country":
+        for i, code in enumerate(values):
+            if not _COUNTRY.fullmatch(code):
+                raise _Invalid(f"{path}.country[{i}]", f"{code!r} is not a 2-letter ISO code")
+        values = tuple(code.upper() for code in values)
+    return Condition(kind=kind, values=values)
+
+
+def _field_condition(raw: Mapping[str, Any], path: str) -> Condition:
+    _known_keys(raw, path, {"field", "in", "equals"})
+    name = _nonempty(raw, path, "field", "")
+    if ("in" in raw) == ("equals" in raw):
+        raise _Invalid(path, "a field condition needs exactly one of `in` or `equals`")
+    if "equals" in raw:
+        value = raw["equals"]
+        if not isinstance(value, str | int | float):  # bool is an int
+            raise _Invalid(
+                f"{path}.equals", f"must be a string, number or boolean, not {_type_name(value)}"
+            )
+        return Condition(kind="field", field=name, values=(value,), exact=True)
+    values = raw["in"]
+    if not isinstance(values, list) or not values:
+        raise _Invalid(f"{path}.in", "must be a non-empty list")
+    for i, value in enumerate(values):
+        if not isinstance(value, str | int | float):
+            raise _Invalid(
+                f"{path}.in[{i}]", f"must be a string, number or boolean, not {_type_name(value)}"
+            )
+    return Condition(kind="field", field=name, values=tuple(values))
+
+
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Invalid(path, "must be a non-empty list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _Invalid(f"{path}[{i}]", "must be a non-empty string")
+    return tuple(value)

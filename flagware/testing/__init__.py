@@ -1,0 +1,301 @@
+"""Force flags and capture events in tests: pytest fixtures, decorators, context managers.
+
+With pytest (the ``pytest11`` plugin in :mod:`flagware.testing.plugin`, loaded
+automatically), every test run is isolated and deterministic without any
+setup: each client stores its events in a temporary file, delivers nothing to
+Statsig and hashes with a fixed key. Two fixtures force flags and capture
+events::
+
+    def test_red_button(client, flagware_overrides, flagware_events):
+        flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
+        flagware_overrides.gate("new_signup", True)
+
+        response = client.get("/signup")
+
+        assert b"background: red" in response.data
+        assert flagware_events.names() == ["visited_signup"]
+
+Without pytest (``unittest``, Django's ``TestCase``), the same overrides are
+decorators and context managers::
+
+    from flagware.testing import override_experiment, override_gate
+
+    @override_gate("new_signup", True)
+    class SignupTests(TestCase):
+        @override_experiment("button_color", {"color": "red"}, group="Red")
+        def test_red_button(self): ...
+
+        def test_banner_off(self):
+            with override_gate("new_signup", False):
+                ...
+
+Overrides apply to every flagware client in the process. As Statsig's own
+``override_gate``/``override_config``, they replace the evaluation only:
+reading an overridden flag is still an exposure, logged with ``ruleID``
+"override", so a test can assert that a view exposed its user.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flagware.flags import OVERRIDE_RULE, Config, listeners, overrides
+
+if TYPE_CHECKING:
+    from flagware.events.model import Event
+
+__all__ = [
+    "OVERRIDE_RULE",
+    "CapturedEvents",
+    "FlagwareOverrides",
+    "capture_events",
+    "isolate",
+    "override_config",
+    "override_defaults",
+    "override_experiment",
+    "override_gate",
+]
+
+_T = TypeVar("_T")
+_MISSING: Any = object()
+
+
+class FlagwareOverrides:
+    """Forced values for gates, experiments and dynamic configs (the pytest fixture)."""
+
+    def gate(self, name: str, value: bool = True) -> None:
+        """Every request passes gate ``name`` (or fails it, with ``False``)."""
+        overrides.gates[name] = bool(value)
+
+    def experiment(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
+        """Every request is in ``group`` of experiment ``name`` with these params."""
+        overrides.configs[name] = Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE)
+
+    def config(self, name: str, value: Mapping[str, Any]) -> None:
+        """Dynamic config ``name`` has this value for every request."""
+        overrides.configs[name] = Config(name, dict(value), rule_id=OVERRIDE_RULE)
+
+    def defaults(self, on: bool = True) -> None:
+        """Every gate not forced is False; every experiment not forced is its control.
+
+        The control group's name and params come from the local spec; an
+        experiment it does not define (or any, with the Statsig engine) has
+        empty params and group None. Nothing is evaluated, so nothing depends
+        on hashing.
+        """
+        overrides.defaults = bool(on)
+
+    def clear(self) -> None:
+        """Drop every override set so far in this test (defaults mode included)."""
+        overrides.clear()
+
+
+class CapturedEvents(list["Event"]):
+    """The events logged during a test, oldest first (a plain list, plus helpers)."""
+
+    def names(self, *, exposures: bool = False) -> list[str]:
+        """Event names in order; exposures (``statsig::...``) only when asked."""
+        return [e.name for e in self if exposures or not _is_exposure(e)]
+
+    def named(self, name: str) -> list[Event]:
+        return [e for e in self if e.name == name]
+
+    @property
+    def custom(self) -> list[Event]:
+        return [e for e in self if not _is_exposure(e)]
+
+    @property
+    def exposures(self) -> list[Event]:
+        return [e for e in self if _is_exposure(e)]
+
+
+def _is_exposure(event: Event) -> bool:
+    return event.name.startswith("statsig::")
+
+
+class capture_events:  # lower case: used like a function, as contextlib's helpers
+    """``with capture_events() as events:`` every event any client logs inside the block."""
+
+    def __init__(self) -> None:
+        self.events = CapturedEvents()
+
+    def __enter__(self) -> CapturedEvents:
+        listeners.append(self.events.append)
+        return self.events
+
+    def __exit__(self, *exc_info: object) -> None:
+        # remove() compares bound methods by equality: exactly this list's append
+        listeners.remove(self.events.append)
+
+
+class isolate:  # lower case: used like a function, as contextlib's helpers
+    """What the pytest plugin does for a test run, for any other runner.
+
+    Inside the block every new client stores its events in a fresh temporary
+    file, delivers nothing to Statsig and hashes with a fixed key (unless given
+    ``hash_key=``); on exit, the clients still open are closed and their files
+    removed. For Django's runner::
+
+        class FlagwareRunner(DiscoverRunner):
+            def run_tests(self, *args, **kwargs):
+                with isolate():
+                    return super().run_tests(*args, **kwargs)
+    """
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.label = "session"  # the plugin names a folder per test
+        self._count = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Path:
+        """A new client's store path (``flagware.client.isolated_store``)."""
+        assert self.root is not None  # only installed between enter and exit
+        with self._lock:
+            return self.root / f"{self.label}-{next(self._count)}" / "events.db"
+
+    def __enter__(self) -> Path:
+        from flagware import client
+
+        if client.isolated_store is not None:
+            raise RuntimeError("flagware clients are already isolated")
+        self.root = Path(tempfile.mkdtemp(prefix="flagware-tests-"))
+        client.isolated_store = self
+        return self.root
+
+    def __exit__(self, *exc_info: object) -> None:
+        from flagware import client
+
+        if client.isolated_store is self:
+            client.isolated_store = None
+        # Close what is still open before removing its stores, or exit would
+        # write to them again.
+        for live in list(client._live_clients):
+            if live.isolated:
+                live.close()
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class _Override:
+    """A context manager that is also a decorator for functions, coroutines and classes.
+
+    Every entry saves what it replaces and every exit restores it, so the same
+    object can decorate several tests and overrides nest.
+    """
+
+    def __init__(self) -> None:
+        self._saved: list[Any] = []
+
+    def _apply(self) -> Any:
+        raise NotImplementedError
+
+    def _restore(self, saved: Any) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> None:
+        self._saved.append(self._apply())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._restore(self._saved.pop())
+
+    def __call__(self, target: _T) -> _T:
+        if isinstance(target, type):
+            # unittest and Django TestCase classes: every test method, so
+            # setUp and tearDown run outside the override as with waffle.
+            for name, attribute in list(vars(target).items()):
+                if name.startswith("test") and callable(attribute):
+                    setattr(target, name, self(attribute))
+            return target
+        function: Callable[..., Any] = target  # type: ignore[assignment]
+        if inspect.iscoroutinefunction(function):
+
+            @functools.wraps(function)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with self:
+                    return await function(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return function(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+
+class _OverrideConfig(_Override):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def _apply(self) -> Any:
+        saved = overrides.configs.get(self.config.name, _MISSING)
+        overrides.configs[self.config.name] = self.config
+        return saved
+
+    def _restore(self, saved: Any) -> None:
+        if saved is _MISSING:
+            overrides.configs.pop(self.config.name, None)
+        else:
+            overrides.configs[self.config.name] = saved
+
+
+class override_gate(_Override):  # lower case, like Django's override_settings
+    """Gate ``name`` is ``value`` for every request, inside the block or decorated test."""
+
+    def __init__(self, name: str, value: bool = True) -> None:
+        super().__init__()
+        self.name = name
+        self.value = bool(value)
+
+    def _apply(self) -> Any:
+        saved = overrides.gates.get(self.name, _MISSING)
+        overrides.gates[self.name] = self.value
+        return saved
+
+    def _restore(self, saved: Any) -> None:
+        if saved is _MISSING:
+            overrides.gates.pop(self.name, None)
+        else:
+            overrides.gates[self.name] = saved
+
+
+class override_experiment(_OverrideConfig):
+    """Every request is in ``group`` of experiment ``name`` with ``params``."""
+
+    def __init__(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
+        super().__init__(Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE))
+
+
+class override_config(_OverrideConfig):
+    """Dynamic config ``name`` has ``value`` for every request."""
+
+    def __init__(self, name: str, value: Mapping[str, Any]) -> None:
+        super().__init__(Config(name, dict(value), rule_id=OVERRIDE_RULE))
+
+
+class override_defaults(_Override):
+    """Unforced gates are False and unforced experiments their control (see
+    :meth:`FlagwareOverrides.defaults`)."""
+
+    def __init__(self, on: bool = True) -> None:
+        super().__init__()
+        self.on = bool(on)
+
+    def _apply(self) -> Any:
+        saved = overrides.defaults
+        overrides.defaults = self.on
+        return saved
+
+    def _restore(self, saved: Any) -> None:
+        overrides.defaults = saved

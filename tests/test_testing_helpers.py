@@ -1,0 +1,120 @@
+"""flagware.testing without pytest: overrides as decorators and context managers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import unittest
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from flagware import FlagwareMiddleware, current_flags
+from flagware.flags import overrides
+from flagware.testing import (
+    capture_events,
+    isolate,
+    override_config,
+    override_defaults,
+    override_experiment,
+    override_gate,
+)
+
+
+def read(client: Any, ip: str = "192.0.2.1") -> str:
+    def app(environ: Any, start_response: Any) -> Any:
+        flags = current_flags()
+        exp = flags.experiment("button_color")
+        start_response("200 OK", [])
+        return [f"{flags.gate('nobody')} {exp.group} {exp.get('color')}".encode()]
+
+    return Client(FlagwareMiddleware(app, client)).get("/", environ_base={"REMOTE_ADDR": ip}).text
+
+
+def test_context_managers_nest_and_restore(client: Any) -> None:
+    with override_gate("nobody"):
+        assert read(client).startswith("True ")
+        with (
+            override_gate("nobody", False),
+            override_experiment("button_color", {"color": "green"}, group="Green"),
+        ):
+            assert read(client) == "False Green green"
+        assert read(client).startswith("True ") and "Green" not in read(client)
+    assert not overrides
+
+
+def test_decorators_on_functions_and_coroutines(client: Any) -> None:
+    @override_gate("nobody")
+    @override_config("limits", {"max_tasks": 5})
+    def view() -> tuple[bool, Any]:
+        return overrides.gates["nobody"], overrides.configs["limits"].params
+
+    @override_experiment("button_color", {"color": "red"}, group="Red")
+    async def async_view() -> str:
+        return read(client)
+
+    assert view() == (True, {"max_tasks": 5})
+    assert asyncio.run(async_view()).endswith(" Red red")
+    assert not overrides
+
+
+def test_defaults_mode(client: Any) -> None:
+    @override_defaults()
+    def everyone() -> set[str]:
+        return {read(client, f"198.51.100.{i}") for i in range(1, 21)}
+
+    assert everyone() == {"False Control blue"}
+    assert len({read(client, f"198.51.100.{i}") for i in range(1, 21)}) > 1
+
+
+def test_a_decorated_unittest_class(client: Any) -> None:
+    seen: list[str] = []
+
+    @override_gate("nobody")
+    class SignupTests(unittest.TestCase):
+        def setUp(self) -> None:
+            seen.append(f"setUp {bool(overrides)}")  # outside the override, as with waffle
+
+        def test_banner(self) -> None:
+            seen.append(read(client).split()[0])
+
+        @override_experiment("button_color", {"color": "red"}, group="Red")
+        def test_red(self) -> None:
+            seen.append(read(client))
+
+        def test_off_inside(self) -> None:
+            with override_gate("nobody", False):
+                seen.append(read(client).split()[0])
+
+    result = unittest.TextTestRunner(stream=io.StringIO()).run(
+        unittest.defaultTestLoader.loadTestsFromTestCase(SignupTests)
+    )
+    assert result.wasSuccessful() and result.testsRun == 3
+    assert sorted(seen) == sorted(["setUp False"] * 3 + ["True", "True Red red", "False"])
+    assert not overrides
+
+
+def test_capture_events(client: Any) -> None:
+    with capture_events() as events, override_gate("nobody"):
+        read(client)
+    read(client)  # after the block: not captured
+    assert events.names(exposures=True) == ["statsig::config_exposure", "statsig::gate_exposure"]
+    assert events.exposures[1].metadata["ruleID"] == "override"
+
+
+def test_isolate_for_other_runners(spec_file: Any, tmp_path: Any) -> None:
+    from flagware import Flagware
+    from flagware.client import TEST_HASH_KEY
+
+    with isolate() as root:
+        fw = Flagware(spec=spec_file, event_store=tmp_path / "app.db")
+        assert fw.isolated and fw.event_store_path.is_relative_to(root)
+        assert fw.hash_key == TEST_HASH_KEY.encode()
+        read(fw)
+        with pytest.raises(RuntimeError, match="already isolated"), isolate():
+            pass
+    assert fw._closed and not root.exists()
+    assert not (tmp_path / "app.db").exists()
+    with Flagware(spec=spec_file, event_store=tmp_path / "app.db", hash_key="k") as after:
+        assert not after.isolated
