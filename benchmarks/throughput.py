@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from flagware.spec import compile_dcs, load_spec  # noqa: E402
 from tests.statsig_stub import StatsigStub  # noqa: E402
 
-SPEC = ROOT / "examples" / "flask_demo" / "flagware.toml"
+SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 APPS = {
     "bare": "bare Flask",
     "wrapped": "bare + flagware, no flag read",

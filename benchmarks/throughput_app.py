@@ -22,7 +22,7 @@ from pathlib import Path
 from flask import Flask, request
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ROOT / "examples" / "flask_demo" / "flagware.toml"
+SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 KIND = os.environ.get("BENCH_APP", "bare")
 
 app = Flask(f"bench_{KIND}")
