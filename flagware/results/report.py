@@ -34,7 +34,7 @@ __all__ = ["render_chart_svg", "render_html"]
 
 # --- SVG chart -------------------------------------------------------------------------
 
-# Sized for the report's 960 px column and read at 14 px: the chart fills the
+# Sized for the report's 1120 px column and read at 14 px: the chart fills the
 # column, so labels are never smaller than the text around them.
 _W, _LABEL_W, _VALUE_W, _ROW_H, _TOP, _BOTTOM = 920, 150, 250, 40, 30, 34
 
@@ -169,14 +169,14 @@ def _row_title(r: GroupResult, relative: bool) -> str:
 # --- HTML ------------------------------------------------------------------------------
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;color:#24292f;max-width:960px;margin:2em auto;
+body{font:14px/1.45 system-ui,sans-serif;color:#24292f;max-width:1120px;margin:2em auto;
 padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin:1.6em 0 .4em}
 .verdict{display:inline-block;padding:.25em .8em;border-radius:6px;color:#fff;font-weight:700;
 letter-spacing:.05em}
 table{border-collapse:collapse;margin:.5em 0}
-td,th{padding:.25em .8em;border-bottom:1px solid #d0d7de;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td,th{padding:.25em .6em;border-bottom:1px solid #d0d7de;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .ok{color:#1a7f37}.warning{color:#9a6700}.failed,.blocked{color:#cf222e;font-weight:700}
 .untested{color:#57606a}.muted{color:#57606a}.legend span{margin-right:1.2em}
 .swatch{display:inline-block;width:.9em;height:.9em;border-radius:2px;vertical-align:-.1em;
