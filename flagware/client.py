@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
-from flagware.engine import Engine, LocalEngine, StatsigEngine
+from flagware.engine import Engine, LocalEngine, LocalSpec, StatsigEngine
 from flagware.events.limits import cap_event
 from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
@@ -32,6 +32,8 @@ log = logging.getLogger("flagware")
 DEFAULT_SPEC = "flagware.toml"
 DEFAULT_EVENT_STORE = ".flagware/events.db"
 DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+ENGINES = ("legacy", "core")
+EngineChoice = Literal["legacy", "core"]
 
 # Set for a test run by flagware.testing.isolate() (the pytest plugin uses it):
 # it returns a fresh temporary store path for each new client. Isolated clients
@@ -74,6 +76,7 @@ class Flagware:
         spec: str | os.PathLike[str] | None = None,  # local spec file (FLAGWARE_SPEC)
         statsig_secret: str | None = None,  # STATSIG_SERVER_SECRET; selects the Statsig engine
         statsig_api: str | None = None,  # base URL override for proxies and tests (STATSIG_API)
+        engine: EngineChoice | None = None,  # the SDK that evaluates: FLAGWARE_ENGINE, "legacy"
         # A SQLite path, or a postgresql:// URL for a store shared by many hosts
         # (FLAGWARE_EVENT_STORE)
         event_store: str | os.PathLike[str] | None = None,
@@ -115,6 +118,16 @@ class Flagware:
                 "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
                 "secrets; print(secrets.token_urlsafe(32))'`)"
             )
+        engine = engine or _env("FLAGWARE_ENGINE") or "legacy"  # type: ignore[assignment]
+        if engine not in ENGINES:
+            raise ConfigurationError(f"engine must be 'legacy' or 'core', not {engine!r}")
+        if engine == "core":
+            from flagware.engine.core import require_core
+
+            try:
+                require_core()
+            except ImportError as exc:
+                raise ConfigurationError(str(exc)) from None
         if spec is None and statsig_secret is None:
             statsig_secret = _env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
@@ -177,14 +190,24 @@ class Flagware:
                 )
             api = (statsig_api or _env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
             self.statsig_api: str | None = api
-            self.engine = StatsigEngine(
-                statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
-            )
+            if engine == "core":
+                from flagware.engine.core import CoreStatsigEngine
+
+                self.engine = CoreStatsigEngine(
+                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+                )
+            else:
+                self.engine = StatsigEngine(
+                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+                )
         else:
             assert spec is not None
             self.statsig_api = None
             # An experiment that has started may not change under its results.
-            self.engine = LocalEngine(spec, tier=self.tier, check=self._check_unchanged)
+            local = LocalEngine
+            if engine == "core":
+                from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
+            self.engine = local(spec, tier=self.tier, check=self._check_unchanged)
             if key is None:
                 key = self._local_hash_key()
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
@@ -227,7 +250,13 @@ class Flagware:
 
     @property
     def engine_name(self) -> str:
+        """Where the specs come from: "local" or "statsig"."""
         return self.engine.kind
+
+    @property
+    def engine_sdk(self) -> str:
+        """The SDK that evaluates them: "legacy" (the statsig package) or "core"."""
+        return self.engine.sdk
 
     def _local_hash_key(self) -> str:
         """The local engine's key: made once, kept beside the event store (mode 0600),
@@ -295,7 +324,7 @@ class Flagware:
 
     def _note_started(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
-        if isinstance(self.engine, LocalEngine):
+        if isinstance(self.engine, LocalSpec):
             self._started.add(experiment)
             self._pending_starts.setdefault(experiment, time_ms)
 
@@ -378,7 +407,8 @@ class Flagware:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Flagware engine={self.engine_name} store={redact(self.event_store)!r}>"
+        engine = f"{self.engine_name}/{self.engine_sdk}"
+        return f"<Flagware engine={engine} store={redact(self.event_store)!r}>"
 
 
 # Strong references: a client dropped without close() must still be flushed at exit.

@@ -11,8 +11,6 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from statsig.statsig_user import StatsigUser
-
 from flagware import identity, qa, visitors
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
 
@@ -115,7 +113,7 @@ class Flags:
     _user_id: str | None = None
     _stable_id: str | None = None
     _minted: str | None = None  # a stableID to set in the response cookie
-    _user: StatsigUser | None = None
+    _user: Any = None  # the engine's SDK user
     _user_dict: dict[str, Any] | None = None
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
@@ -174,13 +172,13 @@ class Flags:
             user_id = identity.hash_ip(client.hash_key, ip) if ip else "s-" + stable_id
         self._user_id = user_id
 
-    def statsig_user(self) -> StatsigUser:
-        """The Statsig user for this request, built once."""
+    def statsig_user(self) -> Any:
+        """The engine SDK's user for this request, built once."""
         if self._user is None:
             self._user = self._build_user()
         return self._user
 
-    def _build_user(self) -> StatsigUser:
+    def _build_user(self) -> Any:
         client, environ = self._client, self._environ
         ip = identity.client_ip(environ)
         user: dict[str, Any] = {
@@ -206,15 +204,7 @@ class Flags:
         if client.tier:
             user["statsigEnvironment"] = {"tier": client.tier}
         self._user_dict = user
-        return StatsigUser(
-            user_id=user["userID"],
-            custom_ids=user["customIDs"],
-            country=user.get("country"),
-            ip=user.get("ip"),
-            user_agent=user.get("userAgent"),
-            custom=user.get("custom"),
-            _statsig_environment=user.get("statsigEnvironment"),
-        )
+        return client.engine.user(user)
 
     def _wire_user(self) -> dict[str, Any]:
         if self._user_dict is None:

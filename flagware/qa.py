@@ -98,26 +98,7 @@ def clear_header(*, secure: bool) -> str:
 
 def experiment_groups(engine: Engine) -> dict[str, dict[str, dict[str, Any]]]:
     """Each experiment's groups and their params: the local spec's, or Statsig's specs."""
-    spec = getattr(engine, "spec", None)
-    if spec is not None:
-        return {
-            name: {g.name: dict(g.params) for g in exp.groups}
-            for name, exp in spec.experiments.items()
-        }
-    # The SDK's spec store has no public listing; its config specs carry each
-    # experiment group's name and value on the rules that assign it.
-    store: Any = engine.server()._evaluator._spec_store
-    found: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, config in store.get_all_configs().items():
-        if config.get("entity") != "experiment":
-            continue
-        groups: dict[str, dict[str, Any]] = {}
-        for rule in config.get("rules", ()):
-            group = rule.get("groupName")
-            if group and group not in groups:
-                groups[group] = dict(rule.get("returnValue") or {})
-        found[name] = groups
-    return found
+    return engine.experiment_groups()
 
 
 def group_params(engine: Engine, experiment: str, group: str) -> dict[str, Any] | None:

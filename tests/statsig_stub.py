@@ -5,6 +5,8 @@ Serves what the SDK and flagware call:
 - ``POST /v1/log_event``: records every event (gzip or plain JSON) and answers
   202 ``{"success": true}``;
 - ``GET /v1/download_config_specs/<key>.json``: the DCS document given to it;
+- ``GET /v2/download_config_specs/<key>.json``: the same in the v2 shape Statsig's
+  Core SDK reads (``flagware.engine.core_dcs.to_v2``);
 - ``POST /v1/get_id_lists`` -> ``{}``; ``POST /v1/sdk_exception`` -> ``{}``;
 - ``GET /_stub/stats``: counts, for a stub running in another process.
 
@@ -79,6 +81,10 @@ class _Handler(BaseHTTPRequestHandler):
         stub = self.server.stub
         if self.path.startswith("/v1/download_config_specs/"):
             self._reply(200, stub.dcs)
+        elif self.path.startswith("/v2/download_config_specs/"):
+            from flagware.engine.core_dcs import to_v2
+
+            self._reply(200, to_v2(stub.dcs))
         elif self.path == "/_stub/stats":
             self._reply(200, stub.counts())
         else:

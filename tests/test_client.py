@@ -128,13 +128,11 @@ def test_close_stores_everything_and_is_idempotent(make_client: Any) -> None:
 def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from statsig.statsig_user import StatsigUser
-
     from flagware.engine import local
 
     monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
     client = make_client()
-    user = StatsigUser(user_id="u1", custom_ids={"stableID": "s1"})
+    user = client.engine.user({"userID": "u1", "customIDs": {"stableID": "s1"}})
     assert client.engine.gate(user, "nobody").value is False
     spec_file.write_text(
         spec_file.read_text().replace(
@@ -196,8 +194,6 @@ def test_allocation_may_grow_after_the_start(make_client: Any, spec_file: Any) -
 def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
     make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
-    from statsig.statsig_user import StatsigUser
-
     from flagware.engine import local
 
     monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
@@ -207,10 +203,10 @@ def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
     client._record_starts()
     spec_file.write_text(spec_file.read_text().replace('color = "red"', 'color = "green"'))
     os.utime(spec_file, (5, 5))
-    user = StatsigUser(user_id="u", custom_ids={"stableID": "s"})
+    user = client.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
     colors = {
         client.engine.config(
-            StatsigUser(user_id="u", custom_ids={"stableID": str(i)}), "button_color"
+            client.engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}), "button_color"
         ).params["color"]
         for i in range(40)
     }
@@ -223,10 +219,8 @@ def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
 def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     """Pre-fork servers: the parent's SDK threads do not survive a fork, so the
     child must build its own SDK on first use instead of using the parent's."""
-    from statsig.statsig_user import StatsigUser
-
     client = make_client()
-    user = StatsigUser(user_id="u", custom_ids={"stableID": "s"})
+    user = client.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
     parent_server = client.engine.server()
     assert client.engine.gate(user, "everyone").value is True
     read, write = os.pipe()

@@ -224,6 +224,24 @@ def _screenshot(browser: Any, tmp_path: Path) -> None:
         shutil.copyfile(path, SCREENSHOT)
 
 
+def _submit_and_wait(browser: Any, button: str) -> None:
+    """Click a form's button and wait until the page it posts to has replaced this one.
+
+    Without the wait, the next lookup can find the old page's elements and then
+    lose them mid-read ("stale element"), which failed this test now and then.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, button).click()
+    WebDriverWait(browser, 10).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 10).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
+
+
 def test_qa_override_forces_this_browser_into_a_chosen_group(
     serve: Callable[..., str], browser: Any, tmp_path: Path
 ) -> None:
@@ -245,7 +263,7 @@ def test_qa_override_forces_this_browser_into_a_chosen_group(
     Select(browser.find_element(By.NAME, "gate:new_signup")).select_by_value(
         "fail" if banner else "pass"
     )
-    browser.find_element(By.ID, "override-apply").click()
+    _submit_and_wait(browser, "override-apply")
     assert browser.current_url == base + "/_flagware/"  # back on the page after the post
     status = browser.find_element(By.ID, "override-status").text
     assert "override active" in status and f"button_color = {chosen}" in status
@@ -281,7 +299,7 @@ def test_qa_override_forces_this_browser_into_a_chosen_group(
     # Cleared from the page: the natural group again.
     browser.add_cookie({"name": "flagware_qa", "value": value, "path": "/"})
     browser.get(base + "/_flagware/")
-    browser.find_element(By.ID, "override-clear").click()
+    _submit_and_wait(browser, "override-clear")
     assert "No override" in browser.find_element(By.ID, "override-status").text
     assert browser.get_cookie("flagware_qa") is None
     browser.get(base + "/signup")

@@ -1,6 +1,7 @@
 """identity: private, stable user IDs; safe handling of bad addresses and cookies."""
 
 import hashlib
+import os
 
 import pytest
 
@@ -116,3 +117,56 @@ def test_hash_ip_is_the_documented_hmac() -> None:
 
     expected = hmac.new(b"k", b"192.0.2.1", hashlib.sha256).hexdigest()[:32]
     assert identity.hash_ip(b"k", "192.0.2.1") == expected
+
+
+def test_cookie_header_is_what_werkzeug_writes() -> None:
+    from werkzeug.http import dump_cookie
+
+    for secure in (False, True):
+        for max_age in (60, 365 * 24 * 3600):
+            sid = identity.new_id()
+            assert identity.cookie_header(
+                "flagware_id", sid, secure=secure, max_age=max_age
+            ) == dump_cookie(
+                "flagware_id",
+                sid,
+                max_age=max_age,
+                path="/",
+                secure=secure,
+                httponly=True,
+                samesite="Lax",
+            )
+
+
+def test_new_ids_are_unique_and_hex() -> None:
+    ids = [identity.new_id() for _ in range(5000)]  # across many draws from os.urandom
+    assert len(set(ids)) == len(ids)
+    assert all(identity.is_valid_stable_id(i) for i in ids)
+
+
+def test_hash_ip_matches_hmac_for_any_key_length() -> None:
+    import hashlib
+    import hmac
+
+    for key in (b"", b"k", b"x" * 64, b"y" * 65, bytes(range(200))):
+        for ip in ("192.0.2.1", "2001:db8::1"):
+            expected = hmac.digest(key, ip.encode(), hashlib.sha256)[:16].hex()
+            assert identity.hash_ip(key, ip) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_reuses_its_parents_ids() -> None:
+    identity.new_id()  # the parent now holds a pool of drawn IDs
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, "".join(identity.new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 320).decode()
+    os.close(read)
+    parent = "".join(identity.new_id() for _ in range(10))
+    assert {child[i : i + 32] for i in range(0, 320, 32)}.isdisjoint(
+        parent[i : i + 32] for i in range(0, 320, 32)
+    )

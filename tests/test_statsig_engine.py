@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -115,6 +116,10 @@ def _sdk_exception_attempts(server: Any, refused: list[str]) -> list[str]:
     return refused[before:]
 
 
+@pytest.mark.skipif(
+    os.environ.get("FLAGWARE_ENGINE") == "core",
+    reason="the legacy SDK's error boundary; Core's network is traced in test_core_engine.py",
+)
 def test_the_sdk_never_posts_its_exceptions_to_the_internet(
     make_client: Any, no_internet: list[str]
 ) -> None:
@@ -180,3 +185,22 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> Non
         finally:
             second.close()
         assert len(stub.events) == 33
+
+
+def test_the_engine_lists_the_downloaded_experiments_and_their_groups(
+    stub: Any, tmp_path: Any
+) -> None:
+    """What the diagnostics page and the QA override read, on either engine."""
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+    )
+    try:
+        assert fw.engine.names() == (["everyone"], ["button_color"])
+        assert fw.engine.experiment_groups() == {
+            "button_color": {"Control": {"color": "blue"}, "Red": {"color": "red"}}
+        }
+    finally:
+        fw.close()

@@ -311,16 +311,11 @@ class DiagnosticsApp:
             f" (first {LISTED_NAMES} of each); evaluated here without exposures.</p>"
         )
         try:
-            # The SDK's spec store has no public listing; Any keeps its untyped API contained.
-            store: Any = self.client.engine.server()._evaluator._spec_store
-            gates = sorted(store.get_all_gates())[:LISTED_NAMES]
-            configs = store.get_all_configs()
-            experiments = sorted(
-                name for name, spec in configs.items() if spec.get("entity") == "experiment"
-            )[:LISTED_NAMES]
+            gates, experiments = self.client.engine.names()
         except Exception as exc:
             self.client.report(exc, "diagnostics")
             return [], [], '<p class="muted">The Statsig specs are not available yet.</p>'
+        gates, experiments = gates[:LISTED_NAMES], experiments[:LISTED_NAMES]
         return gates, experiments, note
 
     def _results(self) -> str:

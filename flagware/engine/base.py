@@ -1,17 +1,17 @@
-"""The SDK wrapper both engines share: one StatsigServer per process, started on first use."""
+"""What every engine shares: the evaluation result and one SDK per process, started on first use."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from statsig.statsig_options import StatsigOptions
-from statsig.statsig_server import StatsigServer
-from statsig.statsig_user import StatsigUser
-
 log = logging.getLogger("flagware")
+
+# What flagware puts in a user (the Statsig wire shape); engines build their SDK's user from it.
+UserFields = Mapping[str, Any]
 
 
 class Evaluation(NamedTuple):
@@ -25,66 +25,65 @@ class Evaluation(NamedTuple):
 
 
 class Engine:
-    """Starts the SDK lazily in each process, so pre-fork servers are safe.
+    """Starts its SDK lazily in each process, so pre-fork servers are safe.
 
     A server created before a fork is never used in the child: its threads did
-    not survive the fork, so the child builds its own on first use.
+    not survive the fork, so the child builds its own on first use. Subclasses
+    say how to start and stop their SDK and how to evaluate with it.
     """
 
-    kind = "engine"
+    kind = "engine"  # "local" or "statsig": where the specs come from
+    sdk = "legacy"  # "legacy" (the statsig package) or "core" (statsig-python-core)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._server: StatsigServer | None = None
+        self._server: Any = None
         self._pid = -1
 
-    # Subclasses say how to start the SDK.
-    def _sdk_key(self) -> str:
+    def _start(self) -> Any:
         raise NotImplementedError
 
-    def _options(self) -> StatsigOptions:
+    def _stop(self, server: Any) -> None:
         raise NotImplementedError
 
-    def server(self) -> StatsigServer:
+    def server(self) -> Any:
         server = self._server
         if server is not None and self._pid == os.getpid():
             return server
         with self._lock:
             if self._server is None or self._pid != os.getpid():
-                server = StatsigServer()
-                server.initialize(self._sdk_key(), self._options())
-                self._server, self._pid = server, os.getpid()
+                self._server, self._pid = self._start(), os.getpid()
             return self._server
 
-    def gate(self, user: StatsigUser, name: str) -> Evaluation:
-        # The evaluator directly: the public check_gate copies the user, runs an
-        # error boundary and the SDK's exposure logger, all of which flagware
-        # does itself (once per request) or does not need.
-        result = self.server()._evaluator.check_gate(user, name)
-        return Evaluation(
-            bool(result.boolean_value),
-            {},
-            result.rule_id or "",
-            result.group_name,
-            result.secondary_exposures or [],
-        )
+    def _replace_server(self) -> None:
+        """Drop this process's server; the next call starts one on the current specs."""
+        old, self._server = self._server, None
+        if old is not None and self._pid == os.getpid():
+            self._stop(old)
 
-    def config(self, user: StatsigUser, name: str) -> Evaluation:
-        result = self.server()._evaluator.get_config(user, name)
-        params = result.json_value
-        return Evaluation(
-            bool(result.boolean_value),
-            dict(params) if isinstance(params, dict) else {},
-            result.rule_id or "",
-            result.group_name,
-            result.secondary_exposures or [],
-        )
+    def user(self, fields: UserFields) -> Any:
+        """The SDK's user object for flagware's user fields (built once per request)."""
+        raise NotImplementedError
+
+    def gate(self, user: Any, name: str) -> Evaluation:
+        raise NotImplementedError
+
+    def config(self, user: Any, name: str) -> Evaluation:
+        raise NotImplementedError
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """Gate and experiment names in the specs this process holds."""
+        raise NotImplementedError
+
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Each experiment's groups and their params, from the specs this process holds."""
+        raise NotImplementedError
 
     def close(self) -> None:
         with self._lock:
             server, self._server = self._server, None
             if server is not None and self._pid == os.getpid():
                 try:
-                    server.shutdown()
+                    self._stop(server)
                 except Exception:  # shutting down must never raise at exit
-                    log.debug("flagware: statsig shutdown failed", exc_info=True)
+                    log.debug("flagware: %s SDK shutdown failed", self.sdk, exc_info=True)

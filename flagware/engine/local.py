@@ -10,17 +10,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from statsig.statsig_options import StatsigOptions
-from statsig.statsig_server import StatsigServer
-from statsig.statsig_user import StatsigUser
 
 from flagware.engine.base import Engine, Evaluation
+from flagware.engine.legacy import LegacySDK
 from flagware.spec import Spec, compile_dcs, did_you_mean, load_spec
 
 log = logging.getLogger("flagware")
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's mtime
+LOCAL_SDK_KEY = "secret-flagware-local"  # never sent anywhere: both SDKs want a key
 
 
 def _not_local_mode_chatter(record: logging.LogRecord) -> bool:
@@ -32,8 +33,8 @@ def _not_local_mode_chatter(record: logging.LogRecord) -> bool:
 logging.getLogger("statsig.sdk").addFilter(_not_local_mode_chatter)
 
 
-class LocalEngine(Engine):
-    """Gates and experiments from a local spec file, with the SDK's own evaluator.
+class LocalSpec(Engine):
+    """Gates and experiments from a local spec file, whichever SDK evaluates them.
 
     Gates can change at any time, so the spec file is re-read when it changes
     (checked at most once a second); a broken edit keeps the last good spec and
@@ -63,12 +64,12 @@ class LocalEngine(Engine):
         # removed from the spec): counted on every read, logged once per name.
         self.unknown_names: Counter[str] = Counter()
 
-    def gate(self, user: StatsigUser, name: str) -> Evaluation:
+    def gate(self, user: Any, name: str) -> Evaluation:
         if name not in self.spec.gates:
             self._unknown("gate", name, "it is False for everyone")
         return super().gate(user, name)
 
-    def config(self, user: StatsigUser, name: str) -> Evaluation:
+    def config(self, user: Any, name: str) -> Evaluation:
         if name not in self.spec.experiments:
             self._unknown("experiment", name, "everyone gets empty params")
         return super().config(user, name)
@@ -99,24 +100,21 @@ class LocalEngine(Engine):
         except OSError:
             return 0.0
 
-    def _sdk_key(self) -> str:
-        return "secret-flagware-local"
-
-    def _options(self) -> StatsigOptions:
-        return StatsigOptions(
-            local_mode=True,
-            bootstrap_values=json.dumps(compile_dcs(self.spec)),
-            disable_all_logging=True,
-            disable_diagnostics=True,
-            tier=self.tier,
-        )
-
-    def server(self) -> StatsigServer:
+    def server(self) -> Any:
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + RELOAD_CHECK_INTERVAL
             self._maybe_reload()
         return super().server()
+
+    def names(self) -> tuple[list[str], list[str]]:
+        return list(self.spec.gates), list(self.spec.experiments)
+
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {
+            name: {g.name: dict(g.params) for g in exp.groups}
+            for name, exp in self.spec.experiments.items()
+        }
 
     def _maybe_reload(self) -> None:
         if not self._reload_lock.acquire(blocking=False):
@@ -134,9 +132,23 @@ class LocalEngine(Engine):
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
             self.spec = spec
-            old, self._server = self._server, None  # the next call starts a server on the new spec
-            if old is not None and self._pid == os.getpid():
-                old.shutdown()
+            self._replace_server()  # the next call starts a server on the new spec
             log.info("flagware: reloaded %s", self.path)
         finally:
             self._reload_lock.release()
+
+
+class LocalEngine(LocalSpec, LegacySDK):
+    """The local spec evaluated by the legacy SDK in local mode (the default)."""
+
+    def _sdk_key(self) -> str:
+        return LOCAL_SDK_KEY
+
+    def _options(self) -> StatsigOptions:
+        return StatsigOptions(
+            local_mode=True,
+            bootstrap_values=json.dumps(compile_dcs(self.spec)),
+            disable_all_logging=True,
+            disable_diagnostics=True,
+            tier=self.tier,
+        )

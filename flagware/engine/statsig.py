@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from statsig.statsig_options import StatsigOptions
 
-from flagware.engine.base import Engine
+from flagware.engine.legacy import LegacySDK
 
 
-class StatsigEngine(Engine):
+class StatsigSource:
+    """Where the specs come from: Statsig's API (or a proxy), with this secret."""
+
     kind = "statsig"
 
     def __init__(
@@ -24,6 +26,8 @@ class StatsigEngine(Engine):
         self.init_timeout = init_timeout
         self.tier = tier
 
+
+class StatsigEngine(StatsigSource, LegacySDK):
     def _sdk_key(self) -> str:
         return self.secret
 

@@ -79,4 +79,8 @@ class Event:
         return wire
 
     def payload(self) -> str:
-        return json.dumps(self.to_wire(), separators=(",", ":"), default=str)
+        return _encode_wire(self.to_wire())
+
+
+# Made once: json.dumps with keyword arguments builds a new encoder per call.
+_encode_wire = json.JSONEncoder(separators=(",", ":"), default=str).encode

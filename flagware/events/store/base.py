@@ -124,6 +124,11 @@ def load_queries(dialect: str) -> dict[str, LiteralString]:
     return {key: sql.strip() for key, sql in queries.items()}
 
 
+# Made once: json.dumps with keyword arguments builds a new JSONEncoder on every
+# call, and the writer thread made three such calls per event.
+_encode = json.JSONEncoder(default=str).encode
+
+
 def event_row(event: Event, deliver: bool) -> tuple[Any, ...]:
     """An event as the row both backends insert (``EVENT_COLUMNS`` order)."""
     value = event.value
@@ -135,7 +140,7 @@ def event_row(event: Event, deliver: bool) -> tuple[Any, ...]:
         event.stable_id,
         None if value is None else json.dumps(value),
         value_num,
-        None if event.metadata is None else json.dumps(event.metadata, default=str),
+        None if event.metadata is None else _encode(event.metadata),
         event.exposure,
         event.group,
         event.payload(),

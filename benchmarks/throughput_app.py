@@ -1,0 +1,81 @@
+"""The WSGI apps benchmarks/throughput.py serves with gunicorn, one per process.
+
+``BENCH_APP`` picks the app; every app answers ``GET /`` with a short body:
+
+- ``bare``: Flask, no flags;
+- ``wrapped``: the same app wrapped with flagware, reading no flag;
+- ``hand``: the seed lab written by hand on the ``statsig`` SDK, its event
+  logger live against the loopback stub at ``BENCH_STUB`` (started lazily in
+  each worker, as it must be after gunicorn forks);
+- ``legacy`` / ``core``: the seed lab through flagware on that engine, every
+  exposure and event stored in ``BENCH_STORE``.
+
+The seed lab's work: one gate, one experiment, one event per request.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from flask import Flask, request
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
+KIND = os.environ.get("BENCH_APP", "bare")
+
+app = Flask(f"bench_{KIND}")
+
+if KIND in ("bare", "wrapped"):
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+elif KIND == "hand":
+    from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
+
+    _lock = threading.Lock()
+    _pid = -1
+
+    def _sdk() -> None:
+        global _pid
+        if _pid != os.getpid():
+            with _lock:
+                if _pid != os.getpid():
+                    options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
+                    statsig.initialize("secret-bench", options)
+                    _pid = os.getpid()
+
+    @app.get("/")
+    def index() -> str:
+        _sdk()
+        user = StatsigUser(user_id=str(hash(request.remote_addr)))
+        banner = statsig.check_gate(user, "new_signup")
+        color = statsig.get_experiment(user, "button_color").get("color", "blue")
+        statsig.log_event(StatsigEvent(user, "visited_signup"))
+        return f"{banner} {color}"
+
+else:
+    from flagware import current_flags, log_event
+
+    @app.get("/")
+    @log_event("visited_signup")
+    def index() -> str:
+        flags = current_flags()
+        banner = flags.gate("new_signup")
+        color = flags.experiment("button_color").get("color", "blue")
+        return f"{banner} {color}"
+
+
+if KIND != "bare" and KIND != "hand":
+    from flagware import Flagware, FlagwareMiddleware
+
+    fw = Flagware(
+        spec=SPEC,
+        engine="core" if KIND == "core" else "legacy",
+        event_store=os.environ["BENCH_STORE"],
+        hash_key="bench",
+    )
+    app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)  # type: ignore[method-assign]

@@ -1,0 +1,258 @@
+"""Evaluation with Statsig's Core SDK (``statsig-python-core``, a Rust core): ``engine="core"``.
+
+Install it with ``pip install 'flagware[core]'``. Both spec sources work:
+
+- the local spec, compiled as for the legacy SDK, converted to the v2 shape Core
+  reads (``core_dcs.to_v2``) and handed over through a ``DataStore`` with the
+  network off, so nothing leaves the process;
+- Statsig with a secret: Core downloads the specs from ``statsig_api`` itself.
+
+Core's own event logging is off in both: flagware records exposures and events
+itself (store and delivery), exactly as on the legacy engine. Overrides are
+flagware's too (``flagware.testing``), so they never reach Core.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import json
+import logging
+import weakref
+from typing import Any
+
+from flagware.engine.base import Engine, Evaluation, UserFields
+from flagware.engine.core_dcs import to_v2
+from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
+from flagware.engine.statsig import StatsigSource
+from flagware.spec import compile_dcs
+
+# The modules, or None without the extra; Any keeps their untyped API contained.
+core: Any
+core_statsig: Any
+try:
+    core = importlib.import_module("statsig_python_core")
+    core_statsig = importlib.import_module("statsig_python_core.statsig")
+except ImportError:  # pragma: no cover - exercised only without the extra
+    core = core_statsig = None
+
+log = logging.getLogger("flagware")
+core_log = logging.getLogger("flagware.core")  # what the Core SDK itself reports
+
+SHUTDOWN_TIMEOUT = 2.0  # seconds close() waits for Core's runtime to stop
+# Rule IDs that mean no rule matched (or the spec is off): the config's rule did not pass.
+_NOT_PASSED = frozenset(("", "default", "disabled"))
+
+
+def require_core() -> None:
+    if core is None:
+        raise ImportError(
+            "engine='core' needs Statsig's Core SDK: pip install 'flagware[core]' "
+            "(statsig-python-core)"
+        )
+
+
+class EngineStartError(RuntimeError):
+    """Core started but could not read the specs it was given."""
+
+
+if core is not None:
+
+    class _Server(core.StatsigBasePy):  # type: ignore[misc]
+        """Core's base class without the Python wrapper's per-call error boundary
+        (flagware catches, counts and logs errors itself); a Python subclass so the
+        instance can join Core's fork-recovery set (a WeakSet)."""
+
+    class _Logs(core.OutputLoggerProvider):  # type: ignore[misc]
+        """Core's own log lines into Python logging (it prints them to stdout otherwise)."""
+
+        def warn(self, tag: str, msg: str) -> None:
+            core_log.warning("%s: %s", tag, msg)
+
+        def error(self, tag: str, msg: str) -> None:
+            core_log.error("%s: %s", tag, msg)
+
+    class _SpecsStore(core.DataStore):  # type: ignore[misc]
+        """Hands Core one DCS document; Core's only source with the network off."""
+
+        def __init__(self, document: str, time_ms: int) -> None:
+            super().__init__()
+            data_store: Any = importlib.import_module("statsig_python_core.data_store")
+            self.response = data_store.DataStoreResponse(result=document, time=time_ms)
+
+        def get(self, key: str) -> Any:
+            if "download_config_specs" not in key:
+                return None
+            return self.response
+
+        def set(self, key: str, value: str, time: int | None = None) -> None:
+            pass  # read-only: the spec file is the truth
+
+        def support_polling_updates_for(self, key: str) -> bool:
+            return False  # a changed spec file starts a new server instead
+
+
+_engines: weakref.WeakSet[CoreSDK] = weakref.WeakSet()
+
+
+@atexit.register  # after Core's own atexit hook, so it runs before it (LIFO)
+def _close_engines() -> None:
+    # Core's hook stops its runtime; an instance still alive after that is
+    # dropped during finalisation and prints "StatsigSafeGil: GIL Unavailable".
+    for engine in list(_engines):
+        engine.close()
+
+
+class CoreSDK(Engine):
+    """One Core instance per process; evaluations through its raw dict API."""
+
+    sdk = "core"
+
+    def __init__(self) -> None:
+        require_core()
+        super().__init__()
+        _engines.add(self)
+
+    def _sdk_key(self) -> str:
+        raise NotImplementedError
+
+    def _core_options(self) -> Any:
+        raise NotImplementedError
+
+    def _start(self) -> Any:
+        server = _Server(self._sdk_key(), self._core_options())
+        # The Python package quiesces Core's runtime around os.fork() and restarts
+        # the instances it knows; join that set as its own Statsig class does.
+        core_statsig._live_statsig_instances.add(server)
+        details = server.initialize_with_details().result()
+        self._check_started(details)
+        return server
+
+    def _check_started(self, details: Any) -> None:
+        pass
+
+    def _stop(self, server: Any) -> None:
+        server.shutdown().wait(SHUTDOWN_TIMEOUT)  # a threading.Event, set once stopped
+
+    def user(self, fields: UserFields) -> Any:
+        return core.StatsigUser(
+            user_id=fields["userID"],
+            custom_ids=fields.get("customIDs"),
+            country=fields.get("country"),
+            ip=fields.get("ip"),
+            user_agent=fields.get("userAgent"),
+            custom=fields.get("custom"),
+            statsig_environment=fields.get("statsigEnvironment"),
+        )
+
+    def gate(self, user: Any, name: str) -> Evaluation:
+        # No disable_exposure_logging option: with it, Core counts the check and
+        # POSTs a statsig::non_exposed_checks event to log_event_url at shutdown,
+        # even with disable_all_logging (measured, 0.24.2). Without it, the
+        # exposure is made and dropped by disable_all_logging: nothing is sent.
+        raw = self.server()._INTERNAL_get_feature_gate(user, name, None)
+        return Evaluation(
+            bool(raw.get("value")),
+            {},
+            raw.get("ruleID") or "",
+            None,
+            raw.get("secondaryExposures") or [],
+        )
+
+    def config(self, user: Any, name: str) -> Evaluation:
+        # get_experiment, not get_dynamic_config: only it reports the group and
+        # secondary exposures, and it evaluates dynamic configs the same way.
+        raw = self.server()._INTERNAL_get_experiment(user, name, None)
+        rule_id = raw.get("ruleID") or ""
+        value = raw.get("value")
+        return Evaluation(
+            # Core does not say whether the rule's pass percentage passed; flagware's
+            # own rules all pass at 100%, so a matched rule is a passed one.
+            rule_id not in _NOT_PASSED,
+            value if isinstance(value, dict) else {},
+            rule_id,
+            raw.get("groupName"),
+            raw.get("secondaryExposures") or [],
+        )
+
+    def names(self) -> tuple[list[str], list[str]]:
+        server = self.server()
+        return sorted(server.get_feature_gate_list()), sorted(server.get_experiment_list())
+
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        server = self.server()
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in server.get_experiment_list():
+            groups: dict[str, dict[str, Any]] = {}
+            for group in server._INTERNAL_get_experiment_groups(name).get("groups") or ():
+                if group.get("group_name") and group["group_name"] not in groups:
+                    groups[group["group_name"]] = dict(group.get("return_value") or {})
+            found[name] = groups
+        return found
+
+
+class CoreLocalEngine(LocalSpec, CoreSDK):
+    """The local spec evaluated by Core, offline."""
+
+    def _sdk_key(self) -> str:
+        return LOCAL_SDK_KEY
+
+    def _core_options(self) -> Any:
+        dcs = compile_dcs(self.spec)
+        store = _SpecsStore(json.dumps(to_v2(dcs)), dcs["time"])
+        return core.StatsigOptions(
+            disable_network=True,  # specs come from the store; nothing else is fetched
+            data_store=store,
+            disable_all_logging=True,  # flagware logs exposures and events itself
+            disable_country_lookup=True,  # flagware sets user.country, and never sends the IP
+            environment=self.tier,
+            output_log_level="error",
+            output_logger_provider=_Logs(),
+        )
+
+    def _check_started(self, details: Any) -> None:
+        # init_success is True even when Core could not parse the specs: only
+        # is_config_spec_ready says that the gates in the spec are the ones served.
+        if not details.is_config_spec_ready:
+            failure = details.failure_details
+            reason = failure.error or failure.reason if failure is not None else "unknown"
+            raise EngineStartError(f"the Core SDK did not accept the compiled spec: {reason}")
+
+
+def core_specs_url(api: str) -> str:
+    """Where Core downloads specs: the v2 endpoint beside the API's v1 base URL."""
+    api = api.rstrip("/")
+    if api.endswith("/v1"):
+        api = api[: -len("/v1")] + "/v2"
+    return f"{api}/download_config_specs"
+
+
+class CoreStatsigEngine(StatsigSource, CoreSDK):
+    """Specs downloaded from Statsig (or ``statsig_api``) by Core itself."""
+
+    def _sdk_key(self) -> str:
+        return self.secret
+
+    def _core_options(self) -> Any:
+        api = (self.api or "https://statsigapi.net/v1").rstrip("/")
+        return core.StatsigOptions(
+            specs_url=core_specs_url(api),
+            log_event_url=f"{api}/log_event",  # unused (logging is off), never a default host
+            init_timeout_ms=int(self.init_timeout * 1000),
+            disable_all_logging=True,  # flagware stores and delivers events itself
+            disable_country_lookup=True,
+            enable_id_lists=False,
+            fallback_to_statsig_api=False,  # statsig_api is the one host Core may reach
+            environment=self.tier,
+            output_log_level="error",
+            output_logger_provider=_Logs(),
+        )
+
+    def _check_started(self, details: Any) -> None:
+        # As on the legacy engine: an unreachable API is not fatal; defaults are
+        # served while Core keeps trying in the background.
+        if not details.is_config_spec_ready:
+            log.warning(
+                "flagware: Statsig specs not ready after %.1f s; serving defaults until they come",
+                self.init_timeout,
+            )

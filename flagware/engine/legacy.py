@@ -1,0 +1,90 @@
+"""Evaluation with the legacy ``statsig`` SDK (0.72), the default engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statsig.statsig_options import StatsigOptions
+from statsig.statsig_server import StatsigServer
+from statsig.statsig_user import StatsigUser
+
+from flagware.engine.base import Engine, Evaluation, UserFields
+
+
+class LegacySDK(Engine):
+    """One ``StatsigServer`` per process, evaluated through its evaluator."""
+
+    sdk = "legacy"
+
+    # Subclasses say how to start the SDK.
+    def _sdk_key(self) -> str:
+        raise NotImplementedError
+
+    def _options(self) -> StatsigOptions:
+        raise NotImplementedError
+
+    def _start(self) -> StatsigServer:
+        server = StatsigServer()
+        server.initialize(self._sdk_key(), self._options())
+        return server
+
+    def _stop(self, server: Any) -> None:
+        server.shutdown()
+
+    def user(self, fields: UserFields) -> StatsigUser:
+        return StatsigUser(
+            user_id=fields["userID"],
+            custom_ids=fields.get("customIDs"),
+            country=fields.get("country"),
+            ip=fields.get("ip"),
+            user_agent=fields.get("userAgent"),
+            custom=fields.get("custom"),
+            _statsig_environment=fields.get("statsigEnvironment"),
+        )
+
+    def gate(self, user: StatsigUser, name: str) -> Evaluation:
+        # The evaluator directly: the public check_gate copies the user, runs an
+        # error boundary and the SDK's exposure logger, all of which flagware
+        # does itself (once per request) or does not need.
+        result = self.server()._evaluator.check_gate(user, name)
+        return Evaluation(
+            bool(result.boolean_value),
+            {},
+            result.rule_id or "",
+            result.group_name,
+            result.secondary_exposures or [],
+        )
+
+    def config(self, user: StatsigUser, name: str) -> Evaluation:
+        result = self.server()._evaluator.get_config(user, name)
+        params = result.json_value
+        return Evaluation(
+            bool(result.boolean_value),
+            dict(params) if isinstance(params, dict) else {},
+            result.rule_id or "",
+            result.group_name,
+            result.secondary_exposures or [],
+        )
+
+    def names(self) -> tuple[list[str], list[str]]:
+        # The SDK's spec store has no public listing; Any keeps its untyped API contained.
+        store: Any = self.server()._evaluator._spec_store
+        configs = store.get_all_configs()
+        experiments = [n for n, spec in configs.items() if spec.get("entity") == "experiment"]
+        return sorted(store.get_all_gates()), sorted(experiments)
+
+    def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
+        # Its config specs carry each experiment group's name and value on the
+        # rules that assign it.
+        store: Any = self.server()._evaluator._spec_store
+        found: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, config in store.get_all_configs().items():
+            if config.get("entity") != "experiment":
+                continue
+            groups: dict[str, dict[str, Any]] = {}
+            for rule in config.get("rules", ()):
+                group = rule.get("groupName")
+                if group and group not in groups:
+                    groups[group] = dict(rule.get("returnValue") or {})
+            found[name] = groups
+        return found

@@ -1,0 +1,46 @@
+"""benchmarks/throughput.py runs end to end: real gunicorn servers, real wrk, figures out.
+
+A smoke run (one round of one second on two of the apps), so the benchmark the
+README quotes cannot rot; it asserts that every request succeeded and that the
+figures are there, not how fast this machine is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Engine-independent: it drives both engines, so it runs in the default CI leg only.
+ONE_LEG = pytest.mark.skipif(
+    os.environ.get("FLAGWARE_ENGINE") == "core",
+    reason="it runs both engines itself (default leg only)",
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    ONE_LEG,
+    pytest.mark.skipif(
+        shutil.which("wrk") is None,
+        reason="the throughput benchmark needs wrk (apt-get install wrk)",
+    ),
+]
+
+
+def test_the_throughput_benchmark_serves_every_app_without_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("statsig_python_core")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import throughput
+
+    figures = throughput.main(["--rounds", "1", "--seconds", "1", "--apps", "hand,core", "--json"])
+    for kind in ("hand", "core"):
+        for profile in ("new", "returning"):
+            row = figures["apps"][kind][profile]
+            assert row["errors"] == 0 and row["rps"] > 0
+            assert 0 < row["p50_ms"] <= row["p99_ms"]
+    assert figures["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0
