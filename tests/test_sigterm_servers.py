@@ -1,0 +1,246 @@
+"""SIGTERM under real servers: every event of every 2xx response is stored.
+
+Each server runs as a subprocess serving a small flagware-wrapped app (local
+engine, ``flush_interval=60`` so nothing reaches the store on the writer's
+own cadence). The test fires requests, sends SIGTERM to the server (the
+master for gunicorn) as soon as the responses are back, waits for the
+process to exit and counts the stored events: exactly three per 2xx request
+(the gate's exposure, a custom event, a ``@log_event`` success event).
+
+The servers differ in what SIGTERM does, which is the point. gunicorn's
+workers and uvicorn install their own handler and shut down gracefully (the
+requests in flight finish: one slow request is in flight at the signal);
+gunicorn's workers then exit normally, while uvicorn puts back the handler it
+replaced (flagware's) and raises SIGTERM again. waitress and ``python app.py``
+(wsgiref) install none. With ``handle_sigterm=False`` waitress, uvicorn
+(``--lifespan off``) and wsgiref store none of the events.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flagware.events.store import open_store
+from tests.servers import fetch
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 4
+PER_THREAD = 10
+# A browser's agent: a bot's flag reads expose nothing.
+BROWSER = {"User-Agent": "Mozilla/5.0 Firefox/121"}
+
+APP = """
+import os
+import time
+from pathlib import Path
+
+from flagware import Flagware, FlagwareMiddleware, current_flags, log_event
+from flagware.asgi import FlagwareMiddleware as AsgiMiddleware
+
+fw = Flagware(
+    spec=os.environ["SPEC"],
+    event_store=os.environ["EVENT_STORE"],
+    hash_key="k",
+    flush_interval=60,  # only shutdown stores anything
+)
+
+
+@log_event("visited")
+def work(uid):
+    flags = current_flags()
+    flags.gate("everyone")
+    flags.log_event("hit", metadata={"uid": uid})
+    if uid.startswith("slow"):
+        Path(os.environ["SLOW_MARK"]).write_text(uid)  # in flight now
+        time.sleep(1.5)
+    return "ok"
+
+
+def view(environ, start_response):
+    body = work(environ["QUERY_STRING"]).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+app = FlagwareMiddleware(view, fw)
+
+
+async def asgi_view(scope, receive, send):
+    # No lifespan support (uvicorn runs with --lifespan off): only the
+    # SIGTERM path can store the events.
+    body = work(scope["query_string"].decode()).encode()
+    headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+asgi_app = AsgiMiddleware(asgi_view, fw)
+
+if __name__ == "__main__":
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    make_server("127.0.0.1", int(os.environ["PORT"]), app, handler_class=Quiet).serve_forever()
+"""
+
+SERVERS: dict[str, tuple[str, bool]] = {
+    # name: (command, with {port}; whether requests in flight at SIGTERM finish)
+    "gunicorn-sync": ("-m gunicorn -w 2 -k sync -b 127.0.0.1:{port} sapp:app", True),
+    "gunicorn-gthread": (
+        "-m gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:{port} sapp:app",
+        True,
+    ),
+    "waitress": ("-m waitress --listen=127.0.0.1:{port} sapp:app", False),
+    "uvicorn": ("-m uvicorn --lifespan off --port {port} sapp:asgi_app", True),
+    "wsgiref": ("sapp.py", False),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listened on port {port} within {timeout} s")
+
+
+def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes], int]:
+    (tmp_path / "sapp.py").write_text(textwrap.dedent(APP))
+    port = free_port()
+    command = [sys.executable, *SERVERS[name][0].format(port=port).split()]
+    env = {
+        **os.environ,
+        "SPEC": str(tmp_path / "flagware.toml"),
+        "EVENT_STORE": store,
+        "SLOW_MARK": str(tmp_path / "slow"),
+        "PORT": str(port),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]),
+    }
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_for_port(port, proc)
+    except BaseException:
+        proc.kill()
+        print(proc.communicate(timeout=30)[0].decode())
+        raise
+    return proc, port
+
+
+def get(port: int, uid: str) -> int:
+    """The status of one request; 0 when the server went away before answering."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return fetch(port, f"/?{uid}", headers=BROWSER).status
+        except ConnectionRefusedError:  # a gunicorn worker still booting: the port is the master's
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        except OSError:
+            return 0
+
+
+def stored_hits(store: str) -> tuple[Counter[str], int]:
+    """Stored events by kind, and the uids of the stored ``hit`` events."""
+    with open_store(store) as s:
+        rows = list(s.iter_events())
+    kinds = Counter(r["event"] for r in rows)
+    hits = sorted(r["metadata"]["uid"] for r in rows if r["event"] == "hit")
+    assert len(hits) == len(set(hits)), "an event stored twice"
+    return kinds, len(hits)
+
+
+def run_and_terminate(name: str, tmp_path: Path, store: str) -> tuple[set[str], int]:
+    """Serve, fire requests, SIGTERM at once; the uids answered 2xx and the exit code."""
+    proc, port = serve(name, tmp_path, store)
+    graceful = SERVERS[name][1]
+    ok: set[str] = set()
+    try:
+        uids = [f"{t}-{i}" for t in range(THREADS) for i in range(PER_THREAD)]
+        with ThreadPoolExecutor(THREADS) as pool:
+            statuses = dict(zip(uids, pool.map(lambda uid: get(port, uid), uids), strict=True))
+        assert set(statuses.values()) == {200}, statuses
+        ok |= set(uids)
+        slow: dict[str, int] = {}
+        slow_thread = None
+        if graceful:  # one request in flight at the signal: it finishes, its events count
+            mark = tmp_path / "slow"
+            slow_thread = threading.Thread(target=lambda: slow.update(slow=get(port, "slow")))
+            slow_thread.start()
+            deadline = time.monotonic() + 30
+            while not mark.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert mark.exists(), "the slow request never reached the app"
+        # Nothing stored yet: the writer's next flush is a minute away.
+        assert stored_hits(store)[1] == 0
+        proc.send_signal(signal.SIGTERM)
+        if slow_thread is not None:
+            slow_thread.join(30)
+            assert slow == {"slow": 200}, "a graceful server must finish the request in flight"
+            ok.add("slow")
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert "Traceback" not in output, output
+    return ok, proc.returncode
+
+
+EXIT = {  # what SIGTERM makes of each server
+    "gunicorn-sync": 0,
+    "gunicorn-gthread": 0,
+    "waitress": -signal.SIGTERM,  # no handler: flagware's stores, then SIGTERM kills as before
+    "uvicorn": -signal.SIGTERM,  # raised again, to flagware's handler, after its shutdown
+    "wsgiref": -signal.SIGTERM,
+}
+
+
+@pytest.mark.parametrize("name", list(SERVERS))
+def test_sigterm_stores_every_event_of_every_2xx_request(
+    name: str, tmp_path: Path, spec_file: Any
+) -> None:
+    store = str(tmp_path / "events.db")
+    ok, code = run_and_terminate(name, tmp_path, store)
+    assert code == EXIT[name]
+    kinds, hits = stored_hits(store)
+    assert hits == len(ok)
+    assert kinds == {"statsig::gate_exposure": len(ok), "hit": len(ok), "visited": len(ok)}
+
+
+def test_sigterm_under_waitress_on_postgresql(
+    tmp_path: Path, spec_file: Any, postgres_url: str
+) -> None:
+    ok, code = run_and_terminate("waitress", tmp_path, postgres_url)
+    assert code == -signal.SIGTERM
+    kinds, _ = stored_hits(postgres_url)
+    assert kinds == {"statsig::gate_exposure": len(ok), "hit": len(ok), "visited": len(ok)}
