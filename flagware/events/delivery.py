@@ -2,11 +2,11 @@
 
 Events reach Statsig from the store (SQLite or PostgreSQL), never from memory,
 so whatever was stored survives an outage, a restart or a crash. A batch is
-leased in the store before it is sent (see ``Store.claim``) and marked
+leased in the store before it is sent (``events/leases.py``) and marked
 delivered only on a 2xx, so processes sharing one store never send the same
 event twice. The one exception: a process that dies between a send and its
 settle leaves a lease that is re-sent (with ``STATSIG-RETRY`` raised) when it
-expires or is found dead, so a SIGKILL can duplicate at most
+runs out or is found dead, so a SIGKILL can duplicate at most
 ``concurrency x batch_size`` events.
 
 Failures:
@@ -24,7 +24,6 @@ one process and is created lazily on first use in that process, so a fork
 from __future__ import annotations
 
 import http.client
-import itertools
 import logging
 import os
 import random
@@ -37,23 +36,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flagware.events.store import (
-    DELIVERED,
-    PARKED,
-    Batch,
-    Store,
-    StoreStats,
-    lease_owner,
-    open_store,
-    redact,
-)
+from flagware.events.leases import DEFAULT_LEASE, Leases
+from flagware.events.store import DELIVERED, PARKED, Batch, Store, StoreStats, open_store, redact
 from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
 
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-REAP_INTERVAL = 30.0  # seconds between checks for leases of dead processes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,24 +77,29 @@ class DeliveryRejected(Exception):
 class _Runtime:
     """One process's delivery state. Never used in another process."""
 
-    def __init__(self, store: str, batch_size: int) -> None:
+    def __init__(self, delivery: Delivery) -> None:
         self.pid = os.getpid()
-        self.store = open_store(store)
-        self.nonce = uuid.uuid4().hex[:8]
+        self.store = open_store(delivery.store_location)
         self.session_id = str(uuid.uuid4())
-        self.batches = itertools.count()  # next() is atomic in CPython
-        self.batch_size = batch_size
+        self.batch_size = delivery.batch_size
         self.lock = threading.Lock()
         self.wake = threading.Event()  # new events stored
         self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
         self.stop = threading.Event()
+        self.leases = Leases(
+            self.store,
+            lease=delivery.lease,
+            max_age=delivery.max_age,
+            persist_for=delivery.persist_for,
+            stop=self.stop,
+            report=delivery._report,
+        )
         self.threads: list[threading.Thread] = []
         self.failures = 0  # consecutive failed sends, shared by the threads
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
         self.claims = 0  # claims started, so a drain can tell none slipped past it
-        self.reaped = time.monotonic()  # last release_dead_leases
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
@@ -136,6 +131,9 @@ class Delivery:
         # (the batches in flight are re-sent): 2 x 500 = 1,000 at most.
         batch_size: int = 500,
         concurrency: int = 2,  # requests in flight per process
+        # A dead sender's batches are re-sent at most this long after its last
+        # renewal; a live one renews every lease / 3 s while a send is in flight.
+        lease: float = DEFAULT_LEASE,
         retry_min: float = 0.5,  # first backoff, doubled per consecutive failure
         retry_max: float = 60.0,  # backoff cap
         poll_interval: float = 2.0,  # idle re-check for other processes' leftovers
@@ -150,8 +148,12 @@ class Delivery:
         self.api = api
         self.max_age = max_age
         self.request_timeout = request_timeout
-        # A lease outlives any request, so only a dead process's lease expires.
-        self.lease = max(60.0, 3 * request_timeout)
+        if lease < 1:
+            raise ValueError(f"lease must be at least 1 s, got {lease}")
+        self.lease = lease
+        # An outcome is retried while the store is away (a database restart or
+        # failover) for this long; giving up re-sends a batch Statsig accepted.
+        self.persist_for = max(30.0, 1.5 * request_timeout)
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
         self.retry_min = retry_min
@@ -192,7 +194,7 @@ class Delivery:
         with rt.lock:
             rt.draining += 1
         try:
-            rt.store.release_dead_leases()
+            rt.leases.release_dead()
             rt.kick.set()
             rt.wake.set()
             while True:
@@ -231,7 +233,11 @@ class Delivery:
         deadline = time.monotonic() + timeout
         for thread in rt.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if not any(thread.is_alive() for thread in rt.threads):
+        # A send still in flight keeps its lease alive until it ends or the
+        # process does; only then may the heartbeat and the connections go.
+        if not any(thread.is_alive() for thread in rt.threads) and rt.leases.close(
+            max(0.0, deadline - time.monotonic())
+        ):
             rt.store.close()
 
     def stats(self) -> DeliveryStats:
@@ -264,7 +270,7 @@ class Delivery:
                     # store connections are the parent's. Keep it referenced so it
                     # is never finalized (closed) in this process.
                     _inherited.append(rt)
-                rt = self._rt = _Runtime(self.store_location, self.batch_size)
+                rt = self._rt = _Runtime(self)
             return rt
 
     def _running(self) -> _Runtime | None:
@@ -280,9 +286,10 @@ class Delivery:
 
     def _start(self, rt: _Runtime) -> None:
         try:
-            rt.store.release_dead_leases()
+            rt.leases.release_dead()
         except Exception as exc:
             self._report(exc, "statsig delivery")
+        rt.leases.start()
         for i in range(self.concurrency):
             thread = threading.Thread(
                 target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
@@ -309,23 +316,13 @@ class Delivery:
                     if not self._step(rt, sender):
                         sender.close()  # idle: no stale keep-alive connection later
                         rt.wake.wait(self.poll_interval)
-                        self._reap(rt)
+                        rt.leases.reap()
                 except Exception as exc:  # a bug or a broken store: never kill the thread
                     self._report(exc, "statsig delivery")
                     self._failed(rt)
         finally:
             sender.close()
             rt.store.close_thread()
-
-    def _reap(self, rt: _Runtime) -> None:
-        """Now and then, free leases of dead local processes (a worker killed by a
-        timeout) instead of waiting for them to expire."""
-        now = time.monotonic()
-        with rt.lock:
-            if now - rt.reaped < REAP_INTERVAL:
-                return
-            rt.reaped = now
-        rt.store.release_dead_leases()
 
     def _step(self, rt: _Runtime, sender: Sender) -> bool:
         """Claim one batch and send it; False when there was nothing to claim."""
@@ -334,10 +331,7 @@ class Delivery:
             rt.claims += 1
         try:
             rt.wake.clear()
-            owner = lease_owner(rt.nonce, next(rt.batches))
-            batch = rt.store.claim(
-                owner, limit=rt.batch_size, lease=self.lease, max_age=self.max_age
-            )
+            batch = rt.leases.claim(rt.batch_size)
             if batch is None:
                 return False
             if len(batch) + batch.expired >= rt.batch_size:
@@ -349,7 +343,10 @@ class Delivery:
                     self.max_age,
                 )
             if batch.payloads:
-                self._send(rt, sender, batch)
+                try:
+                    self._send(rt, sender, batch)
+                finally:
+                    rt.leases.forget(batch)  # settled, released, or left to run out
             return True
         finally:
             with rt.lock:
@@ -365,34 +362,17 @@ class Delivery:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
             return
         if 200 <= status < 300:
-            self._persist(rt, lambda: rt.store.settle(batch, DELIVERED))
+            rt.leases.settle(batch, DELIVERED)
             self._succeeded(rt)
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size
                 rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
-            self._persist(rt, lambda: rt.store.release(batch, failed=False))
+            rt.leases.release(batch, failed=False)
             log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
         else:
             self._park(rt, batch, status, reply)
-
-    def _persist(self, rt: _Runtime, write: Callable[[], object]) -> None:
-        """Record a send's outcome, trying again while the store is briefly away (a
-        database restart) for up to half the lease: giving up leaves the batch leased
-        until the lease expires, and re-sends a batch Statsig already accepted."""
-        deadline = time.monotonic() + self.lease / 2
-        pause = 0.1
-        while True:
-            try:
-                write()
-                return
-            except Exception as exc:
-                if time.monotonic() + pause > deadline or rt.stop.is_set():
-                    raise
-                self._report(exc, "event store (delivery outcome)")
-                rt.stop.wait(pause)
-                pause = min(pause * 2, 2.0)
 
     # -- outcomes -----------------------------------------------------------------
 
@@ -405,7 +385,7 @@ class Delivery:
             log.info("flagware: Statsig delivery recovered")
 
     def _retry(self, rt: _Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
-        self._persist(rt, lambda: rt.store.release(batch, failed=True))
+        rt.leases.release(batch, failed=True)
         first = self._failed(rt, retry_after)
         if first:
             log.warning(
@@ -439,7 +419,7 @@ class Delivery:
                 return
 
     def _park(self, rt: _Runtime, batch: Batch, status: int, reply: bytes) -> None:
-        self._persist(rt, lambda: rt.store.settle(batch, PARKED))
+        rt.leases.settle(batch, PARKED)
         detail = reply[:300].decode("utf-8", "replace").strip()
         exc = DeliveryRejected(
             f"Statsig rejected {len(batch)} events with HTTP {status} ({detail or 'no body'});"

@@ -244,6 +244,15 @@ class SQLStore:
                 if failed:
                     self._bump(conn, "retried", 1)
 
+    def renew(self, batch: Batch, *, lease: float) -> bool:
+        """Extend the batch's lease to ``lease`` seconds from now; False when the
+        batch is no longer leased to its owner (settled, or run out and taken over)."""
+        params = {"lease": lease, "now": time.time(), **_range(batch)}
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                return int(self._exec(conn, "renew", params).rowcount) > 0
+
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist.
 

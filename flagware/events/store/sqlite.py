@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, LiteralString, ParamSpec, TypeVar
 
 from flagware.events.store.base import EVENT_COLUMNS, load_queries
 from flagware.events.store.sql import SQLStore
@@ -146,6 +146,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # else, so the child never finalizes (closes) SQLite handles the parent owns.
 _inherited: list[sqlite3.Connection] = []
 
+# The lease heartbeat (events/leases.py): extends a batch's lease, if still its owner's.
+_RENEW: LiteralString = """UPDATE events SET lease_until = :now + :lease
+WHERE id BETWEEN :first AND :last AND delivery = 0 AND lease_owner = :owner"""
+
 _INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -153,7 +157,7 @@ class EventStore(SQLStore):
     """The SQLite store at ``path``. One instance per process; connections are per thread."""
 
     dialect = "sqlite"
-    queries = load_queries("sqlite")
+    queries = load_queries("sqlite") | {"renew": _RENEW}
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__()
