@@ -12,13 +12,19 @@ workers and uvicorn install their own handler and shut down gracefully (the
 requests in flight finish: one slow request is in flight at the signal);
 gunicorn's workers then exit normally, while uvicorn puts back the handler it
 replaced (flagware's) and raises SIGTERM again. waitress and ``python app.py``
-(wsgiref) install none. With ``handle_sigterm=False`` waitress, uvicorn
-(``--lifespan off``) and wsgiref store none of the events.
+(wsgiref) install none. uWSGI loads the app in its master with SIGTERM
+ignored, so flagware installs nothing there; its workers' exit handlers close
+the client, whether ``die-on-term`` stops them at once or the master hook
+``gracefully_kill_them_all`` lets the requests in flight finish. With
+``handle_sigterm=False`` waitress, uvicorn (``--lifespan off``) and wsgiref
+store none of the events.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -109,7 +115,30 @@ SERVERS: dict[str, tuple[str, bool]] = {
     "waitress": ("-m waitress --listen=127.0.0.1:{port} sapp:app", False),
     "uvicorn": ("-m uvicorn --lifespan off --port {port} sapp:asgi_app", True),
     "wsgiref": ("sapp.py", False),
+    # Debian's uWSGI 2.0 with its plugin for this Python (uwsgi-plugin-python3).
+    "uwsgi": (
+        "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
+        " --master --processes 2 --enable-threads --die-on-term --disable-logging",
+        False,  # die-on-term stops the workers at once
+    ),
+    "uwsgi-graceful": (
+        "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
+        " --master --processes 2 --enable-threads --disable-logging"
+        " --hook-master-start 'unix_signal:15 gracefully_kill_them_all'",
+        True,
+    ),
 }
+
+
+PLUGIN = f"python{sys.version_info.major}{sys.version_info.minor}"
+
+
+def uwsgi() -> str:
+    """The uWSGI binary, when it has a plugin for this Python; else the test is skipped."""
+    binary = shutil.which("uwsgi")
+    if binary is None or not Path(f"/usr/lib/uwsgi/plugins/{PLUGIN}_plugin.so").exists():
+        pytest.skip(f"uWSGI with its {PLUGIN} plugin is not installed (.ci/run installs it)")
+    return binary
 
 
 def free_port() -> int:
@@ -134,7 +163,11 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60)
 def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes], int]:
     (tmp_path / "sapp.py").write_text(textwrap.dedent(APP))
     port = free_port()
-    command = [sys.executable, *SERVERS[name][0].format(port=port).split()]
+    program = [sys.executable]
+    if name.startswith("uwsgi"):
+        program = [uwsgi()]
+    options = SERVERS[name][0].format(port=port, venv=sys.prefix, plugin=PLUGIN)
+    command = [*program, *shlex.split(options)]
     env = {
         **os.environ,
         "SPEC": str(tmp_path / "flagware.toml"),
@@ -222,6 +255,8 @@ EXIT = {  # what SIGTERM makes of each server
     "waitress": -signal.SIGTERM,  # no handler: flagware's stores, then SIGTERM kills as before
     "uvicorn": -signal.SIGTERM,  # raised again, to flagware's handler, after its shutdown
     "wsgiref": -signal.SIGTERM,
+    "uwsgi": 0,
+    "uwsgi-graceful": 0,
 }
 
 
