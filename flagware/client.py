@@ -22,7 +22,8 @@ from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
 
 if TYPE_CHECKING:
-    from flagware.events.delivery import Delivery, DeliveryStats
+    from flagware.events.delivery import Delivery
+    from flagware.events.stats import DeliveryStats
     from flagware.identity import CustomResolver, UserResolver
     from flagware.spec import Spec
     from flagware.visitors import ExposureFilter
@@ -313,7 +314,7 @@ class Flagware:
     def delivery_stats(self) -> DeliveryStats:
         """Backlog, delivered, retried, dropped and parked counts, and the oldest
         undelivered event's age (what ``flagware status`` prints)."""
-        from flagware.events.delivery import DeliveryStats
+        from flagware.events.stats import DeliveryStats
 
         # Its own short-lived connection: callable from any thread, even after close().
         with open_store(self.event_store) as store:

@@ -32,42 +32,20 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flagware.events.leases import DEFAULT_LEASE, Leases
-from flagware.events.store import DELIVERED, PARKED, Batch, Store, StoreStats, open_store, redact
+from flagware.events.stats import DeliveryStats
+from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
 from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
+
+__all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
 
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryStats:
-    backlog: int  # events stored for Statsig and not yet delivered, dropped or parked
-    delivered: int
-    retried: int  # failed sends that were (or will be) tried again
-    dropped: int  # older than max_age before they could be delivered
-    parked: int  # rejected by Statsig with a non-retryable 4xx
-    oldest_age: float | None  # seconds since the oldest undelivered event was logged
-    queue_dropped: int = 0  # never stored: a process's queue was full while the store failed
-
-    @classmethod
-    def from_store(cls, stats: StoreStats) -> DeliveryStats:
-        oldest = stats.oldest_pending_ms
-        return cls(
-            backlog=stats.backlog,
-            delivered=stats.delivered,
-            retried=stats.retried,
-            dropped=stats.dropped,
-            parked=stats.parked,
-            oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
-            queue_dropped=stats.queue_dropped,
-        )
 
 
 class DeliveryRejected(Exception):

@@ -10,7 +10,7 @@ import argparse
 from typing import Any
 
 from flagware.cli import add_store_argument, existing_store
-from flagware.events.delivery import DeliveryStats
+from flagware.events.stats import DeliveryStats
 from flagware.events.store import redact
 
 

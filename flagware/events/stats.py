@@ -1,0 +1,36 @@
+"""What Statsig delivery has done so far, for the whole store.
+
+``fw.delivery_stats()`` and ``flagware status`` report it; every figure comes
+from the store, so any process sharing it sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flagware.events.store import StoreStats
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    backlog: int  # events stored for Statsig and not yet delivered, dropped or parked
+    delivered: int
+    retried: int  # failed sends that were (or will be) tried again
+    dropped: int  # older than max_age before they could be delivered
+    parked: int  # rejected by Statsig with a non-retryable 4xx
+    oldest_age: float | None  # seconds since the oldest undelivered event was logged
+    queue_dropped: int = 0  # never stored: a process's queue was full while the store failed
+
+    @classmethod
+    def from_store(cls, stats: StoreStats) -> DeliveryStats:
+        oldest = stats.oldest_pending_ms
+        return cls(
+            backlog=stats.backlog,
+            delivered=stats.delivered,
+            retried=stats.retried,
+            dropped=stats.dropped,
+            parked=stats.parked,
+            oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
+            queue_dropped=stats.queue_dropped,
+        )
