@@ -16,8 +16,8 @@ replaced (flagware's) and raises SIGTERM again. waitress and ``python app.py``
 ignored, so flagware installs nothing there; its workers' exit handlers close
 the client, whether ``die-on-term`` stops them at once or the master hook
 ``gracefully_kill_them_all`` lets the requests in flight finish. With
-``handle_sigterm=False`` waitress, uvicorn (``--lifespan off``) and wsgiref
-store none of the events.
+``handle_sigterm=False`` waitress, uvicorn (``--lifespan off``, alone or as
+gunicorn's worker) and wsgiref store none of the events.
 """
 
 from __future__ import annotations
@@ -85,8 +85,11 @@ app = FlagwareMiddleware(view, fw)
 
 
 async def asgi_view(scope, receive, send):
-    # No lifespan support (uvicorn runs with --lifespan off): only the
-    # SIGTERM path can store the events.
+    # No lifespan support (uvicorn runs with --lifespan off; gunicorn's
+    # uvicorn worker finds it unsupported): only the SIGTERM path can store
+    # the events.
+    if scope["type"] != "http":
+        raise RuntimeError(f"{scope['type']} is not supported")
     body = work(scope["query_string"].decode()).encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -110,6 +113,10 @@ SERVERS: dict[str, tuple[str, bool]] = {
     "gunicorn-sync": ("-m gunicorn -w 2 -k sync -b 127.0.0.1:{port} sapp:app", True),
     "gunicorn-gthread": (
         "-m gunicorn -w 2 -k gthread --threads 4 -b 127.0.0.1:{port} sapp:app",
+        True,
+    ),
+    "gunicorn-uvicorn": (
+        "-m gunicorn -w 2 -k uvicorn.workers.UvicornWorker -b 127.0.0.1:{port} sapp:asgi_app",
         True,
     ),
     "waitress": ("-m waitress --listen=127.0.0.1:{port} sapp:app", False),
@@ -252,6 +259,7 @@ def run_and_terminate(name: str, tmp_path: Path, store: str) -> tuple[set[str], 
 EXIT = {  # what SIGTERM makes of each server
     "gunicorn-sync": 0,
     "gunicorn-gthread": 0,
+    "gunicorn-uvicorn": 0,
     "waitress": -signal.SIGTERM,  # no handler: flagware's stores, then SIGTERM kills as before
     "uvicorn": -signal.SIGTERM,  # raised again, to flagware's handler, after its shutdown
     "wsgiref": -signal.SIGTERM,
