@@ -99,41 +99,49 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         + d.without_rowid
     )
     window = "e.exposure = ? AND e.event = ? AND e.time >= ? AND e.time <= ?"
-    args = (experiment, CONFIG_EXPOSURE, start, until)
+    # The window's exposures, read once (with the one JSON check), in unit
+    # then time order, so what follows needs no sort. (Created, then filled:
+    # PostgreSQL takes no parameters in CREATE TABLE AS.)
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_exposures")
+    conn.execute(
+        "CREATE TEMP TABLE fw_exposures (unit TEXT NOT NULL, t BIGINT NOT NULL, id BIGINT NOT NULL,"
+        " grp TEXT, forced INTEGER NOT NULL, PRIMARY KEY (unit, t, id))" + d.without_rowid
+    )
+    conn.execute(
+        f"""
+        INSERT INTO {d.temp}.fw_exposures (unit, t, id, grp, forced)
+        SELECT {unit}, e.time, e.id, e.group_name, CASE WHEN {not_override} THEN 0 ELSE 1 END
+        FROM events AS e WHERE {window} AND {unit} IS NOT NULL
+        """,
+        (experiment, CONFIG_EXPOSURE, start, until),
+    )
+    exposures = f"{d.temp}.fw_exposures"
     # A unit with exposures in two groups is a crossover: its outcome belongs
     # to neither group, so it is set aside first and counted.
-    # (Created, then filled: PostgreSQL takes no parameters in CREATE TABLE AS.)
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_cross")
     conn.execute("CREATE TEMP TABLE fw_cross (unit TEXT PRIMARY KEY)" + d.without_rowid)
     conn.execute(
         f"""
         INSERT INTO {d.temp}.fw_cross (unit)
-        SELECT {unit} AS unit FROM events AS e
-        WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL AND {not_override}
-        GROUP BY {unit} HAVING min(e.group_name) <> max(e.group_name)
-        """,
-        args,
+        SELECT unit FROM {exposures} WHERE forced = 0 AND grp IS NOT NULL
+        GROUP BY unit HAVING min(grp) <> max(grp)
+        """
     )
     # ROW_NUMBER picks each unit's first exposure (ties broken by storage order);
     # only then are units without a group dropped, so they stay out.
     conn.execute(
         f"""
         INSERT INTO {d.temp}.fw_first (unit, grp, t0)
-        SELECT unit, group_name, time FROM (
-            SELECT {unit} AS unit, e.group_name, e.time,
-                   ROW_NUMBER() OVER (PARTITION BY {unit} ORDER BY e.time, e.id) AS rn
-            FROM events AS e
-            WHERE {window} AND {unit} IS NOT NULL AND {not_override}
+        SELECT unit, grp, t FROM (
+            SELECT unit, grp, t, ROW_NUMBER() OVER (PARTITION BY unit ORDER BY t, id) AS rn
+            FROM {exposures} WHERE forced = 0
         ) AS ranked
-        WHERE rn = 1 AND group_name IS NOT NULL AND unit NOT IN (SELECT unit FROM {d.temp}.fw_cross)
-        """,
-        args,
+        WHERE rn = 1 AND grp IS NOT NULL AND unit NOT IN (SELECT unit FROM {d.temp}.fw_cross)
+        """
     )
     conn.analyze("fw_first")
-    crossovers = conn.execute(f"SELECT count(*) FROM {d.temp}.fw_cross").fetchone()[0]
-    overrides = conn.execute(
-        f"SELECT count(*) FROM events AS e WHERE {window} AND NOT ({not_override})", args
-    ).fetchone()[0]
+    crossovers = _count(conn, f"{d.temp}.fw_cross")
+    (overrides,) = conn.execute(f"SELECT count(*) FROM {exposures} WHERE forced = 1").fetchone()
     per_group = {
         str(g): int(n)
         for g, n in conn.execute(f"SELECT grp, count(*) FROM {d.temp}.fw_first GROUP BY grp")
