@@ -76,7 +76,8 @@ def work(uid):
 
 
 def view(environ, start_response):
-    body = work(environ["QUERY_STRING"]).encode()
+    query = environ["QUERY_STRING"]
+    body = b"pong" if query == "ping" else work(query).encode()  # a ping logs nothing
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -90,7 +91,8 @@ async def asgi_view(scope, receive, send):
     # the events.
     if scope["type"] != "http":
         raise RuntimeError(f"{scope['type']} is not supported")
-    body = work(scope["query_string"].decode()).encode()
+    query = scope["query_string"].decode()
+    body = b"pong" if query == "ping" else work(query).encode()
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -154,17 +156,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def wait_until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    """Poll the port, then ping the app (which logs nothing, so a ping may be retried
+    freely) until it answers: the app is loaded in at least one worker."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
+            if fetch(port, "/?ping").body == b"pong":
+                return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listened on port {port} within {timeout} s")
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the app on port {port} did not answer within {timeout} s")
 
 
 def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -187,7 +193,7 @@ def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        wait_for_port(port, proc)
+        wait_until_ready(port, proc)
     except BaseException:
         proc.kill()
         print(proc.communicate(timeout=30)[0].decode())
@@ -201,7 +207,7 @@ def get(port: int, uid: str) -> int:
     while True:
         try:
             return fetch(port, f"/?{uid}", headers=BROWSER).status
-        except ConnectionRefusedError:  # a gunicorn worker still booting: the port is the master's
+        except ConnectionRefusedError:  # nothing reached the app: safe to try again
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
