@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, LiteralString
+from typing import TYPE_CHECKING, Any
 
 from flagware.events.store.base import EVENT_COLUMNS, load_queries
 from flagware.events.store.sql import SQLStore
@@ -26,9 +26,6 @@ _COPY = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
 
 # The lease heartbeat (events/leases.py): extends a batch's lease on the
 # database's clock, if the batch is still its owner's.
-_RENEW: LiteralString = """UPDATE events SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id BETWEEN %(first)s AND %(last)s AND delivery = 0 AND lease_owner = %(owner)s"""
-
 _inherited: list[Any] = []
 
 
@@ -60,7 +57,7 @@ class PostgresStore(SQLStore):
     """
 
     dialect = "postgres"
-    queries = load_queries("postgres") | {"renew": _RENEW}
+    queries = load_queries("postgres")
 
     def __init__(self, url: str, *, create: bool = True, connect_timeout: int = 10) -> None:
         super().__init__()

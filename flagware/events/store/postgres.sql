@@ -96,6 +96,11 @@ WHERE id BETWEEN %(first)s AND %(last)s AND delivery = 0 AND lease_owner = %(own
 UPDATE events SET lease_owner = NULL, lease_until = NULL, attempts = attempts + %(failed)s
 WHERE id BETWEEN %(first)s AND %(last)s AND delivery = 0 AND lease_owner = %(owner)s
 
+-- A live sender keeps its lease (the heartbeat, events/leases.py).
+-- name: renew
+UPDATE events SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id BETWEEN %(first)s AND %(last)s AND delivery = 0 AND lease_owner = %(owner)s
+
 -- name: lease_owners
 SELECT DISTINCT lease_owner FROM events WHERE delivery = 0 AND lease_owner IS NOT NULL
 

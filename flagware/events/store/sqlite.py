@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, LiteralString, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from flagware.events.store.base import EVENT_COLUMNS, load_queries
 from flagware.events.store.sql import SQLStore
@@ -159,9 +159,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
 _inherited: list[sqlite3.Connection] = []
 
 # The lease heartbeat (events/leases.py): extends a batch's lease, if still its owner's.
-_RENEW: LiteralString = """UPDATE events SET lease_until = :now + :lease
-WHERE id BETWEEN :first AND :last AND delivery = 0 AND lease_owner = :owner"""
-
 _INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -169,7 +166,7 @@ class EventStore(SQLStore):
     """The SQLite store at ``path``. One instance per process; connections are per thread."""
 
     dialect = "sqlite"
-    queries = load_queries("sqlite") | {"renew": _RENEW}
+    queries = load_queries("sqlite")
 
     def __init__(self, path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         super().__init__()

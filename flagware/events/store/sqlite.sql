@@ -55,6 +55,11 @@ WHERE id BETWEEN :first AND :last AND delivery = 0 AND lease_owner = :owner
 UPDATE events SET lease_owner = NULL, lease_until = NULL, attempts = attempts + :failed
 WHERE id BETWEEN :first AND :last AND delivery = 0 AND lease_owner = :owner
 
+-- A live sender keeps its lease (the heartbeat, events/leases.py).
+-- name: renew
+UPDATE events SET lease_until = :now + :lease
+WHERE id BETWEEN :first AND :last AND delivery = 0 AND lease_owner = :owner
+
 -- name: lease_owners
 SELECT DISTINCT lease_owner FROM events WHERE delivery = 0 AND lease_owner IS NOT NULL
 
