@@ -61,8 +61,8 @@ def load_unit_events(
         conn.execute(
             f"CREATE TEMP TABLE {table} (grp TEXT NOT NULL, unit TEXT NOT NULL,"
             f" c INTEGER NOT NULL, s {d.real} NOT NULL, vn INTEGER NOT NULL,"
-            f" pc INTEGER NOT NULL, ps {d.real} NOT NULL, fut INTEGER NOT NULL,"
-            " PRIMARY KEY (grp, unit))" + d.without_rowid
+            f" pc INTEGER NOT NULL, ps {d.real} NOT NULL, fut INTEGER NOT NULL"
+            + d.clustered("grp, unit")
         )
     into = "(grp, unit, " + ", ".join(_COLUMNS) + ")"
     indexed = [e for e in names if unit == "userID" and not e.startswith("statsig::")]
@@ -135,8 +135,8 @@ def _walk_rows(conn: Reader, event: str, read: EventRead, table: str, until: int
     d = conn.dialect
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_sparse")
     conn.execute(
-        f"CREATE TEMP TABLE fw_sparse (unit TEXT PRIMARY KEY, c INTEGER, s {d.real},"
-        f" vn INTEGER, pc INTEGER, ps {d.real}, fut INTEGER)" + d.without_rowid
+        f"CREATE TEMP TABLE fw_sparse (unit TEXT NOT NULL, c INTEGER, s {d.real},"
+        f" vn INTEGER, pc INTEGER, ps {d.real}, fut INTEGER" + d.clustered("unit")
     )
     conn.execute(
         f"""
@@ -190,8 +190,8 @@ def _scan(
     )
     conn.execute(
         "CREATE TEMP TABLE fw_unit_events (event TEXT NOT NULL, unit TEXT NOT NULL,"
-        f" c INTEGER, s {d.real}, vn INTEGER, pc INTEGER, ps {d.real}, fut INTEGER,"
-        " PRIMARY KEY (event, unit))" + d.without_rowid
+        f" c INTEGER, s {d.real}, vn INTEGER, pc INTEGER, ps {d.real}, fut INTEGER"
+        + d.clustered("event, unit")
     )
     marks = ", ".join("?" * len(reads))
     # CROSS JOIN pins SQLite's loop order: the events outside, the units probed.

@@ -96,7 +96,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_first")
     conn.execute(
         "CREATE TEMP TABLE fw_first (unit TEXT PRIMARY KEY, grp TEXT NOT NULL, t0 BIGINT NOT NULL)"
-        + d.without_rowid
+        + d.without_rowid  # both databases: per-unit loops run in its key order
     )
     window = "e.exposure = ? AND e.event = ? AND e.time >= ? AND e.time <= ?"
     # The window's exposures, read once (with the one JSON check), in unit
@@ -105,7 +105,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_exposures")
     conn.execute(
         "CREATE TEMP TABLE fw_exposures (unit TEXT NOT NULL, t BIGINT NOT NULL, id BIGINT NOT NULL,"
-        " grp TEXT, forced INTEGER NOT NULL, PRIMARY KEY (unit, t, id))" + d.without_rowid
+        " grp TEXT, forced INTEGER NOT NULL" + d.clustered("unit, t, id")
     )
     conn.execute(
         f"""
@@ -119,7 +119,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     # A unit with exposures in two groups is a crossover: its outcome belongs
     # to neither group, so it is set aside first and counted.
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_cross")
-    conn.execute("CREATE TEMP TABLE fw_cross (unit TEXT PRIMARY KEY)" + d.without_rowid)
+    conn.execute("CREATE TEMP TABLE fw_cross (unit TEXT NOT NULL" + d.clustered("unit"))
     conn.execute(
         f"""
         INSERT INTO {d.temp}.fw_cross (unit)
