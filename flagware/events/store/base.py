@@ -14,9 +14,10 @@ slow to count live in ``meta``, updated in the same transaction as the rows.
 from __future__ import annotations
 
 import json
+import json.encoder
 import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from json.encoder import encode_basestring_ascii as _string  # json's own string encoder
@@ -125,10 +126,27 @@ def load_queries(dialect: str) -> dict[str, LiteralString]:
     return {key: sql.strip() for key, sql in queries.items()}
 
 
-# Made once: json.dumps with keyword arguments builds a new JSONEncoder on every
-# call. Compact, as the wire payload is, so the metadata column and the payload
-# share one encoding.
-_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.JSONEncoder(separators=(",", ":"), default=str).encode``, in half the time.
+
+    Compact, as the wire payload is, so the metadata column and the payload
+    share one encoding. ``encode`` builds a C encoder on every call; this one is
+    built once. Without circular-reference markers: a cycle raises
+    RecursionError instead of ValueError, and the writer reports either.
+    """
+    slow: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        # CPython's own call in JSONEncoder.iterencode: markers, default, string
+        # encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+        chunks = make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", *_FLAGS)
+    except TypeError:  # no C accelerator (make is None), or another signature
+        return slow
+    return lambda value: "".join(chunks(value, 0))
+
+
+_FLAGS = (False, False, True)
+_compact = _compact_encoder()
 
 
 def event_rows(events: Sequence[Event], deliver: bool) -> list[tuple[Any, ...]]:
