@@ -174,3 +174,28 @@ def test_check_and_reset_read_either_store(
     assert "after the experiment started" in capsys.readouterr().err
     assert main(["reset", "button_color", "--yes", "--store", store_location]) == 0
     assert main(["check", "--spec", str(changed), "--store", store_location]) == 0
+
+
+EXPOSURES = {  # an event that only exposures carry: read without the metric-event index
+    "exposures": {"event": CONFIG_EXPOSURE, "kind": "count", "cap_percentile": 100},
+}
+
+
+def test_the_indexed_and_scanned_unit_paths_agree(store_location: str) -> None:
+    """userID experiments read each unit's events as a run of the ``events_by_user`` index;
+    stableID ones scan the event and probe units. Every unit here has the same
+    number in both IDs, so both analyses must give the same numbers."""
+    log = messy_log()
+    location = stored(log, store_location)
+    metrics = {**METRICS, **RATIO, **EXPOSURES}
+    by_user = compute_results(
+        make_spec(unit="userID", metrics=metrics), "button_color", location, now=NOW
+    )
+    by_stable = compute_results(
+        make_spec(unit="stableID", metrics=metrics), "button_color", location, now=NOW
+    )
+    one, two = comparable(by_user), comparable(by_stable)
+    assert (one.pop("unit"), two.pop("unit")) == ("userID", "stableID")
+    assert_close(one, two)
+    counts = {m.name: m for m in by_user.metrics}
+    assert counts["exposures"].samples["Control"].mean > 0  # repeat exposures after the first

@@ -30,6 +30,7 @@ from flagware.results.model import (
     Results,
     ResultsError,
 )
+from flagware.results.moments import metric_events, metric_moments
 from flagware.results.stats import srm_test
 from flagware.results.verdict import (
     SRM_BLOCK_P,
@@ -129,7 +130,7 @@ def _lookbacks(metrics: list[MetricSpec], use_cuped: bool) -> dict[str, int]:
     """Per event read, how far before a unit's exposure to look (ms; CUPED's covariate)."""
     days: dict[str, float] = {}
     for m in metrics:
-        for event in sql.metric_events(m):
+        for event in metric_events(m):
             wanted = m.cuped_days if use_cuped and m.kind not in ("ratio", "mean") else 0.0
             days[event] = max(days.get(event, 0.0), wanted)
     return {event: int(d * 86_400_000) for event, d in days.items()}
@@ -142,13 +143,13 @@ def _analyse(
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     lookbacks = _lookbacks(metrics, opt.cuped)
-    sql.load_unit_events(conn, unit, lookbacks, opt.until)
+    tables = sql.load_unit_events(conn, exp.unit, lookbacks, opt.until)
     control = exp.control.name
     groups, srm_p = _group_units(exp, units.per_group)
     data = []
     for m in metrics:
         cap = m.cap_percentile if m.kind in ("sum", "count") else 100.0
-        moments, cap_value, capped = sql.metric_moments(conn, m, cap)
+        moments, cap_value, capped = metric_moments(conn, tables, m, cap)
         data.append(MetricData(moments, cap_value, capped))
     results = analyse_metrics(
         metrics,

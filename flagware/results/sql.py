@@ -13,33 +13,28 @@ placeholders); the few fragments that differ come from its ``Dialect``.
    first exposure has no group (unallocated, or failing the targeting gate) are
    not in the experiment. Units exposed to two or more groups (crossovers) are
    counted and left out.
-2. **Per unit and metric event** (``temp.fw_unit_events``): count, value sum and
+2. **Per unit and metric event** (``temp.fw_e0``, ``fw_e1``... one table per
+   event read, a row per unit, keyed by group and unit): count, value sum and
    valued count of the events at or after the unit's first exposure and not
-   after ``until``.
-3. **Per metric** (``temp.fw_values``): each unit's value y and its x, the
-   CUPED covariate (the same measure in the ``cuped_days`` before the unit's
-   first exposure; 0 without events there) or a ratio's denominator; sum and
-   count metrics capped at a percentile of the experiment's units.
-4. **Per group**: n, means, squared deviations and the co-deviation of y and
-   x, in two passes (means first) so the variance does not cancel.
+   after ``until``; count and value sum in the lookback before it (CUPED).
+   ``moments`` turns them into each metric's per-group summaries.
+
+Speed: a unit's events are read as one run of the store's ``events_by_user``
+index when the unit is the userID (the default); other IDs scan the event's
+rows once and probe the units by ID, which costs a sort.
 """
 
 from __future__ import annotations
 
-import math
-
 from flagware.events.model import CONFIG_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
 from flagware.results.lock import StartRecord, meta_key
-from flagware.results.stats import Moments
-from flagware.spec import MetricSpec
 
 __all__ = [
+    "EventTables",
     "count_future",
     "load_unit_events",
     "load_units",
-    "metric_events",
-    "metric_moments",
     "newest_event",
     "non_numeric_events",
     "unit_column",
@@ -104,41 +99,49 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         + d.without_rowid
     )
     window = "e.exposure = ? AND e.event = ? AND e.time >= ? AND e.time <= ?"
-    args = (experiment, CONFIG_EXPOSURE, start, until)
+    # The window's exposures, read once (with the one JSON check), in unit
+    # then time order, so what follows needs no sort. (Created, then filled:
+    # PostgreSQL takes no parameters in CREATE TABLE AS.)
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_exposures")
+    conn.execute(
+        "CREATE TEMP TABLE fw_exposures (unit TEXT NOT NULL, t BIGINT NOT NULL, id BIGINT NOT NULL,"
+        " grp TEXT, forced INTEGER NOT NULL, PRIMARY KEY (unit, t, id))" + d.without_rowid
+    )
+    conn.execute(
+        f"""
+        INSERT INTO {d.temp}.fw_exposures (unit, t, id, grp, forced)
+        SELECT {unit}, e.time, e.id, e.group_name, CASE WHEN {not_override} THEN 0 ELSE 1 END
+        FROM events AS e WHERE {window} AND {unit} IS NOT NULL
+        """,
+        (experiment, CONFIG_EXPOSURE, start, until),
+    )
+    exposures = f"{d.temp}.fw_exposures"
     # A unit with exposures in two groups is a crossover: its outcome belongs
     # to neither group, so it is set aside first and counted.
-    # (Created, then filled: PostgreSQL takes no parameters in CREATE TABLE AS.)
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_cross")
     conn.execute("CREATE TEMP TABLE fw_cross (unit TEXT PRIMARY KEY)" + d.without_rowid)
     conn.execute(
         f"""
         INSERT INTO {d.temp}.fw_cross (unit)
-        SELECT {unit} AS unit FROM events AS e
-        WHERE {window} AND {unit} IS NOT NULL AND e.group_name IS NOT NULL AND {not_override}
-        GROUP BY {unit} HAVING min(e.group_name) <> max(e.group_name)
-        """,
-        args,
+        SELECT unit FROM {exposures} WHERE forced = 0 AND grp IS NOT NULL
+        GROUP BY unit HAVING min(grp) <> max(grp)
+        """
     )
     # ROW_NUMBER picks each unit's first exposure (ties broken by storage order);
     # only then are units without a group dropped, so they stay out.
     conn.execute(
         f"""
         INSERT INTO {d.temp}.fw_first (unit, grp, t0)
-        SELECT unit, group_name, time FROM (
-            SELECT {unit} AS unit, e.group_name, e.time,
-                   ROW_NUMBER() OVER (PARTITION BY {unit} ORDER BY e.time, e.id) AS rn
-            FROM events AS e
-            WHERE {window} AND {unit} IS NOT NULL AND {not_override}
+        SELECT unit, grp, t FROM (
+            SELECT unit, grp, t, ROW_NUMBER() OVER (PARTITION BY unit ORDER BY t, id) AS rn
+            FROM {exposures} WHERE forced = 0
         ) AS ranked
-        WHERE rn = 1 AND group_name IS NOT NULL AND unit NOT IN (SELECT unit FROM {d.temp}.fw_cross)
-        """,
-        args,
+        WHERE rn = 1 AND grp IS NOT NULL AND unit NOT IN (SELECT unit FROM {d.temp}.fw_cross)
+        """
     )
     conn.analyze("fw_first")
-    crossovers = conn.execute(f"SELECT count(*) FROM {d.temp}.fw_cross").fetchone()[0]
-    overrides = conn.execute(
-        f"SELECT count(*) FROM events AS e WHERE {window} AND NOT ({not_override})", args
-    ).fetchone()[0]
+    crossovers = _count(conn, f"{d.temp}.fw_cross")
+    (overrides,) = conn.execute(f"SELECT count(*) FROM {exposures} WHERE forced = 1").fetchone()
     per_group = {
         str(g): int(n)
         for g, n in conn.execute(f"SELECT grp, count(*) FROM {d.temp}.fw_first GROUP BY grp")
@@ -147,171 +150,119 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-def load_unit_events(conn: Reader, unit: str, lookbacks: dict[str, int], until: int) -> None:
-    """Fill ``temp.fw_unit_events``: per unit and event name, after and before the exposure.
+class EventTables:
+    """Where :func:`load_unit_events` put each event's per-unit table (``fw_e0``, ...)."""
+
+    def __init__(self, events: list[str], units: int) -> None:
+        self.names = {event: f"fw_e{k}" for k, event in enumerate(events)}
+        self.units = units  # rows in every table: the experiment's units
+
+
+def load_unit_events(conn: Reader, unit: str, lookbacks: dict[str, int], until: int) -> EventTables:
+    """One table per event read, a row per unit of ``temp.fw_first`` (zeros without events).
 
     After (from the unit's first exposure to ``until``): count ``c``, value sum
     ``s`` and valued count ``vn``. Before (the ``lookbacks[event]`` ms up to
-    the exposure, CUPED's covariate): count ``pc`` and value sum ``ps``.
+    the exposure, CUPED's covariate): count ``pc`` and value sum ``ps``. Rows
+    are keyed by (group, unit), so per-group passes read them in order.
     """
     d = conn.dialect
-    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_unit_events")
-    conn.execute(
-        "CREATE TEMP TABLE fw_unit_events (event TEXT NOT NULL, unit TEXT NOT NULL,"
-        f" c INTEGER NOT NULL, s {d.real} NOT NULL, vn INTEGER NOT NULL,"
-        f" pc INTEGER NOT NULL, ps {d.real} NOT NULL, PRIMARY KEY (event, unit))" + d.without_rowid
-    )
-    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_lookback")
-    conn.execute("CREATE TEMP TABLE fw_lookback (event TEXT PRIMARY KEY, ms BIGINT NOT NULL)")
-    conn.executemany(f"INSERT INTO {d.temp}.fw_lookback VALUES (?, ?)", lookbacks.items())
-    if not lookbacks:
-        return
-    marks = ", ".join("?" * len(lookbacks))
+    tables = EventTables(list(lookbacks), _count(conn, f"{d.temp}.fw_first"))
+    for event, table in tables.names.items():
+        conn.execute(f"DROP TABLE IF EXISTS {d.temp}.{table}")
+        conn.execute(
+            f"CREATE TEMP TABLE {table} (grp TEXT NOT NULL, unit TEXT NOT NULL,"
+            f" c INTEGER NOT NULL, s {d.real} NOT NULL, vn INTEGER NOT NULL,"
+            f" pc INTEGER NOT NULL, ps {d.real} NOT NULL, PRIMARY KEY (grp, unit))"
+            + d.without_rowid
+        )
+        sql, args = _unit_events(d, unit, event, lookbacks[event], until)
+        conn.execute(f"INSERT INTO {d.temp}.{table} (grp, unit, c, s, vn, pc, ps) {sql}", args)
+        conn.analyze(table)
+    return tables
+
+
+def _unit_events(
+    d: Dialect, unit: str, event: str, lookback: int, until: int
+) -> tuple[str, list[object]]:
+    """The SELECT of one event's per-unit table, and its parameters."""
     after = "e.time >= f.t0"
-    # CROSS JOIN pins the loop order: scan the metric events once (through the
-    # event-name index) and probe the small first-exposure table by unit,
-    # rather than re-scanning events for every unit.
-    conn.execute(
-        f"""
-        INSERT INTO {d.temp}.fw_unit_events (event, unit, c, s, vn, pc, ps)
-        SELECT e.event, f.unit,
-               count(CASE WHEN {after} THEN 1 END),
-               {d.total(f"CASE WHEN {after} THEN e.value_num END")},
-               count(CASE WHEN {after} THEN e.value_num END),
-               count(CASE WHEN NOT {after} THEN 1 END),
-               {d.total(f"CASE WHEN NOT {after} THEN e.value_num END")}
-        FROM events AS e CROSS JOIN {d.temp}.fw_first AS f CROSS JOIN {d.temp}.fw_lookback AS l
-        WHERE e.event IN ({marks}) AND f.unit = {unit} AND l.event = e.event
-          AND e.time >= f.t0 - l.ms AND e.time <= ?
-        GROUP BY e.event, f.unit
-        """,
-        [*lookbacks, until],
-    )
-    conn.analyze("fw_unit_events")
-
-
-# Per-unit values over fw_unit_events rows p (the metric's event) and q (a
-# ratio's denominator event); a unit without a row has no events (0). y is
-# the metric, x its CUPED covariate (the same measure before exposure) or,
-# for ratios, the denominator.
-_CONVERSION = "CASE WHEN coalesce({r}.{c}, 0) > 0 THEN 1.0 ELSE 0.0 END"
-_AGGREGATE = {"count": "coalesce({r}.c, 0)", "sum": "coalesce({r}.s, 0.0)"}
-_VALUES = {
-    "conversion": (_CONVERSION.format(r="p", c="c"), _CONVERSION.format(r="p", c="pc")),
-    "count": ("coalesce(p.c, 0)", "coalesce(p.pc, 0)"),
-    "sum": ("coalesce(p.s, 0.0)", "coalesce(p.ps, 0.0)"),
-    # The mean value per event: sum of values over the number of valued events,
-    # a ratio over every unit (not a mean over the units that had an event).
-    "mean": ("coalesce(p.s, 0.0)", "coalesce(p.vn, 0)"),
-}
-
-
-def metric_events(metric: MetricSpec) -> tuple[str, str]:
-    """The events a metric reads: (its event or numerator's, the denominator's or the same)."""
-    if metric.numerator and metric.denominator:
-        return metric.numerator.event, metric.denominator.event
-    return metric.event, metric.event
-
-
-def metric_moments(
-    conn: Reader, metric: MetricSpec, cap_percentile: float = 100.0
-) -> tuple[dict[str, Moments], float | None, int]:
-    """Per group moments of (y, x), and the cap applied to y (None: none) with units capped."""
-    if metric.numerator and metric.denominator:
-        y = _AGGREGATE[metric.numerator.aggregate].format(r="p")
-        x = _AGGREGATE[metric.denominator.aggregate].format(r="q")
-    else:
-        y, x = _VALUES[metric.kind]
-    first, second = metric_events(metric)
-    d = conn.dialect
-    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_values")
-    # Created, then filled: PostgreSQL takes no parameters in CREATE TABLE AS. Double
-    # precision throughout, or it would average integers in exact (slow) numerics.
-    conn.execute(f"CREATE TEMP TABLE fw_values (grp TEXT NOT NULL, y {d.real}, x {d.real})")
-    conn.execute(
-        f"""
-        INSERT INTO {d.temp}.fw_values (grp, y, x)
-        SELECT f.grp AS grp, {y} AS y, {x} AS x FROM {d.temp}.fw_first AS f
-        LEFT JOIN {d.temp}.fw_unit_events AS p ON p.unit = f.unit AND p.event = ?
-        LEFT JOIN {d.temp}.fw_unit_events AS q ON q.unit = f.unit AND q.event = ?
-        """,
-        (first, second),
-    )
-    cap, capped = None, 0
-    if cap_percentile < 100.0:
-        cap = _percentile(conn, "y", cap_percentile)
-        x_cap = _percentile(conn, "x", cap_percentile)
-        if cap is not None and x_cap is not None:
-            (capped,) = conn.execute(
-                f"SELECT count(*) FROM {d.temp}.fw_values WHERE y > ?", (cap,)
-            ).fetchone()
-            conn.execute(
-                f"UPDATE {d.temp}.fw_values SET y = {d.least('y', '?')}, x = {d.least('x', '?')}",
-                (cap, x_cap),
-            )
-    rows = conn.execute(
-        f"""
-        WITH m AS (SELECT grp, avg(y) AS my, avg(x) AS mx FROM {d.temp}.fw_values GROUP BY grp)
-        SELECT v.grp, count(*), m.my, {d.total("(v.y - m.my) * (v.y - m.my)")},
-               m.mx, {d.total("(v.x - m.mx) * (v.x - m.mx)")},
-               {d.total("(v.y - m.my) * (v.x - m.mx)")}
-        FROM {d.temp}.fw_values AS v JOIN m ON m.grp = v.grp GROUP BY v.grp, m.my, m.mx
-        """
-    )
-    moments = {
-        str(g): Moments(int(n), float(my), float(m2y), float(mx), float(m2x), float(cxy))
-        for g, n, my, m2y, mx, m2x, cxy in rows
+    sums = {
+        "c": f"count(CASE WHEN {after} THEN 1 END)",
+        "s": d.total(f"CASE WHEN {after} THEN e.value_num END"),
+        "vn": f"count(CASE WHEN {after} THEN e.value_num END)",
+        "pc": f"count(CASE WHEN NOT {after} THEN 1 END)",
+        "ps": d.total(f"CASE WHEN NOT {after} THEN e.value_num END"),
     }
-    return moments, cap, int(capped)
+    columns = ", ".join(sums.values())
+    window = "e.time >= f.t0 - ? AND e.time <= ?"
+    if unit == "userID" and not event.startswith("statsig::"):
+        # Units in order, each unit's events one contiguous run of the index
+        # (event, user_id, time): a seek per unit, no sort, no table access.
+        return (
+            f"""
+            SELECT f.grp, f.unit, {columns}
+            FROM {d.temp}.fw_first AS f LEFT JOIN events AS e
+              ON {_named(event, "e.")} AND e.user_id = f.unit AND {window}
+            GROUP BY f.unit, f.grp
+            """,
+            [event, lookback, until],
+        )
+    # Other IDs are not indexed by unit: scan the event's rows once, probing
+    # the first-exposure table by unit (CROSS JOIN pins that order in SQLite).
+    return (
+        f"""
+        SELECT f.grp, f.unit, {", ".join(f"coalesce(a.{k}, 0)" for k in sums)}
+        FROM {d.temp}.fw_first AS f LEFT JOIN (
+            SELECT f.unit AS unit, {", ".join(f"{v} AS {k}" for k, v in sums.items())}
+            FROM events AS e CROSS JOIN {d.temp}.fw_first AS f
+            WHERE {_named(event, "e.")} AND f.unit = {unit_column(unit, d)} AND {window}
+            GROUP BY f.unit
+        ) AS a ON a.unit = f.unit
+        """,
+        [event, lookback, until],
+    )
 
 
-def _percentile(conn: Reader, column: str, percentile: float) -> float | None:
-    """A fw_values column's percentile over all units, by nearest rank.
+def _count(conn: Reader, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
-    The smallest value with at least ``percentile`` % of the units at or below
-    it (numpy's ``inverted_cdf``): below 1,000 units the 99.9th percentile is
-    the maximum, so small experiments are never trimmed.
+
+def _named(event: str, e: str = "") -> str:
+    """Rows of the event named by the next parameter, through ``events_by_user`` where it can.
+
+    Only exposures have ``exposure`` set, and their names are ``statsig::...``;
+    saying so for every other name lets the store use its index of metric events.
     """
-    temp = conn.dialect.temp
-    n = int(conn.execute(f"SELECT count(*) FROM {temp}.fw_values").fetchone()[0])
-    if not n:
-        return None
-    rank = max(math.ceil(percentile / 100.0 * n - 1e-9), 1)
-    row = conn.execute(
-        f"SELECT {column} FROM {temp}.fw_values ORDER BY {column} LIMIT 1 OFFSET ?", (rank - 1,)
-    ).fetchone()
-    return float(row[0])
+    return f"{e}event = ?" + ("" if event.startswith("statsig::") else f" AND {e}exposure IS NULL")
 
 
 def newest_event(conn: Reader, event: str, until: int) -> int | None:
     row = conn.execute(
-        "SELECT max(time) FROM events WHERE event = ? AND time <= ?", (event, until)
+        f"SELECT max(time) FROM events WHERE {_named(event)} AND time <= ?", (event, until)
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
 def count_future(conn: Reader, experiment: str, events: list[str], now: int) -> int:
     """Exposures of the experiment and metric events stamped after ``now`` (clock skew)."""
-    # Two queries, so each can use its index (by exposure, by event name).
-    (exposures,) = conn.execute(
+    # A query per index: exposures by experiment, then each event by name.
+    (future,) = conn.execute(
         "SELECT count(*) FROM events WHERE exposure = ? AND time > ?", (experiment, now)
     ).fetchone()
-    marks = ", ".join("?" * len(events))
-    metric_events = 0
-    if events:
-        (metric_events,) = conn.execute(
-            f"SELECT count(*) FROM events WHERE event IN ({marks}) AND time > ?", [*events, now]
+    for event in events:
+        (n,) = conn.execute(
+            f"SELECT count(*) FROM events WHERE {_named(event)} AND time > ?", (event, now)
         ).fetchone()
-    return int(exposures) + int(metric_events)
+        future += n
+    return int(future)
 
 
 def non_numeric_events(conn: Reader, event: str) -> int:
     """Stored events named ``event`` whose value is not a number (sums count them as 0)."""
     row = conn.execute(
-        """
-        SELECT count(*) FROM events AS e
-        WHERE e.event = ? AND e.value IS NOT NULL AND e.value_num IS NULL
-        """,
+        f"SELECT count(*) FROM events WHERE {_named(event)}"
+        " AND value_num IS NULL AND value IS NOT NULL",
         (event,),
     ).fetchone()
     return int(row[0])

@@ -37,7 +37,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_exposure ON events (exposure, group_name)
     WHERE exposure IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_by_name ON events (event);
+-- Metric events by name, then unit, then time, with the value: results read a
+-- unit's events as one contiguous run of this index and never touch the table.
+-- Exposures are left out (they have their own index), which keeps the writer's
+-- cost per event what a plain index on the name cost. `exposure` (always NULL
+-- here) is listed so that SQLite sees the index cover its own condition.
+CREATE INDEX IF NOT EXISTS events_by_user
+    ON events (event, user_id, time, value_num, exposure) WHERE exposure IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -50,6 +56,8 @@ LEASE_COLUMNS = {
 # Only pending rows are indexed, so claiming stays fast however many rows were
 # delivered. Queries must say ``delivery = 0`` literally for SQLite to use it.
 PENDING_INDEX = "CREATE INDEX IF NOT EXISTS events_pending ON events (delivery) WHERE delivery = 0"
+# Replaced by events_by_user (schema above), which serves every query it did.
+OLD_NAME_INDEX = "events_by_name"
 
 
 # SQLite's unix VFS keeps process-wide mutexes around its file locks. If a
@@ -140,6 +148,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
             raise
     conn.execute(PENDING_INDEX)
+    conn.execute(f"DROP INDEX IF EXISTS {OLD_NAME_INDEX}")
 
 
 # Connections inherited through a fork are kept here, unreferenced by anything
