@@ -1,6 +1,6 @@
 """How long `flagware results` takes over a million stored events (goal: at most 3 s).
 
-    .venv/bin/python benchmarks/results_1m.py [--events 1000000] [--runs 5]
+    .venv/bin/python benchmarks/results_1m.py [--events 1000000] [--runs 5] [--unit userID]
 
 Builds a store in a temporary directory with sqlite's executemany (the event
 writer's own path is benchmarked elsewhere): 100,000 units exposed to a
@@ -14,6 +14,7 @@ median of a few runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import sys
@@ -29,7 +30,7 @@ from flagware.spec import Spec, parse_spec
 SPEC = {
     "experiments": {
         "button_color": {
-            "unit": "stableID",
+            "unit": "userID",
             "groups": [{"name": "Control", "weight": 50}, {"name": "Red", "weight": 50}],
         }
     },
@@ -98,8 +99,15 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--units", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--unit",
+        default="userID",
+        help="the experiment's unit: userID reads the events_by_user index, others scan",
+    )
     args = parser.parse_args()
-    spec: Spec = parse_spec(SPEC)
+    raw = copy.deepcopy(SPEC)
+    raw["experiments"]["button_color"]["unit"] = args.unit
+    spec: Spec = parse_spec(raw)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "events.db"
         began = time.perf_counter()

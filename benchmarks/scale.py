@@ -4,6 +4,7 @@ process that computes them).
 
     python benchmarks/scale.py write   [--seconds 5] [--postgres URL]
     python benchmarks/scale.py results [--sizes 1000000,3000000,10000000] [--runs 3]
+                                       [--unit userID,stableID]
                                        [--postgres URL]
 
 Without ``--postgres`` a throwaway PostgreSQL cluster is started in a temporary
@@ -87,7 +88,7 @@ def write(location: str, processes: int, seconds: float) -> float:
 
 SPEC = """
 [experiments.button_color]
-unit = "stableID"
+unit = "{unit}"
 groups = [{ name = "Control", weight = 50 }, { name = "Red", weight = 50 }]
 
 [metrics.signed_up]
@@ -231,12 +232,19 @@ def main() -> None:
     parser.add_argument("--processes", default="1,4,8")
     parser.add_argument("--sizes", default="1000000,3000000,10000000")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--unit",
+        default="userID,stableID",
+        help="experiment unit(s): userID reads the events_by_user index, others scan",
+    )
     parser.add_argument("--postgres", help="a postgresql:// URL (default: a throwaway cluster)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        spec = tmp / "flagware.toml"
-        spec.write_text(SPEC)
+        specs = {}
+        for unit in args.unit.split(","):
+            specs[unit] = tmp / f"{unit}.toml"
+            specs[unit].write_text(SPEC.replace("{unit}", unit))
         for name, location in backends(args, tmp):
             if args.what == "write":
                 for n in map(int, args.processes.split(",")):
@@ -249,14 +257,16 @@ def main() -> None:
                 grow(location, have, size)
                 have = size
                 built = time.perf_counter() - began
-                runs = [results_once(location, spec) for _ in range(args.runs)]
-                times = [t for t, _ in runs]
-                print(
-                    f"{name}: results over {size:,} events: median"
-                    f" {statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)}),"
-                    f" peak RSS {max(m for _, m in runs):.0f} MB (grown in {built:.0f} s)",
-                    flush=True,
-                )
+                for unit, spec in specs.items():
+                    runs = [results_once(location, spec) for _ in range(args.runs)]
+                    times = [t for t, _ in runs]
+                    print(
+                        f"{name}, unit {unit}: results over {size:,} events: median"
+                        f" {statistics.median(times):.2f} s"
+                        f" ({', '.join(f'{t:.2f}' for t in times)}),"
+                        f" peak RSS {max(m for _, m in runs):.0f} MB (grown in {built:.0f} s)",
+                        flush=True,
+                    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(f"benchmark process peak RSS {peak} MB")
 

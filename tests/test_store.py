@@ -101,6 +101,39 @@ def test_old_store_gains_lease_columns(tmp_path: Path) -> None:
     store.close()
 
 
+def test_old_store_trades_its_name_index_for_events_by_user(tmp_path: Path) -> None:
+    """0.1.0's stores had an index on the event name; a writer of this version
+    replaces it with the indexes results read, and results use them."""
+    path = tmp_path / "old.db"
+    store = EventStore(path)
+    store.append(events(3))
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP INDEX events_by_user; DROP INDEX events_non_numeric;"
+        " CREATE INDEX events_by_name ON events (event);"
+    )
+    conn.close()
+    store = EventStore(path)
+    assert store.count() == 3  # connects: the schema is brought up to date
+    store.close()
+    conn = sqlite3.connect(path)
+    indexes = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+    }
+    plan = " ".join(
+        str(row[3])
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT count(*) FROM events"
+            " WHERE event = 'e' AND exposure IS NULL AND user_id = 'u' AND time > 0"
+        )
+    )
+    conn.close()
+    assert {"events_by_user", "events_non_numeric"} <= indexes
+    assert "events_by_name" not in indexes
+    assert "COVERING INDEX events_by_user" in plan
+
+
 def test_claims_are_exclusive_until_settled(store: Store) -> None:
     store.append(events(25), deliver=True)
     a = store.claim("a", limit=10, lease=60, max_age=3600)

@@ -31,6 +31,7 @@ from flagware.results.model import (
     ResultsError,
 )
 from flagware.results.moments import metric_events, metric_moments
+from flagware.results.per_unit import EventRead, load_unit_events
 from flagware.results.stats import srm_test
 from flagware.results.verdict import (
     SRM_BLOCK_P,
@@ -126,14 +127,26 @@ class _Options:
     target_mde: float
 
 
-def _lookbacks(metrics: list[MetricSpec], use_cuped: bool) -> dict[str, int]:
-    """Per event read, how far before a unit's exposure to look (ms; CUPED's covariate)."""
+def _reads(metrics: list[MetricSpec], use_cuped: bool) -> dict[str, EventRead]:
+    """Per event read: how far before a unit's exposure to look (ms; CUPED's
+    covariate), and whether any metric sums its values."""
     days: dict[str, float] = {}
+    valued: set[str] = set()
     for m in metrics:
         for event in metric_events(m):
             wanted = m.cuped_days if use_cuped and m.kind not in ("ratio", "mean") else 0.0
             days[event] = max(days.get(event, 0.0), wanted)
-    return {event: int(d * 86_400_000) for event, d in days.items()}
+        valued.update(_summed(m))
+    return {e: EventRead(int(d * 86_400_000), e in valued) for e, d in days.items()}
+
+
+def _summed(metric: MetricSpec) -> list[str]:
+    """The events whose values a metric adds up."""
+    summed = [metric.event] if metric.kind in ("sum", "mean") else []
+    for side in (metric.numerator, metric.denominator):
+        if side is not None and side.aggregate == "sum":
+            summed.append(side.event)
+    return summed
 
 
 def _analyse(
@@ -142,8 +155,8 @@ def _analyse(
     window_start = sql.window_start(conn, exp.name)
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
-    lookbacks = _lookbacks(metrics, opt.cuped)
-    tables = sql.load_unit_events(conn, exp.unit, lookbacks, opt.until)
+    reads = _reads(metrics, opt.cuped)
+    tables = load_unit_events(conn, exp.unit, reads, opt.until, opt.now)
     control = exp.control.name
     groups, srm_p = _group_units(exp, units.per_group)
     data = []
@@ -161,13 +174,18 @@ def _analyse(
         use_cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
-    results = tuple(_with_data_checks(conn, r, m) for r, m in zip(results, metrics, strict=True))
+    summed = {e for m in metrics for e in _summed(m)}
+    bad = {e: sql.non_numeric_events(conn, e) for e in sorted(summed)}
+    results = tuple(
+        replace(r, non_numeric_events=sum(bad[e] for e in set(_summed(m))))
+        for r, m in zip(results, metrics, strict=True)
+    )
     guardrails = tuple(
         guardrail_status(r, sql.newest_event(conn, m.event, opt.until), m.fresh_within, opt.now)
         for r, m in zip(results, metrics, strict=True)
         if m.guardrail
     )
-    future = sql.count_future(conn, exp.name, sorted(lookbacks), opt.now)
+    future = sql.future_exposures(conn, exp.name, opt.now) + tables.future
     decision, reasons, warnings, best = verdict(
         srm_p,
         groups,
@@ -210,18 +228,6 @@ def _analyse(
         cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
-
-
-def _with_data_checks(conn: Reader, result: MetricResult, metric: MetricSpec) -> MetricResult:
-    """Count events whose value should be a number but is not (they add 0 to sums)."""
-    summed = []
-    if metric.kind in ("sum", "mean"):
-        summed.append(metric.event)
-    for side in (metric.numerator, metric.denominator):
-        if side is not None and side.aggregate == "sum":
-            summed.append(side.event)
-    bad = sum(sql.non_numeric_events(conn, event) for event in sorted(set(summed)))
-    return replace(result, non_numeric_events=bad) if bad else result
 
 
 def _group_units(

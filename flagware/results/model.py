@@ -122,7 +122,7 @@ class Results:
     sequential: bool = False
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
     override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored
-    future_events: int = 0  # events stamped after computed_at (clock skew), not counted
+    future_events: int = 0  # exposures, and its units' events, stamped after computed_at
     first_exposure: int | None = None  # ms, the earliest counted exposure
     last_exposure: int | None = None
     cuped: bool = True  # CUPED allowed (``--no-cuped`` turns it off)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from flagware.events.store.reader import Reader
-from flagware.results.sql import EventTables
+from flagware.results.per_unit import EventTables
 from flagware.results.stats import Moments
 from flagware.spec import MetricSpec
 

@@ -31,10 +31,10 @@ from flagware.events.store.reader import Dialect, Reader, database_errors
 from flagware.results.lock import StartRecord, meta_key
 
 __all__ = [
-    "EventTables",
-    "count_future",
-    "load_unit_events",
+    "count_rows",
+    "future_exposures",
     "load_units",
+    "named",
     "newest_event",
     "non_numeric_events",
     "unit_column",
@@ -140,7 +140,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         """
     )
     conn.analyze("fw_first")
-    crossovers = _count(conn, f"{d.temp}.fw_cross")
+    crossovers = count_rows(conn, f"{d.temp}.fw_cross")
     (overrides,) = conn.execute(f"SELECT count(*) FROM {exposures} WHERE forced = 1").fetchone()
     per_group = {
         str(g): int(n)
@@ -150,85 +150,11 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-class EventTables:
-    """Where :func:`load_unit_events` put each event's per-unit table (``fw_e0``, ...)."""
-
-    def __init__(self, events: list[str], units: int) -> None:
-        self.names = {event: f"fw_e{k}" for k, event in enumerate(events)}
-        self.units = units  # rows in every table: the experiment's units
-
-
-def load_unit_events(conn: Reader, unit: str, lookbacks: dict[str, int], until: int) -> EventTables:
-    """One table per event read, a row per unit of ``temp.fw_first`` (zeros without events).
-
-    After (from the unit's first exposure to ``until``): count ``c``, value sum
-    ``s`` and valued count ``vn``. Before (the ``lookbacks[event]`` ms up to
-    the exposure, CUPED's covariate): count ``pc`` and value sum ``ps``. Rows
-    are keyed by (group, unit), so per-group passes read them in order.
-    """
-    d = conn.dialect
-    tables = EventTables(list(lookbacks), _count(conn, f"{d.temp}.fw_first"))
-    for event, table in tables.names.items():
-        conn.execute(f"DROP TABLE IF EXISTS {d.temp}.{table}")
-        conn.execute(
-            f"CREATE TEMP TABLE {table} (grp TEXT NOT NULL, unit TEXT NOT NULL,"
-            f" c INTEGER NOT NULL, s {d.real} NOT NULL, vn INTEGER NOT NULL,"
-            f" pc INTEGER NOT NULL, ps {d.real} NOT NULL, PRIMARY KEY (grp, unit))"
-            + d.without_rowid
-        )
-        sql, args = _unit_events(d, unit, event, lookbacks[event], until)
-        conn.execute(f"INSERT INTO {d.temp}.{table} (grp, unit, c, s, vn, pc, ps) {sql}", args)
-        conn.analyze(table)
-    return tables
-
-
-def _unit_events(
-    d: Dialect, unit: str, event: str, lookback: int, until: int
-) -> tuple[str, list[object]]:
-    """The SELECT of one event's per-unit table, and its parameters."""
-    after = "e.time >= f.t0"
-    sums = {
-        "c": f"count(CASE WHEN {after} THEN 1 END)",
-        "s": d.total(f"CASE WHEN {after} THEN e.value_num END"),
-        "vn": f"count(CASE WHEN {after} THEN e.value_num END)",
-        "pc": f"count(CASE WHEN NOT {after} THEN 1 END)",
-        "ps": d.total(f"CASE WHEN NOT {after} THEN e.value_num END"),
-    }
-    columns = ", ".join(sums.values())
-    window = "e.time >= f.t0 - ? AND e.time <= ?"
-    if unit == "userID" and not event.startswith("statsig::"):
-        # Units in order, each unit's events one contiguous run of the index
-        # (event, user_id, time): a seek per unit, no sort, no table access.
-        return (
-            f"""
-            SELECT f.grp, f.unit, {columns}
-            FROM {d.temp}.fw_first AS f LEFT JOIN events AS e
-              ON {_named(event, "e.")} AND e.user_id = f.unit AND {window}
-            GROUP BY f.unit, f.grp
-            """,
-            [event, lookback, until],
-        )
-    # Other IDs are not indexed by unit: scan the event's rows once, probing
-    # the first-exposure table by unit (CROSS JOIN pins that order in SQLite).
-    return (
-        f"""
-        SELECT f.grp, f.unit, {", ".join(f"coalesce(a.{k}, 0)" for k in sums)}
-        FROM {d.temp}.fw_first AS f LEFT JOIN (
-            SELECT f.unit AS unit, {", ".join(f"{v} AS {k}" for k, v in sums.items())}
-            FROM events AS e CROSS JOIN {d.temp}.fw_first AS f
-            WHERE {_named(event, "e.")} AND f.unit = {unit_column(unit, d)} AND {window}
-            GROUP BY f.unit
-        ) AS a ON a.unit = f.unit
-        """,
-        [event, lookback, until],
-    )
-
-
-def _count(conn: Reader, table: str) -> int:
+def count_rows(conn: Reader, table: str) -> int:
     return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
-def _named(event: str, e: str = "") -> str:
+def named(event: str, e: str = "") -> str:
     """Rows of the event named by the next parameter, through ``events_by_user`` where it can.
 
     Only exposures have ``exposure`` set, and their names are ``statsig::...``;
@@ -239,30 +165,24 @@ def _named(event: str, e: str = "") -> str:
 
 def newest_event(conn: Reader, event: str, until: int) -> int | None:
     row = conn.execute(
-        f"SELECT max(time) FROM events WHERE {_named(event)} AND time <= ?", (event, until)
+        f"SELECT max(time) FROM events WHERE {named(event)} AND time <= ?", (event, until)
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 
 
-def count_future(conn: Reader, experiment: str, events: list[str], now: int) -> int:
-    """Exposures of the experiment and metric events stamped after ``now`` (clock skew)."""
-    # A query per index: exposures by experiment, then each event by name.
-    (future,) = conn.execute(
+def future_exposures(conn: Reader, experiment: str, now: int) -> int:
+    """The experiment's exposures stamped after ``now`` (clock skew; not counted)."""
+    (n,) = conn.execute(
         "SELECT count(*) FROM events WHERE exposure = ? AND time > ?", (experiment, now)
     ).fetchone()
-    for event in events:
-        (n,) = conn.execute(
-            f"SELECT count(*) FROM events WHERE {_named(event)} AND time > ?", (event, now)
-        ).fetchone()
-        future += n
-    return int(future)
+    return int(n)
 
 
 def non_numeric_events(conn: Reader, event: str) -> int:
     """Stored events named ``event`` whose value is not a number (sums count them as 0)."""
+    # Exactly the condition of the store's small events_non_numeric index.
     row = conn.execute(
-        f"SELECT count(*) FROM events WHERE {_named(event)}"
-        " AND value_num IS NULL AND value IS NOT NULL",
+        "SELECT count(*) FROM events WHERE event = ? AND value IS NOT NULL AND value_num IS NULL",
         (event,),
     ).fetchone()
     return int(row[0])

@@ -28,6 +28,9 @@ CREATE INDEX IF NOT EXISTS events_by_user
     ON flagware.events (event, user_id, time, value_num, exposure)
     WHERE exposure IS NULL;
 DROP INDEX IF EXISTS flagware.events_by_name;  -- replaced by events_by_user
+-- Values that are not numbers (sums count them as 0, and results say how many).
+CREATE INDEX IF NOT EXISTS events_non_numeric ON flagware.events (event)
+    WHERE value IS NOT NULL AND value_num IS NULL;
 CREATE INDEX IF NOT EXISTS events_pending ON flagware.events (id) WHERE delivery = 0;
 CREATE TABLE IF NOT EXISTS flagware.meta (key text PRIMARY KEY, value text NOT NULL);
 

@@ -44,6 +44,9 @@ CREATE INDEX IF NOT EXISTS events_by_exposure ON events (exposure, group_name)
 -- here) is listed so that SQLite sees the index cover its own condition.
 CREATE INDEX IF NOT EXISTS events_by_user
     ON events (event, user_id, time, value_num, exposure) WHERE exposure IS NULL;
+-- Values that are not numbers (sums count them as 0, and results say how many).
+CREATE INDEX IF NOT EXISTS events_non_numeric ON events (event)
+    WHERE value IS NOT NULL AND value_num IS NULL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
