@@ -160,21 +160,22 @@ def event_rows(events: Sequence[Event], deliver: bool) -> list[tuple[Any, ...]]:
     gives, assembled from those pieces.
     """
     state = PENDING if deliver else None
-    users: dict[int, str] = {}
+    users: dict[int, tuple[str, Any, Any]] = {}  # id(user) -> its JSON, userID, stableID
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     for event in events:
         name, user, time_ms, value = event.name, event.user, event.time, event.value
+        known = users.get(id(user))
+        if known is None:
+            ids = user.get("customIDs")
+            stable_id = ids.get("stableID") if ids else None
+            known = users[id(user)] = (_compact(user), user.get("userID"), stable_id)
         metadata = None if event.metadata is None else _compact(event.metadata)
         # Exact types only: anything else is left to the encoder, as to_wire does.
         if type(name) is not str or type(time_ms) is not int:
             payload = event.payload()
         else:
-            key = id(user)
-            user_json = users.get(key)
-            if user_json is None:
-                user_json = users[key] = _compact(user)
-            parts = ['{"eventName":', _string(name), ',"user":', user_json]
+            parts = ['{"eventName":', _string(name), ',"user":', known[0]]
             parts += (',"time":', str(time_ms))
             if value is not None:
                 parts += (',"value":', _compact(value))
@@ -189,8 +190,8 @@ def event_rows(events: Sequence[Event], deliver: bool) -> list[tuple[Any, ...]]:
             (
                 time_ms,
                 name,
-                event.user_id,
-                event.stable_id,
+                known[1],
+                known[2],
                 None if value is None else json.dumps(value),
                 numeric_value(value),
                 metadata,
