@@ -14,9 +14,10 @@ or summed ratio side reads, the lookback only where CUPED wants it.
 
 Speed: when the unit is the userID (the default), each unit's events are one
 run of the store's ``events_by_user`` index (event, user_id, time, value): a
-seek per unit, no sort, no table access. Other IDs are not indexed by unit:
-every event read is scanned once, in storage order, and probed against the
-units, which costs a sort of the rows.
+seek per unit, no sort, no table access (or, for an event with fewer rows
+than there are units, one walk along its rows probing each row's unit).
+Other IDs are not indexed by unit: every event read is scanned once, in
+storage order, and probed against the units, which costs a sort of the rows.
 """
 
 from __future__ import annotations
@@ -66,11 +67,15 @@ def load_unit_events(
     into = "(grp, unit, " + ", ".join(_COLUMNS) + ")"
     indexed = [e for e in names if unit == "userID" and not e.startswith("statsig::")]
     for event in indexed:
-        conn.execute(
-            f"INSERT INTO {d.temp}.{tables.names[event]} {into} "
-            + _seek_per_unit(d, event, reads[event], until, now),
-            [event],
-        )
+        table = f"{d.temp}.{tables.names[event]}"
+        if _fewer_rows_than(conn, event, units):
+            # Sparse: walking the event's rows (probing each unit) beats a seek per unit.
+            _walk_rows(conn, event, reads[event], table, until, now)
+        else:
+            conn.execute(
+                f"INSERT INTO {table} {into} " + _seek_per_unit(d, event, reads[event], until, now),
+                [event],
+            )
     scanned = [e for e in names if e not in indexed]
     if scanned:
         _scan(conn, unit, {e: reads[e] for e in scanned}, tables, until, now)
@@ -87,20 +92,22 @@ def _aggregates(d: Dialect, read: EventRead, until: int, now: int) -> list[str]:
     """The columns' aggregates over rows ``e`` in [t0 - lookback, ...) of unit ``f``.
 
     Times are integers from the analysis, written as literals so that each
-    statement's parameters stay its event names.
+    statement's parameters stay its event names. FILTER, not CASE, and the
+    count after exposure by subtraction: each row is tested as few times as
+    possible (both databases compute an aggregate written twice once).
     """
+    before = "count(*) FILTER (WHERE e.time < f.t0)" if read.lookback else "0"
+    late = f"count(*) FILTER (WHERE e.time > {int(until)})"
+    future = late if until == now else f"count(*) FILTER (WHERE e.time > {int(now)})"
     after = f"e.time >= f.t0 AND e.time <= {int(until)}"
-    before = "e.time < f.t0"
     zero = "0"
     return [
-        f"count(CASE WHEN {after} THEN 1 END)",
-        d.total(f"CASE WHEN {after} THEN e.value_num END") if read.valued else zero,
-        f"count(CASE WHEN {after} THEN e.value_num END)" if read.valued else zero,
-        f"count(CASE WHEN {before} THEN 1 END)" if read.lookback else zero,
-        d.total(f"CASE WHEN {before} THEN e.value_num END")
-        if read.lookback and read.valued
-        else zero,
-        f"count(CASE WHEN e.time > {int(now)} THEN 1 END)",
+        f"count(e.time) - {before} - {late}",
+        d.total_where("e.value_num", after) if read.valued else zero,
+        f"count(e.value_num) FILTER (WHERE {after})" if read.valued else zero,
+        before,
+        d.total_where("e.value_num", "e.time < f.t0") if read.lookback and read.valued else zero,
+        future,
     ]
 
 
@@ -112,6 +119,49 @@ def _seek_per_unit(d: Dialect, event: str, read: EventRead, until: int, now: int
           ON {named(event, "e.")} AND e.user_id = f.unit AND e.time >= f.t0 - {int(read.lookback)}
         GROUP BY f.unit, f.grp
     """
+
+
+def _fewer_rows_than(conn: Reader, event: str, units: int) -> bool:
+    """Whether ``event`` has fewer stored rows than there are units (counting at most that many)."""
+    (n,) = conn.execute(
+        f"SELECT count(*) FROM (SELECT 1 FROM events WHERE {named(event)} LIMIT ?) AS e",
+        [event, units],
+    ).fetchone()
+    return int(n) < units
+
+
+def _walk_rows(conn: Reader, event: str, read: EventRead, table: str, until: int, now: int) -> None:
+    """The event's rows in (user, time) order, each probing its unit; then every unit's row."""
+    d = conn.dialect
+    conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_sparse")
+    conn.execute(
+        f"CREATE TEMP TABLE fw_sparse (unit TEXT PRIMARY KEY, c INTEGER, s {d.real},"
+        f" vn INTEGER, pc INTEGER, ps {d.real}, fut INTEGER)" + d.without_rowid
+    )
+    conn.execute(
+        f"""
+        INSERT INTO {d.temp}.fw_sparse (unit, {", ".join(_COLUMNS)})
+        SELECT e.user_id, {", ".join(_aggregates(d, read, until, now))}
+        FROM events AS e CROSS JOIN {d.temp}.fw_first AS f
+        WHERE {named(event, "e.")} AND f.unit = e.user_id AND e.time >= f.t0 - {int(read.lookback)}
+        GROUP BY e.user_id
+        """,
+        [event],
+    )
+    _fill(conn, table, f"{d.temp}.fw_sparse AS a ON a.unit = f.unit", [])
+
+
+def _fill(conn: Reader, table: str, join: str, args: list[object]) -> None:
+    """Every unit's row of ``table`` from the rows ``a`` some units have (zeros for the rest)."""
+    d = conn.dialect
+    conn.execute(
+        f"""
+        INSERT INTO {table} (grp, unit, {", ".join(_COLUMNS)})
+        SELECT f.grp, f.unit, {", ".join(f"coalesce(a.{c}, 0)" for c in _COLUMNS)}
+        FROM {d.temp}.fw_first AS f LEFT JOIN {join}
+        """,
+        args,
+    )
 
 
 def _scan(
@@ -156,13 +206,6 @@ def _scan(
         """,
         list(reads),
     )
-    columns = ", ".join(f"coalesce(a.{c}, 0)" for c in _COLUMNS)
     for event in reads:
-        conn.execute(
-            f"""
-            INSERT INTO {d.temp}.{tables.names[event]} (grp, unit, {", ".join(_COLUMNS)})
-            SELECT f.grp, f.unit, {columns} FROM {d.temp}.fw_first AS f
-            LEFT JOIN {d.temp}.fw_unit_events AS a ON a.event = ? AND a.unit = f.unit
-            """,
-            [event],
-        )
+        join = f"{d.temp}.fw_unit_events AS a ON a.event = ? AND a.unit = f.unit"
+        _fill(conn, f"{d.temp}.{tables.names[event]}", join, [event])

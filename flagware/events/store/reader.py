@@ -32,6 +32,12 @@ class Dialect:
         """The sum of ``expr``, 0.0 (not NULL) over no or only NULL values."""
         return f"total({expr})" if self.name == "sqlite" else f"coalesce(sum({expr}), 0)"
 
+    def total_where(self, expr: str, condition: str) -> str:
+        """The sum of ``expr`` over the rows where ``condition`` holds, 0.0 over none."""
+        if self.name == "sqlite":
+            return f"total({expr}) FILTER (WHERE {condition})"
+        return f"coalesce(sum({expr}) FILTER (WHERE {condition}), 0)"
+
     def least(self, a: str, b: str) -> str:
         """The smaller of two values (SQLite's two-argument min)."""
         return f"min({a}, {b})" if self.name == "sqlite" else f"least({a}, {b})"
