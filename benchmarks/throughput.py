@@ -1,10 +1,13 @@
-"""End-to-end throughput under a real server: gunicorn (sync, 2 workers) and wrk over loopback.
+"""End-to-end throughput under real servers: gunicorn (sync) and uvicorn, 2 workers, wrk.
 
-Five apps (benchmarks/throughput_app.py) are served at once, each by its own
-gunicorn, and measured alternately in one run, round after round, so machine
-noise hits them alike:
+Five apps are served at once by each server, each app by its own server with
+2 workers (WSGI apps in benchmarks/throughput_app.py under gunicorn's sync
+workers; their ASGI twins on Starlette in benchmarks/throughput_asgi_app.py
+under uvicorn), and all are measured alternately in one run, round after
+round, so machine noise hits them alike:
 
-- bare Flask, and the same app wrapped with flagware reading no flag;
+- a bare app (Flask; Starlette), and the same app wrapped with flagware's
+  middleware reading no flag;
 - the seed lab (one gate, one experiment, one event) written by hand on the
   ``statsig`` SDK, its event logger live against the loopback Statsig stub;
 - the seed lab through flagware on the legacy engine and on Core, storing
@@ -16,7 +19,8 @@ browser's User-Agent. The report
 gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds)
 and the ratios the issue sets goals for.
 
-    python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4] [--json]
+    python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
+        [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core] [--json]
 """
 
 from __future__ import annotations
@@ -43,13 +47,17 @@ from tests.statsig_stub import StatsigStub  # noqa: E402
 
 SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 APPS = {
-    "bare": "bare Flask",
+    "bare": "bare app",
     "wrapped": "bare + flagware, no flag read",
     "hand": "seed lab by hand on the statsig SDK",
     "legacy": "seed lab through flagware (legacy)",
     "core": "seed lab through flagware (core)",
 }
 PROFILES = ("new", "returning")
+SERVERS = {
+    "gunicorn": "gunicorn -w 2 (sync), Flask",
+    "uvicorn": "uvicorn --workers 2, Starlette",
+}
 # wrk prints one JSON line at the end: requests/s and latency percentiles (us).
 LUA = """
 local profile = os.getenv("BENCH_PROFILE")
@@ -93,21 +101,36 @@ def wait_up(url: str, timeout: float = 30) -> None:
             time.sleep(0.1)
 
 
-def start_servers(tmp: Path, stub_url: str) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
-    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    for kind in APPS:
+def server_command(server: str, port: int) -> list[str]:
+    if server == "gunicorn":
+        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b"]
+        return [*cmd, f"127.0.0.1:{port}", "--log-level", "warning", "throughput_app:app"]
+    cmd = [sys.executable, "-m", "uvicorn", "throughput_asgi_app:app", "--workers", "2"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    return [*cmd, "--no-access-log"]
+
+
+Target = tuple[str, str]  # (server, app kind)
+
+
+def start_servers(
+    tmp: Path, stub_url: str, targets: list[Target]
+) -> dict[Target, tuple[subprocess.Popen[bytes], int]]:
+    servers: dict[Target, tuple[subprocess.Popen[bytes], int]] = {}
+    for server, kind in targets:
         port = free_port()
         env = {
             **os.environ,
             "BENCH_APP": kind,
             "BENCH_STUB": stub_url,
-            "BENCH_STORE": str(tmp / f"{kind}.db"),
+            "BENCH_STORE": str(tmp / f"{server}-{kind}.db"),
             "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), *sys.path]),
         }
-        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b"]
-        cmd += [f"127.0.0.1:{port}", "--log-level", "warning", "throughput_app:app"]
-        with (tmp / f"{kind}.log").open("wb") as log:  # the child keeps its own copy
-            servers[kind] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=log), port)
+        with (tmp / f"{server}-{kind}.log").open("wb") as log:  # the child keeps its own copy
+            process = subprocess.Popen(
+                server_command(server, port), env=env, stdout=log, stderr=log
+            )
+            servers[server, kind] = (process, port)
     for _, port in servers.values():
         wait_up(f"http://127.0.0.1:{port}/")
     return servers
@@ -133,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
@@ -140,31 +164,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if wrk is None:
         sys.exit("throughput.py needs wrk: apt-get install wrk")
     kinds = args.apps.split(",")
+    targets = [(server, kind) for server in args.servers.split(",") for kind in kinds]
 
     with tempfile.TemporaryDirectory(prefix="flagware-throughput-") as directory:
-        return _run(args, wrk, kinds, Path(directory))
+        return _run(args, wrk, targets, Path(directory))
 
 
-def _run(args: argparse.Namespace, wrk: str, kinds: list[str], tmp: Path) -> dict[str, Any]:
+def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -> dict[str, Any]:
     script = tmp / "bench.lua"
     script.write_text(LUA)
-    samples: dict[tuple[str, str], list[dict[str, Any]]] = {
-        (k, p): [] for k in kinds for p in PROFILES
+    samples: dict[tuple[str, str, str], list[dict[str, Any]]] = {
+        (*t, p): [] for t in targets for p in PROFILES
     }
     with StatsigStub(dcs=compile_dcs(load_spec(SPEC))) as stub:
-        servers = start_servers(tmp, stub.url)
+        servers = start_servers(tmp, stub.url, targets)
         try:
-            for kind in kinds:  # warm up: imports, SDK start in each worker, caches
+            for target in targets:  # warm up: imports, SDK start in each worker, caches
                 for profile in PROFILES:
-                    run_wrk(wrk, script, servers[kind][1], profile, 1, args.connections)
+                    run_wrk(wrk, script, servers[target][1], profile, 1, args.connections)
             for round_ in range(args.rounds):
-                order = kinds[round_ % len(kinds) :] + kinds[: round_ % len(kinds)]
-                for kind in order:
+                shift = round_ % len(targets)
+                for target in targets[shift:] + targets[:shift]:
                     for profile in PROFILES:
                         result = run_wrk(
-                            wrk, script, servers[kind][1], profile, args.seconds, args.connections
+                            wrk, script, servers[target][1], profile, args.seconds, args.connections
                         )
-                        samples[kind, profile].append(result)
+                        samples[(*target, profile)].append(result)
         finally:
             for process, _ in servers.values():
                 process.terminate()
@@ -172,53 +197,62 @@ def _run(args: argparse.Namespace, wrk: str, kinds: list[str], tmp: Path) -> dic
                 process.wait(timeout=60)
         delivered = len(stub.events)
 
-    figures: dict[str, Any] = {"apps": {}, "ratios": {}, "stub_events": delivered}
-    for (kind, profile), results in samples.items():
-        figures["apps"].setdefault(kind, {})[profile] = {
+    figures: dict[str, Any] = {"servers": {}, "stub_events": delivered}
+    for (server, kind, profile), results in samples.items():
+        apps = figures["servers"].setdefault(server, {"apps": {}, "ratios": {}})["apps"]
+        apps.setdefault(kind, {})[profile] = {
             "rps": round(statistics.median(r["rps"] for r in results), 1),
             "p50_ms": round(statistics.median(r["p50"] for r in results) / 1000, 3),
             "p99_ms": round(statistics.median(r["p99"] for r in results) / 1000, 3),
             "errors": sum(r["errors"] for r in results),
         }
-    apps = figures["apps"]
-    for profile in PROFILES:
-
-        def ratio(a: str, b: str, profile: str = profile) -> float | None:
-            if a not in apps or b not in apps:
-                return None
-            return round(apps[a][profile]["rps"] / apps[b][profile]["rps"], 3)
-
-        figures["ratios"][profile] = {
-            "wrapped/bare (goal >= 0.97)": ratio("wrapped", "bare"),
-            "legacy/hand (goal >= 1.0)": ratio("legacy", "hand"),
-            "core/hand (goal >= 1.2)": ratio("core", "hand"),
-            "hand/bare": ratio("hand", "bare"),
-        }
+    for figure in figures["servers"].values():
+        for profile in PROFILES:
+            figure["ratios"][profile] = _ratios(figure["apps"], profile)
     figures["settings"] = {
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
-        "server": "gunicorn -w 2 -k sync",
+        "servers": {server: SERVERS[server] for server in figures["servers"]},
     }
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
-        print(
-            f"gunicorn -w 2 (sync), wrk -t1 -c{args.connections}, median of {args.rounds} rounds "
-            f"of {args.seconds:g} s"
-        )
+        _print(args, figures)
+    return figures
+
+
+def _ratios(apps: dict[str, Any], profile: str) -> dict[str, float | None]:
+    def ratio(a: str, b: str) -> float | None:
+        if a not in apps or b not in apps:
+            return None
+        return round(apps[a][profile]["rps"] / apps[b][profile]["rps"], 3)
+
+    return {
+        "wrapped/bare (goal >= 0.97)": ratio("wrapped", "bare"),
+        "legacy/hand (goal >= 1.0)": ratio("legacy", "hand"),
+        "core/hand (goal >= 1.2)": ratio("core", "hand"),
+        "hand/bare": ratio("hand", "bare"),
+    }
+
+
+def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    print(
+        f"wrk -t1 -c{args.connections}, median of {args.rounds} rounds of {args.seconds:g} s, "
+        "all apps alternating"
+    )
+    for server, figure in figures["servers"].items():
         for profile in PROFILES:
-            print(f"\n{profile} visitors            req/s    p50 ms   p99 ms")
-            for kind in kinds:
-                row = apps[kind][profile]
+            print(f"\n{SERVERS[server]}: {profile} visitors      req/s    p50 ms   p99 ms")
+            for kind, row in figure["apps"].items():
+                row = row[profile]
                 print(
                     f"  {APPS[kind]:<38} {row['rps']:>8.0f} {row['p50_ms']:>8.2f} "
                     f"{row['p99_ms']:>8.2f}"
                 )
-            for name, value in figures["ratios"][profile].items():
+            for name, value in figure["ratios"][profile].items():
                 if value is not None:
                     print(f"  {name:<38} {value:.3f}x")
-    return figures
 
 
 if __name__ == "__main__":

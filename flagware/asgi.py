@@ -80,15 +80,17 @@ class FlagwareMiddleware:
         secure = scope.get("scheme") in ("https", "wss")
 
         # Closes over this request's flags rather than reading the contextvar:
-        # send may run in another context (streaming bodies, task groups).
-        async def send_wrapper(message: Message) -> None:
+        # send may run in another context (streaming bodies, task groups). A
+        # plain function handing back send's awaitable: no coroutine of its own
+        # for every message.
+        def send_wrapper(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 cookie = request.respond(flags, message["status"], secure=secure)
                 if cookie is not None:
                     headers = list(message.get("headers", ()))
                     headers.append((b"set-cookie", cookie.encode("latin-1")))
                     message = {**message, "headers": headers}
-            await send(message)
+            return send(message)
 
         try:
             if self._diagnostics is not None and self._is_diagnostics(scope):

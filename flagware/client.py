@@ -301,6 +301,14 @@ class Flagware:
             for listener in tuple(_flags.listeners):
                 listener(event)
 
+    def _log_exposure(self, event: Event) -> None:
+        """``log`` for the exposures Flags builds: their user was capped when it
+        was built and their metadata is flagware's own, so nothing needs capping."""
+        self.writer.put(event)
+        if _flags.listeners:
+            for listener in tuple(_flags.listeners):
+                listener(event)
+
     def _on_stored(self, count: int) -> None:
         if self.delivery is not None:
             self.delivery.wake()

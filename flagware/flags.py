@@ -12,6 +12,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flagware import identity, qa, visitors
+from flagware.events.limits import MAX_USER_AGENT
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
 
 if TYPE_CHECKING:
@@ -192,6 +193,11 @@ class Flags:
             user["ip"] = ip
         agent = environ.get("HTTP_USER_AGENT")
         if agent:
+            if len(agent) > MAX_USER_AGENT:
+                # Cut once here, so the SDK parses the capped agent and none of
+                # this request's events needs checking again (see events.limits).
+                agent = agent[:MAX_USER_AGENT]
+                client._truncated("user_agent")
             user["userAgent"] = agent
         custom: Mapping[str, Any] | None = None
         if client.custom_resolver is not None:
@@ -234,7 +240,7 @@ class Flags:
                 value, rule_id = result.value, result.rule_id
                 secondary = result.secondary_exposures
             if self._exposes():
-                client.log(
+                client._log_exposure(
                     Event(
                         GATE_EXPOSURE,
                         self._wire_user(),
@@ -293,7 +299,7 @@ class Flags:
                 group=config.group,
             )
             if self._exposes():
-                client.log(exposure)
+                client._log_exposure(exposure)
                 if forced is None and config.group is not None and name not in client._started:
                     client._note_started(name, exposure.time)
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -263,6 +264,30 @@ def test_user_agent_and_metadata_are_capped_and_counted(
     assert rows["small"]["metadata"] == {"a": "b"}
     assert fw.truncated == {"user_agent": 1, "metadata": 5}  # once per shared user
     assert len([r for r in caplog.records if "truncated" in r.getMessage()]) == 2
+
+
+def test_a_requests_huge_user_agent_is_cut_once_for_all_its_events(make_client: Any) -> None:
+    from flagware.events.limits import MAX_USER_AGENT
+    from flagware.flags import Flags
+
+    fw = make_client()
+    agent = "Mozilla/5.0 " + "A" * 100_000
+    flags = Flags(
+        fw, {"REQUEST_METHOD": "GET", "REMOTE_ADDR": "10.0.0.1", "HTTP_USER_AGENT": agent}
+    )
+    flags.gate("new_signup")
+    flags.experiment("button_color")
+    flags.log_event("clicked")
+    fw.flush()
+    rows = list(fw.store.iter_events())
+    assert [r["event"] for r in rows] == [
+        "statsig::gate_exposure",
+        "statsig::config_exposure",
+        "clicked",
+    ]
+    assert fw.truncated == {"user_agent": 1}
+    payloads = [r[0] for r in fw.store._conn().execute("SELECT payload FROM events")]
+    assert all(json.loads(p)["user"]["userAgent"] == agent[:MAX_USER_AGENT] for p in payloads)
 
 
 # -- SIGTERM ---------------------------------------------------------------------

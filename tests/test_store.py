@@ -56,6 +56,26 @@ def test_append_and_read(store: Store) -> None:
     assert states(store) == {None: 3}  # local only: never delivered
 
 
+def test_batch_rows_keep_every_event_and_its_exact_wire_payload(store: Store) -> None:
+    # The writer encodes a request's shared user once and inserts in chunks:
+    # 307 events are 256 + 32 + 16 + 2 + 1 rows, each stored as Event.payload().
+    user = {"userID": 'é"\u2028', "customIDs": {"stableID": "s"}, "userAgent": "Moz 😀"}
+    odd: list[Event] = [
+        Event("statsig::gate_exposure", user, metadata={"gate": "g"}, secondary_exposures=[]),
+        Event("x", user, value=2.5, metadata={"a": [1, {"b": None}], "t": object()}),
+        Event("y", user, value="20", secondary_exposures=[{"gate": "g", "gateValue": "true"}]),
+        Event("z", {"userID": None}, value=True),
+    ]
+    batch = [*odd, *events(300), *odd[:3]]
+    store.append(batch, deliver=True)
+    payloads = [r[0] for r in store._conn().execute("SELECT payload FROM events ORDER BY id")]
+    assert payloads == [e.payload() for e in batch]
+    rows = list(store.iter_events())
+    assert [r["event"] for r in rows] == [e.name for e in batch]
+    assert rows[1]["metadata"] == {"a": [1, {"b": None}], "t": str(batch[1].metadata["t"])}  # type: ignore[index]
+    assert states(store) == {PENDING: 307}
+
+
 def test_meta(store: Store) -> None:
     assert store.get_meta("x") is None
     store.set_meta("x", "1")

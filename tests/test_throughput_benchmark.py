@@ -1,6 +1,6 @@
-"""benchmarks/throughput.py runs end to end: real gunicorn servers, real wrk, figures out.
+"""benchmarks/throughput.py runs end to end: real gunicorn and uvicorn servers, real wrk.
 
-A smoke run (one round of one second on two of the apps), so the benchmark the
+A smoke run (one round of one second on two of the apps per server), so the benchmark the
 README quotes cannot rot; it asserts that every request succeeded and that the
 figures are there, not how fast this machine is.
 """
@@ -38,9 +38,11 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
     import throughput
 
     figures = throughput.main(["--rounds", "1", "--seconds", "1", "--apps", "hand,core", "--json"])
-    for kind in ("hand", "core"):
-        for profile in ("new", "returning"):
-            row = figures["apps"][kind][profile]
-            assert row["errors"] == 0 and row["rps"] > 0
-            assert 0 < row["p50_ms"] <= row["p99_ms"]
-    assert figures["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0
+    assert set(figures["servers"]) == {"gunicorn", "uvicorn"}
+    for server in figures["servers"].values():
+        for kind in ("hand", "core"):
+            for profile in ("new", "returning"):
+                row = server["apps"][kind][profile]
+                assert row["errors"] == 0 and row["rps"] > 0
+                assert 0 < row["p50_ms"] <= row["p99_ms"]
+        assert server["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0

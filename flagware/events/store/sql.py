@@ -24,7 +24,7 @@ from flagware.events.store.base import (
     PARKED,
     Batch,
     StoreStats,
-    event_row,
+    event_rows,
     is_dead_local,
 )
 
@@ -105,7 +105,7 @@ class SQLStore:
         """Store a batch in one transaction; ``deliver`` marks them for Statsig."""
         if not events:
             return
-        rows = [event_row(e, deliver) for e in events]
+        rows = event_rows(events, deliver)
         with self._guard():
             conn = self._conn()
             with self._transaction(conn):

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from functools import wraps
+from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -160,6 +160,14 @@ _inherited: list[sqlite3.Connection] = []
 
 # The lease heartbeat (events/leases.py): extends a batch's lease, if still its owner's.
 _INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# Rows per multi-row INSERT: a power of two, so a batch is a few statements
+# of at most log2(_CHUNK) + 1 distinct sizes (each prepared once, cached).
+_CHUNK = 256
+
+
+@lru_cache(maxsize=16)
+def _insert_rows(count: int) -> str:
+    return _INSERT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" * (count - 1)
 
 
 class EventStore(SQLStore):
@@ -181,7 +189,18 @@ class EventStore(SQLStore):
         return _immediate(conn)
 
     def _insert(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(_INSERT, rows)
+        # Multi-row INSERTs, not executemany: executemany releases and retakes
+        # the GIL around every row's step, and under a server each retake may
+        # wait for a request thread; one statement runs many rows per release.
+        start, left = 0, len(rows)
+        size = _CHUNK
+        while left:
+            while size > left:
+                size //= 2
+            chunk = rows[start : start + size]
+            conn.execute(_insert_rows(size), [value for row in chunk for value in row])
+            start += size
+            left -= size
 
     def _guard(self) -> AbstractContextManager[Any]:
         return _fork_guard

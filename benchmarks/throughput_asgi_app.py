@@ -1,0 +1,76 @@
+"""The ASGI apps benchmarks/throughput.py serves with uvicorn (2 workers), one per server.
+
+The twins of throughput_app.py's WSGI apps, on Starlette: ``BENCH_APP`` picks
+``bare``, ``wrapped`` (flagware's ASGI middleware, no flag read), ``hand``
+(the seed lab on the ``statsig`` SDK, its logger live against ``BENCH_STUB``)
+or ``legacy`` / ``core`` (the seed lab through flagware on that engine, every
+exposure and event stored in ``BENCH_STORE``). Every endpoint is ``async``, as
+a FastAPI or Starlette app's usually is; the SDK's calls do no I/O, so they
+run on the event loop as flagware's do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
+KIND = os.environ.get("BENCH_APP", "bare")
+
+if KIND in ("bare", "wrapped"):
+
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+elif KIND == "hand":
+    from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
+
+    _started = False
+
+    def _sdk() -> None:
+        # Lazily, in each worker: uvicorn's workers are separate processes.
+        global _started
+        if not _started:
+            options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
+            statsig.initialize("secret-bench", options)
+            _started = True
+
+    async def index(request: Request) -> PlainTextResponse:
+        _sdk()
+        host = request.client.host if request.client else None
+        user = StatsigUser(user_id=str(hash(host)))
+        banner = statsig.check_gate(user, "new_signup")
+        color = statsig.get_experiment(user, "button_color").get("color", "blue")
+        statsig.log_event(StatsigEvent(user, "visited_signup"))
+        return PlainTextResponse(f"{banner} {color}")
+
+else:
+    from flagware import current_flags, log_event
+
+    @log_event("visited_signup")
+    async def index(request: Request) -> PlainTextResponse:
+        flags = current_flags()
+        banner = flags.gate("new_signup")
+        color = flags.experiment("button_color").get("color", "blue")
+        return PlainTextResponse(f"{banner} {color}")
+
+
+app = Starlette(routes=[Route("/", index)])
+
+if KIND not in ("bare", "hand"):
+    from flagware import Flagware
+    from flagware.asgi import FlagwareMiddleware
+
+    fw = Flagware(
+        spec=SPEC,
+        engine="core" if KIND == "core" else "legacy",
+        event_store=os.environ["BENCH_STORE"],
+        hash_key="bench",
+    )
+    app.add_middleware(FlagwareMiddleware, client=fw)
