@@ -199,3 +199,32 @@ def test_the_indexed_and_scanned_unit_paths_agree(store_location: str) -> None:
     assert_close(one, two)
     counts = {m.name: m for m in by_user.metrics}
     assert counts["exposures"].samples["Control"].mean > 0  # repeat exposures after the first
+
+
+def test_an_old_postgresql_store_gains_the_results_indexes(postgres_url: str) -> None:
+    """A store made by 0.1.0 (an index on the name only) is brought up to date by
+    the first writer of this version, and results read it the same before and after."""
+    import psycopg
+
+    log = messy_log()
+    stored(log, postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "DROP INDEX flagware.events_by_user; DROP INDEX flagware.events_non_numeric;"
+            " CREATE INDEX events_by_name ON flagware.events (event)"
+        )
+    spec = make_spec(unit="userID", metrics={**METRICS, **RATIO})
+    before = compute_results(spec, "button_color", postgres_url, now=NOW)
+    with open_store(postgres_url) as store:
+        assert store.count() == len(log.events)  # a writer connects: the schema is updated
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        indexes = {
+            row[0]
+            for row in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'flagware'"
+            )
+        }
+    assert {"events_by_user", "events_non_numeric"} <= indexes
+    assert "events_by_name" not in indexes
+    after = compute_results(spec, "button_color", postgres_url, now=NOW)
+    assert_close(comparable(before), comparable(after))
