@@ -1,27 +1,20 @@
-"""The aggregation in SQL: who is in the experiment, and each metric's per-group summaries.
+"""The aggregation in SQL, part one: who is in the experiment, and the store-wide checks.
 
-Everything that touches the event table is here, so the statistics never see a
-row and a million events never become a million Python objects. The same SQL
-runs on SQLite and PostgreSQL through the store's ``Reader`` (``?``
-placeholders); the few fragments that differ come from its ``Dialect``.
+Everything that touches the event table is here and in ``per_unit`` (each
+unit's events) and ``moments`` (each metric's per-group summaries), so the
+statistics never see a row and a million events never become a million Python
+objects. The same SQL runs on SQLite and PostgreSQL through the store's
+``Reader`` (``?`` placeholders); the few fragments that differ come from its
+``Dialect``.
 
-1. **Units** (``temp.fw_first``). A unit (the experiment's ``unit`` ID) is in
-   the experiment when its FIRST counted exposure has a group; it stays there
-   whatever later exposures say. Counted: inside the analysis window
-   (``window_start`` after a restart, up to ``until``), and not forced by an
-   override (``ruleID`` ``"override"``: test fixtures and QA cookies). Units whose
-   first exposure has no group (unallocated, or failing the targeting gate) are
-   not in the experiment. Units exposed to two or more groups (crossovers) are
-   counted and left out.
-2. **Per unit and metric event** (``temp.fw_e0``, ``fw_e1``... one table per
-   event read, a row per unit, keyed by group and unit): count, value sum and
-   valued count of the events at or after the unit's first exposure and not
-   after ``until``; count and value sum in the lookback before it (CUPED).
-   ``moments`` turns them into each metric's per-group summaries.
-
-Speed: a unit's events are read as one run of the store's ``events_by_user``
-index when the unit is the userID (the default); other IDs scan the event's
-rows once and probe the units by ID, which costs a sort.
+**Units** (``temp.fw_first``). A unit (the experiment's ``unit`` ID) is in the
+experiment when its FIRST counted exposure has a group; it stays there whatever
+later exposures say. Counted: inside the analysis window (``window_start``
+after a restart, up to ``until``), and not forced by an override (``ruleID``
+``"override"``: test fixtures and QA cookies). Units whose first exposure has
+no group (unallocated, or failing the targeting gate) are not in the
+experiment. Units exposed to two or more groups (crossovers) are counted and
+left out.
 """
 
 from __future__ import annotations
