@@ -15,7 +15,10 @@ round, so machine noise hits them alike:
 
 Each is driven by wrk (Debian's ``wrk``) with new visitors (no cookie: a
 stableID is minted and set) and returning ones (a valid cookie), all with a
-browser's User-Agent. The report
+browser's User-Agent. Every app behind a proxy trusts one ``X-Forwarded-For``
+hop, and each new visitor comes from its own address, as real visitors do:
+the seed lab hashes that address into its userID, so its SDK logs every new
+visitor's exposures (from one loopback address it would log one user's, once). The report
 gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds)
 and the ratios the issue sets goals for.
 
@@ -63,12 +66,17 @@ LUA = """
 local profile = os.getenv("BENCH_PROFILE")
 local agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
   .. "Chrome/126.0.0.0 Safari/537.36"
+-- A new visitor comes from an address of its own (never the same sequence twice);
+-- a returning one from the address it had.
+math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
 function request()
   if profile == "returning" then
-    return wrk.format("GET", "/", {["User-Agent"] = agent,
+    return wrk.format("GET", "/", {["User-Agent"] = agent, ["X-Forwarded-For"] = "203.0.113.7",
       ["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef"})
   end
-  return wrk.format("GET", "/", {["User-Agent"] = agent})
+  local ip = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255),
+    math.random(1, 254))
+  return wrk.format("GET", "/", {["User-Agent"] = agent, ["X-Forwarded-For"] = ip})
 end
 function done(summary, latency, requests)
   local seconds = summary.duration / 1e6

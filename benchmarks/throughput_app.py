@@ -51,7 +51,8 @@ elif KIND == "hand":
     @app.get("/")
     def index() -> str:
         _sdk()
-        user = StatsigUser(user_id=str(hash(request.remote_addr)))
+        address = request.headers.get("X-Forwarded-For", request.remote_addr)  # one proxy hop
+        user = StatsigUser(user_id=str(hash(address)))
         banner = statsig.check_gate(user, "new_signup")
         color = statsig.get_experiment(user, "button_color").get("color", "blue")
         statsig.log_event(StatsigEvent(user, "visited_signup"))
@@ -77,5 +78,6 @@ if KIND != "bare" and KIND != "hand":
         engine="core" if KIND == "core" else "legacy",
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
+        proxy_hops=1,
     )
     app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)  # type: ignore[method-assign]

@@ -44,7 +44,8 @@ elif KIND == "hand":
     async def index(request: Request) -> PlainTextResponse:
         _sdk()
         host = request.client.host if request.client else None
-        user = StatsigUser(user_id=str(hash(host)))
+        address = request.headers.get("x-forwarded-for", host)  # one proxy hop
+        user = StatsigUser(user_id=str(hash(address)))
         banner = statsig.check_gate(user, "new_signup")
         color = statsig.get_experiment(user, "button_color").get("color", "blue")
         statsig.log_event(StatsigEvent(user, "visited_signup"))
@@ -72,5 +73,6 @@ if KIND not in ("bare", "hand"):
         engine="core" if KIND == "core" else "legacy",
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
+        proxy_hops=1,
     )
     app.add_middleware(FlagwareMiddleware, client=fw)
