@@ -1,6 +1,7 @@
 """Experiment results from the event store: aggregation in SQL, decisions in Python.
 
-:mod:`.sql` finds the units and each metric's per-group summaries;
+:mod:`.sql` finds the units, :mod:`.per_unit` what each unit did and
+:mod:`.moments` each metric's per-group summaries;
 :mod:`.analysis` tests every group against the control and corrects each
 family; :mod:`.verdict` runs the checks and says ship, no-ship, inconclusive or
 blocked. This module opens the store and puts the pieces together.
@@ -156,7 +157,9 @@ def _analyse(
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     reads = _reads(metrics, opt.cuped)
-    tables = load_unit_events(conn, exp.unit, reads, opt.until, opt.now)
+    tables = load_unit_events(
+        conn, exp.unit, sum(units.per_group.values()), reads, opt.until, opt.now
+    )
     control = exp.control.name
     groups, srm_p = _group_units(exp, units.per_group)
     data = []
@@ -174,8 +177,7 @@ def _analyse(
         use_cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
-    summed = {e for m in metrics for e in _summed(m)}
-    bad = {e: sql.non_numeric_events(conn, e) for e in sorted(summed)}
+    bad = {e: sql.non_numeric_events(conn, e) for e, read in reads.items() if read.valued}
     results = tuple(
         replace(r, non_numeric_events=sum(bad[e] for e in set(_summed(m))))
         for r, m in zip(results, metrics, strict=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flagware.events.store.reader import Dialect, Reader
-from flagware.results.sql import count_rows, named, unit_column
+from flagware.results.sql import named, unit_column
 
 __all__ = ["EventRead", "EventTables", "load_unit_events"]
 
@@ -40,23 +40,23 @@ class EventRead:
     valued: bool = False
 
 
+@dataclass(frozen=True)
 class EventTables:
     """Where :func:`load_unit_events` put each event's per-unit table."""
 
-    def __init__(self, events: list[str], units: int, future: int) -> None:
-        self.names = {event: f"fw_e{k}" for k, event in enumerate(events)}
-        self.units = units  # rows in every table: the experiment's units
-        self.future = future  # events of those units stamped after now
+    names: dict[str, str]  # event -> its table
+    units: int  # rows in every table: the experiment's units
+    future: int  # events of those units stamped after now
 
 
 def load_unit_events(
-    conn: Reader, unit: str, reads: dict[str, EventRead], until: int, now: int
+    conn: Reader, unit: str, units: int, reads: dict[str, EventRead], until: int, now: int
 ) -> EventTables:
+    """Fill a table per event read for the ``units`` units of ``temp.fw_first``."""
     d = conn.dialect
     names = list(reads)
-    units = count_rows(conn, f"{d.temp}.fw_first")
-    tables = EventTables(names, units, 0)
-    for table in tables.names.values():
+    tables = {event: f"fw_e{k}" for k, event in enumerate(names)}
+    for table in tables.values():
         conn.execute(f"DROP TABLE IF EXISTS {d.temp}.{table}")
         conn.execute(
             f"CREATE TEMP TABLE {table} (grp TEXT NOT NULL, unit TEXT NOT NULL,"
@@ -67,7 +67,7 @@ def load_unit_events(
     into = "(grp, unit, " + ", ".join(_COLUMNS) + ")"
     indexed = [e for e in names if unit == "userID" and not e.startswith("statsig::")]
     for event in indexed:
-        table = f"{d.temp}.{tables.names[event]}"
+        table = f"{d.temp}.{tables[event]}"
         if _fewer_rows_than(conn, event, units):
             # Sparse: walking the event's rows (probing each unit) beats a seek per unit.
             _walk_rows(conn, event, reads[event], table, until, now)
@@ -80,12 +80,11 @@ def load_unit_events(
     if scanned:
         _scan(conn, unit, {e: reads[e] for e in scanned}, tables, until, now)
     future = 0
-    for table in tables.names.values():
+    for table in tables.values():
         conn.analyze(table)
         (n,) = conn.execute(f"SELECT {d.total('fut')} FROM {d.temp}.{table}").fetchone()
         future += int(n)
-    tables.future = future
-    return tables
+    return EventTables(tables, units, future)
 
 
 def _aggregates(d: Dialect, read: EventRead, until: int, now: int) -> list[str]:
@@ -168,7 +167,7 @@ def _scan(
     conn: Reader,
     unit: str,
     reads: dict[str, EventRead],
-    tables: EventTables,
+    tables: dict[str, str],
     until: int,
     now: int,
 ) -> None:
@@ -208,4 +207,4 @@ def _scan(
     )
     for event in reads:
         join = f"{d.temp}.fw_unit_events AS a ON a.event = ? AND a.unit = f.unit"
-        _fill(conn, f"{d.temp}.{tables.names[event]}", join, [event])
+        _fill(conn, f"{d.temp}.{tables[event]}", join, [event])

@@ -24,7 +24,6 @@ from flagware.events.store.reader import Dialect, Reader, database_errors
 from flagware.results.lock import StartRecord, meta_key
 
 __all__ = [
-    "count_rows",
     "future_exposures",
     "load_units",
     "named",
@@ -133,7 +132,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         """
     )
     conn.analyze("fw_first")
-    crossovers = count_rows(conn, f"{d.temp}.fw_cross")
+    crossovers = _count_rows(conn, f"{d.temp}.fw_cross")
     (overrides,) = conn.execute(f"SELECT count(*) FROM {exposures} WHERE forced = 1").fetchone()
     per_group = {
         str(g): int(n)
@@ -143,7 +142,7 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     return Units(per_group, int(crossovers), int(overrides), first, last)
 
 
-def count_rows(conn: Reader, table: str) -> int:
+def _count_rows(conn: Reader, table: str) -> int:
     return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
 
 
