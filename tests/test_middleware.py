@@ -223,6 +223,49 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
 
 
+@pytest.mark.parametrize("hops", [1, 2])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"HTTP_X_FORWARDED_FOR": "8.8.8.8"},
+        {"HTTP_X_FORWARDED_FOR": "6.6.6.6, 8.8.8.8"},
+        {"HTTP_X_FORWARDED_FOR": " 1.1.1.1 ,, 2.2.2.2 , "},
+        {"HTTP_X_FORWARDED_FOR": '"9.9.9.9", "a,b", 7.7.7.7'},
+        {"HTTP_X_FORWARDED_FOR": ","},
+        {"HTTP_X_FORWARDED_FOR": "2001:db8::1", "HTTP_X_FORWARDED_PROTO": "https"},
+        {"HTTP_X_FORWARDED_PROTO": "http, https", "HTTP_X_FORWARDED_HOST": "evil.example"},
+        {"HTTP_X_FORWARDED_FOR": "5.5.5.5", "HTTP_X_FORWARDED_PROTO": ""},
+    ],
+)
+def test_proxy_fix_rewrites_the_environ_as_werkzeugs_proxyfix(
+    hops: int, headers: dict[str, str]
+) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from flagware.request import proxy_fix
+
+    base = {
+        "REMOTE_ADDR": "10.0.0.1",
+        "wsgi.url_scheme": "http",
+        "HTTP_HOST": "app.example",
+        "SERVER_NAME": "app.example",
+        "SERVER_PORT": "80",
+        "SCRIPT_NAME": "",
+        **headers,
+    }
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(dict(environ))
+        return []
+
+    ProxyFix(app, x_for=hops)(dict(base), lambda *a: None)  # type: ignore[arg-type]
+    ours = dict(base)
+    proxy_fix(ours, hops)
+    assert ours == seen[0]
+
+
 @pytest.mark.parametrize(
     "environ",
     [
