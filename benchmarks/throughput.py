@@ -19,8 +19,10 @@ browser's User-Agent. Every app behind a proxy trusts one ``X-Forwarded-For``
 hop, and each new visitor comes from its own address, as real visitors do:
 the seed lab hashes that address into its userID, so its SDK logs every new
 visitor's exposures (from one loopback address it would log one user's, once). The report
-gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds)
-and the ratios the issue sets goals for.
+gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds),
+the workers' CPU time per request (every thread, the event writer's included,
+read from /proc: steadier than req/s on a shared machine) and the ratios the
+issue sets goals for.
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
         [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core] [--json]
@@ -64,6 +66,7 @@ SERVERS = {
 # wrk prints one JSON line at the end: requests/s and latency percentiles (us).
 LUA = """
 local profile = os.getenv("BENCH_PROFILE")
+local connection = os.getenv("BENCH_CONNECTION")
 local agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
   .. "Chrome/126.0.0.0 Safari/537.36"
 -- A new visitor comes from an address of its own (never the same sequence twice);
@@ -72,11 +75,12 @@ math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
 function request()
   if profile == "returning" then
     return wrk.format("GET", "/", {["User-Agent"] = agent, ["X-Forwarded-For"] = "203.0.113.7",
-      ["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef"})
+      ["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef", ["Connection"] = connection})
   end
   local ip = string.format("10.%d.%d.%d", math.random(0, 255), math.random(0, 255),
     math.random(1, 254))
-  return wrk.format("GET", "/", {["User-Agent"] = agent, ["X-Forwarded-For"] = ip})
+  return wrk.format("GET", "/", {["User-Agent"] = agent, ["X-Forwarded-For"] = ip,
+    ["Connection"] = connection})
 end
 function done(summary, latency, requests)
   local seconds = summary.duration / 1e6
@@ -144,13 +148,38 @@ def start_servers(
     return servers
 
 
+def worker_cpu_ns(master: int) -> int:
+    """CPU time so far of the server's worker processes, every thread (Linux /proc)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent != master:
+                continue
+            for task in (stat.parent / "task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a process or thread that ended meanwhile
+    return total
+
+
 def run_wrk(
-    wrk: str, script: Path, port: int, profile: str, seconds: int, connections: int
+    wrk: str,
+    script: Path,
+    port: int,
+    profile: str,
+    seconds: int,
+    connections: int,
+    keep_alive: bool = False,
 ) -> dict[str, Any]:
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
     done = subprocess.run(
         [*cmd, f"http://127.0.0.1:{port}/"],
-        env={**os.environ, "BENCH_PROFILE": profile},
+        env={
+            **os.environ,
+            "BENCH_PROFILE": profile,
+            "BENCH_CONNECTION": "keep-alive" if keep_alive else "close",
+        },
         capture_output=True,
         text=True,
         check=True,
@@ -166,6 +195,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="reuse connections (uvicorn's workers then split wrk's few connections unevenly)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     wrk = shutil.which("wrk")
@@ -189,14 +223,33 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
         try:
             for target in targets:  # warm up: imports, SDK start in each worker, caches
                 for profile in PROFILES:
-                    run_wrk(wrk, script, servers[target][1], profile, 1, args.connections)
+                    run_wrk(
+                        wrk,
+                        script,
+                        servers[target][1],
+                        profile,
+                        1,
+                        args.connections,
+                        args.keep_alive,
+                    )
             for round_ in range(args.rounds):
                 shift = round_ % len(targets)
                 for target in targets[shift:] + targets[:shift]:
+                    process, port = servers[target]
                     for profile in PROFILES:
+                        before = worker_cpu_ns(process.pid)
                         result = run_wrk(
-                            wrk, script, servers[target][1], profile, args.seconds, args.connections
+                            wrk,
+                            script,
+                            port,
+                            profile,
+                            args.seconds,
+                            args.connections,
+                            args.keep_alive,
                         )
+                        time.sleep(0.3)  # the writer's last flush (every 0.2 s) is this run's
+                        used = worker_cpu_ns(process.pid) - before
+                        result["cpu_us"] = used / 1000 / max(1, result["requests"])
                         samples[(*target, profile)].append(result)
         finally:
             for process, _ in servers.values():
@@ -212,6 +265,7 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
             "rps": round(statistics.median(r["rps"] for r in results), 1),
             "p50_ms": round(statistics.median(r["p50"] for r in results) / 1000, 3),
             "p99_ms": round(statistics.median(r["p99"] for r in results) / 1000, 3),
+            "cpu_us": round(statistics.median(r["cpu_us"] for r in results), 1),
             "errors": sum(r["errors"] for r in results),
         }
     for figure in figures["servers"].values():
@@ -221,6 +275,7 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
+        "keep_alive": args.keep_alive,
         "servers": {server: SERVERS[server] for server in figures["servers"]},
     }
     if args.json:
@@ -247,16 +302,19 @@ def _ratios(apps: dict[str, Any], profile: str) -> dict[str, float | None]:
 def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(
         f"wrk -t1 -c{args.connections}, median of {args.rounds} rounds of {args.seconds:g} s, "
-        "all apps alternating"
+        "all apps alternating, "
+        + ("connections kept alive" if args.keep_alive else "a new connection per request")
     )
     for server, figure in figures["servers"].items():
         for profile in PROFILES:
-            print(f"\n{SERVERS[server]}: {profile} visitors      req/s    p50 ms   p99 ms")
+            print(
+                f"\n{SERVERS[server]}: {profile} visitors      req/s    p50 ms   p99 ms  CPU us/req"
+            )
             for kind, row in figure["apps"].items():
                 row = row[profile]
                 print(
                     f"  {APPS[kind]:<38} {row['rps']:>8.0f} {row['p50_ms']:>8.2f} "
-                    f"{row['p99_ms']:>8.2f}"
+                    f"{row['p99_ms']:>8.2f} {row['cpu_us']:>10.0f}"
                 )
             for name, value in figure["ratios"][profile].items():
                 if value is not None:
