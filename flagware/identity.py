@@ -153,13 +153,15 @@ def _country(ip: str) -> str | None:
         _country_lookup = CountryLookup()
         _country_table = (_country_lookup.ipRanges, _country_lookup.countryCodes)
     ranges, codes = _country_table
-    if ranges and _canonical_ipv4(ip):
-        # The table's own binary search (CountryLookup.binarySearch: the first
-        # range ending above the address, else the last), done by bisect in C
-        # instead of a loop in Python. The suite checks both agree.
-        number = int.from_bytes(socket.inet_aton(ip), "big")
+    try:
+        # Strict dotted quads only (no octal, hex or short forms), which
+        # lookupStr reads as the same number. Then the table's own binary
+        # search (CountryLookup.binarySearch: the first range ending above the
+        # address, else the last), by bisect in C instead of a loop in Python.
+        # The suite checks both agree.
+        number = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
         code: Any = codes[min(bisect_right(ranges, number), len(ranges) - 1)]
-    else:
+    except (OSError, ValueError, IndexError):  # anything else, or an empty table
         code = _country_lookup.lookupStr(ip)
     return code if isinstance(code, str) and code != "--" else None
 

@@ -223,6 +223,28 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
 
 
+def test_proxy_hops_rewrite_what_the_app_sees_and_secure_the_cookie(
+    make_client: Any, tmp_path: Any
+) -> None:
+    seen: dict[str, Any] = {}
+
+    @Request.application  # type: ignore[misc]
+    def app(request: Request) -> Response:
+        seen.update(addr=request.remote_addr, scheme=request.scheme, id=current_flags().user_id)
+        return Response("ok")
+
+    proxied = make_client(proxy_hops=1, event_store=tmp_path / "p.db")
+    response = Client(FlagwareMiddleware(app, proxied)).get(
+        "/",
+        environ_base={"REMOTE_ADDR": "10.0.0.1"},
+        headers={"X-Forwarded-For": "6.6.6.6, 8.8.8.8", "X-Forwarded-Proto": "https"},
+    )
+    from flagware.identity import hash_ip
+
+    assert seen == {"addr": "8.8.8.8", "scheme": "https", "id": hash_ip(b"test-key", "8.8.8.8")}
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
 @pytest.mark.parametrize("hops", [1, 2])
 @pytest.mark.parametrize(
     "headers",
