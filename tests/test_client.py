@@ -342,6 +342,38 @@ def test_sigterm_stores_the_queue(
     assert stored == list(range(51))
 
 
+GRACEFUL_APP = """
+import os, signal, sys, time
+sys.path.insert(0, {root!r})
+stopping = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))  # a server's own
+from flagware import Flagware
+from flagware.events.model import Event
+fw = Flagware(spec={spec!r}, event_store={store!r}, hash_key="k", flush_interval=60)
+print("ready", flush=True)
+while not stopping:
+    time.sleep(0.01)
+fw.log(Event("late", {{"userID": "u"}}))  # a request still in flight logs its event
+os._exit(0)  # as uvicorn's workers end: no exit handlers, no flush
+"""
+
+
+def test_events_logged_during_a_graceful_shutdown_are_stored_at_once(
+    store_location: str, spec_file: Any
+) -> None:
+    from flagware.events.store import open_store
+
+    script = GRACEFUL_APP.format(root=str(ROOT), spec=str(spec_file), store=store_location)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    proc.stdout.close()
+    with open_store(store_location) as store:
+        assert [r["event"] for r in store.iter_events()] == ["late"]
+
+
 def test_sigterm_handler_is_installed_only_from_the_main_thread(
     spec_file: Any, tmp_path: Any
 ) -> None:

@@ -11,7 +11,11 @@ The servers differ in what SIGTERM does, which is the point. gunicorn's
 workers and uvicorn install their own handler and shut down gracefully (the
 requests in flight finish: one slow request is in flight at the signal);
 gunicorn's workers then exit normally, while uvicorn puts back the handler it
-replaced (flagware's) and raises SIGTERM again. waitress and ``python app.py``
+replaced (flagware's) and raises SIGTERM again; uvicorn's worker processes
+(``--workers 2``) load the app inside its signal handling, so they re-raise
+SIGTERM with its default action and end without exit handlers: the slow
+request's success event is stored only because events logged during a graceful
+shutdown are stored at once. waitress and ``python app.py``
 (wsgiref) install none. uWSGI loads the app in its master with SIGTERM
 ignored, so flagware installs nothing there; its workers' exit handlers close
 the client, whether ``die-on-term`` stops them at once or the master hook
@@ -123,12 +127,23 @@ SERVERS: dict[str, tuple[str, bool]] = {
     ),
     "waitress": ("-m waitress --listen=127.0.0.1:{port} sapp:app", False),
     "uvicorn": ("-m uvicorn --lifespan off --port {port} sapp:asgi_app", True),
+    # Its supervisor passes SIGTERM on to each worker process.
+    "uvicorn-workers": (
+        "-m uvicorn --lifespan off --workers 2 --port {port} sapp:asgi_app",
+        True,
+    ),
     "wsgiref": ("sapp.py", False),
     # Debian's uWSGI 2.0 with its plugin for this Python (uwsgi-plugin-python3).
     "uwsgi": (
         "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
         " --master --processes 2 --enable-threads --die-on-term --disable-logging",
         False,  # die-on-term stops the workers at once
+    ),
+    # The app loaded in each worker after the fork instead of in the master.
+    "uwsgi-lazy-apps": (
+        "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
+        " --master --processes 2 --enable-threads --die-on-term --disable-logging --lazy-apps",
+        False,
     ),
     "uwsgi-graceful": (
         "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
@@ -268,8 +283,10 @@ EXIT = {  # what SIGTERM makes of each server
     "gunicorn-uvicorn": 0,
     "waitress": -signal.SIGTERM,  # no handler: flagware's stores, then SIGTERM kills as before
     "uvicorn": -signal.SIGTERM,  # raised again, to flagware's handler, after its shutdown
+    "uvicorn-workers": 0,  # the supervisor exits normally once its workers have
     "wsgiref": -signal.SIGTERM,
     "uwsgi": 0,
+    "uwsgi-lazy-apps": 0,
     "uwsgi-graceful": 0,
 }
 

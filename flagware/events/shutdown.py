@@ -24,6 +24,9 @@ class _Client(Protocol):
 
 
 _sigterm_installed = False
+# Set once SIGTERM has been handed on to a server's own graceful shutdown: from
+# then on the writer stores each event as it is queued (see on_sigterm).
+draining = False
 
 
 def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
@@ -44,7 +47,15 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
+        global draining
         chained = callable(previous)
+        if chained:
+            # The server shuts down gracefully: requests in flight still log
+            # events (a success event is released when its response starts),
+            # and a server may end the process without exit handlers (uvicorn's
+            # worker processes re-raise SIGTERM with its default action once
+            # they are done). So each event is stored as it is logged from now on.
+            draining = True
         for client in list(clients()):
             try:
                 # Bounded: this thread may have been interrupted inside a flush.

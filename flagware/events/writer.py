@@ -25,6 +25,7 @@ import time
 import weakref
 from collections.abc import Callable
 
+from flagware.events import shutdown
 from flagware.events.model import Event
 from flagware.events.store import Store
 
@@ -95,6 +96,8 @@ class EventWriter:
         self._queue.put(event)
         if size == MAX_BATCH:  # a burst: store it now rather than at the next tick
             self._wake.set()
+        if shutdown.draining:  # SIGTERM: the process may end without another flush
+            self.flush(timeout=5)
 
     def _drop(self) -> None:
         with self._drop_lock:
