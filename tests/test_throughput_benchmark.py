@@ -45,4 +45,6 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
                 row = server["apps"][kind][profile]
                 assert row["errors"] == 0 and row["rps"] > 0
                 assert 0 < row["p50_ms"] <= row["p99_ms"]
+                # The workers' CPU was found in /proc and is plausible per request.
+                assert 10 < row["cpu_us"] < 100_000
         assert server["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0
