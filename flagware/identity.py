@@ -97,7 +97,7 @@ def _normalise_ip(raw: str) -> str | None:
 def _canonical_ipv4(text: str) -> bool:
     """Whether ``text`` is a dotted-quad IPv4 address exactly as ipaddress writes it.
 
-    The C parser and printer take a tenth of ipaddress's time for a new visitor.
+    The C parser and printer take a fraction of ipaddress's time for a new visitor.
     """
     try:
         return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text)) == text

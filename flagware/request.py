@@ -130,7 +130,7 @@ def proxy_fix(environ: dict[str, Any], hops: int) -> None:
     """What ``werkzeug.middleware.proxy_fix.ProxyFix(app, x_for=hops)`` does, in place.
 
     The WSGI middleware applied that ProxyFix to every request; done inline it
-    costs a third as much, which matters to apps that never read a flag. Same
+    costs about half as much, which matters to apps that never read a flag. Same
     result (the suite compares the two): ``REMOTE_ADDR`` from ``hops`` trusted
     ``X-Forwarded-For`` values, ``wsgi.url_scheme`` from one trusted
     ``X-Forwarded-Proto`` (ProxyFix's default), the originals kept under
