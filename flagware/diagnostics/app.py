@@ -10,10 +10,9 @@ from collections.abc import Iterable
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from flagware import identity, qa
+from flagware import identity, qa, request
 from flagware.diagnostics import override
 from flagware.diagnostics.events import POLL_LIMIT, _read_events, _scrub, is_store
 from flagware.diagnostics.html import (
@@ -42,7 +41,7 @@ from flagware.events.store.reader import database_errors, open_reader
 from flagware.flags import OVERRIDE_RULE, Config, Flags
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
     from flagware.client import Flagware
 
@@ -81,10 +80,10 @@ class DiagnosticsApp:
             if self._token
             else None
         )
-        # The middleware routes here before its ProxyFix, so apply the same
-        # trusted hops: the visitor's userID and country must be the app's.
-        hops = int(getattr(client, "proxy_hops", 0) or 0)
-        self._app: WSGIApplication = ProxyFix(self._serve, x_for=hops) if hops else self._serve
+        # Requests are routed here on the real peer (access is judged on it), so
+        # the page applies the trusted hops itself, by the middleware's rule: the
+        # visitor's userID and country must be the app's.
+        self._hops = int(getattr(client, "proxy_hops", 0) or 0)
 
     # -- access -------------------------------------------------------------------
 
@@ -119,7 +118,9 @@ class DiagnosticsApp:
     # -- WSGI -----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        return self._app(environ, start_response)
+        if self._hops:
+            request.proxy_fix(environ, self._hops)
+        return self._serve(environ, start_response)
 
     def render(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], bytes]:
         """The whole response at once, for adapters that are not WSGI (ASGI, Django)."""
