@@ -18,14 +18,16 @@ stableID is minted and set) and returning ones (a valid cookie), all with a
 browser's User-Agent. Every app behind a proxy trusts one ``X-Forwarded-For``
 hop, and each new visitor comes from its own address, as real visitors do:
 the seed lab hashes that address into its userID, so its SDK logs every new
-visitor's exposures (from one loopback address it would log one user's, once). The report
-gives the median req/s over rounds, wrk's p50/p99 latency (median over rounds),
-the workers' CPU time per request (every thread, the event writer's included,
-read from /proc: steadier than req/s on a shared machine) and the ratios the
-issue sets goals for.
+visitor's exposures (from one loopback address it would log one user's,
+once). Every request comes on a new connection unless ``--keep-alive``. The
+report gives the median req/s over rounds, wrk's p50/p99 latency (median over
+rounds), the workers' CPU time per request (every thread, the event writer's
+included, read from /proc: it does not depend on how the load lands on the
+workers) and the ratios the issue sets goals for.
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
-        [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core] [--json]
+        [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core] [--keep-alive]
+        [--json]
 """
 
 from __future__ import annotations
