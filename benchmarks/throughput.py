@@ -23,11 +23,13 @@ once). Every request comes on a new connection unless ``--keep-alive``. The
 report gives the median req/s over rounds, wrk's p50/p99 latency (median over
 rounds), the workers' CPU time per request (every thread, the event writer's
 included, read from /proc: it does not depend on how the load lands on the
-workers) and the ratios the issue sets goals for.
+workers) and the ratios the issue sets goals for. Each ratio comes with the
+lowest and highest of its per-round values (the two apps ran back to back in
+each round) and with the same ratio by CPU per request.
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
-        [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core] [--keep-alive]
-        [--json]
+        [--workers 2] [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core]
+        [--keep-alive] [--json]
 """
 
 from __future__ import annotations
@@ -61,6 +63,13 @@ APPS = {
     "core": "seed lab through flagware (core)",
 }
 PROFILES = ("new", "returning")
+# The ratios the issue sets goals for (numerator, denominator); above 1 is faster.
+RATIOS = {
+    "wrapped/bare (goal >= 0.97)": ("wrapped", "bare"),
+    "legacy/hand (goal >= 1.0)": ("legacy", "hand"),
+    "core/hand (goal >= 1.2)": ("core", "hand"),
+    "hand/bare": ("hand", "bare"),
+}
 SERVERS = {
     "gunicorn": "gunicorn -w 2 (sync), Flask",
     "uvicorn": "uvicorn --workers 2, Starlette",
@@ -115,11 +124,11 @@ def wait_up(url: str, timeout: float = 30) -> None:
             time.sleep(0.1)
 
 
-def server_command(server: str, port: int) -> list[str]:
+def server_command(server: str, port: int, workers: int = 2) -> list[str]:
     if server == "gunicorn":
-        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b"]
+        cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync", "-b"]
         return [*cmd, f"127.0.0.1:{port}", "--log-level", "warning", "throughput_app:app"]
-    cmd = [sys.executable, "-m", "uvicorn", "throughput_asgi_app:app", "--workers", "2"]
+    cmd = [sys.executable, "-m", "uvicorn", "throughput_asgi_app:app", "--workers", str(workers)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     return [*cmd, "--no-access-log"]
 
@@ -128,7 +137,7 @@ Target = tuple[str, str]  # (server, app kind)
 
 
 def start_servers(
-    tmp: Path, stub_url: str, targets: list[Target]
+    tmp: Path, stub_url: str, targets: list[Target], workers: int = 2
 ) -> dict[Target, tuple[subprocess.Popen[bytes], int]]:
     servers: dict[Target, tuple[subprocess.Popen[bytes], int]] = {}
     for server, kind in targets:
@@ -142,7 +151,7 @@ def start_servers(
         }
         with (tmp / f"{server}-{kind}.log").open("wb") as log:  # the child keeps its own copy
             process = subprocess.Popen(
-                server_command(server, port), env=env, stdout=log, stderr=log
+                server_command(server, port, workers), env=env, stdout=log, stderr=log
             )
             servers[server, kind] = (process, port)
     for _, port in servers.values():
@@ -195,6 +204,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes per server (the goals: 2)"
+    )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset")
     parser.add_argument("--apps", default=",".join(APPS), help="comma-separated subset")
     parser.add_argument(
@@ -221,7 +233,7 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
         (*t, p): [] for t in targets for p in PROFILES
     }
     with StatsigStub(dcs=compile_dcs(load_spec(SPEC))) as stub:
-        servers = start_servers(tmp, stub.url, targets)
+        servers = start_servers(tmp, stub.url, targets, args.workers)
         try:
             for target in targets:  # warm up: imports, SDK start in each worker, caches
                 for profile in PROFILES:
@@ -270,13 +282,17 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
             "cpu_us": round(statistics.median(r["cpu_us"] for r in results), 1),
             "errors": sum(r["errors"] for r in results),
         }
-    for figure in figures["servers"].values():
+    for server, figure in figures["servers"].items():
+        figure["spread"] = {}
         for profile in PROFILES:
             figure["ratios"][profile] = _ratios(figure["apps"], profile)
+            rounds = {kind: samples[server, kind, profile] for kind in figure["apps"]}
+            figure["spread"][profile] = _spread(rounds)
     figures["settings"] = {
         "rounds": args.rounds,
         "seconds": args.seconds,
         "connections": args.connections,
+        "workers": args.workers,
         "keep_alive": args.keep_alive,
         "servers": {server: SERVERS[server] for server in figures["servers"]},
     }
@@ -293,17 +309,38 @@ def _ratios(apps: dict[str, Any], profile: str) -> dict[str, float | None]:
             return None
         return round(apps[a][profile]["rps"] / apps[b][profile]["rps"], 3)
 
-    return {
-        "wrapped/bare (goal >= 0.97)": ratio("wrapped", "bare"),
-        "legacy/hand (goal >= 1.0)": ratio("legacy", "hand"),
-        "core/hand (goal >= 1.2)": ratio("core", "hand"),
-        "hand/bare": ratio("hand", "bare"),
-    }
+    return {name: ratio(a, b) for name, (a, b) in RATIOS.items()}
+
+
+def _spread(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float] | None]:
+    """How far each ratio moved between rounds, and the same ratio by CPU per request.
+
+    Both apps of a ratio ran back to back in every round, so a round's ratio is
+    a paired comparison; the lowest and highest of them say how much one run's
+    ratio can be trusted. The CPU ratio (the denominator's CPU per request over
+    the numerator's, so that above 1 still means faster) is the median over
+    rounds: it does not depend on how the load landed on the workers.
+    """
+    found: dict[str, dict[str, float] | None] = {}
+    for name, (a, b) in RATIOS.items():
+        if a not in rounds or b not in rounds:
+            found[name] = None
+            continue
+        pairs = list(zip(rounds[a], rounds[b], strict=True))
+        by_rps = [x["rps"] / y["rps"] for x, y in pairs]
+        by_cpu = [y["cpu_us"] / x["cpu_us"] for x, y in pairs]
+        found[name] = {
+            "min": round(min(by_rps), 3),
+            "max": round(max(by_rps), 3),
+            "cpu": round(statistics.median(by_cpu), 3),
+        }
+    return found
 
 
 def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(
-        f"wrk -t1 -c{args.connections}, median of {args.rounds} rounds of {args.seconds:g} s, "
+        f"wrk -t1 -c{args.connections}, {args.workers} workers per server, median of "
+        f"{args.rounds} rounds of {args.seconds:g} s, "
         "all apps alternating, "
         + ("connections kept alive" if args.keep_alive else "a new connection per request")
     )
@@ -319,8 +356,12 @@ def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                     f"{row['p99_ms']:>8.2f} {row['cpu_us']:>10.0f}"
                 )
             for name, value in figure["ratios"][profile].items():
-                if value is not None:
-                    print(f"  {name:<38} {value:.3f}x")
+                spread = figure["spread"][profile][name]
+                if value is not None and spread is not None:
+                    print(
+                        f"  {name:<38} {value:.3f}x   rounds {spread['min']:.2f}-"
+                        f"{spread['max']:.2f}, by CPU {spread['cpu']:.3f}x"
+                    )
 
 
 if __name__ == "__main__":

@@ -48,3 +48,10 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
                 # The workers' CPU was found in /proc and is plausible per request.
                 assert 10 < row["cpu_us"] < 100_000
         assert server["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0
+        # Each ratio's spread over the rounds, and the same ratio by CPU per request.
+        for profile in ("new", "returning"):
+            spread = server["spread"][profile]["core/hand (goal >= 1.2)"]
+            assert 0 < spread["min"] <= spread["max"] and spread["cpu"] > 0
+            assert spread["min"] <= server["ratios"][profile]["core/hand (goal >= 1.2)"]
+            assert server["spread"][profile]["wrapped/bare (goal >= 0.97)"] is None  # not run
+    assert figures["settings"]["workers"] == 2
