@@ -9,7 +9,9 @@ dependency injection through the decorators, and the lifespan close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -403,6 +405,34 @@ def test_websocket_and_lifespan_scopes_pass_through(make_client: Any) -> None:
     )
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert client._closed  # closed before the server heard "complete"
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_a_finished_request_leaves_no_reference_cycle(make_client: Any, reads: bool) -> None:
+    # Freed by reference counting alone, with the collector off: nothing of the
+    # request waits for a garbage collection (each one costs every request).
+    client = make_client()
+    refs: list[weakref.ref[Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        flags = scope["flagware.flags"]
+        assert flags is current_flags()
+        if reads:
+            flags.gate("new_signup")
+        refs.append(weakref.ref(flags))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = http_scope("/", [(b"user-agent", b"Mozilla/5.0")])
+    gc.collect()
+    gc.disable()
+    try:
+        sent = run_asgi(FlagwareMiddleware(app, client), scope, [])
+        assert sent[0]["status"] == 200
+        assert refs[0]() is None  # the Flags is gone: the scope no longer links to it
+        assert "flagware.flags" not in scope  # the request is over
+    finally:
+        gc.enable()
 
 
 def test_secure_cookie_repeated_headers_and_proxy_hops(make_client: Any) -> None:
