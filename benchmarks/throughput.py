@@ -1,6 +1,6 @@
 """End-to-end throughput under real servers: gunicorn (sync) and uvicorn, 2 workers, wrk.
 
-Five apps are served at once by each server, each app by its own server with
+Six apps are served at once by each server, each app by its own server with
 2 workers (WSGI apps in benchmarks/throughput_app.py under gunicorn's sync
 workers; their ASGI twins on Starlette in benchmarks/throughput_asgi_app.py
 under uvicorn), and all are measured alternately in one run, round after
@@ -9,7 +9,9 @@ round, so machine noise hits them alike:
 - a bare app (Flask; Starlette), and the same app wrapped with flagware's
   middleware reading no flag;
 - the seed lab (one gate, one experiment, one event) written by hand on the
-  ``statsig`` SDK, its event logger live against the loopback Statsig stub;
+  ``statsig`` SDK, its event logger live against the loopback Statsig stub,
+  and the same written by hand on ``statsig-python-core`` (Core's own logger
+  live against the stub): what Core itself gives;
 - the seed lab through flagware on the legacy engine and on Core, storing
   every exposure and event in SQLite.
 
@@ -28,7 +30,7 @@ lowest and highest of its per-round values (the two apps ran back to back in
 each round) and with the same ratio by CPU per request.
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
-        [--workers 2] [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,legacy,core]
+        [--workers 2] [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,corehand,legacy,core]
         [--keep-alive] [--json]
 """
 
@@ -59,6 +61,7 @@ APPS = {
     "bare": "bare app",
     "wrapped": "bare + flagware, no flag read",
     "hand": "seed lab by hand on the statsig SDK",
+    "corehand": "seed lab by hand on statsig-python-core",
     "legacy": "seed lab through flagware (legacy)",
     "core": "seed lab through flagware (core)",
 }
@@ -69,6 +72,9 @@ RATIOS = {
     "legacy/hand (goal >= 1.0)": ("legacy", "hand"),
     "core/hand (goal >= 1.2)": ("core", "hand"),
     "hand/bare": ("hand", "bare"),
+    # What Core itself gives when written by hand, and flagware against that.
+    "by hand, Core/legacy": ("corehand", "hand"),
+    "core/by hand on Core": ("core", "corehand"),
 }
 SERVERS = {
     "gunicorn": "gunicorn -w 2 (sync), Flask",

@@ -7,6 +7,8 @@
 - ``hand``: the seed lab written by hand on the ``statsig`` SDK, its event
   logger live against the loopback stub at ``BENCH_STUB`` (started lazily in
   each worker, as it must be after gunicorn forks);
+- ``corehand``: the same, written by hand on ``statsig-python-core``: what
+  Core itself gives, the reference for flagware on Core;
 - ``legacy`` / ``core``: the seed lab through flagware on that engine, every
   exposure and event stored in ``BENCH_STORE``.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, request
 
@@ -26,6 +29,7 @@ SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 KIND = os.environ.get("BENCH_APP", "bare")
 
 app = Flask(f"bench_{KIND}")
+
 
 if KIND in ("bare", "wrapped"):
 
@@ -58,6 +62,34 @@ elif KIND == "hand":
         statsig.log_event(StatsigEvent(user, "visited_signup"))
         return f"{banner} {color}"
 
+elif KIND == "corehand":
+    import statsig_python_core as core
+    from throughput_core import core_options
+
+    _core_lock = threading.Lock()
+    _core_sdk: Any = None
+    _core_pid = -1
+
+    def _core() -> Any:
+        global _core_sdk, _core_pid
+        if _core_pid != os.getpid():
+            with _core_lock:
+                if _core_pid != os.getpid():
+                    _core_sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
+                    _core_sdk.initialize().wait()
+                    _core_pid = os.getpid()
+        return _core_sdk
+
+    @app.get("/")
+    def index() -> str:
+        sdk = _core()
+        address = request.headers.get("X-Forwarded-For", request.remote_addr)  # one proxy hop
+        user = core.StatsigUser(user_id=str(hash(address)))
+        banner = sdk.check_gate(user, "new_signup")
+        color = sdk.get_experiment(user, "button_color").get_string("color", "blue")
+        sdk.log_event(user, "visited_signup")
+        return f"{banner} {color}"
+
 else:
     from flagware import current_flags, log_event
 
@@ -70,7 +102,7 @@ else:
         return f"{banner} {color}"
 
 
-if KIND != "bare" and KIND != "hand":
+if KIND not in ("bare", "hand", "corehand"):
     from flagware import Flagware, FlagwareMiddleware
 
     fw = Flagware(

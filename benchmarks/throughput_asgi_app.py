@@ -2,9 +2,10 @@
 
 The twins of throughput_app.py's WSGI apps, on Starlette: ``BENCH_APP`` picks
 ``bare``, ``wrapped`` (flagware's ASGI middleware, no flag read), ``hand``
-(the seed lab on the ``statsig`` SDK, its logger live against ``BENCH_STUB``)
-or ``legacy`` / ``core`` (the seed lab through flagware on that engine, every
-exposure and event stored in ``BENCH_STORE``). Every endpoint is ``async``, as
+(the seed lab on the ``statsig`` SDK, its logger live against ``BENCH_STUB``),
+``corehand`` (the same on ``statsig-python-core``) or ``legacy`` / ``core``
+(the seed lab through flagware on that engine, every exposure and event
+stored in ``BENCH_STORE``). Every endpoint is ``async``, as
 a FastAPI or Starlette app's usually is; the SDK's calls do no I/O, so they
 run on the event loop as flagware's do.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,6 +53,31 @@ elif KIND == "hand":
         statsig.log_event(StatsigEvent(user, "visited_signup"))
         return PlainTextResponse(f"{banner} {color}")
 
+elif KIND == "corehand":
+    import statsig_python_core as core
+    from throughput_core import core_options
+
+    _core_sdk: Any = None
+
+    def _core() -> Any:
+        # Lazily, in each worker: uvicorn's workers are separate processes.
+        global _core_sdk
+        if _core_sdk is None:
+            sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
+            sdk.initialize().wait()
+            _core_sdk = sdk
+        return _core_sdk
+
+    async def index(request: Request) -> PlainTextResponse:
+        sdk = _core()
+        host = request.client.host if request.client else None
+        address = request.headers.get("x-forwarded-for", host)  # one proxy hop
+        user = core.StatsigUser(user_id=str(hash(address)))
+        banner = sdk.check_gate(user, "new_signup")
+        color = sdk.get_experiment(user, "button_color").get_string("color", "blue")
+        sdk.log_event(user, "visited_signup")
+        return PlainTextResponse(f"{banner} {color}")
+
 else:
     from flagware import current_flags, log_event
 
@@ -64,7 +91,7 @@ else:
 
 app = Starlette(routes=[Route("/", index)])
 
-if KIND not in ("bare", "hand"):
+if KIND not in ("bare", "hand", "corehand"):
     from flagware import Flagware
     from flagware.asgi import FlagwareMiddleware
 

@@ -1,6 +1,6 @@
 """benchmarks/throughput.py runs end to end: real gunicorn and uvicorn servers, real wrk.
 
-A smoke run (one round of one second on two of the apps per server), so the benchmark the
+A smoke run (one round of one second on three of the apps per server), so the benchmark the
 README quotes cannot rot; it asserts that every request succeeded and that the
 figures are there, not how fast this machine is.
 """
@@ -37,10 +37,11 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import throughput
 
-    figures = throughput.main(["--rounds", "1", "--seconds", "1", "--apps", "hand,core", "--json"])
+    apps = "hand,corehand,core"
+    figures = throughput.main(["--rounds", "1", "--seconds", "1", "--apps", apps, "--json"])
     assert set(figures["servers"]) == {"gunicorn", "uvicorn"}
     for server in figures["servers"].values():
-        for kind in ("hand", "core"):
+        for kind in apps.split(","):
             for profile in ("new", "returning"):
                 row = server["apps"][kind][profile]
                 assert row["errors"] == 0 and row["rps"] > 0
@@ -48,6 +49,7 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
                 # The workers' CPU was found in /proc and is plausible per request.
                 assert 10 < row["cpu_us"] < 100_000
         assert server["ratios"]["new"]["core/hand (goal >= 1.2)"] > 0
+        assert server["ratios"]["new"]["by hand, Core/legacy"] > 0
         # Each ratio's spread over the rounds, and the same ratio by CPU per request.
         for profile in ("new", "returning"):
             spread = server["spread"][profile]["core/hand (goal >= 1.2)"]
