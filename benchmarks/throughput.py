@@ -77,8 +77,8 @@ RATIOS = {
     "core/by hand on Core": ("core", "corehand"),
 }
 SERVERS = {
-    "gunicorn": "gunicorn -w 2 (sync), Flask",
-    "uvicorn": "uvicorn --workers 2, Starlette",
+    "gunicorn": "gunicorn (sync workers), Flask",
+    "uvicorn": "uvicorn (worker processes), Starlette",
 }
 # wrk prints one JSON line at the end: requests/s and latency percentiles (us).
 LUA = """
