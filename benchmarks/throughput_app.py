@@ -19,16 +19,35 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, request
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "flagware" / "demo" / "flagware.toml"
 KIND = os.environ.get("BENCH_APP", "bare")
+T = TypeVar("T")
 
 app = Flask(f"bench_{KIND}")
+
+
+def per_process(start: Callable[[], T]) -> Callable[[], T]:
+    """``start()`` run once in each process, on first use: gunicorn forks its
+    workers after importing the app, and an SDK started before the fork does
+    not survive it."""
+    lock = threading.Lock()
+    started: list[tuple[int, T]] = []
+
+    def get() -> T:
+        if not started or started[0][0] != os.getpid():
+            with lock:
+                if not started or started[0][0] != os.getpid():
+                    started[:] = [(os.getpid(), start())]
+        return started[0][1]
+
+    return get
 
 
 if KIND in ("bare", "wrapped"):
@@ -40,17 +59,10 @@ if KIND in ("bare", "wrapped"):
 elif KIND == "hand":
     from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
 
-    _lock = threading.Lock()
-    _pid = -1
-
+    @per_process
     def _sdk() -> None:
-        global _pid
-        if _pid != os.getpid():
-            with _lock:
-                if _pid != os.getpid():
-                    options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
-                    statsig.initialize("secret-bench", options)
-                    _pid = os.getpid()
+        options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
+        statsig.initialize("secret-bench", options)
 
     @app.get("/")
     def index() -> str:
@@ -66,19 +78,11 @@ elif KIND == "corehand":
     import statsig_python_core as core
     from throughput_core import core_options
 
-    _core_lock = threading.Lock()
-    _core_sdk: Any = None
-    _core_pid = -1
-
+    @per_process
     def _core() -> Any:
-        global _core_sdk, _core_pid
-        if _core_pid != os.getpid():
-            with _core_lock:
-                if _core_pid != os.getpid():
-                    _core_sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
-                    _core_sdk.initialize().wait()
-                    _core_pid = os.getpid()
-        return _core_sdk
+        sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
+        sdk.initialize().wait()
+        return sdk
 
     @app.get("/")
     def index() -> str:

@@ -9,7 +9,10 @@ def core_options(stub: str) -> Any:
     """statsig-python-core against the loopback stub: specs from it, events to it."""
     import statsig_python_core as core
 
-    api = stub.rstrip("/")  # ".../v1"; Core reads specs from the v2 endpoint
+    # ".../v1"; Core reads specs from the v2 endpoint. The same rule as
+    # flagware.engine.core.core_specs_url, written out: a hand-written lab
+    # must not import flagware (its modules would weigh on this process).
+    api = stub.rstrip("/")
     return core.StatsigOptions(
         specs_url=api.removesuffix("/v1") + "/v2/download_config_specs",
         log_event_url=api + "/log_event",
