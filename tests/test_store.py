@@ -76,6 +76,39 @@ def test_batch_rows_keep_every_event_and_its_exact_wire_payload(store: Store) ->
     assert states(store) == {PENDING: 307}
 
 
+def test_missing_values_are_stored_as_null(store: Store) -> None:
+    store.append([Event("e", {"userID": None}), Event("f", {"userID": "u"}, value=0)])
+    nullable = ("user_id", "value", "metadata", "exposure", "delivery")
+    columns = ", ".join(f"{column} IS NULL" for column in nullable)
+    rows = store._conn().execute(f"SELECT {columns} FROM events ORDER BY id").fetchall()
+    null = [[bool(v) for v in row] for row in rows]
+    assert null == [[True] * 5, [False, False, True, True, True]]
+
+
+def test_none_skips_the_adapter_protocol_on_311_and_an_apps_own_adapter_is_kept() -> None:
+    # Python 3.11's sqlite3 raises and clears two AttributeErrors for every None
+    # it binds, unless an adapter for None is registered (flagware's is {}.get).
+    script = """
+import sqlite3, sys
+key = (type(None), sqlite3.PrepareProtocol)
+def mine(value):
+    return None
+if sys.argv[1] == "app-first":
+    sqlite3.register_adapter(type(None), mine)
+import flagware.events.store.sqlite
+adapter = sqlite3.adapters.get(key)
+print("mine" if adapter is mine else "none" if adapter is None else adapter.__qualname__)
+"""
+    seen = {
+        order: subprocess.run(
+            [sys.executable, "-c", script, order], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for order in ("flagware-only", "app-first")
+    }
+    expected = "dict.get" if sys.version_info < (3, 12) else "none"
+    assert seen == {"flagware-only": expected, "app-first": "mine"}
+
+
 def test_meta(store: Store) -> None:
     assert store.get_meta("x") is None
     store.set_meta("x", "1")
