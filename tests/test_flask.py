@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
 from flask import Flask, render_template_string
+from werkzeug.test import EnvironBuilder
 
 from flagware import Flagware, current_flags, log_event
 from flagware.flask import FlaskFlagware, get_client
@@ -60,6 +63,31 @@ def test_jinja_templates_see_this_requests_flags(client: Any) -> None:
 def test_async_views(client: Any) -> None:
     app = create_app(FlaskFlagware(client=client))
     assert app.test_client().get("/async").text == "True"
+
+
+def test_a_flask_request_that_read_flags_is_freed_without_the_collector(client: Any) -> None:
+    # Flask keeps no cycle of its own through the environ, and flagware's Flags
+    # lets go of it once read: the request is freed by reference counting.
+    app = create_app(FlaskFlagware(client=client))
+    refs: list[weakref.ref[Any]] = []
+
+    @app.get("/read")
+    def read() -> str:
+        flags = current_flags()
+        refs.append(weakref.ref(flags))
+        return f"{flags.gate('everyone')} {flags.experiment('button_color').group}"
+
+    environ = EnvironBuilder("/read").get_environ()
+    gc.collect()
+    gc.disable()
+    try:
+        body = app(environ, lambda status, headers, exc_info=None: None)
+        assert b"".join(body).startswith(b"True ")
+        body.close()  # type: ignore[attr-defined]
+        del environ, body
+        assert refs[0]() is None
+    finally:
+        gc.enable()
 
 
 def test_init_app_twice_is_an_error(client: Any) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
-from werkzeug.test import Client
+from werkzeug.test import Client, EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from flagware import FlagwareMiddleware, current_flags
@@ -327,3 +329,38 @@ def test_raw_ip_never_stored_country_is(client: Any) -> None:
     payloads = [row[0] for row in client.store._conn().execute("SELECT payload FROM events")]
     assert payloads and all("8.8.8.8" not in p for p in payloads)
     assert all(json.loads(p)["user"]["country"] == "US" for p in payloads)
+
+
+@pytest.mark.parametrize("reads", ["gate", "experiment", "both"])
+def test_a_request_that_read_flags_is_freed_without_the_collector(client: Any, reads: str) -> None:
+    # environ["flagware.flags"] is the Flags; once its reads are done the Flags
+    # lets go of the environ, so no cycle keeps the request alive.
+    refs: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        flags = current_flags()
+        if reads in ("gate", "both"):
+            flags.gate("new_signup")
+        if reads in ("experiment", "both"):
+            flags.experiment("button_color")
+        flags.log_event("after_the_reads")  # still the same user, with no environ
+        assert environ["flagware.flags"] is flags
+        refs.append(weakref.ref(flags))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [flags.user_id.encode()]
+
+    environ = EnvironBuilder("/", environ_base={"REMOTE_ADDR": "198.51.100.9"}).get_environ()
+    gc.collect()
+    gc.disable()
+    try:
+        statuses: list[str] = []
+        body = FlagwareMiddleware(app, client)(environ, lambda s, h, e=None: statuses.append(s))
+        user_id = b"".join(body).decode()
+        assert statuses == ["200 OK"] and refs[0]() is not None
+        del environ, body
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+    events = stored(client)
+    assert {e["user_id"] for e in events} == {user_id}
+    assert events[-1]["event"] == "after_the_reads"
