@@ -86,7 +86,7 @@ def test_missing_values_are_stored_as_null(store: Store) -> None:
 
 
 def test_none_skips_the_adapter_protocol_on_311_and_an_apps_own_adapter_is_kept() -> None:
-    # Python 3.11's sqlite3 raises and clears two AttributeErrors for every None
+    # Python 3.11's sqlite3 raises and clears an AttributeError for every None
     # it binds, unless an adapter for None is registered (flagware's is {}.get).
     script = """
 import sqlite3, sys

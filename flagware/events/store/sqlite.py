@@ -99,7 +99,7 @@ def fork_guard() -> AbstractContextManager[Any]:
 
 
 # Python 3.11's sqlite3 binds a None parameter only after trying the adapter
-# protocol on it, which raises and clears two AttributeErrors: 0.4 us a None,
+# protocol on it, which raises and clears an AttributeError: 0.4 us a None,
 # and an event row binds up to eight (measured: 5.7 us a row, 2.6 us with
 # this). An adapter registered for None is found first; it returns None, which
 # binds NULL as before, so nothing another user of sqlite3 sees changes. 3.12
