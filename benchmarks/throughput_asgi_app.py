@@ -13,6 +13,7 @@ run on the event loop as flagware's do.
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,10 @@ if KIND in ("bare", "wrapped"):
 elif KIND == "hand":
     from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
 
-    _started = False
-
+    @cache  # lazily, once in each worker: uvicorn's workers are separate processes
     def _sdk() -> None:
-        # Lazily, in each worker: uvicorn's workers are separate processes.
-        global _started
-        if not _started:
-            options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
-            statsig.initialize("secret-bench", options)
-            _started = True
+        options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
+        statsig.initialize("secret-bench", options)
 
     async def index(request: Request) -> PlainTextResponse:
         _sdk()
@@ -57,16 +53,11 @@ elif KIND == "corehand":
     import statsig_python_core as core
     from throughput_core import core_options
 
-    _core_sdk: Any = None
-
+    @cache  # lazily, once in each worker
     def _core() -> Any:
-        # Lazily, in each worker: uvicorn's workers are separate processes.
-        global _core_sdk
-        if _core_sdk is None:
-            sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
-            sdk.initialize().wait()
-            _core_sdk = sdk
-        return _core_sdk
+        sdk = core.Statsig("secret-bench", core_options(os.environ["BENCH_STUB"]))
+        sdk.initialize().wait()
+        return sdk
 
     async def index(request: Request) -> PlainTextResponse:
         sdk = _core()
