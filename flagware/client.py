@@ -20,6 +20,7 @@ from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
+from flagware.visitors import Repeats
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
@@ -87,6 +88,9 @@ class Flagware:
         # environ -> False for requests whose flag reads are not exposures
         # (health checks, internal traffic); bots, HEAD and prefetches never are.
         exposure_filter: ExposureFilter | None = None,
+        # Seconds a visitor shown the same gate value or group is not exposed
+        # again (Statsig's SDKs: 60); 0 logs an exposure on every request.
+        exposure_dedupe: float = 60.0,
         allow_random_override: bool = False,  # honour ?random=1 (lets anyone pick a group)
         cookie_name: str = "flagware_id",
         cookie_max_age: int = 365 * 24 * 3600,
@@ -107,6 +111,8 @@ class Flagware:
             raise ConfigurationError(
                 "pass either spec= (local engine) or statsig_secret=, not both"
             )
+        if not exposure_dedupe >= 0:  # also NaN
+            raise ConfigurationError("exposure_dedupe must be 0 (off) or more seconds")
         if proxy_hops < 0:
             raise ConfigurationError("proxy_hops must be 0 or more")
         if diagnostics not in (False, True, "debug"):
@@ -160,7 +166,9 @@ class Flagware:
         self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
         # Exposures not logged because the request was no visitor, by reason:
         # "bot", "method" (HEAD, OPTIONS), "prefetch", "filter" (exposure_filter).
+        # "repeat": the visitor was shown the same thing within exposure_dedupe.
         self.skipped_exposures: Counter[str] = Counter()
+        self.repeats = Repeats(exposure_dedupe, self.skipped_exposures)
         # Experiments this process has seen exposed, and the first exposure
         # times still to be recorded in the store (by the writer thread).
         self._started: set[str] = set()

@@ -2,7 +2,9 @@
 
 A Flags object is created for every request but does nothing until used: the
 identity, the Statsig user and each evaluation are computed on first use and
-memoised, so one request records at most one exposure per gate or experiment.
+memoised, so one request records at most one exposure per gate or experiment,
+and a visitor shown the same thing again within a minute none (as Statsig's SDKs
+dedupe exposures; see ``visitors.Repeats``).
 """
 
 from __future__ import annotations
@@ -239,7 +241,9 @@ class Flags:
                 result = client.engine.gate(self.statsig_user(), name)
                 value, rule_id = result.value, result.rule_id
                 secondary = result.secondary_exposures
-            if self._exposes():
+            if self._exposes() and client.repeats.first(
+                (GATE_EXPOSURE, name, value, rule_id, self.user_id, self.stable_id)
+            ):
                 client._log_exposure(
                     Event(
                         GATE_EXPOSURE,
@@ -287,19 +291,29 @@ class Flags:
                 result = client.engine.config(self.statsig_user(), name)
                 config = Config(name, result.params, group=result.group, rule_id=result.rule_id)
                 passed, secondary = result.value, result.secondary_exposures
-            exposure = Event(
-                CONFIG_EXPOSURE,
-                self._wire_user(),
-                metadata={
-                    "config": name,
-                    "ruleID": config.rule_id,
-                    "rulePassed": "true" if passed else "false",
-                },
-                secondary_exposures=secondary,
-                exposure=name,
-                group=config.group,
-            )
-            if self._exposes():
+            if self._exposes() and client.repeats.first(
+                (
+                    CONFIG_EXPOSURE,
+                    name,
+                    config.rule_id,
+                    config.group,
+                    passed,
+                    self.user_id,
+                    self.stable_id,
+                )
+            ):
+                exposure = Event(
+                    CONFIG_EXPOSURE,
+                    self._wire_user(),
+                    metadata={
+                        "config": name,
+                        "ruleID": config.rule_id,
+                        "rulePassed": "true" if passed else "false",
+                    },
+                    secondary_exposures=secondary,
+                    exposure=name,
+                    group=config.group,
+                )
                 client._log_exposure(exposure)
                 if forced is None and config.group is not None and name not in client._started:
                     client._note_started(name, exposure.time)

@@ -17,15 +17,21 @@ Not visitors:
   (health checks, internal traffic, synthetic monitoring).
 
 Called once per request, on its first exposure; cached per User-Agent.
+
+A visitor's exposure is logged once a minute, not on every request
+(``Repeats``): as Statsig's SDKs dedupe them, so a returning visitor costs one
+stored and delivered exposure a minute per flag instead of one per page view.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Mapping
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["ExposureFilter", "is_bot", "skip_reason"]
+__all__ = ["ExposureFilter", "Repeats", "forget_repeats", "is_bot", "skip_reason"]
 
 ExposureFilter = Callable[[Mapping[str, Any]], bool]
 
@@ -62,3 +68,57 @@ def is_bot(agent: str) -> bool:
 
     device = parse_device(agent)
     return device is not None and device.family == "Spider"
+
+
+# Bumped by forget_repeats(): every Repeats in the process starts afresh.
+_generation = 0
+
+
+def forget_repeats() -> None:
+    """Log the next exposure of everyone again, in every client of this process.
+
+    Called when a local spec is reloaded (a changed or restarted experiment
+    counts exposures anew) and when a test starts capturing events.
+    """
+    global _generation
+    _generation += 1
+
+
+class Repeats:
+    """Which exposures repeat one already logged: Statsig's SDK dedupe, per process.
+
+    A key names the user (userID and stableID), the flag and what it gave (gate
+    value or group, rule ID): the same user shown the same thing within
+    ``window`` seconds logs one exposure, so results, which start each unit at
+    its first exposure and see every change of group, lose nothing. As the
+    ``statsig`` SDK does, everything is forgotten when the window ends or after
+    ``LIMIT`` keys, whichever comes first (bounded memory under any traffic).
+    Threads may race on one key; the worst case is one extra exposure.
+    """
+
+    LIMIT = 10_000
+
+    __slots__ = ("_generation", "_seen", "_skipped", "_until", "window")
+
+    def __init__(self, window: float, skipped: Counter[str]) -> None:
+        self.window = window
+        self._skipped = skipped  # the client's skipped_exposures, counted under "repeat"
+        self._seen: set[Hashable] = set()
+        self._until = 0.0
+        self._generation = _generation
+
+    def first(self, key: Hashable) -> bool:
+        """Whether ``key``'s exposure is to be logged (counts it when not)."""
+        if not self.window:
+            return True
+        seen = self._seen
+        now = time.monotonic()
+        if now >= self._until or len(seen) >= self.LIMIT or self._generation != _generation:
+            seen = self._seen = set()
+            self._until = now + self.window
+            self._generation = _generation
+        elif key in seen:
+            self._skipped["repeat"] += 1
+            return False
+        seen.add(key)
+        return True

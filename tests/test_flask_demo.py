@@ -39,7 +39,9 @@ def test_simulated_visitors_split_evenly_and_everything_is_logged(make_client: A
     pages = seen["pages"]["signup"]
     assert 450 < pages < 550  # a fifth of the visitors open the page twice
     assert names.count("visited_signup") == pages  # every visit logged, none twice
-    assert names.count("statsig::config_exposure") == pages  # one exposure per request
+    # One exposure per visitor: a second visit within the minute repeats it.
+    assert names.count("statsig::config_exposure") == 400
+    assert client.skipped_exposures["repeat"] == 2 * (pages - 400)  # gate and experiment
 
 
 def test_demo_serve_answers_a_browser_over_http(tmp_path: Any) -> None:

@@ -132,3 +132,104 @@ def test_under_uvicorn_bots_and_head_requests_log_no_exposure(make_client: Any) 
         fetch(port, "/", headers={"User-Agent": CHROME})
     assert len(exposures(client)) == 1
     assert client.skipped_exposures == {"bot": 1, "method": 1}
+
+
+# -- repeats: a visitor shown the same thing again is not exposed again --------
+
+
+def test_a_returning_visitor_is_exposed_once_a_window(make_client: Any) -> None:
+    client = make_client()
+    browser = Client(FlagwareMiddleware(app, client))  # keeps its cookie: one visitor
+    first = browser.get("/", headers={"User-Agent": CHROME}).json
+    for _ in range(4):
+        assert browser.get("/", headers={"User-Agent": CHROME}).json == first
+    assert sorted(e["event"] for e in exposures(client)) == [
+        "statsig::config_exposure",
+        "statsig::gate_exposure",
+    ]
+    assert client.skipped_exposures == {"repeat": 8}
+    # Another visitor is another key.
+    Client(FlagwareMiddleware(app, client)).get("/", headers={"User-Agent": CHROME})
+    assert len(exposures(client)) == 4
+
+
+def test_a_changed_value_or_group_is_exposed_at_once(
+    make_client: Any, flagware_overrides: Any
+) -> None:
+    client = make_client()
+    browser = Client(FlagwareMiddleware(app, client))
+    for gate, group in [(True, "Red"), (False, "Red"), (False, "Control"), (False, "Control")]:
+        flagware_overrides.gate("everyone", gate)
+        flagware_overrides.experiment("button_color", {}, group=group)
+        browser.get("/")
+    logged = exposures(client)
+    gates = [e["metadata"]["gateValue"] for e in logged if e["event"].endswith("gate_exposure")]
+    assert gates == ["true", "false"]
+    assert [e["group"] for e in logged if e["exposure"] == "button_color"] == ["Red", "Control"]
+    assert client.skipped_exposures == {"repeat": 4}
+
+
+def test_exposures_repeat_once_the_window_ends(make_client: Any) -> None:
+    import time
+
+    client = make_client(exposure_dedupe=0.3)
+    browser = Client(FlagwareMiddleware(app, client))
+    browser.get("/")
+    browser.get("/")
+    assert len(exposures(client)) == 2
+    time.sleep(0.35)
+    browser.get("/")
+    assert len(exposures(client)) == 4
+
+
+def test_exposure_dedupe_zero_exposes_every_request(make_client: Any) -> None:
+    client = make_client(exposure_dedupe=0)
+    browser = Client(FlagwareMiddleware(app, client))
+    for _ in range(3):
+        browser.get("/")
+    assert len(exposures(client)) == 6 and client.skipped_exposures == {}
+
+
+@pytest.mark.parametrize("window", [-1, float("nan")])
+def test_exposure_dedupe_must_be_a_number_of_seconds(make_client: Any, window: float) -> None:
+    from flagware import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="exposure_dedupe"):
+        make_client(exposure_dedupe=window)
+
+
+def test_repeats_forget_everything_past_their_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import Counter
+
+    from flagware.visitors import Repeats
+
+    monkeypatch.setattr(Repeats, "LIMIT", 3)
+    skipped: Counter[str] = Counter()
+    repeats = Repeats(60.0, skipped)
+    assert [repeats.first(k) for k in ("a", "b", "a", "c")] == [True, True, False, True]
+    # Three keys held: the fourth starts afresh, so memory stays bounded.
+    assert [repeats.first(k) for k in ("d", "a", "d")] == [True, True, False]
+    assert skipped == {"repeat": 2}
+
+
+def test_a_reloaded_spec_and_a_new_capture_expose_everyone_anew(
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from flagware.engine import local
+    from flagware.testing import capture_events
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    client = make_client()
+    browser = Client(FlagwareMiddleware(app, client))
+    browser.get("/")
+    browser.get("/")
+    assert len(exposures(client)) == 2
+    spec_file.write_text(spec_file.read_text() + "\n# edited\n")
+    os.utime(spec_file, (1, 1))
+    browser.get("/")  # reads the new spec: a restarted experiment counts from here
+    assert len(exposures(client)) == 4
+    with capture_events() as captured:
+        browser.get("/")
+    assert len(captured.exposures) == 2

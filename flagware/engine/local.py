@@ -17,6 +17,7 @@ from statsig.statsig_options import StatsigOptions
 from flagware.engine.base import Engine, Evaluation
 from flagware.engine.legacy import LegacySDK
 from flagware.spec import Spec, compile_dcs, did_you_mean, load_spec
+from flagware.visitors import forget_repeats
 
 log = logging.getLogger("flagware")
 
@@ -133,6 +134,7 @@ class LocalSpec(Engine):
                 return
             self.spec = spec
             self._replace_server()  # the next call starts a server on the new spec
+            forget_repeats()  # a changed or restarted experiment: expose everyone anew
             log.info("flagware: reloaded %s", self.path)
         finally:
             self._reload_lock.release()

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flagware.flags import OVERRIDE_RULE, Config, listeners, overrides
+from flagware.visitors import forget_repeats
 
 if TYPE_CHECKING:
     from flagware.events.model import Event
@@ -128,6 +129,9 @@ class capture_events:  # lower case: used like a function, as contextlib's helpe
         self.events = CapturedEvents()
 
     def __enter__(self) -> CapturedEvents:
+        # Exposures the block causes are captured even where the same visitor
+        # was exposed just before it (by another test): see visitors.Repeats.
+        forget_repeats()
         listeners.append(self.events.append)
         return self.events
 

@@ -77,8 +77,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Clients made during a test store under that test's own directory."""
+    """Clients made during a test store under that test's own directory, and
+    expose every visitor anew (an earlier test's exposures dedupe nothing)."""
     from flagware.flags import overrides
+    from flagware.visitors import forget_repeats
+
+    forget_repeats()
 
     isolation = _isolation
     if isolation is not None:
