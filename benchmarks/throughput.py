@@ -13,7 +13,8 @@ round, so machine noise hits them alike:
   and the same written by hand on ``statsig-python-core`` (Core's own logger
   live against the stub): what Core itself gives;
 - the seed lab through flagware on the legacy engine and on Core, storing
-  every exposure and event in SQLite.
+  every event and every exposure that is no repeat in SQLite (a returning
+  visitor's repeats are deduped, as both SDKs dedupe theirs).
 
 Each is driven by wrk (Debian's ``wrk``) with new visitors (no cookie: a
 stableID is minted and set) and returning ones (a valid cookie), all with a

@@ -10,7 +10,7 @@
 - ``corehand``: the same, written by hand on ``statsig-python-core``: what
   Core itself gives, the reference for flagware on Core;
 - ``legacy`` / ``core``: the seed lab through flagware on that engine, every
-  exposure and event stored in ``BENCH_STORE``.
+  event and every exposure that is no repeat stored in ``BENCH_STORE``.
 
 The seed lab's work: one gate, one experiment, one event per request.
 """

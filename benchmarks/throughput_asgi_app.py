@@ -4,8 +4,8 @@ The twins of throughput_app.py's WSGI apps, on Starlette: ``BENCH_APP`` picks
 ``bare``, ``wrapped`` (flagware's ASGI middleware, no flag read), ``hand``
 (the seed lab on the ``statsig`` SDK, its logger live against ``BENCH_STUB``),
 ``corehand`` (the same on ``statsig-python-core``) or ``legacy`` / ``core``
-(the seed lab through flagware on that engine, every exposure and event
-stored in ``BENCH_STORE``). Every endpoint is ``async``, as
+(the seed lab through flagware on that engine, every event and every
+exposure that is no repeat stored in ``BENCH_STORE``). Every endpoint is ``async``, as
 a FastAPI or Starlette app's usually is; the SDK's calls do no I/O, so they
 run on the event loop as flagware's do.
 """
