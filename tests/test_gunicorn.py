@@ -3,7 +3,8 @@
 The app module creates its Flagware client and logs an event in the master,
 before the fork; the workers serve requests that evaluate a gate and log an
 event each. After a graceful stop, Statsig (the loopback stub) must have every
-event exactly once: the master's buffered event once, not once per worker.
+event exactly once: the master's buffered event once, not once per worker; a
+returning browser's exposure once per worker that served it (deduped per process).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.statsig_stub import StatsigStub
 pytest.importorskip("gunicorn")
 
 REQUESTS = 300
+RETURNING = 100
 
 APP = """
 import os
@@ -61,11 +63,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def get(url: str, deadline: float) -> str:
+def get(url: str, deadline: float, cookie: str | None = None) -> str:
+    # A browser's agent: urllib's own is a bot's, whose flag reads expose nothing.
+    headers = {"User-Agent": "Mozilla/5.0 Firefox/121"}
+    if cookie is not None:
+        headers["Cookie"] = cookie
     while True:
         try:
-            # A browser's agent: urllib's own is a bot's, whose flag reads expose nothing.
-            request = urllib.request.Request(url, headers={"User-Agent": "Mozilla/5.0 Firefox/121"})
+            request = urllib.request.Request(url, headers=headers)
             with urllib.request.urlopen(request, timeout=5) as response:
                 return str(response.read().decode())
         except OSError:
@@ -90,6 +95,10 @@ def test_preloaded_gunicorn_delivers_every_event_exactly_once(tmp_path: Any) -> 
         try:
             deadline = time.monotonic() + 30
             pids = {get(f"http://127.0.0.1:{port}/?{i}", deadline) for i in range(REQUESTS)}
+            # One returning browser: its repeated exposure is deduped in each worker.
+            cookie = "flagware_id=" + "ab" * 16
+            for i in range(RETURNING):
+                pids.add(get(f"http://127.0.0.1:{port}/?r{i}", deadline, cookie))
         finally:
             server.send_signal(signal.SIGTERM)  # graceful: workers finish and exit
             output = server.communicate(timeout=60)[0].decode()
@@ -97,13 +106,16 @@ def test_preloaded_gunicorn_delivers_every_event_exactly_once(tmp_path: Any) -> 
         assert str(server.pid) not in pids  # served by the forked workers
 
         ids = stub.ids()
-        assert ids.pop(None) == REQUESTS  # the exposures, which carry no uid
-        assert ids["boot"] == 1  # stored once, by the master, not by each worker
-        assert {str(i) for i in range(REQUESTS)} <= set(ids)
-        assert all(count == 1 for count in ids.values()), ids.most_common(3)
-        assert len(ids) == REQUESTS + 1
         exposures = [e for e in stub.events if e["eventName"] == "statsig::gate_exposure"]
-        assert len(exposures) == REQUESTS
+        returning = [e for e in exposures if e["user"]["customIDs"]["stableID"] == "ab" * 16]
+        # At most one a worker: a process remembers only its own exposures.
+        assert 1 <= len(returning) <= 2
+        assert len(exposures) == REQUESTS + len(returning)
+        assert ids.pop(None) == len(exposures)  # the exposures, which carry no uid
+        assert ids["boot"] == 1  # stored once, by the master, not by each worker
+        assert {str(i) for i in range(REQUESTS)} | {f"r{i}" for i in range(RETURNING)} <= set(ids)
+        assert all(count == 1 for count in ids.values()), ids.most_common(3)
+        assert len(ids) == REQUESTS + RETURNING + 1
     with EventStore(tmp_path / "events.db") as store:
         stats = store.stats()
-    assert (stats.backlog, stats.delivered) == (0, 2 * REQUESTS + 1)
+    assert (stats.backlog, stats.delivered) == (0, len(exposures) + REQUESTS + RETURNING + 1)
