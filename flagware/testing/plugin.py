@@ -8,7 +8,10 @@ flagware client the test run creates:
 - delivers nothing to Statsig, even with ``STATSIG_SERVER_SECRET`` set;
 - hashes IPs with a fixed key (unless given ``hash_key=``), so unforced flags
   evaluate the same on every run and every machine, and no ``hash_key`` file
-  is created.
+  is created;
+- forgets, as each test starts, which exposures were logged (see
+  ``flagware.visitors.Repeats``), so no test loses an exposure to a repeat of
+  one an earlier test caused.
 
 ini options (``pytest.ini``, ``[tool.pytest.ini_options]``):
 
