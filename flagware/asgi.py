@@ -77,15 +77,17 @@ class FlagwareMiddleware:
         environ = ScopeEnviron(scope, client.proxy_hops)
         flags, token = request.begin(client, environ)
         scope[SCOPE_KEY] = flags
-        secure = scope.get("scheme") in ("https", "wss")
 
         # Closes over this request's flags rather than reading the contextvar:
         # send may run in another context (streaming bodies, task groups). A
         # plain function handing back send's awaitable: no coroutine of its own
         # for every message.
         def send_wrapper(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.start":
-                cookie = request.respond(flags, message["status"], secure=secure)
+            if (
+                message["type"] == "http.response.start"
+                and request.respond(flags, message["status"]) is not None  # a new browser
+            ):
+                cookie = request.cookie(flags, secure=scope.get("scheme") in ("https", "wss"))
                 if cookie is not None:
                     headers = list(message.get("headers", ()))
                     headers.append((b"set-cookie", cookie.encode("latin-1")))

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from flagware.flags import Flags
 
 ENVIRON_KEY = request.KEY
+status_codes = request.status_codes
 
 
 class FlagwareMiddleware:
@@ -51,11 +52,12 @@ class FlagwareMiddleware:
         environ[ENVIRON_KEY] = flags
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            code = int(status[:3]) if status[:3].isdigit() else 500
-            secure = environ.get("wsgi.url_scheme") == "https"
-            cookie = request.respond(flags, code, secure=secure)
-            if cookie is not None:
-                headers.append(("Set-Cookie", cookie))
+            code = status_codes.get(status) or request.status_code(status)
+            if request.respond(flags, code) is not None:  # a new browser: set its stableID
+                secure = environ.get("wsgi.url_scheme") == "https"
+                cookie = request.cookie(flags, secure=secure)
+                if cookie is not None:
+                    headers.append(("Set-Cookie", cookie))
             return start_response(status, headers, exc_info)
 
         try:

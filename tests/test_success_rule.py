@@ -167,6 +167,45 @@ def test_a_lazy_wsgi_app_settles_at_its_late_start_response(client: Any) -> None
     assert custom(client) == ["lazy"]
 
 
+@pytest.mark.parametrize(
+    ("status", "logged"),
+    [
+        ("200 OK", True),  # werkzeug's own line, known in advance
+        ("299 Made Up", True),  # learnt on first sight
+        ("418 I'm a teapot", False),
+        ("599 Whatever", False),
+        ("abc Broken", False),  # no code: taken as 500, never a crash
+        ("\u00b200 Superscript", False),  # isdigit() but not a code
+    ],
+)
+def test_any_wsgi_status_line_decides_success(client: Any, status: str, logged: bool) -> None:
+    from flagware.request import status_code, status_codes
+
+    @log_event("done")
+    def work() -> None:
+        pass
+
+    def wsgi(environ: Any, start_response: Any) -> Iterable[bytes]:
+        work()
+        start_response(status, [])
+        return [b"x"]
+
+    for _ in range(2):  # once parsed, once from the cache
+        Client(FlagwareMiddleware(wsgi, client)).get("/")
+    assert custom(client) == ["done", "done"] * logged
+    assert status_codes[status] == status_code(status)
+    assert (status_codes[status] < 400) == logged
+
+
+def test_status_lines_learnt_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flagware import request
+
+    monkeypatch.setattr(request, "status_codes", {"200 OK": 200})
+    for i in range(600):
+        assert request.status_code(f"404 Missing {i}") == 404
+    assert len(request.status_codes) == 512
+
+
 def test_plain_functions_outside_a_request_behave_as_before(client: Any) -> None:
     @log_event("outside")
     def helper() -> tuple[str, int]:

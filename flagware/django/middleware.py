@@ -152,9 +152,8 @@ class FlagwareMiddleware:
         self, flags: Flags, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
         # The status this request's client gets decides its success events.
-        cookie = lifecycle.respond(flags, response.status_code, secure=request.is_secure())
-        minted = flags._minted
-        if cookie is not None and minted is not None:  # this request minted the stableID
+        minted = lifecycle.respond(flags, response.status_code)
+        if minted is not None:  # this request minted the browser's stableID
             client = flags._client
             try:
                 response.set_cookie(
