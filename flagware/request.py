@@ -172,6 +172,16 @@ def forwarded_for(header: str | None, hops: int) -> str | None:
     return values[-hops] if len(values) >= hops else None
 
 
+_ORIGINALS = (
+    "REMOTE_ADDR",
+    "wsgi.url_scheme",
+    "HTTP_HOST",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SCRIPT_NAME",
+)
+
+
 def proxy_fix(environ: dict[str, Any], hops: int) -> None:
     """What ``werkzeug.middleware.proxy_fix.ProxyFix(app, x_for=hops)`` does, in place.
 
@@ -183,14 +193,18 @@ def proxy_fix(environ: dict[str, Any], hops: int) -> None:
     ``werkzeug.proxy_fix.orig``.
     """
     get = environ.get
-    environ["werkzeug.proxy_fix.orig"] = {
-        "REMOTE_ADDR": get("REMOTE_ADDR"),
-        "wsgi.url_scheme": get("wsgi.url_scheme"),
-        "HTTP_HOST": get("HTTP_HOST"),
-        "SERVER_NAME": get("SERVER_NAME"),
-        "SERVER_PORT": get("SERVER_PORT"),
-        "SCRIPT_NAME": get("SCRIPT_NAME"),
-    }
+    try:  # servers send all six: subscripts cost a quarter less than .get() calls
+        orig = {
+            "REMOTE_ADDR": environ["REMOTE_ADDR"],
+            "wsgi.url_scheme": environ["wsgi.url_scheme"],
+            "HTTP_HOST": environ["HTTP_HOST"],
+            "SERVER_NAME": environ["SERVER_NAME"],
+            "SERVER_PORT": environ["SERVER_PORT"],
+            "SCRIPT_NAME": environ["SCRIPT_NAME"],
+        }
+    except KeyError:  # an HTTP/1.0 request without Host, a test's partial environ
+        orig = {key: get(key) for key in _ORIGINALS}
+    environ["werkzeug.proxy_fix.orig"] = orig
     address = forwarded_for(get("HTTP_X_FORWARDED_FOR"), hops)
     if address:
         environ["REMOTE_ADDR"] = address
