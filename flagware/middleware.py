@@ -67,6 +67,7 @@ class FlagwareMiddleware:
             raise
         finally:
             request.end(token)
+            request.detach(flags, environ)
         if flags._held and flags._status is None:
             # start_response comes later, from inside the iterable: wait for
             # it (the rare lazy app). Otherwise the iterable goes back

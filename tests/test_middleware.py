@@ -14,6 +14,7 @@ from werkzeug.wrappers import Request, Response
 
 from flagware import FlagwareMiddleware, current_flags
 from flagware.flags import NoRequestError, _current
+from flagware.identity import hash_ip
 
 
 def flags_app(reads: bool = True) -> Any:
@@ -335,6 +336,36 @@ def test_raw_ip_never_stored_country_is(client: Any) -> None:
     payloads = [row[0] for row in client.store._conn().execute("SELECT payload FROM events")]
     assert payloads and all("8.8.8.8" not in p for p in payloads)
     assert all(json.loads(p)["user"]["country"] == "US" for p in payloads)
+
+
+def test_a_request_that_read_no_flag_is_freed_without_the_collector(client: Any) -> None:
+    # No read, so the Flags still needs the environ when the app returns; it
+    # then reads a copy, and the environ keeps its key without a cycle.
+    refs: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        refs.append(weakref.ref(environ["flagware.flags"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"no flags read"]
+
+    environ = EnvironBuilder("/", environ_base={"REMOTE_ADDR": "198.51.100.9"}).get_environ()
+    gc.collect()
+    gc.disable()
+    try:
+        body = FlagwareMiddleware(app, client)(environ, lambda s, h, e=None: None)
+        assert b"".join(body) == b"no flags read"
+        assert environ["flagware.flags"] is refs[0]()
+        del environ, body
+        assert refs[0]() is None
+    finally:
+        gc.enable()
+    # Read late (as a streamed body would), the Flags sees the same visitor.
+    environ = EnvironBuilder("/", environ_base={"REMOTE_ADDR": "198.51.100.9"}).get_environ()
+    FlagwareMiddleware(app, client)(environ, lambda s, h, e=None: None)
+    flags = environ["flagware.flags"]
+    assert flags.user_id == hash_ip(client.hash_key, "198.51.100.9")
+    assert flags.gate("new_signup") in (True, False)
+    assert client.skipped_exposures == {} and "flagware.flags" in environ
 
 
 @pytest.mark.parametrize("reads", ["gate", "experiment", "both"])
