@@ -1,0 +1,166 @@
+"""Instructions per request under a real server, counted by callgrind: no noise.
+
+throughput.py measures what users feel, but on a shared machine its
+per-round ratios wander by more than the few percent a goal like "a wrapped
+app that reads no flag keeps 0.97 of bare" is about. This counts instead: each
+app is served by one worker of a real server (gunicorn's sync worker with
+throughput_app.py, uvicorn with throughput_asgi_app.py) running under
+``valgrind --tool=callgrind``, and sent requests over loopback with the same
+headers wrk sends (new or returning visitors). The worker's instructions, all
+its threads, are counted twice: after a warm-up alone, and after the warm-up
+and ``--requests`` more; the difference over ``--requests`` is what one
+request costs, the server's own work (accepting, parsing, the environ or
+scope) included.
+
+Instruction counts are not time: cache misses and GIL hand-offs cost time
+without instructions. Use it for what it is good at, the cost of code that
+runs on the request thread. Apps whose threads wake on timers (the SDKs'
+loggers, flagware's writer) run those timers fifty times more often per
+request under valgrind's slowdown, so only ``bare`` and ``wrapped`` are
+compared by default.
+
+    python benchmarks/instructions.py [--servers gunicorn,uvicorn] [--apps bare,wrapped]
+        [--requests 1000] [--warmup 200] [--profile new] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import (
+    APPS,
+    ROOT,
+    SERVERS,
+    SPEC,
+    StatsigStub,
+    compile_dcs,
+    free_port,
+    load_spec,
+    server_command,
+    wait_up,
+)
+
+AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
+
+
+def send(port: int, i: int, profile: str) -> None:
+    """One request on a new connection, with the headers throughput.py's wrk script sends."""
+    headers = {"User-Agent": AGENT, "Connection": "close"}
+    if profile == "new":
+        headers["X-Forwarded-For"] = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+    else:
+        headers["X-Forwarded-For"] = "203.0.113.7"
+        headers["Cookie"] = "flagware_id=0123456789abcdef0123456789abcdef"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        connection.request("GET", "/", headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"GET / answered {response.status}")
+    finally:
+        connection.close()
+
+
+def count(server: str, app: str, requests: int, args: argparse.Namespace, tmp: Path) -> int:
+    """Instructions the worker executed, from its start to its end, serving ``requests``."""
+    port = free_port()
+    out = tmp / f"{server}-{app}-{requests}"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "BENCH_APP": app,
+        "BENCH_STUB": args.stub_url,
+        "BENCH_STORE": str(out / "events.db"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks"), *sys.path]),
+        "PYTHONHASHSEED": "0",  # the same dict layouts in every run
+    }
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.%p"]
+    with (out / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            valgrind + server_command(server, port, workers=1), env=env, stdout=log, stderr=log
+        )
+    try:
+        wait_up(f"http://127.0.0.1:{port}/", timeout=300)
+        for i in range(args.warmup + requests):
+            send(port, i, args.profile)
+    finally:
+        # gunicorn's worker and uvicorn's process both finish cleanly, and
+        # callgrind writes its counts at exit.
+        process.send_signal(signal.SIGTERM if server == "gunicorn" else signal.SIGINT)
+        process.wait(timeout=300)
+    # gunicorn's master writes a file too; the worker is the one that counted most.
+    return max(_total(path) for path in out.glob("callgrind.*"))
+
+
+def _total(path: Path) -> int:
+    with path.open() as lines:
+        for line in lines:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--apps", default="bare,wrapped")
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--profile", choices=("new", "returning"), default="new")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        parser.error("needs valgrind (apt-get install valgrind)")
+    servers, apps = args.servers.split(","), args.apps.split(",")
+    for name in apps:
+        if name not in APPS:
+            parser.error(f"unknown app {name!r}; choose from {', '.join(APPS)}")
+    figures: dict[str, Any] = {"settings": vars(args).copy(), "servers": {}}
+    stub = StatsigStub(dcs=compile_dcs(load_spec(SPEC)))
+    # The two runs of an app at once, one a core: counts do not depend on speed.
+    with tempfile.TemporaryDirectory() as tmp, stub, ThreadPoolExecutor(2) as pool:
+        args.stub_url = stub.url
+        for server in servers:
+            per_request = {}
+            for app in apps:
+                alone, served = pool.map(
+                    lambda n: count(server, app, n, args, Path(tmp)),  # noqa: B023 (waited for)
+                    (0, args.requests),
+                )
+                per_request[app] = round((served - alone) / args.requests)
+            figures["servers"][server] = per_request
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        _print(figures, apps)
+    return figures
+
+
+def _print(figures: dict[str, Any], apps: list[str]) -> None:
+    print(f"instructions per request ({figures['settings']['profile']} visitors), one worker:")
+    for server, per_request in figures["servers"].items():
+        row = ", ".join(f"{app} {per_request[app]:,}" for app in apps)
+        print(f"  {server}: {row}")
+        if "bare" in per_request and per_request["bare"] > 0:
+            for app in apps:
+                if app != "bare":
+                    ratio = per_request["bare"] / per_request[app]
+                    print(f"    bare/{app} = {ratio:.3f} (as a throughput ratio {app}/bare)")
+
+
+if __name__ == "__main__":
+    main()
