@@ -80,7 +80,7 @@ def detach(flags: Flags, environ: dict[str, Any]) -> None:
     """
     if flags._environ is environ:
         copy = environ.copy()
-        del copy[KEY]
+        copy.pop(KEY, None)  # the app may have taken the key out itself
         flags._environ = copy
 
 
