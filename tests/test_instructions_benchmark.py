@@ -37,7 +37,11 @@ def test_the_instructions_benchmark_counts_a_wrapped_and_a_bare_request(
         ["--servers", "gunicorn", "--apps", "bare,wrapped", "--requests", "20", "--warmup", "5"]
     )
     counts = figures["servers"]["gunicorn"]
-    # A Flask request under gunicorn is hundreds of thousands of instructions;
-    # flagware's middleware adds to it, never takes away, and adds a few percent.
-    assert 200_000 < counts["bare"] < counts["wrapped"] < 1.2 * counts["bare"]
+    # A Flask request under gunicorn is about 900k instructions (the README's
+    # runs of 1,000). Over 20 requests one pass of the collector more or less
+    # moves the figure by a few percent either way, so their order is not
+    # asserted here; a count of the wrong process (the master's, at most a
+    # few thousand a request) or of nothing would fail.
+    for app in ("bare", "wrapped"):
+        assert 500_000 < counts[app] < 2_000_000, counts
     assert "bare/wrapped" in capsys.readouterr().out
