@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import (
+    AGENT,
     APPS,
     ROOT,
     SERVERS,
@@ -52,8 +53,6 @@ from throughput import (
     server_command,
     wait_up,
 )
-
-AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
 
 
 def send(port: int, i: int, profile: str) -> None:

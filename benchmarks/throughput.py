@@ -81,12 +81,16 @@ SERVERS = {
     "gunicorn": "gunicorn (sync workers), Flask",
     "uvicorn": "uvicorn (worker processes), Starlette",
 }
+# Every request says it is a browser, as real visitors' do (wrk reads it as BENCH_AGENT).
+AGENT = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/126.0.0.0 Safari/537.36"
+)
 # wrk prints one JSON line at the end: requests/s and latency percentiles (us).
 LUA = """
 local profile = os.getenv("BENCH_PROFILE")
 local connection = os.getenv("BENCH_CONNECTION")
-local agent = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-  .. "Chrome/126.0.0.0 Safari/537.36"
+local agent = os.getenv("BENCH_AGENT")
 -- A new visitor comes from an address of its own (never the same sequence twice);
 -- a returning one from the address it had.
 math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
@@ -196,6 +200,7 @@ def run_wrk(
         env={
             **os.environ,
             "BENCH_PROFILE": profile,
+            "BENCH_AGENT": AGENT,
             "BENCH_CONNECTION": "keep-alive" if keep_alive else "close",
         },
         capture_output=True,
