@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from flagware.flags import Flags
 
 ENVIRON_KEY = request.KEY
-status_codes = request.status_codes
 
 
 class FlagwareMiddleware:
@@ -52,7 +51,7 @@ class FlagwareMiddleware:
         environ[ENVIRON_KEY] = flags
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            code = status_codes.get(status) or request.status_code(status)
+            code = request.status_codes.get(status) or request.status_code(status)
             if request.respond(flags, code) is not None:  # a new browser: set its stableID
                 secure = environ.get("wsgi.url_scheme") == "https"
                 cookie = request.cookie(flags, secure=secure)

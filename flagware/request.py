@@ -180,27 +180,17 @@ def forwarded_for(header: str | None, hops: int) -> str | None:
     """
     if not header or hops <= 0:
         return None
-    if hops == 1 and '"' not in header:
-        # The common case, one proxy: its value is the last item. Taken
-        # without splitting the whole header (this runs on every request).
-        last = header[header.rfind(",") + 1 :].strip()
-        if last:
-            return last
     if '"' in header:  # quoted items (never seen from real proxies): werkzeug's parser
         values = parse_list_header(header)
     else:
+        if hops == 1:
+            # The common case, one proxy: its value is the last item, taken
+            # without splitting the whole header (this runs on every request).
+            last = header[header.rfind(",") + 1 :].strip()
+            if last:
+                return last
         values = [v.strip() for v in header.split(",") if v.strip()]
     return values[-hops] if len(values) >= hops else None
-
-
-_ORIGINALS = (
-    "REMOTE_ADDR",
-    "wsgi.url_scheme",
-    "HTTP_HOST",
-    "SERVER_NAME",
-    "SERVER_PORT",
-    "SCRIPT_NAME",
-)
 
 
 def proxy_fix(environ: dict[str, Any], hops: int) -> None:
@@ -214,18 +204,14 @@ def proxy_fix(environ: dict[str, Any], hops: int) -> None:
     ``werkzeug.proxy_fix.orig``.
     """
     get = environ.get
-    try:  # servers send all six: subscripts cost a quarter less than .get() calls
-        orig = {
-            "REMOTE_ADDR": environ["REMOTE_ADDR"],
-            "wsgi.url_scheme": environ["wsgi.url_scheme"],
-            "HTTP_HOST": environ["HTTP_HOST"],
-            "SERVER_NAME": environ["SERVER_NAME"],
-            "SERVER_PORT": environ["SERVER_PORT"],
-            "SCRIPT_NAME": environ["SCRIPT_NAME"],
-        }
-    except KeyError:  # an HTTP/1.0 request without Host, a test's partial environ
-        orig = {key: get(key) for key in _ORIGINALS}
-    environ["werkzeug.proxy_fix.orig"] = orig
+    environ["werkzeug.proxy_fix.orig"] = {
+        "REMOTE_ADDR": get("REMOTE_ADDR"),
+        "wsgi.url_scheme": get("wsgi.url_scheme"),
+        "HTTP_HOST": get("HTTP_HOST"),
+        "SERVER_NAME": get("SERVER_NAME"),
+        "SERVER_PORT": get("SERVER_PORT"),
+        "SCRIPT_NAME": get("SCRIPT_NAME"),
+    }
     address = forwarded_for(get("HTTP_X_FORWARDED_FOR"), hops)
     if address:
         environ["REMOTE_ADDR"] = address
