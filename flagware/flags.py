@@ -120,8 +120,9 @@ class Flags:
     _user_dict: dict[str, Any] | None = None
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
-    # Set by the request lifecycle (flagware.request) when a middleware will
-    # see the response: success events wait here for its status.
+    # True while a middleware will see the response (set by the request
+    # lifecycle, flagware.request): success events wait in _held for its status.
+    _watched = False
     _held: list[Event] | None = None
     _status: int | None = None  # the response status, once it started
     _visitor: bool | None = None  # whether flag reads are exposures; decided on first use

@@ -57,7 +57,7 @@ def begin(client: Flagware, environ: Mapping[str, Any]) -> tuple[Flags, Token[Fl
     """A request arrived: its (empty) Flags, current until :func:`end`."""
     flags = Flags(client, environ)  # type: ignore[arg-type]  # any mapping of WSGI keys
     # A middleware will see the status: success events wait for it.
-    flags._held = []
+    flags._watched = True
     return flags, _current.set(flags)
 
 
@@ -95,8 +95,10 @@ def hold(flags: Flags, event: Event) -> None:
     if status is not None:  # the response already started (streaming bodies)
         if status < 400:
             flags._client.log(event)
-    elif flags._held is None:
+    elif not flags._watched:
         flags._client.log(event)
+    elif flags._held is None:
+        flags._held = [event]  # made on first use: most requests hold nothing
     else:
         flags._held.append(event)
 
@@ -165,7 +167,8 @@ def _settle(flags: Flags, success: bool) -> None:
     held = flags._held
     if not held:
         return
-    flags._held = None  # from now on, events follow the known status
+    flags._held = None
+    flags._watched = False  # from now on, events follow the known status or are logged
     if success:
         log = flags._client.log
         for event in held:

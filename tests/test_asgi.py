@@ -518,3 +518,41 @@ def test_random_override_and_resolvers_see_the_scope(make_client: Any) -> None:
     assert seen[0][0] == "u-42@10.1.2.3"
     assert seen[1][0] == seen[1][1] and len(seen[1][0]) == 32  # re-rolled for this request
     assert not [v for k, v in sent[0]["headers"] if k == b"set-cookie"]  # never stored
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_success_events_wait_for_the_status_and_a_quiet_request_builds_nothing(
+    make_client: Any, status: int
+) -> None:
+    from flagware.flags import listeners
+
+    client = make_client()
+    seen: list[Any] = []
+    made: list[Flags] = []
+
+    @log_event("visited_signup")
+    def signup() -> str:
+        return "ok"
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        made.append(current_flags())
+        if scope["path"] == "/signup":
+            signup()  # held: its success is the status the client gets
+            assert [e.name for e in seen] == []
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    listeners.append(seen.append)
+    try:
+        wrapped = FlagwareMiddleware(app, client)
+        run_asgi(wrapped, http_scope("/quiet"), [])
+        quiet = made[0]
+        # Nothing read: the environ view of the scope was never built, nothing
+        # held, and the status still recorded (a streamed body's events follow it).
+        assert "_scope_environ" not in vars(quiet)
+        assert quiet._held is None and quiet._status == status
+        run_asgi(wrapped, http_scope("/signup"), [])
+    finally:
+        listeners.remove(seen.append)
+    assert [e.name for e in seen] == (["visited_signup"] if status < 400 else [])
+    assert made[1]._held is None and not made[1]._watched  # settled: later events follow
