@@ -4,7 +4,8 @@ Each adapter translates its protocol into these calls, and nothing else:
 
 - :func:`begin` when a request arrives: an empty :class:`~flagware.Flags` (its
   identity, evaluations and exposures happen on first use, in ``flags.py``)
-  and the contextvar behind ``current_flags()``;
+  and the contextvar behind ``current_flags()`` (the ASGI adapter does the
+  same inline, with a Flags that reads the scope: measured, see ``asgi.py``);
 - :func:`respond` when the response starts, with the status the client gets:
   it releases or drops the events that ``@log_event(on="success")`` held, and
   returns the stableID to set in the cookie when this request minted one
