@@ -12,8 +12,9 @@ Each adapter translates its protocol into these calls, and nothing else:
   (:func:`cookie` makes the ``Set-Cookie`` header);
 - :func:`finish` when the app is done: events still held because no response
   ever started are released (see its docstring for why);
-- :func:`end` resets the contextvar (and under WSGI :func:`detach` lets the
-  Flags read a copy of the environ, so the two form no reference cycle).
+- :func:`end` resets the contextvar (and under WSGI and Django :func:`detach`
+  lets the Flags read a copy of the environ or ``META``, so the two form no
+  reference cycle).
 
 The status decides success, not the view's return value, because many views
 never return their status: Falcon and Bottle set it on a response object,
@@ -67,7 +68,7 @@ def end(token: Token[Flags | None]) -> None:
 
 
 def detach(flags: Flags, environ: dict[str, Any]) -> None:
-    """The WSGI app returned: the Flags reads from a copy of the environ from now on.
+    """The WSGI app (or Django view) returned: the Flags reads a copy of the environ from now on.
 
     The environ holds the Flags under :data:`KEY`, and a Flags that has not
     read everything it needs yet (a request that read no flag) holds the

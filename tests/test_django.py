@@ -296,6 +296,34 @@ def test_middleware_with_request_factory_async(fw: Any) -> None:
     assert response.cookies["flagware_id"].value == response.content.decode()
 
 
+@pytest.mark.parametrize("reads", [False, True])
+def test_a_finished_request_leaves_no_reference_cycle(fw: Any, reads: bool) -> None:
+    # request.META holds the Flags; a Flags that has not read all it needs holds
+    # META. Freed by reference counting alone, with the collector off, once the
+    # request and response go: nothing of the request waits for a collection.
+    import gc
+    import weakref
+
+    def get_response(request: HttpRequest) -> HttpResponse:
+        if reads:
+            current_flags().gate("everyone")
+        return HttpResponse("ok")
+
+    middleware = FlagwareMiddleware(get_response)
+    request = RequestFactory().get("/")
+    gc.collect()
+    gc.disable()
+    try:
+        response = middleware(request)
+        assert response.status_code == 200
+        flags = weakref.ref(request.flags)  # type: ignore[attr-defined]
+        assert request.META["flagware.flags"] is flags()  # still there for later middleware
+        del request, response
+        assert flags() is None
+    finally:
+        gc.enable()
+
+
 def test_contextvar_is_reset_when_the_view_raises(fw: Any) -> None:
     def get_response(request: HttpRequest) -> HttpResponse:
         current_flags().gate("everyone")

@@ -80,6 +80,7 @@ class FlagwareMiddleware:
             raise
         finally:
             lifecycle.end(token)
+            lifecycle.detach(flags, request.META)  # no META <-> Flags cycle: see detach
         return self._respond(flags, request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
@@ -101,6 +102,7 @@ class FlagwareMiddleware:
             raise
         finally:
             lifecycle.end(token)
+            lifecycle.detach(flags, request.META)  # no META <-> Flags cycle: see detach
         return self._respond(flags, request, response)
 
     def _begin(self, request: HttpRequest) -> tuple[Flags, Token[Flags | None]]:
