@@ -67,8 +67,8 @@ class FlagwareMiddleware:
         # request.begin, inlined: this runs for every request, and most read no
         # flag. Built without __init__ (a Python frame), watched by class
         # default, the contextvar's methods bound once: measured with callgrind
-        # under uvicorn, these took a third off the cost of a wrapped
-        # Starlette app that reads no flag.
+        # under uvicorn, these cut what a wrapped Starlette app that reads no
+        # flag pays over bare from 16k instructions a request to about 9k.
         flags = _new(_ScopeFlags)
         flags._client = self.client
         flags._scope = scope
