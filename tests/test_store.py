@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from flagware.events.store import (
     lease_owner,
     open_store,
 )
+from flagware.events.store.base import EVENT_COLUMNS
 
 
 def events(n: int, *, start: int = 0, age: float = 0.0) -> list[Event]:
@@ -74,6 +76,54 @@ def test_batch_rows_keep_every_event_and_its_exact_wire_payload(store: Store) ->
     assert [r["event"] for r in rows] == [e.name for e in batch]
     assert rows[1]["metadata"] == {"a": [1, {"b": None}], "t": str(batch[1].metadata["t"])}  # type: ignore[index]
     assert states(store) == {PENDING: 307}
+
+
+def test_a_batch_that_fails_midway_stores_none_of_it(store: Store) -> None:
+    # Row 300 breaks NOT NULL, in the second statement of the batch: the
+    # append fails whole, leaving no transaction open, and the writer keeps
+    # the batch to try again (its rows must not be stored twice).
+    batch = events(400)
+    batch[300].name = None  # type: ignore[assignment]
+    with pytest.raises(Exception, match=r"(?i)not.null"):
+        store.append(batch)
+    assert store.count() == 0
+    store.append(events(2))
+    assert store.count() == 2
+
+
+def test_sqlite_batches_keep_no_statement_journal(tmp_path: Path) -> None:
+    # A batch's metric events land on random pages of events_by_user. With
+    # SQLite's default ABORT, each multi-row INSERT also copied every page it
+    # changed into a statement journal spilled to a temporary file: as many
+    # writes again. OR FAIL keeps none (the transaction undoes a failure).
+    class AbortStore(EventStore):
+        def _insert(self, conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+            for start in range(0, len(rows), 256):
+                chunk = rows[start : start + 256]
+                marks = ", ".join(["(" + ", ".join("?" * len(chunk[0])) + ")"] * len(chunk))
+                sql = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES {marks}"
+                conn.execute(sql, [value for row in chunk for value in row])
+
+    def visits(seed: int, n: int) -> list[Event]:
+        rng = random.Random(seed)
+        return [Event("visited", {"userID": f"u{rng.randrange(10**9)}"}) for _ in range(n)]
+
+    writes = {}
+    for name, store_class in (("abort", AbortStore), ("now", EventStore)):
+        store = store_class(tmp_path / f"{name}.db")
+        for seed in range(10):
+            store.append(visits(seed, 3000))
+        before = _write_calls()
+        for seed in range(10, 15):
+            store.append(visits(seed, 600))
+        writes[name] = _write_calls() - before
+        store.close()
+    assert writes["now"] < 0.6 * writes["abort"], writes
+
+
+def _write_calls() -> int:
+    with open("/proc/self/io") as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith("syscw:"))
 
 
 def test_missing_values_are_stored_as_null(store: Store) -> None:

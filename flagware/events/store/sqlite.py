@@ -169,8 +169,16 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # else, so the child never finalizes (closes) SQLite handles the parent owns.
 _inherited: list[sqlite3.Connection] = []
 
-# The lease heartbeat (events/leases.py): extends a batch's lease, if still its owner's.
-_INSERT = f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# OR FAIL, not the default ABORT: an ABORT statement that writes many rows
+# inside a transaction keeps a statement journal, the original of every page
+# it changes, so that it alone can be undone; past 64 KiB SQLite spills it to
+# a temporary file. A writer's batch changes a page of events_by_user for
+# most metric events (their units are random), so the journal spilled, and
+# it made half the writer's write calls (1.28 a stored event, now 0.64;
+# benchmarks/writer_io.py). Nothing needs one statement undone alone: a
+# failed append rolls back its whole transaction (_immediate), and the
+# writer keeps the batch to try again.
+_INSERT = f"INSERT OR FAIL INTO events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 # Rows per multi-row INSERT: a power of two, so a batch is a few statements
 # of at most log2(_CHUNK) + 1 distinct sizes (each prepared once, cached).
 _CHUNK = 256
