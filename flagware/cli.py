@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flagware import __version__
-from flagware.client import DEFAULT_EVENT_STORE, DEFAULT_SPEC
 from flagware.events.store import Store, connect, is_postgres_url, open_store, redact, store_exists
+from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import secrets
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -20,6 +19,18 @@ from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
+from flagware.settings import (
+    DEFAULT_EVENT_STORE,
+    DEFAULT_SPEC,
+    DEFAULT_STATSIG_API,
+    ConfigurationError,
+    EngineChoice,
+    check_options,
+    check_statsig,
+    engine_choice,
+    env,
+    local_hash_key,
+)
 from flagware.visitors import Repeats
 
 if TYPE_CHECKING:
@@ -29,13 +40,9 @@ if TYPE_CHECKING:
     from flagware.spec import Spec
     from flagware.visitors import ExposureFilter
 
-log = logging.getLogger("flagware")
+__all__ = ["ConfigurationError", "Flagware"]
 
-DEFAULT_SPEC = "flagware.toml"
-DEFAULT_EVENT_STORE = ".flagware/events.db"
-DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
-ENGINES = ("legacy", "core")
-EngineChoice = Literal["legacy", "core"]
+log = logging.getLogger("flagware")
 
 # Set for a test run by flagware.testing.isolate() (the pytest plugin uses it):
 # it returns a fresh temporary store path for each new client. Isolated clients
@@ -44,15 +51,6 @@ EngineChoice = Literal["legacy", "core"]
 # app's own store or key and gives the same flag values on every machine.
 isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
-
-
-class ConfigurationError(ValueError):
-    """flagware was configured in a way that cannot work; raised at start-up."""
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name, "").strip()
-    return value or None
 
 
 class Flagware:
@@ -111,40 +109,25 @@ class Flagware:
             raise ConfigurationError(
                 "pass either spec= (local engine) or statsig_secret=, not both"
             )
-        if not exposure_dedupe >= 0:  # also NaN
-            raise ConfigurationError("exposure_dedupe must be 0 (off) or more seconds")
-        if proxy_hops < 0:
-            raise ConfigurationError("proxy_hops must be 0 or more")
-        if diagnostics not in (False, True, "debug"):
-            raise ConfigurationError('diagnostics must be False, True or "debug"')
-        if not diagnostics_path.strip("/"):
-            raise ConfigurationError("diagnostics_path must not be '/': it would hide the app")
-        diagnostics_token = diagnostics_token or _env("FLAGWARE_DIAGNOSTICS_TOKEN")
-        if diagnostics_token is not None and len(diagnostics_token) < 16:
-            raise ConfigurationError(
-                "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
-                "secrets; print(secrets.token_urlsafe(32))'`)"
-            )
-        engine = engine or _env("FLAGWARE_ENGINE") or "legacy"  # type: ignore[assignment]
-        if engine not in ENGINES:
-            raise ConfigurationError(f"engine must be 'legacy' or 'core', not {engine!r}")
-        if engine == "core":
-            from flagware.engine.core import require_core
-
-            try:
-                require_core()
-            except ImportError as exc:
-                raise ConfigurationError(str(exc)) from None
+        diagnostics_token = diagnostics_token or env("FLAGWARE_DIAGNOSTICS_TOKEN")
+        check_options(
+            exposure_dedupe=exposure_dedupe,
+            proxy_hops=proxy_hops,
+            diagnostics=diagnostics,
+            diagnostics_path=diagnostics_path,
+            diagnostics_token=diagnostics_token,
+        )
+        engine = engine_choice(engine)
         if spec is None and statsig_secret is None:
-            statsig_secret = _env("STATSIG_SERVER_SECRET")
+            statsig_secret = env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
-            spec = _env("FLAGWARE_SPEC") or DEFAULT_SPEC
+            spec = env("FLAGWARE_SPEC") or DEFAULT_SPEC
         isolate = isolated_store
         self.isolated = isolate is not None  # under the pytest plugin: see isolated_store
         if isolate is not None:
             location: str | os.PathLike[str] = isolate()
         else:
-            location = event_store or _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+            location = event_store or env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
         self.event_store = os.fspath(location)  # the path or URL, as given
         self._shared_store = is_postgres_url(self.event_store)
         # The SQLite file; for PostgreSQL only a name (use event_store).
@@ -154,7 +137,7 @@ class Flagware:
         self.cookie_max_age = cookie_max_age
         self.proxy_hops = proxy_hops
         self.send_ip = send_ip
-        self.tier = tier or _env("FLAGWARE_TIER")
+        self.tier = tier or env("FLAGWARE_TIER")
         self.user_id_resolver = user_id
         self.custom_resolver = user_custom
         self.exposure_filter = exposure_filter
@@ -182,22 +165,12 @@ class Flagware:
         if hash_key is not None:
             key: str | bytes | None = hash_key
         else:
-            key = TEST_HASH_KEY if self.isolated else _env("FLAGWARE_HASH_KEY")
+            key = TEST_HASH_KEY if self.isolated else env("FLAGWARE_HASH_KEY")
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
-            if not statsig_secret.startswith("secret-"):
-                raise ConfigurationError(
-                    "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
-                )
-            if key is None:
-                raise ConfigurationError(
-                    "the Statsig engine needs a hash key, so the same visitor gets the same "
-                    "userID in every process and nothing reversible is sent: set "
-                    "FLAGWARE_HASH_KEY (e.g. `python -c 'import secrets; "
-                    "print(secrets.token_hex(32))'`) or pass hash_key="
-                )
-            api = (statsig_api or _env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
+            key = check_statsig(statsig_secret, key)
+            api = (statsig_api or env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
             self.statsig_api: str | None = api
             if engine == "core":
                 from flagware.engine.core import CoreStatsigEngine
@@ -218,7 +191,7 @@ class Flagware:
                 from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
             self.engine = local(spec, tier=self.tier, check=self._check_unchanged)
             if key is None:
-                key = self._local_hash_key()
+                key = local_hash_key(self.store, self.event_store, shared=self._shared_store)
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
 
         if statsig_secret is not None and not self.isolated:
@@ -248,7 +221,7 @@ class Flagware:
             install_sigterm(lambda: _live_clients)
 
     @classmethod
-    def from_env(cls, **options: Any) -> Flagware:
+    def fromenv(cls, **options: Any) -> Flagware:
         """Statsig when ``STATSIG_SERVER_SECRET`` is set, else the local spec.
 
         Reads ``STATSIG_SERVER_SECRET``, ``STATSIG_API``, ``FLAGWARE_SPEC``,
@@ -266,37 +239,6 @@ class Flagware:
     def engine_sdk(self) -> str:
         """The SDK that evaluates them: "legacy" (the statsig package) or "core"."""
         return self.engine.sdk
-
-    def _local_hash_key(self) -> str:
-        """The local engine's key: made once, kept beside the event store (mode 0600),
-        or in a shared store's ``meta``, so every host gives a visitor the same ID."""
-        if self._shared_store:
-            try:
-                return self.store.init_meta("hash_key", secrets.token_hex(32))
-            except Exception as exc:
-                raise ConfigurationError(
-                    f"cannot read the shared hash key from {redact(self.event_store)} ({exc});"
-                    " set FLAGWARE_HASH_KEY on every host, or make the store reachable"
-                ) from exc
-        path = self.event_store_path.parent / "hash_key"
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            pass
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_hex(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        log.warning(
-            "flagware: created a hash key for visitor IDs at %s; keep it (IDs change without "
-            "it) or set FLAGWARE_HASH_KEY",
-            path,
-        )
-        return key
 
     # -- the event pipeline ----------------------------------------------------
 

@@ -14,7 +14,6 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flagware import identity, qa, visitors
-from flagware.events.limits import MAX_USER_AGENT
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
 
 if TYPE_CHECKING:
@@ -150,31 +149,9 @@ class Flags:
         return self._user_id
 
     def _resolve_ids(self) -> None:
-        client, environ = self._client, self._environ
-        if client.allow_random_override and identity.wants_random(environ):
-            # Re-rolled for this request only, and never stored in the cookie,
-            # so the browser keeps its real identity.
-            self._user_id = self._stable_id = identity.new_id()
-            return
-        stable_id = identity.read_stable_id(environ, client.cookie_name)
-        if stable_id is None:
-            stable_id = self._minted = identity.new_id()
-        self._stable_id = stable_id
-        user_id: str | None = None
-        if client.user_id_resolver is not None:
-            try:
-                resolved = client.user_id_resolver(environ)
-            except Exception as exc:
-                client.report(exc, "user_id resolver")
-                resolved = None
-            if resolved is not None and resolved != "":
-                user_id = str(resolved)
-        if user_id is None:
-            ip = identity.client_ip(environ)
-            # No usable address (a unix socket, a broken proxy): fall back to the
-            # cookie rather than hash "" and put every such visitor together.
-            user_id = identity.hash_ip(client.hash_key, ip) if ip else "s-" + stable_id
-        self._user_id = user_id
+        self._user_id, self._stable_id, minted = identity.resolve_ids(self._client, self._environ)
+        if minted is not None:
+            self._minted = minted
 
     def statsig_user(self) -> Any:
         """The engine SDK's user for this request, built once."""
@@ -183,35 +160,8 @@ class Flags:
         return self._user
 
     def _build_user(self) -> Any:
-        client, environ = self._client, self._environ
-        ip = identity.client_ip(environ)
-        user: dict[str, Any] = {
-            "userID": self.user_id,
-            "customIDs": {"stableID": self.stable_id},
-        }
-        country = identity.country_of(ip)
-        if country:
-            user["country"] = country
-        if client.send_ip and ip:
-            user["ip"] = ip
-        agent = environ.get("HTTP_USER_AGENT")
-        if agent:
-            if len(agent) > MAX_USER_AGENT:
-                # Cut once here, so the SDK parses the capped agent and none of
-                # this request's events needs checking again (see events.limits).
-                agent = agent[:MAX_USER_AGENT]
-                client._truncated("user_agent")
-            user["userAgent"] = agent
-        custom: Mapping[str, Any] | None = None
-        if client.custom_resolver is not None:
-            try:
-                custom = client.custom_resolver(environ)
-            except Exception as exc:
-                client.report(exc, "custom resolver")
-        if custom:
-            user["custom"] = dict(custom)
-        if client.tier:
-            user["statsigEnvironment"] = {"tier": client.tier}
+        client = self._client
+        user = identity.user_fields(client, self._environ, self.user_id, self.stable_id)
         self._user_dict = user
         return client.engine.user(user)
 

@@ -29,8 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import http_date, parse_cookie
 
+from flagware.events.limits import MAX_USER_AGENT
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
+
+    from flagware.client import Flagware
 
 UserResolver = Callable[["WSGIEnvironment"], object]
 CustomResolver = Callable[["WSGIEnvironment"], Mapping[str, Any] | None]
@@ -59,6 +63,67 @@ def new_id() -> str:
 
 # A forked child must never hand out the IDs its parent still holds.
 os.register_at_fork(after_in_child=_ids.clear)
+
+
+def resolve_ids(client: Flagware, environ: WSGIEnvironment) -> tuple[str, str, str | None]:
+    """This request's userID and stableID, and the stableID it minted (None when the
+    browser sent a valid one): the cookie to set."""
+    if client.allow_random_override and wants_random(environ):
+        # Re-rolled for this request only, and never stored in the cookie,
+        # so the browser keeps its real identity.
+        rolled = new_id()
+        return rolled, rolled, None
+    minted = None
+    stable_id = read_stable_id(environ, client.cookie_name)
+    if stable_id is None:
+        stable_id = minted = new_id()
+    user_id: str | None = None
+    if client.user_id_resolver is not None:
+        try:
+            resolved = client.user_id_resolver(environ)
+        except Exception as exc:
+            client.report(exc, "user_id resolver")
+            resolved = None
+        if resolved is not None and resolved != "":
+            user_id = str(resolved)
+    if user_id is None:
+        ip = client_ip(environ)
+        # No usable address (a unix socket, a broken proxy): fall back to the
+        # cookie rather than hash "" and put every such visitor together.
+        user_id = hash_ip(client.hash_key, ip) if ip else "s-" + stable_id
+    return user_id, stable_id, minted
+
+
+def user_fields(
+    client: Flagware, environ: WSGIEnvironment, user_id: str, stable_id: str
+) -> dict[str, Any]:
+    """The Statsig user, as the wire carries it (never the raw IP unless ``send_ip``)."""
+    ip = client_ip(environ)
+    user: dict[str, Any] = {"userID": user_id, "customIDs": {"stableID": stable_id}}
+    country = country_of(ip)
+    if country:
+        user["country"] = country
+    if client.send_ip and ip:
+        user["ip"] = ip
+    agent = environ.get("HTTP_USER_AGENT")
+    if agent:
+        if len(agent) > MAX_USER_AGENT:
+            # Cut once here, so the SDK parses the capped agent and none of
+            # this request's events needs checking again (see events.limits).
+            agent = agent[:MAX_USER_AGENT]
+            client._truncated("user_agent")
+        user["userAgent"] = agent
+    custom: Mapping[str, Any] | None = None
+    if client.custom_resolver is not None:
+        try:
+            custom = client.custom_resolver(environ)
+        except Exception as exc:
+            client.report(exc, "custom resolver")
+    if custom:
+        user["custom"] = dict(custom)
+    if client.tier:
+        user["statsigEnvironment"] = {"tier": client.tier}
+    return user
 
 
 def is_valid_stable_id(value: str | None) -> bool:

@@ -23,8 +23,10 @@ from django.core import checks
 from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
-from flagware.client import DEFAULT_SPEC, Flagware, _env
+from flagware.client import Flagware
 from flagware.django import conf
+from flagware.settings import DEFAULT_SPEC
+from flagware.settings import env as _env
 from flagware.spec import SpecError, load_spec
 
 OUR_MIDDLEWARE = {

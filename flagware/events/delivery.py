@@ -26,16 +26,15 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import random
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flagware.events.leases import DEFAULT_LEASE, Leases
+from flagware.events.leases import DEFAULT_LEASE
+from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
 from flagware.events.wire import Sender, headers
@@ -52,36 +51,8 @@ class DeliveryRejected(Exception):
     """Statsig answered a batch with a 4xx that retrying cannot fix."""
 
 
-class _Runtime:
-    """One process's delivery state. Never used in another process."""
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.pid = os.getpid()
-        self.store = open_store(delivery.store_location)
-        self.session_id = str(uuid.uuid4())
-        self.batch_size = delivery.batch_size
-        self.lock = threading.Lock()
-        self.wake = threading.Event()  # new events stored
-        self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
-        self.stop = threading.Event()
-        self.leases = Leases(
-            self.store,
-            lease=delivery.lease,
-            max_age=delivery.max_age,
-            persist_for=delivery.persist_for,
-            stop=self.stop,
-            report=delivery._report,
-        )
-        self.threads: list[threading.Thread] = []
-        self.failures = 0  # consecutive failed sends, shared by the threads
-        self.retry_at = 0.0  # monotonic time before which nobody sends
-        self.draining = 0
-        self.inflight = 0  # threads between claim and settle
-        self.claims = 0  # claims started, so a drain can tell none slipped past it
-
-
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
-_inherited: list[_Runtime] = []
+_inherited: list[Runtime] = []
 T = TypeVar("T")
 
 
@@ -143,7 +114,7 @@ class Delivery:
         self._port = parts.port
         self._path = parts.path.rstrip("/") + "/log_event"
         self._start_lock = threading.Lock()
-        self._rt: _Runtime | None = None
+        self._rt: Runtime | None = None
         self._closed_pid = -1
         _deliveries.add(self)
 
@@ -186,7 +157,7 @@ class Delivery:
             with rt.lock:
                 rt.draining -= 1
 
-    def _drained(self, rt: _Runtime) -> bool:
+    def _drained(self, rt: Runtime) -> bool:
         """Nothing claimable and no send of ours in progress, observed together:
         no claim may start between the two looks, or its batch (leased, so not
         claimable) could be released again unseen."""
@@ -236,7 +207,7 @@ class Delivery:
 
     # -- per-process runtime ------------------------------------------------------
 
-    def _runtime(self) -> _Runtime:
+    def _runtime(self) -> Runtime:
         rt = self._rt
         if rt is not None and rt.pid == os.getpid():
             return rt
@@ -248,10 +219,10 @@ class Delivery:
                     # store connections are the parent's. Keep it referenced so it
                     # is never finalized (closed) in this process.
                     _inherited.append(rt)
-                rt = self._rt = _Runtime(self)
+                rt = self._rt = Runtime(self)
             return rt
 
-    def _running(self) -> _Runtime | None:
+    def _running(self) -> Runtime | None:
         """The runtime with its threads started, or None once closed in this process."""
         if self._closed_pid == os.getpid():
             return None
@@ -262,7 +233,7 @@ class Delivery:
                     self._start(rt)
         return rt
 
-    def _start(self, rt: _Runtime) -> None:
+    def _start(self, rt: Runtime) -> None:
         try:
             rt.leases.release_dead()
         except Exception as exc:
@@ -277,7 +248,7 @@ class Delivery:
 
     # -- worker -------------------------------------------------------------------
 
-    def _work(self, rt: _Runtime) -> None:
+    def _work(self, rt: Runtime) -> None:
         sender = Sender(
             https=self._https,
             host=self._host,
@@ -288,7 +259,7 @@ class Delivery:
         try:
             while not rt.stop.is_set():
                 try:
-                    self._wait_backoff(rt)
+                    rt.wait_backoff()
                     if rt.stop.is_set():
                         break
                     if not self._step(rt, sender):
@@ -297,12 +268,12 @@ class Delivery:
                         rt.leases.reap()
                 except Exception as exc:  # a bug or a broken store: never kill the thread
                     self._report(exc, "statsig delivery")
-                    self._failed(rt)
+                    rt.failed()
         finally:
             sender.close()
             rt.store.close_thread()
 
-    def _step(self, rt: _Runtime, sender: Sender) -> bool:
+    def _step(self, rt: Runtime, sender: Sender) -> bool:
         """Claim one batch and send it; False when there was nothing to claim."""
         with rt.lock:
             rt.inflight += 1
@@ -330,7 +301,7 @@ class Delivery:
             with rt.lock:
                 rt.inflight -= 1
 
-    def _send(self, rt: _Runtime, sender: Sender, batch: Batch) -> None:
+    def _send(self, rt: Runtime, sender: Sender, batch: Batch) -> None:
         body = wire_body(batch.payloads, rt.session_id)
         try:
             status, reply, retry_after = sender.post(
@@ -354,17 +325,13 @@ class Delivery:
 
     # -- outcomes -----------------------------------------------------------------
 
-    def _succeeded(self, rt: _Runtime) -> None:
-        with rt.lock:
-            recovered = rt.failures > 0
-            rt.failures = 0
-            rt.retry_at = 0.0
-        if recovered:
+    def _succeeded(self, rt: Runtime) -> None:
+        if rt.succeeded():
             log.info("flagware: Statsig delivery recovered")
 
-    def _retry(self, rt: _Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
+    def _retry(self, rt: Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
         rt.leases.release(batch, failed=True)
-        first = self._failed(rt, retry_after)
+        first = rt.failed(retry_after)
         if first:
             log.warning(
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
@@ -373,30 +340,7 @@ class Delivery:
                 self._where,
             )
 
-    def _failed(self, rt: _Runtime, retry_after: float | None = None) -> bool:
-        """Back off every thread of this process; True for the first failure in a row."""
-        with rt.lock:
-            rt.failures += 1
-            cap = self.retry_max if not rt.draining else min(self.retry_max, 1.0)
-            ceiling = min(cap, self.retry_min * 2 ** min(rt.failures - 1, 30))
-            # Equal jitter: never less than half the delay, so processes that
-            # failed together do not all come back at the same instant.
-            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, cap))
-            rt.retry_at = max(rt.retry_at, time.monotonic() + delay)
-            return rt.failures == 1
-
-    def _wait_backoff(self, rt: _Runtime) -> None:
-        while not rt.stop.is_set():
-            remaining = rt.retry_at - time.monotonic()
-            if remaining <= 0:
-                return
-            if rt.kick.wait(remaining):
-                rt.kick.clear()  # a drain started: try once now
-                return
-
-    def _park(self, rt: _Runtime, batch: Batch, status: int, reply: bytes) -> None:
+    def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         rt.leases.settle(batch, PARKED)
         detail = reply[:300].decode("utf-8", "replace").strip()
         exc = DeliveryRejected(

@@ -1,0 +1,82 @@
+"""One process's delivery state: its store, threads, leases and shared backoff.
+
+Made lazily by :class:`~flagware.events.delivery.Delivery` in the process
+that delivers, and never used in another: after a fork the child makes its own.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from flagware.events.leases import Leases
+from flagware.events.store import open_store
+
+if TYPE_CHECKING:
+    from flagware.events.delivery import Delivery
+
+
+class Runtime:
+    """One process's delivery state. Never used in another process."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.pid = os.getpid()
+        self.store = open_store(delivery.store_location)
+        self.session_id = str(uuid.uuid4())
+        self.batch_size = delivery.batch_size
+        self.retry_min = delivery.retry_min
+        self.retry_max = delivery.retry_max
+        self.lock = threading.Lock()
+        self.wake = threading.Event()  # new events stored
+        self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
+        self.stop = threading.Event()
+        self.leases = Leases(
+            self.store,
+            lease=delivery.lease,
+            max_age=delivery.max_age,
+            persist_for=delivery.persist_for,
+            stop=self.stop,
+            report=delivery._report,
+        )
+        self.threads: list[threading.Thread] = []
+        self.failures = 0  # consecutive failed sends, shared by the threads
+        self.retry_at = 0.0  # monotonic time before which nobody sends
+        self.draining = 0
+        self.inflight = 0  # threads between claim and settle
+        self.claims = 0  # claims started, so a drain can tell none slipped past it
+
+    def succeeded(self) -> bool:
+        """A send went through: no more backoff. True when it ends a run of failures."""
+        with self.lock:
+            recovered = self.failures > 0
+            self.failures = 0
+            self.retry_at = 0.0
+        return recovered
+
+    def failed(self, retry_after: float | None = None) -> bool:
+        """Back off every thread of this process; True for the first failure in a row."""
+        with self.lock:
+            self.failures += 1
+            cap = self.retry_max if not self.draining else min(self.retry_max, 1.0)
+            ceiling = min(cap, self.retry_min * 2 ** min(self.failures - 1, 30))
+            # Equal jitter: never less than half the delay, so processes that
+            # failed together do not all come back at the same instant.
+            delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, cap))
+            self.retry_at = max(self.retry_at, time.monotonic() + delay)
+            return self.failures == 1
+
+    def wait_backoff(self) -> None:
+        """Wait out the backoff, or until a drain kicks for one try now, or stop."""
+        while not self.stop.is_set():
+            remaining = self.retry_at - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.kick.wait(remaining):
+                self.kick.clear()  # a drain started: try once now
+                return

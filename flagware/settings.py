@@ -1,0 +1,116 @@
+"""What a client's options may be: their defaults, the environment variables
+behind them, the checks they pass at start-up, and the local hash key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from flagware.events.store import Store, redact
+
+log = logging.getLogger("flagware")
+
+DEFAULT_SPEC = "flagware.toml"
+DEFAULT_EVENT_STORE = ".flagware/events.db"
+DEFAULT_STATSIG_API = "https://statsigapi.net/v1"
+ENGINES = ("legacy", "core")
+EngineChoice = Literal["legacy", "core"]
+
+
+class ConfigurationError(ValueError):
+    """flagware was configured in a way that cannot work; raised at start-up."""
+
+
+def env(name: str) -> str | None:
+    """An environment variable's value; None when unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def check_options(
+    *,
+    exposure_dedupe: float,
+    proxy_hops: int,
+    diagnostics: Any,
+    diagnostics_path: str,
+    diagnostics_token: str | None,
+) -> None:
+    if not exposure_dedupe >= 0:  # also NaN
+        raise ConfigurationError("exposure_dedupe must be 0 (off) or more seconds")
+    if proxy_hops < 0:
+        raise ConfigurationError("proxy_hops must be 0 or more")
+    if diagnostics not in (False, True, "debug"):
+        raise ConfigurationError('diagnostics must be False, True or "debug"')
+    if not diagnostics_path.strip("/"):
+        raise ConfigurationError("diagnostics_path must not be '/': it would hide the app")
+    if diagnostics_token is not None and len(diagnostics_token) < 16:
+        raise ConfigurationError(
+            "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
+            "secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+
+
+def engine_choice(engine: str | None) -> EngineChoice:
+    """The SDK that evaluates: the argument, else ``FLAGWARE_ENGINE``, else legacy."""
+    engine = engine or env("FLAGWARE_ENGINE") or "legacy"
+    if engine not in ENGINES:
+        raise ConfigurationError(f"engine must be 'legacy' or 'core', not {engine!r}")
+    if engine == "core":
+        from flagware.engine.core import require_core
+
+        try:
+            require_core()
+        except ImportError as exc:
+            raise ConfigurationError(str(exc)) from None
+    return "core" if engine == "core" else "legacy"
+
+
+def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
+    """The hash key the Statsig engine needs, once the secret looks like one."""
+    if not secret.startswith("secret-"):
+        raise ConfigurationError(
+            "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
+        )
+    if hash_key is None:
+        raise ConfigurationError(
+            "the Statsig engine needs a hash key, so the same visitor gets the same "
+            "userID in every process and nothing reversible is sent: set "
+            "FLAGWARE_HASH_KEY (e.g. `python -c 'import secrets; "
+            "print(secrets.token_hex(32))'`) or pass hash_key="
+        )
+    return hash_key
+
+
+def local_hash_key(store: Store, location: str, *, shared: bool) -> str:
+    """The local engine's key: made once, kept beside the event store (mode 0600),
+    or in a shared store's ``meta``, so every host gives a visitor the same ID."""
+    if shared:
+        try:
+            return store.init_meta("hash_key", secrets.token_hex(32))
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot read the shared hash key from {redact(location)} ({exc});"
+                " set FLAGWARE_HASH_KEY on every host, or make the store reachable"
+            ) from exc
+    path = Path(location).parent / "hash_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    log.warning(
+        "flagware: created a hash key for visitor IDs at %s; keep it (IDs change without "
+        "it) or set FLAGWARE_HASH_KEY",
+        path,
+    )
+    return key
