@@ -221,7 +221,7 @@ class Flagware:
             install_sigterm(lambda: _live_clients)
 
     @classmethod
-    def fromenv(cls, **options: Any) -> Flagware:
+    def from_env(cls, **options: Any) -> Flagware:
         """Statsig when ``STATSIG_SERVER_SECRET`` is set, else the local spec.
 
         Reads ``STATSIG_SERVER_SECRET``, ``STATSIG_API``, ``FLAGWARE_SPEC``,
