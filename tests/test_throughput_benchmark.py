@@ -57,3 +57,16 @@ def test_the_throughput_benchmark_serves_every_app_without_errors(
             assert spread["min"] <= server["ratios"][profile]["core/hand (goal >= 1.2)"]
             assert server["spread"][profile]["wrapped/bare (goal >= 0.97)"] is None  # not run
     assert figures["settings"]["workers"] == 2
+
+
+def test_compare_runs_one_app_from_two_checkouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # This checkout against itself: both sides serve, and each round gives a ratio.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import compare
+
+    argv = ["--baseline", str(ROOT), "--app", "legacy", "--rounds", "2", "--seconds", "1"]
+    figures = compare.main(argv)
+    assert figures["errors"] == 0
+    assert len(figures["ratios"]) == 2 and all(r > 0 for r in figures["ratios"])
+    for side in ("baseline", "this"):
+        assert 10 < figures["cpu_us"][side] < 100_000 and figures["rps"][side] > 0

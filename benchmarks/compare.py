@@ -1,0 +1,133 @@
+"""One app from two checkouts under a real server, alternating rounds: did a change help?
+
+    git worktree add /tmp/base <commit>
+    .venv/bin/python benchmarks/compare.py --baseline /tmp/base [--app core]
+        [--server gunicorn] [--profile new] [--rounds 6] [--seconds 3]
+
+throughput.py compares different apps in one run; a change to flagware
+itself needs the same app before and after it, and on a shared machine the
+two must run side by side, not an hour apart. This starts the app
+(``throughput_app.py`` under gunicorn, ``throughput_asgi_app.py`` under
+uvicorn, 2 workers) once from ``--baseline`` and once from this checkout, each
+importing its own flagware, and drives them with wrk in alternating rounds
+(the order swapped every round). It prints each side's median CPU time per
+request (the workers' every thread, from /proc, as throughput.py reads it),
+req/s, and the per-round ratio baseline / this checkout: above 1, this
+checkout is cheaper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import (
+    APPS,
+    LUA,
+    ROOT,
+    SERVERS,
+    SPEC,
+    StatsigStub,
+    compile_dcs,
+    free_port,
+    load_spec,
+    run_wrk,
+    server_command,
+    wait_up,
+    worker_cpu_ns,
+)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, type=Path, help="another checkout")
+    parser.add_argument("--app", default="core", choices=list(APPS))
+    parser.add_argument("--server", default="gunicorn", choices=list(SERVERS))
+    parser.add_argument("--profile", default="new", choices=("new", "returning"))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=3)
+    args = parser.parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("compare.py needs wrk: apt-get install wrk")
+    roots = {"baseline": args.baseline.resolve(), "this": ROOT}
+    cpu: dict[str, list[float]] = {name: [] for name in roots}
+    rps: dict[str, list[float]] = {name: [] for name in roots}
+    errors = 0
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        StatsigStub(dcs=compile_dcs(load_spec(SPEC))) as stub,
+    ):
+        tmp = Path(tmp_name)
+        script = tmp / "bench.lua"
+        script.write_text(LUA)
+        servers = {}
+        for name, root in roots.items():
+            port = free_port()
+            env = {
+                **os.environ,
+                "BENCH_APP": args.app,
+                "BENCH_STUB": stub.url,
+                "BENCH_STORE": str(tmp / f"{name}.db"),
+                # Each side imports its own checkout's flagware and apps.
+                "PYTHONPATH": os.pathsep.join([str(root), str(root / "benchmarks")]),
+            }
+            process = subprocess.Popen(
+                server_command(args.server, port),
+                env=env,
+                cwd=root,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            servers[name] = (process, port)
+        try:
+            for _, port in servers.values():
+                wait_up(f"http://127.0.0.1:{port}/")
+                run_wrk(wrk, script, port, args.profile, 2, 4)  # warm up
+            for round_ in range(args.rounds):
+                order = list(servers) if round_ % 2 == 0 else list(servers)[::-1]
+                for name in order:
+                    process, port = servers[name]
+                    before = worker_cpu_ns(process.pid)
+                    result = run_wrk(wrk, script, port, args.profile, args.seconds, 4)
+                    time.sleep(0.3)  # the writer's last flush belongs to this round
+                    used = worker_cpu_ns(process.pid) - before
+                    cpu[name].append(used / 1000 / max(1, result["requests"]))
+                    rps[name].append(result["rps"])
+                    errors += result["errors"]
+        finally:
+            for process, _ in servers.values():
+                process.terminate()
+            for process, _ in servers.values():
+                process.wait(timeout=60)
+    print(f"{args.app} under {args.server}, {args.profile} visitors, {args.rounds} rounds:")
+    for name in roots:
+        print(
+            f"  {name:>8}: {statistics.median(cpu[name]):6.1f} us CPU/request,"
+            f" {statistics.median(rps[name]):7.0f} req/s"
+        )
+    ratios = [b / t for b, t in zip(cpu["baseline"], cpu["this"], strict=True)]
+    print(
+        f"  baseline / this by CPU: median {statistics.median(ratios):.3f}"
+        f" (rounds {min(ratios):.3f}-{max(ratios):.3f}); {errors} failed requests"
+    )
+    return {
+        "cpu_us": {name: statistics.median(cpu[name]) for name in roots},
+        "rps": {name: statistics.median(rps[name]) for name in roots},
+        "ratios": ratios,
+        "errors": errors,
+    }
+
+
+if __name__ == "__main__":
+    main()
