@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flagware import identity, qa, visitors
-from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event
+from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event, compact_json
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -117,6 +117,7 @@ class Flags:
     _minted: str | None = None  # a stableID to set in the response cookie
     _user: Any = None  # the engine's SDK user
     _user_dict: dict[str, Any] | None = None
+    _user_json: str | None = None  # _user_dict encoded once, for every event it logs
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
     # True while a middleware will see the response (set by the request
@@ -171,6 +172,13 @@ class Flags:
         assert self._user_dict is not None
         return self._user_dict
 
+    def _encoded_user(self) -> str:
+        """The wire user as compact JSON: one encoding for all this request's events."""
+        encoded = self._user_json
+        if encoded is None:
+            encoded = self._user_json = compact_json(self._wire_user())
+        return encoded
+
     # -- gates and configs ------------------------------------------------------
 
     def gate(self, name: str) -> bool:
@@ -206,6 +214,7 @@ class Flags:
                         },
                         secondary_exposures=secondary,
                         exposure=name,
+                        user_json=self._encoded_user(),
                     )
                 )
         except Exception as exc:
@@ -264,6 +273,7 @@ class Flags:
                     secondary_exposures=secondary,
                     exposure=name,
                     group=config.group,
+                    user_json=self._encoded_user(),
                 )
                 client._log_exposure(exposure)
                 if forced is None and config.group is not None and name not in client._started:
@@ -362,6 +372,7 @@ class Flags:
             self._wire_user(),
             value=value,
             metadata=None if metadata is None else dict(metadata),
+            user_json=self._encoded_user(),
         )
 
     def __repr__(self) -> str:

@@ -266,6 +266,18 @@ def test_user_agent_and_metadata_are_capped_and_counted(
     assert len([r for r in caplog.records if "truncated" in r.getMessage()]) == 2
 
 
+def test_a_capped_user_is_stored_capped_even_when_it_came_encoded(make_client: Any) -> None:
+    from flagware.events.limits import MAX_USER_AGENT
+    from flagware.events.model import Event, compact_json
+
+    fw = make_client()
+    user = {"userID": "u", "userAgent": "A" * 10_000}
+    fw.log(Event("big", user, user_json=compact_json(user)))  # the encoding of the uncapped user
+    fw.flush()
+    [payload] = [r[0] for r in fw.store._conn().execute("SELECT payload FROM events")]
+    assert json.loads(payload)["user"] == {"userID": "u", "userAgent": "A" * MAX_USER_AGENT}
+
+
 def test_a_requests_huge_user_agent_is_cut_once_for_all_its_events(make_client: Any) -> None:
     from flagware.events.limits import MAX_USER_AGENT
     from flagware.flags import Flags

@@ -123,6 +123,24 @@ def test_value_and_metadata_constants_and_callables(app: Flask, client: Any) -> 
     assert client.errors["log_event value"] == 1
 
 
+def test_an_event_that_cannot_be_stored_is_refused_alone(app: Flask, client: Any) -> None:
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+
+    @app.get("/")
+    @log_event("visited")
+    def index() -> str:
+        flags = current_flags()
+        flags.log_event("before")
+        flags.log_event("cyclic", metadata={"bad": cyclic})  # encoded when logged: refused
+        flags.log_event("after")
+        return "served"
+
+    assert Client(app).get("/").text == "served"
+    assert [e["event"] for e in custom(client)] == ["before", "after", "visited"]
+    assert client.errors["log_event"] == 1
+
+
 def test_feature_gate_guards_with_a_status_or_a_callable(app: Flask, client: Any) -> None:
     @app.get("/open")
     @feature_gate("everyone")

@@ -9,7 +9,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +72,15 @@ def test_a_failed_write_keeps_the_events(store: Store) -> None:
     errors: list[str] = []
     writer = EventWriter(store, flush_interval=60, on_error=lambda exc, where: errors.append(where))
     writer.put(event(0))
-    real = store.append
+    real = store.append_rows
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    store.append = broken  # type: ignore[method-assign]
+    store.append_rows = broken  # type: ignore[method-assign]
     assert writer.flush() == 0
     assert errors == ["event store"]
-    store.append = real  # type: ignore[method-assign]
+    store.append_rows = real  # type: ignore[method-assign]
     assert writer.flush() == 1
     writer.close()
     assert uids(store) == [0]
@@ -115,12 +115,12 @@ class Failing:
         self.delay = delay
         self.starts: list[float] = []
 
-    def append(self, events: Sequence[Event], *, deliver: bool = False) -> None:
+    def append_rows(self, rows: list[tuple[Any, ...]]) -> None:
         self.starts.append(time.monotonic())
         time.sleep(self.delay)
         if self.failing:
             raise OSError("disk full")
-        self.store.append(events, deliver=deliver)
+        self.store.append_rows(rows)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -217,3 +217,48 @@ def test_memory_stays_flat_while_the_store_is_unwritable(tmp_path: Path, spec_fi
     assert int(dropped) > 10_000  # under load, and dropping: the queue is full
     assert float(after) - float(before) < 5, (before, after)  # MB over 3 s of load
     assert "queue is full" in proc.stderr and proc.stderr.count("queue is full") == 1
+
+
+def test_queued_events_leave_the_garbage_collector_alone(store: Store) -> None:
+    """Queued events wait as rows of strings and numbers, which the collector
+    stops tracking at its first pass: events waiting for a flush must not pile
+    up in the oldest generation and bring on full collections of the app."""
+    import gc
+
+    writer = EventWriter(store, flush_interval=60)
+    user = {"userID": "u", "customIDs": {"stableID": "s" * 32}, "userAgent": "Mozilla/5.0"}
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(5000):  # as a request logs them: an exposure and an event a user
+        writer.put(Event("e", dict(user), metadata={"uid": i}, secondary_exposures=[]))
+    gc.collect()
+    grew = len(gc.get_objects()) - before
+    writer.close()
+    assert grew < 100, f"{grew} objects tracked for 5,000 queued events"
+    assert uids(store) == list(range(5000))
+
+
+def test_an_event_is_stored_as_it_was_when_logged(store: Store) -> None:
+    writer = EventWriter(store, flush_interval=60)
+    tags = ["first"]
+    user = {"userID": "u"}
+    writer.put(Event("e", user, metadata={"uid": 0, "tags": tags}))
+    tags.append("later")  # the caller's own objects, changed before the flush
+    user["userID"] = "someone else"
+    writer.close()
+    [row] = store.iter_events()
+    assert row["metadata"] == {"uid": 0, "tags": ["first"]}
+    assert row["user_id"] == "u"
+
+
+def test_an_event_that_cannot_be_encoded_is_refused_alone(store: Store) -> None:
+    writer = EventWriter(store, flush_interval=60)
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    writer.put(event(0))
+    with pytest.raises((ValueError, RecursionError)):  # the caller reports it
+        writer.put(Event("e", {"userID": "u"}, metadata={"uid": 1, "bad": cyclic}))
+    writer.put(event(2))
+    assert writer.flush() == 2  # the batch around it is stored
+    writer.close()
+    assert uids(store) == [0, 2]

@@ -26,6 +26,7 @@ def cap_event(event: Event) -> list[str]:
     if agent is not None and len(agent) > MAX_USER_AGENT:
         # In place: the request's other events share this user and stay capped.
         event.user["userAgent"] = agent[:MAX_USER_AGENT]
+        event.user_json = None  # no longer the user's encoding
         cut.append("user_agent")
     if event.metadata and _oversized(event.metadata):
         event.metadata = _cap_metadata(event.metadata)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +59,9 @@ class Event:
     secondary_exposures: list[dict[str, str]] | None = None
     exposure: str | None = None
     group: str | None = None
+    # ``user`` as compact JSON, when the request that logged the event has it
+    # already (its events share one user): the writer does not encode it again.
+    user_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def user_id(self) -> str | None:
@@ -84,3 +89,27 @@ class Event:
 
 # Made once: json.dumps with keyword arguments builds a new encoder per call.
 _encode_wire = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.JSONEncoder(separators=(",", ":"), default=str).encode``, in half the time.
+
+    Compact, as the wire payload is, so the metadata column and the payload
+    share one encoding. ``encode`` builds a C encoder on every call; this one is
+    built once. Without circular-reference markers: a cycle raises
+    RecursionError instead of ValueError, and whoever logged the event reports
+    either (the event is refused, alone).
+    """
+    slow: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        # CPython's own call in JSONEncoder.iterencode: markers, default, string
+        # encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+        chunks = make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", *_FLAGS)
+    except TypeError:  # no C accelerator (make is None), or another signature
+        return slow
+    return lambda value: "".join(chunks(value, 0))
+
+
+_FLAGS = (False, False, True)
+compact_json = _compact_encoder()

@@ -14,16 +14,15 @@ slow to count live in ``meta``, updated in the same transaction as the rows.
 from __future__ import annotations
 
 import json
-import json.encoder
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from json.encoder import encode_basestring_ascii as _string  # json's own string encoder
 from typing import Any, LiteralString, Protocol
 
-from flagware.events.model import Event, numeric_value
+from flagware.events.model import Event, compact_json, numeric_value
 
 PENDING = 0
 DELIVERED = 1
@@ -89,6 +88,7 @@ class Store(Protocol):
     dialect: str  # "sqlite" or "postgres": which .sql file its named queries come from
 
     def append(self, events: Sequence[Event], *, deliver: bool = False) -> None: ...
+    def append_rows(self, rows: list[tuple[Any, ...]]) -> None: ...
     def iter_events(
         self, *, after_id: int = 0, limit: int | None = None
     ) -> Iterator[dict[str, Any]]: ...
@@ -127,87 +127,70 @@ def load_queries(dialect: str) -> dict[str, LiteralString]:
     return {key: sql.strip() for key, sql in queries.items()}
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """``json.JSONEncoder(separators=(",", ":"), default=str).encode``, in half the time.
-
-    Compact, as the wire payload is, so the metadata column and the payload
-    share one encoding. ``encode`` builds a C encoder on every call; this one is
-    built once. Without circular-reference markers: a cycle raises
-    RecursionError instead of ValueError, and the writer reports either.
-    """
-    slow: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), default=str).encode
-    make: Any = getattr(json.encoder, "c_make_encoder", None)
-    try:
-        # CPython's own call in JSONEncoder.iterencode: markers, default, string
-        # encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
-        chunks = make(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", *_FLAGS)
-    except TypeError:  # no C accelerator (make is None), or another signature
-        return slow
-    return lambda value: "".join(chunks(value, 0))
-
-
-_FLAGS = (False, False, True)
-_compact = _compact_encoder()
-
-
 def event_rows(events: Sequence[Event], deliver: bool) -> list[tuple[Any, ...]]:
     """Events as the rows both backends insert (``EVENT_COLUMNS`` order).
 
-    The writer thread's Python work holds the GIL that request threads wait
-    for, so each piece of JSON is encoded once: the events of one request share
-    one user dict (encoded once per batch, keyed by identity: every event of
-    the batch is alive, so no identity is reused), and the metadata column and
-    the payload share one encoding. ``payload`` is the text ``Event.payload()``
+    Each piece of JSON is encoded once: the events of one request share one
+    user dict (encoded once per call, keyed by identity: every event of the
+    call is alive, so no identity is reused; or already encoded by the request
+    that logged them, ``Event.user_json``), and the metadata column and the
+    payload share one encoding. ``payload`` is the text ``Event.payload()``
     gives, assembled from those pieces.
     """
     state = PENDING if deliver else None
-    users: dict[int, tuple[str, Any, Any]] = {}  # id(user) -> its JSON, userID, stableID
+    users: dict[int, str] = {}  # id(user) -> its JSON
     rows: list[tuple[Any, ...]] = []
     append = rows.append
     for event in events:
-        name, user, time_ms, value = event.name, event.user, event.time, event.value
-        known = users.get(id(user))
-        if known is None:
-            ids = user.get("customIDs")
-            stable_id = ids.get("stableID") if ids else None
-            known = users[id(user)] = (_compact(user), user.get("userID"), stable_id)
-        metadata = None if event.metadata is None else _compact(event.metadata)
-        # Exact types only: anything else is left to the encoder, as to_wire does.
-        if type(name) is not str or type(time_ms) is not int:
-            payload = event.payload()
-        else:
-            parts = ['{"eventName":', _string(name), ',"user":', known[0]]
-            parts += (',"time":', str(time_ms))
-            if value is not None:
-                parts += (',"value":', _compact(value))
-            if metadata is not None:
-                parts += (',"metadata":', metadata)
-            secondary = event.secondary_exposures
-            if secondary is not None:
-                parts += (',"secondaryExposures":', _compact(secondary) if secondary else "[]")
-            parts.append("}")
-            payload = "".join(parts)
-        append(
-            (
-                time_ms,
-                name,
-                known[1],
-                known[2],
-                None if value is None else json.dumps(value),
-                numeric_value(value),
-                metadata,
-                event.exposure,
-                event.group,
-                payload,
-                state,
-            )
-        )
+        user_json = event.user_json
+        if user_json is None:
+            user = event.user
+            user_json = users.get(id(user))
+            if user_json is None:
+                user_json = users[id(user)] = compact_json(user)
+        append(_row(event, user_json, state))
     return rows
 
 
 def event_row(event: Event, deliver: bool) -> tuple[Any, ...]:
     """One event as the row both backends insert (see :func:`event_rows`)."""
-    return event_rows((event,), deliver)[0]
+    user_json = event.user_json
+    if user_json is None:
+        user_json = compact_json(event.user)
+    return _row(event, user_json, PENDING if deliver else None)
+
+
+def _row(event: Event, user_json: str, state: int | None) -> tuple[Any, ...]:
+    name, user, time_ms, value = event.name, event.user, event.time, event.value
+    ids = user.get("customIDs")
+    metadata = None if event.metadata is None else compact_json(event.metadata)
+    # Exact types only: anything else is left to the encoder, as to_wire does.
+    if type(name) is not str or type(time_ms) is not int:
+        payload = event.payload()
+    else:
+        parts = ['{"eventName":', _string(name), ',"user":', user_json, ',"time":', str(time_ms)]
+        if value is not None:
+            parts += (',"value":', compact_json(value))
+        if metadata is not None:
+            parts += (',"metadata":', metadata)
+        secondary = event.secondary_exposures
+        if secondary is not None:
+            parts += (',"secondaryExposures":', compact_json(secondary) if secondary else "[]")
+        parts.append("}")
+        payload = "".join(parts)
+    return (
+        time_ms,
+        name,
+        user.get("userID"),
+        ids.get("stableID") if ids else None,
+        None if value is None else json.dumps(value),
+        numeric_value(value),
+        metadata,
+        event.exposure,
+        event.group,
+        payload,
+        state,
+    )
 
 
 def lease_owner(nonce: str, batch: int) -> str:

@@ -103,9 +103,12 @@ class SQLStore:
 
     def append(self, events: Sequence[Event], *, deliver: bool = False) -> None:
         """Store a batch in one transaction; ``deliver`` marks them for Statsig."""
-        if not events:
+        self.append_rows(event_rows(events, deliver))
+
+    def append_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Store rows made by ``event_row`` (the writer's queue) in one transaction."""
+        if not rows:
             return
-        rows = event_rows(events, deliver)
         with self._guard():
             conn = self._conn()
             with self._transaction(conn):
