@@ -2,7 +2,7 @@
 
     git worktree add /tmp/base <commit>
     .venv/bin/python benchmarks/compare.py --baseline /tmp/base [--app core]
-        [--server gunicorn] [--profile new] [--rounds 6] [--seconds 3]
+        [--server gunicorn] [--profile new] [--rounds 6] [--seconds 3] [--gc]
 
 throughput.py compares different apps in one run; a change to flagware
 itself needs the same app before and after it, and on a shared machine the
@@ -14,6 +14,11 @@ importing its own flagware, and drives them with wrk in alternating rounds
 request (the workers' every thread, from /proc, as throughput.py reads it),
 req/s, and the per-round ratio baseline / this checkout: above 1, this
 checkout is cheaper.
+
+``--gc`` also counts the full garbage collections (generation 2) each side's
+processes ran during its rounds, and their total time: each one stalls the
+request it lands in for tens of milliseconds. Both sides load
+``benchmarks/gc_probe/sitecustomize.py`` from this checkout, which logs them.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", default="new", choices=("new", "returning"))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--gc", action="store_true", help="count full garbage collections")
     args = parser.parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -63,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     roots = {"baseline": args.baseline.resolve(), "this": ROOT}
     cpu: dict[str, list[float]] = {name: [] for name in roots}
     rps: dict[str, list[float]] = {name: [] for name in roots}
+    windows: dict[str, list[tuple[float, float]]] = {name: [] for name in roots}
     errors = 0
     with (
         tempfile.TemporaryDirectory() as tmp_name,
@@ -74,14 +81,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         servers = {}
         for name, root in roots.items():
             port = free_port()
+            path = [str(root), str(root / "benchmarks")]
             env = {
                 **os.environ,
                 "BENCH_APP": args.app,
                 "BENCH_STUB": stub.url,
                 "BENCH_STORE": str(tmp / f"{name}.db"),
                 # Each side imports its own checkout's flagware and apps.
-                "PYTHONPATH": os.pathsep.join([str(root), str(root / "benchmarks")]),
+                "PYTHONPATH": os.pathsep.join(path),
             }
+            if args.gc:
+                env["PYTHONPATH"] = os.pathsep.join([*path, str(ROOT / "benchmarks" / "gc_probe")])
+                env["BENCH_GC_LOG"] = str(tmp / f"gc-{name}.log")
             process = subprocess.Popen(
                 server_command(args.server, port),
                 env=env,
@@ -99,9 +110,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for name in order:
                     process, port = servers[name]
                     before = worker_cpu_ns(process.pid)
+                    started = time.time()
                     result = run_wrk(wrk, script, port, args.profile, args.seconds, 4)
                     time.sleep(0.3)  # the writer's last flush belongs to this round
                     used = worker_cpu_ns(process.pid) - before
+                    windows[name].append((started, time.time()))
                     cpu[name].append(used / 1000 / max(1, result["requests"]))
                     rps[name].append(result["rps"])
                     errors += result["errors"]
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 process.terminate()
             for process, _ in servers.values():
                 process.wait(timeout=60)
+        collections = {name: _collections(tmp / f"gc-{name}.log", windows[name]) for name in roots}
     print(f"{args.app} under {args.server}, {args.profile} visitors, {args.rounds} rounds:")
     for name in roots:
         print(
@@ -121,12 +135,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"  baseline / this by CPU: median {statistics.median(ratios):.3f}"
         f" (rounds {min(ratios):.3f}-{max(ratios):.3f}); {errors} failed requests"
     )
+    if args.gc:
+        for name in roots:
+            count, total = collections[name]
+            print(f"  {name:>8}: {count} full collections during its rounds, {total:.0f} ms")
     return {
         "cpu_us": {name: statistics.median(cpu[name]) for name in roots},
         "rps": {name: statistics.median(rps[name]) for name in roots},
         "ratios": ratios,
         "errors": errors,
+        "full_collections": {name: collections[name][0] for name in roots} if args.gc else None,
     }
+
+
+def _collections(log: Path, windows: list[tuple[float, float]]) -> tuple[int, float]:
+    """Full collections logged by gc_probe inside the rounds' windows: count and milliseconds."""
+    count, total = 0, 0.0
+    if log.exists():
+        for line in log.read_text().splitlines():
+            at, took = (float(part) for part in line.split())
+            if any(start <= at <= end for start, end in windows):
+                count += 1
+                total += took
+    return count, total
 
 
 if __name__ == "__main__":

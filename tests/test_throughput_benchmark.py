@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,9 +66,33 @@ def test_compare_runs_one_app_from_two_checkouts(monkeypatch: pytest.MonkeyPatch
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import compare
 
-    argv = ["--baseline", str(ROOT), "--app", "legacy", "--rounds", "2", "--seconds", "1"]
+    argv = ["--baseline", str(ROOT), "--app", "legacy", "--rounds", "2", "--seconds", "1", "--gc"]
     figures = compare.main(argv)
     assert figures["errors"] == 0
+    assert all(figures["full_collections"][side] >= 0 for side in ("baseline", "this"))
     assert len(figures["ratios"]) == 2 and all(r > 0 for r in figures["ratios"])
     for side in ("baseline", "this"):
         assert 10 < figures["cpu_us"][side] < 100_000 and figures["rps"][side] > 0
+
+
+def test_the_gc_probe_logs_each_full_collection(tmp_path: Path) -> None:
+    # What compare.py --gc counts: loaded as sitecustomize, one line per full collection.
+    log = tmp_path / "gc.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "benchmarks" / "gc_probe"),
+        "BENCH_GC_LOG": str(log),
+    }
+    code = (
+        "import gc, os\n"
+        "def lines():\n"
+        "    path = os.environ['BENCH_GC_LOG']\n"
+        "    return len(open(path).read().splitlines()) if os.path.exists(path) else 0\n"
+        "start = lines(); gc.collect(0); gc.collect(1); young = lines()\n"
+        "gc.collect(); gc.collect(2)\n"
+        "print(young - start, lines() - young)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+    assert done.stdout.split() == [b"0", b"2"]  # the two full collections, not the younger ones
+    lines = log.read_text().splitlines()
+    assert all(float(ms) >= 0 and float(at) > 0 for at, ms in (line.split() for line in lines))

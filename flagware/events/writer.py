@@ -6,7 +6,7 @@ tuple of strings and numbers, which the garbage collector stops tracking at
 its first pass. Queued as they were, events (each with its user dict and
 lists) stayed tracked for the up to 0.2 s they waited, were promoted to the
 oldest generation, and brought on a full collection of the whole app every
-few seconds per worker (25-45 ms each here; 7x fewer with rows). Encoding at
+few seconds per worker (25-45 ms each here; 5-10x fewer with rows). Encoding at
 log time also stores what was logged, whatever the caller changes later, and
 an event that cannot be encoded is refused alone, where the caller reports
 it, instead of failing every batch after it.
