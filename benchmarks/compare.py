@@ -81,17 +81,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         servers = {}
         for name, root in roots.items():
             port = free_port()
+            # Each side imports its own checkout's flagware and apps.
             path = [str(root), str(root / "benchmarks")]
+            if args.gc:
+                path.append(str(ROOT / "benchmarks" / "gc_probe"))
             env = {
                 **os.environ,
                 "BENCH_APP": args.app,
                 "BENCH_STUB": stub.url,
                 "BENCH_STORE": str(tmp / f"{name}.db"),
-                # Each side imports its own checkout's flagware and apps.
                 "PYTHONPATH": os.pathsep.join(path),
             }
             if args.gc:
-                env["PYTHONPATH"] = os.pathsep.join([*path, str(ROOT / "benchmarks" / "gc_probe")])
                 env["BENCH_GC_LOG"] = str(tmp / f"gc-{name}.log")
             process = subprocess.Popen(
                 server_command(args.server, port),

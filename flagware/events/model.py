@@ -60,7 +60,7 @@ class Event:
     exposure: str | None = None
     group: str | None = None
     # ``user`` as compact JSON, when the request that logged the event has it
-    # already (its events share one user): the writer does not encode it again.
+    # already (its events share one user): the row is made without encoding it again.
     user_json: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -84,11 +84,7 @@ class Event:
         return wire
 
     def payload(self) -> str:
-        return _encode_wire(self.to_wire())
-
-
-# Made once: json.dumps with keyword arguments builds a new encoder per call.
-_encode_wire = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        return compact_json(self.to_wire())
 
 
 def _compact_encoder() -> Callable[[Any], str]:
