@@ -13,7 +13,9 @@ importing its own flagware, and drives them with wrk in alternating rounds
 (the order swapped every round). It prints each side's median CPU time per
 request (the workers' every thread, from /proc, as throughput.py reads it),
 req/s, and the per-round ratio baseline / this checkout: above 1, this
-checkout is cheaper.
+checkout is cheaper. From six rounds it also gives the 95% interval for the
+median of those ratios (``paired.py``): a change is shown to help only when
+the whole interval is above 1.
 
 ``--gc`` also counts the full garbage collections (generation 2) each side's
 processes ran during its rounds, and their total time: each one stalls the
@@ -36,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from paired import median_interval
 from throughput import (
     APPS,
     LUA,
@@ -132,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f" {statistics.median(rps[name]):7.0f} req/s"
         )
     ratios = [b / t for b, t in zip(cpu["baseline"], cpu["this"], strict=True)]
+    interval = median_interval(ratios)
+    within = "" if interval is None else f", 95% {interval.low:.3f}-{interval.high:.3f}"
     print(
         f"  baseline / this by CPU: median {statistics.median(ratios):.3f}"
-        f" (rounds {min(ratios):.3f}-{max(ratios):.3f}); {errors} failed requests"
+        f" (rounds {min(ratios):.3f}-{max(ratios):.3f}{within}); {errors} failed requests"
     )
     if args.gc:
         for name in roots:
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_us": {name: statistics.median(cpu[name]) for name in roots},
         "rps": {name: statistics.median(rps[name]) for name in roots},
         "ratios": ratios,
+        "interval": None if interval is None else [interval.low, interval.high],
         "errors": errors,
         "full_collections": {name: collections[name][0] for name in roots} if args.gc else None,
     }

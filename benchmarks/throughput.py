@@ -28,7 +28,10 @@ rounds), the workers' CPU time per request (every thread, the event writer's
 included, read from /proc: it does not depend on how the load lands on the
 workers) and the ratios the issue sets goals for. Each ratio comes with the
 lowest and highest of its per-round values (the two apps ran back to back in
-each round) and with the same ratio by CPU per request.
+each round) and with the same ratio by CPU per request; with six rounds or
+more, also a 95% interval for the median of the per-round ratios and, for
+the ratios the issue sets goals for, whether the goal is met, missed or
+undecided at that level (``paired.py``).
 
     python benchmarks/throughput.py [--rounds 5] [--seconds 3] [--connections 4]
         [--workers 2] [--servers gunicorn,uvicorn] [--apps bare,wrapped,hand,corehand,legacy,core]
@@ -54,6 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from paired import median_interval, verdict  # noqa: E402
+
 from flagware.spec import compile_dcs, load_spec  # noqa: E402
 from tests.statsig_stub import StatsigStub  # noqa: E402
 
@@ -76,6 +81,12 @@ RATIOS = {
     # What Core itself gives when written by hand, and flagware against that.
     "by hand, Core/legacy": ("corehand", "hand"),
     "core/by hand on Core": ("core", "corehand"),
+}
+# The least each goal allows; the verdict needs the whole interval on one side.
+GOALS = {
+    "wrapped/bare (goal >= 0.97)": 0.97,
+    "legacy/hand (goal >= 1.0)": 1.0,
+    "core/hand (goal >= 1.2)": 1.2,
 }
 SERVERS = {
     "gunicorn": "gunicorn (sync workers), Flask",
@@ -324,16 +335,18 @@ def _ratios(apps: dict[str, Any], profile: str) -> dict[str, float | None]:
     return {name: ratio(a, b) for name, (a, b) in RATIOS.items()}
 
 
-def _spread(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float] | None]:
+def _spread(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any] | None]:
     """How far each ratio moved between rounds, and the same ratio by CPU per request.
 
     Both apps of a ratio ran back to back in every round, so a round's ratio is
     a paired comparison; the lowest and highest of them say how much one run's
-    ratio can be trusted. The CPU ratio (the denominator's CPU per request over
-    the numerator's, so that above 1 still means faster) is the median over
-    rounds: it does not depend on how the load landed on the workers.
+    ratio can be trusted, and (from six rounds) the order-statistic interval
+    for their median decides a goal (``paired.py``). The CPU ratio (the
+    denominator's CPU per request over the numerator's, so that above 1 still
+    means faster) is the median over rounds: it does not depend on how the
+    load landed on the workers.
     """
-    found: dict[str, dict[str, float] | None] = {}
+    found: dict[str, dict[str, Any] | None] = {}
     for name, (a, b) in RATIOS.items():
         if a not in rounds or b not in rounds:
             found[name] = None
@@ -341,11 +354,19 @@ def _spread(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, floa
         pairs = list(zip(rounds[a], rounds[b], strict=True))
         by_rps = [x["rps"] / y["rps"] for x, y in pairs]
         by_cpu = [y["cpu_us"] / x["cpu_us"] for x, y in pairs]
-        found[name] = {
+        figure: dict[str, Any] = {
             "min": round(min(by_rps), 3),
             "max": round(max(by_rps), 3),
             "cpu": round(statistics.median(by_cpu), 3),
         }
+        for measure, ratios in (("rps", by_rps), ("cpu", by_cpu)):
+            interval = median_interval(ratios)
+            figure[f"{measure}_interval"] = (
+                None if interval is None else [round(interval.low, 3), round(interval.high, 3)]
+            )
+            if name in GOALS:
+                figure[f"{measure}_verdict"] = verdict(interval, GOALS[name])
+        found[name] = figure
     return found
 
 
@@ -372,8 +393,18 @@ def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 if value is not None and spread is not None:
                     print(
                         f"  {name:<38} {value:.3f}x   rounds {spread['min']:.2f}-"
-                        f"{spread['max']:.2f}, by CPU {spread['cpu']:.3f}x"
+                        f"{spread['max']:.2f}{_decided(spread, 'rps')}, "
+                        f"by CPU {spread['cpu']:.3f}x{_decided(spread, 'cpu')}"
                     )
+
+
+def _decided(spread: dict[str, Any], measure: str) -> str:
+    """The 95% interval of a ratio's median and the goal's verdict, when there are enough rounds."""
+    interval = spread[f"{measure}_interval"]
+    if interval is None:
+        return ""
+    found = spread.get(f"{measure}_verdict")
+    return f" (95% {interval[0]:.2f}-{interval[1]:.2f}" + (f": {found})" if found else ")")
 
 
 if __name__ == "__main__":
