@@ -209,6 +209,57 @@ def test_decorators_stack_and_work_on_methods(app: Flask, client: Any) -> None:
     assert names(client) == ["method_view", "class_view"]
 
 
+def test_decorators_go_above_classmethod_and_staticmethod_too(app: Flask, client: Any) -> None:
+    class Views:
+        prefix = "v"
+
+        @log_event("class_view")
+        @classmethod
+        def cls_view(cls) -> str:
+            return cls.prefix
+
+        @feature_gate("nobody")
+        @staticmethod
+        def closed() -> str:
+            return "in"
+
+        @feature_gate("nobody")
+        def closed_method(self) -> str:
+            return "in"
+
+    app.add_url_rule("/c", "c", Views.cls_view)
+    app.add_url_rule("/s", "s", Views.closed)
+    app.add_url_rule("/m", "m", Views().closed_method)
+    http = Client(app)
+    assert http.get("/c").text == "v"
+    assert http.get("/s").status_code == 404
+    assert http.get("/m").status_code == 404  # self is not mistaken for a Django request
+    assert names(client) == ["class_view"]
+
+
+def test_wrappers_look_like_the_view() -> None:
+    def view(request: Any, experiment: Config, a: int = 1) -> str:
+        """The view's docstring."""
+        return "x"
+
+    view.csrf_exempt = True  # type: ignore[attr-defined]  # what Django's decorator sets
+    wrapped: Any = log_event("x")(feature_gate("g")(experiment("button_color")(view)))
+    assert wrapped.__name__ == "view" and wrapped.__doc__ == "The view's docstring."
+    assert wrapped.csrf_exempt is True
+    assert inspect.unwrap(wrapped) is view  # FastAPI reads the view's globals there
+    assert list(inspect.signature(wrapped).parameters) == ["request", "a"]
+    # What Pyramid reads to call a view with the request alone: no __wrapped__.
+    assert inspect.getfullargspec(log_event("y")(lambda request: "x")).args == ["request"]
+
+    @experiment("first", arg="first")
+    @experiment("second", arg="second")
+    def both(first: Config, second: Config, keep: str) -> str:
+        return keep
+
+    assert list(inspect.signature(both).parameters) == ["keep"]
+    assert both(keep="k") == "k"  # outside a request: defaults, the view still runs
+
+
 def test_async_views(app: Flask, client: Any) -> None:
     @log_event("async_visit", value=lambda r: len(r))
     @feature_gate("everyone")
