@@ -4,17 +4,18 @@ Each adapter translates its protocol into these calls, and nothing else:
 
 - :func:`begin` when a request arrives: an empty :class:`~flagware.Flags` (its
   identity, evaluations and exposures happen on first use, in ``flags.py``)
-  and the contextvar behind ``current_flags()`` (the ASGI adapter does the
-  same inline, with a Flags that reads the scope: measured, see ``asgi.py``);
+  and the contextvar behind ``current_flags()`` (the ASGI and WSGI adapters
+  do the same inline, with Flags subclasses that also wrap the response's
+  start: measured, see ``asgi.py`` and ``middleware.py``);
 - :func:`respond` when the response starts, with the status the client gets:
   it releases or drops the events that ``@log_event(on="success")`` held, and
   returns the stableID to set in the cookie when this request minted one
   (:func:`cookie` makes the ``Set-Cookie`` header);
 - :func:`finish` when the app is done: events still held because no response
   ever started are released (see its docstring for why);
-- :func:`end` resets the contextvar (and under WSGI and Django :func:`detach`
-  lets the Flags read a copy of the environ or ``META``, so the two form no
-  reference cycle).
+- :func:`end` resets the contextvar (and under Django :func:`detach`, as the
+  WSGI adapter inline, lets the Flags read a copy of ``META`` or the environ,
+  so the two form no reference cycle).
 
 The status decides success, not the view's return value, because many views
 never return their status: Falcon and Bottle set it on a response object,
