@@ -260,20 +260,17 @@ def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:
         return flags.experiment(name) if flags is not None else Config(name, {})
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
-        wrapper: Callable[..., Any]
         if inspect.iscoroutinefunction(view):
 
             async def async_view(*args: Any, **kwargs: Any) -> Any:
                 return await view(*args, **{**kwargs, arg: assignment()})
 
-            wrapper = async_view
-        else:
+            return async_view
 
-            def sync_view(*args: Any, **kwargs: Any) -> Any:
-                return view(*args, **{**kwargs, arg: assignment()})
+        def sync_view(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **{**kwargs, arg: assignment()})
 
-            wrapper = sync_view
-        return wrapper
+        return sync_view
 
     def hide(signature: inspect.Signature) -> inspect.Signature:
         # Frameworks that inject arguments by name (FastAPI) must not try to

@@ -66,10 +66,7 @@ class FlagwareMiddleware:
             raise
         finally:
             _leave(token)
-            if flags._environ is environ:  # request.detach, inlined
-                copy = environ.copy()
-                copy.pop(ENVIRON_KEY, None)  # the app may have taken the key out itself
-                flags._environ = copy
+            request.detach(flags, environ)
         if flags._held and flags._status is None:
             # start_response comes later, from inside the iterable: wait for
             # it (the rare lazy app). Otherwise the iterable goes back

@@ -13,9 +13,9 @@ Each adapter translates its protocol into these calls, and nothing else:
   (:func:`cookie` makes the ``Set-Cookie`` header);
 - :func:`finish` when the app is done: events still held because no response
   ever started are released (see its docstring for why);
-- :func:`end` resets the contextvar (and under Django :func:`detach`, as the
-  WSGI adapter inline, lets the Flags read a copy of ``META`` or the environ,
-  so the two form no reference cycle).
+- :func:`end` resets the contextvar (and under WSGI and Django :func:`detach`
+  lets the Flags read a copy of the environ or ``META``, so the two form no
+  reference cycle).
 
 The status decides success, not the view's return value, because many views
 never return their status: Falcon and Bottle set it on a response object,
