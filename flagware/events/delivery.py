@@ -144,6 +144,8 @@ class Delivery:
             rt.draining += 1
         try:
             rt.leases.release_dead()
+            if not rt.threads:  # none could start: this thread sends
+                return self._send_here(rt, deadline)
             rt.kick.set()
             rt.wake.set()
             while True:
@@ -156,6 +158,33 @@ class Delivery:
         finally:
             with rt.lock:
                 rt.draining -= 1
+
+    def _send_here(self, rt: Runtime, deadline: float) -> bool:
+        """``drain`` in the calling thread, for a process that could start no sender.
+
+        Each request may take what is left of the drain's time (at least 1 s),
+        not ``request_timeout``: the process is exiting, and a batch whose
+        answer never came is re-sent from its lease, as when a sender thread
+        dies with its process.
+        """
+        sender = self._sender(max(1.0, min(self.request_timeout, deadline - time.monotonic())))
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return self._drained(rt)
+                if rt.retry_at > now:  # backing off after a failed send
+                    time.sleep(min(rt.retry_at, deadline) - now)
+                    continue
+                try:
+                    if not self._step(rt, sender):
+                        return self._drained(rt)
+                except Exception as exc:
+                    self._report(exc, "statsig delivery")
+                    rt.failed()
+        finally:
+            sender.close()
+            rt.store.close_thread()
 
     def _drained(self, rt: Runtime) -> bool:
         """Nothing claimable and no send of ours in progress, observed together:
@@ -227,10 +256,11 @@ class Delivery:
         if self._closed_pid == os.getpid():
             return None
         rt = self._runtime()
-        if not rt.threads:
+        if not rt.started:
             with self._start_lock:
-                if not rt.threads:
+                if not rt.started:
                     self._start(rt)
+                    rt.started = True
         return rt
 
     def _start(self, rt: Runtime) -> None:
@@ -238,24 +268,31 @@ class Delivery:
             rt.leases.release_dead()
         except Exception as exc:
             self._report(exc, "statsig delivery")
-        rt.leases.start()
-        for i in range(self.concurrency):
-            thread = threading.Thread(
-                target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
-            )
-            rt.threads.append(thread)
-            thread.start()
+        try:
+            rt.leases.start()
+            for i in range(self.concurrency):
+                thread = threading.Thread(
+                    target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
+                )
+                thread.start()
+                rt.threads.append(thread)
+        except RuntimeError:
+            # Python 3.12.0 to 3.12.2 refuse new threads once the interpreter is
+            # shutting down, atexit handlers included (CPython issue 113964): a
+            # process that exits before its first delivery (a script, a test
+            # run) would lose nothing but send nothing either. With no sender
+            # thread, drain() sends from the thread that calls it (close() does).
+            log.debug("flagware: no delivery thread could start; drain() will send")
 
     # -- worker -------------------------------------------------------------------
 
-    def _work(self, rt: Runtime) -> None:
-        sender = Sender(
-            https=self._https,
-            host=self._host,
-            port=self._port,
-            path=self._path,
-            timeout=self.request_timeout,
+    def _sender(self, timeout: float) -> Sender:
+        return Sender(
+            https=self._https, host=self._host, port=self._port, path=self._path, timeout=timeout
         )
+
+    def _work(self, rt: Runtime) -> None:
+        sender = self._sender(self.request_timeout)
         try:
             while not rt.stop.is_set():
                 try:

@@ -136,8 +136,8 @@ class Leases:
     def start(self) -> None:
         """Start the heartbeat thread (once per process)."""
         thread = threading.Thread(target=self._beat, name="flagware-leases", daemon=True)
+        thread.start()  # may raise RuntimeError at interpreter shutdown (Delivery._start)
         self._thread = thread
-        thread.start()
 
     def close(self, timeout: float) -> bool:
         """Stop the heartbeat (once no send is in flight); False if it still runs."""

@@ -42,7 +42,8 @@ class Runtime:
             stop=self.stop,
             report=delivery._report,
         )
-        self.threads: list[threading.Thread] = []
+        self.started = False  # threads started, or refused (see Delivery._start)
+        self.threads: list[threading.Thread] = []  # those that started
         self.failures = 0  # consecutive failed sends, shared by the threads
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0

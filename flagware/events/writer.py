@@ -140,7 +140,14 @@ class EventWriter:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="flagware-writer", daemon=True)
             self._pid = os.getpid()
-            self._thread.start()
+            try:
+                self._thread.start()
+            except RuntimeError:
+                # Python 3.12.0 to 3.12.2 at interpreter shutdown (an event logged
+                # from an atexit handler): no thread may start, so each event is
+                # stored as it is queued, as after SIGTERM.
+                self._thread = None
+                shutdown.draining = True
 
     def _run(self) -> None:
         stop, wake = self._stop, self._wake
