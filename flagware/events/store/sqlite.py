@@ -51,6 +51,16 @@ CREATE INDEX IF NOT EXISTS events_non_numeric ON events (event)
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# How many pages the WAL grows to before a commit copies it back into the
+# database (SQLite's default: 1,000 pages, 4 MB). Each metric event lands on a
+# random page of events_by_user, and later batches change most of those pages
+# again: checkpointing four times less often copies each of them back fewer
+# times. Measured (benchmarks/writer_io.py, batches of 600 into a growing
+# store, two runs): 16% fewer bytes written and 0.7-0.9 us less system CPU per
+# stored event, for a WAL file of up to 16 MB and, every few seconds, one
+# append of 50-65 ms instead of 33 ms (the checkpoint runs inside it).
+WAL_CHECKPOINT_PAGES = 4000
+
 # Added after the first release: stores created before them gain them on open.
 LEASE_COLUMNS = {
     "lease_owner": "TEXT",  # host/pid/nonce/batch of the process sending the row
@@ -141,6 +151,7 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
         # NORMAL is durable against process crashes in WAL mode; only a power
         # loss can take the last transactions, and it costs no fsync per batch.
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         conn.executescript(SCHEMA)
         _migrate(conn)
     return conn
