@@ -405,10 +405,10 @@ def test_scenario_process_exits_without_close(store_path: str, stub: StatsigStub
     assert_exact(stub, [f"a{r}-{i}" for r in range(10) for i in range(100)])
 
 
-# Python 3.12.0 to 3.12.2 refuse to start a thread once the interpreter is shutting
-# down, atexit handlers included (CPython issue 113964); the suite's Python 3.12
-# leg meets that for real in the scenario above. These two refuse thread starts
-# the same way on any Python.
+# Python 3.12 (3.12.1 here) refuses to start a thread once the interpreter is
+# shutting down, atexit handlers included (CPython issue 113964); the suite's
+# Python 3.12 leg meets that for real in the scenario above. These two refuse
+# thread starts the same way on any Python.
 REFUSE = """
 import threading
 def refuse(self):

@@ -277,11 +277,11 @@ class Delivery:
                 thread.start()
                 rt.threads.append(thread)
         except RuntimeError:
-            # Python 3.12.0 to 3.12.2 refuse new threads once the interpreter is
-            # shutting down, atexit handlers included (CPython issue 113964): a
-            # process that exits before its first delivery (a script, a test
-            # run) would lose nothing but send nothing either. With no sender
-            # thread, drain() sends from the thread that calls it (close() does).
+            # Python 3.12 refuses new threads once the interpreter is shutting
+            # down, atexit handlers included (CPython issue 113964): a process
+            # that exits before its first delivery (a script, a test run) kept
+            # its events in the store but sent none. With no sender thread,
+            # drain() sends from the thread that calls it (close() does).
             log.debug("flagware: no delivery thread could start; drain() will send")
 
     # -- worker -------------------------------------------------------------------

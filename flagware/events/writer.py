@@ -143,9 +143,9 @@ class EventWriter:
             try:
                 self._thread.start()
             except RuntimeError:
-                # Python 3.12.0 to 3.12.2 at interpreter shutdown (an event logged
-                # from an atexit handler): no thread may start, so each event is
-                # stored as it is queued, as after SIGTERM.
+                # Python 3.12 at interpreter shutdown (an event logged from an
+                # atexit handler): no thread may start, so each event is stored
+                # as it is queued, as after SIGTERM.
                 self._thread = None
                 shutdown.draining = True
 
