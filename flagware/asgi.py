@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMappi
 from typing import TYPE_CHECKING, Any
 
 from flagware import request
-from flagware.flags import Flags, _current, current_flags
+from flagware.flags import Flags, current_flags
+from flagware.request import enter, leave, new
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -69,12 +70,12 @@ class FlagwareMiddleware:
         # default, the contextvar's methods bound once: measured with callgrind
         # under uvicorn, these cut what a wrapped Starlette app that reads no
         # flag pays over bare from 16k instructions a request to about 9k.
-        flags = _new(_ScopeFlags)
+        flags = new(_ScopeFlags)
         flags._client = self.client
         flags._scope = scope
         flags._send = send
         scope[SCOPE_KEY] = flags
-        token = _enter(flags)
+        token = enter(flags)
         try:
             if self._diagnostics is not None and self._is_diagnostics(scope):
                 await self._serve_diagnostics(flags, receive)
@@ -91,7 +92,7 @@ class FlagwareMiddleware:
             if flags._held:  # no response started (the app sent nothing)
                 request.finish(flags)
         finally:
-            _leave(token)
+            leave(token)
             # scope -> Flags -> scope is a reference cycle: left in place, every
             # request's scope, and all it holds, would wait for the garbage
             # collector (measured: half of the middleware's cost on a request
@@ -195,10 +196,6 @@ def _started(flags: _ScopeFlags, message: Message) -> Message:
             headers.append((b"set-cookie", cookie.encode("latin-1")))
             message = {**message, "headers": headers}
     return message
-
-
-_new = object.__new__
-_enter, _leave = _current.set, _current.reset
 
 
 async def get_flags() -> Flags:

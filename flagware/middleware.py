@@ -10,7 +10,8 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from flagware import request
-from flagware.flags import Flags, _current
+from flagware.flags import Flags
+from flagware.request import enter, leave, new
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -51,21 +52,21 @@ class FlagwareMiddleware:
         # runs for every request, and most read no flag. Measured with
         # callgrind under gunicorn, what a wrapped Flask app that reads no
         # flag pays over bare went from 23k instructions a request to 17k.
-        flags = _new(_EnvironFlags)
+        flags = new(_EnvironFlags)
         flags._client = self.client
         flags._environ = environ
         flags._start_response = start_response
         # Read now: a Flags lets go of the environ once it has read its flags.
         flags._https = environ.get("wsgi.url_scheme") == "https"
         environ[ENVIRON_KEY] = flags
-        token = _enter(flags)
+        token = enter(flags)
         try:
             body = app(environ, flags._starting)
         except BaseException:
             request.finish(flags, failed=True)
             raise
         finally:
-            _leave(token)
+            leave(token)
             request.detach(flags, environ)
         if flags._held and flags._status is None:
             # start_response comes later, from inside the iterable: wait for
@@ -93,10 +94,6 @@ class _EnvironFlags(Flags):
             if cookie is not None:
                 headers.append(("Set-Cookie", cookie))
         return self._start_response(status, headers, exc_info)
-
-
-_new = object.__new__
-_enter, _leave = _current.set, _current.reset
 
 
 class _Settling:

@@ -68,6 +68,13 @@ def end(token: Token[Flags | None]) -> None:
     _current.reset(token)
 
 
+# What the ASGI and WSGI middlewares inline begin and end with, for every
+# request: a Flags subclass made without an __init__ frame, and the
+# contextvar's methods bound once (measured: see asgi.py and middleware.py).
+new = object.__new__
+enter, leave = _current.set, _current.reset
+
+
 def detach(flags: Flags, environ: dict[str, Any]) -> None:
     """The WSGI app (or Django view) returned: the Flags reads a copy of the environ from now on.
 
