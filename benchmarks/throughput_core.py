@@ -10,7 +10,7 @@ def core_options(stub: str) -> Any:
     import statsig_python_core as core
 
     # ".../v1"; Core reads specs from the v2 endpoint. The same rule as
-    # flagware.engine.core.core_specs_url, written out: a hand-written lab
+    # flagware.engine.core_specs.core_specs_url, written out: a hand-written lab
     # must not import flagware (its modules would weigh on this process).
     api = stub.rstrip("/")
     return core.StatsigOptions(

@@ -6,7 +6,8 @@ Serves what the SDK and flagware call:
   202 ``{"success": true}``;
 - ``GET /v1/download_config_specs/<key>.json``: the DCS document given to it;
 - ``GET /v2/download_config_specs/<key>.json``: the same in the v2 shape Statsig's
-  Core SDK reads (``flagware.engine.core_dcs.to_v2``);
+  Core SDK reads (``flagware.engine.core_dcs.to_v2``), or, as Statsig's API
+  answers, ``{"has_updates": false}`` when ``sinceTime`` is the document's time;
 - ``POST /v1/get_id_lists`` -> ``{}``; ``POST /v1/sdk_exception`` -> ``{}``;
 - ``GET /_stub/stats``: counts, for a stub running in another process.
 
@@ -41,6 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -84,7 +86,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/v2/download_config_specs/"):
             from flagware.engine.core_dcs import to_v2
 
-            self._reply(200, to_v2(stub.dcs))
+            stub.spec_downloads.append(self.path)
+            since = parse_qs(urlsplit(self.path).query).get("sinceTime", ["0"])[0]
+            if since.isdigit() and int(since) >= stub.dcs.get("time", 0) > 0:
+                self._reply(200, {"has_updates": False, "time": int(since)})  # as Statsig's API
+            else:
+                self._reply(200, to_v2(stub.dcs))
         elif self.path == "/_stub/stats":
             self._reply(200, stub.counts())
         else:
@@ -139,6 +146,7 @@ class StatsigStub:
         self.latency = 0.0
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer
+        self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None

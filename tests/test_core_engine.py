@@ -7,12 +7,14 @@ process under strace and read every connect() it makes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +100,16 @@ fw.close()
 """
 
 
-def _traced_connects(tmp_path: Path, *args: str) -> list[str]:
-    """Run CHILD under strace; the inet addresses it connected to (host:port)."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent(CHILD))
+def _traced_connects(tmp_path: Path, *args: str, child: str = CHILD) -> list[str]:
+    """Run ``child`` under strace; the inet addresses it connected to (host:port)."""
+    path = tmp_path / "child.py"
+    path.write_text(textwrap.dedent(child))
     trace = tmp_path / "trace.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
     assert STRACE is not None
     cmd = [STRACE, "-f", "-qq", "-e", "trace=connect", "-o", str(trace), sys.executable]
     done = subprocess.run(
-        [*cmd, str(script), *args, str(tmp_path / "events.db")],
+        [*cmd, str(path), *args, str(tmp_path / "events.db")],
         env=env,
         capture_output=True,
         text=True,
@@ -136,22 +138,132 @@ def test_with_a_secret_core_reaches_only_statsig_api(tmp_path: Path) -> None:
     assert connects == [f"127.0.0.1:{port}"]  # no DNS (port 53), no other host
 
 
-def test_core_reports_through_logging_not_stdout(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+FAILING_CHILD = """
+import sys, time
+from flagware import Flagware
+fw = Flagware(statsig_secret="secret-test", statsig_api=sys.argv[1], engine="core",
+              event_store=sys.argv[2], hash_key="k", init_timeout=0.5)
+engine = fw.engine
+assert not engine.gate(engine.user({"userID": "u"}), "everyone").value  # defaults
+time.sleep(1.5)  # Core reported such failures within a few ms
+fw.close()
+"""
+
+
+@needs_strace
+@pytest.mark.parametrize("failure", ["unreachable", "unreadable"])
+def test_when_statsig_api_fails_core_reaches_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    with StatsigStub() as dead:
-        url = dead.url  # nothing listens here once the stub stops
-    client = Flagware(
-        statsig_secret="secret-test",
-        statsig_api=url,
-        hash_key="k",
-        engine="core",
-        event_store=tmp_path / "outbox.db",
-        init_timeout=0.5,
-    )
-    engine = client.engine
-    assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
-    client.close()
+    """With its network on, Core reported these failures to statsigapi.net, whatever
+    its logging options (traced: a DNS query within milliseconds). flagware now
+    downloads the specs itself and runs Core with its network off."""
+    from flagware.engine import core_dcs
+
+    with StatsigStub() as stub:
+        if failure == "unreadable":  # specs Core cannot parse
+            monkeypatch.setattr(core_dcs, "to_v2", lambda dcs: {"feature_gates": [1], "time": 5})
+            url = stub.url
+        else:
+            stub.stop()
+            url = stub.url  # nothing listens here now
+        port = url.split(":")[2].split("/")[0]
+        connects = _traced_connects(tmp_path, url, child=FAILING_CHILD)
+    assert connects == [f"127.0.0.1:{port}"]  # no DNS (port 53), no other host
+
+
+def test_core_follows_the_specs_at_statsig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gates change at any time: a change at Statsig reaches Core through flagware's
+    download, which asks only for changes after the first (``sinceTime``)."""
+    from flagware.engine import core_specs
+
+    monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
+    first = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 0}}}))
+    with StatsigStub(dcs=first) as stub:
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            engine="core",
+            event_store=tmp_path / "outbox.db",
+        )
+        engine = client.engine
+        user = engine.user({"userID": "u"})
+        assert engine.gate(user, "new_signup").value is False
+        time.sleep(0.5)  # downloads that find nothing new
+        unchanged = len(stub.spec_downloads)
+        assert unchanged >= 2 and engine.gate(user, "new_signup").value is False
+        changed = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 100}}}))
+        changed["time"] = first["time"] + 1000
+        stub.dcs = changed
+        deadline = time.monotonic() + 10  # a download every 0.2 s; Core reads every 1 s
+        while not engine.gate(user, "new_signup").value:
+            assert time.monotonic() < deadline, "the change never reached Core"
+            time.sleep(0.05)
+        client.close()
+    assert f"sinceTime={first['time']}" in stub.spec_downloads[1]
+    assert all("secret-test" in path for path in stub.spec_downloads)
+
+
+def test_core_reads_each_download_once() -> None:
+    """Core parses whatever its store gives it, every second: specs it has seen,
+    and no specs yet, come back as Statsig's "no updates"."""
+    from flagware.engine.core import _SpecsStore
+    from flagware.engine.core_specs import Specs
+
+    newest: list[Specs | None] = [None]
+    store = _SpecsStore(lambda: newest[0], polling=True)
+    key = "statsig|/v2/download_config_specs|plain_text|abc"
+    assert json.loads(store.get(key).result) == {"has_updates": False}
+    newest[0] = Specs('{"time": 5}', 5)
+    assert store.get(key).result == '{"time": 5}'
+    assert json.loads(store.get(key).result) == {"has_updates": False}
+    newest[0] = Specs('{"time": 6}', 6)
+    assert store.get(key).result == '{"time": 6}'
+    assert store.get("statsig|/v1/get_id_lists|x") is None
+
+
+def test_a_failing_download_is_logged_once_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flagware.engine.core_specs import SpecsDownload
+
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        download = SpecsDownload(stub.url, "secret-test")
+        assert download.fetch(2.0) and download.specs is not None
+        stub.refuse_for(30)
+        assert not download.fetch(0.5) and not download.fetch(0.5)
+        stub._open()
+        assert download.fetch(2.0)
+    assert download.failures == 2
+    assert download.specs is not None and '"everyone"' in download.specs.document
+    lines = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert len([line for line in lines if "could not download" in line]) == 1
+    assert "serving the last ones" in lines[0] and "secret-test" not in lines[0]
+    assert any("works again" in line for line in lines)
+
+
+def test_core_reports_through_logging_not_stdout(
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flagware.engine import core_dcs
+
+    monkeypatch.setattr(core_dcs, "to_v2", lambda dcs: {"feature_gates": [1], "time": 5})
+    with StatsigStub() as stub:  # serves specs Core cannot parse
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            engine="core",
+            event_store=tmp_path / "outbox.db",
+            init_timeout=0.5,
+        )
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
+        client.close()
     assert "Statsig" not in capfd.readouterr().out
     core_errors = [r for r in caplog.records if r.name == "flagware.core"]
     assert core_errors and all(r.levelname in ("ERROR", "WARNING") for r in core_errors)

@@ -1,0 +1,144 @@
+"""Statsig's specs for ``engine="core"`` with a secret, downloaded by flagware.
+
+Core itself opens no connection.
+
+With its network on, Core reports its own errors (specs it cannot parse, an
+unreachable ``statsig_api``) to a hard-coded statsigapi.net address, whatever
+its logging options: traced, a DNS query right after the failure
+(``tests/test_core_engine.py``). Only ``disable_network`` stops that, and it
+also stops Core downloading specs. So Core runs with the network off, as it
+does for the local spec, and flagware downloads the specs: the request Core's
+own adapter makes (``statsig_api``'s v2 endpoint, ``sinceTime`` the last
+specs' time, so an unchanged project costs a few bytes), every
+``SYNC_INTERVAL`` seconds, on one daemon thread per process. Core reads them
+through a ``DataStore`` (``core._SpecsStore``) that it polls every
+``POLL_MS``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import logging
+import threading
+from typing import NamedTuple
+from urllib.parse import quote, urlsplit
+
+from flagware.events import wire
+
+log = logging.getLogger("flagware")
+
+SYNC_INTERVAL = 10.0  # seconds between downloads: Core's own default (specs_sync_interval_ms)
+SYNC_TIMEOUT = 10.0  # seconds a background download may take
+POLL_MS = 1000  # how often Core reads the store (memory only; Core polls no faster)
+CORE_SDK_TYPE = "statsig-server-core-python"  # the specs are Core's, as its own request says
+
+
+def core_specs_url(api: str) -> str:
+    """Where Core's own adapter asks for specs: the v2 endpoint beside the API's v1 base URL."""
+    api = api.rstrip("/")
+    if api.endswith("/v1"):
+        api = api[: -len("/v1")] + "/v2"
+    return f"{api}/download_config_specs"
+
+
+class Specs(NamedTuple):
+    document: str  # the v2 DCS response, as downloaded
+    time: int  # its ``time``: the specs' last change, sent back as ``sinceTime``
+
+
+class SpecsDownload:
+    """The newest specs from ``statsig_api``, downloaded now and then every ``SYNC_INTERVAL``."""
+
+    def __init__(self, api: str, secret: str, *, interval: float | None = None) -> None:
+        self.base = core_specs_url(api)  # what log lines show: never the secret
+        url = urlsplit(f"{self.base}/{quote(secret, safe='')}.json")
+        self._https = url.scheme == "https"
+        self._host, self._port, self._path = url.hostname or "", url.port, url.path
+        self._headers = {
+            "Accept-Encoding": "gzip",
+            "User-Agent": wire.USER_AGENT,
+            "STATSIG-API-KEY": secret,
+            "STATSIG-SDK-TYPE": CORE_SDK_TYPE,
+        }
+        self.interval = SYNC_INTERVAL if interval is None else interval
+        self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
+        self.failures = 0  # downloads that failed, this process
+        self._failing = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def fetch(self, timeout: float) -> bool:
+        """One download; True when it worked (new specs or none changed). Never raises."""
+        try:
+            found = self._download(timeout)
+        except Exception as exc:
+            self.failures += 1
+            if not self._failing:  # once per outage: the count says the rest
+                self._failing = True
+                log.warning(
+                    "flagware: could not download Statsig specs from %s (%s); serving %s until"
+                    " a download works",
+                    self.base,
+                    exc,
+                    "the last ones" if self.specs is not None else "defaults",
+                )
+            return False
+        if self._failing:
+            self._failing = False
+            log.warning("flagware: Statsig specs download from %s works again", self.base)
+        if found is not None:
+            self.specs = found
+        return True
+
+    def _download(self, timeout: float) -> Specs | None:
+        """The specs if they changed since the last download, else None; raises on failure."""
+        path = self._path
+        if self.specs is not None:
+            path += f"?sinceTime={self.specs.time}"
+        conn: http.client.HTTPConnection
+        if self._https:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=wire._ssl_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers=self._headers)
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status}")
+        if response.getheader("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        text = body.decode("utf-8")
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a specs document")
+        if data.get("has_updates") is False:
+            return None
+        time_ms = data.get("time")
+        return Specs(text, time_ms if type(time_ms) is int else 0)
+
+    def start(self) -> None:
+        """Keep downloading in the background (this process)."""
+        thread = threading.Thread(target=self._run, name="flagware-specs", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # Python 3.12 at interpreter exit: the specs at hand will do
+            return
+        self._thread = thread
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.fetch(SYNC_TIMEOUT)
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=1.0)  # a download in flight is a daemon's: left to finish
+        self._thread = None
