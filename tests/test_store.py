@@ -133,6 +133,41 @@ def test_sqlite_checkpoints_its_wal_less_often_than_sqlites_default(tmp_path: Pa
     assert written["now"] < 0.95 * written["default"], written
 
 
+@pytest.mark.parametrize("limited", [True, False])
+def test_the_wal_file_shrinks_back_after_a_long_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limited: bool
+) -> None:
+    """A reader's snapshot keeps the WAL from being emptied, so appends grow it;
+    once the read ends and a checkpoint empties it, the file is cut back to
+    JOURNAL_SIZE_LIMIT instead of keeping its largest size. Small sizes, scaled
+    down from the real ones (16 and 32 MB); ``limited=False`` is the control."""
+    monkeypatch.setattr(sqlite_store, "WAL_CHECKPOINT_PAGES", 100)
+    monkeypatch.setattr(sqlite_store, "JOURNAL_SIZE_LIMIT", 800 * 1024 if limited else -1)
+    store = EventStore(tmp_path / "events.db")
+    wal = tmp_path / "events.db-wal"
+
+    def append(batches: int) -> None:
+        for _ in range(batches):
+            store.append([Event("visited", {"userID": f"u{n}"}, value=n) for n in range(300)])
+
+    append(5)
+    reader = sqlite3.connect(tmp_path / "events.db")
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM events").fetchone()  # a snapshot, held
+    append(20)
+    grown = wal.stat().st_size
+    reader.execute("COMMIT")
+    reader.close()
+    append(10)  # checkpoints run again, and the WAL starts over
+    left = wal.stat().st_size
+    store.close()
+    assert grown > 3 * 1024 * 1024
+    if limited:  # the limit, plus what was appended since the WAL started over
+        assert left <= 2 * 800 * 1024, (grown, left)
+    else:
+        assert left >= grown
+
+
 def _io_of_batches(store: Store, *, batches: int, users: int) -> dict[str, int]:
     """Write calls and bytes written (Linux /proc) for ``batches`` appends of
     600 visits (0.2 s of 200 requests) from ``users`` random users, into a
