@@ -88,7 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
 
             stub.spec_downloads.append(self.path)
             since = parse_qs(urlsplit(self.path).query).get("sinceTime", ["0"])[0]
-            if since.isdigit() and int(since) >= stub.dcs.get("time", 0) > 0:
+            if stub.since_time and since.isdigit() and int(since) >= stub.dcs.get("time", 0) > 0:
                 self._reply(200, {"has_updates": False, "time": int(since)})  # as Statsig's API
             else:
                 self._reply(200, to_v2(stub.dcs))
@@ -147,6 +147,7 @@ class StatsigStub:
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
+        self.since_time = True  # False: answer every specs request in full, as some proxies do
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None

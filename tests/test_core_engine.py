@@ -223,6 +223,25 @@ def test_core_reads_each_download_once() -> None:
     assert store.get("statsig|/v1/get_id_lists|x") is None
 
 
+def test_specs_downloaded_again_unchanged_are_not_handed_to_core_again() -> None:
+    """A server (a proxy) that ignores sinceTime sends the whole specs every time:
+    Core would parse them again, so the same specs stay the same object."""
+    from flagware.engine.core_specs import SpecsDownload
+
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        stub.since_time = False
+        download = SpecsDownload(stub.url, "secret-test")
+        assert download.fetch(2.0)
+        first = download.specs
+        assert download.fetch(2.0) and download.specs is first
+        changed = compile_dcs(parse_spec({"gates": {"everyone": {}, "more": {}}}))
+        changed["time"] = stub.dcs["time"] + 1
+        stub.dcs = changed
+        assert download.fetch(2.0) and download.specs is not first
+    assert len(stub.spec_downloads) == 3
+    assert download.specs is not None and '"more"' in download.specs.document
+
+
 def test_a_failing_download_is_logged_once_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

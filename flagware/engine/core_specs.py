@@ -88,7 +88,10 @@ class SpecsDownload:
         if self._failing:
             self._failing = False
             log.warning("flagware: Statsig specs download from %s works again", self.base)
-        if found is not None:
+        last = self.specs
+        # The same specs again (a proxy that ignores sinceTime) stay the same
+        # object, which Core's store hands over once.
+        if found is not None and not (last is not None and found.time and found.time == last.time):
             self.specs = found
         return True
 
