@@ -1,8 +1,6 @@
 """Statsig's specs for ``engine="core"`` with a secret, downloaded by flagware.
 
-Core itself opens no connection.
-
-With its network on, Core reports its own errors (specs it cannot parse, an
+Core itself opens no connection. With its network on, Core reports its own errors (specs it cannot parse, an
 unreachable ``statsig_api``) to a hard-coded statsigapi.net address, whatever
 its logging options: traced, a DNS query right after the failure
 (``tests/test_core_engine.py``). Only ``disable_network`` stops that, and it
