@@ -353,11 +353,27 @@ class Flagware:
             self._record_starts()
         if self.delivery is not None:
             try:
-                self.delivery.drain(self.shutdown_timeout)
+                if not self.delivery.drain(self.shutdown_timeout):
+                    self._warn_undelivered(self.delivery)
             finally:
                 self.delivery.close()
         self.engine.close()
         self.store.close()
+
+    def _warn_undelivered(self, delivery: Delivery) -> None:
+        """close() stopped delivering with events left: they are kept, and said so."""
+        try:
+            backlog = delivery.stats().backlog
+        except Exception:  # the store is failing: the writer has reported it
+            return
+        if backlog:
+            log.warning(
+                "flagware: %d events not delivered to Statsig within shutdown_timeout (%.1f s);"
+                " they stay in the event store, and the next process that opens it sends them"
+                " (`flagware status` shows the backlog)",
+                backlog,
+                self.shutdown_timeout,
+            )
 
     def __enter__(self) -> Flagware:
         return self

@@ -8,6 +8,7 @@ process under strace and read every connect() it makes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -205,6 +206,19 @@ def test_core_follows_the_specs_at_statsig(tmp_path: Path, monkeypatch: pytest.M
     assert all("secret-test" in path for path in stub.spec_downloads)
 
 
+def test_core_asks_statsig_for_specs_where_core_itself_would() -> None:
+    from flagware.engine.core_specs import core_specs_url
+
+    # Statsig's API takes events; Core (like Statsig's other SDKs) reads specs from its CDN.
+    assert core_specs_url("https://statsigapi.net/v1/") == (
+        "https://api.statsigcdn.com/v2/download_config_specs"
+    )
+    # A proxy (or the stub) serves both versions beside each other.
+    assert core_specs_url("http://proxy:8080/statsig/v1") == (
+        "http://proxy:8080/statsig/v2/download_config_specs"
+    )
+
+
 def test_core_reads_each_download_once() -> None:
     """Core parses whatever its store gives it, every second: specs it has seen,
     and no specs yet, come back as Statsig's "no updates"."""
@@ -247,6 +261,7 @@ def test_a_failing_download_is_logged_once_and_counted(
 ) -> None:
     from flagware.engine.core_specs import SpecsDownload
 
+    caplog.set_level(logging.INFO, logger="flagware")
     with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
         download = SpecsDownload(stub.url, "secret-test")
         assert download.fetch(2.0) and download.specs is not None
@@ -286,7 +301,7 @@ def test_core_reports_through_logging_not_stdout(
     assert "Statsig" not in capfd.readouterr().out
     core_errors = [r for r in caplog.records if r.name == "flagware.core"]
     assert core_errors and all(r.levelname in ("ERROR", "WARNING") for r in core_errors)
-    assert any("specs not ready" in r.getMessage() for r in caplog.records)
+    assert any("Core did not accept the Statsig specs" in r.getMessage() for r in caplog.records)
 
 
 def test_known_difference_a_gates_secondary_exposures(tmp_path: Path) -> None:

@@ -144,9 +144,12 @@ def test_the_sdk_never_posts_its_exceptions_to_the_internet(
     assert any("statsigapi.net" in attempt for attempt in attempts)
 
 
-def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> None:
+def test_a_new_process_delivers_the_backlog_and_reports_it(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Events left undelivered by one client go out with the next one's first
-    event, and the client reports the same figures as `flagware status`."""
+    event, and the client reports the same figures as `flagware status`. The
+    first client's close() says what it left; the second's, nothing."""
     with StatsigStub() as dead:
         url = dead.url
     first = Flagware(
@@ -163,6 +166,9 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> Non
     first.close()
     stats = first.delivery_stats()
     assert (stats.backlog, stats.delivered) == (30, 0)
+    left = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert len(left) == 1 and left[0].startswith("flagware: 30 events not delivered")
+    caplog.clear()
     assert stats.oldest_age is not None and stats.oldest_age >= 0
 
     with StatsigStub(dcs=compile_dcs(parse_spec(SPEC))) as stub:
@@ -185,6 +191,7 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(tmp_path: Any) -> Non
         finally:
             second.close()
         assert len(stub.events) == 33
+    assert not [r for r in caplog.records if "not delivered" in r.getMessage()]
 
 
 def test_the_engine_lists_the_downloaded_experiments_and_their_groups(

@@ -29,6 +29,7 @@ from flagware.engine.core_dcs import to_v2
 from flagware.engine.core_specs import POLL_MS, Specs, SpecsDownload
 from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
 from flagware.engine.statsig import StatsigSource
+from flagware.settings import DEFAULT_STATSIG_API
 from flagware.spec import compile_dcs
 
 # The modules, or None without the extra; Any keeps their untyped API contained.
@@ -251,9 +252,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
     def _start(self) -> Any:
         # Once per process, as the engine starts: the first download may delay
         # this process's first request by at most init_timeout.
-        download = self._download = SpecsDownload(
-            self.api or "https://statsigapi.net/v1", self.secret
-        )
+        download = self._download = SpecsDownload(self.api or DEFAULT_STATSIG_API, self.secret)
         download.fetch(self.init_timeout)
         download.start()
         try:
@@ -283,10 +282,12 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
         )
 
     def _check_started(self, details: Any) -> None:
-        # As on the legacy engine: an unreachable API is not fatal; defaults are
-        # served until the download gets specs, which Core then reads.
-        if not details.is_config_spec_ready:
+        # As on the legacy engine, not fatal: defaults are served until a
+        # download brings specs Core reads. A failed download has said so itself.
+        download = self._download
+        if not details.is_config_spec_ready and download is not None and download.specs:
             log.warning(
-                "flagware: Statsig specs not ready after %.1f s; serving defaults until they come",
-                self.init_timeout,
+                "flagware: Core did not accept the Statsig specs from %s; serving defaults"
+                " until new ones come",
+                download.base,
             )

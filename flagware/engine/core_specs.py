@@ -1,16 +1,17 @@
 """Statsig's specs for ``engine="core"`` with a secret, downloaded by flagware.
 
-Core itself opens no connection. With its network on, Core reports its own errors (specs it cannot parse, an
-unreachable ``statsig_api``) to a hard-coded statsigapi.net address, whatever
-its logging options: traced, a DNS query right after the failure
-(``tests/test_core_engine.py``). Only ``disable_network`` stops that, and it
-also stops Core downloading specs. So Core runs with the network off, as it
-does for the local spec, and flagware downloads the specs: the request Core's
-own adapter makes (``statsig_api``'s v2 endpoint, ``sinceTime`` the last
-specs' time, so an unchanged project costs a few bytes), every
-``SYNC_INTERVAL`` seconds, on one daemon thread per process. Core reads them
-through a ``DataStore`` (``core._SpecsStore``) that it polls every
-``POLL_MS``.
+Core itself opens no connection. With its network on, Core reports its own
+errors (specs it cannot parse, an unreachable ``statsig_api``) to a hard-coded
+statsigapi.net address, whatever its logging options: traced, a DNS query
+right after the failure (``tests/test_core_engine.py``). Only
+``disable_network`` stops that, and it also stops Core downloading specs. So
+Core runs with the network off, as it does for the local spec, and flagware
+downloads the specs: the request Core's own adapter makes (``statsig_api``'s
+v2 endpoint, or Statsig's specs CDN when ``statsig_api`` is Statsig's own;
+``sinceTime`` the last specs' time, so an unchanged project costs a few
+bytes), every ``SYNC_INTERVAL`` seconds, on one daemon thread per process.
+Core reads them through a ``DataStore`` (``core._SpecsStore``) that it polls
+every ``POLL_MS``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import NamedTuple
 from urllib.parse import quote, urlsplit
 
 from flagware.events import wire
+from flagware.settings import DEFAULT_STATSIG_API
 
 log = logging.getLogger("flagware")
 
@@ -33,9 +35,17 @@ POLL_MS = 1000  # how often Core reads the store (memory only; Core polls no fas
 CORE_SDK_TYPE = "statsig-server-core-python"  # the specs are Core's, as its own request says
 
 
+# Where Core (and Statsig's other SDKs, in v1) download specs by default: a CDN,
+# not the API host that takes events.
+STATSIG_SPECS_URL = "https://api.statsigcdn.com/v2/download_config_specs"
+
+
 def core_specs_url(api: str) -> str:
-    """Where Core's own adapter asks for specs: the v2 endpoint beside the API's v1 base URL."""
+    """Where Core asks for specs: Statsig's own default for Statsig's API, else the
+    v2 endpoint beside a proxy's v1 base URL."""
     api = api.rstrip("/")
+    if api == DEFAULT_STATSIG_API:
+        return STATSIG_SPECS_URL
     if api.endswith("/v1"):
         api = api[: -len("/v1")] + "/v2"
     return f"{api}/download_config_specs"
@@ -85,7 +95,7 @@ class SpecsDownload:
             return False
         if self._failing:
             self._failing = False
-            log.warning("flagware: Statsig specs download from %s works again", self.base)
+            log.info("flagware: Statsig specs download from %s works again", self.base)
         last = self.specs
         # The same specs again (a proxy that ignores sinceTime) stay the same
         # object, which Core's store hands over once.
