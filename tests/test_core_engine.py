@@ -277,6 +277,48 @@ def test_a_failing_download_is_logged_once_and_counted(
     assert any("works again" in line for line in lines)
 
 
+def test_a_slow_first_download_delays_startup_by_init_timeout_at_most(tmp_path: Path) -> None:
+    """A socket timeout bounds each read, not the download: a server that trickles
+    its answer a byte at a time would hold the first request for as long as it
+    likes. The first download runs on the download thread; startup waits for it
+    init_timeout at most, and takes the specs when they come."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            while not stop.wait(0.1):  # a byte every 0.1 s: each read well within its timeout
+                conn.sendall(b" ")
+
+    server = threading.Thread(target=trickle, daemon=True)
+    server.start()
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=f"http://127.0.0.1:{port}/v1",
+        hash_key="k",
+        engine="core",
+        event_store=tmp_path / "outbox.db",
+        init_timeout=0.5,
+    )
+    try:
+        started = time.monotonic()
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        client.close()
+        listener.close()
+    assert waited < 1.5, f"the first request waited {waited:.1f} s"
+
+
 def test_core_reports_through_logging_not_stdout(
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],

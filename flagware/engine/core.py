@@ -90,17 +90,17 @@ if core is not None:
         def __init__(self, specs: Callable[[], Specs | None], *, polling: bool) -> None:
             super().__init__()
             self._specs, self._polling = specs, polling
-            self._given: Specs | None = None
+            self.given: Specs | None = None  # the last specs handed to Core
             self._response: Any = importlib.import_module("statsig_python_core.data_store")
 
         def get(self, key: str) -> Any:
             if "download_config_specs" not in key:
                 return None
             specs = self._specs()
-            if specs is None or specs is self._given:  # nothing yet (defaults), or seen
+            if specs is None or specs is self.given:  # nothing yet (defaults), or seen
                 time = 0 if specs is None else specs.time
                 return self._response.DataStoreResponse(result=_NO_UPDATES, time=time)
-            self._given = specs
+            self.given = specs
             return self._response.DataStoreResponse(result=specs.document, time=specs.time)
 
         def set(self, key: str, value: str, time: int | None = None) -> None:
@@ -245,6 +245,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
     """Specs from Statsig (or ``statsig_api``), downloaded by flagware for Core (``core_specs``)."""
 
     _download: SpecsDownload | None = None
+    _store: _SpecsStore | None = None
 
     def _sdk_key(self) -> str:
         return self.secret
@@ -253,8 +254,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
         # Once per process, as the engine starts: the first download may delay
         # this process's first request by at most init_timeout.
         download = self._download = SpecsDownload(self.api or DEFAULT_STATSIG_API, self.secret)
-        download.fetch(self.init_timeout)
-        download.start()
+        download.start(wait=self.init_timeout)
         try:
             return super()._start()
         except BaseException:
@@ -269,9 +269,10 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
     def _core_options(self) -> Any:
         download = self._download
         assert download is not None  # made by _start
+        self._store = _SpecsStore(lambda: download.specs, polling=True)
         return core.StatsigOptions(
             disable_network=True,  # Core's own requests (its error reports) never leave
-            data_store=_SpecsStore(lambda: download.specs, polling=True),
+            data_store=self._store,
             specs_sync_interval_ms=POLL_MS,
             disable_all_logging=True,  # flagware stores and delivers events itself
             disable_country_lookup=True,
@@ -283,9 +284,10 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
 
     def _check_started(self, details: Any) -> None:
         # As on the legacy engine, not fatal: defaults are served until a
-        # download brings specs Core reads. A failed download has said so itself.
-        download = self._download
-        if not details.is_config_spec_ready and download is not None and download.specs:
+        # download brings specs Core reads. A failed (or late) download has said
+        # so itself, or will: only specs Core was handed and refused are news here.
+        download, store = self._download, self._store
+        if not details.is_config_spec_ready and download and store and store.given:
             log.warning(
                 "flagware: Core did not accept the Statsig specs from %s; serving defaults"
                 " until new ones come",

@@ -134,16 +134,29 @@ class SpecsDownload:
         time_ms = data.get("time")
         return Specs(text, time_ms if type(time_ms) is int else 0)
 
-    def start(self) -> None:
-        """Keep downloading in the background (this process)."""
-        thread = threading.Thread(target=self._run, name="flagware-specs", daemon=True)
+    def start(self, wait: float) -> None:
+        """Download now and every ``interval`` after, in the background (this
+        process), waiting ``wait`` seconds at most for the first download.
+
+        A socket timeout bounds each read, not a download: a server that trickles
+        its answer would hold the caller as long as it likes. So the first download
+        too runs on the thread, and the specs it brings late are taken when they come.
+        """
+        first = threading.Event()
+        thread = threading.Thread(
+            target=self._run, args=(first,), name="flagware-specs", daemon=True
+        )
         try:
             thread.start()
-        except RuntimeError:  # Python 3.12 at interpreter exit: the specs at hand will do
+        except RuntimeError:  # Python 3.12 at interpreter exit: one download, here
+            self.fetch(wait)
             return
         self._thread = thread
+        first.wait(wait)
 
-    def _run(self) -> None:
+    def _run(self, first: threading.Event) -> None:
+        self.fetch(SYNC_TIMEOUT)
+        first.set()
         while not self._stop.wait(self.interval):
             self.fetch(SYNC_TIMEOUT)
 
