@@ -206,6 +206,48 @@ def test_core_follows_the_specs_at_statsig(tmp_path: Path, monkeypatch: pytest.M
     assert all("secret-test" in path for path in stub.spec_downloads)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_downloads_specs_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn --preload: the parent's download thread does not survive the fork,
+    so the child starts its own engine, and its own download, on first use."""
+    from flagware.engine import core_specs
+
+    monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
+    first = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 0}}}))
+    with StatsigStub(dcs=first) as stub:
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            engine="core",
+            event_store=tmp_path / "outbox.db",
+        )
+        engine = client.engine
+        user = engine.user({"userID": "u"})
+        assert engine.gate(user, "new_signup").value is False  # started in the parent
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the change, report, leave without atexit
+            deadline = time.monotonic() + 10
+            seen = False
+            while not seen and time.monotonic() < deadline:
+                seen = engine.gate(engine.user({"userID": "u"}), "new_signup").value
+                time.sleep(0.05)
+            os.write(write, b"ok" if seen else b"no")
+            os._exit(0)
+        os.close(write)
+        changed = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 100}}}))
+        changed["time"] = first["time"] + 1000
+        stub.dcs = changed
+        _, status = os.waitpid(pid, 0)
+        answer = os.read(read, 2)
+        os.close(read)
+        client.close()
+    assert answer == b"ok" and status == 0
+
+
 def test_core_asks_statsig_for_specs_where_core_itself_would() -> None:
     from flagware.engine.core_specs import core_specs_url
 
