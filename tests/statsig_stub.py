@@ -34,6 +34,7 @@ import contextlib
 import gzip
 import json
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -141,7 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class StatsigStub:
-    def __init__(self, *, dcs: dict[str, Any] | None = None, port: int = 0) -> None:
+    def __init__(
+        self, *, dcs: dict[str, Any] | None = None, port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.tls = tls  # a server context: serve https
         self.dcs: dict[str, Any] = dcs if dcs is not None else _empty_dcs()
         self.latency = 0.0
         self.received: list[Received] = []
@@ -171,7 +175,7 @@ class StatsigStub:
     @property
     def url(self) -> str:
         """The base URL to pass as ``api``/``statsig_api``."""
-        return f"http://127.0.0.1:{self._port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}/v1"
 
     def start(self) -> StatsigStub:
         self._stopping.clear()
@@ -198,6 +202,8 @@ class StatsigStub:
         server = _Server(("127.0.0.1", self._port), _Handler)
         server.stub = self
         self._port = server.server_address[1]
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

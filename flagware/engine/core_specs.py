@@ -17,12 +17,11 @@ every ``POLL_MS``.
 from __future__ import annotations
 
 import gzip
-import http.client
 import json
 import logging
 import threading
 from typing import NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from flagware.events import wire
 from flagware.settings import DEFAULT_STATSIG_API
@@ -61,10 +60,8 @@ class SpecsDownload:
 
     def __init__(self, api: str, secret: str, *, interval: float | None = None) -> None:
         self.base = core_specs_url(api)  # what log lines show: never the secret
-        url = urlsplit(f"{self.base}/{quote(secret, safe='')}.json")
-        self._https = url.scheme == "https"
-        self._host, self._port, self._path = url.hostname or "", url.port, url.path
-        self._headers = {
+        self._endpoint = wire.Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
+        self._headers = self._endpoint.headers | {
             "Accept-Encoding": "gzip",
             "User-Agent": wire.USER_AGENT,
             "STATSIG-API-KEY": secret,
@@ -105,16 +102,10 @@ class SpecsDownload:
 
     def _download(self, timeout: float) -> Specs | None:
         """The specs if they changed since the last download, else None; raises on failure."""
-        path = self._path
+        path = self._endpoint.path
         if self.specs is not None:
             path += f"?sinceTime={self.specs.time}"
-        conn: http.client.HTTPConnection
-        if self._https:
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=wire._ssl_context()
-            )
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        conn = self._endpoint.connect(timeout)
         try:
             conn.request("GET", path, headers=self._headers)
             response = conn.getresponse()

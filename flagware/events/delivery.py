@@ -10,9 +10,10 @@ runs out or is found dead, so a SIGKILL can duplicate at most
 ``concurrency x batch_size`` events.
 
 Failures:
-- connection errors, timeouts, 408, 429 and 5xx give the batch back and back
-  off (capped exponential, jittered, shared by this process's threads), with
-  no limit on attempts while an event is younger than ``max_age``;
+- connection errors, timeouts, 407 (a proxy's login: the proxy's answer, not
+  Statsig's), 408, 429 and 5xx give the batch back and back off (capped
+  exponential, jittered, shared by this process's threads), with no limit on
+  attempts while an event is younger than ``max_age``;
 - 413 halves the batch size; other 4xx park the batch (``delivery = 2``) with
   one log line, since sending it again cannot succeed.
 
@@ -37,7 +38,7 @@ from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.wire import Sender, headers
+from flagware.events.wire import Endpoint, Sender, headers
 from flagware.events.wire import body as wire_body
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
@@ -91,6 +92,8 @@ class Delivery:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"statsig api must be an http(s) URL, got {api!r}")
+        # Made here, so that a proxy flagware cannot use is an error at startup.
+        self._endpoint = Endpoint(api.rstrip("/") + "/log_event")
         self.store_location = os.fspath(store)
         self._where = redact(self.store_location)
         self.secret = secret
@@ -109,10 +112,6 @@ class Delivery:
         self.retry_max = retry_max
         self.poll_interval = poll_interval
         self.on_error = on_error
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = parts.path.rstrip("/") + "/log_event"
         self._start_lock = threading.Lock()
         self._rt: Runtime | None = None
         self._closed_pid = -1
@@ -287,9 +286,7 @@ class Delivery:
     # -- worker -------------------------------------------------------------------
 
     def _sender(self, timeout: float) -> Sender:
-        return Sender(
-            https=self._https, host=self._host, port=self._port, path=self._path, timeout=timeout
-        )
+        return Sender(self._endpoint, timeout=timeout)
 
     def _work(self, rt: Runtime) -> None:
         sender = self._sender(self.request_timeout)
@@ -350,7 +347,7 @@ class Delivery:
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)
             self._succeeded(rt)
-        elif status in (408, 429) or status >= 500:
+        elif status in (407, 408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size

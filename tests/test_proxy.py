@@ -1,0 +1,143 @@
+"""flagware's own connections (event delivery; Core's specs, which flagware
+downloads) go through the proxy the environment names, as the statsig SDK's
+(requests) do: a server that reaches Statsig only through a proxy must not
+lose its events, or its specs, to a direct connection that cannot leave."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+
+from flagware import Flagware
+from flagware.events import wire
+from flagware.events.model import Event
+from flagware.spec import compile_dcs, parse_spec
+from tests.http_proxy import HttpProxy
+from tests.statsig_stub import StatsigStub
+
+SPEC = {"gates": {"everyone": {"rollout": 100}}}
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+def _specs_and_an_event_through(stub: StatsigStub, tmp_path: Path, engine: str) -> None:
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        engine=engine,
+        event_store=tmp_path / "outbox.db",
+        init_timeout=5.0,
+    )
+    flags = client.engine
+    user = flags.user({"userID": "u", "customIDs": {"stableID": "s"}})
+    assert flags.gate(user, "everyone").value is True  # the specs came through
+    client.log(Event("visited_signup", {"userID": "u"}))
+    client.close()
+
+
+def test_http_goes_through_the_proxy_in_absolute_form(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StatsigStub(dcs=compile_dcs(parse_spec(SPEC))) as stub, HttpProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+        )
+        client.log(Event("visited_signup", {"userID": "u"}))
+        client.close()
+        assert [e["eventName"] for e in stub.events] == ["visited_signup"]
+    assert ("POST", f"http://127.0.0.1:{stub.port}/v1/log_event") in proxy.requests
+
+
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_https_goes_through_a_connect_tunnel_with_the_proxys_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """Specs and events, on either engine: Core's specs by flagware's download,
+    the legacy SDK's by requests (which reads the same variables)."""
+    if engine == "core":
+        pytest.importorskip("statsig_python_core")
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    monkeypatch.setattr(wire, "_ssl", client_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
+
+    dcs = compile_dcs(parse_spec(SPEC))
+    with StatsigStub(dcs=dcs, tls=server_context) as stub, HttpProxy(login="me:p@ss") as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://me:p%40ss@"))
+        _specs_and_an_event_through(stub, tmp_path, engine)
+        assert [e["eventName"] for e in stub.events] == ["visited_signup"]
+    tunnels = [target for method, target in proxy.requests if method == "CONNECT"]
+    assert tunnels and set(tunnels) == {f"127.0.0.1:{stub.port}"}
+    assert all(method == "CONNECT" for method, _ in proxy.requests)  # nothing in the clear
+
+
+def test_no_proxy_connects_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with StatsigStub(dcs=compile_dcs(parse_spec(SPEC))) as stub, HttpProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        _specs_and_an_event_through(stub, tmp_path, os.environ.get("FLAGWARE_ENGINE", "legacy"))
+        assert [e["eventName"] for e in stub.events] == ["visited_signup"]
+    assert proxy.requests == []
+
+
+def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StatsigStub() as stub, HttpProxy(login="me:right") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://me:wrong@"))
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            shutdown_timeout=0.5,
+        )
+        client.log(Event("visited_signup", {"userID": "u"}))
+        client.close()
+        assert stub.events == []
+    assert proxy.requests  # it was asked, and said 407
+    assert client.delivery_stats().backlog == 1  # kept for the next process
+
+
+def test_a_proxy_flagware_cannot_use_is_an_error_at_startup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:443")
+    with pytest.raises(ValueError, match="http:// proxies only"):
+        Flagware(
+            statsig_secret="secret-test",
+            statsig_api="https://statsigapi.net/v1",
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+        )
+
+
+def test_a_proxy_named_without_a_scheme_and_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("http_proxy", "proxy.internal:3128")  # as many hosts set it
+    endpoint = wire.Endpoint("http://api.internal:8080/v1/log_event")
+    assert endpoint.proxy is not None
+    assert (endpoint.proxy.hostname, endpoint.proxy.port) == ("proxy.internal", 3128)
+    assert endpoint.path == "http://api.internal:8080/v1/log_event"  # absolute form
+    direct = wire.Endpoint("https://statsigapi.net/v1/log_event")  # no https_proxy
+    assert (direct.proxy, direct.path, direct.headers) == (None, "/v1/log_event", {})
