@@ -63,17 +63,22 @@ def test_a_spec_core_cannot_read_serves_defaults_and_is_counted(
         client.engine.gate(client.engine.user(user), "everyone")
 
 
+def _core_on_statsig(api: str, tmp_path: Path, **options: Any) -> Flagware:
+    return Flagware(
+        statsig_secret="secret-test",
+        statsig_api=api,
+        hash_key="k",
+        engine="core",
+        event_store=tmp_path / "outbox.db",
+        **options,
+    )
+
+
 def test_core_sends_nothing_itself(tmp_path: Path) -> None:
     """Exposures and events are flagware's: Core, evaluating with its logging off,
     posts nothing to log_event, even at shutdown."""
     with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
-        client = Flagware(
-            statsig_secret="secret-test",
-            statsig_api=stub.url,
-            hash_key="k",
-            engine="core",
-            event_store=tmp_path / "outbox.db",
-        )
+        client = _core_on_statsig(stub.url, tmp_path)
         engine = client.engine
         user = engine.user({"userID": "u"})
         assert engine.gate(user, "everyone").value is True  # specs from the stub
@@ -173,34 +178,44 @@ def test_when_statsig_api_fails_core_reaches_nothing_else(
     assert connects == [f"127.0.0.1:{port}"]  # no DNS (port 53), no other host
 
 
+NEW_SIGNUP_OFF = {"gates": {"new_signup": {"rollout": 0}}}
+
+
+def _turn_new_signup_on(stub: StatsigStub) -> None:
+    """A change at Statsig: the gate on for everyone, in specs with a later time."""
+    changed = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 100}}}))
+    changed["time"] = stub.dcs["time"] + 1000
+    stub.dcs = changed
+
+
+def _sees_new_signup_on(client: Flagware, within: float = 10.0) -> bool:
+    """A download every 0.2 s (patched); Core reads its store every 1 s."""
+    engine = client.engine
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if engine.gate(engine.user({"userID": "u"}), "new_signup").value:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_core_follows_the_specs_at_statsig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gates change at any time: a change at Statsig reaches Core through flagware's
     download, which asks only for changes after the first (``sinceTime``)."""
     from flagware.engine import core_specs
 
     monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
-    first = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 0}}}))
+    first = compile_dcs(parse_spec(NEW_SIGNUP_OFF))
     with StatsigStub(dcs=first) as stub:
-        client = Flagware(
-            statsig_secret="secret-test",
-            statsig_api=stub.url,
-            hash_key="k",
-            engine="core",
-            event_store=tmp_path / "outbox.db",
-        )
+        client = _core_on_statsig(stub.url, tmp_path)
         engine = client.engine
         user = engine.user({"userID": "u"})
         assert engine.gate(user, "new_signup").value is False
         time.sleep(0.5)  # downloads that find nothing new
         unchanged = len(stub.spec_downloads)
         assert unchanged >= 2 and engine.gate(user, "new_signup").value is False
-        changed = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 100}}}))
-        changed["time"] = first["time"] + 1000
-        stub.dcs = changed
-        deadline = time.monotonic() + 10  # a download every 0.2 s; Core reads every 1 s
-        while not engine.gate(user, "new_signup").value:
-            assert time.monotonic() < deadline, "the change never reached Core"
-            time.sleep(0.05)
+        _turn_new_signup_on(stub)
+        assert _sees_new_signup_on(client), "the change never reached Core"
         client.close()
     assert f"sinceTime={first['time']}" in stub.spec_downloads[1]
     assert all("secret-test" in path for path in stub.spec_downloads)
@@ -215,32 +230,17 @@ def test_a_forked_child_downloads_specs_itself(
     from flagware.engine import core_specs
 
     monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
-    first = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 0}}}))
-    with StatsigStub(dcs=first) as stub:
-        client = Flagware(
-            statsig_secret="secret-test",
-            statsig_api=stub.url,
-            hash_key="k",
-            engine="core",
-            event_store=tmp_path / "outbox.db",
-        )
+    with StatsigStub(dcs=compile_dcs(parse_spec(NEW_SIGNUP_OFF))) as stub:
+        client = _core_on_statsig(stub.url, tmp_path)
         engine = client.engine
-        user = engine.user({"userID": "u"})
-        assert engine.gate(user, "new_signup").value is False  # started in the parent
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: wait for the change, report, leave without atexit
-            deadline = time.monotonic() + 10
-            seen = False
-            while not seen and time.monotonic() < deadline:
-                seen = engine.gate(engine.user({"userID": "u"}), "new_signup").value
-                time.sleep(0.05)
-            os.write(write, b"ok" if seen else b"no")
+            os.write(write, b"ok" if _sees_new_signup_on(client) else b"no")
             os._exit(0)
         os.close(write)
-        changed = compile_dcs(parse_spec({"gates": {"new_signup": {"rollout": 100}}}))
-        changed["time"] = first["time"] + 1000
-        stub.dcs = changed
+        _turn_new_signup_on(stub)
         _, status = os.waitpid(pid, 0)
         answer = os.read(read, 2)
         os.close(read)
@@ -341,14 +341,7 @@ def test_a_slow_first_download_delays_startup_by_init_timeout_at_most(tmp_path: 
 
     server = threading.Thread(target=trickle, daemon=True)
     server.start()
-    client = Flagware(
-        statsig_secret="secret-test",
-        statsig_api=f"http://127.0.0.1:{port}/v1",
-        hash_key="k",
-        engine="core",
-        event_store=tmp_path / "outbox.db",
-        init_timeout=0.5,
-    )
+    client = _core_on_statsig(f"http://127.0.0.1:{port}/v1", tmp_path, init_timeout=0.5)
     try:
         started = time.monotonic()
         engine = client.engine
@@ -371,14 +364,7 @@ def test_core_reports_through_logging_not_stdout(
 
     monkeypatch.setattr(core_dcs, "to_v2", lambda dcs: {"feature_gates": [1], "time": 5})
     with StatsigStub() as stub:  # serves specs Core cannot parse
-        client = Flagware(
-            statsig_secret="secret-test",
-            statsig_api=stub.url,
-            hash_key="k",
-            engine="core",
-            event_store=tmp_path / "outbox.db",
-            init_timeout=0.5,
-        )
+        client = _core_on_statsig(stub.url, tmp_path, init_timeout=0.5)
         engine = client.engine
         assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
         client.close()
