@@ -71,6 +71,15 @@ def no_internet() -> Iterator[list[str]]:
         socket.getaddrinfo = _real_getaddrinfo
 
 
+# The suite talks to loopback only: a developer's (or a CI runner's) proxy
+# variables would send the stub's traffic to the proxy, from flagware's clients and
+# from the statsig SDK's requests alike. tests/test_proxy.py sets its own.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+for _name in PROXY_VARIABLES:
+    os.environ.pop(_name, None)
+    os.environ.pop(_name.upper(), None)
+
+
 # -- flagware fixtures ----------------------------------------------------------
 
 SPEC = """

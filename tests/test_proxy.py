@@ -19,14 +19,6 @@ from tests.http_proxy import HttpProxy
 from tests.statsig_stub import StatsigStub
 
 SPEC = {"gates": {"everyone": {"rollout": 100}}}
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-
-
-@pytest.fixture(autouse=True)
-def no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
 
 
 def _specs_and_an_event_through(stub: StatsigStub, tmp_path: Path, engine: str) -> None:
