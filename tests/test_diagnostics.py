@@ -179,6 +179,7 @@ def test_shows_the_visitor_and_their_assignments_without_exposures(make_diag: An
     stable_id = re.search(r"flagware_id=([0-9a-f]{32})", first.headers["Set-Cookie"])
     assert stable_id is not None  # a first visit mints the cookie on the page itself
     assert stable_id.group(1) in first.text
+    assert re.search(r'specs of <span id="specs">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC<', first.text)
     rows = dict(re.findall(r"<tr><td>(\w+)</td><td>(.*?)</td>", first.text))
     assert "pass" in rows["everyone"] and "fail" in rows["nobody"]
     # The app, asked with the same cookie, puts this visitor in the group the page shows.
@@ -296,7 +297,9 @@ def test_statsig_engine_lists_what_its_specs_offer(tmp_path: Any) -> None:
             "button_color": {"groups": [{"name": "Control", "weight": 100, "params": {"c": 1}}]}
         },
     }
-    with StatsigStub(dcs=compile_dcs(parse_spec(spec))) as stub:
+    dcs = compile_dcs(parse_spec(spec))
+    dcs["time"] = 1_796_000_000_000  # the specs' last change at Statsig
+    with StatsigStub(dcs=dcs) as stub:
         client = Flagware(
             statsig_secret="secret-test",
             statsig_api=stub.url,
@@ -309,11 +312,34 @@ def test_statsig_engine_lists_what_its_specs_offer(tmp_path: Any) -> None:
         finally:
             client.close()
     assert '<span class="pill" id="engine">statsig</span>' in html
+    assert 'specs of <span id="specs">2026-11-30 00:53:20 UTC</span>' in html
     assert "From the Statsig specs this process has downloaded" in html
     assert re.search(r"<td>everyone</td><td><span class=\"on\">pass", html)
     assert re.search(r"<td>button_color</td><td>Control</td>", html)
     assert "results unavailable" in html and "Statsig console" in html
     assert not [e for e in stub.events if e["eventName"].startswith("statsig::")]  # no exposures
+
+
+def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> None:
+    """An unreachable API: the process serves defaults, and the page says so."""
+    from tests.statsig_stub import StatsigStub
+
+    with StatsigStub() as stub:
+        url = stub.url  # nothing listens here once it stops
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        diagnostics=True,
+        init_timeout=0.2,
+        shutdown_timeout=0.2,
+    )
+    try:
+        html = page(http(client)).text
+    finally:
+        client.close()
+    assert '<span class="off" id="specs">no specs yet: serving defaults</span>' in html
 
 
 def test_behind_a_proxy_the_visitor_is_the_one_the_app_sees(make_diag: Any) -> None:

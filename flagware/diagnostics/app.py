@@ -7,6 +7,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -219,6 +220,7 @@ class DiagnosticsApp:
         html = _template().substitute(
             nonce=nonce,
             engine=escape(self.client.engine.kind),
+            specs=self._specs(),
             count=self._count(),
             visitor=self._visitor_rows(environ, flags),
             gates=gates,
@@ -301,6 +303,18 @@ class DiagnosticsApp:
         if not experiments:
             experiments.append(_cells('<span class="muted">none</span>', "", ""))
         return "".join(gates), "".join(experiments), note, note
+
+    def _specs(self) -> str:
+        """Which specs this process serves: Statsig's may not have come yet."""
+        try:
+            time_ms = self.client.engine.specs_time()
+        except Exception as exc:
+            self.client.report(exc, "diagnostics")
+            time_ms = None
+        if time_ms is None:
+            return '<span class="off" id="specs">no specs yet: serving defaults</span>'
+        when = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+        return f'specs of <span id="specs">{when:%Y-%m-%d %H:%M:%S} UTC</span>'
 
     def _names(self) -> tuple[list[str], list[str], str]:
         """Gate and experiment names: the local spec's, else the Statsig specs in memory."""

@@ -79,6 +79,11 @@ class Engine:
         """Each experiment's groups and their params, from the specs this process holds."""
         raise NotImplementedError
 
+    def specs_time(self) -> int | None:
+        """When the specs this process evaluates last changed (Unix ms, their
+        ``time``); None while it has none and serves defaults."""
+        raise NotImplementedError
+
     def close(self) -> None:
         with self._lock:
             server, self._server = self._server, None

@@ -200,6 +200,13 @@ class CoreSDK(Engine):
         server = self.server()
         return sorted(server.get_feature_gate_list()), sorted(server.get_experiment_list())
 
+    def specs_time(self) -> int | None:
+        # Every result says which specs Core evaluated it on (lcut; 0 with none).
+        user = core.StatsigUser(user_id="")
+        raw = self.server()._INTERNAL_get_feature_gate(user, "flagware::specs_time", None)
+        lcut = (raw.get("details") or {}).get("lcut")
+        return lcut if isinstance(lcut, int) and lcut > 0 else None
+
     def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
         server = self.server()
         found: dict[str, dict[str, dict[str, Any]]] = {}

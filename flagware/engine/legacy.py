@@ -73,6 +73,9 @@ class LegacySDK(Engine):
         experiments = [n for n, spec in configs.items() if spec.get("entity") == "experiment"]
         return sorted(store.get_all_gates()), sorted(experiments)
 
+    def specs_time(self) -> int | None:
+        return self.server()._spec_store.last_update_time() or None  # 0: none yet
+
     def experiment_groups(self) -> dict[str, dict[str, dict[str, Any]]]:
         # Its config specs carry each experiment group's name and value on the
         # rules that assign it.
