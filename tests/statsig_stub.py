@@ -88,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             from flagware.engine.core_dcs import to_v2
 
             stub.spec_downloads.append(self.path)
+            if stub.specs_latency:
+                stub._stopping.wait(stub.specs_latency)
             since = parse_qs(urlsplit(self.path).query).get("sinceTime", ["0"])[0]
             if stub.since_time and since.isdigit() and int(since) >= stub.dcs.get("time", 0) > 0:
                 self._reply(200, {"has_updates": False, "time": int(since)})  # as Statsig's API
@@ -148,6 +150,7 @@ class StatsigStub:
         self.tls = tls  # a server context: serve https
         self.dcs: dict[str, Any] = dcs if dcs is not None else _empty_dcs()
         self.latency = 0.0
+        self.specs_latency = 0.0  # seconds before a v2 specs answer
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)

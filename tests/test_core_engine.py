@@ -248,6 +248,65 @@ def test_a_forked_child_downloads_specs_itself(
     assert answer == b"ok" and status == 0
 
 
+def test_a_first_download_later_than_init_timeout_is_said_and_then_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flagware")
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        stub.specs_latency = 1.0
+        client = _core_on_statsig(stub.url, tmp_path, init_timeout=0.2)
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "everyone").value is False  # defaults
+        deadline = time.monotonic() + 10  # the download lands at 1 s; Core reads every 1 s
+        while not engine.gate(engine.user({"userID": "u"}), "everyone").value:
+            assert time.monotonic() < deadline, "the late specs were never served"
+            time.sleep(0.05)
+        client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert any("taking longer than init_timeout (0.2 s)" in line for line in lines)
+    assert any("downloaded; serving them" in line for line in lines)
+    assert not any("did not accept" in line for line in lines)  # Core took them
+
+
+def test_only_specs_that_core_started_on_can_have_been_refused_at_start() -> None:
+    """Core's start reads the store once; specs handed by a later poll are not
+    what it started on, so they cannot be the specs it refused then."""
+    from flagware.engine.core import _SpecsStore
+    from flagware.engine.core_specs import Specs
+
+    newest: list[Specs | None] = [None]
+    store = _SpecsStore(lambda: newest[0], polling=True)
+    key = "statsig|/v2/download_config_specs|plain_text|abc"
+    store.get(key)  # Core's start: nothing yet
+    newest[0] = Specs('{"time": 5}', 5)
+    store.get(key)  # a poll
+    assert store.given is newest[0] and store.at_start is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_during_the_first_download_leaves_the_child_working(tmp_path: Path) -> None:
+    """Another thread holds the engine's lock while it starts the engine (the first
+    download in flight): a child forked then must not inherit the lock held."""
+    import threading
+
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        stub.specs_latency = 1.0
+        client = _core_on_statsig(stub.url, tmp_path, init_timeout=3.0)
+        engine = client.engine
+        threading.Thread(target=engine.server, daemon=True).start()  # a warm-up thread
+        time.sleep(0.3)
+        pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(8)  # a child that hangs dies of SIGALRM
+            engine.gate(engine.user({"userID": "u"}), "everyone")
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        client.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
 def test_core_asks_statsig_for_specs_where_core_itself_would() -> None:
     from flagware.engine.core_specs import core_specs_url
 

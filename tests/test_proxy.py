@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from flagware import Flagware
-from flagware.events import wire
+from flagware.events import endpoint
+from flagware.events.endpoint import Endpoint, bypassed
 from flagware.events.model import Event
 from flagware.spec import compile_dcs, parse_spec
 from tests.http_proxy import HttpProxy
@@ -69,7 +70,7 @@ def test_https_goes_through_a_connect_tunnel_with_the_proxys_login(
     server.configure_cert(server_context)
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
-    monkeypatch.setattr(wire, "_ssl", client_context)
+    monkeypatch.setattr(endpoint, "_ssl", client_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
@@ -112,24 +113,67 @@ def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
     assert client.delivery_stats().backlog == 1  # kept for the next process
 
 
-def test_a_proxy_flagware_cannot_use_is_an_error_at_startup(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:443")
-    with pytest.raises(ValueError, match="http:// proxies only"):
-        Flagware(
-            statsig_secret="secret-test",
-            statsig_api="https://statsigapi.net/v1",
-            hash_key="k",
-            event_store=tmp_path / "outbox.db",
-        )
-
-
 def test_a_proxy_named_without_a_scheme_and_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("http_proxy", "proxy.internal:3128")  # as many hosts set it
-    endpoint = wire.Endpoint("http://api.internal:8080/v1/log_event")
+    endpoint = Endpoint("http://api.internal:8080/v1/log_event")
     assert endpoint.proxy is not None
     assert (endpoint.proxy.hostname, endpoint.proxy.port) == ("proxy.internal", 3128)
     assert endpoint.path == "http://api.internal:8080/v1/log_event"  # absolute form
-    direct = wire.Endpoint("https://statsigapi.net/v1/log_event")  # no https_proxy
+    direct = Endpoint("https://statsigapi.net/v1/log_event")  # no https_proxy
     assert (direct.proxy, direct.path, direct.headers) == (None, "/v1/log_event", {})
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "host", "port", "direct"),
+    [
+        ("*", "statsigapi.net", 443, True),
+        ("localhost, *", "statsigapi.net", 443, False),  # "*" only alone, as curl reads it
+        ("statsigapi.net", "statsigapi.net", 443, True),
+        (".statsigapi.net", "api.statsigapi.net", 443, True),  # and its subdomains
+        ("statsigapi.net", "notstatsigapi.net", 443, False),
+        ("10.0.0.0/8", "10.1.2.3", 8000, True),  # CIDR, as on Kubernetes
+        ("10.0.0.0/8", "11.1.2.3", 8000, False),
+        ("2.3", "10.1.2.3", 8000, False),  # an address is no domain: no suffix match
+        ("stub.internal:8443", "stub.internal", 8443, True),
+        ("stub.internal:8443", "stub.internal", 443, False),
+        ("[::1]:8443, other", "::1", 8443, True),
+        ("::1", "::1", 443, True),
+        ("", "statsigapi.net", 443, False),
+    ],
+)
+def test_no_proxy_forms(no_proxy: str, host: str, port: int, direct: bool) -> None:
+    assert bypassed(host, port, no_proxy) is direct
+
+
+def _start(tmp_path: Path, api: str = "https://statsigapi.net/v1") -> Flagware:
+    return Flagware(
+        statsig_secret="secret-test",
+        statsig_api=api,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        # TLS to the proxy, then TLS inside it: http.client cannot.
+        ("https://proxy.example:443", "http:// proxies only; https_proxy is not one"),
+        # A "/" in the password not percent-encoded cuts the URL there: the rest
+        # would be read as the proxy's host and port, and every send would fail.
+        ("http://svc:S3cr3t/Pw@127.0.0.1:3128", "https_proxy is not a proxy URL"),
+        ("http://proxy.example:99999", "https_proxy is not a proxy URL"),
+    ],
+)
+def test_a_proxy_flagware_cannot_use_is_an_error_at_startup_naming_only_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, error: str
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    with pytest.raises(ValueError, match=error) as raised:
+        _start(tmp_path)
+    assert "S3cr3t" not in str(raised.value) and "proxy.example" not in str(raised.value)
+
+
+def test_a_statsig_api_with_a_query_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without \\? or #"):
+        _start(tmp_path, "https://proxy.internal/statsig/v1?team=web")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -39,6 +40,7 @@ class Engine:
         self._lock = threading.Lock()
         self._server: Any = None
         self._pid = -1
+        _engines.add(self)
 
     def _start(self) -> Any:
         raise NotImplementedError
@@ -92,3 +94,17 @@ class Engine:
                     self._stop(server)
                 except Exception:  # shutting down must never raise at exit
                     log.debug("flagware: %s SDK shutdown failed", self.sdk, exc_info=True)
+
+
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _unlock_after_fork() -> None:
+    # A fork while another thread starts the SDK (a first download in flight)
+    # copies the lock held, and no thread in the child will release it.
+    for engine in list(_engines):
+        engine._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_unlock_after_fork)

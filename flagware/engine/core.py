@@ -91,16 +91,21 @@ if core is not None:
             super().__init__()
             self._specs, self._polling = specs, polling
             self.given: Specs | None = None  # the last specs handed to Core
+            self.read = False  # whether Core has read the store (its first read: at start)
+            self.at_start: Specs | None = None  # the specs Core's start read, if any
             self._response: Any = importlib.import_module("statsig_python_core.data_store")
 
         def get(self, key: str) -> Any:
             if "download_config_specs" not in key:
                 return None
             specs = self._specs()
+            first, self.read = not self.read, True
             if specs is None or specs is self.given:  # nothing yet (defaults), or seen
                 time = 0 if specs is None else specs.time
                 return self._response.DataStoreResponse(result=_NO_UPDATES, time=time)
             self.given = specs
+            if first:
+                self.at_start = specs
             return self._response.DataStoreResponse(result=specs.document, time=specs.time)
 
         def set(self, key: str, value: str, time: int | None = None) -> None:
@@ -291,10 +296,11 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
 
     def _check_started(self, details: Any) -> None:
         # As on the legacy engine, not fatal: defaults are served until a
-        # download brings specs Core reads. A failed (or late) download has said
-        # so itself, or will: only specs Core was handed and refused are news here.
+        # download brings specs Core reads. A failed (or late) download says so
+        # itself: only specs Core's start was handed, and refused, are news here
+        # (specs handed by a poll since may be serving already).
         download, store = self._download, self._store
-        if not details.is_config_spec_ready and download and store and store.given:
+        if not details.is_config_spec_ready and download and store and store.at_start:
             log.warning(
                 "flagware: Core did not accept the Statsig specs from %s; serving defaults"
                 " until new ones come",

@@ -24,6 +24,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from flagware.events import wire
+from flagware.events.endpoint import Endpoint
 from flagware.settings import DEFAULT_STATSIG_API
 
 log = logging.getLogger("flagware")
@@ -60,7 +61,7 @@ class SpecsDownload:
 
     def __init__(self, api: str, secret: str, *, interval: float | None = None) -> None:
         self.base = core_specs_url(api)  # what log lines show: never the secret
-        self._endpoint = wire.Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
+        self._endpoint = Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
         self._headers = self._endpoint.headers | {
             "Accept-Encoding": "gzip",
             "User-Agent": wire.USER_AGENT,
@@ -71,6 +72,8 @@ class SpecsDownload:
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
         self.failures = 0  # downloads that failed, this process
         self._failing = False
+        self._late = False  # the first download outlasted the wait for it
+        self._first_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -104,7 +107,7 @@ class SpecsDownload:
         """The specs if they changed since the last download, else None; raises on failure."""
         path = self._endpoint.path
         if self.specs is not None:
-            path += f"?sinceTime={self.specs.time}"
+            path += f"{'&' if '?' in path else '?'}sinceTime={self.specs.time}"
         conn = self._endpoint.connect(timeout)
         try:
             conn.request("GET", path, headers=self._headers)
@@ -144,10 +147,23 @@ class SpecsDownload:
             return
         self._thread = thread
         first.wait(wait)
+        with self._first_lock:  # decided once: late, or done in time
+            self._late = not first.is_set()
+        if self._late:
+            log.warning(
+                "flagware: the first Statsig specs download from %s is taking longer than"
+                " init_timeout (%g s); serving defaults until it completes",
+                self.base,
+                wait,
+            )
 
     def _run(self, first: threading.Event) -> None:
-        self.fetch(SYNC_TIMEOUT)
-        first.set()
+        worked = self.fetch(SYNC_TIMEOUT)
+        with self._first_lock:
+            first.set()
+            late = self._late
+        if worked and late:  # a failure has said so itself
+            log.info("flagware: Statsig specs from %s downloaded; serving them", self.base)
         while not self._stop.wait(self.interval):
             self.fetch(SYNC_TIMEOUT)
 

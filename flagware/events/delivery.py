@@ -34,11 +34,12 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from flagware.events.endpoint import Endpoint
 from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.wire import Endpoint, Sender, headers
+from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
@@ -92,8 +93,12 @@ class Delivery:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"statsig api must be an http(s) URL, got {api!r}")
+        if parts.query or parts.fragment:  # every SDK appends paths to it
+            raise ValueError(f"statsig api must be a base URL, without ? or #: got {api!r}")
         # Made here, so that a proxy flagware cannot use is an error at startup.
-        self._endpoint = Endpoint(api.rstrip("/") + "/log_event")
+        self._endpoint = Endpoint(
+            parts._replace(path=parts.path.rstrip("/") + "/log_event").geturl()
+        )
         self.store_location = os.fspath(store)
         self._where = redact(self.store_location)
         self.secret = secret
