@@ -117,8 +117,6 @@ def _events(args: argparse.Namespace) -> int:
                     f"{row['group'] or row['exposure'] or '':<16} "
                     f"{json.dumps(row['value']) if row['value'] is not None else ''}\n"
                 )
-    except BrokenPipeError:  # `flagware events | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's flush
     finally:
         store.close()
     return EXIT_OK
@@ -170,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `flagware events | head`: the reader had enough
+        # Python flushes stdout again at exit, into the closed pipe: point it away.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     return code
 
 

@@ -368,9 +368,9 @@ class Flagware:
             return
         if backlog:
             log.warning(
-                "flagware: %d events not delivered to Statsig within shutdown_timeout (%.1f s);"
-                " they stay in the event store, and the next process that opens it sends them"
-                " (`flagware status` shows the backlog)",
+                "flagware: the event store holds %d events not yet delivered to Statsig (this"
+                " process's and any other's) after shutdown_timeout (%.1f s); they stay there,"
+                " and the next process that opens it sends them (`flagware status`)",
                 backlog,
                 self.shutdown_timeout,
             )

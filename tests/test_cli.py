@@ -50,6 +50,37 @@ def test_console_script_runs() -> None:
     assert "events" in out.stdout and "demo" in out.stdout
 
 
+def test_a_reader_that_stops_early_gets_no_traceback(client: Any) -> None:
+    """`flagware status | head`: a closed pipe ends any command quietly, not with
+    a BrokenPipeError traceback and exit status 1."""
+    import os
+
+    from flagware.events.model import Event
+
+    for i in range(3):
+        client.log(Event("clicked", {"userID": str(i)}))
+    client.flush()
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flagware.cli",
+                "status",
+                "--store",
+                str(client.event_store_path),
+            ],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 # -- one CLI --------------------------------------------------------------------
 
 

@@ -264,7 +264,7 @@ def test_a_first_download_later_than_init_timeout_is_said_and_then_served(
         client.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "flagware"]
     assert any("taking longer than init_timeout (0.2 s)" in line for line in lines)
-    assert any("downloaded; serving them" in line for line in lines)
+    assert any("downloaded; Core reads them within 1 s" in line for line in lines)
     assert not any("did not accept" in line for line in lines)  # Core took them
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from typing import Any
@@ -312,6 +313,8 @@ def test_statsig_engine_lists_what_its_specs_offer(tmp_path: Any) -> None:
         finally:
             client.close()
     assert '<span class="pill" id="engine">statsig</span>' in html
+    sdk = os.environ.get("FLAGWARE_ENGINE", "legacy")
+    assert f'<span class="pill" id="sdk">{sdk}</span> SDK' in html
     assert 'specs of <span id="specs">2026-11-30 00:53:20 UTC</span>' in html
     assert "From the Statsig specs this process has downloaded" in html
     assert re.search(r"<td>everyone</td><td><span class=\"on\">pass", html)

@@ -95,10 +95,13 @@ def test_no_proxy_connects_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A 407 is the proxy's answer, not Statsig's: retried, and the log line says
+    which proxy, so that nobody goes looking at Statsig."""
     with StatsigStub() as stub, HttpProxy(login="me:right") as proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://me:wrong@"))
+        where = proxy.url.removeprefix("http://")
+        monkeypatch.setenv("HTTP_PROXY", f"http://me:Wr0ngPass@{where}")
         client = Flagware(
             statsig_secret="secret-test",
             statsig_api=stub.url,
@@ -111,6 +114,9 @@ def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
         assert stub.events == []
     assert proxy.requests  # it was asked, and said 407
     assert client.delivery_stats().backlog == 1  # kept for the next process
+    failed = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
+    assert failed and f"HTTP 407 through the proxy {where}" in failed[0]
+    assert "Wr0ngPass" not in failed[0]  # the login stays out of logs
 
 
 def test_a_proxy_named_without_a_scheme_and_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,11 +164,11 @@ def _start(tmp_path: Path, api: str = "https://statsigapi.net/v1") -> Flagware:
     ("value", "error"),
     [
         # TLS to the proxy, then TLS inside it: http.client cannot.
-        ("https://proxy.example:443", "http:// proxies only; https_proxy is not one"),
+        ("https://proxy.example:443", "http:// proxies only; HTTPS_PROXY is not one"),
         # A "/" in the password not percent-encoded cuts the URL there: the rest
         # would be read as the proxy's host and port, and every send would fail.
-        ("http://svc:S3cr3t/Pw@127.0.0.1:3128", "https_proxy is not a proxy URL"),
-        ("http://proxy.example:99999", "https_proxy is not a proxy URL"),
+        ("http://svc:S3cr3t/Pw@127.0.0.1:3128", "HTTPS_PROXY is not a proxy URL"),
+        ("http://proxy.example:99999", "HTTPS_PROXY is not a proxy URL"),
     ],
 )
 def test_a_proxy_flagware_cannot_use_is_an_error_at_startup_naming_only_the_variable(

@@ -166,8 +166,8 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(
     first.close()
     stats = first.delivery_stats()
     assert (stats.backlog, stats.delivered) == (30, 0)
-    left = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
-    assert len(left) == 1 and left[0].startswith("flagware: 30 events not delivered")
+    left = [r.getMessage() for r in caplog.records if "not yet delivered" in r.getMessage()]
+    assert len(left) == 1 and left[0].startswith("flagware: the event store holds 30 events")
     caplog.clear()
     assert stats.oldest_age is not None and stats.oldest_age >= 0
 
@@ -191,7 +191,7 @@ def test_a_new_process_delivers_the_backlog_and_reports_it(
         finally:
             second.close()
         assert len(stub.events) == 33
-    assert not [r for r in caplog.records if "not delivered" in r.getMessage()]
+    assert not [r for r in caplog.records if "not yet delivered" in r.getMessage()]
 
 
 def test_the_engine_lists_the_downloaded_experiments_and_their_groups(

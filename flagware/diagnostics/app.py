@@ -220,6 +220,7 @@ class DiagnosticsApp:
         html = _template().substitute(
             nonce=nonce,
             engine=escape(self.client.engine.kind),
+            sdk=escape(self.client.engine.sdk),
             specs=self._specs(),
             count=self._count(),
             visitor=self._visitor_rows(environ, flags),

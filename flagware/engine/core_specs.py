@@ -86,9 +86,10 @@ class SpecsDownload:
             if not self._failing:  # once per outage: the count says the rest
                 self._failing = True
                 log.warning(
-                    "flagware: could not download Statsig specs from %s (%s); serving %s until"
+                    "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
                     " a download works",
                     self.base,
+                    self._endpoint.route,
                     exc,
                     "the last ones" if self.specs is not None else "defaults",
                 )
@@ -151,9 +152,10 @@ class SpecsDownload:
             self._late = not first.is_set()
         if self._late:
             log.warning(
-                "flagware: the first Statsig specs download from %s is taking longer than"
+                "flagware: the first Statsig specs download from %s%s is taking longer than"
                 " init_timeout (%g s); serving defaults until it completes",
                 self.base,
+                self._endpoint.route,
                 wait,
             )
 
@@ -163,7 +165,11 @@ class SpecsDownload:
             first.set()
             late = self._late
         if worked and late:  # a failure has said so itself
-            log.info("flagware: Statsig specs from %s downloaded; serving them", self.base)
+            log.info(
+                "flagware: Statsig specs from %s downloaded; Core reads them within %g s",
+                self.base,
+                POLL_MS / 1000,
+            )
         while not self._stop.wait(self.interval):
             self.fetch(SYNC_TIMEOUT)
 

@@ -373,9 +373,10 @@ class Delivery:
         first = rt.failed(retry_after)
         if first:
             log.warning(
-                "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
+                "flagware: Statsig delivery failed (%s%s); events stay in %s and are retried"
                 " with backoff",
                 why,
+                self._endpoint.route,
                 self._where,
             )
 
@@ -383,7 +384,8 @@ class Delivery:
         rt.leases.settle(batch, PARKED)
         detail = reply[:300].decode("utf-8", "replace").strip()
         exc = DeliveryRejected(
-            f"Statsig rejected {len(batch)} events with HTTP {status} ({detail or 'no body'});"
+            f"Statsig rejected {len(batch)} events with HTTP {status}{self._endpoint.route}"
+            f" ({detail or 'no body'});"
             f" parked in {self._where} (delivery = 2), not retried"
         )
         if self.on_error is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
+import os
 import ssl
 import sys
 import urllib.request
@@ -48,6 +49,10 @@ class Endpoint:
         if self.proxy is not None and not self.https:  # the proxy forwards by the whole URL
             path = f"http://{parts.netloc.rpartition('@')[2]}{path}"
         self.path = path  # a request's target; a query of its own is appended with "&"
+        # For log lines: a failure through a proxy may be the proxy's, not Statsig's.
+        self.route = ""
+        if self.proxy is not None:
+            self.route = f" through the proxy {self.proxy.hostname}:{self.proxy.port or 80}"
 
     def connect(self, timeout: float) -> http.client.HTTPConnection:
         """A new connection (opened on its first request)."""
@@ -74,7 +79,9 @@ def environment_proxy(scheme: str, host: str, port: int) -> SplitResult | None:
     if not proxy or bypassed(host, port, proxies.get("no", "")):
         return None
     parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")  # "host:3128" is common
-    variable = f"{name}_proxy"
+    variable = f"{name}_proxy"  # the one set: lowercase wins, as in urllib and requests
+    if variable not in os.environ:
+        variable = variable.upper()
     if parts.scheme != "http":
         # TLS to the proxy, then TLS to Statsig inside it: http.client cannot.
         raise ValueError(f"flagware connects through http:// proxies only; {variable} is not one")
