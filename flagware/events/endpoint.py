@@ -5,7 +5,7 @@ The variables are read as requests (the ``statsig`` SDK's client) reads them,
 so both engines' traffic takes the same way: ``HTTPS_PROXY`` for https (a
 ``CONNECT`` tunnel, TLS end to end), ``HTTP_PROXY`` for http (the absolute
 form), ``ALL_PROXY`` for either, ``NO_PROXY`` (names and their subdomains,
-``host:port``, CIDR ranges, ``*``); lowercase before uppercase. They are read
+``host:port``, CIDR ranges, ``*`` alone); lowercase before uppercase. They are read
 once, when an endpoint is made (at startup): a bad value is an error then,
 not a failure on every send.
 """
