@@ -40,7 +40,7 @@ class Engine:
         self._lock = threading.Lock()
         self._server: Any = None
         self._pid = -1
-        _engines.add(self)
+        engines.add(self)
 
     def _start(self) -> Any:
         raise NotImplementedError
@@ -96,13 +96,14 @@ class Engine:
                     log.debug("flagware: %s SDK shutdown failed", self.sdk, exc_info=True)
 
 
-_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+# Every engine of this process: reset at a fork, closed at exit (core.py).
+engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _unlock_after_fork() -> None:
     # A fork while another thread starts the SDK (a first download in flight)
     # copies the lock held, and no thread in the child will release it.
-    for engine in list(_engines):
+    for engine in list(engines):
         engine._lock = threading.Lock()
 
 

@@ -21,10 +21,10 @@ import importlib
 import json
 import logging
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
+from flagware.engine import base
 from flagware.engine.base import Engine, Evaluation, UserFields
 from flagware.engine.core_dcs import to_v2
 from flagware.engine.core_specs import POLL_MS, Specs, SpecsDownload
@@ -124,15 +124,13 @@ if core is not None:
 _NO_UPDATES = '{"has_updates":false}'
 
 
-_engines: weakref.WeakSet[CoreSDK] = weakref.WeakSet()
-
-
 @atexit.register  # after Core's own atexit hook, so it runs before it (LIFO)
 def _close_engines() -> None:
     # Core's hook stops its runtime; an instance still alive after that is
     # dropped during finalisation and prints "StatsigSafeGil: GIL Unavailable".
-    for engine in list(_engines):
-        engine.close()
+    for engine in list(base.engines):
+        if isinstance(engine, CoreSDK):
+            engine.close()
     settle = EXIT_SETTLE - (time.monotonic() - _last_stop)
     if settle > 0:  # a shutdown just now (here, or a SIGTERM handler's close())
         time.sleep(settle)
@@ -146,7 +144,6 @@ class CoreSDK(Engine):
     def __init__(self) -> None:
         require_core()
         super().__init__()
-        _engines.add(self)
 
     def _sdk_key(self) -> str:
         raise NotImplementedError
