@@ -59,7 +59,7 @@ class Specs(NamedTuple):
 class SpecsDownload:
     """The newest specs from ``statsig_api``, downloaded now and then every ``SYNC_INTERVAL``."""
 
-    def __init__(self, api: str, secret: str, *, interval: float | None = None) -> None:
+    def __init__(self, api: str, secret: str) -> None:
         self.base = core_specs_url(api)  # what log lines show: never the secret
         self._endpoint = Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
         self._headers = self._endpoint.headers | {
@@ -68,7 +68,7 @@ class SpecsDownload:
             "STATSIG-API-KEY": secret,
             "STATSIG-SDK-TYPE": CORE_SDK_TYPE,
         }
-        self.interval = SYNC_INTERVAL if interval is None else interval
+        self.interval = SYNC_INTERVAL
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
         self.failures = 0  # downloads that failed, this process
         self._failing = False
