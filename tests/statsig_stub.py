@@ -121,6 +121,9 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not None:
             self._reply(status, {"error": "injected failure"})
             return
+        if stub.secret is not None and self.headers.get("STATSIG-API-KEY") != stub.secret:
+            self._reply(401, {"message": "Invalid key provided"})
+            return
         if self.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         document = json.loads(body)
@@ -155,6 +158,7 @@ class StatsigStub:
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
         self.since_time = True  # False: answer every specs request in full, as some proxies do
+        self.secret: str | None = None  # set: log_event answers 401 to any other key
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None

@@ -153,7 +153,7 @@ def test_retryable_answers_are_retried_until_delivered(
     assert (stats.delivered, stats.retried, stats.backlog) == (50, 3, 0)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403])
+@pytest.mark.parametrize("status", [400, 404, 422])
 def test_other_4xx_park_the_batch_with_one_log_line(
     pipeline: Callable[..., Pipeline],
     stub: StatsigStub,
@@ -172,7 +172,94 @@ def test_other_4xx_park_the_batch_with_one_log_line(
     assert (stats.parked, stats.delivered, stats.backlog) == (20, 0, 0)
     [line] = [r.getMessage() for r in caplog.records]
     assert f"rejected 20 events with HTTP {status}" in line and "parked" in line
+    assert "flagware redeliver" in line
     assert count_state(store, PARKED) == 20
+
+
+def test_a_wrong_secret_keeps_events_until_a_process_with_the_right_one_sends_them(
+    store_path: str, stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statsig's 401 (a wrong or revoked secret) is fixed by configuration: the
+    events wait in the store, retried, and the restarted app sends them. Parked,
+    they would never have gone out."""
+    stub.secret = "secret-right"
+    store = open_store(store_path)
+    wrong = Delivery(store_path, secret="secret-wrong", api=stub.url, retry_max=0.2)
+    writer = EventWriter(store, deliver=True, flush_interval=0.05, on_stored=lambda n: wrong.wake())
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        logged = log_many(writer, 30)
+        writer.close()
+        assert not wrong.drain(1.0)  # refused for as long as it tried
+    wrong.close()
+    assert stub.requests >= 2 and not stub.received  # retried, never accepted
+    stats = wrong.stats()
+    assert (stats.parked, stats.delivered, stats.backlog) == (0, 0, 30)
+    [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert "HTTP 401" in line and "STATSIG_SERVER_SECRET" in line and "retried" in line
+    assert "secret-wrong" not in line
+    right = Delivery(store_path, secret="secret-right", api=stub.url)
+    try:
+        assert right.drain(5)
+        assert_exact(stub, logged)
+        assert right.stats().delivered == 30
+    finally:
+        right.close()
+        store.close()
+
+
+def test_403_is_retried_like_an_outage(
+    pipeline: Callable[..., Pipeline], stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A firewall or proxy refusing the request, or Statsig refusing the key:
+    # fixed outside flagware, then delivered with nothing more to do.
+    _store, writer, delivery = pipeline(retry_min=0.01, concurrency=1)
+    stub.fail_next(3, 403)
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        logged = log_many(writer, 20)
+        writer.close()
+        assert delivery.drain(5)
+    assert_exact(stub, logged)
+    stats = delivery.stats()
+    assert (stats.parked, stats.retried, stats.delivered) == (0, 3, 20)
+    [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert "HTTP 403" in line and "proxy or firewall" in line
+
+
+def test_redeliver_sends_parked_events_again(
+    pipeline: Callable[..., Pipeline],
+    stub: StatsigStub,
+    store_path: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Parked events are kept; once the cause is fixed, ``flagware redeliver``
+    makes them pending and the running app's senders send them, once each."""
+    from flagware.cli import main
+
+    store, writer, delivery = pipeline(concurrency=1, poll_interval=0.1)
+    stub.fail_next(1, 400)
+    logged = log_many(writer, 20)
+    writer.flush()
+    assert delivery.drain(5)
+    assert count_state(store, PARKED) == 20 and not stub.received
+    assert main(["redeliver", "--store", store_path]) == 0
+    out = capsys.readouterr().out
+    assert "20 parked events pending again" in out and "the oldest logged" in out
+    deadline = time.monotonic() + 10
+    while count_state(store, DELIVERED) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the app's sender finds them by itself (its idle poll)
+    assert_exact(stub, logged)
+    stats = delivery.stats()
+    assert (stats.parked, stats.delivered, stats.backlog) == (0, 20, 0)
+    assert main(["redeliver", "--store", store_path]) == 0
+    assert "no parked events" in capsys.readouterr().out
+
+
+def test_redeliver_without_a_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flagware.cli import main
+
+    assert main(["redeliver", "--store", str(tmp_path / "missing.db")]) == 2
+    assert "no event store at" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()
 
 
 def test_413_splits_the_batch(pipeline: Callable[..., Pipeline], stub: StatsigStub) -> None:

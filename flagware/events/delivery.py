@@ -10,12 +10,16 @@ runs out or is found dead, so a SIGKILL can duplicate at most
 ``concurrency x batch_size`` events.
 
 Failures:
-- connection errors, timeouts, 407 (a proxy's login: the proxy's answer, not
-  Statsig's), 408, 429 and 5xx give the batch back and back off (capped
-  exponential, jittered, shared by this process's threads), with no limit on
-  attempts while an event is younger than ``max_age``;
+- connection errors, timeouts, 408, 429 and 5xx give the batch back and back
+  off (capped exponential, jittered, shared by this process's threads), with
+  no limit on attempts while an event is younger than ``max_age``;
+- so do 401 and 403 (Statsig refusing the secret, or a proxy or firewall
+  refusing the request) and 407 (a proxy's login): the cause is configuration,
+  and once it is fixed the events go out with nothing more to do. Parked, they
+  waited for someone to run ``flagware redeliver``;
 - 413 halves the batch size; other 4xx park the batch (``delivery = 2``) with
-  one log line, since sending it again cannot succeed.
+  one log line, since sending the same payload again cannot succeed
+  (``flagware redeliver`` sends parked events again).
 
 Everything runtime (threads, HTTP connections, store connections) belongs to
 one process and is created lazily on first use in that process, so a fork
@@ -47,6 +51,13 @@ __all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
+# Refusals that configuration causes and fixes: retried like an outage, with a hint.
+_SECRET = "check the server secret (statsig_secret or STATSIG_SERVER_SECRET)"
+_REFUSED = {
+    401: _SECRET,
+    403: _SECRET + " and any proxy or firewall on the way",
+    407: "the proxy wants a login (user:password in its URL)",
+}
 
 
 class DeliveryRejected(Exception):
@@ -352,7 +363,9 @@ class Delivery:
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)
             self._succeeded(rt)
-        elif status in (407, 408, 429) or status >= 500:
+        elif status in _REFUSED:
+            self._retry(rt, batch, f"HTTP {status}", retry_after, hint=_REFUSED[status])
+        elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size
@@ -368,15 +381,18 @@ class Delivery:
         if rt.succeeded():
             log.info("flagware: Statsig delivery recovered")
 
-    def _retry(self, rt: Runtime, batch: Batch, why: str, retry_after: float | None) -> None:
+    def _retry(
+        self, rt: Runtime, batch: Batch, why: str, retry_after: float | None, hint: str = ""
+    ) -> None:
         rt.leases.release(batch, failed=True)
         first = rt.failed(retry_after)
         if first:
             log.warning(
-                "flagware: Statsig delivery failed (%s%s); events stay in %s and are retried"
+                "flagware: Statsig delivery failed (%s%s)%s; events stay in %s and are retried"
                 " with backoff",
                 why,
                 self._endpoint.route,
+                f": {hint}" if hint else "",
                 self._where,
             )
 
@@ -386,7 +402,8 @@ class Delivery:
         exc = DeliveryRejected(
             f"Statsig rejected {len(batch)} events with HTTP {status}{self._endpoint.route}"
             f" ({detail or 'no body'});"
-            f" parked in {self._where} (delivery = 2), not retried"
+            f" parked in {self._where} (delivery = 2), not retried; once the cause is"
+            " fixed, `flagware redeliver` sends them again"
         )
         if self.on_error is not None:
             self.on_error(exc, "statsig delivery")

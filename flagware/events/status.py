@@ -1,26 +1,41 @@
-"""``flagware status``: how far Statsig delivery has got, read from the store.
+"""``flagware status`` and ``flagware redeliver``: Statsig delivery, from the store.
 
-Works from any process (a shell, a health check) while the app runs: every
-figure is in the store, written by whichever process did the work.
+Both work from any process (a shell, a health check) while the app runs:
+every figure is in the store, written by whichever process did the work, and
+the app's senders pick up whatever ``redeliver`` makes pending again.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from typing import Any
 
-from flagware.cli import add_store_argument, existing_store
+from flagware.cli import EXIT_BAD_INPUT, EXIT_OK, add_store_argument, existing_store, not_a_store
 from flagware.events.stats import DeliveryStats
-from flagware.events.store import redact
+from flagware.events.store import open_store, redact
 
 
 def add_parser(subparsers: Any) -> None:
-    """Add ``flagware status --store PATH`` to the ``flagware`` command."""
+    """Add ``flagware status`` and ``flagware redeliver`` to the ``flagware`` command."""
     parser = subparsers.add_parser(
         "status", help="Statsig delivery: backlog, delivered, retried, dropped, parked"
     )
     add_store_argument(parser)
     parser.set_defaults(func=run)
+
+    redeliver = subparsers.add_parser(
+        "redeliver",
+        help="send the events Statsig rejected (parked) again",
+        description="Make every parked event pending again, once what made Statsig (or"
+        " something on the way) reject it is fixed. The app's senders send them within"
+        " seconds, or the next process that opens the store with the Statsig secret;"
+        " an event older than the app's max_age (7 days by default) is dropped and"
+        " counted instead. An event rejected again is parked again.",
+    )
+    add_store_argument(redeliver)
+    redeliver.set_defaults(func=run_redeliver)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +48,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_redeliver(args: argparse.Namespace) -> int:
+    problem = not_a_store(args.store)
+    if problem is not None:
+        print(f"flagware redeliver: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with open_store(args.store) as store:
+        count, oldest = store.unpark()
+    where = redact(args.store)
+    if not count:
+        print(f"flagware redeliver: no parked events in {where}")
+        return EXIT_OK
+    age = _age(max(0.0, time.time() - oldest / 1000)) if oldest is not None else "-"
+    print(
+        f"flagware redeliver: {count:,} parked event{'s' if count > 1 else ''} pending again"
+        f" in {where} (the oldest logged {age} ago); the app sends them"
+    )
+    return EXIT_OK
+
+
 def format_stats(stats: DeliveryStats, location: str) -> str:
     rows = [
         ("store", redact(location)),
@@ -40,7 +74,7 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
         ("delivered", f"{stats.delivered:,}"),
         ("retried", f"{stats.retried:,} (failed sends tried again)"),
         ("dropped", f"{stats.dropped:,} (older than the maximum age)"),
-        ("parked", f"{stats.parked:,} (rejected by Statsig; see the log)"),
+        ("parked", f"{stats.parked:,} (rejected by Statsig; see the log; `flagware redeliver`)"),
         ("queue dropped", f"{stats.queue_dropped:,} (never stored: a full queue)"),
         ("oldest undelivered", _age(stats.oldest_age)),
     ]

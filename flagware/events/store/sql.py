@@ -276,6 +276,22 @@ class SQLStore:
                     for owner in dead
                 )
 
+    def unpark(self) -> tuple[int, int | None]:
+        """Make every parked event pending again (``flagware redeliver``).
+
+        Returns how many, and the time (ms) of the oldest. The parked counter
+        goes down by as many, so it keeps saying what is parked now. Their
+        attempt counts stay: Statsig answered them, so none of them can be a
+        duplicate when it goes out again.
+        """
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                oldest = self._exec(conn, "oldest_parked").fetchone()[0]
+                count = int(self._exec(conn, "unpark").rowcount)
+                self._bump(conn, "parked", -count)
+        return count, None if oldest is None else int(oldest)
+
     def claimable(self) -> int:
         """Pending events no live lease holds: what a drain still has to send."""
         with self._guard():

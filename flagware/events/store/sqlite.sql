@@ -78,6 +78,13 @@ WHERE delivery = 0 AND (lease_until IS NULL OR lease_until < :now)
 -- name: backlog
 SELECT count(*), min(time) FROM events WHERE delivery = 0
 
+-- name: oldest_parked
+SELECT min(time) FROM events WHERE delivery = 2
+
+-- name: unpark
+UPDATE OR FAIL events SET delivery = 0, lease_owner = NULL, lease_until = NULL
+WHERE delivery = 2
+
 -- name: newest_time
 SELECT max(time) FROM events
 
