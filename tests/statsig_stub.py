@@ -88,6 +88,9 @@ class _Handler(BaseHTTPRequestHandler):
             from flagware.engine.core_dcs import to_v2
 
             stub.spec_downloads.append(self.path)
+            if stub.secret is not None and f"/{stub.secret}.json" not in self.path:
+                self._reply(401, {"message": "Invalid key provided"})
+                return
             if stub.specs_latency:
                 stub._stopping.wait(stub.specs_latency)
             since = parse_qs(urlsplit(self.path).query).get("sinceTime", ["0"])[0]
@@ -158,7 +161,7 @@ class StatsigStub:
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
         self.since_time = True  # False: answer every specs request in full, as some proxies do
-        self.secret: str | None = None  # set: log_event answers 401 to any other key
+        self.secret: str | None = None  # set: log_event and v2 specs answer 401 to other keys
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None

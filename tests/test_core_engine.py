@@ -377,6 +377,21 @@ def test_specs_downloaded_again_unchanged_are_not_handed_to_core_again() -> None
     assert download.specs is not None and '"more"' in download.specs.document
 
 
+def test_a_refused_secret_says_what_to_check(caplog: pytest.LogCaptureFixture) -> None:
+    from flagware.engine.core_specs import SpecsDownload
+
+    with StatsigStub(dcs=compile_dcs(parse_spec({"gates": {"everyone": {}}}))) as stub:
+        stub.secret = "secret-right"
+        wrong = SpecsDownload(stub.url, "secret-wrong")
+        with caplog.at_level(logging.WARNING, logger="flagware"):
+            assert not wrong.fetch(2.0)
+        right = SpecsDownload(stub.url, "secret-right")
+        assert right.fetch(2.0) and right.specs is not None
+    [line] = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert "HTTP 401: check the server secret" in line and "serving defaults" in line
+    assert "secret-wrong" not in line
+
+
 def test_a_failing_download_is_logged_once_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from flagware.events import wire
-from flagware.events.endpoint import Endpoint
+from flagware.events.endpoint import REFUSED, Endpoint
 from flagware.settings import DEFAULT_STATSIG_API
 
 log = logging.getLogger("flagware")
@@ -117,7 +117,8 @@ class SpecsDownload:
         finally:
             conn.close()
         if response.status != 200:
-            raise OSError(f"HTTP {response.status}")
+            hint = REFUSED.get(response.status)
+            raise OSError(f"HTTP {response.status}{f': {hint}' if hint else ''}")
         if response.getheader("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         text = body.decode("utf-8")

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flagware.events.endpoint import Endpoint
+from flagware.events.endpoint import REFUSED, Endpoint
 from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
@@ -51,13 +51,6 @@ __all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-# Refusals that configuration causes and fixes: retried like an outage, with a hint.
-_SECRET = "check the server secret (statsig_secret or STATSIG_SERVER_SECRET)"
-_REFUSED = {
-    401: _SECRET,
-    403: _SECRET + " and any proxy or firewall on the way",
-    407: "the proxy wants a login (user:password in its URL)",
-}
 
 
 class DeliveryRejected(Exception):
@@ -363,8 +356,8 @@ class Delivery:
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)
             self._succeeded(rt)
-        elif status in _REFUSED:
-            self._retry(rt, batch, f"HTTP {status}", retry_after, hint=_REFUSED[status])
+        elif status in REFUSED:  # configuration: retried like an outage, with a hint
+            self._retry(rt, batch, f"HTTP {status}", retry_after, hint=REFUSED[status])
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
         elif status == 413 and len(batch) > 1:

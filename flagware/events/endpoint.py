@@ -21,6 +21,14 @@ import sys
 import urllib.request
 from urllib.parse import SplitResult, unquote, urlsplit
 
+_SECRET = "check the server secret (statsig_secret or STATSIG_SERVER_SECRET)"
+# Refusals that configuration causes and fixes, and what to check.
+REFUSED = {
+    401: _SECRET,
+    403: _SECRET + " and any proxy or firewall on the way",
+    407: "the proxy wants a login (user:password in its URL)",
+}
+
 
 class Endpoint:
     """One URL and the way to it, fixed when made."""
