@@ -83,6 +83,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         stub = self.server.stub
         if self.path.startswith("/v1/download_config_specs/"):
+            if stub.secret is not None and f"/{stub.secret}.json" not in self.path:
+                self._reply(401, {"message": "Invalid key provided"})
+                return
             self._reply(200, stub.dcs)
         elif self.path.startswith("/v2/download_config_specs/"):
             from flagware.engine.core_dcs import to_v2
@@ -161,7 +164,7 @@ class StatsigStub:
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
         self.since_time = True  # False: answer every specs request in full, as some proxies do
-        self.secret: str | None = None  # set: log_event and v2 specs answer 401 to other keys
+        self.secret: str | None = None  # set: log_event and specs answer 401 to other keys
         self._port = port
         self._lock = threading.Lock()
         self._server: _Server | None = None
