@@ -367,12 +367,15 @@ class Flagware:
         except Exception:  # the store is failing: the writer has reported it
             return
         if backlog:
+            problem = delivery.problem()
             log.warning(
                 "flagware: the event store holds %d events not yet delivered to Statsig (this"
-                " process's and any other's) after shutdown_timeout (%.1f s); they stay there,"
-                " and the next process that opens it sends them (`flagware status`)",
+                " process's and any other's) as this process stops: %s; they stay there, and"
+                " the next process that sends events sends them too (`flagware status`)",
                 backlog,
-                self.shutdown_timeout,
+                f"the last send failed ({problem})"
+                if problem
+                else f"shutdown_timeout ({self.shutdown_timeout:g} s) ran out",
             )
 
     def __enter__(self) -> Flagware:

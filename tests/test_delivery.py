@@ -216,13 +216,59 @@ def test_403_is_retried_like_an_outage(
     stub.fail_next(3, 403)
     with caplog.at_level(logging.WARNING, logger="flagware"):
         logged = log_many(writer, 20)
-        writer.close()
-        assert delivery.drain(5)
+        writer.flush()
+        deadline = time.monotonic() + 10
+        while delivery.stats().delivered < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the senders retry by themselves
     assert_exact(stub, logged)
     stats = delivery.stats()
     assert (stats.parked, stats.retried, stats.delivered) == (0, 3, 20)
+    assert stats.problem is None  # solved: the send that worked cleared it
     [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
     assert "HTTP 403" in line and "proxy or firewall" in line
+
+
+def test_a_refusal_ends_a_drain_and_says_so_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """close() with a refused secret stops at the first refusal instead of
+    retrying for all of shutdown_timeout, names the cause, and `flagware status`
+    shows it until a send works."""
+    from flagware import Flagware
+    from flagware.cli import main
+
+    with StatsigStub() as stub:
+        stub.secret = "secret-right"
+        client = Flagware(
+            statsig_secret="secret-wrong",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            shutdown_timeout=20,
+        )
+        client.log(event("u1"))
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="flagware"):
+            client.close()
+        assert time.monotonic() - started < 5  # not the 20 s of shutdown_timeout
+        [left] = [r.getMessage() for r in caplog.records if "not yet delivered" in r.getMessage()]
+        assert "holds 1 events" in left and "the last send failed (HTTP 401" in left
+        assert main(["status", "--store", str(tmp_path / "outbox.db")]) == 0
+        out = capsys.readouterr().out
+        assert "backlog:            1\n" in out
+        assert "problem:            HTTP 401: check the server secret" in out and " ago)" in out
+
+        fixed = Flagware(
+            statsig_secret="secret-right",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+        )
+        fixed.log(event("u2"))
+        fixed.close()
+        assert sorted(e["user"]["userID"] for e in stub.events) == ["user-u1", "user-u2"]
+        stats = fixed.delivery_stats()
+        assert (stats.backlog, stats.delivered, stats.problem) == (0, 2, None)
 
 
 def test_redeliver_sends_parked_events_again(

@@ -29,6 +29,7 @@ one process and is created lazily on first use in that process, so a fork
 from __future__ import annotations
 
 import http.client
+import json
 import logging
 import os
 import threading
@@ -43,18 +44,17 @@ from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
+from flagware.events.store.base import META_PREFIX, PROBLEM
 from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
 
-__all__ = ["DEFAULT_API", "Delivery", "DeliveryRejected", "DeliveryStats"]
+__all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-
-
-class DeliveryRejected(Exception):
-    """Statsig answered a batch with a 4xx that retrying cannot fix."""
+# The store's record of what stops delivery, for `flagware status` ("" once solved).
+PROBLEM_KEY = META_PREFIX + PROBLEM
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
@@ -150,6 +150,9 @@ class Delivery:
         deadline = time.monotonic() + timeout
         with rt.lock:
             rt.draining += 1
+            # A refusal (401, 403, 407) during the drain ends it: retrying until
+            # the timeout cannot help, and the events stay in the store.
+            rt.refused = False
         try:
             rt.leases.release_dead()
             if not rt.threads:  # none could start: this thread sends
@@ -160,7 +163,7 @@ class Delivery:
                 if self._drained(rt):
                     return True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or rt.refused:
                     return False
                 rt.stop.wait(min(0.02, remaining))
         finally:
@@ -179,7 +182,7 @@ class Delivery:
         try:
             while True:
                 now = time.monotonic()
-                if now >= deadline:
+                if now >= deadline or rt.refused:
                     return self._drained(rt)
                 if rt.retry_at > now:  # backing off after a failed send
                     time.sleep(min(rt.retry_at, deadline) - now)
@@ -225,6 +228,11 @@ class Delivery:
             max(0.0, deadline - time.monotonic())
         ):
             rt.store.close()
+
+    def problem(self) -> str | None:
+        """Why this process's last send failed, while none has worked since."""
+        rt = self._rt
+        return rt.problem if rt is not None and rt.pid == os.getpid() else None
 
     def stats(self) -> DeliveryStats:
         """Backlog and counters for the whole store (all processes sharing it)."""
@@ -371,36 +379,63 @@ class Delivery:
     # -- outcomes -----------------------------------------------------------------
 
     def _succeeded(self, rt: Runtime) -> None:
-        if rt.succeeded():
+        recovered = rt.succeeded()
+        if recovered:
             log.info("flagware: Statsig delivery recovered")
+        if recovered or not rt.delivered:
+            # Also at a process's first delivery: whoever noted the problem may be gone.
+            rt.delivered, rt.noted = True, ""
+            self._note_problem(rt, None)
 
     def _retry(
         self, rt: Runtime, batch: Batch, why: str, retry_after: float | None, hint: str = ""
     ) -> None:
         rt.leases.release(batch, failed=True)
         first = rt.failed(retry_after)
+        problem = f"{why}{self._endpoint.route}{f': {hint}' if hint else ''}"
+        with rt.lock:
+            rt.problem, rt.refused = problem, bool(hint)
         if first:
             log.warning(
-                "flagware: Statsig delivery failed (%s%s)%s; events stay in %s and are retried"
+                "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
                 " with backoff",
-                why,
-                self._endpoint.route,
-                f": {hint}" if hint else "",
+                problem,
                 self._where,
             )
+        self._note_problem(rt, problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         rt.leases.settle(batch, PARKED)
         detail = reply[:300].decode("utf-8", "replace").strip()
-        exc = DeliveryRejected(
-            f"Statsig rejected {len(batch)} events with HTTP {status}{self._endpoint.route}"
-            f" ({detail or 'no body'});"
-            f" parked in {self._where} (delivery = 2), not retried; once the cause is"
-            " fixed, `flagware redeliver` sends them again"
-        )
-        if self.on_error is not None:
-            self.on_error(exc, "statsig delivery")
-        log.error("flagware: %s", exc)
+        problem = f"HTTP {status}{self._endpoint.route} ({detail or 'no body'})"
+        if rt.parked(f"{problem}: batches parked"):
+            # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
+            # and one line a batch would flood the log. The counter says the rest.
+            log.error(
+                "flagware: Statsig rejected %d events with %s; parked in %s (delivery = 2),"
+                " not retried, and so is every batch it rejects until it accepts one"
+                " (counted: `flagware status`); once the cause is fixed, `flagware"
+                " redeliver` sends them again",
+                len(batch),
+                problem,
+                self._where,
+            )
+            self._note_problem(rt, f"{problem}: batches parked")
+
+    def _note_problem(self, rt: Runtime, problem: str | None) -> None:
+        """Keep the problem in the store for `flagware status` (None: solved).
+
+        Written when it changes, not at every failed send of an outage.
+        """
+        with rt.lock:
+            if rt.noted == problem:
+                return
+            rt.noted = problem
+        value = "" if problem is None else json.dumps({"time": time.time(), "text": problem})
+        try:
+            rt.store.set_meta(PROBLEM_KEY, value)
+        except Exception as exc:  # the store is failing: the writer reports it too
+            self._report(exc, "statsig delivery")
 
     def _report(self, exc: BaseException, where: str) -> None:
         if self.on_error is not None:

@@ -45,18 +45,34 @@ class Runtime:
         self.started = False  # threads started, or refused (see Delivery._start)
         self.threads: list[threading.Thread] = []  # those that started
         self.failures = 0  # consecutive failed sends, shared by the threads
+        self.parks = 0  # batches parked since the last accepted one
+        # Why the last send failed, while no send has worked since: the close()
+        # warning repeats it, and a refusal (401, 403, 407) ends a drain early.
+        self.problem: str | None = None
+        self.refused = False
+        self.delivered = False  # a send of this process's went through
+        self.noted: str | None = None  # the problem this process last wrote to the store
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
         self.claims = 0  # claims started, so a drain can tell none slipped past it
 
     def succeeded(self) -> bool:
-        """A send went through: no more backoff. True when it ends a run of failures."""
+        """A send went through: no more backoff. True when it ends a run of failures
+        or parked batches."""
         with self.lock:
-            recovered = self.failures > 0
-            self.failures = 0
+            recovered = self.failures > 0 or self.parks > 0
+            self.failures = self.parks = 0
             self.retry_at = 0.0
+            self.problem, self.refused = None, False
         return recovered
+
+    def parked(self, problem: str) -> bool:
+        """A batch was parked; True for the first since a batch was accepted."""
+        with self.lock:
+            self.parks += 1
+            self.problem = problem
+            return self.parks == 1
 
     def failed(self, retry_after: float | None = None) -> bool:
         """Back off every thread of this process; True for the first failure in a row."""

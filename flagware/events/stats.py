@@ -6,6 +6,7 @@ from the store, so any process sharing it sees the same numbers.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -21,10 +22,15 @@ class DeliveryStats:
     parked: int  # rejected by Statsig with a non-retryable 4xx
     oldest_age: float | None  # seconds since the oldest undelivered event was logged
     queue_dropped: int = 0  # never stored: a process's queue was full while the store failed
+    # What stops delivery (the last failure of a process whose sends have not
+    # worked since: "HTTP 401 ...: check the server secret"), or None.
+    problem: str | None = None
+    problem_age: float | None = None  # seconds since it was seen
 
     @classmethod
     def from_store(cls, stats: StoreStats) -> DeliveryStats:
         oldest = stats.oldest_pending_ms
+        problem, problem_age = _problem(stats.problem)
         return cls(
             backlog=stats.backlog,
             delivered=stats.delivered,
@@ -33,4 +39,17 @@ class DeliveryStats:
             parked=stats.parked,
             oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
             queue_dropped=stats.queue_dropped,
+            problem=problem,
+            problem_age=problem_age,
         )
+
+
+def _problem(recorded: str) -> tuple[str | None, float | None]:
+    if not recorded:
+        return None, None
+    try:
+        found = json.loads(recorded)
+        text, seen = found["text"], float(found["time"])
+    except (ValueError, TypeError, KeyError):  # not ours to read
+        return None, None
+    return str(text), max(0.0, time.time() - seen)

@@ -20,7 +20,11 @@ from flagware.events.store import open_store, redact
 def add_parser(subparsers: Any) -> None:
     """Add ``flagware status`` and ``flagware redeliver`` to the ``flagware`` command."""
     parser = subparsers.add_parser(
-        "status", help="Statsig delivery: backlog, delivered, retried, dropped, parked"
+        "status",
+        help="Statsig delivery: backlog, delivered, retried, dropped, parked",
+        description="How far delivery to Statsig has got, for every process sharing the"
+        " store (read-only): events waiting, delivered, retried, dropped, parked, and what"
+        " stops delivery, if anything does.",
     )
     add_store_argument(parser)
     parser.set_defaults(func=run)
@@ -29,10 +33,11 @@ def add_parser(subparsers: Any) -> None:
         "redeliver",
         help="send the events Statsig rejected (parked) again",
         description="Make every parked event pending again, once what made Statsig (or"
-        " something on the way) reject it is fixed. The app's senders send them within"
-        " seconds, or the next process that opens the store with the Statsig secret;"
-        " an event older than the app's max_age (7 days by default) is dropped and"
-        " counted instead. An event rejected again is parked again.",
+        " something on the way) reject it is fixed. A running app's senders send them"
+        " within seconds; otherwise the next app process to log an event does (each"
+        " process starts delivering with its first event). An event older than the"
+        " app's max_age (7 days by default) is dropped and counted instead; one"
+        " rejected again is parked again.",
     )
     add_store_argument(redeliver)
     redeliver.set_defaults(func=run_redeliver)
@@ -62,7 +67,8 @@ def run_redeliver(args: argparse.Namespace) -> int:
     age = _age(max(0.0, time.time() - oldest / 1000)) if oldest is not None else "-"
     print(
         f"flagware redeliver: {count:,} parked event{'s' if count > 1 else ''} pending again"
-        f" in {where} (the oldest logged {age} ago); the app sends them"
+        f" in {where} (the oldest logged {age} ago): a running app sends them within"
+        " seconds, or the next app process to log an event"
     )
     return EXIT_OK
 
@@ -78,6 +84,8 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
         ("queue dropped", f"{stats.queue_dropped:,} (never stored: a full queue)"),
         ("oldest undelivered", _age(stats.oldest_age)),
     ]
+    if stats.problem is not None:
+        rows.append(("problem", f"{stats.problem} ({_age(stats.problem_age)} ago)"))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
 
 

@@ -34,6 +34,7 @@ DROPPED = 3
 # its queue full); it is written once the store takes writes again.
 COUNTERS = ("delivered", "retried", "dropped", "parked", "queue_dropped")
 META_PREFIX = "delivery."
+PROBLEM = "problem"  # the key (after META_PREFIX) of what stops delivery
 
 
 def _host() -> str:
@@ -78,6 +79,7 @@ class StoreStats:
     parked: int  # rejected by the API with a non-retryable 4xx
     oldest_pending_ms: int | None  # log time of the oldest pending event
     queue_dropped: int = 0  # never stored: a process's queue was full
+    problem: str = ""  # what stops delivery, as delivery recorded it (JSON), or ""
 
 
 class Store(Protocol):

@@ -22,6 +22,7 @@ from flagware.events.store.base import (
     DELIVERED,
     META_PREFIX,
     PARKED,
+    PROBLEM,
     Batch,
     StoreStats,
     event_rows,
@@ -302,13 +303,17 @@ class SQLStore:
             conn = self._conn()
             backlog, oldest = self._exec(conn, "backlog").fetchone()
             counters = dict.fromkeys(COUNTERS, 0)
+            problem = ""
             for key, value in self._exec(conn, "counters").fetchall():
                 name = key[len(META_PREFIX) :]
                 if name in counters:
                     counters[name] = int(value)
+                elif name == PROBLEM:
+                    problem = str(value)
         return StoreStats(
             backlog=int(backlog),
             oldest_pending_ms=None if oldest is None else int(oldest),
+            problem=problem,
             **counters,
         )
 
