@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -343,6 +344,41 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     finally:
         client.close()
     assert '<span class="off" id="specs">no specs yet: serving defaults</span>' in html
+
+
+def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:
+    """A refused secret: events wait, and the page says how many and why."""
+    from flagware.events.model import Event
+    from tests.statsig_stub import StatsigStub
+
+    with StatsigStub() as stub:
+        stub.secret = "secret-right"
+        client = Flagware(
+            statsig_secret="secret-wrong",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            diagnostics=True,
+            init_timeout=0.5,
+        )
+        try:
+            client.log(Event("clicked", {"userID": "u"}))
+            client.flush()
+            deadline = time.monotonic() + 10
+            while client.delivery_stats().problem is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            html = page(http(client)).text
+        finally:
+            client.close()
+    assert re.search(r'Statsig delivery: <span id="delivery">\d+ waiting</span>', html)
+    found = re.search(r'<span class="off" id="delivery-problem">([^<]*)</span>', html)
+    assert found and found.group(1).startswith("HTTP 401: check the server secret")
+    assert "secret-wrong" not in html
+
+
+def test_the_local_engine_page_has_no_delivery(make_diag: Any) -> None:
+    text = page(http(make_diag())).text
+    assert 'id="engine">local' in text and 'id="delivery"' not in text
 
 
 def test_behind_a_proxy_the_visitor_is_the_one_the_app_sees(make_diag: Any) -> None:

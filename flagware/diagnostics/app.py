@@ -19,6 +19,7 @@ from flagware.diagnostics.events import POLL_LIMIT, _read_events, _scrub, is_sto
 from flagware.diagnostics.html import (
     _cells,
     _code,
+    _delivery,
     _error,
     _event_rows,
     _json,
@@ -223,6 +224,7 @@ class DiagnosticsApp:
             sdk=escape(self.client.engine.sdk),
             specs=self._specs(),
             count=self._count(),
+            delivery=_delivery(self.client),
             visitor=self._visitor_rows(environ, flags),
             gates=gates,
             gates_note=gates_note,

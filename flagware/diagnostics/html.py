@@ -7,7 +7,30 @@ from datetime import UTC, datetime
 from html import escape
 from importlib import resources
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from flagware.events.stats import format_age
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
+
+
+def _delivery(client: Flagware) -> str:
+    """Statsig delivery for the whole store, and what stops it: nothing for the local engine."""
+    if client.delivery is None:
+        return ""
+    try:
+        stats = client.delivery_stats()
+    except Exception as exc:  # the store is failing: the writer reports it too
+        client.report(exc, "diagnostics")
+        return ' &middot; Statsig delivery <span class="off" id="delivery">unknown</span>'
+    parked = f", {stats.parked:,} parked" if stats.parked else ""
+    waiting = f"{stats.backlog:,} waiting{parked}"
+    html = f' &middot; Statsig delivery: <span id="delivery">{waiting}</span>'
+    if stats.problem is not None:
+        problem = f"{stats.problem} ({format_age(stats.problem_age)} ago)"
+        html += f' <span class="off" id="delivery-problem">{escape(problem)}</span>'
+    return html
 
 
 def _event_rows(events: list[dict[str, Any]], stable_id: str) -> str:

@@ -53,3 +53,16 @@ def _problem(recorded: str) -> tuple[str | None, float | None]:
     except (ValueError, TypeError, KeyError):  # not ours to read
         return None, None
     return str(text), max(0.0, time.time() - seen)
+
+
+def format_age(seconds: float | None) -> str:
+    """A duration as `flagware status` and the diagnostics page show it."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from flagware.cli import EXIT_BAD_INPUT, EXIT_OK, add_store_argument, existing_store, not_a_store
-from flagware.events.stats import DeliveryStats
+from flagware.events.stats import DeliveryStats, format_age
 from flagware.events.store import open_store, redact
 
 
@@ -64,7 +64,7 @@ def run_redeliver(args: argparse.Namespace) -> int:
     if not count:
         print(f"flagware redeliver: no parked events in {where}")
         return EXIT_OK
-    age = _age(max(0.0, time.time() - oldest / 1000)) if oldest is not None else "-"
+    age = format_age(max(0.0, time.time() - oldest / 1000)) if oldest is not None else "-"
     print(
         f"flagware redeliver: {count:,} parked event{'s' if count > 1 else ''} pending again"
         f" in {where} (the oldest logged {age} ago): a running app sends them within"
@@ -82,20 +82,8 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
         ("dropped", f"{stats.dropped:,} (older than the maximum age)"),
         ("parked", f"{stats.parked:,} (rejected by Statsig; see the log; `flagware redeliver`)"),
         ("queue dropped", f"{stats.queue_dropped:,} (never stored: a full queue)"),
-        ("oldest undelivered", _age(stats.oldest_age)),
+        ("oldest undelivered", format_age(stats.oldest_age)),
     ]
     if stats.problem is not None:
-        rows.append(("problem", f"{stats.problem} ({_age(stats.problem_age)} ago)"))
+        rows.append(("problem", f"{stats.problem} ({format_age(stats.problem_age)} ago)"))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
