@@ -169,6 +169,9 @@ class Flagware:
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
+            # Read from a file (a Kubernetes or Docker secret) it often ends in a
+            # newline, which http.client refuses in a header, echoing the secret.
+            statsig_secret = statsig_secret.strip()
             key = check_statsig(statsig_secret, key)
             api = (statsig_api or env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
             self.statsig_api: str | None = api

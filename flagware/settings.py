@@ -74,6 +74,10 @@ def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
         raise ConfigurationError(
             "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
         )
+    if not secret.isprintable() or any(c.isspace() for c in secret):
+        raise ConfigurationError(  # never echo the secret: it ends in logs
+            "statsig_secret has spaces or control characters inside: copy the key again"
+        )
     if hash_key is None:
         raise ConfigurationError(
             "the Statsig engine needs a hash key, so the same visitor gets the same "

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flagware import ConfigurationError, Flagware
+from flagware.events.model import Event
 from flagware.spec import SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,35 @@ def test_statsig_without_a_hash_key_refuses_to_start(tmp_path: Any) -> None:
 def test_statsig_secret_must_be_a_server_secret(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match=r"starts with 'secret-'"):
         Flagware(statsig_secret="client-x", hash_key="k", event_store=tmp_path / "e.db")
+
+
+def test_a_secret_read_from_a_file_loses_its_newline(tmp_path: Any) -> None:
+    """A secret mounted as a file ends in a newline: http.client refused it in
+    the header, and its error, with the secret in it, reached the log."""
+    from tests.statsig_stub import StatsigStub
+
+    secret_file = tmp_path / "statsig_secret"
+    secret_file.write_text("secret-from-a-file\n")
+    with StatsigStub() as stub:
+        with Flagware(
+            statsig_secret=secret_file.read_text(),
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "e.db",
+        ) as fw:
+            fw.log(Event("clicked", {"userID": "u"}))
+        assert [batch.headers["STATSIG-API-KEY"] for batch in stub.received] == [
+            "secret-from-a-file"
+        ]
+
+
+@pytest.mark.parametrize("secret", ["secret-a b", "secret-a\nb", "secret-a\x00"])
+def test_a_secret_with_spaces_or_controls_inside_is_refused_unechoed(
+    tmp_path: Any, secret: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="copy the key again") as raised:
+        Flagware(statsig_secret=secret, hash_key="k", event_store=tmp_path / "e.db")
+    assert secret not in str(raised.value)
 
 
 def test_spec_and_secret_together_is_an_error(spec_file: Any) -> None:

@@ -153,7 +153,7 @@ def test_retryable_answers_are_retried_until_delivered(
     assert (stats.delivered, stats.retried, stats.backlog) == (50, 3, 0)
 
 
-@pytest.mark.parametrize("status", [400, 404, 422])
+@pytest.mark.parametrize("status", [400, 403, 404, 422])
 def test_other_4xx_park_the_batch_with_one_log_line(
     pipeline: Callable[..., Pipeline],
     stub: StatsigStub,
@@ -207,25 +207,48 @@ def test_a_wrong_secret_keeps_events_until_a_process_with_the_right_one_sends_th
         store.close()
 
 
-def test_403_is_retried_like_an_outage(
+def test_a_403_is_parked_with_what_to_check(
     pipeline: Callable[..., Pipeline], stub: StatsigStub, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A firewall or proxy refusing the request, or Statsig refusing the key:
-    # fixed outside flagware, then delivered with nothing more to do.
-    _store, writer, delivery = pipeline(retry_min=0.01, concurrency=1)
-    stub.fail_next(3, 403)
-    with caplog.at_level(logging.WARNING, logger="flagware"):
-        logged = log_many(writer, 20)
-        writer.flush()
-        deadline = time.monotonic() + 10
-        while delivery.stats().delivered < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the senders retry by themselves
-    assert_exact(stub, logged)
+    """A 403 may be Statsig refusing the key or a firewall refusing one payload:
+    retried, the second would hold every event behind it for max_age (7 days),
+    so it is parked, with the hint, and `flagware redeliver` once fixed."""
+    store, writer, delivery = pipeline(concurrency=1)
+    stub.fail_next(1, 403)
+    with caplog.at_level(logging.ERROR, logger="flagware"):
+        log_many(writer, 20)
+        writer.close()
+        assert delivery.drain(5)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "HTTP 403" in line and "check the server secret" in line and "redeliver" in line
     stats = delivery.stats()
-    assert (stats.parked, stats.retried, stats.delivered) == (0, 3, 20)
-    assert stats.problem is None  # solved: the send that worked cleared it
-    [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert "HTTP 403" in line and "proxy or firewall" in line
+    assert (stats.parked, stats.delivered) == (20, 0)
+    assert stats.last_failure is not None and stats.last_failure.startswith("HTTP 403")
+    assert count_state(store, PARKED) == 20
+
+
+def test_the_last_failure_is_kept_until_a_batch_is_delivered_by_any_process(
+    pipeline: Callable[..., Pipeline], stub: StatsigStub
+) -> None:
+    """A failure recorded by a process that then stopped is cleared by the next
+    delivery of any other (in the same transaction as its settle), so it never
+    outlives the outage."""
+    _store, writer, first = pipeline(concurrency=1)
+    stub.fail_for(60, 503)
+    log_many(writer, 5)
+    writer.flush()
+    deadline = time.monotonic() + 10
+    while first.stats().last_failure is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    seen = first.stats()
+    assert seen.last_failure == "HTTP 503" and seen.last_failure_age is not None
+    first.close()  # gone, its failure still recorded
+    stub.fail_for(0)
+    other = pipeline(concurrency=1)[2]
+    assert other.stats().last_failure == "HTTP 503"
+    assert other.drain(5)
+    stats = other.stats()
+    assert (stats.delivered, stats.backlog, stats.last_failure) == (5, 0, None)
 
 
 def test_a_refusal_ends_a_drain_and_says_so_at_close(
@@ -256,7 +279,7 @@ def test_a_refusal_ends_a_drain_and_says_so_at_close(
         assert main(["status", "--store", str(tmp_path / "outbox.db")]) == 0
         out = capsys.readouterr().out
         assert "backlog:            1\n" in out
-        assert "problem:            HTTP 401: check the server secret" in out and " ago)" in out
+        assert "last failure:       HTTP 401: check the server secret" in out and " ago)" in out
 
         fixed = Flagware(
             statsig_secret="secret-right",
@@ -268,7 +291,7 @@ def test_a_refusal_ends_a_drain_and_says_so_at_close(
         fixed.close()
         assert sorted(e["user"]["userID"] for e in stub.events) == ["user-u1", "user-u2"]
         stats = fixed.delivery_stats()
-        assert (stats.backlog, stats.delivered, stats.problem) == (0, 2, None)
+        assert (stats.backlog, stats.delivered, stats.last_failure) == (0, 2, None)
 
 
 def test_redeliver_sends_parked_events_again(

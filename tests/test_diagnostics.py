@@ -365,14 +365,14 @@ def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:
             client.log(Event("clicked", {"userID": "u"}))
             client.flush()
             deadline = time.monotonic() + 10
-            while client.delivery_stats().problem is None and time.monotonic() < deadline:
+            while client.delivery_stats().last_failure is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             html = page(http(client)).text
         finally:
             client.close()
     assert re.search(r'Statsig delivery: <span id="delivery">\d+ waiting</span>', html)
-    found = re.search(r'<span class="off" id="delivery-problem">([^<]*)</span>', html)
-    assert found and found.group(1).startswith("HTTP 401: check the server secret")
+    found = re.search(r'<span class="off" id="delivery-failure">([^<]*)</span>', html)
+    assert found and found.group(1).startswith("last failure: HTTP 401: check the server secret")
     assert "secret-wrong" not in html
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,60 @@ def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
     failed = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
     assert failed and f"HTTP 407 through the proxy {where}" in failed[0]
     assert "Wr0ngPass" not in failed[0]  # the login stays out of logs
+
+
+def _tls_stub_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context for a TLS stub that flagware (and requests) trust."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    monkeypatch.setattr(endpoint, "_ssl", client_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
+    return server_context
+
+
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_an_https_proxy_refusing_its_login_says_so_and_close_does_not_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, engine: str
+) -> None:
+    """Through CONNECT, http.client reports the proxy's 407 as an OSError, not a
+    response: it still gets the 407's hint, and close() stops at it rather
+    than retrying for all of shutdown_timeout. Core's specs download says the
+    same."""
+    if engine == "core":
+        pytest.importorskip("statsig_python_core")
+    server_context = _tls_stub_trusted(tmp_path, monkeypatch)
+    with StatsigStub(tls=server_context) as stub, HttpProxy(login="me:right") as proxy:
+        where = proxy.url.removeprefix("http://")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://me:Wr0ngPass@{where}")
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            engine=engine,
+            event_store=tmp_path / "outbox.db",
+            shutdown_timeout=20,
+            init_timeout=1,
+        )
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False  # defaults
+        client.log(Event("visited_signup", {"userID": "u"}))
+        started = time.monotonic()
+        client.close()
+        assert time.monotonic() - started < 5
+        assert stub.events == []
+    assert client.delivery_stats().backlog == 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    [failed] = [line for line in lines if "delivery failed" in line]
+    assert f"HTTP 407 through the proxy {where}: the proxy wants a login" in failed
+    assert not any("Wr0ngPass" in line for line in lines)
+    if engine == "core":
+        assert any("could not download" in line and "HTTP 407" in line for line in lines)
 
 
 def test_a_proxy_named_without_a_scheme_and_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:

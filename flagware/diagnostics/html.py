@@ -27,9 +27,9 @@ def _delivery(client: Flagware) -> str:
     parked = f", {stats.parked:,} parked" if stats.parked else ""
     waiting = f"{stats.backlog:,} waiting{parked}"
     html = f' &middot; Statsig delivery: <span id="delivery">{waiting}</span>'
-    if stats.problem is not None:
-        problem = f"{stats.problem} ({format_age(stats.problem_age)} ago)"
-        html += f' <span class="off" id="delivery-problem">{escape(problem)}</span>'
+    if stats.last_failure is not None:
+        failure = f"last failure: {stats.last_failure} ({format_age(stats.last_failure_age)} ago)"
+        html += f' <span class="off" id="delivery-failure">{escape(failure)}</span>'
     return html
 
 

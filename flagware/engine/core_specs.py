@@ -24,7 +24,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from flagware.events import wire
-from flagware.events.endpoint import REFUSED, Endpoint
+from flagware.events.endpoint import REFUSED, Endpoint, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
 
 log = logging.getLogger("flagware")
@@ -114,6 +114,10 @@ class SpecsDownload:
             conn.request("GET", path, headers=self._headers)
             response = conn.getresponse()
             body = response.read()
+        except OSError as exc:
+            if tunnel_login_refused(exc):  # the https proxy's 407 to CONNECT
+                raise OSError(f"HTTP 407: {REFUSED[407]}") from None
+            raise
         finally:
             conn.close()
         if response.status != 200:

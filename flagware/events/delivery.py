@@ -44,7 +44,7 @@ from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
 from flagware.events.stats import DeliveryStats
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.store.base import META_PREFIX, PROBLEM
+from flagware.events.store.base import LAST_FAILURE, META_PREFIX
 from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
 
@@ -53,8 +53,11 @@ __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-# The store's record of what stops delivery, for `flagware status` ("" once solved).
-PROBLEM_KEY = META_PREFIX + PROBLEM
+# The store's record of the last failed send, for `flagware status` ("" once one works).
+FAILURE_KEY = META_PREFIX + LAST_FAILURE
+# Refusals of the credentials: the same whatever the payload, so retried (and
+# a drain stops at them). A 403 may be a firewall refusing one payload: parked.
+RETRIED_REFUSALS = (401, 407)
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
@@ -150,27 +153,29 @@ class Delivery:
         deadline = time.monotonic() + timeout
         with rt.lock:
             rt.draining += 1
-            # A refusal (401, 403, 407) during the drain ends it: retrying until
-            # the timeout cannot help, and the events stay in the store.
+            # A refusal of the secret (401, 407) ends the drain, unless a batch
+            # went through since it began: retrying until the timeout cannot
+            # help, and the events stay in the store.
             rt.refused = False
+            start = rt.successes
         try:
             rt.leases.release_dead()
             if not rt.threads:  # none could start: this thread sends
-                return self._send_here(rt, deadline)
+                return self._send_here(rt, deadline, start)
             rt.kick.set()
             rt.wake.set()
             while True:
                 if self._drained(rt):
                     return True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or rt.refused:
+                if remaining <= 0 or (rt.refused and rt.successes == start):
                     return False
                 rt.stop.wait(min(0.02, remaining))
         finally:
             with rt.lock:
                 rt.draining -= 1
 
-    def _send_here(self, rt: Runtime, deadline: float) -> bool:
+    def _send_here(self, rt: Runtime, deadline: float, start: int) -> bool:
         """``drain`` in the calling thread, for a process that could start no sender.
 
         Each request may take what is left of the drain's time (at least 1 s),
@@ -182,7 +187,7 @@ class Delivery:
         try:
             while True:
                 now = time.monotonic()
-                if now >= deadline or rt.refused:
+                if now >= deadline or (rt.refused and rt.successes == start):
                     return self._drained(rt)
                 if rt.retry_at > now:  # backing off after a failed send
                     time.sleep(min(rt.retry_at, deadline) - now)
@@ -362,9 +367,10 @@ class Delivery:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
             return
         if 200 <= status < 300:
-            rt.leases.settle(batch, DELIVERED)
-            self._succeeded(rt)
-        elif status in REFUSED:  # configuration: retried like an outage, with a hint
+            rt.leases.settle(batch, DELIVERED)  # clears the store's last failure too
+            if rt.succeeded():
+                log.info("flagware: Statsig delivery recovered")
+        elif status in RETRIED_REFUSALS:  # credentials: the same for every payload
             self._retry(rt, batch, f"HTTP {status}", retry_after, hint=REFUSED[status])
         elif status in (408, 429) or status >= 500:
             self._retry(rt, batch, f"HTTP {status}", retry_after)
@@ -378,37 +384,26 @@ class Delivery:
 
     # -- outcomes -----------------------------------------------------------------
 
-    def _succeeded(self, rt: Runtime) -> None:
-        recovered = rt.succeeded()
-        if recovered:
-            log.info("flagware: Statsig delivery recovered")
-        if recovered or not rt.delivered:
-            # Also at a process's first delivery: whoever noted the problem may be gone.
-            rt.delivered, rt.noted = True, ""
-            self._note_problem(rt, None)
-
     def _retry(
         self, rt: Runtime, batch: Batch, why: str, retry_after: float | None, hint: str = ""
     ) -> None:
         rt.leases.release(batch, failed=True)
-        first = rt.failed(retry_after)
         problem = f"{why}{self._endpoint.route}{f': {hint}' if hint else ''}"
-        with rt.lock:
-            rt.problem, rt.refused = problem, bool(hint)
-        if first:
+        if rt.failed(retry_after, problem, refused=bool(hint)):
             log.warning(
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
                 " with backoff",
                 problem,
                 self._where,
             )
-        self._note_problem(rt, problem)
+        self._note_failure(rt, problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         rt.leases.settle(batch, PARKED)
-        detail = reply[:300].decode("utf-8", "replace").strip()
-        problem = f"HTTP {status}{self._endpoint.route} ({detail or 'no body'})"
-        if rt.parked(f"{problem}: batches parked"):
+        detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
+        hint = REFUSED.get(status)  # a 403 may be about the payload (a firewall): parked
+        problem = f"HTTP {status}{self._endpoint.route} ({detail}){f': {hint}' if hint else ''}"
+        if rt.parked(problem):
             # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
             # and one line a batch would flood the log. The counter says the rest.
             log.error(
@@ -420,20 +415,15 @@ class Delivery:
                 problem,
                 self._where,
             )
-            self._note_problem(rt, f"{problem}: batches parked")
+        self._note_failure(rt, f"{problem}; parked")
 
-    def _note_problem(self, rt: Runtime, problem: str | None) -> None:
-        """Keep the problem in the store for `flagware status` (None: solved).
-
-        Written when it changes, not at every failed send of an outage.
-        """
-        with rt.lock:
-            if rt.noted == problem:
-                return
-            rt.noted = problem
-        value = "" if problem is None else json.dumps({"time": time.time(), "text": problem})
+    def _note_failure(self, rt: Runtime, problem: str) -> None:
+        """Keep the failure in the store for `flagware status`, until a batch is
+        delivered (``settle`` clears it, in the same transaction). Written at
+        every failure, which backoff spaces out, so its time is when it was
+        last seen."""
         try:
-            rt.store.set_meta(PROBLEM_KEY, value)
+            rt.store.set_meta(FAILURE_KEY, json.dumps({"time": time.time(), "text": problem}))
         except Exception as exc:  # the store is failing: the writer reports it too
             self._report(exc, "statsig delivery")
 

@@ -30,6 +30,16 @@ REFUSED = {
 }
 
 
+def tunnel_login_refused(exc: OSError) -> bool:
+    """Whether an https proxy answered ``CONNECT`` with 407, its login refused.
+
+    http.client raises ``OSError("Tunnel connection failed: 407 ...")`` then,
+    not a response; told apart, it gets the 407's hint and handling. Other
+    refusals of the tunnel stay connection errors: retried, the proxy named.
+    """
+    return str(exc).startswith("Tunnel connection failed: 407")
+
+
 class Endpoint:
     """One URL and the way to it, fixed when made."""
 

@@ -46,23 +46,22 @@ class Runtime:
         self.threads: list[threading.Thread] = []  # those that started
         self.failures = 0  # consecutive failed sends, shared by the threads
         self.parks = 0  # batches parked since the last accepted one
-        # Why the last send failed, while no send has worked since: the close()
-        # warning repeats it, and a refusal (401, 403, 407) ends a drain early.
+        self.successes = 0  # batches delivered, so a drain can tell whether any went since
+        # Why the last send failed, while none has worked since: the close()
+        # warning repeats it, and a refusal of the secret (401, 407) ends a drain.
         self.problem: str | None = None
         self.refused = False
-        self.delivered = False  # a send of this process's went through
-        self.noted: str | None = None  # the problem this process last wrote to the store
         self.retry_at = 0.0  # monotonic time before which nobody sends
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
         self.claims = 0  # claims started, so a drain can tell none slipped past it
 
     def succeeded(self) -> bool:
-        """A send went through: no more backoff. True when it ends a run of failures
-        or parked batches."""
+        """A send went through: no more backoff. True when it ends a run of failures."""
         with self.lock:
-            recovered = self.failures > 0 or self.parks > 0
+            recovered = self.failures > 0
             self.failures = self.parks = 0
+            self.successes += 1
             self.retry_at = 0.0
             self.problem, self.refused = None, False
         return recovered
@@ -74,10 +73,13 @@ class Runtime:
             self.problem = problem
             return self.parks == 1
 
-    def failed(self, retry_after: float | None = None) -> bool:
+    def failed(
+        self, retry_after: float | None = None, problem: str | None = None, refused: bool = False
+    ) -> bool:
         """Back off every thread of this process; True for the first failure in a row."""
         with self.lock:
             self.failures += 1
+            self.problem, self.refused = problem, refused
             cap = self.retry_max if not self.draining else min(self.retry_max, 1.0)
             ceiling = min(cap, self.retry_min * 2 ** min(self.failures - 1, 30))
             # Equal jitter: never less than half the delay, so processes that

@@ -22,15 +22,15 @@ class DeliveryStats:
     parked: int  # rejected by Statsig with a non-retryable 4xx
     oldest_age: float | None  # seconds since the oldest undelivered event was logged
     queue_dropped: int = 0  # never stored: a process's queue was full while the store failed
-    # What stops delivery (the last failure of a process whose sends have not
-    # worked since: "HTTP 401 ...: check the server secret"), or None.
-    problem: str | None = None
-    problem_age: float | None = None  # seconds since it was seen
+    # The last failed send since a batch was last delivered, by any process
+    # ("HTTP 401: check the server secret ..."), or None.
+    last_failure: str | None = None
+    last_failure_age: float | None = None  # seconds since it was seen
 
     @classmethod
     def from_store(cls, stats: StoreStats) -> DeliveryStats:
         oldest = stats.oldest_pending_ms
-        problem, problem_age = _problem(stats.problem)
+        last_failure, last_failure_age = _failure(stats.last_failure)
         return cls(
             backlog=stats.backlog,
             delivered=stats.delivered,
@@ -39,12 +39,12 @@ class DeliveryStats:
             parked=stats.parked,
             oldest_age=None if oldest is None else max(0.0, time.time() - oldest / 1000),
             queue_dropped=stats.queue_dropped,
-            problem=problem,
-            problem_age=problem_age,
+            last_failure=last_failure,
+            last_failure_age=last_failure_age,
         )
 
 
-def _problem(recorded: str) -> tuple[str | None, float | None]:
+def _failure(recorded: str) -> tuple[str | None, float | None]:
     if not recorded:
         return None, None
     try:

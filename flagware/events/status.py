@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
         help="Statsig delivery: backlog, delivered, retried, dropped, parked",
         description="How far delivery to Statsig has got, for every process sharing the"
         " store (read-only): events waiting, delivered, retried, dropped, parked, and what"
-        " stops delivery, if anything does.",
+        " the last failed send if none has worked since.",
     )
     add_store_argument(parser)
     parser.set_defaults(func=run)
@@ -84,6 +84,7 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
         ("queue dropped", f"{stats.queue_dropped:,} (never stored: a full queue)"),
         ("oldest undelivered", format_age(stats.oldest_age)),
     ]
-    if stats.problem is not None:
-        rows.append(("problem", f"{stats.problem} ({format_age(stats.problem_age)} ago)"))
+    if stats.last_failure is not None:
+        failure = f"{stats.last_failure} ({format_age(stats.last_failure_age)} ago)"
+        rows.append(("last failure", failure))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)

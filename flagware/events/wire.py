@@ -12,7 +12,7 @@ import platform
 import time
 from email.utils import parsedate_to_datetime
 
-from flagware.events.endpoint import Endpoint
+from flagware.events.endpoint import Endpoint, tunnel_login_refused
 
 SDK_TYPE = "py-server"  # events are the SDK's own, so Statsig files them as such
 
@@ -86,8 +86,13 @@ class Sender:
             conn.request("POST", endpoint.path, body=body, headers=headers | endpoint.headers)
             response = conn.getresponse()
             reply = response.read()
-        except BaseException:
+        except OSError as exc:
             self.close()  # the connection's state is unknown: never reuse it
+            if not tunnel_login_refused(exc):
+                raise
+            return 407, b"", None  # the https proxy's answer to CONNECT
+        except BaseException:
+            self.close()
             raise
         if response.getheader("Content-Encoding") == "gzip":
             with contextlib.suppress(OSError, EOFError):  # it is only for the log line

@@ -34,7 +34,7 @@ DROPPED = 3
 # its queue full); it is written once the store takes writes again.
 COUNTERS = ("delivered", "retried", "dropped", "parked", "queue_dropped")
 META_PREFIX = "delivery."
-PROBLEM = "problem"  # the key (after META_PREFIX) of what stops delivery
+LAST_FAILURE = "last_failure"  # the key (after META_PREFIX) of the last failed send
 
 
 def _host() -> str:
@@ -79,7 +79,7 @@ class StoreStats:
     parked: int  # rejected by the API with a non-retryable 4xx
     oldest_pending_ms: int | None  # log time of the oldest pending event
     queue_dropped: int = 0  # never stored: a process's queue was full
-    problem: str = ""  # what stops delivery, as delivery recorded it (JSON), or ""
+    last_failure: str = ""  # the last failed send since one worked (delivery's JSON), or ""
 
 
 class Store(Protocol):

@@ -58,6 +58,9 @@ INSERT INTO meta (key, value) VALUES (%(key)s, %(value)s) ON CONFLICT (key) DO N
 INSERT INTO meta (key, value) VALUES (%(key)s, %(by)s::text)
 ON CONFLICT (key) DO UPDATE SET value = (meta.value::bigint + excluded.value::bigint)::text
 
+-- name: clear_meta
+UPDATE meta SET value = '' WHERE key = %(key)s AND value <> ''
+
 -- name: counters
 SELECT key, value FROM meta WHERE key LIKE 'delivery.%%'
 

@@ -20,9 +20,9 @@ from flagware.events.model import Event
 from flagware.events.store.base import (
     COUNTERS,
     DELIVERED,
+    LAST_FAILURE,
     META_PREFIX,
     PARKED,
-    PROBLEM,
     Batch,
     StoreStats,
     event_rows,
@@ -237,6 +237,8 @@ class SQLStore:
                     self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount
                 )
                 self._bump(conn, counter, changed)
+                if state == DELIVERED:  # a send works: the last failure is history
+                    self._exec(conn, "clear_meta", {"key": META_PREFIX + LAST_FAILURE})
         return changed
 
     def release(self, batch: Batch, *, failed: bool) -> None:
@@ -303,17 +305,17 @@ class SQLStore:
             conn = self._conn()
             backlog, oldest = self._exec(conn, "backlog").fetchone()
             counters = dict.fromkeys(COUNTERS, 0)
-            problem = ""
+            last_failure = ""
             for key, value in self._exec(conn, "counters").fetchall():
                 name = key[len(META_PREFIX) :]
                 if name in counters:
                     counters[name] = int(value)
-                elif name == PROBLEM:
-                    problem = str(value)
+                elif name == LAST_FAILURE:
+                    last_failure = str(value)
         return StoreStats(
             backlog=int(backlog),
             oldest_pending_ms=None if oldest is None else int(oldest),
-            problem=problem,
+            last_failure=last_failure,
             **counters,
         )
 

@@ -22,6 +22,9 @@ INSERT INTO meta (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING
 INSERT INTO meta (key, value) VALUES (:key, :by)
 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value
 
+-- name: clear_meta
+UPDATE OR FAIL meta SET value = '' WHERE key = :key AND value <> ''
+
 -- name: counters
 SELECT key, value FROM meta WHERE key LIKE 'delivery.%'
 
