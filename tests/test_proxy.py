@@ -56,6 +56,21 @@ def test_http_goes_through_the_proxy_in_absolute_form(
     assert ("POST", f"http://127.0.0.1:{stub.port}/v1/log_event") in proxy.requests
 
 
+def _tls_stub_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context for a TLS stub that flagware (and requests) trust."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    monkeypatch.setattr(endpoint, "_ssl", client_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
+    return server_context
+
+
 @pytest.mark.parametrize("engine", ["legacy", "core"])
 def test_https_goes_through_a_connect_tunnel_with_the_proxys_login(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
@@ -64,18 +79,7 @@ def test_https_goes_through_a_connect_tunnel_with_the_proxys_login(
     the legacy SDK's by requests (which reads the same variables)."""
     if engine == "core":
         pytest.importorskip("statsig_python_core")
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(endpoint, "_ssl", client_context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
-
+    server_context = _tls_stub_trusted(tmp_path, monkeypatch)
     dcs = compile_dcs(parse_spec(SPEC))
     with StatsigStub(dcs=dcs, tls=server_context) as stub, HttpProxy(login="me:p@ss") as proxy:
         monkeypatch.setenv("HTTPS_PROXY", proxy.url.replace("http://", "http://me:p%40ss@"))
@@ -118,21 +122,6 @@ def test_a_wrong_proxy_login_is_retried_and_keeps_the_events(
     failed = [r.getMessage() for r in caplog.records if "delivery failed" in r.getMessage()]
     assert failed and f"HTTP 407 through the proxy {where}" in failed[0]
     assert "Wr0ngPass" not in failed[0]  # the login stays out of logs
-
-
-def _tls_stub_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
-    """A server context for a TLS stub that flagware (and requests) trust."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    monkeypatch.setattr(endpoint, "_ssl", client_context)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_file))  # the legacy SDK's requests
-    return server_context
 
 
 @pytest.mark.parametrize("engine", ["legacy", "core"])
