@@ -301,6 +301,31 @@ def test_claims_are_exclusive_until_settled(store: Store) -> None:
     assert states(store) == {PENDING: 5, DELIVERED: 10, PARKED: 10}
 
 
+def test_a_park_records_its_failure_and_a_delivery_clears_it(store: Store) -> None:
+    store.append(events(20), deliver=True)
+    a = store.claim("a", limit=10, lease=60, max_age=3600)
+    b = store.claim("b", limit=10, lease=60, max_age=3600)
+    assert a and b
+    store.settle(a, PARKED, '{"time": 1, "text": "HTTP 404"}')
+    assert store.stats().last_failure == '{"time": 1, "text": "HTTP 404"}'
+    store.settle(b, DELIVERED)
+    assert store.stats().last_failure == ""
+
+
+def test_unpark_makes_parked_events_pending_and_uncounts_them(store: Store) -> None:
+    assert store.unpark() == (0, None)
+    store.append(events(15), deliver=True)
+    parked = store.claim("a", limit=10, lease=60, max_age=3600)
+    assert parked is not None
+    store.settle(parked, PARKED)
+    count, oldest = store.unpark()
+    assert count == 10 and oldest is not None and oldest <= int(time.time() * 1000)
+    assert states(store) == {PENDING: 15}
+    assert store.stats().parked == 0
+    again = store.claim("b", limit=20, lease=60, max_age=3600)
+    assert again is not None and len(again) == 15 and again.attempts == 0  # none went out
+
+
 def test_expired_lease_is_claimable_and_old_owner_cannot_settle(store: Store) -> None:
     store.append(events(5), deliver=True)
     stale = store.claim("a", limit=10, lease=-1, max_age=3600)  # already expired

@@ -65,6 +65,11 @@ _inherited: list[Runtime] = []
 T = TypeVar("T")
 
 
+def _failure(problem: str) -> str:
+    """The store's record of a failed send (``DeliveryStats.last_failure``)."""
+    return json.dumps({"time": time.time(), "text": problem})
+
+
 def _after_fork_in_child() -> None:
     # The start lock may have been held by a parent thread at the fork.
     for delivery in list(_deliveries):
@@ -153,29 +158,28 @@ class Delivery:
         deadline = time.monotonic() + timeout
         with rt.lock:
             rt.draining += 1
-            # A refusal of the secret (401, 407) ends the drain, unless a batch
-            # went through since it began: retrying until the timeout cannot
-            # help, and the events stay in the store.
+            # A refusal of the credentials (401, 407) ends the drain: retrying
+            # until the timeout cannot help, and the events stay in the store.
+            # One from before the drain gets the try the kick below gives.
             rt.refused = False
-            start = rt.successes
         try:
             rt.leases.release_dead()
             if not rt.threads:  # none could start: this thread sends
-                return self._send_here(rt, deadline, start)
+                return self._send_here(rt, deadline)
             rt.kick.set()
             rt.wake.set()
             while True:
                 if self._drained(rt):
                     return True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (rt.refused and rt.successes == start):
+                if remaining <= 0 or rt.refused:
                     return False
                 rt.stop.wait(min(0.02, remaining))
         finally:
             with rt.lock:
                 rt.draining -= 1
 
-    def _send_here(self, rt: Runtime, deadline: float, start: int) -> bool:
+    def _send_here(self, rt: Runtime, deadline: float) -> bool:
         """``drain`` in the calling thread, for a process that could start no sender.
 
         Each request may take what is left of the drain's time (at least 1 s),
@@ -187,7 +191,7 @@ class Delivery:
         try:
             while True:
                 now = time.monotonic()
-                if now >= deadline or (rt.refused and rt.successes == start):
+                if now >= deadline or rt.refused:
                     return self._drained(rt)
                 if rt.retry_at > now:  # backing off after a failed send
                     time.sleep(min(rt.retry_at, deadline) - now)
@@ -399,10 +403,10 @@ class Delivery:
         self._note_failure(rt, problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
-        rt.leases.settle(batch, PARKED)
         detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
         hint = REFUSED.get(status)  # a 403 may be about the payload (a firewall): parked
         problem = f"HTTP {status}{self._endpoint.route} ({detail}){f': {hint}' if hint else ''}"
+        rt.leases.settle(batch, PARKED, _failure(f"{problem}; parked"))
         if rt.parked(problem):
             # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
             # and one line a batch would flood the log. The counter says the rest.
@@ -415,17 +419,16 @@ class Delivery:
                 problem,
                 self._where,
             )
-        self._note_failure(rt, f"{problem}; parked")
 
     def _note_failure(self, rt: Runtime, problem: str) -> None:
-        """Keep the failure in the store for `flagware status`, until a batch is
-        delivered (``settle`` clears it, in the same transaction). Written at
-        every failure, which backoff spaces out, so its time is when it was
-        last seen."""
+        """Keep a failed send's cause in the store for `flagware status`, until a
+        batch is delivered (``settle`` clears it, in the same transaction).
+        Written at every failure, which backoff spaces out, so its time is when
+        it was last seen. (A park records its own, in its settle.)"""
         try:
-            rt.store.set_meta(FAILURE_KEY, json.dumps({"time": time.time(), "text": problem}))
+            rt.store.set_meta(FAILURE_KEY, _failure(problem))
         except Exception as exc:  # the store is failing: the writer reports it too
-            self._report(exc, "statsig delivery")
+            self._report(exc, "event store (delivery outcome)")
 
     def _report(self, exc: BaseException, where: str) -> None:
         if self.on_error is not None:

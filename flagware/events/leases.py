@@ -75,9 +75,9 @@ class Leases:
                 self._held[owner] = (batch, time.monotonic())
         return batch
 
-    def settle(self, batch: Batch, state: int) -> None:
+    def settle(self, batch: Batch, state: int, failure: str = "") -> None:
         """Record a send's outcome (DELIVERED or PARKED) and stop renewing its lease."""
-        self._persist(batch, lambda: self.store.settle(batch, state))
+        self._persist(batch, lambda: self.store.settle(batch, state, failure))
 
     def release(self, batch: Batch, *, failed: bool) -> None:
         """Give the batch back to the pool; ``failed`` counts a retried attempt."""

@@ -46,9 +46,9 @@ class Runtime:
         self.threads: list[threading.Thread] = []  # those that started
         self.failures = 0  # consecutive failed sends, shared by the threads
         self.parks = 0  # batches parked since the last accepted one
-        self.successes = 0  # batches delivered, so a drain can tell whether any went since
         # Why the last send failed, while none has worked since: the close()
-        # warning repeats it, and a refusal of the secret (401, 407) ends a drain.
+        # warning repeats it, and a refusal of the credentials (401, 407) ends a
+        # drain: they refuse every payload alike, and the events stay stored.
         self.problem: str | None = None
         self.refused = False
         self.retry_at = 0.0  # monotonic time before which nobody sends
@@ -61,7 +61,6 @@ class Runtime:
         with self.lock:
             recovered = self.failures > 0
             self.failures = self.parks = 0
-            self.successes += 1
             self.retry_at = 0.0
             self.problem, self.refused = None, False
         return recovered
@@ -76,10 +75,15 @@ class Runtime:
     def failed(
         self, retry_after: float | None = None, problem: str | None = None, refused: bool = False
     ) -> bool:
-        """Back off every thread of this process; True for the first failure in a row."""
+        """Back off every thread of this process; True for the first failure in a row.
+
+        ``problem`` (with ``refused``) says why; without one (a store error)
+        the last known cause stays.
+        """
         with self.lock:
             self.failures += 1
-            self.problem, self.refused = problem, refused
+            if problem is not None:
+                self.problem, self.refused = problem, refused
             cap = self.retry_max if not self.draining else min(self.retry_max, 1.0)
             ceiling = min(cap, self.retry_min * 2 ** min(self.failures - 1, 30))
             # Equal jitter: never less than half the delay, so processes that

@@ -223,11 +223,14 @@ class SQLStore:
         attempts = max(row[3] for row in rows)
         return Batch(owner, rows[0][0], rows[-1][0], payloads, expired, attempts)
 
-    def settle(self, batch: Batch, state: int) -> int:
+    def settle(self, batch: Batch, state: int, failure: str = "") -> int:
         """Record the outcome of sending ``batch``: DELIVERED or PARKED.
 
         Only rows still leased to the batch's owner change, so a sender whose
-        lease was taken over cannot overwrite the new owner's outcome.
+        lease was taken over cannot overwrite the new owner's outcome. In the
+        same transaction, the store's last failure is cleared (DELIVERED) or
+        set to ``failure`` (PARKED, delivery's JSON), so it never outlives a
+        delivery that followed it.
         """
         counter = {DELIVERED: "delivered", PARKED: "parked"}[state]
         with self._guard():
@@ -236,9 +239,13 @@ class SQLStore:
                 changed = int(
                     self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount
                 )
+                # Before the counter, which every settle of every process waits on.
+                key = META_PREFIX + LAST_FAILURE
+                if state == DELIVERED:
+                    self._exec(conn, "clear_meta", {"key": key})
+                elif failure:
+                    self._exec(conn, "meta_set", {"key": key, "value": failure})
                 self._bump(conn, counter, changed)
-                if state == DELIVERED:  # a send works: the last failure is history
-                    self._exec(conn, "clear_meta", {"key": META_PREFIX + LAST_FAILURE})
         return changed
 
     def release(self, batch: Batch, *, failed: bool) -> None:
