@@ -805,3 +805,15 @@ def test_fork_while_delivery_runs_in_the_parent(
     assert delivery.drain(5)
     assert delivery._rt is parent_runtime
     assert_exact(stub, before + [f"child{i}" for i in range(500)] + after)
+
+
+def test_a_store_error_keeps_the_known_cause(pipeline: Callable[..., Pipeline]) -> None:
+    """A failure without a cause of its own (the store hiccuped) leaves the last
+    refusal standing: close() still names it, and a drain still stops at it."""
+    delivery = pipeline()[2]
+    rt = delivery._runtime()
+    rt.failed(None, "HTTP 401: check the server secret", refused=True)
+    rt.failed()  # a store error in the sender loop
+    assert (delivery.problem(), rt.refused) == ("HTTP 401: check the server secret", True)
+    rt.succeeded()
+    assert (delivery.problem(), rt.refused) == (None, False)
