@@ -23,8 +23,8 @@ def add_parser(subparsers: Any) -> None:
         "status",
         help="Statsig delivery: backlog, delivered, retried, dropped, parked",
         description="How far delivery to Statsig has got, for every process sharing the"
-        " store (read-only): events waiting, delivered, retried, dropped, parked, and what"
-        " the last failed send if none has worked since.",
+        " store (read-only): events waiting, delivered, retried, dropped and parked, and"
+        " the last failed send since a batch was delivered.",
     )
     add_store_argument(parser)
     parser.set_defaults(func=run)
