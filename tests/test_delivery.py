@@ -180,29 +180,35 @@ def test_a_wrong_secret_keeps_events_until_a_process_with_the_right_one_sends_th
     store_path: str, stub: StatsigStub, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Statsig's 401 (a wrong or revoked secret) is fixed by configuration: the
-    events wait in the store, retried, and the restarted app sends them. Parked,
-    they would never have gone out."""
+    events wait in the store, and the restarted app sends them. Parked, they
+    would never have gone out. The drain stops at the refusal."""
     stub.secret = "secret-right"
     store = open_store(store_path)
     wrong = Delivery(store_path, secret="secret-wrong", api=stub.url, retry_max=0.2)
-    writer = EventWriter(store, deliver=True, flush_interval=0.05, on_stored=lambda n: wrong.wake())
-    with caplog.at_level(logging.WARNING, logger="flagware"):
-        logged = log_many(writer, 30)
-        writer.close()
-        assert not wrong.drain(1.0)  # refused for as long as it tried
-    wrong.close()
-    assert stub.requests >= 2 and not stub.received  # retried, never accepted
-    stats = wrong.stats()
-    assert (stats.parked, stats.delivered, stats.backlog) == (0, 0, 30)
-    [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
-    assert "HTTP 401" in line and "STATSIG_SERVER_SECRET" in line and "retried" in line
-    assert "secret-wrong" not in line
     right = Delivery(store_path, secret="secret-right", api=stub.url)
+    writer = EventWriter(store, deliver=True, flush_interval=0.05, on_stored=lambda n: wrong.wake())
     try:
+        with caplog.at_level(logging.WARNING, logger="flagware"):
+            logged = log_many(writer, 30)
+            writer.close()
+            started = time.monotonic()
+            assert not wrong.drain(10)
+            assert time.monotonic() - started < 5  # stopped at the 401, not at the timeout
+        wrong.close()
+        assert stub.requests >= 1 and not stub.received  # refused, never accepted
+        stats = wrong.stats()
+        assert (stats.parked, stats.delivered, stats.backlog) == (0, 0, 30)
+        assert stats.retried >= 1 and stats.last_failure is not None
+        [line] = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+        assert "HTTP 401" in line and "STATSIG_SERVER_SECRET" in line and "retried" in line
+        assert "secret-wrong" not in line
         assert right.drain(5)
         assert_exact(stub, logged)
-        assert right.stats().delivered == 30
+        stats = right.stats()
+        assert (stats.delivered, stats.backlog, stats.last_failure) == (30, 0, None)
     finally:
+        writer.close()
+        wrong.close()
         right.close()
         store.close()
 
