@@ -13,13 +13,13 @@ Failures:
 - connection errors, timeouts, 408, 429 and 5xx give the batch back and back
   off (capped exponential, jittered, shared by this process's threads), with
   no limit on attempts while an event is younger than ``max_age``;
-- so do 401 and 403 (Statsig refusing the secret, or a proxy or firewall
-  refusing the request) and 407 (a proxy's login): the cause is configuration,
-  and once it is fixed the events go out with nothing more to do. Parked, they
-  waited for someone to run ``flagware redeliver``;
-- 413 halves the batch size; other 4xx park the batch (``delivery = 2``) with
-  one log line, since sending the same payload again cannot succeed
-  (``flagware redeliver`` sends parked events again).
+- so do 401 (Statsig refusing the secret) and 407 (a proxy's login): they
+  refuse the credentials whatever the payload, and once the configuration is
+  fixed the events go out with nothing more to do; a drain stops at them;
+- 413 halves the batch size; other 4xx, 403 included (a firewall may refuse
+  one payload, which retried would hold every later event), park the batch
+  (``delivery = 2``) with one log line a run, since sending the same payload
+  again cannot succeed (``flagware redeliver`` sends parked events again).
 
 Everything runtime (threads, HTTP connections, store connections) belongs to
 one process and is created lazily on first use in that process, so a fork
