@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 
 def _delivery(client: Flagware) -> str:
-    """Statsig delivery for the whole store, and what stops it: nothing for the local engine."""
+    """Statsig delivery for the whole store (waiting, parked, the last failed send since a
+    batch was delivered); nothing for the local engine."""
     if client.delivery is None:
         return ""
     try:
