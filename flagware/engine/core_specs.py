@@ -24,7 +24,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from flagware.events import wire
-from flagware.events.endpoint import REFUSED, Endpoint, tunnel_login_refused
+from flagware.events.endpoint import Endpoint, http_problem, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
 
 log = logging.getLogger("flagware")
@@ -116,13 +116,12 @@ class SpecsDownload:
             body = response.read()
         except OSError as exc:
             if tunnel_login_refused(exc):  # the https proxy's 407 to CONNECT
-                raise OSError(f"HTTP 407: {REFUSED[407]}") from None
+                raise OSError(http_problem(407)) from None
             raise
         finally:
             conn.close()
         if response.status != 200:
-            hint = REFUSED.get(response.status)
-            raise OSError(f"HTTP {response.status}{f': {hint}' if hint else ''}")
+            raise OSError(http_problem(response.status))
         if response.getheader("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         text = body.decode("utf-8")

@@ -29,7 +29,6 @@ one process and is created lazily on first use in that process, so a fork
 from __future__ import annotations
 
 import http.client
-import json
 import logging
 import os
 import threading
@@ -39,12 +38,11 @@ from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flagware.events.endpoint import REFUSED, Endpoint
+from flagware.events.endpoint import Endpoint, http_problem
 from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import Runtime
-from flagware.events.stats import DeliveryStats
+from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.store.base import LAST_FAILURE, META_PREFIX
 from flagware.events.wire import Sender, headers
 from flagware.events.wire import body as wire_body
 
@@ -53,21 +51,15 @@ __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 log = logging.getLogger("flagware")
 
 DEFAULT_API = "https://statsigapi.net/v1"
-# The store's record of the last failed send, for `flagware status` ("" once one works).
-FAILURE_KEY = META_PREFIX + LAST_FAILURE
 # Refusals of the credentials: the same whatever the payload, so retried (and
 # a drain stops at them). A 403 may be a firewall refusing one payload: parked.
 RETRIED_REFUSALS = (401, 407)
+RETRIED = (*RETRIED_REFUSALS, 408, 429)  # and every 5xx
 
 
 _deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
 _inherited: list[Runtime] = []
 T = TypeVar("T")
-
-
-def _failure(problem: str) -> str:
-    """The store's record of a failed send (``DeliveryStats.last_failure``)."""
-    return json.dumps({"time": time.time(), "text": problem})
 
 
 def _after_fork_in_child() -> None:
@@ -368,16 +360,15 @@ class Delivery:
                 body, headers(self.secret, rt.session_id, batch.attempts, len(batch))
             )
         except (OSError, http.client.HTTPException) as exc:
-            self._retry(rt, batch, f"{type(exc).__name__}: {exc}", None)
+            self._retry(rt, batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
             return
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)  # clears the store's last failure too
             if rt.succeeded():
                 log.info("flagware: Statsig delivery recovered")
-        elif status in RETRIED_REFUSALS:  # credentials: the same for every payload
-            self._retry(rt, batch, f"HTTP {status}", retry_after, hint=REFUSED[status])
-        elif status in (408, 429) or status >= 500:
-            self._retry(rt, batch, f"HTTP {status}", retry_after)
+        elif status in RETRIED or status >= 500:
+            problem = http_problem(status, self._endpoint.route)
+            self._retry(rt, batch, problem, retry_after, status in RETRIED_REFUSALS)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size
                 rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
@@ -389,24 +380,23 @@ class Delivery:
     # -- outcomes -----------------------------------------------------------------
 
     def _retry(
-        self, rt: Runtime, batch: Batch, why: str, retry_after: float | None, hint: str = ""
+        self, rt: Runtime, batch: Batch, problem: str, after: float | None, refused: bool = False
     ) -> None:
         rt.leases.release(batch, failed=True)
-        problem = f"{why}{self._endpoint.route}{f': {hint}' if hint else ''}"
-        if rt.failed(retry_after, problem, refused=bool(hint)):
+        if rt.failed(after, problem, refused):
             log.warning(
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
                 " with backoff",
                 problem,
                 self._where,
             )
-        self._note_failure(rt, problem)
+        rt.note_failure(problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
-        hint = REFUSED.get(status)  # a 403 may be about the payload (a firewall): parked
-        problem = f"HTTP {status}{self._endpoint.route} ({detail}){f': {hint}' if hint else ''}"
-        rt.leases.settle(batch, PARKED, _failure(f"{problem}; parked"))
+        # A 403 gets the secret's hint, though parked: it may be about the payload.
+        problem = http_problem(status, f"{self._endpoint.route} ({detail})")
+        rt.leases.settle(batch, PARKED, failure_record(f"{problem}; parked"))
         if rt.parked(problem):
             # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
             # and one line a batch would flood the log. The counter says the rest.
@@ -419,16 +409,6 @@ class Delivery:
                 problem,
                 self._where,
             )
-
-    def _note_failure(self, rt: Runtime, problem: str) -> None:
-        """Keep a failed send's cause in the store for `flagware status`, until a
-        batch is delivered (``settle`` clears it, in the same transaction).
-        Written at every failure, which backoff spaces out, so its time is when
-        it was last seen. (A park records its own, in its settle.)"""
-        try:
-            rt.store.set_meta(FAILURE_KEY, _failure(problem))
-        except Exception as exc:  # the store is failing: the writer reports it too
-            self._report(exc, "event store (delivery outcome)")
 
     def _report(self, exc: BaseException, where: str) -> None:
         if self.on_error is not None:

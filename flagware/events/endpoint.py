@@ -30,6 +30,14 @@ REFUSED = {
 }
 
 
+def http_problem(status: int, where: str = "") -> str:
+    """``HTTP 401 /v1/log_event: check the server secret ...``: a failed answer as
+    logged and shown by ``flagware status``, with what to check when configuration
+    causes it. ``where`` follows the status (a route, the answer's text)."""
+    hint = REFUSED.get(status)
+    return f"HTTP {status}{where}: {hint}" if hint else f"HTTP {status}{where}"
+
+
 def tunnel_login_refused(exc: OSError) -> bool:
     """Whether an https proxy answered ``CONNECT`` with 407, its login refused.
 

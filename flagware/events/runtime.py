@@ -14,10 +14,15 @@ import uuid
 from typing import TYPE_CHECKING
 
 from flagware.events.leases import Leases
+from flagware.events.stats import failure_record
 from flagware.events.store import open_store
+from flagware.events.store.base import LAST_FAILURE, META_PREFIX
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
+
+# The store's record of the last failed send, for `flagware status` ("" once one works).
+FAILURE_KEY = META_PREFIX + LAST_FAILURE
 
 
 class Runtime:
@@ -30,6 +35,7 @@ class Runtime:
         self.batch_size = delivery.batch_size
         self.retry_min = delivery.retry_min
         self.retry_max = delivery.retry_max
+        self.report = delivery._report
         self.lock = threading.Lock()
         self.wake = threading.Event()  # new events stored
         self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
@@ -40,7 +46,7 @@ class Runtime:
             max_age=delivery.max_age,
             persist_for=delivery.persist_for,
             stop=self.stop,
-            report=delivery._report,
+            report=self.report,
         )
         self.started = False  # threads started, or refused (see Delivery._start)
         self.threads: list[threading.Thread] = []  # those that started
@@ -93,6 +99,16 @@ class Runtime:
                 delay = max(delay, min(retry_after, cap))
             self.retry_at = max(self.retry_at, time.monotonic() + delay)
             return self.failures == 1
+
+    def note_failure(self, problem: str) -> None:
+        """Keep a failed send's cause in the store for `flagware status`, until a
+        batch is delivered (``settle`` clears it, in the same transaction).
+        Written at every failure, which backoff spaces out, so its time is when
+        it was last seen. (A park records its own, in its settle.)"""
+        try:
+            self.store.set_meta(FAILURE_KEY, failure_record(problem))
+        except Exception as exc:  # the store is failing: the writer reports it too
+            self.report(exc, "event store (delivery outcome)")
 
     def wait_backoff(self) -> None:
         """Wait out the backoff, or until a drain kicks for one try now, or stop."""

@@ -30,7 +30,7 @@ class DeliveryStats:
     @classmethod
     def from_store(cls, stats: StoreStats) -> DeliveryStats:
         oldest = stats.oldest_pending_ms
-        last_failure, last_failure_age = _failure(stats.last_failure)
+        last_failure, last_failure_age = _read_failure(stats.last_failure)
         return cls(
             backlog=stats.backlog,
             delivered=stats.delivered,
@@ -44,7 +44,12 @@ class DeliveryStats:
         )
 
 
-def _failure(recorded: str) -> tuple[str | None, float | None]:
+def failure_record(problem: str) -> str:
+    """The store's record of a failed send, as ``DeliveryStats`` reads it back."""
+    return json.dumps({"time": time.time(), "text": problem})
+
+
+def _read_failure(recorded: str) -> tuple[str | None, float | None]:
     if not recorded:
         return None, None
     try:
