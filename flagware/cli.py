@@ -12,13 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from flagware import __version__
-from flagware.events.store import Store, connect, is_postgres_url, open_store, redact, store_exists
+from flagware.events.store import Store, not_a_store, open_store
 from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC
 
 EXIT_OK = 0
@@ -55,37 +53,6 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         help="the event store, a SQLite file or a postgresql:// URL (default:"
         f" $FLAGWARE_EVENT_STORE or {DEFAULT_EVENT_STORE})",
     )
-
-
-def not_a_store(location: str) -> str | None:
-    """Why ``location`` cannot be read as an event store, or None if it can.
-
-    The one place a ``--store`` value is checked; it only reads.
-    """
-    if is_postgres_url(location):
-        try:
-            found = store_exists(location)
-        except Exception as exc:  # an unreachable server, a bad URL, no driver
-            return f"cannot open {redact(location)}: {exc}"
-        return None if found else f"no event store at {redact(location)}"
-    path = Path(location)
-    if not path.exists():
-        return f"no event store at {location}"
-    if path.is_dir():
-        return f"{location} is a directory, not a flagware event store"
-    try:
-        conn = connect(path, readonly=True)
-        try:
-            tables = {
-                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError:
-        return f"{location} is not a flagware event store (not an SQLite database)"
-    if not {"events", "meta"} <= tables:
-        return f"{location} is not a flagware event store (an SQLite database without its tables)"
-    return None
 
 
 def existing_store(location: str, command: str) -> Store | None:

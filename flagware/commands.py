@@ -12,9 +12,8 @@ from flagware.cli import (
     add_spec_argument,
     add_store_argument,
     existing_store,
-    not_a_store,
 )
-from flagware.events.store import open_store, redact
+from flagware.events.store import not_a_store, open_store, redact
 from flagware.spec import SpecError, did_you_mean, load_spec
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -483,6 +484,43 @@ def test_stale_guardrail_blocks(tmp_path: Path, age_hours: int | None) -> None:
     assert any("stale" in r for r in results.reasons)
 
 
+def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path) -> None:
+    """A misspelled event reads as 0 for every unit, which looks like "no effect"
+    (a new user's trial: `signedup` for `signup`). Results say so, and a
+    guardrail's stale reason tells a typo from a window without events."""
+    metrics = {
+        "signed_up": {"event": "signups", "kind": "conversion", "tags": ["primary"]},
+        "clicks": {"event": "click", "kind": "count"},
+        "errors": {"event": "eror", "kind": "count", "tags": ["guardrail"]},
+    }
+    store = balanced_log(300, 300).store(tmp_path)
+    results = compute_results(make_spec(metrics=metrics), "button_color", store, now=NOW)
+    assert [w for w in results.warnings if "events stored" in w] == [
+        "signed_up: no 'signups' events stored (did you mean 'signup'?), so it is 0 for every unit",
+        "clicks: no 'click' events stored, so it is 0 for every unit",
+    ]
+    (guardrail,) = results.guardrails
+    assert guardrail.reason == (
+        "stale: no 'eror' events stored (did you mean 'error'?), so the guardrail cannot be checked"
+    )
+    # Spelled right, the events exist: no warning, and an --until before them says so.
+    results = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 90 * 60_000)
+    assert not [w for w in results.warnings if "signup" in w or "'error'" in w]
+    (guardrail,) = results.guardrails
+    assert guardrail.reason == (
+        "stale: no 'error' events in the analysis window, so the guardrail cannot be checked"
+    )
+
+
+def test_reasons_word_p_as_the_tables_do(tmp_path: Path) -> None:
+    results = compute_results(
+        make_spec(), "button_color", balanced_log(1000, 1500).store(tmp_path), now=NOW
+    )
+    (srm,) = [r for r in results.reasons if "sample ratio" in r]
+    assert "p < 0.0001 for units Control 1000, Red 1500" in srm  # not "p = 0" or "p = 3e-23"
+    assert "SRM chi-square p < 0.0001 (failed)" in render_text(results)
+
+
 def test_guardrail_regression_blocks_and_exits_3(tmp_path: Path, capsys: Any) -> None:
     store = balanced_log(1000, 1000, red_errors=0.15).store(tmp_path)
     spec_path = write_spec_file(tmp_path)
@@ -570,7 +608,7 @@ def test_bad_inputs_raise_results_error(tmp_path: Path) -> None:
     store = balanced_log(10, 10).store(tmp_path)
     with pytest.raises(ResultsError, match="unknown experiment 'nope'"):
         compute_results(make_spec(), "nope", store)
-    with pytest.raises(ResultsError, match="not found"):
+    with pytest.raises(ResultsError, match="no event store at "):
         compute_results(make_spec(), "button_color", tmp_path / "missing.db")
     with pytest.raises(ResultsError, match="alpha"):
         compute_results(make_spec(), "button_color", store, alpha=1.0)
@@ -578,7 +616,7 @@ def test_bad_inputs_raise_results_error(tmp_path: Path) -> None:
         compute_results(make_spec(), "button_color", store, metrics=["nope"])
     garbage = tmp_path / "garbage.db"
     garbage.write_text("not sqlite" * 100)
-    with pytest.raises(ResultsError, match="cannot read"):
+    with pytest.raises(ResultsError, match=r"not a flagware event store \(not an SQLite"):
         compute_results(make_spec(), "button_color", garbage)
 
 
@@ -776,7 +814,10 @@ def test_command_parses_and_writes_output(tmp_path: Path, capsys: Any) -> None:
     ("change", "message"),
     [
         ({"experiment": "nope"}, "unknown experiment 'nope'"),
-        ({"store": "missing.db"}, "event store not found"),
+        ({"store": "missing.db"}, "no event store at "),  # as every read command says it
+        ({"store": "."}, "is a directory, not a flagware event store"),
+        ({"store": "flagware.toml"}, "is not a flagware event store (not an SQLite database)"),
+        ({"store": "other.db"}, "is not a flagware event store (an SQLite database without"),
         ({"alpha": "abc"}, "--alpha must be a number"),
         ({"alpha": "0"}, "--alpha must be between 0 and 1"),
         ({"alpha": "1.5"}, "--alpha must be between 0 and 1"),
@@ -789,6 +830,10 @@ def test_command_bad_input_exits_2(
 ) -> None:
     store = balanced_log(10, 10).store(tmp_path)
     spec = write_spec_file(tmp_path)
+    other = sqlite3.connect(tmp_path / "other.db")  # an app's database, not a store
+    other.execute("CREATE TABLE users (id INTEGER)")
+    other.commit()
+    other.close()
     args = namespace(spec, store)
     for key, value in change.items():
         setattr(args, key, str(tmp_path / value) if key in ("store", "spec") else value)

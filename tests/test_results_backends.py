@@ -110,9 +110,10 @@ def test_a_restart_window_is_read_from_either_store(store_location: str) -> None
     before = compute_results(make_spec(), "button_color", location, now=NOW)
     first = make_spec().experiments["button_color"]
     record_started(location, first, time_ms=NOW - 72 * HOUR)
-    changed = make_spec((("Control", 40), ("Red", 60)), restart=True).experiments["button_color"]
+    restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
+    changed = restarted.experiments["button_color"]
     record_started(location, changed, time_ms=NOW - 30 * HOUR)  # a new window, mid-data
-    after = compute_results(make_spec(), "button_color", location, now=NOW)
+    after = compute_results(restarted, "button_color", location, now=NOW)
     assert after.window_start == NOW - 30 * HOUR
     assert sum(g.units for g in after.groups) < sum(g.units for g in before.groups)
 

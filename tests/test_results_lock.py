@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flagware.events.store import EventStore, connect, open_store
+from flagware.results import ResultsError, compute_results
 from flagware.results.lock import check_unchanged, meta_key, read_started, record_started
 from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
 
@@ -174,6 +175,33 @@ def test_restart_starts_a_new_window(store: str) -> None:
     # Without restart, going back is a change like any other.
     with pytest.raises(SpecError, match="weight changed from 40 to 50"):
         check_unchanged(make_spec(), store)
+
+
+def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
+    """Read with other groups or weights, the stored units would fail the
+    sample-ratio check and fill groups that never ran (a new user's trial)."""
+    record_started(store, exp(make_spec()), time_ms=T0)
+    assert compute_results(make_spec(), "button_color", store, now=T0 + 10).window_start is None
+    with pytest.raises(ResultsError) as raised:
+        compute_results(make_spec(extra_group=True), "button_color", store, now=T0 + 10)
+    message = str(raised.value)
+    assert message.startswith(
+        "experiments.button_color: groups changed from [Control, Red] to [Control, Red, Green]"
+        " since the experiment started (2026-09-21 14:13 UTC)."
+    )
+    assert "read them with the spec it ran with" in message and "rename it" in message
+    # restart = true takes effect when the app loads the spec, not before.
+    restarted = make_spec(extra_group=True, restart=True)
+    with pytest.raises(ResultsError, match="opens a new analysis window when the app loads"):
+        compute_results(restarted, "button_color", store, now=T0 + 10)
+    check_unchanged(restarted, store, time_ms=T0 + 1000)  # the app loads it
+    results = compute_results(restarted, "button_color", store, now=T0 + 2000)
+    assert results.window_start == T0 + 1000
+    assert [g.name for g in results.groups] == ["Control", "Red", "Green"]
+    # Growing the allocation is no change: results read on.
+    compute_results(
+        make_spec(extra_group=True, restart=True, allocation=100), "button_color", store
+    )
 
 
 def test_restart_on_first_exposure_without_check(store: str) -> None:

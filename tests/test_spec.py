@@ -521,6 +521,17 @@ INVALID_SPECS = [
         "metrics.m.tags: must be a list, not a string",
     ),
     ('[metrics.m]\nevent = "e"\ntags = ["ok", 1]', "metrics.m.tags[1]: must be a non-empty string"),
+    # A role tag misspelled would silently make a guardrail a plain metric.
+    (
+        '[metrics.m]\nevent = "e"\ntags = ["core", "guardrails"]',
+        "metrics.m.tags[1]: 'guardrails' (did you mean 'guardrail'? only the exact tag makes the"
+        " metric a guardrail; for a plain label, pick another word)",
+    ),
+    (
+        '[metrics.m]\nevent = "e"\ntags = ["Primary"]',
+        "metrics.m.tags[0]: 'Primary' (did you mean 'primary'? only the exact tag makes the"
+        " metric primary; for a plain label, pick another word)",
+    ),
     (
         '[metrics.m]\nevent = "e"\ntags = ["guardrail"]\nfresh_within = 0',
         "metrics.m.fresh_within: must be a positive number of hours",

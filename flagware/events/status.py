@@ -12,9 +12,9 @@ import sys
 import time
 from typing import Any
 
-from flagware.cli import EXIT_BAD_INPUT, EXIT_OK, add_store_argument, existing_store, not_a_store
+from flagware.cli import EXIT_BAD_INPUT, EXIT_OK, add_store_argument, existing_store
 from flagware.events.stats import DeliveryStats, format_age
-from flagware.events.store import open_store, redact
+from flagware.events.store import not_a_store, open_store, redact
 
 
 def add_parser(subparsers: Any) -> None:

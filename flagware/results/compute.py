@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from flagware.events.model import now_ms
-from flagware.events.store import redact, store_exists
+from flagware.events.store import not_a_store, redact
 from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
+from flagware.results.lock import changed_since_start
 from flagware.results.model import (
     GroupResult,
     GroupUnits,
@@ -91,13 +92,10 @@ def compute_results(
         known = ", ".join(sorted(spec.experiments)) or "none"
         raise ResultsError(f"unknown experiment {experiment!r} (the spec defines: {known})")
     chosen = _choose_metrics(spec, metrics)
+    problem = not_a_store(store_path)  # worded as every read command words it
+    if problem is not None:
+        raise ResultsError(problem)
     where = redact(os.fspath(store_path))
-    try:
-        found = store_exists(store_path)
-    except Exception as exc:  # an unreachable server, a bad URL, no driver
-        raise ResultsError(f"cannot open event store {where}: {exc}") from None
-    if not found or os.path.isdir(store_path):
-        raise ResultsError(f"event store not found: {where}")
     reference = now_ms() if now is None else now
     end = reference if until is None else min(until, reference)
     use_sequential = exp.sequential if sequential is None else sequential
@@ -153,7 +151,11 @@ def _summed(metric: MetricSpec) -> list[str]:
 def _analyse(
     conn: Reader, exp: ExperimentSpec, metrics: list[MetricSpec], opt: _Options
 ) -> Results:
-    window_start = sql.window_start(conn, exp.name)
+    record = sql.start_record(conn, exp.name)
+    changed = None if record is None else changed_since_start(record, exp)
+    if changed is not None:  # read with other groups or weights, the figures would lie
+        raise ResultsError(changed)
+    window_start = sql.window_start(record)
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     reads = _reads(metrics, opt.cuped)
@@ -182,8 +184,15 @@ def _analyse(
         replace(r, non_numeric_events=sum(bad[e] for e in set(_summed(m))))
         for r, m in zip(results, metrics, strict=True)
     )
+    missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)))
     guardrails = tuple(
-        guardrail_status(r, sql.newest_event(conn, m.event, opt.until), m.fresh_within, opt.now)
+        guardrail_status(
+            r,
+            sql.newest_event(conn, m.event, opt.until),
+            m.fresh_within,
+            opt.now,
+            missing.get(m.event),
+        )
         for r, m in zip(results, metrics, strict=True)
         if m.guardrail
     )
@@ -198,6 +207,15 @@ def _analyse(
         future_events=future,
         sequential=opt.sequential,
     )
+    # A misspelled event reads as 0 for every unit: "no effect", unless said.
+    # (A guardrail's blocks the launch and says so in its reason.)
+    warnings += [
+        f"{m.name}: no {e!r} events stored{missing[e]}, so it is 0 for every unit"
+        for m in metrics
+        if not m.guardrail
+        for e in dict.fromkeys(metric_events(m))
+        if e in missing
+    ]
     warnings += [
         f"{r.non_numeric_events} event(s) read by {r.name} have a value that is not a number"
         " and count as 0"

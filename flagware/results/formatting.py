@@ -38,6 +38,11 @@ def pvalue(p: float | None) -> str:
     return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
+def p_phrase(p: float, name: str = "p") -> str:
+    """``p = 0.0123`` or ``p < 0.0001``: in a sentence, as the tables show it."""
+    return f"{name} < 0.0001" if p < 1e-4 else f"{name} = {p:.4f}"
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
     """Columns padded to their widest cell; numbers right-aligned."""
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]

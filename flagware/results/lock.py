@@ -42,7 +42,14 @@ from flagware.events.store import (
 )
 from flagware.spec import ExperimentSpec, Spec, SpecError
 
-__all__ = ["StartRecord", "check_unchanged", "meta_key", "read_started", "record_started"]
+__all__ = [
+    "StartRecord",
+    "changed_since_start",
+    "check_unchanged",
+    "meta_key",
+    "read_started",
+    "record_started",
+]
 
 StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
 _Raw = (sqlite3.Connection, str, os.PathLike)  # not a store object: SQLite directly
@@ -200,6 +207,35 @@ def _message(name: str, changes: list[str], record: StartRecord) -> str:
         f" either give the changed experiment a new name, or set `restart = true` in"
         f" [experiments.{name}] to start a new analysis window from now (results then"
         f" count only exposures from the restart on)."
+    )
+
+
+def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str | None:
+    """Why results cannot read ``experiment``'s stored exposures with this definition.
+
+    The stored units were assigned by the recorded definition; tested against
+    other groups or weights they fail the sample-ratio check and fill groups
+    that never ran. The app refuses such a spec at startup; so do results.
+    """
+    changes = describe_changes(record, experiment)
+    if not changes:
+        return None
+    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+    if experiment.restart:
+        then = (
+            "`restart = true` opens a new analysis window when the app loads this spec;"
+            " until then every stored exposure was assigned by the recorded definition:"
+            " read them with the spec it ran with."
+        )
+    else:
+        then = (
+            "Its stored exposures were assigned by the recorded definition: read them with"
+            " the spec it ran with. To change the experiment, rename it, or set"
+            " `restart = true` (results then count exposures from the restart on)."
+        )
+    return (
+        f"experiments.{experiment.name}: {'; '.join(changes)} since the experiment started"
+        f" ({started:%Y-%m-%d %H:%M} UTC). {then}"
     )
 
 

@@ -14,6 +14,7 @@ from flagware.results.formatting import (
     level,
     method_line,
     num,
+    p_phrase,
     pct,
     planning_rows,
     pvalue,
@@ -150,8 +151,8 @@ def render_text(results: Results) -> str:
         for g in results.groups
     ]
     out += table(["group", "units", "weight", "expected"], group_rows, {1, 2, 3})
-    srm = "-" if results.srm_p_value is None else f"{results.srm_p_value:.4g}"
-    out += [f"SRM chi-square p = {srm} ({results.srm_status})", ""]
+    srm = "p = -" if results.srm_p_value is None else p_phrase(results.srm_p_value)
+    out += [f"SRM chi-square {srm} ({results.srm_status})", ""]
 
     header = [
         "metric",

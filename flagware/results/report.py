@@ -23,6 +23,7 @@ from flagware.results.formatting import (
     level,
     method_line,
     num,
+    p_phrase,
     pct,
     planning_rows,
     pvalue,
@@ -218,11 +219,11 @@ def _html_groups(results: Results) -> list[str]:
         f"<td class=n>{'-' if g.expected is None else f'{g.expected:.1f}'}</td></tr>"
         for g in results.groups
     )
-    srm = "-" if results.srm_p_value is None else f"{results.srm_p_value:.4g}"
+    srm = "p = -" if results.srm_p_value is None else p_phrase(results.srm_p_value)
     return [
         "<h2>Units and sample ratio</h2>",
         f"<table><tr><th>group</th><th>units</th><th>weight</th><th>expected</th></tr>{rows}</table>",
-        f'<p>SRM chi-square p = {srm}: <span class="{results.srm_status}">'
+        f'<p>SRM chi-square {escape(srm)}: <span class="{results.srm_status}">'
         f"{escape(results.srm_status)}</span> (warn below 0.01, block below 0.001)</p>",
     ]
 

@@ -19,16 +19,21 @@ left out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flagware.events.model import CONFIG_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
 from flagware.results.lock import StartRecord, meta_key
+from flagware.spec import did_you_mean
 
 __all__ = [
     "future_exposures",
     "load_units",
     "named",
+    "never_stored",
     "newest_event",
     "non_numeric_events",
+    "start_record",
     "unit_column",
     "window_start",
 ]
@@ -48,16 +53,23 @@ def unit_column(unit: str, dialect: Dialect) -> str:
     return dialect.json_text("e.payload", "user", "customIDs", unit)
 
 
-def window_start(conn: Reader, experiment: str) -> int | None:
+def start_record(conn: Reader, experiment: str) -> StartRecord | None:
+    """What the experiment's first exposure recorded (``results.lock``), if any."""
     try:
         row = conn.execute(
             "SELECT value FROM meta WHERE key = ?", (meta_key(experiment),)
         ).fetchone()
-    except database_errors():  # a store without the meta table: never restarted
+    except database_errors():  # a store without the meta table: never started
         return None
-    record = None if row is None else StartRecord.from_json(str(row[0]))
-    # Before any restart every exposure counts; the first record's time is when
-    # the writer stored the first exposure, a little after it happened.
+    return None if row is None else StartRecord.from_json(str(row[0]))
+
+
+def window_start(record: StartRecord | None) -> int | None:
+    """Where the analysis window opens: None (every exposure counts) until a restart.
+
+    The first record's time is when the writer stored the first exposure, a
+    little after it happened, so it is no window start.
+    """
     if record is None or record.restarts == 0:
         return None
     return record.window_start
@@ -153,6 +165,20 @@ def named(event: str, e: str = "") -> str:
     saying so for every other name lets the store use its index of metric events.
     """
     return f"{e}event = ?" + ("" if event.startswith("statsig::") else f" AND {e}exposure IS NULL")
+
+
+def never_stored(conn: Reader, events: Iterable[str]) -> dict[str, str]:
+    """Of ``events``, those the store has never held, each with a did-you-mean
+    among the names it holds (a misspelled metric event reads as all zeros)."""
+    missing = [
+        e
+        for e in dict.fromkeys(events)
+        if conn.execute(f"SELECT 1 FROM events WHERE {named(e)} LIMIT 1", (e,)).fetchone() is None
+    ]
+    if not missing:
+        return {}
+    names = [row[0] for row in conn.execute("SELECT DISTINCT event FROM events").fetchall()]
+    return {e: did_you_mean(e, names) for e in missing}
 
 
 def newest_event(conn: Reader, event: str, until: int) -> int | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from flagware.results.formatting import p_phrase
 from flagware.results.inference import MIN_UNITS
 from flagware.results.model import GroupResult, GroupUnits, GuardrailStatus, MetricResult, Verdict
 
@@ -53,10 +54,17 @@ def guardrail_status(
     newest: int | None,
     fresh_within: float | None,
     now: int,
+    never_stored: str | None = None,
 ) -> GuardrailStatus:
+    """``newest``: the newest event's time in the analysis window, if any;
+    ``never_stored``: a did-you-mean ("" if none) when the store never held the event."""
     event = result.event
     if newest is None:
-        reason = f"stale: no {event!r} events stored, so the guardrail cannot be checked"
+        if never_stored is not None:
+            what = f"no {event!r} events stored{never_stored}"
+        else:  # stored, only not in this window (--until before them)
+            what = f"no {event!r} events in the analysis window"
+        reason = f"stale: {what}, so the guardrail cannot be checked"
         return GuardrailStatus(result.name, "blocked", reason, None)
     if fresh_within is not None:
         age_h = (now - newest) / 3_600_000
@@ -76,9 +84,9 @@ def guardrail_status(
 def describe(metric: str, r: GroupResult) -> str:
     change = f"{r.relative:+.1%}" if r.relative is not None else f"{r.delta:+.4g}"
     if r.p_value_adjusted is not None and r.p_value_adjusted != r.p_value:
-        p = f"adjusted p = {r.p_value_adjusted:.3g}"
+        p = p_phrase(r.p_value_adjusted, "adjusted p")
     else:
-        p = f"p = {r.p_value:.3g}" if r.p_value is not None else "p n/a"
+        p = p_phrase(r.p_value) if r.p_value is not None else "p n/a"
     return f"{metric} {change} in {r.group} vs {r.vs} ({p})"
 
 
@@ -98,7 +106,7 @@ def verdict(
     blockers: list[str] = []
     if srm_p is not None and srm_p < SRM_WARN_P:
         counts = ", ".join(f"{g.name} {g.units}" for g in groups)
-        message = f"sample ratio mismatch: p = {srm_p:.3g} for units {counts} against the weights"
+        message = f"sample ratio mismatch: {p_phrase(srm_p)} for units {counts} against the weights"
         (blockers if srm_p < SRM_BLOCK_P else warnings).append(message)
     units = sum(g.units for g in groups)
     if crossover_units:

@@ -7,6 +7,7 @@ changes who sees what. Everything wrong is reported at once, not only the first.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import tomllib
@@ -111,6 +112,18 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>") -> Spec:
             "", [f"{source}: {problem.path}: {problem.problem}" for problem in parser.problems]
         )
     return spec
+
+
+# Tags that give a metric its role in the verdict; any other tag is a label.
+ROLE_TAGS = ("guardrail", "primary")
+
+
+def _near_role(tag: str) -> str | None:
+    """The role tag ``tag`` is probably a misspelling of ("Guardrail", "guardrails")."""
+    if tag.casefold() in ROLE_TAGS:
+        return tag.casefold()
+    close = difflib.get_close_matches(tag, ROLE_TAGS, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 class _Parser:
@@ -294,6 +307,17 @@ class _Parser:
         for i, tag in enumerate(tags):
             if not isinstance(tag, str) or not tag:
                 self.problems.append(_Invalid(f"{path}.tags[{i}]", "must be a non-empty string"))
+            elif tag not in ROLE_TAGS and (close := _near_role(tag)):
+                # Other tags are free labels, but one a letter off a role would
+                # silently demote a guardrail, which then never blocks a launch.
+                self.problems.append(
+                    _Invalid(
+                        f"{path}.tags[{i}]",
+                        f"{tag!r} (did you mean {close!r}? only the exact tag makes the metric"
+                        f" {'a ' if close == 'guardrail' else ''}{close}; for a plain label,"
+                        " pick another word)",
+                    )
+                )
         fresh_within = self.attempt(lambda: _fresh_within(body, path, tags), None)
         if "guardrail" in tags and "primary" in tags:
             self.problems.append(

@@ -7,6 +7,8 @@ shared PostgreSQL store, anything else a SQLite file path.
 from __future__ import annotations
 
 import os
+import sqlite3
+from pathlib import Path
 
 from flagware.events.store.base import (
     COUNTERS,
@@ -37,6 +39,7 @@ __all__ = [
     "fork_safe",
     "is_postgres_url",
     "lease_owner",
+    "not_a_store",
     "open_store",
     "redact",
     "store_exists",
@@ -66,3 +69,35 @@ def store_exists(location: Location) -> bool:
         with PostgresStore(str(location), create=False) as store:
             return store.exists()
     return os.path.exists(location)
+
+
+def not_a_store(location: Location) -> str | None:
+    """Why ``location`` cannot be read as an event store, or None if it can.
+
+    The one place a ``--store`` value is checked; it only reads.
+    """
+    if is_postgres_url(location):
+        try:
+            found = store_exists(location)
+        except Exception as exc:  # an unreachable server, a bad URL, no driver
+            return f"cannot open {redact(str(location))}: {exc}"
+        return None if found else f"no event store at {redact(str(location))}"
+    path = Path(location)
+    location = os.fspath(location)
+    if not path.exists():
+        return f"no event store at {location}"
+    if path.is_dir():
+        return f"{location} is a directory, not a flagware event store"
+    try:
+        conn = connect(path, readonly=True)
+        try:
+            tables = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return f"{location} is not a flagware event store (not an SQLite database)"
+    if not {"events", "meta"} <= tables:
+        return f"{location} is not a flagware event store (an SQLite database without its tables)"
+    return None
