@@ -13,6 +13,8 @@ from werkzeug.test import Client
 from flagware import FlagwareMiddleware, current_flags
 from flagware.flags import overrides
 from flagware.testing import (
+    FlagwareOverrides,
+    UnknownOverrideWarning,
     capture_events,
     isolate,
     override_config,
@@ -37,11 +39,36 @@ def test_context_managers_nest_and_restore(client: Any) -> None:
         assert read(client).startswith("True ")
         with (
             override_gate("nobody", False),
-            override_experiment("button_color", {"color": "green"}, group="Green"),
+            override_experiment("button_color", {"color": "green"}, group="Red"),
         ):
-            assert read(client) == "False Green green"
-        assert read(client).startswith("True ") and "Green" not in read(client)
+            assert read(client) == "False Red green"
+        assert read(client).startswith("True ") and not read(client).endswith(" green")
     assert not overrides
+
+
+def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
+    """A typo in an override forces nothing, and the test may pass for the wrong
+    reason (a new user's trial): each way of overriding says so."""
+    source = client.engine.spec.source
+    with pytest.warns(UnknownOverrideWarning) as caught:
+        FlagwareOverrides().gate("new_signpu")
+        with override_gate("nobdy"):
+            pass
+        FlagwareOverrides().experiment("button_colour", {"color": "red"})
+        with override_experiment("button_color", {"color": "green"}, group="Greeen"):
+            pass
+    overrides.clear()
+    assert [str(w.message) for w in caught] == [
+        f"override of gate 'new_signpu': no gate of that name in {source}"
+        " (did you mean 'new_signup'?); it forces nothing the app reads",
+        f"override of gate 'nobdy': no gate of that name in {source}"
+        " (did you mean 'nobody'?); it forces nothing the app reads",
+        f"override of experiment 'button_colour': no experiment of that name in"
+        f" {source} (did you mean 'button_color'?); it forces nothing the app reads",
+        "override of experiment 'button_color': no group 'Greeen' (its groups: Control, Red);"
+        " exposures will carry a group the experiment never had",
+    ]
+    assert caught[0].filename == __file__  # points at the test's own line
 
 
 def test_decorators_on_functions_and_coroutines(client: Any) -> None:

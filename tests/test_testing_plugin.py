@@ -72,8 +72,8 @@ def test_overrides_force_gates_and_experiments(pytester: pytest.Pytester) -> Non
         """
         def test_forced(http, flagware_overrides, flagware_events):
             flagware_overrides.gate("new_signup", True)
-            flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
-            assert http.get("/signup").text == "banner red Red"
+            flagware_overrides.experiment("button_color", {"color": "red"}, group="Control")
+            assert http.get("/signup").text == "banner red Control"
             assert flagware_events.names() == ["visited_signup"]
             [event] = flagware_events.custom
             assert event.value == 1 and event.metadata == {"page": "signup"}
@@ -221,17 +221,17 @@ def test_overridden_values_still_log_their_exposure(
     # As Statsig's override_gate/override_config: the evaluation is replaced,
     # the exposure is still logged, with ruleID "override".
     flagware_overrides.gate("nobody", True)
-    flagware_overrides.experiment("button_color", {"color": "green"}, group="Green")
+    flagware_overrides.experiment("button_color", {"color": "green"}, group="Red")
 
     @Request.application
     def app(request: Request) -> Response:
         flags = current_flags()
         return Response(f"{flags.gate('nobody')} {flags.experiment('button_color').group}")
 
-    assert Client(FlagwareMiddleware(app, client)).get("/").text == "True Green"
+    assert Client(FlagwareMiddleware(app, client)).get("/").text == "True Red"
     gate, config = flagware_events.exposures
     assert gate.metadata == {"gate": "nobody", "gateValue": "true", "ruleID": "override"}
-    assert config.metadata["ruleID"] == "override" and config.group == "Green"
+    assert config.metadata["ruleID"] == "override" and config.group == "Red"
     assert gate.stable_id == config.stable_id is not None
 
 

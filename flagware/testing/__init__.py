@@ -43,6 +43,7 @@ import itertools
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -57,6 +58,7 @@ __all__ = [
     "OVERRIDE_RULE",
     "CapturedEvents",
     "FlagwareOverrides",
+    "UnknownOverrideWarning",
     "capture_events",
     "isolate",
     "override_config",
@@ -69,15 +71,54 @@ _T = TypeVar("_T")
 _MISSING: Any = object()
 
 
+class UnknownOverrideWarning(UserWarning):
+    """An override names a gate, experiment or group no local spec defines:
+    it forces nothing the app reads, and the test may pass for the wrong reason.
+    ``-W error::flagware.testing.UnknownOverrideWarning`` makes it fail."""
+
+
+def _check_known(kind: str, name: str, group: str | None = None) -> None:
+    """Warn when no live client's local spec defines what an override names.
+
+    Clients on Statsig have no spec to check against, and none may exist yet
+    (a factory that builds the app inside the test): then nothing is said.
+    """
+    from flagware.client import _live_clients
+    from flagware.spec import did_you_mean
+
+    specs = [s for c in list(_live_clients) if (s := getattr(c.engine, "spec", None)) is not None]
+    if not specs:
+        return
+    defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
+    what = f"override of {kind} {name!r}"
+    if name not in defined:
+        sources = ", ".join(sorted({str(spec.source) for spec in specs}))
+        warnings.warn(
+            f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
+            " it forces nothing the app reads",
+            UnknownOverrideWarning,
+            stacklevel=3,
+        )
+    elif group is not None and group not in (names := [g.name for g in defined[name].groups]):
+        warnings.warn(
+            f"{what}: no group {group!r}{did_you_mean(group, names)} (its groups: "
+            f"{', '.join(names)}); exposures will carry a group the experiment never had",
+            UnknownOverrideWarning,
+            stacklevel=3,
+        )
+
+
 class FlagwareOverrides:
     """Forced values for gates, experiments and dynamic configs (the pytest fixture)."""
 
     def gate(self, name: str, value: bool = True) -> None:
         """Every request passes gate ``name`` (or fails it, with ``False``)."""
+        _check_known("gate", name)
         overrides.gates[name] = bool(value)
 
     def experiment(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
         """Every request is in ``group`` of experiment ``name`` with these params."""
+        _check_known("experiment", name, group)
         overrides.configs[name] = Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE)
 
     def config(self, name: str, value: Mapping[str, Any]) -> None:
@@ -263,6 +304,7 @@ class override_gate(_Override):  # lower case, like Django's override_settings
         self.value = bool(value)
 
     def _apply(self) -> Any:
+        _check_known("gate", self.name)
         saved = overrides.gates.get(self.name, _MISSING)
         overrides.gates[self.name] = self.value
         return saved
@@ -279,6 +321,10 @@ class override_experiment(_OverrideConfig):
 
     def __init__(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
         super().__init__(Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE))
+
+    def _apply(self) -> Any:
+        _check_known("experiment", self.config.name, self.config.group)
+        return super()._apply()
 
 
 class override_config(_OverrideConfig):
