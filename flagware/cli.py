@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from flagware import __version__
 from flagware.events.store import Store, not_a_store, open_store
@@ -73,20 +74,39 @@ def _events(args: argparse.Namespace) -> int:
     if store is None:
         return EXIT_BAD_INPUT
     out = sys.stdout
+    table = args.format == "table"
+    if table:
+        out.write(_TABLE.format("time (UTC)", "event", "user_id", "stable_id", "group", "value"))
     try:
         for row in store.iter_events():
             row.pop("id")
-            if args.format == "jsonl":
+            if not table:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
-            else:
-                out.write(
-                    f"{row['time']}  {row['event']:<28} {row['user_id'] or '-':<32} "
-                    f"{row['group'] or row['exposure'] or '':<16} "
-                    f"{json.dumps(row['value']) if row['value'] is not None else ''}\n"
+                continue
+            value = row["value"]
+            out.write(
+                _TABLE.format(
+                    _utc(row["time"]),
+                    row["event"],
+                    row["user_id"] or "-",
+                    row["stable_id"] or "-",
+                    row["group"] or row["exposure"] or "",
+                    "" if value is None else json.dumps(value),
                 )
+            )
     finally:
         store.close()
     return EXIT_OK
+
+
+# IDs are 32 hex digits (an HMAC) or the app's own: shown whole, to grep for.
+_TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<16} {}\n"
+
+
+def _utc(time_ms: int) -> str:
+    """``2026-12-02 06:10:12.345``: an event's time as the table shows it."""
+    moment = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}.{time_ms % 1000:03d}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from werkzeug.test import Client
@@ -36,6 +37,39 @@ def test_events_jsonl_prints_every_stored_event(client: Any, capsys: Any) -> Non
         assert line["user_id"] == lines[0]["user_id"] and isinstance(line["time"], int)
     assert lines[2]["value"] == 1 and lines[2]["metadata"] == {"plan": "pro"}
     assert lines[1]["metadata"]["config"] == "button_color"
+
+
+def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: Any) -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        flags = current_flags()
+        flags.experiment("button_color")
+        flags.log_event("clicked", value=2.5)
+        start_response("200 OK", [])
+        return [b""]
+
+    Client(FlagwareMiddleware(app, client)).get("/", environ_base={"REMOTE_ADDR": "192.0.2.1"})
+    client.flush()
+    store = str(client.event_store_path)
+    assert main(["events", "--store", store, "--format", "jsonl"]) == 0
+    exposure, clicked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["events", "--store", store, "--format", "table"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["time", "(UTC)", "event", "user_id", "stable_id", "group", "value"]
+    moment = datetime.fromtimestamp(clicked["time"] / 1000, tz=UTC)
+    assert rows[1].split() == [
+        f"{moment:%Y-%m-%d}",
+        f"{moment:%H:%M:%S}.{clicked['time'] % 1000:03d}",
+        "clicked",
+        clicked["user_id"],
+        clicked["stable_id"],  # told apart when every visitor shares one address
+        "2.5",
+    ]
+    assert rows[0].split()[2:] == [
+        "statsig::config_exposure",
+        exposure["user_id"],
+        exposure["stable_id"],
+        exposure["group"] or "button_color",
+    ]
 
 
 def test_events_on_a_missing_store_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:

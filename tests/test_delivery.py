@@ -437,6 +437,27 @@ def test_status_command_prints_the_counts(
     assert "dropped:            0 " in out
     assert "parked:             0 " in out
     assert "oldest undelivered: " in out and " s" in out
+    assert "note:" not in out
+
+
+def test_status_says_when_nothing_was_for_statsig(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On the local engine every delivery figure is 0, which read as a stuck sender."""
+    store = open_store(tmp_path / "local.db")
+    store.append([event("u1"), event("u2")])  # deliver=False: the local engine's events
+    store.close()
+
+    class Args:
+        store = str(tmp_path / "local.db")
+
+    assert status_run(Args()) == 0  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert "backlog:            0\n" in out
+    assert out.endswith(
+        "note:               nothing here was logged for Statsig: the local"
+        " engine keeps its events\n"
+    )
 
 
 def test_status_command_without_a_store(tmp_path: Path) -> None:

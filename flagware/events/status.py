@@ -87,4 +87,7 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
     if stats.last_failure is not None:
         failure = f"{stats.last_failure} ({format_age(stats.last_failure_age)} ago)"
         rows.append(("last failure", failure))
+    if not (stats.backlog or stats.delivered or stats.retried or stats.dropped or stats.parked):
+        # The figures above are Statsig delivery's: all zero on the local engine.
+        rows.append(("note", "nothing here was logged for Statsig: the local engine keeps its events"))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
