@@ -89,5 +89,6 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
         rows.append(("last failure", failure))
     if not (stats.backlog or stats.delivered or stats.retried or stats.dropped or stats.parked):
         # The figures above are Statsig delivery's: all zero on the local engine.
-        rows.append(("note", "nothing here was logged for Statsig: the local engine keeps its events"))
+        note = "nothing here was logged for Statsig: the local engine keeps its events"
+        rows.append(("note", note))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
