@@ -512,6 +512,41 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
     )
 
 
+def test_missing_events_on_either_side_of_a_ratio_and_of_a_mean(tmp_path: Path) -> None:
+    """A mean or a ratio without its denominator's events is not 0 but not
+    computed; a guardrail missing either side's events blocks (it said "ok")."""
+    metrics = {
+        "per_click": {
+            "kind": "ratio",
+            "numerator": {"event": "signup"},
+            "denominator": {"event": "clik"},
+        },
+        "order_value": {"event": "purchse", "kind": "mean"},
+        "error_rate": {
+            "kind": "ratio",
+            "numerator": {"event": "error"},
+            "denominator": {"event": "pageveiw"},
+            "tags": ["guardrail"],
+            "direction": "decrease",
+        },
+        "gate_seen": {"event": "statsig::gate_exposures", "kind": "count"},
+    }
+    store = balanced_log(300, 300).store(tmp_path)
+    results = compute_results(make_spec(metrics=metrics), "button_color", store, now=NOW)
+    assert [w for w in results.warnings if "events stored" in w] == [
+        "per_click: no 'clik' events stored, so it cannot be computed",
+        "order_value: no 'purchse' events stored, so it cannot be computed",
+        "gate_seen: no 'statsig::gate_exposures' events stored (did you mean"
+        " 'statsig::gate_exposure'?), so it is 0 for every unit",
+    ]
+    (guardrail,) = results.guardrails
+    assert (guardrail.status, guardrail.reason) == (
+        "blocked",
+        "stale: no 'pageveiw' events stored, so the guardrail cannot be checked",
+    )
+    assert results.verdict == "blocked"
+
+
 def test_reasons_word_p_as_the_tables_do(tmp_path: Path) -> None:
     results = compute_results(
         make_spec(), "button_color", balanced_log(1000, 1500).store(tmp_path), now=NOW

@@ -229,3 +229,18 @@ def test_an_old_postgresql_store_gains_the_results_indexes(postgres_url: str) ->
     assert "events_by_name" not in indexes
     after = compute_results(spec, "button_color", postgres_url, now=NOW)
     assert_close(comparable(before), comparable(after))
+
+
+def test_events_never_stored_are_found_on_either_store(store_location: str) -> None:
+    """The skip scan over stored names (a recursive query) runs on both backends."""
+    metrics = {
+        "signed_up": {"event": "signups", "kind": "conversion"},
+        "errors": {"event": "eror", "kind": "count", "tags": ["guardrail"]},
+    }
+    location = stored(random_log(3), store_location)
+    results = compute_results(make_spec(metrics=metrics), "button_color", location, now=NOW)
+    assert [w for w in results.warnings if "events stored" in w] == [
+        "signed_up: no 'signups' events stored (did you mean 'signup'?), so it is 0 for every unit"
+    ]
+    (guardrail,) = results.guardrails
+    assert "no 'eror' events stored (did you mean 'error'?)" in guardrail.reason

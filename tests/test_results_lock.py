@@ -189,7 +189,8 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
         "experiments.button_color: groups changed from [Control, Red] to [Control, Red, Green]"
         " since the experiment started (2026-09-21 14:13 UTC)."
     )
-    assert "read them with the spec it ran with" in message and "rename it" in message
+    assert "assigned by the recorded definition: read them with a spec that still has it" in message
+    assert "rename it" in message
     # restart = true takes effect when the app loads the spec, not before.
     restarted = make_spec(extra_group=True, restart=True)
     with pytest.raises(ResultsError, match="opens a new analysis window when the app loads"):
@@ -198,6 +199,11 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     results = compute_results(restarted, "button_color", store, now=T0 + 2000)
     assert results.window_start == T0 + 1000
     assert [g.name for g in results.groups] == ["Control", "Red", "Green"]
+    # After the restart, the original spec no longer describes the window.
+    with pytest.raises(ResultsError) as raised:
+        compute_results(make_spec(), "button_color", store, now=T0 + 2000)
+    assert "since its restart (2026-09-21 14:13 UTC)" in str(raised.value)
+    assert "assigned by the definition its restart recorded" in str(raised.value)
     # Growing the allocation is no change: results read on.
     compute_results(
         make_spec(extra_group=True, restart=True, allocation=100), "button_color", store

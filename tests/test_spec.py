@@ -213,7 +213,7 @@ def test_explicit_keys_are_kept() -> None:
         [metrics.latency]
         event = "page_load"
         kind = "mean"
-        tags = ["guardrail", "perf"]
+        tags = ["guardrail", "perf", "primary_kpi"]
         direction = "decrease"
         fresh_within = 24
         """
@@ -250,7 +250,7 @@ def test_explicit_keys_are_kept() -> None:
         "decrease",
         24,
     )
-    assert metric.tags == ("guardrail", "perf")
+    assert metric.tags == ("guardrail", "perf", "primary_kpi")  # labels near a role are fine
     assert metric.guardrail
 
 
@@ -525,6 +525,11 @@ INVALID_SPECS = [
     (
         '[metrics.m]\nevent = "e"\ntags = ["core", "guardrails"]',
         "metrics.m.tags[1]: 'guardrails' (did you mean 'guardrail'? only the exact tag makes the"
+        " metric a guardrail; for a plain label, pick another word)",
+    ),
+    (
+        '[metrics.m]\nevent = "e"\ntags = ["Guard Rail"]',
+        "metrics.m.tags[0]: 'Guard Rail' (did you mean 'guardrail'? only the exact tag makes the"
         " metric a guardrail; for a plain label, pick another word)",
     ),
     (

@@ -68,7 +68,37 @@ def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
         "override of experiment 'button_color': no group 'Greeen' (its groups: Control, Red);"
         " exposures will carry a group the experiment never had",
     ]
-    assert caught[0].filename == __file__  # points at the test's own line
+    # Each points at the test's own line: the call, the with statement.
+    assert [w.filename for w in caught] == [__file__] * 4
+
+    @override_gate("nobdy")
+    def decorated() -> None:
+        pass
+
+    with pytest.warns(UnknownOverrideWarning) as caught:
+        decorated()
+    site = decorated.__wrapped__.__code__.co_firstlineno  # type: ignore[attr-defined]
+    assert (caught[0].filename, caught[0].lineno) == (__file__, site)
+    assert not overrides
+
+
+def test_no_override_warning_while_a_client_on_statsig_lives(client: Any) -> None:
+    """A client on Statsig may define any name: with one alive, nothing is said."""
+    from flagware import Flagware
+
+    with (
+        Flagware(
+            statsig_secret="secret-x",
+            statsig_api="http://127.0.0.1:9",
+            hash_key="k",
+            event_store=client.event_store_path.parent / "statsig.db",
+            init_timeout=0,
+        ),
+        override_gate("only_on_statsig"),
+    ):
+        pass
+    with pytest.warns(UnknownOverrideWarning), override_gate("only_on_statsig"):
+        pass
 
 
 def test_decorators_on_functions_and_coroutines(client: Any) -> None:

@@ -87,7 +87,14 @@ def format_stats(stats: DeliveryStats, location: str) -> str:
     if stats.last_failure is not None:
         failure = f"{stats.last_failure} ({format_age(stats.last_failure_age)} ago)"
         rows.append(("last failure", failure))
-    if not (stats.backlog or stats.delivered or stats.retried or stats.dropped or stats.parked):
+    if not (
+        stats.backlog
+        or stats.delivered
+        or stats.retried
+        or stats.dropped
+        or stats.parked
+        or stats.queue_dropped  # never stored: whose they were is unknown
+    ):
         # The figures above are Statsig delivery's: all zero on the local engine.
         note = "nothing here was logged for Statsig: the local engine keeps its events"
         rows.append(("note", note))

@@ -191,7 +191,8 @@ def _analyse(
             sql.newest_event(conn, m.event, opt.until),
             m.fresh_within,
             opt.now,
-            missing.get(m.event),
+            # Either side of a ratio: a missing denominator leaves nothing to check.
+            next(((e, missing[e]) for e in metric_events(m) if e in missing), None),
         )
         for r, m in zip(results, metrics, strict=True)
         if m.guardrail
@@ -207,10 +208,10 @@ def _analyse(
         future_events=future,
         sequential=opt.sequential,
     )
-    # A misspelled event reads as 0 for every unit: "no effect", unless said.
-    # (A guardrail's blocks the launch and says so in its reason.)
+    # A misspelled event reads as "no effect" unless said. (A guardrail's
+    # blocks the launch and says so in its reason.)
     warnings += [
-        f"{m.name}: no {e!r} events stored{missing[e]}, so it is 0 for every unit"
+        f"{m.name}: no {e!r} events stored{missing[e]}, so {_without(m, e)}"
         for m in metrics
         if not m.guardrail
         for e in dict.fromkeys(metric_events(m))
@@ -248,6 +249,13 @@ def _analyse(
         cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
+
+
+def _without(metric: MetricSpec, event: str) -> str:
+    """What a metric is without any ``event``: 0, or nothing to divide by."""
+    if metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
+        return "it cannot be computed"
+    return "it is 0 for every unit"
 
 
 def _group_units(

@@ -221,20 +221,22 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
     if not changes:
         return None
     started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+    since = "its restart" if record.restarts else "the experiment started"
+    ran = "the definition its restart recorded" if record.restarts else "the recorded definition"
     if experiment.restart:
         then = (
             "`restart = true` opens a new analysis window when the app loads this spec;"
-            " until then every stored exposure was assigned by the recorded definition:"
-            " read them with the spec it ran with."
+            f" until then the window's exposures were assigned by {ran}: read them with"
+            " a spec that still has it."
         )
     else:
         then = (
-            "Its stored exposures were assigned by the recorded definition: read them with"
-            " the spec it ran with. To change the experiment, rename it, or set"
-            " `restart = true` (results then count exposures from the restart on)."
+            f"The window's exposures were assigned by {ran}: read them with a spec that"
+            " still has it. To change the experiment, rename it, or set `restart = true`"
+            " (results then count exposures from the restart on)."
         )
     return (
-        f"experiments.{experiment.name}: {'; '.join(changes)} since the experiment started"
+        f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"
         f" ({started:%Y-%m-%d %H:%M} UTC). {then}"
     )
 

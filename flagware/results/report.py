@@ -162,9 +162,13 @@ def _row(
 def _row_title(r: GroupResult, relative: bool) -> str:
     what = "lift" if relative else "delta"
     return (
-        f"{r.group} vs {r.vs}: {what} {r.outcome}, p = {pvalue(r.p_value)},"
-        f" adjusted p = {pvalue(r.p_value_adjusted)}"
+        f"{r.group} vs {r.vs}: {what} {r.outcome}, {_p(r.p_value, 'p')},"
+        f" {_p(r.p_value_adjusted, 'adjusted p')}"
     )
+
+
+def _p(p: float | None, name: str) -> str:
+    return f"{name} n/a" if p is None else p_phrase(p, name)
 
 
 # --- HTML ------------------------------------------------------------------------------

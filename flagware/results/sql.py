@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flagware.events.model import CONFIG_EXPOSURE
+from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
 from flagware.results.lock import StartRecord, meta_key
 from flagware.spec import did_you_mean
@@ -169,16 +169,41 @@ def named(event: str, e: str = "") -> str:
 
 def never_stored(conn: Reader, events: Iterable[str]) -> dict[str, str]:
     """Of ``events``, those the store has never held, each with a did-you-mean
-    among the names it holds (a misspelled metric event reads as all zeros)."""
+    among the names it holds (a misspelled metric event reads as all zeros).
+
+    Both reads go through ``events_by_user`` (metric events only): one seek a
+    name, and the stored names by a skip scan, a seek a distinct name (a
+    plain DISTINCT read every row: 0.8 s on 2 million events). Exposures'
+    names are Statsig's fixed two, checked by name, not in the store (no
+    index finds one by its name).
+    """
+    exposures = (GATE_EXPOSURE, CONFIG_EXPOSURE)
     missing = [
         e
         for e in dict.fromkeys(events)
-        if conn.execute(f"SELECT 1 FROM events WHERE {named(e)} LIMIT 1", (e,)).fetchone() is None
+        if e not in exposures
+        and (
+            e.startswith("statsig::")
+            or conn.execute(f"SELECT 1 FROM events WHERE {named(e)} LIMIT 1", (e,)).fetchone()
+            is None
+        )
     ]
     if not missing:
         return {}
-    names = [row[0] for row in conn.execute("SELECT DISTINCT event FROM events").fetchall()]
-    return {e: did_you_mean(e, names) for e in missing}
+    names = [row[0] for row in conn.execute(_NAMES).fetchall()]
+    return {e: did_you_mean(e, [*names, *exposures]) for e in missing}
+
+
+# The distinct metric event names, by a recursive skip scan of events_by_user.
+_NAMES = """
+WITH RECURSIVE names(event) AS (
+    SELECT min(event) FROM events WHERE exposure IS NULL
+    UNION ALL
+    SELECT (SELECT min(event) FROM events WHERE exposure IS NULL AND event > names.event)
+    FROM names WHERE names.event IS NOT NULL
+)
+SELECT event FROM names WHERE event IS NOT NULL
+"""
 
 
 def newest_event(conn: Reader, event: str, until: int) -> int | None:

@@ -54,18 +54,19 @@ def guardrail_status(
     newest: int | None,
     fresh_within: float | None,
     now: int,
-    never_stored: str | None = None,
+    never_stored: tuple[str, str] | None = None,
 ) -> GuardrailStatus:
     """``newest``: the newest event's time in the analysis window, if any;
-    ``never_stored``: a did-you-mean ("" if none) when the store never held the event."""
+    ``never_stored``: an event the metric reads that the store never held, with
+    its did-you-mean ("" if none)."""
     event = result.event
-    if newest is None:
+    if never_stored is not None or newest is None:
         if never_stored is not None:
-            what = f"no {event!r} events stored{never_stored}"
+            what = f"no {never_stored[0]!r} events stored{never_stored[1]}"
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
         reason = f"stale: {what}, so the guardrail cannot be checked"
-        return GuardrailStatus(result.name, "blocked", reason, None)
+        return GuardrailStatus(result.name, "blocked", reason, newest)
     if fresh_within is not None:
         age_h = (now - newest) / 3_600_000
         if age_h > fresh_within:

@@ -120,9 +120,10 @@ ROLE_TAGS = ("guardrail", "primary")
 
 def _near_role(tag: str) -> str | None:
     """The role tag ``tag`` is probably a misspelling of ("Guardrail", "guardrails")."""
-    if tag.casefold() in ROLE_TAGS:
-        return tag.casefold()
-    close = difflib.get_close_matches(tag, ROLE_TAGS, n=1, cutoff=0.8)
+    key = "".join(c for c in tag.casefold() if c.isalnum())  # "Guard Rail", "PRIMARY "
+    if key in ROLE_TAGS:
+        return key
+    close = difflib.get_close_matches(key, ROLE_TAGS, n=1, cutoff=0.85)
     return close[0] if close else None
 
 

@@ -41,6 +41,7 @@ import functools
 import inspect
 import itertools
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -77,35 +78,45 @@ class UnknownOverrideWarning(UserWarning):
     ``-W error::flagware.testing.UnknownOverrideWarning`` makes it fail."""
 
 
-def _check_known(kind: str, name: str, group: str | None = None) -> None:
+def _check_known(
+    kind: str, name: str, group: str | None = None, site: tuple[str, int] | None = None
+) -> None:
     """Warn when no live client's local spec defines what an override names.
 
-    Clients on Statsig have no spec to check against, and none may exist yet
-    (a factory that builds the app inside the test): then nothing is said.
+    Said only when every live client has a local spec: one on Statsig may
+    define any name, and none may exist yet (a factory that builds the app
+    inside the test). The warning points at ``site`` (a decorated test) or at
+    the first caller outside this module (a ``with`` line, a fixture call).
     """
     from flagware.client import _live_clients
     from flagware.spec import did_you_mean
 
-    specs = [s for c in list(_live_clients) if (s := getattr(c.engine, "spec", None)) is not None]
-    if not specs:
+    found = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
+    specs = [spec for spec in found if spec is not None]
+    if not specs or len(specs) < len(found):
         return
     defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
     what = f"override of {kind} {name!r}"
     if name not in defined:
         sources = ", ".join(sorted({str(spec.source) for spec in specs}))
-        warnings.warn(
+        message = (
             f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
-            " it forces nothing the app reads",
-            UnknownOverrideWarning,
-            stacklevel=3,
+            " it forces nothing the app reads"
         )
     elif group is not None and group not in (names := [g.name for g in defined[name].groups]):
-        warnings.warn(
+        message = (
             f"{what}: no group {group!r}{did_you_mean(group, names)} (its groups: "
-            f"{', '.join(names)}); exposures will carry a group the experiment never had",
-            UnknownOverrideWarning,
-            stacklevel=3,
+            f"{', '.join(names)}); exposures will carry a group the experiment never had"
         )
+    else:
+        return
+    if site is not None:
+        warnings.warn_explicit(message, UnknownOverrideWarning, site[0], site[1])
+        return
+    level, frame = 1, sys._getframe(0)  # stacklevel 1 is this function
+    while frame.f_code.co_filename == __file__ and frame.f_back is not None:
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UnknownOverrideWarning, stacklevel=level)
 
 
 class FlagwareOverrides:
@@ -239,6 +250,7 @@ class _Override:
 
     def __init__(self) -> None:
         self._saved: list[Any] = []
+        self._site: tuple[str, int] | None = None  # the decorated test, while it enters
 
     def _apply(self) -> Any:
         raise NotImplementedError
@@ -247,7 +259,10 @@ class _Override:
         raise NotImplementedError
 
     def __enter__(self) -> None:
-        self._saved.append(self._apply())
+        try:
+            self._saved.append(self._apply())
+        finally:
+            self._site = None
 
     def __exit__(self, *exc_info: object) -> None:
         self._restore(self._saved.pop())
@@ -261,10 +276,13 @@ class _Override:
                     setattr(target, name, self(attribute))
             return target
         function: Callable[..., Any] = target  # type: ignore[assignment]
+        code = getattr(function, "__code__", None)
+        site = None if code is None else (code.co_filename, code.co_firstlineno)
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                self._site = site
                 with self:
                     return await function(*args, **kwargs)
 
@@ -272,6 +290,7 @@ class _Override:
 
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> Any:
+            self._site = site
             with self:
                 return function(*args, **kwargs)
 
@@ -304,7 +323,7 @@ class override_gate(_Override):  # lower case, like Django's override_settings
         self.value = bool(value)
 
     def _apply(self) -> Any:
-        _check_known("gate", self.name)
+        _check_known("gate", self.name, site=self._site)
         saved = overrides.gates.get(self.name, _MISSING)
         overrides.gates[self.name] = self.value
         return saved
@@ -323,7 +342,7 @@ class override_experiment(_OverrideConfig):
         super().__init__(Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE))
 
     def _apply(self) -> Any:
-        _check_known("experiment", self.config.name, self.config.group)
+        _check_known("experiment", self.config.name, self.config.group, self._site)
         return super()._apply()
 
 
