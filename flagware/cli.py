@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from flagware import __version__
 from flagware.events.store import Store, not_a_store, open_store
@@ -76,7 +77,7 @@ def _events(args: argparse.Namespace) -> int:
     out = sys.stdout
     table = args.format == "table"
     if table:
-        out.write(_TABLE.format("time (UTC)", "event", "user_id", "stable_id", "group", "value"))
+        out.write(_TABLE.format("time (UTC)", "event", "user_id", "stable_id", "flag", "value"))
     try:
         for row in store.iter_events():
             row.pop("id")
@@ -90,7 +91,7 @@ def _events(args: argparse.Namespace) -> int:
                     row["event"],
                     row["user_id"] or "-",
                     row["stable_id"] or "-",
-                    row["group"] or row["exposure"] or "",
+                    _flag(row),
                     "" if value is None else json.dumps(value),
                 )
             )
@@ -101,6 +102,17 @@ def _events(args: argparse.Namespace) -> int:
 
 # IDs are 32 hex digits (an HMAC) or the app's own: shown whole, to grep for.
 _TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<16} {}\n"
+
+
+def _flag(row: dict[str, Any]) -> str:
+    """An exposure's flag and what it gave: ``new_signup=true``, ``button_color:Red``."""
+    name = row["exposure"]
+    if name is None:
+        return ""
+    metadata = row["metadata"] or {}
+    if "gateValue" in metadata:
+        return f"{name}={metadata['gateValue']}"
+    return f"{name}:{row['group'] or '-'}"  # "-": not in the experiment
 
 
 def _utc(time_ms: int) -> str:

@@ -222,6 +222,8 @@ class Flagware:
         _live_clients.add(self)
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
+        if _flags.overrides.unchecked:  # a test overrode flags before any client existed
+            _flags.overrides.check_unchecked()
 
     @classmethod
     def from_env(cls, **options: Any) -> Flagware:

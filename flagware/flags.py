@@ -73,6 +73,10 @@ class Overrides:
         self.gates: dict[str, bool] = {}
         self.configs: dict[str, Config] = {}
         self.defaults = False  # unforced gates False, unforced experiments their control
+        # Checks of overrides made while no client could say whether their
+        # names exist (Django makes its client at the first request): the next
+        # client runs them (flagware.testing).
+        self.unchecked: list[Callable[[], None]] = []
 
     def __bool__(self) -> bool:
         return bool(self.gates or self.configs or self.defaults)
@@ -81,6 +85,13 @@ class Overrides:
         self.gates.clear()
         self.configs.clear()
         self.defaults = False
+        self.unchecked.clear()
+
+    def check_unchecked(self) -> None:
+        """A client now exists: check the overrides that waited for one."""
+        checks, self.unchecked = self.unchecked, []
+        for check in checks:
+            check()
 
     def gate(self, name: str) -> bool | None:
         """The forced value of gate ``name``, or None to evaluate it."""

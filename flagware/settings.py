@@ -38,10 +38,20 @@ def check_options(
     diagnostics_path: str,
     diagnostics_token: str | None,
 ) -> None:
-    if not exposure_dedupe >= 0:  # also NaN
-        raise ConfigurationError("exposure_dedupe must be 0 (off) or more seconds")
-    if proxy_hops < 0:
-        raise ConfigurationError("proxy_hops must be 0 or more")
+    # Types too: a value from settings or the environment may be a string,
+    # which failed later with a bare TypeError.
+    if not _number(exposure_dedupe) or not exposure_dedupe >= 0:  # also NaN
+        raise ConfigurationError(
+            f"exposure_dedupe must be 0 (off) or more seconds, not {exposure_dedupe!r}"
+        )
+    if not _number(proxy_hops) or proxy_hops != int(proxy_hops) or proxy_hops < 0:
+        raise ConfigurationError(
+            f"proxy_hops must be a whole number, 0 or more, not {proxy_hops!r}"
+        )
+    if not isinstance(diagnostics_path, str):
+        raise ConfigurationError(f"diagnostics_path must be a string, not {diagnostics_path!r}")
+    if diagnostics_token is not None and not isinstance(diagnostics_token, str):
+        raise ConfigurationError("diagnostics_token must be a string")
     if diagnostics not in (False, True, "debug"):
         raise ConfigurationError('diagnostics must be False, True or "debug"')
     if not diagnostics_path.strip("/"):
@@ -51,6 +61,10 @@ def check_options(
             "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
             "secrets; print(secrets.token_urlsafe(32))'`)"
         )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def engine_choice(engine: str | None) -> EngineChoice:

@@ -42,6 +42,7 @@ def test_events_jsonl_prints_every_stored_event(client: Any, capsys: Any) -> Non
 def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: Any) -> None:
     def app(environ: Any, start_response: Any) -> Any:
         flags = current_flags()
+        flags.gate("new_signup")
         flags.experiment("button_color")
         flags.log_event("clicked", value=2.5)
         start_response("200 OK", [])
@@ -51,12 +52,12 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
     client.flush()
     store = str(client.event_store_path)
     assert main(["events", "--store", store, "--format", "jsonl"]) == 0
-    exposure, clicked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gate, exposure, clicked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["events", "--store", store, "--format", "table"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["time", "(UTC)", "event", "user_id", "stable_id", "group", "value"]
+    assert header.split() == ["time", "(UTC)", "event", "user_id", "stable_id", "flag", "value"]
     moment = datetime.fromtimestamp(clicked["time"] / 1000, tz=UTC)
-    assert rows[1].split() == [
+    assert rows[2].split() == [
         f"{moment:%Y-%m-%d}",
         f"{moment:%H:%M:%S}.{clicked['time'] % 1000:03d}",
         "clicked",
@@ -64,11 +65,12 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
         clicked["stable_id"],  # told apart when every visitor shares one address
         "2.5",
     ]
-    assert rows[0].split()[2:] == [
+    assert rows[0].split()[-1] == f"new_signup={gate['metadata']['gateValue']}"
+    assert rows[1].split()[2:] == [
         "statsig::config_exposure",
         exposure["user_id"],
         exposure["stable_id"],
-        exposure["group"] or "button_color",
+        f"button_color:{exposure['group'] or '-'}",
     ]
 
 

@@ -33,11 +33,12 @@ from django.urls import path  # noqa: E402
 from django.utils.decorators import method_decorator  # noqa: E402
 from django.views import View  # noqa: E402
 
-from flagware import current_flags, experiment, feature_gate, log_event  # noqa: E402
+from flagware import Flagware, current_flags, experiment, feature_gate, log_event  # noqa: E402
 from flagware.django import FlagwareMiddleware, checks, conf  # noqa: E402
 from flagware.django.templatetags import flagware as tags  # noqa: E402
 from flagware.flags import Config, NoRequestError, _current  # noqa: E402
 from flagware.identity import hash_ip  # noqa: E402
+from flagware.settings import ConfigurationError  # noqa: E402
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -664,6 +665,27 @@ def test_check_settings_shape(spec_file: Path) -> None:
         "flagware.E006"
     ]
     assert check_ids(FLAGWARE={"spec": spec_file, "user_custom": 42}) == ["flagware.E006"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"diagnostics_token": "short"}, "diagnostics_token must be at least 16 characters"),
+        ({"exposure_dedupe": "sixty"}, "exposure_dedupe must be 0 (off) or more seconds, not"),
+        ({"proxy_hops": 1.5}, "proxy_hops must be a whole number, 0 or more, not 1.5"),
+        ({"diagnostics": "yes"}, 'diagnostics must be False, True or "debug"'),
+    ],
+)
+def test_check_values_flagware_would_refuse(
+    spec_file: Path, option: dict[str, Any], message: str
+) -> None:
+    """A value Flagware(...) refuses passed the check and failed the first request."""
+    with override_settings(FLAGWARE={"spec": spec_file, **option}):
+        [error] = checks.check_settings()
+    assert error.id == "flagware.E005"
+    assert error.msg.startswith("settings.FLAGWARE: ") and message in error.msg
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        Flagware(spec=spec_file, hash_key="k", event_store=spec_file.parent / "e.db", **option)
 
 
 def test_check_middleware_order(spec_file: Path) -> None:

@@ -512,6 +512,21 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
     )
 
 
+def test_guardrail_events_from_before_the_window_vouch_for_nothing(tmp_path: Path) -> None:
+    """Errors logged before the first exposure (or a restart) do not show the
+    app still logs them: a release that stopped logging them would pass."""
+    log = balanced_log(300, 300)
+    for e in log.events:
+        if e.name == "error":
+            e.time = NOW - 3 * HOUR  # exposures are at NOW - 2 h
+    results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
+    (guardrail,) = results.guardrails
+    assert (guardrail.status, guardrail.reason) == (
+        "blocked",
+        "stale: no 'error' events in the analysis window, so the guardrail cannot be checked",
+    )
+
+
 def test_missing_events_on_either_side_of_a_ratio_and_of_a_mean(tmp_path: Path) -> None:
     """A mean or a ratio without its denominator's events is not 0 but not
     computed; a guardrail missing either side's events blocks (it said "ok")."""
@@ -643,6 +658,8 @@ def test_bad_inputs_raise_results_error(tmp_path: Path) -> None:
     store = balanced_log(10, 10).store(tmp_path)
     with pytest.raises(ResultsError, match="unknown experiment 'nope'"):
         compute_results(make_spec(), "nope", store)
+    with pytest.raises(ResultsError, match=r"'button_colour' \(did you mean 'button_color'\?\)"):
+        compute_results(make_spec(), "button_colour", store)
     with pytest.raises(ResultsError, match="no event store at "):
         compute_results(make_spec(), "button_color", tmp_path / "missing.db")
     with pytest.raises(ResultsError, match="alpha"):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from flagware.events.store import EventStore, connect, open_store
-from flagware.results import ResultsError, compute_results
+from flagware.results import ResultsError, compute_results, render_html, render_text
 from flagware.results.lock import check_unchanged, meta_key, read_started, record_started
 from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
 
@@ -198,6 +198,9 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     check_unchanged(restarted, store, time_ms=T0 + 1000)  # the app loads it
     results = compute_results(restarted, "button_color", store, now=T0 + 2000)
     assert results.window_start == T0 + 1000
+    # Said in every format, not only JSON's window_start: units before it are left out.
+    said = "Analysis window from 2026-09-21 14:13 UTC (restart = true): exposures before it"
+    assert said in render_text(results) and said in render_html(results)
     assert [g.name for g in results.groups] == ["Control", "Red", "Green"]
     # After the restart, the original spec no longer describes the window.
     with pytest.raises(ResultsError) as raised:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import unittest
+import warnings
 from typing import Any
 
 import pytest
@@ -80,6 +82,33 @@ def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
     site = decorated.__wrapped__.__code__.co_firstlineno  # type: ignore[attr-defined]
     assert (caught[0].filename, caught[0].lineno) == (__file__, site)
     assert not overrides
+
+
+def test_an_override_made_before_any_client_is_checked_by_the_first(spec_file: Any) -> None:
+    """Django makes its client at the first request, after the test's override."""
+    from flagware import Flagware
+    from flagware.client import _live_clients
+
+    alive = set(_live_clients)
+    _live_clients.clear()
+    try:
+        with override_gate("nobdy"), override_experiment("button_color", {}, group="Greeen"):
+            line = sys._getframe().f_lineno - 1
+            assert overrides.unchecked  # nothing to check against yet
+            with pytest.warns(UnknownOverrideWarning) as caught:
+                made = Flagware(spec=spec_file, event_store=spec_file.parent / "e.db", hash_key="k")
+            made.close()
+        assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)] * 2
+        assert "'nobdy'" in str(caught[0].message) and "'Greeen'" in str(caught[1].message)
+        # Undone before any client: nothing is said later.
+        with override_gate("nobdy"):
+            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Flagware(spec=spec_file, event_store=spec_file.parent / "e.db", hash_key="k").close()
+    finally:
+        overrides.clear()
+        _live_clients.update(alive)
 
 
 def test_no_override_warning_while_a_client_on_statsig_lives(client: Any) -> None:

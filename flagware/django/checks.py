@@ -5,7 +5,8 @@ reported with a fix before the first request, not as a failing page.
 - flagware.E002: the local spec file is missing
 - flagware.E003: the local spec file is invalid
 - flagware.E004: FlagwareMiddleware is placed before AuthenticationMiddleware
-- flagware.E005: settings.FLAGWARE is not a dict of Flagware(...) arguments
+- flagware.E005: settings.FLAGWARE is not a dict of Flagware(...) arguments, or a value
+  Flagware(...) would refuse
 - flagware.E006: a user resolver or the exposure filter cannot be imported or is not callable
 - flagware.W001: flagware.django is installed but its middleware is not
 """
@@ -25,7 +26,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from flagware.client import Flagware
 from flagware.django import conf
-from flagware.settings import DEFAULT_SPEC
+from flagware.settings import DEFAULT_SPEC, ConfigurationError, check_options
 from flagware.settings import env as _env
 from flagware.spec import SpecError, load_spec
 
@@ -35,6 +36,8 @@ OUR_MIDDLEWARE = {
 }
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
+CHECKED = ("exposure_dedupe", "proxy_hops", "diagnostics", "diagnostics_path")
+_DEFAULTS = {key: p.default for key, p in inspect.signature(Flagware.__init__).parameters.items()}
 
 
 @register("flagware")
@@ -55,6 +58,14 @@ def check_settings(
                 id="flagware.E005",
             )
         )
+    try:  # the values Flagware(...) checks itself, so that a bad one fails here, not at a request
+        check_options(
+            **{key: options.get(key, _DEFAULTS[key]) for key in CHECKED},
+            diagnostics_token=options.get("diagnostics_token")
+            or _env("FLAGWARE_DIAGNOSTICS_TOKEN"),
+        )
+    except ConfigurationError as exc:
+        errors.append(Error(f"settings.{conf.SETTING}: {exc}", id="flagware.E005"))
     for key in ("user_id", "user_custom", "exposure_filter"):
         try:
             conf.load_resolver(options.get(key), key)

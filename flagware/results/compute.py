@@ -42,7 +42,7 @@ from flagware.results.verdict import (
     srm_status,
     verdict,
 )
-from flagware.spec import ExperimentSpec, MetricSpec, Spec
+from flagware.spec import ExperimentSpec, MetricSpec, Spec, did_you_mean
 
 __all__ = [
     "DEFAULT_ALPHA",
@@ -90,7 +90,8 @@ def compute_results(
     exp = spec.experiments.get(experiment)
     if exp is None:
         known = ", ".join(sorted(spec.experiments)) or "none"
-        raise ResultsError(f"unknown experiment {experiment!r} (the spec defines: {known})")
+        hint = did_you_mean(experiment, spec.experiments)
+        raise ResultsError(f"unknown experiment {experiment!r}{hint} (the spec defines: {known})")
     chosen = _choose_metrics(spec, metrics)
     problem = not_a_store(store_path)  # worded as every read command words it
     if problem is not None:
@@ -185,10 +186,14 @@ def _analyse(
         for r, m in zip(results, metrics, strict=True)
     )
     missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)))
+    # A guardrail's events must come from the experiment's window: ones logged
+    # before it (before a restart, before the first exposure) vouch for nothing
+    # the experiment did.
+    since = units.first if units.first is not None else (window_start or 0)
     guardrails = tuple(
         guardrail_status(
             r,
-            sql.newest_event(conn, m.event, opt.until),
+            sql.newest_event(conn, m.event, since, opt.until),
             m.fresh_within,
             opt.now,
             # Either side of a ratio: a missing denominator leaves nothing to check.

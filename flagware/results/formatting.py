@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from flagware.results.model import MetricResult, Results
 
@@ -82,6 +83,17 @@ def method_line(results: Results) -> str:
     return (
         f"Intervals: {tests}; decision metrics Bonferroni-corrected, secondary"
         f" Benjamini-Hochberg, guardrails uncorrected; {', '.join(data)}"
+    )
+
+
+def window_line(results: Results) -> str | None:
+    """Where a restart opened the analysis window, or None (every exposure counts)."""
+    if results.window_start is None:
+        return None
+    start = datetime.fromtimestamp(results.window_start / 1000, tz=UTC)
+    return (
+        f"Analysis window from {start:%Y-%m-%d %H:%M} UTC (restart = true): exposures"
+        " before it are not counted"
     )
 
 

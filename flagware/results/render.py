@@ -20,6 +20,7 @@ from flagware.results.formatting import (
     pvalue,
     relative_mde,
     table,
+    window_line,
 )
 from flagware.results.model import MetricResult, Results
 from flagware.results.report import render_chart_svg, render_html
@@ -141,6 +142,7 @@ def render_text(results: Results) -> str:
         f"Experiment {results.experiment} (unit {results.unit}, control {results.control},"
         f" alpha {results.alpha:g})",
         method_line(results),
+        *filter(None, [window_line(results)]),
         f"Verdict: {results.verdict.upper()}",
         *(f"  - {reason}" for reason in results.reasons),
         *(f"  ! {warning}" for warning in results.warnings),

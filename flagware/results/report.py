@@ -27,6 +27,7 @@ from flagware.results.formatting import (
     pct,
     planning_rows,
     pvalue,
+    window_line,
 )
 from flagware.results.model import GroupResult, MetricResult, Results
 
@@ -272,17 +273,19 @@ def _html_metrics(results: Results) -> list[str]:
 def _time_range(results: Results) -> str:
     """Days running and the data's time range."""
     if results.first_exposure is None:
-        return "no exposures counted yet"
+        window = window_line(results)
+        return f"no exposures counted yet{f' · {window}' if window else ''}"
 
     def when(ms: int) -> str:
         return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%Y-%m-%d %H:%M}"
 
     until = results.until if results.until is not None else results.computed_at
     days = days_running(results)
+    window = window_line(results)
     return (
         f"running {days:g} days · exposures from {when(results.first_exposure)} to"
         f" {when(results.last_exposure or results.first_exposure)} UTC · data until"
-        f" {when(until)} UTC"
+        f" {when(until)} UTC{f' · {window}' if window else ''}"
     )
 
 

@@ -206,9 +206,12 @@ SELECT event FROM names WHERE event IS NOT NULL
 """
 
 
-def newest_event(conn: Reader, event: str, until: int) -> int | None:
+def newest_event(conn: Reader, event: str, since: int, until: int) -> int | None:
+    """The newest ``event`` logged in ``[since, until]`` (ms), by anyone: whether
+    the app still logs it, which is what a guardrail's freshness is about."""
     row = conn.execute(
-        f"SELECT max(time) FROM events WHERE {named(event)} AND time <= ?", (event, until)
+        f"SELECT max(time) FROM events WHERE {named(event)} AND time >= ? AND time <= ?",
+        (event, since, until),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])
 

@@ -84,16 +84,28 @@ def _check_known(
     """Warn when no live client's local spec defines what an override names.
 
     Said only when every live client has a local spec: one on Statsig may
-    define any name, and none may exist yet (a factory that builds the app
-    inside the test). The warning points at ``site`` (a decorated test) or at
-    the first caller outside this module (a ``with`` line, a fixture call).
+    define any name. With no client yet (Django makes its own at the first
+    request; a factory may build the app inside the test), the check waits
+    for the first client made while the override is in force. The warning
+    points at ``site`` (a decorated test) or at the first caller outside this
+    module (a ``with`` line, a fixture call).
     """
     from flagware.client import _live_clients
     from flagware.spec import did_you_mean
 
     found = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
+    if not found:  # checked when the first client is made, if still in force
+        where = site or _caller()
+        forced = overrides.gates if kind == "gate" else overrides.configs
+
+        def later() -> None:
+            if name in forced:
+                _check_known(kind, name, group, where)
+
+        overrides.unchecked.append(later)
+        return
     specs = [spec for spec in found if spec is not None]
-    if not specs or len(specs) < len(found):
+    if len(specs) < len(found):
         return
     defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
     what = f"override of {kind} {name!r}"
@@ -110,13 +122,16 @@ def _check_known(
         )
     else:
         return
-    if site is not None:
-        warnings.warn_explicit(message, UnknownOverrideWarning, site[0], site[1])
-        return
-    level, frame = 1, sys._getframe(0)  # stacklevel 1 is this function
+    file, line = site or _caller()
+    warnings.warn_explicit(message, UnknownOverrideWarning, file, line)
+
+
+def _caller() -> tuple[str, int]:
+    """Where the test's code is: the first frame outside this module."""
+    frame = sys._getframe(1)
     while frame.f_code.co_filename == __file__ and frame.f_back is not None:
-        level, frame = level + 1, frame.f_back
-    warnings.warn(message, UnknownOverrideWarning, stacklevel=level)
+        frame = frame.f_back
+    return frame.f_code.co_filename, frame.f_lineno
 
 
 class FlagwareOverrides:
