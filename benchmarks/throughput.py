@@ -286,7 +286,16 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
                         )
                         time.sleep(0.3)  # the writer's last flush (every 0.2 s) is this run's
                         used = worker_cpu_ns(process.pid) - before
-                        result["cpu_us"] = used / 1000 / max(1, result["requests"])
+                        if used > 0 and result["requests"]:
+                            result["cpu_us"] = used / 1000 / result["requests"]
+                        else:  # a worker died or hung: no figure, and its rounds' pairs go
+                            result["cpu_us"] = None
+                            print(
+                                f"round {round_ + 1}: {'/'.join(target)} {profile}: "
+                                f"{result['requests']} requests, {used / 1e6:.0f} ms of worker"
+                                " CPU: left out",
+                                file=sys.stderr,
+                            )
                         samples[(*target, profile)].append(result)
         finally:
             for process, _ in servers.values():
@@ -302,7 +311,7 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
             "rps": round(statistics.median(r["rps"] for r in results), 1),
             "p50_ms": round(statistics.median(r["p50"] for r in results) / 1000, 3),
             "p99_ms": round(statistics.median(r["p99"] for r in results) / 1000, 3),
-            "cpu_us": round(statistics.median(r["cpu_us"] for r in results), 1),
+            "cpu_us": _median([r["cpu_us"] for r in results if r["cpu_us"] is not None]),
             "errors": sum(r["errors"] for r in results),
         }
     for server, figure in figures["servers"].items():
@@ -326,9 +335,13 @@ def _run(args: argparse.Namespace, wrk: str, targets: list[Target], tmp: Path) -
     return figures
 
 
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 1) if values else None
+
+
 def _ratios(apps: dict[str, Any], profile: str) -> dict[str, float | None]:
     def ratio(a: str, b: str) -> float | None:
-        if a not in apps or b not in apps:
+        if a not in apps or b not in apps or not apps[b][profile]["rps"]:
             return None
         return round(apps[a][profile]["rps"] / apps[b][profile]["rps"], 3)
 
@@ -351,7 +364,15 @@ def _spread(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
         if a not in rounds or b not in rounds:
             found[name] = None
             continue
-        pairs = list(zip(rounds[a], rounds[b], strict=True))
+        # Rounds where either app failed to serve (see _run) are no comparison.
+        pairs = [
+            (x, y)
+            for x, y in zip(rounds[a], rounds[b], strict=True)
+            if x["cpu_us"] is not None and y["cpu_us"] is not None and x["rps"] and y["rps"]
+        ]
+        if not pairs:
+            found[name] = None
+            continue
         by_rps = [x["rps"] / y["rps"] for x, y in pairs]
         by_cpu = [y["cpu_us"] / x["cpu_us"] for x, y in pairs]
         figure: dict[str, Any] = {
@@ -386,7 +407,7 @@ def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                 row = row[profile]
                 print(
                     f"  {APPS[kind]:<38} {row['rps']:>8.0f} {row['p50_ms']:>8.2f} "
-                    f"{row['p99_ms']:>8.2f} {row['cpu_us']:>10.0f}"
+                    f"{row['p99_ms']:>8.2f} {_cpu(row['cpu_us']):>10}"
                 )
             for name, value in figure["ratios"][profile].items():
                 spread = figure["spread"][profile][name]
@@ -396,6 +417,10 @@ def _print(args: argparse.Namespace, figures: dict[str, Any]) -> None:
                         f"{spread['max']:.2f}{_decided(spread, 'rps')}, "
                         f"by CPU {spread['cpu']:.3f}x{_decided(spread, 'cpu')}"
                     )
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def _decided(spread: dict[str, Any], measure: str) -> str:

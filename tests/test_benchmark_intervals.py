@@ -116,3 +116,26 @@ def test_throughput_decides_each_goal_from_paired_rounds() -> None:
     without_goal = throughput._spread({"hand": hand, "bare": bare})["hand/bare"]
     assert without_goal is not None and "rps_verdict" not in without_goal
     assert without_goal["rps_interval"] == [0.476, 0.5]  # six rounds: lowest to highest
+
+
+def test_a_round_where_a_server_failed_is_left_out_not_a_crash() -> None:
+    """A round with no worker CPU or no requests (a worker died) divided by zero
+    in the summary and lost a whole run's figures; now its pairs are left out."""
+    import throughput
+
+    bare = [{"rps": 1000.0, "cpu_us": 200.0} for _ in range(7)]
+    wrapped = [{"rps": 990.0, "cpu_us": 210.0} for _ in range(7)]
+    wrapped[3] = {"rps": 0.0, "cpu_us": None}
+    bare[5] = {"rps": 1000.0, "cpu_us": None}
+    spread = throughput._spread({"bare": bare, "wrapped": wrapped})
+    figure = spread["wrapped/bare (goal >= 0.97)"]
+    assert figure is not None
+    assert (figure["min"], figure["max"]) == (0.99, 0.99)  # five good rounds
+    assert figure["cpu_interval"] is None  # five rounds: too few to decide
+    assert (
+        throughput._spread({"bare": bare[3:4], "wrapped": wrapped[3:4]})[
+            "wrapped/bare (goal >= 0.97)"
+        ]
+        is None
+    )
+    assert throughput._median([]) is None and throughput._cpu(None) == "-"
