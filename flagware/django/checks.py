@@ -35,9 +35,9 @@ OUR_MIDDLEWARE = {
     "flagware.django.middleware.FlagwareMiddleware",
 }
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
-OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
+_PARAMETERS = inspect.signature(Flagware.__init__).parameters
+OPTIONS = frozenset(_PARAMETERS) - {"self"}
 CHECKED = ("exposure_dedupe", "proxy_hops", "diagnostics", "diagnostics_path")
-_DEFAULTS = {key: p.default for key, p in inspect.signature(Flagware.__init__).parameters.items()}
 
 
 @register("flagware")
@@ -60,7 +60,7 @@ def check_settings(
         )
     try:  # the values Flagware(...) checks itself, so that a bad one fails here, not at a request
         check_options(
-            **{key: options.get(key, _DEFAULTS[key]) for key in CHECKED},
+            **{key: options.get(key, _PARAMETERS[key].default) for key in CHECKED},
             diagnostics_token=options.get("diagnostics_token")
             or _env("FLAGWARE_DIAGNOSTICS_TOKEN"),
         )

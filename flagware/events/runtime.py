@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING
 from flagware.events.leases import Leases
 from flagware.events.stats import failure_record
 from flagware.events.store import open_store
-from flagware.events.store.base import LAST_FAILURE, META_PREFIX
+from flagware.events.store.base import FAILURE_KEY
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
-
-# The store's record of the last failed send, for `flagware status` ("" once one works).
-FAILURE_KEY = META_PREFIX + LAST_FAILURE
 
 
 class Runtime:

@@ -35,6 +35,7 @@ DROPPED = 3
 COUNTERS = ("delivered", "retried", "dropped", "parked", "queue_dropped")
 META_PREFIX = "delivery."
 LAST_FAILURE = "last_failure"  # the key (after META_PREFIX) of the last failed send
+FAILURE_KEY = META_PREFIX + LAST_FAILURE  # delivery writes it, any delivered settle clears it
 
 
 def _host() -> str:

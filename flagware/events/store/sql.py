@@ -20,6 +20,7 @@ from flagware.events.model import Event
 from flagware.events.store.base import (
     COUNTERS,
     DELIVERED,
+    FAILURE_KEY,
     LAST_FAILURE,
     META_PREFIX,
     PARKED,
@@ -240,11 +241,10 @@ class SQLStore:
                     self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount
                 )
                 # Before the counter, which every settle of every process waits on.
-                key = META_PREFIX + LAST_FAILURE
                 if state == DELIVERED:
-                    self._exec(conn, "clear_meta", {"key": key})
+                    self._exec(conn, "clear_meta", {"key": FAILURE_KEY})
                 elif failure:
-                    self._exec(conn, "meta_set", {"key": key, "value": failure})
+                    self._exec(conn, "meta_set", {"key": FAILURE_KEY, "value": failure})
                 self._bump(conn, counter, changed)
         return changed
 
