@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,9 +121,13 @@ def _utc(time_ms: int) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S}.{time_ms % 1000:03d}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "flagware", defaults: Mapping[str, str] | None = None, source: str = ""
+) -> argparse.ArgumentParser:
+    """The command's parser; ``defaults`` replace the ``--spec``/``--store``
+    defaults (keys ``spec``, ``store``), their help naming ``source``."""
     parser = argparse.ArgumentParser(
-        prog="flagware",
+        prog=prog,
         description="Feature gates, experiments and events for Python web apps.",
         epilog="`flagware COMMAND --help` describes a command and its options.",
     )
@@ -161,11 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
         options = {option for action in command._actions for option in action.option_strings}
         if name != "demo" and "--spec" not in options:
             add_spec_argument(command, read=False)
+        if name != "demo" and defaults:
+            _replace_defaults(command, defaults, source)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _replace_defaults(
+    command: argparse.ArgumentParser, defaults: Mapping[str, str], source: str
+) -> None:
+    for action in command._actions:
+        value = defaults.get(action.dest)
+        if value is None or not action.option_strings:
+            continue
+        action.default = value
+        described, _, rest = (action.help or "").partition(" (default: ")
+        unused = "; not read by this command" if "not read" in rest else ""
+        shown = value.replace("%", "%%")  # argparse %-formats help texts
+        action.help = f"{described} (default: {shown}, from {source}{unused})"
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str = "flagware",
+    defaults: Mapping[str, str] | None = None,
+    source: str = "",
+) -> int:
+    """Run one command; ``defaults`` as in :func:`build_parser` (``manage.py flagware``)."""
+    parser = build_parser(prog, defaults, source)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

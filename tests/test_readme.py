@@ -179,6 +179,8 @@ def test_flagware_command_lines_parse(block: Block) -> None:
     parser = build_parser()
     for line in block.code.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
+        if words[:1] == ["python"] and words[1:3] == ["manage.py", "flagware"]:
+            words = words[2:]  # manage.py flagware: the same parser, defaults from settings
         if not words or Path(words[0]).name != "flagware":
             continue
         if words[1:] == ["--version"]:

@@ -1,0 +1,140 @@
+"""``manage.py flagware COMMAND``: the flagware command with settings.FLAGWARE's spec and store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django_settings import DEMO_SPEC, ROOT, configure, flagware_settings
+
+configure()
+
+from django.core.management import CommandError, call_command  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+
+from flagware.cli import main  # noqa: E402
+
+DEMO = ROOT / "examples" / "django_demo"
+
+
+def visited_store(tmp_path: Path, visitors: int = 40) -> str:
+    """A store the demo's Django views wrote: ``visitors`` visitors of /signup."""
+    with contextlib.contextmanager(flagware_settings)(tmp_path, DEMO_SPEC) as client:
+        for n in range(visitors):
+            Client(REMOTE_ADDR=f"198.51.100.{n + 1}").get("/signup")
+        client.flush()
+        # Under the pytest plugin the client writes to a store of the test's own.
+        store: str = client.event_store
+    return store
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with no spec and an environment naming no usable store."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("FLAGWARE_EVENT_STORE", str(cwd / "not-this.db"))
+    monkeypatch.delenv("FLAGWARE_SPEC", raising=False)
+    return cwd
+
+
+def test_events_and_results_read_the_spec_and_store_of_the_settings(
+    tmp_path: Path, elsewhere: Path, capsys: Any
+) -> None:
+    store = visited_store(tmp_path)
+    capsys.readouterr()
+    # What the plain command finds here: neither.
+    assert main(["results", "button_color"]) == 2
+    assert "spec file not found" in capsys.readouterr().err
+    assert main(["events"]) == 2
+    assert "no event store" in capsys.readouterr().err
+    settings = {"spec": DEMO_SPEC, "event_store": Path(store), "hash_key": "test-key"}
+    with override_settings(FLAGWARE=settings):
+        call_command("flagware", "events", "--format", "jsonl")
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [row["event"] for row in rows].count("visited_signup") == 40
+        assert len({row["user_id"] for row in rows}) == 40
+
+        call_command("flagware", "results", "button_color", "--format", "json")
+        report = json.loads(capsys.readouterr().out)
+        units = sum(group["units"] for group in report["groups"])
+        assert report["experiment"] == "button_color" and units == 40
+
+        # An option given wins over the settings, as on the command line.
+        with pytest.raises(CommandError) as raised:
+            call_command("flagware", "events", "--store", str(elsewhere / "missing.db"))
+        assert raised.value.returncode == 2
+        assert "missing.db" in capsys.readouterr().err
+
+
+def test_a_key_left_out_of_the_settings_falls_back_as_the_client_does(
+    tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    store = visited_store(tmp_path, visitors=3)
+    monkeypatch.setenv("FLAGWARE_EVENT_STORE", store)
+    with override_settings(FLAGWARE={"spec": DEMO_SPEC, "hash_key": "test-key"}):
+        call_command("flagware", "events")
+    assert capsys.readouterr().out.count('"visited_signup"') == 3
+
+
+def test_bad_input_keeps_the_commands_exit_code_and_message(
+    tmp_path: Path, elsewhere: Path, capsys: Any
+) -> None:
+    store = visited_store(tmp_path, visitors=2)
+    with override_settings(FLAGWARE={"spec": DEMO_SPEC, "event_store": store}):
+        with pytest.raises(CommandError) as raised:
+            call_command("flagware", "results", "button_colour")
+        assert raised.value.returncode == 2
+        assert "button_color" in capsys.readouterr().err  # did you mean
+        with pytest.raises(CommandError) as raised:
+            call_command("flagware")  # no command: argparse's usage error
+        assert raised.value.returncode == 2
+    not_a_path = {"spec": DEMO_SPEC, "event_store": 5}
+    with (
+        override_settings(FLAGWARE=not_a_path),
+        pytest.raises(CommandError, match=r"FLAGWARE\['event_store'\] must be a path"),
+    ):
+        call_command("flagware", "events")
+
+
+def manage(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "STATSIG_"))}
+    env["FLAGWARE_EVENT_STORE"] = str(store)  # the demo's settings name no store
+    env.pop("FLAGWARE_SPEC", None)
+    return subprocess.run(
+        [sys.executable, str(DEMO / "manage.py"), "flagware", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_manage_py_flagware_on_the_demo_project(tmp_path: Path) -> None:
+    store = tmp_path / "events.db"
+    subprocess.run(
+        [sys.executable, "-m", "flagware.cli", "demo", "--visitors", "300", "--store", str(store)],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    # tmp_path holds no flagware.toml: the spec is the one the demo's settings name.
+    settings = "--settings=demo.settings"  # Django's option: not passed on
+    result = manage("results", "button_color", settings, cwd=tmp_path, store=store)
+    assert result.returncode in (0, 3), result.stderr
+    assert "Verdict" in result.stdout and "Traceback" not in result.stderr
+    help_text = manage("results", "--help", cwd=tmp_path, store=store)
+    assert help_text.returncode == 0
+    assert "manage.py flagware results" in help_text.stdout
+    assert "from settings.FLAGWARE" in " ".join(help_text.stdout.split())
+    unknown = manage("results", "nope", "--settings", "demo.settings", cwd=tmp_path, store=store)
+    assert unknown.returncode == 2 and "nope" in unknown.stderr
