@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flagware import __version__
-from flagware.events.store import Store, not_a_store, open_store
+from flagware.events.store import Store, not_a_store, open_store, redact
 from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC
 
 EXIT_OK = 0
@@ -180,7 +180,8 @@ def _replace_defaults(
         action.default = value
         described, _, rest = (action.help or "").partition(" (default: ")
         unused = "; not read by this command" if "not read" in rest else ""
-        shown = value.replace("%", "%%")  # argparse %-formats help texts
+        # No password in --help; and argparse %-formats help texts.
+        shown = redact(value).replace("%", "%%")
         action.help = f"{described} (default: {shown}, from {source}{unused})"
 
 

@@ -104,6 +104,16 @@ def test_bad_input_keeps_the_commands_exit_code_and_message(
         call_command("flagware", "events")
 
 
+def test_help_names_the_settings_and_hides_a_password(capsys: Any) -> None:
+    url = "postgresql://app:s3cret%21@db.internal/site"
+    with override_settings(FLAGWARE={"spec": DEMO_SPEC, "event_store": url}):
+        call_command("flagware", "results", "--help")  # exit 0: no CommandError
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {DEMO_SPEC}, from settings.FLAGWARE" in text
+    assert "postgresql://app:***@db.internal/site, from settings.FLAGWARE" in text
+    assert "s3cret" not in text
+
+
 def manage(*args: str, cwd: Path, store: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "STATSIG_"))}
     env["FLAGWARE_EVENT_STORE"] = str(store)  # the demo's settings name no store
