@@ -129,7 +129,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Feature gates, experiments and events for Python web apps.",
-        epilog="`flagware COMMAND --help` describes a command and its options.",
+        epilog=f"`{prog} COMMAND --help` describes a command and its options.",
     )
     parser.add_argument("--version", action="version", version=f"flagware {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

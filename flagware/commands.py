@@ -54,14 +54,27 @@ def run_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    changes = _changes_since_start(spec, args.store)
+    # A store that is not there yet has nothing started: the spec is all there
+    # is to check, and the line says so (a CI job pointing at the wrong path
+    # must not read it as "compared"). One that is not a store is bad input.
+    problem = not_a_store(args.store)
+    missing = problem is not None and problem.startswith("no event store")
+    if problem is not None and not missing:
+        print(f"flagware check: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    changes = [] if missing else _changes_since_start(spec, args.store)
     for change in changes:
         print(change, file=sys.stderr)
     if changes:
         return EXIT_BAD_INPUT
+    compared = (
+        f"; {problem}, so no started experiment was compared with it"
+        if missing and spec.experiments
+        else ""
+    )
     print(
         f"flagware check: {args.spec} is valid ({_count(spec.gates, 'gate')},"
-        f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')})"
+        f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')}){compared}"
     )
     return EXIT_OK
 
@@ -74,8 +87,6 @@ def _changes_since_start(spec: Any, store: str) -> list[str]:
     """What the running app would refuse: started experiments changed without restart."""
     from flagware.results.lock import describe_changes, read_started
 
-    if not_a_store(store) is not None:
-        return []  # nothing started yet (or not ours): nothing to compare with
     problems = []
     with open_store(store, create=False) as opened:
         for experiment in spec.experiments.values():

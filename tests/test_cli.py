@@ -234,8 +234,36 @@ def test_read_commands_never_touch_a_database_that_is_not_a_store(
         f"flagware events: {text} is not a flagware event store (not an SQLite database)",
         f"flagware events: no event store at {tmp_path / 'missing.db'}",
     ]
+    # check too: a started experiment cannot be compared with what is not a store.
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC_WITH_EXPERIMENT)
+    assert main(["check", "--spec", str(spec), "--store", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"flagware check: {other} is not a flagware event store (an SQLite database without"
+        " its tables)\n"
+    )
     assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    spec.unlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite3", "notes.txt"]
+
+
+SPEC_WITH_EXPERIMENT = """
+[experiments.button_color]
+groups = [{ name = "Control", weight = 50 }, { name = "Red", weight = 50 }]
+"""
+
+
+def test_check_says_when_no_store_was_there_to_compare(tmp_path: Any, capsys: Any) -> None:
+    """A CI job pointing at the wrong store passed a changed experiment as "valid"."""
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC_WITH_EXPERIMENT)
+    missing = tmp_path / "var" / "events.db"
+    assert main(["check", "--spec", str(spec), "--store", str(missing)]) == 0
+    assert capsys.readouterr().out == (
+        f"flagware check: {spec} is valid (0 gates, 1 experiment, 0 metrics); no event store"
+        f" at {missing}, so no started experiment was compared with it\n"
+    )
+    assert not missing.parent.exists()  # nothing created
 
 
 def test_reading_a_store_does_not_migrate_or_write_it(client: Any, capsys: Any) -> None:

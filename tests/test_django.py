@@ -658,6 +658,11 @@ def test_check_invalid_spec(tmp_path: Path) -> None:
 def test_check_settings_shape(spec_file: Path) -> None:
     assert check_ids(FLAGWARE=["spec"]) == ["flagware.E005"]
     assert check_ids(FLAGWARE={"spec": spec_file, "specs": "x"}) == ["flagware.E005"]
+    with override_settings(FLAGWARE={"spec": spec_file, "event_stor": "x", "zzz": 1}):
+        [error] = checks.check_settings()
+    assert error.msg == (
+        "settings.FLAGWARE has unknown keys: event_stor (did you mean 'event_store'?), zzz"
+    )
     assert check_ids(FLAGWARE={"spec": spec_file, "statsig_secret": "secret-x"}) == [
         "flagware.E005"
     ]

@@ -96,6 +96,13 @@ def test_bad_input_keeps_the_commands_exit_code_and_message(
         with pytest.raises(CommandError) as raised:
             call_command("flagware")  # no command: argparse's usage error
         assert raised.value.returncode == 2
+    # A misspelled key would otherwise read the default store, silently.
+    misspelled = {"spec": DEMO_SPEC, "event_stor": store}
+    with (
+        override_settings(FLAGWARE=misspelled),
+        pytest.raises(CommandError, match=r"event_stor \(did you mean 'event_store'\?\)"),
+    ):
+        call_command("flagware", "events")
     not_a_path = {"spec": DEMO_SPEC, "event_store": 5}
     with (
         override_settings(FLAGWARE=not_a_path),
@@ -148,3 +155,33 @@ def test_manage_py_flagware_on_the_demo_project(tmp_path: Path) -> None:
     assert "from settings.FLAGWARE" in " ".join(help_text.stdout.split())
     unknown = manage("results", "nope", "--settings", "demo.settings", cwd=tmp_path, store=store)
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+    # Every manage.py command's options are taken, wherever they are, and mean nothing here.
+    django_options = ("-v", "0", "--traceback", "check", "--skip-checks", "--no-color", "-v2")
+    checked = manage(*django_options, cwd=tmp_path, store=store)
+    assert checked.returncode == 0, checked.stderr
+    assert "is valid" in checked.stdout
+
+
+def test_manage_py_flagware_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "mysite").mkdir(parents=True)
+    (project / "mysite" / "__init__.py").write_text("")
+    (project / "mysite" / "settings.py").write_text(
+        "INSTALLED_APPS = ['flagware.django']\nSECRET_KEY = 'x'\n"
+        "FLAGWARE = {'spec': 'flagware.toml', 'event_stor': 'var/events.db'}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FLAGWARE_"))}
+    command = [sys.executable, "-m", "django", "flagware", "events", "--settings", "mysite.settings"]
+    result = subprocess.run(
+        command,
+        cwd=project,
+        env={**env, "PYTHONPATH": str(project)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "CommandError: settings.FLAGWARE has unknown keys:"
+        " event_stor (did you mean 'event_store'?)"
+    )

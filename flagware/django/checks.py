@@ -14,7 +14,7 @@ reported with a fix before the first request, not as a failing page.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from flagware.client import Flagware
 from flagware.django import conf
 from flagware.settings import DEFAULT_SPEC, ConfigurationError, check_options
 from flagware.settings import env as _env
-from flagware.spec import SpecError, load_spec
+from flagware.spec import SpecError, did_you_mean, load_spec
 
 OUR_MIDDLEWARE = {
     "flagware.django.FlagwareMiddleware",
@@ -49,15 +49,9 @@ def check_settings(
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="flagware.E005")]
     errors: list[CheckMessage] = []
-    unknown = sorted(set(options) - OPTIONS)
+    unknown = unknown_keys(options)
     if unknown:
-        errors.append(
-            Error(
-                f"settings.{conf.SETTING} has unknown keys: {', '.join(unknown)}",
-                hint=f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}",
-                id="flagware.E005",
-            )
-        )
+        errors.append(Error(unknown, hint=KEYS_HINT, id="flagware.E005"))
     try:  # the values Flagware(...) checks itself, so that a bad one fails here, not at a request
         check_options(
             **{key: options.get(key, _PARAMETERS[key].default) for key in CHECKED},
@@ -89,6 +83,18 @@ def check_settings(
     else:
         errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
     return errors
+
+
+KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
+
+
+def unknown_keys(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with keys ``Flagware(...)`` does not take, each with a did-you-mean."""
+    unknown = sorted(set(options) - OPTIONS)
+    if not unknown:
+        return None
+    named = ", ".join(f"{key}{did_you_mean(key, OPTIONS)}" for key in unknown)
+    return f"settings.{conf.SETTING} has unknown keys: {named}"
 
 
 def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:

@@ -16,19 +16,31 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from flagware import cli
+from flagware.django.checks import unknown_keys
 from flagware.django.conf import SETTING, options
 
-# ManagementUtility has already applied these (they pick the settings): they
-# are not the flagware command's to parse.
-_DJANGO_OPTIONS = ("--settings", "--pythonpath")
+# The options every manage.py command takes. ManagementUtility has applied
+# --settings and --pythonpath (they choose the settings); the rest mean nothing
+# here (the flagware command prints what it finds, runs no system checks and
+# reports its errors in one line). None is theirs to parse: they are dropped,
+# wherever they are, so a script can pass them to any command.
+_TAKING_A_VALUE = ("--settings", "--pythonpath", "--verbosity", "-v")
+_FLAGS = ("--traceback", "--no-color", "--force-color", "--skip-checks")
 
 
 def flagware_defaults() -> dict[str, str]:
     """``--spec`` and ``--store`` defaults from ``settings.FLAGWARE``, where set."""
-    settings = options()
+    try:
+        settings = options()
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc), returncode=cli.EXIT_BAD_INPUT) from None
+    unknown = unknown_keys(settings)
+    if unknown:  # a misspelled event_store would read the default store instead
+        raise CommandError(unknown, returncode=cli.EXIT_BAD_INPUT)
     defaults: dict[str, str] = {}
     for key, dest in (("spec", "spec"), ("event_store", "store")):
         value = settings.get(key)
@@ -36,7 +48,8 @@ def flagware_defaults() -> dict[str, str]:
             continue
         if not isinstance(value, str | os.PathLike):
             raise CommandError(
-                f"settings.{SETTING}[{key!r}] must be a path or URL, not {type(value).__name__}"
+                f"settings.{SETTING}[{key!r}] must be a path or URL, not {type(value).__name__}",
+                returncode=cli.EXIT_BAD_INPUT,
             )
         defaults[dest] = os.fspath(value)
     return defaults
@@ -54,14 +67,19 @@ def _without_django_options(argv: list[str]) -> list[str]:
     for arg in argv:
         if skip:
             skip = False
-        elif arg in _DJANGO_OPTIONS:
+        elif arg in _TAKING_A_VALUE:
             skip = True  # its value is the next argument
-        elif not arg.startswith(tuple(f"{option}=" for option in _DJANGO_OPTIONS)):
+        elif arg in _FLAGS or arg.startswith(tuple(f"{o}=" for o in _TAKING_A_VALUE)):
+            continue
+        elif arg.startswith("-v") and arg[2:].isdigit():  # -v0
+            continue
+        else:
             kept.append(arg)
     return kept
 
 
 class Command(BaseCommand):
+    requires_system_checks: list[str] = []  # checks its settings itself (flagware_defaults)
     help = (
         "flagware's command (events, check, results, status, ...) with --spec and --store"
         f" taken from settings.{SETTING}. `manage.py flagware COMMAND --help` for each."
@@ -74,7 +92,12 @@ class Command(BaseCommand):
     def run_from_argv(self, argv: list[str]) -> NoReturn:
         # Django's parser would take --help and --version for itself; flagware's
         # parser answers them, and its exit code (3: blocked) is the process's.
-        sys.exit(run(_without_django_options(argv[2:])))
+        try:
+            code = run(_without_django_options(argv[2:]))
+        except CommandError as exc:  # as BaseCommand reports it, with our exit code
+            self.stderr.write(f"CommandError: {exc}")
+            code = exc.returncode
+        sys.exit(code)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
