@@ -57,18 +57,18 @@ def run_check(args: argparse.Namespace) -> int:
     # A store that is not there yet has nothing started: the spec is all there
     # is to check, and the line says so (a CI job pointing at the wrong path
     # must not read it as "compared"). One that is not a store is bad input.
-    problem = not_a_store(args.store)
-    missing = problem is not None and problem.startswith("no event store")
-    if problem is not None and not missing:
-        print(f"flagware check: {problem}", file=sys.stderr)
+    unread = not_a_store(args.store)
+    missing = unread is not None and unread.startswith("no event store")
+    if unread is not None and not missing:
+        print(f"flagware check: {unread}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    changes = [] if missing else _changes_since_start(spec, args.store)
+    changes: list[str] = [] if missing else _changes_since_start(spec, args.store)
     for change in changes:
         print(change, file=sys.stderr)
     if changes:
         return EXIT_BAD_INPUT
     compared = (
-        f"; {problem}, so no started experiment was compared with it"
+        f"; {unread}, so no started experiment was compared with it"
         if missing and spec.experiments
         else ""
     )

@@ -171,7 +171,8 @@ def test_manage_py_flagware_reports_bad_settings_in_one_line(tmp_path: Path) -> 
         "FLAGWARE = {'spec': 'flagware.toml', 'event_stor': 'var/events.db'}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "FLAGWARE_"))}
-    command = [sys.executable, "-m", "django", "flagware", "events", "--settings", "mysite.settings"]
+    settings = ("--settings", "mysite.settings")
+    command = [sys.executable, "-m", "django", "flagware", "events", *settings]
     result = subprocess.run(
         command,
         cwd=project,
@@ -182,6 +183,5 @@ def test_manage_py_flagware_reports_bad_settings_in_one_line(tmp_path: Path) -> 
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "CommandError: settings.FLAGWARE has unknown keys:"
-        " event_stor (did you mean 'event_store'?)"
+        "CommandError: settings.FLAGWARE has unknown keys: event_stor (did you mean 'event_store'?)"
     )

@@ -69,17 +69,19 @@ def _without_django_options(argv: list[str]) -> list[str]:
             skip = False
         elif arg in _TAKING_A_VALUE:
             skip = True  # its value is the next argument
-        elif arg in _FLAGS or arg.startswith(tuple(f"{o}=" for o in _TAKING_A_VALUE)):
-            continue
-        elif arg.startswith("-v") and arg[2:].isdigit():  # -v0
-            continue
-        else:
+        elif not _is_django_option(arg):
             kept.append(arg)
     return kept
 
 
+def _is_django_option(arg: str) -> bool:
+    if arg in _FLAGS or arg.startswith(tuple(f"{option}=" for option in _TAKING_A_VALUE)):
+        return True
+    return arg.startswith("-v") and arg[2:].isdigit()  # -v0
+
+
 class Command(BaseCommand):
-    requires_system_checks: list[str] = []  # checks its settings itself (flagware_defaults)
+    requires_system_checks = ()  # it checks its settings itself (flagware_defaults)
     help = (
         "flagware's command (events, check, results, status, ...) with --spec and --store"
         f" taken from settings.{SETTING}. `manage.py flagware COMMAND --help` for each."
