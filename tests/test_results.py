@@ -313,6 +313,22 @@ def test_numbers_match_an_independent_computation(tmp_path: Path, seed: int) -> 
     assert results.srm_p_value == pytest.approx(sps.chisquare(observed).pvalue, rel=1e-9)
 
 
+def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
+    """It said "Welch or pooled t otherwise" above a mean metric tested by the delta method."""
+    from flagware.results.formatting import method_line
+
+    store = random_log(1, effect=0.0).store(tmp_path)
+    every = compute_results(make_spec(), "button_color", store, now=NOW, cuped=False)
+    assert method_line(every).startswith(
+        "Intervals: fixed-horizon tests (score for conversions, Welch or pooled t,"
+        " delta method for means and ratios);"
+    )
+    assert {r.method for m in every.metrics for r in m.results} == {"score", "welch", "delta"}
+    spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})
+    one = compute_results(spec, "button_color", store, now=NOW, cuped=False)
+    assert method_line(one).startswith("Intervals: fixed-horizon tests (score for conversions);")
+
+
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log = Log()
     log.expose(1, "Control", NOW - 10 * HOUR)

@@ -70,12 +70,22 @@ def level(alpha: float) -> str:
 ROLE_MARK = {"decision": " *", "secondary": " ~", "guardrail": " !"}
 
 
+# The fixed-horizon estimators (results.inference), as the line names those used.
+_FIXED_HORIZON = {
+    "score": "score for conversions",
+    "welch": "Welch or pooled t",
+    "delta": "delta method for means and ratios",
+}
+
+
 def method_line(results: Results) -> str:
     """How the intervals were made, in one line (the README explains each part)."""
+    used = {(r.method or "").removesuffix("+cuped") for m in results.metrics for r in m.results}
+    named = [text for method, text in _FIXED_HORIZON.items() if method in used]
     tests = (
         "always-valid confidence sequences (sequential)"
         if results.sequential
-        else "fixed-horizon tests (score for conversions, Welch or pooled t otherwise)"
+        else f"fixed-horizon tests ({', '.join(named or _FIXED_HORIZON.values())})"
     )
     data = [f"{results.crossover_units} crossover unit(s) left out"]
     if results.override_exposures:
