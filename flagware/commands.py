@@ -14,6 +14,7 @@ from flagware.cli import (
     existing_store,
 )
 from flagware.events.store import not_a_store, open_store, redact
+from flagware.results.compute import ResultsError, unstored_metric_events
 from flagware.spec import SpecError, did_you_mean, load_spec
 
 
@@ -67,6 +68,15 @@ def run_check(args: argparse.Namespace) -> int:
         print(change, file=sys.stderr)
     if changes:
         return EXIT_BAD_INPUT
+    # Warnings, not errors: a metric the code does not log yet is no mistake,
+    # but a misspelled event reads as "no effect" in every result.
+    try:
+        unstored = [] if missing else unstored_metric_events(spec, args.store)
+    except ResultsError as exc:
+        print(f"flagware check: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for warning in unstored:
+        print(f"{spec.source}: warning: metrics.{warning}", file=sys.stderr)
     compared = (
         f"; {unread}, so no started experiment was compared with it"
         if missing and spec.experiments

@@ -286,3 +286,38 @@ def test_demo_is_reproducible_to_the_byte(tmp_path: Any) -> None:
     assert runs[0].stdout == runs[1].stdout and "Verdict" in runs[0].stdout
     other = flagware_cmd("demo", "--visitors", "150", "--seed", "12", cwd=tmp_path, check=True)
     assert other.stdout != runs[0].stdout
+
+
+def test_check_warns_of_metrics_whose_events_the_store_never_held(
+    client: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """A misspelled metric event passed check and read as "no effect" in results."""
+
+    def app(environ: Any, start_response: Any) -> Any:
+        current_flags().log_event("purchase", value=10)
+        start_response("200 OK", [])
+        return [b""]
+
+    store = str(client.event_store_path)
+    spec = tmp_path / "catalog.toml"
+    spec.write_text(
+        SPEC_WITH_EXPERIMENT
+        + '[metrics.purchased]\nevent = "purchased"\nkind = "conversion"\n'
+        + '[metrics.errors]\nevent = "eror"\nkind = "count"\ntags = ["guardrail"]\n'
+        + '[metrics.revenue]\nevent = "purchase"\nkind = "sum"\n'
+    )
+    # An empty store: every name is missing, none misspelled, nothing said.
+    client.flush()
+    assert main(["check", "--spec", str(spec), "--store", store]) == 0
+    assert capsys.readouterr().err == ""
+    Client(FlagwareMiddleware(app, client)).get("/")
+    client.flush()
+    assert main(["check", "--spec", str(spec), "--store", store]) == 0
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        f"{spec}: warning: metrics.purchased: no 'purchased' events stored (did you mean"
+        " 'purchase'?), so it is 0 for every unit",
+        f"{spec}: warning: metrics.errors: no 'eror' events stored, so the guardrail blocks"
+        " every launch",
+    ]
+    assert "is valid (0 gates, 1 experiment, 3 metrics)" in out.out

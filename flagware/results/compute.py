@@ -216,7 +216,7 @@ def _analyse(
     # A misspelled event reads as "no effect" unless said. (A guardrail's
     # blocks the launch and says so in its reason.)
     warnings += [
-        f"{m.name}: no {e!r} events stored{missing[e]}, so {_without(m, e)}"
+        _unstored(m, e, missing[e])
         for m in metrics
         if not m.guardrail
         for e in dict.fromkeys(metric_events(m))
@@ -256,11 +256,35 @@ def _analyse(
     )
 
 
-def _without(metric: MetricSpec, event: str) -> str:
-    """What a metric is without any ``event``: 0, or nothing to divide by."""
-    if metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
-        return "it cannot be computed"
-    return "it is 0 for every unit"
+def unstored_metric_events(spec: Spec, store_path: str | os.PathLike[str]) -> list[str]:
+    """Every catalog metric reading an event the store never held, worded as
+    results warn of it (``flagware check``). Nothing for a store that holds no
+    metric event yet: every name would be missing there, none misspelled."""
+    metrics = list(spec.metrics.values())
+    try:
+        with open_reader(store_path) as conn:
+            if not sql.stored_names(conn):
+                return []
+            missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)))
+    except database_errors() as exc:
+        where = redact(os.fspath(store_path))
+        raise ResultsError(f"cannot read event store {where}: {exc}") from None
+    return [
+        _unstored(m, e, missing[e])
+        for m in metrics
+        for e in dict.fromkeys(metric_events(m))
+        if e in missing
+    ]
+
+
+def _unstored(metric: MetricSpec, event: str, hint: str) -> str:
+    if metric.guardrail:
+        what = "the guardrail blocks every launch"
+    elif metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
+        what = "it cannot be computed"  # nothing to divide by
+    else:
+        what = "it is 0 for every unit"
+    return f"{metric.name}: no {event!r} events stored{hint}, so {what}"
 
 
 def _group_units(

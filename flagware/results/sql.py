@@ -34,6 +34,7 @@ __all__ = [
     "newest_event",
     "non_numeric_events",
     "start_record",
+    "stored_names",
     "unit_column",
     "window_start",
 ]
@@ -190,8 +191,13 @@ def never_stored(conn: Reader, events: Iterable[str]) -> dict[str, str]:
     ]
     if not missing:
         return {}
-    names = [row[0] for row in conn.execute(_NAMES).fetchall()]
+    names = stored_names(conn)
     return {e: did_you_mean(e, [*names, *exposures]) for e in missing}
+
+
+def stored_names(conn: Reader) -> list[str]:
+    """The names of the metric events the store holds (exposures aside)."""
+    return [row[0] for row in conn.execute(_NAMES).fetchall()]
 
 
 # The distinct metric event names, by a recursive skip scan of events_by_user.
