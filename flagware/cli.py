@@ -202,7 +202,23 @@ def main(
         # Python flushes stdout again at exit, into the closed pipe: point it away.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    if code == EXIT_BAD_INPUT and defaults is None and _defaulted(args) and _in_django_project():
+        print(
+            f"flagware {args.command}: in a Django project, `python manage.py flagware"
+            f" {args.command} ...` reads the spec and store settings.FLAGWARE names",
+            file=sys.stderr,
+        )
     return code
+
+
+def _defaulted(args: argparse.Namespace) -> bool:
+    """Whether the command read the default spec and store (no option, no variable)."""
+    store = getattr(args, "store", DEFAULT_EVENT_STORE)
+    return getattr(args, "spec", DEFAULT_SPEC) == DEFAULT_SPEC and store == DEFAULT_EVENT_STORE
+
+
+def _in_django_project() -> bool:
+    return os.path.exists("manage.py") or "DJANGO_SETTINGS_MODULE" in os.environ
 
 
 if __name__ == "__main__":

@@ -111,6 +111,26 @@ def test_bad_input_keeps_the_commands_exit_code_and_message(
         call_command("flagware", "events")
 
 
+def test_the_plain_command_in_a_django_project_points_to_manage_py(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLAGWARE_EVENT_STORE", raising=False)
+    monkeypatch.delenv("FLAGWARE_SPEC", raising=False)
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["events"]) == 2
+    assert "manage.py" not in capsys.readouterr().err  # not a Django project
+    (tmp_path / "manage.py").write_text("")
+    assert main(["events", "--store", "other.db"]) == 2
+    assert "manage.py" not in capsys.readouterr().err  # a store was named
+    assert main(["events"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "flagware events: no event store at .flagware/events.db",
+        "flagware events: in a Django project, `python manage.py flagware events ...` reads"
+        " the spec and store settings.FLAGWARE names",
+    ]
+
+
 def test_help_names_the_settings_and_hides_a_password(capsys: Any) -> None:
     url = "postgresql://app:s3cret%21@db.internal/site"
     with override_settings(FLAGWARE={"spec": DEMO_SPEC, "event_store": url}):
