@@ -23,6 +23,7 @@ from django_settings import AUTH_MIDDLEWARE, MIDDLEWARE, configure, flagware_set
 configure()
 
 from asgiref.sync import iscoroutinefunction  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.checks import run_checks  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
@@ -653,6 +654,19 @@ def test_check_invalid_spec(tmp_path: Path) -> None:
         [error] = checks.check_settings()
     assert error.id == "flagware.E003"
     assert "rollout" in error.msg
+
+
+def test_check_a_setting_named_like_flagware(spec_file: Path) -> None:
+    with override_settings(FLAGWAR={"spec": spec_file}):
+        del settings.FLAGWARE  # only inside override_settings' block
+        [warning, *_] = checks.check_settings()
+    assert warning.id == "flagware.W002"
+    assert warning.msg == (
+        "settings.FLAGWAR is not read by flagware: its settings are settings.FLAGWARE"
+    )
+    with override_settings(FLAGS={"spec": spec_file}):
+        del settings.FLAGWARE
+        assert "flagware.W002" not in [m.id for m in checks.check_settings()]
 
 
 def test_check_settings_shape(spec_file: Path) -> None:

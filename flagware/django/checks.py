@@ -9,10 +9,12 @@ reported with a fix before the first request, not as a failing page.
   Flagware(...) would refuse
 - flagware.E006: a user resolver or the exposure filter cannot be imported or is not callable
 - flagware.W001: flagware.django is installed but its middleware is not
+- flagware.W002: settings.FLAGWARE is not set, and a setting named like it is
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,7 +50,7 @@ def check_settings(
         options = conf.options()
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="flagware.E005")]
-    errors: list[CheckMessage] = []
+    errors: list[CheckMessage] = _misspelled_setting()
     unknown = unknown_keys(options)
     if unknown:
         errors.append(Error(unknown, hint=KEYS_HINT, id="flagware.E005"))
@@ -83,6 +85,25 @@ def check_settings(
     else:
         errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
     return errors
+
+
+def _misspelled_setting() -> list[CheckMessage]:
+    """A warning when FLAGWARE is unset and a setting a letter off it is set
+    (``FLAGWAR``): its options were silently not read."""
+    if hasattr(settings, conf.SETTING):
+        return []
+    names = [name for name in dir(settings) if name.isupper()]
+    close = difflib.get_close_matches(conf.SETTING, names, n=1, cutoff=0.8)
+    if not close:
+        return []
+    return [
+        checks.Warning(
+            f"settings.{close[0]} is not read by flagware: its settings are"
+            f" settings.{conf.SETTING}",
+            hint=f"rename {close[0]} to {conf.SETTING}",
+            id="flagware.W002",
+        )
+    ]
 
 
 KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
