@@ -18,7 +18,7 @@ from flagware.events.limits import cap_event
 from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
-from flagware.events.writer import DEFAULT_MAX_QUEUE, EventWriter
+from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
     DEFAULT_SPEC,
@@ -51,6 +51,16 @@ log = logging.getLogger("flagware")
 # app's own store or key and gives the same flag values on every machine.
 isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
+
+# What a failure leaves in place, for its one log line. A store outage said
+# "serving defaults" while every flag was evaluated as usual.
+_AFTER_FAILURE = {
+    "user_id resolver": "identifying the visitor by the keyed hash of the IP",
+    STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
+    " and are stored when it takes writes again",
+    "experiment start check": "serving the spec without comparing it with started experiments",
+    "statsig delivery": "events stay in the store and are sent again after a backoff",
+}
 
 
 class Flagware:
@@ -214,6 +224,7 @@ class Flagware:
             max_queue=max_queue,
             on_stored=self._on_stored,
             on_error=self.report,
+            on_recovered=lambda: self._recovered(STORE_FAILURE),
             # A process's first event also starts delivery, so a backlog left
             # by a crashed worker goes out without waiting for new events.
             on_start=self._on_stored_start,
@@ -341,10 +352,15 @@ class Flagware:
         if key not in self._reported:
             self._reported.add(key)
             log.error(
-                "flagware: %s failed (serving defaults; logged once, counted in Flagware.errors)",
+                "flagware: %s failed (%s; logged once, counted in Flagware.errors)",
                 where,
+                _AFTER_FAILURE.get(where, "serving defaults"),
                 exc_info=exc,
             )
+
+    def _recovered(self, where: str) -> None:
+        """``where`` works again: its next failure is a new outage, logged again."""
+        self._reported = {key for key in self._reported if key[0] != where}
 
     def close(self) -> None:
         """Store everything queued, deliver for up to ``shutdown_timeout`` s, and stop."""

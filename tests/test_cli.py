@@ -317,7 +317,7 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
     assert out.err.splitlines() == [
         f"{spec}: warning: metrics.purchased: no 'purchased' events stored (did you mean"
         " 'purchase'?), so it is 0 for every unit",
-        f"{spec}: warning: metrics.errors: no 'eror' events stored, so the guardrail blocks"
-        " every launch",
+        f"{spec}: warning: metrics.errors: no 'eror' events stored, so the guardrail cannot"
+        " be checked and blocks the launch",
     ]
     assert "is valid (0 gates, 1 experiment, 3 metrics)" in out.out

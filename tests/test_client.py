@@ -470,3 +470,46 @@ def test_an_unreachable_shared_store_fails_clearly_or_serves(spec_file: Any, tmp
         Flagware(spec=spec_file, event_store=url, handle_sigterm=False)
     with Flagware(spec=spec_file, event_store=url, hash_key="k", handle_sigterm=False) as fw:
         assert fw.errors["experiment start check"] == 1  # counted, logged once; serving
+
+
+def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It logged "serving defaults" while every flag was served, and nothing at the end."""
+    import sqlite3
+
+    store = client.writer.store
+    real = store.append_rows
+
+    def refused(rows: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def said() -> list[str]:
+        messages = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        return messages
+
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        store.append_rows = refused
+        client.log(Event("clicked", {"userID": "u"}))
+        client.flush()
+        client.log(Event("clicked", {"userID": "u"}))
+        client.flush()  # the same outage: counted, not logged again
+        assert said() == [
+            "flagware: event store failed (flags are served as usual; events wait in memory,"
+            " up to max_queue, and are stored when it takes writes again; logged once, counted"
+            " in Flagware.errors)"
+        ]
+        assert client.errors["event store"] == 2
+        store.append_rows = real
+        client.flush()
+        [recovered] = said()
+        assert recovered.startswith("flagware: the event store takes writes again after ")
+        assert recovered.endswith(" s; the 2 events that waited are stored")
+        store.append_rows = refused  # a new outage is news again
+        client.log(Event("clicked", {"userID": "u"}))
+        client.flush()
+        assert [m.split(" (")[0] for m in said()] == ["flagware: event store failed"]
+        store.append_rows = real
+    client.flush()
+    assert client.writer.stored == 3  # nothing lost across the two outages

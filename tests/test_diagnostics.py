@@ -256,6 +256,21 @@ def test_results_chart_when_results_exist(make_diag: Any, spec_file: Any) -> Non
     assert "results unavailable" not in html
 
 
+def test_the_page_says_when_the_store_cannot_be_read(make_diag: Any, tmp_path: Any) -> None:
+    """It said "0 events stored" while a PostgreSQL store refused the password."""
+    client = make_diag()
+    browser = http(client)
+    browser.get("/", environ_base=REMOTE)
+    client.flush()
+    assert "2 events stored" in page(browser).text  # an exposure and the event
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all " * 300)
+    client.event_store = str(garbage)  # what the page reads, as a store that went bad
+    html = page(browser).text
+    assert '<span class="off" id="stored">event store unreadable: file is not a database' in html
+    assert "events stored" not in html
+
+
 def test_results_unavailable_before_any_event(make_diag: Any) -> None:
     html = page(http(make_diag())).text
     assert "results unavailable" in html and "<svg" not in html

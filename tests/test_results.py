@@ -526,6 +526,14 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
     assert guardrail.reason == (
         "stale: no 'error' events in the analysis window, so the guardrail cannot be checked"
     )
+    # An --until before the first exposure: the window holds no unit at all, and
+    # the reason says that rather than blaming the guardrail's events.
+    results = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
+    assert sum(g.units for g in results.groups) == 0
+    (guardrail,) = results.guardrails
+    assert guardrail.reason == (
+        "stale: no unit was exposed in the analysis window, so the guardrail cannot be checked"
+    )
 
 
 def test_guardrail_events_from_before_the_window_vouch_for_nothing(tmp_path: Path) -> None:

@@ -467,6 +467,26 @@ def test_urls_are_shown_without_their_password() -> None:
     assert redact("postgresql://app:s3cret@db:5432/x") == "postgresql://app:***@db:5432/x"
     assert redact("postgresql://app@db/x") == "postgresql://app@db/x"
     assert redact("/var/lib/app/events.db") == "/var/lib/app/events.db"
+    # Passwords that were not percent-encoded, as a new user typed them.
+    assert redact("postgresql://shop:ab/cd@127.0.0.1:55432/db") == (
+        "postgresql://shop:***@127.0.0.1:55432/db"
+    )
+    assert redact("postgres://shop:abc@hunter2@host/db") == "postgres://shop:***@host/db"
+    assert redact("postgresql://h/db?user=u&password=pw&x=1") == (
+        "postgresql://h/db?user=u&password=***&x=1"
+    )
+    assert redact("host=db password = xyz port=5432") == "host=db password = ***"
+
+
+def test_a_libpq_string_given_as_a_store_is_not_echoed_with_its_password(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flagware.cli import main
+
+    assert main(["events", "--store", "host=db user=shop password=xyz"]) == 2
+    assert capsys.readouterr().err == (
+        "flagware events: no event store at host=db user=shop password=***\n"
+    )
 
 
 def test_postgresql_leases_run_on_the_database_clock(

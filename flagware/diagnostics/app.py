@@ -39,6 +39,7 @@ from flagware.diagnostics.http import (
     _same,
     _script_name,
 )
+from flagware.events.store import redact
 from flagware.events.store.reader import database_errors, open_reader
 from flagware.flags import OVERRIDE_RULE, Config, Flags
 
@@ -223,7 +224,7 @@ class DiagnosticsApp:
             engine=escape(self.client.engine.kind),
             sdk=escape(self.client.engine.sdk),
             specs=self._specs(),
-            count=self._count(),
+            stored=self._stored(),
             delivery=_delivery(self.client),
             visitor=self._visitor_rows(environ, flags),
             gates=gates,
@@ -387,15 +388,20 @@ class DiagnosticsApp:
     def _tail(self) -> list[dict[str, Any]]:
         return _read_events(self._store_path(), tail=TAIL)
 
-    def _count(self) -> int:
+    def _stored(self) -> str:
+        """How many events the store holds, or that it cannot be read (it said
+        "0 events stored" while a PostgreSQL store refused the password)."""
         location = self._store_path()
         try:
             if not is_store(location):
-                return 0
+                return "0 events stored"
             with open_reader(location) as conn:
-                return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        except database_errors():
-            return 0
+                count = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        except database_errors() as exc:
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            problem = escape(redact(lines[0]))
+            return f'<span class="off" id="stored">event store unreadable: {problem}</span>'
+        return f"{count} events stored"
 
     def _store_path(self) -> str:
         return self.client.event_store  # a SQLite path or a postgresql:// URL

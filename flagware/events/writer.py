@@ -44,6 +44,7 @@ from flagware.events.store.base import event_row
 log = logging.getLogger("flagware")
 
 MAX_BATCH = 5000
+STORE_FAILURE = "event store"  # where a failed append is reported (Flagware.errors key)
 # About 40 MB of events (~750 bytes each): a store outage of 25 s at 2,000
 # events/s per process before anything is dropped.
 DEFAULT_MAX_QUEUE = 50_000
@@ -76,12 +77,15 @@ class EventWriter:
         on_stored: Callable[[int], None] | None = None,
         on_error: Callable[[BaseException, str], None] | None = None,
         on_start: Callable[[], None] | None = None,  # once per process, on the writer thread
+        on_recovered: Callable[[], None] | None = None,  # the store takes writes after failing
     ) -> None:
         self.store = store
         self.deliver = deliver
         self.flush_interval = flush_interval
         self.on_stored = on_stored
         self.on_error = on_error
+        self.on_recovered = on_recovered
+        self._failing_since: float | None = None  # monotonic time of the outage's first failure
         self.on_start = on_start
         self.max_queue = max(1, max_queue)
         self._start_lock = threading.Lock()
@@ -202,9 +206,24 @@ class EventWriter:
                 break
             self._room = self.max_queue
             total += len(batch)
+        if total and self._failing_since is not None:
+            self._recovered(total)
         if total and self._unrecorded:
             self._record_drops()
         return total
+
+    def _recovered(self, stored: int) -> None:
+        """Say that an outage ended, once: its first failure was logged, its end must be too."""
+        lasted = time.monotonic() - (self._failing_since or 0.0)
+        self._failing_since = None
+        log.warning(
+            "flagware: the event store takes writes again after %.1f s; the %d events that"
+            " waited are stored",
+            lasted,
+            stored,
+        )
+        if self.on_recovered is not None:
+            self.on_recovered()
 
     def _record_drops(self) -> None:
         with self._drop_lock:
@@ -219,8 +238,10 @@ class EventWriter:
         log.warning("flagware: the event store takes writes again; %d events were dropped", count)
 
     def _report(self, exc: BaseException) -> None:
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
         if self.on_error is not None:
-            self.on_error(exc, "event store")
+            self.on_error(exc, STORE_FAILURE)
         else:
             log.error("flagware: could not store events", exc_info=exc)
 

@@ -198,6 +198,7 @@ def _analyse(
             opt.now,
             # Either side of a ratio: a missing denominator leaves nothing to check.
             next(((e, missing[e]) for e in metric_events(m) if e in missing), None),
+            exposed=units.first is not None,
         )
         for r, m in zip(results, metrics, strict=True)
         if m.guardrail
@@ -279,7 +280,7 @@ def unstored_metric_events(spec: Spec, store_path: str | os.PathLike[str]) -> li
 
 def _unstored(metric: MetricSpec, event: str, hint: str) -> str:
     if metric.guardrail:
-        what = "the guardrail blocks every launch"
+        what = "the guardrail cannot be checked and blocks the launch"
     elif metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
         what = "it cannot be computed"  # nothing to divide by
     else:

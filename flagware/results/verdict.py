@@ -55,14 +55,18 @@ def guardrail_status(
     fresh_within: float | None,
     now: int,
     never_stored: tuple[str, str] | None = None,
+    exposed: bool = True,
 ) -> GuardrailStatus:
     """``newest``: the newest event's time in the analysis window, if any;
     ``never_stored``: an event the metric reads that the store never held, with
-    its did-you-mean ("" if none)."""
+    its did-you-mean ("" if none); ``exposed``: whether any unit was exposed in
+    the window."""
     event = result.event
-    if never_stored is not None or newest is None:
+    if never_stored is not None or newest is None or not exposed:
         if never_stored is not None:
             what = f"no {never_stored[0]!r} events stored{never_stored[1]}"
+        elif not exposed:  # --until before the first exposure, or none yet
+            what = "no unit was exposed in the analysis window"
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
         reason = f"stale: {what}, so the guardrail cannot be checked"

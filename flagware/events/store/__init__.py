@@ -83,7 +83,7 @@ def not_a_store(location: Location) -> str | None:
             return f"cannot open {redact(str(location))}: {exc}"
         return None if found else f"no event store at {redact(str(location))}"
     path = Path(location)
-    location = os.fspath(location)
+    location = redact(os.fspath(location))  # a libpq "password=..." string lands here
     if not path.exists():
         return f"no event store at {location}"
     if path.is_dir():

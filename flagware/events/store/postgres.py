@@ -34,9 +34,14 @@ def is_postgres_url(location: object) -> bool:
 
 
 def redact(url: str) -> str:
-    """``url`` without its password, for messages and logs."""
-    url = re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
-    return re.sub(r"(password=)[^&]*", r"\1***", url)
+    """``url`` without its password, for messages and logs.
+
+    A password is whatever lies between the user's ``:`` and the last ``@``, so
+    one that was not percent-encoded (``ab/cd``, ``abc@hunter2``) is hidden
+    whole too; a libpq ``password=`` parameter hides the rest of the text.
+    """
+    url = re.sub(r"(://[^:/@]*):.*@", r"\1:***@", url)
+    return re.sub(r"(password\s*=\s*)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _psycopg() -> Any:
