@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -70,29 +71,63 @@ def existing_store(location: str, command: str) -> Store | None:
     return open_store(location, create=False)
 
 
+def iso_ms(value: str, option: str) -> int:
+    """An ISO 8601 date or time (UTC when it has no offset) as ms since the epoch."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{option} must be an ISO 8601 date or time (2026-11-30T12:00:00Z), got {value!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
 def _events(args: argparse.Namespace) -> int:
+    try:
+        since = None if args.since is None else iso_ms(args.since, "--since")
+    except ValueError as exc:
+        print(f"flagware events: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.tail is not None and args.tail < 1:
+        print("flagware events: --tail must be 1 or more", file=sys.stderr)
+        return EXIT_BAD_INPUT
     store = existing_store(args.store, "events")
     if store is None:
         return EXIT_BAD_INPUT
+    names, users = set(args.event or ()), set(args.user or ())
+
+    def wanted(row: dict[str, Any]) -> bool:
+        return (
+            (not names or row["event"] in names or row["exposure"] in names)
+            and (not users or row["user_id"] in users or row["stable_id"] in users)
+            and (since is None or row["time"] >= since)
+        )
+
     out = sys.stdout
     table = args.format == "table"
     if table:
-        out.write(_TABLE.format("time (UTC)", "event", "user_id", "stable_id", "flag", "value"))
+        out.write(_table_line("time (UTC)", "event", "user_id", "stable_id", "flag", "value", ""))
     try:
-        for row in store.iter_events():
+        rows = filter(wanted, store.iter_events())
+        # --tail: the newest N, oldest first as always (a bounded deque: any store size).
+        for row in rows if args.tail is None else deque(rows, maxlen=args.tail):
             row.pop("id")
             if not table:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")
                 continue
-            value = row["value"]
+            value, metadata = row["value"], row["metadata"]
             out.write(
-                _TABLE.format(
+                _table_line(
                     _utc(row["time"]),
                     row["event"],
                     row["user_id"] or "-",
                     row["stable_id"] or "-",
                     _flag(row),
                     "" if value is None else json.dumps(value),
+                    # An exposure's metadata is its flag column.
+                    "" if metadata is None or row["exposure"] else json.dumps(metadata),
                 )
             )
     finally:
@@ -101,7 +136,11 @@ def _events(args: argparse.Namespace) -> int:
 
 
 # IDs are 32 hex digits (an HMAC) or the app's own: shown whole, to grep for.
-_TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<16} {}\n"
+_TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<16} {:<8} {}"
+
+
+def _table_line(*columns: str) -> str:
+    return _TABLE.format(*columns).rstrip() + "\n"
 
 
 def _flag(row: dict[str, Any]) -> str:
@@ -146,6 +185,24 @@ def build_parser(
         default="jsonl",
         help="one JSON object a line, or an aligned table (default: %(default)s)",
     )
+    events.add_argument(
+        "--event",
+        action="append",
+        metavar="NAME",
+        help="only events of this name, or exposures of this gate or experiment (repeatable)",
+    )
+    events.add_argument(
+        "--user",
+        action="append",
+        metavar="ID",
+        help="only events whose user_id or stable_id is ID (repeatable)",
+    )
+    events.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only events logged at or after TIME, ISO 8601 (UTC when no offset is given)",
+    )
+    events.add_argument("--tail", type=int, metavar="N", help="only the newest N of those")
     events.set_defaults(func=_events)
 
     from flagware import commands, demo

@@ -56,6 +56,7 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
     assert main(["events", "--store", store, "--format", "table"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["time", "(UTC)", "event", "user_id", "stable_id", "flag", "value"]
+    assert not any(line.endswith(" ") for line in (header, *rows))
     moment = datetime.fromtimestamp(clicked["time"] / 1000, tz=UTC)
     assert rows[2].split() == [
         f"{moment:%Y-%m-%d}",
@@ -72,6 +73,44 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
         exposure["stable_id"],
         f"button_color:{exposure['group'] or '-'}",
     ]
+
+
+def test_events_filters_by_name_flag_user_time_and_keeps_the_newest(
+    client: Any, capsys: Any
+) -> None:
+    def app(environ: Any, start_response: Any) -> Any:
+        flags = current_flags()
+        flags.experiment("button_color")
+        flags.log_event("clicked", value=1, metadata={"plan": environ["QUERY_STRING"]})
+        start_response("200 OK", [])
+        return [b""]
+
+    for n in range(3):  # three browsers, three addresses
+        browser = Client(FlagwareMiddleware(app, client))
+        browser.get(f"/?p{n}", environ_base={"REMOTE_ADDR": f"192.0.2.{n + 1}"})
+    client.flush()
+    store = ["--store", str(client.event_store_path)]
+
+    def shown(*options: str) -> list[dict[str, Any]]:
+        assert main(["events", *store, *options]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    every = shown()
+    assert [e["event"] for e in every] == ["statsig::config_exposure", "clicked"] * 3
+    assert shown("--event", "clicked") == every[1::2]
+    assert shown("--event", "button_color") == every[0::2]  # the experiment's exposures
+    assert shown("--event", "clicked", "--tail", "2") == every[3::2]
+    second = every[2]["user_id"]
+    assert shown("--user", second) == every[2:4]
+    assert shown("--user", every[5]["stable_id"], "--user", second) == every[2:6]
+    moment = datetime.fromtimestamp(every[4]["time"] / 1000, tz=UTC).isoformat()
+    assert shown("--since", moment) == [e for e in every if e["time"] >= every[4]["time"]]
+    assert main(["events", *store, "--format", "table", "--event", "clicked", "--tail", "1"]) == 0
+    [_, row] = capsys.readouterr().out.splitlines()
+    assert row.endswith('1        {"plan": "p2"}')  # a custom event's metadata, last
+    assert main(["events", *store, "--since", "yesterday"]) == 2
+    assert "--since must be an ISO 8601 date or time" in capsys.readouterr().err
+    assert main(["events", *store, "--tail", "0"]) == 2
 
 
 def test_events_on_a_missing_store_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:

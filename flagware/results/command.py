@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-from flagware.cli import add_spec_argument, add_store_argument
+from flagware.cli import add_spec_argument, add_store_argument, iso_ms
 from flagware.results.compute import DEFAULT_ALPHA, ResultsError, compute_results
 from flagware.results.render import render
 from flagware.spec import SpecError, load_spec
@@ -100,14 +99,9 @@ def _until(value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ResultsError(
-            f"--until must be an ISO 8601 date or time (2026-11-30T12:00:00Z), got {value!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+        return iso_ms(value, "--until")
+    except ValueError as exc:
+        raise ResultsError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
