@@ -497,3 +497,46 @@ def test_known_difference_a_gates_secondary_exposures(tmp_path: Path) -> None:
         [{"gate": "base", "gateValue": "true", "ruleID": "base:rollout"}],
     )
     assert found["core"] == (True, [])
+
+
+def test_reloads_under_load_never_stall(
+    make_client: Any, spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spec reload started the new Core instance after stopping the old one:
+    2 of 30 reloads stalled the request for up to 30 s ("Failed to acquire read
+    lock for logger"), and under uvicorn --workers 2 the health check killed
+    the worker. The new instance now starts first."""
+    import threading
+
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    client = make_client(engine="core")
+    engine = client.engine
+    user = engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
+    engine.gate(user, "everyone")
+    done = threading.Event()
+    slowest = [0.0]
+
+    def evaluate() -> None:  # other requests, on other threads
+        while not done.is_set():
+            start = time.monotonic()
+            engine.config(user, "button_color")
+            slowest[0] = max(slowest[0], time.monotonic() - start)
+            time.sleep(0.0005)
+
+    worker = threading.Thread(target=evaluate)
+    worker.start()
+    reloads = []
+    try:
+        for n in range(30):
+            os.utime(spec_file, (n + 10, n + 10))
+            start = time.monotonic()
+            assert engine.gate(user, "everyone").value is True  # reloads, then evaluates
+            reloads.append(time.monotonic() - start)
+            time.sleep(0.05)
+    finally:
+        done.set()
+        worker.join()
+    assert max(reloads) < 1.0 and slowest[0] < 1.0, (max(reloads), slowest[0])
+    assert engine.specs_time() is not None  # the last instance serves the spec

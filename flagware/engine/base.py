@@ -58,10 +58,22 @@ class Engine:
             return self._server
 
     def _replace_server(self) -> None:
-        """Drop this process's server; the next call starts one on the current specs."""
-        old, self._server = self._server, None
-        if old is not None and self._pid == os.getpid():
-            self._stop(old)
+        """Start this process's server anew on the current specs, then stop the old one.
+
+        In that order: a Core instance started while the one before it was
+        winding down stalled the request thread for up to 30 s (Core printed
+        "Failed to acquire read lock for logger" and its shutdown timed out),
+        and uvicorn's health check killed the worker (2 of 30 reloads in one
+        process, 5 of 10 under ``uvicorn --workers 2``; none started first).
+        A start that fails raises, and the old server stays.
+        """
+        with self._lock:
+            old = self._server if self._pid == os.getpid() else None
+            if old is None:  # none yet in this process: the next call starts one
+                self._server = None
+                return
+            self._server = self._start()
+        self._stop(old)
 
     def user(self, fields: UserFields) -> Any:
         """The SDK's user object for flagware's user fields (built once per request)."""

@@ -132,8 +132,13 @@ class LocalSpec(Engine):
             except Exception as exc:
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
-            self.spec = spec
-            self._replace_server()  # the next call starts a server on the new spec
+            previous, self.spec = self.spec, spec
+            try:
+                self._replace_server()  # a server on the new spec, then the old one stopped
+            except Exception as exc:  # the SDK refused the compiled spec
+                self.spec = previous
+                log.error("flagware: keeping the previous spec: %s", exc)
+                return
             forget_repeats()  # a changed or restarted experiment: expose everyone anew
             log.info("flagware: reloaded %s", self.path)
         finally:
