@@ -202,7 +202,9 @@ class Flagware:
             local = LocalEngine
             if engine == "core":
                 from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
-            self.engine = local(spec, tier=self.tier, check=self._check_unchanged)
+            self.engine = local(
+                spec, tier=self.tier, check=self._check_unchanged, on_reload=self._reloaded
+            )
             if key is None:
                 key = local_hash_key(self.store, self.event_store, shared=self._shared_store)
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
@@ -302,6 +304,12 @@ class Flagware:
         if isinstance(self.engine, LocalSpec):
             self._started.add(experiment)
             self._pending_starts.setdefault(experiment, time_ms)
+
+    def _reloaded(self, spec: Spec) -> None:
+        # After `flagware reset` (or an edit with restart = true), an
+        # experiment's next exposure must record its start again: forget which
+        # ones this process recorded (recording again is idempotent).
+        self._started.clear()
 
     def _record_starts(self) -> None:
         from flagware.results.lock import record_started

@@ -246,6 +246,53 @@ def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
     assert any("keeping the previous spec" in r.getMessage() for r in caplog.records)
 
 
+def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The README's development loop, on a running app: a refused edit, then
+    `flagware reset`. The process kept the old spec (the file did not change
+    again) and recorded no new start (it had recorded one already), so results
+    counted both windows: a sample-ratio mismatch and crossovers."""
+    from flagware.cli import main
+    from flagware.engine import local
+    from flagware.results.lock import read_started
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(local, "REFUSED_RETRY_INTERVAL", 0.0)
+    client = make_client()
+    _expose(client)
+    client.flush()  # stores the exposures, then records the start
+    store = str(client.event_store_path)
+    first = read_started(store, "button_color")
+    assert first is not None
+
+    def share_in_red() -> float:
+        engine = client.engine
+        users = [
+            engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(400)
+        ]
+        return sum(engine.config(u, "button_color").group == "Red" for u in users) / 400
+
+    spec_file.write_text(
+        spec_file.read_text()
+        .replace("weight = 50", "weight = 25", 1)
+        .replace("weight = 50", "weight = 75")
+    )
+    os.utime(spec_file, (7, 7))
+    assert 0.4 < share_in_red() < 0.6  # refused: still 50/50
+    refusals = [r for r in caplog.records if "keeping the previous spec" in r.getMessage()]
+    assert len(refusals) == 1
+    share_in_red()  # looked at again: still refused, and not said again
+    assert len([r for r in caplog.records if "keeping the previous spec" in r.getMessage()]) == 1
+
+    assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    assert share_in_red() > 0.65  # the same file, accepted now: 25/75
+    _expose(client)
+    client.flush()
+    second = read_started(store, "button_color")
+    assert second is not None and second.started > first.started  # a new window
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     """Pre-fork servers: the parent's SDK threads do not survive a fork, so the

@@ -22,6 +22,10 @@ from flagware.visitors import forget_repeats
 log = logging.getLogger("flagware")
 
 RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's mtime
+# A spec refused for what the store holds (a started experiment changed) is
+# looked at again this often: `flagware reset` or another host's restart can
+# make it acceptable without the file changing again.
+REFUSED_RETRY_INTERVAL = 5.0
 LOCAL_SDK_KEY = "secret-flagware-local"  # never sent anywhere: both SDKs want a key
 
 
@@ -50,11 +54,14 @@ class LocalSpec(Engine):
         *,
         tier: str | None = None,
         check: Callable[[Spec], None] | None = None,  # raises SpecError to refuse a spec
+        on_reload: Callable[[Spec], None] | None = None,  # after a new spec is in use
     ) -> None:
         super().__init__()
         self.path = Path(spec_path)
         self.tier = tier
         self.check = check
+        self.on_reload = on_reload
+        self._retry_at: float | None = None  # when to look again at a refused spec
         self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
         if check is not None:
             check(self.spec)
@@ -121,16 +128,23 @@ class LocalSpec(Engine):
         if not self._reload_lock.acquire(blocking=False):
             return
         try:
-            mtime = self._stat()
-            if mtime == self._mtime:
+            mtime, now = self._stat(), time.monotonic()
+            changed = mtime != self._mtime
+            if not changed and (self._retry_at is None or now < self._retry_at):
                 return
-            self._mtime = mtime
+            self._mtime, self._retry_at = mtime, None
             try:
                 spec = load_spec(self.path)
+            except Exception as exc:
+                log.error("flagware: keeping the previous spec: %s", exc)
+                return
+            try:
                 if self.check is not None:
                     self.check(spec)
             except Exception as exc:
-                log.error("flagware: keeping the previous spec: %s", exc)
+                self._retry_at = now + REFUSED_RETRY_INTERVAL
+                if changed:  # said once per edit, however often it is looked at again
+                    log.error("flagware: keeping the previous spec: %s", exc)
                 return
             previous, self.spec = self.spec, spec
             try:
@@ -140,6 +154,8 @@ class LocalSpec(Engine):
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
             forget_repeats()  # a changed or restarted experiment: expose everyone anew
+            if self.on_reload is not None:
+                self.on_reload(spec)
             log.info("flagware: reloaded %s", self.path)
         finally:
             self._reload_lock.release()
