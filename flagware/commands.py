@@ -63,11 +63,13 @@ def run_check(args: argparse.Namespace) -> int:
     if unread is not None and not missing:
         print(f"flagware check: {unread}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    changes: list[str] = [] if missing else _changes_since_start(spec, args.store)
+    changes, reminders = ([], []) if missing else _changes_since_start(spec, args.store)
     for change in changes:
         print(change, file=sys.stderr)
     if changes:
         return EXIT_BAD_INPUT
+    for reminder in reminders:
+        print(reminder, file=sys.stderr)
     # Warnings, not errors: a metric the code does not log yet is no mistake,
     # but a misspelled event reads as "no effect" in every result.
     try:
@@ -93,15 +95,24 @@ def _count(items: Any, noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
-def _changes_since_start(spec: Any, store: str) -> list[str]:
-    """What the running app would refuse: started experiments changed without restart."""
+def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
+    """What the running app would refuse (started experiments changed without
+    restart), and the ``restart = true`` left set once its restart is recorded."""
     from flagware.results.lock import describe_changes, read_started
 
-    problems = []
+    problems, reminders = [], []
     with open_store(store, create=False) as opened:
         for experiment in spec.experiments.values():
             record = read_started(opened, experiment.name)
-            if record is None or experiment.restart:
+            if record is None:
+                continue
+            if experiment.restart:
+                if record.fingerprint == experiment.fingerprint():  # the restart happened
+                    reminders.append(
+                        f"{spec.source}: warning: experiments.{experiment.name}: its restart is"
+                        " recorded; remove `restart = true`, or a later change restarts it"
+                        " again without a word"
+                    )
                 continue
             changes = describe_changes(record, experiment)
             if changes:
@@ -110,7 +121,7 @@ def _changes_since_start(spec: Any, store: str) -> list[str]:
                     f" the experiment started (recorded in {redact(store)}): rename it, set"
                     f" `restart = true`, or, in development, `flagware reset {experiment.name}`"
                 )
-    return problems
+    return problems, reminders
 
 
 def run_reset(args: argparse.Namespace) -> int:

@@ -248,6 +248,28 @@ def test_check_and_reset_a_started_experiment(
     assert make_client()  # the app starts on the changed spec
 
 
+def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
+    make_client: Any, spec_file: Any, capsys: Any
+) -> None:
+    client = make_client()
+    Client(FlagwareMiddleware(_exposing_app, client)).get("/")
+    client.close()  # records the start
+    store = str(client.event_store_path)
+    spec_file.write_text(
+        spec_file.read_text()
+        .replace('"red"', '"crimson"')
+        .replace('unit = "stableID"', 'unit = "stableID"\nrestart = true', 1)
+    )
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert capsys.readouterr().err == ""  # the app has not loaded it: nothing restarted yet
+    make_client().close()  # the app loads it: the restart is recorded
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert capsys.readouterr().err == (
+        f"{spec_file}: warning: experiments.button_color: its restart is recorded; remove"
+        " `restart = true`, or a later change restarts it again without a word\n"
+    )
+
+
 def test_read_commands_never_touch_a_database_that_is_not_a_store(
     tmp_path: Any, capsys: Any
 ) -> None:

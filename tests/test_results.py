@@ -328,6 +328,14 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     one = compute_results(spec, "button_color", store, now=NOW, cuped=False)
     assert method_line(one).startswith("Intervals: fixed-horizon tests (score for conversions);")
 
+    # A variance reduction a hair below zero is none, not "-0%".
+    from dataclasses import replace
+
+    from flagware.results.formatting import adjustment_notes
+
+    metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.001, "Blue": 0.25})
+    assert adjustment_notes(metric) == ["CUPED variance reduction: Red 0%, Blue 25%"]
+
 
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log = Log()

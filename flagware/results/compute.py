@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from flagware.events.model import now_ms
 from flagware.events.store import not_a_store, redact
@@ -157,6 +158,12 @@ def _analyse(
     if changed is not None:  # read with other groups or weights, the figures would lie
         raise ResultsError(changed)
     window_start = sql.window_start(record)
+    if window_start is not None and opt.until < window_start:
+        opened = datetime.fromtimestamp(window_start / 1000, tz=UTC)
+        raise ResultsError(
+            "--until is before the analysis window, which a restart opened at"
+            f" {opened.isoformat(timespec='milliseconds')}: nothing before it is counted"
+        )
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     reads = _reads(metrics, opt.cuped)

@@ -102,7 +102,7 @@ def window_line(results: Results) -> str | None:
         return None
     start = datetime.fromtimestamp(results.window_start / 1000, tz=UTC)
     return (
-        f"Analysis window from {start:%Y-%m-%d %H:%M} UTC (restart = true): exposures"
+        f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (restart = true): exposures"
         " before it are not counted"
     )
 
@@ -124,7 +124,10 @@ def adjustment_notes(m: MetricResult) -> list[str]:
     """CUPED's variance reduction and the cap, in words (text and HTML)."""
     notes = []
     if m.cuped:
-        reduction = ", ".join(f"{g} {r:.0%}" for g, r in m.variance_reduction.items())
+        # Not "-0%": a reduction a hair below zero is none.
+        reduction = ", ".join(
+            f"{g} {r:.0%}".replace(" -0%", " 0%") for g, r in m.variance_reduction.items()
+        )
         notes.append(f"CUPED variance reduction: {reduction}")
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
