@@ -135,9 +135,10 @@ def test_help_names_the_settings_and_hides_a_password(capsys: Any) -> None:
     url = "postgresql://app:s3cret%21@db.internal/site"
     with override_settings(FLAGWARE={"spec": DEMO_SPEC, "event_store": url}):
         call_command("flagware", "results", "--help")  # exit 0: no CommandError
-    text = " ".join(capsys.readouterr().out.split())
-    assert f"default: {DEMO_SPEC}, from settings.FLAGWARE" in text
-    assert "postgresql://app:***@db.internal/site, from settings.FLAGWARE" in text
+    # argparse wraps help at the terminal's width, cutting a long path anywhere.
+    text = "".join(capsys.readouterr().out.split())
+    assert f"default:{DEMO_SPEC},fromsettings.FLAGWARE" in text
+    assert "postgresql://app:***@db.internal/site,fromsettings.FLAGWARE" in text
     assert "s3cret" not in text
 
 
@@ -172,7 +173,7 @@ def test_manage_py_flagware_on_the_demo_project(tmp_path: Path) -> None:
     help_text = manage("results", "--help", cwd=tmp_path, store=store)
     assert help_text.returncode == 0
     assert "manage.py flagware results" in help_text.stdout
-    assert "from settings.FLAGWARE" in " ".join(help_text.stdout.split())
+    assert "fromsettings.FLAGWARE" in "".join(help_text.stdout.split())
     unknown = manage("results", "nope", "--settings", "demo.settings", cwd=tmp_path, store=store)
     assert unknown.returncode == 2 and "nope" in unknown.stderr
     # Every manage.py command's options are taken, wherever they are, and mean nothing here.
