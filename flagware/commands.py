@@ -13,7 +13,7 @@ from flagware.cli import (
     add_store_argument,
     existing_store,
 )
-from flagware.events.store import not_a_store, open_store, redact
+from flagware.events.store import not_a_store, open_store, redact, store_exists
 from flagware.results.compute import ResultsError, unstored_metric_events
 from flagware.spec import SpecError, did_you_mean, load_spec
 
@@ -58,9 +58,12 @@ def run_check(args: argparse.Namespace) -> int:
     # A store that is not there yet has nothing started: the spec is all there
     # is to check, and the line says so (a CI job pointing at the wrong path
     # must not read it as "compared"). One that is not a store is bad input.
-    unread = not_a_store(args.store)
-    missing = unread is not None and unread.startswith("no event store")
-    if unread is not None and not missing:
+    try:
+        missing = not store_exists(args.store)
+    except Exception:  # an unreachable server, a bad URL: not_a_store words it
+        missing = False
+    unread = None if missing else not_a_store(args.store)
+    if unread is not None:
         print(f"flagware check: {unread}", file=sys.stderr)
         return EXIT_BAD_INPUT
     changes, reminders = ([], []) if missing else _changes_since_start(spec, args.store)
@@ -80,7 +83,7 @@ def run_check(args: argparse.Namespace) -> int:
     for warning in unstored:
         print(f"{spec.source}: warning: metrics.{warning}", file=sys.stderr)
     compared = (
-        f"; {unread}, so no started experiment was compared with it"
+        f"; no event store at {redact(args.store)}, so no started experiment was compared with it"
         if missing and spec.experiments
         else ""
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -156,10 +157,41 @@ def test_a_full_queue_drops_counts_and_logs_once(
     assert writer.dropped == 200 - 100
     assert len([r for r in caplog.records if "queue is full" in r.getMessage()]) == 1
     failing.failing = False
-    assert writer.flush() == 100
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        assert writer.flush() == 100
     assert uids(store) == list(range(100))  # the first 100, in order; the rest counted
     assert store.stats().queue_dropped == 100  # recorded once the store took writes
     assert writer.pending_drops() == 0
+    # One line for the outage's end, saying both what waited and what was lost
+    # (there were two, one of them without the outage's length).
+    [ended] = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(
+        r"flagware: the event store takes writes again after \d+\.\d s; the 100 events that"
+        r" waited are stored; 100 that found the queue full were dropped \(counted in"
+        r" queue_dropped\)",
+        ended,
+    )
+    writer.close()
+
+
+def test_a_queue_that_overflowed_with_the_store_up_says_so_when_it_has_room(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No outage to end: the drops are counted and the line does not speak of one."""
+    writer = EventWriter(store, flush_interval=60, max_queue=10)
+    for i in range(15):
+        writer.put(event(i))
+    assert "queue is full" in caplog.records[-1].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        assert writer.flush() == 10
+        assert writer.flush() == 0  # nothing new: said once
+    assert [r.getMessage() for r in caplog.records] == [
+        "flagware: the event queue has room again; 5 that found the queue full were dropped"
+        " (counted in queue_dropped)"
+    ]
+    assert store.stats().queue_dropped == 5
     writer.close()
 
 

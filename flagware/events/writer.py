@@ -206,36 +206,42 @@ class EventWriter:
                 break
             self._room = self.max_queue
             total += len(batch)
-        if total and self._failing_since is not None:
-            self._recovered(total)
-        if total and self._unrecorded:
-            self._record_drops()
+        if total and (self._failing_since is not None or self._unrecorded):
+            self._backlog_cleared(total)
         return total
 
-    def _recovered(self, stored: int) -> None:
-        """Say that an outage ended, once: its first failure was logged, its end must be too."""
-        lasted = time.monotonic() - (self._failing_since or 0.0)
+    def _backlog_cleared(self, stored: int) -> None:
+        """Say once that an outage or an overflow ended, and what it cost: its
+        start was logged, so its end is too, in one line."""
+        with self._drop_lock:
+            dropped, self._unrecorded = self._unrecorded, 0
+        if dropped:
+            try:
+                self.store.add_to_counter("queue_dropped", dropped)
+            except Exception as exc:  # counted at the next success instead
+                with self._drop_lock:
+                    self._unrecorded += dropped
+                self._report(exc)
+                return
+        lost = (
+            f"; {dropped} that found the queue full were dropped (counted in queue_dropped)"
+            if dropped
+            else ""
+        )
+        if self._failing_since is None:  # the store kept up too slowly, never failed
+            log.warning("flagware: the event queue has room again%s", lost)
+            return
+        lasted = time.monotonic() - self._failing_since
         self._failing_since = None
         log.warning(
             "flagware: the event store takes writes again after %.1f s; the %d events that"
-            " waited are stored",
+            " waited are stored%s",
             lasted,
             stored,
+            lost,
         )
         if self.on_recovered is not None:
             self.on_recovered()
-
-    def _record_drops(self) -> None:
-        with self._drop_lock:
-            count, self._unrecorded = self._unrecorded, 0
-        try:
-            self.store.add_to_counter("queue_dropped", count)
-        except Exception as exc:
-            with self._drop_lock:
-                self._unrecorded += count
-            self._report(exc)
-            return
-        log.warning("flagware: the event store takes writes again; %d events were dropped", count)
 
     def _report(self, exc: BaseException) -> None:
         if self._failing_since is None:

@@ -39,7 +39,9 @@ from flagware.results.stats import srm_test
 from flagware.results.verdict import (
     SRM_BLOCK_P,
     SRM_WARN_P,
+    UNCHECKABLE,
     guardrail_status,
+    never_stored_phrase,
     srm_status,
     verdict,
 )
@@ -271,9 +273,10 @@ def unstored_metric_events(spec: Spec, store_path: str | os.PathLike[str]) -> li
     metrics = list(spec.metrics.values())
     try:
         with open_reader(store_path) as conn:
-            if not sql.stored_names(conn):
+            names = sql.stored_names(conn)
+            if not names:
                 return []
-            missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)))
+            missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)), names)
     except database_errors() as exc:
         where = redact(os.fspath(store_path))
         raise ResultsError(f"cannot read event store {where}: {exc}") from None
@@ -287,12 +290,12 @@ def unstored_metric_events(spec: Spec, store_path: str | os.PathLike[str]) -> li
 
 def _unstored(metric: MetricSpec, event: str, hint: str) -> str:
     if metric.guardrail:
-        what = "the guardrail cannot be checked and blocks the launch"
+        what = f"{UNCHECKABLE} and blocks the launch"
     elif metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
         what = "it cannot be computed"  # nothing to divide by
     else:
         what = "it is 0 for every unit"
-    return f"{metric.name}: no {event!r} events stored{hint}, so {what}"
+    return f"{metric.name}: {never_stored_phrase(event, hint)}, so {what}"
 
 
 def _group_units(

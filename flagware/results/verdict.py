@@ -49,6 +49,15 @@ def srm_status(p: float | None) -> Literal["ok", "warning", "failed", "untested"
     return "warning" if p < SRM_WARN_P else "ok"
 
 
+def never_stored_phrase(event: str, hint: str) -> str:
+    """An event the store never held, as results and ``flagware check`` both say it."""
+    return f"no {event!r} events stored{hint}"
+
+
+#: Why a guardrail without data blocks, in results and in ``flagware check``.
+UNCHECKABLE = "the guardrail cannot be checked"
+
+
 def guardrail_status(
     result: MetricResult,
     newest: int | None,
@@ -64,12 +73,12 @@ def guardrail_status(
     event = result.event
     if never_stored is not None or newest is None or not exposed:
         if never_stored is not None:
-            what = f"no {never_stored[0]!r} events stored{never_stored[1]}"
+            what = never_stored_phrase(*never_stored)
         elif not exposed:  # --until before the first exposure, or none yet
             what = "no unit was exposed in the analysis window"
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
-        reason = f"stale: {what}, so the guardrail cannot be checked"
+        reason = f"stale: {what}, so {UNCHECKABLE}"
         return GuardrailStatus(result.name, "blocked", reason, newest)
     if fresh_within is not None:
         age_h = (now - newest) / 3_600_000
