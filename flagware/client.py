@@ -19,6 +19,7 @@ from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
+from flagware.identity import country_table
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
     DEFAULT_SPEC,
@@ -31,7 +32,7 @@ from flagware.settings import (
     env,
     local_hash_key,
 )
-from flagware.visitors import Repeats
+from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
@@ -237,6 +238,18 @@ class Flagware:
             install_sigterm(lambda: _live_clients)
         if _flags.overrides.unchecked:  # a test overrode flags before any client existed
             _flags.overrides.check_unchecked()
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build now, once per process, the tables a worker's first request
+        would build: 0.5 s idle, 0.8-1.9 s on a busy machine, in that request.
+        Plain data, so safe before a fork (gunicorn ``--preload`` shares it)."""
+        try:
+            country_table()
+            prepare_bot_rules()
+            self.engine.prepare()
+        except Exception:  # met again where a request needs it, and reported there
+            log.debug("flagware: preparing tables failed", exc_info=True)
 
     @classmethod
     def from_env(cls, **options: Any) -> Flagware:

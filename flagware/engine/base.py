@@ -48,6 +48,11 @@ class Engine:
     def _stop(self, server: Any) -> None:
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Load what the SDK's start needs that is plain data (its imports, its
+        tables): safe before a fork, and shared by the workers forked after it.
+        The SDK itself (threads, connections) still starts in each process."""
+
     def server(self) -> Any:
         server = self._server
         if server is not None and self._pid == os.getpid():
