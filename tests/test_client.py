@@ -158,7 +158,10 @@ def test_close_stores_everything_and_is_idempotent(make_client: Any) -> None:
 
 
 def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
-    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+    make_client: Any,
+    spec_file: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from flagware.engine import local
 
@@ -172,7 +175,10 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
         )
     )
     os.utime(spec_file, (1, 1))
-    assert client.engine.gate(user, "nobody").value is True
+    with caplog.at_level(logging.INFO, logger="flagware"):
+        assert client.engine.gate(user, "nobody").value is True
+    # The line says what the edit changed, so an operator sees that it took.
+    assert caplog.messages == [f"flagware: reloaded {spec_file}: gates.nobody changed"]
     spec_file.write_text("not = [valid")
     os.utime(spec_file, (2, 2))
     assert client.engine.gate(user, "nobody").value is True

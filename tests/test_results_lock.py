@@ -144,6 +144,9 @@ def test_changes_after_start_fail_naming_the_change(
     assert expected in message
     assert "after the experiment started" in message
     assert "new name" in message and "restart = true" in message
+    assert message.endswith(
+        "or, in development, forget its start with `flagware reset button_color`."
+    )
 
 
 def test_allocation_may_grow_but_not_shrink(store: str) -> None:
@@ -189,7 +192,8 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
         "experiments.button_color: groups changed from [Control, Red] to [Control, Red, Green]"
         " since the experiment started (2026-09-21 14:13 UTC)."
     )
-    assert "assigned by the recorded definition: read them with a spec that still has it" in message
+    assert "rename it" in message
+    assert message.endswith("forget its start with `flagware reset button_color`.")
     assert "rename it" in message
     # restart = true takes effect when the app loads the spec, not before.
     restarted = make_spec(extra_group=True, restart=True)

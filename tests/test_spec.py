@@ -1089,3 +1089,27 @@ def test_fingerprint_changes_with_what_decides_assignment() -> None:
     assert base.fingerprint() not in fingerprints.values()
     assert len(set(fingerprints.values())) == len(changed)
     assert changed["params"].fingerprint_fields()["groups"][0]["params"] == {"color": "navy"}
+
+
+def test_spec_changes_names_what_a_reload_added_changed_and_removed() -> None:
+    from flagware.engine.local import spec_changes
+    from flagware.spec import parse_spec
+
+    old = parse_spec(
+        {
+            "gates": {"a": {"rollout": 10}, "b": {}},
+            "experiments": {
+                "e": {"groups": [{"name": "x", "weight": 50}, {"name": "y", "weight": 50}]}
+            },
+        }
+    )
+    new = parse_spec(
+        {
+            "gates": {"a": {"rollout": 20}, "c": {}},
+            "experiments": {
+                "e": {"groups": [{"name": "x", "weight": 50}, {"name": "y", "weight": 50}]}
+            },
+        }
+    )
+    assert spec_changes(old, new) == "gates.a changed; gates.c added; gates.b removed"
+    assert spec_changes(new, new) == "no gate, experiment or metric changed"

@@ -38,6 +38,21 @@ def _not_local_mode_chatter(record: logging.LogRecord) -> bool:
 logging.getLogger("statsig.sdk").addFilter(_not_local_mode_chatter)
 
 
+def spec_changes(old: Spec, new: Spec) -> str:
+    """What a reload changed, by name ("gates.beta added; experiments.button_color
+    changed"): the log line an operator reads to see that the edit took."""
+    said: list[str] = []
+    for kind in ("gates", "experiments", "metrics"):
+        before, after = getattr(old, kind), getattr(new, kind)
+        for name in after:
+            if name not in before:
+                said.append(f"{kind}.{name} added")
+            elif after[name] != before[name]:
+                said.append(f"{kind}.{name} changed")
+        said += [f"{kind}.{name} removed" for name in before if name not in after]
+    return "; ".join(said) or "no gate, experiment or metric changed"
+
+
 class LocalSpec(Engine):
     """Gates and experiments from a local spec file, whichever SDK evaluates them.
 
@@ -156,7 +171,7 @@ class LocalSpec(Engine):
             forget_repeats()  # a changed or restarted experiment: expose everyone anew
             if self.on_reload is not None:
                 self.on_reload(spec)
-            log.info("flagware: reloaded %s", self.path)
+            log.info("flagware: reloaded %s: %s", self.path, spec_changes(previous, spec))
         finally:
             self._reload_lock.release()
 

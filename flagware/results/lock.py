@@ -206,7 +206,8 @@ def _message(name: str, changes: list[str], record: StartRecord) -> str:
         f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
         f" either give the changed experiment a new name, or set `restart = true` in"
         f" [experiments.{name}] to start a new analysis window from now (results then"
-        f" count only exposures from the restart on)."
+        f" count only exposures from the restart on); or, in development, forget its"
+        f" start with `flagware reset {name}`."
     )
 
 
@@ -233,7 +234,8 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
         then = (
             f"The window's exposures were assigned by {ran}: read them with a spec that"
             " still has it. To change the experiment, rename it, or set `restart = true`"
-            " (results then count exposures from the restart on)."
+            " (results then count exposures from the restart on); or, in development,"
+            f" forget its start with `flagware reset {experiment.name}`."
         )
     return (
         f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"
