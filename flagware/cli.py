@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 import sys
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from flagware import __version__
@@ -110,9 +110,12 @@ def _events(args: argparse.Namespace) -> int:
     if table:
         out.write(_table_line("time (UTC)", "event", "user_id", "stable_id", "flag", "value", ""))
     try:
-        rows = filter(wanted, store.iter_events())
-        # --tail: the newest N, oldest first as always (a bounded deque: any store size).
-        for row in rows if args.tail is None else deque(rows, maxlen=args.tail):
+        if args.tail is None:
+            rows: Iterable[dict[str, Any]] = filter(wanted, store.iter_events())
+        else:  # read from the end until N match, then show them oldest first as always
+            newest = filter(wanted, store.iter_events(newest_first=True))
+            rows = reversed(list(islice(newest, args.tail)))
+        for row in rows:
             row.pop("id")
             if not table:
                 out.write(json.dumps(row, separators=(",", ":")) + "\n")

@@ -59,6 +59,18 @@ def test_append_and_read(store: Store) -> None:
     assert states(store) == {None: 3}  # local only: never delivered
 
 
+def test_events_read_newest_first_in_pages_from_the_end(store: Store) -> None:
+    """``flagware events --tail 20`` read a million rows to keep the last 20 (5.2 s)."""
+    store.append(events(2500), deliver=False)  # three pages
+    ids = [r["id"] for r in store.iter_events()]
+    newest = list(store.iter_events(newest_first=True))
+    assert [r["id"] for r in newest] == ids[::-1]
+    assert [r["value"] for r in newest[:3]] == [2499, 2498, 2497]
+    assert [r["value"] for r in store.iter_events(newest_first=True, limit=2)] == [2499, 2498]
+    later = store.iter_events(newest_first=True, after_id=ids[2496])
+    assert [r["value"] for r in later] == [2499, 2498, 2497]  # stops at after_id
+
+
 def test_batch_rows_keep_every_event_and_its_exact_wire_payload(store: Store) -> None:
     # The writer encodes a request's shared user once and inserts in chunks:
     # 307 events are 256 + 32 + 16 + 2 + 1 rows, each stored as Event.payload().

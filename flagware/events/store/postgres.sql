@@ -39,7 +39,11 @@ SELECT to_regclass('flagware.events') IS NOT NULL
 
 -- name: events_after
 SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
-FROM events WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
+FROM events WHERE id > %(edge)s ORDER BY id LIMIT %(limit)s
+
+-- name: events_before
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+FROM events WHERE id < %(edge)s ORDER BY id DESC LIMIT %(limit)s
 
 -- name: count
 SELECT count(*) FROM events

@@ -30,6 +30,8 @@ from flagware.events.store.base import (
     is_dead_local,
 )
 
+_NO_ID = 2**63 - 1  # above every id: where a newest-first read starts
+
 
 class SQLStore:
     """The store's logic over a backend's connections and named queries."""
@@ -117,23 +119,26 @@ class SQLStore:
                 self._insert(conn, rows)
 
     def iter_events(
-        self, *, after_id: int = 0, limit: int | None = None
+        self, *, after_id: int = 0, limit: int | None = None, newest_first: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Stored events in order, as plain dicts (the ``flagware events`` shape).
+        """Stored events in order of id (``newest_first``: the other way), as
+        plain dicts (the ``flagware events`` shape).
 
         Read in pages by id, each a short query: nothing is held across a
-        yield, so a caller may fork, or take its time, between rows.
+        yield, so a caller may fork, or take its time, between rows, or stop
+        (``--tail 20`` reads a page from the end, not a million rows).
         """
         left = limit
+        query, edge = ("events_before", _NO_ID) if newest_first else ("events_after", after_id)
         while left is None or left > 0:
             page = 1000 if left is None else min(1000, left)
             with self._guard():
-                rows = self._exec(
-                    self._conn(), "events_after", {"after": after_id, "limit": page}
-                ).fetchall()
+                rows = self._exec(self._conn(), query, {"edge": edge, "limit": page}).fetchall()
             if not rows:
                 return
             for row in rows:
+                if newest_first and row[0] <= after_id:
+                    return
                 yield {
                     "id": row[0],
                     "time": row[1],
@@ -145,7 +150,7 @@ class SQLStore:
                     "exposure": row[7],
                     "group": row[8],
                 }
-            after_id = rows[-1][0]
+            edge = rows[-1][0]
             if left is not None:
                 left -= len(rows)
 

@@ -3,7 +3,11 @@
 
 -- name: events_after
 SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
-FROM events WHERE id > :after ORDER BY id LIMIT :limit
+FROM events WHERE id > :edge ORDER BY id LIMIT :limit
+
+-- name: events_before
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+FROM events WHERE id < :edge ORDER BY id DESC LIMIT :limit
 
 -- name: count
 SELECT count(*) FROM events
