@@ -19,8 +19,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TextIO
 
-from flagware.client import Flagware
-
 CLICK_RATE = {"Control": 0.10, "Red": 0.13}  # the demo's "true" effect
 RELOAD_RATE = 0.2  # visitors who open the page twice (the visits guardrail varies)
 AGENTS = [
@@ -117,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     module = find_demo_app(args.app_dir)
     store = args.store or str(Path(tempfile.mkdtemp(prefix="flagware-demo-")) / "events.db")
     # A fixed key: the demo's visitors are simulated, and its store is throwaway.
+    from flagware.client import Flagware  # not at import: the CLI's other commands need no SDK
+
     client = Flagware(
         spec=module.SPEC, event_store=store, hash_key="flagware-demo", allow_random_override=True
     )
