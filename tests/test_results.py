@@ -210,12 +210,12 @@ def reference_test(
         p = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True).pvalue
         crit = sps.norm.ppf(1 - level / 2)
         return float(p), brute_force_interval(x_t, n_t, x_c, n_c, crit, ratio=False)
-    assert method == "welch"
     welch = sps.ttest_ind(treated, control, equal_var=False)
     student = sps.ttest_ind(treated, control, equal_var=True)
     se_welch = math.sqrt(treated.var(ddof=1) / n_t + control.var(ddof=1) / n_c)
     se_pooled = abs((treated.mean() - control.mean()) / student.statistic)
     ref = student if se_pooled > se_welch else welch
+    assert method == ("pooled" if ref is student else "welch")  # the output names the one used
     delta = treated.mean() - control.mean()
     if ref.df > Z_DF_THRESHOLD:
         se = max(se_pooled, se_welch)
@@ -253,8 +253,8 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
             assert row.mean == pytest.approx(treated.mean(), rel=1e-9)
             assert row.control_mean == pytest.approx(control.mean(), rel=1e-9)
             assert row.delta == pytest.approx(treated.mean() - control.mean(), rel=1e-9, abs=1e-12)
-            expected_method = "score" if metric.kind == "conversion" else "welch"
-            assert row.method == expected_method
+            expected = {"score"} if metric.kind == "conversion" else {"welch", "pooled"}
+            assert row.method in expected
             p, (lo, hi) = reference_test(row.method, treated, control, row.ci_alpha)
             assert row.p_value == pytest.approx(p, rel=1e-6, abs=1e-12)
             assert row.ci == pytest.approx((lo, hi), rel=1e-6, abs=1e-9)
@@ -319,11 +319,13 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
 
     store = random_log(1, effect=0.0).store(tmp_path)
     every = compute_results(make_spec(), "button_color", store, now=NOW, cuped=False)
+    used = {r.method for m in every.metrics for r in m.results}
+    assert used in ({"score", "welch", "delta"}, {"score", "welch", "pooled", "delta"})
+    pooled = ", pooled t where its error is larger" if "pooled" in used else ""
     assert method_line(every).startswith(
-        "Intervals: fixed-horizon tests (score for conversions, Welch or pooled t,"
+        f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled},"
         " delta method for means and ratios);"
     )
-    assert {r.method for m in every.metrics for r in m.results} == {"score", "welch", "delta"}
     spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})
     one = compute_results(spec, "button_color", store, now=NOW, cuped=False)
     assert method_line(one).startswith("Intervals: fixed-horizon tests (score for conversions);")
@@ -399,6 +401,25 @@ def test_mean_is_value_sum_over_valued_events_of_every_unit(tmp_path: Path) -> N
     # metric does not condition on what the treatment may have changed.
     assert (row.control_units, row.control_mean) == (3, 20.0)
     assert (row.units, row.mean) == (3, 42.0)
+
+
+def test_a_mean_over_no_events_in_a_group_has_no_lift_and_renders(tmp_path: Path) -> None:
+    """A group that never purchased has no mean: the lift read "+nan%" and JSON crashed
+    (a new user's trial: only Control purchased)."""
+    from flagware.results.render import render_html, render_json, render_text
+
+    log = Log()
+    for i in range(60):
+        log.expose(i, "Control" if i % 2 else "Red", NOW - HOUR)
+        if i % 2:
+            log.log(i, "purchase", NOW, 10.0)
+    spec = make_spec(metrics={"aov": {"event": "purchase", "kind": "mean"}})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    row = results.metrics[0].results[0]
+    assert (row.mean, row.relative, row.control_mean) == (None, None, 10.0)
+    assert json.loads(render_json(results))["metrics"][0]["results"][0]["relative"] is None
+    assert "nan" not in render_text(results).lower()
+    assert "nan%" not in render_html(results).lower()
 
 
 def test_multiple_groups_each_against_control(tmp_path: Path) -> None:
@@ -508,6 +529,17 @@ def test_stale_guardrail_blocks(tmp_path: Path, age_hours: int | None) -> None:
     assert any("stale" in r for r in results.reasons)
 
 
+def test_guardrail_freshness_is_judged_at_the_windows_end(tmp_path: Path) -> None:
+    """Read up to --until, a guardrail fresh then is fresh: from now, every
+    result of a past cut blocked as stale (a statistician's trial)."""
+    store = balanced_log(500, 500, red_errors=0.05).store(tmp_path)  # errors at NOW - 1 h
+    later = NOW + 30 * HOUR  # reading the same data 30 h on (fresh_within = 24)
+    now_cut = compute_results(make_spec(), "button_color", store, now=later)
+    assert now_cut.guardrails[0].reason.startswith("stale: newest 'error' event is 31.0 h old")
+    past_cut = compute_results(make_spec(), "button_color", store, now=later, until=NOW)
+    assert past_cut.guardrails[0].status == "ok"
+
+
 def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path) -> None:
     """A misspelled event reads as 0 for every unit, which looks like "no effect"
     (a new user's trial: `signedup` for `signup`). Results say so, and a
@@ -613,6 +645,17 @@ def test_guardrail_regression_blocks_and_exits_3(tmp_path: Path, capsys: Any) ->
     code = run(namespace(spec_path, store, fmt="json"))
     assert code == 3
     assert json.loads(capsys.readouterr().out)["verdict"] == "blocked"
+
+
+def test_a_blocked_winner_is_no_best_group(tmp_path: Path, capsys: Any) -> None:
+    """Red wins its decision metric and regresses a guardrail: blocked, and the
+    JSON's best_group is null (it said "Red", which a script would ship)."""
+    store = balanced_log(1000, 1000, red_signup=0.4, red_errors=0.15).store(tmp_path)
+    results = compute_results(make_spec(), "button_color", store, now=NOW)
+    assert results.metrics[0].results[0].outcome == "better"
+    assert results.verdict == "blocked" and results.best_group is None
+    assert run(namespace(write_spec_file(tmp_path), store, fmt="json")) == 3
+    assert json.loads(capsys.readouterr().out)["best_group"] is None
 
 
 def test_guardrail_improvement_does_not_block(tmp_path: Path) -> None:

@@ -187,3 +187,22 @@ def test_two_sided_p_of_the_score_statistic() -> None:
     assert two_sided_p(z, None) == pytest.approx(
         smp.score_test_proportions_2indep(30, 100, 20, 100, correction=True).pvalue, rel=1e-9
     )
+
+
+def test_the_estimate_names_the_pooled_t_when_it_chose_it() -> None:
+    """JSON said "welch" for a comparison tested by the pooled t (a new user's check
+    against scipy: p 0.65016 is Student's; Welch's was 0.6353)."""
+    import scipy.stats as sps
+
+    quiet = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0, 1.0, 1.02, 0.98, 1.0, 1.01]  # 12, little spread
+    loud = [float(x) for x in np.random.default_rng(3).normal(1.2, 2.0, 28)]
+    small_quiet = estimate("sum", Sample.from_values(quiet), Sample.from_values(loud))
+    student = sps.ttest_ind(quiet, loud, equal_var=True)
+    assert small_quiet.method == "pooled"
+    assert small_quiet.p_value == pytest.approx(student.pvalue, rel=1e-9)
+    # The other way round (the small group varies more), Welch's error is the larger.
+    many_quiet = quiet + [1.0] * 16
+    small_loud = estimate("sum", Sample.from_values(loud[:12]), Sample.from_values(many_quiet))
+    welch = sps.ttest_ind(loud[:12], many_quiet, equal_var=False)
+    assert small_loud.method == "welch"
+    assert small_loud.p_value == pytest.approx(welch.pvalue, rel=1e-9)

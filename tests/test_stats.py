@@ -61,9 +61,11 @@ def test_t_distribution_matches_scipy(df: float) -> None:
 def test_normal_matches_scipy() -> None:
     for p in [1e-9, 0.001, 0.05, 0.5, 0.95, 0.999]:
         assert stats.norm_ppf(p) == pytest.approx(sps.norm.ppf(p), rel=1e-12)
-    for x in [-5.0, -1.0, 0.0, 1.2, 4.0, 9.0]:
-        assert stats.norm_cdf(x) == pytest.approx(sps.norm.cdf(x), rel=1e-12)
-        assert stats.norm_sf(x) == pytest.approx(sps.norm.sf(x), rel=1e-9)
+    # Far tails too, relative and with no absolute slack: p = 2e-17 printed as 0
+    # (and pytest.approx's default abs=1e-12 had let 0 pass for 1e-19).
+    for x in [-37.0, -9.0, -5.0, -1.0, 0.0, 1.2, 4.0, 8.4, 9.0, 20.0, 37.0]:
+        assert stats.norm_cdf(x) == pytest.approx(sps.norm.cdf(x), rel=1e-12, abs=0)
+        assert stats.norm_sf(x) == pytest.approx(sps.norm.sf(x), rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 20, 99])

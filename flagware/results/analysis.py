@@ -251,8 +251,10 @@ def _group_result(
         control_mean=_finite(control_mean),
         delta=_finite(delta),
         ci=ci,
+        # A mean over no events (a group that never had the denominator) is nan:
+        # no lift, not "+nan%" in the text and a crash in the JSON.
         relative=(mean / control_mean - 1.0)
-        if math.isfinite(control_mean) and control_mean > 0
+        if math.isfinite(mean) and math.isfinite(control_mean) and control_mean > 0
         else None,
         relative_ci=relative_ci,
         p_value=_p(est),

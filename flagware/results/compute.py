@@ -204,7 +204,9 @@ def _analyse(
             r,
             sql.newest_event(conn, m.event, since, opt.until),
             m.fresh_within,
-            opt.now,
+            # Fresh at the window's end: a result read up to --until judges the
+            # logging as it was then (from now, any past cut looked stale).
+            opt.until,
             # Either side of a ratio: a missing denominator leaves nothing to check.
             next(((e, missing[e]) for e in metric_events(m) if e in missing), None),
             exposed=units.first is not None,

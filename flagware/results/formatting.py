@@ -73,7 +73,8 @@ ROLE_MARK = {"decision": " *", "secondary": " ~", "guardrail": " !"}
 # The fixed-horizon estimators (results.inference), as the line names those used.
 _FIXED_HORIZON = {
     "score": "score for conversions",
-    "welch": "Welch or pooled t",
+    "welch": "Welch t",
+    "pooled": "pooled t where its error is larger",
     "delta": "delta method for means and ratios",
 }
 

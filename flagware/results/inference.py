@@ -43,7 +43,7 @@ __all__ = [
     "too_small",
 ]
 
-Method = Literal["welch", "score", "delta", "sequential"]
+Method = Literal["welch", "pooled", "score", "delta", "sequential"]
 
 #: No comparison is called with fewer units than this in either group.
 MIN_UNITS = 10
@@ -141,6 +141,7 @@ def estimate(
         return Estimate("score", m_t, m_c, n_t, n_c, p, se, None, v_t, v_c, None, (x_t, x_c))
     df: float | None = None
     p = None
+    method: Method = "welch"
     pooled = _pooled_se(treatment, control)
     if pooled > se:
         # The null "no effect on anyone" means one distribution, one variance:
@@ -149,7 +150,7 @@ def estimate(
         # Welch's test calls noise significant (A/A: 7-9% at alpha 0.05 with
         # 12 vs 28 units). Taking the larger of the two keeps the test valid
         # under that null and the interval valid under unequal variances.
-        se, df = pooled, float(n_t + n_c - 2)
+        se, df, method = pooled, float(n_t + n_c - 2), "pooled"
         pooled_var = pooled * pooled / (1.0 / n_t + 1.0 / n_c)
         v_t, v_c = pooled_var / n_t, pooled_var / n_c
     elif se > 0:
@@ -159,7 +160,7 @@ def estimate(
         if df > Z_DF_THRESHOLD:
             df = None
         p = two_sided_p((m_t - m_c) / se, df)
-    return Estimate("welch", m_t, m_c, n_t, n_c, p, se, df, v_t, v_c)
+    return Estimate(method, m_t, m_c, n_t, n_c, p, se, df, v_t, v_c)
 
 
 def normal_estimate(

@@ -33,6 +33,7 @@ from statistics import NormalDist
 Z_DF_THRESHOLD = 1000.0
 
 _STD_NORMAL = NormalDist()
+_SQRT2 = math.sqrt(2.0)
 _EPS = 1e-15
 _TINY = 1e-300
 _MAX_ITER = 10_000
@@ -125,12 +126,13 @@ def gammaincc(a: float, x: float) -> float:
 
 
 def norm_cdf(x: float) -> float:
-    return _STD_NORMAL.cdf(x)
+    return norm_sf(-x)
 
 
 def norm_sf(x: float) -> float:
-    # cdf(-x) keeps full precision in the upper tail where 1 - cdf(x) would not.
-    return _STD_NORMAL.cdf(-x)
+    # erfc keeps full precision in the far tail: NormalDist.cdf is 0.5 (1 + erf),
+    # which cancels to 0.0 below -8.3 (a p of 2e-17 printed as 0).
+    return 0.5 * math.erfc(x / _SQRT2)
 
 
 def norm_ppf(p: float) -> float:

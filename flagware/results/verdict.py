@@ -153,7 +153,9 @@ def verdict(
     regressions = [text for items in losses.values() for text in items]
 
     if blockers:
-        return "blocked", blockers, warnings, best
+        # No best group: a JSON reader taking best_group as "ship this" must not
+        # launch past a block (a guardrail regressed in C blocks shipping B too).
+        return "blocked", blockers, warnings, None
     if best is not None:
         warnings += [f"also: {text}" for text in regressions]
         return "ship", [f"ship {best}: " + "; ".join(wins[best])], warnings, best
