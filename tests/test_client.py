@@ -122,6 +122,43 @@ def test_local_engine_creates_a_hash_key_once_beside_the_store(
         assert second.hash_key == key and len(key) == 64
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_workers_starting_together_all_get_the_one_complete_hash_key(tmp_path: Path) -> None:
+    """The file was created, then written: a worker reading in between used ""
+    as its key (a new user's trial: 7 of 200 starts of six processes), so one
+    visitor had two IDs. Nor may the temporary file stay behind."""
+    import multiprocessing
+
+    from flagware.settings import local_hash_key
+
+    def worker(location: str, go: Any, keys: Any) -> None:
+        go.wait()
+        try:
+            keys.put(local_hash_key(None, location, shared=False))  # type: ignore[arg-type]
+        except Exception as exc:
+            keys.put(repr(exc))
+
+    fork = multiprocessing.get_context("fork")
+    for trial in range(40):
+        location = str(tmp_path / str(trial) / "events.db")
+        go, keys = fork.Event(), fork.Queue()
+        procs = [fork.Process(target=worker, args=(location, go, keys)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        go.set()
+        got = [keys.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+        assert len(set(got)) == 1 and len(got[0]) == 64, (trial, got)
+        assert os.listdir(tmp_path / str(trial)) == ["hash_key"]
+
+
+def test_an_empty_hash_key_file_is_refused(tmp_path: Path, spec_file: Any) -> None:
+    (tmp_path / "hash_key").write_text("\n")
+    with pytest.raises(ConfigurationError, match="hash key file .* is empty; delete it"):
+        Flagware(spec=spec_file, event_store=tmp_path / "events.db")
+
+
 def test_environment_hash_key_is_used(monkeypatch: pytest.MonkeyPatch, make_client: Any) -> None:
     monkeypatch.setenv("FLAGWARE_HASH_KEY", "from-env")
     assert make_client(hash_key=None).hash_key == b"from-env"
