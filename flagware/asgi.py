@@ -54,6 +54,7 @@ class FlagwareMiddleware:
     def __init__(self, app: ASGIApp, client: Flagware) -> None:
         self.app = app
         self.client = client
+        self._engine = client.engine
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp
@@ -70,6 +71,8 @@ class FlagwareMiddleware:
         # default, the contextvar's methods bound once: measured with callgrind
         # under uvicorn, these cut what a wrapped Starlette app that reads no
         # flag pays over bare from 16k instructions a request to about 9k.
+        if not self._engine.started():
+            await self._start_engine()
         flags = new(_ScopeFlags)
         flags._client = self.client
         flags._scope = scope
@@ -101,6 +104,20 @@ class FlagwareMiddleware:
             if scope.get(SCOPE_KEY) is flags:
                 del scope[SCOPE_KEY]
 
+    async def _start_engine(self) -> None:
+        """Start this process's SDK in a thread, not on the event loop.
+
+        Started by the first flag read, it ran on the loop and froze every
+        request in the process: 0.8 s for the local engine on a loaded
+        machine, and with an unreachable Statsig API the whole init_timeout
+        (3.7 s) for requests that read no flag. Requests arriving meanwhile
+        wait here too (the engine's lock), with the loop free.
+        """
+        try:
+            await _in_thread(self._engine.server)
+        except Exception as exc:  # evaluating reports it again, and serves defaults
+            self.client.report(exc, "engine start")
+
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but a new HTTP request: passed through untouched."""
         if scope["type"] == "lifespan":
@@ -114,7 +131,9 @@ class FlagwareMiddleware:
 
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            if message["type"] == "lifespan.startup.complete" and not self._engine.started():
+                await self._start_engine()  # ready before the first request, not in it
+            elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 # Before the server hears "complete" and stops the process.
                 try:
                     await _in_thread(self.client.close)

@@ -556,3 +556,120 @@ def test_success_events_wait_for_the_status_and_a_quiet_request_builds_nothing(
         listeners.remove(seen.append)
     assert [e.name for e in seen] == (["visited_signup"] if status < 400 else [])
     assert made[1]._held is None and not made[1]._watched  # settled: later events follow
+
+
+def _http_scope(path: str = "/", root_path: str = "") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "root_path": root_path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"user-agent", b"Mozilla/5.0")],
+        "client": ("203.0.113.9", 5000),
+        "server": ("testserver", 80),
+        "scheme": "http",
+        "http_version": "1.1",
+    }
+
+
+async def _call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+async def _reads_a_gate(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].removeprefix("lifespan.")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    current_flags().gate("new_signup")
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_the_sdk_starts_in_a_thread_so_the_event_loop_never_waits(tmp_path: Path) -> None:
+    """The first flag read started the SDK on the event loop, freezing every
+    request in the process: 0.8 s for the local engine on a loaded machine,
+    and the whole init_timeout with an unreachable Statsig API (a new user's
+    trial: an SSE stream and a 404 stalled 3.7 s). Here the API accepts
+    connections and never answers; a task ticking on the loop must keep ticking."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the backlog; nothing ever answers
+    api = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    fw = Flagware(
+        statsig_secret="secret-x",
+        statsig_api=api,
+        init_timeout=1,
+        hash_key="k",
+        shutdown_timeout=0,
+        event_store=tmp_path / "events.db",
+    )
+    app = FlagwareMiddleware(_reads_a_gate, fw)
+
+    async def main() -> tuple[float, float, list[dict[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            last = loop.time()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                gaps.append(loop.time() - last)
+                last = loop.time()
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        sent = await _call(app, _http_scope())
+        took = time.monotonic() - started
+        done.set()
+        await ticker
+        return took, max(gaps, default=took), sent
+
+    try:
+        took, longest_gap, sent = asyncio.run(main())
+    finally:
+        silent.close()  # first: the SDK's shutdown waits 10 s for requests that hang
+        fw.close()
+    assert sent[0]["status"] == 200  # served, with defaults
+    assert took >= 0.9  # the request did wait for init_timeout...
+    assert longest_gap < 0.5  # ...but the loop went on meanwhile
+
+
+def test_lifespan_startup_starts_the_sdk_before_the_first_request(make_client: Any) -> None:
+    fw = make_client()
+    app = FlagwareMiddleware(_reads_a_gate, fw)
+
+    async def main() -> list[bool]:
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        seen: list[bool] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":  # what the server hears
+                seen.append(fw.engine.started())
+
+        assert not fw.engine.started()
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        return seen
+
+    assert asyncio.run(main()) == [True]

@@ -155,7 +155,7 @@ def test_workers_starting_together_all_get_the_one_complete_hash_key(tmp_path: P
 
 def test_an_empty_hash_key_file_is_refused(tmp_path: Path, spec_file: Any) -> None:
     (tmp_path / "hash_key").write_text("\n")
-    with pytest.raises(ConfigurationError, match="hash key file .* is empty; delete it"):
+    with pytest.raises(ConfigurationError, match=r"hash key file .* is empty; delete it"):
         Flagware(spec=spec_file, event_store=tmp_path / "events.db")
 
 

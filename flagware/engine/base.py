@@ -53,6 +53,10 @@ class Engine:
         tables): safe before a fork, and shared by the workers forked after it.
         The SDK itself (threads, connections) still starts in each process."""
 
+    def started(self) -> bool:
+        """Whether this process's SDK is running (so evaluating will not start it)."""
+        return self._server is not None and self._pid == os.getpid()
+
     def server(self) -> Any:
         server = self._server
         if server is not None and self._pid == os.getpid():
