@@ -105,18 +105,7 @@ class FlagwareMiddleware:
                 del scope[SCOPE_KEY]
 
     async def _start_engine(self) -> None:
-        """Start this process's SDK in a thread, not on the event loop.
-
-        Started by the first flag read, it ran on the loop and froze every
-        request in the process: 0.8 s for the local engine on a loaded
-        machine, and with an unreachable Statsig API the whole init_timeout
-        (3.7 s) for requests that read no flag. Requests arriving meanwhile
-        wait here too (the engine's lock), with the loop free.
-        """
-        try:
-            await _in_thread(self._engine.server)
-        except Exception as exc:  # evaluating reports it again, and serves defaults
-            self.client.report(exc, "engine start")
+        await start_engine(self.client)
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but a new HTTP request: passed through untouched."""
@@ -337,6 +326,22 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # http.disconnect when the client leaves
 
     return replay
+
+
+async def start_engine(client: Flagware) -> None:
+    """Start this process's SDK in a thread, not on the event loop (ASGI and
+    Django's async chain await this before a request while it is not running).
+
+    Started by the first flag read, it ran on the loop and froze every
+    request in the process: 0.8 s for the local engine on a loaded machine,
+    and with an unreachable Statsig API the whole init_timeout (3.7 s) for
+    requests that read no flag. Requests arriving meanwhile wait here too
+    (the engine's lock), with the loop free.
+    """
+    try:
+        await _in_thread(client.engine.server)
+    except Exception as exc:  # evaluating reports it again, and serves defaults
+        client.report(exc, "engine start")
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:

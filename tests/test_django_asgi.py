@@ -223,3 +223,19 @@ def test_asgi_handler_directly_sets_a_secure_cookie_on_https(settings_for_asgi: 
     assert b"Secure" in cookie and b"HttpOnly" in cookie
     status, headers = asgi_get(app, "/plain")
     assert status == 200 and b"set-cookie" not in headers
+
+
+def test_async_chain_starts_the_sdk_in_a_thread_before_the_view(
+    tmp_path: Path, settings_for_asgi: Path
+) -> None:
+    """As the ASGI middleware does: the first flag read must not start the SDK on
+    the event loop (it froze the process: 0.8 s, or init_timeout with Statsig)."""
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    fresh = {"spec": spec, "event_store": tmp_path / "events.db", "hash_key": "k"}
+    with override_settings(FLAGWARE=fresh):
+        app = get_asgi_application()
+        client = conf.get_client()
+        assert not client.engine.started()
+        status, _ = asgi_get(app, "/plain")  # a view that reads no flag
+        assert status == 200 and client.engine.started()

@@ -23,6 +23,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from flagware import request as lifecycle
+from flagware.asgi import start_engine
 from flagware.django import conf
 from flagware.flags import Flags
 
@@ -85,6 +86,9 @@ class FlagwareMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         await _load_user(request)
+        client = conf.get_client()
+        if not client.engine.started():  # never on the event loop: see start_engine
+            await start_engine(client)
         flags, token = self._begin(request)
         try:
             page = None
