@@ -244,7 +244,9 @@ class ScopeEnviron(Mapping[str, Any]):
         trusted = request.forwarded_for(data.get("HTTP_X_FORWARDED_FOR"), self._hops)
         path: str = scope.get("path", "")
         root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
+        # Starlette's get_route_path: the root only at a segment boundary
+        # ("/apiary" under "/api" is not "ary"); uvicorn keeps it in path.
+        if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
             path = path[len(root) :]
         server = scope.get("server") or ("", 80)
         data.update(

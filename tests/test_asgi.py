@@ -673,3 +673,25 @@ def test_lifespan_startup_starts_the_sdk_before_the_first_request(make_client: A
         return seen
 
     assert asyncio.run(main()) == [True]
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "route_path"),
+    [
+        ("/api/x", "/api", "/x"),
+        ("/apiary/x", "/api", "/apiary/x"),  # was "ary/x": the root cut mid-segment
+        ("/healthz", "/health", "/healthz"),  # was "z": a filter on "/healthz" missed it
+        ("/api", "/api", ""),
+        ("/x", "", "/x"),
+        ("/other", "/api", "/other"),  # hypercorn leaves path alone when it does not start so
+    ],
+)
+def test_path_info_strips_the_root_path_as_starlette_routes_do(
+    path: str, root_path: str, route_path: str
+) -> None:
+    """``route_path`` is what Starlette's router matches (starlette._utils.get_route_path)."""
+    from flagware.asgi import ScopeEnviron
+
+    environ = ScopeEnviron(_http_scope(path, root_path))
+    assert environ["PATH_INFO"] == route_path
+    assert environ["SCRIPT_NAME"] == root_path
