@@ -231,6 +231,7 @@ class Flagware:
             # A process's first event also starts delivery, so a backlog left
             # by a crashed worker goes out without waiting for new events.
             on_start=self._on_stored_start,
+            on_reopen=self._reopened,
         )
         # Interpreter exit stores what is queued and delivers what it can.
         _live_clients.add(self)
@@ -383,8 +384,22 @@ class Flagware:
         """``where`` works again: its next failure is a new outage, logged again."""
         self._reported = {key for key in self._reported if key[0] != where}
 
+    def _reopened(self) -> None:
+        """Used again after close(): a second lifespan in one process (each
+        ``with TestClient(app)`` runs one) went on logging into a writer nobody
+        would close, so its events were lost at exit. Live again instead: the
+        next close, or exit, stores and delivers them."""
+        with self._lock:
+            self._closed = False
+        _live_clients.add(self)
+        if self.delivery is not None:
+            self.delivery.reopen()
+
     def close(self) -> None:
-        """Store everything queued, deliver for up to ``shutdown_timeout`` s, and stop."""
+        """Store everything queued, deliver for up to ``shutdown_timeout`` s, and stop.
+
+        A client used again afterwards starts anew (its writer, SDK and
+        connections start on first use), and is closed again at exit."""
         with self._lock:
             if self._closed:
                 return

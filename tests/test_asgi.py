@@ -695,3 +695,44 @@ def test_path_info_strips_the_root_path_as_starlette_routes_do(
     environ = ScopeEnviron(_http_scope(path, root_path))
     assert environ["PATH_INFO"] == route_path
     assert environ["SCRIPT_NAME"] == root_path
+
+
+def test_a_second_lifespan_in_one_process_stores_its_events(make_client: Any) -> None:
+    """Each lifespan's end closes the client (each ``with TestClient(app)`` runs
+    one). Used again, the client logged into a writer nobody closed: the second
+    run's 5 events were lost at exit (a new user's trial)."""
+    fw = make_client()
+
+    @log_event("viewed_pricing")
+    async def pricing(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/pricing", pricing)])
+    app.add_middleware(FlagwareMiddleware, client=fw)
+
+    async def lifespan(requests: int) -> None:
+        """Startup, the requests, shutdown: what a server (or TestClient) does."""
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        said: asyncio.Queue[str] = asyncio.Queue()
+
+        async def send(message: dict[str, Any]) -> None:
+            await said.put(message["type"])
+
+        task = asyncio.create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+        )
+        await inbox.put({"type": "lifespan.startup"})
+        assert await said.get() == "lifespan.startup.complete"
+        for _ in range(requests):
+            await _call(app, _http_scope("/pricing"))
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert await said.get() == "lifespan.shutdown.complete"
+        await task
+
+    def stored() -> int:
+        return sum(e["event"] == "viewed_pricing" for e in fw.store.iter_events())
+
+    asyncio.run(lifespan(1))
+    assert stored() == 1  # the lifespan's end closed the client: stored
+    asyncio.run(lifespan(5))
+    assert stored() == 6  # closed again, so stored again

@@ -209,6 +209,12 @@ class Delivery:
         with rt.lock:
             return rt.claims == claims
 
+    def reopen(self) -> None:
+        """Deliver again in the process that closed it (its client is used again)."""
+        with self._start_lock:
+            if self._closed_pid == os.getpid():
+                self._closed_pid = -1
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop this process's threads; a request still in flight after ``timeout`` is
         left to finish or die with the process (its lease then expires)."""

@@ -78,6 +78,7 @@ class EventWriter:
         on_error: Callable[[BaseException, str], None] | None = None,
         on_start: Callable[[], None] | None = None,  # once per process, on the writer thread
         on_recovered: Callable[[], None] | None = None,  # the store takes writes after failing
+        on_reopen: Callable[[], None] | None = None,  # used again after close(), same process
     ) -> None:
         self.store = store
         self.deliver = deliver
@@ -85,6 +86,8 @@ class EventWriter:
         self.on_stored = on_stored
         self.on_error = on_error
         self.on_recovered = on_recovered
+        self.on_reopen = on_reopen
+        self._closed_pid = -1  # the process that closed it, which may use it again
         self._failing_since: float | None = None  # monotonic time of the outage's first failure
         self.on_start = on_start
         self.max_queue = max(1, max_queue)
@@ -152,6 +155,10 @@ class EventWriter:
                 # as it is queued, as after SIGTERM.
                 self._thread = None
                 shutdown.draining = True
+            if self._closed_pid == self._pid:  # closed, and used again since
+                self._closed_pid = -1
+                if self.on_reopen is not None:
+                    self.on_reopen()
 
     def _run(self) -> None:
         stop, wake = self._stop, self._wake
@@ -275,6 +282,7 @@ class EventWriter:
         if left:  # the store still refuses writes: say what is lost, never silently
             log.error("flagware: %d queued events could not be stored before exit", left)
         self._pid = -1
+        self._closed_pid = os.getpid()
 
     def pending_drops(self) -> int:
         """Events this process dropped that the store's counter does not show yet."""
