@@ -55,6 +55,9 @@ TEST_HASH_KEY = "flagware-test-hash-key"
 
 # What a failure leaves in place, for its one log line. A store outage said
 # "serving defaults" while every flag was evaluated as usual.
+# Flagware.errors key: a stableID minted once the response had started (see flags).
+LATE_STABLE_ID = "stableID after response start"
+
 _AFTER_FAILURE = {
     "user_id resolver": "identifying the visitor by the keyed hash of the IP",
     STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
@@ -378,6 +381,18 @@ class Flagware:
                 where,
                 _AFTER_FAILURE.get(where, "serving defaults"),
                 exc_info=exc,
+            )
+
+    def _minted_too_late(self) -> None:
+        """A new visitor's first flag read came after the response started."""
+        self.errors[LATE_STABLE_ID] += 1
+        if self.errors[LATE_STABLE_ID] == 1:
+            log.warning(
+                "flagware: a new visitor's stableID was made after the response started (a"
+                " flag first read in a streaming body or a background task), so no cookie can"
+                " carry it and the visitor is a new unit on every such request; read a flag"
+                " before the response starts (logged once, counted in Flagware.errors[%r])",
+                LATE_STABLE_ID,
             )
 
     def _recovered(self, where: str) -> None:

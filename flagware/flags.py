@@ -164,6 +164,8 @@ class Flags:
         self._user_id, self._stable_id, minted = identity.resolve_ids(self._client, self._environ)
         if minted is not None:
             self._minted = minted
+            if self._status is not None:  # the response has started: no cookie can carry it
+                self._client._minted_too_late()
 
     def statsig_user(self) -> Any:
         """The engine SDK's user for this request, built once."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -736,3 +737,26 @@ def test_a_second_lifespan_in_one_process_stores_its_events(make_client: Any) ->
     assert stored() == 1  # the lifespan's end closed the client: stored
     asyncio.run(lifespan(5))
     assert stored() == 6  # closed again, so stored again
+
+
+def test_a_stable_id_made_after_the_response_started_is_counted_and_logged_once(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flag first read in a streaming body (server-sent events) mints a
+    stableID no cookie can carry: every such request was a new unit, silently
+    (a new user's trial). Now it is logged once and counted."""
+    fw = make_client()
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        group = current_flags().experiment("button_color").group or "-"
+        await send({"type": "http.response.body", "body": group.encode()})
+
+    app = FlagwareMiddleware(stream, fw)
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        first = asyncio.run(_call(app, _http_scope()))
+        asyncio.run(_call(app, _http_scope()))
+    assert not [h for h in first[0]["headers"] if h[0] == b"set-cookie"]
+    assert fw.errors["stableID after response start"] == 2
+    [said] = [r.getMessage() for r in caplog.records if "stableID" in r.getMessage()]
+    assert "after the response started" in said and "read a flag before" in said
