@@ -974,3 +974,23 @@ def test_command_exit_0_when_not_blocked(tmp_path: Path, capsys: Any) -> None:
     spec = write_spec_file(tmp_path)
     assert run(namespace(spec, store)) == 0
     assert "Verdict: SHIP" in capsys.readouterr().out
+
+
+def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
+    """The window was only in the JSON and HTML: a date-only --until (its
+    midnight) that left out the whole day went unnoticed in the text."""
+    from datetime import UTC, datetime
+
+    from flagware.results.render import render_text
+
+    store = balanced_log(300, 300).store(tmp_path)
+    cut = NOW - 30 * 60_000
+    text = render_text(compute_results(make_spec(), "button_color", store, now=NOW, until=cut))
+    [line] = [line for line in text.splitlines() if line.startswith("Data: ")]
+    exposed = f"{datetime.fromtimestamp((NOW - 2 * HOUR) / 1000, tz=UTC):%Y-%m-%d %H:%M}"
+    assert f"exposures from {exposed} to {exposed} UTC" in line
+    assert line.endswith(
+        f"data until {datetime.fromtimestamp(cut / 1000, tz=UTC):%Y-%m-%d %H:%M} UTC"
+    )
+    empty = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
+    assert "Data: no exposures counted yet" in render_text(empty)

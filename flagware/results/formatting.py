@@ -108,6 +108,29 @@ def window_line(results: Results) -> str | None:
     )
 
 
+def time_range(results: Results, sep: str = " · ") -> str:
+    """The data the results read: how long, which exposures, up to when (text and HTML).
+
+    The text said nothing of it, so a date-only ``--until 2026-12-02`` (its
+    midnight, UTC) that left out that whole day went unnoticed.
+    """
+    if results.first_exposure is None:
+        return "no exposures counted yet"
+
+    def when(ms: int) -> str:
+        return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%Y-%m-%d %H:%M}"
+
+    until = results.until if results.until is not None else results.computed_at
+    return sep.join(
+        (
+            f"running {days_running(results):g} days",
+            f"exposures from {when(results.first_exposure)} to"
+            f" {when(results.last_exposure or results.first_exposure)} UTC",
+            f"data until {when(until)} UTC",
+        )
+    )
+
+
 def relative_mde(mde: float | None, control_mean: float | None) -> float | None:
     if mde is None or not control_mean or control_mean <= 0:
         return None

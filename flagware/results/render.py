@@ -20,6 +20,7 @@ from flagware.results.formatting import (
     pvalue,
     relative_mde,
     table,
+    time_range,
     window_line,
 )
 from flagware.results.model import MetricResult, Results
@@ -142,6 +143,7 @@ def render_text(results: Results) -> str:
         f"Experiment {results.experiment} (unit {results.unit}, control {results.control},"
         f" alpha {results.alpha:g})",
         method_line(results),
+        f"Data: {time_range(results, '; ')}",
         *filter(None, [window_line(results)]),
         f"Verdict: {results.verdict.upper()}",
         *(f"  - {reason}" for reason in results.reasons),

@@ -18,7 +18,6 @@ from flagware.results.formatting import (
     PLANNING_HEADER,
     VERDICT_COLOURS,
     adjustment_notes,
-    days_running,
     interval,
     level,
     method_line,
@@ -27,6 +26,7 @@ from flagware.results.formatting import (
     pct,
     planning_rows,
     pvalue,
+    time_range,
     window_line,
 )
 from flagware.results.model import GroupResult, MetricResult, Results
@@ -272,21 +272,8 @@ def _html_metrics(results: Results) -> list[str]:
 
 def _time_range(results: Results) -> str:
     """Days running and the data's time range."""
-    if results.first_exposure is None:
-        window = window_line(results)
-        return f"no exposures counted yet{f' · {window}' if window else ''}"
-
-    def when(ms: int) -> str:
-        return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%Y-%m-%d %H:%M}"
-
-    until = results.until if results.until is not None else results.computed_at
-    days = days_running(results)
     window = window_line(results)
-    return (
-        f"running {days:g} days · exposures from {when(results.first_exposure)} to"
-        f" {when(results.last_exposure or results.first_exposure)} UTC · data until"
-        f" {when(until)} UTC{f' · {window}' if window else ''}"
-    )
+    return f"{time_range(results)}{f' · {window}' if window else ''}"
 
 
 def _html_group_intervals(m: MetricResult) -> str:
