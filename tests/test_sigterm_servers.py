@@ -66,6 +66,7 @@ fw = Flagware(
     hash_key="k",
     flush_interval=60,  # only shutdown stores anything
 )
+Path(f"loaded-{os.getpid()}").touch()  # this process has loaded the app
 
 
 @log_event("visited")
@@ -209,6 +210,15 @@ def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes
     )
     try:
         wait_until_ready(port, proc)
+        if "lazy-apps" in options:
+            # Each worker loads the app itself. uWSGI orphans a worker that
+            # gets die-on-term's signal while still loading it: its master
+            # says goodbye and it serves on (the client's start made the
+            # load about 0.5 s longer, and the window was hit). So stop only
+            # once both have loaded it, as a server in service has.
+            deadline = time.monotonic() + 60
+            while len(list(tmp_path.glob("loaded-*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
     except BaseException:
         proc.kill()
         print(proc.communicate(timeout=30)[0].decode())
