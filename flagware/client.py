@@ -97,6 +97,8 @@ class Flagware:
         hash_key: str | bytes | None = None,  # secret for hashing IPs (FLAGWARE_HASH_KEY)
         user_id: UserResolver | None = None,  # environ -> the app's user ID, or None
         user_custom: CustomResolver | None = None,  # environ -> custom fields for conditions
+        # environ -> {"companyID": "acme"}: the IDs of the spec's custom_ids units
+        user_custom_ids: CustomResolver | None = None,
         # environ -> False for requests whose flag reads are not exposures
         # (health checks, internal traffic); bots, HEAD and prefetches never are.
         exposure_filter: ExposureFilter | None = None,
@@ -154,6 +156,7 @@ class Flagware:
         self.tier = tier or env("FLAGWARE_TIER")
         self.user_id_resolver = user_id
         self.custom_resolver = user_custom
+        self.custom_ids_resolver = user_custom_ids
         self.exposure_filter = exposure_filter
         self.shutdown_timeout = shutdown_timeout
         self.diagnostics = diagnostics

@@ -100,6 +100,8 @@ def user_fields(
     """The Statsig user, as the wire carries it (never the raw IP unless ``send_ip``)."""
     ip = client_ip(environ)
     user: dict[str, Any] = {"userID": user_id, "customIDs": {"stableID": stable_id}}
+    if client.custom_ids_resolver is not None:
+        user["customIDs"].update(_custom_ids(client, environ))
     country = country_of(ip)
     if country:
         user["country"] = country
@@ -206,6 +208,19 @@ def country_of(ip: str | None) -> str | None:
     if ip is None or ":" in ip:
         return None
     return _country(ip)
+
+
+def _custom_ids(client: Flagware, environ: WSGIEnvironment) -> dict[str, str]:
+    """The app's IDs for the spec's custom units, as strings (Statsig's IDs are);
+    a unit with none is not in its experiment. stableID stays flagware's."""
+    try:
+        ids = client.custom_ids_resolver(environ) if client.custom_ids_resolver else None
+    except Exception as exc:
+        client.report(exc, "custom IDs resolver")
+        return {}
+    if not ids:
+        return {}
+    return {str(k): str(v) for k, v in ids.items() if v is not None and v != "" and k != "stableID"}
 
 
 def country_table() -> Any:

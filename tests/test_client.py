@@ -640,3 +640,55 @@ def test_a_new_client_builds_the_first_requests_tables_so_that_request_does_not(
     if out[0] == "True -":  # Core: its own parsers are native
         return
     assert out[:3] == ["True True", "True", "True"]
+
+
+def test_experiments_on_a_custom_unit_split_by_the_apps_ids(tmp_path: Path) -> None:
+    """A spec could declare `custom_ids = ["companyID"]` and run an experiment on
+    it, but nothing could give a request its companyID: every visitor got one
+    group and results counted no unit (a new user's trial). user_custom_ids does."""
+    from werkzeug.test import Client
+
+    from flagware import FlagwareMiddleware, current_flags
+    from flagware.results import compute_results
+    from flagware.spec import load_spec
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(
+        '[flagware]\ncustom_ids = ["companyID"]\n\n[experiments.pricing]\nunit = "companyID"\n'
+        'groups = [{ name = "Cheap", weight = 50 }, { name = "Dear", weight = 50 }]\n'
+    )
+    fw = Flagware(
+        spec=spec,
+        event_store=tmp_path / "events.db",
+        hash_key="k",
+        user_custom_ids=lambda environ: {"companyID": environ.get("HTTP_X_COMPANY")},
+    )
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return [str(current_flags().experiment("pricing").group).encode()]
+
+    http = Client(FlagwareMiddleware(app, fw))
+    seen: dict[str, set[bytes]] = {}
+    for i in range(80):  # 40 companies, each from two addresses
+        company = f"co-{i % 40}"
+        body = http.get(
+            "/", headers={"X-Company": company}, environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"}
+        ).data
+        seen.setdefault(company, set()).add(body)
+    assert all(len(groups) == 1 for groups in seen.values())  # one group a company
+    assert {g for groups in seen.values() for g in groups} == {b"Cheap", b"Dear"}
+    # No companyID: the SDK evaluates an empty ID, as Statsig's do (all such
+    # requests share one group), and results leave those exposures out.
+    assert (
+        len(
+            {
+                http.get("/", environ_base={"REMOTE_ADDR": f"198.51.100.{i}"}).data
+                for i in range(1, 9)
+            }
+        )
+        == 1
+    )
+    fw.close()
+    results = compute_results(load_spec(spec), "pricing", tmp_path / "events.db")
+    assert sum(g.units for g in results.groups) == 40

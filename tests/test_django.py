@@ -470,13 +470,24 @@ def broken_resolver(request: HttpRequest) -> str:
 def test_custom_resolvers_from_dotted_paths(
     tmp_path: Path, spec_file: Path, flagware_events: Any
 ) -> None:
-    options = {"user_id": f"{__name__}.user_from_header", "user_custom": account_tier}
+    options = {
+        "user_id": f"{__name__}.user_from_header",
+        "user_custom": account_tier,
+        "user_custom_ids": f"{__name__}.company_ids",
+    }
     for _ in flagware_settings(tmp_path, spec_file, **options):
-        response = Client().get("/logged", headers={"X-User": "u-7", "X-Tier": "pro"})
+        response = Client().get(
+            "/logged", headers={"X-User": "u-7", "X-Tier": "pro", "X-Company": "acme"}
+        )
     assert response.status_code == 200
     [event] = flagware_events.named("paid")
     assert event.user_id == "u-7"
     assert event.user["custom"] == {"tier": "pro"}
+    assert event.user["customIDs"] == {"stableID": event.stable_id, "companyID": "acme"}
+
+
+def company_ids(request: HttpRequest) -> dict[str, str | None]:
+    return {"companyID": request.headers.get("X-Company")}
 
 
 def test_user_id_none_uses_the_ip_even_when_logged_in(

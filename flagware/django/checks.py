@@ -62,7 +62,7 @@ def check_settings(
         )
     except ConfigurationError as exc:
         errors.append(Error(f"settings.{conf.SETTING}: {exc}", id="flagware.E005"))
-    for key in ("user_id", "user_custom", "exposure_filter"):
+    for key in ("user_id", "user_custom", "user_custom_ids", "exposure_filter"):
         try:
             conf.load_resolver(options.get(key), key)
         except ImproperlyConfigured as exc:

@@ -9,6 +9,8 @@ the core because Django code works with requests, not WSGI environs:
   authenticated ``request.user``; set to None, visitors are identified by the
   keyed hash of their IP only.
 - ``user_custom``: likewise, returning a dict of custom fields for conditions.
+- ``user_custom_ids``: likewise, returning the IDs of the spec's ``custom_ids``
+  units (``{"companyID": str(request.user.company_id)}``).
 - ``exposure_filter``: likewise, returning False for requests whose flag reads
   are not exposures (health checks, internal traffic).
 
@@ -82,10 +84,12 @@ def build_client(opts: Mapping[str, Any] | None = None) -> Flagware:
     kwargs = dict(options() if opts is None else opts)
     user_id = kwargs.pop("user_id", request_user_id)
     user_custom = kwargs.pop("user_custom", None)
+    user_custom_ids = kwargs.pop("user_custom_ids", None)
     exposure_filter = load_resolver(kwargs.pop("exposure_filter", None), "exposure_filter")
     return Flagware(
         user_id=_per_request(user_id, "user_id"),
         user_custom=_per_request(user_custom, "user_custom"),
+        user_custom_ids=_per_request(user_custom_ids, "user_custom_ids"),
         exposure_filter=None if exposure_filter is None else RequestFilter(exposure_filter),
         **kwargs,
     )
