@@ -67,6 +67,10 @@ class AsyncWhoami(View):
         return JsonResponse({"user_id": current_flags().user_id})
 
 
+def group(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"group": current_flags().experiment("button_color").group})
+
+
 def plain(request: HttpRequest) -> HttpResponse:
     return HttpResponse("the app's own page", status=404)
 
@@ -79,6 +83,7 @@ urlpatterns = [
     path("awhoami", awhoami),
     path("cbv", AsyncWhoami.as_view()),
     path("_flagware/", plain),
+    path("group", group),
 ]
 
 
@@ -153,6 +158,43 @@ def test_diagnostics_page_under_the_async_handler_with_a_token(
         assert page.status_code == 200 and b"flagware diagnostics" in page.content
         refused = asyncio.run(http.get("/_flagware/", headers={"Authorization": "Bearer nope"}))
         assert refused.content == b"the app's own page"
+
+
+def test_the_pages_cookies_reach_djangos_test_client(tmp_path: Path, spec_file: Path) -> None:
+    """Set as headers, the page's cookies were invisible to Django's test client
+    (it reads response.cookies), and a second one replaced the first: a test
+    could neither stay signed in to the page nor keep a QA override."""
+    import re
+    from urllib.parse import urlencode
+
+    token = "t" * 24
+    options = {"diagnostics": True, "diagnostics_token": token}
+    for _ in flagware_settings(tmp_path, spec_file, **options):
+        http = Client(HTTP_HOST="testserver")  # not loopback: the token decides
+        assert http.get("/_flagware/").content == b"the app's own page"
+        assert http.get("/_flagware/", {"token": token}).status_code == 200
+        page = http.get("/_flagware/")  # the cookie the token set signs this browser in
+        assert page.status_code == 200
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page.content.decode())
+        assert csrf is not None
+        natural = http.get("/group").json()["group"]
+        chosen = "Red" if natural == "Control" else "Control"
+        form = {"csrf": csrf.group(1), "experiment:button_color": chosen, "minutes": "15"}
+        done = http.post(
+            "/_flagware/override",
+            urlencode({**form, "action": "apply"}),
+            content_type="application/x-www-form-urlencoded",
+            headers={"Sec-Fetch-Site": "same-origin"},
+        )
+        assert done.status_code == 303 and "flagware_qa" in done.cookies
+        assert http.get("/group").json()["group"] == chosen
+        http.post(
+            "/_flagware/override",
+            urlencode({**form, "action": "clear"}),
+            content_type="application/x-www-form-urlencoded",
+            headers={"Sec-Fetch-Site": "same-origin"},
+        )
+        assert http.get("/group").json()["group"] == natural
 
 
 def test_diagnostics_refused_requests_reach_the_app(diagnostics: Any) -> None:

@@ -69,9 +69,7 @@ class FlagwareMiddleware:
         try:
             page = self._diagnostics_page(flags, request)
             if page is not None:
-                response: HttpResponseBase = HttpResponse(page[2], status=page[0])
-                for name, value in page[1]:
-                    response[name] = value
+                response: HttpResponseBase = _page_response(page)
             else:
                 # Django turns a view's exception (and a TemplateResponse that
                 # fails while rendering) into a response before it gets here.
@@ -96,9 +94,7 @@ class FlagwareMiddleware:
                 # A thread only for the page's own path: it reads SQLite.
                 page = await sync_to_async(self._diagnostics_page)(flags, request)
             if page is not None:
-                response = HttpResponse(page[2], status=page[0])
-                for name, value in page[1]:
-                    response[name] = value
+                response = _page_response(page)
             else:
                 response = await self.get_response(request)  # type: ignore[misc]
         except BaseException:
@@ -227,3 +223,18 @@ async def _load_user(request: HttpRequest) -> None:
         client.report(exc, "user_id resolver")
         user = None
     request.META[conf.USER_KEY] = user
+
+
+def _page_response(page: tuple[int, list[tuple[str, str]], bytes]) -> HttpResponse:
+    """The diagnostics page as a Django response. Its cookies go into
+    ``response.cookies``: set as headers, a second one replaced the first, and
+    Django's test client, which reads ``response.cookies``, saw none (so a
+    test could not stay signed in to the page or keep a QA override)."""
+    status, headers, body = page
+    response = HttpResponse(body, status=status)
+    for name, value in headers:
+        if name.lower() == "set-cookie":
+            response.cookies.load(value)
+        else:
+            response[name] = value
+    return response
