@@ -155,12 +155,19 @@ def test_defaults_mode(client: Any) -> None:
 
 
 def test_a_decorated_unittest_class(client: Any) -> None:
+    """As Django's override_settings (and waffle's override_flag): on from before
+    setUp, for inherited tests too (only the class's own methods were wrapped,
+    and setUp ran outside: a new user's trial)."""
     seen: list[str] = []
 
+    class Inherited(unittest.TestCase):
+        def test_inherited(self) -> None:
+            seen.append("inherited " + read(client).split()[0])
+
     @override_gate("nobody")
-    class SignupTests(unittest.TestCase):
+    class SignupTests(Inherited):
         def setUp(self) -> None:
-            seen.append(f"setUp {bool(overrides)}")  # outside the override, as with waffle
+            seen.append(f"setUp {overrides.gates.get('nobody')}")
 
         def test_banner(self) -> None:
             seen.append(read(client).split()[0])
@@ -176,8 +183,10 @@ def test_a_decorated_unittest_class(client: Any) -> None:
     result = unittest.TextTestRunner(stream=io.StringIO()).run(
         unittest.defaultTestLoader.loadTestsFromTestCase(SignupTests)
     )
-    assert result.wasSuccessful() and result.testsRun == 3
-    assert sorted(seen) == sorted(["setUp False"] * 3 + ["True", "True Red red", "False"])
+    assert result.wasSuccessful() and result.testsRun == 4
+    assert sorted(seen) == sorted(
+        ["setUp True"] * 4 + ["True", "True Red red", "False", "inherited True"]
+    )
     assert not overrides
 
 

@@ -44,6 +44,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import unittest
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -284,9 +285,11 @@ class _Override:
 
     def __call__(self, target: _T) -> _T:
         if isinstance(target, type):
-            # unittest and Django TestCase classes: every test method, so
-            # setUp and tearDown run outside the override as with waffle.
-            for name, attribute in list(vars(target).items()):
+            if issubclass(target, unittest.TestCase):
+                return self._decorate_test_case(target)  # type: ignore[return-value]
+            # Other classes (pytest's): every test method, inherited ones too.
+            for name in dir(target):
+                attribute = getattr(target, name)
                 if name.startswith("test") and callable(attribute):
                     setattr(target, name, self(attribute))
             return target
@@ -310,6 +313,23 @@ class _Override:
                 return function(*args, **kwargs)
 
         return run  # type: ignore[return-value]
+
+    def _decorate_test_case(self, cls: type[unittest.TestCase]) -> type[unittest.TestCase]:
+        """As Django's override_settings does: on from before ``setUp`` to a
+        cleanup after ``tearDown``, for every test the class runs. Wrapping
+        only the class's own test methods missed inherited tests and setUp."""
+        override, set_up = self, cls.setUp
+
+        def setUp(case: unittest.TestCase) -> None:
+            test = getattr(case, case._testMethodName, None)
+            code = getattr(test, "__code__", None)
+            override._site = None if code is None else (code.co_filename, code.co_firstlineno)
+            override.__enter__()
+            case.addCleanup(override.__exit__, None, None, None)
+            set_up(case)
+
+        cls.setUp = setUp  # type: ignore[method-assign, assignment]
+        return cls
 
 
 class _OverrideConfig(_Override):
