@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 import os
 import re
 import socket
@@ -51,7 +52,10 @@ _ids: list[str] = []
 
 
 def new_id() -> str:
-    """A random 128-bit ID (from os.urandom) as 32 lowercase hex characters."""
+    """A random 128-bit ID (from os.urandom) as 32 lowercase hex characters;
+    under :func:`seed_ids`, the next of a fixed sequence instead."""
+    if _seed is not None:
+        return hashlib.sha256(f"{_seed}:{next(_seeded)}".encode()).hexdigest()[:32]
     try:
         return _ids.pop()  # atomic: two threads never get the same ID
     except IndexError:
@@ -59,6 +63,18 @@ def new_id() -> str:
     drawn = os.urandom(16 * _IDS_PER_DRAW).hex()
     _ids.extend(drawn[i : i + 32] for i in range(32, len(drawn), 32))
     return drawn[:32]
+
+
+_seed: str | None = None
+_seeded = itertools.count()
+
+
+def seed_ids(seed: str | None) -> None:
+    """New IDs from ``seed`` (the pytest plugin passes each test's ID), or random
+    again with None: a test's new visitors then get the same stableIDs, so the
+    same groups, on every run and machine."""
+    global _seed, _seeded
+    _seed, _seeded = seed, itertools.count()
 
 
 # A forked child must never hand out the IDs its parent still holds.

@@ -257,3 +257,41 @@ def test_each_request_gets_its_own_copy_of_an_overridden_config(
 
     http = Client(FlagwareMiddleware(app, client))
     assert [http.get("/").text for _ in range(2)] == ["Red red", "Red red"]
+
+
+def test_new_visitors_get_the_same_stable_ids_on_every_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stableIDs were random, so an unforced stableID experiment gave a test
+    Control on one run and Red on the next (a new user's trial: 6 runs, both
+    groups). Under the plugin they come from the test's ID."""
+    pytester.makeconftest(USER_CONFTEST)
+    pytester.makepyfile(
+        """
+        import os
+
+        from conftest import make_app
+        from werkzeug.test import Client
+
+        def visitors(fw):
+            http = Client(make_app(fw), use_cookies=False)  # three new browsers
+            return [http.get("/").headers["Set-Cookie"].split(";")[0] for _ in range(3)]
+
+        def test_one(fw):
+            with open(os.environ["IDS"], "a") as out:
+                out.write("one " + " ".join(visitors(fw)) + "\\n")
+
+        def test_two(fw):
+            with open(os.environ["IDS"], "a") as out:
+                out.write("two " + " ".join(visitors(fw)) + "\\n")
+        """
+    )
+    runs = []
+    for run in range(2):
+        ids = pytester.path / f"ids-{run}.txt"
+        monkeypatch.setenv("IDS", str(ids))
+        pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+        runs.append(sorted(ids.read_text().splitlines()))
+    assert runs[0] == runs[1]
+    one, two = (set(line.split()[1:]) for line in runs[0])
+    assert len(one) == 3 and len(two) == 3 and not one & two  # distinct visitors

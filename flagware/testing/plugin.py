@@ -29,6 +29,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from flagware import identity
 from flagware.testing import CapturedEvents, FlagwareOverrides, capture_events, isolate
 
 __all__ = ["flagware_events", "flagware_overrides"]
@@ -90,6 +91,7 @@ def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
     isolation = _isolation
     if isolation is not None:
         isolation.label = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:80]
+        identity.seed_ids(request.node.nodeid)  # stableID flags: the same on every run
     defaults = overrides.defaults
     if request.config.getini("flagware_defaults"):
         overrides.defaults = True
@@ -99,6 +101,7 @@ def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
         overrides.defaults = defaults
         if isolation is not None:
             isolation.label = "session"
+            identity.seed_ids(None)
 
 
 @pytest.fixture
