@@ -132,6 +132,13 @@ class Flagware:
             diagnostics=diagnostics,
             diagnostics_path=diagnostics_path,
             diagnostics_token=diagnostics_token,
+            cookie_name=cookie_name,
+            cookie_max_age=cookie_max_age,
+            tier=tier,
+            init_timeout=init_timeout,
+            shutdown_timeout=shutdown_timeout,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
         )
         engine = engine_choice(engine)
         if spec is None and statsig_secret is None:

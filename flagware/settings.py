@@ -4,7 +4,9 @@ behind them, the checks they pass at start-up, and the local hash key."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -31,37 +33,92 @@ def env(name: str) -> str | None:
     return value or None
 
 
-def check_options(
-    *,
-    exposure_dedupe: float,
-    proxy_hops: int,
-    diagnostics: Any,
-    diagnostics_path: str,
-    diagnostics_token: str | None,
-) -> None:
-    # Types too: a value from settings or the environment may be a string,
-    # which failed later with a bare TypeError.
-    if not _number(exposure_dedupe) or not exposure_dedupe >= 0:  # also NaN
-        raise ConfigurationError(
-            f"exposure_dedupe must be 0 (off) or more seconds, not {exposure_dedupe!r}"
-        )
-    if not _number(proxy_hops) or proxy_hops != int(proxy_hops) or proxy_hops < 0:
-        raise ConfigurationError(
-            f"proxy_hops must be a whole number, 0 or more, not {proxy_hops!r}"
-        )
-    if not isinstance(diagnostics_path, str):
-        raise ConfigurationError(f"diagnostics_path must be a string, not {diagnostics_path!r}")
-    if diagnostics_token is not None and not isinstance(diagnostics_token, str):
-        raise ConfigurationError("diagnostics_token must be a string")
-    if diagnostics not in (False, True, "debug"):
-        raise ConfigurationError('diagnostics must be False, True or "debug"')
-    if not diagnostics_path.strip("/"):
-        raise ConfigurationError("diagnostics_path must not be '/': it would hide the app")
-    if diagnostics_token is not None and len(diagnostics_token) < 16:
-        raise ConfigurationError(
+def check_options(**options: Any) -> None:
+    """Raise one ConfigurationError naming every bad value among ``options``
+    (those of :data:`CHECKED_DEFAULTS` given), so a fix is not found one
+    restart at a time. ``Flagware(...)`` and Django's ``manage.py check`` call it."""
+    problems = option_problems(**options)
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+
+
+#: The options whose values are checked, with Flagware's defaults.
+CHECKED_DEFAULTS: dict[str, Any] = {
+    "exposure_dedupe": 60.0,
+    "proxy_hops": 0,
+    "diagnostics": False,
+    "diagnostics_path": "/_flagware/",
+    "diagnostics_token": None,
+    "cookie_name": "flagware_id",
+    "cookie_max_age": 365 * 24 * 3600,
+    "tier": None,
+    "init_timeout": 3.0,
+    "shutdown_timeout": 5.0,
+    "flush_interval": 0.2,
+    "max_queue": 50_000,
+}
+
+# RFC 6265's cookie-name token: what a browser keeps and sends back unchanged.
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def option_problems(**options: Any) -> list[str]:
+    """Every bad value among ``options``, worded for the log and ``manage.py check``.
+
+    Types too: a value from settings or the environment may be a string,
+    which failed later with a bare TypeError, or worse was taken (a negative
+    max_queue dropped every event; a cookie name with a space broke only the
+    cookie, logged at each request).
+    """
+    o = {**CHECKED_DEFAULTS, **options}
+    problems = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    def seconds(name: str, *, zero: bool) -> None:
+        value = o[name]
+        ok = _number(value) and (value >= 0 if zero else value > 0)  # False for NaN too
+        need(ok, f"{name} must be {'0 or more' if zero else 'more than 0'} seconds, not {value!r}")
+
+    def whole(name: str, least: int) -> None:
+        value = o[name]
+        ok = _number(value) and math.isfinite(value) and value == int(value) and value >= least
+        need(ok, f"{name} must be a whole number, {least} or more, not {value!r}")
+
+    value = o["exposure_dedupe"]
+    need(
+        _number(value) and value >= 0,
+        f"exposure_dedupe must be 0 (off) or more seconds, not {value!r}",
+    )
+    whole("proxy_hops", 0)
+    seconds("init_timeout", zero=False)
+    seconds("shutdown_timeout", zero=True)
+    seconds("flush_interval", zero=False)
+    whole("max_queue", 1)
+    whole("cookie_max_age", 1)
+    name = o["cookie_name"]
+    need(
+        isinstance(name, str) and _COOKIE_NAME.fullmatch(name) is not None,
+        f"cookie_name must be a cookie name (letters, digits, - _ . and no spaces), not {name!r}",
+    )
+    tier = o["tier"]
+    need(tier is None or isinstance(tier, str), f"tier must be a string, not {tier!r}")
+    path, token, diagnostics = o["diagnostics_path"], o["diagnostics_token"], o["diagnostics"]
+    if not isinstance(path, str):
+        problems.append(f"diagnostics_path must be a string, not {path!r}")
+    elif not path.strip("/"):
+        problems.append("diagnostics_path must not be '/': it would hide the app")
+    if token is not None and not isinstance(token, str):
+        problems.append("diagnostics_token must be a string")
+    elif token is not None and len(token) < 16:
+        problems.append(
             "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
             "secrets; print(secrets.token_urlsafe(32))'`)"
         )
+    need(diagnostics in (False, True, "debug"), 'diagnostics must be False, True or "debug"')
+    return problems
 
 
 def _number(value: Any) -> bool:
@@ -85,14 +142,7 @@ def engine_choice(engine: str | None) -> EngineChoice:
 
 def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
     """The hash key the Statsig engine needs, once the secret looks like one."""
-    if not secret.startswith("secret-"):
-        raise ConfigurationError(
-            "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
-        )
-    if not secret.isprintable() or any(c.isspace() for c in secret):
-        raise ConfigurationError(  # never echo the secret: it ends in logs
-            "statsig_secret has spaces or control characters inside: copy the key again"
-        )
+    check_secret(secret)
     if hash_key is None:
         raise ConfigurationError(
             "the Statsig engine needs a hash key, so the same visitor gets the same "
@@ -101,6 +151,18 @@ def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
             "print(secrets.token_hex(32))'`) or pass hash_key="
         )
     return hash_key
+
+
+def check_secret(secret: str) -> None:
+    """A Statsig server secret, or ConfigurationError (never echoing it)."""
+    if not secret.startswith("secret-"):
+        raise ConfigurationError(
+            "statsig_secret must be a Statsig server secret key (it starts with 'secret-')"
+        )
+    if not secret.isprintable() or any(c.isspace() for c in secret):
+        raise ConfigurationError(  # never echo the secret: it ends in logs
+            "statsig_secret has spaces or control characters inside: copy the key again"
+        )
 
 
 def _read_key(path: Path) -> str:

@@ -7,6 +7,7 @@ engine; the views and URLs below are this module's (``ROOT_URLCONF = __name__``)
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import re
@@ -704,6 +705,16 @@ def test_check_settings_shape(spec_file: Path) -> None:
         ({"exposure_dedupe": "sixty"}, "exposure_dedupe must be 0 (off) or more seconds, not"),
         ({"proxy_hops": 1.5}, "proxy_hops must be a whole number, 0 or more, not 1.5"),
         ({"diagnostics": "yes"}, 'diagnostics must be False, True or "debug"'),
+        # Taken before (a negative max_queue dropped every event), or refused
+        # only at the first request, or only logged at each one.
+        ({"max_queue": -1}, "max_queue must be a whole number, 1 or more, not -1"),
+        ({"flush_interval": -5}, "flush_interval must be more than 0 seconds, not -5"),
+        ({"init_timeout": "x"}, "init_timeout must be more than 0 seconds, not 'x'"),
+        ({"shutdown_timeout": -1}, "shutdown_timeout must be 0 or more seconds, not -1"),
+        ({"cookie_max_age": "abc"}, "cookie_max_age must be a whole number, 1 or more"),
+        ({"cookie_name": "bad name;"}, "cookie_name must be a cookie name"),
+        ({"tier": 5}, "tier must be a string, not 5"),
+        ({"engine": "cor"}, "engine must be 'legacy' or 'core', not 'cor'"),
     ],
 )
 def test_check_values_flagware_would_refuse(
@@ -716,6 +727,27 @@ def test_check_values_flagware_would_refuse(
     assert error.msg.startswith("settings.FLAGWARE: ") and message in error.msg
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         Flagware(spec=spec_file, hash_key="k", event_store=spec_file.parent / "e.db", **option)
+
+
+def test_check_lists_every_bad_value_and_a_bad_secret(spec_file: Path) -> None:
+    """Only the first bad value was reported: a fix at a time, a restart each."""
+    bad = {"spec": spec_file, "max_queue": 0, "tier": 5, "engine": "cor"}
+    with override_settings(FLAGWARE=bad):
+        errors = checks.check_settings()
+    assert [e.id for e in errors] == ["flagware.E005"] * 3
+    assert [e.msg.split(": ")[1].split(" ")[0] for e in errors] == ["max_queue", "tier", "engine"]
+    with override_settings(FLAGWARE={"statsig_secret": "abc-123", "hash_key": "k"}):
+        [error] = checks.check_settings()
+    assert "statsig_secret must be a Statsig server secret key" in error.msg
+    with pytest.raises(ConfigurationError, match=r"max_queue must be .*; tier must be"):
+        Flagware(hash_key="k", event_store=spec_file.parent / "e.db", **bad)
+
+
+def test_the_checked_defaults_are_flagwares() -> None:
+    from flagware.settings import CHECKED_DEFAULTS
+
+    parameters = inspect.signature(Flagware.__init__).parameters
+    assert {k: parameters[k].default for k in CHECKED_DEFAULTS} == CHECKED_DEFAULTS
 
 
 def test_check_middleware_order(spec_file: Path) -> None:

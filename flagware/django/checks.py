@@ -28,7 +28,14 @@ from django.core.exceptions import ImproperlyConfigured
 
 from flagware.client import Flagware
 from flagware.django import conf
-from flagware.settings import DEFAULT_SPEC, ConfigurationError, check_options
+from flagware.settings import (
+    CHECKED_DEFAULTS,
+    DEFAULT_SPEC,
+    ConfigurationError,
+    check_secret,
+    engine_choice,
+    option_problems,
+)
 from flagware.settings import env as _env
 from flagware.spec import SpecError, did_you_mean, load_spec
 
@@ -39,7 +46,6 @@ OUR_MIDDLEWARE = {
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 _PARAMETERS = inspect.signature(Flagware.__init__).parameters
 OPTIONS = frozenset(_PARAMETERS) - {"self"}
-CHECKED = ("exposure_dedupe", "proxy_hops", "diagnostics", "diagnostics_path")
 
 
 @register("flagware")
@@ -54,14 +60,24 @@ def check_settings(
     unknown = unknown_keys(options)
     if unknown:
         errors.append(Error(unknown, hint=KEYS_HINT, id="flagware.E005"))
-    try:  # the values Flagware(...) checks itself, so that a bad one fails here, not at a request
-        check_options(
-            **{key: options.get(key, _PARAMETERS[key].default) for key in CHECKED},
-            diagnostics_token=options.get("diagnostics_token")
-            or _env("FLAGWARE_DIAGNOSTICS_TOKEN"),
-        )
+    # The values Flagware(...) checks itself, every one of them, so that a bad
+    # one fails here, not at a worker's start or (logged only) at each request.
+    values = {key: options[key] for key in CHECKED_DEFAULTS if key in options}
+    values["diagnostics_token"] = options.get("diagnostics_token") or _env(
+        "FLAGWARE_DIAGNOSTICS_TOKEN"
+    )
+    problems = option_problems(**values)
+    try:
+        engine_choice(options.get("engine"))
     except ConfigurationError as exc:
-        errors.append(Error(f"settings.{conf.SETTING}: {exc}", id="flagware.E005"))
+        problems.append(str(exc))
+    secret = options.get("statsig_secret")
+    if isinstance(secret, str) and options.get("spec") is None:
+        try:
+            check_secret(secret.strip())  # E001 says it when the hash key is missing
+        except ConfigurationError as exc:
+            problems.append(str(exc))
+    errors += [Error(f"settings.{conf.SETTING}: {p}", id="flagware.E005") for p in problems]
     for key in ("user_id", "user_custom", "user_custom_ids", "exposure_filter"):
         try:
             conf.load_resolver(options.get(key), key)
