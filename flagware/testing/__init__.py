@@ -76,7 +76,9 @@ _MISSING: Any = object()
 class UnknownOverrideWarning(UserWarning):
     """An override names a gate, experiment or group no local spec defines:
     it forces nothing the app reads, and the test may pass for the wrong reason.
-    ``-W error::flagware.testing.UnknownOverrideWarning`` makes it fail."""
+    pytest's ``-W error::flagware.testing.UnknownOverrideWarning`` (or that
+    ``filterwarnings`` entry) makes it fail; Python's own ``-W`` cannot name a
+    class it has not imported yet, so there use ``-W error::UserWarning``."""
 
 
 def _check_known(
