@@ -204,6 +204,17 @@ def test_diagnostics_refused_requests_reach_the_app(diagnostics: Any) -> None:
     assert relayed.content == b"the app's own page"
 
 
+def test_a_refused_large_post_to_the_page_gets_the_apps_answer(diagnostics: Any) -> None:
+    """The body was read before the access check: Django refused a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE with 400 where the app answers 404."""
+    remote = Client(REMOTE_ADDR="203.0.113.7", HTTP_HOST="localhost")
+    big = "x=" + "a" * (3 * 1024 * 1024)
+    response = remote.post(
+        "/_flagware/override", big, content_type="application/x-www-form-urlencoded"
+    )
+    assert response.status_code == 404
+
+
 def test_diagnostics_off_by_default(fw: Any) -> None:
     assert Client(**LOCAL).get("/_flagware/").content == b"the app's own page"
 

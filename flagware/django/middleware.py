@@ -142,11 +142,14 @@ class FlagwareMiddleware:
             **request.META,
             "PATH_INFO": request.path_info,
             "wsgi.url_scheme": request.scheme,
-            "wsgi.input": io.BytesIO(request.body),
             lifecycle.KEY: flags,
         }
         if not app.handles(environ):  # refused: the app answers, as if it were off
             return None
+        # The body only now: read for a refused request, one over Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE got a 400 where the app answers 404,
+        # which told a stranger the page was there.
+        environ["wsgi.input"] = io.BytesIO(request.body)
         result: tuple[int, list[tuple[str, str]], bytes] = app.render(environ)
         return result
 
