@@ -93,7 +93,7 @@ def option_problems(**options: Any) -> list[str]:
         f"exposure_dedupe must be 0 (off) or more seconds, not {value!r}",
     )
     whole("proxy_hops", 0)
-    seconds("init_timeout", zero=False)
+    seconds("init_timeout", zero=True)  # 0: the first request never waits for specs
     seconds("shutdown_timeout", zero=True)
     seconds("flush_interval", zero=False)
     whole("max_queue", 1)

@@ -709,7 +709,7 @@ def test_check_settings_shape(spec_file: Path) -> None:
         # only at the first request, or only logged at each one.
         ({"max_queue": -1}, "max_queue must be a whole number, 1 or more, not -1"),
         ({"flush_interval": -5}, "flush_interval must be more than 0 seconds, not -5"),
-        ({"init_timeout": "x"}, "init_timeout must be more than 0 seconds, not 'x'"),
+        ({"init_timeout": "x"}, "init_timeout must be 0 or more seconds, not 'x'"),
         ({"shutdown_timeout": -1}, "shutdown_timeout must be 0 or more seconds, not -1"),
         ({"cookie_max_age": "abc"}, "cookie_max_age must be a whole number, 1 or more"),
         ({"cookie_name": "bad name;"}, "cookie_name must be a cookie name"),

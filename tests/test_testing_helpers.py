@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 import unittest
 import warnings
@@ -213,3 +214,27 @@ def test_isolate_for_other_runners(spec_file: Any, tmp_path: Any) -> None:
     assert not (tmp_path / "app.db").exists()
     with Flagware(spec=spec_file, event_store=tmp_path / "app.db", hash_key="k") as after:
         assert not after.isolated
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_isolated_forked_workers_get_stores_of_their_own(spec_file: Any) -> None:
+    """Django's test --parallel forks workers after isolate(): the count they
+    inherited gave each the same store (a new user's trial)."""
+    import multiprocessing
+
+    from flagware import Flagware
+
+    def worker(paths: Any) -> None:
+        with Flagware(spec=spec_file) as fw:
+            paths.put(str(fw.event_store_path))
+
+    with isolate():
+        fork = multiprocessing.get_context("fork")
+        paths = fork.Queue()
+        workers = [fork.Process(target=worker, args=(paths,)) for _ in range(2)]
+        for process in workers:
+            process.start()
+        got = {paths.get(timeout=30) for _ in workers}
+        for process in workers:
+            process.join(timeout=30)
+    assert len(got) == 2

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import os
 import shutil
 import sys
 import tempfile
@@ -226,15 +227,21 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
 
     def __init__(self) -> None:
         self.root: Path | None = None
+        self._pid = -1  # the process that entered
         self.label = "session"  # the plugin names a folder per test
         self._count = itertools.count(1)
         self._lock = threading.Lock()
 
     def __call__(self) -> Path:
-        """A new client's store path (``flagware.client.isolated_store``)."""
+        """A new client's store path (``flagware.client.isolated_store``).
+
+        A forked worker (Django's ``test --parallel``) names its own: the
+        count it inherited gave two workers the same store."""
         assert self.root is not None  # only installed between enter and exit
+        pid = os.getpid()
+        forked = "" if pid == self._pid else f"-{pid}"
         with self._lock:
-            return self.root / f"{self.label}-{next(self._count)}" / "events.db"
+            return self.root / f"{self.label}{forked}-{next(self._count)}" / "events.db"
 
     def __enter__(self) -> Path:
         from flagware import client
@@ -242,6 +249,7 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
         if client.isolated_store is not None:
             raise RuntimeError("flagware clients are already isolated")
         self.root = Path(tempfile.mkdtemp(prefix="flagware-tests-"))
+        self._pid = os.getpid()
         client.isolated_store = self
         return self.root
 
