@@ -426,9 +426,10 @@ class Flagware:
         A client used again afterwards starts anew (its writer, SDK and
         connections start on first use), and is closed again at exit."""
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            closed, self._closed = self._closed, True
+        if closed:  # only what a read opened since (fw.store.iter_events() after close)
+            self.store.close()
+            return
         _live_clients.discard(self)
         self.writer.close()
         if self._pending_starts:
