@@ -72,7 +72,7 @@ class FlagwareMiddleware:
         # under uvicorn, these cut what a wrapped Starlette app that reads no
         # flag pays over bare from 16k instructions a request to about 9k.
         if not self._engine.started():
-            await self._start_engine()
+            await start_engine(self.client)
         flags = new(_ScopeFlags)
         flags._client = self.client
         flags._scope = scope
@@ -104,9 +104,6 @@ class FlagwareMiddleware:
             if scope.get(SCOPE_KEY) is flags:
                 del scope[SCOPE_KEY]
 
-    async def _start_engine(self) -> None:
-        await start_engine(self.client)
-
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but a new HTTP request: passed through untouched."""
         if scope["type"] == "lifespan":
@@ -121,7 +118,7 @@ class FlagwareMiddleware:
     def _lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete" and not self._engine.started():
-                await self._start_engine()  # ready before the first request, not in it
+                await start_engine(self.client)  # ready before the first request, not in it
             elif message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 # Before the server hears "complete" and stops the process.
                 try:

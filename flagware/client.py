@@ -53,11 +53,11 @@ log = logging.getLogger("flagware")
 isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
 
-# What a failure leaves in place, for its one log line. A store outage said
-# "serving defaults" while every flag was evaluated as usual.
 # Flagware.errors key: a stableID minted once the response had started (see flags).
 LATE_STABLE_ID = "stableID after response start"
 
+# What a failure leaves in place, for its one log line. A store outage said
+# "serving defaults" while every flag was evaluated as usual.
 _AFTER_FAILURE = {
     "user_id resolver": "identifying the visitor by the keyed hash of the IP",
     STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
