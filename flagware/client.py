@@ -6,6 +6,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -13,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
-from flagware.engine import Engine, LocalEngine, LocalSpec, StatsigEngine
+from flagware.engine import Engine, LocalEngine, StatsigEngine
 from flagware.events.limits import cap_event
 from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
+from flagware.failures import Failures
 from flagware.identity import country_table
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
@@ -32,13 +34,13 @@ from flagware.settings import (
     env,
     local_hash_key,
 )
+from flagware.starts import Starts
 from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
     from flagware.events.stats import DeliveryStats
     from flagware.identity import CustomResolver, UserResolver
-    from flagware.spec import Spec
     from flagware.visitors import ExposureFilter
 
 __all__ = ["ConfigurationError", "Flagware"]
@@ -52,19 +54,6 @@ log = logging.getLogger("flagware")
 # app's own store or key and gives the same flag values on every machine.
 isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
-
-# Flagware.errors key: a stableID minted once the response had started (see flags).
-LATE_STABLE_ID = "stableID after response start"
-
-# What a failure leaves in place, for its one log line. A store outage said
-# "serving defaults" while every flag was evaluated as usual.
-_AFTER_FAILURE = {
-    "user_id resolver": "identifying the visitor by the keyed hash of the IP",
-    STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
-    " and are stored when it takes writes again",
-    "experiment start check": "serving the spec without comparing it with started experiments",
-    "statsig delivery": "events stay in the store and are sent again after a backoff",
-}
 
 
 class Flagware:
@@ -169,23 +158,20 @@ class Flagware:
         self.diagnostics = diagnostics
         self.diagnostics_path = diagnostics_path
         self.diagnostics_token = diagnostics_token
-        self.errors: Counter[str] = Counter()
-        self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
+        self.failures = Failures()
+        self.errors = self.failures.errors  # internal failures by where they happened
+        self.truncated = self.failures.truncated  # "user_agent", "metadata": inputs capped
         # Exposures not logged because the request was no visitor, by reason:
         # "bot", "method" (HEAD, OPTIONS), "prefetch", "filter" (exposure_filter).
         # "repeat": the visitor was shown the same thing within exposure_dedupe.
         self.skipped_exposures: Counter[str] = Counter()
         self.repeats = Repeats(exposure_dedupe, self.skipped_exposures)
-        # Experiments this process has seen exposed, and the first exposure
-        # times still to be recorded in the store (by the writer thread).
-        self._started: set[str] = set()
-        self._pending_starts: dict[str, int] = {}
-        self._reported: set[tuple[str, type[BaseException]]] = set()
         self._closed = False
         self._lock = threading.Lock()
 
         # Opening connects nothing yet: each process connects on first use.
         self.store: Store = open_store(self.event_store)
+        self.starts = Starts(self.store, self.event_store, self.report)
         if hash_key is not None:
             key: str | bytes | None = hash_key
         else:
@@ -216,8 +202,9 @@ class Flagware:
             local = LocalEngine
             if engine == "core":
                 from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
-            self.engine = local(
-                spec, tier=self.tier, check=self._check_unchanged, on_reload=self._reloaded
+            starts = self.starts
+            self.engine = starts.engine = local(
+                spec, tier=self.tier, check=starts.check_unchanged, on_reload=starts.forget
             )
             if key is None:
                 key = local_hash_key(self.store, self.event_store, shared=self._shared_store)
@@ -240,7 +227,7 @@ class Flagware:
             max_queue=max_queue,
             on_stored=self._on_stored,
             on_error=self.report,
-            on_recovered=lambda: self._recovered(STORE_FAILURE),
+            on_recovered=lambda: self.failures.recovered(STORE_FAILURE),
             # A process's first event also starts delivery, so a backlog left
             # by a crashed worker goes out without waiting for new events.
             on_start=self._on_stored_start,
@@ -290,7 +277,7 @@ class Flagware:
     def log(self, event: Event) -> None:
         """Queue an event for the store (and Statsig). O(1); never touches disk or network."""
         for cut in cap_event(event):  # a huge User-Agent or metadata: counted, logged once
-            self._truncated(cut)
+            self.failures.truncated_input(cut)
         self.writer.put(event)
         if _flags.listeners:
             for listener in tuple(_flags.listeners):
@@ -307,8 +294,8 @@ class Flagware:
     def _on_stored(self, count: int) -> None:
         if self.delivery is not None:
             self.delivery.wake()
-        if self._pending_starts:
-            self._record_starts()
+        if self.starts.pending:
+            self.starts.record()
 
     def _on_stored_start(self) -> None:
         if self.delivery is not None:
@@ -326,88 +313,14 @@ class Flagware:
         pending = self.writer.pending_drops()
         return replace(stats, queue_dropped=stats.queue_dropped + pending) if pending else stats
 
-    def _note_started(self, experiment: str, time_ms: int) -> None:
-        """First exposure of ``experiment`` in this process (request path: no I/O)."""
-        if isinstance(self.engine, LocalSpec):
-            self._started.add(experiment)
-            self._pending_starts.setdefault(experiment, time_ms)
-
-    def _reloaded(self, spec: Spec) -> None:
-        # After `flagware reset` (or an edit with restart = true), an
-        # experiment's next exposure must record its start again: forget which
-        # ones this process recorded (recording again is idempotent).
-        self._started.clear()
-
-    def _record_starts(self) -> None:
-        from flagware.results.lock import record_started
-
-        spec = self.engine.spec  # type: ignore[attr-defined]  # only LocalEngine notes starts
-        while True:
-            try:  # popitem is atomic: request threads may add while this runs
-                name, time_ms = self._pending_starts.popitem()
-            except KeyError:
-                return
-            experiment = spec.experiments.get(name)
-            if experiment is None:
-                continue
-            try:
-                record_started(self.store, experiment, time_ms=time_ms)
-            except Exception as exc:
-                self.report(exc, "experiment start record")
-
-    def _check_unchanged(self, spec: Spec) -> None:
-        from flagware.results.lock import check_unchanged
-        from flagware.spec import SpecError
-
-        try:
-            check_unchanged(spec, self.event_store)
-        except SpecError:
-            raise
-        except Exception as exc:  # the store is unreachable: serve, and say so once
-            self.report(exc, "experiment start check")
-
     def flush(self, *, timeout: float = -1) -> None:
         """Store everything queued so far (tests and the CLI use it); ``timeout``
         bounds the wait for a flush already running."""
         self.writer.flush(timeout=timeout)
 
-    def _truncated(self, what: str) -> None:
-        self.truncated[what] += 1
-        if self.truncated[what] == 1:
-            log.warning(
-                "flagware: %s over its size limit truncated (logged once, counted in"
-                " Flagware.truncated)",
-                what,
-            )
-
     def report(self, exc: BaseException, where: str) -> None:
-        """Count an internal failure and log it once per place and kind."""
-        self.errors[where] += 1
-        key = (where, type(exc))
-        if key not in self._reported:
-            self._reported.add(key)
-            log.error(
-                "flagware: %s failed (%s; logged once, counted in Flagware.errors)",
-                where,
-                _AFTER_FAILURE.get(where, "serving defaults"),
-                exc_info=exc,
-            )
-
-    def _minted_too_late(self) -> None:
-        """A new visitor's first flag read came after the response started."""
-        self.errors[LATE_STABLE_ID] += 1
-        if self.errors[LATE_STABLE_ID] == 1:
-            log.warning(
-                "flagware: a new visitor's stableID was made after the response started (a"
-                " flag first read in a streaming body or a background task), so no cookie can"
-                " carry it and the visitor is a new unit on every such request; read a flag"
-                " before the response starts (logged once, counted in Flagware.errors[%r])",
-                LATE_STABLE_ID,
-            )
-
-    def _recovered(self, where: str) -> None:
-        """``where`` works again: its next failure is a new outage, logged again."""
-        self._reported = {key for key in self._reported if key[0] != where}
+        """Count an internal failure in ``errors`` and log it once per place and kind."""
+        self.failures.report(exc, where)
 
     def _reopened(self) -> None:
         """Used again after close(): a second lifespan in one process (each
@@ -432,15 +345,19 @@ class Flagware:
             return
         _live_clients.discard(self)
         self.writer.close()
-        if self._pending_starts:
-            self._record_starts()
+        self.starts.record()
         if self.delivery is not None:
+            deadline = time.monotonic() + self.shutdown_timeout
             try:
                 if not self.delivery.drain(self.shutdown_timeout):
                     self._warn_undelivered(self.delivery)
             finally:
-                self.delivery.close()
-        self.engine.close()
+                # What the drain left, and a second at least for the threads to
+                # stop. A send still in flight then (a Statsig API that hangs) is
+                # left to die with the process: its lease runs out and the batch
+                # goes again, so a stop stays within a container's grace period.
+                self.delivery.close(max(1.0, deadline - time.monotonic()))
+        self.engine.close()  # at most 2 s (engine.legacy, engine.core: SHUTDOWN_TIMEOUT)
         self.store.close()
 
     def _warn_undelivered(self, delivery: Delivery) -> None:

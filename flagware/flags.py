@@ -165,7 +165,7 @@ class Flags:
         if minted is not None:
             self._minted = minted
             if self._status is not None:  # the response has started: no cookie can carry it
-                self._client._minted_too_late()
+                self._client.failures.minted_too_late()
 
     def statsig_user(self) -> Any:
         """The engine SDK's user for this request, built once."""
@@ -289,8 +289,9 @@ class Flags:
                     user_json=self._encoded_user(),
                 )
                 client._log_exposure(exposure)
-                if forced is None and config.group is not None and name not in client._started:
-                    client._note_started(name, exposure.time)
+                starts = client.starts
+                if forced is None and config.group is not None and name not in starts.seen:
+                    starts.note(name, exposure.time)
         except Exception as exc:
             client.report(exc, "experiment")
         configs[name] = config

@@ -129,7 +129,7 @@ def user_fields(
             # Cut once here, so the SDK parses the capped agent and none of
             # this request's events needs checking again (see events.limits).
             agent = agent[:MAX_USER_AGENT]
-            client._truncated("user_agent")
+            client.failures.truncated_input("user_agent")
         user["userAgent"] = agent
     custom: Mapping[str, Any] | None = None
     if client.custom_resolver is not None:

@@ -211,3 +211,38 @@ def test_the_engine_lists_the_downloaded_experiments_and_their_groups(
         }
     finally:
         fw.close()
+
+
+def test_close_with_a_statsig_api_that_hangs_stays_within_a_containers_grace(
+    tmp_path: Any,
+) -> None:
+    """An API that accepts connections and never answers held close() for
+    about 20 s (the drain, 5 s more for delivery's threads, and the legacy
+    SDK joining its download threads for up to 10 s), past Docker's 10 s
+    grace. close() now takes shutdown_timeout, a second for delivery's
+    threads and at most 2 s for the SDK; the events stay in the store."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the backlog; nothing ever answers
+    fw = Flagware(
+        statsig_secret="secret-x",
+        statsig_api=f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+        init_timeout=0.5,
+        shutdown_timeout=1,
+        hash_key="k",
+        event_store=tmp_path / "events.db",
+    )
+    try:
+        client = Client(FlagwareMiddleware(seed_view, fw))
+        assert client.get("/").status_code == 200  # served on defaults
+        fw.flush()
+        time.sleep(0.5)  # delivery has sent its batch into the silence
+        started = time.monotonic()
+        fw.close()
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert took < 1 + 1 + 2 + 1.5  # shutdown_timeout, delivery, the SDK, slack
+    assert fw.delivery_stats().backlog >= 1  # kept for the next process to send

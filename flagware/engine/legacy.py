@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from statsig.statsig_options import StatsigOptions
@@ -10,6 +11,13 @@ from statsig.statsig_user import StatsigUser
 
 from flagware.engine.base import Engine, Evaluation, UserFields
 from flagware.identity import country_table
+
+# Seconds close() waits for the SDK to stop. Its shutdown joins each download
+# thread for up to 10 s (THREAD_JOIN_TIMEOUT): with a Statsig API that accepts
+# and never answers, close() took 20 s, past Docker's 10 s grace before
+# SIGKILL. Those threads are daemons holding nothing of flagware's (events are
+# stored and delivered by flagware), so the rest is left to the process's end.
+SHUTDOWN_TIMEOUT = 2.0
 
 
 class LegacySDK(Engine):
@@ -42,7 +50,11 @@ class LegacySDK(Engine):
         return server
 
     def _stop(self, server: Any) -> None:
-        server.shutdown()
+        stopping = threading.Thread(
+            target=server.shutdown, name="flagware-statsig-shutdown", daemon=True
+        )
+        stopping.start()
+        stopping.join(SHUTDOWN_TIMEOUT)
 
     def user(self, fields: UserFields) -> StatsigUser:
         return StatsigUser(

@@ -1,0 +1,78 @@
+"""Failures inside flagware: counted, and logged once per place and kind.
+
+flagware never breaks the request it serves. Whatever fails inside it (a
+resolver, the store, delivery, the SDK) leaves a safe default in place, is
+counted in ``Flagware.errors`` under where it happened, and is logged once,
+with what the app gets meanwhile; a place that works again is logged again at
+its next failure, as a new outage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from flagware.events.writer import STORE_FAILURE
+
+log = logging.getLogger("flagware")
+
+# Flagware.errors key: a stableID minted once the response had started (see flags).
+LATE_STABLE_ID = "stableID after response start"
+
+# What a failure leaves in place, for its one log line. A store outage said
+# "serving defaults" while every flag was evaluated as usual.
+_AFTER_FAILURE = {
+    "user_id resolver": "identifying the visitor by the keyed hash of the IP",
+    STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
+    " and are stored when it takes writes again",
+    "experiment start check": "serving the spec without comparing it with started experiments",
+    "statsig delivery": "events stay in the store and are sent again after a backoff",
+}
+
+
+class Failures:
+    """One client's failure counts (``errors``), capped inputs (``truncated``)
+    and which of them have been logged."""
+
+    def __init__(self) -> None:
+        self.errors: Counter[str] = Counter()
+        self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
+        self._reported: set[tuple[str, type[BaseException]]] = set()
+
+    def report(self, exc: BaseException, where: str) -> None:
+        """Count an internal failure and log it once per place and kind."""
+        self.errors[where] += 1
+        key = (where, type(exc))
+        if key not in self._reported:
+            self._reported.add(key)
+            log.error(
+                "flagware: %s failed (%s; logged once, counted in Flagware.errors)",
+                where,
+                _AFTER_FAILURE.get(where, "serving defaults"),
+                exc_info=exc,
+            )
+
+    def recovered(self, where: str) -> None:
+        """``where`` works again: its next failure is a new outage, logged again."""
+        self._reported = {key for key in self._reported if key[0] != where}
+
+    def truncated_input(self, what: str) -> None:
+        self.truncated[what] += 1
+        if self.truncated[what] == 1:
+            log.warning(
+                "flagware: %s over its size limit truncated (logged once, counted in"
+                " Flagware.truncated)",
+                what,
+            )
+
+    def minted_too_late(self) -> None:
+        """A new visitor's first flag read came after the response started."""
+        self.errors[LATE_STABLE_ID] += 1
+        if self.errors[LATE_STABLE_ID] == 1:
+            log.warning(
+                "flagware: a new visitor's stableID was made after the response started (a"
+                " flag first read in a streaming body or a background task), so no cookie can"
+                " carry it and the visitor is a new unit on every such request; read a flag"
+                " before the response starts (logged once, counted in Flagware.errors[%r])",
+                LATE_STABLE_ID,
+            )
