@@ -71,7 +71,7 @@ class FlagwareMiddleware:
         # default, the contextvar's methods bound once: measured with callgrind
         # under uvicorn, these cut what a wrapped Starlette app that reads no
         # flag pays over bare from 16k instructions a request to about 9k.
-        if not self._engine.started():
+        if not self._engine.ready:
             await start_engine(self.client)
         flags = new(_ScopeFlags)
         flags._client = self.client

@@ -275,7 +275,7 @@ def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
     client = make_client()
     _expose(client)
     client.flush()
-    client._record_starts()
+    client.starts.record()
     spec_file.write_text(spec_file.read_text().replace('color = "red"', 'color = "green"'))
     os.utime(spec_file, (5, 5))
     user = client.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
@@ -346,9 +346,11 @@ def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     parent_server = client.engine.server()
     assert client.engine.gate(user, "everyone").value is True
     read, write = os.pipe()
+    assert client.engine.ready  # what the ASGI middleware reads (started(), without a call)
     pid = os.fork()
     if pid == 0:  # the child: report and leave without running the parent's atexit
-        ok = client.engine.server() is not parent_server
+        ok = not client.engine.ready and not client.engine.started()
+        ok = ok and client.engine.server() is not parent_server and client.engine.ready
         ok = ok and client.engine.gate(user, "everyone").value is True
         os.write(write, b"ok" if ok else b"no")
         os._exit(0)
@@ -357,6 +359,8 @@ def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     assert os.read(read, 2) == b"ok" and status == 0
     os.close(read)
     assert client.engine.server() is parent_server
+    client.engine.close()
+    assert not client.engine.ready and not client.engine.started()
 
 
 # -- bounded inputs --------------------------------------------------------------
@@ -548,7 +552,7 @@ def test_first_exposures_record_the_start_on_either_backend(
     from flagware.results.lock import read_started
 
     with Flagware(spec=spec_file, event_store=store_location, hash_key="k") as fw:
-        fw._note_started("button_color", 1_790_000_000_000)
+        fw.starts.note("button_color", 1_790_000_000_000)
         fw.log(Event("statsig::config_exposure", {"userID": "u"}, exposure="button_color"))
         fw.flush()
         record = read_started(fw.store, "button_color")

@@ -85,7 +85,7 @@ class FlagwareMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         await _load_user(request)
         client = conf.get_client()
-        if not client.engine.started():  # never on the event loop: see start_engine
+        if not client.engine.ready:  # never on the event loop: see start_engine
             await start_engine(client)
         flags, token = self._begin(request)
         try:
