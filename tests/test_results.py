@@ -315,6 +315,8 @@ def test_numbers_match_an_independent_computation(tmp_path: Path, seed: int) -> 
 
 def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     """It said "Welch or pooled t otherwise" above a mean metric tested by the delta method."""
+    from dataclasses import replace
+
     from flagware.results.formatting import method_line
 
     store = random_log(1, effect=0.0).store(tmp_path)
@@ -329,10 +331,10 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})
     one = compute_results(spec, "button_color", store, now=NOW, cuped=False)
     assert method_line(one).startswith("Intervals: fixed-horizon tests (score for conversions);")
+    none = replace(one, metrics=[replace(m, results=[]) for m in one.metrics])
+    assert method_line(none).startswith("Intervals: fixed-horizon tests (none made yet: ")
 
     # A variance reduction a hair below zero is none, not "-0%".
-    from dataclasses import replace
-
     from flagware.results.formatting import adjustment_notes
 
     metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.001, "Blue": 0.25})

@@ -83,11 +83,12 @@ def method_line(results: Results) -> str:
     """How the intervals were made, in one line (the README explains each part)."""
     used = {(r.method or "").removesuffix("+cuped") for m in results.metrics for r in m.results}
     named = [text for method, text in _FIXED_HORIZON.items() if method in used]
-    tests = (
-        "always-valid confidence sequences (sequential)"
-        if results.sequential
-        else f"fixed-horizon tests ({', '.join(named or _FIXED_HORIZON.values())})"
-    )
+    if results.sequential:
+        tests = "always-valid confidence sequences (sequential)"
+    elif named:
+        tests = f"fixed-horizon tests ({', '.join(named)})"
+    else:  # it listed every estimator, as if each had been used
+        tests = "fixed-horizon tests (none made yet: each result says why)"
     data = [f"{results.crossover_units} crossover unit(s) left out"]
     if results.override_exposures:
         data.append(f"{results.override_exposures} override exposure(s) ignored")
