@@ -128,7 +128,8 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
 
 
 def run_reset(args: argparse.Namespace) -> int:
-    from flagware.results.lock import meta_key
+    from flagware.events.model import now_ms
+    from flagware.results.lock import meta_key, reset_key
 
     reader = existing_store(args.store, "reset")
     if reader is None:
@@ -155,6 +156,8 @@ def run_reset(args: argparse.Namespace) -> int:
             print("flagware reset: nothing changed")
             return EXIT_OK
     with open_store(args.store) as store:
+        # Its next start opens an analysis window here (results.sql.window_start).
+        store.set_meta(reset_key(args.experiment), str(now_ms()))
         store.run("meta_delete", {"key": meta_key(args.experiment)})
     print(f"flagware reset: {args.experiment} forgotten; it starts again on its next exposure")
     return EXIT_OK

@@ -335,6 +335,16 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     client.flush()
     second = read_started(store, "button_color")
     assert second is not None and second.started > first.started  # a new window
+    # ...that results open at the reset: the unit from before it (50/50, the
+    # spec the reset forgot) is not counted. They counted it: the window stayed
+    # closed, as for a first start (a trial on PostgreSQL: an SRM block).
+    from flagware.results import compute_results
+
+    assert second.reset_at is not None and first.started < second.reset_at <= second.started
+    results = compute_results(client.engine.spec, "button_color", store)
+    assert results.window_start == second.reset_at
+    assert sum(g.units for g in results.groups) == 1  # one visitor after the reset
+    assert results.crossover_units == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -15,7 +15,7 @@ from flagware.cli import main
 from flagware.events.model import CONFIG_EXPOSURE, Event
 from flagware.events.store import open_store
 from flagware.results import compute_results
-from flagware.results.lock import record_started
+from flagware.results.lock import read_started, record_started
 from flagware.results.render import to_dict
 
 
@@ -175,6 +175,13 @@ def test_check_and_reset_read_either_store(
     assert "after the experiment started" in capsys.readouterr().err
     assert main(["reset", "button_color", "--yes", "--store", store_location]) == 0
     assert main(["check", "--spec", str(changed), "--store", store_location]) == 0
+    # The next start opens the analysis window at the reset, on either backend.
+    changed_spec = load_spec(changed)
+    record_started(store_location, changed_spec.experiments["button_color"])
+    record = read_started(store_location, "button_color")
+    assert record is not None and record.reset_at is not None and record.restarts == 0
+    results = compute_results(changed_spec, "button_color", store_location)
+    assert results.window_start == record.reset_at
 
 
 EXPOSURES = {  # an event that only exposures carry: read without the metric-event index

@@ -203,13 +203,16 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     results = compute_results(restarted, "button_color", store, now=T0 + 2000)
     assert results.window_start == T0 + 1000
     # Said in every format, not only JSON's window_start: units before it are left out.
-    said = "Analysis window from 2026-09-21 14:13:21 UTC (restart = true): exposures before it"
+    said = (
+        "Analysis window from 2026-09-21 14:13:21 UTC (opened by restart = true or `flagware"
+        " reset`): exposures before it"
+    )
     assert said in render_text(results) and said in render_html(results)
     # An --until before the window: said, not "no units exposed yet" (a new user's trial).
     with pytest.raises(
         ResultsError,
         match=r"--until is before the analysis window, which a"
-        r" restart opened at 2026-09-21T14:13:21.000\+00:00",
+        r" restart or `flagware reset` opened at 2026-09-21T14:13:21.000\+00:00",
     ):
         compute_results(restarted, "button_color", store, now=T0 + 2000, until=T0 + 500)
     assert [g.name for g in results.groups] == ["Control", "Red", "Green"]

@@ -163,7 +163,7 @@ def _analyse(
     if window_start is not None and opt.until < window_start:
         opened = datetime.fromtimestamp(window_start / 1000, tz=UTC)
         raise ResultsError(
-            "--until is before the analysis window, which a restart opened at"
+            "--until is before the analysis window, which a restart or `flagware reset` opened at"
             f" {opened.isoformat(timespec='milliseconds')}: nothing before it is counted"
         )
     unit = sql.unit_column(exp.unit, conn.dialect)

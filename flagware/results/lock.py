@@ -26,7 +26,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ __all__ = [
     "meta_key",
     "read_started",
     "record_started",
+    "reset_key",
 ]
 
 StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
@@ -59,6 +60,12 @@ def meta_key(experiment: str) -> str:
     return f"experiment:{experiment}"
 
 
+def reset_key(experiment: str) -> str:
+    """When ``flagware reset`` last forgot ``experiment`` (ms, in ``meta``): the
+    analysis window of the start recorded after it opens there."""
+    return f"reset:{experiment}"
+
+
 @dataclass(frozen=True)
 class StartRecord:
     fingerprint: str
@@ -67,6 +74,7 @@ class StartRecord:
     started: int  # ms: the first exposure ever recorded
     window_start: int  # ms: the start of the current analysis window
     restarts: int
+    reset_at: int | None = None  # ms: the `flagware reset` before this record, if any
 
     @classmethod
     def from_json(cls, text: str) -> StartRecord:
@@ -79,6 +87,14 @@ class StartRecord:
             window_start=int(data.get("window_start", data["started"])),
             restarts=int(data.get("restarts", 0)),
         )
+
+    @classmethod
+    def stored(cls, record: str | None, reset: str | None) -> StartRecord | None:
+        """From the ``meta`` values under :func:`meta_key` and :func:`reset_key`."""
+        if record is None:
+            return None
+        started = cls.from_json(record)
+        return started if reset is None else replace(started, reset_at=int(reset))
 
 
 # The upsert that records a start, in each backend's dialect (events/store/*.sql).
@@ -133,12 +149,16 @@ def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
         with open_store(str(store)) as opened:
             return read_started(opened, experiment)
     if not isinstance(store, _Raw):
-        text = store.get_meta(meta_key(experiment))
-        return None if text is None else StartRecord.from_json(text)
-    with _connection(store) as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key(experiment),))
-        found = row.fetchone()
-    return None if found is None else StartRecord.from_json(str(found[0]))
+        text, reset = store.get_meta(meta_key(experiment)), store.get_meta(reset_key(experiment))
+    else:
+        with _connection(store) as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, ?)",
+                (meta_key(experiment), reset_key(experiment)),
+            )
+            found = {str(key): str(value) for key, value in rows}
+        text, reset = found.get(meta_key(experiment)), found.get(reset_key(experiment))
+    return StartRecord.stored(text, reset)
 
 
 def check_unchanged(

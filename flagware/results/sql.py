@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
-from flagware.results.lock import StartRecord, meta_key
+from flagware.results.lock import StartRecord, meta_key, reset_key
 from flagware.spec import did_you_mean
 
 __all__ = [
@@ -56,24 +56,29 @@ def unit_column(unit: str, dialect: Dialect) -> str:
 
 def start_record(conn: Reader, experiment: str) -> StartRecord | None:
     """What the experiment's first exposure recorded (``results.lock``), if any."""
+    keys = meta_key(experiment), reset_key(experiment)
     try:
-        row = conn.execute(
-            "SELECT value FROM meta WHERE key = ?", (meta_key(experiment),)
-        ).fetchone()
+        rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", keys).fetchall()
     except database_errors():  # a store without the meta table: never started
         return None
-    return None if row is None else StartRecord.from_json(str(row[0]))
+    found = {str(key): str(value) for key, value in rows}
+    return StartRecord.stored(found.get(keys[0]), found.get(keys[1]))
 
 
 def window_start(record: StartRecord | None) -> int | None:
-    """Where the analysis window opens: None (every exposure counts) until a restart.
+    """Where the analysis window opens: None (every exposure counts) until a
+    restart or a ``flagware reset``.
 
     The first record's time is when the writer stored the first exposure, a
-    little after it happened, so it is no window start.
+    little after it happened, so it is no window start; a reset's own time is
+    (it counted every exposure from before the reset too, with the groups and
+    weights the reset was meant to forget).
     """
-    if record is None or record.restarts == 0:
+    if record is None:
         return None
-    return record.window_start
+    if record.restarts:
+        return record.window_start
+    return record.reset_at
 
 
 class Units:
