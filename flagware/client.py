@@ -170,7 +170,10 @@ class Flagware:
         self._lock = threading.Lock()
 
         # Opening connects nothing yet: each process connects on first use.
-        self.store: Store = open_store(self.event_store)
+        try:
+            self.store: Store = open_store(self.event_store)
+        except ValueError as exc:  # a URL no store reads, said without its password
+            raise ConfigurationError(f"event_store {redact(self.event_store)}: {exc}") from None
         self.starts = Starts(self.store, self.event_store, self.report)
         if hash_key is not None:
             key: str | bytes | None = hash_key

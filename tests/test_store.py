@@ -23,7 +23,9 @@ from flagware.events.store import (
     PENDING,
     EventStore,
     Store,
+    is_postgres_url,
     lease_owner,
+    not_a_store,
     open_store,
 )
 from flagware.events.store import sqlite as sqlite_store
@@ -448,10 +450,9 @@ def test_meta_init_keeps_the_first_value_and_counters_add(store: Store) -> None:
 def test_named_queries_match_between_dialects() -> None:
     from flagware.events.store.postgres import PostgresStore
 
-    assert set(EventStore.queries) - {"schema", "exists"} == set(PostgresStore.queries) - {
-        "schema",
-        "exists",
-    }
+    own = {"schema", "exists"}  # each backend's; PostgreSQL's schema comes in steps
+    steps = {"schema_current", "schema_exists", "create_schema"}
+    assert set(EventStore.queries) - own == set(PostgresStore.queries) - own - steps
 
 
 def test_cli_reads_either_backend_and_never_creates_a_store(
@@ -499,6 +500,87 @@ def test_a_libpq_string_given_as_a_store_is_not_echoed_with_its_password(
     assert capsys.readouterr().err == (
         "flagware events: no event store at host=db user=shop password=***\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        # psycopg's parse errors quoted these (a new user's trial, every command
+        # and the app's log), and an unencoded "@" sent "ss" to DNS as a host.
+        ("postgresql://app:WrOng Secret9@127.0.0.1:1/app", ["WrOng", "Secret9"]),
+        ("postgresql://app@127.0.0.1:1/app?password=ab cSecret9", ["cSecret9"]),
+        ("postgresql://app:ab%zzSecret9@127.0.0.1:1/app", ["zzSecret9"]),
+        ("postgresql://app:p@ss/w0rd@127.0.0.1:1/app", ["'ss'", "w0rd"]),
+    ],
+)
+def test_a_url_psycopg_cannot_read_is_refused_without_its_password(
+    url: str, secrets: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flagware import ConfigurationError, Flagware
+    from flagware.cli import main
+
+    assert main(["status", "--store", url]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("flagware status: cannot open postgresql://app") and "encoded" in said
+    with pytest.raises(ConfigurationError) as refused:
+        Flagware(spec=tmp_path / "absent.toml", event_store=url, hash_key="k")
+    for secret in secrets:
+        assert secret not in said and secret not in str(refused.value)
+
+
+def test_store_urls_of_other_schemes_are_refused_or_read_as_postgresql(tmp_path: Path) -> None:
+    """SQLAlchemy's postgresql+psycopg:// made a SQLite file named after the URL,
+    password and all, on each host; mysql:// or sqlite:/// would too."""
+    from flagware import ConfigurationError, Flagware
+    from flagware.events.store.postgres import libpq_url
+
+    assert is_postgres_url("postgresql+psycopg://app:pw@db/x")
+    assert libpq_url("postgresql+psycopg://app:pw@db/x") == "postgresql://app:pw@db/x"
+    assert libpq_url("postgres://app@db/x") == "postgresql://app@db/x"
+    for url in ("mysql://app:pw@db/x", "sqlite:///events.db"):
+        with pytest.raises(ConfigurationError, match=r":// is not an event store"):
+            Flagware(spec=tmp_path / "absent.toml", event_store=url, hash_key="k")
+        assert not_a_store(url) is not None and "pw" not in str(not_a_store(url))
+    assert list(tmp_path.iterdir()) == [] and not Path("mysql:").exists()
+
+
+def test_a_postgresql_user_without_create_on_the_database_opens_a_schema_made_for_it(
+    postgres_url: str,
+) -> None:
+    """The README: "needs CREATE on the database once, or create the schema for
+    it". The second half failed: CREATE SCHEMA IF NOT EXISTS asks for CREATE on
+    the database even when the schema exists, and so did every later open."""
+    import uuid
+
+    import psycopg
+
+    role = f"weak_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE SCHEMA flagware AUTHORIZATION {role}")
+    weak_url = postgres_url.replace("postgresql://postgres@", f"postgresql://{role}@", 1)
+    try:
+        for _ in range(2):  # the first open creates the tables, the second finds them
+            with open_store(weak_url) as store:
+                store.append(events(2), deliver=False)
+        with open_store(weak_url) as store:
+            assert store.count() == 4
+        # A user that may not create: a clear error saying what to grant.
+        other = f"{role}_ro"
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA flagware CASCADE")
+            admin.execute(f"CREATE ROLE {other} LOGIN")
+        ro_url = postgres_url.replace("postgresql://postgres@", f"postgresql://{other}@", 1)
+        refused = pytest.raises(
+            psycopg.errors.InsufficientPrivilege, match="CREATE SCHEMA flagware"
+        )
+        with refused, open_store(ro_url) as store:
+            store.append(events(1), deliver=False)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA IF EXISTS flagware CASCADE")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+            admin.execute(f"DROP ROLE IF EXISTS {role}_ro")
 
 
 def test_postgresql_leases_run_on_the_database_clock(

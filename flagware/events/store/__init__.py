@@ -21,7 +21,7 @@ from flagware.events.store.base import (
     StoreStats,
     lease_owner,
 )
-from flagware.events.store.postgres import is_postgres_url, redact
+from flagware.events.store.postgres import is_postgres_url, redact, unsupported_url
 from flagware.events.store.sqlite import EventStore, connect, fork_guard, fork_safe
 
 __all__ = [
@@ -58,6 +58,9 @@ def open_store(location: Location, *, create: bool = True) -> Store:
         from flagware.events.store.postgres import PostgresStore
 
         return PostgresStore(str(location), create=create)
+    problem = unsupported_url(location)
+    if problem is not None:
+        raise ValueError(problem)
     return EventStore(location, readonly=not create)
 
 
@@ -68,6 +71,8 @@ def store_exists(location: Location) -> bool:
 
         with PostgresStore(str(location), create=False) as store:
             return store.exists()
+    if unsupported_url(location) is not None:
+        return False
     return os.path.exists(location)
 
 
@@ -82,6 +87,9 @@ def not_a_store(location: Location) -> str | None:
         except Exception as exc:  # an unreachable server, a bad URL, no driver
             return f"cannot open {redact(str(location))}: {exc}"
         return None if found else f"no event store at {redact(str(location))}"
+    problem = unsupported_url(location)
+    if problem is not None:
+        return f"cannot open {redact(str(location))}: {problem}"
     path = Path(location)
     location = redact(os.fspath(location))  # a libpq "password=..." string lands here
     if not path.exists():

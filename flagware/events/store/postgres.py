@@ -19,7 +19,15 @@ from flagware.events.store.sql import SQLStore
 if TYPE_CHECKING:
     import psycopg
 
-SCHEMES = ("postgresql://", "postgres://")
+# postgresql:// and postgres://, and SQLAlchemy's postgresql+psycopg:// (the
+# driver part dropped): that one made a SQLite file named after the URL,
+# password included, on each host.
+_SCHEME = re.compile(r"postgres(?:ql)?(?:\+\w+)?://", re.IGNORECASE)
+# Any other scheme is no SQLite path either: refused by name.
+_ANY_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+# In a URL's password, what libpq would read as the end of the password (it
+# takes the first "@") or of the host part: it must be percent-encoded.
+_UNENCODED = re.compile(r"[@/?#\s]")
 # Any fixed number: it only serializes concurrent first opens of one database.
 _SCHEMA_LOCK = 0x666C6167
 _COPY = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
@@ -30,7 +38,43 @@ _inherited: list[Any] = []
 
 
 def is_postgres_url(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(SCHEMES)
+    return isinstance(location, str) and _SCHEME.match(location) is not None
+
+
+def unsupported_url(location: object) -> str | None:
+    """Why ``location`` is a URL no store can open (it is no file path either)."""
+    if not isinstance(location, str) or is_postgres_url(location):
+        return None
+    scheme = _ANY_SCHEME.match(location)
+    if scheme is None:
+        return None
+    return (
+        f"{scheme.group(1)}:// is not an event store; use a postgresql:// URL or a SQLite file path"
+    )
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as psycopg takes it, or ValueError naming what to fix, without
+    the password: psycopg's own parse errors quote it (``unexpected spaces
+    found in "hunter 2"``), and a password with an unencoded ``@`` or ``/``
+    sent its tail to DNS as a host name."""
+    url = _SCHEME.sub("postgresql://", url, count=1)
+    userinfo = url[len("postgresql://") :].rpartition("@")[0]
+    if ":" in userinfo and _UNENCODED.search(userinfo.partition(":")[2]):
+        raise ValueError(
+            "the password has a character that must be percent-encoded in a URL"
+            " (@ as %40, / as %2F, ? as %3F, # as %23, a space as %20)"
+        )
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+    except Exception:
+        raise ValueError(
+            "not a URL psycopg can read (in a password, % must be percent-encoded as"
+            " %25 and a space as %20)"
+        ) from None
+    return url
 
 
 def redact(url: str) -> str:
@@ -67,7 +111,7 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str, *, create: bool = True, connect_timeout: int = 10) -> None:
         super().__init__()
         _psycopg()
-        self.url = url
+        self.url = libpq_url(url)
         self.location = redact(url)
         self._create = create
         self._connect_timeout = connect_timeout
@@ -82,15 +126,32 @@ class PostgresStore(SQLStore):
         )
         try:
             if not self._schema_ready:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                    conn.execute(self.queries["schema"])
+                self._make_schema(conn, driver)
                 self._schema_ready = True
             conn.execute("SET search_path TO flagware")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _make_schema(self, conn: psycopg.Connection[Any], driver: Any) -> None:
+        """Create or bring up to date flagware's schema, unless it is current."""
+        if conn.execute(self.queries["schema_current"]).fetchone()[0]:  # type: ignore[index]
+            return
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                # Only if missing: CREATE SCHEMA IF NOT EXISTS still asks for
+                # CREATE on the database, which a schema made for the user spares.
+                if not conn.execute(self.queries["schema_exists"]).fetchone()[0]:  # type: ignore[index]
+                    conn.execute(self.queries["create_schema"])
+                conn.execute(self.queries["schema"])
+        except driver.errors.InsufficientPrivilege as exc:
+            raise driver.errors.InsufficientPrivilege(
+                f"{exc}; flagware's user creates its tables on first open: grant it CREATE"
+                " on the database once, or create the schema for it"
+                " (CREATE SCHEMA flagware AUTHORIZATION that_user)"
+            ) from None
 
     def exists(self) -> bool:
         """Whether the database holds a flagware store (without creating one)."""

@@ -2,8 +2,24 @@
 -- Named parameters (%(name)s); a query ignores the ones it does not use. Every
 -- connection's search_path is the flagware schema, so tables are unqualified.
 
+-- Whether the store is there as this version makes it: then opening it runs
+-- no DDL, which needs CREATE on the schema (or on the database, for the
+-- schema) even when every object exists already.
+-- name: schema_current
+SELECT to_regclass('flagware.meta') IS NOT NULL
+   AND to_regclass('flagware.events_pending') IS NOT NULL
+   AND to_regclass('flagware.events_non_numeric') IS NOT NULL
+   AND to_regclass('flagware.events_by_user') IS NOT NULL
+   AND to_regclass('flagware.events_by_exposure') IS NOT NULL
+   AND to_regclass('flagware.events_by_name') IS NULL
+
+-- name: schema_exists
+SELECT to_regnamespace('flagware') IS NOT NULL
+
+-- name: create_schema
+CREATE SCHEMA flagware
+
 -- name: schema
-CREATE SCHEMA IF NOT EXISTS flagware;
 CREATE TABLE IF NOT EXISTS flagware.events (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     time        bigint NOT NULL,   -- ms since the epoch, when logged
