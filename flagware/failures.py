@@ -27,6 +27,14 @@ _AFTER_FAILURE = {
     " and are stored when it takes writes again",
     "experiment start check": "serving the spec without comparing it with started experiments",
     "statsig delivery": "events stay in the store and are sent again after a backoff",
+    # The store failing under delivery and the experiment start records: nothing
+    # is served there, so "serving defaults" misled (a new user's trial).
+    "event store (delivery outcome)": "a sent batch's outcome is written again while the"
+    " store is away; if it never is, the batch is sent again once its lease runs out",
+    "event store (lease renewal)": "renewed at the next tick; a batch whose lease runs out"
+    " meanwhile may be sent twice",
+    "experiment start record": "flags are served as usual; the start is recorded after the"
+    " next events are stored",
 }
 
 

@@ -63,8 +63,10 @@ class Starts:
                 continue
             try:
                 record_started(self._store, experiment, time_ms=time_ms)
-            except Exception as exc:
+            except Exception as exc:  # tried again after the next flush: it was lost
+                self.pending.setdefault(name, time_ms)
                 self._report(exc, "experiment start record")
+                return
 
     def check_unchanged(self, spec: Spec) -> None:
         """Refuse (SpecError) a spec that changes a started experiment; with the

@@ -347,6 +347,36 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     assert results.crossover_units == 0
 
 
+def test_a_start_record_that_failed_is_written_after_the_next_flush(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed start record was dropped: this process never noted the start
+    again, so it stayed unrecorded unless another process recorded it."""
+    import sqlite3
+
+    from flagware.results import lock
+
+    real, calls = lock.record_started, []
+
+    def locked_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(lock, "record_started", locked_once)
+    client = make_client()
+    store = str(client.event_store_path)
+    _expose(client)
+    client.flush()
+    assert lock.read_started(store, "button_color") is None
+    assert client.errors["experiment start record"] == 1
+    _expose(client, visitors=1)
+    client.flush()
+    assert lock.read_started(store, "button_color") is not None
+    assert len(calls) == 2
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_engine_restarts_in_a_forked_child(make_client: Any) -> None:
     """Pre-fork servers: the parent's SDK threads do not survive a fork, so the
