@@ -337,7 +337,8 @@ class Flagware:
             self.delivery.reopen()
 
     def close(self) -> None:
-        """Store everything queued, deliver for up to ``shutdown_timeout`` s, and stop.
+        """Store everything queued and deliver it, for up to ``shutdown_timeout`` s
+        in all, and stop.
 
         A client used again afterwards starts anew (its writer, SDK and
         connections start on first use), and is closed again at exit."""
@@ -347,12 +348,14 @@ class Flagware:
             self.store.close()
             return
         _live_clients.discard(self)
-        self.writer.close()
+        # One budget for storing what is queued (tried again while the store is
+        # away) and delivering it; what is left of it, for the threads to stop.
+        deadline = time.monotonic() + self.shutdown_timeout
+        self.writer.close(self.shutdown_timeout)
         self.starts.record()
         if self.delivery is not None:
-            deadline = time.monotonic() + self.shutdown_timeout
             try:
-                if not self.delivery.drain(self.shutdown_timeout):
+                if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
                     self._warn_undelivered(self.delivery)
             finally:
                 # What the drain left, and a second at least for the threads to

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +346,38 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     assert results.window_start == second.reset_at
     assert sum(g.units for g in results.groups) == 1  # one visitor after the reset
     assert results.crossover_units == 0
+
+
+def test_close_keeps_storing_while_the_store_is_briefly_away(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGTERM during a database restart lost the whole queue at once (a new
+    user's trial: 728 events, PostgreSQL back two seconds later). close() now
+    tries again within shutdown_timeout."""
+    import sqlite3
+
+    from flagware.events.model import Event
+    from flagware.events.store import open_store
+
+    client = make_client(shutdown_timeout=3)
+    for i in range(50):
+        client.log(Event("clicked", {"userID": str(i)}))
+    store, real = client.store, client.store.append_rows
+    back_at = time.monotonic() + 0.8
+
+    def away(rows: Any) -> Any:
+        if time.monotonic() < back_at:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(rows)
+
+    monkeypatch.setattr(store, "append_rows", away)
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 3
+    assert client.errors["event store"] >= 1
+    assert "could not be stored" not in caplog.text
+    with open_store(client.event_store) as check:
+        assert check.count() == 50
 
 
 def test_a_start_record_that_failed_is_written_after_the_next_flush(

@@ -268,8 +268,13 @@ class EventWriter:
             pass
         return batch
 
-    def close(self) -> None:
-        """Stop the thread and store everything queued (this process only)."""
+    def close(self, timeout: float = 0.0) -> None:
+        """Stop the thread and store everything queued (this process only).
+
+        While the store refuses writes, it tries again for up to ``timeout`` s:
+        a SIGTERM during a database restart (a deploy meeting a failover) lost
+        the whole queue at once, with the database back two seconds later.
+        """
         if self._pid != os.getpid():
             return
         self._stop.set()
@@ -278,6 +283,11 @@ class EventWriter:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         self.flush(timeout=5)
+        deadline, pause = time.monotonic() + timeout, 0.1
+        while (self._held or self._queue.qsize()) and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(2 * pause, 1.0)
+            self.flush(timeout=5)
         left = len(self._held) + self._queue.qsize()
         if left:  # the store still refuses writes: say what is lost, never silently
             log.error("flagware: %d queued events could not be stored before exit", left)
