@@ -174,7 +174,7 @@ class Flagware:
             self.store: Store = open_store(self.event_store)
         except ValueError as exc:  # a URL no store reads, said without its password
             raise ConfigurationError(f"event_store {redact(self.event_store)}: {exc}") from None
-        self.starts = Starts(self.store, self.event_store, self.report)
+        self.starts = Starts(self.store, self.event_store, self.report, self.errors)
         if hash_key is not None:
             key: str | bytes | None = hash_key
         else:
@@ -299,6 +299,7 @@ class Flagware:
             self.delivery.wake()
         if self.starts.pending:
             self.starts.record()
+        self.starts.verify()
 
     def _on_stored_start(self) -> None:
         if self.delivery is not None:

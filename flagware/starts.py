@@ -9,8 +9,19 @@ Only the local engine has starts to keep: Statsig keeps its own.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+log = logging.getLogger("flagware")
+
+# How often the writer thread compares the experiments this process exposes
+# with their start records, which other processes and hosts write too.
+VERIFY_INTERVAL = 10.0
+# Flagware.errors key: an exposed experiment differs from its start record.
+DIFFERS = "experiment differs from its start record"
 
 if TYPE_CHECKING:
     from flagware.engine.local import LocalSpec
@@ -24,6 +35,7 @@ class Starts:
         store: Store,
         event_store: str,
         report: Callable[[BaseException, str], None],
+        errors: Counter[str],
     ) -> None:
         # Experiments this process has seen exposed (read by every exposure),
         # and first exposure times still to be recorded.
@@ -33,6 +45,9 @@ class Starts:
         self._store = store
         self._event_store = event_store
         self._report = report
+        self._errors = errors
+        self._next_verify = 0.0
+        self._differs: set[tuple[str, str]] = set()  # (experiment, record) said once
 
     def note(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
@@ -80,3 +95,49 @@ class Starts:
             raise
         except Exception as exc:
             self._report(exc, "experiment start check")
+
+    def verify(self) -> None:
+        """Say, once, when an experiment this process exposes differs from its
+        stored start record (the writer thread, after a flush, at most every
+        VERIFY_INTERVAL s).
+
+        The start-up check compares the spec with the records once. A record
+        written afterwards by another host (its own definition of a new
+        experiment, a `restart = true` rolled out there first, an edit taken
+        after `flagware reset`), or a start-up while the store was away, left
+        two definitions exposing units side by side without a word (a new
+        user's trial on PostgreSQL: 109 of 200 visitors in both). This process
+        cannot choose the right one, so it goes on serving its spec and says so.
+        """
+        if self.engine is None or not self.seen or time.monotonic() < self._next_verify:
+            return
+        self._next_verify = time.monotonic() + VERIFY_INTERVAL
+        from flagware.results.lock import describe_changes, read_started
+
+        spec = self.engine.spec
+        for name in sorted(self.seen):
+            experiment = spec.experiments.get(name)
+            if experiment is None:
+                continue
+            try:
+                record = read_started(self._store, name)
+            except Exception as exc:
+                self._report(exc, "experiment start check")
+                return
+            if record is None:  # reset: this process records it at its next exposure
+                continue
+            changes = describe_changes(record, experiment)
+            if changes and (name, record.fingerprint) not in self._differs:
+                self._differs.add((name, record.fingerprint))
+                self._errors[DIFFERS] += 1
+                log.error(
+                    "flagware: experiment %s differs from its start record, written by another"
+                    " process or while this one could not check: %s. This process goes on"
+                    " serving its spec, so the experiment's units see two definitions: make"
+                    " every host's spec the recorded one, or restart the experiment on all of"
+                    " them (`flagware check` shows the difference; logged once per record,"
+                    " counted in Flagware.errors[%r])",
+                    name,
+                    "; ".join(changes),
+                    DIFFERS,
+                )

@@ -348,6 +348,35 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     assert results.crossover_units == 0
 
 
+def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
+    make_client: Any, spec_file: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two hosts on one store, started together with different weights for a
+    new experiment: the first to expose recorded its definition, and the
+    other served its own without a word (a new user's trial on PostgreSQL:
+    Bold 500, Control 275 exposures, a third of the units in both groups)."""
+    from flagware.starts import DIFFERS
+
+    other_spec = tmp_path / "other.toml"
+    other_spec.write_text(
+        spec_file.read_text()
+        .replace("weight = 50", "weight = 25", 1)
+        .replace("weight = 50", "weight = 75")
+    )
+    first = make_client()
+    other = make_client(spec=other_spec)  # starts before anything is recorded: no refusal
+    _expose(first)
+    first.flush()  # records the 50/50 definition
+    _expose(other)
+    other.flush()
+    differs = [r for r in caplog.records if "differs from its start record" in r.getMessage()]
+    assert len(differs) == 1 and "weight changed from 50 to 25" in differs[0].getMessage()
+    assert other.errors[DIFFERS] == 1 and first.errors[DIFFERS] == 0
+    _expose(other)
+    other.flush()  # said once per record
+    assert other.errors[DIFFERS] == 1
+
+
 def test_close_keeps_storing_while_the_store_is_briefly_away(
     make_client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
