@@ -108,7 +108,9 @@ def _events(args: argparse.Namespace) -> int:
     out = sys.stdout
     table = args.format == "table"
     if table:
-        out.write(_table_line("time (UTC)", "event", "user_id", "stable_id", "flag", "value", ""))
+        out.write(
+            _table_line("time (UTC)", "event", "user_id", "stable_id", "flag", "value", "metadata")
+        )
     try:
         if args.tail is None:
             rows: Iterable[dict[str, Any]] = filter(wanted, store.iter_events())

@@ -55,7 +55,16 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
     gate, exposure, clicked = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert main(["events", "--store", store, "--format", "table"]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["time", "(UTC)", "event", "user_id", "stable_id", "flag", "value"]
+    assert header.split() == [
+        "time",
+        "(UTC)",
+        "event",
+        "user_id",
+        "stable_id",
+        "flag",
+        "value",
+        "metadata",
+    ]
     assert not any(line.endswith(" ") for line in (header, *rows))
     moment = datetime.fromtimestamp(clicked["time"] / 1000, tz=UTC)
     assert rows[2].split() == [
