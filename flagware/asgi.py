@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from flagware import request
@@ -157,6 +157,22 @@ class FlagwareMiddleware:
         await send({"type": "http.response.body", "body": page, "more_body": False})
 
 
+class _ScopeView:
+    """``_ScopeFlags._environ``: the request's ScopeEnviron, made on first read.
+
+    A non-data descriptor: the first read stores the view in the instance's
+    ``__dict__``, which every later read finds first, as a plain attribute (a
+    property would run a Python function on each of a new visitor's dozen
+    reads). A request that reads no flag never makes it.
+    """
+
+    def __get__(self, flags: _ScopeFlags | None, owner: type) -> Any:
+        if flags is None:
+            return self
+        environ = flags.__dict__["_environ"] = ScopeEnviron(flags._scope, flags._client.proxy_hops)
+        return environ
+
+
 class _ScopeFlags(Flags):
     """One ASGI request's Flags: reads its WSGI-style environ from the scope on first use."""
 
@@ -164,16 +180,9 @@ class _ScopeFlags(Flags):
     _scope: Scope
     _send: Send  # the server's send, which _sending wraps
 
-    @property
-    def _environ(self) -> ScopeEnviron:  # type: ignore[override]  # read from the scope
-        # Built on the first flag read, so a request that reads none never pays
-        # for it. A property rather than __getattr__, which would slow every
-        # other attribute of the object (measured).
-        environ: ScopeEnviron | None = self.__dict__.get("_scope_environ")
-        if environ is None:
-            environ = ScopeEnviron(self._scope, self._client.proxy_hops)
-            self.__dict__["_scope_environ"] = environ
-        return environ
+    # The WSGI-style view of the scope, made on the first flag read and then an
+    # ordinary attribute (see _ScopeView).
+    _environ: ScopeEnviron = _ScopeView()  # type: ignore[assignment]
 
     def _sending(self, message: Message) -> Awaitable[None]:
         """The send the app gets: the response start settles held events and may set the cookie.
@@ -211,34 +220,37 @@ async def get_flags() -> Flags:
     return current_flags()
 
 
-class ScopeEnviron(Mapping[str, Any]):
+# Header names as the environ keys them (b"user-agent" -> "HTTP_USER_AGENT"),
+# learnt as they come: a site's requests carry a few dozen names, so each is
+# decoded and reformatted once, not on every request. Bounded, so a client
+# inventing names cannot grow it; past the bound, names are reformatted each time.
+_HEADER_KEYS: dict[bytes, str] = {}
+_MAX_HEADER_KEYS = 512
+
+
+def _header_key(raw_name: bytes) -> str:
+    name = raw_name.decode("latin-1").upper().replace("-", "_")
+    key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
+    if len(_HEADER_KEYS) < _MAX_HEADER_KEYS:
+        _HEADER_KEYS[raw_name] = key
+    return key
+
+
+class ScopeEnviron(dict[str, Any]):
     """The WSGI keys the core reads (``REMOTE_ADDR``, ``HTTP_COOKIE``...) from a scope.
 
-    Built on first access only: a request that reads no flag never pays for
-    walking its headers. Resolvers get this mapping; ``environ["asgi.scope"]``
-    is the scope itself.
+    A plain dict once made, so the dozen reads a new visitor's flags make are
+    C calls, not a Python method each. Made on the first flag read (see
+    ``_ScopeFlags._environ``): a request that reads no flag never pays for
+    walking its headers. ``environ["asgi.scope"]`` and ``.scope`` are the scope.
     """
 
-    __slots__ = ("_data", "_hops", "scope")
+    __slots__ = ("scope",)
 
     def __init__(self, scope: Scope, hops: int = 0) -> None:
         self.scope = scope
-        self._hops = hops
-        self._data: dict[str, Any] | None = None
-
-    def _build(self) -> dict[str, Any]:
-        scope = self.scope
-        data: dict[str, Any] = {}
-        for raw_name, raw_value in scope.get("headers", ()):
-            name = raw_name.decode("latin-1").upper().replace("-", "_")
-            key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
-            value = raw_value.decode("latin-1")
-            if key in data:  # repeated headers are joined in order, never overwritten
-                value = data[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
-            data[key] = value
         client = scope.get("client")
         peer = client[0] if client else ""
-        trusted = request.forwarded_for(data.get("HTTP_X_FORWARDED_FOR"), self._hops)
         path: str = scope.get("path", "")
         root: str = scope.get("root_path", "")
         # Starlette's get_route_path: the root only at a segment boundary
@@ -246,13 +258,12 @@ class ScopeEnviron(Mapping[str, Any]):
         if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
             path = path[len(root) :]
         server = scope.get("server") or ("", 80)
-        data.update(
+        super().__init__(
             {
                 "REQUEST_METHOD": scope.get("method", "GET"),
                 "SCRIPT_NAME": root,
                 "PATH_INFO": path,
                 "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-                "REMOTE_ADDR": trusted or peer,
                 "SERVER_NAME": str(server[0]),
                 "SERVER_PORT": str(server[1]),
                 "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
@@ -261,31 +272,19 @@ class ScopeEnviron(Mapping[str, Any]):
                 "flagware.peer": peer,
             }
         )
-        self._data = data
-        return data
-
-    def _mapping(self) -> dict[str, Any]:
-        data = self._data
-        return data if data is not None else self._build()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._mapping().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._mapping()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._mapping())
-
-    def __len__(self) -> int:
-        return len(self._mapping())
+        keys = _HEADER_KEYS
+        for raw_name, raw_value in scope.get("headers", ()):
+            key = keys.get(raw_name) or _header_key(raw_name)
+            value = raw_value.decode("latin-1")
+            if key in self:  # repeated headers are joined in order, never overwritten
+                value = self[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
+            self[key] = value
+        trusted = request.forwarded_for(self.get("HTTP_X_FORWARDED_FOR"), hops)
+        self["REMOTE_ADDR"] = trusted or peer
 
     def wsgi(self, body: bytes = b"") -> dict[str, Any]:
         """A full WSGI environ (for the diagnostics app), with the peer's own address."""
-        environ = dict(self._mapping())
+        environ = dict(self)
         environ["REMOTE_ADDR"] = environ.pop("flagware.peer")
         environ.update(
             {

@@ -239,7 +239,7 @@ def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
         if status == 404:
             raise Http404("feature not available")
         return HttpResponse(status=status)
-    if flags is not None and getattr(flags._environ, "scope", None) is not None:
+    if flags is not None and getattr(flags, "_scope", None) is not None:
         # An ASGI request: Starlette and FastAPI answer their own HTTPException.
         try:
             from starlette.exceptions import HTTPException

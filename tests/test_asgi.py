@@ -550,7 +550,7 @@ def test_success_events_wait_for_the_status_and_a_quiet_request_builds_nothing(
         quiet = made[0]
         # Nothing read: the environ view of the scope was never built, nothing
         # held, and the status still recorded (a streamed body's events follow it).
-        assert "_scope_environ" not in vars(quiet)
+        assert "_environ" not in vars(quiet)
         assert quiet._held is None and quiet._status == status
         run_asgi(wrapped, http_scope("/signup"), [])
     finally:
