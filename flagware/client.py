@@ -33,6 +33,7 @@ from flagware.settings import (
     engine_choice,
     env,
     local_hash_key,
+    statsig_api_url,
 )
 from flagware.starts import Starts
 from flagware.visitors import Repeats, prepare_bot_rules
@@ -186,8 +187,7 @@ class Flagware:
             # newline, which http.client refuses in a header, echoing the secret.
             statsig_secret = statsig_secret.strip()
             key = check_statsig(statsig_secret, key)
-            api = (statsig_api or env("STATSIG_API") or DEFAULT_STATSIG_API).rstrip("/")
-            self.statsig_api: str | None = api
+            self.statsig_api: str | None = (api := statsig_api_url(statsig_api))
             if engine == "core":
                 from flagware.engine.core import CoreStatsigEngine
 

@@ -11,6 +11,7 @@ import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from flagware.events.store import Store, redact
 
@@ -212,3 +213,79 @@ def local_hash_key(store: Store, location: str, *, shared: bool) -> str:
         path,
     )
     return key
+
+
+_warned_apis: set[str] = set()  # base URLs without /v1 this process has warned of
+
+
+def shown_url(url: str) -> str:
+    """``url`` for messages: whatever precedes an ``@`` after the scheme (a login,
+    or part of a password with an unencoded ``/``) becomes ``***``."""
+    scheme, sep, rest = url.partition("//")
+    if not sep:
+        scheme, rest = "", url
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return scheme + sep + rest
+
+
+def statsig_api_problem(api: str) -> str | None:
+    """What makes ``api`` no base URL for Statsig's API, or None.
+
+    Unchecked, ``127.0.0.1:18080`` (no scheme) or ``http//x`` failed with a bare
+    ValueError from deep inside delivery, or, where nothing is delivered (tests),
+    at the SDK's first download, logged and served as defaults.
+    """
+    if not api.isprintable() or any(c.isspace() for c in api):
+        return "it has spaces or control characters"
+    try:
+        parts = urlsplit(api)
+    except ValueError as exc:  # "Invalid IPv6 URL": nothing of the value in it
+        return str(exc)
+    try:
+        parts.port  # noqa: B018 (raises for a port that is no number)
+    except ValueError:  # its message quotes the "port": maybe half a password
+        return "its port is not a number (encode / and @ in a login as %2F and %40)"
+    if parts.scheme not in ("http", "https"):
+        return "it must start with http:// or https://"
+    if not parts.hostname:
+        return "it has no host"
+    if parts.query or parts.fragment:  # every SDK appends paths to it
+        return "it must be a base URL, without ? or #"
+    return None
+
+
+def statsig_api_url(given: str | None) -> str:
+    """The Statsig API base URL: ``given`` (``statsig_api=``), else ``STATSIG_API``,
+    else Statsig's own; a ConfigurationError naming the option and the value
+    (without any login in it) when it is no http(s) base URL.
+
+    A path that does not end in ``/v1`` is warned of, once a process, not
+    refused: a proxy may map paths of its own to Statsig's.
+    """
+    name = "statsig_api" if given else "STATSIG_API"
+    api = (given or env("STATSIG_API") or DEFAULT_STATSIG_API).strip().rstrip("/")
+    problem = statsig_api_problem(api)
+    if problem is not None:
+        raise ConfigurationError(
+            f"{name} must be Statsig's API base URL, such as {DEFAULT_STATSIG_API}, not"
+            f" {shown_url(api)!r}: {problem}"
+        )
+    # Both engines and delivery append Statsig's v1 paths to the base
+    # (download_config_specs, log_event; Core's v2 specs path replaces the /v1),
+    # so a base without it 404s on every request to Statsig or a relay.
+    if not urlsplit(api).path.endswith("/v1") and api not in _warned_apis:
+        _warned_apis.add(api)
+        shown = shown_url(api)
+        log.warning(
+            "flagware: %s %s does not end in /v1: specs are asked of %s/download_config_specs"
+            " and events sent to %s/log_event, which Statsig's API (%s) and its relays serve"
+            " under /v1; unless a proxy there rewrites paths, no specs load (defaults are"
+            " served) and every event batch is refused and parked",
+            name,
+            shown,
+            shown,
+            shown,
+            DEFAULT_STATSIG_API,
+        )
+    return api

@@ -652,6 +652,21 @@ def test_check_statsig_without_a_hash_key(monkeypatch: pytest.MonkeyPatch) -> No
     assert check_ids(FLAGWARE={}) == []
 
 
+def test_check_a_statsig_api_flagware_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, spec_file: Path
+) -> None:
+    settings = {"statsig_secret": "secret-x", "hash_key": "k"}
+    assert check_ids(FLAGWARE={**settings, "statsig_api": "127.0.0.1:18080"}) == ["flagware.E005"]
+    monkeypatch.setenv("STATSIG_API", "http//relay")
+    with override_settings(FLAGWARE=settings):
+        [error] = checks.check_settings()
+    assert error.id == "flagware.E005" and "STATSIG_API" in error.msg and "http//relay" in error.msg
+    monkeypatch.setenv("STATSIG_API", "http://relay:8080/v1")
+    assert check_ids(FLAGWARE=settings) == []
+    monkeypatch.setenv("STATSIG_API", "http//relay")
+    assert check_ids(FLAGWARE={"spec": spec_file}) == []  # local: the API is not read
+
+
 def test_check_missing_spec(tmp_path: Path) -> None:
     with override_settings(FLAGWARE={"spec": tmp_path / "nope.toml"}):
         [error] = checks.check_settings()

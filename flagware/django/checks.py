@@ -31,10 +31,13 @@ from flagware.django import conf
 from flagware.settings import (
     CHECKED_DEFAULTS,
     DEFAULT_SPEC,
+    DEFAULT_STATSIG_API,
     ConfigurationError,
     check_secret,
     engine_choice,
     option_problems,
+    shown_url,
+    statsig_api_problem,
 )
 from flagware.settings import env as _env
 from flagware.spec import SpecError, did_you_mean, load_spec
@@ -97,7 +100,7 @@ def check_settings(
     if spec is None and secret is None:
         secret = _env("STATSIG_SERVER_SECRET")  # as Flagware(...) decides
     if secret is not None:
-        errors += _check_hash_key(options)
+        errors += _check_hash_key(options) + _check_api(options.get("statsig_api"))
     else:
         errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
     return errors
@@ -144,6 +147,27 @@ def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:
             hint=f"set FLAGWARE_HASH_KEY or settings.{conf.SETTING}['hash_key'] to a long "
             "random secret (python -c 'import secrets; print(secrets.token_hex(32))')",
             id="flagware.E001",
+        )
+    ]
+
+
+def _check_api(given: Any) -> list[CheckMessage]:
+    """E005 for a Statsig API base URL Flagware(...) would refuse."""
+    if given is not None and not isinstance(given, str):
+        problem: str | None = f"statsig_api must be a string, not {given!r}"
+    else:
+        name = "statsig_api" if given else "STATSIG_API"
+        api = (given or _env("STATSIG_API") or DEFAULT_STATSIG_API).strip().rstrip("/")
+        problem = statsig_api_problem(api)
+        if problem is not None:
+            problem = f"{name} is not an http(s) base URL ({shown_url(api)!r}): {problem}"
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"settings.{conf.SETTING}: {problem}",
+            hint=f"Statsig's is {DEFAULT_STATSIG_API}; a relay's ends in /v1 too",
+            id="flagware.E005",
         )
     ]
 
