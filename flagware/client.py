@@ -36,6 +36,7 @@ from flagware.settings import (
     statsig_api_url,
 )
 from flagware.starts import Starts
+from flagware.startup import announce
 from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
@@ -131,6 +132,7 @@ class Flagware:
             max_queue=max_queue,
         )
         engine = engine_choice(engine)
+        spec_given = spec is not None
         if spec is None and statsig_secret is None:
             statsig_secret = env("STATSIG_SERVER_SECRET")
         if statsig_secret is None and spec is None:
@@ -240,6 +242,7 @@ class Flagware:
         _live_clients.add(self)
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
+        announce(self, spec=spec, spec_given=spec_given)
         if _flags.overrides.unchecked:  # a test overrode flags before any client existed
             _flags.overrides.check_unchecked()
         self._prepare()

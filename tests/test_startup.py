@@ -1,9 +1,12 @@
-"""The Statsig API base URL a client accepts (flagware/settings.py): a new
-user's trial of Statsig mode found any STATSIG_API taken."""
+"""What a client says as it is made (flagware/startup.py), and the Statsig API
+base URL it accepts (flagware/settings.py): a new user's trial of Statsig mode
+could not tell from the log which mode and SDK a process ran, ran the local
+spec without a word while a secret was set, and took any STATSIG_API."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,9 @@ from flagware import settings as flagware_settings
 from flagware.events.model import Event
 from flagware.testing import isolate
 from tests.statsig_stub import StatsigStub
+
+SDK = {"legacy": "the legacy statsig SDK", "core": "Statsig's Core SDK"}
+ENGINE = os.environ.get("FLAGWARE_ENGINE") or "legacy"  # CI runs the suite on both
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +42,97 @@ def said(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
 def statsig(tmp_path: Path, **options: Any) -> Flagware:
     options = {"statsig_secret": "secret-test", "init_timeout": 1, **options}
     return Flagware(hash_key="k", event_store=tmp_path / "outbox.db", **options)
+
+
+# -- the line that says which mode and SDK ------------------------------------
+
+
+def test_the_local_spec_is_named_with_its_sdk_in_one_info_line(
+    make_client: Any, spec_file: Path, logged: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    fw = make_client()
+    assert said(logged, logging.INFO) == [
+        f"flagware: flags from the local spec {spec_file}, evaluated by {SDK[fw.engine_sdk]};"
+        f" events stored in {tmp_path / 'events.db'}"
+    ]
+    assert said(logged, logging.WARNING) == []
+
+
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_statsig_is_named_with_its_api_and_sdk_and_no_secret(
+    tmp_path: Path, logged: pytest.LogCaptureFixture, engine: str
+) -> None:
+    with StatsigStub() as stub:
+        api = stub.url.replace("http://", "http://relay:pw@")  # a login: never shown
+        with statsig(tmp_path, statsig_api=api, engine=engine) as fw:
+            fw.log(Event("clicked", {"userID": "u"}))
+        shown = stub.url.replace("http://", "http://***@")
+        assert said(logged, logging.INFO)[0] == (
+            f"flagware: flags from Statsig at {shown}, evaluated by {SDK[engine]}; events"
+            f" stored in {tmp_path / 'outbox.db'} and delivered to Statsig"
+        )
+    text = "\n".join(logged.messages)
+    assert "secret-test" not in text and "pw" not in text
+
+
+def test_under_isolation_the_line_says_nothing_is_delivered(
+    tmp_path: Path, logged: pytest.LogCaptureFixture
+) -> None:
+    with isolate(), statsig(tmp_path, statsig_api="http://127.0.0.1:9/v1", init_timeout=0):
+        pass
+    [line] = said(logged, logging.INFO)
+    assert line.endswith("(isolated for tests: nothing is delivered)"), line
+
+
+# -- a secret set and ignored -------------------------------------------------
+
+
+def test_an_explicit_spec_beside_the_secret_warns_that_the_secret_is_ignored(
+    make_client: Any,
+    spec_file: Path,
+    logged: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-from-env")
+    assert make_client().engine_name == "local"  # explicit arguments still win
+    [warning] = said(logged, logging.WARNING)
+    assert warning.startswith("flagware: STATSIG_SERVER_SECRET is set but ignored")
+    assert str(spec_file) in warning and "leave the spec out" in warning
+    assert "secret-from-env" not in "\n".join(logged.messages)
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_secret_warns_that_it_is_ignored_for_the_local_spec(
+    tmp_path: Path,
+    spec_file: Path,
+    logged: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    blank: str,
+) -> None:
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", blank)
+    monkeypatch.setenv("FLAGWARE_SPEC", str(spec_file))
+    with Flagware.from_env(hash_key="k", event_store=tmp_path / "e.db") as fw:
+        assert fw.engine_name == "local"
+    assert said(logged, logging.WARNING) == [
+        "flagware: STATSIG_SERVER_SECRET is set but empty, so it is ignored and flags come"
+        f" from the local spec {spec_file}; set it to the server secret to use Statsig, or"
+        " unset it"
+    ]
+
+
+def test_no_secret_warning_where_it_is_not_ignored_or_under_isolation(
+    make_client: Any,
+    tmp_path: Path,
+    spec_file: Path,
+    logged: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "")
+    make_client()  # an empty variable beside an explicit spec: nothing was meant by it
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-ci")
+    with isolate():  # tests with spec= where CI has a secret: the normal case
+        Flagware(spec=spec_file).close()
+    assert said(logged, logging.WARNING) == []
 
 
 # -- STATSIG_API ----------------------------------------------------------------
