@@ -38,10 +38,26 @@ def default_store() -> str:
     return _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
 
 
+class _Given(argparse.Action):
+    """Stores the value and that it was given: ``flagware check`` must tell a
+    ``--spec`` the user named from the default the app would not read."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
+
+
 def add_spec_argument(parser: argparse.ArgumentParser, *, read: bool = True) -> None:
     unused = "; not read by this command" if not read else ""
     parser.add_argument(
         "--spec",
+        action=_Given,
         metavar="PATH",
         default=default_spec(),
         help=f"the local spec file (default: $FLAGWARE_SPEC or {DEFAULT_SPEC}{unused})",
@@ -169,7 +185,8 @@ def build_parser(
     prog: str = "flagware", defaults: Mapping[str, str] | None = None, source: str = ""
 ) -> argparse.ArgumentParser:
     """The command's parser; ``defaults`` replace the ``--spec``/``--store``
-    defaults (keys ``spec``, ``store``), their help naming ``source``."""
+    defaults (keys ``spec``, ``store``), their help naming ``source``; key
+    ``statsig`` names the setting that puts the app on Statsig."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Feature gates, experiments and events for Python web apps.",
@@ -229,6 +246,9 @@ def build_parser(
             add_spec_argument(command, read=False)
         if name != "demo" and defaults:
             _replace_defaults(command, defaults, source)
+            # Settings that name a spec choose it as spec= does; "statsig" names
+            # the setting that selects Statsig instead (manage.py flagware).
+            command.set_defaults(spec_given="spec" in defaults, statsig=defaults.get("statsig"))
     return parser
 
 

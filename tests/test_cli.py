@@ -391,3 +391,31 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
         " be checked and blocks the launch",
     ]
     assert "is valid (0 gates, 1 experiment, 3 metrics)" in out.out
+
+
+def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
+    tmp_path: Any, spec_file: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """As Django's check (E002 only without a secret): `flagware check` exited 2,
+    "spec file not found", for an app that reads its flags from Statsig."""
+    (tmp_path / "app").mkdir()
+    monkeypatch.chdir(tmp_path / "app")  # no flagware.toml here
+    for name in ("FLAGWARE_SPEC", "FLAGWARE_EVENT_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-abc")
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out == (
+        "flagware check: STATSIG_SERVER_SECRET is set, so the app reads its flags from"
+        " Statsig: there is no local spec to check (no flagware.toml; --spec PATH checks one)\n"
+    )
+    # Named, a spec is checked as before, and so is one that is there.
+    assert main(["check", "--spec", "flagware.toml"]) == 2
+    assert "spec file not found" in capsys.readouterr().err
+    monkeypatch.setenv("FLAGWARE_SPEC", str(spec_file))
+    assert main(["check"]) == 0
+    assert "is valid" in capsys.readouterr().out
+    # Without a secret (an empty one is none), a missing spec is an error.
+    monkeypatch.delenv("FLAGWARE_SPEC")
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", " ")
+    assert main(["check"]) == 2
+    assert "spec file not found" in capsys.readouterr().err

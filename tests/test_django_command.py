@@ -84,6 +84,28 @@ def test_a_key_left_out_of_the_settings_falls_back_as_the_client_does(
     assert capsys.readouterr().out.count('"visited_signup"') == 3
 
 
+def test_check_on_statsig_settings_with_no_spec_file_has_none_to_check(
+    elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """As the system check decides (E002 only without a secret)."""
+    monkeypatch.delenv("STATSIG_SERVER_SECRET", raising=False)
+    with override_settings(FLAGWARE={"statsig_secret": "secret-x", "hash_key": "k"}):
+        call_command("flagware", "check")  # exit 0: no CommandError
+    assert capsys.readouterr().out.startswith(
+        "flagware check: settings.FLAGWARE['statsig_secret'] is set, so the app reads its"
+        " flags from Statsig"
+    )
+    # A spec in the settings is what the app reads, secret or not: it is checked.
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-x")
+    with (
+        override_settings(FLAGWARE={"spec": elsewhere / "missing.toml"}),
+        pytest.raises(CommandError) as raised,
+    ):
+        call_command("flagware", "check")
+    assert raised.value.returncode == 2
+    assert "spec file not found" in capsys.readouterr().err
+
+
 def test_bad_input_keeps_the_commands_exit_code_and_message(
     tmp_path: Path, elsewhere: Path, capsys: Any
 ) -> None:

@@ -52,6 +52,9 @@ def flagware_defaults() -> dict[str, str]:
                 returncode=cli.EXIT_BAD_INPUT,
             )
         defaults[dest] = os.fspath(value)
+    secret = settings.get("statsig_secret")
+    if "spec" not in defaults and isinstance(secret, str) and secret.strip():
+        defaults["statsig"] = f"settings.{SETTING}['statsig_secret']"  # `check` says so
     return defaults
 
 
