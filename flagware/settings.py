@@ -149,7 +149,9 @@ def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
             "the Statsig engine needs a hash key, so the same visitor gets the same "
             "userID in every process and nothing reversible is sent: set "
             "FLAGWARE_HASH_KEY (e.g. `python -c 'import secrets; "
-            "print(secrets.token_hex(32))'`) or pass hash_key="
+            "print(secrets.token_hex(32))'`) or pass hash_key=; moving from the local "
+            "engine, its key keeps every visitor's userID: the file hash_key beside its "
+            'event store (FLAGWARE_HASH_KEY="$(cat .flagware/hash_key)")'
         )
     return hash_key
 

@@ -67,8 +67,10 @@ def test_from_env_without_a_secret_uses_the_local_spec(
 
 
 def test_statsig_without_a_hash_key_refuses_to_start(tmp_path: Any) -> None:
-    with pytest.raises(ConfigurationError, match="FLAGWARE_HASH_KEY"):
+    with pytest.raises(ConfigurationError, match="FLAGWARE_HASH_KEY") as raised:
         Flagware(statsig_secret="secret-x", event_store=tmp_path / "e.db")
+    # A fresh key would give every visitor a new userID: the local engine's keeps them.
+    assert '(FLAGWARE_HASH_KEY="$(cat .flagware/hash_key)")' in str(raised.value)
 
 
 def test_statsig_secret_must_be_a_server_secret(tmp_path: Any) -> None:

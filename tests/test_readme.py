@@ -9,6 +9,9 @@ says how to run it when it is not a plain script:
 - ``<!-- readme-test: django-settings -->``: a settings.py fragment;
 - ``<!-- readme-test: django-demo -->``: tests run by Django's runner against
   ``examples/django_demo`` (with the README's ``FlagwareRunner``);
+- ``<!-- readme-test: hash-key-switch -->``: a shell block run by bash in an
+  app's folder where the local engine made its key, before the same app
+  starts on a loopback Statsig: each visitor must keep their userID;
 - ``<!-- readme-test: skip REASON -->``: not run.
 
 TOML blocks must be valid specs; every ``flagware ...`` line of a shell block
@@ -209,3 +212,46 @@ def test_django_templates_compile(block: Block, sandbox: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+# Serves one visitor's userID, on whichever engine the environment selects.
+USER_ID_APP = """
+from werkzeug.test import Client
+from flagware import Flagware, FlagwareMiddleware, current_flags
+
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [current_flags().user_id.encode()]
+
+with Flagware.from_env(init_timeout=1, shutdown_timeout=1) as fw:
+    visitor = {"REMOTE_ADDR": "198.51.100.7"}
+    print(fw.engine_name, Client(FlagwareMiddleware(app, fw)).get("/", environ_base=visitor).text)
+"""
+
+
+SWITCH = [b for b in BLOCKS if b.mode == "hash-key-switch"]
+
+
+def test_the_readme_says_how_to_keep_user_ids_moving_to_statsig() -> None:
+    assert SWITCH and "FLAGWARE_HASH_KEY" in SWITCH[0].code
+
+
+@pytest.mark.parametrize("block", SWITCH, ids=str)
+def test_switching_to_statsig_as_written_keeps_each_visitors_user_id(
+    block: Block, tmp_path: Path
+) -> None:
+    from tests.statsig_stub import StatsigStub
+
+    app = tmp_path / "app"
+    app.mkdir()
+    spec = next(b for b in BLOCKS if b.lang == "toml" and "[gates." in b.code)
+    (app / "flagware.toml").write_text(spec.code)
+    local = run([sys.executable, "-c", USER_ID_APP], app)
+    assert local.returncode == 0, local.stderr
+    engine, user_id = local.stdout.split()
+    assert engine == "local" and (app / ".flagware" / "hash_key").exists()
+    with StatsigStub() as stub:
+        script = f"{block.code}\nexec {shlex.quote(sys.executable)} -c {shlex.quote(USER_ID_APP)}\n"
+        switched = run(["bash", "-euc", script], app, STATSIG_API=stub.url)
+    assert switched.returncode == 0, switched.stderr
+    assert switched.stdout.split() == ["statsig", user_id]
