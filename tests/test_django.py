@@ -645,6 +645,10 @@ def test_the_test_settings_pass_every_check() -> None:
 def test_check_statsig_without_a_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLAGWARE_HASH_KEY", raising=False)
     assert check_ids(FLAGWARE={"statsig_secret": "secret-x"}) == ["flagware.E001"]
+    with override_settings(FLAGWARE={"statsig_secret": "secret-x"}):
+        (error,) = checks.check_settings()
+    # The local engine's key keeps the userIDs a move to Statsig would otherwise change.
+    assert ".flagware/hash_key" in str(error.hint)
     monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-from-env")
     assert check_ids(FLAGWARE={}) == ["flagware.E001"]
     assert check_ids(FLAGWARE={"hash_key": "k"}) == []

@@ -145,7 +145,9 @@ def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:
             "the Statsig engine needs a hash key: without it userIDs differ between "
             "processes and the hashed IPs are not secret",
             hint=f"set FLAGWARE_HASH_KEY or settings.{conf.SETTING}['hash_key'] to a long "
-            "random secret (python -c 'import secrets; print(secrets.token_hex(32))')",
+            "random secret (python -c 'import secrets; print(secrets.token_hex(32))'); "
+            "moving from the local engine, its key keeps every visitor's userID: the file "
+            "hash_key beside its event store (.flagware/hash_key by default)",
             id="flagware.E001",
         )
     ]
