@@ -77,6 +77,43 @@ def test_specs_are_served_and_events_and_exposures_arrive(stub: Any, tmp_path: A
     assert headers["STATSIG-API-KEY"] == "secret-test"
 
 
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_batches_name_the_sdk_that_evaluated_them(stub: Any, tmp_path: Any, engine: str) -> None:
+    """Statsig files exposures by the SDK that sent them: the Core engine's
+    batches said "py-server" with the legacy SDK's version. They name Core as
+    Core's own log_event does, and flagware's version beside it."""
+    import importlib.metadata
+
+    import flagware
+
+    if engine == "core":
+        pytest.importorskip("statsig_python_core")
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        engine=engine,  # type: ignore[arg-type]
+    )
+    try:
+        Client(FlagwareMiddleware(seed_view, fw)).get("/")
+    finally:
+        fw.close()
+    package, sdk_type = {
+        "legacy": ("statsig", "py-server"),
+        "core": ("statsig-python-core", "statsig-server-core-python"),
+    }[engine]
+    expected = (sdk_type, importlib.metadata.version(package))
+    assert stub.received
+    for batch in stub.received:
+        assert (batch.metadata["sdkType"], batch.metadata["sdkVersion"]) == expected
+        assert batch.metadata["flagwareVersion"] == flagware.__version__
+        headers = batch.headers
+        assert (headers["STATSIG-SDK-TYPE"], headers["STATSIG-SDK-VERSION"]) == expected
+        assert f"statsig-sdk-type/{sdk_type} " in headers["User-Agent"]
+        assert headers["User-Agent"].startswith(f"flagware/{flagware.__version__} ")
+
+
 def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> None:
     with StatsigStub() as dead:
         url = dead.url

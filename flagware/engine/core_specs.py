@@ -32,7 +32,6 @@ log = logging.getLogger("flagware")
 SYNC_INTERVAL = 10.0  # seconds between downloads: Core's own default (specs_sync_interval_ms)
 SYNC_TIMEOUT = 10.0  # seconds a background download may take
 POLL_MS = 1000  # how often Core reads the store (memory only; Core polls no faster)
-CORE_SDK_TYPE = "statsig-server-core-python"  # the specs are Core's, as its own request says
 
 
 # Where Core (and Statsig's other SDKs, in v1) download specs by default: a CDN,
@@ -64,9 +63,11 @@ class SpecsDownload:
         self._endpoint = Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
         self._headers = self._endpoint.headers | {
             "Accept-Encoding": "gzip",
-            "User-Agent": wire.USER_AGENT,
+            # The specs are Core's, as its own request says.
+            "User-Agent": wire.CORE.user_agent,
             "STATSIG-API-KEY": secret,
-            "STATSIG-SDK-TYPE": CORE_SDK_TYPE,
+            "STATSIG-SDK-TYPE": wire.CORE.type,
+            "STATSIG-SDK-VERSION": wire.CORE.version,
         }
         self.interval = SYNC_INTERVAL
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock

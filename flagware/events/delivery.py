@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 
 from flagware.events.endpoint import Endpoint, http_problem
 from flagware.events.leases import DEFAULT_LEASE
-from flagware.events.runtime import Runtime
+from flagware.events.runtime import Runtime, log_failure
 from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.wire import Sender, headers
+from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
@@ -93,6 +93,7 @@ class Delivery:
         retry_max: float = 60.0,  # backoff cap
         poll_interval: float = 2.0,  # idle re-check for other processes' leftovers
         on_error: Callable[[BaseException, str], None] | None = None,
+        sdk: str = "legacy",  # the engine's SDK (Engine.sdk): batches name it, wire.SDKS
     ) -> None:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -120,7 +121,8 @@ class Delivery:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.poll_interval = poll_interval
-        self.on_error = on_error
+        self._report = on_error or log_failure
+        self.sdk = SDKS[sdk]
         self._start_lock = threading.Lock()
         self._rt: Runtime | None = None
         self._closed_pid = -1
@@ -360,10 +362,10 @@ class Delivery:
                 rt.inflight -= 1
 
     def _send(self, rt: Runtime, sender: Sender, batch: Batch) -> None:
-        body = wire_body(batch.payloads, rt.session_id)
+        body = wire_body(batch.payloads, rt.session_id, self.sdk)
         try:
             status, reply, retry_after = sender.post(
-                body, headers(self.secret, rt.session_id, batch.attempts, len(batch))
+                body, headers(self.secret, rt.session_id, batch.attempts, len(batch), self.sdk)
             )
         except (OSError, http.client.HTTPException) as exc:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
@@ -415,9 +417,3 @@ class Delivery:
                 problem,
                 self._where,
             )
-
-    def _report(self, exc: BaseException, where: str) -> None:
-        if self.on_error is not None:
-            self.on_error(exc, where)
-        else:
-            log.error("flagware: %s failed", where, exc_info=exc)

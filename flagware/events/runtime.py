@@ -6,6 +6,7 @@ that delivers, and never used in another: after a fork the child makes its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -20,6 +21,13 @@ from flagware.events.store.base import FAILURE_KEY
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
+
+log = logging.getLogger("flagware")
+
+
+def log_failure(exc: BaseException, where: str) -> None:
+    """Where a delivery made without ``on_error`` reports what failed inside it."""
+    log.error("flagware: %s failed", where, exc_info=exc)
 
 
 class Runtime:
