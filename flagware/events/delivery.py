@@ -342,6 +342,7 @@ class Delivery:
             rt.wake.clear()
             batch = rt.leases.claim(rt.batch_size)
             if batch is None:
+                rt.idle()  # after failures: maybe another process delivered meanwhile
                 return False
             if len(batch) + batch.expired >= rt.batch_size:
                 rt.wake.set()  # probably more behind it: let the other threads in
@@ -372,8 +373,7 @@ class Delivery:
             return
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)  # clears the store's last failure too
-            if rt.succeeded():
-                log.info("flagware: Statsig delivery recovered")
+            rt.delivered()
         elif status in RETRIED or status >= 500:
             problem = http_problem(status, self._endpoint.route)
             self._retry(rt, batch, problem, retry_after, status in RETRIED_REFUSALS)
@@ -391,6 +391,9 @@ class Delivery:
         self, rt: Runtime, batch: Batch, problem: str, after: float | None, refused: bool = False
     ) -> None:
         rt.leases.release(batch, failed=True)
+        # Recorded first: a thread of this process finding nothing to claim takes
+        # a failure whose record is missing as another process's delivery since.
+        rt.note_failure(problem)
         if rt.failed(after, problem, refused):
             log.warning(
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
@@ -398,7 +401,6 @@ class Delivery:
                 problem,
                 self._where,
             )
-        rt.note_failure(problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
