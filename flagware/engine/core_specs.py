@@ -23,6 +23,7 @@ import threading
 from typing import NamedTuple
 from urllib.parse import quote
 
+from flagware.engine.specs_log import SpecsLog
 from flagware.events import wire
 from flagware.events.endpoint import Endpoint, http_problem, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
@@ -71,8 +72,7 @@ class SpecsDownload:
         }
         self.interval = SYNC_INTERVAL
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
-        self.failures = 0  # downloads that failed, this process
-        self._failing = False
+        self.log = SpecsLog(self.base)
         self._late = False  # the first download outlasted the wait for it
         self._first_lock = threading.Lock()
         self._stop = threading.Event()
@@ -83,27 +83,20 @@ class SpecsDownload:
         try:
             found = self._download(timeout)
         except Exception as exc:
-            self.failures += 1
-            if not self._failing:  # once per outage: the count says the rest
-                self._failing = True
-                log.warning(
-                    "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
-                    " a download works",
-                    self.base,
-                    self._endpoint.route,
-                    exc,
-                    "the last ones" if self.specs is not None else "defaults",
-                )
+            self.log.failed(str(exc), have_specs=self.specs is not None, route=self._endpoint.route)
             return False
-        if self._failing:
-            self._failing = False
-            log.info("flagware: Statsig specs download from %s works again", self.base)
+        self.log.worked()
         last = self.specs
         # The same specs again (a proxy that ignores sinceTime) stay the same
         # object, which Core's store hands over once.
         if found is not None and not (last is not None and found.time and found.time == last.time):
             self.specs = found
         return True
+
+    @property
+    def failures(self) -> int:
+        """Downloads that failed, this process."""
+        return self.log.failures
 
     def _download(self, timeout: float) -> Specs | None:
         """The specs if they changed since the last download, else None; raises on failure."""
