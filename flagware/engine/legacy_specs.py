@@ -26,7 +26,6 @@ from statsig.evaluation_details import DataSource
 from statsig.statsig_server import StatsigServer
 
 from flagware.engine.specs_log import SpecsLog
-from flagware.events.endpoint import http_problem
 
 SDK_LOGGER = "statsig.sdk"  # statsig/statsig_telemetry_logger.py TELEMETRY_PREFIX
 _FAILED_REQUEST = re.compile(r"Request to (\S+) failed with error ")
@@ -123,6 +122,10 @@ def describe(error: BaseException | None, final: str, secret: str) -> str:
     """A failed download's cause, short, and without the secret (the SDK's errors
     carry the URL, whose last part is the secret)."""
     if isinstance(error, requests.HTTPError) and error.response is not None:
+        # Here, not at the top: endpoint imports ssl, which `import flagware` must
+        # not (uWSGI's Python could not load the venv's _ssl: no app started).
+        from flagware.events.endpoint import http_problem
+
         text = http_problem(error.response.status_code)
     elif isinstance(error, (requests.Timeout, concurrent.futures.TimeoutError, TimeoutError)):
         text = "timed out"
