@@ -223,6 +223,7 @@ class Flagware:
                 secret=statsig_secret,
                 api=self.statsig_api or DEFAULT_STATSIG_API,
                 on_error=self.report,
+                sdk=self.engine.sdk,
                 **(delivery_options or {}),
             )
         self.writer = EventWriter(

@@ -21,7 +21,8 @@ Faults (all thread-safe, all may be combined):
 - ``drop_next_responses(n)``: record the batch, then close the connection
   without answering (the one case that can make a client send twice);
 - ``blackhole_for(seconds)``: read the request, never record or answer, close
-  after ``seconds`` (a request lost on the way).
+  after ``seconds`` (a request lost on the way);
+- ``specs_status``: answer every specs request (v1 and v2) with this status.
 
 Use it as a context manager, through the ``statsig_stub`` fixture, or as a
 separate process: ``python tests/statsig_stub.py`` prints its base URL.
@@ -82,7 +83,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         stub = self.server.stub
-        if self.path.startswith("/v1/download_config_specs/"):
+        if "/download_config_specs/" in self.path and stub.specs_status is not None:
+            stub.spec_failures += 1
+            self._reply(stub.specs_status, {"error": "injected failure"})
+        elif self.path.startswith("/v1/download_config_specs/"):
             if stub.secret is not None and f"/{stub.secret}.json" not in self.path:
                 self._reply(401, {"message": "Invalid key provided"})
                 return
@@ -160,6 +164,8 @@ class StatsigStub:
         self.dcs: dict[str, Any] = dcs if dcs is not None else _empty_dcs()
         self.latency = 0.0
         self.specs_latency = 0.0  # seconds before a v2 specs answer
+        self.specs_status: int | None = None  # set: every specs request (v1, v2) gets it
+        self.spec_failures = 0  # specs requests answered with specs_status
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)

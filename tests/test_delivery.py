@@ -257,6 +257,49 @@ def test_the_last_failure_is_kept_until_a_batch_is_delivered_by_any_process(
     assert (stats.delivered, stats.backlog, stats.last_failure) == (5, 0, None)
 
 
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_a_worker_whose_backlog_another_drained_logs_its_next_outage(
+    pipeline: Callable[..., Pipeline], stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers sharing a store: one logs "delivery failed", another delivers its
+    backlog. The first never sent again itself, so it never logged a recovery,
+    and its next outage was silent: only a first failure in a row is logged."""
+    caplog.set_level(logging.INFO, logger="flagware")
+
+    def lines(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    # A backoff of 1.5-3 s: the other worker drains the backlog before it ends.
+    _store, writer, first = pipeline(concurrency=1, retry_min=3, retry_max=3, poll_interval=0.1)
+    stub.fail_next(1, 503)
+    logged = log_many(writer, 5, "a")
+    writer.flush()
+    assert _until(lambda: bool(lines("delivery failed")))
+    other = pipeline(concurrency=1)[2]
+    assert other.drain(5)
+    other.close()
+    assert _until(lambda: bool(lines("recovered")))
+    [recovered] = lines("recovered")
+    assert "delivered by another process" in recovered
+    assert first.problem() is None
+
+    stub.fail_next(1, 503)  # the next outage, met by the first worker alone
+    logged += log_many(writer, 5, "b")
+    writer.flush()
+    assert _until(lambda: len(lines("delivery failed")) == 2)
+    assert "HTTP 503" in lines("delivery failed")[1]
+    assert first.drain(10)
+    assert_exact(stub, logged)
+
+
 def test_a_refusal_ends_a_drain_and_says_so_at_close(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -75,6 +77,102 @@ def test_specs_are_served_and_events_and_exposures_arrive(stub: Any, tmp_path: A
     assert config["metadata"]["rulePassed"] == "true"
     headers = stub.received[0].headers
     assert headers["STATSIG-API-KEY"] == "secret-test"
+
+
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_batches_name_the_sdk_that_evaluated_them(stub: Any, tmp_path: Any, engine: str) -> None:
+    """Statsig files exposures by the SDK that sent them: the Core engine's
+    batches said "py-server" with the legacy SDK's version. They name Core as
+    Core's own log_event does, and flagware's version beside it."""
+    import importlib.metadata
+
+    import flagware
+
+    if engine == "core":
+        pytest.importorskip("statsig_python_core")
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        engine=engine,  # type: ignore[arg-type]
+    )
+    try:
+        Client(FlagwareMiddleware(seed_view, fw)).get("/")
+    finally:
+        fw.close()
+    package, sdk_type = {
+        "legacy": ("statsig", "py-server"),
+        "core": ("statsig-python-core", "statsig-server-core-python"),
+    }[engine]
+    expected = (sdk_type, importlib.metadata.version(package))
+    assert stub.received
+    for batch in stub.received:
+        assert (batch.metadata["sdkType"], batch.metadata["sdkVersion"]) == expected
+        assert batch.metadata["flagwareVersion"] == flagware.__version__
+        headers = batch.headers
+        assert (headers["STATSIG-SDK-TYPE"], headers["STATSIG-SDK-VERSION"]) == expected
+        assert f"statsig-sdk-type/{sdk_type} " in headers["User-Agent"]
+        assert headers["User-Agent"].startswith(f"flagware/{flagware.__version__} ")
+
+
+def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
+    stub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a Statsig outage the legacy SDK logged a 400-character warning at
+    each failed spec download (every 10 s, in every worker) while flagware said
+    nothing of the last specs it served, nor of the recovery. Now: one line each
+    way, as on Core, failures counted, and the SDK's warning once per outage."""
+    from statsig import globals as sdk_globals
+
+    # The SDK mutes its own logger when unittest is imported (pytest imports it).
+    monkeypatch.setattr(sdk_globals.logger.logger, "_disabled", False)
+    caplog.set_level(logging.INFO)
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        engine="legacy",
+    )
+    engine: Any = fw.engine
+    engine.sync_interval = 0.1
+    http = Client(FlagwareMiddleware(seed_view, fw))
+    try:
+        assert http.get("/").text.startswith("True ")  # the downloaded specs
+        specs = engine.specs
+        for outage in (1, 2):
+            stub.specs_status = 500
+            _until(lambda n=4 * outage: stub.spec_failures >= n and specs.failures >= n)
+            assert http.get("/").text.startswith("True ")  # the last specs, still
+            stub.specs_status = None
+            _until(lambda: not specs.failing)
+        for _ in range(2):  # anything else the SDK says is left alone
+            sdk_globals.logger.warning("Request to http://elsewhere/v1/x failed with error E")
+    finally:
+        fw.close()
+
+    ours = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    ours = [line for line in ours if "Statsig specs" in line]
+    assert len(ours) == 4, ours
+    for failed, recovered in (ours[0:2], ours[2:4]):
+        assert failed.startswith(f"flagware: could not download Statsig specs from {stub.url}/")
+        assert "(HTTP 500); serving the last ones until a download works" in failed
+        assert recovered == (
+            f"flagware: Statsig specs download from {stub.url}/download_config_specs works again"
+        )
+    sdk = [r for r in caplog.records if r.name == "statsig.sdk"]
+    failed_downloads = [r for r in sdk if "download_config_specs" in r.getMessage()]
+    assert len(failed_downloads) == 2  # the first of each outage; 8 or more failed
+    assert len([r for r in sdk if "elsewhere" in r.getMessage()]) == 2
+    assert all("secret-test" not in r.getMessage() for r in caplog.records)
 
 
 def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> None:

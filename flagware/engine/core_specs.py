@@ -23,6 +23,7 @@ import threading
 from typing import NamedTuple
 from urllib.parse import quote
 
+from flagware.engine.specs_log import SpecsLog
 from flagware.events import wire
 from flagware.events.endpoint import Endpoint, http_problem, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
@@ -32,7 +33,6 @@ log = logging.getLogger("flagware")
 SYNC_INTERVAL = 10.0  # seconds between downloads: Core's own default (specs_sync_interval_ms)
 SYNC_TIMEOUT = 10.0  # seconds a background download may take
 POLL_MS = 1000  # how often Core reads the store (memory only; Core polls no faster)
-CORE_SDK_TYPE = "statsig-server-core-python"  # the specs are Core's, as its own request says
 
 
 # Where Core (and Statsig's other SDKs, in v1) download specs by default: a CDN,
@@ -64,14 +64,15 @@ class SpecsDownload:
         self._endpoint = Endpoint(f"{self.base}/{quote(secret, safe='')}.json")
         self._headers = self._endpoint.headers | {
             "Accept-Encoding": "gzip",
-            "User-Agent": wire.USER_AGENT,
+            # The specs are Core's, as its own request says.
+            "User-Agent": wire.CORE.user_agent,
             "STATSIG-API-KEY": secret,
-            "STATSIG-SDK-TYPE": CORE_SDK_TYPE,
+            "STATSIG-SDK-TYPE": wire.CORE.type,
+            "STATSIG-SDK-VERSION": wire.CORE.version,
         }
         self.interval = SYNC_INTERVAL
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
-        self.failures = 0  # downloads that failed, this process
-        self._failing = False
+        self.log = SpecsLog(self.base)
         self._late = False  # the first download outlasted the wait for it
         self._first_lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,27 +83,20 @@ class SpecsDownload:
         try:
             found = self._download(timeout)
         except Exception as exc:
-            self.failures += 1
-            if not self._failing:  # once per outage: the count says the rest
-                self._failing = True
-                log.warning(
-                    "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
-                    " a download works",
-                    self.base,
-                    self._endpoint.route,
-                    exc,
-                    "the last ones" if self.specs is not None else "defaults",
-                )
+            self.log.failed(str(exc), have_specs=self.specs is not None, route=self._endpoint.route)
             return False
-        if self._failing:
-            self._failing = False
-            log.info("flagware: Statsig specs download from %s works again", self.base)
+        self.log.worked()
         last = self.specs
         # The same specs again (a proxy that ignores sinceTime) stay the same
         # object, which Core's store hands over once.
         if found is not None and not (last is not None and found.time and found.time == last.time):
             self.specs = found
         return True
+
+    @property
+    def failures(self) -> int:
+        """Downloads that failed, this process."""
+        return self.log.failures
 
     def _download(self, timeout: float) -> Specs | None:
         """The specs if they changed since the last download, else None; raises on failure."""

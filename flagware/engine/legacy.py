@@ -32,6 +32,9 @@ class LegacySDK(Engine):
     def _options(self) -> StatsigOptions:
         raise NotImplementedError
 
+    def _new_server(self) -> StatsigServer:
+        return StatsigServer()
+
     def prepare(self) -> None:
         # The evaluator's start imports ua-parser's legacy parser, whose import
         # compiles every rule (0.2 s).
@@ -43,7 +46,7 @@ class LegacySDK(Engine):
         # holds already (0.08-0.3 s, in a worker's first request): it is given
         # that one instead, for users with an IP and no country (send_ip).
         options.disable_country_lookup = True
-        server = StatsigServer()
+        server = self._new_server()
         server.initialize(self._sdk_key(), options)
         evaluator = server._evaluator
         evaluator._country_lookup, evaluator._disable_country_lookup = country_table(), False

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from statsig.statsig_options import StatsigOptions
+from statsig.statsig_server import StatsigServer
 
+from flagware.engine import legacy_specs
 from flagware.engine.legacy import LegacySDK
+from flagware.engine.specs_log import SpecsLog
+
+# Where the legacy SDK downloads specs when given no api (statsig/http_worker.py).
+STATSIG_CDN = "https://api.statsigcdn.com/v1"
 
 
 class StatsigSource:
@@ -28,8 +34,19 @@ class StatsigSource:
 
 
 class StatsigEngine(StatsigSource, LegacySDK):
+    # This process's downloads (made with its server): a failed one counted in
+    # specs.failures, and an outage told in two lines (legacy_specs).
+    specs: SpecsLog | None = None
+    sync_interval: float = 10  # seconds between the SDK's spec downloads (its default)
+
     def _sdk_key(self) -> str:
         return self.secret
+
+    def _new_server(self) -> StatsigServer:
+        legacy_specs.quiet_repeats()
+        base = f"{(self.api or STATSIG_CDN).rstrip('/')}/download_config_specs"
+        self.specs = SpecsLog(base, on_recovered=legacy_specs.repeats.rearm)
+        return legacy_specs.WatchedServer(self.specs, self.secret)
 
     def _options(self) -> StatsigOptions:
         return StatsigOptions(
@@ -39,6 +56,7 @@ class StatsigEngine(StatsigSource, LegacySDK):
             # app serves defaults until specs arrive.
             overall_init_timeout=self.init_timeout,
             init_timeout=max(1, round(self.init_timeout)),
+            rulesets_sync_interval=self.sync_interval,  # type: ignore[arg-type]
             disable_all_logging=True,  # flagware stores and delivers events itself
             disable_diagnostics=True,
             tier=self.tier,

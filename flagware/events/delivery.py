@@ -40,10 +40,10 @@ from urllib.parse import urlsplit
 
 from flagware.events.endpoint import Endpoint, http_problem
 from flagware.events.leases import DEFAULT_LEASE
-from flagware.events.runtime import Runtime
+from flagware.events.runtime import Runtime, log_failure
 from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
-from flagware.events.wire import Sender, headers
+from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
@@ -93,6 +93,7 @@ class Delivery:
         retry_max: float = 60.0,  # backoff cap
         poll_interval: float = 2.0,  # idle re-check for other processes' leftovers
         on_error: Callable[[BaseException, str], None] | None = None,
+        sdk: str = "legacy",  # the engine's SDK (Engine.sdk): batches name it, wire.SDKS
     ) -> None:
         parts = urlsplit(api)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -120,7 +121,8 @@ class Delivery:
         self.retry_min = retry_min
         self.retry_max = retry_max
         self.poll_interval = poll_interval
-        self.on_error = on_error
+        self._report = on_error or log_failure
+        self.sdk = SDKS[sdk]
         self._start_lock = threading.Lock()
         self._rt: Runtime | None = None
         self._closed_pid = -1
@@ -340,6 +342,7 @@ class Delivery:
             rt.wake.clear()
             batch = rt.leases.claim(rt.batch_size)
             if batch is None:
+                rt.idle()  # after failures: maybe another process delivered meanwhile
                 return False
             if len(batch) + batch.expired >= rt.batch_size:
                 rt.wake.set()  # probably more behind it: let the other threads in
@@ -360,18 +363,17 @@ class Delivery:
                 rt.inflight -= 1
 
     def _send(self, rt: Runtime, sender: Sender, batch: Batch) -> None:
-        body = wire_body(batch.payloads, rt.session_id)
+        body = wire_body(batch.payloads, rt.session_id, self.sdk)
         try:
             status, reply, retry_after = sender.post(
-                body, headers(self.secret, rt.session_id, batch.attempts, len(batch))
+                body, headers(self.secret, rt.session_id, batch.attempts, len(batch), self.sdk)
             )
         except (OSError, http.client.HTTPException) as exc:
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
             return
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)  # clears the store's last failure too
-            if rt.succeeded():
-                log.info("flagware: Statsig delivery recovered")
+            rt.delivered()
         elif status in RETRIED or status >= 500:
             problem = http_problem(status, self._endpoint.route)
             self._retry(rt, batch, problem, retry_after, status in RETRIED_REFUSALS)
@@ -389,6 +391,9 @@ class Delivery:
         self, rt: Runtime, batch: Batch, problem: str, after: float | None, refused: bool = False
     ) -> None:
         rt.leases.release(batch, failed=True)
+        # Recorded first: a thread of this process finding nothing to claim takes
+        # a failure whose record is missing as another process's delivery since.
+        rt.note_failure(problem)
         if rt.failed(after, problem, refused):
             log.warning(
                 "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
@@ -396,7 +401,6 @@ class Delivery:
                 problem,
                 self._where,
             )
-        rt.note_failure(problem)
 
     def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
         detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
@@ -415,9 +419,3 @@ class Delivery:
                 problem,
                 self._where,
             )
-
-    def _report(self, exc: BaseException, where: str) -> None:
-        if self.on_error is not None:
-            self.on_error(exc, where)
-        else:
-            log.error("flagware: %s failed", where, exc_info=exc)

@@ -6,6 +6,7 @@ that delivers, and never used in another: after a fork the child makes its own.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -20,6 +21,13 @@ from flagware.events.store.base import FAILURE_KEY
 
 if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
+
+log = logging.getLogger("flagware")
+
+
+def log_failure(exc: BaseException, where: str) -> None:
+    """Where a delivery made without ``on_error`` reports what failed inside it."""
+    log.error("flagware: %s failed", where, exc_info=exc)
 
 
 class Runtime:
@@ -67,6 +75,31 @@ class Runtime:
             self.retry_at = 0.0
             self.problem, self.refused = None, False
         return recovered
+
+    def delivered(self) -> None:
+        """This process sent a batch that Statsig accepted."""
+        if self.succeeded():
+            log.info("flagware: Statsig delivery recovered")
+
+    def idle(self) -> None:
+        """Nothing to claim. After failed sends, the failure recorded in the store
+        being gone means a batch was delivered since, by another process sharing
+        the store: the outage is over for this one too. Without this, a worker whose
+        backlog another drained kept its failures, so its next outage was silent
+        (only a first failure is logged) and began at the longest backoff."""
+        with self.lock:
+            if not (self.failures or self.parks) or self.problem is None:
+                return
+        try:
+            if self.store.get_meta(FAILURE_KEY):  # cleared: "" (or never written: None)
+                return
+        except Exception:  # the store is failing: the writer reports it
+            return
+        if self.succeeded():
+            log.info(
+                "flagware: Statsig delivery recovered (the events this process could not"
+                " send were delivered by another process sharing the store)"
+            )
 
     def parked(self, problem: str) -> bool:
         """A batch was parked; True for the first since a batch was accepted."""

@@ -11,54 +11,73 @@ import json
 import platform
 import time
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
+from flagware import __version__ as FLAGWARE_VERSION
 from flagware.events.endpoint import Endpoint, tunnel_login_refused
 
-SDK_TYPE = "py-server"  # events are the SDK's own, so Statsig files them as such
+
+class Sdk(NamedTuple):
+    """The SDK that evaluated the events, as their batches name it (``statsigMetadata``,
+    headers): Statsig files exposures by the SDK that made them."""
+
+    type: str
+    version: str
+
+    @property
+    def user_agent(self) -> str:
+        return (
+            f"flagware/{FLAGWARE_VERSION} python/{platform.python_version()}"
+            f" statsig-sdk-type/{self.type} statsig-sdk-version/{self.version}"
+            " statsig-service/unknown"
+        )
 
 
-def _sdk_version() -> str:
+def _version(package: str, fallback: str) -> str:
     try:
-        return importlib.metadata.version("statsig")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return "0.72.1"
+        return fallback
 
 
-SDK_VERSION = _sdk_version()
+LEGACY = Sdk("py-server", _version("statsig", "0.72.1"))
+# What Core's own log_event sends (measured, 0.24.2: "statsig-server-core-python"
+# and the package's version); batches of the Core engine said "py-server" and
+# the legacy SDK's version, whichever SDK had evaluated them.
+CORE = Sdk("statsig-server-core-python", _version("statsig-python-core", "0.24.2"))
+SDKS = {"legacy": LEGACY, "core": CORE}  # by Engine.sdk
 
 
-USER_AGENT = (
-    f"flagware python/{platform.python_version()} statsig-sdk-type/{SDK_TYPE}"
-    f" statsig-sdk-version/{SDK_VERSION} statsig-service/unknown"
-)
-
-
-def headers(secret: str, session_id: str, attempts: int, count: int) -> dict[str, str]:
+def headers(
+    secret: str, session_id: str, attempts: int, count: int, sdk: Sdk = LEGACY
+) -> dict[str, str]:
     """What the SDK sends (statsig/http_worker.py _prepare_headers, batch_event_queue.py)."""
     return {
         "Content-Type": "application/json",
         "Content-Encoding": "gzip",
         "Accept-Encoding": "gzip",
-        "User-Agent": USER_AGENT,
+        "User-Agent": sdk.user_agent,
         "STATSIG-API-KEY": secret,
         "STATSIG-CLIENT-TIME": str(round(time.time() * 1000)),
         "STATSIG-SERVER-SESSION-ID": session_id,
-        "STATSIG-SDK-TYPE": SDK_TYPE,
-        "STATSIG-SDK-VERSION": SDK_VERSION,
+        "STATSIG-SDK-TYPE": sdk.type,
+        "STATSIG-SDK-VERSION": sdk.version,
         "STATSIG-RETRY": str(attempts),
         "STATSIG-EVENT-COUNT": str(count),
         "x-request-service": "unknown",
     }
 
 
-def body(payloads: list[str], session_id: str) -> bytes:
+def body(payloads: list[str], session_id: str, sdk: Sdk = LEGACY) -> bytes:
     """The gzip ``log_event`` body. Stored payloads are already wire JSON: join, no re-encode."""
     metadata = json.dumps(
         {
-            "sdkVersion": SDK_VERSION,
-            "sdkType": SDK_TYPE,
+            "sdkVersion": sdk.version,
+            "sdkType": sdk.type,
             "languageVersion": platform.python_version(),
             "sessionID": session_id,
+            # Not read by Statsig's SDKs; says which flagware sent them, for support.
+            "flagwareVersion": FLAGWARE_VERSION,
         }
     )
     text = '{"events":[' + ",".join(payloads) + '],"statsigMetadata":' + metadata + "}"

@@ -1,0 +1,47 @@
+"""A Statsig specs download's outages, as the app's log tells them, on either engine.
+
+Specs come every 10 s (Core's download by flagware, the legacy SDK's polling),
+so an outage is one line when it starts, saying what is served meanwhile, and
+one when a download works again; the failures between are only counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("flagware")
+
+
+class SpecsLog:
+    """One process's downloads from ``base`` (what the lines show: never the secret)."""
+
+    def __init__(self, base: str, on_recovered: Callable[[], None] | None = None) -> None:
+        self.base = base
+        self.failures = 0  # downloads that failed, this process
+        self.failing = False
+        self._on_recovered = on_recovered
+        self._lock = threading.Lock()
+
+    def failed(self, reason: str, *, have_specs: bool, route: str = "") -> None:
+        with self._lock:
+            self.failures += 1
+            first, self.failing = not self.failing, True
+        if first:  # once per outage: the count says the rest
+            log.warning(
+                "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
+                " a download works",
+                self.base,
+                route,
+                reason,
+                "the last ones" if have_specs else "defaults",
+            )
+
+    def worked(self) -> None:
+        with self._lock:
+            ended, self.failing = self.failing, False
+        if ended:
+            log.info("flagware: Statsig specs download from %s works again", self.base)
+            if self._on_recovered is not None:
+                self._on_recovered()
