@@ -175,6 +175,31 @@ def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
     assert all("secret-test" not in r.getMessage() for r in caplog.records)
 
 
+def test_specs_unwatchable_still_serve(
+    stub: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watching the SDK's downloads reads its internals: were they to move (a
+    new statsig release), the engine still starts and serves the specs."""
+    from flagware.engine import legacy_specs
+
+    def moved(*args: Any) -> None:
+        raise AttributeError("'SpecUpdater' object has no attribute 'get_config_spec'")
+
+    monkeypatch.setattr(legacy_specs, "watch", moved)
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        engine="legacy",
+    )
+    try:
+        http = Client(FlagwareMiddleware(seed_view, fw))
+        assert http.get("/").text.startswith("True ")  # the downloaded specs
+    finally:
+        fw.close()
+
+
 def test_unreachable_api_delays_start_by_at_most_init_timeout(tmp_path: Any) -> None:
     with StatsigStub() as dead:
         url = dead.url

@@ -32,6 +32,8 @@ _FAILED_REQUEST = re.compile(r"Request to (\S+) failed with error ")
 _POLLED = ("download_config_specs", "get_id_lists")  # what the SDK requests again and again
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
 
+log = logging.getLogger("flagware")
+
 
 class RepeatedFailures(logging.Filter):
     """The SDK's warning for a failed poll: the first of an outage per endpoint."""
@@ -86,7 +88,10 @@ class WatchedServer(StatsigServer):
         self._flagware_secret = secret
 
     def _initialize_instance(self) -> None:
-        watch(self._spec_store.spec_updater, self._flagware_specs, self._flagware_secret)
+        try:
+            watch(self._spec_store.spec_updater, self._flagware_specs, self._flagware_secret)
+        except Exception:  # the SDK's internals moved: its start matters more than the lines
+            log.debug("flagware: cannot watch the statsig SDK's spec downloads", exc_info=True)
         super()._initialize_instance()
 
 
@@ -108,11 +113,14 @@ def watch(updater: Any, specs: SpecsLog, secret: str) -> None:
         failures, context = updater._sync_failure_count, updater.context
         context.error = None
         result = download(source, for_initialize)
-        if updater._sync_failure_count == failures and updater._dcs_process_success:
-            specs.worked()
-        else:
-            reason = describe(context.error, updater._dcs_final_error, secret)
-            specs.failed(reason, have_specs=updater.last_update_time > 0)
+        try:  # telling the outcome never costs the SDK its download
+            if updater._sync_failure_count == failures and updater._dcs_process_success:
+                specs.worked()
+            else:
+                reason = describe(context.error, updater._dcs_final_error, secret)
+                specs.failed(reason, have_specs=updater.last_update_time > 0)
+        except Exception:
+            log.debug("flagware: cannot tell a spec download's outcome", exc_info=True)
         return result
 
     updater.get_config_spec = get_config_spec
