@@ -36,7 +36,7 @@ from flagware.settings import (
     statsig_api_url,
 )
 from flagware.starts import Starts
-from flagware.startup import announce
+from flagware.startup import announce, warn_ignored_secret
 from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
@@ -203,6 +203,8 @@ class Flagware:
         else:
             assert spec is not None
             self.statsig_api = None
+            if not self.isolated:  # before the spec is read, whose absence would be all it says
+                warn_ignored_secret(spec=spec, spec_given=spec_given)
             # An experiment that has started may not change under its results.
             local = LocalEngine
             if engine == "core":
@@ -243,7 +245,7 @@ class Flagware:
         _live_clients.add(self)
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
-        announce(self, spec=spec, spec_given=spec_given)
+        announce(self, spec=spec)
         if _flags.overrides.unchecked:  # a test overrode flags before any client existed
             _flags.overrides.check_unchecked()
         self._prepare()

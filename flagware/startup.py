@@ -25,14 +25,11 @@ SECRET = "STATSIG_SERVER_SECRET"
 SDKS = {"legacy": "the legacy statsig SDK", "core": "Statsig's Core SDK"}
 
 
-def announce(client: Flagware, *, spec: str | os.PathLike[str] | None, spec_given: bool) -> None:
-    """The one INFO line a client logs when made (no secret, no password), after
-    the warning of a secret it ignores, if any."""
+def announce(client: Flagware, *, spec: str | os.PathLike[str] | None) -> None:
+    """The one INFO line a client logs when made (no secret, no password)."""
     api, store = client.statsig_api, redact(client.event_store)
     if api is None:
         assert spec is not None
-        if not client.isolated:
-            warn_ignored_secret(spec=spec, spec_given=spec_given)
         where = f"the local spec {os.path.abspath(os.fspath(spec))}"
         events = f"stored in {store}"
     else:

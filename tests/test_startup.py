@@ -120,6 +120,20 @@ def test_an_empty_secret_warns_that_it_is_ignored_for_the_local_spec(
     ]
 
 
+def test_an_empty_secret_is_named_before_a_missing_spec_file(
+    tmp_path: Path, logged: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app meant for Statsig whose secret came through empty (an unset
+    variable in a Docker env file) has no spec file either: "spec file not
+    found" alone sent the user looking for a file they never meant to have."""
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="spec file not found"):
+        Flagware.from_env(hash_key="k", event_store=tmp_path / "e.db")
+    (warning,) = said(logged, logging.WARNING)
+    assert warning.startswith("flagware: STATSIG_SERVER_SECRET is set but empty")
+
+
 def test_no_secret_warning_where_it_is_not_ignored_or_under_isolation(
     make_client: Any,
     tmp_path: Path,
