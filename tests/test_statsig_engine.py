@@ -123,6 +123,16 @@ def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def legacy_client(stub: Any, tmp_path: Any) -> Flagware:
+    return Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        engine="legacy",
+    )
+
+
 def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
     stub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -135,13 +145,7 @@ def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
     # The SDK mutes its own logger when unittest is imported (pytest imports it).
     monkeypatch.setattr(sdk_globals.logger.logger, "_disabled", False)
     caplog.set_level(logging.INFO)
-    fw = Flagware(
-        statsig_secret="secret-test",
-        statsig_api=stub.url,
-        hash_key="k",
-        event_store=tmp_path / "outbox.db",
-        engine="legacy",
-    )
+    fw = legacy_client(stub, tmp_path)
     engine: Any = fw.engine
     engine.sync_interval = 0.1
     http = Client(FlagwareMiddleware(seed_view, fw))
@@ -186,13 +190,7 @@ def test_specs_unwatchable_still_serve(
         raise AttributeError("'SpecUpdater' object has no attribute 'get_config_spec'")
 
     monkeypatch.setattr(legacy_specs, "watch", moved)
-    fw = Flagware(
-        statsig_secret="secret-test",
-        statsig_api=stub.url,
-        hash_key="k",
-        event_store=tmp_path / "outbox.db",
-        engine="legacy",
-    )
+    fw = legacy_client(stub, tmp_path)
     try:
         http = Client(FlagwareMiddleware(seed_view, fw))
         assert http.get("/").text.startswith("True ")  # the downloaded specs
