@@ -424,6 +424,40 @@ def test_a_mean_over_no_events_in_a_group_has_no_lift_and_renders(tmp_path: Path
     assert "nan%" not in render_html(results).lower()
 
 
+@pytest.mark.parametrize("kind", ["count", "sum"])
+def test_a_count_lift_interval_stops_at_minus_100_percent(tmp_path: Path, kind: str) -> None:
+    """Fieller's interval knows nothing of signs: a skewed treatment (one unit
+    with 20 clicks, 99 with none) gave a count metric a lift interval from
+    -119%, lower than any count can fall. A count's ratio is never negative, so
+    its interval stops at -100%; a sum, whose values may be negative, is left
+    as it is."""
+    from flagware.results.inference import fieller
+
+    log = Log()
+    for i in range(200):
+        treated = i % 2 == 0
+        log.expose(i, "Red" if treated else "Control", NOW - HOUR)
+        clicks = (20 if i == 0 else 0) if treated else 1 + (i // 2) % 2
+        for k in range(clicks):
+            log.log(i, "click", NOW - HOUR + 1 + k, 1.0)
+    spec = make_spec(metrics={"clicks": {"event": "click", "kind": kind}})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    (row,) = results.metrics[0].results
+    assert row.relative_ci is not None and row.ci is not None
+    assert row.relative is not None and row.relative == pytest.approx(0.2 / 1.5 - 1)
+    # The unclamped interval, from the same means and standard errors, reaches below.
+    treated = np.array([20.0] + [0.0] * 99)
+    control = np.array([1.0 + (i % 2) for i in range(100)])
+    v_t, v_c = treated.var(ddof=1) / 100, control.var(ddof=1) / 100
+    crit = (row.ci[1] - row.ci[0]) / 2 / math.sqrt(v_t + v_c)
+    low, high = fieller(treated.mean(), control.mean(), v_t, v_c, crit)  # type: ignore[misc]
+    assert low - 1 < -1.05
+    if kind == "count":
+        assert row.relative_ci == pytest.approx((-1.0, high - 1))
+    else:
+        assert row.relative_ci == pytest.approx((low - 1, high - 1))
+
+
 def test_multiple_groups_each_against_control(tmp_path: Path) -> None:
     log = Log()
     rng = random.Random(5)

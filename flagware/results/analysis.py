@@ -224,6 +224,11 @@ def _group_result(
 ) -> GroupResult:
     est, note = cell
     ci, relative_ci = est.intervals(level) if est is not None else (None, None)
+    if relative_ci is not None and prep.metric.kind == "count":
+        # No count falls below none, so neither does a ratio of mean counts; Fieller's
+        # interval, blind to signs, reached -119% for a skewed treatment. What it
+        # leaves out holds no true value, so its level is unchanged.
+        relative_ci = (max(relative_ci[0], -1.0), max(relative_ci[1], -1.0))
     # Significant is defined by the interval itself, so the two cannot disagree.
     significant = ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)
     mean, _ = prep.means(group)
