@@ -225,6 +225,7 @@ class Flagware:
                 secret=statsig_secret,
                 api=self.statsig_api or DEFAULT_STATSIG_API,
                 on_error=self.report,
+                on_recovered=self.failures.recovered,
                 sdk=self.engine.sdk,
                 **(delivery_options or {}),
             )

@@ -300,6 +300,54 @@ def test_a_worker_whose_backlog_another_drained_logs_its_next_outage(
     assert_exact(stub, logged)
 
 
+def test_a_second_store_outage_under_delivery_is_logged_again(
+    tmp_path: Path, stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Delivery's own errors (its store away) are logged once per outage, as
+    every place's are: the first was logged, and every later one was silent,
+    since nothing said that delivery worked in between."""
+    import sqlite3
+
+    from flagware import Flagware
+
+    path = tmp_path / "outbox.db"
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=path,
+        delivery_options={"poll_interval": 0.05, "retry_min": 0.05, "retry_max": 0.1},
+    )
+    other = sqlite3.connect(path, isolation_level=None)
+
+    def failed() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if "statsig delivery failed" in r.getMessage()
+        ]
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="flagware"):
+            client.log(event("before"))
+            client.writer.flush()
+            assert client.delivery is not None and client.delivery.drain(5)
+            for outage in (1, 2):
+                other.execute("ALTER TABLE events RENAME TO events_away")  # the store "away"
+                assert _until(lambda n=outage: client.errors["statsig delivery"] >= 2 * n)
+                other.execute("ALTER TABLE events_away RENAME TO events")
+                client.log(event(f"after-{outage}"))
+                client.writer.flush()
+                assert client.delivery.drain(5)
+        assert len(failed()) == 2, failed()
+        causes = [
+            r.exc_info[1] for r in caplog.records if r.exc_info and "delivery" in r.getMessage()
+        ]
+        assert causes and all("no such table: events" in str(cause) for cause in causes)
+        assert stub.ids() == {"before": 1, "after-1": 1, "after-2": 1}
+    finally:
+        other.close()
+        client.close()
+
+
 def test_a_refusal_ends_a_drain_and_says_so_at_close(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from flagware.events.endpoint import Endpoint, http_problem
 from flagware.events.leases import DEFAULT_LEASE
-from flagware.events.runtime import Runtime, log_failure
+from flagware.events.runtime import DELIVERY_FAILURE, Runtime, log_failure
 from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
 from flagware.events.wire import SDKS, Sender, headers
@@ -93,6 +93,7 @@ class Delivery:
         retry_max: float = 60.0,  # backoff cap
         poll_interval: float = 2.0,  # idle re-check for other processes' leftovers
         on_error: Callable[[BaseException, str], None] | None = None,
+        on_recovered: Callable[[str], None] | None = None,  # a place on_error named works again
         sdk: str = "legacy",  # the engine's SDK (Engine.sdk): batches name it, wire.SDKS
     ) -> None:
         parts = urlsplit(api)
@@ -122,6 +123,7 @@ class Delivery:
         self.retry_max = retry_max
         self.poll_interval = poll_interval
         self._report = on_error or log_failure
+        self._on_recovered = on_recovered
         self.sdk = SDKS[sdk]
         self._start_lock = threading.Lock()
         self._rt: Runtime | None = None
@@ -190,12 +192,8 @@ class Delivery:
                 if rt.retry_at > now:  # backing off after a failed send
                     time.sleep(min(rt.retry_at, deadline) - now)
                     continue
-                try:
-                    if not self._step(rt, sender):
-                        return self._drained(rt)
-                except Exception as exc:
-                    self._report(exc, "statsig delivery")
-                    rt.failed()
+                if rt.step(lambda: self._step(rt, sender)) is False:
+                    return self._drained(rt)
         finally:
             sender.close()
             rt.store.close_thread()
@@ -292,7 +290,7 @@ class Delivery:
         try:
             rt.leases.release_dead()
         except Exception as exc:
-            self._report(exc, "statsig delivery")
+            self._report(exc, DELIVERY_FAILURE)
         try:
             rt.leases.start()
             for i in range(self.concurrency):
@@ -322,12 +320,12 @@ class Delivery:
                     rt.wait_backoff()
                     if rt.stop.is_set():
                         break
-                    if not self._step(rt, sender):
+                    if rt.step(lambda: self._step(rt, sender)) is False:
                         sender.close()  # idle: no stale keep-alive connection later
                         rt.wake.wait(self.poll_interval)
                         rt.leases.reap()
                 except Exception as exc:  # a bug or a broken store: never kill the thread
-                    self._report(exc, "statsig delivery")
+                    self._report(exc, DELIVERY_FAILURE)
                     rt.failed()
         finally:
             sender.close()

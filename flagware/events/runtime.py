@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flagware.events.leases import Leases
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from flagware.events.delivery import Delivery
 
 log = logging.getLogger("flagware")
+
+DELIVERY_FAILURE = "statsig delivery"  # where delivery's own errors are reported (Flagware.errors)
 
 
 def log_failure(exc: BaseException, where: str) -> None:
@@ -41,6 +44,8 @@ class Runtime:
         self.retry_min = delivery.retry_min
         self.retry_max = delivery.retry_max
         self.report = delivery._report
+        self.on_recovered = delivery._on_recovered
+        self.raised = False  # the last step raised: reported, and a recovery is news
         self.lock = threading.Lock()
         self.wake = threading.Event()  # new events stored
         self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
@@ -66,6 +71,27 @@ class Runtime:
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
         self.claims = 0  # claims started, so a drain can tell none slipped past it
+
+    def step(self, step: Callable[[], bool]) -> bool | None:
+        """One claim-and-send ``step``: whether it found work, or None if it raised
+        (a bug, or the store away: reported, and backed off like a failed send).
+
+        A step that works after one that raised says so (``on_recovered``), so
+        that the next failure is logged as a new outage: only a place's first
+        failure is logged, and a second store outage under delivery was silent.
+        """
+        try:
+            busy = step()
+        except Exception as exc:
+            self.report(exc, DELIVERY_FAILURE)
+            self.failed()
+            self.raised = True
+            return None
+        if self.raised:
+            self.raised = False
+            if self.on_recovered is not None:
+                self.on_recovered(DELIVERY_FAILURE)
+        return busy
 
     def succeeded(self) -> bool:
         """A send went through: no more backoff. True when it ends a run of failures."""
