@@ -59,6 +59,15 @@ def run_check(args: argparse.Namespace) -> int:
     except SpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        blank = os.environ.get("STATSIG_SERVER_SECRET")
+        if blank is not None and not blank.strip() and not os.path.exists(args.spec):
+            # An app meant for Statsig whose secret came through empty (an unset
+            # CI variable): the app warns of it, and so does its check.
+            print(
+                "flagware check: STATSIG_SERVER_SECRET is set but empty, so it is ignored"
+                " and the local spec is read; set it to the server secret to use Statsig",
+                file=sys.stderr,
+            )
         count = len(exc.problems)
         print(
             f"flagware check: {count} problem{'s' if count > 1 else ''} in {args.spec}",

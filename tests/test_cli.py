@@ -418,4 +418,9 @@ def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
     monkeypatch.delenv("FLAGWARE_SPEC")
     monkeypatch.setenv("STATSIG_SERVER_SECRET", " ")
     assert main(["check"]) == 2
-    assert "spec file not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "spec file not found" in err
+    assert "STATSIG_SERVER_SECRET is set but empty, so it is ignored" in err  # as the app says
+    monkeypatch.delenv("STATSIG_SERVER_SECRET")
+    assert main(["check"]) == 2
+    assert "STATSIG_SERVER_SECRET" not in capsys.readouterr().err
