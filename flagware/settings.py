@@ -257,6 +257,13 @@ def statsig_api_problem(api: str) -> str | None:
     return None
 
 
+def statsig_api_given(given: str | None) -> tuple[str, str]:
+    """The option that names the Statsig API base (``statsig_api``, else the
+    ``STATSIG_API`` variable), and the base it gives, else Statsig's own; unchecked."""
+    name = "statsig_api" if given else "STATSIG_API"
+    return name, (given or env("STATSIG_API") or DEFAULT_STATSIG_API).strip().rstrip("/")
+
+
 def statsig_api_url(given: str | None) -> str:
     """The Statsig API base URL: ``given`` (``statsig_api=``), else ``STATSIG_API``,
     else Statsig's own; a ConfigurationError naming the option and the value
@@ -265,8 +272,7 @@ def statsig_api_url(given: str | None) -> str:
     A path that does not end in ``/v1`` is warned of, once a process, not
     refused: a proxy may map paths of its own to Statsig's.
     """
-    name = "statsig_api" if given else "STATSIG_API"
-    api = (given or env("STATSIG_API") or DEFAULT_STATSIG_API).strip().rstrip("/")
+    name, api = statsig_api_given(given)
     problem = statsig_api_problem(api)
     if problem is not None:
         raise ConfigurationError(

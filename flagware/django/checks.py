@@ -37,6 +37,7 @@ from flagware.settings import (
     engine_choice,
     option_problems,
     shown_url,
+    statsig_api_given,
     statsig_api_problem,
 )
 from flagware.settings import env as _env
@@ -158,8 +159,7 @@ def _check_api(given: Any) -> list[CheckMessage]:
     if given is not None and not isinstance(given, str):
         problem: str | None = f"statsig_api must be a string, not {given!r}"
     else:
-        name = "statsig_api" if given else "STATSIG_API"
-        api = (given or _env("STATSIG_API") or DEFAULT_STATSIG_API).strip().rstrip("/")
+        name, api = statsig_api_given(given)
         problem = statsig_api_problem(api)
         if problem is not None:
             problem = f"{name} is not an http(s) base URL ({shown_url(api)!r}): {problem}"

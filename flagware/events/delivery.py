@@ -45,6 +45,7 @@ from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
 from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
+from flagware.settings import shown_url, statsig_api_problem
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 
@@ -96,11 +97,12 @@ class Delivery:
         on_recovered: Callable[[str], None] | None = None,  # a place on_error named works again
         sdk: str = "legacy",  # the engine's SDK (Engine.sdk): batches name it, wire.SDKS
     ) -> None:
+        problem = statsig_api_problem(api)  # the rule Flagware(...) and Django's check apply
+        if problem is not None:
+            raise ValueError(
+                f"statsig api must be an http(s) base URL, not {shown_url(api)!r}: {problem}"
+            )
         parts = urlsplit(api)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"statsig api must be an http(s) URL, got {api!r}")
-        if parts.query or parts.fragment:  # every SDK appends paths to it
-            raise ValueError(f"statsig api must be a base URL, without ? or #: got {api!r}")
         # Made here, so that a proxy flagware cannot use is an error at startup.
         self._endpoint = Endpoint(
             parts._replace(path=parts.path.rstrip("/") + "/log_event").geturl()
