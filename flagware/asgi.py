@@ -77,6 +77,11 @@ class FlagwareMiddleware:
         flags._client = self.client
         flags._scope = scope
         flags._send = send
+        # Stored although the class has them as defaults: on 3.11 a read that
+        # falls through to a class attribute is a generic lookup, and send and
+        # the end of the request read these. This and the plain ``del`` below
+        # took 1.0k instructions (of 10.1k) off a request that reads no flag.
+        flags._status = flags._held = flags._minted = None
         scope[SCOPE_KEY] = flags
         token = enter(flags)
         try:
@@ -101,8 +106,10 @@ class FlagwareMiddleware:
             # collector (measured: half of the middleware's cost on a request
             # that reads no flag). The app has returned, so the request is
             # over; a task it left running still has current_flags().
-            if scope.get(SCOPE_KEY) is flags:
+            try:  # noqa: SIM105 (suppress() is a context manager per request)
                 del scope[SCOPE_KEY]
+            except KeyError:  # the app took it out itself
+                pass
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Everything but a new HTTP request: passed through untouched."""

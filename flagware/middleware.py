@@ -56,6 +56,10 @@ class FlagwareMiddleware:
         flags._client = self.client
         flags._environ = environ
         flags._start_response = start_response
+        # Stored although the class has them as defaults: reads that fall
+        # through to a class attribute are generic lookups on 3.11, and
+        # _starting and the end of the request make them (0.65k instructions).
+        flags._status = flags._held = flags._minted = None
         # Read now: a Flags lets go of the environ once it has read its flags.
         flags._https = environ.get("wsgi.url_scheme") == "https"
         environ[ENVIRON_KEY] = flags

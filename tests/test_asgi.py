@@ -436,6 +436,22 @@ def test_a_finished_request_leaves_no_reference_cycle(make_client: Any, reads: b
         gc.enable()
 
 
+def test_an_app_that_takes_the_scope_key_out_itself(make_client: Any) -> None:
+    client = make_client()
+    held: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        held.append(scope.pop("flagware.flags"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = http_scope("/", [(b"user-agent", b"Mozilla/5.0")])
+    sent = run_asgi(FlagwareMiddleware(app, client), scope, [])
+    assert sent[0]["status"] == 200 and held[0] is not None
+    assert "flagware.flags" not in scope
+    assert not client.errors
+
+
 def test_secure_cookie_repeated_headers_and_proxy_hops(make_client: Any) -> None:
     client = make_client(proxy_hops=1)
     bodies: list[Any] = []
