@@ -29,12 +29,22 @@ class NoRequestError(LookupError):
 
 
 _current: ContextVar[Flags | None] = ContextVar("flagware_flags", default=None)
+# Where current_flags() looks when no middleware has set the contextvar here: a
+# framework's own request context that outlives the middleware's call. A WSGI
+# body is iterated after the middleware returned, and Flask's
+# stream_with_context keeps Flask's request (whose environ still holds the
+# Flags) for it; flagware.flask adds that lookup.
+lookups: list[Callable[[], Flags | None]] = []
 
 
 def current_flags() -> Flags:
     """This request's flags. Raises :class:`NoRequestError` outside a request."""
     flags = _current.get()
     if flags is None:
+        for lookup in lookups:
+            found = lookup()
+            if found is not None:
+                return found
         raise NoRequestError(
             "current_flags() was called outside a request handled by flagware: wrap the app "
             "with FlagwareMiddleware (app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)), "

@@ -22,14 +22,15 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from flask import Flask, current_app
+    from flask import Flask, current_app, has_request_context, request
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("flagware.flask needs Flask: pip install 'flagware[flask]'") from exc
 
 from flagware import client as _client_module
+from flagware import flags as _flags
 from flagware.client import Flagware
 from flagware.flags import Flags, _current
-from flagware.middleware import FlagwareMiddleware
+from flagware.middleware import ENVIRON_KEY, FlagwareMiddleware
 
 __all__ = ["FlaskFlagware", "get_client"]
 
@@ -122,6 +123,19 @@ def _configuration_key(options: dict[str, Any]) -> str:
     # Inside and outside the pytest plugin's isolation are different clients.
     parts.append(f"isolated={id(_client_module.isolated_store)}")
     return "\0".join(parts)
+
+
+def _streamed_flags() -> Flags | None:
+    """The Flags of the Flask request whose context is active without flagware's:
+    a body streamed with ``stream_with_context``, which runs after the middleware
+    returned (the environ keeps the request's Flags under its key)."""
+    if not has_request_context():
+        return None
+    flags = request.environ.get(ENVIRON_KEY)
+    return flags if isinstance(flags, Flags) else None
+
+
+_flags.lookups.append(_streamed_flags)
 
 
 def _template_flags() -> dict[str, Flags | None]:

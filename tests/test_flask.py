@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import gc
+import threading
+import urllib.request
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask, render_template_string
+from flask import Flask, render_template_string, stream_with_context
+from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
-from flagware import Flagware, current_flags, log_event
+from flagware import Flagware, NoRequestError, current_flags, log_event
 from flagware.flask import FlaskFlagware, get_client
 
 
@@ -88,6 +92,52 @@ def test_a_flask_request_that_read_flags_is_freed_without_the_collector(client: 
         assert refs[0]() is None
     finally:
         gc.enable()
+
+
+def test_a_body_streamed_with_context_reads_the_requests_flags(client: Any) -> None:
+    # The body is iterated by the server after the middleware returned: Flask's
+    # stream_with_context keeps its request, and current_flags() finds the
+    # same Flags through it. Served by werkzeug's own server over loopback.
+    app = create_app(FlaskFlagware(client=client))
+    seen: list[Any] = []
+
+    @app.get("/stream")
+    def stream() -> Any:
+        flags = current_flags()
+        view_user = flags.user_id
+
+        def body() -> Iterator[str]:
+            yield "start\n"
+            streamed = current_flags()
+            seen.append(streamed is flags)
+            yield f"{streamed.user_id == view_user} {streamed.gate('everyone')}\n"
+
+        return app.response_class(stream_with_context(body()), mimetype="text/plain")
+
+    @app.get("/plain")
+    def plain() -> Any:
+        def body() -> Iterator[str]:  # no stream_with_context: no request, as before
+            try:
+                current_flags()
+            except NoRequestError:
+                yield "no request"
+
+        return app.response_class(body(), mimetype="text/plain")
+
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        with urllib.request.urlopen(base + "/stream", timeout=10) as reply:
+            assert reply.read().decode() == "start\nTrue True\n"
+        with urllib.request.urlopen(base + "/plain", timeout=10) as reply:
+            assert reply.read().decode() == "no request"
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert seen == [True]
+    assert not client.errors
 
 
 def test_init_app_twice_is_an_error(client: Any) -> None:
