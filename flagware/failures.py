@@ -38,6 +38,30 @@ _AFTER_FAILURE = {
 }
 
 
+# DB-API errors that mean the database is away or refused, not that flagware
+# is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them).
+_OUTAGE_ERRORS = frozenset(("OperationalError", "InterfaceError"))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says something is away (a database, the network), not a bug."""
+    if isinstance(exc, OSError):  # connections refused or reset, timeouts, a full disk
+        return True
+    return any(cls.__name__ in _OUTAGE_ERRORS for cls in type(exc).__mro__)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` on one line: its type (module-qualified unless built in) and message."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    message = " ".join(str(exc).split())  # psycopg's messages span lines
+    return f"{name}: {message}" if message else name
+
+
 class Failures:
     """One client's failure counts (``errors``), capped inputs (``truncated``)
     and which of them have been logged."""
@@ -51,14 +75,28 @@ class Failures:
         """Count an internal failure and log it once per place and kind."""
         self.errors[where] += 1
         key = (where, type(exc))
-        if key not in self._reported:
-            self._reported.add(key)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        after = _AFTER_FAILURE.get(where, "serving defaults")
+        if not is_outage(exc):
             log.error(
                 "flagware: %s failed (%s; logged once, counted in Flagware.errors)",
                 where,
-                _AFTER_FAILURE.get(where, "serving defaults"),
+                after,
                 exc_info=exc,
             )
+            return
+        # Something away (a database, the network), not a bug: its message says
+        # what, and one line per place says it. A PostgreSQL outage printed a
+        # traceback of some twenty lines for each of up to five places.
+        log.error(
+            "flagware: %s failed: %s (%s; logged once, counted in Flagware.errors)",
+            where,
+            describe(exc),
+            after,
+        )
+        log.debug("flagware: %s failed", where, exc_info=exc)
 
     def recovered(self, where: str) -> None:
         """``where`` works again: its next failure is a new outage, logged again."""

@@ -671,6 +671,45 @@ def test_an_unreachable_shared_store_fails_clearly_or_serves(spec_file: Any, tmp
         assert fw.errors["experiment start check"] == 1  # counted, logged once; serving
 
 
+def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import psycopg
+
+    from flagware.failures import Failures
+
+    failures = Failures()
+    away = psycopg.OperationalError(
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed:'
+        " Connection refused\n\tIs the server running on that host?"
+    )
+    with caplog.at_level(logging.DEBUG, logger="flagware"):
+        failures.report(away, "event store")
+        failures.report(ConnectionResetError(104, "Connection reset by peer"), "statsig delivery")
+        failures.report(KeyError("userID"), "user_id resolver")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        errors[0]
+        .getMessage()
+        .startswith(
+            "flagware: event store failed: psycopg.OperationalError: connection failed:"
+            ' connection to server at "127.0.0.1", port 5432 failed: Connection refused'
+            " Is the server running on that host? (flags are served as usual;"
+        )
+    )
+    assert (
+        errors[1]
+        .getMessage()
+        .startswith(
+            "flagware: statsig delivery failed: ConnectionResetError: [Errno 104] Connection reset"
+        )
+    )
+    assert [r.exc_info is not None for r in errors] == [False, False, True]  # the bug's traceback
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [r.exc_info[1] if r.exc_info else None for r in debug][:1] == [away]  # for whoever asks
+    assert failures.errors == {"event store": 1, "statsig delivery": 1, "user_id resolver": 1}
+
+
 def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
     client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -695,7 +734,8 @@ def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
         client.log(Event("clicked", {"userID": "u"}))
         client.flush()  # the same outage: counted, not logged again
         assert said() == [
-            "flagware: event store failed (flags are served as usual; events wait in memory,"
+            "flagware: event store failed: sqlite3.OperationalError: database is locked"
+            " (flags are served as usual; events wait in memory,"
             " up to max_queue, and are stored when it takes writes again; logged once, counted"
             " in Flagware.errors)"
         ]
@@ -708,7 +748,7 @@ def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
         store.append_rows = refused  # a new outage is news again
         client.log(Event("clicked", {"userID": "u"}))
         client.flush()
-        assert [m.split(" (")[0] for m in said()] == ["flagware: event store failed"]
+        assert [m.split(":")[1] for m in said()] == [" event store failed"]
         store.append_rows = real
     client.flush()
     assert client.writer.stored == 3  # nothing lost across the two outages
