@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask, render_template_string, stream_with_context
+from flask import Flask, copy_current_request_context, render_template_string, stream_with_context
 from werkzeug.serving import make_server
 from werkzeug.test import EnvironBuilder
 
@@ -138,6 +138,27 @@ def test_a_body_streamed_with_context_reads_the_requests_flags(client: Any) -> N
         thread.join(5)
     assert seen == [True]
     assert not client.errors
+
+
+def test_a_thread_with_the_copied_request_context_reads_the_requests_flags(client: Any) -> None:
+    # A thread does not inherit the contextvar; Flask's copy_current_request_context
+    # carries Flask's request into it, and current_flags() finds the Flags there.
+    app = create_app(FlaskFlagware(client=client))
+
+    @app.get("/thread")
+    def in_a_thread() -> str:
+        flags, seen = current_flags(), []
+
+        @copy_current_request_context
+        def work() -> None:
+            seen.append(current_flags() is flags)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join(5)
+        return str(seen)
+
+    assert app.test_client().get("/thread").text == "[True]"
 
 
 def test_init_app_twice_is_an_error(client: Any) -> None:
