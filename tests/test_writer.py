@@ -57,6 +57,31 @@ def test_close_stores_everything_queued(store: Store) -> None:
     assert writer.stored == 12_000
 
 
+def test_a_flush_interrupted_by_one_on_its_own_thread_is_not_waited_for(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a SIGTERM handler does when it interrupts this thread's own flush
+    # (after a first SIGTERM each event is stored as it is logged): the inner
+    # flush waited for the outer one's lock, up to its timeout.
+    writer = EventWriter(store, flush_interval=60)
+    real, inner = store.append_rows, []
+
+    def append_rows(rows: Any) -> Any:
+        if not inner:
+            writer.put(event(1))  # logged by the interrupting handler
+            started = time.monotonic()
+            inner.append((writer.flush(timeout=5), time.monotonic() - started))
+        return real(rows)
+
+    monkeypatch.setattr(store, "append_rows", append_rows)
+    writer.put(event(0))
+    assert writer.flush(timeout=5) == 2  # the outer flush stores the inner one's event too
+    [(stored, waited)] = inner
+    assert stored == 0 and waited < 0.5
+    assert uids(store) == [0, 1]
+    writer.close()
+
+
 def test_put_is_cheap(store: Store) -> None:
     """A put is a queue put: no store write on the way, and it takes microseconds."""
     writers: set[int] = set()

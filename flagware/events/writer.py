@@ -60,6 +60,7 @@ def _after_fork_in_child() -> None:
     for writer in list(_writers):
         writer._start_lock = threading.Lock()
         writer._flush_lock = threading.Lock()
+        writer._flusher = None
         writer._drop_lock = threading.Lock()
 
 
@@ -93,6 +94,7 @@ class EventWriter:
         self.max_queue = max(1, max_queue)
         self._start_lock = threading.Lock()
         self._flush_lock = threading.Lock()
+        self._flusher: int | None = None  # the thread holding _flush_lock
         self._drop_lock = threading.Lock()
         self._held: list[Row] = []  # a batch the store refused: stored first next time
         self._room = self.max_queue  # what the queue may hold besides the held batch
@@ -186,11 +188,19 @@ class EventWriter:
         """
         if self._pid != os.getpid():
             return 0
+        me = threading.get_ident()
+        if self._flusher == me:
+            # A signal handler interrupted this thread's own flush, which stores
+            # everything queued, this call's events too, once the handler
+            # returns: waiting for the lock would be waiting for ourselves.
+            return 0
         if not self._flush_lock.acquire(timeout=timeout):
             return 0
+        self._flusher = me
         try:
             total = self._store_queued()
         finally:
+            self._flusher = None
             self._flush_lock.release()
         if total:
             self.stored += total
