@@ -74,7 +74,7 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
             draining = True
         for client in list(clients()):
             try:
-                # Bounded: this thread may have been interrupted inside a flush.
+                # Bounded: the writer's thread may be in a flush of its own.
                 client.flush(timeout=5)
                 if not chained:
                     client.close()  # the server's own shutdown closes it otherwise

@@ -183,8 +183,10 @@ class EventWriter:
     def flush(self, *, timeout: float = -1) -> int:
         """Store everything queued so far; returns how many events were stored.
 
-        ``timeout`` bounds the wait for a flush already running (a signal handler
-        must not wait forever for a flush its own thread was interrupted in).
+        ``timeout`` bounds the wait for a flush running on another thread (a
+        SIGTERM handler must not wait long for the writer's). A flush its own
+        thread was interrupted in is not waited for at all: it returns 0 at
+        once, and that flush stores these events when the handler returns.
         """
         if self._pid != os.getpid():
             return 0
