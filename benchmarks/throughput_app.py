@@ -57,12 +57,12 @@ if KIND in ("bare", "wrapped"):
         return "ok"
 
 elif KIND == "hand":
-    from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
+    from statsig import StatsigEvent, StatsigUser, statsig
+    from throughput_core import legacy_options
 
     @per_process
     def _sdk() -> None:
-        options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
-        statsig.initialize("secret-bench", options)
+        statsig.initialize("secret-bench", legacy_options(os.environ["BENCH_STUB"]))
 
     @app.get("/")
     def index() -> str:
@@ -107,6 +107,8 @@ else:
 
 
 if KIND not in ("bare", "hand", "corehand"):
+    from throughput_core import flagware_timers
+
     from flagware import Flagware, FlagwareMiddleware
 
     fw = Flagware(
@@ -115,5 +117,6 @@ if KIND not in ("bare", "hand", "corehand"):
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
         proxy_hops=1,
+        **flagware_timers(),
     )
     app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)  # type: ignore[method-assign]

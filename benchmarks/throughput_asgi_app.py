@@ -32,12 +32,12 @@ if KIND in ("bare", "wrapped"):
         return PlainTextResponse("ok")
 
 elif KIND == "hand":
-    from statsig import StatsigEvent, StatsigOptions, StatsigUser, statsig
+    from statsig import StatsigEvent, StatsigUser, statsig
+    from throughput_core import legacy_options
 
     @cache  # lazily, once in each worker: uvicorn's workers are separate processes
     def _sdk() -> None:
-        options = StatsigOptions(api=os.environ["BENCH_STUB"], disable_diagnostics=True)
-        statsig.initialize("secret-bench", options)
+        statsig.initialize("secret-bench", legacy_options(os.environ["BENCH_STUB"]))
 
     async def index(request: Request) -> PlainTextResponse:
         _sdk()
@@ -83,6 +83,8 @@ else:
 app = Starlette(routes=[Route("/", index)])
 
 if KIND not in ("bare", "hand", "corehand"):
+    from throughput_core import flagware_timers
+
     from flagware import Flagware
     from flagware.asgi import FlagwareMiddleware
 
@@ -92,5 +94,6 @@ if KIND not in ("bare", "hand", "corehand"):
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
         proxy_hops=1,
+        **flagware_timers(),
     )
     app.add_middleware(FlagwareMiddleware, client=fw)
