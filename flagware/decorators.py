@@ -239,17 +239,36 @@ def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
         if status == 404:
             raise Http404("feature not available")
         return HttpResponse(status=status)
-    if flags is not None and getattr(flags, "_scope", None) is not None:
-        # An ASGI request: Starlette and FastAPI answer their own HTTPException.
-        try:
-            from starlette.exceptions import HTTPException
-        except ImportError:
-            pass
-        else:
-            raise HTTPException(status)
+    scope = getattr(flags, "_scope", None)
+    if scope is not None:
+        denial = _asgi_denial(scope.get("app"), status)
+        if denial is not None:
+            raise denial
+    # Flask, Quart and every other WSGI or ASGI app: werkzeug's HTTPException.
     from werkzeug.exceptions import abort
 
     abort(status)
+
+
+def _asgi_denial(app: object, status: int) -> Exception | None:
+    """The HTTP exception of the framework serving an ASGI request, or None for werkzeug's.
+
+    Decided by the app the framework put in the scope (Starlette, FastAPI and
+    Litestar set ``scope["app"]``; Quart, which answers werkzeug's exceptions,
+    does not), never by what happens to be installed: Quart answered
+    Starlette's exception with a 500 whenever Starlette was importable.
+    """
+    for cls in type(app).__mro__:
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if where == "starlette.applications.Starlette":  # FastAPI's base too
+            from starlette.exceptions import HTTPException
+
+            return HTTPException(status)
+        if where == "litestar.app.Litestar":
+            from litestar.exceptions import HTTPException as LitestarHTTPException
+
+            return LitestarHTTPException(status_code=status)
+    return None
 
 
 def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:
