@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+from flagware.locks import ProcessLock
 
 log = logging.getLogger("flagware")
 
@@ -37,7 +38,7 @@ class Engine:
     sdk = "legacy"  # "legacy" (the statsig package) or "core" (statsig-python-core)
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ProcessLock()  # held while the SDK starts (see flagware.locks)
         self._server: Any = None
         self._pid = -1
         # started(), for the check every ASGI request makes: no call and no
@@ -130,13 +131,12 @@ class Engine:
 engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def _unlock_after_fork() -> None:
-    # A fork while another thread starts the SDK (a first download in flight)
-    # copies the lock held, and no thread in the child will release it.
+def _after_fork_in_child() -> None:
+    # The lock is the child's own on first use (a ProcessLock), never one a
+    # parent's thread held while starting the SDK at the fork.
     for engine in list(engines):
-        engine._lock = threading.Lock()
         engine.ready = False  # the parent's SDK did not survive the fork
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_unlock_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

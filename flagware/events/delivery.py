@@ -33,7 +33,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -45,6 +44,7 @@ from flagware.events.stats import DeliveryStats, failure_record
 from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
 from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
+from flagware.locks import ProcessLock
 from flagware.settings import shown_url, statsig_api_problem
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
@@ -58,18 +58,8 @@ RETRIED_REFUSALS = (401, 407)
 RETRIED = (*RETRIED_REFUSALS, 408, 429)  # and every 5xx
 
 
-_deliveries: weakref.WeakSet[Delivery] = weakref.WeakSet()
 _inherited: list[Runtime] = []
 T = TypeVar("T")
-
-
-def _after_fork_in_child() -> None:
-    # The start lock may have been held by a parent thread at the fork.
-    for delivery in list(_deliveries):
-        delivery._start_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Delivery:
@@ -127,10 +117,11 @@ class Delivery:
         self._report = on_error or log_failure
         self._on_recovered = on_recovered
         self.sdk = SDKS[sdk]
-        self._start_lock = threading.Lock()
+        # Made in each process on first use, so never one a parent's thread held
+        # at a fork, and gevent's lock under gevent (see flagware.locks).
+        self._start_lock = ProcessLock()
         self._rt: Runtime | None = None
         self._closed_pid = -1
-        _deliveries.add(self)
 
     # -- public -------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from flagware.events import shutdown
 from flagware.events.model import Event
 from flagware.events.store import Store
 from flagware.events.store.base import event_row
+from flagware.locks import ProcessLock
 
 log = logging.getLogger("flagware")
 
@@ -55,13 +56,10 @@ _writers: weakref.WeakSet[EventWriter] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    # A lock some parent thread held at the fork stays held forever in the
-    # child: give every writer fresh locks before anything can use them.
+    # The locks are the child's own on first use (ProcessLock): none a parent's
+    # thread held at the fork. The flusher was a parent's thread.
     for writer in list(_writers):
-        writer._start_lock = threading.Lock()
-        writer._flush_lock = threading.Lock()
         writer._flusher = None
-        writer._drop_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -92,10 +90,12 @@ class EventWriter:
         self._failing_since: float | None = None  # monotonic time of the outage's first failure
         self.on_start = on_start
         self.max_queue = max(1, max_queue)
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        # Made in each process on first use (see flagware.locks): starting the
+        # thread, and a flush, may yield to gevent's hub with the lock held.
+        self._start_lock = ProcessLock()
+        self._flush_lock = ProcessLock()
         self._flusher: int | None = None  # the thread holding _flush_lock
-        self._drop_lock = threading.Lock()
+        self._drop_lock = ProcessLock()
         self._held: list[Row] = []  # a batch the store refused: stored first next time
         self._room = self.max_queue  # what the queue may hold besides the held batch
         self.dropped = 0  # events refused because the queue was full
