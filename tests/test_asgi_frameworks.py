@@ -63,7 +63,9 @@ def litestar_app() -> Any:
     async def open_() -> dict[str, Any]:
         return {"gated": "open", "group": current_flags().experiment("button_color").group}
 
-    return litestar.Litestar([gated, forbidden, open_])
+    # No logging_config: Litestar's default configures the root logger (INFO),
+    # which would outlive this test.
+    return litestar.Litestar([gated, forbidden, open_], logging_config=None)
 
 
 FRAMEWORKS: dict[str, Callable[[], Any]] = {"quart": quart_app, "litestar": litestar_app}
