@@ -19,6 +19,7 @@ from flagware.events.limits import cap_event
 from flagware.events.model import Event
 from flagware.events.shutdown import install_sigterm
 from flagware.events.store import Store, is_postgres_url, open_store, redact
+from flagware.events.wire import resolving_here
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.failures import Failures
 from flagware.identity import country_table
@@ -359,18 +360,19 @@ class Flagware:
         # One budget for storing what is queued (tried again while the store is
         # away) and delivering it; what is left of it, for the threads to stop.
         deadline = time.monotonic() + self.shutdown_timeout
-        self.writer.close(self.shutdown_timeout)
-        self.starts.record()
-        if self.delivery is not None:
-            try:
-                if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
-                    self._warn_undelivered(self.delivery)
-            finally:
-                # What the drain left, and a second at least for the threads to
-                # stop. A send still in flight then (a Statsig API that hangs) is
-                # left to die with the process: its lease runs out and the batch
-                # goes again, so a stop stays within a container's grace period.
-                self.delivery.close(max(1.0, deadline - time.monotonic()))
+        with resolving_here():  # gevent at exit: no thread for name lookups
+            self.writer.close(self.shutdown_timeout)
+            self.starts.record()
+            if self.delivery is not None:
+                try:
+                    if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
+                        self._warn_undelivered(self.delivery)
+                finally:
+                    # What the drain left, and a second at least for the threads to
+                    # stop. A send still in flight then (a Statsig API that hangs) is
+                    # left to die with the process: its lease runs out and the batch
+                    # goes again, so a stop stays within a container's grace period.
+                    self.delivery.close(max(1.0, deadline - time.monotonic()))
         self.engine.close()  # at most 2 s (engine.legacy, engine.core: SHUTDOWN_TIMEOUT)
         self.store.close()
 

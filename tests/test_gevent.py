@@ -116,3 +116,50 @@ def test_preloaded_gevent_worker_answers_its_first_concurrent_requests(
         names = [row["event"] for row in events.iter_events()]
     assert names.count("visited_signup") == CONCURRENT
     assert names.count("statsig::config_exposure") == CONCURRENT  # one stableID each
+
+
+EXITING = """
+import os
+
+from gevent import monkey
+
+monkey.patch_all()  # as a gunicorn.conf.py does for --preload, before anything else
+
+from flagware import Flagware
+
+# The store holds undelivered events; this process logs nothing and exits: its
+# exit handler's drain sends them. Python 3.12 starts no thread at exit, so the
+# drain sends from the exiting thread, where gevent's resolver needed one.
+Flagware(
+    statsig_secret="secret-gevent",
+    statsig_api=os.environ["STUB_URL"],
+    hash_key="gevent",
+    event_store=os.environ["EVENT_STORE"],
+)
+"""
+
+
+def test_an_exiting_gevent_patched_process_delivers_the_stored_backlog(tmp_path: Path) -> None:
+    from flagware.events.model import Event
+    from tests.statsig_stub import StatsigStub
+
+    store = str(tmp_path / "events.db")
+    with open_store(store) as events:  # a backlog another process stored, undelivered
+        events.append(
+            [Event("left_over", {"userID": f"u{i}"}, metadata={"uid": str(i)}) for i in range(20)],
+            deliver=True,
+        )
+    (tmp_path / "exiting.py").write_text(textwrap.dedent(EXITING))
+    with StatsigStub() as stub:
+        env = {**os.environ, "STUB_URL": stub.url, "EVENT_STORE": store, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(
+            [sys.executable, "exiting.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        assert sorted(int(e["metadata"]["uid"]) for e in stub.events) == list(range(20))
