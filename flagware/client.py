@@ -17,9 +17,8 @@ from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
 from flagware.events.limits import cap_event
 from flagware.events.model import Event
-from flagware.events.shutdown import install_sigterm
+from flagware.events.shutdown import install_sigterm, resolving_here
 from flagware.events.store import Store, is_postgres_url, open_store, redact
-from flagware.events.wire import resolving_here
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.failures import Failures
 from flagware.identity import country_table

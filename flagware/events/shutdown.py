@@ -8,11 +8,14 @@ and would lose the queue.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
+import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 log = logging.getLogger("flagware")
@@ -88,3 +91,30 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     _sigterm_installed = True
+
+
+@contextmanager
+def resolving_here() -> Iterator[None]:
+    """Name lookups without a thread of gevent's pool, while a client closes.
+
+    gevent's default resolver looks names up on a thread of its pool (even an
+    IP address), and Python 3.12 starts no thread at exit: a process whose
+    ``socket`` gevent patched (a ``gunicorn.conf.py`` that patches first, as
+    the README advises for ``--preload``) failed every send of its exit-time
+    drain with ``RuntimeError: can't create new thread at interpreter
+    shutdown``, and left its backlog to the next process. While a client
+    closes, its process is stopping: gevent's blocking resolver stands in, in
+    this thread's hub, where the senders (greenlets under gevent) run.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("socket"):
+        yield
+        return
+    gevent: Any = importlib.import_module("gevent")
+    blocking: Any = importlib.import_module("gevent.resolver.blocking")
+    hub = gevent.get_hub()
+    previous, hub.resolver = hub.resolver, blocking.Resolver(hub)
+    try:
+        yield
+    finally:
+        hub.resolver = previous

@@ -6,15 +6,12 @@ from __future__ import annotations
 import contextlib
 import gzip
 import http.client
-import importlib
 import importlib.metadata
 import json
 import platform
-import sys
 import time
-from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from flagware import __version__ as FLAGWARE_VERSION
 from flagware.events.endpoint import Endpoint, tunnel_login_refused
@@ -140,30 +137,3 @@ def retry_after(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-@contextlib.contextmanager
-def resolving_here() -> Iterator[None]:
-    """Name lookups without a thread of gevent's pool, while a client closes.
-
-    gevent's default resolver looks names up on a thread of its pool (even an
-    IP address), and Python 3.12 starts no thread at exit: a process whose
-    ``socket`` gevent patched (a ``gunicorn.conf.py`` that patches first, as
-    the README advises for ``--preload``) failed every send of its exit-time
-    drain with ``RuntimeError: can't create new thread at interpreter
-    shutdown``, and left its backlog to the next process. While a client
-    closes, its process is stopping: gevent's blocking resolver stands in, in
-    this thread's hub, where the senders (greenlets under gevent) run.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
-        yield
-        return
-    gevent: Any = importlib.import_module("gevent")
-    blocking: Any = importlib.import_module("gevent.resolver.blocking")
-    hub = gevent.get_hub()
-    previous, hub.resolver = hub.resolver, blocking.Resolver(hub)
-    try:
-        yield
-    finally:
-        hub.resolver = previous
