@@ -107,7 +107,7 @@ else:
 
 
 if KIND not in ("bare", "hand", "corehand"):
-    from throughput_core import flagware_timers
+    from throughput_core import stretch_flagware_timers
 
     from flagware import Flagware, FlagwareMiddleware
 
@@ -117,6 +117,6 @@ if KIND not in ("bare", "hand", "corehand"):
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
         proxy_hops=1,
-        **flagware_timers(),
+        **stretch_flagware_timers(),
     )
     app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)  # type: ignore[method-assign]

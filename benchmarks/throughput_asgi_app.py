@@ -83,7 +83,7 @@ else:
 app = Starlette(routes=[Route("/", index)])
 
 if KIND not in ("bare", "hand", "corehand"):
-    from throughput_core import flagware_timers
+    from throughput_core import stretch_flagware_timers
 
     from flagware import Flagware
     from flagware.asgi import FlagwareMiddleware
@@ -94,6 +94,6 @@ if KIND not in ("bare", "hand", "corehand"):
         event_store=os.environ["BENCH_STORE"],
         hash_key="bench",
         proxy_hops=1,
-        **flagware_timers(),
+        **stretch_flagware_timers(),
     )
     app.add_middleware(FlagwareMiddleware, client=fw)

@@ -53,8 +53,13 @@ def core_options(stub: str) -> Any:
     )
 
 
-def flagware_timers() -> dict[str, Any]:
-    """The ``Flagware(...)`` arguments for the timer scale (none at 1)."""
+def stretch_flagware_timers() -> dict[str, Any]:
+    """Stretch flagware's periodic checks by the timer scale, in this process.
+
+    Returns the ``Flagware(...)`` arguments the scale also needs (none at 1).
+    Call it once, before the client is made: the checks' intervals are
+    module constants, multiplied here.
+    """
     if TIMER_SCALE == 1:
         return {}
     # Module constants, read when each timer is re-armed: the spec file's

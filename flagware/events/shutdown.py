@@ -4,6 +4,10 @@
 with its own handler (gunicorn, uvicorn) exits gracefully and ``atexit``
 closes the client; one without (waitress, ``python app.py``) dies on the spot
 and would lose the queue.
+
+A process that is stopping also needs its name lookups done here:
+``resolving_here`` keeps gevent's resolver off its thread pool while a
+client closes.
 """
 
 from __future__ import annotations
