@@ -20,7 +20,7 @@ import io
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from flagware import request
+from flagware import denials, request
 from flagware.flags import Flags, current_flags
 from flagware.request import enter, leave, new
 
@@ -55,6 +55,14 @@ class FlagwareMiddleware:
         self.app = app
         self.client = client
         self._engine = client.engine
+        # This middleware's own Flags class, which knows the framework it
+        # serves when the scope does not say (Sanic, BlackSheep, Quart put no
+        # "app" there): @feature_gate raises that framework's HTTP exception.
+        self._flags_class: type[_ScopeFlags] = type(
+            "_ScopeFlags",
+            (_ScopeFlags,),
+            {"_framework": denials.framework(app), "_served_by": denials.kind(app)},
+        )
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp
@@ -73,7 +81,7 @@ class FlagwareMiddleware:
         # flag pays over bare from 16k instructions a request to about 9k.
         if not self._engine.ready:
             await start_engine(self.client)
-        flags = new(_ScopeFlags)
+        flags = new(self._flags_class)
         flags._client = self.client
         flags._scope = scope
         flags._send = send

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
-from flagware import request
+from flagware import denials, request
 from flagware.flags import Config, Flags, _current
 
 log = logging.getLogger("flagware")
@@ -38,10 +38,12 @@ def _flags_or_warn(decorator: str, name: str) -> Flags | None:
     if flags is None and (decorator, name) not in _warned:
         _warned.add((decorator, name))
         log.warning(
-            "flagware: @%s(%r) ran outside a request handled by FlagwareMiddleware; "
-            "the view runs with defaults and nothing is logged",
+            "flagware: @%s(%r) ran outside a request handled by FlagwareMiddleware; %s",
             decorator,
             name,
+            "the gate reads False: the view is denied"
+            if decorator == "feature_gate"
+            else "the view runs with defaults and nothing is logged",
         )
     return flags
 
@@ -239,36 +241,15 @@ def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
         if status == 404:
             raise Http404("feature not available")
         return HttpResponse(status=status)
+    if flags is None:  # outside a request (warned already): werkzeug's, as before
+        raise denials.denial(denials.WERKZEUG, status)
+    # Starlette, FastAPI and Litestar put their app in the ASGI scope (an
+    # add_middleware middleware wraps only the next layer of its stack).
     scope = getattr(flags, "_scope", None)
-    if scope is not None:
-        denial = _asgi_denial(scope.get("app"), status)
-        if denial is not None:
-            raise denial
-    # Flask, Quart and every other WSGI or ASGI app: werkzeug's HTTPException.
-    from werkzeug.exceptions import abort
-
-    abort(status)
-
-
-def _asgi_denial(app: object, status: int) -> Exception | None:
-    """The HTTP exception of the framework serving an ASGI request, or None for werkzeug's.
-
-    Decided by the app the framework put in the scope (Starlette, FastAPI and
-    Litestar set ``scope["app"]``; Quart, which answers werkzeug's exceptions,
-    does not), never by what happens to be installed: Quart answered
-    Starlette's exception with a 500 whenever Starlette was importable.
-    """
-    for cls in type(app).__mro__:
-        where = f"{cls.__module__}.{cls.__qualname__}"
-        if where == "starlette.applications.Starlette":  # FastAPI's base too
-            from starlette.exceptions import HTTPException
-
-            return HTTPException(status)
-        if where == "litestar.app.Litestar":
-            from litestar.exceptions import HTTPException as LitestarHTTPException
-
-            return LitestarHTTPException(status_code=status)
-    return None
+    name = denials.framework(scope.get("app")) if scope is not None else None
+    if name is None:
+        name = flags._framework
+    raise denials.denial(name, status, flags._served_by)
 
 
 def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:

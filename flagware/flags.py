@@ -47,8 +47,9 @@ def current_flags() -> Flags:
                 return found
         raise NoRequestError(
             "current_flags() was called outside a request handled by flagware: wrap the app "
-            "with FlagwareMiddleware (app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw)), "
-            "use the Flask extension, or add flagware.django.FlagwareMiddleware to MIDDLEWARE"
+            "with FlagwareMiddleware (WSGI: app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw), "
+            "or the Flask extension; ASGI: app = flagware.asgi.FlagwareMiddleware(app, fw), "
+            "served by an ASGI server), or add flagware.django.FlagwareMiddleware to MIDDLEWARE"
         )
     return flags
 
@@ -149,6 +150,10 @@ class Flags:
     _visitor: bool | None = None  # whether flag reads are exposures; decided on first use
     _skip: str | None = None  # why they are not ("bot", "method", "prefetch", "filter")
     _qa: Any = False  # the QA override cookie: False until read, then QAOverride or None
+    # The framework serving the request, and the class of what the middleware
+    # wraps (each middleware's own Flags subclass sets them; flagware.denials).
+    _framework: str | None = None
+    _served_by: str | None = None
 
     def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
         self._client = client

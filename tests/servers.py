@@ -1,4 +1,4 @@
-"""A real uvicorn server on a loopback port, and a small HTTP client for the tests."""
+"""Real servers on a loopback port (uvicorn; werkzeug's for WSGI), and a small HTTP client."""
 
 from __future__ import annotations
 
@@ -44,6 +44,22 @@ def uvicorn_server(app: Any, *, lifespan: str = "off", **options: Any) -> Iterat
         server.should_exit = True
         thread.join(15)
         sock.close()
+
+
+@contextmanager
+def wsgi_server(app: Any) -> Iterator[int]:
+    """Serve the WSGI ``app`` with werkzeug's threaded server on 127.0.0.1; yields the port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(15)
 
 
 @dataclass

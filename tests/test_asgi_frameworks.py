@@ -1,10 +1,11 @@
-"""The ASGI middleware under Quart and Litestar, served by a real uvicorn.
+"""The ASGI middleware under Quart, Litestar, Sanic, BlackSheep and Falcon, served by uvicorn.
 
-The README's "any other ASGI 3 app (Quart, Litestar, ...) is wrapped the same
-way", checked where frameworks differ: each answers only its own HTTP
-exceptions, so ``@feature_gate`` must raise the one of the framework serving
-the request, whatever else is installed (Starlette is, here: Quart answered
-Starlette's exception with a 500).
+The README's "any other ASGI 3 app is wrapped the same way", checked where
+frameworks differ: each answers only its own HTTP exceptions (any other with a
+500), so ``@feature_gate`` must raise the one of the framework serving the
+request, whatever else is installed (Starlette is, here: Quart answered
+Starlette's exception with a 500). Sanic, BlackSheep and Quart put no app in
+the scope: the middleware tells them by the app it wraps.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from flagware.asgi import FlagwareMiddleware
 
 quart = pytest.importorskip("quart")
 litestar = pytest.importorskip("litestar")
+sanic = pytest.importorskip("sanic")
+blacksheep = pytest.importorskip("blacksheep")
+falcon_asgi = pytest.importorskip("falcon.asgi")
 
 
 def quart_app() -> Any:
@@ -68,7 +72,91 @@ def litestar_app() -> Any:
     return litestar.Litestar([gated, forbidden, open_], logging_config=None)
 
 
-FRAMEWORKS: dict[str, Callable[[], Any]] = {"quart": quart_app, "litestar": litestar_app}
+_sanic_apps = iter(range(1_000_000))  # Sanic refuses a second app of the same name
+
+
+def sanic_app() -> Any:
+    # No configure_logging: Sanic's would configure loggers for every later test.
+    app = sanic.Sanic(f"flagware_test_{next(_sanic_apps)}", configure_logging=False)
+    app.config.TOUCHUP = False  # it rewrites Sanic's class once; a second app's start failed
+
+    @app.get("/gated")
+    @feature_gate("nobody")
+    async def gated(request: Any) -> Any:
+        return sanic.json({"gated": "open"})
+
+    @app.get("/forbidden")
+    @feature_gate("nobody", otherwise=403)
+    async def forbidden(request: Any) -> Any:
+        return sanic.json({"gated": "open"})
+
+    @app.get("/open")
+    @feature_gate("everyone")
+    @log_event("visited_signup")
+    async def open_(request: Any) -> Any:
+        group = current_flags().experiment("button_color").group
+        return sanic.json({"gated": "open", "group": group})
+
+    return app
+
+
+def blacksheep_app() -> Any:
+    app = blacksheep.Application()
+
+    @app.router.get("/gated")
+    @feature_gate("nobody")
+    async def gated() -> Any:
+        return blacksheep.json({"gated": "open"})
+
+    @app.router.get("/forbidden")
+    @feature_gate("nobody", otherwise=403)
+    async def forbidden() -> Any:
+        return blacksheep.json({"gated": "open"})
+
+    @app.router.get("/open")
+    @feature_gate("everyone")
+    @log_event("visited_signup")
+    async def open_() -> Any:
+        group = current_flags().experiment("button_color").group
+        return blacksheep.json({"gated": "open", "group": group})
+
+    return app
+
+
+def falcon_app() -> Any:
+    class Gated:
+        @feature_gate("nobody")
+        async def on_get(self, req: Any, resp: Any) -> None:
+            resp.media = {"gated": "open"}
+
+    class Forbidden:
+        @feature_gate("nobody", otherwise=403)
+        async def on_get(self, req: Any, resp: Any) -> None:
+            resp.media = {"gated": "open"}
+
+    class Open:
+        @feature_gate("everyone")
+        @log_event("visited_signup")
+        async def on_get(self, req: Any, resp: Any) -> None:
+            resp.media = {
+                "gated": "open",
+                "group": current_flags().experiment("button_color").group,
+            }
+
+    app = falcon_asgi.App()
+    app.add_route("/gated", Gated())
+    app.add_route("/forbidden", Forbidden())
+    app.add_route("/open", Open())
+    return app
+
+
+FRAMEWORKS: dict[str, Callable[[], Any]] = {
+    "quart": quart_app,
+    "litestar": litestar_app,
+    "sanic": sanic_app,
+    "blacksheep": blacksheep_app,
+    "falcon": falcon_app,
+}
 
 
 @pytest.fixture(params=sorted(FRAMEWORKS))
@@ -78,7 +166,8 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
     client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
     app = FlagwareMiddleware(FRAMEWORKS[request.param](), client)
     try:
-        with uvicorn_server(app) as port:
+        # Sanic and BlackSheep start their app in the lifespan's startup.
+        with uvicorn_server(app, lifespan="on") as port:
             yield port, client
     finally:
         client.close()
@@ -113,23 +202,55 @@ def test_flags_cookie_and_events_through_the_middleware(served: tuple[int, Flagw
     ]
 
 
-def test_the_denial_is_chosen_by_the_app_in_the_scope_not_by_what_is_installed() -> None:
+def test_the_denial_is_chosen_by_the_app_serving_not_by_what_is_installed() -> None:
     # Litestar answered werkzeug's exception with a 500 where Starlette was not
     # installed (a fresh venv); here Starlette is, so the choice is checked directly.
     from fastapi import FastAPI
     from litestar.exceptions import HTTPException as LitestarHTTPException
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.middleware.errors import ServerErrorMiddleware
+    from werkzeug.exceptions import Forbidden, NotFound
 
-    from flagware.decorators import _asgi_denial
+    from flagware.denials import denial, framework
 
-    denial = _asgi_denial(litestar_app(), 404)
-    assert isinstance(denial, LitestarHTTPException) and denial.status_code == 404
-    for app in (FastAPI(), Starlette()):
-        denial = _asgi_denial(app, 403)
-        assert isinstance(denial, StarletteHTTPException) and denial.status_code == 403
-    assert _asgi_denial(quart_app(), 404) is None  # Quart answers werkzeug's, as Flask
-    assert _asgi_denial(None, 404) is None  # no framework said which it is
+    exc = denial(framework(litestar_app()), 404)
+    assert isinstance(exc, LitestarHTTPException) and exc.status_code == 404
+    for app in (FastAPI(), Starlette(), ServerErrorMiddleware(Starlette())):
+        exc = denial(framework(app), 403)
+        assert isinstance(exc, StarletteHTTPException) and exc.status_code == 403
+    assert framework(quart_app()) == "werkzeug"  # Quart answers werkzeug's, as Flask
+    assert isinstance(denial(framework(quart_app()), 403), Forbidden)
+    assert framework(None) is None  # no framework said which it is
+    assert isinstance(denial(None, 404), NotFound)
+
+
+def test_an_app_flagware_does_not_know_gets_werkzeugs_denial_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def unknown_framework(scope: Any, receive: Any, send: Any) -> None:
+        @feature_gate("nobody")
+        async def view() -> None:
+            raise AssertionError("a denied view runs")
+
+        try:
+            await view()
+        except Exception as exc:  # what such a framework does with any exception
+            status = 500 if type(exc).__module__ != "werkzeug.exceptions" else 404
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": type(exc).__name__.encode()})
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
+    try:
+        with uvicorn_server(FlagwareMiddleware(unknown_framework, client)) as port:
+            replies = [fetch(port, "/") for _ in range(2)]
+    finally:
+        client.close()
+    assert [(r.status, r.body) for r in replies] == [(404, b"NotFound")] * 2
+    warnings = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert len(warnings) == 1 and "function" in warnings[0] and "otherwise=" in warnings[0]
 
 
 @pytest.mark.parametrize("placement", ["add_middleware", "around"])

@@ -1,0 +1,157 @@
+"""``@feature_gate``'s denial: the HTTP exception the framework serving the request answers.
+
+A status passed as ``otherwise`` must reach the client as that status. Each
+framework turns only its own exception into a response and answers any other
+with a 500 and a logged traceback (measured: werkzeug's ``NotFound`` under
+Falcon, Bottle, Pyramid, Sanic and BlackSheep), so the exception is chosen by
+the app serving the request, never by what happens to be installed (Quart
+answered Starlette's exception with a 500 whenever Starlette was importable).
+
+The app is found from the ASGI scope where the framework puts itself there
+(Starlette, FastAPI, Litestar) and otherwise from what the middleware wraps,
+followed through bound methods (Flask's ``app.wsgi_app``) and the ``.app``
+attribute wrapping middlewares keep, once per middleware. Django's views are
+told by their request argument (flagware.decorators).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("flagware")
+
+__all__ = ["WERKZEUG", "denial", "framework", "kind"]
+
+
+def _werkzeug(status: int) -> BaseException:
+    from werkzeug.exceptions import HTTPException, default_exceptions
+
+    known = default_exceptions.get(status)
+    if known is not None:
+        return known()
+    exc = HTTPException("feature not available")  # a status werkzeug has no class for
+    exc.code = status
+    return exc
+
+
+def _starlette(status: int) -> BaseException:
+    from starlette.exceptions import HTTPException
+
+    return HTTPException(status)
+
+
+def _litestar(status: int) -> BaseException:
+    from litestar.exceptions import HTTPException
+
+    return HTTPException(status_code=status)
+
+
+def _sanic(status: int) -> BaseException:
+    sanic: Any = importlib.import_module("sanic.exceptions")
+    # quiet: a denial is no error; Sanic would log each with a traceback.
+    exc: BaseException = sanic.SanicException(
+        "feature not available", status_code=status, quiet=True
+    )
+    return exc
+
+
+def _blacksheep(status: int) -> BaseException:
+    blacksheep: Any = importlib.import_module("blacksheep.exceptions")
+    exc: BaseException = blacksheep.HTTPException(status, "feature not available")
+    return exc
+
+
+def _falcon(status: int) -> BaseException:
+    import falcon
+
+    return falcon.HTTPError(status)
+
+
+def _bottle(status: int) -> BaseException:
+    bottle: Any = importlib.import_module("bottle")
+    exc: BaseException = bottle.HTTPError(status, "feature not available")
+    return exc
+
+
+def _pyramid(status: int) -> BaseException:
+    pyramid: Any = importlib.import_module("pyramid.httpexceptions")
+    exc: BaseException = pyramid.exception_response(status)
+    return exc
+
+
+WERKZEUG = "werkzeug"
+# Each framework's app class, as its module and name: looked up in an app's
+# MRO, so subclasses (FastAPI of Starlette, falcon.asgi.App of falcon.App) count.
+_FRAMEWORKS: dict[str, tuple[str, Callable[[int], BaseException]]] = {
+    "flask.app.Flask": (WERKZEUG, _werkzeug),
+    "flask.sansio.app.App": (WERKZEUG, _werkzeug),
+    "quart.app.Quart": (WERKZEUG, _werkzeug),
+    "starlette.applications.Starlette": ("starlette", _starlette),
+    "litestar.app.Litestar": ("litestar", _litestar),
+    "sanic.app.Sanic": ("sanic", _sanic),
+    "blacksheep.server.application.Application": ("blacksheep", _blacksheep),
+    "falcon.app.App": ("falcon", _falcon),
+    "bottle.Bottle": ("bottle", _bottle),
+    "pyramid.router.Router": ("pyramid", _pyramid),
+}
+_EXCEPTIONS = dict(_FRAMEWORKS.values())
+_warned: set[str] = set()
+
+
+def _known(app: object) -> str | None:
+    for cls in type(app).__mro__:
+        found = _FRAMEWORKS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found[0]
+    return None
+
+
+def framework(app: object) -> str | None:
+    """The framework serving through ``app``, or None when none flagware knows.
+
+    Follows a bound method to its object and a wrapping middleware to the app
+    it keeps as ``.app``, a few layers deep.
+    """
+    seen: set[int] = set()
+    for _ in range(16):
+        if app is None or id(app) in seen:
+            return None
+        seen.add(id(app))
+        name = _known(app)
+        if name is not None:
+            return name
+        owner = getattr(app, "__self__", None)
+        app = owner if owner is not None else getattr(app, "app", None)
+    return None
+
+
+def kind(app: object) -> str:
+    """What serves through ``app``, for a warning: its class, or a bound method's object's."""
+    return type(getattr(app, "__self__", app)).__qualname__
+
+
+def denial(name: str | None, status: int, served_by: str | None = None) -> BaseException:
+    """The exception that answers ``status`` in framework ``name``.
+
+    An app flagware does not know (``served_by``: the ``kind`` of what the
+    middleware wraps) gets werkzeug's ``HTTPException``, which werkzeug-based
+    apps answer with that status, and a warning once: others answer it with a
+    500, and ``otherwise=`` a callable returning the framework's own response
+    is then the way. Outside a middleware it is werkzeug's, quietly.
+    """
+    make = _EXCEPTIONS.get(name) if name is not None else None
+    if make is None:
+        if served_by is not None and served_by not in _warned:
+            _warned.add(served_by)
+            log.warning(
+                "flagware: @feature_gate denied a request served by %s, which flagware does "
+                "not know, with werkzeug's HTTPException(%d); if it answers 500, pass "
+                "otherwise= a callable that returns the framework's own response",
+                served_by,
+                status,
+            )
+        make = _werkzeug
+    return make(status)

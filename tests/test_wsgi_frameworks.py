@@ -1,0 +1,143 @@
+"""``@feature_gate`` under Falcon, Bottle and Pyramid, served over loopback.
+
+Each answers only its own HTTP exceptions: werkzeug's ``NotFound``, which
+flagware raised for every WSGI app but Django's, was a 500 with a logged
+traceback under all three. The middleware tells the framework by the app it
+wraps.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import bottle
+import falcon
+import pytest
+from conftest import SPEC
+from servers import fetch, wsgi_server
+
+from flagware import Flagware, FlagwareMiddleware, current_flags, feature_gate, log_event
+
+with warnings.catch_warnings():
+    # WebOb (under Pyramid) imports the stdlib cgi module, deprecated since 3.11.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from pyramid.config import Configurator
+
+
+def falcon_app() -> Any:
+    class Gated:
+        @feature_gate("nobody")
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            resp.media = {"gated": "open"}
+
+    class Forbidden:
+        @feature_gate("nobody", otherwise=403)
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            resp.media = {"gated": "open"}
+
+    class Open:
+        @feature_gate("everyone")
+        @log_event("visited_signup")
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            resp.media = {"group": current_flags().experiment("button_color").group}
+
+    app = falcon.App()
+    app.add_route("/gated", Gated())
+    app.add_route("/forbidden", Forbidden())
+    app.add_route("/open", Open())
+    return app
+
+
+def bottle_app() -> Any:
+    app = bottle.Bottle()
+
+    @app.get("/gated")
+    @feature_gate("nobody")
+    def gated() -> dict[str, str]:
+        return {"gated": "open"}
+
+    @app.get("/forbidden")
+    @feature_gate("nobody", otherwise=403)
+    def forbidden() -> dict[str, str]:
+        return {"gated": "open"}
+
+    @app.get("/open")
+    @feature_gate("everyone")
+    @log_event("visited_signup")
+    def open_() -> dict[str, Any]:
+        return {"group": current_flags().experiment("button_color").group}
+
+    return app
+
+
+def pyramid_app() -> Any:
+    @feature_gate("nobody")
+    def gated(request: Any) -> dict[str, str]:
+        return {"gated": "open"}
+
+    @feature_gate("nobody", otherwise=403)
+    def forbidden(request: Any) -> dict[str, str]:
+        return {"gated": "open"}
+
+    @feature_gate("everyone")
+    @log_event("visited_signup")
+    def open_(request: Any) -> dict[str, Any]:
+        return {"group": current_flags().experiment("button_color").group}
+
+    with Configurator() as config:
+        for name, view in (("gated", gated), ("forbidden", forbidden), ("open", open_)):
+            config.add_route(name, f"/{name}")
+            config.add_view(view, route_name=name, renderer="json")
+        return config.make_wsgi_app()
+
+
+FRAMEWORKS: dict[str, Callable[[], Any]] = {
+    "falcon": falcon_app,
+    "bottle": bottle_app,
+    "pyramid": pyramid_app,
+}
+
+
+@pytest.fixture(params=sorted(FRAMEWORKS))
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Flagware]]:
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
+    try:
+        with wsgi_server(FlagwareMiddleware(FRAMEWORKS[request.param](), client)) as port:
+            yield port, client
+    finally:
+        client.close()
+
+
+def test_feature_gate_answers_with_the_serving_frameworks_own_exception(
+    served: tuple[int, Flagware], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, client = served
+    assert fetch(port, "/gated").status == 404
+    assert fetch(port, "/forbidden").status == 403
+    assert client.errors == {}  # a denial is an answer, not a failure
+    assert not [r for r in caplog.records if r.exc_info]  # and no traceback logged
+
+
+def test_an_allowed_view_runs_logs_and_keeps_its_group(served: tuple[int, Flagware]) -> None:
+    port, client = served
+    reply = fetch(port, "/open")
+    assert reply.status == 200, reply.body
+    stable_id = reply.minted()
+    assert stable_id is not None
+    group = reply.json()["group"]
+    assert group in ("Control", "Red")
+    again = fetch(port, "/open", headers={"Cookie": f"flagware_id={stable_id}"})
+    assert again.json()["group"] == group and again.minted() is None
+    client.flush()
+    names = sorted(e["event"] for e in client.store.iter_events())
+    assert names == [
+        "statsig::config_exposure",
+        "statsig::gate_exposure",
+        "visited_signup",
+        "visited_signup",
+    ]
