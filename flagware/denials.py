@@ -116,15 +116,18 @@ def framework(app: object) -> str | None:
     it keeps as ``.app``, a few layers deep.
     """
     seen: set[int] = set()
-    for _ in range(16):
-        if app is None or id(app) in seen:
-            return None
-        seen.add(id(app))
-        name = _known(app)
-        if name is not None:
-            return name
-        owner = getattr(app, "__self__", None)
-        app = owner if owner is not None else getattr(app, "app", None)
+    try:
+        for _ in range(16):
+            if app is None or id(app) in seen:
+                return None
+            seen.add(id(app))
+            name = _known(app)
+            if name is not None:
+                return name
+            owner = getattr(app, "__self__", None)
+            app = owner if owner is not None else getattr(app, "app", None)
+    except Exception:  # an object whose attributes raise (a proxy): not one we know
+        return None
     return None
 
 

@@ -141,3 +141,25 @@ def test_an_allowed_view_runs_logs_and_keeps_its_group(served: tuple[int, Flagwa
         "visited_signup",
         "visited_signup",
     ]
+
+
+def test_the_framework_is_found_through_bound_methods_and_wrapping_middlewares() -> None:
+    from flask import Flask
+    from werkzeug.local import LocalProxy
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    from flagware.denials import framework
+
+    flask_app = Flask(__name__)
+    assert framework(flask_app.wsgi_app) == "werkzeug"  # the README's placement
+    assert framework(ProxyFix(falcon_app())) == "falcon"  # through .app
+    assert framework(bottle_app()) == "bottle"
+
+    class Loop:  # a chain that comes back to itself ends
+        def __init__(self) -> None:
+            self.app = self
+
+    assert framework(Loop()) is None
+    # A proxy that raises on every attribute (outside its context) is no framework.
+    unbound: Any = LocalProxy(lambda: (_ for _ in ()).throw(RuntimeError("no context")))
+    assert framework(unbound) is None
