@@ -17,7 +17,7 @@ from flagware import flags as _flags
 from flagware.engine import Engine, LocalEngine, StatsigEngine
 from flagware.events.limits import cap_event
 from flagware.events.model import Event
-from flagware.events.shutdown import install_sigterm, resolving_here
+from flagware.events.shutdown import close_at_child_exit, install_sigterm, resolving_here
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.failures import Failures
@@ -240,10 +240,14 @@ class Flagware:
             # A process's first event also starts delivery, so a backlog left
             # by a crashed worker goes out without waiting for new events.
             on_start=self._on_stored_start,
+            # A multiprocessing child forked from this process: its exit too.
+            on_process=lambda: close_at_child_exit(_close_all),
             on_reopen=self._reopened,
         )
-        # Interpreter exit stores what is queued and delivers what it can.
+        # Interpreter exit stores what is queued and delivers what it can; so
+        # does a multiprocessing child's exit (Granian's workers end past atexit).
         _live_clients.add(self)
+        close_at_child_exit(_close_all)
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
         announce(self, spec=spec)

@@ -19,7 +19,10 @@ shutdown are stored at once. waitress and ``python app.py``
 (wsgiref) install none. uWSGI loads the app in its master with SIGTERM
 ignored, so flagware installs nothing there; its workers' exit handlers close
 the client, whether ``die-on-term`` stops them at once or the master hook
-``gracefully_kill_them_all`` lets the requests in flight finish. With
+``gracefully_kill_them_all`` lets the requests in flight finish. Granian's
+workers are multiprocessing children that replace flagware's handler and end
+with ``os._exit``, past atexit: multiprocessing's own exit finalizers close
+the client there (they stored none of the events before). With
 ``handle_sigterm=False`` waitress, uvicorn (``--lifespan off``, alone or as
 gunicorn's worker) and wsgiref store none of the events.
 """
@@ -134,6 +137,16 @@ SERVERS: dict[str, tuple[str, bool]] = {
         True,
     ),
     "wsgiref": ("sapp.py", False),
+    # Granian's workers are multiprocessing children that replace flagware's
+    # handler with their own and end with os._exit, past atexit.
+    "granian-wsgi": (
+        "-m granian --interface wsgi --workers 2 --host 127.0.0.1 --port {port} sapp:app",
+        True,
+    ),
+    "granian-asginl": (  # ASGI without a lifespan
+        "-m granian --interface asginl --workers 2 --host 127.0.0.1 --port {port} sapp:asgi_app",
+        True,
+    ),
     # Debian's uWSGI 2.0 with its plugin for this Python (uwsgi-plugin-python3).
     "uwsgi": (
         "--plugin {plugin} --http-socket 127.0.0.1:{port} --virtualenv {venv} --module sapp:app"
@@ -215,7 +228,7 @@ def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes
     )
     try:
         wait_until_ready(port, proc)
-        if "lazy-apps" in options:
+        if "lazy-apps" in options or name.startswith("granian"):
             # Each worker loads the app itself. uWSGI orphans a worker that
             # gets die-on-term's signal while still loading it: its master
             # says goodbye and it serves on (the client's start made the
@@ -224,6 +237,11 @@ def serve(name: str, tmp_path: Path, store: str) -> tuple[subprocess.Popen[bytes
             deadline = time.monotonic() + 60
             while len(list(tmp_path.glob("loaded-*"))) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
+            # Granian (2.8) loses a SIGTERM that comes while a worker is still
+            # loading the app, and then waits for that worker forever (with or
+            # without flagware): its handlers come after the app's import.
+            if name.startswith("granian"):
+                time.sleep(0.5)
     except BaseException:
         proc.kill()
         print(proc.communicate(timeout=30)[0].decode())
@@ -309,6 +327,8 @@ EXIT = {  # what SIGTERM makes of each server
     "uvicorn": -signal.SIGTERM,  # raised again, to flagware's handler, after its shutdown
     "uvicorn-workers": 0,  # the supervisor exits normally once its workers have
     "wsgiref": -signal.SIGTERM,
+    "granian-wsgi": 0,
+    "granian-asginl": 0,
     "uwsgi": 0,
     "uwsgi-lazy-apps": 0,
     "uwsgi-graceful": 0,
@@ -352,3 +372,64 @@ def test_sigterm_under_waitress_on_postgresql(
     assert code == -signal.SIGTERM
     kinds, _ = stored_hits(postgres_url)
     assert kinds == {"statsig::gate_exposure": len(ok), "hit": len(ok), "visited": len(ok)}
+
+
+CHILDREN = """
+import multiprocessing
+import os
+import sys
+
+from flagware import Flagware
+from flagware.events.model import Event
+
+
+def client():
+    return Flagware(
+        spec=sys.argv[1], event_store=sys.argv[2], hash_key="k", flush_interval=60,
+        handle_sigterm=False,
+    )
+
+
+def log(fw, tag):
+    for i in range(20):
+        fw.log(Event("hit", {"userID": tag}, metadata={"uid": f"{tag}-{i}"}))
+    # Returning ends the child with os._exit, past atexit: nothing stored it.
+
+
+def own():
+    log(client(), "own")
+
+
+if __name__ == "__main__":
+    inherited = client()  # made before the fork, first used in the child
+    fork = multiprocessing.get_context("fork")
+    for target, args in ((own, ()), (log, (inherited, "inherited"))):
+        child = fork.Process(target=target, args=args)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0, child.exitcode
+    os._exit(0)  # the parent logged nothing, and stores nothing
+"""
+
+
+def test_a_multiprocessing_child_stores_its_queue_as_it_ends(
+    tmp_path: Path, spec_file: Any
+) -> None:
+    """What Granian's workers are: multiprocessing children, which end with
+    os._exit once their target returns. Both a client made in the child and
+    one made before the fork store the child's events as it ends."""
+    script = tmp_path / "children.py"
+    script.write_text(CHILDREN)
+    store = str(tmp_path / "events.db")
+    done = subprocess.run(
+        [sys.executable, str(script), str(spec_file), store],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    with open_store(store) as s:
+        uids = sorted(r["metadata"]["uid"] for r in s.iter_events())
+    assert uids == sorted(f"{tag}-{i}" for tag in ("own", "inherited") for i in range(20))

@@ -76,6 +76,7 @@ class EventWriter:
         on_stored: Callable[[int], None] | None = None,
         on_error: Callable[[BaseException, str], None] | None = None,
         on_start: Callable[[], None] | None = None,  # once per process, on the writer thread
+        on_process: Callable[[], None] | None = None,  # once per process, by its first event
         on_recovered: Callable[[], None] | None = None,  # the store takes writes after failing
         on_reopen: Callable[[], None] | None = None,  # used again after close(), same process
     ) -> None:
@@ -89,6 +90,7 @@ class EventWriter:
         self._closed_pid = -1  # the process that closed it, which may use it again
         self._failing_since: float | None = None  # monotonic time of the outage's first failure
         self.on_start = on_start
+        self.on_process = on_process
         self.max_queue = max(1, max_queue)
         # Made in each process on first use (see flagware.locks): starting the
         # thread, and a flush, may yield to gevent's hub with the lock held.
@@ -149,6 +151,8 @@ class EventWriter:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="flagware-writer", daemon=True)
             self._pid = os.getpid()
+            if self.on_process is not None:
+                self.on_process()
             try:
                 self._thread.start()
             except RuntimeError:
