@@ -120,12 +120,15 @@ def close_at_child_exit(close_all: Callable[[], None]) -> None:
     pid = os.getpid()
     if multiprocessing is None or pid in _child_exit_pids:
         return
-    if multiprocessing.parent_process() is None:  # not a multiprocessing child
-        return
     _child_exit_pids.add(pid)
-    util: Any = importlib.import_module("multiprocessing.util")
-    # A positive priority: run among the first, while the process is whole.
-    util.Finalize(None, close_all, exitpriority=10)
+    try:
+        if multiprocessing.parent_process() is None:  # not a multiprocessing child
+            return
+        util: Any = importlib.import_module("multiprocessing.util")
+        # A positive priority: run among the first, while the process is whole.
+        util.Finalize(None, close_all, exitpriority=10)
+    except Exception:  # never in the way of the event that got here; atexit stays
+        log.warning("flagware: could not close at this process's exit", exc_info=True)
 
 
 @contextmanager
