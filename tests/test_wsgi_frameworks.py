@@ -17,7 +17,8 @@ import bottle
 import falcon
 import pytest
 from conftest import SPEC
-from servers import fetch, wsgi_server
+from framework_checks import assert_denials, assert_open_route
+from servers import wsgi_server
 
 from flagware import Flagware, FlagwareMiddleware, current_flags, feature_gate, log_event
 
@@ -116,31 +117,11 @@ def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
 def test_feature_gate_answers_with_the_serving_frameworks_own_exception(
     served: tuple[int, Flagware], caplog: pytest.LogCaptureFixture
 ) -> None:
-    port, client = served
-    assert fetch(port, "/gated").status == 404
-    assert fetch(port, "/forbidden").status == 403
-    assert client.errors == {}  # a denial is an answer, not a failure
-    assert not [r for r in caplog.records if r.exc_info]  # and no traceback logged
+    assert_denials(*served, caplog.records)
 
 
 def test_an_allowed_view_runs_logs_and_keeps_its_group(served: tuple[int, Flagware]) -> None:
-    port, client = served
-    reply = fetch(port, "/open")
-    assert reply.status == 200, reply.body
-    stable_id = reply.minted()
-    assert stable_id is not None
-    group = reply.json()["group"]
-    assert group in ("Control", "Red")
-    again = fetch(port, "/open", headers={"Cookie": f"flagware_id={stable_id}"})
-    assert again.json()["group"] == group and again.minted() is None
-    client.flush()
-    names = sorted(e["event"] for e in client.store.iter_events())
-    assert names == [
-        "statsig::config_exposure",
-        "statsig::gate_exposure",
-        "visited_signup",
-        "visited_signup",
-    ]
+    assert_open_route(*served)
 
 
 def test_the_framework_is_found_through_bound_methods_and_wrapping_middlewares() -> None:
