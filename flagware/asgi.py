@@ -58,11 +58,7 @@ class FlagwareMiddleware:
         # This middleware's own Flags class, which knows the framework it
         # serves when the scope does not say (Sanic, BlackSheep, Quart put no
         # "app" there): @feature_gate raises that framework's HTTP exception.
-        self._flags_class: type[_ScopeFlags] = type(
-            "_ScopeFlags",
-            (_ScopeFlags,),
-            {"_framework": denials.framework(app), "_served_by": denials.kind(app)},
-        )
+        self._flags_class = denials.flags_class(_ScopeFlags, app)
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp

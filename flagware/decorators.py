@@ -242,14 +242,12 @@ def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
             raise Http404("feature not available")
         return HttpResponse(status=status)
     if flags is None:  # outside a request (warned already): werkzeug's, as before
-        raise denials.denial(denials.WERKZEUG, status)
+        raise denials.werkzeug(status)
     # Starlette, FastAPI and Litestar put their app in the ASGI scope (an
     # add_middleware middleware wraps only the next layer of its stack).
     scope = getattr(flags, "_scope", None)
-    name = denials.framework(scope.get("app")) if scope is not None else None
-    if name is None:
-        name = flags._framework
-    raise denials.denial(name, status, flags._served_by)
+    deny = denials.for_scope(scope.get("app")) if scope is not None else None
+    raise (deny or flags._deny)(status)
 
 
 def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:

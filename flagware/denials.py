@@ -19,14 +19,15 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("flagware")
+F = TypeVar("F")
 
-__all__ = ["WERKZEUG", "denial", "framework", "kind"]
+__all__ = ["Denial", "flags_class", "for_app", "for_scope", "framework", "werkzeug"]
 
 
-def _werkzeug(status: int) -> BaseException:
+def werkzeug(status: int) -> BaseException:
     from werkzeug.exceptions import HTTPException, default_exceptions
 
     known = default_exceptions.get(status)
@@ -82,13 +83,14 @@ def _pyramid(status: int) -> BaseException:
     return exc
 
 
+Denial = Callable[[int], BaseException]
 WERKZEUG = "werkzeug"
 # Each framework's app class, as its module and name: looked up in an app's
 # MRO, so subclasses (FastAPI of Starlette, falcon.asgi.App of falcon.App) count.
-_FRAMEWORKS: dict[str, tuple[str, Callable[[int], BaseException]]] = {
-    "flask.app.Flask": (WERKZEUG, _werkzeug),
-    "flask.sansio.app.App": (WERKZEUG, _werkzeug),
-    "quart.app.Quart": (WERKZEUG, _werkzeug),
+_FRAMEWORKS: dict[str, tuple[str, Denial]] = {
+    "flask.app.Flask": (WERKZEUG, werkzeug),
+    "flask.sansio.app.App": (WERKZEUG, werkzeug),
+    "quart.app.Quart": (WERKZEUG, werkzeug),
     "starlette.applications.Starlette": ("starlette", _starlette),
     "litestar.app.Litestar": ("litestar", _litestar),
     "sanic.app.Sanic": ("sanic", _sanic),
@@ -101,12 +103,32 @@ _EXCEPTIONS = dict(_FRAMEWORKS.values())
 _warned: set[str] = set()
 
 
-def _known(app: object) -> str | None:
-    for cls in type(app).__mro__:
-        found = _FRAMEWORKS.get(f"{cls.__module__}.{cls.__qualname__}")
+_by_class: dict[type, tuple[str, Denial] | None] = {}  # a handful of app classes
+
+
+def _by_type(cls: type) -> tuple[str, Denial] | None:
+    try:
+        return _by_class[cls]
+    except KeyError:
+        pass
+    found = None
+    for base in cls.__mro__:
+        found = _FRAMEWORKS.get(f"{base.__module__}.{base.__qualname__}")
         if found is not None:
-            return found[0]
-    return None
+            break
+    _by_class[cls] = found
+    return found
+
+
+def _known(app: object) -> str | None:
+    found = _by_type(type(app))
+    return found[0] if found is not None else None
+
+
+def _served(app: object) -> object:
+    """A bound method's object (Flask's ``app.wsgi_app``), else ``app`` itself."""
+    owner = getattr(app, "__self__", None)
+    return owner if owner is not None else app
 
 
 def framework(app: object) -> str | None:
@@ -124,30 +146,22 @@ def framework(app: object) -> str | None:
             name = _known(app)
             if name is not None:
                 return name
-            owner = getattr(app, "__self__", None)
-            app = owner if owner is not None else getattr(app, "app", None)
+            served = _served(app)
+            app = served if served is not app else getattr(app, "app", None)
     except Exception:  # an object whose attributes raise (a proxy): not one we know
         return None
     return None
 
 
-def kind(app: object) -> str:
-    """What serves through ``app``, for a warning: its class, or a bound method's object's."""
-    return type(getattr(app, "__self__", app)).__qualname__
+def for_scope(app: object) -> Denial | None:
+    """The denial of the app an ASGI framework put in its scope, cached by its class."""
+    found = _by_type(type(app)) if app is not None else None
+    return found[1] if found is not None else None
 
 
-def denial(name: str | None, status: int, served_by: str | None = None) -> BaseException:
-    """The exception that answers ``status`` in framework ``name``.
-
-    An app flagware does not know (``served_by``: the ``kind`` of what the
-    middleware wraps) gets werkzeug's ``HTTPException``, which werkzeug-based
-    apps answer with that status, and a warning once: others answer it with a
-    500, and ``otherwise=`` a callable returning the framework's own response
-    is then the way. Outside a middleware it is werkzeug's, quietly.
-    """
-    make = _EXCEPTIONS.get(name) if name is not None else None
-    if make is None:
-        if served_by is not None and served_by not in _warned:
+def _unknown(served_by: str) -> Denial:
+    def deny(status: int) -> BaseException:
+        if served_by not in _warned:
             _warned.add(served_by)
             log.warning(
                 "flagware: @feature_gate denied a request served by %s, which flagware does "
@@ -156,5 +170,33 @@ def denial(name: str | None, status: int, served_by: str | None = None) -> BaseE
                 served_by,
                 status,
             )
-        make = _werkzeug
-    return make(status)
+        return werkzeug(status)
+
+    return deny
+
+
+def for_app(app: object) -> Denial:
+    """How a middleware wrapping ``app`` denies: its framework's exception.
+
+    An app flagware does not know gets werkzeug's ``HTTPException``, which
+    werkzeug-based apps answer with that status, and a warning once naming
+    the app's class: others answer it with a 500, and ``otherwise=`` a
+    callable returning the framework's own response is then the way.
+    """
+    name = framework(app)
+    if name is not None:
+        return _EXCEPTIONS[name]
+    try:
+        served_by = type(_served(app)).__qualname__
+    except Exception:  # a proxy whose attributes raise
+        served_by = type(app).__qualname__
+    return _unknown(served_by)
+
+
+def flags_class(base: type[F], app: object) -> type[F]:
+    """A middleware's own ``Flags`` class, which denies as the app it wraps does.
+
+    Chosen once per middleware, so an allowed request pays nothing for it.
+    """
+    made: type[F] = type(base.__name__, (base,), {"_deny": staticmethod(for_app(app))})
+    return made

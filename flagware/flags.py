@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from flagware import identity, qa, visitors
+from flagware import denials, identity, qa, visitors
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event, compact_json
 
 if TYPE_CHECKING:
@@ -150,10 +150,10 @@ class Flags:
     _visitor: bool | None = None  # whether flag reads are exposures; decided on first use
     _skip: str | None = None  # why they are not ("bot", "method", "prefetch", "filter")
     _qa: Any = False  # the QA override cookie: False until read, then QAOverride or None
-    # The framework serving the request, and the class of what the middleware
-    # wraps (each middleware's own Flags subclass sets them; flagware.denials).
-    _framework: str | None = None
-    _served_by: str | None = None
+    # How @feature_gate denies: the HTTP exception of the framework the
+    # middleware wraps (each middleware's own Flags subclass sets it;
+    # flagware.denials). werkzeug's outside a middleware.
+    _deny: Callable[[int], BaseException] = staticmethod(denials.werkzeug)
 
     def __init__(self, client: Flagware, environ: WSGIEnvironment) -> None:
         self._client = client

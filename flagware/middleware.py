@@ -38,11 +38,7 @@ class FlagwareMiddleware:
         self._hops = client.proxy_hops
         # This middleware's own Flags class, which knows the framework it
         # serves: @feature_gate raises that framework's HTTP exception.
-        self._flags_class: type[_EnvironFlags] = type(
-            "_EnvironFlags",
-            (_EnvironFlags,),
-            {"_framework": denials.framework(app), "_served_by": denials.kind(app)},
-        )
+        self._flags_class = denials.flags_class(_EnvironFlags, app)
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp

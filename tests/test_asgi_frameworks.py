@@ -194,17 +194,23 @@ def test_the_denial_is_chosen_by_the_app_serving_not_by_what_is_installed() -> N
     from starlette.middleware.errors import ServerErrorMiddleware
     from werkzeug.exceptions import Forbidden, NotFound
 
-    from flagware.denials import denial, framework
+    from flagware.denials import for_app, for_scope, framework
 
-    exc = denial(framework(litestar_app()), 404)
+    exc = for_app(litestar_app())(404)
     assert isinstance(exc, LitestarHTTPException) and exc.status_code == 404
     for app in (FastAPI(), Starlette(), ServerErrorMiddleware(Starlette())):
-        exc = denial(framework(app), 403)
+        exc = for_app(app)(403)
         assert isinstance(exc, StarletteHTTPException) and exc.status_code == 403
     assert framework(quart_app()) == "werkzeug"  # Quart answers werkzeug's, as Flask
-    assert isinstance(denial(framework(quart_app()), 403), Forbidden)
+    assert isinstance(for_app(quart_app())(403), Forbidden)
     assert framework(None) is None  # no framework said which it is
-    assert isinstance(denial(None, 404), NotFound)
+    # The app an ASGI framework puts in its scope is looked up by class alone.
+    assert isinstance(for_scope(FastAPI())(404), StarletteHTTPException)  # type: ignore[misc]
+    assert for_scope(ServerErrorMiddleware(Starlette())) is None
+    assert for_scope(None) is None
+    from flagware.flags import Flags
+
+    assert isinstance(Flags._deny(404), NotFound)  # outside a middleware
 
 
 def test_an_app_flagware_does_not_know_gets_werkzeugs_denial_and_a_warning(
