@@ -101,8 +101,6 @@ _FRAMEWORKS: dict[str, tuple[str, Denial]] = {
 }
 _EXCEPTIONS = dict(_FRAMEWORKS.values())
 _warned: set[str] = set()
-
-
 _by_class: dict[type, tuple[str, Denial] | None] = {}  # a handful of app classes
 
 
