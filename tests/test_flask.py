@@ -185,3 +185,84 @@ def test_relative_spec_paths_are_relative_to_the_app(tmp_path: Any, monkeypatch:
     assert str(missing.value) == (
         f"missing.toml: spec file not found (looked for {tmp_path / 'missing.toml'})"
     )
+
+
+def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_session(
+    tmp_path: Any,
+) -> None:
+    """The README's "Visitors who log in", checked: the user_id resolver may
+    use Flask's session, the userID changes at login and the stableID (and a
+    stableID experiment's group) does not; IDs are fixed at a request's first
+    read, so a login after it logs that request under the anonymous userID."""
+    from flask import session
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(
+        '[experiments.signup_button]\nunit = "stableID"\ngroups = [\n'
+        '  { name = "Control", weight = 50, params = { color = "blue" } },\n'
+        '  { name = "Green", weight = 50, params = { color = "green" } },\n]\n'
+    )
+    app = Flask(__name__)
+    app.secret_key = "test"
+    FlaskFlagware(
+        app,
+        spec=spec,
+        event_store=tmp_path / "e.db",
+        hash_key="k",
+        user_id=lambda environ: session.get("account"),
+    )
+
+    @app.get("/signup")
+    def page() -> str:
+        return current_flags().experiment("signup_button").group or "-"
+
+    @app.post("/login")
+    def login() -> str:
+        session["account"] = "acct-1"
+        return "ok"
+
+    @app.post("/logout")
+    def logout() -> str:
+        session.pop("account")
+        return "ok"
+
+    @app.post("/register")
+    @log_event("signed_up")
+    def register() -> str:
+        return "ok"
+
+    @app.post("/read-then-login")
+    def read_then_login() -> str:
+        flags = current_flags()
+        flags.experiment("signup_button")
+        session["account"] = "acct-2"
+        flags.log_event("logged_in")
+        return "ok"
+
+    fw = get_client(app)
+    try:
+        browser = app.test_client()
+        headers = {"User-Agent": "Mozilla/5.0 Chrome/120"}
+        before = browser.get("/signup", headers=headers).text
+        browser.post("/login", headers=headers)
+        assert browser.get("/signup", headers=headers).text == before
+        browser.post("/register", headers=headers)
+        browser.post("/logout", headers=headers)
+        assert browser.get("/signup", headers=headers).text == before
+        browser.post("/read-then-login", headers=headers)
+        fw.flush()
+        events = [e for e in fw.store.iter_events() if e["event"] != "statsig::gate_exposure"]
+        stable = {e["stable_id"] for e in events}
+        assert len(stable) == 1  # one visitor throughout
+        seen = [(e["event"].removeprefix("statsig::"), e["user_id"]) for e in events]
+        anonymous = seen[0][1]  # the first exposure, before login
+        assert not anonymous.startswith("acct")
+        assert seen == [
+            ("config_exposure", anonymous),
+            ("config_exposure", "acct-1"),  # a new userID is a new exposure key
+            ("signed_up", "acct-1"),
+            # logged out: the anonymous key was seen within the window, not exposed again
+            ("logged_in", anonymous),  # logged in after the request's first read
+        ]
+    finally:
+        fw.close()

@@ -339,6 +339,9 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
 
     metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.001, "Blue": 0.25})
     assert adjustment_notes(metric) == ["CUPED variance reduction: Red 0%, Blue 25%"]
+    # Nobody converted in the window (a trial's): said, not left blank.
+    metric = replace(metric, variance_reduction={})
+    assert adjustment_notes(metric) == ["CUPED variance reduction: none (the metric does not vary)"]
 
 
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
@@ -610,6 +613,36 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
     assert guardrail.reason == (
         "stale: no unit was exposed in the analysis window, so the guardrail cannot be checked"
     )
+
+
+def test_a_metric_whose_events_no_exposed_unit_logged_is_said(tmp_path: Path) -> None:
+    """A userID experiment whose signups are logged after login, under the
+    account's ID: every exposed unit reads 0 and results said only "no
+    variance to test" (a new user's trial, 266 signups). They say why now."""
+    log = balanced_log(200, 200)
+    for e in log.events:
+        if e.name == "signup":  # logged in since: the same visitor, another userID
+            e.user = {**e.user, "userID": "acct-" + e.user["userID"]}
+    store = log.store(tmp_path)
+    spec = make_spec(unit="userID")
+    results = compute_results(spec, "button_color", store, now=NOW)
+    said = [w for w in results.warnings if "none by an exposed unit" in w]
+    assert said == [
+        "signed_up: 'signup' events were logged in the analysis window, but none by an exposed"
+        " unit after its exposure (unit userID), so it is 0 for every unit; if they carry another"
+        " ID than the exposures (a userID that changes at login), an experiment on stableID"
+        " follows the visitor across it"
+    ]
+    # By stableID the same events join, and nothing is said.
+    results = compute_results(make_spec(), "button_color", store, now=NOW)
+    assert not [w for w in results.warnings if "none by an exposed unit" in w]
+    assert results.metrics[0].results[0].mean > 0
+    # Events only before the first exposure are not in the window: nothing said.
+    for e in log.events:
+        if e.name == "signup":
+            e.time = NOW - 3 * HOUR
+    results = compute_results(spec, "button_color", log.store(tmp_path, "before.db"), now=NOW)
+    assert not [w for w in results.warnings if "none by an exposed unit" in w]
 
 
 def test_guardrail_events_from_before_the_window_vouch_for_nothing(tmp_path: Path) -> None:

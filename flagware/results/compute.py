@@ -14,7 +14,7 @@ clock skew; they are not counted, and their number is reported.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -234,6 +234,7 @@ def _analyse(
         for e in dict.fromkeys(metric_events(m))
         if e in missing
     ]
+    warnings += _unattributed(conn, exp.unit, metrics, data, missing, units.first, opt.until)
     warnings += [
         f"{r.non_numeric_events} event(s) read by {r.name} have a value that is not a number"
         " and count as 0"
@@ -298,6 +299,38 @@ def _unstored(metric: MetricSpec, event: str, hint: str) -> str:
     else:
         what = "it is 0 for every unit"
     return f"{metric.name}: {never_stored_phrase(event, hint)}, so {what}"
+
+
+def _unattributed(
+    conn: Reader,
+    unit: str,
+    metrics: list[MetricSpec],
+    data: list[MetricData],
+    missing: Mapping[str, str],
+    first: int | None,
+    until: int,
+) -> list[str]:
+    """Metrics that are 0 for every exposed unit although their event was logged
+    in the window: by units outside the experiment, or under another ID than the
+    exposures' (a trial's userID experiment read 0 against 0 from 266 signups
+    logged after login, when the userID had changed), which reads as "no effect"."""
+    if first is None:
+        return []
+    said = []
+    for m, d in zip(metrics, data, strict=True):
+        if m.kind not in ("conversion", "count", "sum") or m.event in missing:
+            continue
+        if any(g.mean_y != 0.0 or g.m2_y != 0.0 for g in d.moments.values()):
+            continue
+        if sql.newest_event(conn, m.event, first, until) is None:
+            continue
+        said.append(
+            f"{m.name}: {m.event!r} events were logged in the analysis window, but none by an"
+            f" exposed unit after its exposure (unit {unit}), so it is 0 for every unit; if they"
+            " carry another ID than the exposures (a userID that changes at login), an experiment"
+            " on stableID follows the visitor across it"
+        )
+    return said
 
 
 def _group_units(

@@ -153,7 +153,8 @@ def adjustment_notes(m: MetricResult) -> list[str]:
         reduction = ", ".join(
             f"{g} {r:.0%}".replace(" -0%", " 0%") for g, r in m.variance_reduction.items()
         )
-        notes.append(f"CUPED variance reduction: {reduction}")
+        # A group whose metric never varies has nothing to reduce and no entry.
+        notes.append(f"CUPED variance reduction: {reduction or 'none (the metric does not vary)'}")
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
     return notes
