@@ -7,8 +7,9 @@ into the status and the cookie.
 
 - ``http`` requests get a lazy :class:`~flagware.Flags` (``current_flags()``
   and ``scope["flagware.flags"]``); nothing is computed until a flag is read.
-- ``websocket`` connections pass through untouched: they have no response
-  status to decide events by and no response to carry a cookie.
+- ``websocket`` connections get one too, for the whole connection: the
+  handshake's answer is their status (accepted, or refused by a close or a
+  denial response), and a stableID minted before it rides on the accept.
 - ``lifespan`` passes through; when the app reports its shutdown complete, the
   client is closed (queued events stored and delivered) first.
 """
@@ -59,6 +60,7 @@ class FlagwareMiddleware:
         # serves when the scope does not say (Sanic, BlackSheep, Quart put no
         # "app" there): @feature_gate raises that framework's HTTP exception.
         self._flags_class = denials.flags_class(_ScopeFlags, app)
+        self._socket_class = denials.flags_class(_SocketFlags, app)
         self._diagnostics: Any = None
         if client.diagnostics:
             from flagware.diagnostics import DiagnosticsApp
@@ -67,8 +69,18 @@ class FlagwareMiddleware:
             self._diagnostics_root = self._diagnostics.root
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or SCOPE_KEY in scope:
+        kind = scope["type"]
+        if kind == "http":
+            flags_class: type[_ScopeFlags] = self._flags_class
+        elif kind == "websocket":
+            flags_class = self._socket_class
+        else:
             await self._pass(scope, receive, send)
+            return
+        if SCOPE_KEY in scope:
+            # A request an outer FlagwareMiddleware already handles (a mounted
+            # sub-app wrapped too): one request, one Flags.
+            await self.app(scope, receive, send)
             return
         # request.begin, inlined: this runs for every request, and most read no
         # flag. Built without __init__ (a Python frame), watched by class
@@ -77,7 +89,7 @@ class FlagwareMiddleware:
         # flag pays over bare from 16k instructions a request to about 9k.
         if not self._engine.ready:
             await start_engine(self.client)
-        flags = new(self._flags_class)
+        flags = new(flags_class)
         flags._client = self.client
         flags._scope = scope
         flags._send = send
@@ -116,12 +128,10 @@ class FlagwareMiddleware:
                 pass
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Everything but a new HTTP request: passed through untouched."""
+        """Everything but a request or a websocket: passed through untouched."""
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
         else:
-            # A websocket, or a request an outer FlagwareMiddleware already
-            # handles (a mounted sub-app wrapped too): one request, one Flags.
             await self.app(scope, receive, send)
 
     # -- lifespan -------------------------------------------------------------------
@@ -143,6 +153,8 @@ class FlagwareMiddleware:
     # -- diagnostics ----------------------------------------------------------------
 
     def _is_diagnostics(self, scope: Scope) -> bool:
+        if scope["type"] != "http":
+            return False
         path: str = scope.get("path", "")
         root: str = self._diagnostics_root
         return path.startswith(root) or path.startswith(scope.get("root_path", "") + root)
@@ -206,15 +218,71 @@ class _ScopeFlags(Flags):
         """
         if self._status is None and message["type"] == "http.response.start":
             if self._held or self._minted is not None:
-                message = _started(self, message)
+                message = _started(self, message, message["status"])
             else:  # what request.respond does when nothing is held or minted
                 self._status = message["status"]
         return self._send(message)
 
 
-def _started(flags: _ScopeFlags, message: Message) -> Message:
-    """The response start of a request that holds events or minted a stableID."""
-    if request.respond(flags, message["status"]) is not None:  # a new browser
+class _SocketFlags(_ScopeFlags):
+    """One websocket connection's Flags, from the handshake to the end.
+
+    The handshake's answer is the status: accepting is success (101), a close
+    before it refuses the connection (servers answer 403), and a denial
+    response (the ``websocket.http.response`` extension) has its own. Events
+    a view logged before the answer wait for it; after, they are logged at
+    once. A stableID minted before the answer is set by a header on it.
+    """
+
+    _refused = False  # @feature_gate answered the handshake itself
+
+    def _sending(self, message: Message) -> Awaitable[None]:
+        if self._status is None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                message = _started(self, message, 101)
+            elif kind == "websocket.http.response.start":
+                message = _started(self, message, message["status"])
+            elif kind == "websocket.close":
+                request.respond(self, 403)
+        elif self._refused:
+            # The framework answering a handshake @feature_gate already
+            # refused (a close, or its own rejection): the server would
+            # take a second answer for an error.
+            return _nothing()
+        return self._send(message)
+
+    async def _refuse(self, status: int) -> None:
+        """@feature_gate's denial: the handshake refused, with ``status`` where the
+        server can send a response (the denial-response extension), else by a close
+        (which servers answer with 403). Not the framework's exception: frameworks
+        answer an HTTP exception raised in a websocket handler differently (a 500
+        from some), and a close means the same to all."""
+        if self._status is not None:  # answered already: nothing left to refuse
+            return
+        if "websocket.http.response" in (self._scope.get("extensions") or {}):
+            await self._sending(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await self._sending(
+                {"type": "websocket.http.response.body", "body": b"feature not available"}
+            )
+        else:
+            await self._sending({"type": "websocket.close", "code": 1008})
+        self._refused = True
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
+    """The response start, or handshake answer, when events are held or a stableID minted."""
+    if request.respond(flags, status) is not None:  # a new browser
         cookie = request.cookie(flags, secure=flags._scope.get("scheme") in ("https", "wss"))
         if cookie is not None:
             headers = list(message.get("headers", ()))

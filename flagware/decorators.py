@@ -243,6 +243,9 @@ def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
         return HttpResponse(status=status)
     if flags is None:  # outside a request (warned already): werkzeug's, as before
         raise denials.werkzeug(status)
+    refuse = getattr(flags, "_refuse", None)
+    if refuse is not None:  # a websocket's handshake (async views only): refused by flagware
+        return refuse(status)
     # Starlette, FastAPI and Litestar put their app in the ASGI scope (an
     # add_middleware middleware wraps only the next layer of its stack).
     scope = getattr(flags, "_scope", None)

@@ -21,14 +21,9 @@ def uvicorn_server(app: Any, *, lifespan: str = "off", **options: Any) -> Iterat
     sock.bind(("127.0.0.1", 0))
     port: int = sock.getsockname()[1]
     options.setdefault("proxy_headers", False)  # flagware's proxy_hops decides, not uvicorn
+    options.setdefault("ws", "none")
     config = uvicorn.Config(
-        app,
-        lifespan=lifespan,
-        log_level="warning",
-        ws="none",
-        http="h11",
-        loop="asyncio",
-        **options,
+        app, lifespan=lifespan, log_level="warning", http="h11", loop="asyncio", **options
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

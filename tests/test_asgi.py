@@ -377,7 +377,7 @@ def http_scope(path: str = "/", headers: list[tuple[bytes, bytes]] | None = None
     }
 
 
-def test_websocket_and_lifespan_scopes_pass_through(make_client: Any) -> None:
+def test_a_websocket_has_flags_and_lifespan_passes_through(make_client: Any) -> None:
     client = make_client()
     seen: list[Any] = []
 
@@ -399,7 +399,7 @@ def test_websocket_and_lifespan_scopes_pass_through(make_client: Any) -> None:
 
     wrapped = FlagwareMiddleware(app, client)
     run_asgi(wrapped, {"type": "websocket", "path": "/ws", "headers": []}, [])
-    assert seen == [("websocket", False), "no flags"]
+    assert seen == [("websocket", True)]  # the connection's own Flags
     assert not client._closed
     sent = run_asgi(
         wrapped, {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]

@@ -1,0 +1,81 @@
+"""Websocket connections through the ASGI middleware, under uvicorn, over loopback.
+
+A new user's trial put the decorators on FastAPI websocket routes: the
+connection had no Flags (``current_flags()`` raised), ``@log_event`` logged
+nothing, and ``@feature_gate`` answered the handshake with a 500 and a
+logged traceback even for a gate everyone passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from fastapi import FastAPI, WebSocket
+from servers import uvicorn_server
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from flagware import current_flags, feature_gate, log_event
+from flagware.asgi import FlagwareMiddleware
+
+UA = {"User-Agent": "Mozilla/5.0 Chrome/120"}
+
+
+def socket_app(client: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/open")
+    @feature_gate("everyone")
+    @log_event("chatted")
+    async def open_socket(websocket: WebSocket) -> None:
+        group = current_flags().experiment("button_color").group
+        await websocket.accept()
+        await websocket.send_text(f"{group} {current_flags().stable_id}")
+        await websocket.close()
+
+    @app.websocket("/closed")
+    @feature_gate("nobody")
+    async def closed_socket(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("should not run")
+
+    app.add_middleware(FlagwareMiddleware, client=client)
+    return app
+
+
+@pytest.mark.parametrize("ws", ["websockets-sansio", "wsproto"])
+def test_a_websocket_gets_flags_a_cookie_events_and_a_clean_denial(
+    make_client: Any, caplog: pytest.LogCaptureFixture, ws: str
+) -> None:
+    if ws == "wsproto":
+        pytest.importorskip("wsproto")
+    client = make_client()
+    with uvicorn_server(socket_app(client), ws=ws) as port:
+        base = f"ws://127.0.0.1:{port}"
+        with connect(f"{base}/open", additional_headers=UA) as socket:
+            group, stable_id = socket.recv(timeout=5).split()
+            cookie = socket.response.headers.get("set-cookie", "")
+        assert cookie.startswith(f"flagware_id={stable_id};")  # set on the accept
+        # A returning browser keeps its stableID, and so its group.
+        with connect(
+            f"{base}/open", additional_headers={**UA, "Cookie": f"flagware_id={stable_id}"}
+        ) as socket:
+            assert socket.recv(timeout=5) == f"{group} {stable_id}"
+            assert "set-cookie" not in socket.response.headers
+        with pytest.raises(InvalidStatus) as refused, connect(f"{base}/closed"):
+            pass
+        # Refused by flagware: 404 where the server has the denial-response
+        # extension, a close (403) where it has not.
+        assert refused.value.response.status_code in (403, 404)
+    client.flush()
+    events = list(client.store.iter_events())
+    assert [e["event"] for e in events if e["event"] == "chatted"] == ["chatted", "chatted"]
+    assert {e["stable_id"] for e in events if e["event"] == "chatted"} == {stable_id}
+    assert {e["event"] for e in events} == {
+        "chatted",
+        "statsig::gate_exposure",
+        "statsig::config_exposure",
+    }
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
