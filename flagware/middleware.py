@@ -6,6 +6,7 @@ lives in :mod:`flagware.request`; this module only translates WSGI into it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,14 @@ class FlagwareMiddleware:
     """
 
     def __init__(self, app: WSGIApplication, client: Flagware) -> None:
+        if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__):
+            # Starlette's add_middleware builds any class: this one made every
+            # request a 500 TypeError and uvicorn skipped the app's lifespan
+            # (a new user's trial, importing it from flagware for FastAPI).
+            raise TypeError(
+                "flagware.FlagwareMiddleware wraps WSGI apps, and this one is ASGI: "
+                "use flagware.asgi.FlagwareMiddleware"
+            )
         self.app = app
         self.client = client
         # REMOTE_ADDR is rewritten from X-Forwarded-For for exactly this many

@@ -776,3 +776,23 @@ def test_a_stable_id_made_after_the_response_started_is_counted_and_logged_once(
     assert fw.errors["stableID after response start"] == 2
     [said] = [r.getMessage() for r in caplog.records if "stableID" in r.getMessage()]
     assert "after the response started" in said and "read a flag before" in said
+
+
+def test_the_wsgi_middleware_refuses_an_asgi_app_at_once(make_client: Any) -> None:
+    """``from flagware import FlagwareMiddleware`` in a FastAPI app (a new user's
+    trial) built fine, then answered every request with a 500 TypeError."""
+    from fastapi import FastAPI
+
+    from flagware import FlagwareMiddleware as WSGIMiddleware
+
+    app = FastAPI()
+    app.add_middleware(WSGIMiddleware, client=make_client())
+    with pytest.raises(TypeError, match=r"use flagware\.asgi\.FlagwareMiddleware"):
+        # Starlette builds its middleware stack on the first request.
+        run_asgi(app, http_scope(), [{"type": "http.request"}])
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="this one is ASGI"):
+        WSGIMiddleware(raw, make_client())
