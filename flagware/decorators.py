@@ -184,6 +184,14 @@ def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Cal
 
             return async_view
 
+        if inspect.iscoroutinefunction(otherwise):
+            # A plain view's framework never awaits what it returns: FastAPI
+            # answered this denial with a 500 (a new user's trial).
+            raise TypeError(
+                f"@feature_gate({name!r}): otherwise= is async but the view "
+                f"{getattr(view, '__qualname__', view)!r} is not; make both async or both plain"
+            )
+
         def sync_view(*args: Any, **kwargs: Any) -> Any:
             if not allowed():
                 return denied(args, kwargs)

@@ -44,6 +44,14 @@ def _starlette(status: int) -> BaseException:
     return HTTPException(status)
 
 
+def _fastapi(status: int) -> BaseException:
+    # FastAPI's subclasses Starlette's: a handler registered on either sees it,
+    # where Starlette's would bypass a handler on FastAPI's (a new user's trial).
+    from fastapi import HTTPException
+
+    return HTTPException(status)
+
+
 def _litestar(status: int) -> BaseException:
     from litestar.exceptions import HTTPException
 
@@ -91,6 +99,7 @@ _FRAMEWORKS: dict[str, tuple[str, Denial]] = {
     "flask.app.Flask": (WERKZEUG, werkzeug),
     "flask.sansio.app.App": (WERKZEUG, werkzeug),
     "quart.app.Quart": (WERKZEUG, werkzeug),
+    "fastapi.applications.FastAPI": ("fastapi", _fastapi),
     "starlette.applications.Starlette": ("starlette", _starlette),
     "litestar.app.Litestar": ("litestar", _litestar),
     "sanic.app.Sanic": ("sanic", _sanic),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import logging
 import weakref
@@ -796,3 +797,56 @@ def test_the_wsgi_middleware_refuses_an_asgi_app_at_once(make_client: Any) -> No
 
     with pytest.raises(TypeError, match="this one is ASGI"):
         WSGIMiddleware(raw, make_client())
+
+
+def test_a_handler_on_fastapis_http_exception_sees_the_denial(make_client: Any) -> None:
+    """A new user's trial registered its handler on ``fastapi.HTTPException``;
+    Starlette's exception (its base) bypassed it. FastAPI's reaches both."""
+    from fastapi import HTTPException
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI()
+    seen: list[str] = []
+
+    @app.exception_handler(HTTPException)
+    async def fastapi_handler(request: Request, exc: HTTPException) -> JSONResponse:
+        seen.append(type(exc).__module__)
+        return JSONResponse({"denied": exc.status_code}, status_code=exc.status_code)
+
+    @app.get("/gated")
+    @feature_gate("nobody", otherwise=403)
+    async def gated() -> dict[str, str]:
+        return {"gated": "open"}
+
+    @app.get("/gated-sync")
+    @feature_gate("nobody")
+    def gated_sync() -> dict[str, str]:
+        return {"gated": "open"}
+
+    with uvicorn_server(FlagwareMiddleware(app, make_client())) as port:
+        replies = [fetch(port, path) for path in ("/gated", "/gated-sync")]
+    assert [(r.status, json.loads(r.body)) for r in replies] == [
+        (403, {"denied": 403}),
+        (404, {"denied": 404}),
+    ]
+    assert seen == ["fastapi.exceptions"] * 2
+    assert issubclass(HTTPException, StarletteHTTPException)  # handlers on either see it
+
+
+def test_an_async_otherwise_on_a_plain_view_is_refused_when_decorated() -> None:
+    """FastAPI answered such a denial with a 500: nothing awaits what a plain
+    view returns. The mistake now shows at import, not on the first denial."""
+
+    async def sorry() -> dict[str, str]:
+        return {"sorry": "yes"}
+
+    def view() -> dict[str, str]:
+        return {"in": "yes"}
+
+    with pytest.raises(TypeError, match=r"otherwise= is async but the view .*view.* is not"):
+        feature_gate("nobody", otherwise=sorry)(view)
+
+    async def async_view() -> dict[str, str]:
+        return {"in": "yes"}
+
+    assert inspect.iscoroutinefunction(feature_gate("nobody", otherwise=sorry)(async_view))

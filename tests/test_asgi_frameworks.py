@@ -201,6 +201,9 @@ def test_the_denial_is_chosen_by_the_app_serving_not_by_what_is_installed() -> N
     for app in (FastAPI(), Starlette(), ServerErrorMiddleware(Starlette())):
         exc = for_app(app)(403)
         assert isinstance(exc, StarletteHTTPException) and exc.status_code == 403
+    # FastAPI's own subclass, so a handler registered on either sees it.
+    assert type(for_app(FastAPI())(403)).__module__ == "fastapi.exceptions"
+    assert type(for_app(Starlette())(403)) is StarletteHTTPException
     assert framework(quart_app()) == "werkzeug"  # Quart answers werkzeug's, as Flask
     assert isinstance(for_app(quart_app())(403), Forbidden)
     assert framework(None) is None  # no framework said which it is
