@@ -17,13 +17,13 @@ into the status and the cookie.
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from flagware import denials, request
+from flagware import denials, identity, request
 from flagware.flags import Flags, current_flags
 from flagware.request import enter, leave, new
+from flagware.scope import ScopeEnviron
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -231,7 +231,8 @@ class _SocketFlags(_ScopeFlags):
     before it refuses the connection (servers answer 403), and a denial
     response (the ``websocket.http.response`` extension) has its own. Events
     a view logged before the answer wait for it; after, they are logged at
-    once. A stableID minted before the answer is set by a header on it.
+    once. A new visitor's stableID is made at the accept, if no flag was read
+    before it, and set by a header on it.
     """
 
     _refused = False  # @feature_gate answered the handshake itself
@@ -240,6 +241,8 @@ class _SocketFlags(_ScopeFlags):
         if self._status is None:
             kind = message["type"]
             if kind == "websocket.accept":
+                if self._stable_id is None:
+                    self._settle_stable_id()
                 message = _started(self, message, 101)
             elif kind == "websocket.http.response.start":
                 message = _started(self, message, message["status"])
@@ -251,6 +254,20 @@ class _SocketFlags(_ScopeFlags):
             # take a second answer for an error.
             return _nothing()
         return self._send(message)
+
+    def _settle_stable_id(self) -> None:
+        """The stableID, minted now for a visitor without the cookie, whether or
+        not the view has read a flag: most read after accepting (Litestar's
+        ``websocket_listener`` accepts before the view runs), when no header can
+        carry a new ID, and each connection would be a new unit (a new user's
+        trial: six connections, six units). Cheap beside a handshake."""
+        try:
+            found = identity.stable_id_of(self._client, self._environ)
+        except Exception as exc:  # the accept goes out without our cookie, never broken
+            self._client.report(exc, "identity")
+            return
+        if found is not None:  # None under a random override: re-rolled with the userID
+            self._stable_id, self._minted = found
 
     async def _refuse(self, status: int) -> None:
         """@feature_gate's denial: the handshake refused, with ``status`` where the
@@ -297,86 +314,6 @@ async def get_flags() -> Flags:
     Async, so FastAPI calls it on the event loop rather than in a thread.
     """
     return current_flags()
-
-
-# Header names as the environ keys them (b"user-agent" -> "HTTP_USER_AGENT"),
-# learnt as they come: a site's requests carry a few dozen names, so each is
-# decoded and reformatted once, not on every request. Bounded, so a client
-# inventing names cannot grow it; past the bound, names are reformatted each time.
-_HEADER_KEYS: dict[bytes, str] = {}
-_MAX_HEADER_KEYS = 512
-
-
-def _header_key(raw_name: bytes) -> str:
-    name = raw_name.decode("latin-1").upper().replace("-", "_")
-    key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
-    if len(_HEADER_KEYS) < _MAX_HEADER_KEYS:
-        _HEADER_KEYS[raw_name] = key
-    return key
-
-
-class ScopeEnviron(dict[str, Any]):
-    """The WSGI keys the core reads (``REMOTE_ADDR``, ``HTTP_COOKIE``...) from a scope.
-
-    A plain dict once made, so the dozen reads a new visitor's flags make are
-    C calls, not a Python method each. Made on the first flag read (see
-    ``_ScopeFlags._environ``): a request that reads no flag never pays for
-    walking its headers. ``environ["asgi.scope"]`` and ``.scope`` are the scope.
-    """
-
-    __slots__ = ("scope",)
-
-    def __init__(self, scope: Scope, hops: int = 0) -> None:
-        self.scope = scope
-        client = scope.get("client")
-        peer = client[0] if client else ""
-        path: str = scope.get("path", "")
-        root: str = scope.get("root_path", "")
-        # Starlette's get_route_path: the root only at a segment boundary
-        # ("/apiary" under "/api" is not "ary"); uvicorn keeps it in path.
-        if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
-            path = path[len(root) :]
-        server = scope.get("server") or ("", 80)
-        super().__init__(
-            {
-                "REQUEST_METHOD": scope.get("method", "GET"),
-                "SCRIPT_NAME": root,
-                "PATH_INFO": path,
-                "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
-                "SERVER_NAME": str(server[0]),
-                "SERVER_PORT": str(server[1]),
-                "SERVER_PROTOCOL": "HTTP/" + scope.get("http_version", "1.1"),
-                "wsgi.url_scheme": scope.get("scheme", "http"),
-                "asgi.scope": scope,
-                "flagware.peer": peer,
-            }
-        )
-        keys = _HEADER_KEYS
-        for raw_name, raw_value in scope.get("headers", ()):
-            key = keys.get(raw_name) or _header_key(raw_name)
-            value = raw_value.decode("latin-1")
-            if key in self:  # repeated headers are joined in order, never overwritten
-                value = self[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
-            self[key] = value
-        trusted = request.forwarded_for(self.get("HTTP_X_FORWARDED_FOR"), hops)
-        self["REMOTE_ADDR"] = trusted or peer
-
-    def wsgi(self, body: bytes = b"") -> dict[str, Any]:
-        """A full WSGI environ (for the diagnostics app), with the peer's own address."""
-        environ = dict(self)
-        environ["REMOTE_ADDR"] = environ.pop("flagware.peer")
-        environ.update(
-            {
-                "wsgi.version": (1, 0),
-                "wsgi.input": io.BytesIO(body),
-                "wsgi.errors": io.StringIO(),
-                "wsgi.multithread": True,
-                "wsgi.multiprocess": False,
-                "wsgi.run_once": False,
-                "CONTENT_LENGTH": str(len(body)),
-            }
-        )
-        return environ
 
 
 async def _read_body(receive: Receive) -> bytes:

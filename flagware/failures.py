@@ -117,7 +117,8 @@ class Failures:
         if self.errors[LATE_STABLE_ID] == 1:
             log.warning(
                 "flagware: a new visitor's stableID was made after the response started (a"
-                " flag first read in a streaming body or a background task), so no cookie can"
+                " flag first read in a streaming body, a background task or after a websocket's"
+                " accept), so no cookie can"
                 " carry it and the visitor is a new unit on every such request; read a flag"
                 " before the response starts (logged once, counted in Flagware.errors[%r])",
                 LATE_STABLE_ID,

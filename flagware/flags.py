@@ -176,7 +176,9 @@ class Flags:
         return self._user_id
 
     def _resolve_ids(self) -> None:
-        self._user_id, self._stable_id, minted = identity.resolve_ids(self._client, self._environ)
+        self._user_id, self._stable_id, minted = identity.resolve_ids(
+            self._client, self._environ, self._stable_id
+        )
         if minted is not None:
             self._minted = minted
             if self._status is not None:  # the response has started: no cookie can carry it

@@ -81,18 +81,33 @@ def seed_ids(seed: str | None) -> None:
 os.register_at_fork(after_in_child=_ids.clear)
 
 
-def resolve_ids(client: Flagware, environ: WSGIEnvironment) -> tuple[str, str, str | None]:
-    """This request's userID and stableID, and the stableID it minted (None when the
-    browser sent a valid one): the cookie to set."""
+def stable_id_of(client: Flagware, environ: WSGIEnvironment) -> tuple[str, str | None] | None:
+    """This request's stableID and the one it minted (None when the browser sent
+    a valid one): the cookie to set. None under a random override, which
+    re-rolls it together with the userID."""
     if client.allow_random_override and wants_random(environ):
-        # Re-rolled for this request only, and never stored in the cookie,
-        # so the browser keeps its real identity.
-        rolled = new_id()
-        return rolled, rolled, None
-    minted = None
+        return None
     stable_id = read_stable_id(environ, client.cookie_name)
     if stable_id is None:
-        stable_id = minted = new_id()
+        return (minted := new_id()), minted
+    return stable_id, None
+
+
+def resolve_ids(
+    client: Flagware, environ: WSGIEnvironment, stable_id: str | None = None
+) -> tuple[str, str, str | None]:
+    """This request's userID and stableID, and the stableID it minted (None when the
+    browser sent a valid one): the cookie to set. ``stable_id``: one this
+    request settled already (:func:`stable_id_of`), so only the userID is left."""
+    minted = None
+    if stable_id is None:
+        found = stable_id_of(client, environ)
+        if found is None:
+            # Re-rolled for this request only, and never stored in the cookie,
+            # so the browser keeps its real identity.
+            rolled = new_id()
+            return rolled, rolled, None
+        stable_id, minted = found
     user_id: str | None = None
     if client.user_id_resolver is not None:
         try:

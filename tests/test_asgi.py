@@ -708,7 +708,7 @@ def test_path_info_strips_the_root_path_as_starlette_routes_do(
     path: str, root_path: str, route_path: str
 ) -> None:
     """``route_path`` is what Starlette's router matches (starlette._utils.get_route_path)."""
-    from flagware.asgi import ScopeEnviron
+    from flagware.scope import ScopeEnviron
 
     environ = ScopeEnviron(_http_scope(path, root_path))
     assert environ["PATH_INFO"] == route_path

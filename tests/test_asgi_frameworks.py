@@ -51,7 +51,7 @@ def quart_app() -> Any:
     return app
 
 
-def litestar_app() -> Any:
+def litestar_app(**options: Any) -> Any:
     @litestar.get("/gated")
     @feature_gate("nobody")
     async def gated() -> dict[str, str]:
@@ -70,7 +70,7 @@ def litestar_app() -> Any:
 
     # No logging_config: Litestar's default configures the root logger (INFO),
     # which would outlive this test.
-    return litestar.Litestar([gated, forbidden, open_], logging_config=None)
+    return litestar.Litestar([gated, forbidden, open_], logging_config=None, **options)
 
 
 _sanic_apps = iter(range(1_000_000))  # Sanic refuses a second app of the same name
@@ -160,12 +160,25 @@ FRAMEWORKS: dict[str, Callable[[], Any]] = {
 }
 
 
-@pytest.fixture(params=sorted(FRAMEWORKS))
+def wrapped(name: str, client: Flagware) -> Any:
+    """The app wrapped whole, or the framework's own way where the README names one."""
+    if name == "quart, app.asgi_app":  # as Flask's wsgi_app; Quart's test client goes through it
+        app = quart_app()
+        app.asgi_app = FlagwareMiddleware(app.asgi_app, client)
+        return app
+    if name == "litestar, middleware=":  # Litestar calls the factory with app= by keyword
+        from litestar.middleware import DefineMiddleware
+
+        return litestar_app(middleware=[DefineMiddleware(FlagwareMiddleware, client=client)])
+    return FlagwareMiddleware(FRAMEWORKS[name](), client)
+
+
+@pytest.fixture(params=[*sorted(FRAMEWORKS), "quart, app.asgi_app", "litestar, middleware="])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, Flagware]]:
     spec = tmp_path / "flagware.toml"
     spec.write_text(SPEC)
     client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
-    app = FlagwareMiddleware(FRAMEWORKS[request.param](), client)
+    app = wrapped(request.param, client)
     try:
         # Sanic and BlackSheep start their app in the lifespan's startup.
         with uvicorn_server(app, lifespan="on") as port:
@@ -283,3 +296,28 @@ def test_fastapi_500_from_an_escaped_exception_and_the_cookie(
         assert reply.minted() == exposure["stable_id"]
     else:
         assert reply.minted() is None  # as the README says: wrap around the app
+
+
+def test_quarts_test_client_goes_through_a_wrapped_asgi_app(tmp_path: Path) -> None:
+    """Quart's test client calls ``app.asgi_app``, never a wrapper around the app."""
+    import asyncio
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
+    app = wrapped("quart, app.asgi_app", client)
+
+    async def visit() -> tuple[int, str, int]:
+        test = app.test_client()
+        opened = await test.get("/open")
+        denied = await test.get("/gated")
+        return opened.status_code, opened.headers.get("set-cookie", ""), denied.status_code
+
+    try:
+        status, cookie, denied = asyncio.run(visit())
+        client.flush()
+        names = sorted(e["event"] for e in client.store.iter_events())
+    finally:
+        client.close()
+    assert (status, denied) == (200, 404) and cookie.startswith("flagware_id=")
+    assert "visited_signup" in names

@@ -79,3 +79,44 @@ def test_a_websocket_gets_flags_a_cookie_events_and_a_clean_denial(
         "statsig::config_exposure",
     }
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_flag_read_after_the_accept_still_sets_the_cookie(make_client: Any) -> None:
+    """Litestar's handlers accept first (``websocket_listener`` before the view
+    runs): in a new user's trial six connections got no cookie and counted as
+    six units. A new visitor's stableID is now made at the accept."""
+    litestar = pytest.importorskip("litestar")
+    client = make_client()
+    api = FastAPI()
+
+    @api.websocket("/late")
+    @log_event("chatted")  # reads no flag itself: the IDs are made as it logs
+    async def late(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(current_flags().stable_id)
+        await websocket.close()
+
+    @litestar.websocket_listener("/listen")
+    async def listen(data: str) -> str:
+        return f"{data} {current_flags().stable_id}"
+
+    apps = {"fastapi": api, "litestar": litestar.Litestar(route_handlers=[listen])}
+    for name, app in apps.items():
+        with uvicorn_server(FlagwareMiddleware(app, client), ws="websockets-sansio") as port:
+            url = f"ws://127.0.0.1:{port}" + ("/late" if name == "fastapi" else "/listen")
+            with connect(url, additional_headers=UA) as socket:
+                if name == "litestar":
+                    socket.send("hi")
+                said = socket.recv(timeout=5).split()[-1]
+                cookie = socket.response.headers.get("set-cookie", "")
+            assert cookie.startswith(f"flagware_id={said};"), (name, cookie)
+            returning = {**UA, "Cookie": f"flagware_id={said}"}
+            with connect(url, additional_headers=returning) as socket:
+                if name == "litestar":
+                    socket.send("again")
+                assert socket.recv(timeout=5).split()[-1] == said  # the same unit
+                assert "set-cookie" not in socket.response.headers
+    assert client.errors["stableID after response start"] == 0
+    client.flush()
+    chatted = [e for e in client.store.iter_events() if e["event"] == "chatted"]
+    assert len(chatted) == 2 and len({e["stable_id"] for e in chatted}) == 1
