@@ -35,6 +35,7 @@ from flagware.settings import (
     local_hash_key,
     statsig_api_url,
 )
+from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
 from flagware.visitors import Repeats, prepare_bot_rules
@@ -213,8 +214,12 @@ class Flagware:
             self.engine = starts.engine = local(
                 spec, tier=self.tier, check=starts.check_unchanged, on_reload=starts.forget
             )
-            if key is None:
-                key = local_hash_key(self.store, self.event_store, shared=self._shared_store)
+            if key is None and self._shared_store:
+                self._shared_key = SharedKey(self.store, self.event_store, self._got_hash_key)
+                key = self._shared_key.first()  # b"" while the database is away
+            elif key is None:
+                key = local_hash_key(self.event_store)
+        # b"" only while a shared store's key is unread (flagware.shared_key).
         self.hash_key: bytes = key.encode() if isinstance(key, str) else key
 
         if statsig_secret is not None and not self.isolated:
@@ -332,6 +337,17 @@ class Flagware:
         """Store everything queued so far (tests and the CLI use it); ``timeout``
         bounds the wait for a flush already running."""
         self.writer.flush(timeout=timeout)
+
+    _shared_key: SharedKey | None = None
+
+    def _got_hash_key(self, key: bytes) -> None:
+        self.hash_key = key
+
+    def hash_key_missing(self) -> None:
+        """A request hashed no address: the shared key is unread (counted; read again)."""
+        self.errors[UNAVAILABLE] += 1
+        if self._shared_key is not None:
+            self._shared_key.retry()
 
     def report(self, exc: BaseException, where: str) -> None:
         """Count an internal failure in ``errors`` and log it once per place and kind."""

@@ -355,7 +355,8 @@ class Flags:
     def _qa_override(self) -> qa.QAOverride | None:
         if self._qa is False:
             override = None
-            if qa.COOKIE in self._environ.get("HTTP_COOKIE", ""):
+            # No key yet (flagware.shared_key): no cookie can be verified.
+            if qa.COOKIE in self._environ.get("HTTP_COOKIE", "") and self._client.hash_key:
                 override = qa.read(self._client.hash_key, self._environ)
             self._qa = override
         found: qa.QAOverride | None = self._qa

@@ -118,10 +118,16 @@ def resolve_ids(
         if resolved is not None and resolved != "":
             user_id = str(resolved)
     if user_id is None:
-        ip = client_ip(environ)
-        # No usable address (a unix socket, a broken proxy): fall back to the
-        # cookie rather than hash "" and put every such visitor together.
-        user_id = hash_ip(client.hash_key, ip) if ip else "s-" + stable_id
+        ip, key = client_ip(environ), client.hash_key
+        if ip and key:
+            user_id = hash_ip(key, ip)
+        else:
+            # No usable address (a unix socket, a broken proxy), or no key yet
+            # (a shared store away since this process started): the cookie,
+            # rather than hash "" and put every such visitor together.
+            if ip:
+                client.hash_key_missing()
+            user_id = "s-" + stable_id
     return user_id, stable_id, minted
 
 

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from flagware.events.store import Store, redact
-
 log = logging.getLogger("flagware")
 
 DEFAULT_SPEC = "flagware.toml"
@@ -178,17 +176,9 @@ def _read_key(path: Path) -> str:
     return key
 
 
-def local_hash_key(store: Store, location: str, *, shared: bool) -> str:
-    """The local engine's key: made once, kept beside the event store (mode 0600),
-    or in a shared store's ``meta``, so every host gives a visitor the same ID."""
-    if shared:
-        try:
-            return store.init_meta("hash_key", secrets.token_hex(32))
-        except Exception as exc:
-            raise ConfigurationError(
-                f"cannot read the shared hash key from {redact(location)} ({exc});"
-                " set FLAGWARE_HASH_KEY on every host, or make the store reachable"
-            ) from exc
+def local_hash_key(location: str) -> str:
+    """The local engine's key: made once, kept beside the event store (mode 0600).
+    A shared store keeps it in its ``meta`` table (flagware.shared_key)."""
     path = Path(location).parent / "hash_key"
     try:
         return _read_key(path)

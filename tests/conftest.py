@@ -190,7 +190,7 @@ def postgres_url(postgres: Postgres) -> Iterator[str]:
 
     url = postgres.database()
     yield url
-    drop_database(postgres.admin_url, url.rpartition("/")[2].partition("?")[0])
+    drop_database(postgres.admin_url, url.partition("?")[0].rpartition("/")[2])
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

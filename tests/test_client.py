@@ -137,7 +137,7 @@ def test_workers_starting_together_all_get_the_one_complete_hash_key(tmp_path: P
     def worker(location: str, go: Any, keys: Any) -> None:
         go.wait()
         try:
-            keys.put(local_hash_key(None, location, shared=False))  # type: ignore[arg-type]
+            keys.put(local_hash_key(location))
         except Exception as exc:
             keys.put(repr(exc))
 
@@ -663,12 +663,66 @@ def test_first_exposures_record_the_start_on_either_backend(
     assert record is not None and record.started == 1_790_000_000_000
 
 
-def test_an_unreachable_shared_store_fails_clearly_or_serves(spec_file: Any, tmp_path: Any) -> None:
+def test_an_unreachable_shared_store_serves_with_or_without_a_key(
+    spec_file: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     url = f"postgresql://nobody@/nothing?host={tmp_path}&connect_timeout=1"  # no server there
-    with pytest.raises(ConfigurationError, match="FLAGWARE_HASH_KEY"):
-        Flagware(spec=spec_file, event_store=url, handle_sigterm=False)
     with Flagware(spec=spec_file, event_store=url, hash_key="k", handle_sigterm=False) as fw:
         assert fw.errors["experiment start check"] == 1  # counted, logged once; serving
+    # Without a key it starts too (it raised, and gunicorn stopped the host).
+    with Flagware(spec=spec_file, event_store=url, handle_sigterm=False) as fw:
+        assert fw.hash_key == b""
+    [said] = [r.getMessage() for r in caplog.records if "shared hash key" in r.getMessage()]
+    assert "Set FLAGWARE_HASH_KEY on every host" in said and "\n" not in said
+
+
+def test_a_process_started_while_the_shared_store_was_away_reads_its_key_later(
+    postgres: Any, postgres_url: str, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker started (or recycled) during a database outage serves stableID
+    identities, keeps its events, and takes the shared key once it can."""
+    import psycopg
+
+    from flagware import shared_key
+    from flagware.identity import hash_ip
+    from flagware.middleware import FlagwareMiddleware
+
+    monkeypatch.setattr(shared_key, "RETRY", 0.2)
+    with Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False) as first:
+        key = first.hash_key
+    database = postgres_url.partition("?")[0].rpartition("/")[2]
+
+    def allow(connections: bool) -> None:
+        with psycopg.connect(postgres.admin_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {connections}')
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        flags = environ["flagware.flags"]
+        flags.log_event("visited")
+        start_response("200 OK", [])
+        return [flags.user_id.encode()]
+
+    def visit() -> str:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": "203.0.113.9"}
+        body = b"".join(wrapped(environ, lambda *args: None))
+        return body.decode()
+
+    allow(False)
+    try:
+        fw = Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False)
+        wrapped = FlagwareMiddleware(app, fw)
+        assert fw.hash_key == b"" and visit().startswith("s-")
+    finally:
+        allow(True)
+    deadline = time.monotonic() + 15
+    while (seen := visit()).startswith("s-") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen == hash_ip(key, "203.0.113.9")  # the key every host uses
+    assert fw.errors["hash key unavailable"] >= 1
+    fw.close()
+    users = [e["user_id"] for e in fw.store.iter_events() if e["event"] == "visited"]
+    fw.close()  # the connection that read opened
+    assert users[0].startswith("s-") and users[-1] == seen  # nothing logged was lost
 
 
 def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(

@@ -106,6 +106,8 @@ def handle_post(
     """Apply or clear the override, then back to the page (303)."""
     if not _same_origin(environ):
         return Response("cross-site request refused\n", 403, mimetype="text/plain")
+    if not client.hash_key:  # a shared store's key is unread: nothing could be signed
+        return Response("the hash key is not available yet\n", 503, mimetype="text/plain")
     form = _form(environ)
     expected = csrf_token(client.hash_key, flags.stable_id)
     if not hmac.compare_digest(form.get("csrf", "").encode(), expected.encode()):

@@ -1,0 +1,91 @@
+"""The local engine's hash key kept in a shared PostgreSQL store, read late if need be.
+
+Every host reads the key the first process stored in ``flagware.meta``, so a
+visitor gets one userID everywhere. A process that starts while the database
+is away cannot read it: raising then took the whole host down (gunicorn stops
+when a worker fails to boot, and a worker recycled by ``--max-requests``
+during an outage stopped a healthy host: a new user's trial, 38 of 60
+requests refused). So the process starts without it. Until the key is read,
+a visitor without an account is identified by the stableID cookie
+(``s-<stableID>``, as a request without an address), counted in
+``Flagware.errors["hash key unavailable"]``, and the key is read again in a
+thread, at most every :data:`RETRY` seconds, started by a request that needs
+it: no request waits for the database, and a forked worker starts its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from flagware.events.store import Store, redact
+from flagware.failures import describe
+
+log = logging.getLogger("flagware")
+
+__all__ = ["RETRY", "SharedKey"]
+
+RETRY = 5.0  # seconds between reads while the store is away
+UNAVAILABLE = "hash key unavailable"
+
+
+class SharedKey:
+    def __init__(
+        self,
+        store: Store,
+        location: str,
+        on_key: Callable[[bytes], None],
+    ) -> None:
+        self._store = store
+        self._location = location
+        self._on_key = on_key
+        self._lock = threading.Lock()
+        self._tried: tuple[int, float] = (0, -RETRY)  # (pid, monotonic time) of the last read
+
+    def first(self) -> bytes:
+        """The key, read now; b"" when the store is away (said once, then read later)."""
+        try:
+            return self._read()
+        except Exception as exc:
+            self._tried = (os.getpid(), time.monotonic())
+            log.error(
+                "flagware: cannot read the shared hash key from %s (%s); until it can,"
+                " visitors without an account are identified by their stableID cookie, and"
+                " it is read again every %g s. Set FLAGWARE_HASH_KEY on every host so that"
+                " a start never depends on the database",
+                redact(self._location),
+                describe(exc),
+                RETRY,
+            )
+            return b""
+
+    def retry(self) -> None:
+        """Read the key again in a thread, unless one read it in the last RETRY s."""
+        now, pid = time.monotonic(), os.getpid()
+        with self._lock:
+            last_pid, last = self._tried
+            if last_pid == pid and now - last < RETRY:
+                return
+            self._tried = (pid, now)
+        threading.Thread(target=self._in_thread, name="flagware-hash-key", daemon=True).start()
+
+    def _read(self) -> bytes:
+        return self._store.init_meta("hash_key", secrets.token_hex(32)).encode()
+
+    def _in_thread(self) -> None:
+        try:
+            key = self._read()
+        except Exception as exc:  # still away (said at the start): a later request retries
+            log.debug("flagware: the shared hash key is still unreadable: %s", describe(exc))
+            return
+        finally:
+            self._store.close_thread()
+        log.warning(
+            "flagware: read the shared hash key from %s; visitors get their usual userID again",
+            redact(self._location),
+        )
+        self._on_key(key)
