@@ -233,7 +233,9 @@ def check_against_scipy(results: Any, log: Log, exp: str = "button_color") -> in
             checked += check_ratio_metric(metric, log, exp)
             continue
         samples = independent_samples(log.events, exp, metric.event, metric.kind)
-        if metric.kind in ("sum", "count"):  # winsorized at the 99.9th percentile of all units
+        if metric.kind in ("sum", "count") and metric.role == "guardrail":
+            assert metric.cap is None and not metric.capped_units  # guardrails: uncapped
+        elif metric.kind in ("sum", "count"):  # winsorized at the 99.9th percentile of all units
             cap = float(
                 np.percentile(
                     np.concatenate([np.array(v) for v in samples.values()]),
@@ -725,6 +727,26 @@ def test_a_blocked_winner_is_no_best_group(tmp_path: Path, capsys: Any) -> None:
     assert results.verdict == "blocked" and results.best_group is None
     assert run(namespace(write_spec_file(tmp_path), store, fmt="json")) == 3
     assert json.loads(capsys.readouterr().out)["best_group"] is None
+
+
+def test_a_guardrail_is_uncapped_so_a_crash_loop_in_a_few_units_blocks(tmp_path: Path) -> None:
+    """A statistician's trial: 6 of 3,000 units with 200 errors each. Capped at
+    the 99.9th percentile, as other count metrics are, the excess all but
+    vanished; a guardrail is uncapped unless its spec says otherwise."""
+    log = balanced_log(1500, 1500, red_errors=0.05)
+    for i in range(1500, 1506):  # six Red units in a crash loop
+        for k in range(200):
+            log.log(i, "error", NOW - HOUR + k)
+    store = log.store(tmp_path)
+    results = compute_results(make_spec(), "button_color", store, now=NOW)
+    (errors,) = [m for m in results.metrics if m.name == "errors"]
+    assert errors.cap is None and errors.capped_units == 0
+    assert results.guardrails[0].status == "blocked" and results.verdict == "blocked"
+    capped = {**METRICS, "errors": {**METRICS["errors"], "cap_percentile": 99.5}}
+    again = compute_results(make_spec(metrics=capped), "button_color", store, now=NOW)
+    (errors,) = [m for m in again.metrics if m.name == "errors"]
+    assert errors.cap is not None and errors.capped_units >= 6  # asked for: capped
+    assert again.guardrails[0].status == "ok"  # which is what capping hid
 
 
 def test_guardrail_improvement_does_not_block(tmp_path: Path) -> None:

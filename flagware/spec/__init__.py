@@ -56,7 +56,7 @@ and every problem is reported at once.
   ``{ event = "...", aggregate = "count" | "sum" }`` (default ``"count"``).
 - ``cuped_days``  days of pre-exposure data for CUPED, default 7; 0 turns it off.
 - ``cap_percentile``  sum and count metrics: per-unit values are capped at this
-  percentile of the experiment's units, default 99.9; 100 turns it off.
+  percentile of the experiment's units, default 99.9 (guardrails: 100); 100 turns it off.
 - ``tags``  list of strings, default ``[]``; ``"guardrail"`` makes it a guardrail,
   ``"primary"`` a decision metric (none tagged: every non-guardrail metric is one).
 - ``direction``  ``"increase"`` (default) or ``"decrease"``: which way is better.
