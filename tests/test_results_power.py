@@ -19,6 +19,7 @@ from scipy import stats as sps
 
 from flagware.results import compute_results
 from flagware.results.analysis import MetricData, analyse_metrics
+from flagware.results.render import render_text
 from flagware.results.stats import Moments
 from flagware.spec import MetricSpec
 from tests.test_results import HOUR, NOW, Log, make_spec
@@ -113,6 +114,44 @@ def test_cuped_zero_fills_units_without_pre_exposure_data(tmp_path: Path) -> Non
     results = compute_results(make_spec(metrics=SPEND), "button_color", log.store(tmp_path))
     assert results.metrics[0].cuped
     assert sum(g.units for g in results.groups) == 400
+
+
+def converting_log(n: int, repeat: float, seed: int) -> Log:
+    """A signup metric; each unit signed up before its exposure with chance 0.3,
+    and signs up after it with chance ``repeat`` if it had, 0.1 if not."""
+    rng = np.random.default_rng(seed)
+    log = Log()
+    for i in range(n):
+        t0 = NOW - 2 * DAY
+        log.expose(i, "Red" if i % 2 else "Control", t0)
+        before = rng.random() < 0.3
+        if before:
+            log.log(i, "signup", t0 - DAY)
+        if rng.random() < (repeat if before else 0.1):
+            log.log(i, "signup", t0 + HOUR)
+    return log
+
+
+@pytest.mark.parametrize(("repeat", "adjusted"), [(0.1, False), (0.9, True)])
+def test_cuped_adjusts_a_conversion_only_when_it_gains(
+    tmp_path: Path, repeat: float, adjusted: bool
+) -> None:
+    """A statistician's trial: any pre-exposure event swapped the score test for
+    a t-test, at 0% variance reduction. Below 5% the score test is kept."""
+    signups = {"signed_up": {"event": "signup", "kind": "conversion"}}
+    store = converting_log(2000, repeat, seed=5).store(tmp_path)
+    results = compute_results(make_spec(metrics=signups), "button_color", store, now=NOW)
+    metric, row = results.metrics[0], results.metrics[0].results[0]
+    plain = compute_results(make_spec(metrics=signups), "button_color", store, now=NOW, cuped=False)
+    if adjusted:  # pre/post strongly related: a real gain, and the t-test on adjusted values
+        assert metric.cuped and metric.cuped_skipped is None
+        assert min(metric.variance_reduction.values()) > 0.3
+        assert row.method in ("welch+cuped", "pooled+cuped")
+    else:  # unrelated: nothing to gain, the score test as without CUPED
+        assert not metric.cuped and metric.cuped_skipped is not None
+        assert 0.0 <= metric.cuped_skipped < 0.05
+        assert row.method == "score" and row.ci == plain.metrics[0].results[0].ci
+        assert "CUPED not applied" in render_text(results)
 
 
 def _aa_with_cuped_and_cap(rng: np.random.Generator, n: int, effect: float) -> tuple[bool, bool]:

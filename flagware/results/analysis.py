@@ -74,13 +74,21 @@ class _Prepared:
         self.theta = None
         self.samples = {g: m.y for g, m in data.moments.items()}
         self.reduction: dict[str, float] = {}
+        self.skipped: float | None = None  # CUPED's reduction, when too small to use
         if metric.kind not in _RATIOS and use_cuped and metric.cuped_days > 0:
             self.theta = cuped.theta(data.moments)
         if self.theta is not None:
-            self.samples = cuped.adjust(data.moments, self.theta)
-            self.reduction = {
-                g: 1.0 - self.samples[g].m2 / m.m2_y for g, m in data.moments.items() if m.m2_y > 0
-            }
+            adjusted = cuped.adjust(data.moments, self.theta)
+            gain = cuped.pooled_reduction(data.moments, adjusted)
+            if metric.kind == "conversion" and gain < cuped.MIN_CONVERSION_GAIN:
+                # The adjusted values are no longer 0/1: the t-test would replace
+                # the score test and its small-sample level for next to nothing.
+                self.theta, self.skipped = None, gain
+            else:
+                self.samples = adjusted
+                self.reduction = {
+                    g: 1.0 - adjusted[g].m2 / m.m2_y for g, m in data.moments.items() if m.m2_y > 0
+                }
 
     def means(self, group: str) -> tuple[float, float]:
         """The group's point estimate and its squared standard error."""
@@ -203,6 +211,7 @@ def _metric_result(
         cuped=prep.theta is not None,
         theta=prep.theta,
         variance_reduction=prep.reduction,
+        cuped_skipped=prep.skipped,
         cap=prep.data.cap,
         capped_units=prep.data.capped_units,
         group_intervals=intervals,

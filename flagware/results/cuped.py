@@ -11,6 +11,10 @@ groups pooled (within-group co-deviations, as Statsig does), so every group is
 adjusted alike. Units with no events in the lookback have x = 0, as GrowthBook
 zero-fills them: they stay in the analysis. Without any pre-exposure data
 (x constant) there is nothing to adjust by, and the metric is analysed as is.
+A conversion metric is adjusted only when that shrinks its variance by
+:data:`MIN_CONVERSION_GAIN` or more: adjusted, its values are no longer 0/1,
+and the t-test on them takes the place of the score test, whose level holds
+in small samples (a statistician's trial found the swap made at 0% gain).
 
 **Ratio metrics** (``kind = "ratio"``, and ``mean``, the sum of values over
 the number of valued events): per group ``R = mean(y) / mean(x)`` over every
@@ -28,7 +32,11 @@ from collections.abc import Mapping
 from flagware.results.inference import Estimate, normal_estimate
 from flagware.results.stats import Moments, Sample
 
-__all__ = ["adjust", "ratio", "ratio_estimate", "theta"]
+__all__ = ["MIN_CONVERSION_GAIN", "adjust", "pooled_reduction", "ratio", "ratio_estimate", "theta"]
+
+#: The least variance reduction for which a conversion metric is adjusted: at
+#: 5% the interval narrows by 2.5%, about what the score test's exactness is worth.
+MIN_CONVERSION_GAIN = 0.05
 
 
 def theta(moments: Mapping[str, Moments]) -> float | None:
@@ -51,6 +59,14 @@ def adjust(moments: Mapping[str, Moments], coefficient: float) -> dict[str, Samp
         )
         for group, m in moments.items()
     }
+
+
+def pooled_reduction(moments: Mapping[str, Moments], adjusted: Mapping[str, Sample]) -> float:
+    """The share of the within-group variance the adjustment removes, all groups pooled."""
+    before = sum(m.m2_y for m in moments.values())
+    if before <= 0.0:
+        return 0.0
+    return 1.0 - sum(s.m2 for s in adjusted.values()) / before
 
 
 def ratio(m: Moments) -> tuple[float, float]:

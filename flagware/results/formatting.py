@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from flagware.results.cuped import MIN_CONVERSION_GAIN
 from flagware.results.model import MetricResult, Results
 
 # Colours by outcome: significant in the good direction, in the bad one, neither.
@@ -155,6 +156,11 @@ def adjustment_notes(m: MetricResult) -> list[str]:
         )
         # A group whose metric never varies has nothing to reduce and no entry.
         notes.append(f"CUPED variance reduction: {reduction or 'none (the metric does not vary)'}")
+    elif m.cuped_skipped is not None:
+        notes.append(
+            f"CUPED not applied: it would reduce the variance by {m.cuped_skipped:.1%},"
+            f" under {MIN_CONVERSION_GAIN:.0%}, so the score test is kept"
+        )
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
     return notes

@@ -88,6 +88,8 @@ class MetricResult:
     cuped: bool = False  # adjusted by pre-exposure data (CUPED)
     theta: float | None = None  # CUPED's pooled coefficient
     variance_reduction: dict[str, float] = field(default_factory=dict)  # per group, 0-1
+    # A conversion metric left unadjusted: the pooled reduction CUPED would have made.
+    cuped_skipped: float | None = None
     cap: float | None = None  # per-unit values were capped here (winsorized)
     capped_units: int = 0
     group_intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)

@@ -99,6 +99,7 @@ def _metric_dict(m: MetricResult) -> dict[str, Any]:
         "cuped": m.cuped,
         "theta": m.theta,
         "variance_reduction": m.variance_reduction,
+        "cuped_skipped_reduction": m.cuped_skipped,
         "cap": m.cap,
         "capped_units": m.capped_units,
         "group_intervals": {g: list(ci) if ci else None for g, ci in m.group_intervals.items()},
