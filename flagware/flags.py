@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flagware import denials, identity, qa, visitors
-from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event, compact_json
+from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event, compact_json, now_ms
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -150,6 +150,9 @@ class Flags:
     _visitor: bool | None = None  # whether flag reads are exposures; decided on first use
     _skip: str | None = None  # why they are not ("bot", "method", "prefetch", "filter")
     _qa: Any = False  # the QA override cookie: False until read, then QAOverride or None
+    # The request's order, kept in its events' millisecond times (_stamp).
+    _event_ms = -1  # the newest custom event's time
+    _exposure_ms = -1  # the newest exposure's time
     # How @feature_gate denies: the HTTP exception of the framework the
     # middleware wraps (each middleware's own Flags subclass sets it;
     # flagware.denials). werkzeug's outside a middleware.
@@ -245,6 +248,7 @@ class Flags:
                         secondary_exposures=secondary,
                         exposure=name,
                         user_json=self._encoded_user(),
+                        time=self._stamp(exposure=True),
                     )
                 )
         except Exception as exc:
@@ -304,6 +308,7 @@ class Flags:
                     exposure=name,
                     group=config.group,
                     user_json=self._encoded_user(),
+                    time=self._stamp(exposure=True),
                 )
                 client._log_exposure(exposure)
                 starts = client.starts
@@ -405,7 +410,31 @@ class Flags:
             value=value,
             metadata=None if metadata is None else dict(metadata),
             user_json=self._encoded_user(),
+            time=self._stamp(exposure=False),
         )
+
+    def _stamp(self, *, exposure: bool) -> int:
+        """The time of an event this request logs now, in milliseconds, keeping the
+        request's order: an exposure comes after the request's earlier events,
+        and an event no earlier than its earlier exposures.
+
+        Results count a unit's events from its first exposure's time on. Most of
+        a request runs within one millisecond, so an event logged before the
+        flag read (``@log_event(on="call")``) had the exposure's time and
+        counted as its outcome: 43-52% of the pre-exposure conversions in a
+        statistician's trial. A stamp moves by at most a millisecond a switch.
+        """
+        t = now_ms()
+        if exposure:
+            if t <= self._event_ms:
+                t = self._event_ms + 1
+            if t > self._exposure_ms:
+                self._exposure_ms = t
+        else:
+            if t < self._exposure_ms:
+                t = self._exposure_ms
+            self._event_ms = t
+        return t
 
     def __repr__(self) -> str:
         return f"<Flags gates={self._gates or {}!r} configs={list(self._configs or ())!r}>"

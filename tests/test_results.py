@@ -1085,3 +1085,42 @@ def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
     )
     empty = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
     assert "Data: no exposures counted yet" in render_text(empty)
+
+
+def test_an_event_logged_before_the_flag_read_is_no_outcome(tmp_path: Path) -> None:
+    """A statistician's trial: a request that logged an event and then read the
+    experiment stamped both in the same millisecond, so the event counted as an
+    outcome of the exposure (43-52% of pre-exposure signups). A request's times
+    now keep its order: the exposure after the event, later events after it."""
+    from werkzeug.test import Client
+
+    from flagware import Flagware, FlagwareMiddleware
+
+    spec = write_spec_file(tmp_path)
+    fw = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key="k")
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        flags = environ["flagware.flags"]
+        before = environ["QUERY_STRING"] == "before"
+        if before:
+            flags.log_event("signup")  # before the read: no outcome
+        group = flags.experiment("button_color").group
+        flags.log_event("click")  # after it: an outcome
+        start_response("200 OK", [])
+        return [str(group).encode()]
+
+    http = Client(FlagwareMiddleware(app, fw), use_cookies=False)  # every visit a new visitor
+    for i in range(200):
+        http.get("/?before" if i % 2 else "/", environ_base={"REMOTE_ADDR": f"10.0.{i}.1"})
+    fw.close()
+    events = list(fw.store.iter_events())
+    exposed = {e["stable_id"]: e["time"] for e in events if e["event"] == CONFIG_EXPOSURE}
+    signups = [e for e in events if e["event"] == "signup"]
+    clicks = [e for e in events if e["event"] == "click"]
+    assert len(exposed) == 200 and len(signups) == 100 and len(clicks) == 200
+    assert all(e["time"] < exposed[e["stable_id"]] for e in signups)
+    assert all(e["time"] >= exposed[e["stable_id"]] for e in clicks)
+    results = compute_results(make_spec(), "button_color", tmp_path / "events.db")
+    rates = {m.name: m.samples for m in results.metrics}
+    assert all(s.mean == 0.0 for s in rates["signed_up"].values())  # none an outcome
+    assert all(s.mean == 1.0 for s in rates["clicks"].values())  # every one
