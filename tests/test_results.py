@@ -71,6 +71,9 @@ def make_spec(
     body = {
         "unit": unit,
         "groups": [{"name": n, "weight": w, "params": {"color": n.lower()}} for n, w in groups],
+        # Fixed horizon, whose numbers the tests check against scipy and
+        # statsmodels; the sequential ones are checked on their own.
+        "sequential": False,
         **extra,
     }
     return parse_spec(
@@ -952,6 +955,7 @@ def write_spec_file(tmp_path: Path) -> Path:
     lines = [
         "[experiments.button_color]",
         'unit = "stableID"',
+        "sequential = false",
         "groups = [",
         '  { name = "Control", weight = 50, params = { color = "control" } },',
         '  { name = "Red", weight = 50, params = { color = "red" } },',

@@ -206,6 +206,18 @@ def test_below_the_minimum_the_verdict_says_so(tmp_path: Path) -> None:
     assert row.ci is None and row.p_value is None and not row.significant
 
 
+def test_results_are_sequential_unless_the_spec_says_otherwise() -> None:
+    """Fixed-horizon by default, five looks at an A/A experiment shipped 6.7% of
+    the time (a statistician's trial, alpha 0.05): the default is now the one
+    that holds its rate however often it is read."""
+    from flagware.spec import parse_spec
+
+    groups = [{"name": "Control", "weight": 50}, {"name": "Red", "weight": 50}]
+    plain = parse_spec({"experiments": {"e": {"groups": groups}}})
+    fixed = parse_spec({"experiments": {"e": {"groups": groups, "sequential": False}}})
+    assert plain.experiments["e"].sequential and not fixed.experiments["e"].sequential
+
+
 def test_sequential_from_the_spec_or_the_command(tmp_path: Path, capsys: Any) -> None:
     log = converting_log(3000, {"Control": 0.10, "Red": 0.16})
     store = log.store(tmp_path)
@@ -219,6 +231,19 @@ def test_sequential_from_the_spec_or_the_command(tmp_path: Path, capsys: Any) ->
     assert s_row.ci[1] - s_row.ci[0] > f_row.ci[1] - f_row.ci[0]  # pays for every look
     assert s_row.p_value is not None and f_row.p_value is not None
     assert s_row.p_value > f_row.p_value
+    # Each group's own interval is always valid too (a statistician's trial
+    # found them fixed-horizon under sequential results), and so wider.
+    from flagware.results import sequential
+
+    rho = sequential.rho(seq.alpha)
+    for group, (low, high) in seq.metrics[0].group_intervals.items():  # type: ignore[misc]
+        f_low, f_high = fixed.metrics[0].group_intervals[group]  # type: ignore[misc]
+        sample = seq.metrics[0].samples[group]
+        k = sequential.critical(seq.alpha, sample.n, rho)
+        assert (high - low) / 2 == pytest.approx(k * math.sqrt(sample.variance / sample.n))
+        assert high - low > f_high - f_low
+    assert not [w for w in seq.warnings if "fixed horizon" in w]
+    assert [w for w in fixed.warnings if "fixed horizon" in w]  # said with every such verdict
 
     spec_path = write_spec_file(tmp_path)
     code = run(namespace(spec_path, store, fmt="json", sequential=True))
@@ -226,6 +251,14 @@ def test_sequential_from_the_spec_or_the_command(tmp_path: Path, capsys: Any) ->
     assert code in (0, 3)
     assert out["sequential"] is True
     assert {r["method"] for m in out["metrics"] for r in m["results"]} <= {"sequential", None}
+    # Through the command line as typed: --no-sequential over the spec's setting.
+    from flagware.cli import main
+
+    spec_path.write_text(spec_path.read_text().replace("sequential = false\n", ""))
+    for flag, expected in (([], True), (["--no-sequential"], False), (["--sequential"], True)):
+        argv = ["results", "button_color", "--spec", str(spec_path), "--store", str(store)]
+        assert main([*argv, "--format", "json", *flag]) in (0, 3)
+        assert json.loads(capsys.readouterr().out)["sequential"] is expected, flag
 
 
 def test_command_until_and_bad_time(tmp_path: Path, capsys: Any) -> None:

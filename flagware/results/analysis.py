@@ -27,7 +27,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from flagware.results import cuped
+from flagware.results import cuped, sequential
 from flagware.results.corrections import benjamini_hochberg, bonferroni
 from flagware.results.inference import Estimate, estimate, too_small
 from flagware.results.model import GroupResult, MetricResult, Outcome, Role
@@ -169,7 +169,7 @@ def analyse_metrics(
             )
             for j, group in enumerate(treatments)
         )
-        results.append(_metric_result(prep, row, role, sizes[role], alpha, groups))
+        results.append(_metric_result(prep, row, role, sizes[role], alpha, groups, sequential_rho))
     return tuple(results)
 
 
@@ -180,17 +180,20 @@ def _metric_result(
     size: int,
     alpha: float,
     groups: Sequence[str],
+    sequential_rho: float | None,
 ) -> MetricResult:
     metric = prep.metric
     z = norm_ppf(1 - alpha / 2)
     intervals: dict[str, tuple[float, float] | None] = {}
     for group in groups:
         mean, var = prep.means(group)
-        intervals[group] = (
-            None
-            if not math.isfinite(var)
-            else (mean - z * math.sqrt(var), mean + z * math.sqrt(var))
-        )
+        if not math.isfinite(var):
+            intervals[group] = None
+            continue
+        # Each group's mean, as the comparisons: always valid when they are.
+        n = prep.data.moments.get(group, _EMPTY).n
+        k = z if sequential_rho is None else sequential.critical(alpha, n, sequential_rho)
+        intervals[group] = (mean - k * math.sqrt(var), mean + k * math.sqrt(var))
     return MetricResult(
         name=metric.name,
         event=metric.event,

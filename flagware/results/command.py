@@ -49,10 +49,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--sequential",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="always-valid intervals and p-values (a confidence sequence), whatever the"
-        " experiment's `sequential` setting says",
+        help="always-valid intervals and p-values (a confidence sequence; the default),"
+        " or with --no-sequential fixed-horizon tests, valid read once at a planned"
+        " sample size; default: the experiment's `sequential` setting",
     )
     parser.add_argument(
         "--no-cuped",

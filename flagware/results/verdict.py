@@ -26,6 +26,7 @@ from flagware.results.model import GroupResult, GroupUnits, GuardrailStatus, Met
 
 __all__ = [
     "CROSSOVER_BLOCK",
+    "FIXED_HORIZON",
     "SRM_BLOCK_P",
     "SRM_WARN_P",
     "describe",
@@ -39,6 +40,14 @@ SRM_BLOCK_P = 0.001
 #: Crossovers above this share of the experiment's units block the launch
 #: (GrowthBook's multiple-exposure warning threshold); any crossover warns.
 CROSSOVER_BLOCK = 0.01
+
+
+#: Said with every fixed-horizon result: its error rates hold for one look.
+FIXED_HORIZON = (
+    "fixed horizon (sequential = false): this verdict is valid read once, at the sample"
+    " size planned before the experiment started; read repeatedly, it calls noise"
+    " significant more often than alpha (sequential = true may be read any time)"
+)
 
 
 def srm_status(p: float | None) -> Literal["ok", "warning", "failed", "untested"]:
@@ -132,6 +141,8 @@ def verdict(
         (blockers if share > CROSSOVER_BLOCK else warnings).append(
             message + (f" (above {CROSSOVER_BLOCK:.0%})" if share > CROSSOVER_BLOCK else "")
         )
+    if not sequential:
+        warnings.append(FIXED_HORIZON)
     if future_events:
         warnings.append(
             f"{future_events} event(s) are stamped in the future (clock skew?) and are not counted"

@@ -70,7 +70,9 @@ class ExperimentSpec:
     targeting_gate: str | None = None
     restart: bool = False
     allocation_salt: str | None = None  # None: derived from `salt`
-    sequential: bool = False  # always-valid results (read by the results module)
+    # Always-valid results (the results module): safe however often they are
+    # read. False is a fixed horizon, valid read once at a planned size.
+    sequential: bool = True
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""

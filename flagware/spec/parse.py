@@ -262,7 +262,7 @@ class _Parser:
             groups=self.attempt(lambda: _groups(body, path), ()),
             targeting_gate=targeting,
             restart=self.attempt(lambda: _get(body, path, "restart", bool, False), False),
-            sequential=self.attempt(lambda: _get(body, path, "sequential", bool, False), False),
+            sequential=self.attempt(lambda: _get(body, path, "sequential", bool, True), True),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),
                 None,
