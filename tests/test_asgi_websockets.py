@@ -100,7 +100,8 @@ def test_a_flag_read_after_the_accept_still_sets_the_cookie(make_client: Any) ->
     async def listen(data: str) -> str:
         return f"{data} {current_flags().stable_id}"
 
-    apps = {"fastapi": api, "litestar": litestar.Litestar(route_handlers=[listen])}
+    # No logging_config: Litestar's default sets the root logger to INFO for later tests.
+    apps = {"fastapi": api, "litestar": litestar.Litestar([listen], logging_config=None)}
     for name, app in apps.items():
         with uvicorn_server(FlagwareMiddleware(app, client), ws="websockets-sansio") as port:
             url = f"ws://127.0.0.1:{port}" + ("/late" if name == "fastapi" else "/listen")

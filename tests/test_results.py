@@ -16,7 +16,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -946,6 +946,12 @@ def test_chart_draws_each_group_around_zero(results: Any) -> None:
     assert colour in svg
     standalone = render_chart_svg(metric, standalone=True)
     assert 'xmlns="http://www.w3.org/2000/svg"' in standalone
+    # A row with no test says why, as the tables do (a new user's trial saw
+    # "not enough data" on the page for a guardrail the CLI called constant).
+    untested = replace(
+        metric, results=(replace(metric.results[0], ci=None, note="no variance to test"),)
+    )
+    assert ">no variance to test</text>" in render_chart_svg(untested)
 
 
 # --- the command -------------------------------------------------------------------------

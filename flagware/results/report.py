@@ -139,9 +139,9 @@ def _row(
         f"{escape(r.group)}</text>"
     ]
     if span is None:
-        parts.append(
-            f'<text x="{x(0) + 6:.1f}" y="{mid + 4:.1f}" fill="#57606a">not enough data</text>'
-        )
+        # Why, as the tables say it ("no variance to test", "at least 10 units...").
+        why = escape(r.note or "not enough data")
+        parts.append(f'<text x="{x(0) + 6:.1f}" y="{mid + 4:.1f}" fill="#57606a">{why}</text>')
         return parts
     lo, point, hi = span
     parts.append(
