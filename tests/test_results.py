@@ -948,9 +948,8 @@ def test_chart_draws_each_group_around_zero(results: Any) -> None:
     assert 'xmlns="http://www.w3.org/2000/svg"' in standalone
     # A row with no test says why, as the tables do (a new user's trial saw
     # "not enough data" on the page for a guardrail the CLI called constant).
-    untested = replace(
-        metric, results=(replace(metric.results[0], ci=None, note="no variance to test"),)
-    )
+    untested_row = replace(metric.results[0], ci=None, relative_ci=None, note="no variance to test")
+    untested = replace(metric, results=(untested_row,))
     assert ">no variance to test</text>" in render_chart_svg(untested)
 
 
