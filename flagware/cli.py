@@ -19,11 +19,15 @@ from itertools import islice
 from typing import Any
 
 from flagware import __version__
-from flagware.events.store import Store, not_a_store, open_store, redact
+from flagware.events.store import Store, StoreUnavailable, not_a_store, open_store, redact
+from flagware.outages import describe, is_outage
 from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
+# The store's database could not be reached: try again (a CI job can tell
+# this from bad input, 2, and from a blocked launch, 3).
+EXIT_UNAVAILABLE = 4
 
 
 def _env(name: str) -> str | None:
@@ -284,6 +288,12 @@ def main(
         # Python flushes stdout again at exit, into the closed pipe: point it away.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # the database went away, before or during the command
+        if not isinstance(exc, StoreUnavailable) and not is_outage(exc):
+            raise
+        said = str(exc) if isinstance(exc, StoreUnavailable) else describe(exc)
+        print(f"flagware {args.command}: {said}; try again once it is reachable", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     if code == EXIT_BAD_INPUT and defaults is None and _defaulted(args) and _in_django_project():
         print(
             f"flagware {args.command}: in a Django project, `python manage.py flagware"

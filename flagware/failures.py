@@ -13,8 +13,11 @@ import logging
 from collections import Counter
 
 from flagware.events.writer import STORE_FAILURE
+from flagware.outages import describe, is_outage
 
 log = logging.getLogger("flagware")
+
+__all__ = ["LATE_STABLE_ID", "Failures", "describe", "is_outage"]
 
 # Flagware.errors key: a stableID minted once the response had started (see flags).
 LATE_STABLE_ID = "stableID after response start"
@@ -36,30 +39,6 @@ _AFTER_FAILURE = {
     "experiment start record": "flags are served as usual; the start is recorded after the"
     " next events are stored",
 }
-
-
-# DB-API errors that mean the database is away or refused, not that flagware
-# is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them).
-_OUTAGE_ERRORS = frozenset(("OperationalError", "InterfaceError"))
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Whether ``exc`` says something is away (a database, the network), not a bug."""
-    if isinstance(exc, OSError):  # connections refused or reset, timeouts, a full disk
-        return True
-    return any(cls.__name__ in _OUTAGE_ERRORS for cls in type(exc).__mro__)
-
-
-def describe(exc: BaseException) -> str:
-    """``exc`` on one line: its type (module-qualified unless built in) and message."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    message = " ".join(str(exc).split())  # psycopg's messages span lines
-    return f"{name}: {message}" if message else name
 
 
 class Failures:

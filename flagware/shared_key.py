@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 
 from flagware.events.store import Store, redact
-from flagware.failures import describe
+from flagware.outages import describe
 
 log = logging.getLogger("flagware")
 

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from werkzeug.test import Client
 
 from flagware import FlagwareMiddleware, current_flags
@@ -424,3 +426,26 @@ def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
     monkeypatch.delenv("STATSIG_SERVER_SECRET")
     assert main(["check"]) == 2
     assert "STATSIG_SERVER_SECRET" not in capsys.readouterr().err
+
+
+def test_a_database_out_of_reach_has_its_own_exit_code(
+    tmp_path: Path, spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new user's trial stopped PostgreSQL under load: every command exited 2,
+    as for bad input, so a CI job could not tell "try again" from "fix it"."""
+    pytest.importorskip("psycopg")
+    from flagware.cli import EXIT_UNAVAILABLE
+
+    url = f"postgresql://nobody@/nothing?host={tmp_path}&connect_timeout=1"  # no server there
+    commands = (
+        ["status"],
+        ["events"],
+        ["check", "--spec", str(spec_file)],
+        ["results", "button_color", "--spec", str(spec_file)],
+        ["reset", "button_color", "--yes", "--spec", str(spec_file)],
+    )
+    for command in commands:
+        assert main([*command, "--store", url]) == EXIT_UNAVAILABLE == 4, command
+        said = capsys.readouterr().err
+        assert f"flagware {command[0]}: cannot reach postgresql://nobody@" in said, said
+        assert said.rstrip().endswith("try again once it is reachable") and said.count("\n") == 1

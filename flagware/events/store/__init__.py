@@ -23,6 +23,7 @@ from flagware.events.store.base import (
 )
 from flagware.events.store.postgres import is_postgres_url, redact, unsupported_url
 from flagware.events.store.sqlite import EventStore, connect, fork_guard, fork_safe
+from flagware.outages import describe, is_outage
 
 __all__ = [
     "COUNTERS",
@@ -34,6 +35,7 @@ __all__ = [
     "EventStore",
     "Store",
     "StoreStats",
+    "StoreUnavailable",
     "connect",
     "fork_guard",
     "fork_safe",
@@ -46,6 +48,11 @@ __all__ = [
 ]
 
 Location = str | os.PathLike[str]
+
+
+class StoreUnavailable(Exception):
+    """The store's database could not be reached (away, or refusing the login):
+    no answer about the store either way, so worth trying again."""
 
 
 def open_store(location: Location, *, create: bool = True) -> Store:
@@ -79,12 +86,18 @@ def store_exists(location: Location) -> bool:
 def not_a_store(location: Location) -> str | None:
     """Why ``location`` cannot be read as an event store, or None if it can.
 
-    The one place a ``--store`` value is checked; it only reads.
+    The one place a ``--store`` value is checked; it only reads. A database
+    that cannot be reached raises :class:`StoreUnavailable`: that is no
+    answer, and a command exits with its own code for it.
     """
     if is_postgres_url(location):
         try:
             found = store_exists(location)
         except Exception as exc:  # an unreachable server, a bad URL, no driver
+            if is_outage(exc):
+                raise StoreUnavailable(
+                    f"cannot reach {redact(str(location))}: {describe(exc)}"
+                ) from exc
             return f"cannot open {redact(str(location))}: {exc}"
         return None if found else f"no event store at {redact(str(location))}"
     problem = unsupported_url(location)

@@ -1,0 +1,30 @@
+"""Whether an exception says something is away (a database, the network), and
+that exception on one line: what failure logs and the command line both need.
+"""
+
+from __future__ import annotations
+
+__all__ = ["describe", "is_outage"]
+
+# DB-API errors that mean the database is away or refused, not that flagware
+# is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them).
+_OUTAGE_ERRORS = frozenset(("OperationalError", "InterfaceError"))
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says something is away (a database, the network), not a bug."""
+    if isinstance(exc, OSError):  # connections refused or reset, timeouts, a full disk
+        return True
+    return any(cls.__name__ in _OUTAGE_ERRORS for cls in type(exc).__mro__)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` on one line: its type (module-qualified unless built in) and message."""
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    message = " ".join(str(exc).split())  # psycopg's messages span lines
+    return f"{name}: {message}" if message else name
