@@ -269,6 +269,13 @@ def test_the_page_says_when_the_store_cannot_be_read(make_diag: Any, tmp_path: A
     html = page(browser).text
     assert '<span class="off" id="stored">event store unreadable: file is not a database' in html
     assert "events stored" not in html
+    # And what this process holds meanwhile, which the store cannot say.
+    client.writer.dropped = 3
+    client.errors["event store"] += 2
+    html = page(browser).text
+    held = re.search(r"this process holds (\d+) event\(s\) in memory \(at most (\d+)\)", html)
+    assert held is not None and int(held[2]) == client.writer.max_queue
+    assert "3 dropped; errors: event store 2" in html
 
 
 def test_results_unavailable_before_any_event(make_diag: Any) -> None:

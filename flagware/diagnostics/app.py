@@ -400,7 +400,19 @@ class DiagnosticsApp:
         except database_errors() as exc:
             lines = str(exc).strip().splitlines() or [type(exc).__name__]
             problem = escape(redact(lines[0]))
-            return f'<span class="off" id="stored">event store unreadable: {problem}</span>'
+            # What this process holds meanwhile: the part of an outage the store
+            # cannot say (a new user's trial saw only "unreadable").
+            writer, errors = self.client.writer, self.client.errors
+            held = (
+                f"this process holds {writer.waiting()} event(s) in memory (at most"
+                f" {writer.max_queue}), {writer.dropped} dropped"
+            )
+            if errors:
+                held += "; errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+            return (
+                f'<span class="off" id="stored">event store unreadable: {problem}; '
+                f"{escape(held)}</span>"
+            )
         return f"{count} events stored"
 
     def _store_path(self) -> str:

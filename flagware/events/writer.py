@@ -310,6 +310,12 @@ class EventWriter:
         self._pid = -1
         self._closed_pid = os.getpid()
 
+    def waiting(self) -> int:
+        """Events this process holds in memory, not yet stored."""
+        if self._pid != os.getpid():
+            return 0
+        return self._queue.qsize() + len(self._held)
+
     def pending_drops(self) -> int:
         """Events this process dropped that the store's counter does not show yet."""
         return self._unrecorded
