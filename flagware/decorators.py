@@ -184,7 +184,7 @@ def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Cal
 
             return async_view
 
-        if inspect.iscoroutinefunction(otherwise):
+        if _is_async(otherwise):
             # A plain view's framework never awaits what it returns: FastAPI
             # answered this denial with a 500 (a new user's trial).
             raise TypeError(
@@ -203,6 +203,16 @@ def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Cal
 
 
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _is_async(fn: object) -> bool:
+    """An async function, a partial of one, or an object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    # An instance whose class (or a base) has an async __call__, as Starlette checks.
+    return inspect.iscoroutinefunction(inspect.getattr_static(type(fn), "__call__", None))
 
 
 def _decorator(

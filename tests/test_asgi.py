@@ -9,6 +9,7 @@ dependency injection through the decorators, and the lifespan close.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import json
@@ -843,8 +844,13 @@ def test_an_async_otherwise_on_a_plain_view_is_refused_when_decorated() -> None:
     def view() -> dict[str, str]:
         return {"in": "yes"}
 
-    with pytest.raises(TypeError, match=r"otherwise= is async but the view .*view.* is not"):
-        feature_gate("nobody", otherwise=sorry)(view)
+    class Sorry:
+        async def __call__(self) -> dict[str, str]:
+            return {"sorry": "yes"}
+
+    for async_callable in (sorry, functools.partial(sorry), Sorry()):
+        with pytest.raises(TypeError, match=r"otherwise= is async but the view .*view.* is not"):
+            feature_gate("nobody", otherwise=async_callable)(view)
 
     async def async_view() -> dict[str, str]:
         return {"in": "yes"}

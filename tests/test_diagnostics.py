@@ -191,6 +191,11 @@ def test_shows_the_visitor_and_their_assignments_without_exposures(make_diag: An
     assert rows["button_color"] == exposure["group"]
     # Looking at the page logged nothing: only the app's request did.
     assert client.store.count() == 2
+    assert "not shown (hashed into userID)" in first.text
+    # Without the hash key (a shared store away at the start) nothing was hashed,
+    # and the page says so rather than "hashed into userID".
+    client.hash_key = b""
+    assert "not hashed: the hash key is unread yet" in page(http(client)).text
 
 
 def test_events_json_returns_what_came_after(make_diag: Any) -> None:

@@ -259,7 +259,7 @@ class DiagnosticsApp:
             _row("userID", _code(_scrub(flags.user_id))),
             _row("stableID", _code(flags.stable_id)),
             _row("country", escape(country or "unknown")),
-            _row("IP address", '<span class="muted">not shown (hashed into userID)</span>'),
+            _row("IP address", f'<span class="muted">{_address_note(flags.user_id, ip)}</span>'),
             _row("user agent", escape(environ.get("HTTP_USER_AGENT", "") or "none")),
         ]
         return "".join(rows)
@@ -417,3 +417,12 @@ class DiagnosticsApp:
 
     def _store_path(self) -> str:
         return self.client.event_store  # a SQLite path or a postgresql:// URL
+
+
+def _address_note(user_id: str, ip: str | None) -> str:
+    """What became of the address: hashed into the userID, unless it was not."""
+    if not user_id.startswith("s-"):
+        return "not shown (hashed into userID)"
+    if ip:  # an address, and still the cookie: a shared store's hash key is unread
+        return "not shown, not hashed: the hash key is unread yet (userID from the stableID)"
+    return "none usable (userID from the stableID)"
