@@ -51,8 +51,18 @@ Location = str | os.PathLike[str]
 
 
 class StoreUnavailable(Exception):
-    """The store's database could not be reached (away, or refusing the login):
+    """The store's database could not be reached (away, starting, stopping):
     no answer about the store either way, so worth trying again."""
+
+
+# A server that answered and refused what the URL asks for: a mistake in the
+# URL, not an outage (libpq's connection errors carry no SQLSTATE to tell by).
+_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
+
+
+def _refused(exc: BaseException) -> bool:
+    said = str(exc)
+    return "FATAL:" in said and any(refusal in said for refusal in _REFUSALS)
 
 
 def open_store(location: Location, *, create: bool = True) -> Store:
@@ -94,7 +104,7 @@ def not_a_store(location: Location) -> str | None:
         try:
             found = store_exists(location)
         except Exception as exc:  # an unreachable server, a bad URL, no driver
-            if is_outage(exc):
+            if is_outage(exc) and not _refused(exc):
                 raise StoreUnavailable(
                     f"cannot reach {redact(str(location))}: {describe(exc)}"
                 ) from exc
