@@ -750,6 +750,12 @@ def test_a_guardrail_is_uncapped_so_a_crash_loop_in_a_few_units_blocks(tmp_path:
     (errors,) = [m for m in again.metrics if m.name == "errors"]
     assert errors.cap is not None and errors.capped_units >= 6  # asked for: capped
     assert again.guardrails[0].status == "ok"  # which is what capping hid
+    # The same default for a metric built in Python as for one read from TOML.
+    from flagware.spec import MetricSpec
+
+    assert MetricSpec("e", "error", "count", tags=("guardrail",)).cap == 100.0
+    assert MetricSpec("r", "purchase", "sum").cap == 99.9
+    assert MetricSpec("e", "error", "count", tags=("guardrail",), cap_percentile=99).cap == 99
 
 
 def test_guardrail_improvement_does_not_block(tmp_path: Path) -> None:

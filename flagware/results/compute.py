@@ -176,7 +176,7 @@ def _analyse(
     groups, srm_p = _group_units(exp, units.per_group)
     data = []
     for m in metrics:
-        cap = m.cap_percentile if m.kind in ("sum", "count") else 100.0
+        cap = m.cap if m.kind in ("sum", "count") else 100.0
         moments, cap_value, capped = metric_moments(conn, tables, m, cap)
         data.append(MetricData(moments, cap_value, capped))
     results = analyse_metrics(

@@ -159,11 +159,16 @@ def adjustment_notes(m: MetricResult) -> list[str]:
     elif m.cuped_skipped is not None:
         notes.append(
             f"CUPED not applied: it would reduce the variance by {m.cuped_skipped:.1%},"
-            f" under {MIN_CONVERSION_GAIN:.0%}, so the score test is kept"
+            f" under {MIN_CONVERSION_GAIN:.0%}, so the metric is analysed as 0/1 values"
         )
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
     return notes
+
+
+def planning_test(results: Results) -> str:
+    """Which test the planning figures are for: they differ by about 2.4x."""
+    return "the sequential test" if results.sequential else "the fixed-horizon test, read once"
 
 
 def planning_rows(results: Results) -> list[list[str]]:

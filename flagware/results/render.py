@@ -17,6 +17,7 @@ from flagware.results.formatting import (
     p_phrase,
     pct,
     planning_rows,
+    planning_test,
     pvalue,
     relative_mde,
     table,
@@ -224,7 +225,7 @@ def _planning(results: Results) -> list[str]:
     days = days_running(results)
     return [
         "",
-        f"Planning (80% power; needed: units for a {results.target_mde:.1%} lift;"
-        f" running {'-' if days is None else f'{days:g}'} days):",
+        f"Planning (80% power with {planning_test(results)}; needed: units for a"
+        f" {results.target_mde:.1%} lift; running {'-' if days is None else f'{days:g}'} days):",
         *table(PLANNING_HEADER, rows, {2, 3, 4, 5, 6}),
     ]

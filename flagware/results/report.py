@@ -25,6 +25,7 @@ from flagware.results.formatting import (
     p_phrase,
     pct,
     planning_rows,
+    planning_test,
     pvalue,
     time_range,
     window_line,
@@ -306,7 +307,8 @@ def _html_planning(results: Results) -> list[str]:
     return [
         "<h2>How long to run</h2>",
         f'<p class="muted">Minimum detectable effect (MDE) at 80% power with the units so far,'
-        f" and the units (both groups) needed to detect a {results.target_mde:.1%} lift.</p>",
+        f" and the units (both groups) needed to detect a {results.target_mde:.1%} lift,"
+        f" for {escape(planning_test(results))}.</p>",
         f"<table><tr>{head}</tr>{body}</table>",
     ]
 

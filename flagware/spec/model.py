@@ -126,7 +126,16 @@ class MetricSpec:
     numerator: EventAggregate | None = None  # ratio metrics only
     denominator: EventAggregate | None = None
     cuped_days: float = 7.0  # pre-exposure lookback for CUPED; 0 turns it off
-    cap_percentile: float = 99.9  # sum and count metrics: winsorize here; 100 turns it off
+    # Sum and count metrics: winsorize here; 100 turns it off. None: the
+    # default, 99.9, or 100 for a guardrail (see ``cap``).
+    cap_percentile: float | None = None
+
+    @property
+    def cap(self) -> float:
+        """The percentile per-unit values are capped at (100: none)."""
+        if self.cap_percentile is not None:
+            return self.cap_percentile
+        return 100.0 if self.guardrail else 99.9
 
     @property
     def guardrail(self) -> bool:

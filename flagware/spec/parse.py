@@ -340,7 +340,5 @@ class _Parser:
             numerator=numerator,
             denominator=denominator,
             cuped_days=self.attempt(lambda: _cuped_days(body, path), 7.0),
-            cap_percentile=self.attempt(
-                lambda: _cap_percentile(body, path, kind, "guardrail" in tags), 99.9
-            ),
+            cap_percentile=self.attempt(lambda: _cap_percentile(body, path, kind), None),
         )

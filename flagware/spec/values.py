@@ -57,12 +57,14 @@ def _cuped_days(body: Mapping[str, Any], path: str) -> float:
     return days
 
 
-def _cap_percentile(body: Mapping[str, Any], path: str, kind: str, guardrail: bool) -> float:
-    # A guardrail is uncapped unless asked: a crash loop in 0.2% of units is
-    # what an errors guardrail is for, and capping at 99.9 hid 94% of that
-    # excess in a statistician's trial (p 0.011 -> 0.030).
-    default = 100.0 if guardrail else 99.9
-    cap = _number(body.get("cap_percentile", default), f"{path}.cap_percentile")
+def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float | None:
+    """The metric's cap, or None for the default (MetricSpec.cap): a guardrail
+    is uncapped unless asked, since a crash loop in 0.2% of units is what an
+    errors guardrail is for (capping at 99.9 hid 94% of that excess in a
+    statistician's trial, p 0.011 -> 0.030)."""
+    if "cap_percentile" not in body:
+        return None
+    cap = _number(body["cap_percentile"], f"{path}.cap_percentile")
     if not 50 <= cap <= 100:
         raise _Invalid(f"{path}.cap_percentile", "must be between 50 and 100 (100: no cap)")
     if "cap_percentile" in body and kind not in ("sum", "count"):
