@@ -1,7 +1,7 @@
 """Every code block in the README runs as written.
 
 Blocks run in a sandbox folder holding the README's own spec (its first TOML
-block) and a ``templates/signup.html``. An HTML comment right before a block
+block) and the README's ``templates/signup.html``. An HTML comment right before a block
 says how to run it when it is not a plain script:
 
 - ``<!-- readme-test: file NAME -->``: saved as NAME (later blocks import it);
@@ -42,8 +42,6 @@ BLOCK = re.compile(
     r"(?:<!-- readme-test: (?P<mode>[^>]*?) -->\n)?^```(?P<lang>\w*)\n(?P<code>.*?)^```$",
     re.S | re.M,
 )
-TEMPLATE = '<button style="background: {{ color }}">Sign up</button>\n'
-
 
 @dataclass(frozen=True)
 class Block:
@@ -70,6 +68,8 @@ def readme_blocks() -> list[Block]:
 
 
 BLOCKS = readme_blocks()
+# The Flask section's template, which its app and the pytest example render.
+TEMPLATE = next(b.code for b in BLOCKS if b.lang == "html" and "Sign up" in b.code)
 PYTHON = [b for b in BLOCKS if b.lang == "python"]
 
 

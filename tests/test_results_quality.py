@@ -243,6 +243,15 @@ def test_sequential_from_the_spec_or_the_command(tmp_path: Path, capsys: Any) ->
         assert (high - low) / 2 == pytest.approx(k * math.sqrt(sample.variance / sample.n))
         assert high - low > f_high - f_low
     assert not [w for w in seq.warnings if "fixed horizon" in w]
+    # At a few dozen units the sequence is wider than a rate can be: cut to [0, 1].
+    small = compute_results(
+        spec,
+        "button_color",
+        converting_log(60, {"Control": 0.1, "Red": 0.1}).store(tmp_path, "small.db"),
+    )
+    for low, high in filter(None, small.metrics[0].group_intervals.values()):
+        assert 0.0 <= low < high <= 1.0
+    assert 0.0 in {low for low, _ in filter(None, small.metrics[0].group_intervals.values())}
     assert [w for w in fixed.warnings if "fixed horizon" in w]  # said with every such verdict
 
     spec_path = write_spec_file(tmp_path)

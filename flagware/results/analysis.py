@@ -193,7 +193,15 @@ def _metric_result(
         # Each group's mean, as the comparisons: always valid when they are.
         n = prep.data.moments.get(group, _EMPTY).n
         k = z if sequential_rho is None else sequential.critical(alpha, n, sequential_rho)
-        intervals[group] = (mean - k * math.sqrt(var), mean + k * math.sqrt(var))
+        low, high = mean - k * math.sqrt(var), mean + k * math.sqrt(var)
+        # A rate lies in [0, 1] and a count is never negative: the interval
+        # keeps its coverage cut there, and reads as a rate (a new user's
+        # trial saw [-0.52, 0.66] for a small group's sequential interval).
+        if metric.kind in ("conversion", "count"):
+            low = max(low, 0.0)
+        if metric.kind == "conversion":
+            high = min(high, 1.0)
+        intervals[group] = (low, high)
     return MetricResult(
         name=metric.name,
         event=metric.event,

@@ -44,7 +44,8 @@ CROSSOVER_BLOCK = 0.01
 
 #: Said with every fixed-horizon result: its error rates hold for one look.
 FIXED_HORIZON = (
-    "fixed horizon (sequential = false): this verdict is valid read once, at the sample"
+    "fixed horizon (sequential = false, or --no-sequential): this verdict is valid read"
+    " once, at the sample"
     " size planned before the experiment started; read repeatedly, it calls noise"
     " significant more often than alpha (sequential = true may be read any time)"
 )
