@@ -43,6 +43,7 @@ BLOCK = re.compile(
     re.S | re.M,
 )
 
+
 @dataclass(frozen=True)
 class Block:
     line: int
