@@ -15,7 +15,7 @@ _EXPORTS = {
     "experiment": "flagware.decorators",
     "feature_gate": "flagware.decorators",
     "log_event": "flagware.decorators",
-    "Config": "flagware.flags",
+    "Config": "flagware.overrides",
     "Flags": "flagware.flags",
     "NoRequestError": "flagware.flags",
     "current_flags": "flagware.flags",
@@ -25,8 +25,9 @@ _EXPORTS = {
 if TYPE_CHECKING:  # what type checkers and IDEs see: the names, typed
     from flagware.client import ConfigurationError, Flagware
     from flagware.decorators import experiment, feature_gate, log_event
-    from flagware.flags import Config, Flags, NoRequestError, current_flags
+    from flagware.flags import Flags, NoRequestError, current_flags
     from flagware.middleware import FlagwareMiddleware
+    from flagware.overrides import Config
 else:  # hidden from them, so a misspelled name stays an error there
 
     def __getattr__(name: str) -> Any:

@@ -14,14 +14,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from flagware import flags as _flags
-from flagware.engine import Engine, LocalEngine, StatsigEngine
+from flagware.engine import Engine, local_engine, statsig_engine
 from flagware.events.limits import cap_event
 from flagware.events.model import Event
-from flagware.events.shutdown import close_at_child_exit, install_sigterm, resolving_here
+from flagware.events.shutdown import (
+    close_at_child_exit,
+    install_sigterm,
+    resolving_here,
+    warn_undelivered,
+)
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.failures import Failures
 from flagware.identity import country_table
+from flagware.overrides import overrides
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
     DEFAULT_SPEC,
@@ -191,27 +197,17 @@ class Flagware:
             statsig_secret = statsig_secret.strip()
             key = check_statsig(statsig_secret, key)
             self.statsig_api: str | None = (api := statsig_api_url(statsig_api))
-            if engine == "core":
-                from flagware.engine.core import CoreStatsigEngine
-
-                self.engine = CoreStatsigEngine(
-                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
-                )
-            else:
-                self.engine = StatsigEngine(
-                    statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
-                )
+            self.engine = statsig_engine(engine)(
+                statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+            )
         else:
             assert spec is not None
             self.statsig_api = None
             if not self.isolated:  # before the spec is read, whose absence would be all it says
                 warn_ignored_secret(spec=spec, spec_given=spec_given)
             # An experiment that has started may not change under its results.
-            local = LocalEngine
-            if engine == "core":
-                from flagware.engine.core import CoreLocalEngine as local  # type: ignore[assignment]
             starts = self.starts
-            self.engine = starts.engine = local(
+            self.engine = starts.engine = local_engine(engine)(
                 spec, tier=self.tier, check=starts.check_unchanged, on_reload=starts.forget
             )
             if key is None and self._shared_store:
@@ -256,8 +252,8 @@ class Flagware:
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
         announce(self, spec=spec)
-        if _flags.overrides.unchecked:  # a test overrode flags before any client existed
-            _flags.overrides.check_unchecked()
+        if overrides.unchecked:  # a test overrode flags before any client existed
+            overrides.check_unchecked()
         self._prepare()
 
     def _prepare(self) -> None:
@@ -297,10 +293,7 @@ class Flagware:
         """Queue an event for the store (and Statsig). O(1); never touches disk or network."""
         for cut in cap_event(event):  # a huge User-Agent or metadata: counted, logged once
             self.failures.truncated_input(cut)
-        self.writer.put(event)
-        if _flags.listeners:
-            for listener in tuple(_flags.listeners):
-                listener(event)
+        self._log_exposure(event)
 
     def _log_exposure(self, event: Event) -> None:
         """``log`` for the exposures Flags builds: their user was capped when it
@@ -385,7 +378,7 @@ class Flagware:
             if self.delivery is not None:
                 try:
                     if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
-                        self._warn_undelivered(self.delivery)
+                        warn_undelivered(self.delivery, self.shutdown_timeout)
                 finally:
                     # What the drain left, and a second at least for the threads to
                     # stop. A send still in flight then (a Statsig API that hangs) is
@@ -394,24 +387,6 @@ class Flagware:
                     self.delivery.close(max(1.0, deadline - time.monotonic()))
         self.engine.close()  # at most 2 s (engine.legacy, engine.core: SHUTDOWN_TIMEOUT)
         self.store.close()
-
-    def _warn_undelivered(self, delivery: Delivery) -> None:
-        """close() stopped delivering with events left: they are kept, and said so."""
-        try:
-            backlog = delivery.stats().backlog
-        except Exception:  # the store is failing: the writer has reported it
-            return
-        if backlog:
-            problem = delivery.problem()
-            log.warning(
-                "flagware: the event store holds %d events not yet delivered to Statsig (this"
-                " process's and any other's) as this process stops: %s; they stay there, and"
-                " the next process that sends events sends them too (`flagware status`)",
-                backlog,
-                f"the last send failed ({problem})"
-                if problem
-                else f"shutdown_timeout ({self.shutdown_timeout:g} s) ran out",
-            )
 
     def __enter__(self) -> Flagware:
         return self

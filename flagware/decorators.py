@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from flagware import denials, request
-from flagware.flags import Config, Flags, _current
+from flagware.flags import Flags, _current
+from flagware.overrides import Config
 
 log = logging.getLogger("flagware")
 

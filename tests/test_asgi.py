@@ -30,8 +30,9 @@ from starlette.routing import Mount, Route
 
 from flagware import Flagware, current_flags, experiment, feature_gate, log_event
 from flagware.asgi import FlagwareMiddleware, get_flags
-from flagware.flags import Config, Flags, NoRequestError, overrides
+from flagware.flags import Flags, NoRequestError
 from flagware.identity import hash_ip
+from flagware.overrides import Config, overrides
 
 KEY = b"asgi-test-key"
 

@@ -13,7 +13,7 @@ from werkzeug.test import Client
 
 from flagware import FlagwareMiddleware, current_flags, experiment, feature_gate, log_event
 from flagware.decorators import status_of
-from flagware.flags import Config
+from flagware.overrides import Config
 
 
 def names(client: Any) -> list[str]:

@@ -38,8 +38,9 @@ from django.views import View  # noqa: E402
 from flagware import Flagware, current_flags, experiment, feature_gate, log_event  # noqa: E402
 from flagware.django import FlagwareMiddleware, checks, conf  # noqa: E402
 from flagware.django.templatetags import flagware as tags  # noqa: E402
-from flagware.flags import Config, NoRequestError, _current  # noqa: E402
+from flagware.flags import NoRequestError, _current  # noqa: E402
 from flagware.identity import hash_ip  # noqa: E402
+from flagware.overrides import Config  # noqa: E402
 from flagware.settings import ConfigurationError  # noqa: E402
 
 HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -14,7 +14,7 @@ import pytest
 from werkzeug.test import Client
 
 from flagware import FlagwareMiddleware, current_flags
-from flagware.flags import overrides
+from flagware.overrides import overrides
 from flagware.testing import (
     FlagwareOverrides,
     UnknownOverrideWarning,

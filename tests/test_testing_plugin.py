@@ -9,7 +9,7 @@ from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
 from flagware import FlagwareMiddleware, current_flags
-from flagware.flags import overrides
+from flagware.overrides import overrides
 
 pytest_plugins = ["pytester"]
 
@@ -144,7 +144,7 @@ def test_config_overrides_and_clear(pytester: pytest.Pytester) -> None:
 def test_fixtures_need_no_client_spec_or_store(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
-        from flagware.flags import overrides
+        from flagware.overrides import overrides
 
         def test_alone(flagware_overrides, flagware_events):
             flagware_overrides.gate("x", True)
@@ -167,7 +167,7 @@ def test_overrides_set_outside_the_fixture_survive_it(pytester: pytest.Pytester)
     pytester.makeconftest(
         """
         import pytest
-        from flagware.flags import overrides
+        from flagware.overrides import overrides
 
         @pytest.fixture(autouse=True, scope="session")
         def project_wide():
@@ -178,7 +178,7 @@ def test_overrides_set_outside_the_fixture_survive_it(pytester: pytest.Pytester)
     )
     pytester.makepyfile(
         """
-        from flagware.flags import overrides
+        from flagware.overrides import overrides
 
         def test_a(flagware_overrides):
             flagware_overrides.gate("new_signup", True)

@@ -15,16 +15,11 @@ from werkzeug.wrappers import Response
 
 from flagware import identity, qa, request
 from flagware.diagnostics import override
-from flagware.diagnostics.events import POLL_LIMIT, _read_events, _scrub, is_store
+from flagware.diagnostics.events import POLL_LIMIT, _read_events, stored_summary
 from flagware.diagnostics.html import (
-    _cells,
-    _code,
     _delivery,
-    _error,
     _event_rows,
-    _json,
     _live_verdict,
-    _row,
     _template,
     _unavailable,
 )
@@ -39,9 +34,8 @@ from flagware.diagnostics.http import (
     _same,
     _script_name,
 )
-from flagware.events.store import redact
-from flagware.events.store.reader import database_errors, open_reader
-from flagware.flags import OVERRIDE_RULE, Config, Flags
+from flagware.diagnostics.visitor import assignments, visitor_rows
+from flagware.flags import Flags
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -217,16 +211,18 @@ class DiagnosticsApp:
         flags: Flags | None = environ.get("flagware.flags")
         nonce = secrets.token_urlsafe(16)
         events = self._tail()
-        gates, experiments, gates_note, experiments_note = self._assignments(flags)
+        gates, experiments, gates_note, experiments_note = assignments(
+            self.client, flags, self._names() if flags is not None else ([], [], "")
+        )
         stable_id = flags.stable_id if flags is not None else ""
         html = _template().substitute(
             nonce=nonce,
             engine=escape(self.client.engine.kind),
             sdk=escape(self.client.engine.sdk),
             specs=self._specs(),
-            stored=self._stored(),
+            stored=stored_summary(self.client),
             delivery=_delivery(self.client),
-            visitor=self._visitor_rows(environ, flags),
+            visitor=visitor_rows(environ, flags),
             gates=gates,
             gates_note=gates_note,
             experiments=experiments,
@@ -249,64 +245,6 @@ class DiagnosticsApp:
             return '<p class="muted">Needs the flagware middleware.</p>'
         gate_names, _, _ = self._names()
         return override.section(self.client, flags, gate_names, self._groups())
-
-    def _visitor_rows(self, environ: WSGIEnvironment, flags: Flags | None) -> str:
-        if flags is None:
-            return _row("IDs", '<span class="muted">no flagware request (no middleware)</span>')
-        ip = identity.client_ip(environ)
-        country = identity.country_of(ip) if ip else None
-        rows = [
-            _row("userID", _code(_scrub(flags.user_id))),
-            _row("stableID", _code(flags.stable_id)),
-            _row("country", escape(country or "unknown")),
-            _row("IP address", f'<span class="muted">{_address_note(flags.user_id, ip)}</span>'),
-            _row("user agent", escape(environ.get("HTTP_USER_AGENT", "") or "none")),
-        ]
-        return "".join(rows)
-
-    def _assignments(self, flags: Flags | None) -> tuple[str, str, str, str]:
-        """Rows for gates and experiments, evaluated for this visitor without exposures."""
-        if flags is None:
-            return "", "", "", ""
-        gate_names, experiment_names, note = self._names()
-        engine = self.client.engine
-        user = flags.statsig_user()
-        gates, experiments = [], []
-        for name in gate_names:
-            try:
-                forced = flags._forced_gate(name)  # a QA or test override, shown as such
-                if forced is None:
-                    result = engine.gate(user, name)
-                    passed, rule_id = result.value, result.rule_id
-                else:
-                    passed, rule_id = forced, OVERRIDE_RULE
-                value = (
-                    '<span class="on">pass</span>' if passed else '<span class="off">fail</span>'
-                )
-                gates.append(_cells(escape(name), value, _code(rule_id)))
-            except Exception as exc:
-                gates.append(_cells(escape(name), _error(exc), ""))
-        for name in experiment_names:
-            try:
-                config = flags._forced_config(name)
-                if config is None:
-                    result = engine.config(user, name)
-                    config = Config(name, result.params, group=result.group)
-                group = (
-                    escape(config.group)
-                    if config.group
-                    else ('<span class="muted">not in the experiment</span>')
-                )
-                if config.rule_id == OVERRIDE_RULE:
-                    group += ' <span class="pill">override</span>'
-                experiments.append(_cells(escape(name), group, _code(_json(config.params))))
-            except Exception as exc:
-                experiments.append(_cells(escape(name), _error(exc), ""))
-        if not gates:
-            gates.append(_cells('<span class="muted">none</span>', "", ""))
-        if not experiments:
-            experiments.append(_cells('<span class="muted">none</span>', "", ""))
-        return "".join(gates), "".join(experiments), note, note
 
     def _specs(self) -> str:
         """Which specs this process serves: Statsig's may not have come yet."""
@@ -388,41 +326,5 @@ class DiagnosticsApp:
     def _tail(self) -> list[dict[str, Any]]:
         return _read_events(self._store_path(), tail=TAIL)
 
-    def _stored(self) -> str:
-        """How many events the store holds, or that it cannot be read (it said
-        "0 events stored" while a PostgreSQL store refused the password)."""
-        location = self._store_path()
-        try:
-            if not is_store(location):
-                return "0 events stored"
-            with open_reader(location) as conn:
-                count = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        except database_errors() as exc:
-            lines = str(exc).strip().splitlines() or [type(exc).__name__]
-            problem = escape(redact(lines[0]))
-            # What this process holds meanwhile: the part of an outage the store
-            # cannot say (a new user's trial saw only "unreadable").
-            writer, errors = self.client.writer, self.client.errors
-            held = (
-                f"this process holds {writer.waiting()} event(s) in memory (at most"
-                f" {writer.max_queue}), {writer.dropped} dropped"
-            )
-            if errors:
-                held += "; errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
-            return (
-                f'<span class="off" id="stored">event store unreadable: {problem}; '
-                f"{escape(held)}</span>"
-            )
-        return f"{count} events stored"
-
     def _store_path(self) -> str:
         return self.client.event_store  # a SQLite path or a postgresql:// URL
-
-
-def _address_note(user_id: str, ip: str | None) -> str:
-    """What became of the address: hashed into the userID, unless it was not."""
-    if not user_id.startswith("s-"):
-        return "not shown (hashed into userID)"
-    if ip:  # an address, and still the cookie: a shared store's hash key is unread
-        return "not shown, not hashed: the hash key is unread yet (userID from the stableID)"
-    return "none usable (userID from the stableID)"

@@ -6,10 +6,14 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from html import escape
+from typing import TYPE_CHECKING, Any
 
-from flagware.events.store import store_exists
+from flagware.events.store import redact, store_exists
 from flagware.events.store.reader import Reader, database_errors, open_reader
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
 
 POLL_LIMIT = 200  # events per poll; the next poll fetches the rest
 _HIDDEN_IP = "[ip hidden]"
@@ -99,3 +103,31 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def stored_summary(client: Flagware) -> str:
+    """How many events the store holds, or that it cannot be read (it said
+    "0 events stored" while a PostgreSQL store refused the password)."""
+    location = client.event_store
+    try:
+        if not is_store(location):
+            return "0 events stored"
+        with open_reader(location) as conn:
+            count = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except database_errors() as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        problem = escape(redact(lines[0]))
+        # What this process holds meanwhile: the part of an outage the store
+        # cannot say (a new user's trial saw only "unreadable").
+        writer, errors = client.writer, client.errors
+        held = (
+            f"this process holds {writer.waiting()} event(s) in memory (at most"
+            f" {writer.max_queue}), {writer.dropped} dropped"
+        )
+        if errors:
+            held += "; errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+        return (
+            f'<span class="off" id="stored">event store unreadable: {problem}; '
+            f"{escape(held)}</span>"
+        )
+    return f"{count} events stored"

@@ -25,7 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without Jinja2
     raise ImportError("flagware.django.jinja2 needs Jinja2: pip install jinja2") from exc
 
 from flagware.django.templatetags.flagware import flags_for
-from flagware.flags import Config
+from flagware.overrides import Config
 
 __all__ = ["environment", "install"]
 

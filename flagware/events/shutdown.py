@@ -25,9 +25,31 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from flagware.events.delivery import Delivery
 
 log = logging.getLogger("flagware")
+
+
+def warn_undelivered(delivery: Delivery, shutdown_timeout: float) -> None:
+    """A client stopped delivering with events left: they are kept, and said so."""
+    try:
+        backlog = delivery.stats().backlog
+    except Exception:  # the store is failing: the writer has reported it
+        return
+    if backlog:
+        problem = delivery.problem()
+        log.warning(
+            "flagware: the event store holds %d events not yet delivered to Statsig (this"
+            " process's and any other's) as this process stops: %s; they stay there, and"
+            " the next process that sends events sends them too (`flagware status`)",
+            backlog,
+            f"the last send failed ({problem})"
+            if problem
+            else f"shutdown_timeout ({shutdown_timeout:g} s) ran out",
+        )
 
 
 class _Client(Protocol):

@@ -51,7 +51,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flagware.flags import OVERRIDE_RULE, Config, listeners, overrides
+from flagware.flags import listeners
+from flagware.overrides import OVERRIDE_RULE, Config, overrides
 from flagware.visitors import forget_repeats
 
 if TYPE_CHECKING:

@@ -83,7 +83,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """Clients made during a test store under that test's own directory, and
     expose every visitor anew (an earlier test's exposures dedupe nothing)."""
-    from flagware.flags import overrides
+    from flagware.overrides import overrides
     from flagware.visitors import forget_repeats
 
     forget_repeats()
@@ -107,7 +107,7 @@ def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def flagware_overrides() -> Iterator[FlagwareOverrides]:
     """Force gates, experiments and configs for this test; undone after it."""
-    from flagware.flags import overrides
+    from flagware.overrides import overrides
 
     # Restore rather than clear, so overrides a user set up outside this
     # fixture (e.g. in a session fixture) survive the test.

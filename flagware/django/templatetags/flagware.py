@@ -17,7 +17,8 @@ from typing import Any
 
 from django import template
 
-from flagware.flags import Config, Flags, _current
+from flagware.flags import Flags, _current
+from flagware.overrides import Config
 
 log = logging.getLogger("flagware")
 register = template.Library()

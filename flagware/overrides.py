@@ -1,0 +1,90 @@
+"""Forced flag values for tests, and the value type an experiment read returns.
+
+``flagware.testing`` fills :data:`overrides`; every :class:`~flagware.flags.Flags`
+consults it before evaluating, and skips it while it is empty (the production
+case). :class:`Config` lives here because an override of an experiment is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
+
+__all__ = ["OVERRIDE_RULE", "Config", "Overrides", "overrides"]
+
+OVERRIDE_RULE = "override"  # the rule ID Statsig reports for local overrides
+
+
+class Config:
+    """An experiment's or dynamic config's value for this request."""
+
+    __slots__ = ("group", "name", "params", "rule_id")
+
+    def __init__(
+        self, name: str, params: dict[str, Any], *, group: str | None = None, rule_id: str = ""
+    ) -> None:
+        self.name = name
+        self.group = group  # the experiment group, None when not in the experiment
+        self.rule_id = rule_id
+        self.params = params
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.params.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    def __repr__(self) -> str:
+        return f"Config({self.name!r}, group={self.group!r}, params={self.params!r})"
+
+
+class Overrides:
+    """Forced values for tests (see flagware.testing); empty and skipped otherwise."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, bool] = {}
+        self.configs: dict[str, Config] = {}
+        self.defaults = False  # unforced gates False, unforced experiments their control
+        # Checks of overrides made while no client could say whether their
+        # names exist (Django makes its client at the first request): the next
+        # client runs them (flagware.testing).
+        self.unchecked: list[Callable[[], None]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.gates or self.configs or self.defaults)
+
+    def clear(self) -> None:
+        self.gates.clear()
+        self.configs.clear()
+        self.defaults = False
+        self.unchecked.clear()
+
+    def check_unchecked(self) -> None:
+        """A client now exists: check the overrides that waited for one."""
+        checks, self.unchecked = self.unchecked, []
+        for check in checks:
+            check()
+
+    def gate(self, name: str) -> bool | None:
+        """The forced value of gate ``name``, or None to evaluate it."""
+        forced = self.gates.get(name)
+        return False if forced is None and self.defaults else forced
+
+    def config(self, name: str, client: Flagware) -> Config | None:
+        """The forced value of config ``name``, or None to evaluate it."""
+        forced = self.configs.get(name)
+        if forced is None and self.defaults:
+            # The control group, by name and params, from the local spec.
+            spec = getattr(client.engine, "spec", None)
+            experiment = spec.experiments.get(name) if spec is not None else None
+            if experiment is None:
+                return Config(name, {}, rule_id=OVERRIDE_RULE)
+            control = experiment.control
+            return Config(name, control.params, group=control.name, rule_id=OVERRIDE_RULE)
+        return forced
+
+
+overrides = Overrides()
