@@ -1140,3 +1140,26 @@ def test_an_event_logged_before_the_flag_read_is_no_outcome(tmp_path: Path) -> N
     rates = {m.name: m.samples for m in results.metrics}
     assert all(s.mean == 0.0 for s in rates["signed_up"].values())  # none an outcome
     assert all(s.mean == 1.0 for s in rates["clicks"].values())  # every one
+
+
+def test_a_lift_without_an_interval_says_why(tmp_path: Path) -> None:
+    """A walk-through read `lift CI -` with no word why: Fieller's interval for
+    the ratio is unbounded when the control's rate is not clearly above 0."""
+    log = Log()
+    for i in range(400):
+        group = "Control" if i % 2 else "Red"
+        log.expose(i, group, NOW - 10 * HOUR)
+        if (group == "Control" and i < 5) or (group == "Red" and i < 40):
+            log.log(i, "click", NOW - 9 * HOUR)
+    spec = make_spec(metrics={"clicks": METRICS["clicks"]})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    (red,) = results.metrics[0].results
+    assert red.ci is not None and red.relative_ci is None  # 2 clicks from 200 in control
+    text = render_text(results)
+    assert "clicks: no lift CI for Red: the control mean is not clearly above 0" in text
+    # A control rate clearly above 0 has its lift interval and no such note.
+    results = compute_results(
+        make_spec(), "button_color", random_log(3).store(tmp_path, "b.db"), now=NOW
+    )
+    assert all(r.relative_ci is not None for m in results.metrics for r in m.results if r.ci)
+    assert "no lift CI" not in render_text(results)

@@ -146,8 +146,9 @@ def days_running(results: Results) -> float | None:
     return round((results.until - results.first_exposure) / 86_400_000, 2)
 
 
-def adjustment_notes(m: MetricResult) -> list[str]:
-    """CUPED's variance reduction and the cap, in words (text and HTML)."""
+def metric_notes(m: MetricResult) -> list[str]:
+    """CUPED's variance reduction, the cap and a missing lift interval, in words
+    (text and HTML)."""
     notes = []
     if m.cuped:
         # Not "-0%": a reduction a hair below zero is none.
@@ -163,6 +164,14 @@ def adjustment_notes(m: MetricResult) -> list[str]:
         )
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
+    # Fieller's interval for a ratio is unbounded when the control's mean is
+    # not clearly above 0: no lift interval, only the absolute one.
+    unbounded = [r.group for r in m.results if r.ci is not None and r.relative_ci is None]
+    if unbounded:
+        notes.append(
+            f"no lift CI for {', '.join(unbounded)}: the control mean is not clearly above 0,"
+            " so the relative effect is unbounded; read the delta and its CI"
+        )
     return notes
 
 

@@ -8,11 +8,11 @@ from typing import Any
 from flagware.results.formatting import (
     PLANNING_HEADER,
     ROLE_MARK,
-    adjustment_notes,
     days_running,
     interval,
     level,
     method_line,
+    metric_notes,
     num,
     p_phrase,
     pct,
@@ -201,7 +201,7 @@ def render_text(results: Results) -> str:
         out.append("roles: * decision (Bonferroni), ~ secondary (Benjamini-Hochberg), ! guardrail")
     else:
         out.append("(no metrics to compare)")
-    out += _adjustments(results)
+    out += _notes(results)
     if results.guardrails:
         out += ["", "Guardrails:"]
         out += [f"  {g.metric}: {g.status} ({g.reason})" for g in results.guardrails]
@@ -209,13 +209,11 @@ def render_text(results: Results) -> str:
     return "\n".join(out) + "\n"
 
 
-def _adjustments(results: Results) -> list[str]:
+def _notes(results: Results) -> list[str]:
     lines = [
-        f"  {m.name}: " + "; ".join(adjustment_notes(m))
-        for m in results.metrics
-        if adjustment_notes(m)
+        f"  {m.name}: " + "; ".join(metric_notes(m)) for m in results.metrics if metric_notes(m)
     ]
-    return ["", "Adjustments:", *lines] if lines else []
+    return ["", "Notes:", *lines] if lines else []
 
 
 def _planning(results: Results) -> list[str]:

@@ -17,10 +17,10 @@ from flagware.results.formatting import (
     COLOURS,
     PLANNING_HEADER,
     VERDICT_COLOURS,
-    adjustment_notes,
     interval,
     level,
     method_line,
+    metric_notes,
     num,
     p_phrase,
     pct,
@@ -261,7 +261,7 @@ def _html_metrics(results: Results) -> list[str]:
     for m in results.metrics:
         tags = f" · tags: {escape(', '.join(m.tags))}" if m.tags else ""
         family = f"{m.role} metric, {m.correction} over {m.family_size}"
-        notes = "".join(f" · {escape(n)}" for n in adjustment_notes(m))
+        notes = "".join(f" · {escape(n)}" for n in metric_notes(m))
         parts.append(
             f'<section class="metric"><h3>{escape(m.name)}</h3>'
             f'<p class="muted">{escape(m.kind)} of {escape(m.event)} · good direction:'
