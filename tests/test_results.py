@@ -340,13 +340,13 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     assert method_line(none).startswith("Intervals: fixed-horizon tests (none made yet: ")
 
     # A variance reduction a hair below zero is none, not "-0%".
-    from flagware.results.formatting import adjustment_notes
+    from flagware.results.formatting import metric_notes
 
     metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.001, "Blue": 0.25})
-    assert adjustment_notes(metric) == ["CUPED variance reduction: Red 0%, Blue 25%"]
+    assert metric_notes(metric) == ["CUPED variance reduction: Red 0%, Blue 25%"]
     # Nobody converted in the window (a trial's): said, not left blank.
     metric = replace(metric, variance_reduction={})
-    assert adjustment_notes(metric) == ["CUPED variance reduction: none (the metric does not vary)"]
+    assert metric_notes(metric) == ["CUPED variance reduction: none (the metric does not vary)"]
 
 
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
