@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYENV_VERSIONS="${PYENV_ROOT:-/root/.pyenv}/versions"
-TESTS=(tests/test_django.py tests/test_django_asgi.py tests/test_django_demo.py tests/test_testing_plugin.py)
+TESTS=(tests/test_django.py tests/test_django_apis.py tests/test_django_asgi.py tests/test_django_demo.py tests/test_testing_plugin.py)
 MATRIX=(
   "3.11|django>=5.2,<5.3|django"
   "3.12|django>=5.2,<5.3|all"

@@ -160,9 +160,9 @@ def log_event(
 def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Callable[[F], F]:
     """Run the view only for requests that pass gate ``name``.
 
-    Others get ``otherwise``: an HTTP status (Flask: raised as werkzeug's
-    HTTPException; Django: ``Http404`` or an empty response with that status),
-    or a callable that receives the view's arguments and returns a response.
+    Others get ``otherwise``: an HTTP status, raised as the exception the
+    framework serving the request answers with it (flagware.denials), or a
+    callable that receives the view's arguments and returns a response.
     """
 
     def denied(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -254,12 +254,9 @@ def _is_django_request(obj: Any) -> bool:
 
 def _deny(status: int, args: tuple[Any, ...], flags: Flags | None) -> Any:
     # The request comes first, or second after a method's self.
-    if any(_is_django_request(arg) for arg in args[:2]):
-        from django.http import Http404, HttpResponse
-
-        if status == 404:
-            raise Http404("feature not available")
-        return HttpResponse(status=status)
+    for arg in args[:2]:
+        if _is_django_request(arg):
+            return denials.django(status, arg)
     if flags is None:  # outside a request (warned already): werkzeug's, as before
         raise denials.werkzeug(status)
     refuse = getattr(flags, "_refuse", None)

@@ -11,7 +11,7 @@ The app is found from the ASGI scope where the framework puts itself there
 (Starlette, FastAPI, Litestar) and otherwise from what the middleware wraps,
 followed through bound methods (Flask's ``app.wsgi_app``) and the ``.app``
 attribute wrapping middlewares keep, once per middleware. Django's views are
-told by their request argument (flagware.decorators).
+told by their request argument (:func:`django`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 log = logging.getLogger("flagware")
 F = TypeVar("F")
 
-__all__ = ["Denial", "flags_class", "for_app", "for_scope", "framework", "werkzeug"]
+__all__ = ["Denial", "django", "flags_class", "for_app", "for_scope", "framework", "werkzeug"]
 
 
 def werkzeug(status: int) -> BaseException:
@@ -89,6 +89,60 @@ def _pyramid(status: int) -> BaseException:
     pyramid: Any = importlib.import_module("pyramid.httpexceptions")
     exc: BaseException = pyramid.exception_response(status)
     return exc
+
+
+def _is_drf(request: object) -> bool:
+    return any(
+        cls.__module__ == "rest_framework.request" and cls.__qualname__ == "Request"
+        for cls in type(request).__mro__
+    )
+
+
+def _is_ninja(request: object) -> bool:
+    # Ninja's URLs resolve to views made in ninja.operation, for every version
+    # (a bound PathView method before 1.4, a closure since).
+    match = getattr(request, "resolver_match", None)
+    module = getattr(getattr(match, "func", None), "__module__", None)
+    return isinstance(module, str) and module.startswith("ninja.")
+
+
+def django(status: int, request: object) -> Any:
+    """A Django view's denial, as the framework calling the view answers ``status``.
+
+    Raised where one of the stack's exceptions means that status, since only
+    then do their handlers see it (a trial: an empty 403 bypassed DRF's
+    exception handler and Ninja's JSON): ``Http404`` for 404 everywhere (DRF
+    and Ninja answer it as their JSON 404); in a DRF view an ``APIException``
+    with the status (``PermissionDenied`` for 403); in a django-ninja
+    operation ``HttpError`` (Ninja answers Django's ``PermissionDenied`` with
+    a 500 under ``DEBUG``); in a plain view ``PermissionDenied`` for 403 and
+    ``BadRequest`` for 400, which Django answers with ``handler403`` and
+    ``handler400``. Any other status in a plain view is an empty response
+    with it, which is returned.
+    """
+    from django.http import Http404, HttpResponse
+
+    if status == 404:
+        raise Http404("feature not available")
+    if _is_drf(request):
+        drf: Any = importlib.import_module("rest_framework.exceptions")
+        if status == 403:
+            raise drf.PermissionDenied("feature not available")
+        exc = drf.APIException("feature not available")
+        exc.status_code = status
+        raise exc
+    if _is_ninja(request):
+        ninja: Any = importlib.import_module("ninja.errors")
+        raise ninja.HttpError(status, "feature not available")
+    if status == 403:
+        from django.core.exceptions import PermissionDenied
+
+        raise PermissionDenied("feature not available")
+    if status == 400:
+        from django.core.exceptions import BadRequest
+
+        raise BadRequest("feature not available")
+    return HttpResponse(status=status)
 
 
 Denial = Callable[[int], BaseException]

@@ -154,37 +154,6 @@ class AsyncMethodView(View):
         return HttpResponse("in")
 
 
-class DRFStyleRequest:
-    """Like rest_framework's Request: wraps the HttpRequest, proxies its attributes."""
-
-    def __init__(self, request: HttpRequest) -> None:
-        self._request = request
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._request, name)
-
-
-class DRFStyleView:
-    """Like an APIView: handlers take the wrapped request first."""
-
-    @classmethod
-    def as_view(cls) -> Any:
-        def view(request: HttpRequest) -> HttpResponse:
-            handler = getattr(cls(), (request.method or "get").lower())
-            return handler(DRFStyleRequest(request))  # type: ignore[no-any-return]
-
-        return view
-
-    @log_event("api_get")
-    @experiment("button_color")
-    def get(self, request: DRFStyleRequest, experiment: Config) -> JsonResponse:
-        return JsonResponse({"color": experiment.get("color"), "user_id": request.flags.user_id})
-
-    @feature_gate("nobody")
-    def post(self, request: DRFStyleRequest) -> HttpResponse:
-        return HttpResponse("in")
-
-
 TAGS = (
     '{% load flagware %}{% gate "everyone" as yes %}{% gate "nobody" as no %}'
     '{% gate "everyone" as again %}{% experiment "button_color" as exp %}'
@@ -221,7 +190,6 @@ urlpatterns = [
     path("cbv/direct", DirectView.as_view()),
     path("cbv/method_decorator", MethodDecoratedView.as_view()),
     path("cbv/async", AsyncMethodView.as_view()),
-    path("api", DRFStyleView.as_view()),
     path("tags", tags_view),
     path("jinja", jinja_view),
 ]
@@ -580,15 +548,6 @@ def test_async_class_based_view_methods(fw: Any, flagware_events: Any) -> None:
     assert ok.content.decode() == cookie_of(ok).value  # a fresh client: minted here
     assert denied.status_code == 403
     assert flagware_events.names() == ["cbv_async"]
-
-
-def test_drf_style_views_taking_the_request_first(fw: Any, flagware_events: Any) -> None:
-    http = Client(REMOTE_ADDR="192.0.2.44")
-    body = http.get("/api").json()
-    assert body["color"] in {"blue", "red"}
-    assert body["user_id"] == hash_ip(b"test-key", "192.0.2.44")
-    assert http.post("/api").status_code == 404
-    assert flagware_events.names() == ["api_get"]
 
 
 # -- templates ------------------------------------------------------------------
