@@ -208,7 +208,7 @@ class Flagware:
             # An experiment that has started may not change under its results.
             starts = self.starts
             self.engine = starts.engine = local_engine(engine)(
-                spec, tier=self.tier, check=starts.check_unchanged, on_reload=starts.forget
+                spec, tier=self.tier, check=starts.served, on_reload=starts.forget
             )
             if key is None and self._shared_store:
                 self._shared_key = SharedKey(self.store, self.event_store, self._got_hash_key)

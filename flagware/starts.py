@@ -3,7 +3,8 @@
 An experiment's groups and parameters must not change once it has started
 (results would mix two experiments). Its first exposure in a process is
 noted here without I/O; the writer thread records it in the store after its
-next flush, and a spec that changes a started experiment is refused at load.
+next flush, and a spec that changes a started experiment serves it as it
+started (flagware.results.lock.served_spec).
 Only the local engine has starts to keep: Statsig keeps its own.
 """
 
@@ -22,6 +23,8 @@ log = logging.getLogger("flagware")
 VERIFY_INTERVAL = 10.0
 # Flagware.errors key: an exposed experiment differs from its start record.
 DIFFERS = "experiment differs from its start record"
+# Flagware.errors key: a spec changed a started experiment, which is served as it started.
+REFUSED = "started experiment edit refused"
 
 if TYPE_CHECKING:
     from flagware.engine.local import LocalSpec
@@ -48,6 +51,7 @@ class Starts:
         self._errors = errors
         self._next_verify = 0.0
         self._differs: set[tuple[str, str]] = set()  # (experiment, record) said once
+        self._refused: set[str] = set()  # refused changes, counted once each
 
     def note(self, experiment: str, time_ms: int) -> None:
         """First exposure of ``experiment`` in this process (request path: no I/O)."""
@@ -83,18 +87,25 @@ class Starts:
                 self._report(exc, "experiment start record")
                 return
 
-    def check_unchanged(self, spec: Spec) -> None:
-        """Refuse (SpecError) a spec that changes a started experiment; with the
-        store unreachable, serve it and say so once."""
-        from flagware.results.lock import check_unchanged
+    def served(self, spec: Spec) -> tuple[Spec, list[str]]:
+        """The spec to serve (a started experiment that changed is served as it
+        started) and the refused changes, each counted once in ``errors``; with
+        the store unreachable, ``spec`` as it is, said once."""
+        from flagware.results.lock import served_spec
         from flagware.spec import SpecError
 
         try:
-            check_unchanged(spec, self._event_store)
+            served, refused = served_spec(spec, self._event_store)
         except SpecError:
             raise
         except Exception as exc:
             self._report(exc, "experiment start check")
+            return spec, []
+        for message in refused:
+            if message not in self._refused:
+                self._refused.add(message)
+                self._errors[REFUSED] += 1
+        return served, refused
 
     def verify(self) -> None:
         """Say, once, when an experiment this process exposes differs from its

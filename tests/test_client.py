@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 
 from flagware import ConfigurationError, Flagware
 from flagware.events.model import Event
-from flagware.spec import SpecError
+from flagware.results.lock import check_unchanged
+from flagware.spec import SpecError, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,25 +241,50 @@ def _expose(client: Any, visitors: int = 20) -> None:
         http.get("/", environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"})
 
 
+def _colors(client: Any, n: int = 40) -> set[str]:
+    engine = client.engine
+    users = [engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(n)]
+    return {engine.config(u, "button_color").params["color"] for u in users}
+
+
 def test_a_started_experiment_cannot_change(
-    make_client: Any, spec_file: Any, tmp_path: Any
+    make_client: Any, spec_file: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A process started on a spec that changes a started experiment serves the
+    experiment as it started, and the rest of the spec as written. It raised
+    instead, and under uvicorn --workers 2 every worker died at import, again
+    and again: gates went down with the experiment (a new user's trial)."""
+    from flagware.results.lock import read_started
+    from flagware.starts import REFUSED
+
     client = make_client()
     _expose(client)
     client.close()
-    from flagware.results.lock import read_started
-
     record = read_started(client.event_store_path, "button_color")
     assert record is not None
 
-    changed = spec_file.read_text().replace(
-        'weight = 50, params = { color = "red"', 'weight = 50, params = { color = "green"'
+    changed = (
+        spec_file.read_text()
+        .replace('weight = 50, params = { color = "red"', 'weight = 50, params = { color = "green"')
+        .replace("rollout = 100", "rollout = 0")  # a gate edited beside it
     )
     spec_file.write_text(changed)
+    restarted = make_client()
+    assert _colors(restarted) == {"blue", "red"}  # as it started
+    user = restarted.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
+    assert restarted.engine.gate(user, "everyone").value is False  # the gate edit took
+    [said] = [r for r in caplog.records if "served as it started" in r.getMessage()]
+    assert said.levelname == "ERROR"
+    assert re.search(r"button_color.*params.*new name.*restart = true", said.getMessage())
+    assert restarted.errors[REFUSED] == 1
+    assert restarted.engine.refused and "green" in restarted.engine.refused[0]
     with pytest.raises(SpecError, match=r"button_color.*params.*new name.*restart = true"):
-        make_client()
+        check_unchanged(load_spec(spec_file), restarted.event_store_path)  # check/results refuse
+    restarted.close()
+
     spec_file.write_text(changed.replace('unit = "stableID"', 'unit = "stableID"\nrestart = true'))
-    assert make_client().engine_name == "local"  # a new analysis window instead
+    fresh = make_client()  # a new analysis window instead
+    assert _colors(fresh) == {"blue", "green"} and fresh.engine.refused == []
 
 
 def test_allocation_may_grow_after_the_start(make_client: Any, spec_file: Any) -> None:
@@ -269,28 +296,37 @@ def test_allocation_may_grow_after_the_start(make_client: Any, spec_file: Any) -
     assert make_client().engine_name == "local"
 
 
-def test_a_changed_started_experiment_on_reload_keeps_the_running_spec(
+def test_a_changed_started_experiment_on_reload_keeps_it_and_takes_the_rest(
     make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
+    """A gate can change at any time, also beside a refused experiment edit:
+    the whole edit was refused, and a kill switch (rollout 0) in the same file
+    kept serving true (a new user's trial)."""
     from flagware.engine import local
 
     monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(local, "REFUSED_RETRY_INTERVAL", 0.0)
+    caplog.set_level(logging.INFO, "flagware")
     client = make_client()
     _expose(client)
     client.flush()
     client.starts.record()
-    spec_file.write_text(spec_file.read_text().replace('color = "red"', 'color = "green"'))
+    spec_file.write_text(
+        spec_file.read_text()
+        .replace('color = "red"', 'color = "green"')
+        .replace("rollout = 100", "rollout = 0")
+    )
     os.utime(spec_file, (5, 5))
     user = client.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
-    colors = {
-        client.engine.config(
-            client.engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}), "button_color"
-        ).params["color"]
-        for i in range(40)
-    }
-    assert colors == {"blue", "red"}
-    assert client.engine.gate(user, "everyone").value is True
-    assert any("keeping the previous spec" in r.getMessage() for r in caplog.records)
+    assert _colors(client) == {"blue", "red"}
+    assert client.engine.gate(user, "everyone").value is False
+    refused = [r for r in caplog.records if "served as it started" in r.getMessage()]
+    assert len(refused) == 1 and "green" in refused[0].getMessage()
+    [reloaded] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    assert reloaded.endswith(": gates.everyone changed")  # the experiment as it was
+    _colors(client)  # looked at again: the same spec, nothing reloaded or said again
+    assert len([r for r in caplog.records if "reloaded" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 1
 
 
 def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
@@ -327,10 +363,10 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     )
     os.utime(spec_file, (7, 7))
     assert 0.4 < share_in_red() < 0.6  # refused: still 50/50
-    refusals = [r for r in caplog.records if "keeping the previous spec" in r.getMessage()]
+    refusals = [r for r in caplog.records if "served as it started" in r.getMessage()]
     assert len(refusals) == 1
     share_in_red()  # looked at again: still refused, and not said again
-    assert len([r for r in caplog.records if "keeping the previous spec" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 1
 
     assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
     assert share_in_red() > 0.65  # the same file, accepted now: 25/75

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,13 @@ import pytest
 
 from flagware.events.store import EventStore, connect, open_store
 from flagware.results import ResultsError, compute_results, render_html, render_text
-from flagware.results.lock import check_unchanged, meta_key, read_started, record_started
+from flagware.results.lock import (
+    check_unchanged,
+    meta_key,
+    read_started,
+    record_started,
+    served_spec,
+)
 from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
 
 T0 = 1_790_000_000_000
@@ -147,6 +154,64 @@ def test_changes_after_start_fail_naming_the_change(
     assert message.endswith(
         "or, in development, forget its start with `flagware reset button_color`."
     )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        make_spec((40, 60), allocation=50),
+        make_spec(red_color="green"),
+        make_spec(salt="s2", unit="userID"),
+        make_spec(extra_group=True, allocation=30),
+    ],
+)
+def test_a_changed_experiment_is_served_as_it_started(store: str, changed: Spec) -> None:
+    """What an app serves: the started definition, exactly (the same buckets),
+    with the spec's targeting gate and the larger allocation; the change refused."""
+    params = {"color": "red", "size": 1.5, "bold": True, "sizes": [1, 2], "font": {"w": 700}}
+    started = parse_spec(
+        {
+            "gates": {"beta": {"rollout": 10}},
+            "experiments": {
+                "button_color": {
+                    "unit": "stableID",
+                    "salt": "s1",
+                    "allocation": 40,
+                    "groups": [
+                        {"name": "Control", "weight": 50, "params": {**params, "color": "blue"}},
+                        {"name": "Red", "weight": 50, "params": params},
+                    ],
+                }
+            },
+        },
+        source="flagware.toml",
+    )
+    record_started(store, exp(started), time_ms=T0)
+    edited = Spec(
+        gates={"beta": started.gates["beta"]},
+        experiments={"button_color": replace(exp(changed), targeting_gate="beta")},
+        metrics={},
+        source="flagware.toml",
+    )
+    served, refused = served_spec(edited, store)
+    [message] = refused
+    assert message.startswith("experiments.button_color: ") and "new name" in message
+    assert exp(served).fingerprint() == exp(started).fingerprint()
+    assert exp(served).groups == exp(started).groups
+    assert exp(served).targeting_gate == "beta"  # not part of the definition: the spec's
+    assert exp(served).allocation == max(40, exp(changed).allocation)
+    assert served.gates == edited.gates
+    assert served_spec(served, store) == (served, [])  # served again: nothing to refuse
+
+
+def test_a_record_that_cannot_be_rebuilt_refuses_the_whole_spec(store: str) -> None:
+    record_started(store, exp(make_spec()), time_ms=T0)
+    with open_store(store) as events:  # a record written by a version with other fields
+        record = json.loads(events.get_meta(meta_key("button_color")) or "{}")
+        del record["fields"]["allocation_salt"]
+        events.set_meta(meta_key("button_color"), json.dumps(record))
+    with pytest.raises(SpecError, match="after the experiment started"):
+        served_spec(make_spec(red_color="green"), store)
 
 
 def test_allocation_may_grow_but_not_shrink(store: str) -> None:

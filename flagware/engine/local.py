@@ -58,7 +58,8 @@ class LocalSpec(Engine):
 
     Gates can change at any time, so the spec file is re-read when it changes
     (checked at most once a second); a broken edit keeps the last good spec and
-    is logged, never raised into a request.
+    is logged, never raised into a request. A started experiment that the file
+    changed is served as it started, and the rest of the edit taken.
     """
 
     kind = "local"
@@ -68,7 +69,9 @@ class LocalSpec(Engine):
         spec_path: str | os.PathLike[str],
         *,
         tier: str | None = None,
-        check: Callable[[Spec], None] | None = None,  # raises SpecError to refuse a spec
+        # The spec to serve and the refused edits of started experiments
+        # (flagware.starts); raises SpecError to refuse the whole spec.
+        check: Callable[[Spec], tuple[Spec, list[str]]] | None = None,
         on_reload: Callable[[Spec], None] | None = None,  # after a new spec is in use
     ) -> None:
         super().__init__()
@@ -78,10 +81,17 @@ class LocalSpec(Engine):
         self.on_reload = on_reload
         self._retry_at: float | None = None  # when to look again at a refused spec
         self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
+        # Edits of started experiments this process refused: it serves them as
+        # they started. A start-up that raised instead took every worker down
+        # in a loop, gates and all (a new user's trial).
+        self.refused: list[str] = []
         if check is not None:
-            check(self.spec)
+            self.spec, self.refused = check(self.spec)
+            self._say_refused()
         self._mtime = self._stat()
         self._next_check = time.monotonic() + RELOAD_CHECK_INTERVAL
+        if self.refused:
+            self._retry_at = time.monotonic() + REFUSED_RETRY_INTERVAL
         self._reload_lock = threading.Lock()
         # Names read in code that the spec does not define (a typo, or a flag
         # removed from the spec): counted on every read, logged once per name.
@@ -116,6 +126,15 @@ class LocalSpec(Engine):
             hint,
             outcome,
         )
+
+    def _say_refused(self) -> None:
+        for message in self.refused:
+            log.error(
+                "flagware: %s: %s Until then it is served as it started; the rest of the spec"
+                " is served as written.",
+                self.path,
+                message,
+            )
 
     def _stat(self) -> float:
         try:
@@ -154,12 +173,18 @@ class LocalSpec(Engine):
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
             try:
-                if self.check is not None:
-                    self.check(spec)
+                spec, refused = self.check(spec) if self.check is not None else (spec, [])
             except Exception as exc:
                 self._retry_at = now + REFUSED_RETRY_INTERVAL
                 if changed:  # said once per edit, however often it is looked at again
                     log.error("flagware: keeping the previous spec: %s", exc)
+                return
+            if refused:  # `flagware reset` or a restart elsewhere may make it acceptable
+                self._retry_at = now + REFUSED_RETRY_INTERVAL
+            said, self.refused = self.refused, refused
+            if refused and (changed or refused != said):
+                self._say_refused()
+            if spec == self.spec and not changed:  # a refused edit looked at again
                 return
             previous, self.spec = self.spec, spec
             try:

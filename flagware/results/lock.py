@@ -5,7 +5,9 @@ which group and what they see (the spec's ``fingerprint_fields()``: unit, salt,
 groups, weights, params) in the store's ``meta`` table under
 ``experiment:<name>``. Changing any of it mid-flight would mix units that saw
 different treatments in one group and make the results meaningless, so loading
-a spec that changes it fails, naming the change and the two ways out:
+a spec that changes it serves the experiment as it started instead (the rest
+of the spec as written), and the change is refused, naming the two ways out
+(``flagware check`` and ``flagware results`` fail on it):
 
 - a new experiment name (a fresh experiment, a fresh analysis), or
 - ``restart = true``: the new definition is recorded and a new analysis window
@@ -40,16 +42,18 @@ from flagware.events.store import (
     open_store,
     store_exists,
 )
-from flagware.spec import ExperimentSpec, Spec, SpecError
+from flagware.spec import ExperimentSpec, Group, Spec, SpecError
 
 __all__ = [
     "StartRecord",
+    "as_started",
     "changed_since_start",
     "check_unchanged",
     "meta_key",
     "read_started",
     "record_started",
     "reset_key",
+    "served_spec",
 ]
 
 StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
@@ -170,19 +174,39 @@ def check_unchanged(
     analysis window starting now instead. A store that does not exist yet has
     nothing started, so there is nothing to check.
     """
+    _, refused = served_spec(spec, store_path, time_ms=time_ms)
+    if refused:
+        where = f"{spec.source}: " if spec.source else ""
+        raise SpecError(where + "\n".join(refused))
+
+
+def served_spec(
+    spec: Spec, store_path: str | os.PathLike[str], *, time_ms: int | None = None
+) -> tuple[Spec, list[str]]:
+    """The spec an app serves, and the edits of started experiments it refused.
+
+    A started experiment whose definition changed is served as its start
+    record defines it, and the change is refused (one message each); the
+    rest of the spec is served as written, so a gate edited beside such a
+    change still takes. A gate is a yes/no to change at any time, and a
+    refused experiment edit held back every gate change with it (a new
+    user's trial: a kill switch at ``rollout = 0`` kept serving true). One
+    marked ``restart = true`` gets a new analysis window instead.
+    """
     if is_postgres_url(store_path):
         if store_exists(store_path):
             with open_store(store_path) as store:
-                _check(spec, store, time_ms)
-        return
+                return _served(spec, store, time_ms)
+        return spec, []
     if not Path(store_path).exists():
-        return
+        return spec, []
     with _connection(store_path) as conn:
-        _check(spec, conn, time_ms)
+        return _served(spec, conn, time_ms)
 
 
-def _check(spec: Spec, conn: StoreRef, time_ms: int | None) -> None:
-    problems: list[str] = []
+def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list[str]]:
+    refused: list[str] = []
+    served = dict(spec.experiments)
     for experiment in spec.experiments.values():
         record = read_started(conn, experiment.name)
         if record is None:
@@ -195,10 +219,38 @@ def _check(spec: Spec, conn: StoreRef, time_ms: int | None) -> None:
         if experiment.restart:
             record_started(conn, experiment, time_ms=time_ms)
             continue
-        problems.append(_message(experiment.name, changes, record))
-    if problems:
-        where = f"{spec.source}: " if spec.source else ""
-        raise SpecError(where + "\n".join(problems))
+        started = as_started(record, experiment)
+        if started is None:  # a record this version cannot rebuild: the whole spec is refused
+            where = f"{spec.source}: " if spec.source else ""
+            raise SpecError(where + _message(experiment.name, changes, record))
+        served[experiment.name] = started
+        refused.append(_message(experiment.name, changes, record))
+    if not refused:
+        return spec, []
+    return replace(spec, experiments=served), refused
+
+
+def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpec | None:
+    """``experiment`` as it started: unit, salts, groups, weights and params from
+    its start record, the larger allocation, the rest (targeting gate, results
+    settings) from the spec. None if the record does not rebuild it exactly."""
+    try:
+        fields = record.fields
+        groups = tuple(
+            Group(str(g["name"]), float(g["weight"]), dict(g["params"])) for g in fields["groups"]
+        )
+        started = replace(
+            experiment,
+            unit=str(fields["unit"]),
+            salt=str(fields["salt"]),
+            allocation_salt=str(fields["allocation_salt"]),
+            groups=groups,
+            allocation=max(experiment.allocation, record.allocation),
+            restart=False,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return started if started.fingerprint() == record.fingerprint else None
 
 
 def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
