@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -354,6 +355,7 @@ class Flagware:
         with self._lock:
             self._closed = False
         _live_clients.add(self)
+        _closed_clients.discard(self)
         if self.delivery is not None:
             self.delivery.reopen()
 
@@ -369,6 +371,7 @@ class Flagware:
             self.store.close()
             return
         _live_clients.discard(self)
+        _closed_clients.add(self)
         # One budget for storing what is queued (tried again while the store is
         # away) and delivering it; what is left of it, for the threads to stop.
         deadline = time.monotonic() + self.shutdown_timeout
@@ -401,6 +404,10 @@ class Flagware:
 
 # Strong references: a client dropped without close() must still be flushed at exit.
 _live_clients: set[Flagware] = set()
+# Closed clients still referenced (a module's client after a test's lifespan
+# closed it): used again on the next request, so overrides are checked
+# against their specs while no client is live (flagware.testing).
+_closed_clients: weakref.WeakSet[Flagware] = weakref.WeakSet()
 
 
 @atexit.register

@@ -88,10 +88,11 @@ def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
 def test_an_override_made_before_any_client_is_checked_by_the_first(spec_file: Any) -> None:
     """Django makes its client at the first request, after the test's override."""
     from flagware import Flagware
-    from flagware.client import _live_clients
+    from flagware.client import _closed_clients, _live_clients
 
-    alive = set(_live_clients)
+    alive, closed = set(_live_clients), set(_closed_clients)
     _live_clients.clear()
+    _closed_clients.clear()
     try:
         with override_gate("nobdy"), override_experiment("button_color", {}, group="Greeen"):
             line = sys._getframe().f_lineno - 1
@@ -99,6 +100,7 @@ def test_an_override_made_before_any_client_is_checked_by_the_first(spec_file: A
             with pytest.warns(UnknownOverrideWarning) as caught:
                 made = Flagware(spec=spec_file, event_store=spec_file.parent / "e.db", hash_key="k")
             made.close()
+            _closed_clients.clear()  # gone, as no client was there before it
         assert [(w.filename, w.lineno) for w in caught] == [(__file__, line)] * 2
         assert "'nobdy'" in str(caught[0].message) and "'Greeen'" in str(caught[1].message)
         # Undone before any client: nothing is said later.
@@ -110,6 +112,54 @@ def test_an_override_made_before_any_client_is_checked_by_the_first(spec_file: A
     finally:
         overrides.clear()
         _live_clients.update(alive)
+        _closed_clients.update(closed)
+
+
+# Starlette's own (its TestClient on httpx), not the test's concern.
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_an_override_is_checked_against_a_client_a_lifespan_closed(spec_file: Any) -> None:
+    """A FastAPI app's module-level client, closed by the lifespan of an
+    earlier test's ``with TestClient(app)``: no client was live, so the typo
+    waited for a new client that never came, and passed unsaid whenever such
+    a test ran first (a new user's trial)."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from flagware import Flagware
+    from flagware.asgi import FlagwareMiddleware as ASGIMiddleware
+    from flagware.client import _closed_clients, _live_clients
+
+    async def page(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(str(current_flags().gate("new_signup")))
+
+    alive, closed = set(_live_clients), set(_closed_clients)
+    _live_clients.clear()
+    _closed_clients.clear()
+    fw = Flagware(spec=spec_file, event_store=spec_file.parent / "e.db", hash_key="k")
+    try:
+        app = Starlette(routes=[Route("/", page)])
+        app.add_middleware(ASGIMiddleware, client=fw)
+        with TestClient(app) as http:  # the earlier test: its lifespan closes fw
+            assert http.get("/").status_code == 200
+        assert fw not in _live_clients
+        with (
+            pytest.warns(UnknownOverrideWarning, match="did you mean 'new_signup'") as caught,
+            override_gate("new_signpu"),
+        ):
+            pass
+        assert [w.filename for w in caught] == [__file__]  # the test's own line
+        assert not overrides.unchecked
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnknownOverrideWarning)  # a name it defines
+            with override_gate("new_signup"), TestClient(app) as http:
+                assert http.get("/").text == "True"
+    finally:
+        fw.close()
+        overrides.clear()
+        _live_clients.update(alive)
+        _closed_clients.update(closed)
 
 
 def test_no_override_warning_while_a_client_on_statsig_lives(client: Any) -> None:

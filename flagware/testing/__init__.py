@@ -95,10 +95,14 @@ def _check_known(
     points at ``site`` (a decorated test) or at the first caller outside this
     module (a ``with`` line, a fixture call).
     """
-    from flagware.client import _live_clients
+    from flagware.client import _closed_clients, _live_clients
     from flagware.spec import did_you_mean
 
-    found = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
+    # With none live, the closed ones still referenced: a module's client whose
+    # lifespan an earlier test ended serves the next request again (a new
+    # user's trial: the typo passed unsaid whenever such a test ran first).
+    clients = list(_live_clients) or list(_closed_clients)
+    found = [getattr(client.engine, "spec", None) for client in clients]
     if not found:  # checked when the first client is made, if still in force
         where = site or _caller()
         forced = overrides.gates if kind == "gate" else overrides.configs
