@@ -370,6 +370,15 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
 
     assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
     assert share_in_red() > 0.65  # the same file, accepted now: 25/75
+    # Read before the next exposure, results open at the reset: they counted
+    # the 20 units of the forgotten 50/50 spec against 25/75 (a new user's
+    # trial: a sample-ratio block). None yet, so nothing to call.
+    from flagware.results import compute_results
+    from flagware.spec import load_spec
+
+    between = compute_results(load_spec(spec_file), "button_color", store)
+    assert between.window_start is not None and between.window_start > first.started
+    assert sum(g.units for g in between.groups) == 0 and between.verdict == "inconclusive"
     _expose(client)
     client.flush()
     second = read_started(store, "button_color")
@@ -377,8 +386,6 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     # ...that results open at the reset: the unit from before it (50/50, the
     # spec the reset forgot) is not counted. They counted it: the window stayed
     # closed, as for a first start (a trial on PostgreSQL: an SRM block).
-    from flagware.results import compute_results
-
     assert second.reset_at is not None and first.started < second.reset_at <= second.started
     results = compute_results(client.engine.spec, "button_color", store)
     assert results.window_start == second.reset_at

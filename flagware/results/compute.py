@@ -155,11 +155,11 @@ def _summed(metric: MetricSpec) -> list[str]:
 def _analyse(
     conn: Reader, exp: ExperimentSpec, metrics: list[MetricSpec], opt: _Options
 ) -> Results:
-    record = sql.start_record(conn, exp.name)
+    record, reset_at = sql.start_record(conn, exp.name)
     changed = None if record is None else changed_since_start(record, exp)
     if changed is not None:  # read with other groups or weights, the figures would lie
         raise ResultsError(changed)
-    window_start = sql.window_start(record)
+    window_start = sql.window_start(record, reset_at)
     if window_start is not None and opt.until < window_start:
         opened = datetime.fromtimestamp(window_start / 1000, tz=UTC)
         raise ResultsError(

@@ -54,28 +54,34 @@ def unit_column(unit: str, dialect: Dialect) -> str:
     return dialect.json_text("e.payload", "user", "customIDs", unit)
 
 
-def start_record(conn: Reader, experiment: str) -> StartRecord | None:
-    """What the experiment's first exposure recorded (``results.lock``), if any."""
+def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int | None]:
+    """What the experiment's first exposure recorded (``results.lock``), if any,
+    and when ``flagware reset`` last forgot it (ms), if ever."""
     keys = meta_key(experiment), reset_key(experiment)
     try:
         rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", keys).fetchall()
     except database_errors():  # a store without the meta table: never started
-        return None
+        return None, None
     found = {str(key): str(value) for key, value in rows}
-    return StartRecord.stored(found.get(keys[0]), found.get(keys[1]))
+    reset = found.get(keys[1])
+    return StartRecord.stored(found.get(keys[0]), reset), None if reset is None else int(reset)
 
 
-def window_start(record: StartRecord | None) -> int | None:
+def window_start(record: StartRecord | None, reset_at: int | None = None) -> int | None:
     """Where the analysis window opens: None (every exposure counts) until a
     restart or a ``flagware reset``.
 
     The first record's time is when the writer stored the first exposure, a
     little after it happened, so it is no window start; a reset's own time is
     (it counted every exposure from before the reset too, with the groups and
-    weights the reset was meant to forget).
+    weights the reset was meant to forget). Between a reset and the next
+    exposure there is no record, and the window opens at the reset all the
+    same: results read then mixed every window and tested them against the
+    new spec (a new user's trial: a sample-ratio block, 50/50 units against
+    70/30 weights).
     """
     if record is None:
-        return None
+        return reset_at
     if record.restarts:
         return record.window_start
     return record.reset_at
