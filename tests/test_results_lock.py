@@ -4,6 +4,7 @@ on both store backends."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from dataclasses import replace
@@ -225,10 +226,14 @@ def test_allocation_may_grow_but_not_shrink(store: str) -> None:
         check_unchanged(make_spec(allocation=30), store)
 
 
-def test_restart_starts_a_new_window(store: str) -> None:
+def test_restart_starts_a_new_window(store: str, caplog: pytest.LogCaptureFixture) -> None:
     record_started(store, exp(make_spec()), time_ms=T0)
     restarted = make_spec((40, 60), restart=True)
-    check_unchanged(restarted, store, time_ms=T0 + 1000)
+    with caplog.at_level(logging.INFO, "flagware"):
+        check_unchanged(restarted, store, time_ms=T0 + 1000)
+        check_unchanged(restarted, store, time_ms=T0 + 2000)  # recorded: not said again
+    [said] = [r.getMessage() for r in caplog.records if "restarted" in r.getMessage()]
+    assert said.startswith("flagware: experiments.button_color restarted (restart = true)")
     record = read_started(store, "button_color")
     assert record is not None
     assert record.fingerprint == exp(restarted).fingerprint()

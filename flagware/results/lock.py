@@ -25,6 +25,7 @@ The record (JSON in ``meta.value``)::
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -55,6 +56,8 @@ __all__ = [
     "reset_key",
     "served_spec",
 ]
+
+log = logging.getLogger("flagware")
 
 StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
 _Raw = (sqlite3.Connection, str, os.PathLike)  # not a store object: SQLite directly
@@ -218,6 +221,12 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             continue
         if experiment.restart:
             record_started(conn, experiment, time_ms=time_ms)
+            log.info(
+                "flagware: experiments.%s restarted (restart = true): results count its"
+                " exposures from now on; remove `restart` from the spec, or its next change"
+                " restarts it again",
+                experiment.name,
+            )
             continue
         started = as_started(record, experiment)
         if started is None:  # a record this version cannot rebuild: the whole spec is refused
