@@ -117,8 +117,9 @@ class Starts:
         experiment, a `restart = true` rolled out there first, an edit taken
         after `flagware reset`), or a start-up while the store was away, left
         two definitions exposing units side by side without a word (a new
-        user's trial on PostgreSQL: 109 of 200 visitors in both). This process
-        cannot choose the right one, so it goes on serving its spec and says so.
+        user's trial on PostgreSQL: 109 of 200 visitors in both). The record
+        is the experiment as it started, so the engine looks at the spec again
+        and serves the experiment as recorded, as at a start-up.
         """
         if self.engine is None or not self.seen or time.monotonic() < self._next_verify:
             return
@@ -143,12 +144,13 @@ class Starts:
                 self._errors[DIFFERS] += 1
                 log.error(
                     "flagware: experiment %s differs from its start record, written by another"
-                    " process or while this one could not check: %s. This process goes on"
-                    " serving its spec, so the experiment's units see two definitions: make"
-                    " every host's spec the recorded one, or restart the experiment on all of"
-                    " them (`flagware check` shows the difference; logged once per record,"
-                    " counted in Flagware.errors[%r])",
+                    " process or while this one could not check: %s. From its next request"
+                    " this process serves it as recorded, as it started, so that its units"
+                    " see one definition: make every host's spec the recorded one, or restart"
+                    " the experiment on all of them (`flagware check` shows the difference;"
+                    " logged once per record, counted in Flagware.errors[%r])",
                     name,
                     "; ".join(changes),
                     DIFFERS,
                 )
+                self.engine.look_again()

@@ -394,13 +394,18 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
 
 
 def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
-    make_client: Any, spec_file: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+    make_client: Any,
+    spec_file: Any,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two hosts on one store, started together with different weights for a
     new experiment: the first to expose recorded its definition, and the
     other served its own without a word (a new user's trial on PostgreSQL:
     Bold 500, Control 275 exposures, a third of the units in both groups)."""
-    from flagware.starts import DIFFERS
+    from flagware.engine import local
+    from flagware.starts import DIFFERS, REFUSED
 
     other_spec = tmp_path / "other.toml"
     other_spec.write_text(
@@ -408,6 +413,7 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
         .replace("weight = 50", "weight = 25", 1)
         .replace("weight = 50", "weight = 75")
     )
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
     first = make_client()
     other = make_client(spec=other_spec)  # starts before anything is recorded: no refusal
     _expose(first)
@@ -417,8 +423,15 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     differs = [r for r in caplog.records if "differs from its start record" in r.getMessage()]
     assert len(differs) == 1 and "weight changed from 50 to 25" in differs[0].getMessage()
     assert other.errors[DIFFERS] == 1 and first.errors[DIFFERS] == 0
+    # From its next request on, the other serves the experiment as recorded
+    # (50/50), as a process started now would: units see one definition.
+    engine = other.engine
+    users = [engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(400)]
+    red = sum(engine.config(u, "button_color").group == "Red" for u in users) / 400
+    assert 0.4 < red < 0.6
+    assert other.errors[REFUSED] == 1 and "weight changed from 50 to 25" in engine.refused[0]
     _expose(other)
-    other.flush()  # said once per record
+    other.flush()  # said once per record, and it now matches the record
     assert other.errors[DIFFERS] == 1
 
 

@@ -127,6 +127,11 @@ class LocalSpec(Engine):
             outcome,
         )
 
+    def look_again(self) -> None:
+        """Compare the spec with the start records at the next reload check
+        (another process recorded a start this one does not serve)."""
+        self._retry_at = time.monotonic()
+
     def _say_refused(self) -> None:
         for message in self.refused:
             log.error(
