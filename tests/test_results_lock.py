@@ -109,12 +109,14 @@ def test_record_started_is_cheap(store: str) -> None:
     opened = open_store(store)
     experiment = exp(make_spec())
     record_started(opened, experiment)  # connected
-    started = time.perf_counter()
-    for _ in range(1000):
-        record_started(opened, experiment)
-    elapsed = time.perf_counter() - started
+    rounds = []
+    for _ in range(3):  # the best of three: this machine is shared, and other work slows a round
+        started = time.perf_counter()
+        for _ in range(300):
+            record_started(opened, experiment)
+        rounds.append((time.perf_counter() - started) / 300)
     opened.close()
-    assert elapsed < 1.0, f"{elapsed * 1000:.1f} us per call"
+    assert min(rounds) < 0.001, f"{min(rounds) * 1e6:.0f} us per call"
 
 
 def test_unchanged_spec_and_missing_store_pass(store: str, tmp_path: Path) -> None:
