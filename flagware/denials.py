@@ -16,6 +16,7 @@ told by their request argument (:func:`django`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import Callable
@@ -115,10 +116,10 @@ def django(status: int, request: object) -> Any:
     and Ninja answer it as their JSON 404); in a DRF view an ``APIException``
     with the status (``PermissionDenied`` for 403); in a django-ninja
     operation ``HttpError`` (Ninja answers Django's ``PermissionDenied`` with
-    a 500 under ``DEBUG``); in a plain view ``PermissionDenied`` for 403 and
-    ``BadRequest`` for 400, which Django answers with ``handler403`` and
-    ``handler400``. Any other status in a plain view is an empty response
-    with it, which is returned.
+    a 500 under ``DEBUG``); in a plain view the page of ``handler403`` or
+    ``handler400`` (:func:`_django_error_page`). Any other status in a plain
+    view is an empty response with it. Responses are returned, exceptions
+    raised.
     """
     from django.http import Http404, HttpResponse
 
@@ -134,15 +135,34 @@ def django(status: int, request: object) -> Any:
     if _is_ninja(request):
         ninja: Any = importlib.import_module("ninja.errors")
         raise ninja.HttpError(status, "feature not available")
-    if status == 403:
-        from django.core.exceptions import PermissionDenied
-
-        raise PermissionDenied("feature not available")
-    if status == 400:
-        from django.core.exceptions import BadRequest
-
-        raise BadRequest("feature not available")
+    if status in (400, 403):
+        return _django_error_page(status, request)
     return HttpResponse(status=status)
+
+
+def _django_error_page(status: int, request: Any) -> Any:
+    """The project's ``handler403``/``handler400`` page, as Django renders it
+    for ``PermissionDenied``/``BadRequest``, returned rather than raised:
+    Django logs a raised one with its traceback, every denial (a trial: 21
+    lines each), and a returned 4xx in one line (``Forbidden: /path``). In
+    an async view (a running event loop) it is a coroutine the decorator
+    awaits, the handler run in a thread as Django runs it."""
+    from django.core.exceptions import BadRequest, PermissionDenied
+    from django.core.handlers.exception import get_exception_response
+    from django.urls import get_resolver, get_urlconf
+
+    exc = (PermissionDenied if status == 403 else BadRequest)("feature not available")
+
+    def page() -> Any:
+        return get_exception_response(request, get_resolver(get_urlconf()), status, exc)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return page()
+    from asgiref.sync import sync_to_async
+
+    return sync_to_async(page)()
 
 
 Denial = Callable[[int], BaseException]

@@ -10,6 +10,7 @@ Plain Django views are here too, for the statuses Django has exceptions for.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,6 +129,11 @@ def plain_403(request: HttpRequest) -> HttpResponse:
     return HttpResponse("in")
 
 
+@feature_gate("nobody", otherwise=403)
+async def plain_async_403(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("in")
+
+
 @feature_gate("nobody", otherwise=400)
 def plain_400(request: HttpRequest) -> HttpResponse:
     return HttpResponse("in")
@@ -148,6 +154,7 @@ urlpatterns = [
     path("drf/plans", Plans.as_view({"get": "list"})),
     path("ninja/", api.urls),
     path("plain/403", plain_403),
+    path("plain/a403", plain_async_403),
     path("plain/400", plain_400),
     path("plain/410", plain_410),
 ]
@@ -220,10 +227,19 @@ def test_ninja_operations_log_and_hide_the_experiment_argument(
     assert [p["name"] for p in parameters] == []  # no "experiment" query parameter
 
 
-def test_plain_django_views_get_django_s_own_handlers(fw: Any) -> None:
+def test_plain_django_views_get_django_s_own_handlers(
+    fw: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     http = Client()
-    forbidden = http.get("/plain/403")
+    with caplog.at_level(logging.WARNING, "django.request"):
+        forbidden = http.get("/plain/403")
+        aforbidden = asyncio.run(AsyncClient().get("/plain/a403"))
     assert forbidden.status_code == 403 and b"403 Forbidden" in forbidden.content
+    assert aforbidden.status_code == 403 and b"403 Forbidden" in aforbidden.content
+    # One line each, as for any 4xx response: a raised PermissionDenied is
+    # logged with its traceback, every denial (a trial: 21 lines each).
+    said = [(r.getMessage(), r.exc_info) for r in caplog.records]
+    assert said == [("Forbidden: /plain/403", None), ("Forbidden: /plain/a403", None)]
     module = sys.modules[__name__]
     module.handler403 = project_403  # type: ignore[attr-defined]  # a project's own 403 view
     try:
