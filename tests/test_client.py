@@ -338,10 +338,12 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     counted both windows: a sample-ratio mismatch and crossovers."""
     from flagware.cli import main
     from flagware.engine import local
+    from flagware.results import sql
     from flagware.results.lock import read_started
 
     monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
     monkeypatch.setattr(local, "REFUSED_RETRY_INTERVAL", 0.0)
+    monkeypatch.setattr(sql, "SETTLE_MS", 0)  # this process looks again at once
     client = make_client()
     _expose(client)
     client.flush()  # stores the exposures, then records the start

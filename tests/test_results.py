@@ -37,6 +37,7 @@ from flagware.results import (
 )
 from flagware.results.command import add_parser, run
 from flagware.results.lock import record_started
+from flagware.results.sql import SETTLE_MS
 from flagware.results.stats import Z_DF_THRESHOLD
 from flagware.spec import Spec, parse_spec
 from tests.reference import brute_force_interval
@@ -817,8 +818,29 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
     restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
     record_started(store, restarted.experiments["button_color"], time_ms=NOW - 2 * HOUR)
     results = compute_results(restarted, "button_color", store, now=NOW)
-    assert results.window_start == NOW - 2 * HOUR
+    assert results.window_start == NOW - 2 * HOUR + SETTLE_MS
     assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 4}
+
+
+def test_a_restart_window_opens_once_every_process_serves_the_new_definition(
+    tmp_path: Path,
+) -> None:
+    """Processes serve the old definition until they look at the spec again
+    (up to 6 s): those exposures, counted, failed the sample-ratio check with
+    a group the spec no longer had (a new user's trial, a reset under load)."""
+    log = Log()
+    restart = NOW - 2 * HOUR
+    for i in range(12):  # an old process, 0-6 s after the restart: Control and Purple
+        log.expose(f"old{i}", "Control" if i % 2 else "Purple", restart + 500 * i)
+    for i in range(40):  # every process on the new definition
+        log.expose(f"new{i}", "Control" if i % 2 else "Red", restart + SETTLE_MS + 1000 * i)
+    store = log.store(tmp_path)
+    record_started(store, make_spec().experiments["button_color"], time_ms=restart - HOUR)
+    restarted = make_spec((("Control", 50), ("Red", 50)), restart=True, salt="new")
+    record_started(store, restarted.experiments["button_color"], time_ms=restart)
+    results = compute_results(restarted, "button_color", store, now=NOW)
+    assert {g.name: g.units for g in results.groups} == {"Control": 20, "Red": 20}
+    assert results.srm_p_value == 1.0
 
 
 def test_unknown_group_in_data_fails_srm(tmp_path: Path) -> None:

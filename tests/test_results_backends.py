@@ -17,6 +17,7 @@ from flagware.events.store import open_store
 from flagware.results import compute_results
 from flagware.results.lock import read_started, record_started
 from flagware.results.render import to_dict
+from flagware.results.sql import SETTLE_MS
 
 
 def stored(log: Log, location: str) -> str:
@@ -114,7 +115,7 @@ def test_a_restart_window_is_read_from_either_store(store_location: str) -> None
     changed = restarted.experiments["button_color"]
     record_started(location, changed, time_ms=NOW - 30 * HOUR)  # a new window, mid-data
     after = compute_results(restarted, "button_color", location, now=NOW)
-    assert after.window_start == NOW - 30 * HOUR
+    assert after.window_start == NOW - 30 * HOUR + SETTLE_MS
     assert sum(g.units for g in after.groups) < sum(g.units for g in before.groups)
 
 
@@ -181,7 +182,7 @@ def test_check_and_reset_read_either_store(
     record = read_started(store_location, "button_color")
     assert record is not None and record.reset_at is not None and record.restarts == 0
     results = compute_results(changed_spec, "button_color", store_location)
-    assert results.window_start == record.reset_at
+    assert results.window_start == record.reset_at + SETTLE_MS
 
 
 EXPOSURES = {  # an event that only exposures carry: read without the metric-event index

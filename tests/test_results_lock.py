@@ -22,6 +22,7 @@ from flagware.results.lock import (
     record_started,
     served_spec,
 )
+from flagware.results.sql import SETTLE_MS
 from flagware.spec import ExperimentSpec, Spec, SpecError, parse_spec
 
 T0 = 1_790_000_000_000
@@ -273,11 +274,11 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
         compute_results(restarted, "button_color", store, now=T0 + 10)
     check_unchanged(restarted, store, time_ms=T0 + 1000)  # the app loads it
     results = compute_results(restarted, "button_color", store, now=T0 + 2000)
-    assert results.window_start == T0 + 1000
+    assert results.window_start == T0 + 1000 + SETTLE_MS
     # Said in every format, not only JSON's window_start: units before it are left out.
     said = (
-        "Analysis window from 2026-09-21 14:13:21 UTC (opened by restart = true or `flagware"
-        " reset`): exposures before it"
+        "Analysis window from 2026-09-21 14:13:28 UTC (7 s after a restart = true or `flagware"
+        " reset`, once every process serves the new definition): exposures before it"
     )
     assert said in render_text(results) and said in render_html(results)
     # An --until before the window: said, not "no units exposed yet" (a new user's trial).

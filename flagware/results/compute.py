@@ -160,8 +160,9 @@ def _analyse(
     if changed is not None:  # read with other groups or weights, the figures would lie
         raise ResultsError(changed)
     window_start = sql.window_start(record, reset_at)
-    if window_start is not None and opt.until < window_start:
-        opened = datetime.fromtimestamp(window_start / 1000, tz=UTC)
+    # Read within the settling seconds, the window is only empty yet.
+    if window_start is not None and opt.until < window_start - sql.SETTLE_MS:
+        opened = datetime.fromtimestamp((window_start - sql.SETTLE_MS) / 1000, tz=UTC)
         raise ResultsError(
             "--until is before the analysis window, which a restart or `flagware reset` opened at"
             f" {opened.isoformat(timespec='milliseconds')}: nothing before it is counted"

@@ -105,8 +105,9 @@ def window_line(results: Results) -> str | None:
         return None
     start = datetime.fromtimestamp(results.window_start / 1000, tz=UTC)
     return (
-        f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (opened by restart = true or"
-        " `flagware reset`): exposures before it are not counted"
+        f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (7 s after a restart = true or"
+        " `flagware reset`, once every process serves the new definition): exposures before"
+        " it are not counted"
     )
 
 

@@ -27,6 +27,7 @@ from flagware.results.lock import StartRecord, meta_key, reset_key
 from flagware.spec import did_you_mean
 
 __all__ = [
+    "SETTLE_MS",
     "future_exposures",
     "load_units",
     "named",
@@ -67,6 +68,17 @@ def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int
     return StartRecord.stored(found.get(keys[0]), reset), None if reset is None else int(reset)
 
 
+#: How long after a restart or a ``flagware reset`` the analysis window opens.
+#: Until each process looks at its spec again it serves the definition it had,
+#: and its exposures, counted in the new window, failed the sample-ratio check
+#: with a group the spec no longer had (a new user's trial: 21 of 51 units, a
+#: reset under 20 new visitors a second). A process takes a file's edit at its
+#: first request a second after its last look (``RELOAD_CHECK_INTERVAL``) and
+#: looks again at an edit it refused 5 s after (``REFUSED_RETRY_INTERVAL``), so
+#: 7 s is past both: a few seconds of an experiment's data, for none mixed in.
+SETTLE_MS = 7_000
+
+
 def window_start(record: StartRecord | None, reset_at: int | None = None) -> int | None:
     """Where the analysis window opens: None (every exposure counts) until a
     restart or a ``flagware reset``.
@@ -78,13 +90,12 @@ def window_start(record: StartRecord | None, reset_at: int | None = None) -> int
     exposure there is no record, and the window opens at the reset all the
     same: results read then mixed every window and tested them against the
     new spec (a new user's trial: a sample-ratio block, 50/50 units against
-    70/30 weights).
+    70/30 weights). It opens :data:`SETTLE_MS` after either.
     """
-    if record is None:
-        return reset_at
-    if record.restarts:
-        return record.window_start
-    return record.reset_at
+    if record is not None and record.restarts:
+        return record.window_start + SETTLE_MS
+    opened = record.reset_at if record is not None else reset_at
+    return None if opened is None else opened + SETTLE_MS
 
 
 class Units:
