@@ -125,6 +125,7 @@ class Starts:
             return
         self._next_verify = time.monotonic() + VERIFY_INTERVAL
         from flagware.results.lock import describe_changes, read_started
+        from flagware.visitors import forget_repeats
 
         spec = self.engine.spec
         for name in sorted(self.seen):
@@ -136,7 +137,13 @@ class Starts:
             except Exception as exc:
                 self._report(exc, "experiment start check")
                 return
-            if record is None:  # reset: this process records it at its next exposure
+            if record is None:
+                if name not in self.pending:  # `flagware reset`, not a record still to write
+                    # With the spec unchanged no reload says so, and nothing
+                    # recorded the start again (a new user's trial): record it
+                    # at its next exposure, and expose everyone anew for it.
+                    self.seen.discard(name)
+                    forget_repeats()
                 continue
             changes = describe_changes(record, experiment)
             if changes and (name, record.fingerprint) not in self._differs:

@@ -395,6 +395,49 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     assert results.crossover_units == 0
 
 
+def test_a_reset_with_the_spec_unchanged_records_the_start_again(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No edit, so no reload: the process recorded no new start, deduped its
+    returning visitors, and a later edit was taken without a word (a new
+    user's trial). It finds the reset at its next check of the records."""
+    from werkzeug.test import Client
+
+    from flagware import FlagwareMiddleware, current_flags, starts
+    from flagware.cli import main
+    from flagware.results.lock import read_started
+
+    def app(environ: Any, start_response: Any) -> Any:
+        current_flags().experiment("button_color")
+        current_flags().log_event("page")
+        start_response("200 OK", [])
+        return [b""]
+
+    client = make_client()
+    browser = Client(FlagwareMiddleware(app, client))  # one returning visitor
+
+    def exposures() -> int:
+        client.flush()
+        return sum(e["exposure"] == "button_color" for e in client.store.iter_events())
+
+    browser.get("/")
+    browser.get("/")
+    assert exposures() == 1  # the repeat is deduped
+    store = str(client.event_store_path)
+    first = read_started(store, "button_color")
+    assert first is not None
+    assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    monkeypatch.setattr(starts, "VERIFY_INTERVAL", 0.0)
+    client.starts._next_verify = 0.0
+    browser.get("/")
+    assert exposures() == 1  # a repeat still; its events stored, the records are checked
+    browser.get("/")
+    assert exposures() == 2  # exposed anew, and its start recorded
+    second = read_started(store, "button_color")
+    assert second is not None and second.reset_at is not None
+    assert second.started >= second.reset_at > first.started
+
+
 def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     make_client: Any,
     spec_file: Any,
