@@ -155,6 +155,16 @@ def test_an_override_is_checked_against_a_client_a_lifespan_closed(spec_file: An
             warnings.simplefilter("error", UnknownOverrideWarning)  # a name it defines
             with override_gate("new_signup"), TestClient(app) as http:
                 assert http.get("/").text == "True"
+            # ...also while another client, on another spec, is live (a re-check
+            # trial: the right name was said unknown, in the other's spec).
+            other_spec = spec_file.parent / "other.toml"
+            other_spec.write_text("[gates.admin_beta]\nrollout = 100\n")
+            other = Flagware(spec=other_spec, event_store=spec_file.parent / "o.db", hash_key="k")
+            try:
+                with override_gate("new_signup"), override_gate("admin_beta"):
+                    pass
+            finally:
+                other.close()
     finally:
         fw.close()
         overrides.clear()

@@ -98,12 +98,15 @@ def _check_known(
     from flagware.client import _closed_clients, _live_clients
     from flagware.spec import did_you_mean
 
-    # With none live, the closed ones still referenced: a module's client whose
-    # lifespan an earlier test ended serves the next request again (a new
-    # user's trial: the typo passed unsaid whenever such a test ran first).
-    clients = list(_live_clients) or list(_closed_clients)
-    found = [getattr(client.engine, "spec", None) for client in clients]
-    if not found:  # checked when the first client is made, if still in force
+    # The live clients, and the closed ones still referenced: a module's client
+    # whose lifespan an earlier test ended serves the next request again (a
+    # new user's trial: a typo passed unsaid whenever such a test ran first,
+    # and a right name was said unknown when another client was live). A
+    # closed client on Statsig says nothing either way.
+    live = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
+    closed = [getattr(client.engine, "spec", None) for client in list(_closed_clients)]
+    found = live + [spec for spec in closed if spec is not None]
+    if not found and not closed:  # checked when the first client is made, if still in force
         where = site or _caller()
         forced = overrides.gates if kind == "gate" else overrides.configs
 
@@ -114,12 +117,15 @@ def _check_known(
         overrides.unchecked.append(later)
         return
     specs = [spec for spec in found if spec is not None]
-    if len(specs) < len(found):
+    if not found or len(specs) < len(found):  # only closed ones on Statsig, or a live one
         return
     defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
     what = f"override of {kind} {name!r}"
     if name not in defined:
-        sources = ", ".join(sorted({str(spec.source) for spec in specs}))
+        # The live clients' files, which the app reads now (a closed client's
+        # may be a fixture's, long done with).
+        named = [spec for spec in live if spec is not None] or specs
+        sources = ", ".join(sorted({str(spec.source) for spec in named}))
         message = (
             f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
             " it forces nothing the app reads"
