@@ -327,6 +327,13 @@ def test_a_changed_started_experiment_on_reload_keeps_it_and_takes_the_rest(
     _colors(client)  # looked at again: the same spec, nothing reloaded or said again
     assert len([r for r in caplog.records if "reloaded" in r.getMessage()]) == 1
     assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 1
+    # An edit of the started experiment alone: refused, said, and no reload
+    # said to have changed nothing (a re-check trial).
+    spec_file.write_text(spec_file.read_text().replace('color = "green"', 'color = "purple"'))
+    os.utime(spec_file, (9, 9))
+    assert _colors(client) == {"blue", "red"}
+    assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 2
+    assert len([r for r in caplog.records if "reloaded" in r.getMessage()]) == 1
 
 
 def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(

@@ -218,6 +218,14 @@ def test_a_record_that_cannot_be_rebuilt_refuses_the_whole_spec(store: str) -> N
         served_spec(make_spec(red_color="green"), store)
 
 
+def test_a_number_that_changes_type_is_named(store: str) -> None:
+    """1 and 1.0 are equal in Python but not to the SDK's params or the
+    fingerprint: the message said only "the fingerprint changed" (a trial)."""
+    record_started(store, exp(make_spec(red_color=1)), time_ms=T0)  # type: ignore[arg-type]
+    with pytest.raises(SpecError, match=r"params\.color changed from 1 to 1\.0 \(its type\)"):
+        check_unchanged(make_spec(red_color=1.0), store)  # type: ignore[arg-type]
+
+
 def test_allocation_may_grow_but_not_shrink(store: str) -> None:
     record_started(store, exp(make_spec(allocation=20)), time_ms=T0)
     check_unchanged(make_spec(allocation=50), store)

@@ -226,7 +226,7 @@ def test_a_reloaded_spec_and_a_new_capture_expose_everyone_anew(
     browser.get("/")
     browser.get("/")
     assert len(exposures(client)) == 2
-    spec_file.write_text(spec_file.read_text() + "\n# edited\n")
+    spec_file.write_text(spec_file.read_text().replace("rollout = 50", "rollout = 60"))
     os.utime(spec_file, (1, 1))
     browser.get("/")  # reads the new spec: a restarted experiment counts from here
     assert len(exposures(client)) == 4

@@ -189,7 +189,7 @@ class LocalSpec(Engine):
             said, self.refused = self.refused, refused
             if refused and (changed or refused != said):
                 self._say_refused()
-            if spec == self.spec and not changed:  # a refused edit looked at again
+            if spec == self.spec:  # nothing served changes (a comment, a refused edit)
                 return
             previous, self.spec = self.spec, spec
             try:

@@ -341,6 +341,8 @@ def _diff(old: Any, new: Any, path: str) -> Iterator[str]:
         yield f"groups changed from {_group_names(old)} to {_group_names(new)}"
     elif old != new:
         yield f"{path} changed from {_show(old)} to {_show(new)}"
+    elif type(old) is not type(new):  # 1 and 1.0: equal in Python, not in the fingerprint
+        yield f"{path} changed from {json.dumps(old)} to {json.dumps(new)} (its type)"
 
 
 def _group_names(groups: list[Any]) -> str:
