@@ -241,10 +241,19 @@ def _expose(client: Any, visitors: int = 20) -> None:
         http.get("/", environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"})
 
 
-def _colors(client: Any, n: int = 40) -> set[str]:
+def _assigned(client: Any, n: int) -> list[Any]:
+    """button_color for ``n`` stableIDs, evaluated by the client's engine (a reload check first)."""
     engine = client.engine
     users = [engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(n)]
-    return {engine.config(u, "button_color").params["color"] for u in users}
+    return [engine.config(u, "button_color") for u in users]
+
+
+def _colors(client: Any, n: int = 40) -> set[str]:
+    return {config.params["color"] for config in _assigned(client, n)}
+
+
+def _share_in_red(client: Any, n: int = 400) -> float:
+    return sum(config.group == "Red" for config in _assigned(client, n)) / n
 
 
 def test_a_started_experiment_cannot_change(
@@ -358,27 +367,20 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     first = read_started(store, "button_color")
     assert first is not None
 
-    def share_in_red() -> float:
-        engine = client.engine
-        users = [
-            engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(400)
-        ]
-        return sum(engine.config(u, "button_color").group == "Red" for u in users) / 400
-
     spec_file.write_text(
         spec_file.read_text()
         .replace("weight = 50", "weight = 25", 1)
         .replace("weight = 50", "weight = 75")
     )
     os.utime(spec_file, (7, 7))
-    assert 0.4 < share_in_red() < 0.6  # refused: still 50/50
+    assert 0.4 < _share_in_red(client) < 0.6  # refused: still 50/50
     refusals = [r for r in caplog.records if "served as it started" in r.getMessage()]
     assert len(refusals) == 1
-    share_in_red()  # looked at again: still refused, and not said again
+    _share_in_red(client)  # looked at again: still refused, and not said again
     assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 1
 
     assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
-    assert share_in_red() > 0.65  # the same file, accepted now: 25/75
+    assert _share_in_red(client) > 0.65  # the same file, accepted now: 25/75
     # Read before the next exposure, results open at the reset: they counted
     # the 20 units of the forgotten 50/50 spec against 25/75 (a new user's
     # trial: a sample-ratio block). None yet, so nothing to call.
@@ -477,11 +479,9 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     assert other.errors[DIFFERS] == 1 and first.errors[DIFFERS] == 0
     # From its next request on, the other serves the experiment as recorded
     # (50/50), as a process started now would: units see one definition.
-    engine = other.engine
-    users = [engine.user({"userID": "u", "customIDs": {"stableID": str(i)}}) for i in range(400)]
-    red = sum(engine.config(u, "button_color").group == "Red" for u in users) / 400
-    assert 0.4 < red < 0.6
-    assert other.errors[REFUSED] == 1 and "weight changed from 50 to 25" in engine.refused[0]
+    assert 0.4 < _share_in_red(other) < 0.6
+    assert other.errors[REFUSED] == 1
+    assert "weight changed from 50 to 25" in other.engine.refused[0]
     _expose(other)
     other.flush()  # said once per record, and it now matches the record
     assert other.errors[DIFFERS] == 1

@@ -159,13 +159,14 @@ def _analyse(
     changed = None if record is None else changed_since_start(record, exp)
     if changed is not None:  # read with other groups or weights, the figures would lie
         raise ResultsError(changed)
-    window_start = sql.window_start(record, reset_at)
+    opened = sql.window_opened(record, reset_at)
+    window_start = None if opened is None else opened + sql.SETTLE_MS
     # Read within the settling seconds, the window is only empty yet.
-    if window_start is not None and opt.until < window_start - sql.SETTLE_MS:
-        opened = datetime.fromtimestamp((window_start - sql.SETTLE_MS) / 1000, tz=UTC)
+    if opened is not None and opt.until < opened:
+        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
         raise ResultsError(
             "--until is before the analysis window, which a restart or `flagware reset` opened at"
-            f" {opened.isoformat(timespec='milliseconds')}: nothing before it is counted"
+            f" {at.isoformat(timespec='milliseconds')}: nothing before it is counted"
         )
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)

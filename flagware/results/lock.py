@@ -179,8 +179,12 @@ def check_unchanged(
     """
     _, refused = served_spec(spec, store_path, time_ms=time_ms)
     if refused:
-        where = f"{spec.source}: " if spec.source else ""
-        raise SpecError(where + "\n".join(refused))
+        raise _refusal(spec, refused)
+
+
+def _refusal(spec: Spec, messages: list[str]) -> SpecError:
+    where = f"{spec.source}: " if spec.source else ""
+    return SpecError(where + "\n".join(messages))
 
 
 def served_spec(
@@ -223,15 +227,14 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             record_started(conn, experiment, time_ms=time_ms)
             log.info(
                 "flagware: experiments.%s restarted (restart = true): results count its"
-                " exposures from now on; remove `restart` from the spec, or its next change"
-                " restarts it again",
+                " exposures from 7 s from now on; remove `restart` from the spec, or its next"
+                " change restarts it again",
                 experiment.name,
             )
             continue
         started = as_started(record, experiment)
         if started is None:  # a record this version cannot rebuild: the whole spec is refused
-            where = f"{spec.source}: " if spec.source else ""
-            raise SpecError(where + _message(experiment.name, changes, record))
+            raise _refusal(spec, [_message(experiment.name, changes, record)])
         served[experiment.name] = started
         refused.append(_message(experiment.name, changes, record))
     if not refused:

@@ -37,7 +37,7 @@ __all__ = [
     "start_record",
     "stored_names",
     "unit_column",
-    "window_start",
+    "window_opened",
 ]
 
 
@@ -79,9 +79,9 @@ def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int
 SETTLE_MS = 7_000
 
 
-def window_start(record: StartRecord | None, reset_at: int | None = None) -> int | None:
-    """Where the analysis window opens: None (every exposure counts) until a
-    restart or a ``flagware reset``.
+def window_opened(record: StartRecord | None, reset_at: int | None = None) -> int | None:
+    """When a restart or a ``flagware reset`` opened the analysis window: None
+    (every exposure counts) until one does. It counts from :data:`SETTLE_MS` on.
 
     The first record's time is when the writer stored the first exposure, a
     little after it happened, so it is no window start; a reset's own time is
@@ -90,12 +90,11 @@ def window_start(record: StartRecord | None, reset_at: int | None = None) -> int
     exposure there is no record, and the window opens at the reset all the
     same: results read then mixed every window and tested them against the
     new spec (a new user's trial: a sample-ratio block, 50/50 units against
-    70/30 weights). It opens :data:`SETTLE_MS` after either.
+    70/30 weights).
     """
     if record is not None and record.restarts:
-        return record.window_start + SETTLE_MS
-    opened = record.reset_at if record is not None else reset_at
-    return None if opened is None else opened + SETTLE_MS
+        return record.window_start
+    return record.reset_at if record is not None else reset_at
 
 
 class Units:

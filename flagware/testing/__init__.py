@@ -105,8 +105,7 @@ def _check_known(
     # closed client on Statsig says nothing either way.
     live = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
     closed = [getattr(client.engine, "spec", None) for client in list(_closed_clients)]
-    found = live + [spec for spec in closed if spec is not None]
-    if not found and not closed:  # checked when the first client is made, if still in force
+    if not live and not closed:  # checked when the first client is made, if still in force
         where = site or _caller()
         forced = overrides.gates if kind == "gate" else overrides.configs
 
@@ -116,8 +115,8 @@ def _check_known(
 
         overrides.unchecked.append(later)
         return
-    specs = [spec for spec in found if spec is not None]
-    if not found or len(specs) < len(found):  # only closed ones on Statsig, or a live one
+    specs = [spec for spec in live + closed if spec is not None]
+    if None in live or not specs:  # a live client on Statsig, or only closed ones on it
         return
     defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
     what = f"override of {kind} {name!r}"
