@@ -131,7 +131,8 @@ def _count(items: Any, noun: str) -> str:
 
 def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
     """What the running app would refuse (started experiments changed without
-    restart), and the ``restart = true`` left set once its restart is recorded."""
+    restart), and reminders: a ``restart = true`` left set once its restart is
+    recorded, a started experiment the spec no longer has."""
     from flagware.results.lock import describe_changes, read_started
 
     problems, reminders = [], []
@@ -155,6 +156,15 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                     f" the experiment started (recorded in {redact(store)}): rename it, set"
                     f" `restart = true`, or, in development, `flagware reset {experiment.name}`"
                 )
+        # Not a mistake (an experiment that ended is removed), but its record
+        # stays: re-added with another definition it is refused.
+        reminders += [
+            f"{spec.source}: note: experiments.{name} has a start record in {redact(store)}"
+            f" and is not in the spec: reads of it serve empty params; `flagware results"
+            f" {name}` reads it as recorded; re-added, it must be unchanged (or renamed)"
+            for (name,) in opened.run("started_experiments")
+            if name not in spec.experiments
+        ]
     return problems, reminders
 
 

@@ -281,6 +281,61 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
     )
 
 
+def test_an_experiment_removed_once_it_ended_is_noted_and_its_results_still_read(
+    make_client: Any, spec_file: Any, capsys: Any
+) -> None:
+    """Removing an ended experiment from the spec left its start record unsaid
+    (re-added with a change, it is refused) and its results unreadable
+    ("unknown experiment")."""
+    client = make_client()
+    app = FlagwareMiddleware(_exposing_app, client)
+    for i in range(60):  # a browser each: the experiment's unit is the stableID cookie
+        Client(app).get("/", environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"})
+    client.close()  # records the start
+    store = str(client.event_store_path)
+    spec_file.write_text(spec_file.read_text() + '\n[metrics.signups]\nevent = "signup"\n')
+    results = [
+        "results",
+        "button_color",
+        "--spec",
+        str(spec_file),
+        "--store",
+        store,
+        "--format",
+        "json",
+    ]
+    assert main(results) == 0
+    before = json.loads(capsys.readouterr().out)
+
+    written = spec_file.read_text()
+    spec_file.write_text(
+        written[: written.index("[experiments.button_color]")]
+        + written[written.index("[metrics.signups]") :]
+    )
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"{spec_file}: note: experiments.button_color has a start record in {store} and is not"
+        " in the spec: reads of it serve empty params; `flagware results button_color` reads"
+        " it as recorded; re-added, it must be unchanged (or renamed)\n"
+    )
+    assert "is valid" in out
+    assert main(results) == 0
+    after = json.loads(capsys.readouterr().out)
+    assert after["warnings"][0] == (
+        f"button_color is not in {spec_file}: read as its start record defines it"
+        " (groups Control, Red, unit stableID)"
+    )
+    assert [g["units"] for g in after["groups"]] == [g["units"] for g in before["groups"]]
+    assert sum(g["units"] for g in after["groups"]) == 60
+    assert after["metrics"] == before["metrics"] and after["verdict"] == before["verdict"]
+    assert main([*results[:1], "button_colour", *results[2:]]) == 2
+    assert capsys.readouterr().err.endswith(
+        "unknown experiment 'button_colour' (did you mean 'button_color'?) (the spec"
+        " defines: none; started in the store: button_color)\n"
+    )
+
+
 def test_read_commands_never_touch_a_database_that_is_not_a_store(
     tmp_path: Any, capsys: Any
 ) -> None:

@@ -220,7 +220,9 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     with caplog.at_level(logging.INFO, logger="flagware"):
         assert client.engine.gate(user, "nobody").value is True
     # The line says what the edit changed, so an operator sees that it took.
-    assert caplog.messages == [f"flagware: reloaded {spec_file}: gates.nobody changed"]
+    assert caplog.messages == [
+        f"flagware: reloaded {spec_file}: gates.nobody changed (rollout changed from 0 to 100)"
+    ]
     spec_file.write_text("not = [valid")
     os.utime(spec_file, (2, 2))
     assert client.engine.gate(user, "nobody").value is True
@@ -332,7 +334,7 @@ def test_a_changed_started_experiment_on_reload_keeps_it_and_takes_the_rest(
     refused = [r for r in caplog.records if "served as it started" in r.getMessage()]
     assert len(refused) == 1 and "green" in refused[0].getMessage()
     [reloaded] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
-    assert reloaded.endswith(": gates.everyone changed")  # the experiment as it was
+    assert reloaded.endswith(": gates.everyone changed (rollout changed from 100 to 0)")
     _colors(client)  # looked at again: the same spec, nothing reloaded or said again
     assert len([r for r in caplog.records if "reloaded" in r.getMessage()]) == 1
     assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 1
@@ -404,6 +406,58 @@ def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(
     assert results.crossover_units == 0
 
 
+def test_removing_restart_or_editing_a_metric_reloads_nothing_served(
+    make_client: Any,
+    spec_file: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Removing ``restart = true`` once the restart was taken, as the README
+    asks, logged ``experiments.button_color changed`` and exposed every
+    visitor anew, though nothing served had changed. A gate's exposures name
+    its value, so a gate edit needs nobody exposed anew either."""
+    from flagware import visitors
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    written = spec_file.read_text()
+    spec_file.write_text(written.replace('unit = "stableID"', 'unit = "stableID"\nrestart = true'))
+    client = make_client()
+    _expose(client)
+    server, generation = client.engine.server(), visitors._generation
+    caplog.set_level(logging.INFO, logger="flagware")
+
+    spec_file.write_text(written + '\n[metrics.signups]\nevent = "signup"\n')
+    os.utime(spec_file, (5, 5))
+    assert _colors(client) == {"blue", "red"}
+    assert client.engine.spec.experiments["button_color"].restart is False
+    assert "signups" in client.engine.spec.metrics
+    [line] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    assert line.endswith(
+        "experiments.button_color changed (restart changed from true to false);"
+        " metrics.signups added (nothing served changed)"
+    )
+    assert client.engine.server() is server and visitors._generation == generation
+
+    spec_file.write_text(written.replace("rollout = 50", "rollout = 60"))
+    os.utime(spec_file, (6, 6))
+    user = client.engine.user({"userID": "u", "customIDs": {"stableID": "s"}})
+    client.engine.gate(user, "new_signup")
+    assert client.engine.server() is not server  # the gate edit is served
+    assert visitors._generation == generation  # and nobody exposed anew for it
+    reloaded = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    assert reloaded[-1].endswith(
+        "gates.new_signup changed (rollout changed from 50 to 60); metrics.signups removed"
+    )
+
+    spec_file.write_text(
+        written + '\n[experiments.other]\ngroups = [{ name = "A", weight = 100 }]\n'
+    )
+    os.utime(spec_file, (7, 7))
+    client.engine.gate(user, "new_signup")
+    assert visitors._generation == generation + 1  # an experiment changed: everyone anew
+
+
 def test_a_reset_with_the_spec_unchanged_records_the_start_again(
     make_client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -461,6 +515,7 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     from flagware.engine import local
     from flagware.starts import DIFFERS, REFUSED
 
+    caplog.set_level(logging.INFO, logger="flagware")
     other_spec = tmp_path / "other.toml"
     other_spec.write_text(
         spec_file.read_text()
@@ -482,6 +537,12 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     assert 0.4 < _share_in_red(other) < 0.6
     assert other.errors[REFUSED] == 1
     assert "weight changed from 50 to 25" in other.engine.refused[0]
+    # Its log says what it now serves, not only that the experiment changed.
+    [reloaded] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    assert reloaded.endswith(
+        "experiments.button_color changed (groups[0].weight changed from 25 to 50,"
+        " groups[1].weight changed from 75 to 50)"
+    )
     _expose(other)
     other.flush()  # said once per record, and it now matches the record
     assert other.errors[DIFFERS] == 1

@@ -185,6 +185,25 @@ def test_check_and_reset_read_either_store(
     assert results.window_start == record.reset_at + SETTLE_MS
 
 
+def test_an_experiment_removed_from_the_spec_is_read_from_either_store(
+    store_location: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = random_log(5)
+    location = stored(log, store_location)
+    spec = make_spec()
+    record_started(location, spec.experiments["button_color"], time_ms=NOW - 72 * HOUR)
+    before = compute_results(spec, "button_color", location, now=NOW, sequential=True)
+    without = make_spec(experiments=())
+    after = compute_results(without, "button_color", location, now=NOW)
+    assert after.warnings[0].startswith("button_color is not in <spec>: read as its start record")
+    assert to_dict(after)["metrics"] == to_dict(before)["metrics"]
+    assert after.verdict == before.verdict and after.groups == before.groups
+    file = tmp_path / "ended.toml"
+    file.write_text('[gates.a]\nrollout = 5\n[metrics.signed_up]\nevent = "signup"\n')
+    assert main(["check", "--spec", str(file), "--store", location]) == 0
+    assert "experiments.button_color has a start record" in capsys.readouterr().err
+
+
 EXPOSURES = {  # an event that only exposures carry: read without the metric-event index
     "exposures": {"event": CONFIG_EXPOSURE, "kind": "count", "cap_percentile": 100},
 }

@@ -1111,5 +1111,7 @@ def test_spec_changes_names_what_a_reload_added_changed_and_removed() -> None:
             },
         }
     )
-    assert spec_changes(old, new) == "gates.a changed; gates.c added; gates.b removed"
+    assert spec_changes(old, new) == (
+        "gates.a changed (rollout changed from 10 to 20); gates.c added; gates.b removed"
+    )
     assert spec_changes(new, new) == "no gate, experiment or metric changed"

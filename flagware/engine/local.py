@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from statsig.statsig_options import StatsigOptions
 from flagware.engine.base import Engine, Evaluation
 from flagware.engine.legacy import LegacySDK
 from flagware.spec import Spec, compile_dcs, did_you_mean, load_spec
+from flagware.spec.diff import differences
 from flagware.visitors import forget_repeats
 
 log = logging.getLogger("flagware")
@@ -39,8 +42,9 @@ logging.getLogger("statsig.sdk").addFilter(_not_local_mode_chatter)
 
 
 def spec_changes(old: Spec, new: Spec) -> str:
-    """What a reload changed, by name ("gates.beta added; experiments.button_color
-    changed"): the log line an operator reads to see that the edit took."""
+    """What a reload changed ("gates.beta added; gates.checkout changed (rollout
+    changed from 10 to 50)"): the log line an operator reads to see that the
+    edit took, and what a process took when it switched to a start record."""
     said: list[str] = []
     for kind in ("gates", "experiments", "metrics"):
         before, after = getattr(old, kind), getattr(new, kind)
@@ -48,9 +52,27 @@ def spec_changes(old: Spec, new: Spec) -> str:
             if name not in before:
                 said.append(f"{kind}.{name} added")
             elif after[name] != before[name]:
-                said.append(f"{kind}.{name} changed")
+                said.append(f"{kind}.{name} changed{_how(before[name], after[name])}")
         said += [f"{kind}.{name} removed" for name in before if name not in after]
     return "; ".join(said) or "no gate, experiment or metric changed"
+
+
+def _how(before: Any, after: Any, shown: int = 3) -> str:
+    def fields(item: Any) -> Any:  # JSON-shaped: tuples as lists, as the start records
+        return json.loads(json.dumps(dataclasses.asdict(item), default=str))
+
+    found = list(differences(fields(before), fields(after)))
+    more = f", and {len(found) - shown} more" if len(found) > shown else ""
+    return f" ({', '.join(found[:shown])}{more})" if found else ""
+
+
+def _served(spec: Spec) -> dict[str, Any]:
+    """What a spec serves: its experiments but for ``restart``, which only
+    opens a results window, and its gates."""
+    return {
+        "gates": spec.gates,
+        "experiments": {n: replace(e, restart=False) for n, e in spec.experiments.items()},
+    }
 
 
 class LocalSpec(Engine):
@@ -192,16 +214,24 @@ class LocalSpec(Engine):
             if spec == self.spec:  # nothing served changes (a comment, a refused edit)
                 return
             previous, self.spec = self.spec, spec
+            changes = spec_changes(previous, spec)
+            if _served(spec) == _served(previous):  # metrics, or `restart` set or removed
+                log.info("flagware: reloaded %s: %s (nothing served changed)", self.path, changes)
+                return
             try:
                 self._replace_server()  # a server on the new spec, then the old one stopped
             except Exception as exc:  # the SDK refused the compiled spec
                 self.spec = previous
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
-            forget_repeats()  # a changed or restarted experiment: expose everyone anew
+            # A changed or restarted experiment: expose everyone anew, even to
+            # the group they had, so its new window counts them. (A gate's
+            # exposures name the value: a changed one is logged anyway.)
+            if _served(spec)["experiments"] != _served(previous)["experiments"]:
+                forget_repeats()
             if self.on_reload is not None:
                 self.on_reload(spec)
-            log.info("flagware: reloaded %s: %s", self.path, spec_changes(previous, spec))
+            log.info("flagware: reloaded %s: %s", self.path, changes)
         finally:
             self._reload_lock.release()
 

@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Compare every group with the control on every metric of the spec's"
         " catalog. Exit code 3 when the launch is blocked, 2 on bad input, else 0.",
     )
-    parser.add_argument("experiment", help="experiment name in the spec")
+    parser.add_argument(
+        "experiment", help="experiment name: in the spec, or removed from it once started"
+    )
     add_spec_argument(parser)  # $FLAGWARE_SPEC and $FLAGWARE_EVENT_STORE, as Flagware(...)
     add_store_argument(parser)
     # Strings, validated in run(): a bad value then gets the same one-line

@@ -24,7 +24,7 @@ from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
-from flagware.results.lock import changed_since_start
+from flagware.results.lock import changed_since_start, recorded_experiment
 from flagware.results.model import (
     GroupResult,
     GroupUnits,
@@ -91,24 +91,53 @@ def compute_results(
     if not target_mde > 0.0:
         raise ResultsError(f"the target effect must be positive, got {target_mde}")
     exp = spec.experiments.get(experiment)
-    if exp is None:
-        known = ", ".join(sorted(spec.experiments)) or "none"
-        hint = did_you_mean(experiment, spec.experiments)
-        raise ResultsError(f"unknown experiment {experiment!r}{hint} (the spec defines: {known})")
     chosen = _choose_metrics(spec, metrics)
     problem = not_a_store(store_path)  # worded as every read command words it
     if problem is not None:
+        if exp is None:
+            raise _unknown(spec, experiment)
         raise ResultsError(problem)
     where = redact(os.fspath(store_path))
     reference = now_ms() if now is None else now
     end = reference if until is None else min(until, reference)
-    use_sequential = exp.sequential if sequential is None else sequential
+    # An experiment removed from the spec: no record says how it was read, so
+    # the default (always valid, whenever it is read).
+    declared = True if exp is None else exp.sequential
+    use_sequential = declared if sequential is None else sequential
     options = _Options(alpha, reference, end, use_sequential, cuped, target_mde)
     try:
         with open_reader(store_path) as conn:
+            if exp is None:
+                return _analyse_removed(conn, spec, experiment, chosen, options)
             return _analyse(conn, exp, chosen, options)
     except database_errors() as exc:
         raise ResultsError(f"cannot read event store {where}: {exc}") from None
+
+
+def _unknown(spec: Spec, experiment: str, started: Sequence[str] = ()) -> ResultsError:
+    known = ", ".join(sorted(spec.experiments)) or "none"
+    hint = did_you_mean(experiment, [*spec.experiments, *started])
+    also = f"; started in the store: {', '.join(started)}" if started else ""
+    return ResultsError(
+        f"unknown experiment {experiment!r}{hint} (the spec defines: {known}{also})"
+    )
+
+
+def _analyse_removed(
+    conn: Reader, spec: Spec, experiment: str, metrics: list[MetricSpec], opt: _Options
+) -> Results:
+    """An experiment removed from the spec once it ended still has its stored
+    exposures and its start record: read it as the record defines it."""
+    record, _ = sql.start_record(conn, experiment)
+    exp = None if record is None else recorded_experiment(experiment, record)
+    if exp is None:
+        raise _unknown(spec, experiment, sql.started_experiments(conn))
+    results = _analyse(conn, exp, metrics, opt)
+    note = (
+        f"{experiment} is not in {spec.source}: read as its start record defines it"
+        f" (groups {', '.join(g.name for g in exp.groups)}, unit {exp.unit})"
+    )
+    return replace(results, warnings=(note, *results.warnings))
 
 
 def _choose_metrics(spec: Spec, names: Sequence[str] | None) -> list[MetricSpec]:

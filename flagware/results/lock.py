@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +43,7 @@ from flagware.events.store import (
     store_exists,
 )
 from flagware.spec import ExperimentSpec, Group, Spec, SpecError
+from flagware.spec.diff import differences, show
 
 __all__ = [
     "StartRecord",
@@ -53,6 +53,7 @@ __all__ = [
     "meta_key",
     "read_started",
     "record_started",
+    "recorded_experiment",
     "reset_key",
     "served_spec",
 ]
@@ -265,6 +266,15 @@ def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpe
     return started if started.fingerprint() == record.fingerprint else None
 
 
+def recorded_experiment(name: str, record: StartRecord) -> ExperimentSpec | None:
+    """An experiment no longer in the spec, as its start record defines it
+    (results of an experiment removed once it ended); None if the record does
+    not rebuild it. Nothing records its targeting gate or ``sequential``: it
+    is read without the one and with the default of the other."""
+    blank = ExperimentSpec(name=name, unit="userID", allocation=0.0, salt="", groups=())
+    return as_started(record, blank)
+
+
 def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
     """Human-readable changes between the recorded definition and ``experiment``."""
     if record.fingerprint == experiment.fingerprint():
@@ -272,12 +282,12 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
     else:
         # A JSON round trip gives the current fields the stored fields' types.
         current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
-        changes = list(_diff(record.fields, current, ""))
+        changes = list(differences(record.fields, current))
         if not changes:  # same fields, different hash: the fingerprint recipe changed
             changes = ["the fingerprint changed"]
     if experiment.allocation < record.allocation:
         changes.append(
-            f"allocation shrank from {_show(record.allocation)} to {_show(experiment.allocation)}"
+            f"allocation shrank from {show(record.allocation)} to {show(experiment.allocation)}"
             " (allocation may only grow)"
         )
     return changes
@@ -325,41 +335,6 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
         f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"
         f" ({started:%Y-%m-%d %H:%M} UTC). {then}"
     )
-
-
-def _diff(old: Any, new: Any, path: str) -> Iterator[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in new:
-                yield f"{sub} removed (was {_show(old[key])})"
-            elif key not in old:
-                yield f"{sub} added (= {_show(new[key])})"
-            else:
-                yield from _diff(old[key], new[key], sub)
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            yield from _diff(a, b, f"{path}[{i}]")
-    elif path == "groups" and isinstance(old, list) and isinstance(new, list):
-        yield f"groups changed from {_group_names(old)} to {_group_names(new)}"
-    elif old != new:
-        yield f"{path} changed from {_show(old)} to {_show(new)}"
-    elif type(old) is not type(new):  # 1 and 1.0: equal in Python, not in the fingerprint
-        yield f"{path} changed from {json.dumps(old)} to {json.dumps(new)} (its type)"
-
-
-def _group_names(groups: list[Any]) -> str:
-    names = [str(g.get("name")) if isinstance(g, dict) else str(g) for g in groups]
-    return "[" + ", ".join(names) + "]"
-
-
-def _show(value: Any) -> str:
-    """A value as it would be written in the TOML spec (50, not 50.0)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 class _connection:

@@ -68,6 +68,17 @@ def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int
     return StartRecord.stored(found.get(keys[0]), reset), None if reset is None else int(reset)
 
 
+def started_experiments(conn: Reader) -> list[str]:
+    """The experiments with a start record, whether or not the spec still has them."""
+    try:
+        rows = conn.execute(
+            "SELECT substr(key, 12) FROM meta WHERE key LIKE 'experiment:%' ORDER BY key"
+        ).fetchall()
+    except database_errors():
+        return []
+    return [str(name) for (name,) in rows]
+
+
 #: How long after a restart or a ``flagware reset`` the analysis window opens.
 #: Until each process looks at its spec again it serves the definition it had,
 #: and its exposures, counted in the new window, failed the sample-ratio check

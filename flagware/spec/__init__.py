@@ -43,8 +43,8 @@ and every problem is reported at once.
 - ``allocation_salt``  the salt deciding who is allocated; default derived from ``salt``, so
   a new salt reshuffles both. Set both to reproduce a Statsig experiment (its layer salt).
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
-- ``sequential``  ``true`` makes results always valid (a confidence sequence), so they
-  can be read at any time; default ``false`` (fixed horizon).
+- ``sequential``  ``true`` (the default) makes results always valid (a confidence
+  sequence), so they can be read at any time; ``false`` is a fixed horizon.
 - ``restart``  ``true`` starts a fresh analysis period (read by the results module);
   default ``false``. It does not change assignment.
 
