@@ -332,6 +332,12 @@ class Flagware:
         bounds the wait for a flush already running."""
         self.writer.flush(timeout=timeout)
 
+    def stopping(self) -> None:
+        """SIGTERM, handed on to the server's graceful shutdown: store what is
+        queued, trying again for up to ``shutdown_timeout`` s while the store
+        refuses writes (the server may end the process without closing it)."""
+        self.writer.stopping(self.shutdown_timeout)
+
     _shared_key: SharedKey | None = None
 
     def _got_hash_key(self, key: bytes) -> None:

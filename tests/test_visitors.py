@@ -226,8 +226,16 @@ def test_a_reloaded_spec_and_a_new_capture_expose_everyone_anew(
     browser.get("/")
     browser.get("/")
     assert len(exposures(client)) == 2
-    spec_file.write_text(spec_file.read_text().replace("rollout = 50", "rollout = 60"))
+    written = spec_file.read_text()
+    spec_file.write_text(written.replace("rollout = 50", "rollout = 60"))
     os.utime(spec_file, (1, 1))
+    browser.get("/")  # a gate edit: the values read are the same, still repeats
+    assert len(exposures(client)) == 2
+    restarted = written.replace('"red"', '"crimson"').replace(
+        'unit = "stableID"', 'unit = "stableID"\nrestart = true'
+    )
+    spec_file.write_text(restarted)
+    os.utime(spec_file, (2, 2))
     browser.get("/")  # reads the new spec: a restarted experiment counts from here
     assert len(exposures(client)) == 4
     with capture_events() as captured:

@@ -334,3 +334,39 @@ def test_an_event_that_cannot_be_encoded_is_refused_alone(store: Store) -> None:
     assert writer.flush() == 2  # the batch around it is stored
     writer.close()
     assert uids(store) == [0, 2]
+
+
+def test_stopping_waits_for_a_store_that_is_briefly_away_then_says_what_is_left(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM handed on to a server that may end the process without exit
+    handlers (uvicorn's workers): close() never runs there, so stopping()
+    waits for the store as close() would, and says what it could not store."""
+    writer = EventWriter(store, flush_interval=60)
+    real = store.append_rows
+    back_at = time.monotonic() + 0.6
+
+    def away(rows: Any) -> Any:
+        if time.monotonic() < back_at:
+            raise OSError("the database is away")
+        return real(rows)
+
+    monkeypatch.setattr(store, "append_rows", away)
+    for i in range(30):
+        writer.put(event(i))
+    writer.stopping(3.0)
+    assert uids(store) == list(range(30))
+    assert "could not be stored" not in caplog.text
+
+    back_at = time.monotonic() + 60  # away for good
+    for i in range(30, 40):
+        writer.put(event(i))
+    started = time.monotonic()
+    writer.stopping(0.5)
+    assert 0.5 <= time.monotonic() - started < 2.5
+    [said] = [r for r in caplog.records if "within 0.5 s of SIGTERM" in r.getMessage()]
+    assert said.getMessage().startswith("flagware: 10 queued events could not be stored")
+    started = time.monotonic()
+    writer.close(timeout=5)  # the SIGTERM waited it out already: one more try
+    assert time.monotonic() - started < 1.5
+    assert "10 queued events could not be stored before exit" in caplog.text

@@ -54,6 +54,7 @@ def warn_undelivered(delivery: Delivery, shutdown_timeout: float) -> None:
 
 class _Client(Protocol):
     def flush(self, *, timeout: float = -1) -> None: ...
+    def stopping(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -108,10 +109,11 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
             draining = True
         for client in list(clients()):
             try:
-                # Bounded: the writer's thread may be in a flush of its own.
-                client.flush(timeout=5)
-                if not chained:
-                    client.close()  # the server's own shutdown closes it otherwise
+                if chained:  # stored now, while the store is away too: nothing later might
+                    client.stopping()
+                else:  # bounded: the writer's thread may be in a flush of its own
+                    client.flush(timeout=5)
+                    client.close()
             except Exception:
                 log.exception("flagware: storing events on SIGTERM failed")
         if callable(previous):

@@ -99,6 +99,7 @@ class EventWriter:
         self._flusher: int | None = None  # the thread holding _flush_lock
         self._drop_lock = ProcessLock()
         self._held: list[Row] = []  # a batch the store refused: stored first next time
+        self._waited_out = False  # stopping() spent its timeout on a store that refused
         self._room = self.max_queue  # what the queue may hold besides the held batch
         self.dropped = 0  # events refused because the queue was full
         self._unrecorded = 0  # of those, not yet added to the store's counter
@@ -146,6 +147,7 @@ class EventWriter:
             # Fresh state in a new process: inherited events belong to the parent.
             self._queue = queue.SimpleQueue()
             self._held = []
+            self._waited_out = False
             self._room = self.max_queue
             self._wake = threading.Event()
             self._stop = threading.Event()
@@ -298,17 +300,46 @@ class EventWriter:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        # A SIGTERM that already waited out the timeout for this outage (see
+        # stopping()): one more try, not a second wait.
+        left = self._store_within(0.0 if self._waited_out else timeout)
+        if left:  # the store still refuses writes: say what is lost, never silently
+            log.error("flagware: %d queued events could not be stored before exit", left)
+        self._pid = -1
+        self._closed_pid = os.getpid()
+
+    def stopping(self, timeout: float) -> None:
+        """SIGTERM handed on to a server's graceful shutdown: store what is
+        queued now, tried again while the store refuses writes for up to
+        ``timeout`` s. The server may end the process without exit handlers
+        (uvicorn's worker processes do), so nothing later might: a new user's
+        trial lost 990 events without a word, the database back 2.2 s after the
+        SIGTERM, where close() would have waited for it."""
+        if self._pid != os.getpid():
+            return
+        left = self._store_within(timeout)
+        self._waited_out = bool(left)
+        if left:
+            log.error(
+                "flagware: %d queued events could not be stored within %g s of SIGTERM (the"
+                " store refuses writes); they and the events of requests still in flight are"
+                " tried again until this process ends, and lost if it ends first",
+                left,
+                timeout,
+            )
+
+    def _store_within(self, timeout: float) -> int:
+        """Store what is queued, tried again while the store refuses writes for up
+        to ``timeout`` s; how many events are left."""
+        if self._flusher == threading.get_ident():
+            return 0  # a signal handler in this thread's own flush, which stores them all
         self.flush(timeout=5)
         deadline, pause = time.monotonic() + timeout, 0.1
         while (self._held or self._queue.qsize()) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(2 * pause, 1.0)
             self.flush(timeout=5)
-        left = len(self._held) + self._queue.qsize()
-        if left:  # the store still refuses writes: say what is lost, never silently
-            log.error("flagware: %d queued events could not be stored before exit", left)
-        self._pid = -1
-        self._closed_pid = os.getpid()
+        return len(self._held) + self._queue.qsize()
 
     def waiting(self) -> int:
         """Events this process holds in memory, not yet stored."""
