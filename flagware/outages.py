@@ -7,8 +7,11 @@ from __future__ import annotations
 __all__ = ["describe", "is_outage"]
 
 # DB-API errors that mean the database is away or refused, not that flagware
-# is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them).
-_OUTAGE_ERRORS = frozenset(("OperationalError", "InterfaceError"))
+# is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them), and
+# flagware's own word for a store it cannot reach (results on the diagnostics
+# page during an outage logged a traceback for it; by name: it is defined in
+# flagware.events.store, which imports this module).
+_OUTAGE_ERRORS = frozenset(("OperationalError", "InterfaceError", "StoreUnavailable"))
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -899,6 +899,7 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
 ) -> None:
     import psycopg
 
+    from flagware.events.store import StoreUnavailable
     from flagware.failures import Failures
 
     failures = Failures()
@@ -910,6 +911,8 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
         failures.report(away, "event store")
         failures.report(ConnectionResetError(104, "Connection reset by peer"), "statsig delivery")
         failures.report(KeyError("userID"), "user_id resolver")
+        # Results on the diagnostics page, the store away: a traceback, in a trial.
+        failures.report(StoreUnavailable("cannot reach postgresql://db/app"), "diagnostics results")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert (
         errors[0]
@@ -927,10 +930,23 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
             "flagware: statsig delivery failed: ConnectionResetError: [Errno 104] Connection reset"
         )
     )
-    assert [r.exc_info is not None for r in errors] == [False, False, True]  # the bug's traceback
+    assert [r.exc_info is not None for r in errors] == [False, False, True, False]  # the bug's
+    assert (
+        errors[3]
+        .getMessage()
+        .startswith(
+            "flagware: diagnostics results failed: flagware.events.store.StoreUnavailable: cannot"
+            " reach postgresql://db/app ("
+        )
+    )
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert [r.exc_info[1] if r.exc_info else None for r in debug][:1] == [away]  # for whoever asks
-    assert failures.errors == {"event store": 1, "statsig delivery": 1, "user_id resolver": 1}
+    assert failures.errors == {
+        "event store": 1,
+        "statsig delivery": 1,
+        "user_id resolver": 1,
+        "diagnostics results": 1,
+    }
 
 
 def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
