@@ -660,6 +660,22 @@ def test_check_a_setting_named_like_flagware(spec_file: Path) -> None:
         assert "flagware.W002" not in [m.id for m in checks.check_settings()]
 
 
+def test_a_client_from_misspelled_settings_names_the_key(spec_file: Path) -> None:
+    """uvicorn and gunicorn run no system checks: a typo in settings.FLAGWARE
+    stopped the server with a bare ``TypeError: Flagware.__init__() got an
+    unexpected keyword argument 'flush_intervl'`` (a new user's trial)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from flagware.django import conf
+
+    with pytest.raises(
+        ImproperlyConfigured,
+        match=r"^settings.FLAGWARE has unknown keys: flush_intervl \(did you mean"
+        r" 'flush_interval'\?\) \(keys are Flagware\(\.\.\.\) arguments: ",
+    ):
+        conf.build_client({"spec": spec_file, "flush_intervl": 1})
+
+
 def test_check_settings_shape(spec_file: Path) -> None:
     assert check_ids(FLAGWARE=["spec"]) == ["flagware.E005"]
     assert check_ids(FLAGWARE={"spec": spec_file, "specs": "x"}) == ["flagware.E005"]
@@ -737,6 +753,33 @@ def test_check_middleware_order(spec_file: Path) -> None:
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours]) == []  # no users, no order
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[AUTH_MIDDLEWARE]) == ["flagware.W001"]
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=MIDDLEWARE) == []
+
+
+def test_the_middleware_placed_before_auth_says_so_when_it_loads(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """uvicorn and gunicorn run no system checks: placed before the auth
+    middleware, async views logged a SynchronousOnlyOperation traceback and
+    nothing about the order (a new user's trial)."""
+    from flagware.django import middleware
+
+    ours = "flagware.django.FlagwareMiddleware"
+    monkeypatch.setattr(middleware, "_said_misplaced", False)
+    with override_settings(FLAGWARE={"spec": spec_file}, MIDDLEWARE=[ours, AUTH_MIDDLEWARE]):
+        FlagwareMiddleware(lambda r: HttpResponse())
+        FlagwareMiddleware(lambda r: HttpResponse())  # once a process
+    [said] = [r for r in caplog.records if "flagware.E004" in r.getMessage()]
+    assert said.levelname == "WARNING"
+    assert said.getMessage() == (
+        "flagware: FlagwareMiddleware comes before AuthenticationMiddleware, so it cannot use"
+        f' the logged-in user as the userID (flagware.E004): move "{ours}" after'
+        f' "{AUTH_MIDDLEWARE}"'
+    )
+    caplog.clear()
+    monkeypatch.setattr(middleware, "_said_misplaced", False)
+    with override_settings(FLAGWARE={"spec": spec_file}, MIDDLEWARE=MIDDLEWARE):
+        FlagwareMiddleware(lambda r: HttpResponse())
+    assert "E004" not in caplog.text
 
 
 def test_bad_settings_fail_when_the_middleware_loads() -> None:

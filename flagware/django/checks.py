@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from flagware.settings import (
     statsig_api_problem,
 )
 from flagware.settings import env as _env
-from flagware.spec import SpecError, did_you_mean, load_spec
+from flagware.spec import SpecError, load_spec
 
 OUR_MIDDLEWARE = {
     "flagware.django.FlagwareMiddleware",
@@ -49,7 +49,7 @@ OUR_MIDDLEWARE = {
 }
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 _PARAMETERS = inspect.signature(Flagware.__init__).parameters
-OPTIONS = frozenset(_PARAMETERS) - {"self"}
+OPTIONS = conf.OPTIONS
 
 
 @register("flagware")
@@ -126,16 +126,8 @@ def _misspelled_setting() -> list[CheckMessage]:
     ]
 
 
-KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
-
-
-def unknown_keys(options: Mapping[str, Any]) -> str | None:
-    """What is wrong with keys ``Flagware(...)`` does not take, each with a did-you-mean."""
-    unknown = sorted(set(options) - OPTIONS)
-    if not unknown:
-        return None
-    named = ", ".join(f"{key}{did_you_mean(key, OPTIONS)}" for key in unknown)
-    return f"settings.{conf.SETTING} has unknown keys: {named}"
+KEYS_HINT = conf.KEYS_HINT
+unknown_keys = conf.unknown_keys
 
 
 def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:

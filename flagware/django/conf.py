@@ -20,6 +20,7 @@ exit hook; ``override_settings(FLAGWARE=...)`` in tests builds a fresh one.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 
 from flagware.client import Flagware
+from flagware.spec import did_you_mean
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -43,6 +45,10 @@ REQUEST_KEY = "flagware.django.request"  # a weakref: META must not keep its req
 USER_KEY = "flagware.django.user"  # the user, loaded ahead of async views
 
 RequestResolver = Callable[[HttpRequest], Any]
+
+# What settings.FLAGWARE may hold: Flagware(...)'s keyword arguments.
+OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
+KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
 
 _client: Flagware | None = None
 _lock = threading.Lock()
@@ -79,9 +85,21 @@ def _set_client(client: Flagware | None) -> None:
     _client = client
 
 
+def unknown_keys(options: Mapping[str, Any]) -> str | None:
+    """What is wrong with keys ``Flagware(...)`` does not take, each with a did-you-mean."""
+    unknown = sorted(set(options) - OPTIONS)
+    if not unknown:
+        return None
+    named = ", ".join(f"{key}{did_you_mean(key, OPTIONS)}" for key in unknown)
+    return f"settings.{SETTING} has unknown keys: {named}"
+
+
 def build_client(opts: Mapping[str, Any] | None = None) -> Flagware:
     """A new client from ``opts`` (default: ``settings.FLAGWARE``)."""
     kwargs = dict(options() if opts is None else opts)
+    unknown = unknown_keys(kwargs)
+    if unknown:  # as check E005 says it: uvicorn and gunicorn run no system checks
+        raise ImproperlyConfigured(f"{unknown} ({KEYS_HINT})")
     user_id = kwargs.pop("user_id", request_user_id)
     user_custom = kwargs.pop("user_custom", None)
     user_custom_ids = kwargs.pop("user_custom_ids", None)

@@ -15,6 +15,7 @@ and ASGI middlewares serve.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from flagware.client import Flagware
+
+log = logging.getLogger("flagware")
 
 
 class FlagwareMiddleware:
@@ -61,6 +64,7 @@ class FlagwareMiddleware:
         # Built when Django loads the middleware, so a bad configuration fails
         # at start-up rather than on the first request that reads a flag.
         conf.get_client()
+        _say_misplaced()
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
@@ -173,6 +177,25 @@ class FlagwareMiddleware:
             except Exception as exc:  # the response goes out without our cookie, never broken
                 client.report(exc, "cookie")
         return response
+
+
+_said_misplaced = False
+
+
+def _say_misplaced() -> None:
+    """Say check E004 at start-up, once a process: uvicorn and gunicorn run no
+    system checks, and placed before the auth middleware, async views logged
+    a ``SynchronousOnlyOperation`` traceback on each worker's first flag read,
+    with nothing about the order (a new user's trial)."""
+    global _said_misplaced
+    if _said_misplaced:
+        return
+    _said_misplaced = True
+    from flagware.django.checks import check_middleware
+
+    for message in check_middleware():
+        if message.id == "flagware.E004":
+            log.warning("flagware: %s (%s): %s", message.msg, message.id, message.hint)
 
 
 def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
