@@ -276,3 +276,23 @@ def test_small_samples_hold_alpha(kind: str, draw: Draw, n_t: int, n_c: int) -> 
         f" (Welch on the per-unit values: {old_rate:.4f}), alpha {ALPHA}"
     )
     assert rate <= ALPHA + two_se(ALPHA, runs)
+
+
+def test_a_block_still_says_which_group_would_ship() -> None:
+    """A guardrail regressed in one treatment blocks shipping every group, and
+    best_group stays None; the verdict said nothing of the other treatment's
+    clean win (a statistician's trial). Seeded: A wins on its signups, and a
+    guardrail (not in the catalog: its status is what blocks) regressed in B."""
+    from flagware.results.model import GuardrailStatus
+
+    rng = np.random.default_rng(11)
+    results, decision, best = run_catalog(rng, 4000, {("signup", "A"): 0.5})
+    assert decision == "ship" and best == "A"
+    units = tuple(GroupUnits(g, 4000, 100 / 3, None) for g in GROUPS)
+    blocked = (GuardrailStatus("errors", "blocked", "regressed: errors in B", None),)
+    decision, reasons, warnings, best = verdict(None, units, results, blocked, ALPHA)  # type: ignore[arg-type]
+    assert decision == "blocked" and best is None
+    assert reasons == ["guardrail errors: regressed: errors in B"]
+    [said] = [w for w in warnings if w.startswith("but for the block")]
+    assert said.startswith("but for the block, A would ship: signup +")
+    assert said.endswith("in A vs Control (adjusted p < 0.0001)")

@@ -277,3 +277,37 @@ def test_units_needed_give_the_promised_power() -> None:
     power = sum(run(per_group, lift)[0] for _ in range(runs)) / runs
     print(f"\nplanned {needed} units for a {lift:.0%} lift on {base:.0%}: power {power:.3f}")
     assert power == pytest.approx(0.8, abs=0.08)
+
+
+def test_the_plan_gives_the_experiments_units_for_an_unequal_split(tmp_path: Path) -> None:
+    """ "needed" is the units of the group and the control together; with a
+    50/25/25 split the experiment needs a third more than that pair (a
+    statistician's trial read 335,897 as the experiment's total)."""
+    import json
+
+    from flagware.results.render import render_json
+
+    log = Log()
+    rng = np.random.default_rng(9)
+    for i in range(4000):
+        group = str(rng.choice(["Control", "Red", "Blue"], p=[0.5, 0.25, 0.25]))
+        log.expose(i, group, NOW - 10 * HOUR)
+        if rng.random() < 0.10:
+            log.log(i, "signup", NOW - 9 * HOUR)
+    spec = make_spec(
+        (("Control", 50), ("Red", 25), ("Blue", 25)),
+        metrics={"signed_up": {"event": "signup", "tags": ["primary"]}},
+    )
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    data = json.loads(render_json(results))
+    for r in data["metrics"][0]["results"]:
+        assert r["units_needed"] > 0
+        assert r["units_needed_all_groups"] == math.ceil(r["units_needed"] * 100 / 75)
+    text = render_text(results)
+    assert "all groups: the experiment's units for that, at its weights" in text
+    plan = text[text.index("Planning (") :].splitlines()
+    assert plan[1].split()[-2:] == ["all", "groups"]  # the header
+    rows = [line.split() for line in plan if line.startswith("signed_up")]
+    assert [row[-1] for row in rows] == [
+        str(r["units_needed_all_groups"]) for r in data["metrics"][0]["results"]
+    ]

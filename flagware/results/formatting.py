@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from flagware.results.cuped import MIN_CONVERSION_GAIN
-from flagware.results.model import MetricResult, Results
+from flagware.results.model import GroupResult, MetricResult, Results
 
 # Colours by outcome: significant in the good direction, in the bad one, neither.
 COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#8c959f"}
@@ -181,8 +182,20 @@ def planning_test(results: Results) -> str:
     return "the sequential test" if results.sequential else "the fixed-horizon test, read once"
 
 
+def needed_in_all_groups(results: Results, r: GroupResult) -> int | None:
+    """The experiment's units (every group, at the weights) for ``r.units_needed``
+    in its two groups: a 50/25/25 split needs a third more than the pair."""
+    weights = {g.name: g.weight for g in results.groups}
+    pair = weights.get(r.group, 0.0) + weights.get(r.vs, 0.0)
+    total = sum(weights.values())
+    if r.units_needed is None or pair <= 0 or total <= 0:
+        return None
+    return math.ceil(r.units_needed * total / pair - 1e-9)
+
+
 def planning_rows(results: Results) -> list[list[str]]:
-    """Per decision comparison: MDE now, units for the target effect, units still to come."""
+    """Per decision comparison: MDE now, units for the target effect (in the
+    two groups, then in all), units still to come."""
     rows = []
     for m in results.metrics:
         if m.role != "decision":
@@ -190,6 +203,7 @@ def planning_rows(results: Results) -> list[list[str]]:
         for r in m.results:
             now = r.units + r.control_units
             remaining = None if r.units_needed is None else max(0, r.units_needed - now)
+            everyone = needed_in_all_groups(results, r)
             rows.append(
                 [
                     m.name,
@@ -199,9 +213,10 @@ def planning_rows(results: Results) -> list[list[str]]:
                     str(now),
                     "-" if r.units_needed is None else str(r.units_needed),
                     "-" if remaining is None else str(remaining),
+                    "-" if everyone is None else str(everyone),
                 ]
             )
     return rows
 
 
-PLANNING_HEADER = ["metric", "group", "MDE", "MDE lift", "units", "needed", "to go"]
+PLANNING_HEADER = ["metric", "group", "MDE", "MDE lift", "units", "needed", "to go", "all groups"]

@@ -28,7 +28,9 @@ _VALUES = {
     "count": ("p.c", "p.pc"),
     "sum": ("p.s", "p.ps"),
     # The mean value per event: sum of values over the number of valued events,
-    # a ratio over every unit (not a mean over the units that had an event).
+    # analysed as a ratio of per-unit totals over every unit (the delta method:
+    # a unit's several events are not independent), not as a mean over events.
+    # The quantity is conditional on the event; `sum` is the per-unit value.
     "mean": ("p.s", "p.vn"),
 }
 

@@ -13,6 +13,7 @@ from flagware.results.formatting import (
     level,
     method_line,
     metric_notes,
+    needed_in_all_groups,
     num,
     p_phrase,
     pct,
@@ -67,7 +68,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         ],
         "srm_p_value": results.srm_p_value,
         "srm_status": results.srm_status,
-        "metrics": [_metric_dict(m) for m in results.metrics],
+        "metrics": [_metric_dict(m, results) for m in results.metrics],
         "guardrails": [
             {
                 "metric": g.metric,
@@ -85,7 +86,7 @@ def to_dict(results: Results) -> dict[str, Any]:
     }
 
 
-def _metric_dict(m: MetricResult) -> dict[str, Any]:
+def _metric_dict(m: MetricResult, results: Results) -> dict[str, Any]:
     return {
         "name": m.name,
         "event": m.event,
@@ -129,6 +130,7 @@ def _metric_dict(m: MetricResult) -> dict[str, Any]:
                 "units_remaining": None
                 if r.units_needed is None
                 else max(0, r.units_needed - r.units - r.control_units),
+                "units_needed_all_groups": needed_in_all_groups(results, r),
             }
             for r in m.results
         ],
@@ -223,7 +225,8 @@ def _planning(results: Results) -> list[str]:
     days = days_running(results)
     return [
         "",
-        f"Planning (80% power with {planning_test(results)}; needed: units for a"
-        f" {results.target_mde:.1%} lift; running {'-' if days is None else f'{days:g}'} days):",
-        *table(PLANNING_HEADER, rows, {2, 3, 4, 5, 6}),
+        f"Planning (80% power with {planning_test(results)}; needed: units in the group and"
+        f" the control for a {results.target_mde:.1%} lift; all groups: the experiment's units"
+        f" for that, at its weights; running {'-' if days is None else f'{days:g}'} days):",
+        *table(PLANNING_HEADER, rows, {2, 3, 4, 5, 6, 7}),
     ]

@@ -307,7 +307,8 @@ def _html_planning(results: Results) -> list[str]:
     return [
         "<h2>How long to run</h2>",
         f'<p class="muted">Minimum detectable effect (MDE) at 80% power with the units so far,'
-        f" and the units (both groups) needed to detect a {results.target_mde:.1%} lift,"
+        f" the units needed in the group and the control to detect a"
+        f" {results.target_mde:.1%} lift, and the experiment's units for that in all groups,"
         f" for {escape(planning_test(results))}.</p>",
         f"<table><tr>{head}</tr>{body}</table>",
     ]

@@ -167,6 +167,10 @@ def verdict(
     if blockers:
         # No best group: a JSON reader taking best_group as "ship this" must not
         # launch past a block (a guardrail regressed in C blocks shipping B too).
+        # What would ship is still said: a statistician's trial found B's clean
+        # win nowhere in the verdict once C's guardrail blocked it.
+        if best is not None:
+            warnings.append(f"but for the block, {best} would ship: " + "; ".join(wins[best]))
         return "blocked", blockers, warnings, None
     if best is not None:
         warnings += [f"also: {text}" for text in regressions]
@@ -182,6 +186,6 @@ def verdict(
             " units in each group"
         )
         return "inconclusive", [reason], warnings, None
-    how = "always-valid (sequential)" if sequential else "Bonferroni-corrected"
+    how = "always-valid, Bonferroni-corrected" if sequential else "Bonferroni-corrected"
     reason = f"no decision metric moved significantly ({how}, alpha {alpha:g})"
     return "inconclusive", [reason], warnings, None
