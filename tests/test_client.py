@@ -432,7 +432,7 @@ def test_removing_restart_or_editing_a_metric_reloads_nothing_served(
     assert _colors(client) == {"blue", "red"}
     assert client.engine.spec.experiments["button_color"].restart is False
     assert "signups" in client.engine.spec.metrics
-    [line] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    [line] = [r.getMessage() for r in caplog.records if "re-read" in r.getMessage()]
     assert line.endswith(
         "experiments.button_color changed (restart changed from true to false);"
         " metrics.signups added (nothing served changed)"

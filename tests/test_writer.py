@@ -366,7 +366,18 @@ def test_stopping_waits_for_a_store_that_is_briefly_away_then_says_what_is_left(
     assert 0.5 <= time.monotonic() - started < 2.5
     [said] = [r for r in caplog.records if "within 0.5 s of SIGTERM" in r.getMessage()]
     assert said.getMessage().startswith("flagware: 10 queued events could not be stored")
+    # Requests still in flight log on, stored as they come (shutdown.draining):
+    # their events are counted too, the total at most once a second.
+    monkeypatch.setattr("flagware.events.shutdown.draining", True)
+    writer.put(event(40))
+    writer.put(event(41))
+    held = [r.getMessage() for r in caplog.records if "held since SIGTERM" in r.getMessage()]
+    assert held == [
+        "flagware: 11 events held since SIGTERM could not be stored (the store still refuses"
+        " writes); lost if this process ends first"
+    ]
+    monkeypatch.setattr("flagware.events.shutdown.draining", False)
     started = time.monotonic()
     writer.close(timeout=5)  # the SIGTERM waited it out already: one more try
     assert time.monotonic() - started < 1.5
-    assert "10 queued events could not be stored before exit" in caplog.text
+    assert "12 queued events could not be stored before exit" in caplog.text

@@ -216,7 +216,7 @@ class LocalSpec(Engine):
             previous, self.spec = self.spec, spec
             changes = spec_changes(previous, spec)
             if _served(spec) == _served(previous):  # metrics, or `restart` set or removed
-                log.info("flagware: reloaded %s: %s (nothing served changed)", self.path, changes)
+                log.info("flagware: re-read %s: %s (nothing served changed)", self.path, changes)
                 return
             try:
                 self._replace_server()  # a server on the new spec, then the old one stopped

@@ -228,8 +228,8 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             record_started(conn, experiment, time_ms=time_ms)
             log.info(
                 "flagware: experiments.%s restarted (restart = true): results count its"
-                " exposures from 7 s from now on; remove `restart` from the spec, or its next"
-                " change restarts it again",
+                " exposures from 7 s after this restart; remove `restart` from the spec, or"
+                " its next change restarts it again",
                 experiment.name,
             )
             continue
