@@ -48,17 +48,21 @@ class Failures:
     def __init__(self) -> None:
         self.errors: Counter[str] = Counter()
         self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
-        self._reported: set[tuple[str, type[BaseException]]] = set()
+        self._reported: set[tuple[str, type[BaseException] | None]] = set()
 
     def report(self, exc: BaseException, where: str) -> None:
-        """Count an internal failure and log it once per place and kind."""
+        """Count an internal failure and log it once per place and kind (an
+        outage is one kind, whatever it raises: a PostgreSQL restart raises
+        AdminShutdown, then OperationalError, and read as two or three outages
+        in a trial's log)."""
         self.errors[where] += 1
-        key = (where, type(exc))
+        outage = is_outage(exc)
+        key = (where, None if outage else type(exc))
         if key in self._reported:
             return
         self._reported.add(key)
         after = _AFTER_FAILURE.get(where, "serving defaults")
-        if not is_outage(exc):
+        if not outage:
             log.error(
                 "flagware: %s failed (%s; logged once, counted in Flagware.errors)",
                 where,

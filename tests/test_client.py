@@ -949,6 +949,27 @@ def test_an_outage_is_one_line_and_a_bug_keeps_its_traceback(
     }
 
 
+def test_one_outage_is_one_line_whatever_it_raises(caplog: pytest.LogCaptureFixture) -> None:
+    """A PostgreSQL restart raises AdminShutdown on the open connection, then
+    OperationalError on each new one: a trial's log read it as two outages."""
+    import psycopg
+
+    from flagware.failures import Failures
+
+    failures = Failures()
+    failures.report(psycopg.errors.AdminShutdown("terminating connection"), "event store")
+    failures.report(psycopg.OperationalError("connection refused"), "event store")
+    failures.report(ConnectionRefusedError(111, "Connection refused"), "event store")
+    failures.report(KeyError("a"), "event store")  # a bug is its own kind, traceback and all
+    lines = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lines) == 2 and "AdminShutdown" in lines[0].getMessage()
+    assert lines[1].exc_info is not None
+    assert failures.errors["event store"] == 4
+    failures.recovered("event store")  # the next outage is a new one, said again
+    failures.report(psycopg.OperationalError("connection refused"), "event store")
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 3
+
+
 def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
     client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
