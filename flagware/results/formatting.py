@@ -190,7 +190,7 @@ def needed_in_all_groups(results: Results, r: GroupResult) -> int | None:
     total = sum(weights.values())
     if r.units_needed is None or pair <= 0 or total <= 0:
         return None
-    return math.ceil(r.units_needed * total / pair - 1e-9)
+    return math.ceil(r.units_needed * total / pair - 1e-9)  # 200.00000000003 is 200
 
 
 def planning_rows(results: Results) -> list[list[str]]:
