@@ -14,7 +14,7 @@ from test_results import HOUR, METRICS, NOW, Log, check_against_scipy, make_spec
 from flagware.cli import main
 from flagware.events.model import CONFIG_EXPOSURE, Event
 from flagware.events.store import open_store
-from flagware.results import compute_results
+from flagware.results import ResultsError, compute_results
 from flagware.results.lock import read_started, record_started
 from flagware.results.render import to_dict
 from flagware.results.sql import SETTLE_MS
@@ -198,6 +198,8 @@ def test_an_experiment_removed_from_the_spec_is_read_from_either_store(
     assert after.warnings[0].startswith("button_color is not in <spec>: read as its start record")
     assert to_dict(after)["metrics"] == to_dict(before)["metrics"]
     assert after.verdict == before.verdict and after.groups == before.groups
+    with pytest.raises(ResultsError, match=r"started in the store: button_color\)$"):
+        compute_results(without, "button_colour", location, now=NOW)
     file = tmp_path / "ended.toml"
     file.write_text('[gates.a]\nrollout = 5\n[metrics.signed_up]\nevent = "signup"\n')
     assert main(["check", "--spec", str(file), "--store", location]) == 0

@@ -70,11 +70,11 @@ def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int
 
 def started_experiments(conn: Reader) -> list[str]:
     """The experiments with a start record, whether or not the spec still has them."""
+    # The store's own query, as `flagware reset` lists them: written here with
+    # a literal %, it failed under psycopg and listed none on PostgreSQL.
     try:
-        rows = conn.execute(
-            "SELECT substr(key, 12) FROM meta WHERE key LIKE 'experiment:%' ORDER BY key"
-        ).fetchall()
-    except database_errors():
+        rows = conn.run("started_experiments")
+    except database_errors():  # a store without the meta table: none started
         return []
     return [str(name) for (name,) in rows]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flagware.events.store.postgres import PostgresStore, is_postgres_url
-from flagware.events.store.sqlite import connect
+from flagware.events.store.sqlite import EventStore, connect
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,12 @@ class Reader:
             # The analysis's SQL has no other "?" or "%": the placeholders are all.
             sql = sql.replace("?", "%s")
         return self._conn.execute(sql, params)
+
+    def run(self, name: str) -> list[tuple[Any, ...]]:
+        """One of the store's own named queries (``<dialect>.sql``), which take no
+        ``?``: each is written in its backend's dialect, quoting and all."""
+        queries = PostgresStore.queries if self.dialect is POSTGRES else EventStore.queries
+        return list(self._conn.execute(queries[name], {}).fetchall())
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         if self.dialect is POSTGRES:
