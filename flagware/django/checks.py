@@ -15,7 +15,6 @@ reported with a fix before the first request, not as a failing page.
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from django.core import checks
 from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
-from flagware.client import Flagware
 from flagware.django import conf
 from flagware.settings import (
     CHECKED_DEFAULTS,
@@ -48,8 +46,6 @@ OUR_MIDDLEWARE = {
     "flagware.django.middleware.FlagwareMiddleware",
 }
 AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
-_PARAMETERS = inspect.signature(Flagware.__init__).parameters
-OPTIONS = conf.OPTIONS
 
 
 @register("flagware")
@@ -61,9 +57,9 @@ def check_settings(
     except ImproperlyConfigured as exc:
         return [Error(str(exc), id="flagware.E005")]
     errors: list[CheckMessage] = _misspelled_setting()
-    unknown = unknown_keys(options)
+    unknown = conf.unknown_keys(options)
     if unknown:
-        errors.append(Error(unknown, hint=KEYS_HINT, id="flagware.E005"))
+        errors.append(Error(unknown, hint=conf.KEYS_HINT, id="flagware.E005"))
     # The values Flagware(...) checks itself, every one of them, so that a bad
     # one fails here, not at a worker's start or (logged only) at each request.
     values = {key: options[key] for key in CHECKED_DEFAULTS if key in options}
@@ -124,10 +120,6 @@ def _misspelled_setting() -> list[CheckMessage]:
             id="flagware.W002",
         )
     ]
-
-
-KEYS_HINT = conf.KEYS_HINT
-unknown_keys = conf.unknown_keys
 
 
 def _check_hash_key(options: dict[str, Any]) -> list[CheckMessage]:

@@ -20,8 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from flagware import cli
-from flagware.django.checks import unknown_keys
-from flagware.django.conf import SETTING, options
+from flagware.django.conf import SETTING, options, unknown_keys
 
 # The options every manage.py command takes. ManagementUtility has applied
 # --settings and --pythonpath (they choose the settings); the rest mean nothing
