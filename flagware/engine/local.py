@@ -66,13 +66,10 @@ def _how(before: Any, after: Any, shown: int = 3) -> str:
     return f" ({', '.join(found[:shown])}{more})" if found else ""
 
 
-def _served(spec: Spec) -> dict[str, Any]:
-    """What a spec serves: its experiments but for ``restart``, which only
-    opens a results window, and its gates."""
-    return {
-        "gates": spec.gates,
-        "experiments": {n: replace(e, restart=False) for n, e in spec.experiments.items()},
-    }
+def _served_experiments(spec: Spec) -> dict[str, Any]:
+    """The experiments a spec serves: all of each but ``restart``, which only
+    opens a results window."""
+    return {n: replace(e, restart=False) for n, e in spec.experiments.items()}
 
 
 class LocalSpec(Engine):
@@ -215,7 +212,8 @@ class LocalSpec(Engine):
                 return
             previous, self.spec = self.spec, spec
             changes = spec_changes(previous, spec)
-            if _served(spec) == _served(previous):  # metrics, or `restart` set or removed
+            experiments = _served_experiments(spec) != _served_experiments(previous)
+            if not experiments and spec.gates == previous.gates:  # metrics, `restart`
                 log.info("flagware: re-read %s: %s (nothing served changed)", self.path, changes)
                 return
             try:
@@ -227,7 +225,7 @@ class LocalSpec(Engine):
             # A changed or restarted experiment: expose everyone anew, even to
             # the group they had, so its new window counts them. (A gate's
             # exposures name the value: a changed one is logged anyway.)
-            if _served(spec)["experiments"] != _served(previous)["experiments"]:
+            if experiments:
                 forget_repeats()
             if self.on_reload is not None:
                 self.on_reload(spec)
