@@ -170,7 +170,7 @@ class CoreSDK(Engine):
 
     def user(self, fields: UserFields) -> Any:
         return core.StatsigUser(
-            user_id=fields["userID"],
+            user_id=fields.get("userID"),  # none for a user named by other IDs (flags_for)
             custom_ids=fields.get("customIDs"),
             country=fields.get("country"),
             ip=fields.get("ip"),

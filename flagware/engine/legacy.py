@@ -61,7 +61,7 @@ class LegacySDK(Engine):
 
     def user(self, fields: UserFields) -> StatsigUser:
         return StatsigUser(
-            user_id=fields["userID"],
+            user_id=fields.get("userID"),  # none for a user named by other IDs (flags_for)
             custom_ids=fields.get("customIDs"),
             country=fields.get("country"),
             ip=fields.get("ip"),

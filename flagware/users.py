@@ -1,0 +1,148 @@
+"""Flags and events for a user named in code, outside any request's identity.
+
+A request's identity is its visitor's: the stableID cookie and the keyed hash
+of the address. A payment provider's webhook, a Celery task or a nightly job
+acts for a user the request does not identify: under the middleware, a
+webhook's ``current_flags()`` is the provider's server, and ``@log_event``
+there would count a purchase for it. Statsig's SDKs take the user as an
+argument everywhere (``statsig.log_event(StatsigEvent(user, "purchase"))``);
+``fw.flags_for(user_id=...)`` and ``fw.log_event(..., user_id=...)`` are that:
+the same evaluation, exposures, dedupe and pipeline as a request's flags, for
+the IDs given.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextvars import Token
+from typing import TYPE_CHECKING, Any
+
+from flagware import flags as _flags
+from flagware.events.limits import MAX_USER_AGENT
+from flagware.flags import Flags
+from flagware.overrides import Config
+
+if TYPE_CHECKING:
+    from flagware.client import Flagware
+
+__all__ = ["UserFlags", "user_fields"]
+
+log = logging.getLogger("flagware")
+# Experiments already warned about (once a process each; see UserFlags.config).
+_warned_units: set[str] = set()
+
+
+class UserFlags(Flags):
+    """A :class:`Flags` for the IDs given to ``fw.flags_for(...)``, usable anywhere.
+
+    Gates and experiments are evaluated once and memoised, exposures logged
+    and deduped as a request's are, and ``log_event`` stores the event at
+    once (no response decides it). Used as a context manager, it is what
+    ``current_flags()`` returns inside the block, so code written for
+    requests (``@experiment``, a helper reading ``current_flags()``) runs in
+    a task as it does in a view.
+    """
+
+    def __init__(self, client: Flagware, fields: dict[str, Any]) -> None:
+        super().__init__(client, {})
+        ids = fields.get("customIDs") or {}
+        # "" rather than None for an ID not given: the properties would
+        # otherwise mint one from the (empty) environ, as a new visitor's.
+        self._user_id = fields.get("userID") or ""
+        self._stable_id = ids.get("stableID") or ""
+        self._user_dict = fields
+        self._visitor = True  # no request to judge: a bot filter has nothing to read
+        self._qa = None  # no browser, so no QA cookie
+        self._token: list[Token[Flags | None]] = []
+
+    def _build_user(self) -> Any:
+        assert self._user_dict is not None  # set when made
+        return self._client.engine.user(self._user_dict)
+
+    def config(self, name: str) -> Config:
+        config = super().config(name)
+        # Statsig evaluates a user without the experiment's unit ID as if the ID
+        # were "": every such user shares one bucket. Results count units, so
+        # they leave these exposures out; say so where the spec tells the unit.
+        spec = getattr(self._client.engine, "spec", None)
+        experiment = spec.experiments.get(name) if spec is not None else None
+        if experiment is not None and name not in _warned_units and not self._has(experiment.unit):
+            _warned_units.add(name)
+            log.warning(
+                "flagware: flags_for() evaluated %s, keyed on %s, for a user without a %s: "
+                "every such user gets the same group, and results leave them out",
+                name,
+                experiment.unit,
+                experiment.unit,
+            )
+        return config
+
+    def _has(self, unit: str) -> bool:
+        user = self._user_dict or {}
+        if unit == "userID":
+            return bool(user.get("userID"))
+        return bool((user.get("customIDs") or {}).get(unit))
+
+    def __enter__(self) -> UserFlags:
+        self._token.append(_flags._current.set(self))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _flags._current.reset(self._token.pop())
+
+    def __repr__(self) -> str:
+        return f"<UserFlags user_id={self._user_id!r} stable_id={self._stable_id!r}>"
+
+
+def user_fields(
+    client: Flagware,
+    *,
+    user_id: str | int | None = None,
+    stable_id: str | None = None,
+    custom_ids: Mapping[str, str | int] | None = None,
+    custom: Mapping[str, Any] | None = None,
+    country: str | None = None,
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    """The Statsig user (as the wire carries it) for the IDs and fields given.
+
+    Raises ``ValueError`` when no ID is given and ``TypeError`` for an ID
+    that is neither a string nor an integer: a mistake in the calling code,
+    said where it is made rather than stored as an event no result can count.
+    """
+    user: dict[str, Any] = {}
+    if user_id is not None:
+        user["userID"] = _id("user_id", user_id)
+    ids = {name: _id(f"custom_ids[{name!r}]", value) for name, value in (custom_ids or {}).items()}
+    if stable_id is not None:
+        ids["stableID"] = _id("stable_id", stable_id)
+    if ids:
+        user["customIDs"] = ids
+    if not user:
+        raise ValueError(
+            "flagware: give the user's user_id, stable_id or custom_ids: the ID each "
+            "experiment is keyed on (its unit) is what its results count by"
+        )
+    if country:
+        user["country"] = country.upper()
+    if user_agent:
+        if len(user_agent) > MAX_USER_AGENT:
+            user_agent = user_agent[:MAX_USER_AGENT]
+            client.failures.truncated_input("user_agent")
+        user["userAgent"] = user_agent
+    if custom:
+        user["custom"] = dict(custom)
+    if client.tier:
+        user["statsigEnvironment"] = {"tier": client.tier}
+    return user
+
+
+def _id(name: str, value: object) -> str:
+    # bool is an int, and True is no one's ID.
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"flagware: {name} must be a string or an integer, not {value!r}")
+    text = str(value)
+    if not text:
+        raise ValueError(f"flagware: {name} is empty")
+    return text
