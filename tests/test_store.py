@@ -204,6 +204,27 @@ def _io_of_batches(store: Store, *, batches: int, users: int) -> dict[str, int]:
     return {key: after[key] - before[key] for key in ("syscw", "wchar")}
 
 
+def test_a_new_store_waits_for_another_process_switching_it_to_wal(tmp_path: Path) -> None:
+    """Two processes opening one new store at once (Celery pool children,
+    gunicorn workers whose first events came together): SQLite answers the
+    second switch to WAL "database is locked" at once, without its busy
+    timeout, when the other holds a write lock on the file. It is waited out."""
+    path = tmp_path / "events.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")  # the new file, still in rollback-journal mode
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    threading.Timer(0.3, other.execute, ["COMMIT"]).start()
+    started = time.monotonic()
+    conn = sqlite_store.connect(path)  # refused at once before: "database is locked"
+    try:
+        assert time.monotonic() - started >= 0.25
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+        other.close()
+
+
 def test_missing_values_are_stored_as_null(store: Store) -> None:
     store.append([Event("e", {"userID": None}), Event("f", {"userID": "u"}, value=0)])
     nullable = ("user_id", "value", "metadata", "exposure", "delivery")

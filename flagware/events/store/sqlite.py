@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache, wraps
@@ -155,7 +156,7 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
         conn = sqlite3.connect(
             os.fspath(path), timeout=30, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(conn)
         # NORMAL is durable against process crashes in WAL mode; only a power
         # loss can take the last transactions, and it costs no fsync per batch.
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -164,6 +165,27 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
         conn.executescript(SCHEMA)
         _migrate(conn)
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection, patience: float = 30.0) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting out another process doing the same.
+
+    On a new file the switch needs the file to itself, and SQLite answers a
+    second process switching at the same moment "database is locked" at
+    once, without its busy timeout: two Celery pool children (or gunicorn
+    workers) whose first events came together logged an event store failure
+    on their first start (2 of 120 connections, four processes opening one
+    new file at once). Once the file is in WAL mode the pragma takes no lock.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
