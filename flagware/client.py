@@ -45,7 +45,7 @@ from flagware.settings import (
 from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
-from flagware.users import UserFlags, user_fields
+from flagware.users import UserFlags, check_event, user_fields
 from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
@@ -355,7 +355,9 @@ class Flagware:
     ) -> None:
         """Log an event for the user these IDs name (a payment webhook's purchase).
 
-        Never raises once the IDs are valid, as ``Flags.log_event``."""
+        Raises for a missing or malformed ID, name or value (a bug where it is
+        written); never once they are valid, as ``Flags.log_event``."""
+        check_event(name, value)
         flags = self.flags_for(user_id=user_id, stable_id=stable_id, custom_ids=custom_ids)
         flags.log_event(name, value, metadata)
 

@@ -42,9 +42,13 @@ def _flags_or_warn(decorator: str, name: str) -> Flags | None:
             "flagware: @%s(%r) ran outside a request handled by FlagwareMiddleware; %s",
             decorator,
             name,
-            "the gate reads False: the view is denied"
-            if decorator == "feature_gate"
-            else "the view runs with defaults and nothing is logged",
+            (
+                "the gate reads False: the view is denied"
+                if decorator == "feature_gate"
+                else "the view runs with defaults and nothing is logged"
+            )
+            # A task or a script has no request: flags_for names its user.
+            + " (outside a request, run it inside `with fw.flags_for(user_id=...)`)",
         )
     return flags
 

@@ -26,7 +26,7 @@ from flagware.overrides import Config
 if TYPE_CHECKING:
     from flagware.client import Flagware
 
-__all__ = ["UserFlags", "user_fields"]
+__all__ = ["UserFlags", "check_event", "user_fields"]
 
 log = logging.getLogger("flagware")
 # Experiments already warned about (once a process each; see UserFlags.config).
@@ -37,8 +37,8 @@ class UserFlags(Flags):
     """A :class:`Flags` for the IDs given to ``fw.flags_for(...)``, usable anywhere.
 
     Gates and experiments are evaluated once and memoised, exposures logged
-    and deduped as a request's are, and ``log_event`` stores the event at
-    once (no response decides it). Used as a context manager, it is what
+    and deduped as a request's are, and ``log_event`` logs the event at
+    once (no response decides whether it counts). Used as a context manager, it is what
     ``current_flags()`` returns inside the block, so code written for
     requests (``@experiment``, a helper reading ``current_flags()``) runs in
     a task as it does in a view.
@@ -136,6 +136,21 @@ def user_fields(
     if client.tier:
         user["statsigEnvironment"] = {"tier": client.tier}
     return user
+
+
+def check_event(name: object, value: object) -> None:
+    """Refuse, where it is logged, an event no metric could read: an empty or
+    non-string name, or a value that is neither a number nor a string (a dict
+    would be stored as its JSON, which no sum or mean reads)."""
+    if not isinstance(name, str):
+        raise TypeError(f"flagware: the event name must be a string, not {name!r}")
+    if not name:
+        raise ValueError("flagware: the event name is empty")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
+        raise TypeError(
+            f"flagware: an event's value is a number or a string, not {value!r}"
+            " (put the rest in metadata)"
+        )
 
 
 def _id(name: str, value: object) -> str:

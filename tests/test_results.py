@@ -636,8 +636,10 @@ def test_a_metric_whose_events_no_exposed_unit_logged_is_said(tmp_path: Path) ->
     assert said == [
         "signed_up: 'signup' events were logged in the analysis window, but none by an exposed"
         " unit after its exposure (unit userID), so it is 0 for every unit; if they carry another"
-        " ID than the exposures (a userID that changes at login), an experiment on stableID"
-        " follows the visitor across it"
+        " ID than the exposures: a webhook or a task that logged them under its own request's"
+        " identity (log those with fw.log_event(..., user_id=..., stable_id=...) for the user"
+        " they are about), or a userID that changed at login (an experiment on stableID follows"
+        " the visitor across it)"
     ]
     # By stableID the same events join, and nothing is said.
     results = compute_results(make_spec(), "button_color", store, now=NOW)

@@ -178,6 +178,23 @@ def test_as_a_context_manager_they_are_current_flags(client: Any) -> None:
     assert {(e["user_id"], e["stable_id"]) for e in events} == {("u-9", STABLE)}
 
 
+def test_a_decorated_function_outside_any_block_says_how_to_name_the_user(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    @experiment("button_color")
+    def pick(*, experiment: Config) -> str | None:
+        return experiment.group
+
+    from flagware import decorators
+
+    decorators._warned.discard(("experiment", "button_color"))  # said once a process
+    client.flags_for(user_id="u-1")  # made, but no `with`: nothing is current
+    with caplog.at_level(logging.WARNING, "flagware"):
+        assert pick() is None
+    assert "inside `with fw.flags_for(user_id=...)`" in caplog.text
+    assert stored(client) == []
+
+
 def test_each_thread_sees_its_own_current_flags(client: Any) -> None:
     seen: dict[str, str] = {}
     start = threading.Barrier(2)
@@ -204,6 +221,14 @@ def test_ids_that_name_no_user_are_refused_where_they_are_given(client: Any) -> 
         client.log_event("purchase", user_id=True)
     with pytest.raises(TypeError, match=r"custom_ids\['companyID'\]"):
         client.flags_for(custom_ids={"companyID": 1.5})
+    with pytest.raises(ValueError, match="the event name is empty"):
+        client.log_event("", 1, user_id="u")
+    with pytest.raises(TypeError, match="the event name must be a string"):
+        client.log_event(None, user_id="u")
+    with pytest.raises(TypeError, match=r"not \{'amount': 3\} \(put the rest in metadata\)"):
+        client.log_event("purchase", {"amount": 3}, user_id="u")
+    with pytest.raises(TypeError, match="not True"):
+        client.log_event("purchase", True, user_id="u")
     assert stored(client) == []
 
 

@@ -358,8 +358,10 @@ def _unattributed(
         said.append(
             f"{m.name}: {m.event!r} events were logged in the analysis window, but none by an"
             f" exposed unit after its exposure (unit {unit}), so it is 0 for every unit; if they"
-            " carry another ID than the exposures (a userID that changes at login), an experiment"
-            " on stableID follows the visitor across it"
+            " carry another ID than the exposures: a webhook or a task that logged them under its"
+            " own request's identity (log those with fw.log_event(..., user_id=..., stable_id=...)"
+            " for the user they are about), or a userID that changed at login (an experiment on"
+            " stableID follows the visitor across it)"
         )
     return said
 
