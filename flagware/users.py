@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["UserFlags", "check_event", "user_fields"]
 
 log = logging.getLogger("flagware")
-# Experiments already warned about (once a process each; see UserFlags.config).
+# Experiments, and (event, unit) pairs, already warned about (once a process each).
 _warned_units: set[str] = set()
+_warned_events: set[tuple[str, str]] = set()
 
 
 class UserFlags(Flags):
@@ -77,6 +78,37 @@ class UserFlags(Flags):
                 experiment.unit,
             )
         return config
+
+    def log_event(
+        self,
+        name: str,
+        value: str | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().log_event(name, value, metadata)
+        # A metric's event without an experiment's unit ID counts for none of
+        # its units; said here, where it is logged, since results cannot tell
+        # it from an event nobody logged (a new user's trial: a webhook that
+        # sent the stableID for half the purchases halved the conversions).
+        spec = getattr(self._client.engine, "spec", None)
+        if spec is None or not any(
+            name in (m.event, _side(m.denominator)) for m in spec.metrics.values()
+        ):
+            return
+        for unit in sorted({e.unit for e in spec.experiments.values()}):
+            if (name, unit) in _warned_events or self._has(unit):
+                continue
+            _warned_events.add((name, unit))
+            keyed = sorted(n for n, e in spec.experiments.items() if e.unit == unit)
+            log.warning(
+                "flagware: %r was logged for a user without a %s: the experiments keyed on it"
+                " (%s) count it for none of their units; give the %s to fw.log_event or"
+                " flags_for",
+                name,
+                unit,
+                ", ".join(keyed),
+                unit,
+            )
 
     def _has(self, unit: str) -> bool:
         user = self._user_dict or {}
@@ -136,6 +168,10 @@ def user_fields(
     if client.tier:
         user["statsigEnvironment"] = {"tier": client.tier}
     return user
+
+
+def _side(side: Any) -> str | None:
+    return side.event if side is not None else None
 
 
 def check_event(name: object, value: object) -> None:

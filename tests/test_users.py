@@ -287,3 +287,35 @@ def test_a_user_agent_is_capped_and_fields_reach_targeting(tmp_path: Path) -> No
         assert visit["user_id"] == "w"
     finally:
         fw.close()
+
+
+def test_a_metric_event_without_an_experiments_unit_id_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook that sent the stableID for half the purchases halved the
+    conversions of a stableID experiment, and results could not tell."""
+    from flagware import users
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(
+        USER_SPEC
+        + '\n[experiments.checkout_button]\nunit = "stableID"\n'
+        + 'groups = [{ name = "Control", weight = 50 }, { name = "Urgent", weight = 50 }]\n'
+    )
+    users._warned_events.clear()
+    fw = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key="k")
+    try:
+        with caplog.at_level(logging.WARNING, "flagware"):
+            fw.log_event("purchase", user_id="u-1", stable_id=STABLE)  # both: nothing to say
+            fw.log_event("note", user_id="u-1")  # no metric reads it
+            fw.log_event("purchase", user_id="u-2")
+            fw.log_event("purchase", user_id="u-3")  # said once
+        said = [r.getMessage() for r in caplog.records if "was logged for a user" in r.getMessage()]
+        assert said == [
+            "flagware: 'purchase' was logged for a user without a stableID: the experiments keyed"
+            " on it (checkout_button) count it for none of their units; give the stableID to"
+            " fw.log_event or flags_for"
+        ]
+        assert len(stored(fw)) == 4  # logged all the same
+    finally:
+        fw.close()
