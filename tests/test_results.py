@@ -1118,7 +1118,7 @@ def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
     text = render_text(compute_results(make_spec(), "button_color", store, now=NOW, until=cut))
     [line] = [line for line in text.splitlines() if line.startswith("Data: ")]
     exposed = f"{datetime.fromtimestamp((NOW - 2 * HOUR) / 1000, tz=UTC):%Y-%m-%d %H:%M}"
-    assert f"exposures from {exposed} to {exposed} UTC" in line
+    assert f"first exposures from {exposed} to {exposed} UTC" in line
     assert line.endswith(
         f"data until {datetime.fromtimestamp(cut / 1000, tz=UTC):%Y-%m-%d %H:%M} UTC"
     )

@@ -128,7 +128,7 @@ def time_range(results: Results, sep: str = " · ") -> str:
     return sep.join(
         (
             f"running {days_running(results):g} days",
-            f"exposures from {when(results.first_exposure)} to"
+            f"first exposures from {when(results.first_exposure)} to"
             f" {when(results.last_exposure or results.first_exposure)} UTC",
             f"data until {when(until)} UTC",
         )
