@@ -330,8 +330,9 @@ class Flagware:
     ) -> UserFlags:
         """Flags for the user these IDs name, anywhere (a task, a webhook, a script).
 
-        Evaluated, exposed and deduped as a request's; events are stored at
-        once. ``with fw.flags_for(...):`` makes them ``current_flags()``."""
+        Evaluated, exposed and deduped as a request's; events are logged at
+        once (no response to wait for). ``with fw.flags_for(...):`` makes them
+        ``current_flags()``."""
         fields = user_fields(
             self,
             user_id=user_id,
