@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from flagware.events.store import Store, redact
 from flagware.outages import describe
+from flagware.threads import signals_held
 
 log = logging.getLogger("flagware")
 
@@ -71,7 +72,9 @@ class SharedKey:
             if last_pid == pid and now - last < RETRY:
                 return
             self._tried = (pid, now)
-        threading.Thread(target=self._in_thread, name="flagware-hash-key", daemon=True).start()
+        thread = threading.Thread(target=self._in_thread, name="flagware-hash-key", daemon=True)
+        with signals_held():
+            thread.start()
 
     def _read(self) -> bytes:
         return self._store.init_meta("hash_key", secrets.token_hex(32)).encode()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
@@ -57,3 +61,40 @@ def test_no_request_sees_another_requests_flags(client: Any) -> None:
     exposures = [e for e in client.store.iter_events() if e["event"] == "statsig::config_exposure"]
     assert len(exposures) == REQUESTS  # one per request, none lost or doubled
     assert sum(client.errors.values()) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_background_threads_leave_process_signals_to_the_main_thread(
+    make_client: Any, engine: str
+) -> None:
+    """A SIGTERM sent to the process must not land on flagware's threads (or
+    the SDK's): Celery's pool children block it on the main thread while they
+    hold a lock shared with their parent, and one taken by the writer thread
+    ran their exit handler inside that window, leaving the lock held and the
+    worker hung at exit."""
+    if engine == "core":
+        pytest.importorskip("statsig_python_core")
+    fw = make_client(engine=engine)
+    fw.flags_for(user_id="u", stable_id="0" * 32).gate("new_signup")  # the SDK starts
+    fw.log_event("x", user_id="u")
+    fw.flush()  # the writer runs
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    blocked: dict[str, bool] = {}
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/status") as status:
+            mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigBlk:"))
+        with open(f"/proc/self/task/{task}/comm") as comm:
+            name = names.get(int(task)) or comm.read().strip()
+        blocked[f"{name}:{task}"] = bool(mask >> (signal.SIGTERM - 1) & 1)
+    assert blocked[f"MainThread:{threading.main_thread().native_id}"] is False  # runs handlers
+    ours = {name: held for name, held in blocked.items() if name.startswith(_OURS)}
+    assert any(name.startswith("flagware-writer") for name in ours)
+    assert all(ours.values()), ours
+    if engine == "core":  # Core's Rust threads, started inside the held block
+        assert any(name.startswith("statsig") for name in ours), blocked
+
+
+# flagware's threads and the SDKs' (legacy: "Statsig::..."; Core's Rust: "statsig...").
+# Others (pytest's, other tests' executors) are not flagware's to mask.
+_OURS = ("flagware-", "Statsig", "statsig")

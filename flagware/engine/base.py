@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from flagware.locks import ProcessLock
+from flagware.threads import signals_held
 
 log = logging.getLogger("flagware")
 
@@ -70,7 +71,8 @@ class Engine:
             return server
         with self._lock:
             if self._server is None or self._pid != os.getpid():
-                self._server, self._pid = self._start(), os.getpid()
+                with signals_held():  # the SDK's own threads, Core's Rust ones too
+                    self._server, self._pid = self._start(), os.getpid()
                 self.ready = True
             return self._server
 

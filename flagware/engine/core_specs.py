@@ -27,6 +27,7 @@ from flagware.engine.specs_log import SpecsLog
 from flagware.events import wire
 from flagware.events.endpoint import Endpoint, http_problem, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
+from flagware.threads import signals_held
 
 log = logging.getLogger("flagware")
 
@@ -140,7 +141,8 @@ class SpecsDownload:
             target=self._run, args=(first,), name="flagware-specs", daemon=True
         )
         try:
-            thread.start()
+            with signals_held():
+                thread.start()
         except RuntimeError:  # Python 3.12 at interpreter exit: one download, here
             self.fetch(wait)
             return

@@ -46,6 +46,7 @@ from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
 from flagware.locks import ProcessLock
 from flagware.settings import shown_url, statsig_api_problem
+from flagware.threads import signals_held
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 
@@ -290,7 +291,8 @@ class Delivery:
                 thread = threading.Thread(
                     target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
                 )
-                thread.start()
+                with signals_held():
+                    thread.start()
                 rt.threads.append(thread)
         except RuntimeError:
             # Python 3.12 refuses new threads once the interpreter is shutting

@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable
 
 from flagware.events.store import Batch, Store, lease_owner
+from flagware.threads import signals_held
 
 log = logging.getLogger("flagware")
 
@@ -136,7 +137,8 @@ class Leases:
     def start(self) -> None:
         """Start the heartbeat thread (once per process)."""
         thread = threading.Thread(target=self._beat, name="flagware-leases", daemon=True)
-        thread.start()  # may raise RuntimeError at interpreter shutdown (Delivery._start)
+        with signals_held():
+            thread.start()  # may raise RuntimeError at interpreter shutdown (Delivery._start)
         self._thread = thread
 
     def close(self, timeout: float) -> bool:

@@ -41,6 +41,7 @@ from flagware.events.model import Event
 from flagware.events.store import Store
 from flagware.events.store.base import event_row
 from flagware.locks import ProcessLock
+from flagware.threads import signals_held
 
 log = logging.getLogger("flagware")
 
@@ -159,7 +160,8 @@ class EventWriter:
             if self.on_process is not None:
                 self.on_process()
             try:
-                self._thread.start()
+                with signals_held():
+                    self._thread.start()
             except RuntimeError:
                 # Python 3.12 at interpreter shutdown (an event logged from an
                 # atexit handler): no thread may start, so each event is stored
