@@ -9,6 +9,7 @@ dedupe exposures; see ``visitors.Repeats``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from flagware.client import Flagware
 
 __all__ = ["Config", "Flags", "NoRequestError", "current_flags"]
+
+log = logging.getLogger("flagware")
 
 
 class NoRequestError(LookupError):
@@ -50,7 +53,9 @@ def current_flags() -> Flags:
             "current_flags() was called outside a request handled by flagware: wrap the app "
             "with FlagwareMiddleware (WSGI: app.wsgi_app = FlagwareMiddleware(app.wsgi_app, fw), "
             "or the Flask extension; ASGI: app = flagware.asgi.FlagwareMiddleware(app, fw), "
-            "served by an ASGI server), or add flagware.django.FlagwareMiddleware to MIDDLEWARE"
+            "served by an ASGI server), or add flagware.django.FlagwareMiddleware to MIDDLEWARE;"
+            " outside any request (a task, a script), name the user:"
+            " `with fw.flags_for(user_id=...):`"
         )
     return flags
 
@@ -284,7 +289,18 @@ class Flags:
                 self._skip = None
             visitor = self._visitor = self._skip is None
         if not visitor:
-            self._client.skipped_exposures[self._skip or "filter"] += 1
+            skipped = self._client.skipped_exposures
+            reason = self._skip or "filter"
+            if reason == "bot" and not skipped[reason]:
+                # Said once a client: a new user's first requests often come from
+                # curl, urllib or requests, and logged no exposure without a word.
+                log.warning(
+                    "flagware: flag reads by bots log no exposures (User-Agent %r); browsers'"
+                    " do, and fw.skipped_exposures counts the rest (README: Exposures only"
+                    " from visitors)",
+                    str(self._environ.get("HTTP_USER_AGENT", ""))[:80],
+                )
+            skipped[reason] += 1
         return visitor
 
     def _qa_override(self) -> qa.QAOverride | None:

@@ -163,7 +163,7 @@ def test_as_a_context_manager_they_are_current_flags(client: Any) -> None:
     def deliver() -> None:
         pass
 
-    with pytest.raises(NoRequestError):
+    with pytest.raises(NoRequestError, match=r"name the user: `with fw.flags_for\(user_id=...\):`"):
         current_flags()
     with client.flags_for(user_id="u-9", stable_id=STABLE) as flags:
         assert current_flags() is flags

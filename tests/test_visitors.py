@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -78,15 +79,24 @@ def exposures(client: Any) -> list[dict[str, Any]]:
     return [e for e in client.store.iter_events() if e["event"].startswith("statsig::")]
 
 
-def test_non_visitors_get_their_values_and_log_no_exposure(client: Any) -> None:
+def test_non_visitors_get_their_values_and_log_no_exposure(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     http = Client(FlagwareMiddleware(app, client))
-    bot = http.get("/", headers={"User-Agent": GOOGLEBOT})
+    with caplog.at_level(logging.WARNING, "flagware"):
+        bot = http.get("/", headers={"User-Agent": GOOGLEBOT})
+        http.get("/", headers={"User-Agent": "Python-urllib/3.11"})  # said once a client
+    said = [r.getMessage() for r in caplog.records if "by bots" in r.getMessage()]
+    assert said == [
+        f"flagware: flag reads by bots log no exposures (User-Agent {GOOGLEBOT[:80]!r}); browsers'"
+        " do, and fw.skipped_exposures counts the rest (README: Exposures only from visitors)"
+    ]
     assert bot.json["gate"] is True and bot.json["group"] in ("Control", "Red")
     assert http.head("/", headers={"User-Agent": CHROME}).status_code == 200
     assert http.options("/", headers={"User-Agent": CHROME}).status_code == 200
     http.get("/", headers={"User-Agent": CHROME, "Sec-Purpose": "prefetch"})
     assert exposures(client) == []
-    assert client.skipped_exposures == {"bot": 2, "method": 4, "prefetch": 2}
+    assert client.skipped_exposures == {"bot": 4, "method": 4, "prefetch": 2}
     person = Client(FlagwareMiddleware(app, client)).get("/", headers={"User-Agent": CHROME})
     assert person.status_code == 200
     assert len(exposures(client)) == 2
