@@ -8,8 +8,9 @@ whoever set it: Celery's pool children (billiard) block SIGTERM on the main
 thread while they hold the lock of the queue they share with their parent,
 and a SIGTERM taken by flagware's writer thread ran billiard's exit handler
 inside that window anyway. The lock died held, and the worker hung at exit
-(a new user's trial: 5 of 32 stops by SIGTERM to the whole process group;
-0 of 24 with the signals blocked on every other thread).
+(new users' trials: 8 of 55 stops by SIGTERM to the whole process group,
+0 of 24 with the signals blocked on every other thread; 0 of 16 by hand
+since).
 
 A new thread inherits its creator's mask, so the signals are held while a
 thread (or an SDK that starts its own, Rust ones included) starts, then the
