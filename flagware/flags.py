@@ -292,8 +292,8 @@ class Flags:
             skipped = self._client.skipped_exposures
             reason = self._skip or "filter"
             if reason == "bot" and not skipped[reason]:
-                # Said once a client: a new user's first requests often come from
-                # curl, urllib or requests, and logged no exposure without a word.
+                # Said once a client: a new user's test driver on Python's urllib
+                # (a bot, by ua-parser's rules) logged no exposure without a word.
                 log.warning(
                     "flagware: flag reads by bots log no exposures (User-Agent %r); browsers'"
                     " do, and fw.skipped_exposures counts the rest (README: Exposures only"
