@@ -45,7 +45,7 @@ from flagware.settings import (
 from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
-from flagware.users import UserFlags, check_event, user_fields
+from flagware.users import NamedUsers
 from flagware.visitors import Repeats, prepare_bot_rules
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
 
 
-class Flagware:
+class Flagware(NamedUsers):
     """One flagware client: an engine, an event store and, with Statsig, delivery.
 
     Every option can be passed explicitly; the ones that hold secrets or paths
@@ -315,52 +315,6 @@ class Flagware:
     def _on_stored_start(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
-
-    # -- a user named in code (a webhook's, a task's: flagware.users) -----------
-
-    def flags_for(
-        self,
-        *,
-        user_id: str | int | None = None,
-        stable_id: str | None = None,
-        custom_ids: Mapping[str, str | int] | None = None,
-        custom: Mapping[str, Any] | None = None,
-        country: str | None = None,
-        user_agent: str | None = None,
-    ) -> UserFlags:
-        """Flags for the user these IDs name, anywhere (a task, a webhook, a script).
-
-        Evaluated, exposed and deduped as a request's; events are logged at
-        once (no response to wait for). ``with fw.flags_for(...):`` makes them
-        ``current_flags()``."""
-        fields = user_fields(
-            self,
-            user_id=user_id,
-            stable_id=stable_id,
-            custom_ids=custom_ids,
-            custom=custom,
-            country=country,
-            user_agent=user_agent,
-        )
-        return UserFlags(self, fields)
-
-    def log_event(
-        self,
-        name: str,
-        value: str | float | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        *,
-        user_id: str | int | None = None,
-        stable_id: str | None = None,
-        custom_ids: Mapping[str, str | int] | None = None,
-    ) -> None:
-        """Log an event for the user these IDs name (a payment webhook's purchase).
-
-        Raises for a missing or malformed ID, name or value (a bug where it is
-        written); never once they are valid, as ``Flags.log_event``."""
-        check_event(name, value)
-        flags = self.flags_for(user_id=user_id, stable_id=stable_id, custom_ids=custom_ids)
-        flags.log_event(name, value, metadata)
 
     def delivery_stats(self) -> DeliveryStats:
         """Backlog, delivered, retried, dropped and parked counts, and the oldest

@@ -144,20 +144,27 @@ def user_fields(
         user["country"] = country
     if client.send_ip and ip:
         user["ip"] = ip
-    agent = environ.get("HTTP_USER_AGENT")
-    if agent:
-        if len(agent) > MAX_USER_AGENT:
-            # Cut once here, so the SDK parses the capped agent and none of
-            # this request's events needs checking again (see events.limits).
-            agent = agent[:MAX_USER_AGENT]
-            client.failures.truncated_input("user_agent")
-        user["userAgent"] = agent
     custom: Mapping[str, Any] | None = None
     if client.custom_resolver is not None:
         try:
             custom = client.custom_resolver(environ)
         except Exception as exc:
             client.report(exc, "custom resolver")
+    return add_traits(client, user, environ.get("HTTP_USER_AGENT"), custom)
+
+
+def add_traits(
+    client: Flagware, user: dict[str, Any], agent: str | None, custom: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``user`` with its User-Agent (capped), custom fields and the client's
+    tier: a request's user and one named in code (flagware.users) alike."""
+    if agent:
+        if len(agent) > MAX_USER_AGENT:
+            # Cut once here, so the SDK parses the capped agent and none of
+            # this user's events needs checking again (see events.limits).
+            agent = agent[:MAX_USER_AGENT]
+            client.failures.truncated_input("user_agent")
+        user["userAgent"] = agent
     if custom:
         user["custom"] = dict(custom)
     if client.tier:

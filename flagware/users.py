@@ -16,22 +16,73 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flagware import flags as _flags
-from flagware.events.limits import MAX_USER_AGENT
 from flagware.flags import Flags
+from flagware.identity import add_traits
 from flagware.overrides import Config
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
 
-__all__ = ["UserFlags", "check_event", "user_fields"]
+__all__ = ["NamedUsers", "UserFlags", "check_event", "user_fields"]
 
 log = logging.getLogger("flagware")
 # Experiments, and (event, unit) pairs, already warned about (once a process each).
 _warned_units: set[str] = set()
 _warned_events: set[tuple[str, str]] = set()
+
+
+class NamedUsers:
+    """``Flagware``'s methods for a user named in code rather than by a request
+    (a mixin: they live beside what they build, and the client's module keeps
+    to its wiring)."""
+
+    def flags_for(
+        self,
+        *,
+        user_id: str | int | None = None,
+        stable_id: str | None = None,
+        custom_ids: Mapping[str, str | int] | None = None,
+        custom: Mapping[str, Any] | None = None,
+        country: str | None = None,
+        user_agent: str | None = None,
+    ) -> UserFlags:
+        """Flags for the user these IDs name, anywhere (a task, a webhook, a script).
+
+        Evaluated, exposed and deduped as a request's; events are logged at
+        once (no response to wait for). ``with fw.flags_for(...):`` makes them
+        ``current_flags()``."""
+        client = cast("Flagware", self)  # the one class this mixin is for
+        fields = user_fields(
+            client,
+            user_id=user_id,
+            stable_id=stable_id,
+            custom_ids=custom_ids,
+            custom=custom,
+            country=country,
+            user_agent=user_agent,
+        )
+        return UserFlags(client, fields)
+
+    def log_event(
+        self,
+        name: str,
+        value: str | float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        user_id: str | int | None = None,
+        stable_id: str | None = None,
+        custom_ids: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """Log an event for the user these IDs name (a payment webhook's purchase).
+
+        Raises for a missing or malformed ID, name or value (a bug where it is
+        written); never once they are valid, as ``Flags.log_event``."""
+        check_event(name, value)
+        flags = self.flags_for(user_id=user_id, stable_id=stable_id, custom_ids=custom_ids)
+        flags.log_event(name, value, metadata)
 
 
 class UserFlags(Flags):
@@ -91,9 +142,7 @@ class UserFlags(Flags):
         # it from an event nobody logged (a new user's trial: a webhook that
         # sent the stableID for half the purchases halved the conversions).
         spec = getattr(self._client.engine, "spec", None)
-        if spec is None or not any(
-            name in (m.event, _side(m.denominator)) for m in spec.metrics.values()
-        ):
+        if spec is None or name not in spec.metric_events:
             return
         for unit in sorted({e.unit for e in spec.experiments.values()}):
             if (name, unit) in _warned_events or self._has(unit):
@@ -158,20 +207,7 @@ def user_fields(
         )
     if country:
         user["country"] = country.upper()
-    if user_agent:
-        if len(user_agent) > MAX_USER_AGENT:
-            user_agent = user_agent[:MAX_USER_AGENT]
-            client.failures.truncated_input("user_agent")
-        user["userAgent"] = user_agent
-    if custom:
-        user["custom"] = dict(custom)
-    if client.tier:
-        user["statsigEnvironment"] = {"tier": client.tier}
-    return user
-
-
-def _side(side: Any) -> str | None:
-    return side.event if side is not None else None
+    return add_traits(client, user, user_agent, custom)
 
 
 def check_event(name: object, value: object) -> None:

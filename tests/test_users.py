@@ -301,6 +301,9 @@ def test_a_metric_event_without_an_experiments_unit_id_is_said_once(
         USER_SPEC
         + '\n[experiments.checkout_button]\nunit = "stableID"\n'
         + 'groups = [{ name = "Control", weight = 50 }, { name = "Urgent", weight = 50 }]\n'
+        + '\n[metrics.revenue_per_cart]\nkind = "ratio"\n'
+        + 'numerator = { event = "purchase", aggregate = "sum" }\n'
+        + 'denominator = { event = "cart" }\n'
     )
     users._warned_events.clear()
     fw = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key="k")
@@ -310,12 +313,14 @@ def test_a_metric_event_without_an_experiments_unit_id_is_said_once(
             fw.log_event("note", user_id="u-1")  # no metric reads it
             fw.log_event("purchase", user_id="u-2")
             fw.log_event("purchase", user_id="u-3")  # said once
+            fw.log_event("cart", user_id="u-3")  # a ratio's denominator is a metric's event too
         said = [r.getMessage() for r in caplog.records if "was logged for a user" in r.getMessage()]
         assert said == [
-            "flagware: 'purchase' was logged for a user without a stableID: the experiments keyed"
+            f"flagware: {event!r} was logged for a user without a stableID: the experiments keyed"
             " on it (checkout_button) count it for none of their units; give the stableID to"
             " fw.log_event or flags_for"
+            for event in ("purchase", "cart")
         ]
-        assert len(stored(fw)) == 4  # logged all the same
+        assert len(stored(fw)) == 5  # logged all the same
     finally:
         fw.close()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 ConditionKind = Literal["country", "browser", "os", "field", "tier"]
@@ -149,6 +150,14 @@ class Spec:
     metrics: dict[str, MetricSpec]
     source: str = "<spec>"
     custom_ids: tuple[str, ...] = ()  # ID types declared in [flagware] custom_ids
+
+    @cached_property
+    def metric_events(self) -> frozenset[str]:
+        """Every event a metric reads (a ratio's denominator too): made once a
+        spec, since each event logged for a user named in code asks."""
+        events = {m.event for m in self.metrics.values()}
+        events.update(m.denominator.event for m in self.metrics.values() if m.denominator)
+        return frozenset(events)
 
 
 def derived_salt(kind: str, name: str) -> str:
