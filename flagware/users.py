@@ -26,7 +26,7 @@ from flagware.overrides import Config
 if TYPE_CHECKING:
     from flagware.client import Flagware
 
-__all__ = ["NamedUsers", "UserFlags", "check_event", "user_fields"]
+__all__ = ["NamedUsers", "UserFlags", "check_event", "user_ids"]
 
 log = logging.getLogger("flagware")
 # Experiments, and (event, unit) pairs, already warned about (once a process each).
@@ -55,15 +55,10 @@ class NamedUsers:
         once (no response to wait for). ``with fw.flags_for(...):`` makes them
         ``current_flags()``."""
         client = cast("Flagware", self)  # the one class this mixin is for
-        fields = user_fields(
-            client,
-            user_id=user_id,
-            stable_id=stable_id,
-            custom_ids=custom_ids,
-            custom=custom,
-            country=country,
-            user_agent=user_agent,
-        )
+        fields = user_ids(user_id, stable_id, custom_ids)
+        if country:
+            fields["country"] = country.upper()
+        add_traits(client, fields, user_agent, custom)
         return UserFlags(client, fields)
 
     def log_event(
@@ -176,17 +171,12 @@ class UserFlags(Flags):
         return f"<UserFlags user_id={self._user_id!r} stable_id={self._stable_id!r}>"
 
 
-def user_fields(
-    client: Flagware,
-    *,
-    user_id: str | int | None = None,
-    stable_id: str | None = None,
-    custom_ids: Mapping[str, str | int] | None = None,
-    custom: Mapping[str, Any] | None = None,
-    country: str | None = None,
-    user_agent: str | None = None,
+def user_ids(
+    user_id: str | int | None,
+    stable_id: str | None,
+    custom_ids: Mapping[str, str | int] | None,
 ) -> dict[str, Any]:
-    """The Statsig user (as the wire carries it) for the IDs and fields given.
+    """The Statsig user (as the wire carries it) with the IDs given.
 
     Raises ``ValueError`` when no ID is given and ``TypeError`` for an ID
     that is neither a string nor an integer: a mistake in the calling code,
@@ -205,9 +195,7 @@ def user_fields(
             "flagware: give the user's user_id, stable_id or custom_ids: the ID each "
             "experiment is keyed on (its unit) is what its results count by"
         )
-    if country:
-        user["country"] = country.upper()
-    return add_traits(client, user, user_agent, custom)
+    return user
 
 
 def check_event(name: object, value: object) -> None:
