@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
 import sys
@@ -49,6 +50,11 @@ def test_context_managers_nest_and_restore(client: Any) -> None:
     assert not overrides
 
 
+GATE_ELSEWHERE = (
+    "; outside this override the app reads it as False, and a misspelt name forces nothing"
+)
+
+
 def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
     """A typo in an override forces nothing, and the test may pass for the wrong
     reason (a new user's trial): each way of overriding says so."""
@@ -63,11 +69,12 @@ def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
     overrides.clear()
     assert [str(w.message) for w in caught] == [
         f"override of gate 'new_signpu': no gate of that name in {source}"
-        " (did you mean 'new_signup'?); it forces nothing the app reads",
+        " (did you mean 'new_signup'?)" + GATE_ELSEWHERE,
         f"override of gate 'nobdy': no gate of that name in {source}"
-        " (did you mean 'nobody'?); it forces nothing the app reads",
+        " (did you mean 'nobody'?)" + GATE_ELSEWHERE,
         f"override of experiment 'button_colour': no experiment of that name in"
-        f" {source} (did you mean 'button_color'?); it forces nothing the app reads",
+        f" {source} (did you mean 'button_color'?); outside this override the app gets no"
+        " group and its defaults, and a misspelt name forces nothing",
         "override of experiment 'button_color': no group 'Greeen' (its groups: Control, Red);"
         " exposures will carry a group the experiment never had",
     ]
@@ -82,6 +89,32 @@ def test_an_override_of_a_name_no_spec_defines_warns(client: Any) -> None:
         decorated()
     site = decorated.__wrapped__.__code__.co_firstlineno  # type: ignore[attr-defined]
     assert (caught[0].filename, caught[0].lineno) == (__file__, site)
+    assert not overrides
+
+
+def test_an_unknown_override_points_at_the_test_under_other_overrides(client: Any) -> None:
+    """A trial's class-level typo was said at flagware's own line when the test
+    method had an override of its own (the wrapper's code, not the test's)."""
+
+    @override_gate("nobdy")
+    class SignupTests(unittest.TestCase):
+        @override_experiment("button_color", {"color": "red"}, group="Red")
+        def test_red(self) -> None:
+            pass
+
+    @override_gate("nobdy")
+    @override_config("limits", {"max_tasks": 5})
+    def stacked() -> None:
+        pass
+
+    with pytest.warns(UnknownOverrideWarning) as caught:
+        result = unittest.TextTestRunner(stream=io.StringIO()).run(
+            unittest.defaultTestLoader.loadTestsFromTestCase(SignupTests)
+        )
+        stacked()
+    assert result.wasSuccessful()
+    sites = [inspect.unwrap(f).__code__.co_firstlineno for f in (SignupTests.test_red, stacked)]
+    assert [(w.filename, w.lineno) for w in caught] == [(__file__, line) for line in sites]
     assert not overrides
 
 

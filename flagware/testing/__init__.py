@@ -77,7 +77,8 @@ _MISSING: Any = object()
 
 class UnknownOverrideWarning(UserWarning):
     """An override names a gate, experiment or group no local spec defines:
-    it forces nothing the app reads, and the test may pass for the wrong reason.
+    outside tests the app never sees what it forces (and a misspelt name forces
+    nothing), so the test may pass for the wrong reason.
     pytest's ``-W error::flagware.testing.UnknownOverrideWarning`` (or that
     ``filterwarnings`` entry) makes it fail; Python's own ``-W`` cannot name a
     class it has not imported yet, so there use ``-W error::UserWarning``."""
@@ -125,9 +126,12 @@ def _check_known(
         # may be a fixture's, long done with).
         named = [spec for spec in live if spec is not None] or specs
         sources = ", ".join(sorted({str(spec.source) for spec in named}))
+        # A trial's app read a gate its spec lacked: the override did reach
+        # it, so "forces nothing" was wrong there; both cases are said.
+        elsewhere = "reads it as False" if kind == "gate" else "gets no group and its defaults"
         message = (
             f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
-            " it forces nothing the app reads"
+            f" outside this override the app {elsewhere}, and a misspelt name forces nothing"
         )
     elif group is not None and group not in (names := [g.name for g in defined[name].groups]):
         message = (
@@ -314,7 +318,7 @@ class _Override:
                     setattr(target, name, self(attribute))
             return target
         function: Callable[..., Any] = target  # type: ignore[assignment]
-        code = getattr(function, "__code__", None)
+        code = getattr(inspect.unwrap(function), "__code__", None)  # under other decorators
         site = None if code is None else (code.co_filename, code.co_firstlineno)
         if inspect.iscoroutinefunction(function):
 
@@ -342,7 +346,8 @@ class _Override:
 
         def setUp(case: unittest.TestCase) -> None:
             test = getattr(case, case._testMethodName, None)
-            code = getattr(test, "__code__", None)
+            # The test's own code, under any override decorating the method too.
+            code = getattr(inspect.unwrap(test), "__code__", None) if test else None
             override._site = None if code is None else (code.co_filename, code.co_firstlineno)
             override.__enter__()
             case.addCleanup(override.__exit__, None, None, None)
