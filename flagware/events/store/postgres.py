@@ -10,6 +10,7 @@ their clocks having to agree. Needs psycopg 3: ``pip install 'flagware[postgres]
 from __future__ import annotations
 
 import re
+import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,12 @@ _UNENCODED = re.compile(r"[@/?#\s]")
 # Any fixed number: it only serializes concurrent first opens of one database.
 _SCHEMA_LOCK = 0x666C6167
 _COPY = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
+# A connection idle this long (s) is tried with a round trip before use: a
+# database restarted or failed over meanwhile cut it, and the first write
+# after the quiet would otherwise fail, be reported as an outage and wait a
+# flush interval, although the server is back. Under traffic the writer
+# uses its connection every flush_interval and never pays for the check.
+IDLE_CHECK = 1.0
 
 # The lease heartbeat (events/leases.py): extends a batch's lease on the
 # database's clock, if the batch is still its owner's.
@@ -132,6 +139,7 @@ class PostgresStore(SQLStore):
         except BaseException:
             conn.close()
             raise
+        self._local.used = (conn, time.monotonic())  # see IDLE_CHECK
         return conn
 
     def _make_schema(self, conn: psycopg.Connection[Any], driver: Any) -> None:
@@ -170,7 +178,18 @@ class PostgresStore(SQLStore):
     def _usable(self, conn: psycopg.Connection[Any]) -> bool:
         # A restarted or unreachable server leaves the connection broken: the
         # next call opens a fresh one instead of failing forever.
-        return not (conn.closed or conn.broken)
+        if conn.closed or conn.broken:
+            return False
+        now = time.monotonic()
+        used = getattr(self._local, "used", None)  # (connection, when this thread last took it)
+        self._local.used = (conn, now)
+        if used is not None and used[0] is conn and now - used[1] < IDLE_CHECK:
+            return True
+        try:  # SQLAlchemy's pool_pre_ping, after a quiet spell only
+            conn.execute("SELECT 1")
+        except Exception:  # cut while idle: a fresh connection instead, said nowhere
+            return False
+        return True
 
     def _forget_inherited(self, conns: list[Any]) -> None:
         # The parent's sockets: closing them here would end the parent's sessions.
