@@ -45,6 +45,7 @@ from flagware.settings import (
 from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
+from flagware.threads import warn_if_threads_disabled
 from flagware.users import NamedUsers
 from flagware.visitors import Repeats, prepare_bot_rules
 
@@ -254,6 +255,7 @@ class Flagware(NamedUsers):
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
         announce(self, spec=spec)
+        warn_if_threads_disabled()
         if overrides.unchecked:  # a test overrode flags before any client existed
             overrides.check_unchecked()
         self._prepare()
