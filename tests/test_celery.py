@@ -94,7 +94,14 @@ def start_worker(folder: Path, *options: str) -> subprocess.Popen[bytes]:
     cmd += ["--concurrency", "2", "--loglevel", "warning", "--without-mingle"]
     cmd += ["--without-gossip", *options]
     with (folder / "worker.log").open("wb") as log:  # the child keeps its own copy
-        return subprocess.Popen(cmd, cwd=folder, env=_env(folder), stdout=log, stderr=log)
+        return subprocess.Popen(
+            cmd,
+            cwd=folder,
+            env=_env(folder),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group: a hung pool is killed whole
+        )
 
 
 def stored(folder: Path) -> dict[str, int]:
@@ -124,10 +131,30 @@ def stop(worker: subprocess.Popen[bytes], folder: Path) -> str:
     worker.send_signal(signal.SIGTERM)  # a warm shutdown: running tasks finish
     try:
         worker.wait(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    except subprocess.TimeoutExpired:
+        hung = _threads_of_group(worker.pid)  # where each process waits, before the kill
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        log = (folder / "worker.log").read_text(errors="replace")
+        raise AssertionError(f"the worker did not stop in 60 s\n{hung}\n{log}") from None
     return (folder / "worker.log").read_text(errors="replace")
+
+
+def _threads_of_group(pgid: int) -> str:
+    """Each process of the group, its threads, their states and kernel waits."""
+    lines = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) != pgid:
+                continue
+            lines.append(f"{proc.name}: {(proc / 'cmdline').read_bytes()[:80]!r}")
+            for task in sorted((proc / "task").iterdir()):
+                name = (task / "comm").read_text().strip()
+                state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                lines.append(f"  {task.name} {name} {state} {(task / 'wchan').read_text()}")
+        except (OSError, ProcessLookupError):
+            continue
+    return "\n".join(lines)
 
 
 def test_recycled_pool_children_store_what_their_tasks_logged(shop: Path) -> None:
