@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from flagware.events.store import Store, redact
 from flagware.outages import describe
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
@@ -73,8 +73,7 @@ class SharedKey:
                 return
             self._tried = (pid, now)
         thread = threading.Thread(target=self._in_thread, name="flagware-hash-key", daemon=True)
-        with signals_held():
-            thread.start()
+        start_thread(thread)
 
     def _read(self) -> bytes:
         return self._store.init_meta("hash_key", secrets.token_hex(32)).encode()

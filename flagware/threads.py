@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,6 +54,15 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def start_thread(thread: threading.Thread) -> None:
+    """``thread.start()``, the thread born with the process signals blocked.
+
+    Every thread flagware starts goes through here; raises as ``start`` does
+    (RuntimeError at interpreter shutdown, which each caller handles)."""
+    with signals_held():
+        thread.start()
+
+
 def warn_if_threads_disabled() -> None:
     """Say once a process, as an error, that its Python threads cannot run.
 
@@ -66,9 +77,9 @@ def warn_if_threads_disabled() -> None:
     global _said_disabled
     if _said_disabled:
         return
-    try:
-        from uwsgi import opt  # type: ignore[import-untyped]  # only inside uWSGI
-    except Exception:
+    # uWSGI puts its embedded module in sys.modules before it loads the app.
+    opt = getattr(sys.modules.get("uwsgi"), "opt", None)
+    if opt is None:
         return
     if "threads" in opt or _enabled(opt.get("enable-threads")):
         return

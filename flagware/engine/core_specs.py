@@ -27,7 +27,7 @@ from flagware.engine.specs_log import SpecsLog
 from flagware.events import wire
 from flagware.events.endpoint import Endpoint, http_problem, tunnel_login_refused
 from flagware.settings import DEFAULT_STATSIG_API
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
@@ -141,8 +141,7 @@ class SpecsDownload:
             target=self._run, args=(first,), name="flagware-specs", daemon=True
         )
         try:
-            with signals_held():
-                thread.start()
+            start_thread(thread)
         except RuntimeError:  # Python 3.12 at interpreter exit: one download, here
             self.fetch(wait)
             return

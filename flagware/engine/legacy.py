@@ -11,7 +11,7 @@ from statsig.statsig_user import StatsigUser
 
 from flagware.engine.base import Engine, Evaluation, UserFields
 from flagware.identity import country_table
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 # Seconds close() waits for the SDK to stop. Its shutdown joins each download
 # thread for up to 10 s (THREAD_JOIN_TIMEOUT): with a Statsig API that accepts
@@ -57,8 +57,7 @@ class LegacySDK(Engine):
         stopping = threading.Thread(
             target=server.shutdown, name="flagware-statsig-shutdown", daemon=True
         )
-        with signals_held():
-            stopping.start()
+        start_thread(stopping)
         stopping.join(SHUTDOWN_TIMEOUT)
 
     def user(self, fields: UserFields) -> StatsigUser:

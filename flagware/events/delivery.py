@@ -46,7 +46,7 @@ from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
 from flagware.locks import ProcessLock
 from flagware.settings import shown_url, statsig_api_problem
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 __all__ = ["DEFAULT_API", "Delivery", "DeliveryStats"]
 
@@ -291,8 +291,7 @@ class Delivery:
                 thread = threading.Thread(
                     target=self._work, args=(rt,), name=f"flagware-delivery-{i}", daemon=True
                 )
-                with signals_held():
-                    thread.start()
+                start_thread(thread)
                 rt.threads.append(thread)
         except RuntimeError:
             # Python 3.12 refuses new threads once the interpreter is shutting

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable
 
 from flagware.events.store import Batch, Store, lease_owner
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
@@ -137,8 +137,7 @@ class Leases:
     def start(self) -> None:
         """Start the heartbeat thread (once per process)."""
         thread = threading.Thread(target=self._beat, name="flagware-leases", daemon=True)
-        with signals_held():
-            thread.start()  # may raise RuntimeError at interpreter shutdown (Delivery._start)
+        start_thread(thread)  # may raise RuntimeError at interpreter shutdown (Delivery._start)
         self._thread = thread
 
     def close(self, timeout: float) -> bool:

@@ -41,7 +41,7 @@ from flagware.events.model import Event
 from flagware.events.store import Store
 from flagware.events.store.base import event_row
 from flagware.locks import ProcessLock
-from flagware.threads import signals_held
+from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
@@ -160,8 +160,7 @@ class EventWriter:
             if self.on_process is not None:
                 self.on_process()
             try:
-                with signals_held():
-                    self._thread.start()
+                start_thread(self._thread)
             except RuntimeError:
                 # Python 3.12 at interpreter shutdown (an event logged from an
                 # atexit handler): no thread may start, so each event is stored
