@@ -64,19 +64,30 @@ def test_no_request_sees_another_requests_flags(client: Any) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("reloaded", [False, True], ids=["started", "reloaded"])
 @pytest.mark.parametrize("engine", ["legacy", "core"])
 def test_background_threads_leave_process_signals_to_the_main_thread(
-    make_client: Any, engine: str
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch, engine: str, reloaded: bool
 ) -> None:
     """A SIGTERM sent to the process must not land on flagware's threads (or
     the SDK's): Celery's pool children block it on the main thread while they
     hold a lock shared with their parent, and one taken by the writer thread
     ran their exit handler inside that window, leaving the lock held and the
-    worker hung at exit."""
+    worker hung at exit. A spec edit starts a new SDK server on the request
+    thread that reads the spec next, whose mask is the app's."""
     if engine == "core":
         pytest.importorskip("statsig_python_core")
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
     fw = make_client(engine=engine)
     fw.flags_for(user_id="u", stable_id="0" * 32).gate("new_signup")  # the SDK starts
+    if reloaded:
+        first = fw.engine._server
+        spec_file.write_text(spec_file.read_text().replace("rollout = 0", "rollout = 100"))
+        os.utime(spec_file, (1, 1))
+        fw.flags_for(user_id="u", stable_id="0" * 32).gate("new_signup")  # a new server
+        assert fw.engine._server is not first
     fw.log_event("x", user_id="u")
     fw.flush()  # the writer runs
     names = {t.native_id: t.name for t in threading.enumerate()}

@@ -92,7 +92,8 @@ class Engine:
                 self._server = None
                 self.ready = False
                 return
-            self._server = self._start()
+            with signals_held():  # on whichever request thread read the edit first
+                self._server = self._start()
         self._stop(old)
 
     def user(self, fields: UserFields) -> Any:
