@@ -199,10 +199,14 @@ def local_hash_key(location: str) -> str:
         return _read_key(path)
     finally:
         os.unlink(tmp)
+    # The absolute path: a relative one read the same from any working
+    # directory, and a server started from another folder made a second store
+    # and key there, giving every visitor a new ID (a new user's trial).
     log.warning(
-        "flagware: created a hash key for visitor IDs at %s; keep it (IDs change without "
-        "it) or set FLAGWARE_HASH_KEY",
-        path,
+        "flagware: created a hash key for visitor IDs at %s (a new store: the working"
+        " directory decides where a relative event_store is); keep it (IDs change"
+        " without it) or set FLAGWARE_HASH_KEY",
+        path.absolute(),
     )
     return key
 

@@ -115,14 +115,16 @@ def test_spec_and_secret_together_is_an_error(spec_file: Any) -> None:
 
 
 def test_local_engine_creates_a_hash_key_once_beside_the_store(
-    tmp_path: Any, spec_file: Any, caplog: Any
+    tmp_path: Any, spec_file: Any, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = tmp_path / "data" / "events.db"
-    with Flagware(spec=spec_file, event_store=store) as first:
+    monkeypatch.chdir(tmp_path)
+    store = "data/events.db"  # relative: where the server starts decides, so the line
+    with Flagware(spec=spec_file, event_store=store) as first:  # names the absolute path
         key = first.hash_key
     path = tmp_path / "data" / "hash_key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert any("created a hash key" in r.getMessage() for r in caplog.records)
+    said = [r.getMessage() for r in caplog.records if "created a hash key" in r.getMessage()]
+    assert len(said) == 1 and f" at {path} (a new store" in said[0], said
     with Flagware(spec=spec_file, event_store=store) as second:
         assert second.hash_key == key and len(key) == 64
 

@@ -147,7 +147,8 @@ def test_the_plain_command_in_a_django_project_points_to_manage_py(
     assert "manage.py" not in capsys.readouterr().err  # a store was named
     assert main(["events"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "flagware events: no event store at .flagware/events.db",
+        f"flagware events: no event store at .flagware/events.db (in the working directory,"
+        f" {tmp_path})",
         "flagware events: in a Django project, `python manage.py flagware events ...` reads"
         " the spec and store settings.FLAGWARE names",
     ]

@@ -365,15 +365,40 @@ def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log.expose(5, "Red", NOW - 10 * HOUR)  # a crossover: counted, left out
     log.expose(5, "Control", NOW - 9 * HOUR)
     log.log(5, "click", NOW - 8 * HOUR)
+    log.expose(6, None, NOW - 10 * HOUR)  # no group first, then two: a crossover only
+    log.expose(6, "Red", NOW - 9 * HOUR)
+    log.expose(6, "Control", NOW - 8 * HOUR)
     spec = make_spec(metrics={"clicks": {"event": "click", "kind": "count"}})
     results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
     assert {g.name: g.units for g in results.groups} == {"Control": 1, "Red": 1}
-    assert results.crossover_units == 1
+    assert (results.crossover_units, results.ungrouped_units) == (2, 1)
+    assert json.loads(render_json(results))["ungrouped_units"] == 1
+    from flagware.results.formatting import method_line
+
+    assert method_line(results).endswith(
+        "2 crossover unit(s) left out, 1 unit(s) exposed outside the groups left out"
+    )
     row = results.metrics[0].results[0]
     assert (row.group, row.control_mean, row.mean) == ("Red", 2.0, 0.0)
     assert row.p_value is None and row.ci is None  # one unit per group: no test
     assert row.note == "needs at least 10 units in each group"
-    assert results.verdict == "blocked"  # 1 crossover in 3 units is far above 1%
+    assert results.verdict == "blocked"  # 2 crossovers in 4 units is far above 1%
+
+
+def test_units_all_exposed_outside_the_groups_are_said(tmp_path: Path) -> None:
+    """A trial's targeting gate let nobody in: results read "no units exposed to
+    the experiment yet" over 50 stored exposures, as if no traffic had come."""
+    log = Log()
+    for unit in range(5):
+        log.expose(unit, None, NOW - 10 * HOUR)
+    spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})  # no guardrail to block
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    assert (results.ungrouped_units, results.verdict) == (5, "inconclusive")
+    assert results.reasons == (
+        "no unit is in a group: the 5 unit(s) exposed were first exposed outside the groups"
+        " (not allocated, or failing the experiment's targeting gate)",
+    )
+    assert "Data: no unit in a group yet (5 exposed outside the groups)" in render_text(results)
 
 
 @pytest.mark.parametrize("unit", ["userID", "companyID"])
@@ -859,6 +884,9 @@ def test_bad_inputs_raise_results_error(tmp_path: Path) -> None:
         compute_results(make_spec(), "nope", store)
     with pytest.raises(ResultsError, match=r"'button_colour' \(did you mean 'button_color'\?\)"):
         compute_results(make_spec(), "button_colour", store)
+    gated = parse_spec({"gates": {"new_signup": {}}})
+    with pytest.raises(ResultsError, match="'new_signup': it is a gate, and results are an"):
+        compute_results(gated, "new_signup", store)
     with pytest.raises(ResultsError, match="no event store at "):
         compute_results(make_spec(), "button_color", tmp_path / "missing.db")
     with pytest.raises(ResultsError, match="alpha"):

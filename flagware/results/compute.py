@@ -117,6 +117,11 @@ def compute_results(
 def _unknown(spec: Spec, experiment: str, started: Sequence[str] = ()) -> ResultsError:
     known = ", ".join(sorted(spec.experiments)) or "none"
     hint = did_you_mean(experiment, [*spec.experiments, *started])
+    if experiment in spec.gates:  # a new user's trial asked for its gate's results
+        hint = (
+            f": it is a gate, and results are an experiment's (its exposures:"
+            f" `flagware events --event {experiment}`)"
+        )
     also = f"; started in the store: {', '.join(started)}" if started else ""
     return ResultsError(
         f"unknown experiment {experiment!r}{hint} (the spec defines: {known}{also})"
@@ -253,6 +258,7 @@ def _analyse(
         guardrails,
         opt.alpha,
         crossover_units=units.crossovers,
+        ungrouped_units=units.ungrouped,
         future_events=future,
         sequential=opt.sequential,
     )
@@ -291,6 +297,7 @@ def _analyse(
         until=opt.until,
         sequential=opt.sequential,
         crossover_units=units.crossovers,
+        ungrouped_units=units.ungrouped,
         override_exposures=units.overrides,
         future_events=future,
         first_exposure=units.first,

@@ -92,6 +92,8 @@ def method_line(results: Results) -> str:
     else:  # it listed every estimator, as if each had been used
         tests = "fixed-horizon tests (none made yet: each result says why)"
     data = [f"{results.crossover_units} crossover unit(s) left out"]
+    if results.ungrouped_units:
+        data.append(f"{results.ungrouped_units} unit(s) exposed outside the groups left out")
     if results.override_exposures:
         data.append(f"{results.override_exposures} override exposure(s) ignored")
     return (
@@ -119,6 +121,8 @@ def time_range(results: Results, sep: str = " · ") -> str:
     midnight, UTC) that left out that whole day went unnoticed.
     """
     if results.first_exposure is None:
+        if results.ungrouped_units:  # exposures there were, none in a group
+            return f"no unit in a group yet ({results.ungrouped_units} exposed outside the groups)"
         return "no exposures counted yet"
 
     def when(ms: int) -> str:

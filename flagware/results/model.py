@@ -123,6 +123,7 @@ class Results:
     until: int | None = None  # ms: nothing later is counted (default: computed_at)
     sequential: bool = False
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
+    ungrouped_units: int = 0  # units first exposed with no group (not allocated, targeted out)
     override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored
     future_events: int = 0  # exposures, and its units' events, stamped after computed_at
     first_exposure: int | None = None  # ms, the earliest counted exposure

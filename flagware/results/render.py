@@ -55,6 +55,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         "until": results.until,
         "sequential": results.sequential,
         "crossover_units": results.crossover_units,
+        "ungrouped_units": results.ungrouped_units,
         "override_exposures": results.override_exposures,
         "future_events": results.future_events,
         "first_exposure": results.first_exposure,

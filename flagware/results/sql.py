@@ -118,9 +118,11 @@ class Units:
         overrides: int,
         first: int | None,
         last: int | None,
+        ungrouped: int = 0,
     ) -> None:
         self.per_group = per_group
         self.crossovers = crossovers
+        self.ungrouped = ungrouped  # first exposed with no group: not allocated, or targeted out
         self.overrides = overrides
         self.first = first
         self.last = last
@@ -184,7 +186,15 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         for g, n in conn.execute(f"SELECT grp, count(*) FROM {d.temp}.fw_first GROUP BY grp")
     }
     first, last = conn.execute(f"SELECT min(t0), max(t0) FROM {d.temp}.fw_first").fetchone()
-    return Units(per_group, int(crossovers), int(overrides), first, last)
+    # Every other unit's first exposure had no group (not allocated, targeted
+    # out): counted so that results say why, when none is in a group (a trial's
+    # spec targeted every visitor out, and results read "no units exposed to
+    # the experiment yet" over 50 stored exposures).
+    (exposed,) = conn.execute(
+        f"SELECT count(DISTINCT unit) FROM {exposures} WHERE forced = 0"
+    ).fetchone()
+    ungrouped = int(exposed) - sum(per_group.values()) - int(crossovers)
+    return Units(per_group, int(crossovers), int(overrides), first, last, int(ungrouped))
 
 
 def _count_rows(conn: Reader, table: str) -> int:

@@ -122,6 +122,7 @@ def verdict(
     alpha: float,
     *,
     crossover_units: int = 0,
+    ungrouped_units: int = 0,
     future_events: int = 0,
     sequential: bool = False,
 ) -> tuple[Verdict, list[str], list[str], str | None]:
@@ -177,6 +178,12 @@ def verdict(
         return "ship", [f"ship {best}: " + "; ".join(wins[best])], warnings, best
     if regressions:
         return "no-ship", [f"significant regression: {t}" for t in regressions], warnings, None
+    if not units and ungrouped_units:
+        reason = (
+            f"no unit is in a group: the {ungrouped_units} unit(s) exposed were first exposed"
+            " outside the groups (not allocated, or failing the experiment's targeting gate)"
+        )
+        return "inconclusive", [reason], warnings, None
     if not units:
         return "inconclusive", ["no units exposed to the experiment yet"], warnings, None
     decision = [r for m in metrics if m.role == "decision" for r in m.results]

@@ -116,7 +116,10 @@ def not_a_store(location: Location) -> str | None:
     path = Path(location)
     location = redact(os.fspath(location))  # a libpq "password=..." string lands here
     if not path.exists():
-        return f"no event store at {location}"
+        # A relative path is the working directory's: say which, and the way
+        # out (a new user ran the command from the folder above the app's).
+        where = "" if path.is_absolute() else f" (in the working directory, {Path.cwd()})"
+        return f"no event store at {location}{where}"
     if path.is_dir():
         return f"{location} is a directory, not a flagware event store"
     try:
