@@ -203,10 +203,10 @@ def local_hash_key(location: str) -> str:
     # directory, and a server started from another folder made a second store
     # and key there, giving every visitor a new ID (a new user's trial).
     log.warning(
-        "flagware: created a hash key for visitor IDs at %s (a new store: the working"
-        " directory decides where a relative event_store is); keep it (IDs change"
+        "flagware: created a hash key for visitor IDs at %s%s; keep it (IDs change"
         " without it) or set FLAGWARE_HASH_KEY",
         path.absolute(),
+        "" if path.is_absolute() else " (a new store, in the working directory)",
     )
     return key
 

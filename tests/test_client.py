@@ -124,7 +124,7 @@ def test_local_engine_creates_a_hash_key_once_beside_the_store(
     path = tmp_path / "data" / "hash_key"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     said = [r.getMessage() for r in caplog.records if "created a hash key" in r.getMessage()]
-    assert len(said) == 1 and f" at {path} (a new store" in said[0], said
+    assert len(said) == 1 and f" at {path} (a new store, in the working directory);" in said[0]
     with Flagware(spec=spec_file, event_store=store) as second:
         assert second.hash_key == key and len(key) == 64
 

@@ -610,6 +610,25 @@ def test_guardrail_freshness_is_judged_at_the_windows_end(tmp_path: Path) -> Non
     assert past_cut.guardrails[0].status == "ok"
 
 
+def test_a_stale_guardrail_still_says_its_regression(tmp_path: Path) -> None:
+    """Stale and regressed: both said. Only "stale" was (a new user's trial),
+    and fixing the logging would have read as clearing the block."""
+    store = balanced_log(2000, 2000, red_errors=0.15).store(tmp_path)  # errors at NOW - 1 h
+    fresh = compute_results(make_spec(), "button_color", store, now=NOW)
+    assert fresh.guardrails[0].reason.startswith("regressed: errors +")
+    stale = compute_results(make_spec(), "button_color", store, now=NOW + 30 * HOUR)
+    (reason,) = [r for r in stale.reasons if r.startswith("guardrail errors")]
+    assert reason.startswith("guardrail errors: stale: newest 'error' event is 31.0 h old")
+    assert "; and regressed: errors +" in reason and " in Red vs Control (" in reason
+    # Under an hour, the age in the unit that shows it: it read "0.0 h old
+    # (fresh_within = 0.01 h)".
+    spec = make_spec(metrics={**METRICS, "errors": {**METRICS["errors"], "fresh_within": 0.01}})
+    soon = compute_results(spec, "button_color", store, now=NOW - 30 * 60_000)
+    assert soon.guardrails[0].reason.startswith(
+        "stale: newest 'error' event is 30.0 min old (fresh_within = 0.01 h, 36 s); and regressed"
+    )
+
+
 def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path) -> None:
     """A misspelled event reads as 0 for every unit, which looks like "no effect"
     (a new user's trial: `signedup` for `signup`). Results say so, and a

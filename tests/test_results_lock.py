@@ -171,7 +171,8 @@ def test_changes_after_start_fail_naming_the_change(
 )
 def test_a_changed_experiment_is_served_as_it_started(store: str, changed: Spec) -> None:
     """What an app serves: the started definition, exactly (the same buckets),
-    with the spec's targeting gate and the larger allocation; the change refused."""
+    with the targeting gate it started with and the larger allocation; the
+    change refused."""
     params = {"color": "red", "size": 1.5, "bold": True, "sizes": [1, 2], "font": {"w": 700}}
     started = parse_spec(
         {
@@ -200,12 +201,55 @@ def test_a_changed_experiment_is_served_as_it_started(store: str, changed: Spec)
     served, refused = served_spec(edited, store)
     [message] = refused
     assert message.startswith("experiments.button_color: ") and "new name" in message
+    assert "targeting gate added 'beta' (it may only be removed" in message
     assert exp(served).fingerprint() == exp(started).fingerprint()
     assert exp(served).groups == exp(started).groups
-    assert exp(served).targeting_gate == "beta"  # not part of the definition: the spec's
+    assert exp(served).targeting_gate is None  # as it started: none
     assert exp(served).allocation == max(40, exp(changed).allocation)
     assert served.gates == edited.gates
     assert served_spec(served, store) == (served, [])  # served again: nothing to refuse
+
+
+def test_a_targeting_gate_may_be_removed_but_not_added_or_changed(store: str) -> None:
+    """A targeting gate added to a running experiment took units out of their
+    groups (a new user's trial: 47% of them served the defaults), and results
+    counted them in their groups, silently. Like allocation, it may only let
+    more units in."""
+    gates = {"beta": {"rollout": 50}, "staff": {"rollout": 10}}
+
+    def spec(gate: str | None, restart: bool = False) -> Spec:
+        body = exp(make_spec(restart=restart))
+        return replace(
+            make_spec(),
+            gates=parse_spec({"gates": gates}).gates,
+            experiments={"button_color": replace(body, targeting_gate=gate)},
+        )
+
+    record_started(store, exp(spec("beta")), time_ms=T0)
+    with pytest.raises(SpecError, match="targeting gate changed from 'beta' to 'staff'"):
+        check_unchanged(spec("staff"), store)
+    served, _ = served_spec(spec("staff"), store)
+    assert exp(served).targeting_gate == "beta"  # served as it started
+    check_unchanged(spec(None), store)  # removed: more units come in, none leaves
+    check_unchanged(spec("beta"), store)  # and back: the one it started with
+    with pytest.raises(ResultsError, match="targeting gate changed from 'beta' to 'staff'"):
+        compute_results(spec("staff"), "button_color", store, now=T0 + 10)
+    # restart = true takes the change and records the new gate.
+    check_unchanged(spec("staff", restart=True), store, time_ms=T0 + 1000)
+    record = read_started(store, "button_color")
+    assert record is not None and (record.targeting_gate, record.restarts) == ("staff", 1)
+    check_unchanged(spec("staff"), store)
+    with pytest.raises(SpecError, match="targeting gate changed from 'staff' to 'beta'"):
+        check_unchanged(spec("beta"), store)
+    # A record made before the gate was kept says nothing of it: not compared.
+    with open_store(store) as events:
+        old = json.loads(events.get_meta(meta_key("button_color")) or "{}")
+        del old["targeting_gate"]
+        events.set_meta(meta_key("button_color"), json.dumps(old))
+    check_unchanged(spec("beta"), store)
+    check_unchanged(spec("beta", restart=True), store, time_ms=T0 + 9000)  # no restart
+    record = read_started(store, "button_color")
+    assert record is not None and record.restarts == 1 and not record.targeting_known
 
 
 def test_a_record_that_cannot_be_rebuilt_refuses_the_whole_spec(store: str) -> None:
@@ -292,8 +336,9 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     # An --until before the window: said, not "no units exposed yet" (a new user's trial).
     with pytest.raises(
         ResultsError,
-        match=r"--until is before the analysis window, which a"
-        r" restart or `flagware reset` opened at 2026-09-21T14:13:21.000\+00:00",
+        match=r"--until is before the analysis window: a restart or `flagware reset` at"
+        r" 2026-09-21T14:13:21.000\+00:00 opened it, counting exposures from"
+        r" 2026-09-21T14:13:28.000\+00:00 on",
     ):
         compute_results(restarted, "button_color", store, now=T0 + 2000, until=T0 + 500)
     assert [g.name for g in results.groups] == ["Control", "Red", "Green"]

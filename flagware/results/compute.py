@@ -197,10 +197,16 @@ def _analyse(
     window_start = None if opened is None else opened + sql.SETTLE_MS
     # Read within the settling seconds, the window is only empty yet.
     if opened is not None and opt.until < opened:
-        at = datetime.fromtimestamp(opened / 1000, tz=UTC)
+        # Both times: the text names the window's start, 7 s after this one,
+        # and a trial read the two as a contradiction.
+        at, start = (
+            datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+            for ms in (opened, opened + sql.SETTLE_MS)
+        )
         raise ResultsError(
-            "--until is before the analysis window, which a restart or `flagware reset` opened at"
-            f" {at.isoformat(timespec='milliseconds')}: nothing before it is counted"
+            f"--until is before the analysis window: a restart or `flagware reset` at {at}"
+            f" opened it, counting exposures from {start} on (once every process serves the"
+            " new definition); nothing before it is counted"
         )
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)

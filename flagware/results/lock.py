@@ -14,12 +14,19 @@ of the spec as written), and the change is refused, naming the two ways out
   starts; results count only exposures from the window start on.
 
 Allocation may grow freely (units already in keep their group); shrinking it
-takes units out of a running experiment, so it is treated like a change.
+takes units out of a running experiment, so it is treated like a change. So
+is adding or changing its targeting gate, for the same reason (a new user's
+trial: 47% of the units in groups were then served the defaults, and results
+counted them in their groups, silently); removing it may be done, as growing
+the allocation may.
 
 The record (JSON in ``meta.value``)::
 
-    {"fingerprint": "...", "fields": {...}, "allocation": 50.0,
+    {"fingerprint": "...", "fields": {...}, "allocation": 50.0, "targeting_gate": null,
      "started": <ms of the first record>, "window_start": <ms>, "restarts": 0}
+
+(Records made before ``targeting_gate`` was kept lack it, and their targeting
+gate is not checked.)
 """
 
 from __future__ import annotations
@@ -83,6 +90,8 @@ class StartRecord:
     window_start: int  # ms: the start of the current analysis window
     restarts: int
     reset_at: int | None = None  # ms: the `flagware reset` before this record, if any
+    targeting_gate: str | None = None  # the experiment's targeting gate when it started
+    targeting_known: bool = False  # False for records made before it was kept
 
     @classmethod
     def from_json(cls, text: str) -> StartRecord:
@@ -94,6 +103,10 @@ class StartRecord:
             started=int(data["started"]),
             window_start=int(data.get("window_start", data["started"])),
             restarts=int(data.get("restarts", 0)),
+            targeting_gate=None
+            if data.get("targeting_gate") is None
+            else str(data["targeting_gate"]),
+            targeting_known="targeting_gate" in data,
         )
 
     @classmethod
@@ -124,6 +137,7 @@ def record_started(
         "fingerprint": fingerprint,
         "fields": experiment.fingerprint_fields(),
         "allocation": float(experiment.allocation),
+        "targeting_gate": experiment.targeting_gate,
         "started": at,
         "window_start": at,
         "restarts": 0,
@@ -134,6 +148,7 @@ def record_started(
         "restart": 1 if experiment.restart else 0,
         "fingerprint": fingerprint,
         "allocation": float(experiment.allocation),
+        "targeting_gate": experiment.targeting_gate,
     }
     if is_postgres_url(store):
         with open_store(str(store)) as opened:
@@ -245,8 +260,9 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
 
 def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpec | None:
     """``experiment`` as it started: unit, salts, groups, weights and params from
-    its start record, the larger allocation, the rest (targeting gate, results
-    settings) from the spec. None if the record does not rebuild it exactly."""
+    its start record, the larger allocation, its targeting gate unless the spec
+    removed it, the rest (results settings) from the spec. None if the record
+    does not rebuild it exactly."""
     try:
         fields = record.fields
         groups = tuple(
@@ -259,11 +275,18 @@ def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpe
             allocation_salt=str(fields["allocation_salt"]),
             groups=groups,
             allocation=max(experiment.allocation, record.allocation),
+            targeting_gate=_served_targeting(record, experiment),
             restart=False,
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
     return started if started.fingerprint() == record.fingerprint else None
+
+
+def _served_targeting(record: StartRecord, experiment: ExperimentSpec) -> str | None:
+    if not record.targeting_known or experiment.targeting_gate in (None, record.targeting_gate):
+        return experiment.targeting_gate
+    return record.targeting_gate
 
 
 def recorded_experiment(name: str, record: StartRecord) -> ExperimentSpec | None:
@@ -289,6 +312,13 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
         changes.append(
             f"allocation shrank from {show(record.allocation)} to {show(experiment.allocation)}"
             " (allocation may only grow)"
+        )
+    if _served_targeting(record, experiment) != experiment.targeting_gate:
+        was = record.targeting_gate
+        change = "added" if was is None else f"changed from {was!r} to"
+        changes.append(
+            f"targeting gate {change} {experiment.targeting_gate!r} (it may only be removed:"
+            " units in the groups would leave them)"
         )
     return changes
 

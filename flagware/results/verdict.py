@@ -81,6 +81,10 @@ def guardrail_status(
     its did-you-mean ("" if none); ``exposed``: whether any unit was exposed in
     the window."""
     event = result.event
+    # Each reason is said: a guardrail both stale and regressed said only
+    # "stale" (a new user's trial), and a team that fixed the logging would
+    # have read the block as gone while the regression stood.
+    problems: list[str] = []
     if never_stored is not None or newest is None or not exposed:
         if never_stored is not None:
             what = never_stored_phrase(*never_stored)
@@ -88,21 +92,30 @@ def guardrail_status(
             what = "no unit was exposed in the analysis window"
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
-        reason = f"stale: {what}, so {UNCHECKABLE}"
-        return GuardrailStatus(result.name, "blocked", reason, newest)
-    if fresh_within is not None:
-        age_h = (now - newest) / 3_600_000
-        if age_h > fresh_within:
-            reason = (
-                f"stale: newest {event!r} event is {age_h:.1f} h old"
-                f" (fresh_within = {fresh_within:g} h)"
-            )
-            return GuardrailStatus(result.name, "blocked", reason, newest)
+        problems.append(f"stale: {what}, so {UNCHECKABLE}")
+    elif fresh_within is not None and (now - newest) / 3_600_000 > fresh_within:
+        age, limit = (now - newest) / 3_600_000, _hours(fresh_within)
+        problems.append(
+            f"stale: newest {event!r} event is {_hours(age)} old (fresh_within = {fresh_within:g} h"
+            + ("" if limit.endswith(" h") else f", {limit}")
+            + ")"
+        )
     worse = [r for r in result.results if r.outcome == "worse"]
     if worse:
-        reason = "regressed: " + "; ".join(describe(result.name, r) for r in worse)
-        return GuardrailStatus(result.name, "blocked", reason, newest)
+        problems.append("regressed: " + "; ".join(describe(result.name, r) for r in worse))
+    if problems:
+        return GuardrailStatus(result.name, "blocked", "; and ".join(problems), newest)
     return GuardrailStatus(result.name, "ok", "no significant regression", newest)
+
+
+def _hours(hours: float) -> str:
+    """A span given in hours, in the unit that shows it: "0.0 h old" read as
+    fresh against a 0.01 h limit (a new user's trial)."""
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours * 3600:.0f} s"
 
 
 def describe(metric: str, r: GroupResult) -> str:

@@ -154,7 +154,9 @@ INSERT INTO meta AS m (key, value) VALUES (%(key)s, %(value)s)
 ON CONFLICT (key) DO UPDATE SET value = CASE
     WHEN %(restart)s::int = 1 AND (
         m.value::jsonb ->> 'fingerprint' != %(fingerprint)s
-        OR coalesce((m.value::jsonb ->> 'allocation')::float8, 0) > %(allocation)s)
+        OR coalesce((m.value::jsonb ->> 'allocation')::float8, 0) > %(allocation)s
+        OR (%(targeting_gate)s::text IS NOT NULL AND m.value::jsonb -> 'targeting_gate' IS NOT NULL
+            AND coalesce(m.value::jsonb ->> 'targeting_gate', '') <> %(targeting_gate)s::text))
     THEN (excluded.value::jsonb || jsonb_build_object(
         'started', m.value::jsonb -> 'started',
         'restarts', coalesce((m.value::jsonb ->> 'restarts')::int, 0) + 1))::text
@@ -162,7 +164,9 @@ ON CONFLICT (key) DO UPDATE SET value = CASE
   END
 WHERE (%(restart)s::int = 1 AND (
         m.value::jsonb ->> 'fingerprint' != %(fingerprint)s
-        OR coalesce((m.value::jsonb ->> 'allocation')::float8, 0) > %(allocation)s))
+        OR coalesce((m.value::jsonb ->> 'allocation')::float8, 0) > %(allocation)s
+        OR (%(targeting_gate)s::text IS NOT NULL AND m.value::jsonb -> 'targeting_gate' IS NOT NULL
+            AND coalesce(m.value::jsonb ->> 'targeting_gate', '') <> %(targeting_gate)s::text)))
    OR (m.value::jsonb ->> 'fingerprint' = %(fingerprint)s
         AND coalesce((m.value::jsonb ->> 'allocation')::float8, 0) < %(allocation)s)
 

@@ -100,6 +100,8 @@ SELECT max(time) FROM events
 -- inserts its record; an existing one is rewritten only when
 -- - the spec says restart and the definition changed (or allocation shrank):
 --   a new window starts, keeping the original start time and counting restarts;
+-- - the spec says restart and added or changed the targeting gate (a record
+--   made before the gate was kept has no $.targeting_gate: not compared);
 -- - allocation grew: only the high-water mark moves.
 -- Otherwise the row is left alone, which makes the call idempotent.
 -- name: record_start
@@ -107,7 +109,9 @@ INSERT INTO meta (key, value) VALUES (:key, :value)
 ON CONFLICT (key) DO UPDATE SET value = CASE
     WHEN :restart AND (
         json_extract(meta.value, '$.fingerprint') != :fingerprint
-        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation)
+        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation
+        OR (:targeting_gate IS NOT NULL AND json_type(meta.value, '$.targeting_gate') IS NOT NULL
+            AND coalesce(json_extract(meta.value, '$.targeting_gate'), '') != :targeting_gate))
     THEN json_set(
         excluded.value,
         '$.started', json_extract(meta.value, '$.started'),
@@ -116,7 +120,9 @@ ON CONFLICT (key) DO UPDATE SET value = CASE
   END
 WHERE (:restart AND (
         json_extract(meta.value, '$.fingerprint') != :fingerprint
-        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation))
+        OR coalesce(json_extract(meta.value, '$.allocation'), 0) > :allocation
+        OR (:targeting_gate IS NOT NULL AND json_type(meta.value, '$.targeting_gate') IS NOT NULL
+            AND coalesce(json_extract(meta.value, '$.targeting_gate'), '') != :targeting_gate)))
    OR (json_extract(meta.value, '$.fingerprint') = :fingerprint
         AND coalesce(json_extract(meta.value, '$.allocation'), 0) < :allocation)
 
