@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import itertools
+import logging
 import os
 import re
 import socket
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from flagware.client import Flagware
+
+log = logging.getLogger("flagware")
 
 UserResolver = Callable[["WSGIEnvironment"], object]
 CustomResolver = Callable[["WSGIEnvironment"], Mapping[str, Any] | None]
@@ -119,6 +122,8 @@ def resolve_ids(
             user_id = str(resolved)
     if user_id is None:
         ip, key = client_ip(environ), client.hash_key
+        if not _said_unproxied and not client.proxy_hops:
+            _say_if_unproxied(environ, ip)
         if ip and key:
             user_id = hash_ip(key, ip)
         else:
@@ -129,6 +134,30 @@ def resolve_ids(
                 client.hash_key_missing()
             user_id = "s-" + stable_id
     return user_id, stable_id, minted
+
+
+_said_unproxied = False
+
+
+def _say_if_unproxied(environ: WSGIEnvironment, ip: str | None) -> None:
+    """Said once a process: a request forwarded by a proxy while ``proxy_hops``
+    is 0 (a new user's trial: silent, and every visitor shared the proxy's
+    userID). Not when the server applied the header itself (uvicorn's proxy
+    headers): the address that connected is then the header's last."""
+    global _said_unproxied
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR")
+    if not forwarded or not ip:
+        return
+    last = forwarded[forwarded.rfind(",") + 1 :].strip()
+    if _normalise_ip(last) == ip:
+        return
+    _said_unproxied = True
+    log.warning(
+        "flagware: a request came through a proxy (X-Forwarded-For) while proxy_hops is 0,"
+        " so its visitor's identity is the proxy's address: behind a proxy, every visitor"
+        " shares one userID. Set proxy_hops to the number of proxies in front of the app"
+        " (said once a process; if clients reach the app directly, ignore it)"
+    )
 
 
 def user_fields(

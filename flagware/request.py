@@ -26,6 +26,7 @@ an exception into a page.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ from flagware.flags import Flags, _current
 if TYPE_CHECKING:
     from flagware.client import Flagware
     from flagware.events.model import Event
+
+log = logging.getLogger("flagware")
 
 __all__ = [
     "begin",
@@ -203,7 +206,30 @@ def forwarded_for(header: str | None, hops: int) -> str | None:
             if last:
                 return last
         values = [v.strip() for v in header.split(",") if v.strip()]
-    return values[-hops] if len(values) >= hops else None
+    if len(values) >= hops:
+        return values[-hops]
+    _say_too_few_hops(len(values), hops)
+    return None
+
+
+_said_too_few = False
+
+
+def _say_too_few_hops(found: int, hops: int) -> None:
+    """A wrong ``proxy_hops`` was silent (a new user's trial): with more hops
+    than proxies, every visitor kept the proxy's address, one userID for all."""
+    global _said_too_few
+    if _said_too_few:
+        return
+    _said_too_few = True
+    log.warning(
+        "flagware: proxy_hops = %d, but a request came with %d X-Forwarded-For"
+        " address(es); its identity is the address that connected. If fewer proxies"
+        " than that stand in front of the app, every visitor shares the proxy's userID:"
+        " set proxy_hops to the number of proxies that append to X-Forwarded-For",
+        hops,
+        found,
+    )
 
 
 def proxy_fix(environ: dict[str, Any], hops: int) -> None:

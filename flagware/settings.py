@@ -178,8 +178,25 @@ def _read_key(path: Path) -> str:
 
 def local_hash_key(location: str) -> str:
     """The local engine's key: made once, kept beside the event store (mode 0600).
-    A shared store keeps it in its ``meta`` table (flagware.shared_key)."""
+    A shared store keeps it in its ``meta`` table (flagware.shared_key).
+
+    A key that cannot be read or made is a ConfigurationError naming the file
+    and the ways out: no key can be invented that every worker would share,
+    and a raw PermissionError on a temporary file's name told a new user's
+    trial nothing (its first deploy's folder was not the app's to write)."""
     path = Path(location).parent / "hash_key"
+    try:
+        return _made_key(path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read or make the hash key for visitor IDs at {path.absolute()}:"
+            f" {exc.strerror or exc}. Let the app write {path.parent.absolute()}, or set"
+            " FLAGWARE_HASH_KEY (or hash_key=) to a key of your own"
+            ' (`python -c "import secrets; print(secrets.token_hex(32))"`)'
+        ) from exc
+
+
+def _made_key(path: Path) -> str:
     try:
         return _read_key(path)
     except FileNotFoundError:

@@ -114,6 +114,22 @@ def test_spec_and_secret_together_is_an_error(spec_file: Any) -> None:
         Flagware(spec=spec_file, statsig_secret="secret-x")
 
 
+def test_a_hash_key_that_cannot_be_made_is_a_configuration_error(
+    tmp_path: Any, spec_file: Any
+) -> None:
+    """A folder the app may not write: a raw PermissionError on a temporary
+    file's name told a new user's trial nothing. Said as what it is, with the
+    ways out (here, a file where the store's folder would be)."""
+    (tmp_path / "var").write_text("")
+    with pytest.raises(ConfigurationError) as raised:
+        Flagware(spec=spec_file, event_store=tmp_path / "var" / "events.db")
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot read or make the hash key for visitor IDs at {tmp_path / 'var' / 'hash_key'}: "
+    )
+    assert f"Let the app write {tmp_path / 'var'}, or set FLAGWARE_HASH_KEY" in message
+
+
 def test_local_engine_creates_a_hash_key_once_beside_the_store(
     tmp_path: Any, spec_file: Any, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -281,6 +282,35 @@ def test_the_page_says_when_the_store_cannot_be_read(make_diag: Any, tmp_path: A
     held = re.search(r"this process holds (\d+) event\(s\) in memory \(at most (\d+)\)", html)
     assert held is not None and int(held[2]) == client.writer.max_queue
     assert "3 dropped; errors: event store 2" in html
+
+
+def test_the_page_says_when_this_process_cannot_store(make_diag: Any) -> None:
+    """A store that reads but refuses writes (a full disk, a read-only file):
+    the page said "1398 events stored" while 13,500 events waited in memory."""
+    client = make_diag()
+    browser = http(client)
+    browser.get("/", environ_base=REMOTE)
+    client.flush()
+    with sqlite3.connect(client.event_store) as conn:  # every insert refused, as a full disk
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'full'); END"
+        )
+    browser.get("/", environ_base=REMOTE)
+    client.flush()
+    html = page(browser).text
+    said = re.search(
+        r'<span class="off" id="stored">2 events stored; this process cannot store for \d+ s:'
+        r" this process holds (\d+) event\(s\) in memory \(at most \d+\), 0 dropped;"
+        r" errors: event store (\d+)</span>",
+        html,
+    )
+    assert said is not None, html
+    assert int(said[1]) >= 1 and int(said[2]) >= 1
+    with sqlite3.connect(client.event_store) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    client.flush()
+    html = page(browser).text
+    assert re.search(r"\b\d+ events stored &middot;", html) and "cannot store" not in html
 
 
 def test_results_unavailable_before_any_event(make_diag: Any) -> None:

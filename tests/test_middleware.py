@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -224,6 +225,40 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
         "/", environ_base=spoofed, headers={"X-Forwarded-For": "6.6.6.6, 8.8.8.8"}
     )
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
+
+
+def test_a_wrong_proxy_hops_is_said_once(
+    make_client: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """Silent before (a new user's trial): with proxy_hops 0 behind a proxy, or
+    more hops than proxies, every visitor had the proxy's userID."""
+    from flagware import identity, request
+
+    monkeypatch.setattr(identity, "_said_unproxied", False)
+    monkeypatch.setattr(request, "_said_too_few", False)
+    proxy = {"REMOTE_ADDR": "10.0.0.1"}
+    unset = Client(FlagwareMiddleware(flags_app(), make_client()))
+    with caplog.at_level(logging.WARNING, "flagware"):
+        unset.get(
+            "/", environ_base={"REMOTE_ADDR": "8.8.8.8"}, headers={"X-Forwarded-For": "8.8.8.8"}
+        )
+        assert caplog.messages == []  # the server applied the header itself (uvicorn's rule)
+        for visitor in ("8.8.8.8", "9.9.9.9"):
+            unset.get("/", environ_base=proxy, headers={"X-Forwarded-For": visitor})
+    [said] = caplog.messages
+    assert said.startswith("flagware: a request came through a proxy (X-Forwarded-For) while")
+    caplog.clear()
+    two = make_client(proxy_hops=2, event_store=tmp_path / "p.db")
+    with caplog.at_level(logging.WARNING, "flagware"):
+        for visitor in ("8.8.8.8", "9.9.9.9"):
+            body = Client(FlagwareMiddleware(flags_app(), two)).get(
+                "/", environ_base=proxy, headers={"X-Forwarded-For": visitor}
+            )
+    [said] = caplog.messages
+    assert said.startswith("flagware: proxy_hops = 2, but a request came with 1 X-Forwarded-For")
+    from flagware.identity import hash_ip
+
+    assert body.json["user_id"] == hash_ip(b"test-key", "10.0.0.1")  # the proxy's, as said
 
 
 def test_proxy_hops_rewrite_what_the_app_sees_and_secure_the_cookie(

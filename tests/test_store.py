@@ -641,3 +641,47 @@ def test_a_postgres_connection_cut_while_idle_is_replaced_before_use(
         with monkeypatch.context() as m:
             m.setattr(conn, "execute", None)  # a check would call it
             assert store._conn() is conn
+
+
+READONLY_CHILD = """
+import os, sys
+from flagware.events.model import Event
+from flagware.events.store import EventStore
+
+path = sys.argv[1]
+EventStore(path).append([Event("before", {"userID": "u"})])  # the last deploy's
+files = [f for f in os.listdir(os.path.dirname(path)) if f.startswith("events.db")]
+for name in files:
+    os.chmod(os.path.join(os.path.dirname(path), name), 0o444)
+store = EventStore(path)  # a worker starting now: SQLite opens the file read-only
+try:
+    store.append([Event("during", {"userID": "u"})])
+    raise SystemExit("a write to a read-only store succeeded: the test cannot see the bug")
+except Exception as exc:
+    print("refused:", exc)
+for name in files:
+    os.chmod(os.path.join(os.path.dirname(path), name), 0o644)
+store.append([Event("after", {"userID": "u"})])  # fixed: a fresh connection takes it
+print(sorted(e["event"] for e in store.iter_events()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file modes, setpriv")
+def test_a_store_read_only_when_opened_takes_writes_once_it_is_writable(tmp_path: Path) -> None:
+    """SQLite opens a file it may not write read-only, without a word, and the
+    connection stays so. A gunicorn worker started while the store was
+    read-only never stored again once it was fixed (a new user's trial:
+    13,006 events waited, then were lost at exit)."""
+    cmd = [sys.executable, "-c", READONLY_CHILD, str(tmp_path / "events.db")]
+    if os.geteuid() == 0:  # root writes anything: drop the capability that lets it
+        if not Path("/usr/bin/setpriv").exists():
+            pytest.skip("root without setpriv cannot make a file read-only to itself")
+        cmd = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]),
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "refused: attempt to write a readonly database" in done.stdout
+    assert done.stdout.splitlines()[-1] == "['after', 'before']"

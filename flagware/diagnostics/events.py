@@ -119,15 +119,28 @@ def stored_summary(client: Flagware) -> str:
         problem = escape(redact(lines[0]))
         # What this process holds meanwhile: the part of an outage the store
         # cannot say (a new user's trial saw only "unreadable").
-        writer, errors = client.writer, client.errors
-        held = (
-            f"this process holds {writer.waiting()} event(s) in memory (at most"
-            f" {writer.max_queue}), {writer.dropped} dropped"
-        )
-        if errors:
-            held += "; errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
         return (
             f'<span class="off" id="stored">event store unreadable: {problem}; '
-            f"{escape(held)}</span>"
+            f"{escape(_held(client))}</span>"
+        )
+    failing = client.writer.failing_for()
+    if failing is not None:
+        # A store that reads but refuses writes (a full disk, a read-only
+        # file): the page said "1398 events stored" while 13,500 waited in
+        # memory (a new user's trial).
+        return (
+            f'<span class="off" id="stored">{count} events stored; this process cannot store'
+            f" for {failing:.0f} s: {escape(_held(client))}</span>"
         )
     return f"{count} events stored"
+
+
+def _held(client: Flagware) -> str:
+    writer, errors = client.writer, client.errors
+    held = (
+        f"this process holds {writer.waiting()} event(s) in memory (at most"
+        f" {writer.max_queue}), {writer.dropped} dropped"
+    )
+    if errors:
+        held += "; errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
+    return held

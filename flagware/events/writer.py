@@ -360,6 +360,11 @@ class EventWriter:
             self.flush(timeout=5)
         return len(self._held) + self._queue.qsize()
 
+    def failing_for(self) -> float | None:
+        """Seconds since this process's writes began to fail, or None while they succeed."""
+        since = self._failing_since
+        return None if since is None else time.monotonic() - since
+
     def waiting(self) -> int:
         """Events this process holds in memory, not yet stored."""
         if self._pid != os.getpid():

@@ -118,7 +118,8 @@ def not_a_store(location: Location) -> str | None:
     if not path.exists():
         # A relative path is the working directory's: say which, and the way
         # out (a new user ran the command from the folder above the app's).
-        where = "" if path.is_absolute() else f" (in the working directory, {Path.cwd()})"
+        relative = not path.is_absolute() and "=" not in location  # not a libpq string
+        where = f" (in the working directory, {Path.cwd()})" if relative else ""
         return f"no event store at {location}{where}"
     if path.is_dir():
         return f"{location} is a directory, not a flagware event store"

@@ -62,6 +62,11 @@ class SQLStore:
         """False for a connection the server dropped (it is then reopened)."""
         return True
 
+    def _unfit_after(self, exc: BaseException) -> bool:
+        """Whether a failed write leaves the connection unable to write again
+        (it is then closed, and the next write opens a fresh one)."""
+        return False
+
     def _guard(self) -> AbstractContextManager[Any]:
         """Held around every database call (SQLite: the fork guard)."""
         return nullcontext()
@@ -115,8 +120,13 @@ class SQLStore:
             return
         with self._guard():
             conn = self._conn()
-            with self._transaction(conn):
-                self._insert(conn, rows)
+            try:
+                with self._transaction(conn):
+                    self._insert(conn, rows)
+            except Exception as exc:
+                if self._unfit_after(exc):
+                    self._drop(conn)
+                raise
 
     def iter_events(
         self, *, after_id: int = 0, limit: int | None = None, newest_first: bool = False

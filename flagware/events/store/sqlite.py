@@ -70,6 +70,10 @@ WAL_CHECKPOINT_PAGES = 4000
 # interval lets it reach, so that steady writing never cuts and regrows it.
 JOURNAL_SIZE_LIMIT = 2 * WAL_CHECKPOINT_PAGES * 4096  # bytes, at SQLite's 4 KiB pages
 
+# SQLite's primary result code for a write refused as read-only (extended
+# codes keep it in the low byte).
+_SQLITE_READONLY = 8
+
 # Added after the first release: stores created before them gain them on open.
 LEASE_COLUMNS = {
     "lease_owner": "TEXT",  # host/pid/nonce/batch of the process sending the row
@@ -262,6 +266,14 @@ class EventStore(SQLStore):
             conn.execute(_insert_rows(size), [value for row in chunk for value in row])
             start += size
             left -= size
+
+    def _unfit_after(self, exc: BaseException) -> bool:
+        # SQLite opens a file it may not write read-only, without a word, and
+        # the connection stays so: a worker started while the store was
+        # read-only never stored again once it was writable (a new user's
+        # trial: 13,006 events waited, then were lost at exit).
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == _SQLITE_READONLY
 
     def _guard(self) -> AbstractContextManager[Any]:
         return _fork_guard
