@@ -385,6 +385,17 @@ def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     assert results.verdict == "blocked"  # 2 crossovers in 4 units is far above 1%
 
 
+def test_no_decision_metric_is_said_as_such(tmp_path: Path) -> None:
+    """With no metric to decide by, the reason said none "moved significantly"
+    (a new user's trial, whose spec had no metrics yet)."""
+    store = balanced_log(300, 300).store(tmp_path)
+    guardrail_only = {"errors": METRICS["errors"]}
+    for metrics in ({}, guardrail_only):
+        results = compute_results(make_spec(metrics=metrics), "button_color", store, now=NOW)
+        assert results.verdict == "inconclusive"
+        assert results.reasons[0].startswith("no decision metric to decide by: declare metrics")
+
+
 def test_units_all_exposed_outside_the_groups_are_said(tmp_path: Path) -> None:
     """A trial's targeting gate let nobody in: results read "no units exposed to
     the experiment yet" over 50 stored exposures, as if no traffic had come."""
@@ -656,12 +667,23 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
         "stale: no 'error' events in the analysis window, so the guardrail cannot be checked"
     )
     # An --until before the first exposure: the window holds no unit at all, and
-    # the reason says that rather than blaming the guardrail's events.
+    # the reason says that rather than blaming the guardrail's events. Nothing
+    # can launch, and nothing blocks: two trials read exit 3 right after a
+    # restart as a real block.
     results = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
     assert sum(g.units for g in results.groups) == 0
     (guardrail,) = results.guardrails
-    assert guardrail.reason == (
-        "stale: no unit was exposed in the analysis window, so the guardrail cannot be checked"
+    assert (guardrail.status, guardrail.reason) == (
+        "untested",
+        "no unit was exposed in the analysis window yet: nothing to check",
+    )
+    assert results.verdict == "inconclusive"
+    assert results.reasons == ("no units exposed to the experiment yet",)
+    from datetime import UTC, datetime
+
+    cut = datetime.fromtimestamp((NOW - 3 * HOUR) / 1000, tz=UTC)
+    assert f"Data: no exposures counted up to {cut:%Y-%m-%d %H:%M:%S} UTC (--until)" in (
+        render_text(results)
     )
 
 
@@ -1170,7 +1192,8 @@ def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
         f"data until {datetime.fromtimestamp(cut / 1000, tz=UTC):%Y-%m-%d %H:%M} UTC"
     )
     empty = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
-    assert "Data: no exposures counted yet" in render_text(empty)
+    assert "Data: no exposures counted up to " in render_text(empty)
+    assert "Data: no exposures counted yet" in render_text(replace(empty, until=NOW))
 
 
 def test_an_event_logged_before_the_flag_read_is_no_outcome(tmp_path: Path) -> None:

@@ -484,7 +484,13 @@ def test_cli_reads_either_backend_and_never_creates_a_store(
     from flagware.events.store import store_exists
 
     assert main(["events", "--store", store_location]) == 2
-    assert "no event store at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no event store at" in err
+    if store_location.startswith("postgresql://"):  # reached: not an outage (a trial read one)
+        assert err.rstrip().endswith(
+            "the database answers, but nothing has been logged to it"
+            " yet (flagware makes its tables at the first write)"
+        )
     assert not store_exists(store_location)  # reading created nothing
     with open_store(store_location) as store:
         store.append(events(2), deliver=True)

@@ -123,6 +123,10 @@ def time_range(results: Results, sep: str = " · ") -> str:
     if results.first_exposure is None:
         if results.ungrouped_units:  # exposures there were, none in a group
             return f"no unit in a group yet ({results.ungrouped_units} exposed outside the groups)"
+        if results.until is not None and results.until < results.computed_at:  # --until:
+            # as of then, not "yet" (a new user's trial read it as "no traffic")
+            cut = datetime.fromtimestamp(results.until / 1000, tz=UTC)
+            return f"no exposures counted up to {cut:%Y-%m-%d %H:%M:%S} UTC (--until)"
         return "no exposures counted yet"
 
     def when(ms: int) -> str:

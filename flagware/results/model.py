@@ -98,7 +98,7 @@ class MetricResult:
 @dataclass(frozen=True)
 class GuardrailStatus:
     metric: str
-    status: Literal["ok", "blocked"]
+    status: Literal["ok", "blocked", "untested"]  # untested: no unit exposed in the window
     reason: str
     newest_event: int | None  # ms
 

@@ -81,15 +81,20 @@ def guardrail_status(
     its did-you-mean ("" if none); ``exposed``: whether any unit was exposed in
     the window."""
     event = result.event
+    if not exposed:
+        # No unit in the window (a restart or reset a moment ago, an --until
+        # before the first exposure): nothing to launch and nothing to vouch
+        # for. It blocked, and two new users' trials read exit 3 right after
+        # a restart as a real block; the verdict says "no units" instead.
+        reason = "no unit was exposed in the analysis window yet: nothing to check"
+        return GuardrailStatus(result.name, "untested", reason, newest)
     # Each reason is said: a guardrail both stale and regressed said only
     # "stale" (a new user's trial), and a team that fixed the logging would
     # have read the block as gone while the regression stood.
     problems: list[str] = []
-    if never_stored is not None or newest is None or not exposed:
+    if never_stored is not None or newest is None:
         if never_stored is not None:
             what = never_stored_phrase(*never_stored)
-        elif not exposed:  # --until before the first exposure, or none yet
-            what = "no unit was exposed in the analysis window"
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
         problems.append(f"stale: {what}, so {UNCHECKABLE}")
@@ -162,7 +167,7 @@ def verdict(
         warnings.append(
             f"{future_events} event(s) are stamped in the future (clock skew?) and are not counted"
         )
-    blockers += [f"guardrail {g.metric}: {g.reason}" for g in guardrails if g.status != "ok"]
+    blockers += [f"guardrail {g.metric}: {g.reason}" for g in guardrails if g.status == "blocked"]
 
     wins: dict[str, list[str]] = {}
     losses: dict[str, list[str]] = {}
@@ -199,6 +204,12 @@ def verdict(
         return "inconclusive", [reason], warnings, None
     if not units:
         return "inconclusive", ["no units exposed to the experiment yet"], warnings, None
+    if not any(m.role == "decision" for m in metrics):  # it said none "moved" (a trial)
+        reason = (
+            "no decision metric to decide by: declare metrics in the spec ([metrics.<name>];"
+            " every metric that is not a guardrail decides, unless some are tagged primary)"
+        )
+        return "inconclusive", [reason], warnings, None
     decision = [r for m in metrics if m.role == "decision" for r in m.results]
     if decision and all(r.note and "at least" in r.note for r in decision):
         reason = (

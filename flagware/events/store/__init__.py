@@ -109,7 +109,14 @@ def not_a_store(location: Location) -> str | None:
                     f"cannot reach {redact(str(location))}: {describe(exc)}"
                 ) from exc
             return f"cannot open {redact(str(location))}: {exc}"
-        return None if found else f"no event store at {redact(str(location))}"
+        if found:
+            return None
+        # Reached, but without flagware's tables: "no event store at" read as
+        # an unreachable database (a new user's trial).
+        return (
+            f"no event store at {redact(str(location))}: the database answers, but nothing"
+            " has been logged to it yet (flagware makes its tables at the first write)"
+        )
     problem = unsupported_url(location)
     if problem is not None:
         return f"cannot open {redact(str(location))}: {problem}"
