@@ -171,7 +171,7 @@ class Flagware(NamedUsers):
         self.diagnostics = diagnostics
         self.diagnostics_path = diagnostics_path
         self.diagnostics_token = diagnostics_token
-        self.failures = Failures()
+        self.failures = Failures(store=redact(self.event_store))
         self.errors = self.failures.errors  # internal failures by where they happened
         self.truncated = self.failures.truncated  # "user_agent", "metadata": inputs capped
         # Exposures not logged because the request was no visitor, by reason:

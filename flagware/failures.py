@@ -45,7 +45,8 @@ class Failures:
     """One client's failure counts (``errors``), capped inputs (``truncated``)
     and which of them have been logged."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: str | None = None) -> None:
+        self.store = store  # the event store, as shown (a password redacted)
         self.errors: Counter[str] = Counter()
         self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
         self._reported: set[tuple[str, type[BaseException] | None]] = set()
@@ -72,10 +73,13 @@ class Failures:
             return
         # Something away (a database, the network), not a bug: its message says
         # what, and one line per place says it. A PostgreSQL outage printed a
-        # traceback of some twenty lines for each of up to five places.
+        # traceback of some twenty lines for each of up to five places. Which
+        # store: SQLite's "unable to open database file" names none (a trial).
+        at = f" at {self.store}" if self.store and where.startswith("event store") else ""
         log.error(
-            "flagware: %s failed: %s (%s; logged once, counted in Flagware.errors)",
+            "flagware: %s failed%s: %s (%s; logged once, counted in Flagware.errors)",
             where,
+            at,
             describe(exc),
             after,
         )

@@ -113,7 +113,8 @@ def option_problems(**options: Any) -> list[str]:
         problems.append("diagnostics_token must be a string")
     elif token is not None and len(token) < 16:
         problems.append(
-            "diagnostics_token must be at least 16 characters (e.g. `python -c 'import "
+            "diagnostics_token must be at least 16 characters (it comes from"
+            " FLAGWARE_DIAGNOSTICS_TOKEN when not given; e.g. `python -c 'import "
             "secrets; print(secrets.token_urlsafe(32))'`)"
         )
     need(diagnostics in (False, True, "debug"), 'diagnostics must be False, True or "debug"')

@@ -1012,8 +1012,8 @@ def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
         client.log(Event("clicked", {"userID": "u"}))
         client.flush()  # the same outage: counted, not logged again
         assert said() == [
-            "flagware: event store failed: sqlite3.OperationalError: database is locked"
-            " (flags are served as usual; events wait in memory,"
+            f"flagware: event store failed at {client.event_store}: sqlite3.OperationalError:"
+            " database is locked (flags are served as usual; events wait in memory,"
             " up to max_queue, and are stored when it takes writes again; logged once, counted"
             " in Flagware.errors)"
         ]
@@ -1026,7 +1026,7 @@ def test_a_store_outage_is_logged_at_its_start_and_end_and_says_what_flags_do(
         store.append_rows = refused  # a new outage is news again
         client.log(Event("clicked", {"userID": "u"}))
         client.flush()
-        assert [m.split(":")[1] for m in said()] == [" event store failed"]
+        assert [m.split(":")[1] for m in said()] == [f" event store failed at {client.event_store}"]
         store.append_rows = real
     client.flush()
     assert client.writer.stored == 3  # nothing lost across the two outages
