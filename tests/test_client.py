@@ -555,8 +555,12 @@ def test_a_process_whose_experiment_differs_from_the_start_record_says_so(
     assert 0.4 < _share_in_red(other) < 0.6
     assert other.errors[REFUSED] == 1
     assert "weight changed from 50 to 25" in other.engine.refused[0]
-    # Its log says what it now serves, not only that the experiment changed.
-    [reloaded] = [r.getMessage() for r in caplog.records if "reloaded" in r.getMessage()]
+    # Its log says what it now serves, not only that the experiment changed;
+    # neither "reloaded" (its file is as it was) nor the advice for an edit
+    # ("set restart = true" would restart it with this host's definition).
+    assert not [r for r in caplog.records if "reloaded" in r.getMessage()]
+    assert not [r for r in caplog.records if "restart = true" in r.getMessage()]
+    [reloaded] = [r.getMessage() for r in caplog.records if "start records'" in r.getMessage()]
     assert reloaded.endswith(
         "experiments.button_color changed (groups[0].weight changed from 25 to 50,"
         " groups[1].weight changed from 75 to 50)"

@@ -99,6 +99,7 @@ class LocalSpec(Engine):
         self.check = check
         self.on_reload = on_reload
         self._retry_at: float | None = None  # when to look again at a refused spec
+        self._adopt = False  # the next look adopts a start record another process wrote
         self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
         # Edits of started experiments this process refused: it serves them as
         # they started. A start-up that raised instead took every worker down
@@ -149,6 +150,7 @@ class LocalSpec(Engine):
     def look_again(self) -> None:
         """Compare the spec with the start records at the next reload check
         (another process recorded a start this one does not serve)."""
+        self._adopt = True
         self._retry_at = time.monotonic()
 
     def _say_refused(self) -> None:
@@ -188,6 +190,11 @@ class LocalSpec(Engine):
         try:
             mtime, now = self._stat(), time.monotonic()
             changed = mtime != self._mtime
+            # Asked by Starts.verify, which said what differs and what to do:
+            # the usual refusal ("set restart = true") would restart the
+            # experiment again with this host's stale definition, and
+            # "reloaded <file>" named a file nobody edited (a new user's trial).
+            adopting, self._adopt = self._adopt and not changed, False
             if not changed and (self._retry_at is None or now < self._retry_at):
                 return
             self._mtime, self._retry_at = mtime, None
@@ -206,7 +213,7 @@ class LocalSpec(Engine):
             if refused:  # `flagware reset` or a restart elsewhere may make it acceptable
                 self._retry_at = now + REFUSED_RETRY_INTERVAL
             said, self.refused = self.refused, refused
-            if refused and (changed or refused != said):
+            if refused and (changed or refused != said) and not adopting:
                 self._say_refused()
             if spec == self.spec:  # nothing served changes (a comment, a refused edit)
                 return
@@ -229,7 +236,10 @@ class LocalSpec(Engine):
                 forget_repeats()
             if self.on_reload is not None:
                 self.on_reload(spec)
-            log.info("flagware: reloaded %s: %s", self.path, changes)
+            if adopting:
+                log.info("flagware: serving the start records' definitions: %s", changes)
+            else:
+                log.info("flagware: reloaded %s: %s", self.path, changes)
         finally:
             self._reload_lock.release()
 
