@@ -363,6 +363,13 @@ def test_a_changed_started_experiment_on_reload_keeps_it_and_takes_the_rest(
     assert _colors(client) == {"blue", "red"}
     assert len([r for r in caplog.records if "served as it started" in r.getMessage()]) == 2
     assert len([r for r in caplog.records if "reloaded" in r.getMessage()]) == 1
+    # Put back as it started: the refusal's end is said too (a trial heard nothing).
+    spec_file.write_text(spec_file.read_text().replace('color = "purple"', 'color = "red"'))
+    os.utime(spec_file, (12, 12))
+    assert _colors(client) == {"blue", "red"} and client.engine.refused == []
+    assert [r.getMessage() for r in caplog.records if "nothing refused" in r.getMessage()] == [
+        f"flagware: {spec_file}: it changes no started experiment now: nothing refused"
+    ]
 
 
 def test_reset_while_serving_takes_the_refused_edit_and_opens_a_new_window(

@@ -262,6 +262,20 @@ def test_a_record_that_cannot_be_rebuilt_refuses_the_whole_spec(store: str) -> N
         served_spec(make_spec(red_color="green"), store)
 
 
+def test_groups_reordered_are_said_as_such(store: str) -> None:
+    """It read as a rename and a param change for each group (a new user's trial)."""
+    record_started(store, exp(make_spec()), time_ms=T0)
+    started = exp(make_spec())
+    reordered = replace(started, groups=tuple(reversed(started.groups)))
+    spec = replace(make_spec(), experiments={"button_color": reordered})
+    with pytest.raises(SpecError) as raised:
+        check_unchanged(spec, store)
+    assert "experiments.button_color: groups reordered to Red, Control (the order decides" in (
+        str(raised.value)
+    )
+    assert "name changed" not in str(raised.value)
+
+
 def test_a_number_that_changes_type_is_named(store: str) -> None:
     """1 and 1.0 are equal in Python but not to the SDK's params or the
     fingerprint: the message said only "the fingerprint changed" (a trial)."""

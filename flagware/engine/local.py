@@ -215,6 +215,10 @@ class LocalSpec(Engine):
             said, self.refused = self.refused, refused
             if refused and (changed or refused != said) and not adopting:
                 self._say_refused()
+            elif said and not refused:  # its refusal was said: so is its end (a trial)
+                log.info(
+                    "flagware: %s: it changes no started experiment now: nothing refused", self.path
+                )
             if spec == self.spec:  # nothing served changes (a comment, a refused edit)
                 return
             previous, self.spec = self.spec, spec

@@ -305,7 +305,7 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
     else:
         # A JSON round trip gives the current fields the stored fields' types.
         current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
-        changes = list(differences(record.fields, current))
+        changes = _reordered(record.fields, current) or list(differences(record.fields, current))
         if not changes:  # same fields, different hash: the fingerprint recipe changed
             changes = ["the fingerprint changed"]
     if experiment.allocation < record.allocation:
@@ -321,6 +321,27 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
             " units in the groups would leave them)"
         )
     return changes
+
+
+def _reordered(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The same groups in another order, said as that: it read as a rename and
+    a param change for every group (a new user's trial)."""
+    before, after = recorded.get("groups"), current.get("groups")
+    if not isinstance(before, list) or not isinstance(after, list) or before == after:
+        return []
+    if {**recorded, "groups": None} != {**current, "groups": None}:
+        return []
+
+    def key(group: Any) -> str:
+        return json.dumps(group, sort_keys=True)
+
+    if sorted(map(key, before)) != sorted(map(key, after)):
+        return []
+    order = ", ".join(str(g.get("name")) for g in after)
+    return [
+        f"groups reordered to {order} (the order decides which units each group gets,"
+        " so units would change groups)"
+    ]
 
 
 def _message(name: str, changes: list[str], record: StartRecord) -> str:
