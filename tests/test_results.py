@@ -1194,6 +1194,9 @@ def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
     empty = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
     assert "Data: no exposures counted up to " in render_text(empty)
     assert "Data: no exposures counted yet" in render_text(replace(empty, until=NOW))
+    later = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW + HOUR)
+    assert later.until == NOW  # read up to now, and said (it was cut without a word)
+    assert "--until is later than now: the results read up to now" in later.warnings
 
 
 def test_an_event_logged_before_the_flag_read_is_no_outcome(tmp_path: Path) -> None:

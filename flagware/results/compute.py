@@ -108,10 +108,15 @@ def compute_results(
     try:
         with open_reader(store_path) as conn:
             if exp is None:
-                return _analyse_removed(conn, spec, experiment, chosen, options)
-            return _analyse(conn, exp, chosen, options)
+                results = _analyse_removed(conn, spec, experiment, chosen, options)
+            else:
+                results = _analyse(conn, exp, chosen, options)
     except database_errors() as exc:
         raise ResultsError(f"cannot read event store {where}: {exc}") from None
+    if until is not None and until > reference:  # cut to now without a word (a trial)
+        later = "--until is later than now: the results read up to now"
+        results = replace(results, warnings=(*results.warnings, later))
+    return results
 
 
 def _unknown(spec: Spec, experiment: str, started: Sequence[str] = ()) -> ResultsError:
