@@ -225,8 +225,9 @@ def _say_too_few_hops(found: int, hops: int) -> None:
     log.warning(
         "flagware: proxy_hops = %d, but a request came with %d X-Forwarded-For"
         " address(es); its identity is the address that connected. If fewer proxies"
-        " than that stand in front of the app, every visitor shares the proxy's userID:"
-        " set proxy_hops to the number of proxies that append to X-Forwarded-For",
+        " than that stand in front of the app, every visitor shares the proxy's userID,"
+        " and one that sends its own X-Forwarded-For picks its identity: set proxy_hops"
+        " to the number of proxies that append to X-Forwarded-For",
         hops,
         found,
     )

@@ -313,6 +313,23 @@ def test_the_page_says_when_this_process_cannot_store(make_diag: Any) -> None:
     assert re.search(r"\b\d+ events stored &middot;", html) and "cannot store" not in html
 
 
+def test_the_page_says_when_the_store_cannot_be_made(make_diag: Any, tmp_path: Any) -> None:
+    """A first deploy whose store's folder cannot be made (a re-check trial: a
+    read-only folder): the page said "0 events stored" while each worker held
+    hundreds of events it could not store."""
+    (tmp_path / "var").write_text("")  # a file where the store's folder would be
+    client = make_diag(event_store=tmp_path / "var" / "events.db", hash_key="k", shutdown_timeout=0)
+    browser = http(client)
+    browser.get("/", environ_base=REMOTE)
+    client.flush()
+    html = page(browser).text
+    assert re.search(
+        r'<span class="off" id="stored">0 events stored; this process cannot store for \d+ s:'
+        r" this process holds [1-9]\d* event\(s\) in memory",
+        html,
+    ), html
+
+
 def test_results_unavailable_before_any_event(make_diag: Any) -> None:
     html = page(http(make_diag())).text
     assert "results unavailable" in html and "<svg" not in html

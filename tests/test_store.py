@@ -691,3 +691,30 @@ def test_a_store_read_only_when_opened_takes_writes_once_it_is_writable(tmp_path
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused: attempt to write a readonly database" in done.stdout
     assert done.stdout.splitlines()[-1] == "['after', 'before']"
+
+
+def test_a_store_the_reader_may_not_read_is_said_as_such(tmp_path: Path) -> None:
+    """Another user reading a stopped app's store read "not an SQLite
+    database" (a new user's trial): the file is fine, the access is not."""
+    path = tmp_path / "events.db"
+    with open_store(path) as store:
+        store.append(events(1))
+    os.chmod(path, 0)
+    code = (
+        "import sys; from flagware.cli import main;"
+        " sys.exit(main(['events', '--store', sys.argv[1]]))"
+    )
+    cmd = [sys.executable, "-c", code, str(path)]
+    if os.geteuid() == 0:  # root reads anything: drop the capability that lets it
+        if not Path("/usr/bin/setpriv").exists():
+            pytest.skip("root without setpriv cannot make a file unreadable to itself")
+        cmd = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]),
+    }
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    os.chmod(path, 0o644)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"flagware events: cannot read {path}: unable to open database")
+    assert "not an SQLite database" not in done.stderr

@@ -110,10 +110,10 @@ def stored_summary(client: Flagware) -> str:
     "0 events stored" while a PostgreSQL store refused the password)."""
     location = client.event_store
     try:
-        if not is_store(location):
-            return "0 events stored"
-        with open_reader(location) as conn:
-            count = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        count = 0
+        if is_store(location):  # none yet: a first deploy whose folder may not be written
+            with open_reader(location) as conn:
+                count = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     except database_errors() as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         problem = escape(redact(lines[0]))
@@ -123,21 +123,21 @@ def stored_summary(client: Flagware) -> str:
             f'<span class="off" id="stored">event store unreadable: {problem}; '
             f"{escape(_held(client))}</span>"
         )
-    failing = client.writer.failing_for()
-    if failing is not None:
+    if client.writer.failing_for() is not None:
         # A store that reads but refuses writes (a full disk, a read-only
-        # file): the page said "1398 events stored" while 13,500 waited in
-        # memory (a new user's trial).
+        # file, a folder it cannot be made in): the page said "1398 events
+        # stored" while 13,500 waited in memory (a new user's trial).
         return (
-            f'<span class="off" id="stored">{count} events stored; this process cannot store'
-            f" for {failing:.0f} s: {escape(_held(client))}</span>"
+            f'<span class="off" id="stored">{count} events stored; {escape(_held(client))}</span>'
         )
     return f"{count} events stored"
 
 
 def _held(client: Flagware) -> str:
     writer, errors = client.writer, client.errors
-    held = (
+    failing = writer.failing_for()
+    held = "" if failing is None else f"this process cannot store for {failing:.0f} s: "
+    held += (
         f"this process holds {writer.waiting()} event(s) in memory (at most"
         f" {writer.max_queue}), {writer.dropped} dropped"
     )

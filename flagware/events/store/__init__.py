@@ -93,6 +93,9 @@ def store_exists(location: Location) -> bool:
     return os.path.exists(location)
 
 
+_SQLITE_NOTADB = 26  # SQLite's "file is not a database"
+
+
 def not_a_store(location: Location) -> str | None:
     """Why ``location`` cannot be read as an event store, or None if it can.
 
@@ -138,8 +141,15 @@ def not_a_store(location: Location) -> str | None:
             }
         finally:
             conn.close()
-    except sqlite3.DatabaseError:
-        return f"{location} is not a flagware event store (not an SQLite database)"
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB:
+            return f"{location} is not a flagware event store (not an SQLite database)"
+        # Anything else is access, not the file's kind: another user reading a
+        # stopped app's store read "not an SQLite database" (a new user's trial).
+        return (
+            f"cannot read {location}: {exc} (reading a store in WAL mode takes read access"
+            " to it and write access to its folder, or to its -wal and -shm files)"
+        )
     if not {"events", "meta"} <= tables:
         return f"{location} is not a flagware event store (an SQLite database without its tables)"
     return None
