@@ -75,6 +75,7 @@ class Flags:
     _user: Any = None  # the engine's SDK user
     _user_dict: dict[str, Any] | None = None
     _user_json: str | None = None  # _user_dict encoded once, for every event it logs
+    _ids: Any = None  # the unit IDs, as the repeat key names them (_unit_ids)
     _gates: dict[str, bool] | None = None
     _configs: dict[str, Config] | None = None
     # True while a middleware will see the response (set by the request
@@ -140,6 +141,19 @@ class Flags:
         assert self._user_dict is not None
         return self._user_dict
 
+    def _unit_ids(self) -> Any:
+        """Every unit ID of the user, for the repeat key: the stableID alone, or
+        with the custom IDs. A key of userID and stableID alone took a user's
+        exposure under a second company for a repeat, and the company, never
+        exposed, left the results of a companyID experiment (a new user's
+        trial: 16 of 16 such companies). Statsig's SDKs key on every ID."""
+        ids = self._ids
+        if ids is None:
+            custom = self._wire_user().get("customIDs") or {}
+            only_stable = not custom or (len(custom) == 1 and "stableID" in custom)
+            ids = self._ids = self.stable_id if only_stable else tuple(sorted(custom.items()))
+        return ids
+
     def _encoded_user(self) -> str:
         """The wire user as compact JSON: one encoding for all this request's events."""
         encoded = self._user_json
@@ -169,7 +183,7 @@ class Flags:
                 value, rule_id = result.value, result.rule_id
                 secondary = result.secondary_exposures
             if self._exposes() and client.repeats.first(
-                (GATE_EXPOSURE, name, value, rule_id, self.user_id, self.stable_id)
+                (GATE_EXPOSURE, name, value, rule_id, self.user_id, self._unit_ids())
             ):
                 client._log_exposure(
                     Event(
@@ -228,7 +242,7 @@ class Flags:
                     config.group,
                     passed,
                     self.user_id,
-                    self.stable_id,
+                    self._unit_ids(),
                 )
             ):
                 exposure = Event(

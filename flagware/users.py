@@ -22,6 +22,7 @@ from flagware import flags as _flags
 from flagware.flags import Flags
 from flagware.identity import add_traits
 from flagware.overrides import Config
+from flagware.unit_ids import declared
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -56,6 +57,8 @@ class NamedUsers:
         ``current_flags()``."""
         client = cast("Flagware", self)  # the one class this mixin is for
         fields = user_ids(user_id, stable_id, custom_ids)
+        if "customIDs" in fields:
+            fields["customIDs"] = declared(client, fields["customIDs"])
         if country:
             fields["country"] = country.upper()
         add_traits(client, fields, user_agent, custom)

@@ -95,6 +95,97 @@ def test_exposures_are_logged_and_deduped_as_a_requests(client: Any) -> None:
     assert exposures[0]["group"] == group
 
 
+COMPANY_SPEC = """
+[flagware]
+custom_ids = ["companyID"]
+
+[gates.beta]
+unit = "companyID"
+rollout = 100
+
+[experiments.pricing]
+unit = "companyID"
+groups = [{ name = "Control", weight = 100, params = { price = 10 } }]
+"""
+
+
+def test_one_user_in_two_companies_exposes_both(make_client: Any, tmp_path: Path) -> None:
+    """The repeat key named userID and stableID only: a user's exposure under
+    a second company (the same group) was taken for a repeat, and the
+    company, never exposed, left a companyID experiment's results (a new
+    user's trial: 16 of 16 such companies). Statsig's SDKs key on every ID."""
+    spec = tmp_path / "company.toml"
+    spec.write_text(COMPANY_SPEC)
+    client = make_client(spec=spec)
+    for company in ("co-1", "co-2", "co-1"):  # the last one a repeat
+        flags = client.flags_for(user_id="u-1", custom_ids={"companyID": company})
+        assert flags.experiment("pricing").group == "Control" and flags.gate("beta")
+    exposed = [
+        (e["event"], e["metadata"].get("config") or e["metadata"]["gate"])
+        for e in stored(client)
+        if e["event"].startswith("statsig::")
+    ]
+    assert sorted(exposed) == sorted(
+        [("statsig::config_exposure", "pricing"), ("statsig::gate_exposure", "beta")] * 2
+    )
+    assert client.skipped_exposures["repeat"] == 2
+    units = compute_results(load_spec(spec), "pricing", client.event_store, cuped=False)
+    assert {g.name: g.units for g in units.groups} == {"Control": 2}
+
+
+def test_custom_ids_are_stored_under_the_names_the_spec_declares(
+    make_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """A resolver returning ``companyid`` had its companies assigned by the SDK
+    (which also tries the name in lower case) and left out by results (which
+    read ``companyID``); ``companyId`` put every company in one bucket; both
+    without a word (a new user's trial). And 7.0 was stored as "7.0", which
+    no webhook's ``custom_ids`` could name."""
+    from flagware import unit_ids
+
+    monkeypatch.setattr(unit_ids, "_said", set())
+    spec = tmp_path / "company.toml"
+    spec.write_text(COMPANY_SPEC)
+    given: dict[str, Any] = {}
+    client = make_client(spec=spec, user_custom_ids=lambda environ: given)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        current_flags().experiment("pricing")
+        start_response("200 OK", [])
+        return [b""]
+
+    browser = Client(FlagwareMiddleware(app, client))
+    with caplog.at_level(logging.WARNING, "flagware"):
+        for ids in ({"companyid": "co-1"}, {"companyId": "co-2"}, {"companyId": "co-3"}):
+            given.clear()
+            given.update(ids)
+            browser.get("/")
+        given.clear()
+        given.update({"orgID": "o-1", "companyID": 7.0})
+        browser.get("/")
+        client.flags_for(user_id="u", custom_ids={"COMPANYID": "co-4"}).experiment("pricing")
+    exposed = [e for e in stored(client) if e["event"] == "statsig::config_exposure"]
+    assert [e["metadata"]["config"] for e in exposed] == ["pricing"] * 5
+    units = compute_results(load_spec(spec), "pricing", client.event_store, cuped=False)
+    assert {g.name: g.units for g in units.groups} == {"Control": 4}  # co-1 to co-4
+    # The request whose companyID was dropped: its exposure counted, and said.
+    assert units.exposures_without_unit == 1
+    assert "1 exposure(s) had no companyID and are left out: no unit to count them for" in (
+        " ".join(units.warnings)
+    )
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "is stored as 'companyID'" in m] == [
+        f"flagware: a custom ID named {name!r} is stored as 'companyID', the name the spec"
+        " declares (the SDK and results would read it differently); give it that name"
+        for name in ("companyid", "companyId", "COMPANYID")  # once each
+    ]
+    assert [m for m in said if "is not declared" in m] == [
+        "flagware: a custom ID named 'orgID' is not declared in the spec's [flagware]"
+        " custom_ids (companyID): no experiment is keyed on it; is it misspelt?"
+    ]
+    assert client.errors["custom IDs resolver"] == 1  # 7.0: neither a string nor an integer
+
+
 def test_log_event_stores_it_for_the_user_named(client: Any) -> None:
     client.log_event("purchase", 9.99, {"plan": "pro"}, user_id=42)
     client.log_event("refund", stable_id=STABLE, custom_ids={"companyID": "co-7"})

@@ -283,6 +283,12 @@ def _analyse(
         if e in missing
     ]
     warnings += _unattributed(conn, exp.unit, metrics, data, missing, units.first, opt.until)
+    if units.without_unit:
+        warnings.append(
+            f"{units.without_unit} exposure(s) had no {exp.unit} and are left out: no unit to"
+            f" count them for (give the {exp.unit} to every request or flags_for that reads"
+            f" {exp.name})"
+        )
     warnings += [
         f"{r.non_numeric_events} event(s) read by {r.name} have a value that is not a number"
         " and count as 0"
@@ -309,6 +315,7 @@ def _analyse(
         sequential=opt.sequential,
         crossover_units=units.crossovers,
         ungrouped_units=units.ungrouped,
+        exposures_without_unit=units.without_unit,
         override_exposures=units.overrides,
         future_events=future,
         first_exposure=units.first,

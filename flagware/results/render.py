@@ -56,6 +56,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         "sequential": results.sequential,
         "crossover_units": results.crossover_units,
         "ungrouped_units": results.ungrouped_units,
+        "exposures_without_unit": results.exposures_without_unit,
         "override_exposures": results.override_exposures,
         "future_events": results.future_events,
         "first_exposure": results.first_exposure,

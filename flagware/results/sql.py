@@ -119,10 +119,12 @@ class Units:
         first: int | None,
         last: int | None,
         ungrouped: int = 0,
+        without_unit: int = 0,
     ) -> None:
         self.per_group = per_group
         self.crossovers = crossovers
         self.ungrouped = ungrouped  # first exposed with no group: not allocated, or targeted out
+        self.without_unit = without_unit  # exposures without the unit's ID: no unit to count
         self.overrides = overrides
         self.first = first
         self.last = last
@@ -194,7 +196,17 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         f"SELECT count(DISTINCT unit) FROM {exposures} WHERE forced = 0"
     ).fetchone()
     ungrouped = int(exposed) - sum(per_group.values()) - int(crossovers)
-    return Units(per_group, int(crossovers), int(overrides), first, last, int(ungrouped))
+    # Exposures without the unit's ID (a companyID experiment read for a
+    # request whose company was unknown): counted, not silently left out (a
+    # new user's trial). Every exposure in the window, less those read above.
+    (window_total,) = conn.execute(
+        f"SELECT count(*) FROM events AS e WHERE {window}",
+        (experiment, CONFIG_EXPOSURE, start, until),
+    ).fetchone()
+    without_unit = int(window_total) - _count_rows(conn, exposures)
+    return Units(
+        per_group, int(crossovers), int(overrides), first, last, int(ungrouped), without_unit
+    )
 
 
 def _count_rows(conn: Reader, table: str) -> int:
