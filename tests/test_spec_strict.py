@@ -61,6 +61,10 @@ def test_the_flagware_section_is_checked() -> None:
         "flagware.toml: flagware.custom_ids[2]: invalid ID type 3 (use letters, digits, '_'"
         " and '-')",
     ]
+    # The SDK also reads an ID by its name in lower case: two such would collide.
+    assert problems('[flagware]\ncustom_ids = ["companyid", "companyID"]') == [
+        "flagware.toml: flagware.custom_ids[1]: 'companyID' differs from 'companyid' only in case"
+    ]
 
 
 def test_every_problem_is_reported_not_only_the_first() -> None:

@@ -196,6 +196,11 @@ class _Parser:
                 self.problems.append(
                     _Invalid(path, f"{name!r} is built in (userID and stableID need no declaring)")
                 )
+            elif name.casefold() in {d.casefold() for d in declared}:
+                # The SDK also reads an ID by its name in lower case, so two
+                # such names would read each other's IDs.
+                twin = next(d for d in declared if d.casefold() == name.casefold())
+                self.problems.append(_Invalid(path, f"{name!r} differs from {twin!r} only in case"))
             else:
                 declared.append(name)
         self.custom_ids = tuple(declared)
