@@ -385,6 +385,34 @@ def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     assert results.verdict == "blocked"  # 2 crossovers in 4 units is far above 1%
 
 
+def test_a_conversions_intervals_keep_to_what_can_be_true(tmp_path: Path) -> None:
+    """A sequential interval on a few units reached [-1.341, +1.28] and a lift
+    of -122.3% (a new user's trial): a difference of shares lies in [-1, 1]."""
+    log = Log()
+    for i in range(24):
+        group = "Control" if i % 2 else "Red"
+        log.expose(i, group, NOW - 2 * HOUR)
+        if i % 4 == 1 or i % 8 == 0:
+            log.log(i, "signup", NOW - HOUR)
+    spec = make_spec(metrics={"signed_up": METRICS["signed_up"]}, sequential=True)
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW, cuped=False)
+    (row,) = results.metrics[0].results
+    assert row.ci == (-1.0, 1.0)  # the raw interval went past both ends
+    assert not row.significant
+    for units in range(40, 200, 20):  # a lift's interval, where there is one
+        log = Log()
+        for i in range(2 * units):
+            group = "Control" if i % 2 else "Red"
+            log.expose(i, group, NOW - 2 * HOUR)
+            if (group == "Control" and i % 6 == 1) or i % 40 == 0:
+                log.log(i, "signup", NOW - HOUR)
+        store = log.store(tmp_path, f"e{units}.db")
+        results = compute_results(spec, "button_color", store, now=NOW, cuped=False)
+        (row,) = results.metrics[0].results
+        assert row.ci is not None and -1.0 <= row.ci[0] < row.ci[1] <= 1.0
+        assert row.relative_ci is None or row.relative_ci[0] >= -1.0, (units, row.relative_ci)
+
+
 def test_no_decision_metric_is_said_as_such(tmp_path: Path) -> None:
     """With no metric to decide by, the reason said none "moved significantly"
     (a new user's trial, whose spec had no metrics yet)."""

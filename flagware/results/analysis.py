@@ -249,6 +249,15 @@ def _group_result(
         # interval, blind to signs, reached -119% for a skewed treatment. What it
         # leaves out holds no true value, so its level is unchanged.
         relative_ci = (max(relative_ci[0], -1.0), max(relative_ci[1], -1.0))
+    if prep.metric.kind == "conversion":
+        # A difference of two shares lies in [-1, 1] and a lift at or above
+        # -100%: a sequential interval reached [-1.341, +1.28] and -122.3% on a
+        # few units (a new user's trial). Cut to what can be true, the level is
+        # unchanged, and so is whether the interval holds 0.
+        if ci is not None and ci[0] <= 1.0 and ci[1] >= -1.0:
+            ci = (max(ci[0], -1.0), min(ci[1], 1.0))
+        if relative_ci is not None:
+            relative_ci = (max(relative_ci[0], -1.0), max(relative_ci[1], -1.0))
     # Significant is defined by the interval itself, so the two cannot disagree.
     significant = ci is not None and (ci[0] > 0.0 or ci[1] < 0.0)
     mean, _ = prep.means(group)
