@@ -67,6 +67,18 @@ def status_of(result: Any) -> int | None:
     return None
 
 
+def raised_status(exc: BaseException) -> int | None:
+    """The HTTP status an exception a view raised stands for, if it is a
+    response (Pyramid's and Bottle's are; werkzeug's and Falcon's carry one)."""
+    for field in ("status_code", "code", "status_int", "status"):
+        status = getattr(exc, field, None)
+        if isinstance(status, int) and not isinstance(status, bool):
+            return status if 100 <= status < 600 else None
+        if isinstance(status, str) and status[:3].isdigit():
+            return int(status[:3])
+    return None
+
+
 def _succeeded(result: Any) -> bool:
     status = status_of(result)
     return status is None or status < 400
@@ -116,8 +128,9 @@ def log_event(
 ) -> Callable[[F], F]:
     """Log ``name`` server-side for the request's user when the view succeeds.
 
-    "Success" means the view returned without raising and the status the
-    client got is below 400. A middleware (WSGI, ASGI or Django) holds the
+    "Success" means the view returned without raising (or raised a response
+    below 400: a redirect raised in Pyramid, Bottle or Falcon) and the status
+    the client got is below 400. A middleware (WSGI, ASGI or Django) holds the
     event until the response starts and decides by its status, whatever set
     it: a response object, a renderer, a template that failed while
     rendering, an error handler. Without one (a plain function outside a
@@ -139,12 +152,26 @@ def log_event(
         if on == "success" and _succeeded(result):
             _hold(flags, name, value, metadata, result)
 
+    def raised(flags: Flags | None, exc: BaseException) -> None:
+        # A redirect raised as a response (Pyramid's HTTPFound, Bottle's
+        # redirect(), Falcon's HTTPFound): a 302 the client gets, and the
+        # signup it ends logged nothing (a new user's trial). Held for the
+        # middleware, whose status decides as for a returned response.
+        if on == "success" and flags is not None and flags._watched:
+            status = raised_status(exc)
+            if status is not None and status < 400:
+                _hold(flags, name, value, metadata, exc)
+
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.iscoroutinefunction(view):
 
             async def async_view(*args: Any, **kwargs: Any) -> Any:
                 flags = before()
-                result = await view(*args, **kwargs)
+                try:
+                    result = await view(*args, **kwargs)
+                except BaseException as exc:
+                    raised(flags, exc)
+                    raise
                 after(flags, result)
                 return result
 
@@ -152,7 +179,11 @@ def log_event(
 
         def sync_view(*args: Any, **kwargs: Any) -> Any:
             flags = before()
-            result = view(*args, **kwargs)
+            try:
+                result = view(*args, **kwargs)
+            except BaseException as exc:
+                raised(flags, exc)
+                raise
             after(flags, result)
             return result
 

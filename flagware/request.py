@@ -213,6 +213,25 @@ def forwarded_for(header: str | None, hops: int) -> str | None:
 
 
 _said_too_few = False
+_said_waitress = False
+
+
+def _say_if_waitress(server: object, hops: int) -> None:
+    """waitress removes X-Forwarded-For unless the request came from its
+    ``trusted_proxy``, so ``proxy_hops`` found nothing to read and every
+    visitor had the proxy's userID, without a word (a new user's trial)."""
+    global _said_waitress
+    if not (isinstance(server, str) and server.startswith("waitress")):
+        return
+    _said_waitress = True
+    log.warning(
+        "flagware: proxy_hops = %d, but waitress passed a request without X-Forwarded-For:"
+        " it removes the header unless the request came from its trusted_proxy, so behind"
+        " a proxy every visitor has the proxy's address. Set waitress's trusted_proxy and"
+        " trusted_proxy_headers = x-forwarded-for, and proxy_hops = 0 (waitress then"
+        " rewrites the address itself; said once a process)",
+        hops,
+    )
 
 
 def _say_too_few_hops(found: int, hops: int) -> None:
@@ -252,9 +271,12 @@ def proxy_fix(environ: dict[str, Any], hops: int) -> None:
         "SERVER_PORT": get("SERVER_PORT"),
         "SCRIPT_NAME": get("SCRIPT_NAME"),
     }
-    address = forwarded_for(get("HTTP_X_FORWARDED_FOR"), hops)
+    forwarded = get("HTTP_X_FORWARDED_FOR")
+    address = forwarded_for(forwarded, hops)
     if address:
         environ["REMOTE_ADDR"] = address
+    elif forwarded is None and not _said_waitress:
+        _say_if_waitress(get("SERVER_SOFTWARE"), hops)
     proto = get("HTTP_X_FORWARDED_PROTO")
     if proto:
         scheme = forwarded_for(proto, 1)

@@ -436,3 +436,50 @@ def test_a_request_that_read_flags_is_freed_without_the_collector(client: Any, r
     events = stored(client)
     assert {e["user_id"] for e in events} == {user_id}
     assert events[-1]["event"] == "after_the_reads"
+
+
+def test_proxy_hops_under_waitress_is_said_and_its_own_rule_works(
+    make_client: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """waitress removes X-Forwarded-For unless the request came from its
+    trusted_proxy: proxy_hops read nothing, and 300 visitors of a new user's
+    trial had one userID, without a word. Said now; waitress's own rule
+    (trusted_proxy, proxy_hops 0) gives each visitor theirs."""
+    import http.client
+    import threading
+
+    waitress = pytest.importorskip("waitress")
+    from flagware import identity, request
+
+    monkeypatch.setattr(request, "_said_waitress", False)
+    monkeypatch.setattr(identity, "_said_unproxied", False)
+
+    def user_of(client: Any, **options: Any) -> list[str]:
+        server = waitress.create_server(
+            FlagwareMiddleware(flags_app(), client), host="127.0.0.1", port=0, **options
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        seen = []
+        try:
+            for visitor in ("8.8.8.8", "9.9.9.9"):
+                conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+                conn.request("GET", "/", headers={"X-Forwarded-For": visitor})
+                seen.append(json.loads(conn.getresponse().read())["user_id"])
+                conn.close()
+        finally:
+            server.close()
+            thread.join(timeout=10)
+        return seen
+
+    with caplog.at_level(logging.WARNING, "flagware"):
+        one, two = user_of(make_client(proxy_hops=1))
+    assert one == two  # the proxy's address for both, as the warning says
+    [said] = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert said.startswith("flagware: proxy_hops = 1, but waitress passed a request without")
+    caplog.clear()
+    trusted = {"trusted_proxy": "127.0.0.1", "trusted_proxy_headers": {"x-forwarded-for"}}
+    with caplog.at_level(logging.WARNING, "flagware"):
+        one, two = user_of(make_client(event_store=tmp_path / "w.db"), **trusted)
+    assert one == hash_ip(b"test-key", "8.8.8.8") and two == hash_ip(b"test-key", "9.9.9.9")
+    assert [r for r in caplog.records if r.name == "flagware"] == []  # (waitress's own may close)

@@ -18,7 +18,7 @@ import falcon
 import pytest
 from conftest import SPEC
 from framework_checks import assert_denials, assert_open_route
-from servers import wsgi_server
+from servers import fetch, wsgi_server
 
 from flagware import Flagware, FlagwareMiddleware, current_flags, feature_gate, log_event
 
@@ -45,10 +45,22 @@ def falcon_app() -> Any:
         def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
             resp.media = {"group": current_flags().experiment("button_color").group}
 
+    class Redirect:
+        @log_event("signed_up")
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            raise falcon.HTTPFound("/open")
+
+    class Refused:
+        @log_event("refused")
+        def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+            raise falcon.HTTPBadRequest()
+
     app = falcon.App()
     app.add_route("/gated", Gated())
     app.add_route("/forbidden", Forbidden())
     app.add_route("/open", Open())
+    app.add_route("/redirect", Redirect())
+    app.add_route("/refused", Refused())
     return app
 
 
@@ -71,6 +83,16 @@ def bottle_app() -> Any:
     def open_() -> dict[str, Any]:
         return {"group": current_flags().experiment("button_color").group}
 
+    @app.get("/redirect")
+    @log_event("signed_up")
+    def redirect() -> None:
+        bottle.redirect("/open")  # raises: a 303 for HTTP/1.1 clients
+
+    @app.get("/refused")
+    @log_event("refused")
+    def refused() -> None:
+        bottle.abort(400)
+
     return app
 
 
@@ -88,8 +110,20 @@ def pyramid_app() -> Any:
     def open_(request: Any) -> dict[str, Any]:
         return {"group": current_flags().experiment("button_color").group}
 
+    from pyramid.httpexceptions import HTTPBadRequest, HTTPFound
+
+    @log_event("signed_up")
+    def redirect(request: Any) -> None:
+        raise HTTPFound("/open")
+
+    @log_event("refused")
+    def refused(request: Any) -> None:
+        raise HTTPBadRequest()
+
+    views = {"gated": gated, "forbidden": forbidden, "open": open_}
+    views |= {"redirect": redirect, "refused": refused}
     with Configurator() as config:
-        for name, view in (("gated", gated), ("forbidden", forbidden), ("open", open_)):
+        for name, view in views.items():
             config.add_route(name, f"/{name}")
             config.add_view(view, route_name=name, renderer="json")
         return config.make_wsgi_app()
@@ -122,6 +156,19 @@ def test_feature_gate_answers_with_the_serving_frameworks_own_exception(
 
 def test_an_allowed_view_runs_logs_and_keeps_its_group(served: tuple[int, Flagware]) -> None:
     assert_open_route(*served)
+
+
+def test_a_raised_redirect_is_a_success_and_a_raised_error_is_not(
+    served: tuple[int, Flagware],
+) -> None:
+    """Pyramid's HTTPFound, Bottle's redirect() and Falcon's HTTPFound are
+    raised: the signup a redirect ends logged nothing (a new user's trial).
+    The status the client got decides, as for a returned response."""
+    port, client = served
+    assert fetch(port, "/redirect").status in (302, 303)
+    assert fetch(port, "/refused").status == 400
+    client.flush()
+    assert [e["event"] for e in client.store.iter_events()] == ["signed_up"]
 
 
 def test_the_framework_is_found_through_bound_methods_and_wrapping_middlewares() -> None:
