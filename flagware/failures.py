@@ -26,6 +26,8 @@ LATE_STABLE_ID = "stableID after response start"
 # "serving defaults" while every flag was evaluated as usual.
 _AFTER_FAILURE = {
     "user_id resolver": "identifying the visitor by the keyed hash of the IP",
+    # A value, not a failure of the resolver: the request's other IDs stand.
+    "custom ID type": "that ID is left out, the request's other IDs are kept",
     STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
     " and are stored when it takes writes again",
     "experiment start check": "serving the spec without comparing it with started experiments",

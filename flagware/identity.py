@@ -283,6 +283,10 @@ def country_of(ip: str | None) -> str | None:
     return _country(ip)
 
 
+# Flagware.errors key: a resolver's custom ID neither a string nor an integer, left out.
+CUSTOM_ID_TYPE = "custom ID type"
+
+
 def _custom_ids(client: Flagware, environ: WSGIEnvironment) -> dict[str, str]:
     """The app's IDs for the spec's custom units, as strings (Statsig's IDs are);
     a unit with none is not in its experiment. stableID stays flagware's."""
@@ -304,7 +308,7 @@ def _custom_ids(client: Flagware, environ: WSGIEnvironment) -> dict[str, str]:
         else:  # 7.0 stored as "7.0" met no webhook's 7 (fw.log_event refuses it: a trial)
             client.report(
                 TypeError(f"custom ID {name!r} is {value!r}: give a string or an integer"),
-                "custom IDs resolver",
+                CUSTOM_ID_TYPE,
             )
     return declared(client, found)
 

@@ -227,9 +227,10 @@ def _say_if_waitress(server: object, hops: int) -> None:
     log.warning(
         "flagware: proxy_hops = %d, but waitress passed a request without X-Forwarded-For:"
         " it removes the header unless the request came from its trusted_proxy, so behind"
-        " a proxy every visitor has the proxy's address. Set waitress's trusted_proxy and"
-        " trusted_proxy_headers = x-forwarded-for, and proxy_hops = 0 (waitress then"
-        " rewrites the address itself; said once a process)",
+        " a proxy every visitor has the proxy's address. Use waitress's own rule instead:"
+        " trusted_proxy and trusted_proxy_headers = x-forwarded-for, with proxy_hops = 0"
+        " (waitress then rewrites the address itself; if it is set already, proxy_hops"
+        " = 0 is all that is left; said once a process)",
         hops,
     )
 

@@ -39,12 +39,21 @@ def declared(client: Flagware, ids: Mapping[str, Any]) -> dict[str, Any]:
         if name == "stableID" or name in names:
             continue
         match = next((n for n in names if n.lower() == name.lower()), None)
-        if match is not None and match not in ids:
-            out[match] = out.pop(name)
+        if match is not None:
+            value = out.pop(name)
+            if match not in ids:
+                out[match] = value
         if name in _said:
             continue
         _said.add(name)
-        if match is not None:
+        if match is not None and match in ids:
+            log.warning(
+                "flagware: a custom ID named %r is left out: %r, the name the spec declares,"
+                " is given too",
+                name,
+                match,
+            )
+        elif match is not None:
             log.warning(
                 "flagware: a custom ID named %r is stored as %r, the name the spec declares"
                 " (the SDK and results would read it differently); give it that name",

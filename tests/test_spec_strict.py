@@ -62,7 +62,8 @@ def test_the_flagware_section_is_checked() -> None:
         " and '-')",
     ]
     # The SDK also reads an ID by its name in lower case: two such would collide.
-    assert problems('[flagware]\ncustom_ids = ["companyid", "companyID"]') == [
+    twins = '[flagware]\ncustom_ids = ["companyid", "companyID"]\n[gates.g]\nunit = "companyID"'
+    assert problems(twins) == [  # and the unit naming one is not "unknown" besides
         "flagware.toml: flagware.custom_ids[1]: 'companyID' differs from 'companyid' only in case"
     ]
 

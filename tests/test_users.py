@@ -163,11 +163,14 @@ def test_custom_ids_are_stored_under_the_names_the_spec_declares(
         given.clear()
         given.update({"orgID": "o-1", "companyID": 7.0})
         browser.get("/")
+        given.clear()
+        given.update({"companyID": "co-5", "CompanyID": "other"})  # the declared name wins
+        browser.get("/")
         client.flags_for(user_id="u", custom_ids={"COMPANYID": "co-4"}).experiment("pricing")
     exposed = [e for e in stored(client) if e["event"] == "statsig::config_exposure"]
-    assert [e["metadata"]["config"] for e in exposed] == ["pricing"] * 5
+    assert [e["metadata"]["config"] for e in exposed] == ["pricing"] * 6
     units = compute_results(load_spec(spec), "pricing", client.event_store, cuped=False)
-    assert {g.name: g.units for g in units.groups} == {"Control": 4}  # co-1 to co-4
+    assert {g.name: g.units for g in units.groups} == {"Control": 5}  # co-1 to co-5
     # The request whose companyID was dropped: its exposure counted, and said.
     assert units.exposures_without_unit == 1
     assert "1 exposure(s) had no companyID and are left out: no unit to count them for" in (
@@ -179,11 +182,15 @@ def test_custom_ids_are_stored_under_the_names_the_spec_declares(
         " declares (the SDK and results would read it differently); give it that name"
         for name in ("companyid", "companyId", "COMPANYID")  # once each
     ]
+    assert [m for m in said if m.startswith("flagware: a custom ID named 'CompanyID'")] == [
+        "flagware: a custom ID named 'CompanyID' is left out: 'companyID', the name the spec"
+        " declares, is given too"
+    ]
     assert [m for m in said if "is not declared" in m] == [
         "flagware: a custom ID named 'orgID' is not declared in the spec's [flagware]"
         " custom_ids (companyID): no experiment is keyed on it; is it misspelt?"
     ]
-    assert client.errors["custom IDs resolver"] == 1  # 7.0: neither a string nor an integer
+    assert client.errors["custom ID type"] == 1  # 7.0: neither a string nor an integer
 
 
 def test_log_event_stores_it_for_the_user_named(client: Any) -> None:

@@ -201,6 +201,7 @@ class _Parser:
                 # such names would read each other's IDs.
                 twin = next(d for d in declared if d.casefold() == name.casefold())
                 self.problems.append(_Invalid(path, f"{name!r} differs from {twin!r} only in case"))
+                declared.append(name)  # so that a unit naming it is not also "unknown"
             else:
                 declared.append(name)
         self.custom_ids = tuple(declared)
