@@ -438,48 +438,75 @@ def test_a_request_that_read_flags_is_freed_without_the_collector(client: Any, r
     assert events[-1]["event"] == "after_the_reads"
 
 
+WAITRESS_APP = """
+import json, logging, os, sys
+from flagware import Flagware, FlagwareMiddleware, current_flags
+
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+fw = Flagware(spec=os.environ["SPEC"], event_store=os.environ["STORE"], hash_key="test-key",
+              proxy_hops=int(os.environ["HOPS"]))
+
+def app(environ, start_response):
+    body = json.dumps({"user_id": current_flags().user_id}).encode()
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [body]
+
+application = FlagwareMiddleware(app, fw)
+"""
+
+
 def test_proxy_hops_under_waitress_is_said_and_its_own_rule_works(
-    make_client: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+    spec_file: Any, tmp_path: Any
 ) -> None:
     """waitress removes X-Forwarded-For unless the request came from its
     trusted_proxy: proxy_hops read nothing, and 300 visitors of a new user's
     trial had one userID, without a word. Said now; waitress's own rule
     (trusted_proxy, proxy_hops 0) gives each visitor theirs."""
     import http.client
-    import threading
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
 
-    waitress = pytest.importorskip("waitress")
-    from flagware import identity, request
+    pytest.importorskip("waitress")
+    (tmp_path / "wapp.py").write_text(WAITRESS_APP)
 
-    monkeypatch.setattr(request, "_said_waitress", False)
-    monkeypatch.setattr(identity, "_said_unproxied", False)
-
-    def user_of(client: Any, **options: Any) -> list[str]:
-        server = waitress.create_server(
-            FlagwareMiddleware(flags_app(), client), host="127.0.0.1", port=0, **options
+    def users(hops: int, *options: str) -> tuple[list[str], str]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "SPEC": str(spec_file), "STORE": str(tmp_path / f"{hops}.db")}
+        env["HOPS"] = str(hops)
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *sys.path])
+        cmd = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", *options]
+        server = subprocess.Popen(
+            [*cmd, "wapp:application"], env=env, stderr=subprocess.PIPE, text=True
         )
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        seen = []
         try:
+            seen: list[str] = []
+            deadline = time.monotonic() + 30
             for visitor in ("8.8.8.8", "9.9.9.9"):
-                conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
-                conn.request("GET", "/", headers={"X-Forwarded-For": visitor})
-                seen.append(json.loads(conn.getresponse().read())["user_id"])
-                conn.close()
+                while True:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    try:
+                        conn.request("GET", "/", headers={"X-Forwarded-For": visitor})
+                        seen.append(json.loads(conn.getresponse().read())["user_id"])
+                        break
+                    except ConnectionRefusedError:  # not listening yet
+                        assert time.monotonic() < deadline, "waitress did not start"
+                        time.sleep(0.1)
+                    finally:
+                        conn.close()
         finally:
-            server.close()
-            thread.join(timeout=10)
-        return seen
+            server.terminate()
+            _, err = server.communicate(timeout=30)
+        return seen, err
 
-    with caplog.at_level(logging.WARNING, "flagware"):
-        one, two = user_of(make_client(proxy_hops=1))
-    assert one == two  # the proxy's address for both, as the warning says
-    [said] = [r.getMessage() for r in caplog.records if r.name == "flagware"]
-    assert said.startswith("flagware: proxy_hops = 1, but waitress passed a request without")
-    caplog.clear()
-    trusted = {"trusted_proxy": "127.0.0.1", "trusted_proxy_headers": {"x-forwarded-for"}}
-    with caplog.at_level(logging.WARNING, "flagware"):
-        one, two = user_of(make_client(event_store=tmp_path / "w.db"), **trusted)
-    assert one == hash_ip(b"test-key", "8.8.8.8") and two == hash_ip(b"test-key", "9.9.9.9")
-    assert [r for r in caplog.records if r.name == "flagware"] == []  # (waitress's own may close)
+    seen, err = users(1)
+    assert seen[0] == seen[1]  # the proxy's address for both, as the warning says
+    assert err.count("flagware: proxy_hops = 1, but waitress passed a request without") == 1
+    trusted = ("--trusted-proxy=127.0.0.1", "--trusted-proxy-headers=x-forwarded-for")
+    seen, err = users(0, *trusted)
+    assert seen == [hash_ip(b"test-key", "8.8.8.8"), hash_ip(b"test-key", "9.9.9.9")]
+    assert "flagware:" not in err
