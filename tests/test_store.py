@@ -649,6 +649,21 @@ def test_a_postgres_connection_cut_while_idle_is_replaced_before_use(
             assert store._conn() is conn
 
 
+def _without_root_access(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python child that file modes apply to, even as root
+    (which reads and writes anything otherwise: setpriv drops that capability)."""
+    cmd = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:
+        if not Path("/usr/bin/setpriv").exists():
+            pytest.skip("root without setpriv: file modes do not apply to it")
+        cmd = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]),
+    }
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
 READONLY_CHILD = """
 import os, sys
 from flagware.events.model import Event
@@ -678,16 +693,7 @@ def test_a_store_read_only_when_opened_takes_writes_once_it_is_writable(tmp_path
     connection stays so. A gunicorn worker started while the store was
     read-only never stored again once it was fixed (a new user's trial:
     13,006 events waited, then were lost at exit)."""
-    cmd = [sys.executable, "-c", READONLY_CHILD, str(tmp_path / "events.db")]
-    if os.geteuid() == 0:  # root writes anything: drop the capability that lets it
-        if not Path("/usr/bin/setpriv").exists():
-            pytest.skip("root without setpriv cannot make a file read-only to itself")
-        cmd = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]),
-    }
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    done = _without_root_access(READONLY_CHILD, str(tmp_path / "events.db"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "refused: attempt to write a readonly database" in done.stdout
     assert done.stdout.splitlines()[-1] == "['after', 'before']"
@@ -704,17 +710,10 @@ def test_a_store_the_reader_may_not_read_is_said_as_such(tmp_path: Path) -> None
         "import sys; from flagware.cli import main;"
         " sys.exit(main(['events', '--store', sys.argv[1]]))"
     )
-    cmd = [sys.executable, "-c", code, str(path)]
-    if os.geteuid() == 0:  # root reads anything: drop the capability that lets it
-        if not Path("/usr/bin/setpriv").exists():
-            pytest.skip("root without setpriv cannot make a file unreadable to itself")
-        cmd = ["/usr/bin/setpriv", "--bounding-set=-dac_override,-dac_read_search", *cmd]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), *sys.path]),
-    }
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
-    os.chmod(path, 0o644)
+    try:
+        done = _without_root_access(code, str(path))
+    finally:
+        os.chmod(path, 0o644)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"flagware events: cannot read {path}: unable to open database")
     assert "not an SQLite database" not in done.stderr
