@@ -163,6 +163,14 @@ def test_recycled_pool_children_store_what_their_tasks_logged(shop: Path) -> Non
     try:
         # Each child runs one task and ends; nothing flushes on its cadence (60 s).
         assert wait_for(lambda: stored(shop).get("purchase", 0) == 80, 60), stored(shop)
+        # Let billiard's Supervisor replace the last recycled child before the
+        # warm shutdown (it looks every 0.8 s). Twice in CI (Core on 3.11,
+        # the legacy engine on 3.13) a stop right after the last task never
+        # ended: only the main process was left, its main thread waiting on a
+        # lock and the Supervisor thread still looping. The cause is not
+        # established; a stop during the replacement is the one moment these
+        # runs shared.
+        time.sleep(2)
     finally:
         log = stop(worker, shop)
     assert stored(shop) == {"purchase": 80, "statsig::config_exposure": 20}, log
