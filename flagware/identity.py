@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.http import http_date, parse_cookie
 
 from flagware.events.limits import MAX_USER_AGENT
+from flagware.proxies import rightmost
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -122,7 +123,7 @@ def resolve_ids(
             user_id = str(resolved)
     if user_id is None:
         ip, key = client_ip(environ), client.hash_key
-        if not _said_unproxied and not client.proxy_hops:
+        if _check_unproxied and not client.proxy_hops:
             _say_if_unproxied(environ, ip)
         if ip and key:
             user_id = hash_ip(key, ip)
@@ -136,22 +137,23 @@ def resolve_ids(
     return user_id, stable_id, minted
 
 
-_said_unproxied = False
+_check_unproxied = True
 
 
 def _say_if_unproxied(environ: WSGIEnvironment, ip: str | None) -> None:
     """Said once a process: a request forwarded by a proxy while ``proxy_hops``
     is 0 (a new user's trial: silent, and every visitor shared the proxy's
     userID). Not when the server applied the header itself (uvicorn's proxy
-    headers): the address that connected is then the header's last."""
-    global _said_unproxied
+    headers): the address that connected is then the header's last, and the
+    check stops there, since that server handles its proxies."""
+    global _check_unproxied
     forwarded = environ.get("HTTP_X_FORWARDED_FOR")
     if not forwarded or not ip:
         return
-    last = forwarded[forwarded.rfind(",") + 1 :].strip()
-    if _normalise_ip(last) == ip:
+    _check_unproxied = False
+    last = rightmost(forwarded)
+    if last is not None and _normalise_ip(last) == ip:
         return
-    _said_unproxied = True
     log.warning(
         "flagware: a request came through a proxy (X-Forwarded-For) while proxy_hops is 0,"
         " so its visitor's identity is the proxy's address: behind a proxy, every visitor"

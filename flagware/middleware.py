@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from flagware import denials, request
+from flagware import denials, proxies, request
 from flagware.flags import Flags
 from flagware.request import enter, leave, new
 
@@ -59,7 +59,7 @@ class FlagwareMiddleware:
         if self._diagnostics is not None and self._diagnostics.handles(environ):
             app = self._diagnostics  # judged on the real peer; it applies the hops itself
         elif self._hops:
-            request.proxy_fix(environ, self._hops)
+            proxies.proxy_fix(environ, self._hops)
         # request.begin, inlined as in the ASGI middleware (see asgi.py): this
         # runs for every request, and most read no flag. Measured with
         # callgrind under gunicorn, what a wrapped Flask app that reads no

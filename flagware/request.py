@@ -26,12 +26,11 @@ an exception into a page.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.http import HTTP_STATUS_CODES, parse_list_header
+from werkzeug.http import HTTP_STATUS_CODES
 
 from flagware import identity
 from flagware.flags import Flags, _current
@@ -40,17 +39,13 @@ if TYPE_CHECKING:
     from flagware.client import Flagware
     from flagware.events.model import Event
 
-log = logging.getLogger("flagware")
-
 __all__ = [
     "begin",
     "cookie",
     "detach",
     "end",
     "finish",
-    "forwarded_for",
     "hold",
-    "proxy_fix",
     "respond",
     "status_code",
     "status_codes",
@@ -186,100 +181,3 @@ def _settle(flags: Flags, success: bool) -> None:
         log = flags._client.log
         for event in held:
             log(event)
-
-
-def forwarded_for(header: str | None, hops: int) -> str | None:
-    """The client address as the ``hops``-th trusted proxy saw it, or None.
-
-    The same rule as werkzeug's ``ProxyFix(x_for=hops)``: count from the right,
-    because the left of ``X-Forwarded-For`` is whatever the client sent.
-    """
-    if not header or hops <= 0:
-        return None
-    if '"' in header:  # quoted items (never seen from real proxies): werkzeug's parser
-        values = parse_list_header(header)
-    else:
-        if hops == 1:
-            # The common case, one proxy: its value is the last item, taken
-            # without splitting the whole header (this runs on every request).
-            last = header[header.rfind(",") + 1 :].strip()
-            if last:
-                return last
-        values = [v.strip() for v in header.split(",") if v.strip()]
-    if len(values) >= hops:
-        return values[-hops]
-    _say_too_few_hops(len(values), hops)
-    return None
-
-
-_said_too_few = False
-_said_waitress = False
-
-
-def _say_if_waitress(server: object, hops: int) -> None:
-    """waitress removes X-Forwarded-For unless the request came from its
-    ``trusted_proxy``, so ``proxy_hops`` found nothing to read and every
-    visitor had the proxy's userID, without a word (a new user's trial)."""
-    global _said_waitress
-    if not (isinstance(server, str) and server.startswith("waitress")):
-        return
-    _said_waitress = True
-    log.warning(
-        "flagware: proxy_hops = %d, but waitress passed a request without X-Forwarded-For:"
-        " it removes the header unless the request came from its trusted_proxy, so behind"
-        " a proxy every visitor has the proxy's address. Use waitress's own rule instead:"
-        " trusted_proxy and trusted_proxy_headers = x-forwarded-for, with proxy_hops = 0"
-        " (waitress then rewrites the address itself; if it is set already, proxy_hops"
-        " = 0 is all that is left; said once a process)",
-        hops,
-    )
-
-
-def _say_too_few_hops(found: int, hops: int) -> None:
-    """A wrong ``proxy_hops`` was silent (a new user's trial): with more hops
-    than proxies, every visitor kept the proxy's address, one userID for all."""
-    global _said_too_few
-    if _said_too_few:
-        return
-    _said_too_few = True
-    log.warning(
-        "flagware: proxy_hops = %d, but a request came with %d X-Forwarded-For"
-        " address(es); its identity is the address that connected. If fewer proxies"
-        " than that stand in front of the app, every visitor shares the proxy's userID,"
-        " and one that sends its own X-Forwarded-For picks its identity: set proxy_hops"
-        " to the number of proxies that append to X-Forwarded-For",
-        hops,
-        found,
-    )
-
-
-def proxy_fix(environ: dict[str, Any], hops: int) -> None:
-    """What ``werkzeug.middleware.proxy_fix.ProxyFix(app, x_for=hops)`` does, in place.
-
-    The WSGI middleware applied that ProxyFix to every request; done inline it
-    costs about half as much, which matters to apps that never read a flag. Same
-    result (the suite compares the two): ``REMOTE_ADDR`` from ``hops`` trusted
-    ``X-Forwarded-For`` values, ``wsgi.url_scheme`` from one trusted
-    ``X-Forwarded-Proto`` (ProxyFix's default), the originals kept under
-    ``werkzeug.proxy_fix.orig``.
-    """
-    get = environ.get
-    environ["werkzeug.proxy_fix.orig"] = {
-        "REMOTE_ADDR": get("REMOTE_ADDR"),
-        "wsgi.url_scheme": get("wsgi.url_scheme"),
-        "HTTP_HOST": get("HTTP_HOST"),
-        "SERVER_NAME": get("SERVER_NAME"),
-        "SERVER_PORT": get("SERVER_PORT"),
-        "SCRIPT_NAME": get("SCRIPT_NAME"),
-    }
-    forwarded = get("HTTP_X_FORWARDED_FOR")
-    address = forwarded_for(forwarded, hops)
-    if address:
-        environ["REMOTE_ADDR"] = address
-    elif forwarded is None and not _said_waitress:
-        _say_if_waitress(get("SERVER_SOFTWARE"), hops)
-    proto = get("HTTP_X_FORWARDED_PROTO")
-    if proto:
-        scheme = forwarded_for(proto, 1)
-        if scheme:
-            environ["wsgi.url_scheme"] = scheme

@@ -11,7 +11,7 @@ import io
 from collections.abc import MutableMapping
 from typing import Any
 
-from flagware import request
+from flagware import proxies
 
 Scope = MutableMapping[str, Any]
 
@@ -74,7 +74,7 @@ class ScopeEnviron(dict[str, Any]):
             if key in self:  # repeated headers are joined in order, never overwritten
                 value = self[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
             self[key] = value
-        trusted = request.forwarded_for(self.get("HTTP_X_FORWARDED_FOR"), hops)
+        trusted = proxies.forwarded_for(self.get("HTTP_X_FORWARDED_FOR"), hops)
         self["REMOTE_ADDR"] = trusted or peer
 
     def wsgi(self, body: bytes = b"") -> dict[str, Any]:

@@ -227,15 +227,38 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
 
 
+def test_the_proxy_check_stops_once_the_server_applies_the_header(
+    make_client: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """Under uvicorn's proxy headers the address that connected is the header's
+    last item: that server handles its proxies, so the check (on the hot path
+    of every visitor's userID) stops, and a trailing comma is no proxy."""
+    from flagware import identity
+
+    monkeypatch.setattr(identity, "_check_unproxied", True)
+    app = Client(FlagwareMiddleware(flags_app(), make_client()))
+    with caplog.at_level(logging.WARNING, "flagware"):
+        app.get("/", environ_base={"REMOTE_ADDR": "8.8.8.8"})  # no header: nothing learnt
+        assert identity._check_unproxied
+        app.get(
+            "/", environ_base={"REMOTE_ADDR": "8.8.8.8"}, headers={"X-Forwarded-For": "8.8.8.8, "}
+        )
+        assert not identity._check_unproxied
+        app.get(
+            "/", environ_base={"REMOTE_ADDR": "10.0.0.1"}, headers={"X-Forwarded-For": "9.9.9.9"}
+        )
+    assert caplog.messages == []
+
+
 def test_a_wrong_proxy_hops_is_said_once(
     make_client: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
 ) -> None:
     """Silent before (a new user's trial): with proxy_hops 0 behind a proxy, or
     more hops than proxies, every visitor had the proxy's userID."""
-    from flagware import identity, request
+    from flagware import identity, proxies
 
-    monkeypatch.setattr(identity, "_said_unproxied", False)
-    monkeypatch.setattr(request, "_said_too_few", False)
+    monkeypatch.setattr(identity, "_check_unproxied", True)
+    monkeypatch.setattr(proxies, "_said_too_few", False)
     proxy = {"REMOTE_ADDR": "10.0.0.1"}
     unset = Client(FlagwareMiddleware(flags_app(), make_client()))
     with caplog.at_level(logging.WARNING, "flagware"):
@@ -243,6 +266,7 @@ def test_a_wrong_proxy_hops_is_said_once(
             "/", environ_base={"REMOTE_ADDR": "8.8.8.8"}, headers={"X-Forwarded-For": "8.8.8.8"}
         )
         assert caplog.messages == []  # the server applied the header itself (uvicorn's rule)
+        monkeypatch.setattr(identity, "_check_unproxied", True)  # a new process
         for visitor in ("8.8.8.8", "9.9.9.9"):
             unset.get("/", environ_base=proxy, headers={"X-Forwarded-For": visitor})
     [said] = caplog.messages
@@ -308,7 +332,7 @@ def test_proxy_fix_rewrites_the_environ_as_werkzeugs_proxyfix(
 ) -> None:
     from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from flagware.request import proxy_fix
+    from flagware.proxies import proxy_fix
 
     base = {
         "REMOTE_ADDR": "10.0.0.1",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
-from flagware import identity, qa, request
+from flagware import identity, proxies, qa
 from flagware.diagnostics import override
 from flagware.diagnostics.events import POLL_LIMIT, _read_events, stored_summary
 from flagware.diagnostics.html import (
@@ -116,7 +116,7 @@ class DiagnosticsApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._hops:
-            request.proxy_fix(environ, self._hops)
+            proxies.proxy_fix(environ, self._hops)
         return self._serve(environ, start_response)
 
     def render(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], bytes]:

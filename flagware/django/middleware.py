@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
+from flagware import proxies
 from flagware import request as lifecycle
 from flagware.asgi import start_engine
 from flagware.django import conf
@@ -202,18 +203,15 @@ def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
     """What the core reads identity from: ``request.META``, the WSGI environ itself."""
     environ: WSGIEnvironment = request.META
     if client.proxy_hops:
-        # The WSGI middleware uses werkzeug's ProxyFix; Django has no
-        # equivalent, so apply the same rule, to flagware's copy only: the
-        # address the trusted proxy saw, never one the client chose.
-        trusted = _forwarded_for(request.META, client.proxy_hops)
+        # The WSGI middleware rewrites the environ as werkzeug's ProxyFix
+        # would; Django's META is the app's, so the same rule is applied to
+        # flagware's copy only: the address the trusted proxy saw, never one
+        # the client chose.
+        trusted = proxies.forwarded_for(request.META.get("HTTP_X_FORWARDED_FOR"), client.proxy_hops)
         if trusted is not None:
             environ = {**request.META, "REMOTE_ADDR": trusted}
     conf.attach_request(environ, request)
     return environ
-
-
-def _forwarded_for(meta: dict[str, Any], hops: int) -> str | None:
-    return lifecycle.forwarded_for(meta.get("HTTP_X_FORWARDED_FOR"), hops)
 
 
 def _load_user_sync(request: HttpRequest) -> None:

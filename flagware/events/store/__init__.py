@@ -22,7 +22,14 @@ from flagware.events.store.base import (
     lease_owner,
 )
 from flagware.events.store.postgres import is_postgres_url, redact, unsupported_url
-from flagware.events.store.sqlite import EventStore, connect, fork_guard, fork_safe
+from flagware.events.store.sqlite import (
+    SQLITE_NOTADB,
+    EventStore,
+    connect,
+    error_code,
+    fork_guard,
+    fork_safe,
+)
 from flagware.outages import describe, is_outage
 
 __all__ = [
@@ -93,9 +100,6 @@ def store_exists(location: Location) -> bool:
     return os.path.exists(location)
 
 
-_SQLITE_NOTADB = 26  # SQLite's "file is not a database"
-
-
 def not_a_store(location: Location) -> str | None:
     """Why ``location`` cannot be read as an event store, or None if it can.
 
@@ -142,7 +146,7 @@ def not_a_store(location: Location) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_NOTADB:
+        if error_code(exc) == SQLITE_NOTADB:
             return f"{location} is not a flagware event store (not an SQLite database)"
         # Anything else is access, not the file's kind: another user reading a
         # stopped app's store read "not an SQLite database" (a new user's trial).

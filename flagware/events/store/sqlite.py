@@ -70,9 +70,9 @@ WAL_CHECKPOINT_PAGES = 4000
 # interval lets it reach, so that steady writing never cuts and regrows it.
 JOURNAL_SIZE_LIMIT = 2 * WAL_CHECKPOINT_PAGES * 4096  # bytes, at SQLite's 4 KiB pages
 
-# SQLite's primary result code for a write refused as read-only (extended
-# codes keep it in the low byte).
-_SQLITE_READONLY = 8
+# SQLite's primary result codes that flagware tells apart (see error_code).
+SQLITE_READONLY = 8  # a write refused: the file was opened read-only
+SQLITE_NOTADB = 26  # the file is not a database
 
 # Added after the first release: stores created before them gain them on open.
 LEASE_COLUMNS = {
@@ -85,6 +85,16 @@ LEASE_COLUMNS = {
 PENDING_INDEX = "CREATE INDEX IF NOT EXISTS events_pending ON events (delivery) WHERE delivery = 0"
 # Replaced by events_by_user (schema above), which serves every query it did.
 OLD_NAME_INDEX = "events_by_name"
+
+
+def error_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code for ``exc``, or None when it carries none.
+
+    Extended codes (``SQLITE_READONLY_DBMOVED``...) keep the primary one in
+    their low byte, and the message text differs between SQLite versions.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
 
 
 # SQLite's unix VFS keeps process-wide mutexes around its file locks. If a
@@ -272,8 +282,7 @@ class EventStore(SQLStore):
         # the connection stays so: a worker started while the store was
         # read-only never stored again once it was writable (a new user's
         # trial: 13,006 events waited, then were lost at exit).
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF == _SQLITE_READONLY
+        return error_code(exc) == SQLITE_READONLY
 
     def _guard(self) -> AbstractContextManager[Any]:
         return _fork_guard
