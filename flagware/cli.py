@@ -121,7 +121,12 @@ def _events(args: argparse.Namespace) -> int:
     def wanted(row: dict[str, Any]) -> bool:
         return (
             (not names or row["event"] in names or row["exposure"] in names)
-            and (not users or row["user_id"] in users or row["stable_id"] in users)
+            and (
+                not users
+                or row["user_id"] in users
+                or row["stable_id"] in users
+                or _unit_in(row, users)
+            )
             and (since is None or row["time"] >= since)
         )
 
@@ -129,7 +134,16 @@ def _events(args: argparse.Namespace) -> int:
     table = args.format == "table"
     if table:
         out.write(
-            _table_line("time (UTC)", "event", "user_id", "stable_id", "flag", "value", "metadata")
+            _table_line(
+                "time (UTC)",
+                "event",
+                "user_id",
+                "stable_id",
+                "custom_ids",
+                "flag",
+                "value",
+                "metadata",
+            )
         )
     try:
         if args.tail is None:
@@ -149,6 +163,7 @@ def _events(args: argparse.Namespace) -> int:
                     row["event"],
                     row["user_id"] or "-",
                     row["stable_id"] or "-",
+                    _custom_ids(row["custom_ids"]),
                     _flag(row),
                     "" if value is None else json.dumps(value),
                     # An exposure's metadata is its flag column.
@@ -161,11 +176,24 @@ def _events(args: argparse.Namespace) -> int:
 
 
 # IDs are 32 hex digits (an HMAC) or the app's own: shown whole, to grep for.
-_TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<16} {:<8} {}"
+_TABLE = "{:<23}  {:<28} {:<32} {:<32} {:<20} {:<16} {:<8} {}"
 
 
 def _table_line(*columns: str) -> str:
     return _TABLE.format(*columns).rstrip() + "\n"
+
+
+def _unit_in(row: dict[str, Any], wanted: set[str]) -> bool:
+    """Whether one of the event's custom IDs (companyID...) is wanted: a
+    companyID experiment's units are audited by their IDs too. Integer IDs
+    compare as the text given on the command line."""
+    ids = row["custom_ids"]
+    return ids is not None and any(str(v) in wanted for v in ids.values())
+
+
+def _custom_ids(ids: dict[str, Any] | None) -> str:
+    """``companyID=acme``, comma-separated: one word, as the table's columns are."""
+    return "" if not ids else ",".join(f"{k}={v}" for k, v in ids.items())
 
 
 def _flag(row: dict[str, Any]) -> str:
@@ -221,7 +249,8 @@ def build_parser(
         "--user",
         action="append",
         metavar="ID",
-        help="only events whose user_id or stable_id is ID (repeatable)",
+        help="only events whose user_id, stable_id or a custom ID (companyID...) is ID"
+        " (repeatable)",
     )
     events.add_argument(
         "--since",

@@ -63,6 +63,7 @@ def test_events_table_has_a_header_utc_times_and_both_ids(client: Any, capsys: A
         "event",
         "user_id",
         "stable_id",
+        "custom_ids",
         "flag",
         "value",
         "metadata",
@@ -122,6 +123,44 @@ def test_events_filters_by_name_flag_user_time_and_keeps_the_newest(
     assert main(["events", *store, "--since", "yesterday"]) == 2
     assert "--since must be an ISO 8601 date or time" in capsys.readouterr().err
     assert main(["events", *store, "--tail", "0"]) == 2
+
+
+def test_events_show_and_find_custom_ids(make_client: Any, tmp_path: Path, capsys: Any) -> None:
+    """A companyID experiment could not be audited from the command line: no
+    custom IDs shown, and ``--user`` did not match them (a new user's trial)."""
+    spec = tmp_path / "company.toml"
+    spec.write_text(
+        '[flagware]\ncustom_ids = ["companyID", "orgID"]\n\n[experiments.pricing]\n'
+        'unit = "companyID"\ngroups = [{ name = "Control", weight = 100 }]\n'
+    )
+    client = make_client(spec=spec)
+    for user, ids in (("u-1", {"companyID": "acme"}), ("u-2", {"companyID": "bolt", "orgID": 7})):
+        flags = client.flags_for(user_id=user, custom_ids=ids)
+        flags.experiment("pricing")
+        flags.log_event("clicked")
+    client.flags_for(user_id="u-3").log_event("clicked")
+    client.flush()
+    store = ["--store", str(client.event_store_path)]
+
+    def shown(*options: str) -> list[dict[str, Any]]:
+        assert main(["events", *store, *options]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    every = shown()
+    assert [(e["user_id"], e["custom_ids"]) for e in every] == [
+        ("u-1", {"companyID": "acme"}),
+        ("u-1", {"companyID": "acme"}),
+        ("u-2", {"companyID": "bolt", "orgID": "7"}),  # stored as text
+        ("u-2", {"companyID": "bolt", "orgID": "7"}),  # stored as text
+        ("u-3", None),
+    ]
+    assert shown("--user", "acme") == every[:2]
+    assert shown("--user", "7", "--user", "u-3") == every[2:]
+    assert main(["events", *store, "--format", "table", "--user", "bolt"]) == 0
+    header, exposure, clicked = capsys.readouterr().out.splitlines()
+    assert header.split()[4:6] == ["stable_id", "custom_ids"]
+    assert exposure.split()[5:7] == ["companyID=bolt,orgID=7", "pricing:Control"]
+    assert clicked.split()[2:] == ["clicked", "u-2", "-", "companyID=bolt,orgID=7"]
 
 
 def test_events_on_a_missing_store_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:

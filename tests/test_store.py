@@ -74,6 +74,26 @@ def test_events_read_newest_first_in_pages_from_the_end(store: Store) -> None:
     assert [r["value"] for r in later] == [2499, 2498, 2497]  # stops at after_id
 
 
+def test_events_read_back_their_custom_ids(store: Store) -> None:
+    """``flagware events`` showed no custom IDs, so a companyID experiment could
+    not be audited from the command line (a new user's B2B trial)."""
+    users = [
+        {"userID": "u", "customIDs": {"stableID": "s", "companyID": "acme", "orgID": 7}},
+        {"userID": "u", "customIDs": {"stableID": "s:1"}},  # a colon in the stableID
+        {"userID": "u", "customIDs": {"stableID": "s"}},
+        {"userID": "u"},
+        {"userID": "u", "customIDs": {"companyID": 'a"b,c'}},
+    ]
+    store.append([Event("x", user) for user in users], deliver=False)
+    assert [r["custom_ids"] for r in store.iter_events()] == [
+        {"companyID": "acme", "orgID": 7},
+        None,
+        None,
+        None,
+        {"companyID": 'a"b,c'},
+    ]
+
+
 def test_batch_rows_keep_every_event_and_its_exact_wire_payload(store: Store) -> None:
     # The writer encodes a request's shared user once and inserts in chunks:
     # 307 events are 256 + 32 + 16 + 2 + 1 rows, each stored as Event.payload().

@@ -54,11 +54,13 @@ CREATE TABLE IF NOT EXISTS flagware.meta (key text PRIMARY KEY, value text NOT N
 SELECT to_regclass('flagware.events') IS NOT NULL
 
 -- name: events_after
-SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name,
+    (payload::json #>> '{user,customIDs}')
 FROM events WHERE id > %(edge)s ORDER BY id LIMIT %(limit)s
 
 -- name: events_before
-SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name,
+    (payload::json #>> '{user,customIDs}')
 FROM events WHERE id < %(edge)s ORDER BY id DESC LIMIT %(limit)s
 
 -- name: count

@@ -159,6 +159,7 @@ class SQLStore:
                     "metadata": None if row[6] is None else json.loads(row[6]),
                     "exposure": row[7],
                     "group": row[8],
+                    "custom_ids": _custom_ids(row[9]),
                 }
             edge = rows[-1][0]
             if left is not None:
@@ -379,3 +380,13 @@ class SQLStore:
 
 def _range(batch: Batch) -> dict[str, Any]:
     return {"first": batch.first_id, "last": batch.last_id, "owner": batch.owner}
+
+
+def _custom_ids(text: str | None) -> dict[str, Any] | None:
+    """The event's custom IDs (companyID...) from its stored wire payload; the
+    stableID, which the payload keeps among them, has its own column."""
+    if text is None or (text.startswith('{"stableID":') and text.count(":") == 1):
+        return None  # the common case, no custom ID, without a parse
+    ids = json.loads(text)
+    ids.pop("stableID", None)
+    return ids or None

@@ -2,11 +2,13 @@
 -- Named parameters (:name); a query ignores the ones it does not use.
 
 -- name: events_after
-SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name,
+    json_extract(payload, '$.user.customIDs')
 FROM events WHERE id > :edge ORDER BY id LIMIT :limit
 
 -- name: events_before
-SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name
+SELECT id, time, event, user_id, stable_id, value, metadata, exposure, group_name,
+    json_extract(payload, '$.user.customIDs')
 FROM events WHERE id < :edge ORDER BY id DESC LIMIT :limit
 
 -- name: count
