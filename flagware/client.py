@@ -201,7 +201,11 @@ class Flagware(NamedUsers):
             key = check_statsig(statsig_secret, key)
             self.statsig_api: str | None = (api := statsig_api_url(statsig_api))
             self.engine = statsig_engine(engine)(
-                statsig_secret, api=api, init_timeout=init_timeout, tier=self.tier
+                statsig_secret,
+                api=api,
+                init_timeout=init_timeout,
+                tier=self.tier,
+                offline=self.isolated,
             )
         else:
             assert spec is not None

@@ -83,6 +83,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         stub = self.server.stub
+        if "/download_config_specs/" in self.path:
+            stub.spec_requests += 1
         if "/download_config_specs/" in self.path and stub.specs_status is not None:
             stub.spec_failures += 1
             self._reply(stub.specs_status, {"error": "injected failure"})
@@ -169,6 +171,7 @@ class StatsigStub:
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer
         self.spec_downloads: list[str] = []  # paths of v2 specs requests (Core's)
+        self.spec_requests = 0  # specs requests of either version, whatever the answer
         self.since_time = True  # False: answer every specs request in full, as some proxies do
         self.secret: str | None = None  # set: log_event and specs answer 401 to other keys
         self._port = port

@@ -74,6 +74,52 @@ def test_events_and_results_read_the_spec_and_store_of_the_settings(
         assert "missing.db" in capsys.readouterr().err
 
 
+def test_call_command_writes_to_the_streams_it_is_given(
+    tmp_path: Path, elsewhere: Path, capsys: Any
+) -> None:
+    """As Django's own commands do: ``call_command(..., stdout=buffer)`` got
+    nothing, everything went to the process's stdout (a new user's trial)."""
+    import io
+
+    store = visited_store(tmp_path, visitors=2)
+    capsys.readouterr()
+    out, err = io.StringIO(), io.StringIO()
+    with override_settings(FLAGWARE={"spec": DEMO_SPEC, "event_store": store}):
+        call_command("flagware", "events", "--format", "table", stdout=out, stderr=err)
+        header, *rows = out.getvalue().split("\n")
+        assert header.split()[:3] == ["time", "(UTC)", "event"] and rows[-1] == ""
+        assert all(rows[:-1]) and len(rows) > 2  # one line a row, none doubled
+        with pytest.raises(CommandError):
+            call_command("flagware", "results", "button_colour", stdout=out, stderr=err)
+    assert "button_color" in err.getvalue()  # did you mean
+    assert capsys.readouterr() == ("", "")
+
+
+def test_under_the_test_isolation_the_command_reads_the_projects_test_store(
+    tmp_path: Path, elsewhere: Path, capsys: Any
+) -> None:
+    """A test that ran ``manage.py flagware events`` read the real store named
+    in the settings, dev data and all, while the app wrote to its temporary
+    one; the test passed on the dev rows (a new user's trial)."""
+    from flagware.django import conf
+    from flagware.testing import isolate
+
+    real = visited_store(tmp_path, visitors=3)
+    capsys.readouterr()
+    settings = {"spec": DEMO_SPEC, "event_store": real, "hash_key": "test-key"}
+    with isolate(), override_settings(FLAGWARE=settings):
+        try:
+            conf.get_client().log_event("in_the_test", user_id="u-1")  # not flushed yet
+            call_command("flagware", "events")
+            shown = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+            assert shown == ["in_the_test"]
+            assert conf.get_client().event_store != real
+        finally:
+            conf.reset_client()
+    call_command("flagware", "events", "--store", real)  # the real store, as it was
+    assert capsys.readouterr().out.count('"visited_signup"') == 3
+
+
 def test_a_key_left_out_of_the_settings_falls_back_as_the_client_does(
     tmp_path: Path, elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:

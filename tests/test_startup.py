@@ -84,6 +84,48 @@ def test_under_isolation_the_line_says_nothing_is_delivered(
     assert line.endswith("(isolated for tests: nothing is delivered)"), line
 
 
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_under_isolation_a_client_on_statsig_downloads_nothing(tmp_path: Path, engine: str) -> None:
+    """A user's suite with STATSIG_SERVER_SECRET set reached statsigapi.net: the
+    secret left the CI runner, and unforced flags took the console's values,
+    so runs were not the same (a new user's trial). Isolated, a client on
+    Statsig downloads nothing and serves defaults unless a flag is forced."""
+    import socket
+    import time
+
+    from flagware.testing import override_gate
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    api = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+    def connections(seconds: float) -> int:
+        accepted, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+        for conn in accepted:
+            conn.close()
+        return len(accepted)
+
+    try:
+        with isolate(), statsig(tmp_path, statsig_api=api, engine=engine, init_timeout=0) as fw:
+            flags = fw.flags_for(user_id="u-1")
+            assert flags.gate("any_gate") is False
+            assert flags.experiment("any_experiment").group is None
+            with override_gate("any_gate"):
+                assert fw.flags_for(user_id="u-2").gate("any_gate") is True
+            assert connections(1.5) == 0
+        # The same client outside the isolation does download (what the test can see).
+        with statsig(tmp_path, statsig_api=api, engine=engine, init_timeout=0) as fw:
+            assert fw.flags_for(user_id="u-1").gate("any_gate") is False  # starts the engine
+            assert connections(3) > 0
+    finally:
+        listener.close()
+
+
 # -- a secret set and ignored -------------------------------------------------
 
 

@@ -205,6 +205,48 @@ def test_an_override_is_checked_against_a_client_a_lifespan_closed(spec_file: An
         _closed_clients.update(closed)
 
 
+def test_a_closed_clients_other_groups_do_not_make_a_group_unknown(spec_file: Any) -> None:
+    """A fixture's client whose spec gave the experiment other groups, closed
+    since, made a group the app's live spec has "unknown" to every later test
+    (a new user's trial: the last spec read won the merge)."""
+    from flagware import Flagware
+    from flagware.client import _closed_clients, _live_clients
+
+    folder = spec_file.parent
+    alive, closed = set(_live_clients), set(_closed_clients)
+    _live_clients.clear()
+    _closed_clients.clear()
+    app_spec, fixture_spec = folder / "app.toml", folder / "fixture.toml"
+    groups = '[experiments.button_color]\ngroups = [{ name = "Control", weight = 50 }, %s]\n'
+    app_spec.write_text(groups % '{ name = "Green", weight = 50 }')
+    fixture_spec.write_text(groups % '{ name = "Blue", weight = 50 }')
+    app = Flagware(spec=app_spec, event_store=folder / "a.db", hash_key="k")
+    try:
+        fixture = Flagware(spec=fixture_spec, event_store=folder / "f.db", hash_key="k")
+        fixture.close()  # still referenced, as a module's client is
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnknownOverrideWarning)
+            with override_experiment("button_color", {}, group="Green"):
+                pass
+        with (
+            pytest.warns(UnknownOverrideWarning, match=r"\(its groups: Control, Green\)"),
+            override_experiment("button_color", {}, group="Blue"),  # only the closed one's
+        ):
+            pass
+        app.close()  # now only closed clients: either spec's groups are known
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnknownOverrideWarning)
+            with override_experiment("button_color", {}, group="Blue"):
+                pass
+    finally:
+        app.close()
+        overrides.clear()
+        _live_clients.clear()
+        _closed_clients.clear()
+        _live_clients.update(alive)
+        _closed_clients.update(closed)
+
+
 def test_no_override_warning_while_a_client_on_statsig_lives(client: Any) -> None:
     """A client on Statsig may define any name: with one alive, nothing is said."""
     from flagware import Flagware

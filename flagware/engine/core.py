@@ -273,6 +273,8 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
     def _start(self) -> Any:
         # Once per process, as the engine starts: the first download may delay
         # this process's first request by at most init_timeout.
+        if self.offline:
+            return super()._start()  # no download: Core serves defaults
         download = self._download = SpecsDownload(self.api or DEFAULT_STATSIG_API, self.secret)
         download.start(wait=self.init_timeout)
         try:
@@ -287,9 +289,10 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
         super()._stop(server)
 
     def _core_options(self) -> Any:
-        download = self._download
-        assert download is not None  # made by _start
-        self._store = _SpecsStore(lambda: download.specs, polling=True)
+        download = self._download  # None when offline
+        self._store = _SpecsStore(
+            (lambda: download.specs) if download else (lambda: None), polling=download is not None
+        )
         return core.StatsigOptions(
             disable_network=True,  # Core's own requests (its error reports) never leave
             data_store=self._store,

@@ -25,12 +25,17 @@ class StatsigSource:
         api: str | None = None,
         init_timeout: float = 3.0,
         tier: str | None = None,
+        offline: bool = False,
     ) -> None:
         super().__init__()
         self.secret = secret
         self.api = api
         self.init_timeout = init_timeout
         self.tier = tier
+        # Under the test isolation: nothing downloaded, so every gate is False
+        # and every experiment its defaults unless forced, on every run and
+        # machine, and the secret never leaves a CI runner.
+        self.offline = offline
 
 
 class StatsigEngine(StatsigSource, LegacySDK):
@@ -51,6 +56,7 @@ class StatsigEngine(StatsigSource, LegacySDK):
     def _options(self) -> StatsigOptions:
         return StatsigOptions(
             api=self.api,
+            local_mode=self.offline,
             # An unreachable API delays the first request of a process by at
             # most this long; the SDK keeps trying in the background and the
             # app serves defaults until specs arrive.

@@ -119,12 +119,21 @@ def _check_known(
     specs = [spec for spec in live + closed if spec is not None]
     if None in live or not specs:  # a live client on Statsig, or only closed ones on it
         return
-    defined = {n: x for spec in specs for n, x in getattr(spec, f"{kind}s").items()}
+    # What the live clients' specs define wins, then what the closed ones do:
+    # merged, the last spec read won, so a fixture's closed client whose spec
+    # gave the experiment other groups made a right group "unknown" to every
+    # later test (a new user's trial, failing under filterwarnings = error).
+    named = [spec for spec in live if spec is not None] or specs
+    found = [getattr(spec, f"{kind}s")[name] for spec in named if name in getattr(spec, f"{kind}s")]
+    if not found:
+        found = [
+            getattr(spec, f"{kind}s")[name] for spec in specs if name in getattr(spec, f"{kind}s")
+        ]
     what = f"override of {kind} {name!r}"
-    if name not in defined:
+    if not found:
         # The live clients' files, which the app reads now (a closed client's
         # may be a fixture's, long done with).
-        named = [spec for spec in live if spec is not None] or specs
+        defined = list(dict.fromkeys(n for spec in specs for n in getattr(spec, f"{kind}s")))
         sources = ", ".join(sorted({str(spec.source) for spec in named}))
         # A trial's app read a gate its spec lacked: the override did reach
         # it, so "forces nothing" was wrong there; both cases are said.
@@ -133,7 +142,8 @@ def _check_known(
             f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
             f" outside this override the app {elsewhere}, and a misspelt name forces nothing"
         )
-    elif group is not None and group not in (names := [g.name for g in defined[name].groups]):
+    elif group is not None and not any(group in [g.name for g in x.groups] for x in found):
+        names = [g.name for g in found[0].groups]
         message = (
             f"{what}: no group {group!r}{did_you_mean(group, names)} (its groups: "
             f"{', '.join(names)}); exposures will carry a group the experiment never had"

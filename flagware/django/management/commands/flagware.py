@@ -6,20 +6,23 @@ its events; where a key is not set, to what ``flagware`` itself uses (the
 environment, then ``flagware.toml`` and ``.flagware/events.db``), as
 ``Flagware(...)`` does. So ``manage.py flagware results button_color`` reads
 what the running site stored, from any working directory, with the options and
-exit codes of ``flagware results`` (3: the launch is blocked).
+exit codes of ``flagware results`` (3: the launch is blocked). Under the test
+isolation, ``--store`` defaults to the project client's temporary store.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, OutputWrapper
 
-from flagware import cli
+from flagware import cli, client
+from flagware.django import conf
 from flagware.django.conf import SETTING, options, unknown_keys
 
 # The options every manage.py command takes. ManagementUtility has applied
@@ -51,6 +54,17 @@ def flagware_defaults() -> dict[str, str]:
                 returncode=cli.EXIT_BAD_INPUT,
             )
         defaults[dest] = os.fspath(value)
+    if client.isolated_store is not None:
+        # Under the test isolation (the pytest plugin, FlagwareRunner) the
+        # project's client stores in a temporary file: a test that ran
+        # `flagware results` read the real store, dev data and all, and passed
+        # on it (a new user's trial). Its events are flushed first.
+        try:
+            project = conf.get_client()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc), returncode=cli.EXIT_BAD_INPUT) from None
+        project.flush()
+        defaults["store"] = project.event_store
     secret = settings.get("statsig_secret")
     if "spec" not in defaults and isinstance(secret, str) and secret.strip():
         defaults["statsig"] = f"settings.{SETTING}['statsig_secret']"  # `check` says so
@@ -82,6 +96,25 @@ def _is_django_option(arg: str) -> bool:
     return arg.startswith("-v") and arg[2:].isdigit()  # -v0
 
 
+class _Text:
+    """A text stream onto a command's ``OutputWrapper``, written as given:
+    the wrapper would end every ``write`` with a newline (``print`` writes the
+    newline apart) and colour stderr as an error on a terminal."""
+
+    def __init__(self, wrapper: OutputWrapper) -> None:
+        self._wrapper = wrapper
+
+    def write(self, text: str) -> int:
+        self._wrapper.write(text, style_func=str, ending="")
+        return len(text)
+
+    def flush(self) -> None:
+        self._wrapper.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 class Command(BaseCommand):
     requires_system_checks = ()  # it checks its settings itself (flagware_defaults)
     help = (
@@ -104,8 +137,14 @@ class Command(BaseCommand):
         sys.exit(code)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # call_command(..., stdout=buffer) gets the output, as from Django's own
+        # commands: the flagware command prints to sys.stdout and sys.stderr.
         try:
-            code = run(list(args))
+            with (
+                contextlib.redirect_stdout(_Text(self.stdout)),
+                contextlib.redirect_stderr(_Text(self.stderr)),
+            ):
+                code = run(list(args))
         except SystemExit as exit:  # argparse: --help (0), or a usage error (2)
             code = exit.code if isinstance(exit.code, int) else 2
         if code:
