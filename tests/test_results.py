@@ -284,18 +284,35 @@ def check_call(results: Any, metric: Any, row: Any, p: float) -> None:
         assert (row.relative_ci[1] < 0) == (hi < 0)
 
 
+def pooled_delta_variances(
+    y_t: np.ndarray, x_t: np.ndarray, y_c: np.ndarray, x_c: np.ndarray
+) -> tuple[float, float]:
+    """Each ratio's squared standard error from the linearised values y - R x of
+    both groups (each around its own ratio) pooled, in numpy."""
+    d_t = y_t - y_t.sum() / x_t.sum() * x_t
+    d_c = y_c - y_c.sum() / x_c.sum() * x_c
+    ss = ((d_t - d_t.mean()) ** 2).sum() + ((d_c - d_c.mean()) ** 2).sum()
+    spread = ss / (len(d_t) + len(d_c) - 2)
+    return spread / (len(x_t) * x_t.mean() ** 2), spread / (len(x_c) * x_c.mean() ** 2)
+
+
 def check_ratio_metric(metric: Any, log: Log, exp: str) -> int:
-    """A mean metric is sum of values over valued events: the delta method, in numpy."""
+    """A mean metric is sum of values over valued events: the delta method, in
+    numpy, with the pooled error where it is larger."""
     sums = independent_samples(log.events, exp, metric.event, "sum")
     counts = independent_samples(log.events, exp, metric.event, "valued")
-    r_c, v_c = delta_method_ratio(np.array(sums["Control"]), np.array(counts["Control"]))
+    y_c, x_c = np.array(sums["Control"]), np.array(counts["Control"])
+    r_c, v_c = delta_method_ratio(y_c, x_c)
     for row in metric.results:
-        r_t, v_t = delta_method_ratio(np.array(sums[row.group]), np.array(counts[row.group]))
+        y_t, x_t = np.array(sums[row.group]), np.array(counts[row.group])
+        r_t, v_t = delta_method_ratio(y_t, x_t)
         assert row.units == len(sums[row.group])
         assert (row.mean, row.control_mean) == pytest.approx((r_t, r_c), rel=1e-9)
-        se = math.sqrt(v_t + v_c)
+        p_t, p_c = pooled_delta_variances(y_t, x_t, y_c, x_c)
+        method = "delta-pooled" if p_t + p_c > v_t + v_c else "delta"
+        se = math.sqrt(max(v_t + v_c, p_t + p_c))
         z = sps.norm.ppf(1 - row.ci_alpha / 2)
-        assert row.method == "delta"
+        assert row.method == method
         assert row.ci == pytest.approx((r_t - r_c - z * se, r_t - r_c + z * se), rel=1e-7)
         p = 2 * sps.norm.sf(abs(r_t - r_c) / se)
         assert row.p_value == pytest.approx(p, rel=1e-6)
@@ -328,11 +345,13 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     store = random_log(1, effect=0.0).store(tmp_path)
     every = compute_results(make_spec(), "button_color", store, now=NOW, cuped=False)
     used = {r.method for m in every.metrics for r in m.results}
-    assert used in ({"score", "welch", "delta"}, {"score", "welch", "pooled", "delta"})
+    assert {"score", "welch"} <= used <= {"score", "welch", "pooled", "delta", "delta-pooled"}
     pooled = ", pooled t where its error is larger" if "pooled" in used else ""
+    delta = ", delta method for means and ratios" if "delta" in used else ""
+    if "delta-pooled" in used:
+        delta += ", pooled delta method where its error is larger"
     assert method_line(every).startswith(
-        f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled},"
-        " delta method for means and ratios);"
+        f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled}{delta});"
     )
     spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})
     one = compute_results(spec, "button_color", store, now=NOW, cuped=False)

@@ -78,6 +78,7 @@ _FIXED_HORIZON = {
     "welch": "Welch t",
     "pooled": "pooled t where its error is larger",
     "delta": "delta method for means and ratios",
+    "delta-pooled": "pooled delta method where its error is larger",
 }
 
 

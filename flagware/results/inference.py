@@ -43,7 +43,7 @@ __all__ = [
     "too_small",
 ]
 
-Method = Literal["welch", "pooled", "score", "delta", "sequential"]
+Method = Literal["welch", "pooled", "score", "delta", "delta-pooled", "sequential"]
 
 #: No comparison is called with fewer units than this in either group.
 MIN_UNITS = 10

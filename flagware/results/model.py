@@ -64,7 +64,7 @@ class GroupResult:
     outcome: Outcome  # significant and in the metric's good direction, bad one, or neither
     p_value_adjusted: float | None = None
     ci_alpha: float | None = None
-    method: str | None = None  # "welch", "pooled", "score", "delta" or "sequential"
+    method: str | None = None  # "welch", "pooled", "score", "delta", "delta-pooled" or "sequential"
     note: str | None = None  # why no test was made (below the minimum sample, no variance)
     mde: float | None = None  # absolute effect detectable with 80% power at this sample
     units_needed: int | None = None  # units (both groups) for the target MDE at 80% power
