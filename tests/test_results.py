@@ -351,19 +351,27 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     if "delta-pooled" in used:
         delta += ", pooled delta method where its error is larger"
     assert method_line(every).startswith(
-        f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled}{delta});"
+        f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled}{delta}),"
+        " lifts by Fieller's interval, the score ratio interval for conversions;"
     )
     spec = make_spec(metrics={"signed_up": METRICS["signed_up"]})
     one = compute_results(spec, "button_color", store, now=NOW, cuped=False)
-    assert method_line(one).startswith("Intervals: fixed-horizon tests (score for conversions);")
+    assert method_line(one).startswith(
+        "Intervals: fixed-horizon tests (score for conversions), lifts by Fieller's interval,"
+        " the score ratio interval for conversions;"
+    )
     none = replace(one, metrics=[replace(m, results=[]) for m in one.metrics])
     assert method_line(none).startswith("Intervals: fixed-horizon tests (none made yet: ")
 
     # A variance reduction a hair below zero is none, not "-0%".
     from flagware.results.formatting import metric_notes
 
-    metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.001, "Blue": 0.25})
-    assert metric_notes(metric) == ["CUPED variance reduction: Red 0%, Blue 25%"]
+    metric = replace(one.metrics[0], cuped=True, variance_reduction={"Red": -0.0004, "Blue": 0.25})
+    adjusted = "; means and intervals are CUPED-adjusted (--no-cuped: as observed)"
+    assert metric_notes(metric) == [f"CUPED variance reduction: Red 0%, Blue 25%{adjusted}"]
+    # Under 1%, one decimal: 0.19% read "0%" while CUPED was applied.
+    metric = replace(metric, variance_reduction={"Red": 0.0019, "Blue": -0.005})
+    assert metric_notes(metric) == [f"CUPED variance reduction: Red 0.2%, Blue -0.5%{adjusted}"]
     # Nobody converted in the window (a trial's): said, not left blank.
     metric = replace(metric, variance_reduction={})
     assert metric_notes(metric) == ["CUPED variance reduction: none (the metric does not vary)"]
@@ -1236,7 +1244,7 @@ def test_the_text_says_which_data_it_read(tmp_path: Path) -> None:
     exposed = f"{datetime.fromtimestamp((NOW - 2 * HOUR) / 1000, tz=UTC):%Y-%m-%d %H:%M}"
     assert f"first exposures from {exposed} to {exposed} UTC" in line
     assert line.endswith(
-        f"data until {datetime.fromtimestamp(cut / 1000, tz=UTC):%Y-%m-%d %H:%M} UTC"
+        f"data until {datetime.fromtimestamp(cut / 1000, tz=UTC):%Y-%m-%d %H:%M:%S} UTC"
     )
     empty = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 3 * HOUR)
     assert "Data: no exposures counted up to " in render_text(empty)

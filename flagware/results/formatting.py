@@ -38,12 +38,19 @@ def interval(ci: tuple[float, float] | None, fmt: str) -> str:
 def pvalue(p: float | None) -> str:
     if p is None:
         return "-"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+    return "<0.0001" if p < 1e-4 else _p(p)
+
+
+def _p(p: float) -> str:
+    # Two significant digits under 0.001, the sample-ratio block's threshold:
+    # 0.000134 read "0.0001 (failed)", as if it sat on the line (a
+    # statistician's trial).
+    return f"{p:.2g}" if p < 1e-3 else f"{p:.4f}"
 
 
 def p_phrase(p: float, name: str = "p") -> str:
     """``p = 0.0123`` or ``p < 0.0001``: in a sentence, as the tables show it."""
-    return f"{name} < 0.0001" if p < 1e-4 else f"{name} = {p:.4f}"
+    return f"{name} < 0.0001" if p < 1e-4 else f"{name} = {_p(p)}"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
@@ -86,10 +93,12 @@ def method_line(results: Results) -> str:
     """How the intervals were made, in one line (the README explains each part)."""
     used = {(r.method or "").removesuffix("+cuped") for m in results.metrics for r in m.results}
     named = [text for method, text in _FIXED_HORIZON.items() if method in used]
+    # The lift's method was named only in the README (a statistician's trial).
     if results.sequential:
-        tests = "always-valid confidence sequences (sequential)"
+        tests = "always-valid confidence sequences (sequential), lifts by Fieller's interval"
     elif named:
-        tests = f"fixed-horizon tests ({', '.join(named)})"
+        ratio = ", the score ratio interval for conversions" if "score" in used else ""
+        tests = f"fixed-horizon tests ({', '.join(named)}), lifts by Fieller's interval{ratio}"
     else:  # it listed every estimator, as if each had been used
         tests = "fixed-horizon tests (none made yet: each result says why)"
     data = [f"{results.crossover_units} crossover unit(s) left out"]
@@ -130,16 +139,19 @@ def time_range(results: Results, sep: str = " · ") -> str:
             return f"no exposures counted up to {cut:%Y-%m-%d %H:%M:%S} UTC (--until)"
         return "no exposures counted yet"
 
-    def when(ms: int) -> str:
-        return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):%Y-%m-%d %H:%M}"
+    def when(ms: int, form: str = "%Y-%m-%d %H:%M") -> str:
+        return f"{datetime.fromtimestamp(ms / 1000, tz=UTC):{form}}"
 
+    # The cut to the second (a statistician's trial: --until 02:12:12.401 read
+    # as 02:12); to the ms in the JSON.
     until = results.until if results.until is not None else results.computed_at
+    up_to = when(until, "%Y-%m-%d %H:%M:%S")
     return sep.join(
         (
             f"running {days_running(results):g} days",
             f"first exposures from {when(results.first_exposure)} to"
             f" {when(results.last_exposure or results.first_exposure)} UTC",
-            f"data until {when(until)} UTC",
+            f"data until {up_to} UTC",
         )
     )
 
@@ -163,18 +175,21 @@ def metric_notes(m: MetricResult) -> list[str]:
     notes = []
     if m.cuped:
         # Not "-0%": a reduction a hair below zero is none.
-        reduction = ", ".join(
-            f"{g} {r:.0%}".replace(" -0%", " 0%") for g, r in m.variance_reduction.items()
-        )
+        reduction = ", ".join(f"{g} {_share(r)}" for g, r in m.variance_reduction.items())
         # A group whose metric never varies has nothing to reduce and no entry.
-        notes.append(f"CUPED variance reduction: {reduction or 'none (the metric does not vary)'}")
+        notes.append(
+            f"CUPED variance reduction: {reduction}; means and intervals are CUPED-adjusted"
+            " (--no-cuped: as observed)"
+            if reduction
+            else "CUPED variance reduction: none (the metric does not vary)"
+        )
     elif m.cuped_skipped is not None:
         notes.append(
             f"CUPED not applied: it would reduce the variance by {m.cuped_skipped:.1%},"
             f" under {MIN_CONVERSION_GAIN:.0%}, so the metric is analysed as 0/1 values"
         )
     if m.cap is not None and m.capped_units:
-        notes.append(f"capped at {num(m.cap)} ({m.capped_units} unit(s) above)")
+        notes.append(f"capped at {num(m.cap, 8)} ({m.capped_units} unit(s) above)")
     # Fieller's interval for a ratio is unbounded when the control's mean is
     # not clearly above 0: no lift interval, only the absolute one.
     unbounded = [r.group for r in m.results if r.ci is not None and r.relative_ci is None]
@@ -184,6 +199,14 @@ def metric_notes(m: MetricResult) -> list[str]:
             " so the relative effect is unbounded; read the delta and its CI"
         )
     return notes
+
+
+def _share(reduction: float) -> str:
+    """A variance reduction: whole percent, one decimal under 1% (0.19% read
+    "0%" while CUPED was applied); a hair below zero is none, not "-0%"."""
+    if abs(reduction) < 0.0005:
+        return "0%"
+    return f"{reduction:.1%}" if abs(reduction) < 0.01 else f"{reduction:.0%}"
 
 
 def planning_test(results: Results) -> str:

@@ -260,7 +260,11 @@ def _html_metrics(results: Results) -> list[str]:
     parts = ["<h2>Metrics</h2>", f'<p class="legend">{legend}</p>']
     for m in results.metrics:
         tags = f" · tags: {escape(', '.join(m.tags))}" if m.tags else ""
-        family = f"{m.role} metric, {m.correction} over {m.family_size}"
+        family = (
+            f"{m.role} metric, tested at alpha, uncorrected"
+            if m.correction == "none"  # "none over 1" read as a count of failures
+            else f"{m.role} metric, {m.correction} over {m.family_size}"
+        )
         notes = "".join(f" · {escape(n)}" for n in metric_notes(m))
         parts.append(
             f'<section class="metric"><h3>{escape(m.name)}</h3>'
