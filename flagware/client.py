@@ -41,6 +41,7 @@ from flagware.settings import (
     env,
     local_hash_key,
     statsig_api_url,
+    warn_if_other_key,
 )
 from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
@@ -192,6 +193,8 @@ class Flagware(NamedUsers):
             key: str | bytes | None = hash_key
         else:
             key = TEST_HASH_KEY if self.isolated else env("FLAGWARE_HASH_KEY")
+        if key is not None and not self.isolated and not self._shared_store:
+            warn_if_other_key(self.event_store, key)
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
