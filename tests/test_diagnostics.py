@@ -423,6 +423,13 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     finally:
         client.close()
     assert '<span class="off" id="specs">no specs yet: serving defaults</span>' in html
+    # ...and that the downloads fail, as the log said (a trial's page said nothing).
+    failing = re.search(r'<span class="off" id="specs-failing">(.*?)</span>', html)
+    assert failing, html
+    host = url.removesuffix("/v1")
+    assert failing[1].startswith(f"downloads from {host}/")
+    assert "/download_config_specs failing since " in failing[1]
+    assert re.search(r"\((\d+) failed so far; last: .+\)$", failing[1])
 
 
 def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:

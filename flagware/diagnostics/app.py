@@ -254,9 +254,25 @@ class DiagnosticsApp:
             self.client.report(exc, "diagnostics")
             time_ms = None
         if time_ms is None:
-            return '<span class="off" id="specs">no specs yet: serving defaults</span>'
-        when = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
-        return f'specs of <span id="specs">{when:%Y-%m-%d %H:%M:%S} UTC</span>'
+            shown = '<span class="off" id="specs">no specs yet: serving defaults</span>'
+        else:
+            when = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+            shown = f'specs of <span id="specs">{when:%Y-%m-%d %H:%M:%S} UTC</span>'
+        return shown + self._specs_outage()
+
+    def _specs_outage(self) -> str:
+        """Failing downloads, as the log said them: the page showed the specs'
+        time and nothing else through a Statsig outage (a new user's trial)."""
+        downloads = self.client.engine.specs_log()
+        since = None if downloads is None else downloads.failing_since
+        if downloads is None or since is None:
+            return ""
+        start = datetime.fromtimestamp(since, tz=UTC)
+        return (
+            f' · <span class="off" id="specs-failing">downloads from'
+            f" {escape(downloads.base)} failing since {start:%H:%M:%S} UTC"
+            f" ({downloads.failures} failed so far; last: {escape(downloads.last_reason)})</span>"
+        )
 
     def _names(self) -> tuple[list[str], list[str], str]:
         """Gate and experiment names: the local spec's, else the Statsig specs in memory."""

@@ -6,10 +6,13 @@ import logging
 import os
 import weakref
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flagware.locks import ProcessLock
 from flagware.threads import signals_held
+
+if TYPE_CHECKING:
+    from flagware.engine.specs_log import SpecsLog
 
 log = logging.getLogger("flagware")
 
@@ -118,6 +121,11 @@ class Engine:
         """When the specs this process evaluates last changed (Unix ms, their
         ``time``); None while it has none and serves defaults."""
         raise NotImplementedError
+
+    def specs_log(self) -> SpecsLog | None:
+        """This process's Statsig specs downloads (None: the local spec, or not
+        started): the diagnostics page says an outage the log said."""
+        return None
 
     def close(self) -> None:
         with self._lock:

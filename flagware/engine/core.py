@@ -29,6 +29,7 @@ from flagware.engine.base import Engine, Evaluation, UserFields
 from flagware.engine.core_dcs import to_v2
 from flagware.engine.core_specs import POLL_MS, Specs, SpecsDownload
 from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
+from flagware.engine.specs_log import SpecsLog
 from flagware.engine.statsig import StatsigSource
 from flagware.settings import DEFAULT_STATSIG_API
 from flagware.spec import compile_dcs
@@ -269,6 +270,9 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
 
     def _sdk_key(self) -> str:
         return self.secret
+
+    def specs_log(self) -> SpecsLog | None:
+        return None if self._download is None else self._download.log
 
     def _start(self) -> Any:
         # Once per process, as the engine starts: the first download may delay

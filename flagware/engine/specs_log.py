@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("flagware")
@@ -21,13 +22,18 @@ class SpecsLog:
         self.base = base
         self.failures = 0  # downloads that failed, this process
         self.failing = False
+        self.failing_since: float | None = None  # time.time() of this outage's first failure
+        self.last_reason = ""
         self._on_recovered = on_recovered
         self._lock = threading.Lock()
 
     def failed(self, reason: str, *, have_specs: bool, route: str = "") -> None:
         with self._lock:
             self.failures += 1
+            self.last_reason = reason
             first, self.failing = not self.failing, True
+            if first:
+                self.failing_since = time.time()
         if first:  # once per outage: the count says the rest
             log.warning(
                 "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
@@ -41,6 +47,7 @@ class SpecsLog:
     def worked(self) -> None:
         with self._lock:
             ended, self.failing = self.failing, False
+            self.failing_since = None
         if ended:
             log.info("flagware: Statsig specs download from %s works again", self.base)
             if self._on_recovered is not None:

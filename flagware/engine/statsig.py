@@ -47,6 +47,9 @@ class StatsigEngine(StatsigSource, LegacySDK):
     def _sdk_key(self) -> str:
         return self.secret
 
+    def specs_log(self) -> SpecsLog | None:
+        return self.specs
+
     def _new_server(self) -> StatsigServer:
         legacy_specs.quiet_repeats()
         base = f"{(self.api or STATSIG_CDN).rstrip('/')}/download_config_specs"
