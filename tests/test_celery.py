@@ -164,12 +164,14 @@ def test_recycled_pool_children_store_what_their_tasks_logged(shop: Path) -> Non
         # Each child runs one task and ends; nothing flushes on its cadence (60 s).
         assert wait_for(lambda: stored(shop).get("purchase", 0) == 80, 60), stored(shop)
         # Let billiard's Supervisor replace the last recycled child before the
-        # warm shutdown (it looks every 0.8 s). Twice in CI (Core on 3.11,
-        # the legacy engine on 3.13) a stop right after the last task never
-        # ended: only the main process was left, its main thread waiting on a
-        # lock and the Supervisor thread still looping. The cause is not
-        # established; a stop during the replacement is the one moment these
-        # runs shared.
+        # warm shutdown (it looks every 0.8 s). Twice in CI a stop right after
+        # the last task never ended. The hang is Celery's own: a worker with
+        # no flagware in it, the same tasks, options and stop, hung the same
+        # way in 1 of 60 runs (Python 3.13, Celery 5.7.0), as this test did in
+        # 1 of 30 without the wait. py-spy: the main process alone, its main
+        # thread in billiard's Pool._help_stuff_finish at interpreter exit,
+        # waiting for the task queue's read lock, which a child that had
+        # ended held.
         time.sleep(2)
     finally:
         log = stop(worker, shop)
