@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flagware.client import Flagware
 
-__all__ = ["OVERRIDE_RULE", "Config", "Overrides", "overrides"]
+__all__ = ["OVERRIDE_RULE", "Config", "Overrides", "SpecGroup", "overrides"]
 
 OVERRIDE_RULE = "override"  # the rule ID Statsig reports for local overrides
 
@@ -39,6 +39,22 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config({self.name!r}, group={self.group!r}, params={self.params!r})"
+
+
+class SpecGroup(Config):
+    """A forced group whose params are the spec's: each client reads its own
+    specs' params for that group when the experiment is read, so a test need
+    not copy params that may drift from the spec (a new user's trial)."""
+
+    __slots__ = ()
+
+    def resolve(self, client: Flagware) -> Config:
+        try:
+            groups = client.engine.experiment_groups().get(self.name) or {}
+        except Exception:  # no specs yet (Statsig unreachable): no params
+            groups = {}
+        params = dict(groups.get(self.group or "", {}))
+        return Config(self.name, params, group=self.group, rule_id=self.rule_id)
 
 
 class Overrides:
@@ -84,6 +100,8 @@ class Overrides:
                 return Config(name, {}, rule_id=OVERRIDE_RULE)
             control = experiment.control
             return Config(name, control.params, group=control.name, rule_id=OVERRIDE_RULE)
+        if isinstance(forced, SpecGroup):
+            return forced.resolve(client)
         return forced
 
 

@@ -50,6 +50,27 @@ def test_context_managers_nest_and_restore(client: Any) -> None:
     assert not overrides
 
 
+def test_a_group_forced_alone_takes_the_specs_params(client: Any) -> None:
+    """Forcing a group needed its params copied into the test, where they could
+    drift from the spec (a new user's trial): given alone, the group's params
+    are the spec's, read by the client that evaluates."""
+    from flagware.testing import FlagwareOverrides
+
+    with override_experiment("button_color", group="Red"):
+        assert read(client) == "False Red red"
+    forced = FlagwareOverrides()
+    try:
+        forced.experiment("button_color", group="Control")
+        assert read(client) == "False Control blue"
+        forced.experiment("button_color", {"color": "green"}, group="Red")  # params given win
+        assert read(client) == "False Red green"
+        forced.experiment("button_color")  # neither: outside the experiment
+        assert read(client) == "False None None"
+    finally:
+        forced.clear()
+    assert not overrides
+
+
 GATE_ELSEWHERE = (
     "; outside this override the app reads it as False, and a misspelt name forces nothing"
 )

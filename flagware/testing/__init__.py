@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flagware.flags import listeners
-from flagware.overrides import OVERRIDE_RULE, Config, overrides
+from flagware.overrides import OVERRIDE_RULE, Config, SpecGroup, overrides
 from flagware.visitors import forget_repeats
 
 if TYPE_CHECKING:
@@ -170,10 +170,13 @@ class FlagwareOverrides:
         _check_known("gate", name)
         overrides.gates[name] = bool(value)
 
-    def experiment(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
-        """Every request is in ``group`` of experiment ``name`` with these params."""
+    def experiment(
+        self, name: str, params: Mapping[str, Any] | None = None, group: str | None = None
+    ) -> None:
+        """Every request is in ``group`` of experiment ``name`` with these params
+        (without ``params``, the group's params in the spec the app reads)."""
         _check_known("experiment", name, group)
-        overrides.configs[name] = Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE)
+        overrides.configs[name] = _forced_experiment(name, params, group)
 
     def config(self, name: str, value: Mapping[str, Any]) -> None:
         """Dynamic config ``name`` has this value for every request."""
@@ -405,11 +408,20 @@ class override_gate(_Override):  # lower case, like Django's override_settings
             overrides.gates[self.name] = saved
 
 
-class override_experiment(_OverrideConfig):
-    """Every request is in ``group`` of experiment ``name`` with ``params``."""
+def _forced_experiment(name: str, params: Mapping[str, Any] | None, group: str | None) -> Config:
+    if params is None and group is not None:
+        return SpecGroup(name, {}, group=group, rule_id=OVERRIDE_RULE)
+    return Config(name, dict(params or {}), group=group, rule_id=OVERRIDE_RULE)
 
-    def __init__(self, name: str, params: Mapping[str, Any], group: str | None = None) -> None:
-        super().__init__(Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE))
+
+class override_experiment(_OverrideConfig):
+    """Every request is in ``group`` of experiment ``name`` with ``params``
+    (without ``params``, the group's params in the spec the app reads)."""
+
+    def __init__(
+        self, name: str, params: Mapping[str, Any] | None = None, group: str | None = None
+    ) -> None:
+        super().__init__(_forced_experiment(name, params, group))
 
     def _apply(self) -> Any:
         _check_known("experiment", self.config.name, self.config.group, self._site)
