@@ -46,7 +46,7 @@ from flagware.settings import (
 from flagware.shared_key import UNAVAILABLE, SharedKey
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
-from flagware.threads import warn_if_threads_disabled
+from flagware.threads import threads_disabled, warn_if_threads_disabled
 from flagware.users import NamedUsers
 from flagware.visitors import Repeats, prepare_bot_rules
 
@@ -262,7 +262,9 @@ class Flagware(NamedUsers):
         if handle_sigterm:
             install_sigterm(lambda: _live_clients)
         announce(self, spec=spec)
-        warn_if_threads_disabled()
+        if threads_disabled():
+            self.writer.inline = True  # the writer thread would run only during requests
+            warn_if_threads_disabled()
         if overrides.unchecked:  # a test overrode flags before any client existed
             overrides.check_unchecked()
         self._prepare()

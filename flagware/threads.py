@@ -63,8 +63,8 @@ def start_thread(thread: threading.Thread) -> None:
         thread.start()
 
 
-def warn_if_threads_disabled() -> None:
-    """Say once a process, as an error, that its Python threads cannot run.
+def threads_disabled() -> bool:
+    """Whether this process's Python threads run only while a request does.
 
     uWSGI 2.0 runs Python without thread support unless ``enable-threads``
     (or ``threads``) is set: a worker keeps the GIL while it waits for a
@@ -72,23 +72,28 @@ def warn_if_threads_disabled() -> None:
     request does. Measured (Debian's uWSGI 2.0.21, one worker): of 50 events,
     46 were stored within 2 s and the last 4 waited in memory, unstored, until
     the stop lost them, without a word. Sentry's and Datadog's SDKs check the
-    same option.
+    same option. Such a client stores each event as it is logged instead
+    (``EventWriter.inline``), and says so (:func:`warn_if_threads_disabled`).
     """
-    global _said_disabled
-    if _said_disabled:
-        return
     # uWSGI puts its embedded module in sys.modules before it loads the app.
     opt = getattr(sys.modules.get("uwsgi"), "opt", None)
     if opt is None:
-        return
-    if "threads" in opt or _enabled(opt.get("enable-threads")):
+        return False
+    return not ("threads" in opt or _enabled(opt.get("enable-threads")))
+
+
+def warn_if_threads_disabled() -> None:
+    """Say once a process, as an error, that its Python threads cannot run."""
+    global _said_disabled
+    if _said_disabled:
         return
     _said_disabled = True
     log.error(
         "flagware: uWSGI runs this app with Python threads disabled, so the threads"
-        " that store events (and deliver them to Statsig) run only while a request"
-        " does: events logged before a quiet spell wait in memory and a stop loses"
-        " them. Set enable-threads = true (README: Stopping: SIGTERM)"
+        " that store events (and deliver them to Statsig) would run only while a request"
+        " does: each event is stored as it is logged instead, on the request's thread"
+        " (slower), and delivery to Statsig waits for requests. Set enable-threads = true"
+        " (README: Stopping: SIGTERM)"
     )
 
 

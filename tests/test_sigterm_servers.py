@@ -391,13 +391,21 @@ def test_sigterm_to_every_process_stores_all_without_a_stall(
     assert took < 5.0, f"stopping took {took:.1f} s"
 
 
-def test_uwsgi_with_python_threads_disabled_is_said_once(tmp_path: Path, spec_file: Any) -> None:
+def test_uwsgi_with_python_threads_disabled_stores_each_event_as_logged(
+    tmp_path: Path, spec_file: Any
+) -> None:
     """uWSGI's default: its workers keep the GIL while they wait for a request,
     so the writer runs only during requests; events logged before a quiet
-    spell waited in memory, and a stop lost them (4 of 50, by hand), unsaid."""
-    proc, port = serve("uwsgi-no-threads", tmp_path, str(tmp_path / "events.db"), {})
+    spell waited in memory, and a stop lost them (4 of 50, by hand), unsaid.
+    Now said once, and each event is stored as it is logged."""
+    store = str(tmp_path / "events.db")
+    proc, port = serve("uwsgi-no-threads", tmp_path, store, {})
     try:
-        assert get(port, "a") == 200
+        for n in range(10):
+            assert get(port, f"u{n}") == 200
+        # Stored already, with the app's flush_interval of 60 s and no stop yet.
+        kinds, hits = stored_hits(store)
+        assert hits == 10 and kinds["visited"] == 10, kinds
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0].decode()

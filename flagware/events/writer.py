@@ -111,6 +111,9 @@ class EventWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stored = 0
+        # Store each event as it is queued, as after SIGTERM: for a process
+        # whose threads run only during requests (uWSGI without threads).
+        self.inline = False
         _writers.add(self)
 
     def put(self, event: Event) -> None:
@@ -127,7 +130,7 @@ class EventWriter:
         self._queue.put(event_row(event, self.deliver))
         if size == MAX_BATCH:  # a burst: store it now rather than at the next tick
             self._wake.set()
-        if shutdown.draining:  # SIGTERM: the process may end without another flush
+        if shutdown.draining or self.inline:  # SIGTERM: the process may end without a flush
             self.flush(timeout=5)
             if self._waited_out and self._held:
                 self._say_held()
