@@ -16,6 +16,16 @@ from flagware import FlagwareMiddleware, current_flags
 from flagware.cli import main
 
 
+def events_shown(store: list[str], capsys: Any) -> Any:
+    """``flagware events`` with ``--store`` and options: its JSON lines, parsed."""
+
+    def shown(*options: str) -> list[dict[str, Any]]:
+        assert main(["events", *store, *options]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    return shown
+
+
 def test_events_jsonl_prints_every_stored_event(client: Any, capsys: Any) -> None:
     def app(environ: Any, start_response: Any) -> Any:
         flags = current_flags()
@@ -102,10 +112,7 @@ def test_events_filters_by_name_flag_user_time_and_keeps_the_newest(
         browser.get(f"/?p{n}", environ_base={"REMOTE_ADDR": f"192.0.2.{n + 1}"})
     client.flush()
     store = ["--store", str(client.event_store_path)]
-
-    def shown(*options: str) -> list[dict[str, Any]]:
-        assert main(["events", *store, *options]) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    shown = events_shown(store, capsys)
 
     every = shown()
     assert [e["event"] for e in every] == ["statsig::config_exposure", "clicked"] * 3
@@ -141,10 +148,7 @@ def test_events_show_and_find_custom_ids(make_client: Any, tmp_path: Path, capsy
     client.flags_for(user_id="u-3").log_event("clicked")
     client.flush()
     store = ["--store", str(client.event_store_path)]
-
-    def shown(*options: str) -> list[dict[str, Any]]:
-        assert main(["events", *store, *options]) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    shown = events_shown(store, capsys)
 
     every = shown()
     assert [(e["user_id"], e["custom_ids"]) for e in every] == [
