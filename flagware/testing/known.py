@@ -1,0 +1,108 @@
+"""Whether an override names what the app's specs define (``UnknownOverrideWarning``).
+
+A misspelt override forces nothing, and one naming what no spec defines
+forces what the app never sees outside tests: either way a test may pass for
+the wrong reason, so each is said at the test's own line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+from flagware.overrides import overrides
+
+__all__ = ["UnknownOverrideWarning"]
+
+
+class UnknownOverrideWarning(UserWarning):
+    """An override names a gate, experiment or group no local spec defines:
+    outside tests the app never sees what it forces (and a misspelt name forces
+    nothing), so the test may pass for the wrong reason.
+    pytest's ``-W error::flagware.testing.UnknownOverrideWarning`` (or that
+    ``filterwarnings`` entry) makes it fail; Python's own ``-W`` cannot name a
+    class it has not imported yet, so there use ``-W error::UserWarning``."""
+
+    __module__ = "flagware.testing"  # where it is documented, imported and filtered
+
+
+def _check_known(
+    kind: str, name: str, group: str | None = None, site: tuple[str, int] | None = None
+) -> None:
+    """Warn when no live client's local spec defines what an override names.
+
+    Said only when every live client has a local spec: one on Statsig may
+    define any name. With no client yet (Django makes its own at the first
+    request; a factory may build the app inside the test), the check waits
+    for the first client made while the override is in force. The warning
+    points at ``site`` (a decorated test) or at the first caller outside this
+    module (a ``with`` line, a fixture call).
+    """
+    from flagware.client import _closed_clients, _live_clients
+    from flagware.spec import did_you_mean
+
+    # The live clients, and the closed ones still referenced: a module's client
+    # whose lifespan an earlier test ended serves the next request again (a
+    # new user's trial: a typo passed unsaid whenever such a test ran first,
+    # and a right name was said unknown when another client was live). A
+    # closed client on Statsig says nothing either way.
+    live = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
+    closed = [getattr(client.engine, "spec", None) for client in list(_closed_clients)]
+    if not live and not closed:  # checked when the first client is made, if still in force
+        where = site or _caller()
+        forced = overrides.gates if kind == "gate" else overrides.configs
+
+        def later() -> None:
+            if name in forced:
+                _check_known(kind, name, group, where)
+
+        overrides.unchecked.append(later)
+        return
+    specs = [spec for spec in live + closed if spec is not None]
+    if None in live or not specs:  # a live client on Statsig, or only closed ones on it
+        return
+    # What the live clients' specs define wins, then what the closed ones do:
+    # merged, the last spec read won, so a fixture's closed client whose spec
+    # gave the experiment other groups made a right group "unknown" to every
+    # later test (a new user's trial, failing under filterwarnings = error).
+    named = [spec for spec in live if spec is not None] or specs
+    found = [getattr(spec, f"{kind}s")[name] for spec in named if name in getattr(spec, f"{kind}s")]
+    if not found:
+        found = [
+            getattr(spec, f"{kind}s")[name] for spec in specs if name in getattr(spec, f"{kind}s")
+        ]
+    what = f"override of {kind} {name!r}"
+    if not found:
+        # The live clients' files, which the app reads now (a closed client's
+        # may be a fixture's, long done with).
+        defined = list(dict.fromkeys(n for spec in specs for n in getattr(spec, f"{kind}s")))
+        sources = ", ".join(sorted({str(spec.source) for spec in named}))
+        # A trial's app read a gate its spec lacked: the override did reach
+        # it, so "forces nothing" was wrong there; both cases are said.
+        elsewhere = "reads it as False" if kind == "gate" else "gets no group and its defaults"
+        message = (
+            f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
+            f" outside this override the app {elsewhere}, and a misspelt name forces nothing"
+        )
+    elif group is not None and not any(group in [g.name for g in x.groups] for x in found):
+        names = [g.name for g in found[0].groups]
+        message = (
+            f"{what}: no group {group!r}{did_you_mean(group, names)} (its groups: "
+            f"{', '.join(names)}); exposures will carry a group the experiment never had"
+        )
+    else:
+        return
+    file, line = site or _caller()
+    warnings.warn_explicit(message, UnknownOverrideWarning, file, line)
+
+
+def _caller() -> tuple[str, int]:
+    """Where the test's code is: the first frame outside flagware.testing."""
+    frame = sys._getframe(1)
+    while os.path.dirname(frame.f_code.co_filename) == _HERE and frame.f_back is not None:
+        frame = frame.f_back
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+_HERE = os.path.dirname(__file__)
