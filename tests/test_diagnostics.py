@@ -429,7 +429,7 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     host = url.removesuffix("/v1")
     assert failing[1].startswith(f"downloads from {host}/")
     assert "/download_config_specs failing since " in failing[1]
-    assert re.search(r"\((\d+) failed so far; last: .+\)$", failing[1])
+    assert re.search(r"\((\d+) failed since; last: .+\)$", failing[1])
 
 
 def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:
@@ -477,3 +477,19 @@ def test_behind_a_proxy_the_visitor_is_the_one_the_app_sees(make_diag: Any) -> N
     )
     assert hash_ip(b"test-key", "198.51.100.4") in response.text
     assert "198.51.100.4" not in response.text
+
+
+def test_an_outage_counts_its_own_failed_downloads() -> None:
+    """The page's count covered the whole process: "8 failed so far" for an
+    outage of 2, after an earlier one (a re-check trial)."""
+    from flagware.engine.specs_log import SpecsLog
+
+    downloads = SpecsLog("http://127.0.0.1:9/v1/download_config_specs")
+    for _ in range(6):
+        downloads.failed("HTTP 503", have_specs=True)
+    downloads.worked()
+    assert downloads.failing_since is None
+    downloads.failed("HTTP 500", have_specs=True)
+    downloads.failed("HTTP 502", have_specs=True)
+    assert (downloads.outage_failures, downloads.failures) == (2, 8)
+    assert downloads.last_reason == "HTTP 502" and downloads.failing_since is not None

@@ -271,7 +271,8 @@ class DiagnosticsApp:
         return (
             f' · <span class="off" id="specs-failing">downloads from'
             f" {escape(downloads.base)} failing since {start:%H:%M:%S} UTC"
-            f" ({downloads.failures} failed so far; last: {escape(downloads.last_reason)})</span>"
+            f" ({downloads.outage_failures} failed since; last: {escape(downloads.last_reason)})"
+            "</span>"
         )
 
     def _names(self) -> tuple[list[str], list[str], str]:

@@ -23,6 +23,7 @@ class SpecsLog:
         self.failures = 0  # downloads that failed, this process
         self.failing = False
         self.failing_since: float | None = None  # time.time() of this outage's first failure
+        self.outage_failures = 0  # downloads that failed since then
         self.last_reason = ""
         self._on_recovered = on_recovered
         self._lock = threading.Lock()
@@ -34,6 +35,8 @@ class SpecsLog:
             first, self.failing = not self.failing, True
             if first:
                 self.failing_since = time.time()
+                self.outage_failures = 0
+            self.outage_failures += 1
         if first:  # once per outage: the count says the rest
             log.warning(
                 "flagware: could not download Statsig specs from %s%s (%s); serving %s until"
