@@ -1038,6 +1038,8 @@ def test_json_shape(results: Any) -> None:
             assert len(row["ci"]) == 2 and row["ci"][0] <= row["delta"] <= row["ci"][1]
             assert len(row["relative_ci"]) == 2
             assert isinstance(row["significant"], bool)
+            lift = "score-ratio" if row["method"] == "score" else "fieller"
+            assert row["relative_method"] == lift
     assert data["metrics"][0]["tags"] == ["core"]
     assert [g["metric"] for g in data["guardrails"]] == ["errors"]
     assert {"metric", "status", "reason"} <= set(data["guardrails"][0])

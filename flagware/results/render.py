@@ -123,6 +123,11 @@ def _metric_dict(m: MetricResult, results: Results) -> dict[str, Any]:
                 "p_value_adjusted": r.p_value_adjusted,
                 "ci_alpha": r.ci_alpha,
                 "method": r.method,
+                # The lift interval's own method (a statistician's trial: named
+                # only in the README).
+                "relative_method": None
+                if r.relative_ci is None
+                else ("score-ratio" if r.method == "score" else "fieller"),
                 "significant": r.significant,
                 "outcome": r.outcome,
                 "note": r.note,
