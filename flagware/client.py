@@ -41,9 +41,8 @@ from flagware.settings import (
     env,
     local_hash_key,
     statsig_api_url,
-    warn_if_other_key,
 )
-from flagware.shared_key import UNAVAILABLE, SharedKey
+from flagware.shared_key import UNAVAILABLE, SharedKey, check_key_id
 from flagware.starts import Starts
 from flagware.startup import announce, warn_ignored_secret
 from flagware.threads import threads_disabled, warn_if_threads_disabled
@@ -193,8 +192,6 @@ class Flagware(NamedUsers):
             key: str | bytes | None = hash_key
         else:
             key = TEST_HASH_KEY if self.isolated else env("FLAGWARE_HASH_KEY")
-        if key is not None and not self.isolated and not self._shared_store:
-            warn_if_other_key(self.event_store, key)
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
@@ -326,6 +323,11 @@ class Flagware(NamedUsers):
     def _on_stored_start(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
+        if not self.isolated and self.hash_key:  # b"": a shared store's key, unread yet
+            try:
+                check_key_id(self.store, self.event_store, self.hash_key)
+            except Exception as exc:  # the store away: the next process to start checks
+                self.report(exc, "hash key check")
 
     def delivery_stats(self) -> DeliveryStats:
         """Backlog, delivered, retried, dropped and parked counts, and the oldest

@@ -40,6 +40,8 @@ _AFTER_FAILURE = {
     " meanwhile may be sent twice",
     "experiment start record": "flags are served as usual; the start is recorded after the"
     " next events are stored",
+    "hash key check": "flags and events as usual; whether the store's visitors were hashed"
+    " with this key is checked when the next process starts",
 }
 
 

@@ -177,35 +177,6 @@ def _read_key(path: Path) -> str:
     return key
 
 
-_other_key_said: set[Path] = set()
-
-
-def warn_if_other_key(location: str, key: str | bytes) -> None:
-    """Say so when ``key`` is not the one the local engine made beside this store.
-
-    Moving to Statsig, a fresh FLAGWARE_HASH_KEY beside the local engine's
-    ``hash_key`` file gave every visitor a new userID without a word (a new
-    user's trial): the README's way to keep them is that file's key.
-    """
-    path = Path(location).parent / "hash_key"
-    try:
-        made = path.read_text().strip()
-    except OSError:
-        return  # none (or not readable): nothing to compare with
-    given = key.decode(errors="replace") if isinstance(key, bytes) else key
-    if not made or made == given or path in _other_key_said:
-        return
-    _other_key_said.add(path)  # once a process: Django rebuilds its client on a settings change
-    log.warning(
-        "flagware: the hash key given (FLAGWARE_HASH_KEY or hash_key=) is not the one in"
-        " %s, which the local engine hashed this store's visitors with: every visitor"
-        ' gets a new userID (stableIDs stay). To keep them: FLAGWARE_HASH_KEY="$(cat %s)";'
-        " if the new key is meant, remove that file to stop this warning",
-        path.absolute(),
-        path.absolute(),
-    )
-
-
 def local_hash_key(location: str) -> str:
     """The local engine's key: made once, kept beside the event store (mode 0600).
     A shared store keeps it in its ``meta`` table (flagware.shared_key).

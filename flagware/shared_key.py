@@ -1,4 +1,5 @@
-"""The local engine's hash key kept in a shared PostgreSQL store, read late if need be.
+"""The hash key and the store: the local engine's key kept in a shared
+PostgreSQL store, read late if need be; and which key last wrote a store.
 
 Every host reads the key the first process stored in ``flagware.meta``, so a
 visitor gets one userID everywhere. A process that starts while the database
@@ -15,6 +16,7 @@ it: no request waits for the database, and a forked worker starts its own.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -28,7 +30,7 @@ from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
-__all__ = ["RETRY", "SharedKey"]
+__all__ = ["KEY_ID", "RETRY", "SharedKey", "check_key_id", "key_id"]
 
 RETRY = 5.0  # seconds between reads while the store is away
 UNAVAILABLE = "hash key unavailable"
@@ -91,3 +93,38 @@ class SharedKey:
             redact(self._location),
         )
         self._on_key(key)
+
+
+KEY_ID = "hash_key_id"  # meta: a fingerprint of the key that last hashed this store's visitors
+
+
+def key_id(key: bytes) -> str:
+    """A fingerprint of a hash key, never the key: which key wrote a store."""
+    return hashlib.sha256(b"flagware hash key id\0" + key).hexdigest()[:16]
+
+
+def check_key_id(store: Store, location: str, key: bytes) -> None:
+    """Say when the store's visitors were last hashed under another key.
+
+    Moving to Statsig, a fresh FLAGWARE_HASH_KEY gave every visitor a new
+    userID without a word (a new user's trial). The store keeps a fingerprint
+    of the last key that wrote to it, so the check knows what it compares
+    with: a file beside the store may be a one-off script's key, and advice
+    taken from it changed every userID (a re-check trial). Said by the first
+    process with the new key; then the new key is the one recorded.
+    """
+    mine = key_id(key)
+    kept = store.get_meta(KEY_ID)
+    if kept == mine:
+        return
+    store.set_meta(KEY_ID, mine)
+    if kept is not None:
+        log.warning(
+            "flagware: the event store %s was last written by a process that hashed"
+            " visitors' addresses with another key: under this one (FLAGWARE_HASH_KEY,"
+            " hash_key=, or the hash_key file beside a SQLite store) the same visitor has"
+            " another userID (stableIDs, and userIDs from a user_id resolver, stay). If the"
+            " key was changed on purpose, nothing more is needed (said once); otherwise"
+            " give every process that writes to this store the same key",
+            redact(location),
+        )

@@ -126,39 +126,38 @@ def test_under_isolation_a_client_on_statsig_downloads_nothing(tmp_path: Path, e
         listener.close()
 
 
-def test_a_key_other_than_the_local_engines_is_said(
-    tmp_path: Path, logged: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_a_key_other_than_the_one_that_last_wrote_the_store_is_said(
+    tmp_path: Path,
+    spec_file: Path,
+    logged: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Moving to Statsig with a fresh FLAGWARE_HASH_KEY beside the local engine's
-    hash_key file gave every visitor a new userID, without a word (a new
-    user's trial); the README's way to keep them is that file's key."""
-    from flagware import settings
+    """Moving to Statsig with a fresh FLAGWARE_HASH_KEY gave every visitor a new
+    userID without a word (a new user's trial). A check against the hash_key
+    file beside the store was wrong when a one-off script had made that file,
+    and its advice changed every userID (a re-check trial): the store records
+    which key last wrote it."""
+    store = tmp_path / "events.db"
 
-    monkeypatch.setattr(settings, "_other_key_said", set())
-    (tmp_path / "hash_key").write_text("made-by-the-local-engine\n")
-    api = "http://127.0.0.1:9/v1"
-    with Flagware(
-        statsig_secret="secret-test",
-        statsig_api=api,
-        init_timeout=0,
-        event_store=tmp_path / "outbox.db",
-        hash_key="made-by-the-local-engine",
-    ):
-        pass
+    def run(**options: Any) -> None:
+        with Flagware(spec=spec_file, event_store=store, **options) as fw:
+            fw.log(Event("visit", {"userID": "u"}))
+            fw.flush()
+
+    run(hash_key="team-key")
+    run()  # a script without the key: makes a hash_key file, and says so
+    assert said(logged, logging.WARNING)[0].startswith("flagware: created a hash key")
+    [changed] = said(logged, logging.WARNING)[1:]
+    assert changed.startswith(f"flagware: the event store {store} was last written by")
+    logged.clear()
+    run(hash_key="team-key")  # the app again: its key differs from the last writer's
+    run(hash_key="team-key")  # ...said once: the new key is now the recorded one
+    [changed] = said(logged, logging.WARNING)
+    assert "same visitor has another userID" in changed and "team-key" not in changed
+    monkeypatch.setenv("FLAGWARE_HASH_KEY", "team-key")
+    logged.clear()
+    run()
     assert said(logged, logging.WARNING) == []
-    monkeypatch.setenv("FLAGWARE_HASH_KEY", "a-fresh-key")
-    for _ in range(2):  # said once a process
-        with Flagware(
-            statsig_secret="secret-test",
-            statsig_api=api,
-            init_timeout=0,
-            event_store=tmp_path / "outbox.db",
-        ):
-            pass
-    [warning] = said(logged, logging.WARNING)
-    assert warning.startswith("flagware: the hash key given (FLAGWARE_HASH_KEY or hash_key=)")
-    assert f'FLAGWARE_HASH_KEY="$(cat {tmp_path / "hash_key"})"' in warning
-    assert "a-fresh-key" not in warning and "made-by-the-local-engine" not in warning
 
 
 # -- a secret set and ignored -------------------------------------------------
