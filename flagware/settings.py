@@ -187,7 +187,7 @@ def local_hash_key(location: str) -> str:
     trial nothing (its first deploy's folder was not the app's to write)."""
     path = Path(location).parent / "hash_key"
     try:
-        return _made_key(path)
+        return _made_key(path, store_exists=os.path.exists(location))
     except OSError as exc:
         raise ConfigurationError(
             f"cannot read or make the hash key for visitor IDs at {path.absolute()}:"
@@ -197,7 +197,7 @@ def local_hash_key(location: str) -> str:
         ) from exc
 
 
-def _made_key(path: Path) -> str:
+def _made_key(path: Path, *, store_exists: bool) -> str:
     try:
         return _read_key(path)
     except FileNotFoundError:
@@ -224,7 +224,11 @@ def _made_key(path: Path) -> str:
         "flagware: created a hash key for visitor IDs at %s%s; keep it (IDs change"
         " without it) or set FLAGWARE_HASH_KEY",
         path.absolute(),
-        "" if path.is_absolute() else " (a new store, in the working directory)",
+        # Not "a new store" beside one that holds events (a re-check trial: a
+        # one-off script run without the app's FLAGWARE_HASH_KEY).
+        " (beside an existing store: its events so far were hashed with another key)"
+        if store_exists
+        else ("" if path.is_absolute() else " (a new store, in the working directory)"),
     )
     return key
 

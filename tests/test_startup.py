@@ -146,7 +146,12 @@ def test_a_key_other_than_the_one_that_last_wrote_the_store_is_said(
 
     run(hash_key="team-key")
     run()  # a script without the key: makes a hash_key file, and says so
-    assert said(logged, logging.WARNING)[0].startswith("flagware: created a hash key")
+    created = said(logged, logging.WARNING)[0]
+    assert created.startswith("flagware: created a hash key")
+    assert created.endswith(
+        " (beside an existing store: its events so far were hashed with another key);"
+        " keep it (IDs change without it) or set FLAGWARE_HASH_KEY"
+    )
     [changed] = said(logged, logging.WARNING)[1:]
     assert changed.startswith(f"flagware: the event store {store} was last written by")
     logged.clear()
