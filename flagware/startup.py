@@ -28,6 +28,11 @@ SDKS = {"legacy": "the legacy statsig SDK", "core": "Statsig's Core SDK"}
 def announce(client: Flagware, *, spec: str | os.PathLike[str] | None) -> None:
     """The one INFO line a client logs when made (no secret, no password)."""
     api, store = client.statsig_api, redact(client.event_store)
+    if not client._shared_store:
+        # The absolute path: a Celery worker started from another folder wrote
+        # a second store there, and the line said only ".flagware/events.db"
+        # (a new user's trial).
+        store = os.path.abspath(store)
     if api is None:
         assert spec is not None
         where = f"the local spec {os.path.abspath(os.fspath(spec))}"

@@ -58,6 +58,18 @@ def test_the_local_spec_is_named_with_its_sdk_in_one_info_line(
     assert said(logged, logging.WARNING) == []
 
 
+def test_a_relative_store_is_named_by_its_absolute_path(
+    spec_file: Path, tmp_path: Path, logged: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    """A Celery worker started from another folder wrote a second store there,
+    and the line said only ".flagware/events.db" (a new user's trial)."""
+    monkeypatch.chdir(tmp_path)
+    with Flagware(spec=spec_file, event_store="var/events.db", hash_key="k"):
+        pass
+    [line] = said(logged, logging.INFO)
+    assert line.endswith(f"; events stored in {tmp_path / 'var' / 'events.db'}")
+
+
 @pytest.mark.parametrize("engine", ["legacy", "core"])
 def test_statsig_is_named_with_its_api_and_sdk_and_no_secret(
     tmp_path: Path, logged: pytest.LogCaptureFixture, engine: str
