@@ -273,3 +273,38 @@ def test_events_never_stored_are_found_on_either_store(store_location: str) -> N
     ]
     (guardrail,) = results.guardrails
     assert "no 'eror' events stored (did you mean 'error'?)" in guardrail.reason
+
+
+def test_browsers_exposed_under_two_user_ids_are_said(store_location: str) -> None:
+    """A login changes the userID: in a userID experiment a signed-up browser
+    was two units, half of them in both groups, without a word (a new user's
+    trial: 939 of 3,000 visitors)."""
+    log = random_log(3, units=120)
+
+    def expose(user_id: str, stable_id: str, group: str, t: int, **metadata: str) -> None:
+        who = {"userID": user_id, "customIDs": {"stableID": stable_id}}
+        log.events.append(
+            Event(
+                CONFIG_EXPOSURE,
+                who,
+                metadata=metadata or None,
+                time=t,
+                exposure="button_color",
+                group=group,
+            )
+        )
+
+    for n, (before, after) in enumerate([("Control", "Red"), ("Red", "Red"), ("Red", "Control")]):
+        expose(f"anon-{n}", f"browser-{n}", before, NOW - 3 * HOUR)
+        expose(f"user-{n}", f"browser-{n}", after, NOW - 2 * HOUR)  # after the login
+    expose("anon-qa", "browser-qa", "Red", NOW - 3 * HOUR, ruleID="override")  # forced: not it
+    expose("user-qa", "browser-qa", "Control", NOW - 2 * HOUR, ruleID="override")
+    location = stored(log, store_location)
+    by_user = compute_results(make_spec(unit="userID"), "button_color", location, now=NOW)
+    assert by_user.shared_browsers == 3
+    [said] = [w for w in by_user.warnings if "browser(s)" in w]
+    assert said.startswith("3 browser(s) (stableIDs) were exposed under two or more userIDs")
+    assert "and 2 of those browsers were in different groups" in said
+    by_browser = compute_results(make_spec(unit="stableID"), "button_color", location, now=NOW)
+    assert by_browser.shared_browsers == 0  # one unit each, crossovers checked as usual
+    assert not [w for w in by_browser.warnings if "browser(s)" in w]

@@ -215,6 +215,7 @@ def _analyse(
         )
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
+    shared = sql.shared_browsers(conn) if exp.unit == "userID" else (0, 0)
     reads = _reads(metrics, opt.cuped)
     tables = load_unit_events(
         conn, exp.unit, sum(units.per_group.values()), reads, opt.until, opt.now
@@ -283,6 +284,14 @@ def _analyse(
         if e in missing
     ]
     warnings += _unattributed(conn, exp.unit, metrics, data, missing, units.first, opt.until)
+    if shared[0]:
+        warnings.append(
+            f"{shared[0]} browser(s) (stableIDs) were exposed under two or more userIDs, as"
+            f" a login changes the userID: each userID is its own unit, and {shared[1]} of"
+            " those browsers were in different groups (no crossover check sees it). For an"
+            " experiment that runs across a login, key it on stableID (README: Visitors who"
+            " log in)"
+        )
     if units.without_unit:
         warnings.append(
             f"{units.without_unit} exposure(s) had no {exp.unit} and are left out: no unit to"
@@ -316,6 +325,7 @@ def _analyse(
         crossover_units=units.crossovers,
         ungrouped_units=units.ungrouped,
         exposures_without_unit=units.without_unit,
+        shared_browsers=shared[0],
         override_exposures=units.overrides,
         future_events=future,
         first_exposure=units.first,

@@ -125,6 +125,7 @@ class Results:
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
     ungrouped_units: int = 0  # units first exposed with no group (not allocated, targeted out)
     exposures_without_unit: int = 0  # exposures without the unit's ID: no unit to count them for
+    shared_browsers: int = 0  # userID experiments: stableIDs exposed under two or more userIDs
     override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored
     future_events: int = 0  # exposures, and its units' events, stamped after computed_at
     first_exposure: int | None = None  # ms, the earliest counted exposure

@@ -57,6 +57,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         "crossover_units": results.crossover_units,
         "ungrouped_units": results.ungrouped_units,
         "exposures_without_unit": results.exposures_without_unit,
+        "shared_browsers": results.shared_browsers,
         "override_exposures": results.override_exposures,
         "future_events": results.future_events,
         "first_exposure": results.first_exposure,

@@ -34,6 +34,7 @@ __all__ = [
     "never_stored",
     "newest_event",
     "non_numeric_events",
+    "shared_browsers",
     "start_record",
     "stored_names",
     "unit_column",
@@ -146,12 +147,13 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     conn.execute(f"DROP TABLE IF EXISTS {d.temp}.fw_exposures")
     conn.execute(
         "CREATE TEMP TABLE fw_exposures (unit TEXT NOT NULL, t BIGINT NOT NULL, id BIGINT NOT NULL,"
-        " grp TEXT, forced INTEGER NOT NULL" + d.clustered("unit, t, id")
+        " grp TEXT, forced INTEGER NOT NULL, browser TEXT" + d.clustered("unit, t, id")
     )
     conn.execute(
         f"""
-        INSERT INTO {d.temp}.fw_exposures (unit, t, id, grp, forced)
-        SELECT {unit}, e.time, e.id, e.group_name, CASE WHEN {not_override} THEN 0 ELSE 1 END
+        INSERT INTO {d.temp}.fw_exposures (unit, t, id, grp, forced, browser)
+        SELECT {unit}, e.time, e.id, e.group_name, CASE WHEN {not_override} THEN 0 ELSE 1 END,
+               e.stable_id
         FROM events AS e WHERE {window} AND {unit} IS NOT NULL
         """,
         (experiment, CONFIG_EXPOSURE, start, until),
@@ -207,6 +209,28 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     return Units(
         per_group, int(crossovers), int(overrides), first, last, int(ungrouped), without_unit
     )
+
+
+def shared_browsers(conn: Reader) -> tuple[int, int]:
+    """(browsers exposed under two or more units, of those in two or more groups),
+    from the exposures :func:`load_units` read.
+
+    A login changes the userID: in a userID experiment the browser is then
+    two units, often in two groups (a new user's trial: 939 of 3,000
+    visitors, half in both groups), and no crossover check sees it, since
+    each userID stayed in its group. Counted from the stableID every
+    exposure carries, so results can say so.
+    """
+    row = conn.execute(
+        f"""
+        SELECT count(*), coalesce(sum(CASE WHEN lo <> hi THEN 1 ELSE 0 END), 0) FROM (
+            SELECT min(grp) AS lo, max(grp) AS hi FROM {conn.dialect.temp}.fw_exposures
+            WHERE forced = 0 AND grp IS NOT NULL AND browser IS NOT NULL
+            GROUP BY browser HAVING count(DISTINCT unit) > 1
+        ) AS shared
+        """
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
 def _count_rows(conn: Reader, table: str) -> int:
