@@ -67,7 +67,7 @@ class Overrides:
         # Checks of overrides made while no client could say whether their
         # names exist (Django makes its client at the first request): the next
         # client runs them (flagware.testing).
-        self.unchecked: list[Callable[[], None]] = []
+        self.unchecked: list[Callable[..., None]] = []
 
     def __bool__(self) -> bool:
         return bool(self.gates or self.configs or self.defaults)
@@ -83,6 +83,14 @@ class Overrides:
         checks, self.unchecked = self.unchecked, []
         for check in checks:
             check()
+
+    def finish_unchecked(self, checks: list[Callable[..., None]] | None = None) -> None:
+        """Overrides ending with no client made meanwhile: check ``checks`` (default:
+        every one still waiting) against the clients there were."""
+        for check in list(self.unchecked if checks is None else checks):
+            if check in self.unchecked:
+                self.unchecked.remove(check)
+                check(final=True)
 
     def gate(self, name: str) -> bool | None:
         """The forced value of gate ``name``, or None to evaluate it."""

@@ -259,6 +259,18 @@ def test_a_closed_clients_other_groups_do_not_make_a_group_unknown(spec_file: An
             warnings.simplefilter("error", UnknownOverrideWarning)
             with override_experiment("button_color", {}, group="Blue"):
                 pass
+        # No live client while the override is set, only closed ones: the
+        # check waits for the client the test makes (Django's, at the first
+        # request after a settings swap; a factory's), and it knows Green (a
+        # re-check trial: said unknown from the swap's closed client).
+        _live_clients.clear()
+        _closed_clients.clear()
+        _closed_clients.add(fixture)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnknownOverrideWarning)
+            with override_experiment("button_color", {}, group="Green"):
+                made = Flagware(spec=app_spec, event_store=folder / "m.db", hash_key="k")
+                made.close()
     finally:
         app.close()
         overrides.clear()

@@ -295,3 +295,42 @@ def test_new_visitors_get_the_same_stable_ids_on_every_run(
     assert runs[0] == runs[1]
     one, two = (set(line.split()[1:]) for line in runs[0])
     assert len(one) == 3 and len(two) == 3 and not one & two  # distinct visitors
+
+
+def test_an_override_waits_for_the_client_the_test_makes(pytester: pytest.Pytester) -> None:
+    """A closed client whose spec gave the experiment other groups (a settings
+    swap's) made a right group "unknown" when the app's client came later in
+    the test (a re-check trial); with no client made at all, the closed ones
+    are what the override is checked against, as the test ends."""
+    pytester.makepyfile(
+        """
+        import pytest
+        from flagware import Flagware
+
+        def spec(tmp_path, name, groups):
+            path = tmp_path / name
+            path.write_text(
+                "[experiments.button_color]\\ngroups = ["
+                + ", ".join(f'{{ name = "{g}", weight = 50 }}' for g in groups) + "]\\n"
+            )
+            return path
+
+        @pytest.fixture
+        def swapped(tmp_path):
+            client = Flagware(spec=spec(tmp_path, "old.toml", ["Control", "Blue"]), hash_key="k")
+            client.close()
+            return client
+
+        def test_the_app_made_later_knows_the_group(tmp_path, swapped, flagware_overrides):
+            flagware_overrides.experiment("button_color", group="Green")
+            app = Flagware(spec=spec(tmp_path, "app.toml", ["Control", "Green"]), hash_key="k")
+            assert app.flags_for(user_id="u").experiment("button_color").group == "Green"
+            app.close()
+
+        def test_no_client_made_checks_the_closed_ones(swapped, flagware_overrides):
+            flagware_overrides.experiment("button_color", group="Greeen")
+        """
+    )
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, errors=1)  # the second errs in its teardown
+    result.stdout.fnmatch_lines(["*UnknownOverrideWarning*no group 'Greeen'*"])

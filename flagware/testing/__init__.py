@@ -215,6 +215,7 @@ class _Override:
 
     def __init__(self) -> None:
         self._saved: list[Any] = []
+        self._waiting: list[list[Callable[..., None]]] = []  # each entry's deferred checks
         self._site: tuple[str, int] | None = None  # the decorated test, while it enters
 
     def _apply(self) -> Any:
@@ -224,13 +225,18 @@ class _Override:
         raise NotImplementedError
 
     def __enter__(self) -> None:
+        before = len(overrides.unchecked)
         try:
             self._saved.append(self._apply())
         finally:
             self._site = None
+        self._waiting.append(overrides.unchecked[before:])
 
     def __exit__(self, *exc_info: object) -> None:
-        self._restore(self._saved.pop())
+        try:
+            overrides.finish_unchecked(self._waiting.pop())  # no client came: the closed ones
+        finally:
+            self._restore(self._saved.pop())
 
     def __call__(self, target: _T) -> _T:
         if isinstance(target, type):

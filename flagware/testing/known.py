@@ -28,16 +28,26 @@ class UnknownOverrideWarning(UserWarning):
 
 
 def _check_known(
-    kind: str, name: str, group: str | None = None, site: tuple[str, int] | None = None
+    kind: str,
+    name: str,
+    group: str | None = None,
+    site: tuple[str, int] | None = None,
+    *,
+    final: bool = False,
 ) -> None:
     """Warn when no live client's local spec defines what an override names.
 
     Said only when every live client has a local spec: one on Statsig may
-    define any name. With no client yet (Django makes its own at the first
+    define any name. With no live client (Django makes its own at the first
     request; a factory may build the app inside the test), the check waits
-    for the first client made while the override is in force. The warning
-    points at ``site`` (a decorated test) or at the first caller outside this
-    module (a ``with`` line, a fixture call).
+    for the first client made while the override is in force, and if none
+    is, runs as the override ends (``final``) against the closed clients: a
+    module's client whose lifespan an earlier test closed serves again, but
+    a fixture's closed client with another spec said a right group unknown
+    (a re-check trial: a ``settings.FLAGWARE`` swap, then Django's client
+    made at the first request). The warning points at ``site`` (a decorated
+    test) or at the first caller outside this package (a ``with`` line, a
+    fixture call).
     """
     from flagware.client import _closed_clients, _live_clients
     from flagware.spec import did_you_mean
@@ -49,15 +59,17 @@ def _check_known(
     # closed client on Statsig says nothing either way.
     live = [getattr(client.engine, "spec", None) for client in list(_live_clients)]
     closed = [getattr(client.engine, "spec", None) for client in list(_closed_clients)]
-    if not live and not closed:  # checked when the first client is made, if still in force
+    if not live and not final:  # checked when a client is made, or as the override ends
         where = site or _caller()
         forced = overrides.gates if kind == "gate" else overrides.configs
 
-        def later() -> None:
+        def later(final: bool = False) -> None:
             if name in forced:
-                _check_known(kind, name, group, where)
+                _check_known(kind, name, group, where, final=final)
 
         overrides.unchecked.append(later)
+        return
+    if not live and not closed:  # no client ever: nothing to compare with
         return
     specs = [spec for spec in live + closed if spec is not None]
     if None in live or not specs:  # a live client on Statsig, or only closed ones on it

@@ -114,6 +114,7 @@ def flagware_overrides() -> Iterator[FlagwareOverrides]:
     saved = dict(overrides.gates), dict(overrides.configs), overrides.defaults
     try:
         yield FlagwareOverrides()
+        overrides.finish_unchecked()  # the test made no client: check against the closed ones
     finally:
         overrides.gates.clear()
         overrides.gates.update(saved[0])
