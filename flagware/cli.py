@@ -188,7 +188,8 @@ def _unit_in(row: dict[str, Any], wanted: set[str]) -> bool:
     companyID experiment's units are audited by their IDs too. Integer IDs
     compare as the text given on the command line."""
     ids = row["custom_ids"]
-    return ids is not None and any(str(v) in wanted for v in ids.values())
+    # Either the value, or name=value as the table shows it (companyID=acme).
+    return ids is not None and any(str(v) in wanted or f"{k}={v}" in wanted for k, v in ids.items())
 
 
 def _custom_ids(ids: dict[str, Any] | None) -> str:

@@ -159,6 +159,7 @@ def test_events_show_and_find_custom_ids(make_client: Any, tmp_path: Path, capsy
         ("u-3", None),
     ]
     assert shown("--user", "acme") == every[:2]
+    assert shown("--user", "companyID=acme") == every[:2]  # as the table shows it
     assert shown("--user", "7", "--user", "u-3") == every[2:]
     assert main(["events", *store, "--format", "table", "--user", "bolt"]) == 0
     header, exposure, clicked = capsys.readouterr().out.splitlines()
