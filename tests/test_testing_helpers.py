@@ -134,7 +134,9 @@ def test_an_unknown_override_points_at_the_test_under_other_overrides(client: An
         )
         stacked()
     assert result.wasSuccessful()
-    sites = [inspect.unwrap(f).__code__.co_firstlineno for f in (SignupTests.test_red, stacked)]
+    # A class's override is said at its decorator, the first line of the class's source.
+    class_line = inspect.getsourcelines(SignupTests)[1]
+    sites = [class_line, inspect.unwrap(stacked).__code__.co_firstlineno]
     assert [(w.filename, w.lineno) for w in caught] == [(__file__, line) for line in sites]
     assert not overrides
 
@@ -321,6 +323,36 @@ def test_defaults_mode(client: Any) -> None:
 
     assert everyone() == {"False Control blue"}
     assert len({read(client, f"198.51.100.{i}") for i in range(1, 21)}) > 1
+
+
+def test_a_decorated_unittest_class_is_overridden_from_set_up_class(client: Any) -> None:
+    """As Django's override_settings: in force in setUpClass, so in Django's
+    setUpTestData (entered per test from setUp it was off there: a 404 where
+    override_settings held, in a new user's trial and a re-check)."""
+    seen: list[Any] = []
+
+    @override_gate("nobody")
+    class WithClassSetUp(unittest.TestCase):
+        @classmethod
+        def setUpClass(cls) -> None:
+            super().setUpClass()
+            seen.append(("setUpClass", overrides.gates.get("nobody")))
+
+        def test_one(self) -> None:
+            seen.append(("test", read(client).split()[0]))
+
+    @override_experiment("button_color", group="Red")
+    class Plain(unittest.TestCase):  # no setUpClass of its own: unittest's runs
+        def test_two(self) -> None:
+            seen.append(("test", read(client)))
+
+    for case in (WithClassSetUp, Plain):
+        result = unittest.TextTestRunner(stream=io.StringIO()).run(
+            unittest.defaultTestLoader.loadTestsFromTestCase(case)
+        )
+        assert result.wasSuccessful() and result.testsRun == 1
+    assert seen == [("setUpClass", True), ("test", "True"), ("test", "False Red red")]
+    assert not overrides
 
 
 def test_a_decorated_unittest_class(client: Any) -> None:

@@ -270,21 +270,30 @@ class _Override:
         return run  # type: ignore[return-value]
 
     def _decorate_test_case(self, cls: type[unittest.TestCase]) -> type[unittest.TestCase]:
-        """As Django's override_settings does: on from before ``setUp`` to a
-        cleanup after ``tearDown``, for every test the class runs. Wrapping
-        only the class's own test methods missed inherited tests and setUp."""
-        override, set_up = self, cls.setUp
+        """As Django's override_settings does: on from ``setUpClass`` (so in
+        Django's ``setUpTestData`` too) to a class cleanup after
+        ``tearDownClass``, for every test the class runs, inherited ones too.
+        Entered per test from ``setUp``, it was off in ``setUpTestData`` (a
+        new user's trial, and a re-check's: 404 where override_settings held)."""
+        override, set_up_class = self, cls.__dict__.get("setUpClass")
+        try:  # a warning points at the class, the code that names the override
+            site: tuple[str, int] | None = (
+                inspect.getsourcefile(cls) or "",
+                inspect.getsourcelines(cls)[1],
+            )
+        except (OSError, TypeError):  # no source (a class made in a REPL)
+            site = None
 
-        def setUp(case: unittest.TestCase) -> None:
-            test = getattr(case, case._testMethodName, None)
-            # The test's own code, under any override decorating the method too.
-            code = getattr(inspect.unwrap(test), "__code__", None) if test else None
-            override._site = None if code is None else (code.co_filename, code.co_firstlineno)
+        def setUpClass(klass: type[unittest.TestCase]) -> None:
+            override._site = site
             override.__enter__()
-            case.addCleanup(override.__exit__, None, None, None)
-            set_up(case)
+            klass.addClassCleanup(override.__exit__, None, None, None)
+            if set_up_class is not None:
+                set_up_class.__func__(klass)
+            else:
+                super(cls, klass).setUpClass()  # type: ignore[misc]
 
-        cls.setUp = setUp  # type: ignore[method-assign, assignment]
+        cls.setUpClass = classmethod(setUpClass)  # type: ignore[assignment]
         return cls
 
 
