@@ -330,7 +330,23 @@ def main(
             f" {args.command} ...` reads the spec and store settings.FLAGWARE names",
             file=sys.stderr,
         )
+    elif code == EXIT_BAD_INPUT and getattr(args, "spec", None) == DEFAULT_SPEC:
+        found = _specs_below() if not os.path.exists(DEFAULT_SPEC) else []
+        if found:  # an app factory's package keeps it (a new user's trial)
+            print(
+                f"flagware {args.command}: found {', '.join(found)}: pass --spec {found[0]}",
+                file=sys.stderr,
+            )
     return code
+
+
+def _specs_below() -> list[str]:
+    """``flagware.toml`` one folder down (an app package's), hidden folders left out."""
+    try:
+        folders = sorted(e.name for e in os.scandir() if e.is_dir() and e.name[0] not in "._")
+    except OSError:
+        return []
+    return [f"{d}/{DEFAULT_SPEC}" for d in folders if os.path.isfile(os.path.join(d, DEFAULT_SPEC))]
 
 
 def _defaulted(args: argparse.Namespace) -> bool:

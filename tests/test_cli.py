@@ -554,3 +554,23 @@ def test_a_database_out_of_reach_has_its_own_exit_code(
     refused = 'connection failed: ... failed: FATAL:  database "polls_db" does not exist'
     assert _refused(Exception(refused))
     assert not _refused(Exception("FATAL:  the database system is starting up"))
+
+
+def test_a_spec_in_the_app_package_is_pointed_at(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app factory keeps its spec in its package, which the command did not
+    look in (a new user's trial): the error now names the one it found."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLAGWARE_SPEC", raising=False)
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "flagware.toml").write_text("[gates.beta]\nrollout = 100\n")
+    (tmp_path / ".venv").mkdir()  # hidden folders are not looked in
+    (tmp_path / ".venv" / "flagware.toml").write_text("")
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "spec file not found" in err
+    assert err.rstrip().endswith(
+        "flagware check: found shop/flagware.toml: pass --spec shop/flagware.toml"
+    )
+    assert main(["check", "--spec", "shop/flagware.toml"]) == 0
