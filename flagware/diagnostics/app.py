@@ -264,10 +264,9 @@ class DiagnosticsApp:
         """Failing downloads, as the log said them: the page showed the specs'
         time and nothing else through a Statsig outage (a new user's trial)."""
         downloads = self.client.engine.specs_log()
-        since = None if downloads is None else downloads.failing_since
-        if downloads is None or since is None:
+        if downloads is None or downloads.failing_since is None:
             return ""
-        start = datetime.fromtimestamp(since, tz=UTC)
+        start = datetime.fromtimestamp(downloads.failing_since, tz=UTC)
         return (
             f' · <span class="off" id="specs-failing">downloads from'
             f" {escape(downloads.base)} failing since {start:%H:%M:%S} UTC"

@@ -21,18 +21,22 @@ class SpecsLog:
     def __init__(self, base: str, on_recovered: Callable[[], None] | None = None) -> None:
         self.base = base
         self.failures = 0  # downloads that failed, this process
-        self.failing = False
         self.failing_since: float | None = None  # time.time() of this outage's first failure
         self.outage_failures = 0  # downloads that failed since then
         self.last_reason = ""
         self._on_recovered = on_recovered
         self._lock = threading.Lock()
 
+    @property
+    def failing(self) -> bool:
+        """Whether this process's downloads fail now (an outage is on)."""
+        return self.failing_since is not None
+
     def failed(self, reason: str, *, have_specs: bool, route: str = "") -> None:
         with self._lock:
             self.failures += 1
             self.last_reason = reason
-            first, self.failing = not self.failing, True
+            first = self.failing_since is None
             if first:
                 self.failing_since = time.time()
                 self.outage_failures = 0
@@ -49,8 +53,7 @@ class SpecsLog:
 
     def worked(self) -> None:
         with self._lock:
-            ended, self.failing = self.failing, False
-            self.failing_since = None
+            ended, self.failing_since = self.failing_since is not None, None
         if ended:
             log.info("flagware: Statsig specs download from %s works again", self.base)
             if self._on_recovered is not None:
