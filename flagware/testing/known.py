@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from typing import Any
 
 from flagware.overrides import overrides
 
@@ -79,11 +80,7 @@ def _check_known(
     # gave the experiment other groups made a right group "unknown" to every
     # later test (a new user's trial, failing under filterwarnings = error).
     named = [spec for spec in live if spec is not None] or specs
-    found = [getattr(spec, f"{kind}s")[name] for spec in named if name in getattr(spec, f"{kind}s")]
-    if not found:
-        found = [
-            getattr(spec, f"{kind}s")[name] for spec in specs if name in getattr(spec, f"{kind}s")
-        ]
+    found = _defined(named, kind, name) or _defined(specs, kind, name)
     what = f"override of {kind} {name!r}"
     if not found:
         # The live clients' files, which the app reads now (a closed client's
@@ -107,6 +104,11 @@ def _check_known(
         return
     file, line = site or _caller()
     warnings.warn_explicit(message, UnknownOverrideWarning, file, line)
+
+
+def _defined(specs: list[Any], kind: str, name: str) -> list[Any]:
+    """What each of ``specs`` defines under ``name`` (a gate or an experiment)."""
+    return [getattr(spec, f"{kind}s")[name] for spec in specs if name in getattr(spec, f"{kind}s")]
 
 
 def _caller() -> tuple[str, int]:
