@@ -719,6 +719,36 @@ def test_a_store_read_only_when_opened_takes_writes_once_it_is_writable(tmp_path
     assert done.stdout.splitlines()[-1] == "['after', 'before']"
 
 
+SHARED_APPENDS_CHILD = """
+import os, sys, threading
+from flagware.events.model import Event
+from flagware.events.store import EventStore
+
+path = sys.argv[1]
+store = EventStore(path)
+writer = threading.Thread(target=store.append, args=([Event("writer", {"userID": "u"})],))
+writer.start(); writer.join()  # the writer thread's flush: the file is opened read-write
+for name in os.listdir(os.path.dirname(path)):
+    os.chmod(os.path.join(os.path.dirname(path), name), 0o444)
+store.append([Event("handler", {"userID": "u"})])  # a signal handler's flush, main thread
+print(sorted(e["event"] for e in store.iter_events()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file modes, setpriv")
+def test_a_flush_from_another_thread_appends_through_the_writers_connection(
+    tmp_path: Path,
+) -> None:
+    """A SIGHUP's flush (the main thread) opened the store anew; the file had
+    become read-only since the writer opened it, so that flush failed and was
+    reported as an outage, and the writer's connection then stored the same
+    events and said the store "takes writes again after 0.0 s" (two
+    operators' trials). Every append of a process shares one connection."""
+    done = _without_root_access(SHARED_APPENDS_CHILD, str(tmp_path / "events.db"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "['handler', 'writer']"
+
+
 def test_a_store_the_reader_may_not_read_is_said_as_such(tmp_path: Path) -> None:
     """Another user reading a stopped app's store read "not an SQLite
     database" (a new user's trial): the file is fine, the access is not."""

@@ -106,7 +106,8 @@ def _psycopg() -> Any:
 
 
 class PostgresStore(SQLStore):
-    """The store in the PostgreSQL database at ``url``; connections are per thread.
+    """The store in the PostgreSQL database at ``url``; connections are per
+    thread, and the appends of every thread share one.
 
     ``create=False`` opens an existing store for reading and never creates the
     schema (read-only commands must not write to a store).

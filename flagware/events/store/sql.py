@@ -45,6 +45,8 @@ class SQLStore:
         self._pid = os.getpid()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
+        self._appender: Any = None  # see _append_conn
+        self._append_lock = threading.Lock()
 
     # -- what a backend provides ----------------------------------------------------
 
@@ -74,7 +76,7 @@ class SQLStore:
     def _forget_inherited(self, conns: list[Any]) -> None:
         """A parent's connections after a fork: never used, never closed here."""
 
-    # -- connections: one per thread per process ------------------------------------
+    # -- connections: one per thread per process, and one for appends ---------------
 
     def _conn(self) -> Any:
         if self._pid != os.getpid():
@@ -84,14 +86,39 @@ class SQLStore:
             self._drop(conn)
             conn = None
         if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
+            conn = self._local.conn = self._open()
+        return conn
+
+    def _append_conn(self) -> Any:
+        """The connection every append of this process makes, whichever thread
+        flushes (held under ``_append_lock``).
+
+        A SIGTERM or SIGHUP handler flushes on the main thread. With a
+        connection of its own it was the only one to open the file anew: when
+        the file had become read-only since, SQLite opened it read-only, the
+        flush failed and was reported as an outage, and the writer's older
+        connection then stored the same events and said the store "takes
+        writes again after 0.0 s" (two operators' trials).
+        """
+        conn = self._appender
+        if conn is not None and not self._usable(conn):
+            self._drop(conn)
+            conn = None
+        if conn is None:
+            conn = self._appender = self._open()
+        return conn
+
+    def _open(self) -> Any:
+        conn = self._connect()
+        with self._all_lock:
+            self._all.append(conn)
         return conn
 
     def _drop(self, conn: Any) -> None:
-        self._local.conn = None
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        if self._appender is conn:
+            self._appender = None
         with self._all_lock:
             if conn in self._all:
                 self._all.remove(conn)
@@ -103,6 +130,8 @@ class SQLStore:
         self._all = []
         self._all_lock = threading.Lock()
         self._local = threading.local()
+        self._appender = None
+        self._append_lock = threading.Lock()  # may have been held by a thread the child lacks
         self._pid = os.getpid()
 
     def _exec(self, conn: Any, name: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Any:
@@ -118,8 +147,10 @@ class SQLStore:
         """Store rows made by ``event_row`` (the writer's queue) in one transaction."""
         if not rows:
             return
-        with self._guard():
-            conn = self._conn()
+        if self._pid != os.getpid():  # before taking a lock the fork may have copied held
+            self._after_fork()
+        with self._guard(), self._append_lock:
+            conn = self._append_conn()
             try:
                 with self._transaction(conn):
                     self._insert(conn, rows)
@@ -367,6 +398,7 @@ class SQLStore:
             for conn in conns:
                 conn.close()
             self._local = threading.local()
+            self._appender = None
 
     def __enter__(self) -> Any:
         return self

@@ -246,7 +246,8 @@ def _insert_rows(count: int) -> str:
 
 
 class EventStore(SQLStore):
-    """The SQLite store at ``path``. One instance per process; connections are per thread."""
+    """The SQLite store at ``path``. One instance per process; connections are
+    per thread, and the appends of every thread share one."""
 
     dialect = "sqlite"
     queries = load_queries("sqlite")
