@@ -189,12 +189,27 @@ def _unit_in(row: dict[str, Any], wanted: set[str]) -> bool:
     compare as the text given on the command line."""
     ids = row["custom_ids"]
     # Either the value, or name=value as the table shows it (companyID=acme).
-    return ids is not None and any(str(v) in wanted or f"{k}={v}" in wanted for k, v in ids.items())
+    return ids is not None and any(
+        str(v) in wanted or f"{k}={v}" in wanted or _pair(k, v) in wanted for k, v in ids.items()
+    )
 
 
 def _custom_ids(ids: dict[str, Any] | None) -> str:
     """``companyID=acme``, comma-separated: one word, as the table's columns are."""
-    return "" if not ids else ",".join(f"{k}={v}" for k, v in ids.items())
+    return "" if not ids else ",".join(_pair(k, v) for k, v in ids.items())
+
+
+def _pair(name: str, value: object) -> str:
+    return f"{_word(name)}={_word(value)}"
+
+
+def _word(text: object) -> str:
+    """``text``, or as a JSON string where it would be ambiguous in the column:
+    ``companyID=Smith, Jones`` read as two IDs (a new user's trial)."""
+    text = str(text)
+    if text and not any(c in text for c in ',="\\') and not any(c.isspace() for c in text):
+        return text
+    return json.dumps(text)
 
 
 def _flag(row: dict[str, Any]) -> str:

@@ -168,6 +168,27 @@ def test_events_show_and_find_custom_ids(make_client: Any, tmp_path: Path, capsy
     assert clicked.split()[2:] == ["clicked", "u-2", "-", "companyID=bolt,orgID=7"]
 
 
+def test_events_quote_custom_ids_the_table_would_make_ambiguous(
+    make_client: Any, tmp_path: Path, capsys: Any
+) -> None:
+    """``companyID=Smith, Jones,orgID=a=b`` could be read as three IDs (a new
+    user's trial): a value with a comma, an equals sign, a quote or a space
+    is shown as a JSON string, and ``--user`` takes it as shown."""
+    spec = tmp_path / "company.toml"
+    spec.write_text('[flagware]\ncustom_ids = ["companyID", "orgID"]\n')
+    client = make_client(spec=spec)
+    ids = {"companyID": "Smith, Jones", "orgID": "a=b"}
+    client.flags_for(user_id="u-1", custom_ids=ids).log_event("clicked")
+    client.flush()
+    store = ["--store", str(client.event_store_path)]
+    assert main(["events", *store, "--format", "table"]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert 'companyID="Smith, Jones",orgID="a=b"' in row
+    shown = events_shown(store, capsys)
+    assert len(shown("--user", 'companyID="Smith, Jones"')) == 1
+    assert len(shown("--user", "Smith, Jones")) == 1
+
+
 def test_events_on_a_missing_store_is_a_clear_error(tmp_path: Any, capsys: Any) -> None:
     assert main(["events", "--store", str(tmp_path / "none.db")]) == 2
     assert "no event store" in capsys.readouterr().err
