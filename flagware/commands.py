@@ -15,7 +15,8 @@ from flagware.cli import (
     existing_store,
 )
 from flagware.events.store import not_a_store, open_store, redact, store_exists
-from flagware.results.compute import ResultsError, unstored_metric_events
+from flagware.results.compute import ResultsError
+from flagware.results.coverage import unstored_metric_events
 from flagware.settings import env
 from flagware.spec import SpecError, did_you_mean, load_spec
 

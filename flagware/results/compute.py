@@ -3,8 +3,10 @@
 :mod:`.sql` finds the units, :mod:`.per_unit` what each unit did and
 :mod:`.moments` each metric's per-group summaries;
 :mod:`.analysis` tests every group against the control and corrects each
-family; :mod:`.verdict` runs the checks and says ship, no-ship, inconclusive or
-blocked. This module opens the store and puts the pieces together.
+family; :mod:`.coverage` finds metric events never stored or logged by no
+exposed unit; :mod:`.verdict` runs the checks and says ship, no-ship,
+inconclusive or blocked. This module opens the store and puts the pieces
+together.
 
 The analysis window: exposures and events from the window start (after a
 ``restart``) up to ``until`` (default: now). Events stamped later than now are
@@ -14,7 +16,7 @@ clock skew; they are not counted, and their number is reported.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -24,6 +26,7 @@ from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
+from flagware.results.coverage import unattributed, unstored
 from flagware.results.lock import changed_since_start, recorded_experiment
 from flagware.results.model import (
     GroupResult,
@@ -39,9 +42,7 @@ from flagware.results.stats import srm_test
 from flagware.results.verdict import (
     SRM_BLOCK_P,
     SRM_WARN_P,
-    UNCHECKABLE,
     guardrail_status,
-    never_stored_phrase,
     srm_status,
     verdict,
 )
@@ -277,13 +278,13 @@ def _analyse(
     # A misspelled event reads as "no effect" unless said. (A guardrail's
     # blocks the launch and says so in its reason.)
     warnings += [
-        _unstored(m, e, missing[e])
+        unstored(m, e, missing[e])
         for m in metrics
         if not m.guardrail
         for e in dict.fromkeys(metric_events(m))
         if e in missing
     ]
-    warnings += _unattributed(conn, exp.unit, metrics, data, missing, units.first, opt.until)
+    warnings += unattributed(conn, exp.unit, metrics, data, missing, units.first, opt.until)
     if shared[0]:
         warnings.append(
             f"{shared[0]} browser(s) (stableIDs) were exposed under two or more userIDs, as"
@@ -333,72 +334,6 @@ def _analyse(
         cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
-
-
-def unstored_metric_events(spec: Spec, store_path: str | os.PathLike[str]) -> list[str]:
-    """Every catalog metric reading an event the store never held, worded as
-    results warn of it (``flagware check``). Nothing for a store that holds no
-    metric event yet: every name would be missing there, none misspelled."""
-    metrics = list(spec.metrics.values())
-    try:
-        with open_reader(store_path) as conn:
-            names = sql.stored_names(conn)
-            if not names:
-                return []
-            missing = sql.never_stored(conn, (e for m in metrics for e in metric_events(m)), names)
-    except database_errors() as exc:
-        where = redact(os.fspath(store_path))
-        raise ResultsError(f"cannot read event store {where}: {exc}") from None
-    return [
-        _unstored(m, e, missing[e])
-        for m in metrics
-        for e in dict.fromkeys(metric_events(m))
-        if e in missing
-    ]
-
-
-def _unstored(metric: MetricSpec, event: str, hint: str) -> str:
-    if metric.guardrail:
-        what = f"{UNCHECKABLE} and blocks the launch"
-    elif metric.kind == "mean" or (metric.denominator and event == metric.denominator.event):
-        what = "it cannot be computed"  # nothing to divide by
-    else:
-        what = "it is 0 for every unit"
-    return f"{metric.name}: {never_stored_phrase(event, hint)}, so {what}"
-
-
-def _unattributed(
-    conn: Reader,
-    unit: str,
-    metrics: list[MetricSpec],
-    data: list[MetricData],
-    missing: Mapping[str, str],
-    first: int | None,
-    until: int,
-) -> list[str]:
-    """Metrics that are 0 for every exposed unit although their event was logged
-    in the window: by units outside the experiment, or under another ID than the
-    exposures' (a trial's userID experiment read 0 against 0 from 266 signups
-    logged after login, when the userID had changed), which reads as "no effect"."""
-    if first is None:
-        return []
-    said = []
-    for m, d in zip(metrics, data, strict=True):
-        if m.kind not in ("conversion", "count", "sum") or m.event in missing:
-            continue
-        if any(g.mean_y != 0.0 or g.m2_y != 0.0 for g in d.moments.values()):
-            continue
-        if sql.newest_event(conn, m.event, first, until) is None:
-            continue
-        said.append(
-            f"{m.name}: {m.event!r} events were logged in the analysis window, but none by an"
-            f" exposed unit after its exposure (unit {unit}), so it is 0 for every unit; if they"
-            " carry another ID than the exposures: a webhook or a task that logged them under its"
-            " own request's identity (log those with fw.log_event(..., user_id=..., stable_id=...)"
-            " for the user they are about), or a userID that changed at login (an experiment on"
-            " stableID follows the visitor across it)"
-        )
-    return said
 
 
 def _group_units(
