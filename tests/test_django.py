@@ -415,12 +415,17 @@ def test_a_failing_async_user_load_is_reported_and_never_breaks_the_request(
     async def auser() -> Any:
         raise RuntimeError("session store down")
 
-    async def get_response(request: HttpRequest) -> HttpResponse:
+    async def view(request: HttpRequest) -> HttpResponse:
         return HttpResponse(current_flags().user_id)
 
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        await middleware.process_view(request, view, (), {})  # as Django's handler does
+        return await view(request)
+
+    middleware = FlagwareMiddleware(get_response)
     request = RequestFactory().get("/", REMOTE_ADDR="192.0.2.5")
     request.auser = auser  # type: ignore[attr-defined]
-    response = asyncio.run(FlagwareMiddleware(get_response)(request))
+    response = asyncio.run(middleware(request))
     assert response.content.decode() == hash_ip(b"test-key", "192.0.2.5")
     assert fw.errors["user_id resolver"] == 1
 

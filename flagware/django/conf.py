@@ -20,6 +20,7 @@ exit hook; ``override_settings(FLAGWARE=...)`` in tests builds a fresh one.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import threading
 import weakref
@@ -30,6 +31,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject, empty
 from django.utils.module_loading import import_string
 
 from flagware.client import Flagware
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 SETTING = "FLAGWARE"
 # Namespaced META keys, as werkzeug does with "werkzeug.proxy_fix.orig".
 REQUEST_KEY = "flagware.django.request"  # a weakref: META must not keep its request alive
-USER_KEY = "flagware.django.user"  # the user, loaded ahead of async views
+USER_KEY = "flagware.django.user"  # the user, loaded ahead of an async view
 
 RequestResolver = Callable[[HttpRequest], Any]
 
@@ -182,9 +184,10 @@ class RequestFilter(FromRequest):
         return True if request is None else bool(self.resolver(request))
 
 
-def uses_default_user(client: Flagware) -> bool:
-    resolver = client.user_id_resolver
-    return isinstance(resolver, FromRequest) and resolver.resolver is request_user_id
+def reads_requests(client: Flagware) -> bool:
+    """Whether a resolver of ``FLAGWARE`` takes the request (and may read its user)."""
+    resolvers = (client.user_id_resolver, client.custom_resolver, client.custom_ids_resolver)
+    return any(isinstance(r, FromRequest) for r in resolvers)
 
 
 def attach_request(environ: WSGIEnvironment, request: HttpRequest) -> None:
@@ -198,11 +201,42 @@ def request_of(environ: Mapping[str, Any]) -> HttpRequest | None:
 
 def request_user_id(request: HttpRequest) -> object:
     """The default resolver: the primary key of an authenticated ``request.user``."""
-    # Loaded ahead of an async view (None if that failed); otherwise reading
-    # request.user loads the session and the user: done only now, when a view
-    # first reads a flag, never for requests that do not.
-    meta = request.META
-    user = meta[USER_KEY] if USER_KEY in meta else getattr(request, "user", None)
+    user = request_user(request)
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     return user.pk
+
+
+def request_user(request: HttpRequest) -> Any:
+    """``request.user``, as flagware may read it where the first flag is read.
+
+    A user an authentication set on the request wins: Django REST framework's
+    (Basic, token, JWT: it authenticates inside the view and sets
+    ``request.user``) and a ``login()`` in the view. Under ASGI the user
+    loaded ahead of an async view was preferred to it, so a token client was
+    the hash of its IP under uvicorn and its account under gunicorn's sync
+    workers (a new user's trial). The auth middleware's lazy user, while
+    unread, is the one loaded ahead of an async view; with none loaded it is
+    read now, except on the event loop, where Django refuses the queries.
+    """
+    user = getattr(request, "user", None)
+    if type(user) is SimpleLazyObject and user.__dict__.get("_wrapped") is empty:
+        meta = request.META
+        if USER_KEY in meta:  # loaded ahead of an async view (None: that failed, reported)
+            return meta[USER_KEY]
+        if _on_event_loop():
+            raise RuntimeError(
+                "a flag was read on the event loop before the view (an async middleware"
+                " after FlagwareMiddleware?), where Django refuses to load the logged-in"
+                " user: this request is identified without it; await request.auser()"
+                " before reading flags there"
+            )
+    return user
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

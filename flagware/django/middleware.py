@@ -52,14 +52,16 @@ class FlagwareMiddleware:
     ) -> None:
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
+        # Before an async view, where reading request.user is refused, the
+        # user is loaded first (see _load_user); a sync view reads it in its
+        # thread, only if it reads a flag. Under ASGI an async process_view,
+        # so no thread hop per request.
+        self.process_view: Callable[..., Any]
         if self.async_mode:
             # Django sees an async middleware and does not wrap it in a thread.
             markcoroutinefunction(self)
+            self.process_view = self._aprocess_view
         else:
-            # Only in the sync chain (WSGI): an async view runs in its own
-            # event loop there, where reading request.user is refused, so the
-            # user is loaded first. Under ASGI __acall__ awaits auser(), and
-            # no sync process_view means no thread hop per request.
             self.process_view = self._process_view
         self._diagnostics: tuple[Flagware, Any] | None = None
         # Built when Django loads the middleware, so a bad configuration fails
@@ -88,7 +90,6 @@ class FlagwareMiddleware:
         return self._respond(flags, request, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        await _load_user(request)
         client = conf.get_client()
         if not client.engine.ready:  # never on the event loop: see start_engine
             await start_engine(client)
@@ -122,6 +123,16 @@ class FlagwareMiddleware:
     ) -> None:
         if iscoroutinefunction(view) and conf.REQUEST_KEY in request.META:
             _load_user_sync(request)
+
+    async def _aprocess_view(
+        self, request: HttpRequest, view: Callable[..., Any], args: Any, kwargs: Any
+    ) -> None:
+        # Every request once loaded the user here, whatever its view: two
+        # queries for each request of a signed-in visitor, on views that read
+        # no flag too (a new user's trial). A sync view loads it in its thread
+        # when it reads a flag, as under WSGI.
+        if iscoroutinefunction(view) and conf.REQUEST_KEY in request.META:
+            await _load_user(request)
 
     def _diagnostics_app(self, client: Flagware, request: HttpRequest) -> Any:
         """The diagnostics app when it is on and the path is its own (cheap checks only)."""
@@ -217,7 +228,7 @@ def _environ(request: HttpRequest, client: Flagware) -> WSGIEnvironment:
 def _load_user_sync(request: HttpRequest) -> None:
     """Load the user now, in the sync chain, before an async view runs."""
     client = conf.get_client()
-    if not conf.uses_default_user(client) or conf.USER_KEY in request.META:
+    if not conf.reads_requests(client) or conf.USER_KEY in request.META:
         return
     user = getattr(request, "user", None)
     try:
@@ -230,7 +241,7 @@ def _load_user_sync(request: HttpRequest) -> None:
 
 
 async def _load_user(request: HttpRequest) -> None:
-    """Load the user before an async view, for the default resolver.
+    """Load the user before an async view, for the resolvers that take the request.
 
     Reading ``request.user`` loads the session and user synchronously, which
     Django refuses inside the event loop, so async views would silently fall
@@ -239,13 +250,20 @@ async def _load_user(request: HttpRequest) -> None:
     """
     auser = getattr(request, "auser", None)
     client = conf.get_client()
-    if auser is None or not conf.uses_default_user(client):
+    if auser is None or not conf.reads_requests(client):
         return
     try:
         user = await auser()
     except Exception as exc:  # e.g. the session store is down: no user, never a broken page
         client.report(exc, "user_id resolver")
         user = None
+    else:
+        # Django's own cache for the lazy request.user (what get_user reads
+        # first), so a custom resolver may read request.user in an async view:
+        # one that did logged a SynchronousOnlyOperation and fell back to the
+        # IP (a new user's trial). The same user, loaded the same way.
+        if not hasattr(request, "_cached_user"):
+            request._cached_user = user  # type: ignore[attr-defined]
     request.META[conf.USER_KEY] = user
 
 
