@@ -715,6 +715,12 @@ def test_check_settings_shape(spec_file: Path) -> None:
         ({"cookie_name": "bad name;"}, "cookie_name must be a cookie name"),
         ({"tier": 5}, "tier must be a string, not 5"),
         ({"engine": "cor"}, "engine must be 'legacy' or 'core', not 'cor'"),
+        # Passed the check, and every worker refused to start (a new user's trial).
+        ({"event_store": "mysql://u:pw@h/db"}, "event_store mysql://u:***@h/db: mysql:// is not"),
+        (
+            {"event_store": "postgresql://u:p@ss@h/db"},
+            "event_store postgresql://u:***@h/db: the password has a character that must be",
+        ),
     ],
 )
 def test_check_values_flagware_would_refuse(
@@ -726,7 +732,14 @@ def test_check_values_flagware_would_refuse(
     assert error.id == "flagware.E005"
     assert error.msg.startswith("settings.FLAGWARE: ") and message in error.msg
     with pytest.raises(ConfigurationError, match=re.escape(message)):
-        Flagware(spec=spec_file, hash_key="k", event_store=spec_file.parent / "e.db", **option)
+        Flagware(
+            **{
+                "spec": spec_file,
+                "hash_key": "k",
+                "event_store": spec_file.parent / "e.db",
+                **option,
+            }
+        )
 
 
 def test_check_lists_every_bad_value_and_a_bad_secret(spec_file: Path) -> None:

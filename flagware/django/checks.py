@@ -15,6 +15,7 @@ reported with a fix before the first request, not as a failing page.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
 from flagware.django import conf
+from flagware.events.store import open_store, redact
 from flagware.settings import (
     CHECKED_DEFAULTS,
     DEFAULT_SPEC,
@@ -71,6 +73,7 @@ def check_settings(
         engine_choice(options.get("engine"))
     except ConfigurationError as exc:
         problems.append(str(exc))
+    problems += _store_problems(options.get("event_store") or _env("FLAGWARE_EVENT_STORE"))
     secret = options.get("statsig_secret")
     if isinstance(secret, str) and options.get("spec") is None:
         try:
@@ -101,6 +104,20 @@ def check_settings(
     else:
         errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
     return errors
+
+
+def _store_problems(location: Any) -> list[str]:
+    """What ``Flagware(...)`` refuses in ``event_store`` at a worker's start,
+    found without connecting: a scheme no store reads (``mysql://`` passed the
+    check and stopped every worker: a new user's trial), a malformed
+    PostgreSQL URL, or psycopg missing for one."""
+    if location is None:
+        return []
+    try:
+        open_store(os.fspath(location))
+    except (ValueError, ImportError, TypeError) as exc:
+        return [f"event_store {redact(str(location))}: {exc}"]
+    return []
 
 
 def _misspelled_setting() -> list[CheckMessage]:
