@@ -55,7 +55,9 @@ def current_flags() -> Flags:
             "or the Flask extension; ASGI: app = flagware.asgi.FlagwareMiddleware(app, fw), "
             "served by an ASGI server), or add flagware.django.FlagwareMiddleware to MIDDLEWARE;"
             " outside any request (a task, a script), name the user:"
-            " `with fw.flags_for(user_id=...):`"
+            " `with fw.flags_for(user_id=...):`; in a thread a view started, which"
+            " does not inherit the request's context, pass it the view's"
+            " `request.flags` (or current_flags()) instead"
         )
     return flags
 

@@ -267,7 +267,7 @@ class EventWriter:
         self._failing_since = None
         log.warning(
             "flagware: the event store takes writes again after %.1f s; the %d events that"
-            " waited are stored%s",
+            " waited or came meanwhile are stored%s",
             lasted,
             stored,
             lost,
