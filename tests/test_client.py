@@ -246,6 +246,28 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     assert client.engine.gate(user, "nobody").value is True
 
 
+def test_a_spec_replaced_with_its_old_modification_time_is_reloaded(
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cp -p`` (or ``touch -r``, a deploy tool keeping times) put a new spec
+    in place with the old one's modification time: no worker ever reloaded
+    it (a new user's trial: 0 of 50 requests saw the new rollout)."""
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    before = spec_file.stat()
+    client = make_client()
+    user = client.engine.user({"userID": "u1", "customIDs": {"stableID": "s1"}})
+    assert client.engine.gate(user, "nobody").value is False
+    text = spec_file.read_text().replace(
+        "[gates.nobody]\nrollout = 0", "[gates.nobody]\nrollout = 100"
+    )
+    spec_file.write_text(text.replace("rollout = 100", "rollout = 100.0", 1))  # not the same size
+    os.utime(spec_file, ns=(before.st_atime_ns, before.st_mtime_ns))  # as cp -p leaves it
+    assert spec_file.stat().st_mtime_ns == before.st_mtime_ns
+    assert client.engine.gate(user, "nobody").value is True
+
+
 def _expose(client: Any, visitors: int = 20) -> None:
     from werkzeug.test import Client
 

@@ -24,7 +24,7 @@ from flagware.visitors import forget_repeats
 
 log = logging.getLogger("flagware")
 
-RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's mtime
+RELOAD_CHECK_INTERVAL = 1.0  # seconds between looks at the spec file's times
 # A spec refused for what the store holds (a started experiment changed) is
 # looked at again this often: `flagware reset` or another host's restart can
 # make it acceptable without the file changing again.
@@ -162,11 +162,16 @@ class LocalSpec(Engine):
                 message,
             )
 
-    def _stat(self) -> float:
+    def _stat(self) -> tuple[int, ...]:
+        """What tells an edit: the modification time alone missed a file
+        replaced by one with its old time kept (``cp -p``, ``touch -r``, a
+        deploy tool preserving times: a new user's trial). The change time,
+        which no copy can set, and the size and inode catch those."""
         try:
-            return self.path.stat().st_mtime
+            st = self.path.stat()
         except OSError:
-            return 0.0
+            return ()
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
     def server(self) -> Any:
         now = time.monotonic()
