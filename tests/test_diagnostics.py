@@ -276,6 +276,9 @@ def test_the_page_says_when_the_store_cannot_be_read(make_diag: Any, tmp_path: A
     html = page(browser).text
     assert '<span class="off" id="stored">event store unreadable: file is not a database' in html
     assert "events stored" not in html
+    # Not "no events yet", as it said through a PostgreSQL outage.
+    assert "no events yet" not in html
+    assert "the event store cannot be read now (see above)" in html
     # And what this process holds meanwhile, which the store cannot say.
     client.writer.dropped = 3
     client.errors["event store"] += 2

@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from flagware import identity, proxies, qa
 from flagware.diagnostics import override
-from flagware.diagnostics.events import POLL_LIMIT, _read_events, stored_summary
+from flagware.diagnostics.events import POLL_LIMIT, _read_events, stored_summary, tail_events
 from flagware.diagnostics.html import (
     _delivery,
     _event_rows,
@@ -228,7 +228,7 @@ class DiagnosticsApp:
             experiments=experiments,
             experiments_note=experiments_note,
             events=_event_rows(events, stable_id),
-            last_id=max((e["id"] for e in events), default=0),
+            last_id=max((e["id"] for e in events or ()), default=0),
             stable_id=escape(stable_id),
             poll_ms=int(POLL_SECONDS * 1000),
             poll_seconds=f"{POLL_SECONDS:g}",
@@ -339,8 +339,8 @@ class DiagnosticsApp:
         body = body.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         return Response(body, mimetype="application/json")
 
-    def _tail(self) -> list[dict[str, Any]]:
-        return _read_events(self._store_path(), tail=TAIL)
+    def _tail(self) -> list[dict[str, Any]] | None:
+        return tail_events(self._store_path(), TAIL)
 
     def _store_path(self) -> str:
         return self.client.event_store  # a SQLite path or a postgresql:// URL

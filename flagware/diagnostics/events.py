@@ -27,22 +27,30 @@ def is_store(location: str) -> bool:
     return store_exists(location) and not os.path.isdir(location)
 
 
-def _read_events(
-    location: str, *, after: int = 0, limit: int = POLL_LIMIT, tail: int | None = None
-) -> list[dict[str, Any]]:
-    """Events newer than ``after`` (oldest first), or the newest ``tail`` of them.
+def _read_events(location: str, *, after: int = 0, limit: int = POLL_LIMIT) -> list[dict[str, Any]]:
+    """Events newer than ``after``, oldest first (the page's poll); none while
+    the store cannot be read (the page says why, once, when loaded)."""
+    return _read(location, after, limit, None) or []
 
-    A short-lived read-only connection per call: the page is polled from
+
+def tail_events(location: str, tail: int) -> list[dict[str, Any]] | None:
+    """The newest ``tail`` events, oldest first; None when the store cannot be
+    read (the page said "no events yet" through a PostgreSQL outage)."""
+    return _read(location, 0, 0, tail)
+
+
+def _read(location: str, after: int, limit: int, tail: int | None) -> list[dict[str, Any]] | None:
+    """A short-lived read-only connection per call: the page is polled from
     whatever thread the server picks, and the client's store keeps one
     connection per thread until it closes, which would pile up here.
     """
     try:
-        if not is_store(location):
+        if not is_store(location):  # not created yet: nothing to show
             return []
         with open_reader(location) as conn:
             rows = _select(conn, after, limit, tail)
     except database_errors():
-        return []  # a store still being created: nothing to show yet
+        return None
     return [_event(row) for row in rows]
 
 

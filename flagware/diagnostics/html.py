@@ -34,7 +34,12 @@ def _delivery(client: Flagware) -> str:
     return html
 
 
-def _event_rows(events: list[dict[str, Any]], stable_id: str) -> str:
+def _event_rows(events: list[dict[str, Any]] | None, stable_id: str) -> str:
+    if events is None:  # the store cannot be read: the summary above says why
+        return (
+            '<tr id="no-events"><td colspan="5" class="off">the event store cannot be read'
+            " now (see above)</td></tr>"
+        )
     if not events:
         return '<tr id="no-events"><td colspan="5" class="muted">no events yet</td></tr>'
     rows = []
