@@ -321,3 +321,45 @@ def test_quarts_test_client_goes_through_a_wrapped_asgi_app(tmp_path: Path) -> N
         client.close()
     assert (status, denied) == (200, 404) and cookie.startswith("flagware_id=")
     assert "visited_signup" in names
+
+
+def test_fastapi_streamed_body_and_background_task_see_the_requests_flags(
+    tmp_path: Path,
+) -> None:
+    """Under ASGI both run inside the middleware's call, so current_flags()
+    is the request's there (the README's NoRequestError note is WSGI's), and
+    their events carry the visitor whose cookie the view's read set."""
+    from fastapi import BackgroundTasks, FastAPI
+    from fastapi.responses import StreamingResponse
+
+    spec = tmp_path / "flagware.toml"
+    spec.write_text(SPEC)
+    client = Flagware(spec=spec, event_store=tmp_path / "events.db", hash_key=b"frameworks")
+    api = FastAPI()
+
+    @api.get("/stream")
+    async def stream() -> StreamingResponse:
+        current_flags().gate("everyone")  # the first read: mints the cookie's stableID
+
+        async def body() -> Any:
+            yield b"one,"
+            current_flags().log_event("streamed")
+            yield b"two"
+
+        tasks = BackgroundTasks()
+        tasks.add_task(lambda: current_flags().log_event("in_background"))
+        return StreamingResponse(body(), background=tasks)
+
+    api.add_middleware(FlagwareMiddleware, client=client)
+    try:
+        with uvicorn_server(api) as port:
+            reply = fetch(port, "/stream")
+        client.flush()
+        events = {e["event"]: e["stable_id"] for e in client.store.iter_events()}
+    finally:
+        client.close()
+    assert (reply.status, reply.body) == (200, b"one,two")
+    assert events == dict.fromkeys(
+        ["statsig::gate_exposure", "streamed", "in_background"], reply.minted()
+    )
+    assert client.errors["stableID after response start"] == 0
