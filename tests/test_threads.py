@@ -109,3 +109,39 @@ def test_background_threads_leave_process_signals_to_the_main_thread(
 # flagware's threads and the SDKs' (legacy: "Statsig::..."; Core's Rust: "statsig...").
 # Others (pytest's, other tests' executors) are not flagware's to mask.
 _OURS = ("flagware-", "Statsig", "statsig")
+
+
+GREEN_STARTS = """
+from gevent import monkey
+
+monkey.patch_all()
+import signal, threading
+
+import gevent
+
+from flagware.threads import start_thread
+
+
+def starter():
+    start_thread(threading.Thread(target=gevent.sleep, args=(0.1,), daemon=True))
+
+
+gevent.joinall([gevent.spawn(starter), gevent.spawn(starter)])
+print(sorted(s.name for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread signal masks")
+def test_green_thread_starts_never_leave_the_signals_blocked() -> None:
+    """Under gevent a thread's start is a greenlet's, which yields to the hub:
+    two starts at once saved and put back each other's masks, and left the
+    worker's one thread with SIGTERM and SIGHUP blocked for good (a gunicorn
+    gevent worker ignored stops and reloads until killed: a new user's trial)."""
+    pytest.importorskip("gevent")
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", GREEN_STARTS], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
