@@ -31,6 +31,7 @@ _AFTER_FAILURE = {
     STORE_FAILURE: "flags are served as usual; events wait in memory, up to max_queue,"
     " and are stored when it takes writes again",
     "experiment start check": "serving the spec without comparing it with started experiments",
+    "exposure filter": "flags are evaluated as usual, and their exposures logged",
     "statsig delivery": "events stay in the store and are sent again after a backoff",
     # The store failing under delivery and the experiment start records: nothing
     # is served there, so "serving defaults" misled (a new user's trial).

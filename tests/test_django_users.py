@@ -50,6 +50,15 @@ async def awhoami(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"user_id": current_flags().user_id})
 
 
+async def aexposed(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"gate": current_flags().gate("everyone")})
+
+
+async def auser_then_whoami(request: HttpRequest) -> JsonResponse:
+    user = await request.auser()  # type: ignore[attr-defined]
+    return JsonResponse({"user_id": current_flags().user_id, "pk": user.pk})
+
+
 async def alogin_then_whoami(request: HttpRequest) -> JsonResponse:
     await alogin(request, await get_user_model().objects.aget(username="ada"))
     return JsonResponse({"user_id": current_flags().user_id})
@@ -86,9 +95,24 @@ class ReadsFlagsEarly:
         return await self.get_response(request)
 
 
+class AwaitsUserThenReadsFlags(ReadsFlagsEarly):
+    """The same, as the log line advises: ``await request.auser()`` first."""
+
+    async def __call__(self, request: HttpRequest) -> Any:
+        await request.auser()  # type: ignore[attr-defined]
+        return await super().__call__(request)
+
+
+def not_staff(request: HttpRequest) -> bool:
+    """An exposure filter as a project writes it: it reads request.user."""
+    return not request.user.is_staff
+
+
 urlpatterns = [
     path("drf/whoami", TokenWhoami.as_view()),
     path("awhoami", awhoami),
+    path("aexposed", aexposed),
+    path("auser", auser_then_whoami),
     path("alogin", alogin_then_whoami),
     path("loaded", user_loaded),
     path("whoami", whoami),
@@ -169,3 +193,57 @@ def test_a_flag_read_on_the_event_loop_before_the_view_says_why_the_user_is_miss
             assert response.json() == {"user_id": hash_ip(b"test-key", "127.0.0.1")}
             assert client.errors["user_id resolver"] == 1
             assert "await request.auser() before reading flags there" in caplog.text
+
+
+@pytest.mark.parametrize("resolver", ["default", "custom"])
+def test_an_async_middleware_that_awaits_the_user_first_reads_flags_with_it(
+    tmp_path: Path, spec_file: Path, user: Any, resolver: str
+) -> None:
+    """The advice of the line above works: Django keeps what auser() loaded
+    apart from the lazy request.user, and flagware read neither (a re-check
+    of the fix found the request still identified by its IP)."""
+    middleware = [*MIDDLEWARE, f"{__name__}.AwaitsUserThenReadsFlags"]
+    options = {} if resolver == "default" else {"user_id": username}
+    expected = str(user.pk) if resolver == "default" else "ada"
+    with override_settings(MIDDLEWARE=middleware):
+        for client in flagware_settings(tmp_path, spec_file, **options):
+            http = AsyncClient()
+            http.force_login(user)
+            assert asyncio.run(http.get("/awhoami")).json() == {"user_id": expected}
+            assert client.errors["user_id resolver"] == 0
+
+
+def test_an_exposure_filter_reads_request_user_in_an_async_view(
+    tmp_path: Path, spec_file: Path, user: Any
+) -> None:
+    """With user_id=None nothing loaded the user before an async view, so a
+    filter reading request.user raised there and staff exposures were logged."""
+    user.is_staff = True
+    user.save()
+    for client in flagware_settings(tmp_path, spec_file, user_id=None, exposure_filter=not_staff):
+        http = AsyncClient()
+        http.force_login(user)
+        assert asyncio.run(http.get("/awhoami")).status_code == 200
+        assert client.errors["exposure filter"] == 0
+        assert client.skipped_exposures["filter"] == 0  # awhoami reads only the IDs
+        asyncio.run(http.get("/aexposed"))
+        assert client.errors["exposure filter"] == 0
+        assert client.skipped_exposures["filter"] == 1
+
+
+def test_under_wsgi_an_async_views_own_auser_reuses_the_user_loaded_for_it(
+    tmp_path: Path, spec_file: Path, user: Any
+) -> None:
+    """The middleware loads the user before an async view in the sync chain;
+    the view's own ``await request.auser()`` then loaded it again (three
+    queries where Django alone makes two: a re-check of the fixes)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for _ in flagware_settings(tmp_path, spec_file):
+        http = Client()
+        http.force_login(user)
+        with CaptureQueriesContext(connection) as queries:
+            reply = http.get("/auser").json()
+        assert reply == {"user_id": str(user.pk), "pk": user.pk}
+        assert len(queries) == 2, [q["sql"] for q in queries]  # the session, the user

@@ -592,6 +592,22 @@ def test_store_urls_of_other_schemes_are_refused_or_read_as_postgresql(tmp_path:
     assert list(tmp_path.iterdir()) == [] and not Path("mysql:").exists()
 
 
+def test_store_urls_an_at_sign_in_a_query_value_is_kept_and_a_bad_port_refused() -> None:
+    """``?application_name=a@b`` has no password, and was refused as one with
+    an unencoded ``@``; ``:notaport`` passed, and was logged as an outage that
+    could never end (a new user's trial)."""
+    from flagware.events.store.postgres import libpq_url
+
+    kept = "postgresql://app@db:5432/x?application_name=a@b"
+    assert libpq_url(kept) == kept
+    assert libpq_url("postgresql://app@h1:5432,h2:5433/x")
+    for url in ("postgresql://app:pa?ss@db/x", "postgresql://app:pa?ss@db/x?sslmode=require"):
+        with pytest.raises(ValueError, match="must be percent-encoded"):
+            libpq_url(url)
+    with pytest.raises(ValueError, match="the port must be a number, not 'notaport'"):
+        libpq_url("postgresql://app@db:notaport/x")
+
+
 def test_a_postgresql_user_without_create_on_the_database_opens_a_schema_made_for_it(
     postgres_url: str,
 ) -> None:

@@ -114,14 +114,20 @@ def test_exposure_filter_adds_the_apps_own_rule(make_client: Any) -> None:
     }
 
 
-def test_a_broken_exposure_filter_is_reported_and_loses_nothing(make_client: Any) -> None:
+def test_a_broken_exposure_filter_is_reported_and_loses_nothing(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     def broken(environ: Any) -> bool:
         raise RuntimeError("filter bug")
 
     client = make_client(exposure_filter=broken)
-    response = Client(FlagwareMiddleware(app, client)).get("/")
+    with caplog.at_level(logging.ERROR, logger="flagware"):
+        response = Client(FlagwareMiddleware(app, client)).get("/")
     assert response.status_code == 200
     assert len(exposures(client)) == 2 and client.errors["exposure filter"] == 1
+    # What it leaves in place, not "serving defaults" (a new user's trial).
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "flags are evaluated as usual, and their exposures logged" in said
 
 
 def test_under_uvicorn_bots_and_head_requests_log_no_exposure(make_client: Any) -> None:

@@ -171,7 +171,10 @@ class FromRequest:
 
     def __call__(self, environ: WSGIEnvironment) -> Any:
         request = request_of(environ)
-        return None if request is None else self.resolver(request)
+        if request is None:
+            return None
+        share_loaded_user(request)
+        return self.resolver(request)
 
 
 class RequestFilter(FromRequest):
@@ -181,13 +184,36 @@ class RequestFilter(FromRequest):
 
     def __call__(self, environ: Mapping[str, Any]) -> bool:
         request = request_of(environ)
-        return True if request is None else bool(self.resolver(request))
+        if request is None:
+            return True
+        share_loaded_user(request)
+        return bool(self.resolver(request))
+
+
+def share_loaded_user(request: HttpRequest) -> None:
+    """A user ``await request.auser()`` loaded, where the lazy ``request.user``
+    finds it, and the other way round: Django keeps the two apart
+    (``_acached_user``, ``_cached_user``). Code of the app's that awaited it
+    before a flag was read (an async middleware, a view) still left
+    ``request.user`` unreadable on the event loop, and flagware saw no user;
+    under WSGI an async view's own ``auser()`` loaded again the user flagware
+    had loaded for it (new users' trials)."""
+    if hasattr(request, "_acached_user"):
+        if not hasattr(request, "_cached_user"):
+            request._cached_user = request._acached_user  # type: ignore[attr-defined]
+    elif hasattr(request, "_cached_user"):
+        request._acached_user = request._cached_user  # type: ignore[attr-defined]
 
 
 def reads_requests(client: Flagware) -> bool:
-    """Whether a resolver of ``FLAGWARE`` takes the request (and may read its user)."""
-    resolvers = (client.user_id_resolver, client.custom_resolver, client.custom_ids_resolver)
-    return any(isinstance(r, FromRequest) for r in resolvers)
+    """Whether a callable of ``FLAGWARE`` takes the request (and may read its user)."""
+    takers = (
+        client.user_id_resolver,
+        client.custom_resolver,
+        client.custom_ids_resolver,
+        client.exposure_filter,
+    )
+    return any(isinstance(r, FromRequest) for r in takers)
 
 
 def attach_request(environ: WSGIEnvironment, request: HttpRequest) -> None:
@@ -220,7 +246,11 @@ def request_user(request: HttpRequest) -> Any:
     read now, except on the event loop, where Django refuses the queries.
     """
     user = getattr(request, "user", None)
-    if type(user) is SimpleLazyObject and user.__dict__.get("_wrapped") is empty:
+    if (
+        type(user) is SimpleLazyObject
+        and user.__dict__.get("_wrapped") is empty
+        and not hasattr(request, "_cached_user")  # what reading it returns, loaded already
+    ):
         meta = request.META
         if USER_KEY in meta:  # loaded ahead of an async view (None: that failed, reported)
             return meta[USER_KEY]

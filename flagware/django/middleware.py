@@ -237,6 +237,8 @@ def _load_user_sync(request: HttpRequest) -> None:
     except Exception as exc:  # e.g. the session store is down: no user, never a broken page
         client.report(exc, "user_id resolver")
         user = None
+    else:
+        conf.share_loaded_user(request)  # the view's own auser() needs no second load
     request.META[conf.USER_KEY] = user
 
 
@@ -258,12 +260,10 @@ async def _load_user(request: HttpRequest) -> None:
         client.report(exc, "user_id resolver")
         user = None
     else:
-        # Django's own cache for the lazy request.user (what get_user reads
-        # first), so a custom resolver may read request.user in an async view:
-        # one that did logged a SynchronousOnlyOperation and fell back to the
-        # IP (a new user's trial). The same user, loaded the same way.
-        if not hasattr(request, "_cached_user"):
-            request._cached_user = user  # type: ignore[attr-defined]
+        # Where the lazy request.user finds it, so a custom resolver may read
+        # request.user in an async view: one that did logged a
+        # SynchronousOnlyOperation and fell back to the IP (a new user's trial).
+        conf.share_loaded_user(request)
     request.META[conf.USER_KEY] = user
 
 

@@ -66,7 +66,7 @@ def libpq_url(url: str) -> str:
     found in "hunter 2"``), and a password with an unencoded ``@`` or ``/``
     sent its tail to DNS as a host name."""
     url = _SCHEME.sub("postgresql://", url, count=1)
-    userinfo = url[len("postgresql://") :].rpartition("@")[0]
+    userinfo = _userinfo(url[len("postgresql://") :])
     if ":" in userinfo and _UNENCODED.search(userinfo.partition(":")[2]):
         raise ValueError(
             "the password has a character that must be percent-encoded in a URL"
@@ -75,13 +75,27 @@ def libpq_url(url: str) -> str:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(url)
+        params = conninfo_to_dict(url)
     except Exception:
         raise ValueError(
             "not a URL psycopg can read (in a password, % must be percent-encoded as"
             " %25 and a space as %20)"
         ) from None
+    # libpq reads the port only when it connects: a port that is no number
+    # was logged as an outage that could never end (a new user's trial).
+    ports = str(params.get("port") or "").split(",")
+    if not all(port.isdigit() or not port for port in ports):
+        raise ValueError(f"the port must be a number, not {params['port']!r}")
     return url
+
+
+def _userinfo(rest: str) -> str:
+    """What the user meant before the host: up to the last ``@``, which ends
+    a password holding an unencoded one, but not one in a query parameter's
+    value (``?application_name=a@b`` has no password, and was refused)."""
+    query = rest.find("?")
+    value = rest.find("=", query) if query >= 0 else -1
+    return (rest if value < 0 else rest[:value]).rpartition("@")[0]
 
 
 def redact(url: str) -> str:
