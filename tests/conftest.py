@@ -134,6 +134,18 @@ def client(make_client: Any) -> Any:
     return make_client()
 
 
+@pytest.fixture
+def user() -> Iterator[Any]:
+    """A Django user, "ada", in the auth tables for the test (Django's tests)."""
+    from django.contrib.auth import get_user_model
+    from django_settings import PASSWORD, migrate
+
+    migrate()
+    user = get_user_model().objects.create_user(username="ada", password=PASSWORD)  # type: ignore[attr-defined]
+    yield user
+    user.delete()
+
+
 # -- PostgreSQL -------------------------------------------------------------------
 
 

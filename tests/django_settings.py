@@ -25,6 +25,7 @@ MIDDLEWARE = [
     AUTH_MIDDLEWARE,
     "flagware.django.FlagwareMiddleware",
 ]
+PASSWORD = "a long enough password"  # the conftest's Django user's
 _state: dict[str, Any] = {}
 
 # The demo app is imported from the checkout (examples/ is not installed).

@@ -19,13 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from django_settings import AUTH_MIDDLEWARE, MIDDLEWARE, configure, flagware_settings, migrate
+from django_settings import AUTH_MIDDLEWARE, MIDDLEWARE, configure, flagware_settings
 
 configure()
 
 from asgiref.sync import iscoroutinefunction  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.checks import run_checks  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse  # noqa: E402
@@ -207,14 +206,6 @@ def urls() -> Iterator[None]:
 def fw(tmp_path: Path, spec_file: Path) -> Iterator[Any]:
     """settings.FLAGWARE on a fresh store; the process's client for this test."""
     yield from flagware_settings(tmp_path, spec_file)
-
-
-@pytest.fixture
-def user() -> Iterator[Any]:
-    migrate()
-    user = get_user_model().objects.create_user(username="ada", password="x")  # type: ignore[attr-defined]
-    yield user
-    user.delete()
 
 
 def cookie_of(response: Any) -> Any:

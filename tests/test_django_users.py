@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django_settings import MIDDLEWARE, configure, flagware_settings, migrate
+from django_settings import MIDDLEWARE, PASSWORD, configure, flagware_settings
 
 configure()
 
@@ -35,8 +35,6 @@ from rest_framework.views import APIView  # noqa: E402
 
 from flagware import current_flags  # noqa: E402
 from flagware.identity import hash_ip  # noqa: E402
-
-PASSWORD = "a long enough password"
 
 
 class TokenWhoami(APIView):
@@ -123,14 +121,6 @@ urlpatterns = [
 def urls() -> Iterator[None]:
     with override_settings(ROOT_URLCONF=__name__):
         yield
-
-
-@pytest.fixture
-def user() -> Iterator[Any]:
-    migrate()
-    user = get_user_model().objects.create_user(username="ada", password=PASSWORD)  # type: ignore[attr-defined]
-    yield user
-    user.delete()
 
 
 def basic(username: str, password: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, LiteralString
 
 from flagware.events.model import Event
@@ -81,12 +81,7 @@ class SQLStore:
     def _conn(self) -> Any:
         if self._pid != os.getpid():
             self._after_fork()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None and not self._usable(conn):
-            self._drop(conn)
-            conn = None
-        if conn is None:
-            conn = self._local.conn = self._open()
+        conn = self._local.conn = self._kept(getattr(self._local, "conn", None))
         return conn
 
     def _append_conn(self) -> Any:
@@ -100,13 +95,15 @@ class SQLStore:
         connection then stored the same events and said the store "takes
         writes again after 0.0 s" (two operators' trials).
         """
-        conn = self._appender
+        conn = self._appender = self._kept(self._appender)
+        return conn
+
+    def _kept(self, conn: Any) -> Any:
+        """``conn`` while the server keeps it; otherwise (or None) a new one."""
         if conn is not None and not self._usable(conn):
             self._drop(conn)
             conn = None
-        if conn is None:
-            conn = self._appender = self._open()
-        return conn
+        return self._open() if conn is None else conn
 
     def _open(self) -> Any:
         conn = self._connect()
@@ -133,6 +130,14 @@ class SQLStore:
         self._appender = None
         self._append_lock = threading.Lock()  # may have been held by a thread the child lacks
         self._pid = os.getpid()
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """A write transaction on this thread's connection."""
+        with self._guard():
+            conn = self._conn()
+            with self._transaction(conn):
+                yield conn
 
     def _exec(self, conn: Any, name: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Any:
         return conn.execute(self.queries[name], params)
@@ -206,24 +211,18 @@ class SQLStore:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                self._exec(conn, "meta_set", {"key": key, "value": value})
+        with self._write() as conn:
+            self._exec(conn, "meta_set", {"key": key, "value": value})
 
     def init_meta(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless a value is there; return the one kept."""
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                self._exec(conn, "meta_init", {"key": key, "value": value})
-                return str(self._exec(conn, "meta_get", {"key": key}).fetchone()[0])
+        with self._write() as conn:
+            self._exec(conn, "meta_init", {"key": key, "value": value})
+            return str(self._exec(conn, "meta_get", {"key": key}).fetchone()[0])
 
     def add_to_counter(self, counter: str, by: int) -> None:
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                self._bump(conn, counter, by)
+        with self._write() as conn:
+            self._bump(conn, counter, by)
 
     def run(self, name: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one named query of this backend's dialect (one statement, atomic by
@@ -281,37 +280,29 @@ class SQLStore:
         delivery that followed it.
         """
         counter = {DELIVERED: "delivered", PARKED: "parked"}[state]
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                changed = int(
-                    self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount
-                )
-                # Before the counter, which every settle of every process waits on.
-                if state == DELIVERED:
-                    self._exec(conn, "clear_meta", {"key": FAILURE_KEY})
-                elif failure:
-                    self._exec(conn, "meta_set", {"key": FAILURE_KEY, "value": failure})
-                self._bump(conn, counter, changed)
+        with self._write() as conn:
+            changed = int(self._exec(conn, "settle", {"state": state, **_range(batch)}).rowcount)
+            # Before the counter, which every settle of every process waits on.
+            if state == DELIVERED:
+                self._exec(conn, "clear_meta", {"key": FAILURE_KEY})
+            elif failure:
+                self._exec(conn, "meta_set", {"key": FAILURE_KEY, "value": failure})
+            self._bump(conn, counter, changed)
         return changed
 
     def release(self, batch: Batch, *, failed: bool) -> None:
         """Give the batch back to the pool; ``failed`` counts a retried attempt."""
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                self._exec(conn, "release", {"failed": int(failed), **_range(batch)})
-                if failed:
-                    self._bump(conn, "retried", 1)
+        with self._write() as conn:
+            self._exec(conn, "release", {"failed": int(failed), **_range(batch)})
+            if failed:
+                self._bump(conn, "retried", 1)
 
     def renew(self, batch: Batch, *, lease: float) -> bool:
         """Extend the batch's lease to ``lease`` seconds from now; False when the
         batch is no longer leased to its owner (settled, or run out and taken over)."""
         params = {"lease": lease, "now": time.time(), **_range(batch)}
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                return int(self._exec(conn, "renew", params).rowcount) > 0
+        with self._write() as conn:
+            return int(self._exec(conn, "renew", params).rowcount) > 0
 
     def release_dead_leases(self) -> int:
         """Free leases held by processes of this host that no longer exist.
@@ -341,12 +332,10 @@ class SQLStore:
         attempt counts stay: Statsig answered them, so none of them can be a
         duplicate when it goes out again.
         """
-        with self._guard():
-            conn = self._conn()
-            with self._transaction(conn):
-                oldest = self._exec(conn, "oldest_parked").fetchone()[0]
-                count = int(self._exec(conn, "unpark").rowcount)
-                self._bump(conn, "parked", -count)
+        with self._write() as conn:
+            oldest = self._exec(conn, "oldest_parked").fetchone()[0]
+            count = int(self._exec(conn, "unpark").rowcount)
+            self._bump(conn, "parked", -count)
         return count, None if oldest is None else int(oldest)
 
     def claimable(self) -> int:
