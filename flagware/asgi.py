@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from flagware import denials, identity, request
-from flagware.flags import Flags, current_flags
+from flagware.flags import Flags, NoRequestError, current_flags
 from flagware.request import enter, leave, new
 from flagware.scope import ScopeEnviron
 
@@ -313,7 +313,10 @@ async def get_flags() -> Flags:
 
     Async, so FastAPI calls it on the event loop rather than in a thread.
     """
-    return current_flags()
+    try:
+        return current_flags()
+    except NoRequestError as exc:  # named as the app calls it
+        raise NoRequestError(str(exc).replace("current_flags()", "Depends(get_flags)", 1)) from None
 
 
 async def _read_body(receive: Receive) -> bytes:

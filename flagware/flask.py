@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from flagware import client as _client_module
 from flagware import flags as _flags
 from flagware.client import Flagware
-from flagware.flags import Flags, _current
+from flagware.flags import Flags, NoRequestError, _current
 from flagware.middleware import ENVIRON_KEY, FlagwareMiddleware
 
 __all__ = ["FlaskFlagware", "get_client"]
@@ -128,11 +128,26 @@ def _configuration_key(options: dict[str, Any]) -> str:
 def _streamed_flags() -> Flags | None:
     """The Flags of the Flask request whose context is active without flagware's:
     a body streamed with ``stream_with_context``, which runs after the middleware
-    returned (the environ keeps the request's Flags under its key)."""
+    returned (the environ keeps the request's Flags under its key).
+
+    A request context the middleware never saw (``app.test_request_context()``,
+    how Flask tests a helper) raises here, on an app with the extension: the
+    general message's advice, to wrap the app, was wrong for it (a new user's
+    trial)."""
     if not has_request_context():
         return None
     flags = request.environ.get(ENVIRON_KEY)
-    return flags if isinstance(flags, Flags) else None
+    if isinstance(flags, Flags):
+        return flags
+    if flags is None and "flagware" in current_app.extensions:
+        raise NoRequestError(
+            "current_flags() in a Flask request context that did not go through"
+            " the app (app.test_request_context() pushes one without running it,"
+            " so flagware's middleware never saw the request): make the request"
+            " with app.test_client(), or name the user for the block, inside the"
+            " request context: `with get_client(app).flags_for(user_id=...):`"
+        )
+    return None
 
 
 _flags.lookups.append(_streamed_flags)

@@ -337,6 +337,9 @@ def test_diagnostics_page_is_served_through_the_asgi_middleware(served: Served) 
 def test_outside_a_request_current_flags_raises() -> None:
     with pytest.raises(NoRequestError, match="FlagwareMiddleware"):
         current_flags()
+    # The dependency says what the app called (it said "current_flags()").
+    with pytest.raises(NoRequestError, match=r"^Depends\(get_flags\) was called outside a"):
+        asyncio.run(get_flags())
 
 
 # -- protocol details, driven in-process ------------------------------------------------

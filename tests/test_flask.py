@@ -57,6 +57,32 @@ def test_factory_apps_get_their_own_clients(tmp_path: Any, spec_file: Any) -> No
         get_client(b).close()
 
 
+def test_a_request_context_the_app_did_not_run_says_how_to_read_flags(
+    tmp_path: Any, spec_file: Any
+) -> None:
+    """app.test_request_context() pushes a request the middleware never saw:
+    the error told a user whose app had the extension to add it (a new user's
+    trial). It says what works there, and that works."""
+    ext = FlaskFlagware()
+    opts = {"spec": spec_file, "hash_key": "k", "event_store": tmp_path / "e.db"}
+    app = create_app(ext, FLAGWARE=opts)
+    try:
+        with app.test_request_context("/"):
+            with pytest.raises(NoRequestError, match=r"app\.test_request_context") as raised:
+                current_flags()
+            assert "get_client(app).flags_for(user_id=...)" in str(raised.value)
+            with get_client(app).flags_for(user_id="u1"):
+                assert current_flags().gate("everyone") is True
+        bare = Flask(__name__)  # no extension: wrapping the app is the advice
+        with (
+            bare.test_request_context("/"),
+            pytest.raises(NoRequestError, match="wrap the app with FlagwareMiddleware"),
+        ):
+            current_flags()
+    finally:
+        get_client(app).close()
+
+
 def test_jinja_templates_see_this_requests_flags(client: Any) -> None:
     app = create_app(FlaskFlagware(client=client))
     text = app.test_client().get("/").text

@@ -438,3 +438,48 @@ def test_isolated_forked_workers_get_stores_of_their_own(spec_file: Any) -> None
         for process in workers:
             process.join(timeout=30)
     assert len(got) == 2
+
+
+def test_a_forced_value_that_is_no_bool_or_params_that_are_no_mapping_are_refused(
+    client: Any,
+) -> None:
+    """A string is truthy: gate("promo", "false") forced the gate on, without a
+    word, and params given as a list said only "dictionary update sequence
+    element #0 has length 1" (a new user's trial)."""
+    forced = FlagwareOverrides()
+    for force in (
+        lambda: forced.gate("nobody", "false"),  # type: ignore[arg-type]
+        lambda: override_gate("nobody", "false"),  # type: ignore[arg-type]
+        lambda: override_gate("nobody", None),  # type: ignore[arg-type]
+        lambda: forced.defaults("no"),  # type: ignore[arg-type]
+        lambda: override_defaults("off"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="is True or False, not "):
+            force()
+    with pytest.raises(TypeError, match=r"for 'button_color' are a mapping .* not list \['x'\]"):
+        forced.experiment("button_color", ["x"], group="Red")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="for 'limits' are a mapping"):
+        override_config("limits", "max=5")  # type: ignore[arg-type]
+    assert not overrides
+    forced.gate("nobody", 1)  # an int that is a bool's value is one
+    try:
+        assert read(client).startswith("True ")
+    finally:
+        forced.clear()
+
+
+def test_an_override_of_the_other_kind_says_which_kind_the_name_is(client: Any) -> None:
+    """experiment("new_signup") for a gate warned "no experiment of that name",
+    and did not say the name is there, as a gate (a new user's trial)."""
+    with (
+        pytest.warns(UnknownOverrideWarning) as caught,
+        override_experiment("new_signup", {"x": 1}),
+        override_gate("button_color"),
+    ):
+        pass
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        "override of experiment 'new_signup': no experiment of that name in"
+        f" {client.engine.spec.source} ('new_signup' is a gate: force it as one)",
+        "override of gate 'button_color': no gate of that name in"
+        f" {client.engine.spec.source} ('button_color' is an experiment: force it as one)",
+    ]

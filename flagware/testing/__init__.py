@@ -80,7 +80,7 @@ class FlagwareOverrides:
     def gate(self, name: str, value: bool = True) -> None:
         """Every request passes gate ``name`` (or fails it, with ``False``)."""
         _check_known("gate", name)
-        overrides.gates[name] = bool(value)
+        overrides.gates[name] = _flag("gate", name, value)
 
     def experiment(
         self, name: str, params: Mapping[str, Any] | None = None, group: str | None = None
@@ -92,7 +92,7 @@ class FlagwareOverrides:
 
     def config(self, name: str, value: Mapping[str, Any]) -> None:
         """Dynamic config ``name`` has this value for every request."""
-        overrides.configs[name] = Config(name, dict(value), rule_id=OVERRIDE_RULE)
+        overrides.configs[name] = _config(name, value)
 
     def defaults(self, on: bool = True) -> None:
         """Every gate not forced is False; every experiment not forced is its control.
@@ -102,7 +102,7 @@ class FlagwareOverrides:
         empty params and group None. Nothing is evaluated, so nothing depends
         on hashing.
         """
-        overrides.defaults = bool(on)
+        overrides.defaults = _flag("defaults", "on", on)
 
     def clear(self) -> None:
         """Drop every override set so far in this test (defaults mode included)."""
@@ -320,7 +320,7 @@ class override_gate(_Override):  # lower case, like Django's override_settings
     def __init__(self, name: str, value: bool = True) -> None:
         super().__init__()
         self.name = name
-        self.value = bool(value)
+        self.value = _flag("gate", name, value)
 
     def _apply(self) -> Any:
         _check_known("gate", self.name, site=self._site)
@@ -338,7 +338,27 @@ class override_gate(_Override):  # lower case, like Django's override_settings
 def _forced_experiment(name: str, params: Mapping[str, Any] | None, group: str | None) -> Config:
     if params is None and group is not None:
         return SpecGroup(name, {}, group=group, rule_id=OVERRIDE_RULE)
-    return Config(name, dict(params or {}), group=group, rule_id=OVERRIDE_RULE)
+    return _config(name, params or {}, group)
+
+
+def _config(name: str, params: Mapping[str, Any], group: str | None = None) -> Config:
+    """A forced config or experiment, refusing params that are no mapping
+    (``dict(["x"])`` said only "dictionary update sequence element #0...")."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"the params forced for {name!r} are a mapping of parameter names to"
+            f" values, such as {{'color': 'red'}}, not {type(params).__name__} {params!r}"
+        )
+    return Config(name, dict(params), group=group, rule_id=OVERRIDE_RULE)
+
+
+def _flag(kind: str, name: str, value: Any) -> bool:
+    """A forced gate's value, or defaults' ``on``: True or False only. A string
+    such as "false" is truthy, and forced the gate on without a word."""
+    if not isinstance(value, bool | int) or value not in (0, 1):
+        what = f"gate {name!r}" if kind == "gate" else "defaults"
+        raise TypeError(f"the value forced for {what} is True or False, not {value!r}")
+    return bool(value)
 
 
 class override_experiment(_OverrideConfig):
@@ -359,7 +379,7 @@ class override_config(_OverrideConfig):
     """Dynamic config ``name`` has ``value`` for every request."""
 
     def __init__(self, name: str, value: Mapping[str, Any]) -> None:
-        super().__init__(Config(name, dict(value), rule_id=OVERRIDE_RULE))
+        super().__init__(_config(name, value))
 
 
 class override_defaults(_Override):
@@ -368,7 +388,7 @@ class override_defaults(_Override):
 
     def __init__(self, on: bool = True) -> None:
         super().__init__()
-        self.on = bool(on)
+        self.on = _flag("defaults", "on", on)
 
     def _apply(self) -> Any:
         saved = overrides.defaults

@@ -90,8 +90,14 @@ def _check_known(
         # A trial's app read a gate its spec lacked: the override did reach
         # it, so "forces nothing" was wrong there; both cases are said.
         elsewhere = "reads it as False" if kind == "gate" else "gets no group and its defaults"
+        other = "experiment" if kind == "gate" else "gate"
+        if _defined(specs, other, name):  # the right name, through the other kind's override
+            article = "an" if other == "experiment" else "a"
+            hint = f" ({name!r} is {article} {other}: force it as one)"
+        else:
+            hint = did_you_mean(name, defined)
         message = (
-            f"{what}: no {kind} of that name in {sources}{did_you_mean(name, defined)};"
+            f"{what}: no {kind} of that name in {sources}{hint};"
             f" outside this override the app {elsewhere}, and a misspelt name forces nothing"
         )
     elif group is not None and not any(group in [g.name for g in x.groups] for x in found):
