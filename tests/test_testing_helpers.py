@@ -483,3 +483,34 @@ def test_an_override_of_the_other_kind_says_which_kind_the_name_is(client: Any) 
         "override of gate 'button_color': no gate of that name in"
         f" {client.engine.spec.source} ('button_color' is an experiment: force it as one)",
     ]
+
+
+def test_a_group_forced_alone_on_statsig_without_specs_says_its_params_are_empty(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under the isolation a client on Statsig downloads no specs, so a group
+    forced without params reads empty params: documented, yet a suite moved to
+    CI with the secret set failed without a word why (a new user's trial)."""
+    from flagware import Flagware
+
+    with (
+        Flagware(
+            statsig_secret="secret-x",
+            statsig_api="http://127.0.0.1:9",
+            hash_key="k",
+            event_store=tmp_path / "statsig.db",
+            init_timeout=0,
+            shutdown_timeout=0,  # nothing can be delivered there
+        ) as on_statsig,
+        override_experiment("button_color", group="Red"),
+        caplog.at_level("WARNING", "flagware"),
+    ):
+        assert read(on_statsig) == "False Red None"
+        assert read(on_statsig) == "False Red None"
+    said = [r.getMessage() for r in caplog.records if "forced to group" in r.getMessage()]
+    assert said == [
+        "flagware: experiment 'button_color' forced to group 'Red' without params, on a"
+        " client on Statsig that has no specs for it (the test isolation downloads none):"
+        " its params are empty; pass them (experiment(name, params, group=...)) or run"
+        " such tests on the local spec"
+    ]
