@@ -118,6 +118,51 @@ def test_manage_py_check_passes(tmp_path: Path) -> None:
     assert "no issues" in result.stdout
 
 
+DJANGO_TESTS = """
+from django.test import SimpleTestCase
+
+
+class SignupTests(SimpleTestCase):
+    def test_signup(self):
+        self.assertEqual(self.client.get("/signup").status_code, 200)
+"""
+RUNNER = """
+from django.test.runner import DiscoverRunner
+from flagware.testing import isolate
+
+
+class FlagwareRunner(DiscoverRunner):
+    def run_tests(self, *args, **kwargs):
+        with isolate():
+            return super().run_tests(*args, **kwargs)
+"""
+
+
+def test_django_tests_run_without_the_isolation_say_so(tmp_path: Path) -> None:
+    """``manage.py test`` without a runner that isolates stored the tests'
+    events in the project's store and made a hash key there, with only
+    "created a hash key" to show for it (a new user's trial)."""
+    (tmp_path / "signup_tests.py").write_text(DJANGO_TESTS)
+    (tmp_path / "flagware_runner.py").write_text(RUNNER)
+    env = demo_env(tmp_path)
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(DEMO), str(ROOT)]))
+    env.update(DJANGO_SETTINGS_MODULE="demo.settings")
+    said = "Django's test runner runs without flagware's test isolation"
+    for runner, warned in (([], True), (["--testrunner", "flagware_runner.FlagwareRunner"], False)):
+        result = subprocess.run(
+            [sys.executable, "-m", "django", "test", "signup_tests", *runner],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0 and "Ran 1 test" in result.stderr, result.stderr
+        assert (said in result.stderr) is warned, result.stderr
+        # The store it names is the one the settings give (FLAGWARE_EVENT_STORE here).
+        assert (f"stored in {tmp_path / 'events.db'} " in result.stderr) is warned
+
+
 def test_wsgi_and_asgi_entry_points_import(tmp_path: Path) -> None:
     code = "import demo.asgi, demo.wsgi; print(demo.wsgi.application, demo.asgi.application)"
     subprocess.run(

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -54,6 +56,7 @@ KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
 
 _client: Flagware | None = None
 _lock = threading.Lock()
+log = logging.getLogger("flagware")
 
 
 def options() -> dict[str, Any]:
@@ -79,7 +82,29 @@ def get_client() -> Flagware:
         if client is None:  # not built by another thread while this one waited
             client = build_client()
             _set_client(client)
+            _warn_if_testing_unisolated(client)
         return client
+
+
+def _warn_if_testing_unisolated(client: Flagware) -> None:
+    """Say when Django's test runner runs without flagware's isolation: the
+    tests' events went to the project's own store, and a hash key was made
+    there, with only "created a hash key" to show for it (a new user's trial).
+
+    Django's runner keeps sent mail in ``django.core.mail.outbox`` while it
+    runs (documented); under pytest the plugin decides (``flagware_isolate``).
+    """
+    from django.core import mail
+
+    if client.isolated or not hasattr(mail, "outbox") or "pytest" in sys.modules:
+        return
+    log.warning(
+        "flagware: Django's test runner runs without flagware's test isolation:"
+        " the tests' events are stored in %s and visitors hashed with the app's key."
+        " Set TEST_RUNNER to a runner that runs the tests inside"
+        " flagware.testing.isolate() (README: Testing your experiments)",
+        client.event_store,
+    )
 
 
 def _set_client(client: Flagware | None) -> None:
