@@ -524,6 +524,52 @@ def test_a_mean_over_no_events_in_a_group_has_no_lift_and_renders(tmp_path: Path
     assert "nan%" not in render_html(results).lower()
 
 
+@pytest.mark.parametrize("sequential", [True, False])
+def test_a_ratio_needs_ten_units_with_its_denominator_in_each_group(
+    tmp_path: Path, sequential: bool
+) -> None:
+    """80 units exposed, one buyer a group: revenue per purchase was each
+    buyer's own value, the delta method's residual 0 up to rounding, and the
+    verdict SHIP at p < 0.0001 with a zero-width interval (a statistician's
+    trial, 33.3 against 44.4). The ratio is made of the buyers: ten a group
+    at least, as for units."""
+    log = Log()
+    for i in range(80):
+        log.expose(i, "Control" if i % 2 else "Red", NOW - HOUR)
+        log.log(i, "visit", NOW)
+    log.log(1, "purchase", NOW, 33.3)
+    log.log(2, "purchase", NOW, 44.4)
+    metrics = {
+        "aov": {"event": "purchase", "kind": "mean"},
+        "per_visit": {
+            "kind": "ratio",
+            "numerator": {"event": "purchase", "aggregate": "sum"},
+            "denominator": {"event": "visit", "aggregate": "count"},
+        },
+        "visits_per_purchase": {
+            "kind": "ratio",
+            "numerator": {"event": "visit", "aggregate": "count"},
+            "denominator": {"event": "purchase", "aggregate": "count"},
+        },
+    }
+    spec = make_spec(metrics=metrics, sequential=sequential)
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    aov, per_visit, buys_per_visit = results.metrics
+    for metric, what in (
+        (aov, "a valued 'purchase' event"),
+        (buys_per_visit, "a 'purchase' event"),
+    ):
+        row = metric.results[0]
+        assert row.note == f"needs at least 10 units with {what} in each group"
+        assert row.p_value is None and row.ci is None and not row.significant
+        assert row.units_needed is None  # the planning table said 1 unit
+        # Each group's ratio rests on one unit: no interval, not one of width 0.
+        assert metric.group_intervals == {"Control": None, "Red": None}
+    # Every unit visited: the ratio over visits is made of all 40 a group.
+    assert per_visit.results[0].note is None and per_visit.results[0].p_value is not None
+    assert results.verdict == "inconclusive"
+
+
 @pytest.mark.parametrize("kind", ["count", "sum"])
 def test_a_count_lift_interval_stops_at_minus_100_percent(tmp_path: Path, kind: str) -> None:
     """Fieller's interval knows nothing of signs: a skewed treatment (one unit

@@ -83,6 +83,7 @@ def np_moments(values: np.ndarray) -> Moments:
         mx,
         float(((x - mx) ** 2).sum()),
         float(((y - my) * (x - mx)).sum()),
+        int((x > 0).sum()),
     )
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from flagware.results import cuped, sequential
 from flagware.results.corrections import benjamini_hochberg, bonferroni
-from flagware.results.inference import Estimate, estimate, too_small
+from flagware.results.inference import Estimate, estimate, too_few_in_ratio, too_small
 from flagware.results.model import GroupResult, MetricResult, Outcome, Role
 from flagware.results.planning import minimum_detectable_effect, units_needed
 from flagware.results.stats import Moments, Sample, norm_ppf
@@ -105,6 +105,8 @@ class _Prepared:
         t = self.data.moments.get(group, _EMPTY)
         c = self.data.moments.get(control, _EMPTY)
         reason = too_small(t.y, c.y)
+        if reason is None and self.metric.kind in _RATIOS:
+            reason = too_few_in_ratio(t.n_x, c.n_x, _denominator(self.metric))
         if reason is not None:
             return None, reason
         if self.metric.kind in _RATIOS:
@@ -115,6 +117,13 @@ class _Prepared:
             kind = "sum" if self.theta is not None else self.metric.kind
             est = estimate(kind, self.samples[group], self.samples[control], sequential_rho=rho)
         return est, None if est.p_value is not None else "no variance to test"
+
+
+def _denominator(metric: MetricSpec) -> str:
+    """What a ratio metric's units must have to count in it, as the notes say it."""
+    if metric.denominator is not None:
+        return f"a {metric.denominator.event!r} event"
+    return f"a valued {metric.event!r} event"  # mean: the sum of values over valued events
 
 
 def analyse_metrics(
@@ -187,7 +196,10 @@ def _metric_result(
     intervals: dict[str, tuple[float, float] | None] = {}
     for group in groups:
         mean, var = prep.means(group)
-        if not math.isfinite(var):
+        n_x = prep.data.moments.get(group, _EMPTY).n_x
+        if not math.isfinite(var) or (metric.kind in _RATIOS and n_x is not None and n_x < 2):
+            # One buyer's revenue per purchase is exactly its own ratio: the
+            # delta method gives it no spread, and a zero-width interval.
             intervals[group] = None
             continue
         # Each group's mean, as the comparisons: always valid when they are.

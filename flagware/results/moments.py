@@ -73,12 +73,13 @@ def metric_moments(
     values = f"SELECT p.grp AS grp, {y} AS y, {x} AS x FROM {source}"
 
     sums = conn.execute(
-        f"SELECT v.grp, count(*), {d.total('v.y')}, {d.total('v.x')}"
+        f"SELECT v.grp, count(*), {d.total('v.y')}, {d.total('v.x')},"
+        " count(CASE WHEN v.x > 0 THEN 1 END)"
         f" FROM ({values}) AS v GROUP BY v.grp",
         caps,
     ).fetchall()
     moments = {}
-    for group, n, sum_y, sum_x in sums:
+    for group, n, sum_y, sum_x, n_x in sums:
         my, mx = float(sum_y) / n, float(sum_x) / n
         # One group's rows at a time: they are one run of the table's (grp, unit) key.
         m2y, m2x, cxy = conn.execute(
@@ -86,7 +87,7 @@ def metric_moments(
             f" {d.total('(v.y - ?) * (v.x - ?)')} FROM ({values} WHERE p.grp = ?) AS v",
             [my, my, mx, mx, my, mx, *caps, group],
         ).fetchone()
-        moments[str(group)] = Moments(int(n), my, float(m2y), mx, float(m2x), float(cxy))
+        moments[str(group)] = Moments(int(n), my, float(m2y), mx, float(m2x), float(cxy), int(n_x))
     return moments, cap, capped
 
 

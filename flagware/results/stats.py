@@ -260,6 +260,9 @@ class Moments:
     mean_x: float = 0.0
     m2_x: float = 0.0
     c_xy: float = 0.0
+    # Units whose x is above 0: for a ratio metric, the units its ratio is made
+    # of (see inference.too_few_in_ratio). None where not counted.
+    n_x: int | None = None
 
     @property
     def y(self) -> Sample:
