@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,67 @@ def test_core_follows_the_specs_at_statsig(tmp_path: Path, monkeypatch: pytest.M
         client.close()
     assert f"sinceTime={first['time']}" in stub.spec_downloads[1]
     assert all("secret-test" in path for path in stub.spec_downloads)
+
+
+def _break_v2(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool], None]:
+    """Make the stub's v2 specs ones Core refuses (a field missing), or whole again."""
+    from flagware.engine import core_dcs
+
+    whole = core_dcs.to_v2
+
+    def broken(dcs: dict[str, Any]) -> dict[str, Any]:
+        document = whole(dcs)
+        document.pop("experiment_to_layer", None)
+        return document
+
+    def switch(refused: bool) -> None:
+        monkeypatch.setattr(core_dcs, "to_v2", broken if refused else whole)
+
+    return switch
+
+
+@pytest.mark.parametrize("at_start", [False, True])
+def test_specs_core_refused_are_downloaded_again_when_mended(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    at_start: bool,
+) -> None:
+    """The download's ``sinceTime`` was the newest specs' time even when Core
+    had refused them: a corrected document with that time was answered "no
+    updates", and Core served stale flags (or defaults, from the start) until
+    the next change at Statsig, without a word (a new user's trial). Downloads
+    start again from the specs Core serves, and the log says so."""
+    from flagware.engine import core_specs
+
+    monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
+    switch = _break_v2(monkeypatch)
+    caplog.set_level(logging.INFO, logger="flagware")
+    with StatsigStub(dcs=compile_dcs(parse_spec(NEW_SIGNUP_OFF))) as stub:
+        if at_start:
+            _turn_new_signup_on(stub)
+            switch(True)
+        client = _core_on_statsig(stub.url, tmp_path)
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
+        if not at_start:
+            switch(True)
+            _turn_new_signup_on(stub)  # refused: the gate stays off
+            time.sleep(2.5)  # Core reads its store every 1 s; downloads every 0.2 s
+            assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
+        switch(False)  # the same specs, same time, now whole
+        assert _sees_new_signup_on(client), "the mended specs never reached Core"
+        specs_log = engine.specs_log()
+        assert specs_log is not None and specs_log.failures >= 1
+        deadline = time.monotonic() + 5  # the next download finds Core serving them
+        while specs_log.failing and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    refused = [line for line in lines if "Core did not accept the specs it was given" in line]
+    serving = "defaults" if at_start else "the last ones"
+    assert len(refused) == 1 and f"serving {serving} until a download works" in refused[0]
+    assert any("download from" in line and "works again" in line for line in lines)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -465,7 +527,9 @@ def test_core_reports_through_logging_not_stdout(
     assert "Statsig" not in capfd.readouterr().out
     core_errors = [r for r in caplog.records if r.name == "flagware.core"]
     assert core_errors and all(r.levelname in ("ERROR", "WARNING") for r in core_errors)
-    assert any("Core did not accept the Statsig specs" in r.getMessage() for r in caplog.records)
+    assert any(
+        "Core did not accept the specs it was given" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_known_difference_a_gates_secondary_exposures(tmp_path: Path) -> None:

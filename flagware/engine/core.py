@@ -27,7 +27,7 @@ from typing import Any
 from flagware.engine import base
 from flagware.engine.base import Engine, Evaluation, UserFields
 from flagware.engine.core_dcs import to_v2
-from flagware.engine.core_specs import POLL_MS, Specs, SpecsDownload
+from flagware.engine.core_specs import POLL_MS, REFUSED, Specs, SpecsDownload
 from flagware.engine.local import LOCAL_SDK_KEY, LocalSpec
 from flagware.engine.specs_log import SpecsLog
 from flagware.engine.statsig import StatsigSource
@@ -43,7 +43,6 @@ try:
 except ImportError:  # pragma: no cover - exercised only without the extra
     core = core_statsig = None
 
-log = logging.getLogger("flagware")
 core_log = logging.getLogger("flagware.core")  # what the Core SDK itself reports
 
 SHUTDOWN_TIMEOUT = 2.0  # seconds close() waits for Core's runtime to stop
@@ -280,6 +279,7 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
         if self.offline:
             return super()._start()  # no download: Core serves defaults
         download = self._download = SpecsDownload(self.api or DEFAULT_STATSIG_API, self.secret)
+        download.refused = self._refused
         download.start(wait=self.init_timeout)
         try:
             return super()._start()
@@ -309,15 +309,21 @@ class CoreStatsigEngine(StatsigSource, CoreSDK):
             output_logger_provider=_Logs(),
         )
 
+    def _refused(self, specs: Specs) -> bool | None:
+        """Whether Core was handed ``specs`` and serves others (or none); None
+        while that cannot be told (not handed yet, no time to tell them by)."""
+        store = self._store
+        if store is None or store.given is not specs or not specs.time or not self.started():
+            return None
+        return self.specs_time() != specs.time
+
     def _check_started(self, details: Any) -> None:
         # As on the legacy engine, not fatal: defaults are served until a
         # download brings specs Core reads. A failed (or late) download says so
         # itself: only specs Core's start was handed, and refused, are news here
-        # (specs handed by a poll since may be serving already).
+        # (specs handed by a poll since may be serving already). Said as the
+        # start of an outage, which the next download finds again (and counts)
+        # and starts over from none (SpecsDownload._check_taken).
         download, store = self._download, self._store
         if not details.is_config_spec_ready and download and store and store.at_start:
-            log.warning(
-                "flagware: Core did not accept the Statsig specs from %s; serving defaults"
-                " until new ones come",
-                download.base,
-            )
+            download.log.failed(REFUSED, have_specs=False)

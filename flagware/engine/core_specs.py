@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -34,6 +35,7 @@ log = logging.getLogger("flagware")
 SYNC_INTERVAL = 10.0  # seconds between downloads: Core's own default (specs_sync_interval_ms)
 SYNC_TIMEOUT = 10.0  # seconds a background download may take
 POLL_MS = 1000  # how often Core reads the store (memory only; Core polls no faster)
+REFUSED = "Core did not accept the specs it was given (its log says why)"
 
 
 # Where Core (and Statsig's other SDKs, in v1) download specs by default: a CDN,
@@ -73,6 +75,10 @@ class SpecsDownload:
         }
         self.interval = SYNC_INTERVAL
         self.specs: Specs | None = None  # replaced whole, never changed: read without a lock
+        # Whether Core refused these specs (True), serves them (False) or has
+        # not been handed them yet (None): the engine's. And the last it served.
+        self.refused: Callable[[Specs], bool | None] | None = None
+        self._taken: Specs | None = None
         self.log = SpecsLog(self.base)
         self._late = False  # the first download outlasted the wait for it
         self._first_lock = threading.Lock()
@@ -81,17 +87,46 @@ class SpecsDownload:
 
     def fetch(self, timeout: float) -> bool:
         """One download; True when it worked (new specs or none changed). Never raises."""
+        refused = self._check_taken()
         try:
             found = self._download(timeout)
         except Exception as exc:
             self.log.failed(str(exc), have_specs=self.specs is not None, route=self._endpoint.route)
             return False
-        self.log.worked()
+        if refused is False:  # else the outage goes on until Core serves what comes
+            self.log.worked()
         last = self.specs
         # The same specs again (a proxy that ignores sinceTime) stay the same
         # object, which Core's store hands over once.
         if found is not None and not (last is not None and found.time and found.time == last.time):
             self.specs = found
+        return True
+
+    def _check_taken(self) -> bool | None:
+        """Whether Core refused the last specs it was handed (None: not handed
+        yet); if so, downloads start again from the specs it serves.
+
+        ``sinceTime`` was the time of the newest specs downloaded, whether or
+        not Core could read them: after specs Core refused (a field missing), a
+        corrected document with the same time was answered "no updates" for
+        good, and Core served stale flags, or defaults from the start, without
+        a word (a new user's trial). Core polls its store every second, and
+        this runs every ``SYNC_INTERVAL`` seconds, so the specs handed at the
+        last download have been read by now.
+        """
+        specs, refused = self.specs, self.refused
+        if specs is None or refused is None:
+            return False
+        try:
+            verdict = refused(specs)
+        except Exception:  # Core stopping: asked again next time
+            return None
+        if verdict is False:
+            self._taken = specs
+        if not verdict:
+            return verdict
+        self.specs = self._taken  # handed to Core again (it serves them): harmless
+        self.log.failed(REFUSED, have_specs=self._taken is not None)
         return True
 
     @property
