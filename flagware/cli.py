@@ -68,6 +68,15 @@ def add_spec_argument(parser: argparse.ArgumentParser, *, read: bool = True) -> 
     )
 
 
+def on_statsig(args: argparse.Namespace) -> str | None:
+    """What puts the app on Statsig when the spec is not there and was not named,
+    as ``Flagware(...)`` and Django's check (E002) decide; None: read the spec."""
+    if getattr(args, "spec_given", False) or os.path.exists(args.spec):
+        return None
+    setting: str | None = getattr(args, "statsig", None)
+    return setting or ("STATSIG_SERVER_SECRET" if _env("STATSIG_SERVER_SECRET") else None)
+
+
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",

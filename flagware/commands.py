@@ -13,11 +13,11 @@ from flagware.cli import (
     add_spec_argument,
     add_store_argument,
     existing_store,
+    on_statsig,
 )
 from flagware.events.store import not_a_store, open_store, redact, store_exists
 from flagware.results.compute import ResultsError
 from flagware.results.coverage import unstored_metric_events
-from flagware.settings import env
 from flagware.spec import SpecError, did_you_mean, load_spec
 
 
@@ -48,7 +48,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    statsig = _on_statsig(args)
+    # It said "spec file not found" and exited 2 for an app on Statsig,
+    # failing the CI step the README suggests.
+    statsig = on_statsig(args)
     if statsig is not None:
         print(
             f"flagware check: {statsig} is set, so the app reads its flags from Statsig:"
@@ -112,18 +114,6 @@ def run_check(args: argparse.Namespace) -> int:
         f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')}){compared}"
     )
     return EXIT_OK
-
-
-def _on_statsig(args: argparse.Namespace) -> str | None:
-    """What puts the app on Statsig when the spec is not there and was not named,
-    as ``Flagware(...)`` and Django's check (E002) decide; None to check the spec.
-
-    It said "spec file not found" and exited 2 for an app on Statsig, failing
-    the CI step the README suggests."""
-    if getattr(args, "spec_given", False) or os.path.exists(args.spec):
-        return None
-    setting: str | None = getattr(args, "statsig", None)
-    return setting or ("STATSIG_SERVER_SECRET" if env("STATSIG_SERVER_SECRET") else None)
 
 
 def _count(items: Any, noun: str) -> str:

@@ -515,6 +515,26 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
     assert "is valid (0 gates, 1 experiment, 3 metrics)" in out.out
 
 
+def test_results_on_statsig_with_no_spec_file_says_where_results_are(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """`flagware results` in an app on Statsig said "spec file not found" (a new
+    user's trial), where `check` and the diagnostics page say Statsig's console."""
+    (tmp_path / "app").mkdir()
+    monkeypatch.chdir(tmp_path / "app")
+    for name in ("FLAGWARE_SPEC", "FLAGWARE_EVENT_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-abc")
+    assert main(["results", "button_color"]) == 2
+    assert capsys.readouterr().err == (
+        "flagware results: STATSIG_SERVER_SECRET is set, so the app reads its flags from"
+        " Statsig, whose console has its results: this command reads a local spec's"
+        " experiments and metrics (no flagware.toml; --spec PATH names one)\n"
+    )
+    assert main(["results", "button_color", "--spec", "flagware.toml"]) == 2  # named: read
+    assert "spec file not found" in capsys.readouterr().err
+
+
 def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
     tmp_path: Any, spec_file: Any, monkeypatch: Any, capsys: Any
 ) -> None:

@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from flagware.cli import add_spec_argument, add_store_argument, iso_ms
+from flagware.cli import add_spec_argument, add_store_argument, iso_ms, on_statsig
 from flagware.results.compute import DEFAULT_ALPHA, ResultsError, compute_results
 from flagware.results.render import render
 from flagware.spec import SpecError, load_spec
@@ -108,6 +108,15 @@ def _until(value: str | None) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    statsig = on_statsig(args)
+    if statsig is not None:  # it said "spec file not found" (a new user's trial)
+        print(
+            f"flagware results: {statsig} is set, so the app reads its flags from Statsig,"
+            " whose console has its results: this command reads a local spec's experiments"
+            f" and metrics (no {args.spec}; --spec PATH names one)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     try:
         alpha = _alpha(args.alpha)
         until = _until(getattr(args, "until", None))
