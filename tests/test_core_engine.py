@@ -283,6 +283,43 @@ def test_specs_core_refused_are_downloaded_again_when_mended(
     assert any("download from" in line and "works again" in line for line in lines)
 
 
+def test_an_http_error_during_a_refusal_does_not_end_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused specs, then HTTP 500s, then the same refused specs: the log said
+    "works again" as the 500s ended (Core served the specs it had before), and
+    the refusal was said again as a new outage (a re-check trial, 2 of 2)."""
+    from flagware.engine import core_specs
+
+    monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
+    switch = _break_v2(monkeypatch)
+    caplog.set_level(logging.INFO, logger="flagware")
+    with StatsigStub(dcs=compile_dcs(parse_spec(NEW_SIGNUP_OFF))) as stub:
+        client = _core_on_statsig(stub.url, tmp_path)
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
+        switch(True)
+        _turn_new_signup_on(stub)
+        time.sleep(2.5)  # refused
+        stub.specs_status = 500
+        time.sleep(1.5)
+        stub.specs_status = None
+        time.sleep(2.5)  # the refused specs downloaded and refused again
+        specs_log = engine.specs_log()
+        assert specs_log is not None and specs_log.failing
+        said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+        assert not any("works again" in line for line in said)
+        switch(False)
+        assert _sees_new_signup_on(client), "the mended specs never reached Core"
+        deadline = time.monotonic() + 5
+        while specs_log.failing and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert len([line for line in said if "could not download Statsig specs" in line]) == 1
+    assert len([line for line in said if "works again" in line]) == 1
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_downloads_specs_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

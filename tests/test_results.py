@@ -540,7 +540,7 @@ def test_a_ratio_needs_ten_units_with_its_denominator_in_each_group(
     log.log(1, "purchase", NOW, 33.3)
     log.log(2, "purchase", NOW, 44.4)
     metrics = {
-        "aov": {"event": "purchase", "kind": "mean"},
+        "aov": {"event": "purchase", "kind": "mean", "tags": ["primary"]},
         "per_visit": {
             "kind": "ratio",
             "numerator": {"event": "purchase", "aggregate": "sum"},
@@ -548,6 +548,7 @@ def test_a_ratio_needs_ten_units_with_its_denominator_in_each_group(
         },
         "visits_per_purchase": {
             "kind": "ratio",
+            "tags": ["primary"],
             "numerator": {"event": "visit", "aggregate": "count"},
             "denominator": {"event": "purchase", "aggregate": "count"},
         },
@@ -568,6 +569,10 @@ def test_a_ratio_needs_ten_units_with_its_denominator_in_each_group(
     # Every unit visited: the ratio over visits is made of all 40 a group.
     assert per_visit.results[0].note is None and per_visit.results[0].p_value is not None
     assert results.verdict == "inconclusive"
+    # Only the two held back decide (primary): not enough data, and why.
+    assert per_visit.role == "secondary"
+    assert results.reasons[0].startswith("not enough data for a call")
+    assert "a ratio or mean metric, 10 units with its denominator" in results.reasons[0]
 
 
 @pytest.mark.parametrize("kind", ["count", "sum"])

@@ -179,6 +179,27 @@ def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
     assert all("secret-test" not in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_under_the_test_isolation_no_download_is_said_to_have_failed(
+    stub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, engine: str
+) -> None:
+    """The isolation downloads nothing: the legacy SDK's local mode read as a
+    failed download, and a test run logged "could not download Statsig specs
+    from https://statsigapi.net..." as if the secret had been used (a new
+    user's trial; strace showed no connection)."""
+    from flagware.testing import isolate
+
+    caplog.set_level(logging.INFO)
+    with (
+        isolate(),
+        Flagware(statsig_secret="secret-test", statsig_api=stub.url, engine=engine) as fw,
+    ):
+        assert Client(FlagwareMiddleware(seed_view, fw)).get("/").status_code == 200
+        assert fw.engine.specs_log() is None or fw.engine.specs_log().failures == 0
+    assert not [r for r in caplog.records if "Statsig specs" in r.getMessage()]
+    assert stub.spec_requests == 0
+
+
 def test_specs_unwatchable_still_serve(
     stub: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -79,6 +79,7 @@ class SpecsDownload:
         # not been handed them yet (None): the engine's. And the last it served.
         self.refused: Callable[[Specs], bool | None] | None = None
         self._taken: Specs | None = None
+        self._pending = False  # Core refused specs, and serves none downloaded since
         self.log = SpecsLog(self.base)
         self._late = False  # the first download outlasted the wait for it
         self._first_lock = threading.Lock()
@@ -93,6 +94,9 @@ class SpecsDownload:
         except Exception as exc:
             self.log.failed(str(exc), have_specs=self.specs is not None, route=self._endpoint.route)
             return False
+        if found is None and self._pending and self.specs is self._taken:
+            self._pending = False  # nothing newer than what Core serves: all is served
+            refused = False
         if refused is False:  # else the outage goes on until Core serves what comes
             self.log.worked()
         last = self.specs
@@ -115,17 +119,27 @@ class SpecsDownload:
         last download have been read by now.
         """
         specs, refused = self.specs, self.refused
-        if specs is None or refused is None:
+        if refused is None:
             return False
+        if specs is None:  # none yet, or none Core took since a refusal
+            return None if self._pending else False
         try:
             verdict = refused(specs)
         except Exception:  # Core stopping: asked again next time
             return None
+        if verdict is None:
+            return None
         if verdict is False:
+            reverted = specs is self._taken
             self._taken = specs
-        if not verdict:
-            return verdict
+            if self._pending and reverted:
+                # What Core served before the refusal says nothing of what came
+                # since: an HTTP error in between made the outage look over.
+                return None
+            self._pending = False
+            return False
         self.specs = self._taken  # handed to Core again (it serves them): harmless
+        self._pending = True  # until Core serves specs downloaded after these
         self.log.failed(REFUSED, have_specs=self._taken is not None)
         return True
 

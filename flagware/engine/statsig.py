@@ -51,6 +51,13 @@ class StatsigEngine(StatsigSource, LegacySDK):
         return self.specs
 
     def _new_server(self) -> StatsigServer:
+        if self.offline:
+            # Nothing is downloaded (the SDK's local mode), so nothing to tell:
+            # watched, its first "download" read as one that failed, and the
+            # test isolation logged "could not download Statsig specs from
+            # https://statsigapi.net..." as if the secret had been used (a
+            # new user's trial; strace: no connection).
+            return StatsigServer()
         legacy_specs.quiet_repeats()
         base = f"{(self.api or STATSIG_CDN).rstrip('/')}/download_config_specs"
         self.specs = SpecsLog(base, on_recovered=legacy_specs.repeats.rearm)

@@ -214,7 +214,8 @@ def verdict(
     if decision and all(r.note and "at least" in r.note for r in decision):
         reason = (
             f"not enough data for a call: every decision metric needs at least {MIN_UNITS}"
-            " units in each group (a ratio metric, units with its denominator event)"
+            " units in each group (a ratio or mean metric, 10 units with its denominator:"
+            " a mean metric's, a valued event)"
         )
         return "inconclusive", [reason], warnings, None
     how = "always-valid, Bonferroni-corrected" if sequential else "Bonferroni-corrected"
