@@ -492,7 +492,9 @@ def test_a_group_forced_alone_on_statsig_without_specs_says_its_params_are_empty
     forced without params reads empty params: documented, yet a suite moved to
     CI with the secret set failed without a word why (a new user's trial)."""
     from flagware import Flagware
+    from flagware import overrides as overrides_module
 
+    overrides_module._said_no_specs.clear()  # said once a process: maybe by another test
     with (
         Flagware(
             statsig_secret="secret-x",
