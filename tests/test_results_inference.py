@@ -215,9 +215,14 @@ def _skewed_ratio_moments(rng: np.random.Generator, n: int) -> Moments:
     x = np.where(buys, 1 + rng.poisson(0.3, n), 0).astype(float)
     values = rng.lognormal(3.0, 1.2, int(x.sum()))
     y = np.bincount(np.repeat(np.arange(n), x.astype(int)), weights=values, minlength=n)
+    return _ratio_moments(y, x)
+
+
+def _ratio_moments(y: np.ndarray, x: np.ndarray) -> Moments:
+    """A ratio metric's moments from per-unit numerators ``y`` and denominators ``x``."""
     dy, dx = y - y.mean(), x - x.mean()
     return Moments(
-        n,
+        len(y),
         float(y.mean()),
         float(dy @ dy),
         float(x.mean()),
@@ -269,18 +274,7 @@ def _daily_buyers(rng: np.random.Generator, per_day: int, days: int) -> list[lis
             units = (day + 1) * per_day
             x = bought.sum(0)[:units].astype(float)
             y = (values[: day + 1] * bought).sum(0)[:units]
-            dy, dx = y - y.mean(), x - x.mean()
-            looks[day].append(
-                Moments(
-                    units,
-                    float(y.mean()),
-                    float(dy @ dy),
-                    float(x.mean()),
-                    float(dx @ dx),
-                    float(dy @ dx),
-                    int((x > 0).sum()),
-                )
-            )
+            looks[day].append(_ratio_moments(y, x))
     return looks
 
 
