@@ -735,6 +735,46 @@ def test_a_store_read_only_when_opened_takes_writes_once_it_is_writable(tmp_path
     assert done.stdout.splitlines()[-1] == "['after', 'before']"
 
 
+READONLY_CLIENT_CHILD = """
+import os, sys
+from flagware import Flagware
+from flagware.events.model import Event
+from flagware.events.store import EventStore
+
+path, spec = sys.argv[1], sys.argv[2]
+options = dict(spec=spec, event_store=path, hash_key="k", handle_sigterm=False)
+with Flagware(**options) as fw:  # the last deploy's
+    fw.log(Event("before", {"userID": "u"}))
+os.chmod(path, 0o444)
+fw = Flagware(**options)  # a worker started now: its writer opens the file read-only
+fw.log(Event("during", {"userID": "u"}))
+fw.flush(timeout=5)
+print("refused:", dict(fw.errors))
+for name in os.listdir(os.path.dirname(path)):  # -wal and -shm made read-only too
+    os.chmod(os.path.join(os.path.dirname(path), name), 0o644)
+fw.log(Event("after", {"userID": "u"}))
+fw.flush(timeout=5)
+fw.close()
+print(sorted(e["event"] for e in EventStore(path).iter_events()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file modes, setpriv")
+def test_a_client_whose_store_was_read_only_stores_once_it_is_writable(
+    tmp_path: Path, spec_file: Path
+) -> None:
+    """The client's writer thread also holds a connection for its own reads
+    (the hash key's check), and SQLite keeps a file's -shm mapping, read-only,
+    while any connection of the process is open: the failed connection,
+    reopened alone, could still not write. An operator's trial fixed the modes
+    and no worker stored again (24,000 events lost at the restart). Every
+    connection of the process is reopened."""
+    done = _without_root_access(READONLY_CLIENT_CHILD, str(tmp_path / "events.db"), str(spec_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "refused: {'event store': 1}" in done.stdout
+    assert done.stdout.splitlines()[-1] == "['after', 'before', 'during']"
+
+
 SHARED_APPENDS_CHILD = """
 import os, sys, threading
 from flagware.events.model import Event

@@ -69,6 +69,10 @@ class SQLStore:
         (it is then closed, and the next write opens a fresh one)."""
         return False
 
+    def _drop_unfit(self, conn: Any) -> None:
+        """Close a connection ``_unfit_after`` found unable to write."""
+        self._drop(conn)
+
     def _guard(self) -> AbstractContextManager[Any]:
         """Held around every database call (SQLite: the fork guard)."""
         return nullcontext()
@@ -99,8 +103,9 @@ class SQLStore:
         return conn
 
     def _kept(self, conn: Any) -> Any:
-        """``conn`` while the server keeps it; otherwise (or None) a new one."""
-        if conn is not None and not self._usable(conn):
+        """``conn`` while the server keeps it, and this store (``_drop_unfit``
+        may close another thread's); otherwise (or None) a new one."""
+        if conn is not None and (conn not in self._all or not self._usable(conn)):
             self._drop(conn)
             conn = None
         return self._open() if conn is None else conn
@@ -161,7 +166,7 @@ class SQLStore:
                     self._insert(conn, rows)
             except Exception as exc:
                 if self._unfit_after(exc):
-                    self._drop(conn)
+                    self._drop_unfit(conn)
                 raise
 
     def iter_events(

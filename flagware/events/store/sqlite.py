@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from functools import lru_cache, wraps
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -277,6 +277,22 @@ class EventStore(SQLStore):
             conn.execute(_insert_rows(size), [value for row in chunk for value in row])
             start += size
             left -= size
+
+    def _drop_unfit(self, conn: sqlite3.Connection) -> None:
+        # Every connection of this process, not only the one that failed: they
+        # share the -shm file's mapping, which SQLite keeps, read-only, while
+        # any connection to the file is open. Reopened alone, a connection
+        # found it read-only still: an operator's trial fixed the modes and no
+        # worker stored again (24,000 events lost at the restart). Under the
+        # fork guard, which every SQLite call holds, so no other thread is in
+        # one; the others reopen on their next call (_kept).
+        with self._all_lock:
+            conns, self._all = self._all, []
+        self._appender = None
+        self._local.conn = None
+        for each in conns:
+            with suppress(Exception):
+                each.close()
 
     def _unfit_after(self, exc: BaseException) -> bool:
         # SQLite opens a file it may not write read-only, without a word, and
