@@ -823,3 +823,27 @@ def test_a_store_the_reader_may_not_read_is_said_as_such(tmp_path: Path) -> None
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"flagware events: cannot read {path}: unable to open database")
     assert "not an SQLite database" not in done.stderr
+
+
+def test_a_store_moved_or_deleted_while_open_is_made_anew_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection keeps writing into the file it opened: moved away or
+    deleted while the app served, every later event went into a file no path
+    reached, lost without a word (an operator's trial: 6,000 events after
+    ``rm events.db*``; ``mv`` left the moved file without its WAL)."""
+    path = tmp_path / "events.db"
+    store = EventStore(path)
+    store.append(events(2))
+    assert store.count() == 2  # a reader's connection too, as the writer thread has
+    os.rename(path, tmp_path / "rotated.db")  # an operator's rotation, -wal left behind
+    store.append(events(3))
+    assert store.count() == 3  # a new store at the path (the README says how to rotate)
+    for name in os.listdir(tmp_path):
+        if name.startswith("events.db"):
+            os.remove(tmp_path / name)
+    store.append(events(1))
+    assert store.count() == 1
+    store.close()
+    said = [r.getMessage() for r in caplog.records if "deleted or replaced" in r.getMessage()]
+    assert len(said) == 2 and str(path) in said[0]
