@@ -548,6 +548,14 @@ def test_status_says_when_nothing_was_for_statsig(
         "note:               nothing here was logged for Statsig: the local"
         " engine keeps its events\n"
     )
+    Args.format = "json"  # type: ignore[attr-defined]  # for a monitor
+    assert status_run(Args()) == 0  # type: ignore[arg-type]
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["backlog"] == 0 and figures["queue_dropped"] == 0
+    assert figures["store"] == str(tmp_path / "local.db")
+    with open_store(tmp_path / "local.db") as store:
+        newest = next(store.iter_events(newest_first=True, limit=1))
+    assert figures["newest_event_time"] == newest["time"] > 0
 
 
 def test_status_command_without_a_store(tmp_path: Path) -> None:

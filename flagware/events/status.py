@@ -8,6 +8,8 @@ the app's senders pick up whatever ``redeliver`` makes pending again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 from typing import Any
@@ -27,6 +29,13 @@ def add_parser(subparsers: Any) -> None:
         " the last failed send since a batch was delivered.",
     )
     add_store_argument(parser)
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one object, the figures and the newest stored event's time (ms),"
+        " for monitoring",
+    )
     parser.set_defaults(func=run)
 
     redeliver = subparsers.add_parser(
@@ -49,7 +58,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with store:
         stats = DeliveryStats.from_store(store.stats())
-    print(format_stats(stats, args.store))
+        newest = next(store.iter_events(newest_first=True, limit=1), None)
+    if getattr(args, "format", "text") == "json":
+        # For a monitor: an operator's trial had only the diagnostics page's HTML.
+        # The newest event's age says, from outside, that storing stopped.
+        figures = {"store": redact(args.store), **dataclasses.asdict(stats)}
+        figures["newest_event_time"] = None if newest is None else newest["time"]
+        print(json.dumps(figures))
+    else:
+        print(format_stats(stats, args.store))
     return 0
 
 
