@@ -103,9 +103,8 @@ class SQLStore:
         return conn
 
     def _kept(self, conn: Any) -> Any:
-        """``conn`` while the server keeps it, and this store (``_drop_unfit``
-        may close another thread's); otherwise (or None) a new one."""
-        if conn is not None and (conn not in self._all or not self._usable(conn)):
+        """``conn`` while the server keeps it; otherwise (or None) a new one."""
+        if conn is not None and not self._usable(conn):
             self._drop(conn)
             conn = None
         return self._open() if conn is None else conn
@@ -126,6 +125,15 @@ class SQLStore:
                 self._all.remove(conn)
         with suppress(Exception):  # already broken: nothing left to release
             conn.close()
+
+    def _forget_all(self) -> list[Any]:
+        """Every connection of this process, forgotten (each thread opens anew
+        at its next call): the caller closes them, under the guard."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        self._local = threading.local()
+        self._appender = None
+        return conns
 
     def _after_fork(self) -> None:
         self._forget_inherited(self._all)
@@ -387,12 +395,8 @@ class SQLStore:
             self._after_fork()
             return
         with self._guard():
-            with self._all_lock:
-                conns, self._all = self._all, []
-            for conn in conns:
+            for conn in self._forget_all():
                 conn.close()
-            self._local = threading.local()
-            self._appender = None
 
     def __enter__(self) -> Any:
         return self

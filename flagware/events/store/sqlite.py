@@ -324,12 +324,8 @@ class EventStore(SQLStore):
         # found it read-only still: an operator's trial fixed the modes and no
         # worker stored again (24,000 events lost at the restart). Under the
         # fork guard, which every SQLite call holds, so no other thread is in
-        # one; the others reopen on their next call (_kept).
-        with self._all_lock:
-            conns, self._all = self._all, []
-        self._appender = None
-        self._local.conn = None
-        for each in conns:
+        # one; the others open anew at their next call.
+        for each in self._forget_all():
             with suppress(Exception):
                 each.close()
 
