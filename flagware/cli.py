@@ -21,7 +21,7 @@ from typing import Any
 from flagware import __version__
 from flagware.events.store import Store, StoreUnavailable, not_a_store, open_store, redact
 from flagware.outages import describe, is_outage
-from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC
+from flagware.settings import DEFAULT_EVENT_STORE, DEFAULT_SPEC, env
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -30,16 +30,12 @@ EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 4
 
 
-def _env(name: str) -> str | None:
-    return os.environ.get(name, "").strip() or None
-
-
 def default_spec() -> str:
-    return _env("FLAGWARE_SPEC") or DEFAULT_SPEC
+    return env("FLAGWARE_SPEC") or DEFAULT_SPEC
 
 
 def default_store() -> str:
-    return _env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
+    return env("FLAGWARE_EVENT_STORE") or DEFAULT_EVENT_STORE
 
 
 class _Given(argparse.Action):
@@ -74,7 +70,7 @@ def on_statsig(args: argparse.Namespace) -> str | None:
     if getattr(args, "spec_given", False) or os.path.exists(args.spec):
         return None
     setting: str | None = getattr(args, "statsig", None)
-    return setting or ("STATSIG_SERVER_SECRET" if _env("STATSIG_SERVER_SECRET") else None)
+    return setting or ("STATSIG_SERVER_SECRET" if env("STATSIG_SERVER_SECRET") else None)
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:

@@ -56,12 +56,13 @@ def run(args: argparse.Namespace) -> int:
     store = existing_store(args.store, "status")
     if store is None:
         return 2
+    as_json = getattr(args, "format", "text") == "json"
     with store:
         stats = DeliveryStats.from_store(store.stats())
-        newest = next(store.iter_events(newest_first=True, limit=1), None)
-    if getattr(args, "format", "text") == "json":
         # For a monitor: an operator's trial had only the diagnostics page's HTML.
         # The newest event's age says, from outside, that storing stopped.
+        newest = next(store.iter_events(newest_first=True, limit=1), None) if as_json else None
+    if as_json:
         figures = {"store": redact(args.store), **dataclasses.asdict(stats)}
         figures["newest_event_time"] = None if newest is None else newest["time"]
         print(json.dumps(figures))
