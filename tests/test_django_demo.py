@@ -163,6 +163,39 @@ def test_django_tests_run_without_the_isolation_say_so(tmp_path: Path) -> None:
         assert (f"stored in {tmp_path / 'events.db'} " in result.stderr) is warned
 
 
+PARALLEL_TESTS = """
+import time
+
+from django.test import SimpleTestCase
+
+
+class SignupTests(SimpleTestCase):
+    def test_signup(self):
+        time.sleep(0.2)  # each worker takes a class before one takes them all
+        self.assertEqual(self.client.get("/signup").status_code, 200)
+"""
+# Four classes for two workers.
+PARALLEL_TESTS += "".join(f"\n\nclass Signup{n}Tests(SignupTests):\n    pass\n" for n in range(3))
+
+
+def test_the_missing_isolation_is_said_once_under_parallel_workers(tmp_path: Path) -> None:
+    """``manage.py test --parallel`` said it once a worker (a trial's log)."""
+    (tmp_path / "parallel_tests.py").write_text(PARALLEL_TESTS)
+    env = demo_env(tmp_path)
+    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(DEMO), str(ROOT)]))
+    env.update(DJANGO_SETTINGS_MODULE="demo.settings")
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "test", "parallel_tests", "--parallel", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "Ran 4 tests" in result.stderr, result.stderr
+    assert result.stderr.count("runs without flagware's test isolation") == 1, result.stderr
+
+
 def test_wsgi_and_asgi_entry_points_import(tmp_path: Path) -> None:
     code = "import demo.asgi, demo.wsgi; print(demo.wsgi.application, demo.asgi.application)"
     subprocess.run(

@@ -55,6 +55,7 @@ OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
 KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
 
 _client: Flagware | None = None
+_warned_unisolated = False
 _lock = threading.Lock()
 log = logging.getLogger("flagware")
 
@@ -93,11 +94,18 @@ def _warn_if_testing_unisolated(client: Flagware) -> None:
 
     Django's runner keeps sent mail in ``django.core.mail.outbox`` while it
     runs (documented); under pytest the plugin decides (``flagware_isolate``).
+    Said once a run: with ``--parallel`` only by the first worker (or by the
+    main process, whose flag forked workers inherit), not by each.
     """
+    global _warned_unisolated
     from django.core import mail
+    from django.test import runner
 
     if client.isolated or not hasattr(mail, "outbox") or "pytest" in sys.modules:
         return
+    if _warned_unisolated or getattr(runner, "_worker_id", 0) > 1:
+        return
+    _warned_unisolated = True
     log.warning(
         "flagware: Django's test runner runs without flagware's test isolation:"
         " the tests' events are stored in %s and visitors hashed with the app's key."
