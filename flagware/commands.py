@@ -71,11 +71,13 @@ def run_check(args: argparse.Namespace) -> int:
                 " and the local spec is read; set it to the server secret to use Statsig",
                 file=sys.stderr,
             )
-        count = len(exc.problems)
-        print(
-            f"flagware check: {count} problem{'s' if count > 1 else ''} in {args.spec}",
-            file=sys.stderr,
-        )
+        _say_problems(len(exc.problems), args.spec)
+        if _has_started(args.store):  # "every problem" included these (a trial)
+            print(
+                f"flagware check: its started experiments are compared with"
+                f" {redact(args.store)} once the file is valid",
+                file=sys.stderr,
+            )
         return EXIT_BAD_INPUT
     # A store that is not there yet has nothing started: the spec is all there
     # is to check, and the line says so (a CI job pointing at the wrong path
@@ -92,6 +94,7 @@ def run_check(args: argparse.Namespace) -> int:
     for change in changes:
         print(change, file=sys.stderr)
     if changes:
+        _say_problems(len(changes), args.spec)
         return EXIT_BAD_INPUT
     for reminder in reminders:
         print(reminder, file=sys.stderr)
@@ -114,6 +117,20 @@ def run_check(args: argparse.Namespace) -> int:
         f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')}){compared}"
     )
     return EXIT_OK
+
+
+def _say_problems(count: int, spec: str) -> None:
+    print(f"flagware check: {count} problem{'s' if count > 1 else ''} in {spec}", file=sys.stderr)
+
+
+def _has_started(store: str) -> bool:
+    try:
+        if not store_exists(store) or not_a_store(store) is not None:
+            return False
+        with open_store(store, create=False) as opened:
+            return any(True for _ in opened.run("started_experiments"))
+    except Exception:  # the store is no concern of a file that does not parse
+        return False
 
 
 def _count(items: Any, noun: str) -> str:

@@ -309,11 +309,23 @@ def test_check_and_reset_a_started_experiment(
     Client(FlagwareMiddleware(_exposing_app, client)).get("/")
     client.close()  # records the start
     store = str(client.event_store_path)
-    spec_file.write_text(spec_file.read_text().replace('"red"', '"crimson"'))
+    good = spec_file.read_text()
+    spec_file.write_text(good.replace('"red"', '"crimson"'))
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 2
     err = capsys.readouterr().err
     assert "experiments.button_color: groups[1].params.color changed from" in err
     assert "flagware reset button_color" in err
+    assert err.endswith(f"flagware check: 1 problem in {spec_file}\n")  # as for any problem
+    # A file that does not parse cannot be compared: "every problem" says so (a trial).
+    spec_file.write_text(good.replace('"red"', '"crimson"').replace("[gates.", "[gate."))
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 2
+    err = capsys.readouterr().err
+    assert "changed from" not in err
+    assert err.endswith(
+        f"flagware check: its started experiments are compared with {store} once the file is"
+        " valid\n"
+    )
+    spec_file.write_text(good.replace('"red"', '"crimson"'))
 
     assert main(["reset", "button_colour", "--store", store, "--yes"]) == 2
     assert "did you mean 'button_color'?" in capsys.readouterr().err

@@ -241,9 +241,18 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     assert caplog.messages == [
         f"flagware: reloaded {spec_file}: gates.nobody changed (rollout changed from 0 to 100)"
     ]
+    good = spec_file.read_text()
     spec_file.write_text("not = [valid")
     os.utime(spec_file, (2, 2))
-    assert client.engine.gate(user, "nobody").value is True
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="flagware"):
+        assert client.engine.gate(user, "nobody").value is True
+        assert caplog.messages[-1].startswith("flagware: keeping the previous spec:")
+        # Mended as it was: its error is no longer the last word (a new user's trial).
+        spec_file.write_text(good)
+        os.utime(spec_file, (3, 3))
+        assert client.engine.gate(user, "nobody").value is True
+    assert caplog.messages[-1] == f"flagware: {spec_file} is valid again (nothing served changed)"
 
 
 def test_a_spec_replaced_with_its_old_modification_time_is_reloaded(

@@ -93,16 +93,16 @@ conditions = [{ field = "plan", in = ["pro", "free"] }]
 unit = "stableID"
 allocation = 50
 groups = [
-  { name = "Control", weight = 33.3, params = { color = "blue" } },
-  { name = "Red", weight = 33.3, params = { color = "red", size = 2 } },
-  { name = "Green", weight = 33.4, params = { color = "green", extra = { a = [1, 2] } } },
+  { name = "Control", weight = 33.3, params = { color = "blue", size = 1, extra = {} } },
+  { name = "Red", weight = 33.3, params = { color = "red", size = 2.5, extra = { a = [] } } },
+  { name = "Green", weight = 33.4, params = { color = "green", size = 3, extra = { a = [1, 2] } } },
 ]
 
 [experiments.pricing]
 allocation = 100
 targeting_gate = "target"
 groups = [
-  { name = "control", weight = 10, params = { price = 10.0 } },
+  { name = "control", weight = 10, params = { price = 10.0, label = "" } },
   { name = "cheap", weight = 90, params = { price = 7.5, label = "sale" } },
 ]
 
@@ -112,7 +112,7 @@ allocation = 75.5
 salt = "fixed-salt"
 allocation_salt = "fixed-layer-salt"
 groups = [
-  { name = "A", weight = 50 },
+  { name = "A", weight = 50, params = { on = false } },
   { name = "B", weight = 50, params = { on = true } },
 ]
 """

@@ -627,6 +627,18 @@ def test_check_a_statsig_api_flagware_would_refuse(
     assert check_ids(FLAGWARE={"spec": spec_file}) == []  # local: the API is not read
 
 
+def test_check_deploy_warns_of_development_settings(spec_file: Path) -> None:
+    """``check --deploy`` said nothing of a page open to anyone (a trial)."""
+    assert run_checks(tags=["flagware"], include_deployment_checks=True) == []
+    development = {"spec": spec_file, "diagnostics": "debug", "allow_random_override": True}
+    with override_settings(FLAGWARE=development):
+        deploy = [m.id for m in run_checks(tags=["flagware"], include_deployment_checks=True)]
+        assert run_checks(tags=["flagware"]) == []  # only under --deploy
+    assert deploy == ["flagware.W003", "flagware.W004"]
+    with override_settings(FLAGWARE={"spec": spec_file, "diagnostics": True}):
+        assert run_checks(tags=["flagware"], include_deployment_checks=True) == []
+
+
 def test_check_missing_spec(tmp_path: Path) -> None:
     with override_settings(FLAGWARE={"spec": tmp_path / "nope.toml"}):
         [error] = checks.check_settings()

@@ -227,6 +227,24 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
 
 
+def test_a_resolver_keeps_a_labs_sha256_user_ids_behind_a_proxy(
+    make_client: Any, tmp_path: Any
+) -> None:
+    """The README's resolver for moving a course lab that hashed addresses
+    with plain SHA-256: the resolver reads the address proxy_hops rewrote."""
+    import hashlib
+
+    def lab_user_id(environ: Any) -> str | None:
+        address = environ.get("REMOTE_ADDR")
+        return hashlib.sha256(address.encode()).hexdigest() if address else None
+
+    proxied = make_client(proxy_hops=1, user_id=lab_user_id)
+    seen = Client(FlagwareMiddleware(flags_app(), proxied)).get(
+        "/", environ_base={"REMOTE_ADDR": "10.0.0.1"}, headers={"X-Forwarded-For": "8.8.8.8"}
+    )
+    assert seen.json["user_id"] == hashlib.sha256(b"8.8.8.8").hexdigest()
+
+
 def test_the_proxy_check_stops_once_the_server_applies_the_header(
     make_client: Any, caplog: pytest.LogCaptureFixture, monkeypatch: Any
 ) -> None:

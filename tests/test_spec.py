@@ -498,6 +498,30 @@ INVALID_SPECS = [
         EXPERIMENT + 'groups = [{ name = "A", weight = 50.1 }, { name = "B", weight = 50 }]',
         "experiments.e.groups: weights add up to 100.1, not 100",
     ),
+    # Every group sets the same parameters, each of one type: a group without
+    # one read the app's default, so the experiment compared nothing.
+    (
+        EXPERIMENT + 'groups = [{ name = "A", weight = 50, params = { color = "blue" } },'
+        ' { name = "B", weight = 50 }]',
+        "experiments.e.groups[1].params: has no 'color', which group 'A' sets"
+        " (every group sets the same parameters)",
+    ),
+    (
+        EXPERIMENT + 'groups = [{ name = "A", weight = 50, params = { color = "blue" } },'
+        ' { name = "B", weight = 50, params = { colour = "red" } }]',
+        "experiments.e.groups[1].params.colour: 'colour' here, 'color' in group 'A'"
+        " (every group sets the same parameters)",
+    ),
+    (
+        EXPERIMENT + 'groups = [{ name = "A", weight = 50, params = { size = 12 } },'
+        ' { name = "B", weight = 50, params = { size = "large" } }]',
+        "experiments.e.groups[1].params.size: is a string, but a number in group 'A'",
+    ),
+    (
+        EXPERIMENT + 'groups = [{ name = "A", weight = 50, params = { on = 1 } },'
+        ' { name = "B", weight = 50, params = { on = true } }]',
+        "experiments.e.groups[1].params.on: is a boolean, but a number in group 'A'",
+    ),
     # metrics
     ("[metrics.m]", "metrics.m.event: missing (the name of the event to count)"),
     ('[metrics.m]\nevent = ""', "metrics.m.event: must not be empty"),
@@ -631,13 +655,16 @@ unit = "stableID"
 allocation = 40
 targeting_gate = "eligible"
 groups = [
-  { name = "Control", weight = 20, params = { color = "blue", size = 1 } },
-  { name = "Green",   weight = 30, params = { color = "green", size = 2 } },
-  { name = "Red",     weight = 50, params = { color = "red", nested = { a = [1, 2] } } },
+  { name = "Control", weight = 20, params = { color = "blue", size = 1, nested = {} } },
+  { name = "Green",   weight = 30, params = { color = "green", size = 2.5, nested = {} } },
+  { name = "Red",     weight = 50, params = { color = "red", size = 3, nested = { a = [1, 2] } } },
 ]
 
 [experiments.everyone]
-groups = [{ name = "A", weight = 50, params = { v = "a" } }, { name = "B", weight = 50 }]
+groups = [
+  { name = "A", weight = 50, params = { v = "a" } },
+  { name = "B", weight = 50, params = { v = "b" } },
+]
 """
 
 
@@ -674,7 +701,7 @@ def test_compiled_experiment_looks_like_the_console() -> None:
     ]
     spec_exp = spec_from(THREE_GROUPS).experiments["checkout"]
     assert exp["entity"] == "experiment"
-    assert exp["defaultValue"] == {"color": "blue", "size": 1}
+    assert exp["defaultValue"] == {"color": "blue", "size": 1, "nested": {}}
     allocation, targeting, *groups = exp["rules"]
     assert allocation["conditions"][0]["operator"] == "none"
     assert allocation["conditions"][0]["targetValue"] == list(range(400))
@@ -846,7 +873,7 @@ def test_full_allocation_without_targeting_puts_everyone_in_a_group() -> None:
             config = server.get_experiment(user, "everyone", log_exposure=False)
             assert config.group_name == predict_group(exp, user, passes_targeting=True)
             seen[config.group_name] += 1
-            assert config.value == ({"v": "a"} if config.group_name == "A" else {})
+            assert config.value == {"v": "a" if config.group_name == "A" else "b"}
     assert seen[None] == 0 and within(seen["A"], 2000, 0.5)
 
 
@@ -1060,7 +1087,10 @@ def test_fingerprint_ignores_allocation_restart_and_weight_spelling() -> None:
         replace(base, groups=tuple(replace(g, weight=int(g.weight)) for g in base.groups)),
         replace(
             base,
-            groups=(replace(base.groups[0], params={"size": 1, "color": "blue"}), *base.groups[1:]),
+            groups=(
+                replace(base.groups[0], params={"nested": {}, "size": 1, "color": "blue"}),
+                *base.groups[1:],
+            ),
         ),
     ]
     for variant in same:

@@ -10,6 +10,8 @@ reported with a fix before the first request, not as a failing page.
 - flagware.E006: a user resolver or the exposure filter cannot be imported or is not callable
 - flagware.W001: flagware.django is installed but its middleware is not
 - flagware.W002: settings.FLAGWARE is not set, and a setting named like it is
+- flagware.W003 (``check --deploy``): ``diagnostics="debug"`` opens the page to anyone
+- flagware.W004 (``check --deploy``): ``allow_random_override`` lets anyone pick a group
 """
 
 from __future__ import annotations
@@ -218,3 +220,35 @@ def check_middleware(
             )
         ]
     return []
+
+
+@register("flagware", checks.Tags.security, deploy=True)
+def check_deploy(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Development settings ``check --deploy`` should catch, as Django's own
+    catch ``DEBUG``: each is fine on a laptop and a leak in production."""
+    try:
+        options = conf.options()
+    except ImproperlyConfigured:  # check_settings says so (E005)
+        return []
+    found: list[CheckMessage] = []
+    if options.get("diagnostics") == "debug":
+        found.append(
+            checks.Warning(
+                f'settings.{conf.SETTING}["diagnostics"] is "debug": the diagnostics page'
+                " answers anyone, with every visitor's latest events",
+                hint="use diagnostics=True (loopback only) with a diagnostics_token in production",
+                id="flagware.W003",
+            )
+        )
+    if options.get("allow_random_override"):
+        found.append(
+            checks.Warning(
+                f'settings.{conf.SETTING}["allow_random_override"] is set: any visitor can'
+                " pick their group with ?random=1, which skews the results",
+                hint="leave it unset in production",
+                id="flagware.W004",
+            )
+        )
+    return found

@@ -100,6 +100,7 @@ class LocalSpec(Engine):
         self.on_reload = on_reload
         self._retry_at: float | None = None  # when to look again at a refused spec
         self._adopt = False  # the next look adopts a start record another process wrote
+        self._broken = False  # "keeping the previous spec" was said for the file as it is
         self.spec: Spec = load_spec(self.path)  # errors surface at start-up, not per request
         # Edits of started experiments this process refused: it serves them as
         # they started. A start-up that raised instead took every worker down
@@ -206,6 +207,7 @@ class LocalSpec(Engine):
             try:
                 spec = load_spec(self.path)
             except Exception as exc:
+                self._broken = True
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
             try:
@@ -213,8 +215,14 @@ class LocalSpec(Engine):
             except Exception as exc:
                 self._retry_at = now + REFUSED_RETRY_INTERVAL
                 if changed:  # said once per edit, however often it is looked at again
+                    self._broken = True
                     log.error("flagware: keeping the previous spec: %s", exc)
                 return
+            # A mended file that serves what was served: its error was the last
+            # word in the log, so an operator could not tell it was mended (a trial).
+            if self._broken and spec == self.spec and not refused:
+                log.info("flagware: %s is valid again (nothing served changed)", self.path)
+            self._broken = False
             if refused:  # `flagware reset` or a restart elsewhere may make it acceptable
                 self._retry_at = now + REFUSED_RETRY_INTERVAL
             said, self.refused = self.refused, refused
@@ -235,7 +243,7 @@ class LocalSpec(Engine):
             try:
                 self._replace_server()  # a server on the new spec, then the old one stopped
             except Exception as exc:  # the SDK refused the compiled spec
-                self.spec = previous
+                self.spec, self._broken = previous, True
                 log.error("flagware: keeping the previous spec: %s", exc)
                 return
             # A changed or restarted experiment: expose everyone anew, even to

@@ -38,7 +38,8 @@ and every problem is reported at once.
   Raising it keeps everyone already in; the rest see the control group's params, no group.
 - ``groups``  non-empty list of ``{ name = "...", weight = N, params = { ... } }``: names
   unique (case-insensitive), weights positive, in steps of 0.1, adding up to 100; ``params``
-  a table (default empty). The group named "Control" (any case), else the first, is control.
+  a table (default empty), with the first group's keys and JSON types in every group.
+  The group named "Control" (any case), else the first, is control.
 - ``salt``  the group-assignment salt; default derived from the experiment name.
 - ``allocation_salt``  the salt deciding who is allocated; default derived from ``salt``, so
   a new salt reshuffles both. Set both to reproduce a Statsig experiment (its layer salt).

@@ -223,7 +223,44 @@ def _groups(body: Mapping[str, Any], path: str) -> tuple[Group, ...]:
     total = sum(g.weight for g in groups)
     if abs(total - 100) > 1e-6:
         raise _Invalid(f"{path}.groups", f"weights add up to {_fmt(round(total, 6))}, not 100")
+    _same_params(groups, path)
     return groups
+
+
+def _same_params(groups: tuple[Group, ...], path: str) -> None:
+    """Every group sets the first group's parameters, each of the same JSON
+    type, as Statsig's console requires. A group without one (or with
+    ``button_colour``) read the app's default through ``get("button_color",
+    "blue")``, so the experiment compared nothing while ``flagware check`` said
+    "valid" (a new user's trial). An int and a float are both numbers, as in JSON."""
+    first, *others = groups
+    for i, group in enumerate(others, start=1):
+        where = f"{path}.groups[{i}].params"
+        missing = [k for k in first.params if k not in group.params]
+        extra = [k for k in group.params if k not in first.params]
+        same = " (every group sets the same parameters)"
+        for key in missing:
+            if typo := difflib.get_close_matches(key, extra, n=1, cutoff=0.6):
+                raise _Invalid(
+                    f"{where}.{typo[0]}", f"{typo[0]!r} here, {key!r} in group {first.name!r}{same}"
+                )
+        if missing:
+            raise _Invalid(where, f"has no {missing[0]!r}, which group {first.name!r} sets{same}")
+        if extra:
+            raise _Invalid(f"{where}.{extra[0]}", f"not set in group {first.name!r}{same}")
+        for key, value in group.params.items():
+            if (kind := _kind(value)) != (theirs := _kind(first.params[key])):
+                raise _Invalid(f"{where}.{key}", f"is {kind}, but {theirs} in group {first.name!r}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "a table"
 
 
 def _group(raw: Any, path: str) -> Group:
