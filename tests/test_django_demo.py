@@ -138,29 +138,43 @@ class FlagwareRunner(DiscoverRunner):
 """
 
 
-def test_django_tests_run_without_the_isolation_say_so(tmp_path: Path) -> None:
-    """``manage.py test`` without a runner that isolates stored the tests'
-    events in the project's store and made a hash key there, with only
-    "created a hash key" to show for it (a new user's trial)."""
-    (tmp_path / "signup_tests.py").write_text(DJANGO_TESTS)
-    (tmp_path / "flagware_runner.py").write_text(RUNNER)
+def _django_test(tmp_path: Path, *args: str, settings: str = "demo.settings") -> str:
     env = demo_env(tmp_path)
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(DEMO), str(ROOT)]))
-    env.update(DJANGO_SETTINGS_MODULE="demo.settings")
-    said = "Django's test runner runs without flagware's test isolation"
-    for runner, warned in (([], True), (["--testrunner", "flagware_runner.FlagwareRunner"], False)):
-        result = subprocess.run(
-            [sys.executable, "-m", "django", "test", "signup_tests", *runner],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0 and "Ran 1 test" in result.stderr, result.stderr
-        assert (said in result.stderr) is warned, result.stderr
-        # The store it names is the one the settings give (FLAGWARE_EVENT_STORE here).
-        assert (f"stored in {tmp_path / 'events.db'} " in result.stderr) is warned
+    env.update(DJANGO_SETTINGS_MODULE=settings)
+    # The isolation's temporary stores, to see that they are removed.
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env.update(TMPDIR=str(tmp_path / "tmp"))
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "test", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_django_tests_are_isolated_without_a_runner(tmp_path: Path) -> None:
+    """``manage.py test`` stored the tests' events in the project's store and
+    made a hash key there, with a warning at best (new users' trials): it is
+    isolated now as the pytest plugin isolates, runner or not."""
+    (tmp_path / "signup_tests.py").write_text(DJANGO_TESTS)
+    (tmp_path / "flagware_runner.py").write_text(RUNNER)
+    project_store = tmp_path / "events.db"  # FLAGWARE_EVENT_STORE
+    for runner in ([], ["--testrunner", "flagware_runner.FlagwareRunner"]):
+        said = _django_test(tmp_path, "signup_tests", *runner)
+        assert "Ran 1 test" in said
+        assert not project_store.exists() and not (tmp_path / "hash_key").exists(), said
+        assert list((tmp_path / "tmp").iterdir()) == []  # removed at exit
+    # Turned off, the tests use the project's store (and say nothing of it).
+    (tmp_path / "unisolated.py").write_text(
+        "from demo.settings import *\nFLAGWARE_TEST_ISOLATION = False\n"
+    )
+    said = _django_test(tmp_path, "signup_tests", settings="unisolated")
+    assert project_store.exists() and "created a hash key" in said
 
 
 PARALLEL_TESTS = """
@@ -178,22 +192,19 @@ class SignupTests(SimpleTestCase):
 PARALLEL_TESTS += "".join(f"\n\nclass Signup{n}Tests(SignupTests):\n    pass\n" for n in range(3))
 
 
-def test_the_missing_isolation_is_said_once_under_parallel_workers(tmp_path: Path) -> None:
-    """``manage.py test --parallel`` said it once a worker (a trial's log)."""
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_parallel_workers_are_isolated_however_they_start(tmp_path: Path, start: str) -> None:
+    """Workers started fresh (spawn: macOS, Windows; forkserver from Python
+    3.14) did not inherit a runner's isolation: each isolates itself now."""
     (tmp_path / "parallel_tests.py").write_text(PARALLEL_TESTS)
-    env = demo_env(tmp_path)
-    env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(DEMO), str(ROOT)]))
-    env.update(DJANGO_SETTINGS_MODULE="demo.settings")
-    result = subprocess.run(
-        [sys.executable, "-m", "django", "test", "parallel_tests", "--parallel", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    (tmp_path / "starting.py").write_text(
+        "import multiprocessing\nfrom demo.settings import *\n"
+        f"multiprocessing.set_start_method({start!r}, force=True)\n"
     )
-    assert result.returncode == 0 and "Ran 4 tests" in result.stderr, result.stderr
-    assert result.stderr.count("runs without flagware's test isolation") == 1, result.stderr
+    said = _django_test(tmp_path, "parallel_tests", "--parallel", "2", settings="starting")
+    assert "Ran 4 tests" in said
+    assert not (tmp_path / "events.db").exists() and not (tmp_path / "hash_key").exists(), said
+    assert list((tmp_path / "tmp").iterdir()) == []  # each worker removed its stores
 
 
 def test_wsgi_and_asgi_entry_points_import(tmp_path: Path) -> None:

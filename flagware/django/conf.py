@@ -55,7 +55,6 @@ OPTIONS = frozenset(inspect.signature(Flagware.__init__).parameters) - {"self"}
 KEYS_HINT = f"keys are Flagware(...) arguments: {', '.join(sorted(OPTIONS))}"
 
 _client: Flagware | None = None
-_warned_unisolated = False
 _lock = threading.Lock()
 log = logging.getLogger("flagware")
 
@@ -81,38 +80,47 @@ def get_client() -> Flagware:
     with _lock:
         client = _client
         if client is None:  # not built by another thread while this one waited
+            _isolate_django_tests()
             client = build_client()
             _set_client(client)
-            _warn_if_testing_unisolated(client)
         return client
 
 
-def _warn_if_testing_unisolated(client: Flagware) -> None:
-    """Say when Django's test runner runs without flagware's isolation: the
-    tests' events went to the project's own store, and a hash key was made
-    there, with only "created a hash key" to show for it (a new user's trial).
+def _isolate_django_tests() -> None:
+    """Under Django's test runner, isolate the clients as the pytest plugin
+    does: a temporary store, the fixed test key, nothing sent to Statsig.
 
-    Django's runner keeps sent mail in ``django.core.mail.outbox`` while it
-    runs (documented); under pytest the plugin decides (``flagware_isolate``).
-    Said once a run: with ``--parallel`` only by the first worker (or by the
-    main process, whose flag forked workers inherit), not by each.
+    Django swaps in a test database by itself, and flagware only warned: a
+    trial's tests stored their events in the project's store, their users'
+    IDs ("1") beside real accounts'. Django's runner keeps sent mail in
+    ``django.core.mail.outbox`` while it runs (documented), which is how it is
+    told; under pytest the plugin decides (``flagware_isolate``). A
+    ``--parallel`` worker inherits its parent's isolation when forked after
+    the parent's first client, and makes its own otherwise (``spawn``).
+    ``FLAGWARE_TEST_ISOLATION = False`` in the settings turns it off.
     """
-    global _warned_unisolated
-    from django.core import mail
-    from django.test import runner
+    import atexit
+    import functools
+    import multiprocessing.util
 
-    if client.isolated or not hasattr(mail, "outbox") or "pytest" in sys.modules:
+    from django.core import mail
+
+    from flagware import client as core
+
+    if core.isolated_store is not None or "pytest" in sys.modules:
         return
-    if _warned_unisolated or getattr(runner, "_worker_id", 0) > 1:
+    if not hasattr(mail, "outbox") or not getattr(settings, "FLAGWARE_TEST_ISOLATION", True):
         return
-    _warned_unisolated = True
-    log.warning(
-        "flagware: Django's test runner runs without flagware's test isolation:"
-        " the tests' events are stored in %s and visitors hashed with the app's key."
-        " Set TEST_RUNNER to a runner that runs the tests inside"
-        " flagware.testing.isolate() (README: Testing your experiments)",
-        client.event_store,
-    )
+    from flagware.testing import isolate
+
+    isolation = isolate()
+    isolation.__enter__()
+    # Its temporary stores go with the process: at exit, or at a
+    # multiprocessing child's end, where atexit does not run.
+    end = functools.partial(isolation.__exit__, None, None, None)
+    atexit.register(end)
+    if multiprocessing.parent_process() is not None:
+        multiprocessing.util.Finalize(None, end, exitpriority=5)
 
 
 def _set_client(client: Flagware | None) -> None:
