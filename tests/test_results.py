@@ -1347,6 +1347,25 @@ def test_an_event_logged_before_the_flag_read_is_no_outcome(tmp_path: Path) -> N
     assert all(s.mean == 1.0 for s in rates["clicks"].values())  # every one
 
 
+def test_a_lift_interval_past_a_thousand_percent_is_shown_as_such(tmp_path: Path) -> None:
+    """A trial read "[-100.0%, +154670.9%]" beside "-" for the next group with
+    the same control: each is drawn at its comparison's level, and a bound
+    that far says only that the control's mean is barely above 0 there."""
+    results = compute_results(make_spec(), "button_color", random_log(3).store(tmp_path), now=NOW)
+    metric = results.metrics[0]
+    first, *rest = metric.results
+    barely = replace(first, relative_ci=(-1.0, 1546.709))
+    metric = replace(metric, results=[barely, *rest])
+    text = render_text(replace(results, metrics=[metric, *results.metrics[1:]]))
+    assert "[-100.0%, >+1000%]" in text and "1546" not in text
+    assert (
+        f"{metric.name}: a lift CI past +1000% for {first.group}: the control mean is not"
+        " clearly above 0 at that comparison's level" in text
+    )
+    shown = json.loads(render_json(replace(results, metrics=[metric])))
+    assert shown["metrics"][0]["results"][0]["relative_ci"] == [-1.0, 1546.709]  # as it is
+
+
 def test_a_lift_without_an_interval_says_why(tmp_path: Path) -> None:
     """A walk-through read `lift CI -` with no word why: Fieller's interval for
     the ratio is unbounded when the control's rate is not clearly above 0."""
@@ -1361,7 +1380,7 @@ def test_a_lift_without_an_interval_says_why(tmp_path: Path) -> None:
     (red,) = results.metrics[0].results
     assert red.ci is not None and red.relative_ci is None  # 2 clicks from 200 in control
     text = render_text(results)
-    assert "clicks: no lift CI for Red: the control mean is not clearly above 0" in text
+    assert "clicks: no lift CI for Red: the control mean is not clearly above 0 at" in text
     # A control rate clearly above 0 has its lift interval and no such note.
     results = compute_results(
         make_spec(), "button_color", random_log(3).store(tmp_path, "b.db"), now=NOW

@@ -27,12 +27,23 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{x:+.1%}"
 
 
+# A lift bound past +-1000% says only that the control's mean is barely above
+# 0 at the comparison's level: "+154670.9%" read as a finding (a trial).
+HUGE_LIFT = 10.0
+
+
 def interval(ci: tuple[float, float] | None, fmt: str) -> str:
     if ci is None:
         return "-"
     if fmt == "pct":
-        return f"[{ci[0]:+.1%}, {ci[1]:+.1%}]"
+        return f"[{_lift_bound(ci[0])}, {_lift_bound(ci[1])}]"
     return f"[{ci[0]:+.4g}, {ci[1]:+.4g}]"
+
+
+def _lift_bound(x: float) -> str:
+    if abs(x) > HUGE_LIFT:
+        return f"{'>' if x > 0 else '<'}{math.copysign(HUGE_LIFT, x):+.0%}"
+    return f"{x:+.1%}"
 
 
 def pvalue(p: float | None) -> str:
@@ -191,12 +202,23 @@ def metric_notes(m: MetricResult) -> list[str]:
     if m.cap is not None and m.capped_units:
         notes.append(f"capped at {num(m.cap, 8)} ({m.capped_units} unit(s) above)")
     # Fieller's interval for a ratio is unbounded when the control's mean is
-    # not clearly above 0: no lift interval, only the absolute one.
+    # not clearly above 0: no lift interval, only the absolute one. "Clearly"
+    # is at each comparison's own level, which the sequential method widens
+    # on fewer units: one group may get a (huge) interval and another none.
     unbounded = [r.group for r in m.results if r.ci is not None and r.relative_ci is None]
-    if unbounded:
+    huge = [
+        r.group
+        for r in m.results
+        if r.relative_ci is not None and max(map(abs, r.relative_ci)) > HUGE_LIFT
+    ]
+    if unbounded or huge:
+        said = [f"no lift CI for {', '.join(unbounded)}"] if unbounded else []
+        said += [f"a lift CI past {HUGE_LIFT:+.0%} for {', '.join(huge)}"] if huge else []
         notes.append(
-            f"no lift CI for {', '.join(unbounded)}: the control mean is not clearly above 0,"
-            " so the relative effect is unbounded; read the delta and its CI"
+            f"{' and '.join(said)}: the control mean is not clearly above 0 at"
+            f" {'that comparison' if len(unbounded + huge) == 1 else 'each comparison'}'s"
+            " level, so the relative effect is barely bounded or not at all; read the delta"
+            " and its CI"
         )
     return notes
 
