@@ -1351,7 +1351,8 @@ def test_a_lift_interval_past_a_thousand_percent_is_shown_as_such(tmp_path: Path
     """A trial read "[-100.0%, +154670.9%]" beside "-" for the next group with
     the same control: each is drawn at its comparison's level, and a bound
     that far says only that the control's mean is barely above 0 there."""
-    results = compute_results(make_spec(), "button_color", random_log(3).store(tmp_path), now=NOW)
+    store = random_log(3).store(tmp_path)
+    results = compute_results(make_spec(), "button_color", store, now=NOW, sequential=True)
     metric = results.metrics[0]
     first, *rest = metric.results
     barely = replace(first, relative_ci=(-1.0, 1546.709))
@@ -1362,6 +1363,11 @@ def test_a_lift_interval_past_a_thousand_percent_is_shown_as_such(tmp_path: Path
         f"{metric.name}: a lift CI past +1000% for {first.group}: the control mean is not"
         " clearly above 0 at that comparison's level" in text
     )
+    # The always-valid p of 1 beside it is said to be no evidence either way.
+    assert results.sequential and any(r.p_value == 1.0 for m in results.metrics for r in m.results)
+    assert "p 1.0000 is no evidence either way" in text
+    fixed = compute_results(make_spec(), "button_color", store, now=NOW, sequential=False)
+    assert "p 1.0000 is no evidence" not in render_text(fixed)
     shown = json.loads(render_json(replace(results, metrics=[metric])))
     assert shown["metrics"][0]["results"][0]["relative_ci"] == [-1.0, 1546.709]  # as it is
 

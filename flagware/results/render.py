@@ -209,6 +209,12 @@ def render_text(results: Results) -> str:
     if rows:
         out += table(header, rows, {3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
         out.append("roles: * decision (Bonferroni), ~ secondary (Benjamini-Hochberg), ! guardrail")
+        if results.sequential and any(r.p_value == 1.0 for m in results.metrics for r in m.results):
+            # Read as "identical" beside lifts of -35% and +20% (a new user's trial).
+            out.append(
+                "p: always-valid (sequential), 1 until the data weigh against no effect:"
+                ' p 1.0000 is no evidence either way, not "the groups are the same"'
+            )
     else:
         out.append("(no metrics to compare)")
     out += _notes(results)
