@@ -343,6 +343,10 @@ def main(
             raise
         said = str(exc) if isinstance(exc, StoreUnavailable) else describe(exc)
         print(f"flagware {args.command}: {said}; try again once it is reachable", file=sys.stderr)
+        if getattr(args, "format", None) == "json":  # a monitor parsing stdout got nothing
+            store = getattr(args, "store", None)
+            unavailable = {"store": None if store is None else redact(store), "error": said}
+            print(json.dumps(unavailable))
         return EXIT_UNAVAILABLE
     if code == EXIT_BAD_INPUT and defaults is None and _defaulted(args) and _in_django_project():
         print(

@@ -10,6 +10,7 @@ its next failure, as a new outage.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 
 from flagware.events.writer import STORE_FAILURE
@@ -55,6 +56,7 @@ class Failures:
         self.errors: Counter[str] = Counter()
         self.truncated: Counter[str] = Counter()  # "user_agent", "metadata": inputs capped
         self._reported: set[tuple[str, type[BaseException] | None]] = set()
+        self._lock = threading.Lock()
 
     def report(self, exc: BaseException, where: str) -> None:
         """Count an internal failure and log it once per place and kind (an
@@ -64,9 +66,10 @@ class Failures:
         self.errors[where] += 1
         outage = is_outage(exc)
         key = (where, None if outage else type(exc))
-        if key in self._reported:
-            return
-        self._reported.add(key)
+        with self._lock:  # two threads failing at once logged it twice (a test's log)
+            if key in self._reported:
+                return
+            self._reported.add(key)
         after = _AFTER_FAILURE.get(where, "serving defaults")
         if not outage:
             log.error(

@@ -300,6 +300,59 @@ def test_a_worker_whose_backlog_another_drained_logs_its_next_outage(
     assert_exact(stub, logged)
 
 
+def _connections(admin_url: str, database: str, allowed: bool) -> None:
+    """Cut a database's sessions and refuse new ones (as if the server were
+    stopped, without stopping the suite's server), or let them in again."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}'  # type: ignore[arg-type]
+        )
+        if not allowed:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+
+
+def test_close_with_the_store_away_returns_and_says_so(
+    postgres: Any, stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() raised the store's error out of the drain (a trial: PostgreSQL
+    stopped, then SIGTERM), skipping the engine's and the store's closing, with
+    a traceback at every worker's exit. The events stay in the store."""
+    from flagware import Flagware
+
+    url = postgres.database()
+    database = url.partition("?")[0].rpartition("/")[2]
+    client = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=url,
+        shutdown_timeout=1,
+        handle_sigterm=False,
+    )
+    stub.fail_for(60, 500)  # nothing delivered: the drain goes on until the store is away
+    client.log(event("kept"))
+    client.writer.flush()
+    _connections(postgres.admin_url, database, allowed=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flagware"):
+            client.close()
+        assert client.errors["statsig delivery"] >= 1
+        assert not [r for r in caplog.records if r.exc_info], "an outage is no bug: no traceback"
+        said = [
+            r.getMessage() for r in caplog.records if "statsig delivery failed:" in r.getMessage()
+        ]
+        assert len(said) == 1, said  # once for the outage, from whichever thread met it
+    finally:
+        _connections(postgres.admin_url, database, allowed=True)
+    with open_store(url) as store:
+        assert [e["metadata"]["uid"] for e in store.iter_events()] == ["kept"]
+
+
 def test_a_second_store_outage_under_delivery_is_logged_again(
     tmp_path: Path, stub: StatsigStub, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -556,6 +609,21 @@ def test_status_says_when_nothing_was_for_statsig(
     with open_store(tmp_path / "local.db") as store:
         newest = next(store.iter_events(newest_first=True, limit=1))
     assert figures["newest_event_time"] == newest["time"] > 0
+
+
+def test_status_as_json_with_the_store_away_still_prints_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A monitor parsing stdout got nothing while PostgreSQL was stopped (a trial)."""
+    pytest.importorskip("psycopg")
+    from flagware.cli import EXIT_UNAVAILABLE, main
+
+    away = f"postgresql://postgres@/db?host={tmp_path / 'no-server'}"
+    assert main(["status", "--format", "json", "--store", away]) == EXIT_UNAVAILABLE
+    out, err = capsys.readouterr()
+    figures = json.loads(out)
+    assert figures["store"] == away and figures["error"].startswith(f"cannot reach {away}")
+    assert "try again once it is reachable" in err
 
 
 def test_status_command_without_a_store(tmp_path: Path) -> None:

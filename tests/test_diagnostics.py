@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import sqlite3
@@ -433,6 +434,34 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     assert failing[1].startswith(f"downloads from {host}/")
     assert "/download_config_specs failing since " in failing[1]
     assert re.search(r"\((\d+) failed since; last: .+\)$", failing[1])
+
+
+def test_a_store_away_is_no_failure_of_the_page(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the store away the page says delivery is unknown; it also logged
+    "diagnostics failed" while it worked (a trial, PostgreSQL stopped)."""
+    from tests.statsig_stub import StatsigStub
+
+    with StatsigStub() as stub:
+        client = Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            diagnostics=True,
+            init_timeout=0.5,
+        )
+        try:
+            (tmp_path / "away").write_text("")  # a file where the store's folder would be
+            client.event_store = str(tmp_path / "away" / "outbox.db")  # as a store away
+            with caplog.at_level(logging.WARNING, logger="flagware"):
+                html = page(http(client)).text
+        finally:
+            client.close()
+    assert 'Statsig delivery <span class="off" id="delivery">unknown</span>' in html
+    assert client.errors["diagnostics"] == 0
+    assert not [m for m in caplog.messages if "diagnostics failed" in m]
 
 
 def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:

@@ -10,6 +10,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any
 
 from flagware.events.stats import format_age
+from flagware.outages import is_outage
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -22,8 +23,11 @@ def _delivery(client: Flagware) -> str:
         return ""
     try:
         stats = client.delivery_stats()
-    except Exception as exc:  # the store is failing: the writer reports it too
-        client.report(exc, "diagnostics")
+    except Exception as exc:
+        # The store away: the page says so, and the writer reports it. Reported
+        # here too, it logged "diagnostics failed" while the page worked (a trial).
+        if not is_outage(exc):
+            client.report(exc, "diagnostics")
         return ' &middot; Statsig delivery <span class="off" id="delivery">unknown</span>'
     parked = f", {stats.parked:,} parked" if stats.parked else ""
     waiting = f"{stats.backlog:,} waiting{parked}"

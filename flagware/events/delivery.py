@@ -140,6 +140,16 @@ class Delivery:
         """
         if self._closed_pid == os.getpid():
             return False
+        try:
+            return self._drain(timeout)
+        except Exception as exc:  # the store away (PostgreSQL stopped): the events stay there
+            # It was raised through close(), which then skipped the engine's and
+            # the store's closing, and logged a traceback at every worker's exit
+            # (a trial: PostgreSQL stopped, then SIGTERM).
+            self._report(exc, DELIVERY_FAILURE)
+            return False
+
+    def _drain(self, timeout: float) -> bool:
         if timeout <= 0:  # nothing to wait for: report without starting threads
             return self._read(lambda store: store.claimable()) == 0
         rt = self._running()

@@ -311,7 +311,9 @@ class EventWriter:
         # stopping()): one more try, not a second wait.
         left = self._store_within(0.0 if self._waited_out else timeout)
         if left:  # the store still refuses writes: say what is lost, never silently
-            log.error("flagware: %d queued events could not be stored before exit", left)
+            # The total: any count a SIGTERM said is part of it (three lines
+            # with overlapping counts read as three losses in a trial's log).
+            log.error("flagware: %d events held in all could not be stored before exit: lost", left)
         self._pid = -1
         self._closed_pid = os.getpid()
 
@@ -345,8 +347,8 @@ class EventWriter:
             return
         self._say_held_at = now + 1.0
         log.error(
-            "flagware: %d events held since SIGTERM could not be stored (the store still"
-            " refuses writes); lost if this process ends first",
+            "flagware: now %d events held in all, those said before included (the store"
+            " still refuses writes after SIGTERM); lost if this process ends first",
             self.waiting(),
         )
 
