@@ -509,6 +509,9 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
         + '[metrics.purchased]\nevent = "purchased"\nkind = "conversion"\n'
         + '[metrics.errors]\nevent = "eror"\nkind = "count"\ntags = ["guardrail"]\n'
         + '[metrics.revenue]\nevent = "purchase"\nkind = "sum"\n'
+        # Not logged yet, and no misspelling of the event that is (a trial was
+        # asked "did you mean 'visited_signup'?" for 'clicked_signup').
+        + '[metrics.re_purchased]\nevent = "repurchase_due"\nkind = "count"\n'
     )
     # An empty store: every name is missing, none misspelled, nothing said.
     client.flush()
@@ -523,8 +526,10 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
         " 'purchase'?), so it is 0 for every unit",
         f"{spec}: warning: metrics.errors: no 'eror' events stored, so the guardrail cannot"
         " be checked and blocks the launch",
+        f"{spec}: warning: metrics.re_purchased: no 'repurchase_due' events stored, so it is 0"
+        " for every unit",
     ]
-    assert "is valid (0 gates, 1 experiment, 3 metrics)" in out.out
+    assert "is valid (0 gates, 1 experiment, 4 metrics)" in out.out
 
 
 def test_results_on_statsig_with_no_spec_file_says_where_results_are(

@@ -273,7 +273,9 @@ def never_stored(
     if not missing:
         return {}
     known = stored_names(conn) if names is None else names
-    return {e: did_you_mean(e, [*known, *exposures]) for e in missing}
+    # Only a near miss: an event not logged yet was "did you mean" another
+    # real event ('clicked_signup' for 'visited_signup', a new user's trial).
+    return {e: did_you_mean(e, [*known, *exposures], cutoff=0.8) for e in missing}
 
 
 def stored_names(conn: Reader) -> list[str]:

@@ -24,10 +24,10 @@ _COUNTRY = re.compile(r"[A-Za-z]{2}")
 _T = TypeVar("_T")
 
 
-def did_you_mean(name: str, known: Collection[str]) -> str:
+def did_you_mean(name: str, known: Collection[str], *, cutoff: float = 0.6) -> str:
     """``" (did you mean 'x'?)"`` for the closest known name, or ``""``."""
     by_case = [k for k in known if k.casefold() == name.casefold()]
-    close = by_case or difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    close = by_case or difflib.get_close_matches(name, list(known), n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
