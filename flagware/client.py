@@ -31,7 +31,6 @@ from flagware.identity import country_table
 from flagware.overrides import overrides
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
-    DEFAULT_SPEC,
     DEFAULT_STATSIG_API,
     ConfigurationError,
     EngineChoice,
@@ -39,6 +38,7 @@ from flagware.settings import (
     check_statsig,
     engine_choice,
     env,
+    flag_source,
     local_hash_key,
     statsig_api_url,
 )
@@ -122,10 +122,6 @@ class Flagware(NamedUsers):
         diagnostics_path: str = "/_flagware/",  # where the middleware serves it
         diagnostics_token: str | None = None,  # required when set (FLAGWARE_DIAGNOSTICS_TOKEN)
     ) -> None:
-        if spec is not None and statsig_secret is not None:
-            raise ConfigurationError(
-                "pass either spec= (local engine) or statsig_secret=, not both"
-            )
         diagnostics_token = diagnostics_token or env("FLAGWARE_DIAGNOSTICS_TOKEN")
         check_options(
             exposure_dedupe=exposure_dedupe,
@@ -143,10 +139,7 @@ class Flagware(NamedUsers):
         )
         engine = engine_choice(engine)
         spec_given = spec is not None
-        if spec is None and statsig_secret is None:
-            statsig_secret = env("STATSIG_SERVER_SECRET")
-        if statsig_secret is None and spec is None:
-            spec = env("FLAGWARE_SPEC") or DEFAULT_SPEC
+        spec, statsig_secret = flag_source(spec, statsig_secret)
         isolate = isolated_store
         self.isolated = isolate is not None  # under the pytest plugin: see isolated_store
         if isolate is not None:
@@ -195,9 +188,6 @@ class Flagware(NamedUsers):
         self.engine: Engine
         self.delivery: Delivery | None = None
         if statsig_secret is not None:
-            # Read from a file (a Kubernetes or Docker secret) it often ends in a
-            # newline, which http.client refuses in a header, echoing the secret.
-            statsig_secret = statsig_secret.strip()
             key = check_statsig(statsig_secret, key)
             self.statsig_api: str | None = (api := statsig_api_url(statsig_api))
             self.engine = statsig_engine(engine)(

@@ -140,6 +140,24 @@ def engine_choice(engine: str | None) -> EngineChoice:
     return "core" if engine == "core" else "legacy"
 
 
+def flag_source(
+    spec: str | os.PathLike[str] | None, secret: str | None
+) -> tuple[str | os.PathLike[str] | None, str | None]:
+    """Where the flags come from: ``(spec, None)`` for the local engine or
+    ``(None, secret)`` for Statsig. Explicit arguments win over the
+    environment; with neither, ``STATSIG_SERVER_SECRET``, then ``FLAGWARE_SPEC``
+    or the default spec."""
+    if spec is not None and secret is not None:
+        raise ConfigurationError("pass either spec= (local engine) or statsig_secret=, not both")
+    if spec is None and secret is None:
+        secret = env("STATSIG_SERVER_SECRET")
+    if secret is None:
+        return spec if spec is not None else env("FLAGWARE_SPEC") or DEFAULT_SPEC, None
+    # Read from a file (a Kubernetes or Docker secret) it often ends in a
+    # newline, which http.client refuses in a header, echoing the secret.
+    return None, secret.strip()
+
+
 def check_statsig(secret: str, hash_key: str | bytes | None) -> str | bytes:
     """The hash key the Statsig engine needs, once the secret looks like one."""
     check_secret(secret)
