@@ -464,6 +464,23 @@ def test_a_store_away_is_no_failure_of_the_page(
     assert not [m for m in caplog.messages if "diagnostics failed" in m]
 
 
+def test_results_with_the_store_away_are_said_not_reported(
+    make_diag: Any, spec_file: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local-engine page on a PostgreSQL store that was stopped logged
+    "diagnostics results failed ... (serving defaults)" and counted it (a
+    re-check): the store is away, which the page says, and flags are served."""
+    pytest.importorskip("psycopg")
+    spec_file.write_text(spec_file.read_text() + METRICS)
+    client = make_diag()
+    client.event_store = f"postgresql://postgres@/db?host={tmp_path / 'no-server'}"
+    with caplog.at_level(logging.WARNING, logger="flagware"):
+        html = page(http(client)).text
+    assert "cannot reach postgresql://" in html  # said on the page
+    assert client.errors["diagnostics results"] == 0
+    assert not [m for m in caplog.messages if "diagnostics results failed" in m]
+
+
 def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:
     """A refused secret: events wait, and the page says how many and why."""
     from flagware.events.model import Event

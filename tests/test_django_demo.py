@@ -160,8 +160,9 @@ def _django_test(tmp_path: Path, *args: str, settings: str = "demo.settings") ->
 def test_django_tests_are_isolated_without_a_runner(tmp_path: Path) -> None:
     """``manage.py test`` stored the tests' events in the project's store and
     made a hash key there, with a warning at best (new users' trials): it is
-    isolated now as the pytest plugin isolates, runner or not."""
-    (tmp_path / "signup_tests.py").write_text(DJANGO_TESTS)
+    isolated now as the pytest plugin isolates, runner or not, and a test
+    module that imports pytest (for its raises()) is no pytest run."""
+    (tmp_path / "signup_tests.py").write_text("import pytest  # noqa: F401\n" + DJANGO_TESTS)
     (tmp_path / "flagware_runner.py").write_text(RUNNER)
     project_store = tmp_path / "events.db"  # FLAGWARE_EVENT_STORE
     for runner in ([], ["--testrunner", "flagware_runner.FlagwareRunner"]):

@@ -36,6 +36,7 @@ from flagware.diagnostics.http import (
 )
 from flagware.diagnostics.visitor import assignments, visitor_rows
 from flagware.flags import Flags
+from flagware.outages import is_outage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -308,9 +309,10 @@ class DiagnosticsApp:
                 results = compute_results(spec, name, self.client.event_store)
                 charts = "".join(render_chart_svg(m) for m in results.metrics)
             except Exception as exc:
-                # ResultsError says why in words (no events yet, unknown metric);
+                # ResultsError says why in words (no events yet, unknown metric),
+                # and so does a store out of reach (the writer logs the outage);
                 # anything else is a bug worth counting, never a broken page.
-                if type(exc).__name__ != "ResultsError":
+                if type(exc).__name__ != "ResultsError" and not is_outage(exc):
                     self.client.report(exc, "diagnostics results")
                 sections.append(f"<h3>{escape(name)}</h3>" + _unavailable(str(exc)))
                 continue

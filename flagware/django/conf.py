@@ -94,7 +94,7 @@ def _isolate_django_tests() -> None:
     trial's tests stored their events in the project's store, their users'
     IDs ("1") beside real accounts'. Django's runner keeps sent mail in
     ``django.core.mail.outbox`` while it runs (documented), which is how it is
-    told; under pytest the plugin decides (``flagware_isolate``). A
+    told; in a pytest run flagware's plugin decides (``flagware_isolate``). A
     ``--parallel`` worker inherits its parent's isolation when forked after
     the parent's first client, and makes its own otherwise (``spawn``).
     ``FLAGWARE_TEST_ISOLATION = False`` in the settings turns it off.
@@ -107,7 +107,10 @@ def _isolate_django_tests() -> None:
 
     from flagware import client as core
 
-    if core.isolated_store is not None or "pytest" in sys.modules:
+    # Not "pytest" in sys.modules: a test module that imports pytest for its
+    # raises() turned the isolation off under Django's runner (a re-check).
+    plugin = sys.modules.get("flagware.testing.plugin")
+    if core.isolated_store is not None or getattr(plugin, "running", False):
         return
     if not hasattr(mail, "outbox") or not getattr(settings, "FLAGWARE_TEST_ISOLATION", True):
         return

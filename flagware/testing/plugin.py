@@ -51,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 _isolation: isolate | None = None
+# Set while a pytest run has this plugin: the run's isolation is its to decide
+# (``flagware_isolate``), not Django's test-runner check's.
+running = False
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -65,7 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _start(config: pytest.Config) -> None:
-    global _isolation
+    global _isolation, running
+    running = True
     if _isolation is not None or not config.getini("flagware_isolate"):
         return
     _isolation = isolate()
@@ -73,7 +77,8 @@ def _start(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    global _isolation
+    global _isolation, running
+    running = False
     isolation, _isolation = _isolation, None
     if isolation is not None:
         isolation.__exit__()
