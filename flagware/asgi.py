@@ -221,6 +221,8 @@ class _ScopeFlags(Flags):
                 message = _started(self, message, message["status"])
             else:  # what request.respond does when nothing is held or minted
                 self._status = message["status"]
+            if self._gates is not None or self._configs is not None:  # request.read_flags
+                message = _vary(message)
         return self._send(message)
 
 
@@ -304,8 +306,25 @@ def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
         if cookie is not None:
             headers = list(message.get("headers", ()))
             headers.append((b"set-cookie", cookie.encode("latin-1")))
+            if not any(k.lower() == b"cache-control" for k, _ in headers):
+                headers.append((b"cache-control", request.PRIVATE.encode()))
             message = {**message, "headers": headers}
     return message
+
+
+def _vary(message: Message) -> Message:
+    """The response start with ``Cookie`` in its ``Vary`` (request.vary_cookie)."""
+    headers = list(message.get("headers", ()))
+    for i, (key, value) in enumerate(headers):
+        if key.lower() == b"vary":
+            vary = request.vary_cookie(value.decode("latin-1"))
+            if vary is None:
+                return message
+            headers[i] = (key, vary.encode("latin-1"))
+            break
+    else:
+        headers.append((b"vary", b"Cookie"))
+    return {**message, "headers": headers}
 
 
 async def get_flags() -> Flags:

@@ -70,6 +70,13 @@ def status_of(result: Any) -> int | None:
 def raised_status(exc: BaseException) -> int | None:
     """The HTTP status an exception a view raised stands for, if it is a
     response (Pyramid's and Bottle's are; werkzeug's and Falcon's carry one)."""
+    # Flask's abort(redirect(...)): werkzeug's exception with the response in
+    # it and no code of its own, so a 302 was a failure (a Flask trial).
+    response = getattr(exc, "response", None)
+    if response is not None and type(exc).__module__.startswith("werkzeug."):
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and 100 <= status < 600:
+            return status
     for field in ("status_code", "code", "status_int", "status"):
         status = getattr(exc, field, None)
         if isinstance(status, int) and not isinstance(status, bool):
@@ -129,7 +136,8 @@ def log_event(
     """Log ``name`` server-side for the request's user when the view succeeds.
 
     "Success" means the view returned without raising (or raised a response
-    below 400: a redirect raised in Pyramid, Bottle or Falcon) and the status
+    below 400: a redirect raised in Pyramid, Bottle or Falcon, or Flask's
+    ``abort(redirect(...))``) and the status
     the client got is below 400. A middleware (WSGI, ASGI or Django) holds the
     event until the response starts and decides by its status, whatever set
     it: a response object, a renderer, a template that failed while

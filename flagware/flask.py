@@ -15,6 +15,7 @@ collected (at the next ``init_app``, or at exit). A client passed as
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import weakref
@@ -31,8 +32,11 @@ from flagware import flags as _flags
 from flagware.client import Flagware
 from flagware.flags import Flags, NoRequestError, _current
 from flagware.middleware import ENVIRON_KEY, FlagwareMiddleware
+from flagware.overrides import Config
 
 __all__ = ["FlaskFlagware", "get_client"]
+
+log = logging.getLogger("flagware")
 
 # What Flagware(...) reads from the environment: a change makes a new client.
 _ENVIRONMENT = (
@@ -153,8 +157,54 @@ def _streamed_flags() -> Flags | None:
 _flags.lookups.append(_streamed_flags)
 
 
-def _template_flags() -> dict[str, Flags | None]:
-    return {"flags": _current.get()}
+def _template_flags() -> dict[str, Flags | _OutsideRequest]:
+    flags = _current.get()
+    if flags is None:
+        try:  # a body streamed with the request's context finds it (_streamed_flags)
+            flags = _flags.current_flags()
+        except NoRequestError:
+            return {"flags": _OUTSIDE}
+    return {"flags": flags}
+
+
+class _OutsideRequest:
+    """``flags`` in a template rendered outside a request flagware handles (an
+    email rendered in an app context or a task): every gate False and every
+    experiment or config its code's defaults, as the decorators serve there,
+    said once a name. It was None, and Jinja said "'None' has no attribute
+    'gate'", which names no flagware (a Flask trial)."""
+
+    def gate(self, name: str) -> bool:
+        _say_outside("gate", name)
+        return False
+
+    def experiment(self, name: str) -> Config:
+        _say_outside("experiment", name)
+        return Config(name, {})
+
+    def config(self, name: str) -> Config:
+        _say_outside("config", name)
+        return Config(name, {})
+
+    def __getattr__(self, name: str) -> Any:  # user_id, log_event...: no visitor to give
+        _flags.current_flags()  # raises NoRequestError, with its advice
+        raise AttributeError(name)
+
+
+_OUTSIDE = _OutsideRequest()
+_said_outside: set[tuple[str, str]] = set()
+
+
+def _say_outside(kind: str, name: str) -> None:
+    if (kind, name) not in _said_outside:
+        _said_outside.add((kind, name))
+        log.warning(
+            "flagware: a template read flags.%s(%r) outside a request flagware handles:"
+            " it serves the defaults (a gate False, an experiment the code's defaults);"
+            " to render for a user, render inside `with fw.flags_for(user_id=...)`",
+            kind,
+            name,
+        )
 
 
 def get_client(app: Flask | None = None) -> Flagware:

@@ -109,7 +109,21 @@ class _EnvironFlags(Flags):
             cookie = request.cookie(self, secure=self._https)
             if cookie is not None:
                 headers.append(("Set-Cookie", cookie))
+                if not any(k.lower() == "cache-control" for k, _ in headers):
+                    headers.append(("Cache-Control", request.PRIVATE))
+        if self._gates is not None or self._configs is not None:  # request.read_flags, inlined
+            _vary(headers)
         return self._start_response(status, headers, exc_info)
+
+
+def _vary(headers: list[tuple[str, str]]) -> None:
+    for i, (key, value) in enumerate(headers):
+        if key.lower() == "vary":
+            vary = request.vary_cookie(value)
+            if vary is not None:
+                headers[i] = (key, vary)
+            return
+    headers.append(("Vary", "Cookie"))
 
 
 class _Settling:

@@ -139,6 +139,30 @@ def cookie(flags: Flags, *, secure: bool) -> str | None:
         return None
 
 
+def read_flags(flags: Flags) -> bool:
+    """Whether the response may depend on who asked: a flag was read."""
+    return flags._gates is not None or flags._configs is not None
+
+
+def vary_cookie(vary: str | None) -> str | None:
+    """The ``Vary`` value of a response that read flags, or None to leave it.
+
+    Its content depends on the visitor, whom the cookies name (flagware's
+    stableID, the app's session): a shared cache keyed on the URL alone
+    served one visitor's group to the next (a Flask trial). Django's
+    SessionMiddleware says the same for a page that read the session.
+    """
+    if vary is None:
+        return "Cookie"
+    said = {v.strip().lower() for v in vary.split(",")}
+    return None if "cookie" in said or "*" in said else f"{vary}, Cookie"
+
+
+# A response that sets a new visitor's stableID and says nothing of caching is
+# kept out of shared caches, which would hand the cookie to the next visitor.
+PRIVATE = "private"
+
+
 def status_code(status: str) -> int:
     """The code of a WSGI status line (``"404 Not Found"`` gives 404); 500 without one.
 

@@ -483,6 +483,31 @@ def test_secure_cookie_repeated_headers_and_proxy_hops(make_client: Any) -> None
     assert cookie.startswith(f"flagware_id={stable_id};".encode()) and b"Secure" in cookie
 
 
+def test_a_response_that_read_flags_varies_by_cookie(make_client: Any) -> None:
+    """As under WSGI (test_middleware.py): Vary: Cookie when a flag was read,
+    private when a new visitor's cookie is set and the app said nothing."""
+    client = make_client()
+
+    async def reads(request: Request) -> PlainTextResponse:
+        current_flags().gate("everyone")
+        return PlainTextResponse("x", headers={"vary": "Accept-Encoding"})
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("plain")
+
+    app = Starlette(routes=[Route("/reads", reads), Route("/plain", plain)])
+    wrapped = FlagwareMiddleware(app, client=client)
+    body = [{"type": "http.request", "body": b""}]
+    first = dict(run_asgi(wrapped, http_scope("/reads"), body)[0]["headers"])
+    assert first[b"vary"] == b"Accept-Encoding, Cookie" and first[b"cache-control"] == b"private"
+    cookie = first[b"set-cookie"].split(b";")[0]
+    again = run_asgi(wrapped, http_scope("/reads", headers=[(b"cookie", cookie)]), body)
+    headers = dict(again[0]["headers"])
+    assert headers[b"vary"] == b"Accept-Encoding, Cookie" and b"cache-control" not in headers
+    plain_headers = dict(run_asgi(wrapped, http_scope("/plain"), body)[0]["headers"])
+    assert b"vary" not in plain_headers and b"cache-control" not in plain_headers
+
+
 def test_a_mounted_sub_app_wrapped_twice_shares_one_flags(make_client: Any) -> None:
     client = make_client()
     seen: list[Any] = []

@@ -103,6 +103,18 @@ def custom(client: Any) -> list[str]:
     return [e["event"] for e in client.store.iter_events() if not e["event"].startswith("statsig")]
 
 
+def test_a_page_that_read_flags_varies_by_cookie_and_a_new_cookie_is_private(
+    fw: Any,
+) -> None:
+    """A shared cache keyed on the URL served one visitor's group to the next
+    (a Flask trial); a first visit's response also carries the new cookie."""
+    http = Client()
+    first = http.get("/group")
+    assert first["Vary"] == "Cookie" and first["Cache-Control"] == "private"
+    again = http.get("/group")  # a returning visitor: no new cookie
+    assert again["Vary"] == "Cookie" and not again.has_header("Cache-Control")
+
+
 def test_template_response_that_fails_while_rendering_is_not_a_success(fw: Any) -> None:
     http = Client(raise_request_exception=False)
     assert http.get("/rendered").status_code == 200

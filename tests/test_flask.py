@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import urllib.request
 import weakref
@@ -88,6 +89,55 @@ def test_jinja_templates_see_this_requests_flags(client: Any) -> None:
     text = app.test_client().get("/").text
     gate, color = text.split()
     assert gate == "in" and color in ("blue", "red")
+
+
+def test_an_aborted_redirect_is_a_success_and_an_aborted_error_is_not(client: Any) -> None:
+    """Flask's abort(redirect(...)) raises werkzeug's exception with the 302
+    response in it: the client got a redirect, and the event was dropped (a
+    Flask trial), where Pyramid's, Bottle's and Falcon's raised ones count."""
+    from flask import abort, redirect
+
+    app = Flask(__name__)
+    FlaskFlagware(client=client).init_app(app)
+
+    @app.post("/signup")
+    @log_event("signed_up")
+    def signup() -> str:
+        abort(redirect("/welcome"))
+
+    @app.post("/refused")
+    @log_event("refused")
+    def refused() -> str:
+        abort(400)
+
+    http = app.test_client()
+    assert http.post("/signup").status_code == 302
+    assert http.post("/refused").status_code == 400
+    client.flush()
+    assert [e["event"] for e in client.store.iter_events()] == ["signed_up"]
+
+
+def test_a_template_rendered_outside_a_request_serves_defaults_and_says_so(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An email template sharing the site's base, rendered in an app context:
+    ``flags`` was None and Jinja said "'None' has no attribute 'gate'" (a
+    Flask trial). Defaults now, as the decorators serve, said once a name;
+    a user's flags with flags_for."""
+    app = create_app(FlaskFlagware(client=client))
+    page = (
+        "{{ flags.gate('everyone') }} {{ flags.experiment('button_color').get('color', 'none') }}"
+    )
+    with app.app_context(), caplog.at_level(logging.WARNING, logger="flagware"):
+        assert render_template_string(page) == "False none"
+        assert render_template_string(page) == "False none"
+        with client.flags_for(user_id="u1"):
+            gate, color = render_template_string(page).split()
+        with pytest.raises(NoRequestError):
+            render_template_string("{{ flags.user_id }}")
+    assert gate == "True" and color in ("blue", "red")
+    said = [m for m in caplog.messages if "outside a request flagware handles" in m]
+    assert len(said) == 2 and "flags.gate('everyone')" in said[0]
 
 
 def test_async_views(client: Any) -> None:

@@ -227,6 +227,35 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
     assert c.json["user_id"] == hash_ip(b"test-key", "8.8.8.8")  # only the last hop is trusted
 
 
+def test_a_response_that_read_flags_varies_by_cookie(make_client: Any) -> None:
+    """A shared cache keyed on the URL served one visitor's group to the next,
+    and a first visit's response carries the new stableID cookie (a Flask
+    trial): Vary: Cookie when a flag was read, private when a cookie is set
+    and the app said nothing of caching; the app's own headers are kept."""
+    client = make_client()
+    http = Client(FlagwareMiddleware(flags_app(), client))
+    first = http.get("/")
+    assert first.headers["Vary"] == "Cookie" and first.headers["Cache-Control"] == "private"
+    again = http.get("/")  # the cookie comes back: no new one
+    assert again.headers["Vary"] == "Cookie" and "Cache-Control" not in again.headers
+    plain = Client(FlagwareMiddleware(flags_app(reads=False), client)).get("/")
+    assert "Vary" not in plain.headers and "Cache-Control" not in plain.headers
+
+    def own(environ: Any, start_response: Any) -> list[bytes]:
+        current_flags().gate("new_signup")
+        start_response("200 OK", [("Vary", environ["HTTP_X_VARY"]), ("Cache-Control", "no-store")])
+        return [b"own"]
+
+    for given, sent in (
+        ("Accept-Encoding", "Accept-Encoding, Cookie"),
+        ("accept-encoding, cookie", "accept-encoding, cookie"),
+        ("*", "*"),
+    ):
+        response = Client(FlagwareMiddleware(own, client)).get("/", headers={"X-Vary": given})
+        assert response.headers.getlist("Vary") == [sent]
+        assert response.headers.getlist("Cache-Control") == ["no-store"]
+
+
 def test_a_resolver_keeps_a_labs_sha256_user_ids_behind_a_proxy(
     make_client: Any, tmp_path: Any
 ) -> None:

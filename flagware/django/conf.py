@@ -110,7 +110,7 @@ def _isolate_django_tests() -> None:
     # Not "pytest" in sys.modules: a test module that imports pytest for its
     # raises() turned the isolation off under Django's runner (a re-check).
     plugin = sys.modules.get("flagware.testing.plugin")
-    if core.isolated_store is not None or getattr(plugin, "running", False):
+    if core.isolated_store is not None or (plugin is not None and plugin.running()):
         return
     if not hasattr(mail, "outbox") or not getattr(settings, "FLAGWARE_TEST_ISOLATION", True):
         return

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.cache import patch_vary_headers
 
 from flagware import proxies
 from flagware import request as lifecycle
@@ -186,8 +187,12 @@ class FlagwareMiddleware:
                     httponly=True,
                     samesite="Lax",
                 )
+                if not response.has_header("Cache-Control"):
+                    response["Cache-Control"] = lifecycle.PRIVATE
             except Exception as exc:  # the response goes out without our cookie, never broken
                 client.report(exc, "cookie")
+        if lifecycle.read_flags(flags):
+            patch_vary_headers(response, ("Cookie",))
         return response
 
 

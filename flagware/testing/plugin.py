@@ -51,9 +51,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 _isolation: isolate | None = None
-# Set while a pytest run has this plugin: the run's isolation is its to decide
-# (``flagware_isolate``), not Django's test-runner check's.
-running = False
+# The pytest runs that have this plugin (pytester nests one in another): while
+# any does, the isolation is the plugin's to decide (``flagware_isolate``),
+# not Django's test-runner check's.
+_runs: set[int] = set()
+
+
+def running() -> bool:
+    return bool(_runs)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -68,8 +73,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _start(config: pytest.Config) -> None:
-    global _isolation, running
-    running = True
+    global _isolation
+    _runs.add(id(config))
     if _isolation is not None or not config.getini("flagware_isolate"):
         return
     _isolation = isolate()
@@ -77,8 +82,8 @@ def _start(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    global _isolation, running
-    running = False
+    global _isolation
+    _runs.discard(id(config))
     isolation, _isolation = _isolation, None
     if isolation is not None:
         isolation.__exit__()
