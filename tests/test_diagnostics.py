@@ -436,6 +436,18 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     assert re.search(r"\((\d+) failed since; last: .+\)$", failing[1])
 
 
+def on_statsig(stub: Any, tmp_path: Any, secret: str = "secret-test") -> Flagware:
+    """A client with the page on, on Statsig at ``stub``."""
+    return Flagware(
+        statsig_secret=secret,
+        statsig_api=stub.url,
+        hash_key="k",
+        event_store=tmp_path / "outbox.db",
+        diagnostics=True,
+        init_timeout=0.5,
+    )
+
+
 def test_a_store_away_is_no_failure_of_the_page(
     tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -444,14 +456,7 @@ def test_a_store_away_is_no_failure_of_the_page(
     from tests.statsig_stub import StatsigStub
 
     with StatsigStub() as stub:
-        client = Flagware(
-            statsig_secret="secret-test",
-            statsig_api=stub.url,
-            hash_key="k",
-            event_store=tmp_path / "outbox.db",
-            diagnostics=True,
-            init_timeout=0.5,
-        )
+        client = on_statsig(stub, tmp_path)
         try:
             (tmp_path / "away").write_text("")  # a file where the store's folder would be
             client.event_store = str(tmp_path / "away" / "outbox.db")  # as a store away
@@ -488,14 +493,7 @@ def test_the_page_says_what_stops_delivery(tmp_path: Any) -> None:
 
     with StatsigStub() as stub:
         stub.secret = "secret-right"
-        client = Flagware(
-            statsig_secret="secret-wrong",
-            statsig_api=stub.url,
-            hash_key="k",
-            event_store=tmp_path / "outbox.db",
-            diagnostics=True,
-            init_timeout=0.5,
-        )
+        client = on_statsig(stub, tmp_path, secret="secret-wrong")
         try:
             client.log(Event("clicked", {"userID": "u"}))
             client.flush()

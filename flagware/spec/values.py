@@ -249,18 +249,8 @@ def _same_params(groups: tuple[Group, ...], path: str) -> None:
         if extra:
             raise _Invalid(f"{where}.{extra[0]}", f"not set in group {first.name!r}{same}")
         for key, value in group.params.items():
-            if (kind := _kind(value)) != (theirs := _kind(first.params[key])):
+            if (kind := _type_name(value)) != (theirs := _type_name(first.params[key])):
                 raise _Invalid(f"{where}.{key}", f"is {kind}, but {theirs} in group {first.name!r}")
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "a table"
 
 
 def _group(raw: Any, path: str) -> Group:
