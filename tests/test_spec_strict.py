@@ -96,6 +96,30 @@ def test_every_problem_is_reported_not_only_the_first() -> None:
     ]
 
 
+def test_every_param_difference_between_groups_is_listed() -> None:
+    """A re-check saw "1 problem" for a spec with three (only the first was said)."""
+    found = problems(
+        """
+        [experiments.e]
+        groups = [
+          { name = "Blue", weight = 50, params = { color = "blue", size = 12 } },
+          { name = "Green", weight = 30, params = { colour = "green", size = "large" } },
+          { name = "Red", weight = 20, params = { color = 3, extra = true } },
+        ]
+        """
+    )
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "experiments.e.groups[1].params.colour: 'colour' here, 'color' in group 'Blue'"
+        " (every group sets the same parameters)",
+        "experiments.e.groups[1].params.size: is a string, but a number in group 'Blue'",
+        "experiments.e.groups[2].params: has no 'size', which group 'Blue' sets"
+        " (every group sets the same parameters)",
+        "experiments.e.groups[2].params.extra: not set in group 'Blue'"
+        " (every group sets the same parameters)",
+        "experiments.e.groups[2].params.color: is a number, but a string in group 'Blue'",
+    ]
+
+
 def test_a_bad_targeting_gate_gets_a_did_you_mean() -> None:
     [problem] = problems(
         '[gates.beta_users]\n[experiments.e]\ntargeting_gate = "beta_user"\n'

@@ -18,6 +18,7 @@ from flagware.spec.model import (
     Direction,
     ExperimentSpec,
     GateSpec,
+    Group,
     MetricKind,
     MetricSpec,
     Spec,
@@ -44,6 +45,7 @@ from flagware.spec.values import (
     _unit,
     _unknown_key,
     did_you_mean,
+    param_problems,
 )
 
 __all__ = ["ID_TYPES", "did_you_mean", "load_spec", "parse_spec"]
@@ -260,12 +262,15 @@ class _Parser:
         targeting = body.get("targeting_gate")
         if targeting is not None:
             targeting = self.attempt(lambda: _nonempty(body, path, "targeting_gate", ""), None)
+        no_groups: tuple[Group, ...] = ()
+        groups = self.attempt(lambda: _groups(body, path), no_groups)
+        self.problems += param_problems(groups, path)
         return ExperimentSpec(
             name=name,
             unit=self.attempt(lambda: _unit(body, path, self.custom_ids), "userID"),
             allocation=allocation,
             salt=salt,
-            groups=self.attempt(lambda: _groups(body, path), ()),
+            groups=groups,
             targeting_gate=targeting,
             restart=self.attempt(lambda: _get(body, path, "restart", bool, False), False),
             sequential=self.attempt(lambda: _get(body, path, "sequential", bool, True), True),

@@ -223,34 +223,42 @@ def _groups(body: Mapping[str, Any], path: str) -> tuple[Group, ...]:
     total = sum(g.weight for g in groups)
     if abs(total - 100) > 1e-6:
         raise _Invalid(f"{path}.groups", f"weights add up to {_fmt(round(total, 6))}, not 100")
-    _same_params(groups, path)
     return groups
 
 
-def _same_params(groups: tuple[Group, ...], path: str) -> None:
+def param_problems(groups: tuple[Group, ...], path: str) -> list[_Invalid]:
     """Every group sets the first group's parameters, each of the same JSON
     type, as Statsig's console requires. A group without one (or with
     ``button_colour``) read the app's default through ``get("button_color",
     "blue")``, so the experiment compared nothing while ``flagware check`` said
-    "valid" (a new user's trial). An int and a float are both numbers, as in JSON."""
+    "valid" (a new user's trial). An int and a float are both numbers, as in
+    JSON. Each difference is a problem, all listed."""
+    if not groups:
+        return []
     first, *others = groups
+    same = " (every group sets the same parameters)"
+    found = []
     for i, group in enumerate(others, start=1):
         where = f"{path}.groups[{i}].params"
         missing = [k for k in first.params if k not in group.params]
         extra = [k for k in group.params if k not in first.params]
-        same = " (every group sets the same parameters)"
         for key in missing:
-            if typo := difflib.get_close_matches(key, extra, n=1, cutoff=0.6):
-                raise _Invalid(
-                    f"{where}.{typo[0]}", f"{typo[0]!r} here, {key!r} in group {first.name!r}{same}"
-                )
-        if missing:
-            raise _Invalid(where, f"has no {missing[0]!r}, which group {first.name!r} sets{same}")
-        if extra:
-            raise _Invalid(f"{where}.{extra[0]}", f"not set in group {first.name!r}{same}")
+            typo = difflib.get_close_matches(key, extra, n=1, cutoff=0.6)
+            if typo:
+                extra.remove(typo[0])
+                said = f"{typo[0]!r} here, {key!r} in group {first.name!r}{same}"
+                found.append(_Invalid(f"{where}.{typo[0]}", said))
+            else:
+                said = f"has no {key!r}, which group {first.name!r} sets{same}"
+                found.append(_Invalid(where, said))
+        found += [_Invalid(f"{where}.{k}", f"not set in group {first.name!r}{same}") for k in extra]
         for key, value in group.params.items():
-            if (kind := _type_name(value)) != (theirs := _type_name(first.params[key])):
-                raise _Invalid(f"{where}.{key}", f"is {kind}, but {theirs} in group {first.name!r}")
+            if key in first.params:
+                kind, theirs = _type_name(value), _type_name(first.params[key])
+                if kind != theirs:
+                    said = f"is {kind}, but {theirs} in group {first.name!r}"
+                    found.append(_Invalid(f"{where}.{key}", said))
+    return found
 
 
 def _group(raw: Any, path: str) -> Group:
