@@ -222,7 +222,7 @@ class _ScopeFlags(Flags):
             else:  # what request.respond does when nothing is held or minted
                 self._status = message["status"]
             if self._gates is not None or self._configs is not None:  # request.read_flags
-                message = _vary(message)
+                message = _private(message, vary=True)
         return self._send(message)
 
 
@@ -306,24 +306,28 @@ def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
         if cookie is not None:
             headers = list(message.get("headers", ()))
             headers.append((b"set-cookie", cookie.encode("latin-1")))
-            if not any(k.lower() == b"cache-control" for k, _ in headers):
-                headers.append((b"cache-control", request.PRIVATE.encode()))
-            message = {**message, "headers": headers}
+            message = _private({**message, "headers": headers}, vary=False)
     return message
 
 
-def _vary(message: Message) -> Message:
-    """The response start with ``Cookie`` in its ``Vary`` (request.vary_cookie)."""
+def _private(message: Message, *, vary: bool) -> Message:
+    """The response start with the caching headers of a response that depends
+    on its visitor (request.vary_cookie, request.PRIVATE)."""
     headers = list(message.get("headers", ()))
+    varied, cached = not vary, False
     for i, (key, value) in enumerate(headers):
-        if key.lower() == b"vary":
-            vary = request.vary_cookie(value.decode("latin-1"))
-            if vary is None:
-                return message
-            headers[i] = (key, vary.encode("latin-1"))
-            break
-    else:
+        name = key.lower()
+        if name == b"cache-control":
+            cached = True
+        elif name == b"vary" and not varied:
+            varied = True
+            patched = request.vary_cookie(value.decode("latin-1"))
+            if patched is not None:
+                headers[i] = (key, patched.encode("latin-1"))
+    if not varied:
         headers.append((b"vary", b"Cookie"))
+    if not cached:
+        headers.append((b"cache-control", request.PRIVATE.encode()))
     return {**message, "headers": headers}
 
 

@@ -103,27 +103,37 @@ class _EnvironFlags(Flags):
     def _starting(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """A bound method rather than a closure: cheaper to make, for every request."""
         code = request.status_codes.get(status) or request.status_code(status)
+        minted = False
         if self._status is None and not self._held and self._minted is None:
             self._status = code  # what request.respond does when nothing is held or minted
         elif request.respond(self, code) is not None:  # a new browser: set its stableID
             cookie = request.cookie(self, secure=self._https)
             if cookie is not None:
                 headers.append(("Set-Cookie", cookie))
-                if not any(k.lower() == "cache-control" for k, _ in headers):
-                    headers.append(("Cache-Control", request.PRIVATE))
-        if self._gates is not None or self._configs is not None:  # request.read_flags, inlined
-            _vary(headers)
+                minted = True
+        read = self._gates is not None or self._configs is not None  # request.read_flags
+        if read or minted:
+            _private(headers, vary=read)
         return self._start_response(status, headers, exc_info)
 
 
-def _vary(headers: list[tuple[str, str]]) -> None:
+def _private(headers: list[tuple[str, str]], *, vary: bool) -> None:
+    """The caching headers of a response that depends on its visitor
+    (request.vary_cookie, request.PRIVATE)."""
+    varied, cached = not vary, False
     for i, (key, value) in enumerate(headers):
-        if key.lower() == "vary":
-            vary = request.vary_cookie(value)
-            if vary is not None:
-                headers[i] = (key, vary)
-            return
-    headers.append(("Vary", "Cookie"))
+        name = key.lower()
+        if name == "cache-control":
+            cached = True
+        elif name == "vary" and not varied:
+            varied = True
+            patched = request.vary_cookie(value)
+            if patched is not None:
+                headers[i] = (key, patched)
+    if not varied:
+        headers.append(("Vary", "Cookie"))
+    if not cached:
+        headers.append(("Cache-Control", request.PRIVATE))
 
 
 class _Settling:

@@ -158,8 +158,10 @@ def vary_cookie(vary: str | None) -> str | None:
     return None if "cookie" in said or "*" in said else f"{vary}, Cookie"
 
 
-# A response that sets a new visitor's stableID and says nothing of caching is
-# kept out of shared caches, which would hand the cookie to the next visitor.
+# A response that depends on its visitor (a flag read, a new visitor's stableID
+# set) and says nothing of caching is kept out of shared caches: one that
+# ignores Vary served one visitor's group and stableID to the next, and one
+# that stores Set-Cookie handed the cookie on (a trial with nginx in front).
 PRIVATE = "private"
 
 

@@ -230,16 +230,26 @@ def test_proxy_hops_trust_exactly_the_configured_forwarding(
 def test_a_response_that_read_flags_varies_by_cookie(make_client: Any) -> None:
     """A shared cache keyed on the URL served one visitor's group to the next,
     and a first visit's response carries the new stableID cookie (a Flask
-    trial): Vary: Cookie when a flag was read, private when a cookie is set
-    and the app said nothing of caching; the app's own headers are kept."""
+    trial): Vary: Cookie when a flag was read, private when a flag was read
+    or a cookie set and the app said nothing of caching (a cache that ignores
+    Vary served one visitor's page to the next); the app's own are kept."""
     client = make_client()
     http = Client(FlagwareMiddleware(flags_app(), client))
     first = http.get("/")
     assert first.headers["Vary"] == "Cookie" and first.headers["Cache-Control"] == "private"
-    again = http.get("/")  # the cookie comes back: no new one
-    assert again.headers["Vary"] == "Cookie" and "Cache-Control" not in again.headers
+    again = http.get("/")  # the cookie comes back: still this visitor's page
+    assert again.headers["Vary"] == "Cookie" and again.headers["Cache-Control"] == "private"
     plain = Client(FlagwareMiddleware(flags_app(reads=False), client)).get("/")
     assert "Vary" not in plain.headers and "Cache-Control" not in plain.headers
+
+    def logs(environ: Any, start_response: Any) -> list[bytes]:
+        current_flags().log_event("clicked")  # a new visitor's stableID, no flag read
+        start_response("200 OK", [])
+        return [b"logged"]
+
+    logged = Client(FlagwareMiddleware(logs, client)).get("/")
+    assert "flagware_id=" in logged.headers["Set-Cookie"] and "Vary" not in logged.headers
+    assert logged.headers["Cache-Control"] == "private"
 
     def own(environ: Any, start_response: Any) -> list[bytes]:
         current_flags().gate("new_signup")

@@ -187,12 +187,13 @@ class FlagwareMiddleware:
                     httponly=True,
                     samesite="Lax",
                 )
-                if not response.has_header("Cache-Control"):
-                    response["Cache-Control"] = lifecycle.PRIVATE
             except Exception as exc:  # the response goes out without our cookie, never broken
                 client.report(exc, "cookie")
-        if lifecycle.read_flags(flags):
+        read = lifecycle.read_flags(flags)
+        if read:
             patch_vary_headers(response, ("Cookie",))
+        if (read or minted is not None) and not response.has_header("Cache-Control"):
+            response["Cache-Control"] = lifecycle.PRIVATE
         return response
 
 
