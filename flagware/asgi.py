@@ -217,12 +217,16 @@ class _ScopeFlags(Flags):
         groups).
         """
         if self._status is None and message["type"] == "http.response.start":
+            minted = False
             if self._held or self._minted is not None:
-                message = _started(self, message, message["status"])
+                started = _started(self, message, message["status"])
+                minted = started is not message  # a new browser's cookie was added
+                message = started
             else:  # what request.respond does when nothing is held or minted
                 self._status = message["status"]
-            if self._gates is not None or self._configs is not None:  # request.read_flags
-                message = _private(message, vary=True)
+            read = self._gates is not None or self._configs is not None  # request.read_flags
+            if read or minted:
+                message = _private(message, vary=read)
         return self._send(message)
 
 
@@ -300,13 +304,15 @@ async def _nothing() -> None:
 
 
 def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
-    """The response start, or handshake answer, when events are held or a stableID minted."""
+    """The response start, or handshake answer, when events are held or a stableID
+    minted: a new message when a new browser's cookie is added, else the same one.
+    The caching headers are the HTTP path's (no cache keeps a 101)."""
     if request.respond(flags, status) is not None:  # a new browser
         cookie = request.cookie(flags, secure=flags._scope.get("scheme") in ("https", "wss"))
         if cookie is not None:
             headers = list(message.get("headers", ()))
             headers.append((b"set-cookie", cookie.encode("latin-1")))
-            message = _private({**message, "headers": headers}, vary=False)
+            return {**message, "headers": headers}
     return message
 
 

@@ -498,7 +498,10 @@ def test_a_response_that_read_flags_varies_by_cookie(make_client: Any) -> None:
     app = Starlette(routes=[Route("/reads", reads), Route("/plain", plain)])
     wrapped = FlagwareMiddleware(app, client=client)
     body = [{"type": "http.request", "body": b""}]
-    first = dict(run_asgi(wrapped, http_scope("/reads"), body)[0]["headers"])
+    sent = run_asgi(wrapped, http_scope("/reads"), body)[0]["headers"]
+    names = [name for name, _ in sent]
+    assert names.count(b"vary") == 1 and names.count(b"cache-control") == 1
+    first = dict(sent)
     assert first[b"vary"] == b"Accept-Encoding, Cookie" and first[b"cache-control"] == b"private"
     cookie = first[b"set-cookie"].split(b";")[0]
     again = run_asgi(wrapped, http_scope("/reads", headers=[(b"cookie", cookie)]), body)

@@ -58,6 +58,9 @@ def test_a_websocket_gets_flags_a_cookie_events_and_a_clean_denial(
             group, stable_id = socket.recv(timeout=5).split()
             cookie = socket.response.headers.get("set-cookie", "")
         assert cookie.startswith(f"flagware_id={stable_id};")  # set on the accept
+        # No caching headers on a 101: no cache keeps one.
+        assert "cache-control" not in socket.response.headers
+        assert "vary" not in socket.response.headers
         # A returning browser keeps its stableID, and so its group.
         with connect(
             f"{base}/open", additional_headers={**UA, "Cookie": f"flagware_id={stable_id}"}
