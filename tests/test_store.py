@@ -481,6 +481,31 @@ def test_concurrent_claims_take_disjoint_batches(store: Store) -> None:
     assert store.stats().delivered == 500 and store.claimable() == 0
 
 
+def test_an_ended_threads_connection_is_closed(store: Store) -> None:
+    """Django's runserver runs a request a thread: a view reading the store left
+    its thread's connection open, two files a request, until none were left."""
+    store.append(events(3))
+    counts: list[int] = []
+
+    def read() -> None:
+        counts.append(store.count())  # opens this thread's connection, never closed by it
+
+    for _ in range(40):
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join()
+    assert counts == [3] * 40
+    # The ended threads' connections are closed at a new thread's first call.
+    assert len(store._all) <= 3  # type: ignore[attr-defined]
+    # A live thread keeps its own across other threads' first calls.
+    mine = store._conn()  # type: ignore[attr-defined]
+    read()
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    assert store._conn() is mine and store.count() == 3  # type: ignore[attr-defined]
+
+
 def test_meta_init_keeps_the_first_value_and_counters_add(store: Store) -> None:
     assert store.init_meta("k", "first") == "first"
     assert store.init_meta("k", "second") == "first"

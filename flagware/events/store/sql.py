@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, LiteralString
 
 from flagware.events.model import Event
@@ -29,29 +28,17 @@ from flagware.events.store.base import (
     event_rows,
     is_dead_local,
 )
+from flagware.events.store.connections import Connections
 
 _NO_ID = 2**63 - 1  # above every id: where a newest-first read starts
 
 
-class SQLStore:
+class SQLStore(Connections):
     """The store's logic over a backend's connections and named queries."""
 
     location: str
     dialect: str
     queries: dict[str, LiteralString]
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._pid = os.getpid()
-        self._all: list[Any] = []
-        self._all_lock = threading.Lock()
-        self._appender: Any = None  # see _append_conn
-        self._append_lock = threading.Lock()
-
-    # -- what a backend provides ----------------------------------------------------
-
-    def _connect(self) -> Any:
-        raise NotImplementedError
 
     def _transaction(self, conn: Any) -> AbstractContextManager[Any]:
         """A write transaction that waits for the locks it needs up front."""
@@ -59,10 +46,6 @@ class SQLStore:
 
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         raise NotImplementedError
-
-    def _usable(self, conn: Any) -> bool:
-        """False for a connection the server dropped (it is then reopened)."""
-        return True
 
     def _unfit_after(self, exc: BaseException) -> bool:
         """Whether a failed write leaves the connection unable to write again
@@ -72,77 +55,6 @@ class SQLStore:
     def _drop_unfit(self, conn: Any) -> None:
         """Close a connection ``_unfit_after`` found unable to write."""
         self._drop(conn)
-
-    def _guard(self) -> AbstractContextManager[Any]:
-        """Held around every database call (SQLite: the fork guard)."""
-        return nullcontext()
-
-    def _forget_inherited(self, conns: list[Any]) -> None:
-        """A parent's connections after a fork: never used, never closed here."""
-
-    # -- connections: one per thread per process, and one for appends ---------------
-
-    def _conn(self) -> Any:
-        if self._pid != os.getpid():
-            self._after_fork()
-        conn = self._local.conn = self._kept(getattr(self._local, "conn", None))
-        return conn
-
-    def _append_conn(self) -> Any:
-        """The connection every append of this process makes, whichever thread
-        flushes (held under ``_append_lock``).
-
-        A SIGTERM or SIGHUP handler flushes on the main thread. With a
-        connection of its own it was the only one to open the file anew: when
-        the file had become read-only since, SQLite opened it read-only, the
-        flush failed and was reported as an outage, and the writer's older
-        connection then stored the same events and said the store "takes
-        writes again after 0.0 s" (two operators' trials).
-        """
-        conn = self._appender = self._kept(self._appender)
-        return conn
-
-    def _kept(self, conn: Any) -> Any:
-        """``conn`` while the server keeps it; otherwise (or None) a new one."""
-        if conn is not None and not self._usable(conn):
-            self._drop(conn)
-            conn = None
-        return self._open() if conn is None else conn
-
-    def _open(self) -> Any:
-        conn = self._connect()
-        with self._all_lock:
-            self._all.append(conn)
-        return conn
-
-    def _drop(self, conn: Any) -> None:
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
-        if self._appender is conn:
-            self._appender = None
-        with self._all_lock:
-            if conn in self._all:
-                self._all.remove(conn)
-        with suppress(Exception):  # already broken: nothing left to release
-            conn.close()
-
-    def _forget_all(self) -> list[Any]:
-        """Every connection of this process, forgotten (each thread opens anew
-        at its next call): the caller closes them, under the guard."""
-        with self._all_lock:
-            conns, self._all = self._all, []
-        self._local = threading.local()
-        self._appender = None
-        return conns
-
-    def _after_fork(self) -> None:
-        self._forget_inherited(self._all)
-        self._all = []
-        self._all_lock = threading.Lock()
-        self._local = threading.local()
-        self._appender = None
-        self._append_lock = threading.Lock()  # may have been held by a thread the child lacks
-        self._pid = os.getpid()
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
@@ -380,23 +292,6 @@ class SQLStore:
             self._exec(conn, "bump", {"key": META_PREFIX + counter, "by": by})
 
     # -- lifecycle ------------------------------------------------------------------
-
-    def close_thread(self) -> None:
-        """Close the calling thread's connection (worker threads, as they exit)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None or self._pid != os.getpid():
-            return
-        with self._guard():
-            self._drop(conn)
-
-    def close(self) -> None:
-        """Close every connection this process opened (call once its threads are done)."""
-        if self._pid != os.getpid():
-            self._after_fork()
-            return
-        with self._guard():
-            for conn in self._forget_all():
-                conn.close()
 
     def __enter__(self) -> Any:
         return self

@@ -300,6 +300,14 @@ class EventStore(SQLStore):
         self._drop_unfit(conn)
         return False
 
+    def _drop(self, conn: sqlite3.Connection) -> None:
+        self._files.pop(id(conn), None)
+        super()._drop(conn)
+
+    def _forget_all(self) -> list[Any]:
+        self._files.clear()
+        return super()._forget_all()
+
     def _transaction(self, conn: sqlite3.Connection) -> AbstractContextManager[Any]:
         return _immediate(conn)
 
@@ -341,6 +349,7 @@ class EventStore(SQLStore):
 
     def _forget_inherited(self, conns: list[Any]) -> None:
         _inherited.extend(conns)
+        self._files.clear()
 
     def __enter__(self) -> EventStore:
         return self
