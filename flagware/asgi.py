@@ -318,19 +318,22 @@ def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
 
 def _private(message: Message, *, vary: bool) -> Message:
     """The response start with the caching headers of a response that depends
-    on its visitor (request.vary_cookie, request.PRIVATE)."""
+    on its visitor (request.varies_by_cookie, request.PRIVATE)."""
     headers = list(message.get("headers", ()))
-    varied, cached = not vary, False
+    varied, cached, first = not vary, False, -1
     for i, (key, value) in enumerate(headers):
         name = key.lower()
         if name == b"cache-control":
             cached = True
-        elif name == b"vary" and not varied:
-            varied = True
-            patched = request.vary_cookie(value.decode("latin-1"))
-            if patched is not None:
-                headers[i] = (key, patched.encode("latin-1"))
-    if not varied:
+        elif name == b"vary" and not varied:  # any of its lines may name Cookie
+            if request.varies_by_cookie(value.decode("latin-1")):
+                varied = True
+            elif first < 0:
+                first = i
+    if not varied and first >= 0:
+        key, value = headers[first]
+        headers[first] = (key, value + b", Cookie")
+    elif not varied:
         headers.append((b"vary", b"Cookie"))
     if not cached:
         headers.append((b"cache-control", request.PRIVATE.encode()))

@@ -119,18 +119,21 @@ class _EnvironFlags(Flags):
 
 def _private(headers: list[tuple[str, str]], *, vary: bool) -> None:
     """The caching headers of a response that depends on its visitor
-    (request.vary_cookie, request.PRIVATE)."""
-    varied, cached = not vary, False
+    (request.varies_by_cookie, request.PRIVATE)."""
+    varied, cached, first = not vary, False, -1
     for i, (key, value) in enumerate(headers):
         name = key.lower()
         if name == "cache-control":
             cached = True
-        elif name == "vary" and not varied:
-            varied = True
-            patched = request.vary_cookie(value)
-            if patched is not None:
-                headers[i] = (key, patched)
-    if not varied:
+        elif name == "vary" and not varied:  # any of its lines may name Cookie
+            if request.varies_by_cookie(value):
+                varied = True
+            elif first < 0:
+                first = i
+    if not varied and first >= 0:
+        key, value = headers[first]
+        headers[first] = (key, f"{value}, Cookie")
+    elif not varied:
         headers.append(("Vary", "Cookie"))
     if not cached:
         headers.append(("Cache-Control", request.PRIVATE))

@@ -144,18 +144,19 @@ def read_flags(flags: Flags) -> bool:
     return flags._gates is not None or flags._configs is not None
 
 
-def vary_cookie(vary: str | None) -> str | None:
-    """The ``Vary`` value of a response that read flags, or None to leave it.
+def varies_by_cookie(vary: str) -> bool:
+    """Whether a ``Vary`` line names Cookie already (or ``*``).
 
-    Its content depends on the visitor, whom the cookies name (flagware's
-    stableID, the app's session): a shared cache keyed on the URL alone
-    served one visitor's group to the next (a Flask trial). Django's
-    SessionMiddleware says the same for a page that read the session.
+    A response that read flags varies by Cookie: its content depends on the
+    visitor, whom the cookies name (flagware's stableID, the app's session),
+    and a shared cache keyed on the URL alone served one visitor's group to
+    the next (a Flask trial). Django's SessionMiddleware says the same for a
+    page that read the session. The adapters add Cookie to the first
+    ``Vary`` line unless one of the lines names it (a response may send
+    several).
     """
-    if vary is None:
-        return "Cookie"
     said = {v.strip().lower() for v in vary.split(",")}
-    return None if "cookie" in said or "*" in said else f"{vary}, Cookie"
+    return "cookie" in said or "*" in said
 
 
 # A response that depends on its visitor (a flag read, a new visitor's stableID

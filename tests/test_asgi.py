@@ -512,6 +512,16 @@ def test_a_response_that_read_flags_varies_by_cookie(make_client: Any) -> None:
     plain_headers = dict(run_asgi(wrapped, http_scope("/plain"), body)[0]["headers"])
     assert b"vary" not in plain_headers and b"cache-control" not in plain_headers
 
+    async def two_lines(scope: Any, receive: Any, send: Any) -> None:
+        current_flags().gate("everyone")
+        lines = [(b"vary", b"Accept-Encoding"), (b"vary", b"cookie")]
+        await send({"type": "http.response.start", "status": 200, "headers": lines})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    # A raw app's two Vary lines, the second naming Cookie: not named again (a trial).
+    sent = run_asgi(FlagwareMiddleware(two_lines, client), http_scope("/"), body)[0]["headers"]
+    assert [v for k, v in sent if k == b"vary"] == [b"Accept-Encoding", b"cookie"]
+
 
 def test_a_mounted_sub_app_wrapped_twice_shares_one_flags(make_client: Any) -> None:
     client = make_client()

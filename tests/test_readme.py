@@ -256,3 +256,23 @@ def test_switching_to_statsig_as_written_keeps_each_visitors_user_id(
         switched = run(["bash", "-euc", script], app, STATSIG_API=stub.url)
     assert switched.returncode == 0, switched.stderr
     assert switched.stdout.split() == ["statsig", user_id]
+
+
+def test_the_fastapi_templates_snippet_gives_every_template_the_flags(sandbox: Path) -> None:
+    """A FastAPI trial found no word on templates: the README's context processor
+    puts the request's Flags in the template's context, as Flask's extension does."""
+    check = (
+        "from fastapi.testclient import TestClient\n"
+        "from flagware import Flags\n"
+        "import fastapi_templates as m\n"
+        "with TestClient(m.app) as client:\n"
+        "    page = client.get('/signup')\n"
+        "assert page.status_code == 200, page.text\n"
+        "assert isinstance(page.context['flags'], Flags), page.context\n"
+        "color = page.context['flags'].experiment('button_color').get('color', 'blue')\n"
+        "assert f'background: {color}' in page.text, page.text\n"
+        "print(color)\n"
+    )
+    result = run([sys.executable, "-c", check], sandbox)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
