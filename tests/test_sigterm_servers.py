@@ -59,6 +59,7 @@ PER_THREAD = 10
 BROWSER = {"User-Agent": "Mozilla/5.0 Firefox/121"}
 
 APP = """
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -77,13 +78,14 @@ Path(f"loaded-{os.getpid()}").touch()  # this process has loaded the app
 
 
 @log_event("visited")
-def work(uid):
+def work(uid, pause=True):
     flags = current_flags()
     flags.gate("everyone")
     flags.log_event("hit", metadata={"uid": uid})
     if uid.startswith("slow"):
         Path(os.environ["SLOW_MARK"]).write_text(uid)  # in flight now
-        time.sleep(1.5)
+        if pause:
+            time.sleep(1.5)
     return "ok"
 
 
@@ -104,7 +106,10 @@ async def asgi_view(scope, receive, send):
     if scope["type"] != "http":
         raise RuntimeError(f"{scope['type']} is not supported")
     query = scope["query_string"].decode()
-    body = b"pong" if query == "ping" else work(query).encode()
+    waits = query.startswith("slow") and os.environ.get("SLOW_ASYNC")  # the loop runs on
+    body = b"pong" if query == "ping" else work(query, pause=not waits).encode()
+    if waits:
+        await asyncio.sleep(1.5)
     headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -295,11 +300,13 @@ def run_and_terminate(
     every_process: bool = False,
     around_signal: tuple[Callable[[], None], Callable[[], None]] | None = None,
     env: dict[str, str] | None = None,
+    slow_answered: list[float] | None = None,
 ) -> tuple[set[str], int, float, str]:
     """Serve, fire requests, SIGTERM at once (to the server, or to every process
     of it as systemd and pkill do); the uids answered 2xx, the exit code, the
     seconds from the signal to the exit and the server's output.
-    ``around_signal``: what to do just before the signal and just after it."""
+    ``around_signal``: what to do just before the signal and just after it;
+    ``slow_answered`` gets the seconds from the signal to the slow request's answer."""
     proc, port = serve(name, tmp_path, store, env or {})
     graceful = SERVERS[name][1]
     ok: set[str] = set()
@@ -313,7 +320,13 @@ def run_and_terminate(
         slow_thread = None
         if graceful:  # one request in flight at the signal: it finishes, its events count
             mark = tmp_path / "slow"
-            slow_thread = threading.Thread(target=lambda: slow.update(slow=get(port, "slow")))
+
+            def slow_request() -> None:
+                slow["slow"] = get(port, "slow")
+                answered.append(time.monotonic())
+
+            answered: list[float] = []
+            slow_thread = threading.Thread(target=slow_request)
             slow_thread.start()
             deadline = time.monotonic() + 30
             while not mark.exists() and time.monotonic() < deadline:
@@ -340,6 +353,8 @@ def run_and_terminate(
             slow_thread.join(30)
             assert slow == {"slow": 200}, "a graceful server must finish the request in flight"
             ok.add("slow")
+            if slow_answered is not None:
+                slow_answered.append(answered[0] - signalled)
         output = proc.communicate(timeout=60)[0].decode()
         took = time.monotonic() - signalled
     finally:
@@ -456,6 +471,33 @@ def test_a_uvicorn_worker_stopped_while_the_database_is_away_waits_for_it(
             cluster.pg_ctl("start")  # already running unless the timer failed
     assert code == EXIT["uvicorn-workers"]
     kinds, hits = stored_hits(postgres_url)
+    assert hits == len(ok)
+    assert kinds == {"statsig::gate_exposure": len(ok), "hit": len(ok), "visited": len(ok)}
+
+    # The event loop serves on while the events wait for the database: an
+    # async request in flight at the signal answered after the wait (2.5 s).
+    (tmp_path / "slow").unlink()
+    answered: list[float] = []
+    serving = postgres.database()
+    try:
+        ok, code, took, _ = run_and_terminate(
+            "uvicorn-workers",
+            tmp_path,
+            serving,
+            around_signal=(
+                lambda: cluster.pg_ctl("stop"),
+                lambda: threading.Timer(2.5, cluster.pg_ctl, ("start",)).start(),
+            ),
+            env={"SLOW_ASYNC": "1"},
+            slow_answered=answered,
+        )
+    finally:
+        time.sleep(3)
+        with contextlib.suppress(RuntimeError):
+            cluster.pg_ctl("start")
+    assert code == EXIT["uvicorn-workers"]
+    assert answered[0] < 2.0, f"the request in flight answered {answered[0]:.1f} s after SIGTERM"
+    kinds, hits = stored_hits(serving)
     assert hits == len(ok)
     assert kinds == {"statsig::gate_exposure": len(ok), "hit": len(ok), "visited": len(ok)}
 

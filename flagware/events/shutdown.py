@@ -94,21 +94,43 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
             # thread was interrupted in: a 5 s stop instead of 0.4 s, measured.
             return
         _handling = True
-        try:
-            _handle(signum, frame)
-        finally:
-            _handling = False
+        loop = _running_loop() if callable(previous) else None
+        if loop is None:
+            try:
+                _handle(signum, frame)
+            finally:
+                _handling = False
+            return
 
-    def _handle(signum: int, frame: Any) -> None:
+        # An event loop runs in this thread (uvicorn's worker processes and
+        # gunicorn's uvicorn worker hand SIGTERM to a handler of their own):
+        # storing waits for a store that refuses writes, for up to
+        # shutdown_timeout, and the whole loop stood still meanwhile, the
+        # requests in flight with it. The wait goes to a thread, and the
+        # server's handler runs on the loop once it is done, as before.
+        def in_thread() -> None:
+            global _handling
+            try:
+                _handle(signum, None, lambda: loop.call_soon_threadsafe(previous, signum, None))
+            finally:
+                _handling = False
+
+        draining_now()
+        threading.Thread(target=in_thread, name="flagware-sigterm", daemon=True).start()
+
+    def draining_now() -> None:
         global draining
+        # The server shuts down gracefully: requests in flight still log
+        # events (a success event is released when its response starts),
+        # and a server may end the process without exit handlers (uvicorn's
+        # worker processes re-raise SIGTERM with its default action once
+        # they are done). So each event is stored as it is logged from now on.
+        draining = True
+
+    def _handle(signum: int, frame: Any, hand_on: Callable[[], None] | None = None) -> None:
         chained = callable(previous)
         if chained:
-            # The server shuts down gracefully: requests in flight still log
-            # events (a success event is released when its response starts),
-            # and a server may end the process without exit handlers (uvicorn's
-            # worker processes re-raise SIGTERM with its default action once
-            # they are done). So each event is stored as it is logged from now on.
-            draining = True
+            draining_now()
         for client in list(clients()):
             try:
                 if chained:  # stored now, while the store is away too: nothing later might
@@ -118,7 +140,9 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
                     client.close()
             except Exception:
                 log.exception("flagware: storing events on SIGTERM failed")
-        if callable(previous):
+        if hand_on is not None:
+            hand_on()
+        elif callable(previous):
             previous(signum, frame)
         else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -126,6 +150,17 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     _sigterm_installed = True
+
+
+def _running_loop() -> Any:
+    """The asyncio event loop running in this thread, or None."""
+    asyncio: Any = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 _child_exit_pids: set[int] = set()  # the processes close_at_child_exit registered in
