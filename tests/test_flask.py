@@ -315,6 +315,19 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
         flags.log_event("logged_in")
         return "ok"
 
+    @app.post("/logout-logged")
+    @log_event("logged_out")  # logged after the view: the account is gone by then
+    def logout_logged() -> str:
+        session.pop("account")
+        return "ok"
+
+    @app.post("/logout-kept")
+    @log_event("logged_out")
+    def logout_kept() -> str:
+        current_flags().user_id  # the README's advice: the IDs fixed before logging out
+        session.pop("account")
+        return "ok"
+
     fw = get_client(app)
     try:
         browser = app.test_client()
@@ -326,6 +339,9 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
         browser.post("/logout", headers=headers)
         assert browser.get("/signup", headers=headers).text == before
         browser.post("/read-then-login", headers=headers)
+        browser.post("/logout-logged", headers=headers)
+        browser.post("/login", headers=headers)
+        browser.post("/logout-kept", headers=headers)
         fw.flush()
         events = [e for e in fw.store.iter_events() if e["event"] != "statsig::gate_exposure"]
         stable = {e["stable_id"] for e in events}
@@ -339,6 +355,8 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
             ("signed_up", "acct-1"),
             # logged out: the anonymous key was seen within the window, not exposed again
             ("logged_in", anonymous),  # logged in after the request's first read
+            ("logged_out", anonymous),
+            ("logged_out", "acct-1"),
         ]
     finally:
         fw.close()
