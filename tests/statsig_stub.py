@@ -22,7 +22,8 @@ Faults (all thread-safe, all may be combined):
   without answering (the one case that can make a client send twice);
 - ``blackhole_for(seconds)``: read the request, never record or answer, close
   after ``seconds`` (a request lost on the way);
-- ``specs_status``: answer every specs request (v1 and v2) with this status.
+- ``specs_status``: answer every specs request (v1 and v2) with this status;
+- ``specs_body``: answer every specs request with 200 and these bytes (not JSON).
 
 Use it as a context manager, through the ``statsig_stub`` fixture, or as a
 separate process: ``python tests/statsig_stub.py`` prints its base URL.
@@ -88,6 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "/download_config_specs/" in self.path and stub.specs_status is not None:
             stub.spec_failures += 1
             self._reply(stub.specs_status, {"error": "injected failure"})
+        elif "/download_config_specs/" in self.path and stub.specs_body is not None:
+            self._reply(200, stub.specs_body)
         elif self.path.startswith("/v1/download_config_specs/"):
             if stub.secret is not None and f"/{stub.secret}.json" not in self.path:
                 self._reply(401, {"message": "Invalid key provided"})
@@ -146,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(202, {"success": True})
 
     def _reply(self, status: int, document: Any) -> None:
-        data = json.dumps(document).encode()
+        data = document if isinstance(document, bytes) else json.dumps(document).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -167,6 +170,7 @@ class StatsigStub:
         self.latency = 0.0
         self.specs_latency = 0.0  # seconds before a v2 specs answer
         self.specs_status: int | None = None  # set: every specs request (v1, v2) gets it
+        self.specs_body: bytes | None = None  # set: every specs request gets it, with 200
         self.spec_failures = 0  # specs requests answered with specs_status
         self.received: list[Received] = []
         self.requests = 0  # log_event requests, whatever the answer

@@ -320,6 +320,44 @@ def test_an_http_error_during_a_refusal_does_not_end_it(
     assert len([line for line in said if "works again" in line]) == 1
 
 
+def test_specs_core_refuses_after_an_outage_do_not_end_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statsig away at start, then specs Core refuses: the log said "works again"
+    as they came (defaults were served throughout), and Core logged its error
+    again at every download (a trial: ten lines in 50 s from two workers)."""
+    from flagware.engine import core_specs
+
+    monkeypatch.setattr(core_specs, "SYNC_INTERVAL", 0.2)
+    switch = _break_v2(monkeypatch)
+    caplog.set_level(logging.INFO)
+    with StatsigStub(dcs=compile_dcs(parse_spec(NEW_SIGNUP_OFF))) as stub:
+        _turn_new_signup_on(stub)
+        switch(True)
+        stub.specs_status = 500
+        client = _core_on_statsig(stub.url, tmp_path, init_timeout=0.5)
+        engine = client.engine
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
+        stub.specs_status = None  # the refused specs from now on
+        time.sleep(4)  # about 20 downloads, Core reading its store every 1 s
+        specs_log = engine.specs_log()
+        assert specs_log is not None and specs_log.failing
+        assert engine.gate(engine.user({"userID": "u"}), "new_signup").value is False
+        said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+        assert not any("works again" in line for line in said), said
+        core_errors = [r for r in caplog.records if r.name == "flagware.core"]
+        assert 1 <= len(core_errors) <= 2, [r.getMessage() for r in core_errors]
+        switch(False)
+        assert _sees_new_signup_on(client), "the mended specs never reached Core"
+        deadline = time.monotonic() + 5
+        while specs_log.failing and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert len([line for line in said if "could not download Statsig specs" in line]) == 1
+    assert len([line for line in said if "works again" in line]) == 1
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_downloads_specs_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -300,6 +300,41 @@ def test_a_worker_whose_backlog_another_drained_logs_its_next_outage(
     assert_exact(stub, logged)
 
 
+def test_a_send_overtaken_by_a_delivery_fails_without_a_new_outage(
+    pipeline: Callable[..., Pipeline], stub: StatsigStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send in flight while the API hung, timing out after another send had
+    gone through: the log said "delivery failed" after "recovered", an outage
+    that never was (a trial: up to 30 s later, once or twice a worker)."""
+    caplog.set_level(logging.INFO, logger="flagware")
+
+    def lines(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    _store, writer, delivery = pipeline(concurrency=2, request_timeout=2, retry_min=0.2)
+    stub.latency = 3.0  # the API hangs: this send times out at 2 s
+    logged = log_many(writer, 3, "a")
+    writer.flush()
+    assert _until(lambda: stub.requests >= 1)
+    stub.latency = 0.0
+    stub.fail_next(1, 503)  # an outage met and ended by the other thread
+    logged += log_many(writer, 3, "b")
+    writer.flush()
+    assert _until(lambda: bool(lines("recovered")))
+    assert len(lines("delivery failed")) == 1  # the 503
+    assert delivery.drain(10)  # the hung batch too, sent again after its timeout
+    assert_exact_at_least_once(stub, logged)
+    assert len(lines("delivery failed")) == 1 and len(lines("recovered")) == 1
+    assert delivery.problem() is None
+
+
+def assert_exact_at_least_once(stub: StatsigStub, logged: list[str]) -> None:
+    """Every event delivered; the hung batch may have been accepted twice (its
+    first send reached the API, which answered after the timeout)."""
+    ids = stub.ids()
+    assert not set(logged) - set(ids), "lost"
+
+
 def _connections(admin_url: str, database: str, allowed: bool) -> None:
     """Cut a database's sessions and refuse new ones (as if the server were
     stopped, without stopping the suite's server), or let them in again."""

@@ -324,7 +324,7 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
     @app.post("/logout-kept")
     @log_event("logged_out")
     def logout_kept() -> str:
-        current_flags().user_id  # the README's advice: the IDs fixed before logging out
+        _ = current_flags().user_id  # the README's advice: the IDs fixed before logging out
         session.pop("account")
         return "ok"
 

@@ -180,6 +180,32 @@ def test_a_legacy_spec_download_outage_is_one_line_and_one_on_recovery(
 
 
 @pytest.mark.parametrize("engine", ["legacy", "core"])
+def test_specs_that_are_not_json_are_said_in_one_line(
+    stub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, engine: str
+) -> None:
+    """A parser's error quoted the body over four lines (a trial's relay
+    answering 200 with a broken document); a log line is one line."""
+    caplog.set_level(logging.INFO)
+    stub.specs_body = b'{"this is": not json\n\n  at all'
+    fw = Flagware(
+        statsig_secret="secret-test",
+        statsig_api=stub.url,
+        hash_key="k",
+        engine=engine,
+        event_store=tmp_path / "e.db",
+        init_timeout=1,
+    )
+    try:
+        engine_ = fw.engine
+        assert engine_.gate(engine_.user({"userID": "u"}), "anything").value is False
+        _until(lambda: any("could not download" in r.getMessage() for r in caplog.records))
+    finally:
+        fw.close()
+    [said] = [r.getMessage() for r in caplog.records if "could not download" in r.getMessage()]
+    assert "\n" not in said and "serving defaults until a download works" in said, said
+
+
+@pytest.mark.parametrize("engine", ["legacy", "core"])
 def test_under_the_test_isolation_no_download_is_said_to_have_failed(
     stub: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:

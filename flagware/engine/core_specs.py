@@ -20,6 +20,7 @@ import gzip
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import quote
@@ -80,6 +81,7 @@ class SpecsDownload:
         self.refused: Callable[[Specs], bool | None] | None = None
         self._taken: Specs | None = None
         self._pending = False  # Core refused specs, and serves none downloaded since
+        self._refused_text: str | None = None  # the last specs Core refused
         self.log = SpecsLog(self.base)
         self._late = False  # the first download outlasted the wait for it
         self._first_lock = threading.Lock()
@@ -97,14 +99,35 @@ class SpecsDownload:
         if found is None and self._pending and self.specs is self._taken:
             self._pending = False  # nothing newer than what Core serves: all is served
             refused = False
-        if refused is False:  # else the outage goes on until Core serves what comes
-            self.log.worked()
         last = self.specs
         # The same specs again (a proxy that ignores sinceTime) stay the same
         # object, which Core's store hands over once.
-        if found is not None and not (last is not None and found.time and found.time == last.time):
+        same = last is not None and found is not None and found.time and found.time == last.time
+        fresh = found is not None and not same
+        if fresh and found is not None and found.document == self._refused_text:
+            # Refused already: handed again, Core logged the same error at every
+            # download (a trial: ten lines in 50 s from two workers). Counted.
+            self.log.failed(REFUSED, have_specs=self._taken is not None)
+            return True
+        if fresh:
             self.specs = found
+            if self.log.failing and self.refused is not None:
+                # An outage ends when Core serves what came, not when it came: a
+                # download after one brought specs Core then refused, and the log
+                # said "works again" first (a trial).
+                refused = self._verdict()
+        if refused is False:  # else the outage goes on until Core serves what comes
+            self.log.worked()
         return True
+
+    def _verdict(self) -> bool | None:
+        """``_check_taken`` once Core has read the specs just handed (it reads its
+        store every ``POLL_MS``), or None if it has not within three reads."""
+        deadline = time.monotonic() + 3 * POLL_MS / 1000
+        while (verdict := self._check_taken()) is None and time.monotonic() < deadline:
+            if self._stop.wait(0.1):
+                break
+        return verdict
 
     def _check_taken(self) -> bool | None:
         """Whether Core refused the last specs it was handed (None: not handed
@@ -138,6 +161,7 @@ class SpecsDownload:
                 return None
             self._pending = False
             return False
+        self._refused_text = specs.document
         self.specs = self._taken  # handed to Core again (it serves them): harmless
         self._pending = True  # until Core serves specs downloaded after these
         self.log.failed(REFUSED, have_specs=self._taken is not None)

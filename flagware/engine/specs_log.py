@@ -33,6 +33,9 @@ class SpecsLog:
         return self.failing_since is not None
 
     def failed(self, reason: str, *, have_specs: bool, route: str = "") -> None:
+        # One line: a JSON parser's error quoted the body over four (a trial).
+        lines = reason.strip().splitlines()
+        reason = lines[0][:200] if lines else "no reason given"
         with self._lock:
             self.failures += 1
             self.last_reason = reason

@@ -366,11 +366,15 @@ class Delivery:
 
     def _send(self, rt: Runtime, sender: Sender, batch: Batch) -> None:
         body = wire_body(batch.payloads, rt.session_id, self.sdk)
+        started = time.monotonic()
         try:
             status, reply, retry_after = sender.post(
                 body, headers(self.secret, rt.session_id, batch.attempts, len(batch), self.sdk)
             )
         except (OSError, http.client.HTTPException) as exc:
+            if rt.outdated(started):  # overtaken by a send that went through: no outage
+                rt.leases.release(batch, failed=True)
+                return
             self._retry(rt, batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
             return
         if 200 <= status < 300:

@@ -68,6 +68,7 @@ class Runtime:
         self.problem: str | None = None
         self.refused = False
         self.retry_at = 0.0  # monotonic time before which nobody sends
+        self.succeeded_at = 0.0  # monotonic time of the last send that went through
         self.draining = 0
         self.inflight = 0  # threads between claim and settle
         self.claims = 0  # claims started, so a drain can tell none slipped past it
@@ -99,6 +100,7 @@ class Runtime:
             recovered = self.failures > 0
             self.failures = self.parks = 0
             self.retry_at = 0.0
+            self.succeeded_at = time.monotonic()
             self.problem, self.refused = None, False
         return recovered
 
@@ -155,6 +157,15 @@ class Runtime:
                 delay = max(delay, min(retry_after, cap))
             self.retry_at = max(self.retry_at, time.monotonic() + delay)
             return self.failures == 1
+
+    def outdated(self, started: float) -> bool:
+        """Whether a send that began at ``started`` was overtaken by one that
+        went through since: its failure (a timeout against an API that hung,
+        then came back) says nothing of the API now. Without this, the log said
+        "delivery failed" after "recovered", a second outage that never was
+        (a trial: up to 30 s later, once or twice a worker)."""
+        with self.lock:
+            return started < self.succeeded_at
 
     def note_failure(self, problem: str) -> None:
         """Keep a failed send's cause in the store for `flagware status`, until a
