@@ -83,8 +83,9 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def existing_store(location: str, command: str) -> Store | None:
-    """The store at ``location``, opened read-only, or None after a one-line message.
+def existing_store(location: str, command: str, *, as_json: bool = False) -> Store | None:
+    """The store at ``location``, opened read-only, or None after a one-line message
+    (with ``as_json``, also ``{"store", "error"}`` on stdout, for a monitor).
 
     Reading must not create an empty store where the user mistyped a path, nor
     add tables to (or switch the journal of) a database that is not ours.
@@ -92,6 +93,8 @@ def existing_store(location: str, command: str) -> Store | None:
     problem = not_a_store(location)
     if problem is not None:
         print(f"flagware {command}: {problem}", file=sys.stderr)
+        if as_json:  # a wrong password gave a monitor nothing to parse (a trial)
+            print(json.dumps({"store": redact(location), "error": problem}))
         return None
     return open_store(location, create=False)
 

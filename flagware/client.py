@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
-import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -21,13 +18,12 @@ from flagware.events.model import Event
 from flagware.events.shutdown import (
     close_at_child_exit,
     install_sigterm,
-    resolving_here,
-    warn_undelivered,
 )
 from flagware.events.store import Store, is_postgres_url, open_store, redact
 from flagware.events.writer import DEFAULT_MAX_QUEUE, STORE_FAILURE, EventWriter
 from flagware.failures import Failures
 from flagware.identity import country_table
+from flagware.lifecycle import Lifecycle, _close_all, _live_clients
 from flagware.overrides import overrides
 from flagware.settings import (
     DEFAULT_EVENT_STORE,
@@ -68,7 +64,7 @@ isolated_store: Callable[[], Path] | None = None
 TEST_HASH_KEY = "flagware-test-hash-key"
 
 
-class Flagware(NamedUsers):
+class Flagware(Lifecycle, NamedUsers):
     """One flagware client: an engine, an event store and, with Statsig, delivery.
 
     Every option can be passed explicitly; the ones that hold secrets or paths
@@ -331,17 +327,6 @@ class Flagware(NamedUsers):
         pending = self.writer.pending_drops()
         return replace(stats, queue_dropped=stats.queue_dropped + pending) if pending else stats
 
-    def flush(self, *, timeout: float = -1) -> None:
-        """Store everything queued so far (tests and the CLI use it); ``timeout``
-        bounds the wait for a flush already running."""
-        self.writer.flush(timeout=timeout)
-
-    def stopping(self) -> None:
-        """SIGTERM, handed on to the server's graceful shutdown: store what is
-        queued, trying again for up to ``shutdown_timeout`` s while the store
-        refuses writes (the server may end the process without closing it)."""
-        self.writer.stopping(self.shutdown_timeout)
-
     _shared_key: SharedKey | None = None
 
     def _got_hash_key(self, key: bytes) -> None:
@@ -357,73 +342,6 @@ class Flagware(NamedUsers):
         """Count an internal failure in ``errors`` and log it once per place and kind."""
         self.failures.report(exc, where)
 
-    def _reopened(self) -> None:
-        """Used again after close(): a second lifespan in one process (each
-        ``with TestClient(app)`` runs one) went on logging into a writer nobody
-        would close, so its events were lost at exit. Live again instead: the
-        next close, or exit, stores and delivers them."""
-        with self._lock:
-            self._closed = False
-        _live_clients.add(self)
-        _closed_clients.discard(self)
-        if self.delivery is not None:
-            self.delivery.reopen()
-
-    def close(self) -> None:
-        """Store everything queued and deliver it, for up to ``shutdown_timeout`` s
-        in all, and stop.
-
-        A client used again afterwards starts anew (its writer, SDK and
-        connections start on first use), and is closed again at exit."""
-        with self._lock:
-            closed, self._closed = self._closed, True
-        if closed:  # only what a read opened since (fw.store.iter_events() after close)
-            self.store.close()
-            return
-        _live_clients.discard(self)
-        _closed_clients.add(self)
-        # One budget for storing what is queued (tried again while the store is
-        # away) and delivering it; what is left of it, for the threads to stop.
-        deadline = time.monotonic() + self.shutdown_timeout
-        with resolving_here():  # gevent at exit: no thread for name lookups
-            self.writer.close(self.shutdown_timeout)
-            self.starts.record()
-            if self.delivery is not None:
-                try:
-                    if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
-                        warn_undelivered(self.delivery, self.shutdown_timeout)
-                finally:
-                    # What the drain left, and a second at least for the threads to
-                    # stop. A send still in flight then (a Statsig API that hangs) is
-                    # left to die with the process: its lease runs out and the batch
-                    # goes again, so a stop stays within a container's grace period.
-                    self.delivery.close(max(1.0, deadline - time.monotonic()))
-        self.engine.close()  # at most 2 s (engine.legacy, engine.core: SHUTDOWN_TIMEOUT)
-        self.store.close()
-
-    def __enter__(self) -> Flagware:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         engine = f"{self.engine_name}/{self.engine_sdk}"
         return f"<Flagware engine={engine} store={redact(self.event_store)!r}>"
-
-
-# Strong references: a client dropped without close() must still be flushed at exit.
-_live_clients: set[Flagware] = set()
-# Closed clients still referenced (a module's client after a test's lifespan
-# closed it): used again on the next request, so overrides are checked
-# against their specs while no client is live (flagware.testing).
-_closed_clients: weakref.WeakSet[Flagware] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for client in list(_live_clients):
-        try:
-            client.close()
-        except Exception:
-            log.exception("flagware: closing at exit failed")

@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 
 from flagware.events.writer import STORE_FAILURE
-from flagware.outages import describe, is_outage
+from flagware.outages import describe, is_outage, is_refusal
 
 log = logging.getLogger("flagware")
 
@@ -84,6 +84,13 @@ class Failures:
         # traceback of some twenty lines for each of up to five places. Which
         # store: SQLite's "unable to open database file" names none (a trial).
         at = f" at {self.store}" if self.store and where.startswith("event store") else ""
+        if is_refusal(exc):
+            # A wrong password, user or database name read as an outage that
+            # would pass (a Django trial): it will not, and the URL is the fix.
+            after = (
+                f"the database refuses this URL: check its user, password and database"
+                f" name; `flagware status` says the same. Meanwhile {after}"
+            )
         log.error(
             "flagware: %s failed%s: %s (%s; logged once, counted in Flagware.errors)",
             where,

@@ -4,7 +4,7 @@ that exception on one line: what failure logs and the command line both need.
 
 from __future__ import annotations
 
-__all__ = ["describe", "is_outage"]
+__all__ = ["describe", "is_outage", "is_refusal"]
 
 # DB-API errors that mean the database is away or refused, not that flagware
 # is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them), and
@@ -19,6 +19,18 @@ def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OSError):  # connections refused or reset, timeouts, a full disk
         return True
     return any(cls.__name__ in _OUTAGE_ERRORS for cls in type(exc).__mro__)
+
+
+# A server that answered and refused what the URL asks for (a wrong password,
+# user or database name): a mistake in the URL, which does not pass by itself
+# like an outage (libpq's connection errors carry no SQLSTATE to tell by).
+_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database refusing the URL's credentials or database."""
+    said = str(exc)
+    return "FATAL:" in said and any(refusal in said for refusal in _REFUSALS)
 
 
 def describe(exc: BaseException) -> str:

@@ -607,11 +607,11 @@ def test_a_database_out_of_reach_has_its_own_exit_code(
         assert f"flagware {command[0]}: cannot reach postgresql://nobody@" in said, said
         assert said.rstrip().endswith("try again once it is reachable") and said.count("\n") == 1
     # A server that answers and refuses the URL is a mistake in it, not an outage.
-    from flagware.events.store import _refused
+    from flagware.outages import is_refusal
 
     refused = 'connection failed: ... failed: FATAL:  database "polls_db" does not exist'
-    assert _refused(Exception(refused))
-    assert not _refused(Exception("FATAL:  the database system is starting up"))
+    assert is_refusal(Exception(refused))
+    assert not is_refusal(Exception("FATAL:  the database system is starting up"))
 
 
 def test_a_spec_in_the_app_package_is_pointed_at(

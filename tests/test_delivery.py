@@ -661,6 +661,23 @@ def test_status_as_json_with_the_store_away_still_prints_json(
     assert "try again once it is reachable" in err
 
 
+def test_status_as_json_prints_json_when_the_database_refuses_the_url(
+    postgres: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password or database name exits 2 (no outage: nothing to wait
+    for); a monitor parsing stdout got nothing then either (a Django trial)."""
+    from flagware.cli import main
+
+    base, _, query = postgres.admin_url.partition("?")
+    refused = f"{base.rpartition('/')[0]}/flagware_no_such_database?{query}"
+    assert main(["status", "--format", "json", "--store", refused]) == 2
+    out, err = capsys.readouterr()
+    figures = json.loads(out)
+    assert figures["store"] == refused and figures["error"].startswith(f"cannot open {refused}")
+    assert 'database "flagware_no_such_database" does not exist' in figures["error"]
+    assert err.startswith("flagware status: cannot open")
+
+
 def test_status_command_without_a_store(tmp_path: Path) -> None:
     class Args:
         store = str(tmp_path / "missing.db")

@@ -144,7 +144,7 @@ def test_an_unknown_override_points_at_the_test_under_other_overrides(client: An
 def test_an_override_made_before_any_client_is_checked_by_the_first(spec_file: Any) -> None:
     """Django makes its client at the first request, after the test's override."""
     from flagware import Flagware
-    from flagware.client import _closed_clients, _live_clients
+    from flagware.lifecycle import _closed_clients, _live_clients
 
     alive, closed = set(_live_clients), set(_closed_clients)
     _live_clients.clear()
@@ -185,7 +185,7 @@ def test_an_override_is_checked_against_a_client_a_lifespan_closed(spec_file: An
 
     from flagware import Flagware
     from flagware.asgi import FlagwareMiddleware as ASGIMiddleware
-    from flagware.client import _closed_clients, _live_clients
+    from flagware.lifecycle import _closed_clients, _live_clients
 
     async def page(request: Any) -> PlainTextResponse:
         return PlainTextResponse(str(current_flags().gate("new_signup")))
@@ -233,7 +233,7 @@ def test_a_closed_clients_other_groups_do_not_make_a_group_unknown(spec_file: An
     since, made a group the app's live spec has "unknown" to every later test
     (a new user's trial: the last spec read won the merge)."""
     from flagware import Flagware
-    from flagware.client import _closed_clients, _live_clients
+    from flagware.lifecycle import _closed_clients, _live_clients
 
     folder = spec_file.parent
     alive, closed = set(_live_clients), set(_closed_clients)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -381,3 +382,71 @@ def test_stopping_waits_for_a_store_that_is_briefly_away_then_says_what_is_left(
     writer.close(timeout=5)  # the SIGTERM waited it out already: one more try
     assert time.monotonic() - started < 1.5
     assert "12 events held in all could not be stored before exit: lost" in caplog.text
+
+
+@pytest.mark.parametrize("fault", ["refusal", "outage"])
+def test_a_store_that_refuses_writes_is_tried_less_and_less_often(
+    postgres: Any, fault: str, spec_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every flush tried the store, five connections a second a process: with a
+    wrong password PostgreSQL logged 3,299 refusals in a Django trial, and the
+    log line read as an outage that would pass. Tries now back off (to 2 s for
+    an outage, 30 s for a refusal), and a refusal says what to check."""
+    from flagware import Flagware
+
+    if fault == "refusal":  # the server answers: no such database
+        base, _, query = postgres.admin_url.partition("?")
+        url = f"{base.rpartition('/')[0]}/flagware_no_such_database?{query}"
+    else:  # nothing listens there
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"postgresql://flagware@127.0.0.1:{port}/flagware"
+    caplog.set_level(logging.ERROR, logger="flagware")
+    fw = Flagware(spec=spec_file, event_store=url, hash_key="k", handle_sigterm=False)
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 3.2:
+            fw.log_event("hit", user_id="u")  # keeps the queue busy, as requests would
+            time.sleep(0.01)
+        tries = fw.errors["event store"]
+    finally:
+        fw.writer.close(0)
+        fw.close()
+    # At 0.2 s a try, 16; backing off from 0.4 s: 0.4, 1.2, 2.8 (then 6 s or 4.8 s).
+    assert 2 <= tries <= 4, tries
+    [said] = [r.getMessage() for r in caplog.records if "event store failed" in r.getMessage()]
+    assert ("the database refuses this URL" in said) is (fault == "refusal"), said
+
+
+def test_flush_with_wait_says_what_it_could_not_store(
+    spec_file: Path, store_location: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RQ's worker ends each job with os._exit, and the README says to end a job
+    with fw.flush(): it returned at once, with nothing said, while the store
+    refused writes (a Django trial: 5 of 5 events lost). It returns what is
+    left, and with ``wait`` tries again for that long and says so."""
+    from flagware import Flagware
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    away = f"postgresql://flagware@127.0.0.1:{port}/flagware"
+    caplog.set_level(logging.ERROR, logger="flagware")
+    for location, left in ((store_location, 0), (away, 5)):
+        fw = Flagware(spec=spec_file, event_store=location, hash_key="k", handle_sigterm=False)
+        try:
+            for i in range(5):
+                fw.log_event("job_done", user_id=f"u{i}")
+            assert fw.flush() == left
+            started = time.monotonic()
+            assert fw.flush(wait=0.6) == left
+            assert (time.monotonic() - started >= 0.6) is bool(left)
+        finally:
+            fw.writer.close(0)
+            fw.close()
+    said = [r.getMessage() for r in caplog.records if "stored within" in r.getMessage()]
+    assert said == [
+        "flagware: 5 events could not be stored within 0.6 s (the store refuses writes); they"
+        " wait in this process's memory, and a process that ends now loses them"
+    ]

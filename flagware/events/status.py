@@ -53,10 +53,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = existing_store(args.store, "status")
+    as_json = getattr(args, "format", "text") == "json"
+    store = existing_store(args.store, "status", as_json=as_json)
     if store is None:
         return 2
-    as_json = getattr(args, "format", "text") == "json"
     with store:
         stats = DeliveryStats.from_store(store.stats())
         # For a monitor: an operator's trial had only the diagnostics page's HTML.

@@ -41,6 +41,7 @@ from flagware.events.model import Event
 from flagware.events.store import Store
 from flagware.events.store.base import event_row
 from flagware.locks import ProcessLock
+from flagware.outages import is_refusal
 from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
@@ -50,6 +51,11 @@ STORE_FAILURE = "event store"  # where a failed append is reported (Flagware.err
 # About 40 MB of events (~750 bytes each): a store outage of 25 s at 2,000
 # events/s per process before anything is dropped.
 DEFAULT_MAX_QUEUE = 50_000
+# The longest pause between the writer's tries while the store refuses writes:
+# an outage's end is found within 2 s; a database refusing the URL (a wrong
+# password) is asked every 30 s, and found fixed within that.
+RETRY_MAX = 2.0
+REFUSED_RETRY_MAX = 30.0
 
 Row = tuple[Any, ...]  # an event as the store inserts it (events.store.base.event_row)
 
@@ -90,6 +96,7 @@ class EventWriter:
         self.on_reopen = on_reopen
         self._closed_pid = -1  # the process that closed it, which may use it again
         self._failing_since: float | None = None  # monotonic time of the outage's first failure
+        self._refusing = False  # the last failure: the database refusing the URL
         self.on_start = on_start
         self.on_process = on_process
         self.max_queue = max(1, max_queue)
@@ -184,14 +191,26 @@ class EventWriter:
                 if self.on_error is not None:
                     self.on_error(exc, "writer start")
         due = time.monotonic() + self.flush_interval
+        failed = 0  # flushes in a row that the store refused
         while not stop.is_set():
             wake.wait(max(0.0, due - time.monotonic()))
             wake.clear()
             started = time.monotonic()
+            if failed and started < due:
+                continue  # backing off: a burst's wake-up waits too
             self.flush()
             # The next flush is due one interval after this one started, not
             # after it ended: a flush that ran long is followed at once.
-            due = started + self.flush_interval
+            if self._failing_since is None:
+                failed, pause = 0, self.flush_interval
+            else:
+                # A store that refuses writes is tried again less and less often:
+                # each try is a connection, and a wrong password made PostgreSQL log
+                # five refusals a second for every process (a trial: 3,299 lines).
+                failed += 1
+                cap = REFUSED_RETRY_MAX if self._refusing else RETRY_MAX
+                pause = min(cap, self.flush_interval * 2 ** min(failed, 16))
+            due = started + pause
 
     def flush(self, *, timeout: float = -1) -> int:
         """Store everything queued so far; returns how many events were stored.
@@ -276,6 +295,7 @@ class EventWriter:
             self.on_recovered()
 
     def _report(self, exc: BaseException) -> None:
+        self._refusing = is_refusal(exc)
         if self._failing_since is None:
             self._failing_since = time.monotonic()
         if self.on_error is not None:
@@ -309,7 +329,7 @@ class EventWriter:
             thread.join(timeout=5)
         # A SIGTERM that already waited out the timeout for this outage (see
         # stopping()): one more try, not a second wait.
-        left = self._store_within(0.0 if self._waited_out else timeout)
+        left = self.store_within(0.0 if self._waited_out else timeout)
         if left:  # the store still refuses writes: say what is lost, never silently
             # The total: any count a SIGTERM said is part of it (three lines
             # with overlapping counts read as three losses in a trial's log).
@@ -326,7 +346,7 @@ class EventWriter:
         SIGTERM, where close() would have waited for it."""
         if self._pid != os.getpid():
             return
-        left = self._store_within(timeout)
+        left = self.store_within(timeout)
         self._waited_out = bool(left)
         if left:
             log.error(
@@ -352,7 +372,7 @@ class EventWriter:
             self.waiting(),
         )
 
-    def _store_within(self, timeout: float) -> int:
+    def store_within(self, timeout: float) -> int:
         """Store what is queued, tried again while the store refuses writes for up
         to ``timeout`` s; how many events are left."""
         if self._flusher == threading.get_ident():

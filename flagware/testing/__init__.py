@@ -193,13 +193,13 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
         return self.root
 
     def __exit__(self, *exc_info: object) -> None:
-        from flagware import client
+        from flagware import client, lifecycle
 
         if client.isolated_store is self:
             client.isolated_store = None
         # Close what is still open before removing its stores, or exit would
         # write to them again.
-        for live in list(client._live_clients):
+        for live in list(lifecycle._live_clients):
             if live.isolated:
                 live.close()
         if self.root is not None:

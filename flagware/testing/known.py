@@ -50,7 +50,7 @@ def _check_known(
     test) or at the first caller outside this package (a ``with`` line, a
     fixture call).
     """
-    from flagware.client import _closed_clients, _live_clients
+    from flagware.lifecycle import _closed_clients, _live_clients
     from flagware.spec import did_you_mean
 
     # The live clients, and the closed ones still referenced: a module's client

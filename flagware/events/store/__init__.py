@@ -30,7 +30,7 @@ from flagware.events.store.sqlite import (
     fork_guard,
     fork_safe,
 )
-from flagware.outages import describe, is_outage
+from flagware.outages import describe, is_outage, is_refusal
 
 __all__ = [
     "COUNTERS",
@@ -60,16 +60,6 @@ Location = str | os.PathLike[str]
 class StoreUnavailable(Exception):
     """The store's database could not be reached (away, starting, stopping):
     no answer about the store either way, so worth trying again."""
-
-
-# A server that answered and refused what the URL asks for: a mistake in the
-# URL, not an outage (libpq's connection errors carry no SQLSTATE to tell by).
-_REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
-
-
-def _refused(exc: BaseException) -> bool:
-    said = str(exc)
-    return "FATAL:" in said and any(refusal in said for refusal in _REFUSALS)
 
 
 def open_store(location: Location, *, create: bool = True) -> Store:
@@ -111,7 +101,7 @@ def not_a_store(location: Location) -> str | None:
         try:
             found = store_exists(location)
         except Exception as exc:  # an unreachable server, a bad URL, no driver
-            if is_outage(exc) and not _refused(exc):
+            if is_outage(exc) and not is_refusal(exc):
                 raise StoreUnavailable(
                     f"cannot reach {redact(str(location))}: {describe(exc)}"
                 ) from exc
