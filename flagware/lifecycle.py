@@ -100,7 +100,7 @@ class Lifecycle:
         deadline = time.monotonic() + self.shutdown_timeout
         with resolving_here():  # gevent at exit: no thread for name lookups
             self.writer.close(self.shutdown_timeout)
-            if not self.writer.waiting():  # else the store is away, and said so: at exit,
+            if self.writer.failing_for() is None:  # else the store is away, and said so:
                 self.starts.record()  # "recorded after the next events" misled (a trial)
             if self.delivery is not None:
                 try:

@@ -1172,3 +1172,26 @@ def test_close_again_closes_what_a_read_opened_since(make_client: Any) -> None:
     assert client.store._all
     client.close()
     assert not client.store._all
+
+
+def test_closing_with_the_store_away_says_no_start_will_be_recorded_later(
+    make_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker stopped during a PostgreSQL outage said its events were lost,
+    then "experiment start record failed ... the start is recorded after the
+    next events are stored": not by a process that is exiting (a Django trial)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    caplog.set_level(logging.ERROR, logger="flagware")
+    client = make_client(
+        event_store=f"postgresql://flagware@127.0.0.1:{port}/flagware", shutdown_timeout=0.3
+    )
+    _expose(client, visitors=3)
+    assert client.starts.pending  # the experiment's start, noted and not stored
+    client.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert any("could not be stored" in line for line in said), said
+    assert not any("experiment start record" in line for line in said), said
