@@ -102,8 +102,9 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
                 _handling = False
             return
 
-        # An event loop runs in this thread (uvicorn's worker processes and
-        # gunicorn's uvicorn worker hand SIGTERM to a handler of their own):
+        # An event loop runs in this thread, and a handler of the server's
+        # waits for this one (uvicorn's worker processes load the app inside
+        # their signal handling):
         # storing waits for a store that refuses writes, for up to
         # shutdown_timeout, and the whole loop stood still meanwhile, the
         # requests in flight with it. The wait goes to a thread, and the
