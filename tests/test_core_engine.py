@@ -283,6 +283,23 @@ def test_specs_core_refused_are_downloaded_again_when_mended(
     assert any("download from" in line and "works again" in line for line in lines)
 
 
+def _mend_and_close(client: Flagware, switch: Callable[[bool], None]) -> None:
+    """Whole specs again: Core serves them, and the next download ends the outage."""
+    switch(False)
+    assert _sees_new_signup_on(client), "the mended specs never reached Core"
+    specs_log = client.engine.specs_log()
+    deadline = time.monotonic() + 5
+    while specs_log is not None and specs_log.failing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.close()
+
+
+def _one_outage_said(caplog: pytest.LogCaptureFixture) -> None:
+    said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
+    assert len([line for line in said if "could not download Statsig specs" in line]) == 1
+    assert len([line for line in said if "works again" in line]) == 1
+
+
 def test_an_http_error_during_a_refusal_does_not_end_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -309,15 +326,8 @@ def test_an_http_error_during_a_refusal_does_not_end_it(
         assert specs_log is not None and specs_log.failing
         said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
         assert not any("works again" in line for line in said)
-        switch(False)
-        assert _sees_new_signup_on(client), "the mended specs never reached Core"
-        deadline = time.monotonic() + 5
-        while specs_log.failing and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.close()
-    said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
-    assert len([line for line in said if "could not download Statsig specs" in line]) == 1
-    assert len([line for line in said if "works again" in line]) == 1
+        _mend_and_close(client, switch)
+    _one_outage_said(caplog)
 
 
 def test_specs_core_refuses_after_an_outage_do_not_end_it(
@@ -347,15 +357,8 @@ def test_specs_core_refuses_after_an_outage_do_not_end_it(
         assert not any("works again" in line for line in said), said
         core_errors = [r for r in caplog.records if r.name == "flagware.core"]
         assert 1 <= len(core_errors) <= 2, [r.getMessage() for r in core_errors]
-        switch(False)
-        assert _sees_new_signup_on(client), "the mended specs never reached Core"
-        deadline = time.monotonic() + 5
-        while specs_log.failing and time.monotonic() < deadline:
-            time.sleep(0.05)
-        client.close()
-    said = [r.getMessage() for r in caplog.records if r.name == "flagware"]
-    assert len([line for line in said if "could not download Statsig specs" in line]) == 1
-    assert len([line for line in said if "works again" in line]) == 1
+        _mend_and_close(client, switch)
+    _one_outage_said(caplog)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
