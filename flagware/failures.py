@@ -23,6 +23,8 @@ __all__ = ["LATE_STABLE_ID", "Failures", "describe", "is_outage"]
 # Flagware.errors key: a stableID minted once the response had started (see flags).
 LATE_STABLE_ID = "stableID after response start"
 
+REFUSED = "the database refusing the URL"  # a key of _reported, for every place
+
 # What a failure leaves in place, for its one log line. A store outage said
 # "serving defaults" while every flag was evaluated as usual.
 _AFTER_FAILURE = {
@@ -65,7 +67,11 @@ class Failures:
         in a trial's log)."""
         self.errors[where] += 1
         outage = is_outage(exc)
-        key = (where, None if outage else type(exc))
+        # A database refusing the URL is one cause wherever it is met: the
+        # store, the start check and the hash key check logged it three times
+        # in each process (a re-check trial).
+        refused = is_refusal(exc)
+        key = (REFUSED, None) if refused else (where, None if outage else type(exc))
         with self._lock:  # two threads failing at once logged it twice (a test's log)
             if key in self._reported:
                 return
@@ -83,14 +89,21 @@ class Failures:
         # what, and one line per place says it. A PostgreSQL outage printed a
         # traceback of some twenty lines for each of up to five places. Which
         # store: SQLite's "unable to open database file" names none (a trial).
-        at = f" at {self.store}" if self.store and where.startswith("event store") else ""
-        if is_refusal(exc):
+        if refused:
             # A wrong password, user or database name read as an outage that
             # would pass (a Django trial): it will not, and the URL is the fix.
-            after = (
-                f"the database refuses this URL: check its user, password and database"
-                f" name; `flagware status` says the same. Meanwhile {after}"
+            log.error(
+                "flagware: the event store's database refuses its URL, %s: %s (check its"
+                " user, password and database name; `flagware status` says the same)."
+                " Meanwhile %s; it is asked again every 30 s (logged once, counted in"
+                " Flagware.errors[%r])",
+                self.store,
+                describe(exc),
+                _AFTER_FAILURE[STORE_FAILURE],
+                where,
             )
+            return
+        at = f" at {self.store}" if self.store and where.startswith("event store") else ""
         log.error(
             "flagware: %s failed%s: %s (%s; logged once, counted in Flagware.errors)",
             where,
@@ -101,8 +114,10 @@ class Failures:
         log.debug("flagware: %s failed", where, exc_info=exc)
 
     def recovered(self, where: str) -> None:
-        """``where`` works again: its next failure is a new outage, logged again."""
-        self._reported = {key for key in self._reported if key[0] != where}
+        """``where`` works again: its next failure is a new outage, logged again
+        (and a refusal of the URL is over: the database took it)."""
+        with self._lock:
+            self._reported = {key for key in self._reported if key[0] not in (where, REFUSED)}
 
     def truncated_input(self, what: str) -> None:
         self.truncated[what] += 1

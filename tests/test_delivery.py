@@ -676,6 +676,7 @@ def test_status_as_json_prints_json_when_the_database_refuses_the_url(
     assert figures["store"] == refused and figures["error"].startswith(f"cannot open {refused}")
     assert 'database "flagware_no_such_database" does not exist' in figures["error"]
     assert err.startswith("flagware status: cannot open")
+    assert "check its user, password and database name" in err  # as the app's log says
 
 
 def test_status_command_without_a_store(tmp_path: Path) -> None:

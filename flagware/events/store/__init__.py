@@ -105,7 +105,12 @@ def not_a_store(location: Location) -> str | None:
                 raise StoreUnavailable(
                     f"cannot reach {redact(str(location))}: {describe(exc)}"
                 ) from exc
-            return f"cannot open {redact(str(location))}: {exc}"
+            hint = (
+                " (the database refuses this URL: check its user, password and database name)"
+                if is_refusal(exc)
+                else ""
+            )
+            return f"cannot open {redact(str(location))}: {describe(exc)}{hint}"
         if found:
             return None
         # Reached, but without flagware's tables: "no event store at" read as
