@@ -745,6 +745,17 @@ def test_check_values_flagware_would_refuse(
         )
 
 
+def test_check_names_the_environment_for_a_store_url_from_it(
+    spec_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL from $FLAGWARE_EVENT_STORE was reported as settings.FLAGWARE's (a trial)."""
+    monkeypatch.setenv("FLAGWARE_EVENT_STORE", "mysql://u:pw@h/db")
+    with override_settings(FLAGWARE={"spec": spec_file}):
+        [error] = checks.check_settings()
+    assert error.id == "flagware.E005"
+    assert error.msg.startswith("$FLAGWARE_EVENT_STORE: event_store mysql://u:***@h/db: mysql://")
+
+
 def test_check_lists_every_bad_value_and_a_bad_secret(spec_file: Path) -> None:
     """Only the first bad value was reported: a fix at a time, a restart each."""
     bad = {"spec": spec_file, "max_queue": 0, "tier": 5, "engine": "cor"}

@@ -75,7 +75,12 @@ def check_settings(
         engine_choice(options.get("engine"))
     except ConfigurationError as exc:
         problems.append(str(exc))
-    problems += _store_problems(options.get("event_store") or _env("FLAGWARE_EVENT_STORE"))
+    store = options.get("event_store")
+    if store:
+        problems += _store_problems(store)
+    else:  # from the environment: said so, not blamed on the settings (a trial)
+        env_problems = _store_problems(_env("FLAGWARE_EVENT_STORE"))
+        errors += [Error(f"$FLAGWARE_EVENT_STORE: {p}", id="flagware.E005") for p in env_problems]
     secret = options.get("statsig_secret")
     if isinstance(secret, str) and options.get("spec") is None:
         try:
