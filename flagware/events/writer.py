@@ -209,7 +209,9 @@ class EventWriter:
                 # five refusals a second for every process (a trial: 3,299 lines).
                 failed += 1
                 cap = REFUSED_RETRY_MAX if self._refusing else RETRY_MAX
-                pause = min(cap, self.flush_interval * 2 ** min(failed, 16))
+                pause = max(
+                    self.flush_interval, min(cap, self.flush_interval * 2 ** min(failed, 16))
+                )
             due = started + pause
 
     def flush(self, *, timeout: float = -1) -> int:
