@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 
 from flagware.events.writer import STORE_FAILURE
-from flagware.outages import describe, is_outage, is_refusal
+from flagware.outages import REFUSAL_HINT, describe, is_outage, is_refusal
 
 log = logging.getLogger("flagware")
 
@@ -93,12 +93,12 @@ class Failures:
             # A wrong password, user or database name read as an outage that
             # would pass (a Django trial): it will not, and the URL is the fix.
             log.error(
-                "flagware: the event store's database refuses its URL, %s: %s (check its"
-                " user, password and database name; `flagware status` says the same)."
-                " Meanwhile %s; it is asked again every 30 s (logged once, counted in"
-                " Flagware.errors[%r])",
+                "flagware: the event store's database refuses its URL, %s: %s (%s;"
+                " `flagware status` says the same). Meanwhile %s; it is asked again every"
+                " 30 s (logged once, counted in Flagware.errors[%r])",
                 self.store,
                 describe(exc),
+                REFUSAL_HINT,
                 _AFTER_FAILURE[STORE_FAILURE],
                 where,
             )

@@ -4,7 +4,7 @@ that exception on one line: what failure logs and the command line both need.
 
 from __future__ import annotations
 
-__all__ = ["describe", "is_outage", "is_refusal"]
+__all__ = ["REFUSAL_HINT", "describe", "is_outage", "is_refusal"]
 
 # DB-API errors that mean the database is away or refused, not that flagware
 # is wrong (sqlite3's and psycopg's; psycopg's timeouts subclass them), and
@@ -25,6 +25,10 @@ def is_outage(exc: BaseException) -> bool:
 # user or database name): a mistake in the URL, which does not pass by itself
 # like an outage (libpq's connection errors carry no SQLSTATE to tell by).
 _REFUSALS = ("does not exist", "authentication failed", "pg_hba.conf", "permission denied")
+
+
+# What a refusal's messages tell the user to check (the app's log, the CLI).
+REFUSAL_HINT = "check its user, password and database name"
 
 
 def is_refusal(exc: BaseException) -> bool:

@@ -85,7 +85,7 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
         return
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        global draining, _handling
+        global _handling
         if _handling:
             # Another SIGTERM while this one is handled: gunicorn's master sends
             # each worker one more, and systemd (KillMode=control-group) or
@@ -104,11 +104,10 @@ def install_sigterm(clients: Callable[[], Iterable[_Client]]) -> None:
 
         # An event loop runs in this thread, and a handler of the server's
         # waits for this one (uvicorn's worker processes load the app inside
-        # their signal handling):
-        # storing waits for a store that refuses writes, for up to
-        # shutdown_timeout, and the whole loop stood still meanwhile, the
-        # requests in flight with it. The wait goes to a thread, and the
-        # server's handler runs on the loop once it is done, as before.
+        # their signal handling). Storing waits for a store that refuses
+        # writes, for up to shutdown_timeout, and the whole loop stood still
+        # meanwhile, the requests in flight with it. The wait goes to a
+        # thread, and the server's handler runs on the loop once it is done.
         def in_thread() -> None:
             global _handling
             try:

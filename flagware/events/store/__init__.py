@@ -30,7 +30,7 @@ from flagware.events.store.sqlite import (
     fork_guard,
     fork_safe,
 )
-from flagware.outages import describe, is_outage, is_refusal
+from flagware.outages import REFUSAL_HINT, describe, is_outage, is_refusal
 
 __all__ = [
     "COUNTERS",
@@ -101,15 +101,12 @@ def not_a_store(location: Location) -> str | None:
         try:
             found = store_exists(location)
         except Exception as exc:  # an unreachable server, a bad URL, no driver
-            if is_outage(exc) and not is_refusal(exc):
+            refused = is_refusal(exc)
+            if is_outage(exc) and not refused:
                 raise StoreUnavailable(
                     f"cannot reach {redact(str(location))}: {describe(exc)}"
                 ) from exc
-            hint = (
-                " (the database refuses this URL: check its user, password and database name)"
-                if is_refusal(exc)
-                else ""
-            )
+            hint = f" (the database refuses this URL: {REFUSAL_HINT})" if refused else ""
             return f"cannot open {redact(str(location))}: {describe(exc)}{hint}"
         if found:
             return None
