@@ -1063,3 +1063,42 @@ def test_a_store_error_keeps_the_known_cause(pipeline: Callable[..., Pipeline]) 
     assert (delivery.problem(), rt.refused) == ("HTTP 401: check the server secret", True)
     rt.succeeded()
     assert (delivery.problem(), rt.refused) == (None, False)
+
+
+def test_a_step_begun_before_another_raised_is_no_recovery(
+    tmp_path: Path, stub: StatsigStub
+) -> None:
+    """A sender that claimed while the store was up, and finished after another
+    thread's step met the store away, said the outage was over: its next
+    failure was logged as a second outage (a CI run). Only a step begun after
+    the one that raised is news."""
+    failed: list[str] = []
+    recovered: list[str] = []
+    delivery = Delivery(
+        tmp_path / "events.db",
+        secret="secret-test",
+        api=stub.url,
+        on_error=lambda exc, where: failed.append(where),
+        on_recovered=recovered.append,
+    )
+    rt = delivery._runtime()
+    claimed, store_gone = threading.Event(), threading.Event()
+
+    def slow_step() -> bool:  # claimed before the store went away
+        claimed.set()
+        assert store_gone.wait(5)
+        return True
+
+    def broken_step() -> bool:
+        raise ConnectionError("the store is away")
+
+    earlier = threading.Thread(target=rt.step, args=(slow_step,))
+    earlier.start()
+    assert claimed.wait(5)
+    assert rt.step(broken_step) is None
+    store_gone.set()
+    earlier.join(5)
+    assert (failed, recovered) == (["statsig delivery"], [])
+    assert rt.step(lambda: False) is False  # begun after it: the store works again
+    assert recovered == ["statsig delivery"]
+    delivery.close()

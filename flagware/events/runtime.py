@@ -46,6 +46,7 @@ class Runtime:
         self.report = delivery._report
         self.on_recovered = delivery._on_recovered
         self.raised = False  # the last step raised: reported, and a recovery is news
+        self.raises = 0  # steps that raised, so a step can tell one raised while it ran
         self.lock = threading.Lock()
         self.wake = threading.Event()  # new events stored
         self.kick = threading.Event()  # a drain wants a retry now, not after the backoff
@@ -81,17 +82,26 @@ class Runtime:
         that the next failure is logged as a new outage: only a place's first
         failure is logged, and a second store outage under delivery was silent.
         """
+        with self.lock:
+            seen = self.raises
         try:
             busy = step()
         except Exception as exc:
             self.report(exc, DELIVERY_FAILURE)
             self.failed()
-            self.raised = True
+            with self.lock:
+                self.raised = True
+                self.raises += 1
             return None
-        if self.raised:
-            self.raised = False
-            if self.on_recovered is not None:
-                self.on_recovered(DELIVERY_FAILURE)
+        with self.lock:
+            # Only a step begun after the last one that raised is news: one begun
+            # before it (another thread's, its claim made while the store was
+            # still up) ended the outage just begun, logged twice (a CI run).
+            recovered = self.raised and seen == self.raises
+            if recovered:
+                self.raised = False
+        if recovered and self.on_recovered is not None:
+            self.on_recovered(DELIVERY_FAILURE)
         return busy
 
     def succeeded(self) -> bool:
