@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 from flagware.events.endpoint import Endpoint, http_problem
 from flagware.events.leases import DEFAULT_LEASE
 from flagware.events.runtime import DELIVERY_FAILURE, Runtime, log_failure
-from flagware.events.stats import DeliveryStats, failure_record
-from flagware.events.store import DELIVERED, PARKED, Batch, Store, open_store, redact
+from flagware.events.stats import DeliveryStats
+from flagware.events.store import DELIVERED, Batch, Store, open_store
 from flagware.events.wire import SDKS, Sender, headers
 from flagware.events.wire import body as wire_body
 from flagware.locks import ProcessLock
@@ -99,7 +99,6 @@ class Delivery:
             parts._replace(path=parts.path.rstrip("/") + "/log_event").geturl()
         )
         self.store_location = os.fspath(store)
-        self._where = redact(self.store_location)
         self.secret = secret
         self.api = api
         self.max_age = max_age
@@ -375,53 +374,20 @@ class Delivery:
             if rt.outdated(started):  # overtaken by a send that went through: no outage
                 rt.leases.release(batch, failed=True)
                 return
-            self._retry(rt, batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
+            rt.retry(batch, f"{type(exc).__name__}: {exc}{self._endpoint.route}", None)
             return
         if 200 <= status < 300:
             rt.leases.settle(batch, DELIVERED)  # clears the store's last failure too
             rt.delivered()
         elif status in RETRIED or status >= 500:
             problem = http_problem(status, self._endpoint.route)
-            self._retry(rt, batch, problem, retry_after, status in RETRIED_REFUSALS)
+            rt.retry(batch, problem, retry_after, status in RETRIED_REFUSALS)
         elif status == 413 and len(batch) > 1:
             with rt.lock:  # before the release, so no thread re-claims at the old size
                 rt.batch_size = max(1, min(rt.batch_size, len(batch)) // 2)
             rt.leases.release(batch, failed=False)
             log.warning("flagware: Statsig says the batch is too large; now %d", rt.batch_size)
         else:
-            self._park(rt, batch, status, reply)
-
-    # -- outcomes -----------------------------------------------------------------
-
-    def _retry(
-        self, rt: Runtime, batch: Batch, problem: str, after: float | None, refused: bool = False
-    ) -> None:
-        rt.leases.release(batch, failed=True)
-        # Recorded first: a thread of this process finding nothing to claim takes
-        # a failure whose record is missing as another process's delivery since.
-        rt.note_failure(problem)
-        if rt.failed(after, problem, refused):
-            log.warning(
-                "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
-                " with backoff",
-                problem,
-                self._where,
-            )
-
-    def _park(self, rt: Runtime, batch: Batch, status: int, reply: bytes) -> None:
-        detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
-        # A 403 gets the secret's hint, though parked: it may be about the payload.
-        problem = http_problem(status, f"{self._endpoint.route} ({detail})")
-        rt.leases.settle(batch, PARKED, failure_record(f"{problem}; parked"))
-        if rt.parked(problem):
-            # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
-            # and one line a batch would flood the log. The counter says the rest.
-            log.error(
-                "flagware: Statsig rejected %d events with %s; parked in %s (delivery = 2),"
-                " not retried, and so is every batch it rejects until it accepts one"
-                " (counted: `flagware status`); once the cause is fixed, `flagware"
-                " redeliver` sends them again",
-                len(batch),
-                problem,
-                self._where,
-            )
+            detail = reply[:300].decode("utf-8", "replace").strip() or "no body"
+            # A 403 gets the secret's hint, though parked: it may be about the payload.
+            rt.park(batch, http_problem(status, f"{self._endpoint.route} ({detail})"))

@@ -1,4 +1,5 @@
-"""One process's delivery state: its store, threads, leases and shared backoff.
+"""One process's delivery state: its store, threads, leases and shared backoff,
+and what a failed send leaves (given back to be retried, or parked).
 
 Made lazily by :class:`~flagware.events.delivery.Delivery` in the process
 that delivers, and never used in another: after a fork the child makes its own.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from flagware.events.leases import Leases
 from flagware.events.stats import failure_record
-from flagware.events.store import open_store
+from flagware.events.store import PARKED, Batch, open_store, redact
 from flagware.events.store.base import FAILURE_KEY
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Runtime:
     def __init__(self, delivery: Delivery) -> None:
         self.pid = os.getpid()
         self.store = open_store(delivery.store_location)
+        self.where = redact(delivery.store_location)  # for the log
         self.session_id = str(uuid.uuid4())
         self.batch_size = delivery.batch_size
         self.retry_min = delivery.retry_min
@@ -139,12 +141,39 @@ class Runtime:
                 " send were delivered by another process sharing the store)"
             )
 
-    def parked(self, problem: str) -> bool:
-        """A batch was parked; True for the first since a batch was accepted."""
+    def park(self, batch: Batch, problem: str) -> None:
+        """Statsig refused ``batch`` for good (a 4xx): kept aside, not sent again."""
+        self.leases.settle(batch, PARKED, failure_record(f"{problem}; parked"))
         with self.lock:
             self.parks += 1
             self.problem = problem
-            return self.parks == 1
+            first = self.parks == 1
+        if first:
+            # Once a run: a lasting 4xx (a relay's wrong path) parks every batch,
+            # and one line a batch would flood the log. The counter says the rest.
+            log.error(
+                "flagware: Statsig rejected %d events with %s; parked in %s (delivery = 2),"
+                " not retried, and so is every batch it rejects until it accepts one"
+                " (counted: `flagware status`); once the cause is fixed, `flagware"
+                " redeliver` sends them again",
+                len(batch),
+                problem,
+                self.where,
+            )
+
+    def retry(self, batch: Batch, problem: str, after: float | None, refused: bool = False) -> None:
+        """A send of ``batch`` failed: given back, to be sent again after a backoff."""
+        self.leases.release(batch, failed=True)
+        # Recorded first: a thread of this process finding nothing to claim takes
+        # a failure whose record is missing as another process's delivery since.
+        self.note_failure(problem)
+        if self.failed(after, problem, refused):
+            log.warning(
+                "flagware: Statsig delivery failed (%s); events stay in %s and are retried"
+                " with backoff",
+                problem,
+                self.where,
+            )
 
     def failed(
         self, retry_after: float | None = None, problem: str | None = None, refused: bool = False
