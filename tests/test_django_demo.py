@@ -138,7 +138,9 @@ class FlagwareRunner(DiscoverRunner):
 """
 
 
-def _django_test(tmp_path: Path, *args: str, settings: str = "demo.settings") -> str:
+def _django_test(
+    tmp_path: Path, *args: str, settings: str = "demo.settings", returncode: int = 0
+) -> str:
     env = demo_env(tmp_path)
     env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), str(DEMO), str(ROOT)]))
     env.update(DJANGO_SETTINGS_MODULE=settings)
@@ -153,7 +155,7 @@ def _django_test(tmp_path: Path, *args: str, settings: str = "demo.settings") ->
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == returncode, result.stderr
     return result.stderr
 
 
@@ -206,6 +208,33 @@ def test_parallel_workers_are_isolated_however_they_start(tmp_path: Path, start:
     assert "Ran 4 tests" in said
     assert not (tmp_path / "events.db").exists() and not (tmp_path / "hash_key").exists(), said
     assert list((tmp_path / "tmp").iterdir()) == []  # each worker removed its stores
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_parallel_workers_stopped_at_a_failure_remove_their_stores(
+    tmp_path: Path, start: str
+) -> None:
+    """``--failfast`` terminates the pool at the first failure (SIGTERM, past
+    atexit and multiprocessing's finalizers): every worker left its temporary
+    stores behind."""
+    failing = "\n\nclass FailingTests(SignupTests):\n    def test_signup(self):\n"
+    failing += "        super().test_signup()\n        self.fail('the signup page')\n"
+    (tmp_path / "parallel_tests.py").write_text(PARALLEL_TESTS + failing)
+    (tmp_path / "starting.py").write_text(
+        "import multiprocessing\nfrom demo.settings import *\n"
+        f"multiprocessing.set_start_method({start!r}, force=True)\n"
+    )
+    said = _django_test(
+        tmp_path,
+        "parallel_tests",
+        "--parallel",
+        "2",
+        "--failfast",
+        settings="starting",
+        returncode=1,
+    )
+    assert "the signup page" in said
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_wsgi_and_asgi_entry_points_import(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import signal
 import sys
 import threading
 import weakref
@@ -124,6 +126,30 @@ def _isolate_django_tests() -> None:
     atexit.register(end)
     if multiprocessing.parent_process() is not None:
         multiprocessing.util.Finalize(None, end, exitpriority=5)
+        _end_at_sigterm(end)
+
+
+def _end_at_sigterm(end: Callable[[], None]) -> None:
+    """A worker's isolation ends when SIGTERM kills it too.
+
+    ``test --parallel --failfast`` terminates the pool at the first failure
+    (SIGTERM), past atexit and multiprocessing's finalizers alike: each worker
+    that had isolated itself left its temporary stores behind. The clients'
+    own handler, installed after this one, stores their events and hands on.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # the test process has its own plans for SIGTERM
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        try:
+            end()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _set_client(client: Flagware | None) -> None:
