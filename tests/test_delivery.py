@@ -609,6 +609,7 @@ def test_status_command_prints_the_counts(
 
     assert status_run(Args()) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out
+    assert "stored:             31 events, the newest logged " in out
     assert "backlog:            1\n" in out
     assert "delivered:          30\n" in out
     assert "retried:            2 " in out
@@ -631,6 +632,8 @@ def test_status_says_when_nothing_was_for_statsig(
 
     assert status_run(Args()) == 0  # type: ignore[arg-type]
     out = capsys.readouterr().out
+    # Counted whatever the engine: a trial counted them with `flagware events | wc -l`.
+    assert "stored:             2 events, the newest logged 0.0 s ago\n" in out
     assert "backlog:            0\n" in out
     assert out.endswith(
         "note:               nothing here was logged for Statsig: the local"
@@ -640,6 +643,7 @@ def test_status_says_when_nothing_was_for_statsig(
     assert status_run(Args()) == 0  # type: ignore[arg-type]
     figures = json.loads(capsys.readouterr().out)
     assert figures["backlog"] == 0 and figures["queue_dropped"] == 0
+    assert figures["stored"] == 2
     assert figures["store"] == str(tmp_path / "local.db")
     with open_store(tmp_path / "local.db") as store:
         newest = next(store.iter_events(newest_first=True, limit=1))

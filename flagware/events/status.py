@@ -23,10 +23,10 @@ def add_parser(subparsers: Any) -> None:
     """Add ``flagware status`` and ``flagware redeliver`` to the ``flagware`` command."""
     parser = subparsers.add_parser(
         "status",
-        help="Statsig delivery: backlog, delivered, retried, dropped, parked",
-        description="How far delivery to Statsig has got, for every process sharing the"
-        " store (read-only): events waiting, delivered, retried, dropped and parked, and"
-        " the last failed send since a batch was delivered.",
+        help="events stored, and Statsig delivery: backlog, delivered, retried, dropped, parked",
+        description="How many events the store holds and how far delivery to Statsig has"
+        " got, for every process sharing the store (read-only): events waiting, delivered,"
+        " retried, dropped and parked, and the last failed send since a batch was delivered.",
     )
     add_store_argument(parser)
     parser.add_argument(
@@ -59,15 +59,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with store:
         stats = DeliveryStats.from_store(store.stats())
-        # For a monitor: an operator's trial had only the diagnostics page's HTML.
-        # The newest event's age says, from outside, that storing stopped.
-        newest = next(store.iter_events(newest_first=True, limit=1), None) if as_json else None
+        # How many events the store holds, whatever the engine: on the local one
+        # every delivery figure is 0, and a trial counted with `flagware events
+        # | wc -l`. For a monitor (an operator's trial had only the diagnostics
+        # page's HTML), the newest event's age says from outside that storing stopped.
+        stored = store.count()
+        newest = next(store.iter_events(newest_first=True, limit=1), None)
+    newest_time = None if newest is None else int(newest["time"])
     if as_json:
         figures = {"store": redact(args.store), **dataclasses.asdict(stats)}
-        figures["newest_event_time"] = None if newest is None else newest["time"]
+        figures["stored"] = stored
+        figures["newest_event_time"] = newest_time
         print(json.dumps(figures))
     else:
-        print(format_stats(stats, args.store))
+        print(format_stats(stats, args.store, stored, newest_time))
     return 0
 
 
@@ -91,9 +96,13 @@ def run_redeliver(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def format_stats(stats: DeliveryStats, location: str) -> str:
+def format_stats(stats: DeliveryStats, location: str, stored: int, newest_time: int | None) -> str:
+    held = f"{stored:,} event{'' if stored == 1 else 's'}"
+    if newest_time is not None:
+        held += f", the newest logged {format_age(max(0.0, time.time() - newest_time / 1000))} ago"
     rows = [
         ("store", redact(location)),
+        ("stored", held),
         ("backlog", f"{stats.backlog:,}"),
         ("delivered", f"{stats.delivered:,}"),
         ("retried", f"{stats.retried:,} (failed sends tried again)"),
