@@ -7,8 +7,12 @@ import math
 from scipy.optimize import brentq, minimize_scalar
 
 
-def brute_force_z(d: float, x_t: int, n_t: int, x_c: int, n_c: int, ratio: bool) -> float:
-    """The MN statistic with the restricted MLE found by numerical maximisation."""
+def brute_force_z(
+    d: float, x_t: int, n_t: int, x_c: int, n_c: int, ratio: bool, skew: bool = False
+) -> float:
+    """The MN statistic with the restricted MLE found by numerical maximisation;
+    with ``skew``, Laud's (2017) skewness-corrected one (SCAS), re-typed from
+    R's ratesci: the root of ``g Z**2 + Z - (z + g)``, quadratic formula as written."""
     p_t, p_c = x_t / n_t, x_c / n_c
     eps = 1e-12
 
@@ -30,14 +34,21 @@ def brute_force_z(d: float, x_t: int, n_t: int, x_c: int, n_c: int, ratio: bool)
     a, b = rates(r)
     scale = d if ratio else 1.0
     var = (a * (1 - a) / n_t + scale**2 * b * (1 - b) / n_c) * (n_t + n_c) / (n_t + n_c - 1)
-    return (p_t - (d * p_c if ratio else p_c + d)) / math.sqrt(var)
+    z = (p_t - (d * p_c if ratio else p_c + d)) / math.sqrt(var)
+    if not skew:
+        return z
+    mu3 = a * (1 - a) * (1 - 2 * a) / n_t**2 - scale**3 * b * (1 - b) * (1 - 2 * b) / n_c**2
+    g = mu3 / (6 * var**1.5)
+    if g == 0:
+        return z
+    return (-1 + math.sqrt(max(0.0, 1 + 4 * g * (z + g)))) / (2 * g)
 
 
 def brute_force_interval(
-    x_t: int, n_t: int, x_c: int, n_c: int, crit: float, ratio: bool
+    x_t: int, n_t: int, x_c: int, n_c: int, crit: float, ratio: bool, skew: bool = False
 ) -> tuple[float, float]:
     def z(d: float) -> float:
-        return brute_force_z(d, x_t, n_t, x_c, n_c, ratio)
+        return brute_force_z(d, x_t, n_t, x_c, n_c, ratio, skew)
 
     point = (x_t / n_t) / (x_c / n_c) if ratio else x_t / n_t - x_c / n_c
     lo_end, hi_end = (1e-9, 1e4) if ratio else (-1 + 1e-9, 1 - 1e-9)
@@ -46,5 +57,7 @@ def brute_force_interval(
         if z(lo_end) < crit
         else brentq(lambda d: z(d) - crit, lo_end, point)
     )
+    if z(hi_end) > -crit:  # the skewness-corrected ratio statistic can level off
+        return lower, math.inf
     upper = brentq(lambda d: z(d) + crit, max(point, lo_end), hi_end)
     return lower, upper

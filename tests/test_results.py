@@ -40,7 +40,7 @@ from flagware.results.lock import record_started
 from flagware.results.sql import SETTLE_MS
 from flagware.results.stats import Z_DF_THRESHOLD
 from flagware.spec import Spec, parse_spec
-from tests.reference import brute_force_interval
+from tests.reference import brute_force_interval, brute_force_z
 
 NOW = time.time_ns() // 1_000_000 // 1000 * 1000  # ms; guardrail freshness uses the clock
 HOUR = 3_600_000
@@ -209,11 +209,15 @@ def reference_test(
 ) -> tuple[float, tuple[float, float]]:
     """(p, interval at ``level``) from scipy or statsmodels, for the method flagware chose."""
     n_t, n_c = len(treated), len(control)
-    if method == "score":  # Miettinen-Nurminen, with its N/(N-1) variance factor
+    if method == "score":  # Miettinen-Nurminen (N/(N-1)), corrected for skewness (Laud)
         x_t, x_c = int(treated.sum()), int(control.sum())
-        p = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True).pvalue
+        z = brute_force_z(0.0, x_t, n_t, x_c, n_c, ratio=False, skew=True)
+        p = 2 * sps.norm.sf(abs(z))
+        if n_t == n_c:  # no skew at "no difference": statsmodels' test as it is
+            ref = smp.score_test_proportions_2indep(x_t, n_t, x_c, n_c, correction=True)
+            assert p == pytest.approx(ref.pvalue, rel=1e-6)
         crit = sps.norm.ppf(1 - level / 2)
-        return float(p), brute_force_interval(x_t, n_t, x_c, n_c, crit, ratio=False)
+        return float(p), brute_force_interval(x_t, n_t, x_c, n_c, crit, False, skew=True)
     welch = sps.ttest_ind(treated, control, equal_var=False)
     student = sps.ttest_ind(treated, control, equal_var=True)
     se_welch = math.sqrt(treated.var(ddof=1) / n_t + control.var(ddof=1) / n_c)
