@@ -1151,7 +1151,11 @@ def test_chart_draws_each_group_around_zero(results: Any) -> None:
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert svg.count("<rect") == len(metric.results)
     assert ">0</text>" in svg  # the zero line is labelled
-    colour = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#8c959f"}[
+    # An interval across 0 is "inconclusive": "neutral" read as "no effect" (a
+    # statistician's trial).
+    outcomes = {r.outcome for m in results.metrics for r in m.results}
+    assert "inconclusive" in outcomes and outcomes <= {"better", "worse", "inconclusive"}
+    colour = {"better": "#1a7f37", "worse": "#cf222e", "inconclusive": "#8c959f"}[
         metric.results[0].outcome
     ]
     assert colour in svg

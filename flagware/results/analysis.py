@@ -277,7 +277,7 @@ def _group_result(
     if est is not None:
         mean, control_mean = est.m_t, est.m_c
     delta = mean - control_mean
-    outcome: Outcome = "neutral"
+    outcome: Outcome = "inconclusive"
     if significant:
         up = delta > 0
         outcome = "better" if up == (prep.metric.direction == "increase") else "worse"

@@ -10,7 +10,7 @@ from flagware.results.cuped import MIN_CONVERSION_GAIN
 from flagware.results.model import GroupResult, MetricResult, Results
 
 # Colours by outcome: significant in the good direction, in the bad one, neither.
-COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "neutral": "#8c959f"}
+COLOURS = {"better": "#1a7f37", "worse": "#cf222e", "inconclusive": "#8c959f"}
 VERDICT_COLOURS = {
     "blocked": "#cf222e",
     "ship": "#1a7f37",

@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 Verdict = Literal["blocked", "ship", "no-ship", "inconclusive"]
-Outcome = Literal["better", "worse", "neutral"]
+Outcome = Literal["better", "worse", "inconclusive"]
 #: decision: can ship (corrected with Bonferroni); secondary: reported with
 #: Benjamini-Hochberg, never ships; guardrail: uncorrected, a regression blocks.
 Role = Literal["decision", "secondary", "guardrail"]

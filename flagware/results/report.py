@@ -254,7 +254,7 @@ def _html_metrics(results: Results) -> list[str]:
         for k, label in (
             ("better", "significantly better"),
             ("worse", "significantly worse"),
-            ("neutral", "not significant"),
+            ("inconclusive", "inconclusive: no evidence either way"),
         )
     )
     parts = ["<h2>Metrics</h2>", f'<p class="legend">{legend}</p>']
