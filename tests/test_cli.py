@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -483,13 +484,15 @@ def test_reading_a_store_does_not_migrate_or_write_it(client: Any, capsys: Any) 
 
 
 def test_demo_is_reproducible_to_the_byte(tmp_path: Any) -> None:
-    runs = [
-        flagware_cmd("demo", "--visitors", "150", "--seed", "11", cwd=tmp_path, check=True)
-        for _ in range(2)
-    ]
+    # The demo keeps its store and report for the user to read: in tmp_path
+    # here, not one folder more in /tmp at every run of the suite.
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    demo = ("demo", "--visitors", "150", "--seed")
+    runs = [flagware_cmd(*demo, "11", cwd=tmp_path, env=env, check=True) for _ in range(2)]
     assert runs[0].stdout == runs[1].stdout and "Verdict" in runs[0].stdout
-    other = flagware_cmd("demo", "--visitors", "150", "--seed", "12", cwd=tmp_path, check=True)
+    other = flagware_cmd(*demo, "12", cwd=tmp_path, env=env, check=True)
     assert other.stdout != runs[0].stdout
+    assert len(list(tmp_path.glob("flagware-demo-*/events.db"))) == 3
 
 
 def test_check_warns_of_metrics_whose_events_the_store_never_held(

@@ -780,7 +780,7 @@ def test_the_checked_defaults_are_flagwares() -> None:
 def test_check_middleware_order(spec_file: Path) -> None:
     ours = "flagware.django.FlagwareMiddleware"
     flagware = {"spec": spec_file}
-    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours, AUTH_MIDDLEWARE]) == ["flagware.E004"]
+    assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours, AUTH_MIDDLEWARE]) == ["flagware.W005"]
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[AUTH_MIDDLEWARE, ours]) == []
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[ours]) == []  # no users, no order
     assert check_ids(FLAGWARE=flagware, MIDDLEWARE=[AUTH_MIDDLEWARE]) == ["flagware.W001"]
@@ -800,18 +800,19 @@ def test_the_middleware_placed_before_auth_says_so_when_it_loads(
     with override_settings(FLAGWARE={"spec": spec_file}, MIDDLEWARE=[ours, AUTH_MIDDLEWARE]):
         FlagwareMiddleware(lambda r: HttpResponse())
         FlagwareMiddleware(lambda r: HttpResponse())  # once a process
-    [said] = [r for r in caplog.records if "flagware.E004" in r.getMessage()]
+    [said] = [r for r in caplog.records if "flagware.W005" in r.getMessage()]
     assert said.levelname == "WARNING"
     assert said.getMessage() == (
-        "flagware: FlagwareMiddleware comes before AuthenticationMiddleware, so it cannot use"
-        f' the logged-in user as the userID (flagware.E004): move "{ours}" after'
-        f' "{AUTH_MIDDLEWARE}"'
+        "flagware: FlagwareMiddleware comes before AuthenticationMiddleware, so a flag read by"
+        " a middleware between them is read without the logged-in user (the request is then"
+        " identified by its IP or stableID); views are not affected (flagware.W005): move"
+        f' "{ours}" after "{AUTH_MIDDLEWARE}"'
     )
     caplog.clear()
     monkeypatch.setattr(middleware, "_said_misplaced", False)
     with override_settings(FLAGWARE={"spec": spec_file}, MIDDLEWARE=MIDDLEWARE):
         FlagwareMiddleware(lambda r: HttpResponse())
-    assert "E004" not in caplog.text
+    assert "W005" not in caplog.text
 
 
 def test_bad_settings_fail_when_the_middleware_loads() -> None:

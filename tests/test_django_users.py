@@ -237,3 +237,21 @@ def test_under_wsgi_an_async_views_own_auser_reuses_the_user_loaded_for_it(
             reply = http.get("/auser").json()
         assert reply == {"user_id": str(user.pk), "pk": user.pk}
         assert len(queries) == 2, [q["sql"] for q in queries]  # the session, the user
+
+
+def test_placed_before_auth_views_still_get_the_logged_in_user(
+    tmp_path: Path, spec_file: Path, user: Any
+) -> None:
+    """Flags are read lazily, in the view, after every middleware's request
+    phase: the order only matters to a middleware between the two that reads
+    a flag (a trial found views right, where check E004, an error that stopped
+    `migrate`, said otherwise; it is warning W005 now)."""
+    sessions, auth, ours = MIDDLEWARE
+    with override_settings(MIDDLEWARE=[sessions, ours, auth]):
+        for client in flagware_settings(tmp_path, spec_file):
+            sync, chain = Client(), AsyncClient()
+            sync.force_login(user)
+            chain.force_login(user)
+            assert sync.get("/whoami").json() == {"user_id": str(user.pk)}
+            assert asyncio.run(chain.get("/awhoami")).json() == {"user_id": str(user.pk)}
+            assert client.errors["user_id resolver"] == 0

@@ -68,7 +68,8 @@ def test_the_demo_runs_from_the_wheel_in_any_directory(dist: Path, tmp_path: Pat
         archive.extractall(installed)  # what pip puts in site-packages
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(installed)}
+    # TMPDIR: the demo keeps its store for the user to read, here in tmp_path.
+    env = {**os.environ, "PYTHONPATH": str(installed), "TMPDIR": str(tmp_path)}
     where = subprocess.run(
         [sys.executable, "-c", "import flagware.demo.app as m; print(m.__file__)"],
         cwd=elsewhere,

@@ -536,6 +536,18 @@ def test_cli_reads_either_backend_and_never_creates_a_store(
             "the database answers, but nothing has been logged to it"
             " yet (flagware makes its tables at the first write)"
         )
+    # `status` on a database that answers, before the app's first event: a
+    # freshly deployed app, 0 for a monitor (exit 2 turned one red, a trial).
+    # A missing SQLite file stays an error: most likely a mistyped path.
+    postgres = store_location.startswith("postgresql://")
+    assert main(["status", "--format", "json", "--store", store_location]) == (0 if postgres else 2)
+    out = capsys.readouterr().out
+    if postgres:
+        figures = json.loads(out)
+        assert (figures["stored"], figures["backlog"], figures["newest_event_time"]) == (0, 0, None)
+        assert main(["status", "--store", store_location]) == 0
+        said = capsys.readouterr().out
+        assert "stored:             0 events\n" in said and "nothing stored yet" in said
     assert not store_exists(store_location)  # reading created nothing
     with open_store(store_location) as store:
         store.append(events(2), deliver=True)

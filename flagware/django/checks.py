@@ -4,12 +4,13 @@ reported with a fix before the first request, not as a failing page.
 - flagware.E001: the Statsig engine without a hash key
 - flagware.E002: the local spec file is missing
 - flagware.E003: the local spec file is invalid
-- flagware.E004: FlagwareMiddleware is placed before AuthenticationMiddleware
 - flagware.E005: settings.FLAGWARE is not a dict of Flagware(...) arguments, or a value
   Flagware(...) would refuse
 - flagware.E006: a user resolver or the exposure filter cannot be imported or is not callable
 - flagware.W001: flagware.django is installed but its middleware is not
 - flagware.W002: settings.FLAGWARE is not set, and a setting named like it is
+- flagware.W005: FlagwareMiddleware is placed before AuthenticationMiddleware (it was
+  E004: views get the user whatever the order; a middleware between them does not)
 - flagware.W003 (``check --deploy``): ``diagnostics="debug"`` opens the page to anyone
 - flagware.W004 (``check --deploy``): ``allow_random_override`` lets anyone pick a group
 """
@@ -216,12 +217,16 @@ def check_middleware(
             )
         ]
     if AUTH_MIDDLEWARE in middleware and ours[0] < middleware.index(AUTH_MIDDLEWARE):
+        # A warning: flags are read lazily, in the view, when every middleware's
+        # request phase has run, so views get the user whatever the order (as
+        # an error this stopped `migrate` for a working app, a re-check found).
         return [
-            Error(
-                "FlagwareMiddleware comes before AuthenticationMiddleware, so it cannot use "
-                "the logged-in user as the userID",
+            checks.Warning(
+                "FlagwareMiddleware comes before AuthenticationMiddleware, so a flag read by"
+                " a middleware between them is read without the logged-in user (the request"
+                " is then identified by its IP or stableID); views are not affected",
                 hint=f'move "{middleware[ours[0]]}" after "{AUTH_MIDDLEWARE}"',
-                id="flagware.E004",
+                id="flagware.W005",
             )
         ]
     return []

@@ -201,10 +201,10 @@ _said_misplaced = False
 
 
 def _say_misplaced() -> None:
-    """Say check E004 at start-up, once a process: uvicorn and gunicorn run no
-    system checks, and placed before the auth middleware, async views logged
-    a ``SynchronousOnlyOperation`` traceback on each worker's first flag read,
-    with nothing about the order (a new user's trial)."""
+    """Say check W005 at start-up, once a process: uvicorn and gunicorn run no
+    system checks (placed before the auth middleware, async views once logged
+    a ``SynchronousOnlyOperation`` traceback with nothing about the order, a
+    new user's trial)."""
     global _said_misplaced
     if _said_misplaced:
         return
@@ -212,7 +212,7 @@ def _say_misplaced() -> None:
     from flagware.django.checks import check_middleware
 
     for message in check_middleware():
-        if message.id == "flagware.E004":
+        if message.id == "flagware.W005":
             log.warning("flagware: %s (%s): %s", message.msg, message.id, message.hint)
 
 

@@ -16,7 +16,14 @@ from typing import Any
 
 from flagware.cli import EXIT_BAD_INPUT, EXIT_OK, add_store_argument, existing_store
 from flagware.events.stats import DeliveryStats, format_age
-from flagware.events.store import not_a_store, open_store, redact
+from flagware.events.store import (
+    StoreStats,
+    is_postgres_url,
+    not_a_store,
+    open_store,
+    redact,
+    store_exists,
+)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -54,18 +61,25 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     as_json = getattr(args, "format", "text") == "json"
-    store = existing_store(args.store, "status", as_json=as_json)
-    if store is None:
-        return 2
-    with store:
-        stats = DeliveryStats.from_store(store.stats())
-        # How many events the store holds, whatever the engine: on the local one
-        # every delivery figure is 0, and a trial counted with `flagware events
-        # | wc -l`. For a monitor (an operator's trial had only the diagnostics
-        # page's HTML), the newest event's age says from outside that storing stopped.
-        stored = store.count()
-        newest = next(store.iter_events(newest_first=True, limit=1), None)
-    newest_time = None if newest is None else int(newest["time"])
+    if _unwritten_database(args.store):
+        # A database that answers, before the app's first event made the
+        # tables: a freshly deployed app, not a mistake (a wrong name or
+        # password is refused), and exit 2 turned a monitor red (a trial).
+        nothing = StoreStats(0, 0, 0, 0, 0, None)
+        stats, stored, newest_time = DeliveryStats.from_store(nothing), 0, None
+    else:
+        store = existing_store(args.store, "status", as_json=as_json)
+        if store is None:
+            return 2
+        with store:
+            stats = DeliveryStats.from_store(store.stats())
+            # How many events the store holds, whatever the engine: on the local one
+            # every delivery figure is 0, and a trial counted with `flagware events
+            # | wc -l`. For a monitor (an operator's trial had only the diagnostics
+            # page's HTML), the newest event's age says from outside that storing stopped.
+            stored = store.count()
+            newest = next(store.iter_events(newest_first=True, limit=1), None)
+        newest_time = None if newest is None else int(newest["time"])
     if as_json:
         figures = {"store": redact(args.store), **dataclasses.asdict(stats)}
         figures["stored"] = stored
@@ -74,6 +88,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_stats(stats, args.store, stored, newest_time))
     return 0
+
+
+def _unwritten_database(location: str) -> bool:
+    """Whether ``location`` is a PostgreSQL database that answers, without
+    flagware's tables yet. Anything else is for ``existing_store`` to say."""
+    if not is_postgres_url(location):
+        return False
+    try:
+        return not store_exists(location)
+    except Exception:  # unreachable or refused: existing_store says which
+        return False
 
 
 def run_redeliver(args: argparse.Namespace) -> int:
@@ -124,5 +149,7 @@ def format_stats(stats: DeliveryStats, location: str, stored: int, newest_time: 
     ):
         # The figures above are Statsig delivery's: all zero on the local engine.
         note = "nothing here was logged for Statsig: the local engine keeps its events"
+        if not stored:
+            note = "nothing stored yet (the app's first event makes the store's tables)"
         rows.append(("note", note))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
