@@ -52,9 +52,17 @@ def run_check(args: argparse.Namespace) -> int:
     # failing the CI step the README suggests.
     statsig = on_statsig(args)
     if statsig is not None:
+        # The store is still the app's: a database refusing its URL passed the
+        # check the README has run before a deploy (a multi-host trial).
+        missing, unread = _store_state(args.store)
+        if unread is not None:
+            print(f"flagware check: {unread}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        state = "not written yet" if missing else "readable"
         print(
             f"flagware check: {statsig} is set, so the app reads its flags from Statsig:"
-            f" there is no local spec to check (no {args.spec}; --spec PATH checks one)"
+            f" there is no local spec to check (no {args.spec}; --spec PATH checks one);"
+            f" the event store at {redact(args.store)} is {state}"
         )
         return EXIT_OK
     try:
@@ -79,14 +87,7 @@ def run_check(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         return EXIT_BAD_INPUT
-    # A store that is not there yet has nothing started: the spec is all there
-    # is to check, and the line says so (a CI job pointing at the wrong path
-    # must not read it as "compared"). One that is not a store is bad input.
-    try:
-        missing = not store_exists(args.store)
-    except Exception:  # an unreachable server, a bad URL: not_a_store words it
-        missing = False
-    unread = None if missing else not_a_store(args.store)
+    missing, unread = _store_state(args.store)
     if unread is not None:
         print(f"flagware check: {unread}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -117,6 +118,18 @@ def run_check(args: argparse.Namespace) -> int:
         f" {_count(spec.experiments, 'experiment')}, {_count(spec.metrics, 'metric')}){compared}"
     )
     return EXIT_OK
+
+
+def _store_state(store: str) -> tuple[bool, str | None]:
+    """(missing, why it cannot be read). A store that is not there yet has
+    nothing started: the spec is all there is to check, and the line says so
+    (a CI job pointing at the wrong path must not read it as "compared"). One
+    that is not a store, or a database that refuses the URL, is bad input."""
+    try:
+        missing = not store_exists(store)
+    except Exception:  # an unreachable server, a bad URL: not_a_store words it
+        missing = False
+    return missing, None if missing else not_a_store(store)
 
 
 def _say_problems(count: int, spec: str) -> None:

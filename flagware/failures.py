@@ -103,7 +103,13 @@ class Failures:
                 where,
             )
             return
-        at = f" at {self.store}" if self.store and where.startswith("event store") else ""
+        at = ""
+        if self.store and where.startswith("event store"):
+            at = f" at {self.store}"
+        elif self.store and where == "statsig delivery":
+            # Statsig's own answers are logged by delivery; what is reported
+            # here is the store under it, which read as Statsig failing (a trial).
+            at = f" on the event store at {self.store}"
         log.error(
             "flagware: %s failed%s: %s (%s; logged once, counted in Flagware.errors)",
             where,

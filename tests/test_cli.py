@@ -568,8 +568,13 @@ def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
     assert main(["check"]) == 0
     assert capsys.readouterr().out == (
         "flagware check: STATSIG_SERVER_SECRET is set, so the app reads its flags from"
-        " Statsig: there is no local spec to check (no flagware.toml; --spec PATH checks one)\n"
+        " Statsig: there is no local spec to check (no flagware.toml; --spec PATH checks one);"
+        " the event store at .flagware/events.db is not written yet\n"
     )
+    # The store is still checked: a file that is no store is bad input.
+    (tmp_path / "app" / "notes.txt").write_text("not a database")
+    assert main(["check", "--store", "notes.txt"]) == 2
+    assert "notes.txt is not a flagware event store" in capsys.readouterr().err
     # Named, a spec is checked as before, and so is one that is there.
     assert main(["check", "--spec", "flagware.toml"]) == 2
     assert "spec file not found" in capsys.readouterr().err
@@ -586,6 +591,25 @@ def test_check_on_statsig_with_no_spec_file_says_there_is_none_to_check(
     monkeypatch.delenv("STATSIG_SERVER_SECRET")
     assert main(["check"]) == 2
     assert "STATSIG_SERVER_SECRET" not in capsys.readouterr().err
+
+
+def test_check_on_statsig_says_a_database_that_refuses_the_url(
+    postgres: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The README has `flagware check` run before a deploy for a URL the
+    database refuses: on Statsig, with no spec, it exited 0 without reading
+    the store (a multi-host trial)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLAGWARE_SPEC", raising=False)
+    monkeypatch.setenv("STATSIG_SERVER_SECRET", "secret-abc")
+    base, _, query = postgres.admin_url.partition("?")
+    refused = f"{base.rpartition('/')[0]}/flagware_no_such_database?{query}"
+    assert main(["check", "--store", refused]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"flagware check: cannot open {refused}")
+    assert "check its user, password and database name" in err
+    assert main(["check", "--store", postgres.database()]) == 0  # answers, nothing written yet
+    assert capsys.readouterr().out.endswith(" is not written yet\n")
 
 
 def test_a_database_out_of_reach_has_its_own_exit_code(
