@@ -78,7 +78,18 @@ class SharedKey:
         start_thread(thread)
 
     def _read(self) -> bytes:
-        return self._store.init_meta("hash_key", secrets.token_hex(32)).encode()
+        made = secrets.token_hex(32)
+        key = self._store.init_meta("hash_key", made)
+        if key == made:
+            # Said as a key file made beside a SQLite store is: made in
+            # silence, it was nowhere to be found in a multi-host trial's logs.
+            log.warning(
+                "flagware: created a hash key for visitor IDs in %s (its meta table), read by"
+                " every process that shares the store; keep the database (IDs change without"
+                " it) or set FLAGWARE_HASH_KEY",
+                redact(self._location),
+            )
+        return key.encode()
 
     def _in_thread(self) -> None:
         try:
@@ -119,12 +130,18 @@ def check_key_id(store: Store, location: str, key: bytes) -> None:
         return
     store.set_meta(KEY_ID, mine)
     if kept is not None:
+        # Both fingerprints: on many hosts the process that says this may be
+        # the one with the right key, started after one with another (a
+        # multi-host trial); each host's start line tells them apart.
         log.warning(
             "flagware: the event store %s was last written by a process that hashed"
-            " visitors' addresses with another key: under this one (FLAGWARE_HASH_KEY,"
-            " hash_key=, or the hash_key file beside a SQLite store) the same visitor has"
-            " another userID (stableIDs, and userIDs from a user_id resolver, stay). If the"
-            " key was changed on purpose, nothing more is needed (said once); otherwise"
-            " give every process that writes to this store the same key",
+            " visitors' addresses with another key (key id %s; this process's is %s): under"
+            " this one (FLAGWARE_HASH_KEY, hash_key=, or the hash_key file beside a SQLite"
+            " store) the same visitor has another userID (stableIDs, and userIDs from a"
+            " user_id resolver, stay). If the key was changed on purpose, nothing more is"
+            " needed (said once); otherwise give every process that writes to this store the"
+            " same key",
             redact(location),
+            kept,
+            mine,
         )

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from flagware.events.store import redact
 from flagware.settings import shown_url
+from flagware.shared_key import key_id
 
 if TYPE_CHECKING:
     from flagware.client import Flagware
@@ -45,7 +46,13 @@ def announce(client: Flagware, *, spec: str | os.PathLike[str] | None) -> None:
             else "and delivered to Statsig"
         )
     sdk = SDKS.get(client.engine_sdk, client.engine_sdk)
-    log.info("flagware: flags from %s, evaluated by %s; events %s", where, sdk, events)
+    # The key's fingerprint, never the key: hosts sharing a store must share
+    # the key, and a host with another one split visitors across groups with
+    # one warning, on whichever host started next (a multi-host trial).
+    key = (
+        "" if client.isolated or not client.hash_key else f"; hash key id {key_id(client.hash_key)}"
+    )
+    log.info("flagware: flags from %s, evaluated by %s; events %s%s", where, sdk, events, key)
 
 
 def warn_ignored_secret(*, spec: str | os.PathLike[str], spec_given: bool) -> None:

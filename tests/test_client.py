@@ -869,13 +869,19 @@ print(signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)  # ignored stays ignor
 
 
 def test_local_engine_on_a_shared_store_shares_one_hash_key(
-    postgres_url: str, spec_file: Any
+    postgres_url: str, spec_file: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     with Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False) as a:
         key = a.hash_key
+    # Made in silence, it was nowhere in a multi-host trial's logs: said as a
+    # key file beside a SQLite store is, by the process that made it only.
+    [made] = [r.getMessage() for r in caplog.records if "created a hash key" in r.getMessage()]
+    assert made.startswith("flagware: created a hash key for visitor IDs in postgresql://")
+    caplog.clear()
     with Flagware(spec=spec_file, event_store=postgres_url, handle_sigterm=False) as b:
         assert b.hash_key == key and len(key) == 64
     assert "***" not in repr(b) and "postgresql://" in repr(b)
+    assert "created a hash key" not in caplog.text
 
 
 def test_first_exposures_record_the_start_on_either_backend(

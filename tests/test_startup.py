@@ -15,6 +15,7 @@ import pytest
 from flagware import ConfigurationError, Flagware
 from flagware import settings as flagware_settings
 from flagware.events.model import Event
+from flagware.shared_key import key_id
 from flagware.testing import isolate
 from tests.statsig_stub import StatsigStub
 
@@ -53,7 +54,7 @@ def test_the_local_spec_is_named_with_its_sdk_in_one_info_line(
     fw = make_client()
     assert said(logged, logging.INFO) == [
         f"flagware: flags from the local spec {spec_file}, evaluated by {SDK[fw.engine_sdk]};"
-        f" events stored in {tmp_path / 'events.db'}"
+        f" events stored in {tmp_path / 'events.db'}; hash key id {key_id(fw.hash_key)}"
     ]
     assert said(logged, logging.WARNING) == []
 
@@ -67,7 +68,7 @@ def test_a_relative_store_is_named_by_its_absolute_path(
     with Flagware(spec=spec_file, event_store="var/events.db", hash_key="k"):
         pass
     [line] = said(logged, logging.INFO)
-    assert line.endswith(f"; events stored in {tmp_path / 'var' / 'events.db'}")
+    assert f"; events stored in {tmp_path / 'var' / 'events.db'};" in line
 
 
 @pytest.mark.parametrize("engine", ["legacy", "core"])
@@ -81,7 +82,8 @@ def test_statsig_is_named_with_its_api_and_sdk_and_no_secret(
         shown = stub.url.replace("http://", "http://***@")
         assert said(logged, logging.INFO)[0] == (
             f"flagware: flags from Statsig at {shown}, evaluated by {SDK[engine]}; events"
-            f" stored in {tmp_path / 'outbox.db'} and delivered to Statsig"
+            f" stored in {tmp_path / 'outbox.db'} and delivered to Statsig; hash key id"
+            f" {key_id(b'k')}"
         )
     text = "\n".join(logged.messages)
     assert "secret-test" not in text and "pw" not in text
@@ -171,6 +173,11 @@ def test_a_key_other_than_the_one_that_last_wrote_the_store_is_said(
     run(hash_key="team-key")  # ...said once: the new key is now the recorded one
     [changed] = said(logged, logging.WARNING)
     assert "same visitor has another userID" in changed and "team-key" not in changed
+    # Both keys' fingerprints: on many hosts the one that says it may be right
+    # (a multi-host trial); each process's start line names its own.
+    script_key = (tmp_path / "hash_key").read_bytes().strip()
+    ids = f"(key id {key_id(script_key)}; this process's is {key_id(b'team-key')})"
+    assert ids in changed
     monkeypatch.setenv("FLAGWARE_HASH_KEY", "team-key")
     logged.clear()
     run()
