@@ -25,7 +25,7 @@ Faults (all thread-safe, all may be combined):
 - ``specs_status``: answer every specs request (v1 and v2) with this status;
 - ``specs_body``: answer every specs request with 200 and these bytes (not JSON).
 
-Use it as a context manager, through the ``statsig_stub`` fixture, or as a
+Use it as a context manager (the tests' ``stub`` fixtures do), or as a
 separate process: ``python tests/statsig_stub.py`` prints its base URL.
 """
 
@@ -41,13 +41,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 
 @dataclass
@@ -370,13 +367,6 @@ def _empty_dcs() -> dict[str, Any]:
         "layers": {},
         "id_lists": {},
     }
-
-
-@pytest.fixture
-def statsig_stub() -> Iterator[StatsigStub]:
-    """A started stub, stopped after the test."""
-    with StatsigStub() as stub:
-        yield stub
 
 
 def main(argv: list[str] | None = None) -> int:
