@@ -353,6 +353,7 @@ TAIL_CASES = [
     (40, 160, 0.01),
     (80, 240, 0.01),
     (40, 40, 0.10),
+    (18, 18, 0.50),  # a re-check's worst equal groups: discreteness, 3.26%
 ]
 
 
@@ -363,7 +364,8 @@ def test_a_false_ship_stays_near_alpha_over_two_in_small_uneven_groups(
     """A ship is one tail. Miettinen and Nurminen's statistic is skewed when
     the groups differ in size: the smaller group's "better" side fired 3.3-4.0%
     of a statistician's A/A experiments (alpha/2 = 2.5%), and up to 9.1% at 10
-    vs 40 units. Corrected for skewness, each tail stays within 3%."""
+    vs 40 units. Corrected for skewness, each tail stays within 3% (equal
+    groups, unchanged, reach 3.3% at a 50% rate: the test's discreteness)."""
     crit = norm_ppf(1 - 0.05 / 2)
     better, worse = _tails(n_t, n_c, rate, True, crit)
     plain_better, plain_worse = _tails(n_t, n_c, rate, False, crit)
@@ -371,7 +373,7 @@ def test_a_false_ship_stays_near_alpha_over_two_in_small_uneven_groups(
         f"\nA/A {n_t} vs {n_c} units at {rate:.0%}: better {better:.4f}, worse {worse:.4f}"
         f" (uncorrected {plain_better:.4f}, {plain_worse:.4f}), alpha/2 0.025"
     )
-    assert max(better, worse) <= 0.030
+    assert max(better, worse) <= (0.030 if n_t != n_c else 0.033)
     if n_t != n_c:  # what the correction is for: the uncorrected test failed here
         assert plain_better > 0.031
     else:  # equal groups: unchanged, discreteness alone

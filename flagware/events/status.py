@@ -150,6 +150,6 @@ def format_stats(stats: DeliveryStats, location: str, stored: int, newest_time: 
         # The figures above are Statsig delivery's: all zero on the local engine.
         note = "nothing here was logged for Statsig: the local engine keeps its events"
         if not stored:
-            note = "nothing stored yet (the app's first event makes the store's tables)"
+            note = "nothing stored yet"
         rows.append(("note", note))
     return "\n".join(f"{name + ':':<20}{value}" for name, value in rows)
