@@ -242,7 +242,10 @@ class Flagware(Lifecycle, NamedUsers):
         # does a multiprocessing child's exit (Granian's workers end past atexit).
         _live_clients.add(self)
         close_at_child_exit(_close_all)
-        if handle_sigterm:
+        # Not for tests' isolated clients: their stores are thrown away, and a
+        # handler that stores a queue can wait, in a test runner's worker
+        # terminated mid-test, for a lock the test held (a CI run hung).
+        if handle_sigterm and not self.isolated:
             install_sigterm(lambda: _live_clients)
         announce(self, spec=spec)
         if threads_disabled():

@@ -210,16 +210,35 @@ def test_parallel_workers_are_isolated_however_they_start(tmp_path: Path, start:
     assert list((tmp_path / "tmp").iterdir()) == []  # each worker removed its stores
 
 
+FAILING_TESTS = """
+import time
+
+from django.test import SimpleTestCase
+
+
+class SlowTests(SimpleTestCase):
+    def test_signup(self):
+        self.assertEqual(self.client.get("/signup").status_code, 200)
+        time.sleep(5)  # still in its test when the pool is terminated
+
+
+class FailingTests(SimpleTestCase):
+    def test_signup(self):
+        self.assertEqual(self.client.get("/signup").status_code, 200)
+        self.fail("the signup page")
+"""
+
+
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_parallel_workers_stopped_at_a_failure_remove_their_stores(
     tmp_path: Path, start: str
 ) -> None:
     """``--failfast`` terminates the pool at the first failure (SIGTERM, past
     atexit and multiprocessing's finalizers): every worker left its temporary
-    stores behind."""
-    failing = "\n\nclass FailingTests(SignupTests):\n    def test_signup(self):\n"
-    failing += "        super().test_signup()\n        self.fail('the signup page')\n"
-    (tmp_path / "parallel_tests.py").write_text(PARALLEL_TESTS + failing)
+    stores behind. (The other worker is in a test then, not sending a result:
+    a process killed while it writes to the pool's result queue holds its lock,
+    and ``Pool.terminate`` then waits for ever, flagware or not.)"""
+    (tmp_path / "parallel_tests.py").write_text(FAILING_TESTS)
     (tmp_path / "starting.py").write_text(
         "import multiprocessing\nfrom demo.settings import *\n"
         f"multiprocessing.set_start_method({start!r}, force=True)\n"

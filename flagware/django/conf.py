@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-import signal
 import sys
 import threading
 import weakref
@@ -119,6 +117,9 @@ def _isolate_django_tests() -> None:
     from flagware.testing import isolate
 
     isolation = isolate()
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid is not None:  # a --parallel worker
+        isolation.prefix = children_stores(parent.pid)
     isolation.__enter__()
     # Its temporary stores go with the process: at exit, or at a
     # multiprocessing child's end, where atexit does not run.
@@ -126,30 +127,20 @@ def _isolate_django_tests() -> None:
     atexit.register(end)
     if multiprocessing.parent_process() is not None:
         multiprocessing.util.Finalize(None, end, exitpriority=5)
-        _end_at_sigterm(end)
 
 
-def _end_at_sigterm(end: Callable[[], None]) -> None:
-    """A worker's isolation ends when SIGTERM kills it too.
+def children_stores(parent: int) -> str:
+    """The temporary folders' prefix of a test runner's workers, by their parent's pid.
 
     ``test --parallel --failfast`` terminates the pool at the first failure
     (SIGTERM), past atexit and multiprocessing's finalizers alike: each worker
-    that had isolated itself left its temporary stores behind. The clients'
-    own handler, installed after this one, stores their events and hands on.
+    that had isolated itself left its temporary stores behind. Named after the
+    parent, they are removed at its exit (``apps.FlagwareConfig.ready``).
+    Removing them in a SIGTERM handler raced the worker's writer thread, which
+    made the folder again, and closing clients there could wait for a lock the
+    interrupted test held.
     """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return  # the test process has its own plans for SIGTERM
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        try:
-            end()
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    return f"flagware-tests-of-{parent}-"
 
 
 def _set_client(client: Flagware | None) -> None:

@@ -168,6 +168,7 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
         self.root: Path | None = None
         self._pid = -1  # the process that entered
         self.label = "session"  # the plugin names a folder per test
+        self.prefix = "flagware-tests-"  # Django's --parallel workers: their parent's
         self._count = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -187,7 +188,7 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
 
         if client.isolated_store is not None:
             raise RuntimeError("flagware clients are already isolated")
-        self.root = Path(tempfile.mkdtemp(prefix="flagware-tests-"))
+        self.root = Path(tempfile.mkdtemp(prefix=self.prefix))
         self._pid = os.getpid()
         client.isolated_store = self
         return self.root
