@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import Counter
 
+from flagware.events.runtime import DELIVERY_FAILURE
 from flagware.events.writer import STORE_FAILURE
 from flagware.outages import REFUSAL_HINT, describe, is_outage, is_refusal
 
@@ -35,7 +36,7 @@ _AFTER_FAILURE = {
     " and are stored when it takes writes again",
     "experiment start check": "serving the spec without comparing it with started experiments",
     "exposure filter": "flags are evaluated as usual, and their exposures logged",
-    "statsig delivery": "events stay in the store and are sent again after a backoff",
+    DELIVERY_FAILURE: "events stay in the store and are sent again after a backoff",
     # The store failing under delivery and the experiment start records: nothing
     # is served there, so "serving defaults" misled (a new user's trial).
     "event store (delivery outcome)": "a sent batch's outcome is written again while the"
@@ -106,7 +107,7 @@ class Failures:
         at = ""
         if self.store and where.startswith("event store"):
             at = f" at {self.store}"
-        elif self.store and where == "statsig delivery":
+        elif self.store and where == DELIVERY_FAILURE:
             # Statsig's own answers are logged by delivery; what is reported
             # here is the store under it, which read as Statsig failing (a trial).
             at = f" on the event store at {self.store}"
