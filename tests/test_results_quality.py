@@ -14,6 +14,7 @@ import pytest
 from flagware.events.model import CONFIG_EXPOSURE, Event
 from flagware.results import compute_results
 from flagware.results.command import run
+from flagware.results.render import render_text
 from flagware.results.verdict import CROSSOVER_BLOCK
 from tests.test_results import HOUR, NOW, Log, make_spec, namespace, write_spec_file
 
@@ -268,6 +269,39 @@ def test_sequential_from_the_spec_or_the_command(tmp_path: Path, capsys: Any) ->
         argv = ["results", "button_color", "--spec", str(spec_path), "--store", str(store)]
         assert main([*argv, "--format", "json", *flag]) in (0, 3)
         assert json.loads(capsys.readouterr().out)["sequential"] is expected, flag
+
+
+def test_sequential_tuning_from_the_spec(tmp_path: Path, capsys: Any) -> None:
+    """``sequential_tuning`` moves where the sequence is tightest: every
+    interval is the sequence tuned there, and the output says where."""
+    from flagware.results import sequential
+
+    store = converting_log(3000, {"Control": 0.10, "Red": 0.13}).store(tmp_path)
+    default = compute_results(make_spec(sequential=True), "button_color", store)
+    tuned = make_spec(sequential=True, sequential_tuning=200_000)
+    wide = compute_results(tuned, "button_color", store)
+    assert (default.sequential_tuning, wide.sequential_tuning) == (5000, 200_000)
+    d_row, w_row = default.metrics[0].results[0], wide.metrics[0].results[0]
+    assert d_row.ci is not None and w_row.ci is not None
+    assert w_row.ci[1] - w_row.ci[0] > d_row.ci[1] - d_row.ci[0]  # tuned far above these units
+    for results in (default, wide):
+        rho = sequential.rho(results.alpha, results.sequential_tuning or 0)
+        for group, (low, high) in results.metrics[0].group_intervals.items():  # type: ignore[misc]
+            sample = results.metrics[0].samples[group]
+            k = sequential.critical(results.alpha, sample.n, rho)
+            assert (high - low) / 2 == pytest.approx(k * math.sqrt(sample.variance / sample.n))
+    assert "tightest at 200,000 units" in render_text(wide)
+    fixed = compute_results(tuned, "button_color", store, sequential=False)
+    assert fixed.sequential_tuning is None and "tightest" not in render_text(fixed)
+
+    spec_path = write_spec_file(tmp_path)
+    text = spec_path.read_text().replace("sequential = false\n", "sequential_tuning = 20000\n")
+    spec_path.write_text(text)
+    from flagware.cli import main
+
+    argv = ["results", "button_color", "--spec", str(spec_path), "--store", str(store)]
+    assert main([*argv, "--format", "json"]) in (0, 3)
+    assert json.loads(capsys.readouterr().out)["sequential_tuning"] == 20000
 
 
 def test_command_until_and_bad_time(tmp_path: Path, capsys: Any) -> None:

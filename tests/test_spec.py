@@ -403,7 +403,20 @@ INVALID_SPECS = [
         EXPERIMENT + GROUPS + "alocation = 5",
         "experiments.e.alocation: unknown key (did you mean 'allocation'?)"
         " (expected one of: allocation, allocation_salt,"
-        " groups, restart, salt, sequential, targeting_gate, unit)",
+        " groups, restart, salt, sequential, sequential_tuning, targeting_gate, unit)",
+    ),
+    (
+        EXPERIMENT + GROUPS + "sequential_tuning = 50",
+        "experiments.e.sequential_tuning: must be a whole number of units from 100 to 1e9, not 50",
+    ),
+    (
+        EXPERIMENT + GROUPS + "sequential_tuning = 2500.5",
+        "experiments.e.sequential_tuning: must be a whole number of units from 100 to 1e9,"
+        " not 2500.5",
+    ),
+    (
+        EXPERIMENT + GROUPS + "sequential_tuning = true",
+        "experiments.e.sequential_tuning: must be a number, not a boolean",
     ),
     (
         EXPERIMENT + GROUPS + "allocation = 120",

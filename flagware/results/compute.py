@@ -105,7 +105,8 @@ def compute_results(
     # the default (always valid, whenever it is read).
     declared = True if exp is None else exp.sequential
     use_sequential = declared if sequential is None else sequential
-    options = _Options(alpha, reference, end, use_sequential, cuped, target_mde)
+    tuning = seq.DEFAULT_TUNING if exp is None else exp.sequential_tuning
+    options = _Options(alpha, reference, end, use_sequential, tuning, cuped, target_mde)
     try:
         with open_reader(store_path) as conn:
             if exp is None:
@@ -166,6 +167,7 @@ class _Options:
     now: int
     until: int
     sequential: bool
+    tuning: int  # units where the confidence sequence is tightest
     cuped: bool
     target_mde: float
 
@@ -234,7 +236,7 @@ def _analyse(
         [g.name for g in groups],
         control,
         opt.alpha,
-        sequential_rho=seq.rho(opt.alpha) if opt.sequential else None,
+        sequential_rho=seq.rho(opt.alpha, opt.tuning) if opt.sequential else None,
         use_cuped=opt.cuped,
         target_mde=opt.target_mde,
     )
@@ -323,6 +325,7 @@ def _analyse(
         computed_at=opt.now,
         until=opt.until,
         sequential=opt.sequential,
+        sequential_tuning=opt.tuning if opt.sequential else None,
         crossover_units=units.crossovers,
         ungrouped_units=units.ungrouped,
         exposures_without_unit=units.without_unit,

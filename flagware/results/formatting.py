@@ -106,7 +106,11 @@ def method_line(results: Results) -> str:
     named = [text for method, text in _FIXED_HORIZON.items() if method in used]
     # The lift's method was named only in the README (a statistician's trial).
     if results.sequential:
-        tests = "always-valid confidence sequences (sequential), lifts by Fieller's interval"
+        tuning = results.sequential_tuning
+        tuned = f", tightest at {tuning:,} units" if tuning else ""
+        tests = (
+            f"always-valid confidence sequences (sequential{tuned}), lifts by Fieller's interval"
+        )
     elif named:
         ratio = ", the score ratio interval for conversions" if "score" in used else ""
         tests = f"fixed-horizon tests ({', '.join(named)}), lifts by Fieller's interval{ratio}"

@@ -122,6 +122,7 @@ class Results:
     computed_at: int = field(default_factory=now_ms)
     until: int | None = None  # ms: nothing later is counted (default: computed_at)
     sequential: bool = False
+    sequential_tuning: int | None = None  # units where its sequence is tightest (sequential)
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
     ungrouped_units: int = 0  # units first exposed with no group (not allocated, targeted out)
     exposures_without_unit: int = 0  # exposures without the unit's ID: no unit to count them for

@@ -54,6 +54,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         "window_start": results.window_start,
         "until": results.until,
         "sequential": results.sequential,
+        "sequential_tuning": results.sequential_tuning,
         "crossover_units": results.crossover_units,
         "ungrouped_units": results.ungrouped_units,
         "exposures_without_unit": results.exposures_without_unit,

@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import math
 
+from flagware.spec.model import SEQUENTIAL_TUNING
+
 __all__ = ["DEFAULT_TUNING", "critical", "p_value", "rho"]
 
-#: Units (all groups together) where the sequence is tightest: GrowthBook's default.
-DEFAULT_TUNING = 5000
+#: Units (all groups together) where the sequence is tightest, unless an
+#: experiment sets ``sequential_tuning``: GrowthBook's default.
+DEFAULT_TUNING = SEQUENTIAL_TUNING
 
 
 def rho(alpha: float, n_star: float = DEFAULT_TUNING) -> float:

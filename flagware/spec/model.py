@@ -18,6 +18,9 @@ Scalar = str | int | float | bool
 # Statsig buckets experiment units into 1000 buckets (user_bucket = hash % 1000), so
 # allocation and group weights resolve to 0.1 percent.
 BUCKETS = 1000
+#: Units (every group together) where a sequential experiment's confidence
+#: sequence is tightest, unless it sets ``sequential_tuning``: GrowthBook's default.
+SEQUENTIAL_TUNING = 5000
 # Fixed forever: changing it would move every unit of every spec without a salt.
 _SALT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/flagware/flagware/salt")
 
@@ -74,6 +77,10 @@ class ExperimentSpec:
     # Always-valid results (the results module): safe however often they are
     # read. False is a fixed horizon, valid read once at a planned size.
     sequential: bool = True
+    # Where that sequence is tightest: the experiment's planned units, all
+    # groups together. Any value keeps the guarantee if chosen before the data
+    # are read; it only moves where the intervals are narrowest.
+    sequential_tuning: int = SEQUENTIAL_TUNING
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""

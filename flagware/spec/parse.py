@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, get_args
 
 from flagware.spec.model import (
+    SEQUENTIAL_TUNING,
     Direction,
     ExperimentSpec,
     GateSpec,
@@ -40,6 +41,7 @@ from flagware.spec.values import (
     _Invalid,
     _nonempty,
     _percent,
+    _sequential_tuning,
     _table,
     _type_name,
     _unit,
@@ -64,6 +66,7 @@ EXPERIMENT_KEYS = {
     "targeting_gate",
     "restart",
     "sequential",
+    "sequential_tuning",
 }
 METRIC_KEYS = {
     "event",
@@ -274,6 +277,9 @@ class _Parser:
             targeting_gate=targeting,
             restart=self.attempt(lambda: _get(body, path, "restart", bool, False), False),
             sequential=self.attempt(lambda: _get(body, path, "sequential", bool, True), True),
+            sequential_tuning=self.attempt(
+                lambda: _sequential_tuning(body, path), SEQUENTIAL_TUNING
+            ),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),
                 None,

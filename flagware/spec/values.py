@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast, get_args
 
 from flagware.spec.model import (
     BUCKETS,
+    SEQUENTIAL_TUNING,
     Aggregate,
     Condition,
     ConditionKind,
@@ -55,6 +56,14 @@ def _cuped_days(body: Mapping[str, Any], path: str) -> float:
     if not 0 <= days <= 365:
         raise _Invalid(f"{path}.cuped_days", "must be between 0 (off) and 365 days")
     return days
+
+
+def _sequential_tuning(body: Mapping[str, Any], path: str) -> int:
+    where = f"{path}.sequential_tuning"
+    units = _number(body.get("sequential_tuning", SEQUENTIAL_TUNING), where)
+    if not units.is_integer() or not 100 <= units <= 1e9:
+        raise _Invalid(where, f"must be a whole number of units from 100 to 1e9, not {_fmt(units)}")
+    return int(units)
 
 
 def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float | None:
