@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from flagware.cli import (
@@ -162,15 +163,27 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
             record = read_started(opened, experiment.name)
             if record is None:
                 continue
+            changes = describe_changes(record, experiment)
             if experiment.restart:
-                if record.fingerprint == experiment.fingerprint():  # the restart happened
+                if not changes:  # the restart happened
                     reminders.append(
                         f"{spec.source}: warning: experiments.{experiment.name}: its restart is"
                         " recorded; remove `restart = true`, or a later change restarts it"
                         " again without a word"
                     )
+                else:
+                    # A restart left set took the next edit as a new restart,
+                    # and check said only "valid" (an operator's trial).
+                    since = "its restart" if record.restarts else "it started"
+                    opened_at = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+                    reminders.append(
+                        f"{spec.source}: warning: experiments.{experiment.name}: restart = true"
+                        f" and {'; '.join(changes)} since {since}: the app restarts it when it"
+                        f" loads this spec, and results then count only exposures from then"
+                        f" on; the analysis window open since {opened_at:%Y-%m-%d %H:%M} UTC"
+                        f" is no longer read (read it first, with the spec as it was)"
+                    )
                 continue
-            changes = describe_changes(record, experiment)
             if changes:
                 problems.append(
                     f"{spec.source}: experiments.{experiment.name}: {'; '.join(changes)} after"

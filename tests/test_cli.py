@@ -349,13 +349,27 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
         .replace('"red"', '"crimson"')
         .replace('unit = "stableID"', 'unit = "stableID"\nrestart = true', 1)
     )
+    # Not loaded yet: what loading it will do, said before the deploy.
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
-    assert capsys.readouterr().err == ""  # the app has not loaded it: nothing restarted yet
+    pending = capsys.readouterr().err
+    assert pending.startswith(
+        f"{spec_file}: warning: experiments.button_color: restart = true and"
+        ' groups[1].params.color changed from "red" to "crimson" since it started: the app'
+        " restarts it when it loads this spec, and results then count only exposures from"
+        " then on; the analysis window open since "
+    )
+    assert pending.endswith(" UTC is no longer read (read it first, with the spec as it was)\n")
     make_client().close()  # the app loads it: the restart is recorded
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
     assert capsys.readouterr().err == (
         f"{spec_file}: warning: experiments.button_color: its restart is recorded; remove"
         " `restart = true`, or a later change restarts it again without a word\n"
+    )
+    # Left set, the next edit is another restart: said as one (a trial saw "valid").
+    spec_file.write_text(spec_file.read_text().replace('"crimson"', '"darkred"'))
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert 'changed from "crimson" to "darkred" since its restart: the app restarts it' in (
+        capsys.readouterr().err
     )
 
 

@@ -255,6 +255,59 @@ def test_spec_edits_reload_and_broken_edits_keep_the_last_good_spec(
     assert caplog.messages[-1] == f"flagware: {spec_file} is valid again (nothing served changed)"
 
 
+def test_narrowing_a_running_experiments_targeting_gate_is_warned(
+    make_client: Any,
+    spec_file: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gate may change at any time, but a targeting gate's narrowing takes
+    units out of their groups: an operator's trial saw 51 of 74 returning
+    units served the defaults, with nothing but an INFO line."""
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    spec_file.write_text(
+        spec_file.read_text().replace(
+            'unit = "stableID"', 'unit = "stableID"\ntargeting_gate = "everyone"'
+        )
+    )
+    client = make_client()
+    user = client.engine.user({"userID": "u1", "customIDs": {"stableID": "s1"}})
+    edits = [
+        ("[gates.nobody]\nrollout = 0", "[gates.nobody]\nrollout = 100", None),
+        (
+            "[gates.everyone]\nrollout = 100",
+            "[gates.everyone]\nrollout = 30",
+            "rollout lowered from 100 to 30",
+        ),
+        ("[gates.everyone]\nrollout = 30", "[gates.everyone]\nrollout = 60", None),  # widened
+        (
+            "[gates.everyone]\nrollout = 60",
+            "[gates.everyone]\nrollout = 60\nenabled = false",
+            "disabled",
+        ),
+    ]
+    for at, (before, after, how) in enumerate(edits, start=1):
+        spec_file.write_text(spec_file.read_text().replace(before, after))
+        os.utime(spec_file, (at, at))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="flagware"):
+            client.engine.gate(user, "everyone")
+        assert caplog.messages[0].startswith(f"flagware: reloaded {spec_file}: gates.")
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        if how is None:
+            assert not warned, after
+            continue
+        [said] = warned
+        assert said.getMessage() == (
+            f"flagware: {spec_file}: gates.everyone ({how}) is the targeting gate of"
+            " experiments.button_color: units that fail it now leave their groups and are"
+            " served the defaults, while results count them in the groups they had; widen it"
+            " back, or restart or rename the experiment"
+        )
+
+
 def test_a_spec_replaced_with_its_old_modification_time_is_reloaded(
     make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -381,6 +381,30 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     assert metric_notes(metric) == ["CUPED variance reduction: none (the metric does not vary)"]
 
 
+def test_units_later_exposed_outside_their_group_are_counted_and_said(tmp_path: Path) -> None:
+    """A targeting gate narrowed mid-run serves units of the groups the
+    defaults: they stay in their groups (intention to treat), and results say
+    how many (an operator's trial: 51 of 74 returning units, said nowhere)."""
+    log = Log()
+    for i in range(6):
+        log.expose(i, ("Control", "Red")[i % 2], NOW - 10 * HOUR)
+    log.expose(0, None, NOW - 5 * HOUR)  # targeted out later: still Control's
+    log.expose(1, None, NOW - 5 * HOUR)
+    log.expose(1, None, NOW - 4 * HOUR)  # one unit, however often
+    log.expose(9, None, NOW - 10 * HOUR)  # never in a group: ungrouped, not "left"
+    log.expose(9, None, NOW - 9 * HOUR)
+    log.expose(7, "Red", NOW - 10 * HOUR)  # a crossover is said as one, not here
+    log.expose(7, "Control", NOW - 9 * HOUR)
+    log.expose(7, None, NOW - 8 * HOUR)
+    spec = make_spec(metrics={"clicks": {"event": "click", "kind": "count"}})
+    results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
+    assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 3}
+    assert (results.units_left_groups, results.ungrouped_units) == (2, 1)
+    assert json.loads(render_json(results))["units_left_groups"] == 2
+    [said] = [w for w in results.warnings if "later exposed outside" in w]
+    assert said.startswith("2 unit(s) in the groups were later exposed outside them")
+
+
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:
     log = Log()
     log.expose(1, "Control", NOW - 10 * HOUR)

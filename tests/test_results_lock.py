@@ -303,8 +303,12 @@ def test_restart_starts_a_new_window(store: str, caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.INFO, "flagware"):
         check_unchanged(restarted, store, time_ms=T0 + 1000)
         check_unchanged(restarted, store, time_ms=T0 + 2000)  # recorded: not said again
-    [said] = [r.getMessage() for r in caplog.records if "restarted" in r.getMessage()]
-    assert said.startswith("flagware: experiments.button_color restarted (restart = true)")
+    [said] = [r for r in caplog.records if "restarted" in r.getMessage()]
+    assert said.getMessage().startswith(
+        "flagware: experiments.button_color restarted (restart = true;"
+        " groups[0].weight changed from 50 to 40; groups[1].weight changed from 50 to 60)"
+    )
+    assert said.levelno == logging.WARNING  # shown under a server's default logging
     record = read_started(store, "button_color")
     assert record is not None
     assert record.fingerprint == exp(restarted).fingerprint()

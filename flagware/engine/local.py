@@ -66,6 +66,38 @@ def _how(before: Any, after: Any, shown: int = 3) -> str:
     return f" ({', '.join(found[:shown])}{more})" if found else ""
 
 
+def narrowed_targeting(old: Spec, new: Spec) -> list[str]:
+    """A warning for each gate whose edit may take units out of an
+    experiment it targets: a lower rollout, a disabled gate, other conditions,
+    salt or unit. A gate is yours to change at any time, so this is said, not
+    refused; but units that fail it leave their groups for the defaults
+    (an operator's trial: 51 of 74 returning units, said nowhere)."""
+    said = []
+    for name, gate in new.gates.items():
+        before = old.gates.get(name)
+        targets = sorted(e.name for e in new.experiments.values() if e.targeting_gate == name)
+        if before is None or not targets:
+            continue
+        how = []
+        if gate.rollout < before.rollout:
+            how.append(f"rollout lowered from {before.rollout:g} to {gate.rollout:g}")
+        if before.enabled and not gate.enabled:
+            how.append("disabled")
+        if gate.conditions != before.conditions and gate.conditions:
+            how.append("its conditions changed")
+        if (gate.salt, gate.unit) != (before.salt, before.unit) and gate.rollout < 100:
+            how.append("its salt or unit changed")
+        if how:
+            experiments = ", ".join(f"experiments.{e}" for e in targets)
+            said.append(
+                f"gates.{name} ({', '.join(how)}) is the targeting gate of {experiments}: units"
+                " that fail it now leave their groups and are served the defaults, while"
+                " results count them in the groups they had; widen it back, or restart or"
+                " rename the experiment"
+            )
+    return said
+
+
 def _served_experiments(spec: Spec) -> dict[str, Any]:
     """The experiments a spec serves: all of each but ``restart``, which only
     opens a results window."""
@@ -257,6 +289,8 @@ class LocalSpec(Engine):
                 log.info("flagware: serving the start records' definitions: %s", changes)
             else:
                 log.info("flagware: reloaded %s: %s", self.path, changes)
+                for warning in narrowed_targeting(previous, spec):
+                    log.warning("flagware: %s: %s", self.path, warning)
         finally:
             self._reload_lock.release()
 

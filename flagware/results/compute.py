@@ -295,6 +295,13 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
+    if units.left:
+        warnings.append(
+            f"{units.left} unit(s) in the groups were later exposed outside them (served"
+            " the defaults: a targeting gate narrowed, most likely): each is counted in its"
+            " group (intention to treat), though it saw the group's treatment only until"
+            " then; widen the gate back, or restart the experiment"
+        )
     if units.without_unit:
         warnings.append(
             f"{units.without_unit} exposure(s) had no {exp.unit} and are left out: no unit to"
@@ -328,6 +335,7 @@ def _analyse(
         sequential_tuning=opt.tuning if opt.sequential else None,
         crossover_units=units.crossovers,
         ungrouped_units=units.ungrouped,
+        units_left_groups=units.left,
         exposures_without_unit=units.without_unit,
         shared_browsers=shared[0],
         override_exposures=units.overrides,

@@ -241,11 +241,15 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             continue
         if experiment.restart:
             record_started(conn, experiment, time_ms=time_ms)
-            log.info(
-                "flagware: experiments.%s restarted (restart = true): results count its"
-                " exposures from 7 s after this restart; remove `restart` from the spec, or"
-                " its next change restarts it again",
+            # A warning, naming the change: at INFO, under a server's default
+            # logging, a restart left set took the next edit unseen (a trial).
+            log.warning(
+                "flagware: experiments.%s restarted (restart = true; %s): results count its"
+                " exposures from 7 s after this restart, not the window open since %s UTC;"
+                " remove `restart` from the spec, or its next change restarts it again",
                 experiment.name,
+                "; ".join(changes),
+                f"{datetime.fromtimestamp(record.window_start / 1000, tz=UTC):%Y-%m-%d %H:%M}",
             )
             continue
         started = as_started(record, experiment)

@@ -125,6 +125,7 @@ class Results:
     sequential_tuning: int | None = None  # units where its sequence is tightest (sequential)
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
     ungrouped_units: int = 0  # units first exposed with no group (not allocated, targeted out)
+    units_left_groups: int = 0  # units in a group later exposed with none (targeted out later)
     exposures_without_unit: int = 0  # exposures without the unit's ID: no unit to count them for
     shared_browsers: int = 0  # userID experiments: stableIDs exposed under two or more userIDs
     override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored

@@ -121,11 +121,13 @@ class Units:
         last: int | None,
         ungrouped: int = 0,
         without_unit: int = 0,
+        left: int = 0,
     ) -> None:
         self.per_group = per_group
         self.crossovers = crossovers
         self.ungrouped = ungrouped  # first exposed with no group: not allocated, or targeted out
         self.without_unit = without_unit  # exposures without the unit's ID: no unit to count
+        self.left = left  # in a group, later exposed with none (a narrowed targeting gate)
         self.overrides = overrides
         self.first = first
         self.last = last
@@ -206,8 +208,25 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         (experiment, CONFIG_EXPOSURE, start, until),
     ).fetchone()
     without_unit = int(window_total) - _count_rows(conn, exposures)
+    # Units in a group later served none: a targeting gate narrowed (or an
+    # allocation shrunk past a refusal) took them out, and they are still
+    # counted in their group, having seen the defaults since (a trial).
+    (left,) = conn.execute(
+        f"""
+        SELECT count(DISTINCT f.unit) FROM {d.temp}.fw_first AS f
+        JOIN {exposures} AS x ON x.unit = f.unit
+        WHERE x.forced = 0 AND x.grp IS NULL AND x.t > f.t0
+        """
+    ).fetchone()
     return Units(
-        per_group, int(crossovers), int(overrides), first, last, int(ungrouped), without_unit
+        per_group,
+        int(crossovers),
+        int(overrides),
+        first,
+        last,
+        int(ungrouped),
+        without_unit,
+        int(left),
     )
 
 
