@@ -1015,13 +1015,18 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
     for i in range(10, 16):
         log.expose(i, "Control" if i % 2 else "Red", NOW - HOUR)
     log.expose(0, "Red", NOW - HOUR)  # re-exposed after the restart: its first in the window
+    log.expose(1, "Red", NOW - HOUR)  # Control's before the restart, Red's after: switched
     store = log.store(tmp_path)
     record_started(store, make_spec().experiments["button_color"], time_ms=NOW - 10 * HOUR)
     restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
     record_started(store, restarted.experiments["button_color"], time_ms=NOW - 2 * HOUR)
     results = compute_results(restarted, "button_color", store, now=NOW)
     assert results.window_start == NOW - 2 * HOUR + SETTLE_MS
-    assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 4}
+    assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 5}
+    # What a switched unit saw before carries over (a trial: 96 of 299, said nowhere).
+    assert results.units_switched_groups == 1
+    [said] = [w for w in results.warnings if "another group before it opened" in w]
+    assert said.startswith("1 unit(s) of the window were exposed to another group before")
 
 
 def test_a_restart_window_opens_once_every_process_serves_the_new_definition(

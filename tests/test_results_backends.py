@@ -107,6 +107,9 @@ def assert_close(a: Any, b: Any, path: str = "") -> None:
 
 def test_a_restart_window_is_read_from_either_store(store_location: str) -> None:
     log = random_log(3)
+    for i in range(5):  # in one group before the restart, in the other after it
+        log.expose(f"moved{i}", "Control", NOW - 40 * HOUR)
+        log.expose(f"moved{i}", "Red" if i else "Control", NOW - 20 * HOUR)
     location = stored(log, store_location)
     before = compute_results(make_spec(), "button_color", location, now=NOW)
     first = make_spec().experiments["button_color"]
@@ -117,6 +120,34 @@ def test_a_restart_window_is_read_from_either_store(store_location: str) -> None
     after = compute_results(restarted, "button_color", location, now=NOW)
     assert after.window_start == NOW - 30 * HOUR + SETTLE_MS
     assert sum(g.units for g in after.groups) < sum(g.units for g in before.groups)
+    # Units of the window exposed to another group before it, replayed in Python.
+    assert after.units_switched_groups == _switched(log, after.window_start) > 0
+
+
+def _switched(log: Log, start: int) -> int:
+    exposures = [
+        e
+        for e in log.events
+        if e.name == CONFIG_EXPOSURE and (e.metadata or {}).get("ruleID") != "override"
+    ]
+    window = sorted((e for e in exposures if start <= e.time <= NOW), key=lambda e: e.time)
+    first: dict[str, str | None] = {}
+    groups: dict[str, set[str]] = {}
+    for e in window:
+        unit = e.user["customIDs"]["stableID"]
+        first.setdefault(unit, e.group)
+        groups.setdefault(unit, set()).update([e.group] if e.group else [])
+    return sum(
+        1
+        for unit, group in first.items()
+        if group is not None
+        and len(groups[unit]) == 1
+        and any(
+            e.time < start and e.group not in (None, group)
+            for e in exposures
+            if e.user["customIDs"]["stableID"] == unit
+        )
+    )
 
 
 def test_results_command_reads_a_postgresql_store(

@@ -219,6 +219,7 @@ def _analyse(
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     shared = sql.shared_browsers(conn) if exp.unit == "userID" else (0, 0)
+    switched = 0 if not window_start else sql.switched_groups(conn, exp.name, unit, window_start)
     reads = _reads(metrics, opt.cuped)
     tables = load_unit_events(
         conn, exp.unit, sum(units.per_group.values()), reads, opt.until, opt.now
@@ -295,6 +296,13 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
+    if switched:
+        warnings.append(
+            f"{switched} unit(s) of the window were exposed to another group before it"
+            " opened, and what they saw there carries over: with the salts kept, they are"
+            " the units the new weights moved, from some groups into others, so the groups"
+            " differ in their history; a restart that also changes `salt` spreads it evenly"
+        )
     if units.left:
         warnings.append(
             f"{units.left} unit(s) in the groups were later exposed outside them (served"
@@ -336,6 +344,7 @@ def _analyse(
         crossover_units=units.crossovers,
         ungrouped_units=units.ungrouped,
         units_left_groups=units.left,
+        units_switched_groups=switched,
         exposures_without_unit=units.without_unit,
         shared_browsers=shared[0],
         override_exposures=units.overrides,

@@ -126,6 +126,7 @@ class Results:
     crossover_units: int = 0  # units exposed to two groups, excluded from the analysis
     ungrouped_units: int = 0  # units first exposed with no group (not allocated, targeted out)
     units_left_groups: int = 0  # units in a group later exposed with none (targeted out later)
+    units_switched_groups: int = 0  # units of the window in another group before it opened
     exposures_without_unit: int = 0  # exposures without the unit's ID: no unit to count them for
     shared_browsers: int = 0  # userID experiments: stableIDs exposed under two or more userIDs
     override_exposures: int = 0  # exposures forced by overrides (ruleID "override"), ignored

@@ -58,6 +58,7 @@ def to_dict(results: Results) -> dict[str, Any]:
         "crossover_units": results.crossover_units,
         "ungrouped_units": results.ungrouped_units,
         "units_left_groups": results.units_left_groups,
+        "units_switched_groups": results.units_switched_groups,
         "exposures_without_unit": results.exposures_without_unit,
         "shared_browsers": results.shared_browsers,
         "override_exposures": results.override_exposures,

@@ -324,6 +324,24 @@ def newest_event(conn: Reader, event: str, since: int, until: int) -> int | None
     return None if row is None or row[0] is None else int(row[0])
 
 
+def switched_groups(conn: Reader, experiment: str, unit: str, window_start: int) -> int:
+    """Units of the window (``temp.fw_first``) exposed to another group before
+    it opened: a restart keeps the salts, so a unit whose hash the new weights
+    put elsewhere brings what it saw before into another group (a trial: 96 of
+    299 returning units after a weights restart, said nowhere)."""
+    d = conn.dialect
+    (n,) = conn.execute(
+        f"""
+        SELECT count(DISTINCT f.unit) FROM {d.temp}.fw_first AS f
+        JOIN events AS e ON {unit} = f.unit
+        WHERE e.exposure = ? AND e.event = ? AND e.time < ? AND e.group_name IS NOT NULL
+          AND e.group_name <> f.grp AND {_not_override(d)}
+        """,
+        (experiment, CONFIG_EXPOSURE, window_start),
+    ).fetchone()
+    return int(n)
+
+
 def future_exposures(conn: Reader, experiment: str, now: int) -> int:
     """The experiment's exposures stamped after ``now`` (clock skew; not counted)."""
     (n,) = conn.execute(
