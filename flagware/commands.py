@@ -95,13 +95,11 @@ def run_check(args: argparse.Namespace) -> int:
     changes, reminders = ([], []) if missing else _changes_since_start(spec, args.store)
     for change in changes:
         print(change, file=sys.stderr)
-    if changes:
-        _say_problems(len(changes), args.spec)
-        return EXIT_BAD_INPUT
     for reminder in reminders:
         print(reminder, file=sys.stderr)
     # Warnings, not errors: a metric the code does not log yet is no mistake,
-    # but a misspelled event reads as "no effect" in every result.
+    # but a misspelled event reads as "no effect" in every result. Said with
+    # an error too: "every problem" left them for the next run (a trial).
     try:
         unstored = [] if missing else unstored_metric_events(spec, args.store)
     except ResultsError as exc:
@@ -109,6 +107,9 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for warning in unstored:
         print(f"{spec.source}: warning: metrics.{warning}", file=sys.stderr)
+    if changes:
+        _say_problems(len(changes), args.spec)
+        return EXIT_BAD_INPUT
     compared = (
         f"; no event store at {redact(args.store)}, so no started experiment was compared with it"
         if missing and spec.experiments

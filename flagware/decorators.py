@@ -91,13 +91,15 @@ def _succeeded(result: Any) -> bool:
     return status is None or status < 400
 
 
-def _resolve(flags: Flags, what: Any, result: Any, field: str) -> Any:
+def _resolve(flags: Flags, what: Any, result: Any, field: str, name: str) -> Any:
     if not callable(what):
         return what
     try:
         return what(result)
     except Exception as exc:  # the event is still logged, without this field
-        flags._client.report(exc, f"log_event {field}")
+        # Named, and counted per event: "log_event metadata failed (serving
+        # defaults)" named neither the event nor what happened to it (a trial).
+        flags._client.report(exc, f"log_event {field} of {name!r}")
         return None
 
 
@@ -106,8 +108,8 @@ def _log(flags: Flags | None, name: str, value: Any, metadata: Any, result: Any)
         return
     flags.log_event(
         name,
-        value=_resolve(flags, value, result, "value"),
-        metadata=_resolve(flags, metadata, result, "metadata"),
+        value=_resolve(flags, value, result, "value", name),
+        metadata=_resolve(flags, metadata, result, "metadata", name),
     )
 
 
@@ -118,8 +120,8 @@ def _hold(flags: Flags | None, name: str, value: Any, metadata: Any, result: Any
     try:
         event = flags._event(
             name,
-            _resolve(flags, value, result, "value"),
-            _resolve(flags, metadata, result, "metadata"),
+            _resolve(flags, value, result, "value", name),
+            _resolve(flags, metadata, result, "metadata", name),
         )
         request.hold(flags, event)
     except Exception as exc:

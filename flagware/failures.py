@@ -78,6 +78,8 @@ class Failures:
                 return
             self._reported.add(key)
         after = _AFTER_FAILURE.get(where, "serving defaults")
+        if where.startswith("log_event "):  # a decorator's value or metadata callable
+            after = f"the event is logged without its {where.split()[1]}"
         if not outage:
             log.error(
                 "flagware: %s failed (%s; logged once, counted in Flagware.errors)",

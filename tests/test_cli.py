@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -507,6 +508,11 @@ def test_demo_is_reproducible_to_the_byte(tmp_path: Any) -> None:
     other = flagware_cmd(*demo, "12", cwd=tmp_path, env=env, check=True)
     assert other.stdout != runs[0].stdout
     assert len(list(tmp_path.glob("flagware-demo-*/events.db"))) == 3
+    # How to read it again, as typed (a trial's own spec was refused against it).
+    again = other.stderr.splitlines()[-1]
+    assert again.startswith("Read it again: flagware results button_color")
+    argv = shlex.split(again.removeprefix("Read it again: flagware ").split("  (")[0])
+    assert main(argv) in (0, 3)
 
 
 def test_check_warns_of_metrics_whose_events_the_store_never_held(
@@ -547,6 +553,19 @@ def test_check_warns_of_metrics_whose_events_the_store_never_held(
         " for every unit",
     ]
     assert "is valid (0 gates, 1 experiment, 4 metrics)" in out.out
+    # With an error beside them, they are said too: "every problem" left them
+    # for the run after its fix (a new user's trial).
+    from flagware.results.lock import record_started
+    from flagware.spec import load_spec
+
+    record_started(store, load_spec(spec).experiments["button_color"])
+    spec.write_text(spec.read_text().replace("weight = 50 }, {", "weight = 40 }, {"))
+    spec.write_text(spec.read_text().replace('"Red", weight = 50', '"Red", weight = 60'))
+    assert main(["check", "--spec", str(spec), "--store", store]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"{spec}: experiments.button_color: groups[0].weight changed")
+    assert err[1:4] == out.err.splitlines()
+    assert err[4:] == [f"flagware check: 1 problem in {spec}"]
 
 
 def test_results_on_statsig_with_no_spec_file_says_where_results_are(

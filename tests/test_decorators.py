@@ -96,7 +96,9 @@ def test_log_event_on_call_logs_before_the_view(app: Flask, client: Any) -> None
     assert names(client) == ["attempted"]
 
 
-def test_value_and_metadata_constants_and_callables(app: Flask, client: Any) -> None:
+def test_value_and_metadata_constants_and_callables(
+    app: Flask, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     @app.get("/const")
     @log_event("purchase", value=9.5, metadata={"plan": "pro"})
     def const() -> str:
@@ -120,7 +122,12 @@ def test_value_and_metadata_constants_and_callables(app: Flask, client: Any) -> 
     assert events["purchase"]["value"] == 9.5 and events["purchase"]["metadata"] == {"plan": "pro"}
     assert events["derived"]["value"] == 5 and events["derived"]["metadata"] == {"body": "hello"}
     assert events["broken"]["value"] is None  # logged all the same: nothing is lost
-    assert client.errors["log_event value"] == 1
+    assert client.errors["log_event value of 'broken'"] == 1
+    [said] = [r.getMessage() for r in caplog.records if "log_event" in r.getMessage()]
+    assert said == (
+        "flagware: log_event value of 'broken' failed (the event is logged without its value;"
+        " logged once, counted in Flagware.errors)"
+    )
 
 
 def test_an_event_that_cannot_be_stored_is_refused_alone(app: Flask, client: Any) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 import random
+import shlex
 import sys
 import tempfile
 import time
@@ -187,6 +188,13 @@ def _print_results(spec: Path, store: str) -> None:
     report = Path(store).with_name("button_color.html")
     results("html", str(report))
     print(f"\nHTML report: {report}", file=sys.stderr)
+    # The folder stays for a second look, which a trial could not take: its
+    # own spec, not the shipped one, was refused against the demo's store.
+    print(
+        f"Read it again: flagware results button_color --alpha 0.1 --spec {shlex.quote(str(spec))}"
+        f" --store {shlex.quote(store)}  (the folder is yours to delete)",
+        file=sys.stderr,
+    )
 
 
 def add_parser(sub: Any) -> None:
