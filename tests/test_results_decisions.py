@@ -286,6 +286,77 @@ def test_a_sequence_tuned_at_the_planned_size_holds_alpha_and_gains_power() -> N
     assert real_p[0] > real_d[0] + 0.05  # a tighter sequence where the data are read
 
 
+def _tails(calls: np.ndarray) -> tuple[float, float]:
+    return float((calls > 0).mean()), float((calls < 0).mean())
+
+
+def test_sequential_rare_conversions_in_unequal_groups_hold_each_tail() -> None:
+    """The unpooled error of a small group with 0-3 conversions is near 0: the
+    sequence called its side in 4.75% of A/A runs where alpha/2 is 2.5% (a
+    statistician's trial, 20/80 groups, 2%, 10 looks to 3,000 units). With
+    the larger of the pooled and unpooled errors, each tail holds."""
+    runs, rate, looks = 4000, 0.02, 10
+    rho = sequential.rho(ALPHA)
+    rng = np.random.default_rng(2002)
+    for small_is_treatment in (True, False):
+        n_small, n_large = 60, 240  # a look's units: 20/80
+        small = rng.binomial(n_small, rate, (runs, looks)).cumsum(axis=1)
+        large = rng.binomial(n_large, rate, (runs, looks)).cumsum(axis=1)
+        calls = np.zeros(runs)
+        for run in range(runs):
+            for look in range(looks):
+                ns, nl = (look + 1) * n_small, (look + 1) * n_large
+                s_ = Sample(
+                    ns, small[run, look] / ns, small[run, look] * (1 - small[run, look] / ns)
+                )
+                l_ = Sample(
+                    nl, large[run, look] / nl, large[run, look] * (1 - large[run, look] / nl)
+                )
+                t, c = (s_, l_) if small_is_treatment else (l_, s_)
+                ci, _ = estimate("conversion", t, c, sequential_rho=rho).intervals(ALPHA)
+                if ci is not None and (ci[0] > 0 or ci[1] < 0):
+                    calls[run] = 1 if ci[0] > 0 else -1
+                    break  # stopped at the first call
+        better, worse = _tails(calls)
+        print(
+            f"\nsequential A/A, 2% conversion, small group = "
+            f"{'treatment' if small_is_treatment else 'control'} (20/80), {looks} looks to"
+            f" 3,000 units: better {better:.4f}, worse {worse:.4f} (alpha/2 {ALPHA / 2})"
+        )
+        for tail in (better, worse):
+            assert tail <= ALPHA / 2 + two_se(ALPHA / 2, runs)
+
+
+def test_sequential_skewed_revenue_in_unequal_groups_holds_each_tail() -> None:
+    """Revenue (30% buy, lognormal(3, 1.2) orders), 20/80 groups, 10 looks:
+    the small group's side reached alpha/2 with the unpooled error, where
+    balanced groups stay near 0.3% (the same trial)."""
+    runs, looks, n_small, n_large = 1500, 10, 60, 240
+    rho = sequential.rho(ALPHA)
+    rng = np.random.default_rng(3003)
+    calls = np.zeros(runs)
+    for run in range(runs):
+        t, c = (
+            np.where(rng.random(n) < 0.3, rng.lognormal(3.0, 1.2, n), 0.0)
+            for n in (n_small * looks, n_large * looks)
+        )
+        for look in range(1, looks + 1):
+            est = estimate(
+                "sum",
+                np_sample(t[: look * n_small]),
+                np_sample(c[: look * n_large]),
+                sequential_rho=rho,
+            )
+            ci, _ = est.intervals(ALPHA)
+            if ci is not None and (ci[0] > 0 or ci[1] < 0):
+                calls[run] = 1 if ci[0] > 0 else -1
+                break
+    better, worse = _tails(calls)
+    print(f"\nsequential A/A revenue, 20/80, {looks} looks: better {better:.4f}, worse {worse:.4f}")
+    for tail in (better, worse):
+        assert tail <= ALPHA / 2 + two_se(ALPHA / 2, runs)
+
+
 # --- small samples ------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from flagware.spec.model import SEQUENTIAL_TUNING
 
 __all__ = ["DEFAULT_TUNING", "critical", "p_value", "rho"]
 
-#: Units (all groups together) where the sequence is tightest, unless an
+#: A comparison's units (a group and the control) where the sequence is tightest, unless an
 #: experiment sets ``sequential_tuning``: GrowthBook's default.
 DEFAULT_TUNING = SEQUENTIAL_TUNING
 

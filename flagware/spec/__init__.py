@@ -46,8 +46,8 @@ and every problem is reported at once.
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
 - ``sequential``  ``true`` (the default) makes results always valid (a confidence
   sequence), so they can be read at any time; ``false`` is a fixed horizon.
-- ``sequential_tuning``  units (every group together) where that sequence is tightest,
-  default 5,000: the planned size, set before the start.
+- ``sequential_tuning``  a comparison's units (a group and the control together) where
+  that sequence is tightest, default 5,000: the planned size, set before the start.
 - ``restart``  ``true`` starts a fresh analysis period (read by the results module);
   default ``false``. It does not change assignment.
 

@@ -18,7 +18,7 @@ Scalar = str | int | float | bool
 # Statsig buckets experiment units into 1000 buckets (user_bucket = hash % 1000), so
 # allocation and group weights resolve to 0.1 percent.
 BUCKETS = 1000
-#: Units (every group together) where a sequential experiment's confidence
+#: A comparison's units (a group and the control) where a sequential experiment's confidence
 #: sequence is tightest, unless it sets ``sequential_tuning``: GrowthBook's default.
 SEQUENTIAL_TUNING = 5000
 # Fixed forever: changing it would move every unit of every spec without a salt.
