@@ -436,6 +436,27 @@ def test_the_page_says_when_the_statsig_specs_have_not_come(tmp_path: Any) -> No
     assert re.search(r"\((\d+) failed since; last: .+\)$", failing[1])
 
 
+def test_the_page_says_which_edit_of_a_started_experiment_is_refused(
+    make_diag: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page showed the recorded definition as if the file said it; only
+    the log told of the refused edit (an operator's trial)."""
+    from flagware.engine import local
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    client = make_diag()
+    browser = http(client)
+    browser.get("/")  # exposed: the experiment starts
+    client.flush()
+    assert "specs-refused" not in page(browser).text
+    spec_file.write_text(spec_file.read_text().replace('"red"', '"crimson"'))
+    os.utime(spec_file, (1, 1))
+    html = page(browser).text
+    [refused] = re.findall(r'<span class="off specs-refused">(.*?)</span>', html)
+    assert refused.startswith("refused, still served as started: ")
+    assert "groups[1].params.color changed from &quot;red&quot; to &quot;crimson&quot;" in refused
+
+
 def on_statsig(stub: Any, tmp_path: Any, secret: str = "secret-test") -> Flagware:
     """A client with the page on, on Statsig at ``stub``."""
     return Flagware(

@@ -259,7 +259,18 @@ class DiagnosticsApp:
         else:
             when = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
             shown = f'specs of <span id="specs">{when:%Y-%m-%d %H:%M:%S} UTC</span>'
-        return shown + self._specs_outage()
+        return shown + self._specs_outage() + self._refused()
+
+    def _refused(self) -> str:
+        """Edits of started experiments this process refuses: the page showed
+        the recorded definition as if the file said it, and only the log told
+        of the edit (an operator's trial)."""
+        refused = getattr(self.client.engine, "refused", None) or []
+        return "".join(
+            f' · <span class="off specs-refused">refused, still served as started:'
+            f" {escape(message)}</span>"
+            for message in refused
+        )
 
     def _specs_outage(self) -> str:
         """Failing downloads, as the log said them: the page showed the specs'
