@@ -110,6 +110,17 @@ class UserFlags(Flags):
         assert self._user_dict is not None  # set when made
         return self._client.engine.user(self._user_dict)
 
+    def gate(self, name: str) -> bool:
+        value = super().gate(name)
+        # As for experiments: a gate on a unit the user lacks is one bucket
+        # for every such user, all or nothing (a trial was warned of the
+        # experiment, not of the gate beside it on the same unit).
+        spec = getattr(self._client.engine, "spec", None)
+        gate = spec.gates.get(name) if spec is not None else None
+        if gate is not None:
+            self._warn_unit(f"gates.{name}", gate.unit, "the same value")
+        return value
+
     def config(self, name: str) -> Config:
         config = super().config(name)
         # Statsig evaluates a user without the experiment's unit ID as if the ID
@@ -117,16 +128,22 @@ class UserFlags(Flags):
         # they leave these exposures out; say so where the spec tells the unit.
         spec = getattr(self._client.engine, "spec", None)
         experiment = spec.experiments.get(name) if spec is not None else None
-        if experiment is not None and name not in _warned_units and not self._has(experiment.unit):
-            _warned_units.add(name)
-            log.warning(
-                "flagware: flags_for() evaluated %s, keyed on %s, for a user without a %s: "
-                "every such user gets the same group, and results leave them out",
-                name,
-                experiment.unit,
-                experiment.unit,
-            )
+        if experiment is not None:
+            self._warn_unit(name, experiment.unit, "the same group, and results leave them out")
         return config
+
+    def _warn_unit(self, name: str, unit: str, outcome: str) -> None:
+        if name in _warned_units or self._has(unit):
+            return
+        _warned_units.add(name)
+        log.warning(
+            "flagware: flags_for() evaluated %s, keyed on %s, for a user without a %s:"
+            " every such user gets %s",
+            name,
+            unit,
+            unit,
+            outcome,
+        )
 
     def log_event(
         self,

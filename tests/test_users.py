@@ -350,6 +350,28 @@ def test_a_missing_unit_id_is_said_once_and_results_leave_it_out(
     assert sum(g.units for g in results.groups) == 0
 
 
+def test_a_gate_on_a_unit_the_user_lacks_is_said_once(
+    make_client: Any, spec_file: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A trial was warned of the stableID experiment, not of the gate beside it
+    on the same unit, which read true for every such user alike."""
+    from flagware import users
+
+    spec_file.write_text(spec_file.read_text() + '[gates.by_browser]\nunit = "stableID"\n')
+    client = make_client()
+    users._warned_units.discard("gates.by_browser")
+    with caplog.at_level(logging.WARNING, "flagware"):
+        for user in ("u-1", "u-2"):
+            client.flags_for(user_id=user).gate("by_browser")
+        client.flags_for(user_id="u-3", stable_id="s-3").gate("by_browser")  # has it
+        client.flags_for(user_id="u-4").gate("new_signup")  # on the userID, given
+    said = [r.getMessage() for r in caplog.records if "flags_for()" in r.getMessage()]
+    assert said == [
+        "flagware: flags_for() evaluated gates.by_browser, keyed on stableID, for a user"
+        " without a stableID: every such user gets the same value"
+    ]
+
+
 def test_overrides_and_captured_events_apply(client: Any, flagware_overrides: Any) -> None:
     flagware_overrides.gate("new_signup", True)
     flagware_overrides.experiment("button_color", {"color": "red"}, group="Red")
