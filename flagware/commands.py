@@ -156,7 +156,8 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
     """What the running app would refuse (started experiments changed without
     restart), and reminders: a ``restart = true`` left set once its restart is
     recorded, a started experiment the spec no longer has."""
-    from flagware.results.lock import describe_changes, read_started
+    from flagware.results.changes import describe_changes, reading_changes
+    from flagware.results.lock import read_started
 
     problems, reminders = [], []
     with open_store(store, create=False) as opened:
@@ -164,6 +165,10 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
             record = read_started(opened, experiment.name)
             if record is None:
                 continue
+            reminders += [
+                f"{spec.source}: warning: experiments.{experiment.name}: {said}"
+                for said in reading_changes(record, experiment)
+            ]
             changes = describe_changes(record, experiment)
             if experiment.restart:
                 if not changes:  # the restart happened

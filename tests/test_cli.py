@@ -429,6 +429,51 @@ def test_an_experiment_removed_once_it_ended_is_noted_and_its_results_still_read
     )
 
 
+def test_how_results_are_read_is_recorded_at_the_start_and_its_change_warned(
+    make_client: Any, spec_file: Any, capsys: Any
+) -> None:
+    """`sequential = false` added mid-run was taken without a word (an
+    operator's trial): chosen after sequential looks, a fixed horizon's error
+    rate is not alpha. The start record keeps how results were to be read."""
+    spec_file.write_text(
+        spec_file.read_text().replace(
+            'unit = "stableID"', 'unit = "stableID"\nsequential_tuning = 20000', 1
+        )
+    )
+    client = make_client()
+    app = FlagwareMiddleware(_exposing_app, client)
+    for i in range(30):
+        Client(app).get("/", environ_base={"REMOTE_ADDR": f"192.0.2.{i + 1}"})
+    client.close()  # records the start
+    store = str(client.event_store_path)
+    check = ["check", "--spec", str(spec_file), "--store", store]
+    assert main(check) == 0
+    assert capsys.readouterr().err == ""
+    started = spec_file.read_text()
+    spec_file.write_text(started.replace("sequential_tuning = 20000", "sequential = false"))
+    assert main(check) == 0  # a warning: nothing served changes
+    assert capsys.readouterr().err == (
+        f"{spec_file}: warning: experiments.button_color: sequential changed from true to"
+        " false since it started: a fixed horizon holds its error rate read once at a size"
+        " planned before the start; chosen after sequential looks, it does not\n"
+    )
+    spec_file.write_text(started.replace("sequential_tuning = 20000", "sequential_tuning = 90000"))
+    assert main(check) == 0
+    assert "sequential_tuning changed from 20000 to 90000 since it started" in (
+        capsys.readouterr().err
+    )
+    results = ["results", "button_color", "--spec", str(spec_file), "--store", store]
+    assert main([*results, "--format", "json"]) in (0, 3)
+    out = json.loads(capsys.readouterr().out)
+    assert [w for w in out["warnings"] if "sequential_tuning changed from 20000" in w]
+    # Removed once it ended, it is read as it started: tuned at 20,000.
+    written = spec_file.read_text()
+    spec_file.write_text(written[: written.index("[experiments.button_color]")])
+    assert main([*results, "--format", "json"]) in (0, 3)
+    out = json.loads(capsys.readouterr().out)
+    assert (out["sequential"], out["sequential_tuning"]) == (True, 20000)
+
+
 def test_read_commands_never_touch_a_database_that_is_not_a_store(
     tmp_path: Any, capsys: Any
 ) -> None:

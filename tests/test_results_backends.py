@@ -223,9 +223,10 @@ def test_an_experiment_removed_from_the_spec_is_read_from_either_store(
     location = stored(log, store_location)
     spec = make_spec()
     record_started(location, spec.experiments["button_color"], time_ms=NOW - 72 * HOUR)
-    before = compute_results(spec, "button_color", location, now=NOW, sequential=True)
+    before = compute_results(spec, "button_color", location, now=NOW)
     without = make_spec(experiments=())
     after = compute_results(without, "button_color", location, now=NOW)
+    assert not after.sequential  # as its record says (make_spec: a fixed horizon)
     assert after.warnings[0].startswith("button_color is not in <spec>: read as its start record")
     assert to_dict(after)["metrics"] == to_dict(before)["metrics"]
     assert after.verdict == before.verdict and after.groups == before.groups

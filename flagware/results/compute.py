@@ -26,8 +26,9 @@ from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
+from flagware.results.changes import changed_since_start, reading_changes
 from flagware.results.coverage import unattributed, unstored
-from flagware.results.lock import changed_since_start, recorded_experiment
+from flagware.results.lock import recorded_experiment
 from flagware.results.model import (
     GroupResult,
     GroupUnits,
@@ -101,8 +102,8 @@ def compute_results(
     where = redact(os.fspath(store_path))
     reference = now_ms() if now is None else now
     end = reference if until is None else min(until, reference)
-    # An experiment removed from the spec: no record says how it was read, so
-    # the default (always valid, whenever it is read).
+    # An experiment removed from the spec: as its start record says (below),
+    # else the default (always valid, whenever it is read).
     declared = True if exp is None else exp.sequential
     use_sequential = declared if sequential is None else sequential
     tuning = seq.DEFAULT_TUNING if exp is None else exp.sequential_tuning
@@ -110,7 +111,7 @@ def compute_results(
     try:
         with open_reader(store_path) as conn:
             if exp is None:
-                results = _analyse_removed(conn, spec, experiment, chosen, options)
+                results = _analyse_removed(conn, spec, experiment, chosen, options, sequential)
             else:
                 results = _analyse(conn, exp, chosen, options)
     except database_errors() as exc:
@@ -136,14 +137,22 @@ def _unknown(spec: Spec, experiment: str, started: Sequence[str] = ()) -> Result
 
 
 def _analyse_removed(
-    conn: Reader, spec: Spec, experiment: str, metrics: list[MetricSpec], opt: _Options
+    conn: Reader,
+    spec: Spec,
+    experiment: str,
+    metrics: list[MetricSpec],
+    opt: _Options,
+    sequential: bool | None,
 ) -> Results:
     """An experiment removed from the spec once it ended still has its stored
-    exposures and its start record: read it as the record defines it."""
+    exposures and its start record: read it as the record defines it (and,
+    unless the command says, as sequentially as it says)."""
     record, _ = sql.start_record(conn, experiment)
     exp = None if record is None else recorded_experiment(experiment, record)
     if exp is None:
         raise _unknown(spec, experiment, sql.started_experiments(conn))
+    chosen = exp.sequential if sequential is None else sequential
+    opt = replace(opt, sequential=chosen, tuning=exp.sequential_tuning)
     results = _analyse(conn, exp, metrics, opt)
     note = (
         f"{experiment} is not in {spec.source}: read as its start record defines it"
@@ -296,6 +305,8 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
+    if record is not None:  # how the spec reads it, changed since it started
+        warnings += [f"experiments.{exp.name}: {said}" for said in reading_changes(record, exp)]
     if switched:
         warnings.append(
             f"{switched} unit(s) of the window were exposed to another group before it"

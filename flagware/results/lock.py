@@ -20,13 +20,8 @@ trial: 47% of the units in groups were then served the defaults, and results
 counted them in their groups, silently); removing it may be done, as growing
 the allocation may.
 
-The record (JSON in ``meta.value``)::
-
-    {"fingerprint": "...", "fields": {...}, "allocation": 50.0, "targeting_gate": null,
-     "started": <ms of the first record>, "window_start": <ms>, "restarts": 0}
-
-(Records made before ``targeting_gate`` was kept lack it, and their targeting
-gate is not checked.)
+The record is ``results.records.StartRecord``; how a spec differs from it is
+said by ``results.changes``. Both are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,10 +30,9 @@ import json
 import logging
 import os
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from flagware.events.model import now_ms
 from flagware.events.store import (
@@ -49,16 +43,24 @@ from flagware.events.store import (
     open_store,
     store_exists,
 )
+from flagware.results.changes import (
+    changed_since_start,
+    describe_changes,
+    reading_changes,
+    refusal_message,
+)
+from flagware.results.records import StartRecord, meta_key, reset_key, served_targeting
 from flagware.spec import ExperimentSpec, Group, Spec, SpecError
-from flagware.spec.diff import differences, show
 
 __all__ = [
     "StartRecord",
     "as_started",
     "changed_since_start",
     "check_unchanged",
+    "describe_changes",
     "meta_key",
     "read_started",
+    "reading_changes",
     "record_started",
     "recorded_experiment",
     "reset_key",
@@ -69,53 +71,6 @@ log = logging.getLogger("flagware")
 
 StoreRef = sqlite3.Connection | Store | str | os.PathLike[str]
 _Raw = (sqlite3.Connection, str, os.PathLike)  # not a store object: SQLite directly
-
-
-def meta_key(experiment: str) -> str:
-    return f"experiment:{experiment}"
-
-
-def reset_key(experiment: str) -> str:
-    """When ``flagware reset`` last forgot ``experiment`` (ms, in ``meta``): the
-    analysis window of the start recorded after it opens there."""
-    return f"reset:{experiment}"
-
-
-@dataclass(frozen=True)
-class StartRecord:
-    fingerprint: str
-    fields: dict[str, Any]
-    allocation: float  # the largest allocation seen so far
-    started: int  # ms: the first exposure ever recorded
-    window_start: int  # ms: the start of the current analysis window
-    restarts: int
-    reset_at: int | None = None  # ms: the `flagware reset` before this record, if any
-    targeting_gate: str | None = None  # the experiment's targeting gate when it started
-    targeting_known: bool = False  # False for records made before it was kept
-
-    @classmethod
-    def from_json(cls, text: str) -> StartRecord:
-        data = json.loads(text)
-        return cls(
-            fingerprint=str(data["fingerprint"]),
-            fields=dict(data["fields"]),
-            allocation=float(data.get("allocation", 0.0)),
-            started=int(data["started"]),
-            window_start=int(data.get("window_start", data["started"])),
-            restarts=int(data.get("restarts", 0)),
-            targeting_gate=None
-            if data.get("targeting_gate") is None
-            else str(data["targeting_gate"]),
-            targeting_known="targeting_gate" in data,
-        )
-
-    @classmethod
-    def stored(cls, record: str | None, reset: str | None) -> StartRecord | None:
-        """From the ``meta`` values under :func:`meta_key` and :func:`reset_key`."""
-        if record is None:
-            return None
-        started = cls.from_json(record)
-        return started if reset is None else replace(started, reset_at=int(reset))
 
 
 # The upsert that records a start, in each backend's dialect (events/store/*.sql).
@@ -138,6 +93,8 @@ def record_started(
         "fields": experiment.fingerprint_fields(),
         "allocation": float(experiment.allocation),
         "targeting_gate": experiment.targeting_gate,
+        "sequential": experiment.sequential,
+        "sequential_tuning": experiment.sequential_tuning,
         "started": at,
         "window_start": at,
         "restarts": 0,
@@ -254,9 +211,9 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             continue
         started = as_started(record, experiment)
         if started is None:  # a record this version cannot rebuild: the whole spec is refused
-            raise _refusal(spec, [_message(experiment.name, changes, record)])
+            raise _refusal(spec, [refusal_message(experiment.name, changes, record)])
         served[experiment.name] = started
-        refused.append(_message(experiment.name, changes, record))
+        refused.append(refusal_message(experiment.name, changes, record))
     if not refused:
         return spec, []
     return replace(spec, experiments=served), refused
@@ -279,7 +236,7 @@ def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpe
             allocation_salt=str(fields["allocation_salt"]),
             groups=groups,
             allocation=max(experiment.allocation, record.allocation),
-            targeting_gate=_served_targeting(record, experiment),
+            targeting_gate=served_targeting(record, experiment),
             restart=False,
         )
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -287,109 +244,17 @@ def as_started(record: StartRecord, experiment: ExperimentSpec) -> ExperimentSpe
     return started if started.fingerprint() == record.fingerprint else None
 
 
-def _served_targeting(record: StartRecord, experiment: ExperimentSpec) -> str | None:
-    if not record.targeting_known or experiment.targeting_gate in (None, record.targeting_gate):
-        return experiment.targeting_gate
-    return record.targeting_gate
-
-
 def recorded_experiment(name: str, record: StartRecord) -> ExperimentSpec | None:
     """An experiment no longer in the spec, as its start record defines it
     (results of an experiment removed once it ended); None if the record does
-    not rebuild it. Nothing records its targeting gate or ``sequential``: it
-    is read without the one and with the default of the other."""
+    not rebuild it. It is read without a targeting gate, and sequentially
+    as its record says (records made before that was kept: the default)."""
     blank = ExperimentSpec(name=name, unit="userID", allocation=0.0, salt="", groups=())
+    if record.sequential is not None:
+        blank = replace(blank, sequential=record.sequential)
+    if record.sequential_tuning is not None:
+        blank = replace(blank, sequential_tuning=record.sequential_tuning)
     return as_started(record, blank)
-
-
-def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
-    """Human-readable changes between the recorded definition and ``experiment``."""
-    if record.fingerprint == experiment.fingerprint():
-        changes: list[str] = []
-    else:
-        # A JSON round trip gives the current fields the stored fields' types.
-        current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
-        changes = _reordered(record.fields, current) or list(differences(record.fields, current))
-        if not changes:  # same fields, different hash: the fingerprint recipe changed
-            changes = ["the fingerprint changed"]
-    if experiment.allocation < record.allocation:
-        changes.append(
-            f"allocation shrank from {show(record.allocation)} to {show(experiment.allocation)}"
-            " (allocation may only grow)"
-        )
-    if _served_targeting(record, experiment) != experiment.targeting_gate:
-        was = record.targeting_gate
-        change = "added" if was is None else f"changed from {was!r} to"
-        changes.append(
-            f"targeting gate {change} {experiment.targeting_gate!r} (it may only be removed:"
-            " units in the groups would leave them)"
-        )
-    return changes
-
-
-def _reordered(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The same groups in another order, said as that: it read as a rename and
-    a param change for every group (a new user's trial)."""
-    before, after = recorded.get("groups"), current.get("groups")
-    if not isinstance(before, list) or not isinstance(after, list) or before == after:
-        return []
-    if {**recorded, "groups": None} != {**current, "groups": None}:
-        return []
-
-    def key(group: Any) -> str:
-        return json.dumps(group, sort_keys=True)
-
-    if sorted(map(key, before)) != sorted(map(key, after)):
-        return []
-    order = ", ".join(str(g.get("name")) for g in after)
-    return [
-        f"groups reordered to {order} (the order decides which units each group gets,"
-        " so units would change groups)"
-    ]
-
-
-def _message(name: str, changes: list[str], record: StartRecord) -> str:
-    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
-    return (
-        f"experiments.{name}: {'; '.join(changes)} after the experiment started"
-        f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
-        f" either give the changed experiment a new name, or set `restart = true` in"
-        f" [experiments.{name}] to start a new analysis window from now (results then"
-        f" count only exposures from the restart on); or, in development, forget its"
-        f" start with `flagware reset {name}`."
-    )
-
-
-def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str | None:
-    """Why results cannot read ``experiment``'s stored exposures with this definition.
-
-    The stored units were assigned by the recorded definition; tested against
-    other groups or weights they fail the sample-ratio check and fill groups
-    that never ran. The app refuses such a spec at startup; so do results.
-    """
-    changes = describe_changes(record, experiment)
-    if not changes:
-        return None
-    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
-    since = "its restart" if record.restarts else "the experiment started"
-    ran = "the definition its restart recorded" if record.restarts else "the recorded definition"
-    if experiment.restart:
-        then = (
-            "`restart = true` opens a new analysis window when the app loads this spec;"
-            f" until then the window's exposures were assigned by {ran}: read them with"
-            " a spec that still has it."
-        )
-    else:
-        then = (
-            f"The window's exposures were assigned by {ran}: read them with a spec that"
-            " still has it. To change the experiment, rename it, or set `restart = true`"
-            " (results then count exposures from the restart on); or, in development,"
-            f" forget its start with `flagware reset {experiment.name}`."
-        )
-    return (
-        f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"
-        f" ({started:%Y-%m-%d %H:%M} UTC). {then}"
-    )
 
 
 class _connection:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
-from flagware.results.lock import StartRecord, meta_key, reset_key
+from flagware.results.records import StartRecord, meta_key, reset_key
 from flagware.spec import did_you_mean
 
 __all__ = [

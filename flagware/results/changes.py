@@ -1,0 +1,132 @@
+"""How a spec differs from a started experiment's record, in an operator's words.
+
+``describe_changes`` lists what the running app refuses (groups, weights,
+params, salts, unit, a shrunk allocation, a new targeting gate);
+``reading_changes`` what it only warns of (how results are read);
+``changed_since_start`` is why results refuse a spec, and
+``refusal_message`` the app's and ``flagware check``'s refusal.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from flagware.results.records import StartRecord, served_targeting
+from flagware.spec import ExperimentSpec
+from flagware.spec.diff import differences, show
+
+__all__ = ["changed_since_start", "describe_changes", "reading_changes", "refusal_message"]
+
+
+def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
+    """How the spec now reads a started experiment's results, where that
+    differs from how it said when the experiment started (records made before
+    it was kept: nothing). Warned, not refused: nothing served changes."""
+    said = []
+    if record.sequential is not None and record.sequential != experiment.sequential:
+        was, now = (show(v) for v in (record.sequential, experiment.sequential))
+        said.append(
+            f"sequential changed from {was} to {now} since it started: a fixed horizon"
+            " holds its error rate read once at a size planned before the start; chosen"
+            " after sequential looks, it does not"
+        )
+    tuning = record.sequential_tuning
+    if experiment.sequential and tuning is not None and tuning != experiment.sequential_tuning:
+        said.append(
+            f"sequential_tuning changed from {tuning} to {experiment.sequential_tuning} since"
+            " it started: any tuning fixed before the data keeps the guarantee; one chosen"
+            " after looking at results is one more forking path"
+        )
+    return said
+
+
+def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
+    """Human-readable changes between the recorded definition and ``experiment``."""
+    if record.fingerprint == experiment.fingerprint():
+        changes: list[str] = []
+    else:
+        # A JSON round trip gives the current fields the stored fields' types.
+        current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
+        changes = _reordered(record.fields, current) or list(differences(record.fields, current))
+        if not changes:  # same fields, different hash: the fingerprint recipe changed
+            changes = ["the fingerprint changed"]
+    if experiment.allocation < record.allocation:
+        changes.append(
+            f"allocation shrank from {show(record.allocation)} to {show(experiment.allocation)}"
+            " (allocation may only grow)"
+        )
+    if served_targeting(record, experiment) != experiment.targeting_gate:
+        was = record.targeting_gate
+        change = "added" if was is None else f"changed from {was!r} to"
+        changes.append(
+            f"targeting gate {change} {experiment.targeting_gate!r} (it may only be removed:"
+            " units in the groups would leave them)"
+        )
+    return changes
+
+
+def _reordered(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The same groups in another order, said as that: it read as a rename and
+    a param change for every group (a new user's trial)."""
+    before, after = recorded.get("groups"), current.get("groups")
+    if not isinstance(before, list) or not isinstance(after, list) or before == after:
+        return []
+    if {**recorded, "groups": None} != {**current, "groups": None}:
+        return []
+
+    def key(group: Any) -> str:
+        return json.dumps(group, sort_keys=True)
+
+    if sorted(map(key, before)) != sorted(map(key, after)):
+        return []
+    order = ", ".join(str(g.get("name")) for g in after)
+    return [
+        f"groups reordered to {order} (the order decides which units each group gets,"
+        " so units would change groups)"
+    ]
+
+
+def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
+    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+    return (
+        f"experiments.{name}: {'; '.join(changes)} after the experiment started"
+        f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
+        f" either give the changed experiment a new name, or set `restart = true` in"
+        f" [experiments.{name}] to start a new analysis window from now (results then"
+        f" count only exposures from the restart on); or, in development, forget its"
+        f" start with `flagware reset {name}`."
+    )
+
+
+def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str | None:
+    """Why results cannot read ``experiment``'s stored exposures with this definition.
+
+    The stored units were assigned by the recorded definition; tested against
+    other groups or weights they fail the sample-ratio check and fill groups
+    that never ran. The app refuses such a spec at startup; so do results.
+    """
+    changes = describe_changes(record, experiment)
+    if not changes:
+        return None
+    started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
+    since = "its restart" if record.restarts else "the experiment started"
+    ran = "the definition its restart recorded" if record.restarts else "the recorded definition"
+    if experiment.restart:
+        then = (
+            "`restart = true` opens a new analysis window when the app loads this spec;"
+            f" until then the window's exposures were assigned by {ran}: read them with"
+            " a spec that still has it."
+        )
+    else:
+        then = (
+            f"The window's exposures were assigned by {ran}: read them with a spec that"
+            " still has it. To change the experiment, rename it, or set `restart = true`"
+            " (results then count exposures from the restart on); or, in development,"
+            f" forget its start with `flagware reset {experiment.name}`."
+        )
+    return (
+        f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"
+        f" ({started:%Y-%m-%d %H:%M} UTC). {then}"
+    )
