@@ -337,11 +337,16 @@ class StatsigStub:
         return Counter((event.get("metadata") or {}).get(key) for event in self.events)
 
     def counts(self) -> dict[str, int]:
+        """Duplicates among the events that carry a ``metadata["uid"]`` (a
+        driver's own ID); flagware's events carry none, and counted as one ID
+        they read as all duplicates but one (a trial)."""
         ids = self.ids()
+        without = ids.pop(None, 0)
         return {
             "requests": self.requests,
             "batches": len(self.received),
-            "events": sum(ids.values()),
+            "events": sum(ids.values()) + without,
+            "without_uid": without,
             "unique": len(ids),
             "duplicates": sum(n - 1 for n in ids.values()),
         }

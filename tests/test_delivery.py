@@ -125,6 +125,20 @@ def test_batches_carry_the_sdk_wire_format_and_headers(
     assert batch.metadata["sdkType"] == "py-server"
     assert batch.events[0] == exposure.to_wire()
     assert batch.events[1] == event("y", time=batch.events[1]["time"]).to_wire()
+    # The stub's own figures (GET /_stub/stats): an event without a driver's
+    # uid is no duplicate (a trial read flagware's 83 events as 82 duplicates).
+    plain = Event("clicked", {"userID": "u"})
+    assert stub.counts() == {
+        "requests": stub.requests,
+        "batches": 1,
+        "events": 2,
+        "without_uid": 0,
+        "unique": 2,
+        "duplicates": 0,
+    }
+    stub.received[0].events.extend([plain.to_wire(), plain.to_wire()])
+    counts = stub.counts()
+    assert (counts["events"], counts["without_uid"], counts["duplicates"]) == (4, 2, 0)
 
 
 def test_body_is_gzip_json() -> None:
