@@ -70,6 +70,9 @@ def test_demo_serve_answers_a_browser_over_http(tmp_path: Any) -> None:
                     raise
                 time.sleep(0.1)
         assert 'id="signup"' in page and cookie.startswith("flagware_id=")
+        # The diagnostics page, for this machine (a trial found none on the demo).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_flagware/", timeout=5) as r:
+            assert r.status == 200 and "button_color" in r.read().decode()
     finally:
         server.terminate()
         server.wait(timeout=10)

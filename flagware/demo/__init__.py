@@ -121,13 +121,18 @@ def run(args: argparse.Namespace) -> int:
     from flagware.client import Flagware  # not at import: the CLI's other commands need no SDK
 
     client = Flagware(
-        spec=module.SPEC, event_store=store, hash_key="flagware-demo", allow_random_override=True
+        spec=module.SPEC,
+        event_store=store,
+        hash_key="flagware-demo",
+        allow_random_override=True,
+        diagnostics=args.serve,  # from this machine only, as always without a token
     )
     app = module.create_app(client)
     if args.serve:
         from werkzeug.serving import run_simple
 
-        print(f"flagware demo: http://{args.host}:{args.port}/signup  (events in {store})")
+        base = f"http://{args.host}:{args.port}"
+        print(f"flagware demo: {base}/signup  (events in {store}; diagnostics: {base}/_flagware/)")
         try:
             run_simple(args.host, args.port, app, threaded=True)
         finally:
