@@ -1025,6 +1025,9 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
     assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 5}
     # What a switched unit saw before carries over (a trial: 96 of 299, said nowhere).
     assert results.units_switched_groups == 1
+    # What the window left out, and what opened it (a trial read neither).
+    assert (results.units_before_window, results.window_opened_by) == (10, "restart")
+    assert json.loads(render_json(results))["units_before_window"] == 10
     [said] = [w for w in results.warnings if "another group before it opened" in w]
     assert said.startswith("1 unit(s) of the window were exposed to another group before")
 

@@ -214,6 +214,7 @@ def test_check_and_reset_read_either_store(
     assert record is not None and record.reset_at is not None and record.restarts == 0
     results = compute_results(changed_spec, "button_color", store_location)
     assert results.window_start == record.reset_at + SETTLE_MS
+    assert results.window_opened_by == "reset"  # said as such, not "a restart or a reset"
 
 
 def test_an_experiment_removed_from_the_spec_is_read_from_either_store(

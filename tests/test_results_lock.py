@@ -349,10 +349,12 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     assert results.window_start == T0 + 1000 + SETTLE_MS
     # Said in every format, not only JSON's window_start: units before it are left out.
     said = (
-        "Analysis window from 2026-09-21 14:13:28 UTC (7 s after a restart = true or `flagware"
-        " reset`, once every process serves the new definition): exposures before it"
+        "Analysis window from 2026-09-21 14:13:28 UTC (7 s after a restart (restart = true),"
+        " once every process serves the new definition): the 0 unit(s) exposed before it are"
+        " not counted"
     )
     assert said in render_text(results) and said in render_html(results)
+    assert results.window_opened_by == "restart"
     # An --until before the window: said, not "no units exposed yet" (a new user's trial).
     with pytest.raises(
         ResultsError,

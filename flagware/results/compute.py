@@ -228,7 +228,10 @@ def _analyse(
     unit = sql.unit_column(exp.unit, conn.dialect)
     units = sql.load_units(conn, exp.name, unit, window_start or 0, opt.until)
     shared = sql.shared_browsers(conn) if exp.unit == "userID" else (0, 0)
-    switched = 0 if not window_start else sql.switched_groups(conn, exp.name, unit, window_start)
+    switched = before = 0
+    if window_start is not None:
+        switched = sql.switched_groups(conn, exp.name, unit, window_start)
+        before = sql.units_before(conn, exp.name, unit, window_start)
     reads = _reads(metrics, opt.cuped)
     tables = load_unit_events(
         conn, exp.unit, sum(units.per_group.values()), reads, opt.until, opt.now
@@ -348,6 +351,11 @@ def _analyse(
         warnings=tuple(warnings),
         best_group=best,
         window_start=window_start,
+        # Which opened it: a restart (restart = true) or `flagware reset`.
+        window_opened_by=None
+        if window_start is None
+        else ("restart" if record is not None and record.restarts else "reset"),
+        units_before_window=before,
         computed_at=opt.now,
         until=opt.until,
         sequential=opt.sequential,

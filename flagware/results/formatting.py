@@ -132,10 +132,15 @@ def window_line(results: Results) -> str | None:
     if results.window_start is None:
         return None
     start = datetime.fromtimestamp(results.window_start / 1000, tz=UTC)
+    # Which of the two, and what it left out: "a restart = true or `flagware
+    # reset`" said neither (an operator's trial).
+    by = {"restart": "a restart (restart = true)", "reset": "`flagware reset`"}.get(
+        results.window_opened_by or "", "a restart = true or `flagware reset`"
+    )
     return (
-        f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (7 s after a restart = true or"
-        " `flagware reset`, once every process serves the new definition): exposures before"
-        " it are not counted"
+        f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (7 s after {by}, once every"
+        f" process serves the new definition): the {results.units_before_window} unit(s)"
+        " exposed before it are not counted"
     )
 
 

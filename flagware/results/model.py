@@ -119,6 +119,8 @@ class Results:
     warnings: tuple[str, ...] = ()
     best_group: str | None = None
     window_start: int | None = None  # ms, when a restart opened a new analysis window
+    window_opened_by: str | None = None  # "restart" or "reset": what opened it
+    units_before_window: int = 0  # units exposed before it: not counted
     computed_at: int = field(default_factory=now_ms)
     until: int | None = None  # ms: nothing later is counted (default: computed_at)
     sequential: bool = False

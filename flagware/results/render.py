@@ -52,6 +52,8 @@ def to_dict(results: Results) -> dict[str, Any]:
         "alpha": results.alpha,
         "control": results.control,
         "window_start": results.window_start,
+        "window_opened_by": results.window_opened_by,
+        "units_before_window": results.units_before_window,
         "until": results.until,
         "sequential": results.sequential,
         "sequential_tuning": results.sequential_tuning,

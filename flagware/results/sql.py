@@ -324,6 +324,19 @@ def newest_event(conn: Reader, event: str, since: int, until: int) -> int | None
     return None if row is None or row[0] is None else int(row[0])
 
 
+def units_before(conn: Reader, experiment: str, unit: str, window_start: int) -> int:
+    """Units exposed to the experiment before its analysis window opened:
+    what a restart or a reset left out (said beside the window, a trial)."""
+    (n,) = conn.execute(
+        f"""
+        SELECT count(DISTINCT {unit}) FROM events AS e
+        WHERE e.exposure = ? AND e.event = ? AND e.time < ? AND {unit} IS NOT NULL
+        """,
+        (experiment, CONFIG_EXPOSURE, window_start),
+    ).fetchone()
+    return int(n)
+
+
 def switched_groups(conn: Reader, experiment: str, unit: str, window_start: int) -> int:
     """Units of the window (``temp.fw_first``) exposed to another group before
     it opened: a restart keeps the salts, so a unit whose hash the new weights
