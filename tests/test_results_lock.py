@@ -233,8 +233,10 @@ def test_a_targeting_gate_may_be_removed_but_not_added_or_changed(store: str) ->
     assert exp(served).targeting_gate == "beta"  # served as it started
     check_unchanged(spec(None), store)  # removed: more units come in, none leaves
     check_unchanged(spec("beta"), store)  # and back: the one it started with
-    with pytest.raises(ResultsError, match="targeting gate changed from 'beta' to 'staff'"):
-        compute_results(spec("staff"), "button_color", store, now=T0 + 10)
+    # Results read it as the app serves it, and say why.
+    read = compute_results(spec("staff"), "button_color", store, now=T0 + 10)
+    assert "targeting gate changed from 'beta' to 'staff'" in read.warnings[0]
+    assert "serves the recorded definition" in read.warnings[0]
     # restart = true takes the change and records the new gate.
     check_unchanged(spec("staff", restart=True), store, time_ms=T0 + 1000)
     record = read_started(store, "button_color")
@@ -325,25 +327,29 @@ def test_restart_starts_a_new_window(store: str, caplog: pytest.LogCaptureFixtur
         check_unchanged(make_spec(), store)
 
 
-def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
+def test_results_read_a_definition_changed_since_start_as_it_started(store: str) -> None:
     """Read with other groups or weights, the stored units would fail the
-    sample-ratio check and fill groups that never ran (a new user's trial)."""
+    sample-ratio check and fill groups that never ran (a new user's trial).
+    They refused, and an operator kept old specs to read an experiment at all:
+    they read it as the app serves it, as it started, and say so."""
     record_started(store, exp(make_spec()), time_ms=T0)
     assert compute_results(make_spec(), "button_color", store, now=T0 + 10).window_start is None
-    with pytest.raises(ResultsError) as raised:
-        compute_results(make_spec(extra_group=True), "button_color", store, now=T0 + 10)
-    message = str(raised.value)
+    edited = compute_results(make_spec(extra_group=True), "button_color", store, now=T0 + 10)
+    assert [g.name for g in edited.groups] == ["Control", "Red"]  # as it started
+    message = edited.warnings[0]
     assert message.startswith(
         "experiments.button_color: groups changed from [Control, Red] to [Control, Red, Green]"
-        " since the experiment started (2026-09-21 14:13 UTC)."
+        " since the experiment started (2026-09-21 14:13 UTC). The app refuses the edit and"
+        " serves the recorded definition, and results read the window with it."
     )
     assert "rename it" in message
     assert message.endswith("forget its start with `flagware reset button_color`.")
-    assert "rename it" in message
+    assert message in render_text(edited)
     # restart = true takes effect when the app loads the spec, not before.
     restarted = make_spec(extra_group=True, restart=True)
-    with pytest.raises(ResultsError, match="opens a new analysis window when the app loads"):
-        compute_results(restarted, "button_color", store, now=T0 + 10)
+    pending = compute_results(restarted, "button_color", store, now=T0 + 10)
+    assert "opens a new analysis window when the app loads" in pending.warnings[0]
+    assert pending.window_start is None
     check_unchanged(restarted, store, time_ms=T0 + 1000)  # the app loads it
     results = compute_results(restarted, "button_color", store, now=T0 + 2000)
     assert results.window_start == T0 + 1000 + SETTLE_MS
@@ -364,11 +370,12 @@ def test_results_refuse_a_definition_changed_since_start(store: str) -> None:
     ):
         compute_results(restarted, "button_color", store, now=T0 + 2000, until=T0 + 500)
     assert [g.name for g in results.groups] == ["Control", "Red", "Green"]
-    # After the restart, the original spec no longer describes the window.
-    with pytest.raises(ResultsError) as raised:
-        compute_results(make_spec(), "button_color", store, now=T0 + 2000)
-    assert "since its restart (2026-09-21 14:13 UTC)" in str(raised.value)
-    assert "assigned by the definition its restart recorded" in str(raised.value)
+    # After the restart, the original spec no longer describes the window: read
+    # with the restart's definition, as the app serves it, and said.
+    old = compute_results(make_spec(), "button_color", store, now=T0 + 2000)
+    assert [g.name for g in old.groups] == ["Control", "Red", "Green"]
+    assert "since its restart (2026-09-21 14:13 UTC)" in old.warnings[0]
+    assert "serves the definition its restart recorded" in old.warnings[0]
     # Growing the allocation is no change: results read on.
     compute_results(
         make_spec(extra_group=True, restart=True, allocation=100), "button_color", store

@@ -101,11 +101,14 @@ def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
 
 
 def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str | None:
-    """Why results cannot read ``experiment``'s stored exposures with this definition.
+    """How ``experiment`` differs from the definition its window's exposures
+    were assigned by, said for results, which read them with that definition.
 
-    The stored units were assigned by the recorded definition; tested against
-    other groups or weights they fail the sample-ratio check and fill groups
-    that never ran. The app refuses such a spec at startup; so do results.
+    Tested against other groups or weights, the stored units would fail the
+    sample-ratio check and fill groups that never ran; and the app, refusing
+    the edit, serves the recorded definition meanwhile, so that is what ran.
+    (Results refused such a spec, and an operator kept copies of old specs to
+    read an experiment at all.)
     """
     changes = describe_changes(record, experiment)
     if not changes:
@@ -116,15 +119,14 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
     if experiment.restart:
         then = (
             "`restart = true` opens a new analysis window when the app loads this spec;"
-            f" until then the window's exposures were assigned by {ran}: read them with"
-            " a spec that still has it."
+            f" until then it serves {ran}, and results read the window with it."
         )
     else:
         then = (
-            f"The window's exposures were assigned by {ran}: read them with a spec that"
-            " still has it. To change the experiment, rename it, or set `restart = true`"
-            " (results then count exposures from the restart on); or, in development,"
-            f" forget its start with `flagware reset {experiment.name}`."
+            f"The app refuses the edit and serves {ran}, and results read the window with"
+            " it. To change the experiment, rename it, or set `restart = true` (results"
+            " then count exposures from the restart on); or, in development, forget its"
+            f" start with `flagware reset {experiment.name}`."
         )
     return (
         f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"

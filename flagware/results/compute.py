@@ -28,7 +28,7 @@ from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
 from flagware.results.changes import changed_since_start, reading_changes
 from flagware.results.coverage import unattributed, unstored
-from flagware.results.lock import recorded_experiment
+from flagware.results.lock import as_started, recorded_experiment
 from flagware.results.model import (
     GroupResult,
     GroupUnits,
@@ -207,9 +207,13 @@ def _analyse(
     conn: Reader, exp: ExperimentSpec, metrics: list[MetricSpec], opt: _Options
 ) -> Results:
     record, reset_at = sql.start_record(conn, exp.name)
-    changed = None if record is None else changed_since_start(record, exp)
-    if changed is not None:  # read with other groups or weights, the figures would lie
-        raise ResultsError(changed)
+    edited = None if record is None else changed_since_start(record, exp)
+    if edited is not None:  # read with other groups or weights, the figures would lie
+        assert record is not None
+        served = as_started(record, exp)  # what the app serves meanwhile
+        if served is None:  # a record this version cannot rebuild
+            raise ResultsError(edited)
+        exp = served
     opened = sql.window_opened(record, reset_at)
     window_start = None if opened is None else opened + sql.SETTLE_MS
     # Read within the settling seconds, the window is only empty yet.
@@ -308,6 +312,8 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
+    if edited is not None:
+        warnings.insert(0, edited)
     if record is not None:  # how the spec reads it, changed since it started
         warnings += [f"experiments.{exp.name}: {said}" for said in reading_changes(record, exp)]
     if switched:
