@@ -3,8 +3,8 @@
 ``describe_changes`` lists what the running app refuses (groups, weights,
 params, salts, unit, a shrunk allocation, a new targeting gate);
 ``reading_changes`` what it only warns of (how results are read);
-``changed_since_start`` is why results refuse a spec, and
-``refusal_message`` the app's and ``flagware check``'s refusal.
+``changed_since_start`` what results say as they read such a spec's
+experiment as it started, and ``refusal_message`` the app's refusal.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ groups, weights, params) in the store's ``meta`` table under
 different treatments in one group and make the results meaningless, so loading
 a spec that changes it serves the experiment as it started instead (the rest
 of the spec as written), and the change is refused, naming the two ways out
-(``flagware check`` and ``flagware results`` fail on it):
+(``flagware check`` fails on it; ``flagware results`` reads the experiment
+as it started, and says so):
 
 - a new experiment name (a fresh experiment, a fresh analysis), or
 - ``restart = true``: the new definition is recorded and a new analysis window
