@@ -187,7 +187,8 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                         f" and {'; '.join(changes)} since {since}: the app restarts it when it"
                         f" loads this spec, and results then count only exposures from then"
                         f" on; the analysis window open since {opened_at:%Y-%m-%d %H:%M} UTC"
-                        f" is no longer read (read it first, with the spec as it was)"
+                        f" is no longer read (read it first: until the app loads this spec,"
+                        f" `flagware results {experiment.name}` reads it as it started)"
                     )
                 continue
             if changes:

@@ -359,7 +359,10 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
         " restarts it when it loads this spec, and results then count only exposures from"
         " then on; the analysis window open since "
     )
-    assert pending.endswith(" UTC is no longer read (read it first, with the spec as it was)\n")
+    assert pending.endswith(
+        " UTC is no longer read (read it first: until the app loads this spec, `flagware"
+        " results button_color` reads it as it started)\n"
+    )
     make_client().close()  # the app loads it: the restart is recorded
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
     assert capsys.readouterr().err == (
