@@ -288,6 +288,19 @@ def test_a_number_that_changes_type_is_named(store: str) -> None:
         check_unchanged(make_spec(**{**numbers, "red_color": 1.0}), store)
 
 
+def test_an_allocation_salt_that_follows_its_salt_is_said_as_that(store: str) -> None:
+    """Changing only `salt` listed an `allocation_salt` change the trial never
+    made (its default is derived from the salt)."""
+    record_started(store, exp(make_spec()), time_ms=T0)
+    with pytest.raises(SpecError) as raised:
+        check_unchanged(make_spec(salt="s2"), store)
+    assert 'salt changed from "s1" to "s2"; allocation_salt, derived from salt, changed with' in (
+        str(raised.value)
+    )
+    with pytest.raises(SpecError, match=r'allocation_salt changed from "[0-9a-f-]+" to "own"'):
+        check_unchanged(make_spec(allocation_salt="own"), store)  # set: said as set
+
+
 def test_allocation_may_grow_but_not_shrink(store: str) -> None:
     record_started(store, exp(make_spec(allocation=20)), time_ms=T0)
     check_unchanged(make_spec(allocation=50), store)

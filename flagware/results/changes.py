@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flagware.results.records import StartRecord, served_targeting
-from flagware.spec import ExperimentSpec
+from flagware.spec import ExperimentSpec, derived_salt
 from flagware.spec.diff import differences, show
 
 __all__ = ["changed_since_start", "describe_changes", "reading_changes", "refusal_message"]
@@ -50,6 +50,8 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
         # A JSON round trip gives the current fields the stored fields' types.
         current = json.loads(json.dumps(experiment.fingerprint_fields(), default=str))
         changes = _reordered(record.fields, current) or list(differences(record.fields, current))
+        said = [_derived(line, record.fields, current) for line in changes]
+        changes = sorted(said, key=lambda line: line.startswith("allocation_salt, derived"))
         if not changes:  # same fields, different hash: the fingerprint recipe changed
             changes = ["the fingerprint changed"]
     if experiment.allocation < record.allocation:
@@ -65,6 +67,18 @@ def describe_changes(record: StartRecord, experiment: ExperimentSpec) -> list[st
             " units in the groups would leave them)"
         )
     return changes
+
+
+def _derived(line: str, recorded: dict[str, Any], current: dict[str, Any]) -> str:
+    """An allocation salt that only followed its salt, said as that: a trial
+    that changed ``salt`` was told of an ``allocation_salt`` change it never made."""
+    if not line.startswith("allocation_salt changed"):
+        return line
+    follows = all(
+        fields.get("allocation_salt") == derived_salt("allocation", str(fields.get("salt")))
+        for fields in (recorded, current)
+    )
+    return "allocation_salt, derived from salt, changed with it" if follows else line
 
 
 def _reordered(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
