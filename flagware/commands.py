@@ -171,11 +171,12 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
             ]
             changes = describe_changes(record, experiment)
             if experiment.restart:
-                if not changes:  # the restart happened
+                if not changes:  # the restart happened, or there is none to make
+                    done = "its restart is recorded" if record.restarts else "nothing to restart"
                     reminders.append(
-                        f"{spec.source}: warning: experiments.{experiment.name}: its restart is"
-                        " recorded; remove `restart = true`, or a later change restarts it"
-                        " again without a word"
+                        f"{spec.source}: warning: experiments.{experiment.name}: {done};"
+                        " remove `restart = true`, or the next change restarts it (said"
+                        " here, and at WARNING by the app)"
                     )
                 else:
                     # A restart left set took the next edit as a new restart,

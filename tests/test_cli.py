@@ -345,10 +345,17 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
     Client(FlagwareMiddleware(_exposing_app, client)).get("/")
     client.close()  # records the start
     store = str(client.event_store_path)
+    started = spec_file.read_text()
+    # Set with nothing changed (after a reset, say): no restart to speak of (a re-check).
     spec_file.write_text(
-        spec_file.read_text()
-        .replace('"red"', '"crimson"')
-        .replace('unit = "stableID"', 'unit = "stableID"\nrestart = true', 1)
+        started.replace('unit = "stableID"', 'unit = "stableID"\nrestart = true', 1)
+    )
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert "experiments.button_color: nothing to restart; remove" in capsys.readouterr().err
+    spec_file.write_text(
+        started.replace('"red"', '"crimson"').replace(
+            'unit = "stableID"', 'unit = "stableID"\nrestart = true', 1
+        )
     )
     # Not loaded yet: what loading it will do, said before the deploy.
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
@@ -367,7 +374,8 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
     assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
     assert capsys.readouterr().err == (
         f"{spec_file}: warning: experiments.button_color: its restart is recorded; remove"
-        " `restart = true`, or a later change restarts it again without a word\n"
+        " `restart = true`, or the next change restarts it (said here, and at WARNING by the"
+        " app)\n"
     )
     # Left set, the next edit is another restart: said as one (a trial saw "valid").
     spec_file.write_text(spec_file.read_text().replace('"crimson"', '"darkred"'))
@@ -420,7 +428,7 @@ def test_an_experiment_removed_once_it_ended_is_noted_and_its_results_still_read
     after = json.loads(capsys.readouterr().out)
     assert after["warnings"][0] == (
         f"button_color is not in {spec_file}: read as its start record defines it"
-        " (groups Control, Red, unit stableID)"
+        " (groups Control, Red, unit stableID, sequential)"
     )
     assert [g["units"] for g in after["groups"]] == [g["units"] for g in before["groups"]]
     assert sum(g["units"] for g in after["groups"]) == 60

@@ -156,7 +156,8 @@ def _analyse_removed(
     results = _analyse(conn, exp, metrics, opt)
     note = (
         f"{experiment} is not in {spec.source}: read as its start record defines it"
-        f" (groups {', '.join(g.name for g in exp.groups)}, unit {exp.unit})"
+        f" (groups {', '.join(g.name for g in exp.groups)}, unit {exp.unit},"
+        f" {'sequential' if exp.sequential else 'fixed horizon'})"
     )
     return replace(results, warnings=(note, *results.warnings))
 
@@ -319,8 +320,8 @@ def _analyse(
     if switched:
         warnings.append(
             f"{switched} unit(s) of the window were exposed to another group before it"
-            " opened, and what they saw there carries over: with the salts kept, they are"
-            " the units the new weights moved, from some groups into others, so the groups"
+            " opened, and what they saw there carries over: with the salts kept, a restart"
+            " that changes weights moves units from some groups into others, so the groups"
             " differ in their history; a restart that also changes `salt` spreads it evenly"
         )
     if units.left:

@@ -155,7 +155,7 @@ def estimate(
         # for sums: a small group with 0-3 conversions (or purchases) has a
         # variance near 0, and the unpooled sequence called that side 4.75%
         # of A/A runs where alpha/2 is 2.5% (20/80 groups, 2% conversion, 10
-        # looks; a statistician's trial), 0.3% with the larger error.
+        # looks; a statistician's trial), 0.03-0.05% with the larger error.
         pooled = _pooled_se(treatment, control)
         if pooled > se:
             pooled_var = pooled * pooled / (1.0 / n_t + 1.0 / n_c)
