@@ -1254,3 +1254,40 @@ def test_closing_with_the_store_away_says_no_start_will_be_recorded_later(
     said = [r.getMessage() for r in caplog.records]
     assert any("could not be stored" in line for line in said), said
     assert not any("experiment start record" in line for line in said), said
+
+
+def test_id_overrides_in_the_spec_force_a_value_and_stay_out_of_results(
+    make_client: Any, spec_file: Any
+) -> None:
+    """Statsig's console overrides, in the spec: an operator's trial could force
+    a group only for a browser with the QA cookie, not for a userID or a
+    customer's ID. Forced exposures stay out of results, as QA ones do."""
+    from flagware.results import compute_results
+
+    spec_file.write_text(
+        spec_file.read_text()
+        .replace(
+            "[gates.nobody]\nrollout = 0",
+            '[gates.nobody]\nrollout = 0\noverrides = { pass = ["vip"] }',
+        )
+        .replace(
+            "[gates.everyone]\nrollout = 100",
+            '[gates.everyone]\nrollout = 100\noverrides = { fail = ["blocked"] }',
+        )
+        .replace(
+            'unit = "stableID"\nallocation = 100',
+            'unit = "stableID"\nallocation = 100\noverrides = { Red = ["qa-browser"] }',
+        )
+    )
+    client = make_client()
+    assert client.flags_for(user_id="vip").gate("nobody") is True
+    assert client.flags_for(user_id="someone").gate("nobody") is False
+    assert client.flags_for(user_id="blocked").gate("everyone") is False
+    forced = client.flags_for(user_id="u", stable_id="qa-browser").experiment("button_color")
+    assert (forced.group, forced.get("color"), forced.rule_id) == ("Red", "red", "override")
+    for i in range(40):
+        client.flags_for(user_id=f"u{i}", stable_id=f"s{i}").experiment("button_color")
+    client.close()
+    results = compute_results(client.engine.spec, "button_color", client.event_store_path)
+    assert results.override_exposures == 1
+    assert sum(g.units for g in results.groups) == 40  # the forced browser is not a unit

@@ -169,10 +169,33 @@ def _users(seed: int) -> list[dict[str, Any]]:
     return users
 
 
+def _with_overrides(spec: str, users: list[dict[str, Any]]) -> str:
+    """The spec with ID overrides (Statsig's console overrides) for some of
+    the oracle's users: a gate's pass and fail lists, and experiment groups on
+    each unit, including one outside its allocation."""
+
+    def ids(key: str, picked: list[dict[str, Any]]) -> str:
+        found = [u["userID"] if key == "userID" else u["customIDs"].get(key) for u in picked]
+        return ", ".join(f'"{i}"' for i in dict.fromkeys(found) if i)
+
+    pass_ids, fail_ids = ids("userID", users[0:40]), ids("userID", users[40:80])
+    green, blue = ids("stableID", users[90:130]), ids("stableID", users[130:140])
+    companies = ids("companyID", users[140:200])
+    lines = {
+        "[gates.rollout_user]\n": f"overrides = {{ pass = [{pass_ids}], fail = [{fail_ids}] }}",
+        "[gates.off]\n": f"overrides = {{ pass = [{ids('userID', users[80:90])}] }}",
+        "[experiments.button_color]\n": f"overrides = {{ Green = [{green}], Control = [{blue}] }}",
+        "[experiments.by_company]\n": f"overrides = {{ B = [{companies}] }}",
+    }
+    for header, line in lines.items():
+        spec = spec.replace(header, header + line + "\n", 1)
+    return spec
+
+
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Any:
     path: Path = tmp_path_factory.mktemp("oracle") / "flagware.toml"
-    path.write_text(SPEC)
+    path.write_text(_with_overrides(SPEC, _users(seed=13)))
     legacy, core = LocalEngine(path, tier=TIER), CoreLocalEngine(path, tier=TIER)
     yield legacy, core
     legacy.close()
@@ -187,16 +210,19 @@ def test_both_engines_agree_on_20000_users(engines: Any) -> None:
     assert CoreSDK.names(core) == LegacySDK.names(legacy) == (sorted(gates), sorted(experiments))
     mismatches: list[str] = []
     seen: Counter[tuple[str, Any]] = Counter()
+    rules: Counter[tuple[str, str]] = Counter()
     for fields in _users(seed=13):
         old, new = legacy.user(fields), core.user(fields)
         for name in gates:
             a, b = legacy.gate(old, name), core.gate(new, name)
             seen[name, a.value] += 1
+            rules[name, a.rule_id] += 1
             if a != b:
                 mismatches.append(f"gate {name} for {fields}: legacy {a}, core {b}")
         for name in experiments:
             a, b = legacy.config(old, name), core.config(new, name)
             seen[name, a.group] += 1
+            rules[name, a.rule_id] += 1
             if a != b:
                 mismatches.append(f"experiment {name} for {fields}: legacy {a}, core {b}")
         if len(mismatches) > 20:
@@ -207,6 +233,10 @@ def test_both_engines_agree_on_20000_users(engines: Any) -> None:
     for name in gates:
         expected = {False} if name == "off" else {True, False}
         assert {value for (n, value) in seen if n == name} == expected, name
+    # The overrides were met, on both SDKs alike (a disabled gate overrides nothing).
+    for name in ("rollout_user", "button_color", "by_company"):
+        assert rules[name, "override"] >= 10, name
+    assert rules["off", "override"] == 0
     assert {g for (n, g) in seen if n == "button_color"} == {None, "Control", "Red", "Green"}
     assert {g for (n, g) in seen if n == "pricing"} == {None, "control", "cheap"}
     assert {g for (n, g) in seen if n == "by_company"} == {None, "A", "B"}

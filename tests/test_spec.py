@@ -294,7 +294,20 @@ INVALID_SPECS = [
     (
         "[gates.x]\nrolout = 5",
         "gates.x.rolout: unknown key (did you mean 'rollout'?)"
-        " (expected one of: conditions, enabled, rollout, salt, unit)",
+        " (expected one of: conditions, enabled, overrides, rollout, salt, unit)",
+    ),
+    (
+        '[gates.x]\noverrides = { pas = ["u1"] }',
+        "gates.x.overrides.pas: unknown answer (did you mean 'pass'?) (expected one of: pass,"
+        " fail)",
+    ),
+    (
+        '[gates.x]\noverrides = { pass = ["u1"], fail = ["u1"] }',
+        "gates.x.overrides.fail: 'u1' is in 'pass' too",
+    ),
+    (
+        '[gates.x]\noverrides = { pass = "u1" }',
+        "gates.x.overrides.pass: must be a list of IDs (non-empty strings)",
     ),
     ('[gates.x]\nrollout = "50"', "gates.x.rollout: must be a number, not a string"),
     ("[gates.x]\nrollout = true", "gates.x.rollout: must be a number, not a boolean"),
@@ -403,7 +416,7 @@ INVALID_SPECS = [
         EXPERIMENT + GROUPS + "alocation = 5",
         "experiments.e.alocation: unknown key (did you mean 'allocation'?)"
         " (expected one of: allocation, allocation_salt,"
-        " groups, restart, salt, sequential, sequential_tuning, targeting_gate, unit)",
+        " groups, overrides, restart, salt, sequential, sequential_tuning, targeting_gate, unit)",
     ),
     (
         EXPERIMENT + GROUPS + "sequential_tuning = 50",
@@ -413,6 +426,15 @@ INVALID_SPECS = [
         EXPERIMENT + GROUPS + "sequential_tuning = 2500.5",
         "experiments.e.sequential_tuning: must be a whole number of units from 100 to 1e9,"
         " not 2500.5",
+    ),
+    (
+        EXPERIMENT + GROUPS + 'overrides = { red = ["u1"] }',
+        "experiments.e.overrides.red: unknown group (did you mean 'Red'?) (expected one of:"
+        " Control, Red)",
+    ),
+    (
+        EXPERIMENT + GROUPS + 'overrides = { Red = ["u1", "u1"] }',
+        "experiments.e.overrides.Red: 'u1' is listed twice",
     ),
     (
         EXPERIMENT + GROUPS + "sequential_tuning = true",

@@ -18,6 +18,8 @@ and every problem is reported at once.
 - ``salt``  hashing salt; default derived from the gate name (a UUID), so every process and
   restart agrees. Set it to a Statsig gate's salt to reproduce that gate.
 - ``enabled``  ``false`` turns the gate off for everyone; default ``true``.
+- ``overrides``  ``{ pass = [IDs], fail = [IDs] }``: IDs of the gate's unit forced to a
+  value before its rules (Statsig's console overrides).
 - ``conditions``  a list of inline tables; a unit must pass ALL of them, and units failing any
   get ``false``. Each table has exactly one of:
 
@@ -44,6 +46,8 @@ and every problem is reported at once.
 - ``allocation_salt``  the salt deciding who is allocated; default derived from ``salt``, so
   a new salt reshuffles both. Set both to reproduce a Statsig experiment (its layer salt).
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
+- ``overrides``  ``{ <group> = [IDs] }``: IDs of the experiment's unit forced into a group
+  before allocation and targeting; not part of its definition, left out of results.
 - ``sequential``  ``true`` (the default) makes results always valid (a confidence
   sequence), so they can be read at any time; ``false`` is a fixed horizon.
 - ``sequential_tuning``  a comparison's units (a group and the control together) where

@@ -13,6 +13,11 @@ from typing import Any
 
 from flagware.spec.model import BUCKETS, Condition, ExperimentSpec, GateSpec, Group, Spec
 
+# The rule ID of an override, as flagware's own overrides (flagware.overrides)
+# report it: results leave exposures with it out. (Not imported: the spec
+# package stands alone.)
+OVERRIDE_RULE = "override"
+
 __all__ = ["compile_dcs", "gate_rule_id", "group_rule_id"]
 
 
@@ -82,10 +87,39 @@ def _condition_dcs(condition: Condition, unit: str) -> dict[str, Any]:
     return _dcs_condition("user_field", unit, operator="any", target=values, field=condition.field)
 
 
+def _override_rule(
+    unit: str, ids: tuple[str, ...], value: Any, *, passes: bool = True, group: str | None = None
+) -> dict[str, Any]:
+    """IDs forced to a value before every other rule, as Statsig's console
+    writes an override. Its ID is the one flagware's own overrides report
+    (``flagware.overrides.OVERRIDE_RULE``), so results leave its exposures out."""
+    rule: dict[str, Any] = {
+        "name": OVERRIDE_RULE,
+        "id": OVERRIDE_RULE,
+        "salt": OVERRIDE_RULE,
+        # A gate's "fail" list: its conditions match, then 0% pass (as a holdout).
+        "passPercentage": 100 if passes else 0,
+        "returnValue": value,
+        "idType": unit,
+        "isDeviceBased": False,
+        "conditions": [
+            _dcs_condition("unit_id", unit, operator="any_case_sensitive", target=list(ids))
+        ],
+    }
+    if group is not None:
+        rule["groupName"] = group
+    return rule
+
+
 def _gate_dcs(gate: GateSpec) -> dict[str, Any]:
     rule_id = gate_rule_id(gate)
     conditions = [_condition_dcs(c, gate.unit) for c in gate.conditions] or [
         _dcs_condition("public", gate.unit, operator=None, target=None)
+    ]
+    forced = [
+        _override_rule(gate.unit, gate.overrides[answer], True, passes=answer == "pass")
+        for answer in ("pass", "fail")
+        if gate.overrides.get(answer)
     ]
     return {
         "name": gate.name,
@@ -97,6 +131,7 @@ def _gate_dcs(gate: GateSpec) -> dict[str, Any]:
         "idType": gate.unit,
         "isDeviceBased": False,
         "rules": [
+            *forced,
             {
                 "name": "rollout",
                 "id": rule_id,
@@ -106,14 +141,20 @@ def _gate_dcs(gate: GateSpec) -> dict[str, Any]:
                 "idType": gate.unit,
                 "isDeviceBased": False,
                 "conditions": conditions,
-            }
+            },
         ],
     }
 
 
 def _experiment_dcs(exp: ExperimentSpec) -> dict[str, Any]:
     default = exp.control.params
-    rules = [_allocation_rule(exp, default)]
+    # Overrides first: a forced ID gets its group whatever its allocation.
+    rules = [
+        _override_rule(exp.unit, ids, group.params, group=group.name)
+        for group in exp.groups
+        if (ids := exp.overrides.get(group.name))
+    ]
+    rules.append(_allocation_rule(exp, default))
     if exp.targeting_gate is not None:
         rules.append(_targeting_rule(exp, exp.targeting_gate, default))
     rules.extend(_group_rules(exp))

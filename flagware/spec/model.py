@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
@@ -62,6 +62,9 @@ class GateSpec:
     unit: str = "userID"
     enabled: bool = True
     conditions: tuple[Condition, ...] = ()
+    # IDs of its unit forced to pass or fail, before every other rule
+    # (Statsig's console overrides): {"pass": (...), "fail": (...)}.
+    overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ class ExperimentSpec:
     # groups together. Any value keeps the guarantee if chosen before the data
     # are read; it only moves where the intervals are narrowest.
     sequential_tuning: int = SEQUENTIAL_TUNING
+    # IDs of its unit forced into a group, before allocation and targeting:
+    # {group name: (...)}. Not part of the definition (a QA account may be
+    # added at any time), and their exposures are left out of results.
+    overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""

@@ -40,6 +40,7 @@ from flagware.spec.values import (
     _groups,
     _Invalid,
     _nonempty,
+    _overrides,
     _percent,
     _sequential_tuning,
     _table,
@@ -56,7 +57,7 @@ _T = TypeVar("_T")
 
 SECTIONS = ("gates", "experiments", "metrics", "flagware")
 FLAGWARE_KEYS = {"custom_ids"}
-GATE_KEYS = {"rollout", "unit", "salt", "enabled", "conditions"}
+GATE_KEYS = {"rollout", "unit", "salt", "enabled", "conditions", "overrides"}
 EXPERIMENT_KEYS = {
     "unit",
     "allocation",
@@ -67,6 +68,7 @@ EXPERIMENT_KEYS = {
     "restart",
     "sequential",
     "sequential_tuning",
+    "overrides",
 }
 METRIC_KEYS = {
     "event",
@@ -252,6 +254,7 @@ class _Parser:
             unit=self.attempt(lambda: _unit(body, path, self.custom_ids), "userID"),
             enabled=self.attempt(lambda: _get(body, path, "enabled", bool, True), True),
             conditions=tuple(conditions),
+            overrides=self.attempt(lambda: _overrides(body, path, ("pass", "fail"), "answer"), {}),
         )
 
     def experiment(self, name: str, body: Mapping[str, Any]) -> ExperimentSpec:
@@ -279,6 +282,9 @@ class _Parser:
             sequential=self.attempt(lambda: _get(body, path, "sequential", bool, True), True),
             sequential_tuning=self.attempt(
                 lambda: _sequential_tuning(body, path), SEQUENTIAL_TUNING
+            ),
+            overrides=self.attempt(
+                lambda: _overrides(body, path, [g.name for g in groups], "group"), {}
             ),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),

@@ -66,6 +66,35 @@ def _sequential_tuning(body: Mapping[str, Any], path: str) -> int:
     return int(units)
 
 
+def _overrides(
+    body: Mapping[str, Any], path: str, keys: Collection[str], what: str
+) -> dict[str, tuple[str, ...]]:
+    """``overrides = { <key> = ["id", ...] }``: the IDs (of the flag's unit)
+    forced to a gate's ``pass``/``fail`` or an experiment's group, as Statsig's
+    console overrides do. Each ID once: two answers for one ID is a mistake."""
+    where = f"{path}.overrides"
+    table = body.get("overrides", {})
+    if not isinstance(table, Mapping):
+        raise _Invalid(where, f"must be a table ({what} = [IDs]), not {_type_name(table)}")
+    forced: dict[str, tuple[str, ...]] = {}
+    seen: dict[str, str] = {}
+    for key, ids in table.items():
+        if key not in keys:
+            raise _Invalid(
+                f"{where}.{key}",
+                f"unknown {what}{did_you_mean(key, keys)} (expected one of: {', '.join(keys)})",
+            )
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise _Invalid(f"{where}.{key}", "must be a list of IDs (non-empty strings)")
+        for unit_id in ids:
+            if unit_id in seen:
+                twice = "listed twice" if seen[unit_id] == key else f"in {seen[unit_id]!r} too"
+                raise _Invalid(f"{where}.{key}", f"{unit_id!r} is {twice}")
+            seen[unit_id] = key
+        forced[key] = tuple(ids)
+    return forced
+
+
 def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float | None:
     """The metric's cap, or None for the default (MetricSpec.cap): a guardrail
     is uncapped unless asked, since a crash loop in 0.2% of units is what an
