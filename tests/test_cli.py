@@ -291,7 +291,7 @@ def test_check_lists_every_problem(tmp_path: Any, capsys: Any) -> None:
         f"{spec}: metric: unknown section (did you mean 'metrics'?)"
         " (expected gates, experiments, metrics or flagware)",
         f"{spec}: gates.a.rolout: unknown key (did you mean 'rollout'?)"
-        " (expected one of: conditions, enabled, rollout, salt, unit)",
+        " (expected one of: conditions, enabled, overrides, rollout, salt, unit)",
         f"{spec}: gates.b.unit: unknown ID type 'stableId' (did you mean 'stableID'?)"
         ' (ID types are case-sensitive: "userID", "stableID", or a custom ID type declared in'
         " [flagware] custom_ids)",

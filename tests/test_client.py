@@ -1291,3 +1291,48 @@ def test_id_overrides_in_the_spec_force_a_value_and_stay_out_of_results(
     results = compute_results(client.engine.spec, "button_color", client.event_store_path)
     assert results.override_exposures == 1
     assert sum(g.units for g in results.groups) == 40  # the forced browser is not a unit
+
+
+def test_ship_serves_one_group_to_everyone_and_ends_the_results_there(
+    make_client: Any, spec_file: Any
+) -> None:
+    """Statsig's "Make decision: ship": an operator's trial found only removing
+    the experiment, which served the code's defaults, not the winner, and
+    whose results kept counting the exposures that followed."""
+    import time as clock
+
+    from flagware.results import compute_results
+    from flagware.results.lock import read_started
+
+    half = spec_file.read_text().replace("allocation = 100", "allocation = 50")
+    spec_file.write_text(half)
+    client = make_client()
+    groups = set()
+    for i in range(40):
+        config = client.flags_for(user_id=f"u{i}", stable_id=f"s{i}").experiment("button_color")
+        groups.add(config.group)
+    assert groups == {None, "Control", "Red"}  # half of them are not in it
+    client.close()  # the start is recorded
+    before = compute_results(client.engine.spec, "button_color", client.event_store_path)
+    clock.sleep(0.01)
+    spec_file.write_text(half.replace("allocation = 50", 'allocation = 50\nship = "Red"'))
+    shipped = make_client()
+    assert shipped.engine.refused == []  # a decision, not a change of the experiment
+    record = read_started(shipped.event_store_path, "button_color")
+    assert record is not None and record.shipped == "Red" and record.shipped_at is not None
+    for i in range(60):  # everyone, allocated or not: Red's params, in no group
+        config = shipped.flags_for(user_id=f"v{i}", stable_id=f"t{i}").experiment("button_color")
+        assert (config.get("color"), config.group, config.rule_id) == ("red", None, "launchedGroup")
+    shipped.close()
+    again = make_client()  # another process: the first launch time stays
+    again.close()
+    record_again = read_started(again.event_store_path, "button_color")
+    assert record_again is not None and record_again.shipped_at == record.shipped_at
+    after = compute_results(again.engine.spec, "button_color", again.event_store_path)
+    assert after.groups == before.groups  # the 60 exposures after the launch are not read
+    assert (after.shipped, after.shipped_at, after.until) == (
+        "Red",
+        record.shipped_at,
+        record.shipped_at,
+    )
+    assert after.warnings[0].startswith("shipped Red at ")

@@ -106,6 +106,14 @@ groups = [
   { name = "cheap", weight = 90, params = { price = 7.5, label = "sale" } },
 ]
 
+[experiments.launched]
+allocation = 30
+ship = "B"
+groups = [
+  { name = "A", weight = 50, params = { v = 1 } },
+  { name = "B", weight = 50, params = { v = 2 } },
+]
+
 [experiments.by_company]
 unit = "companyID"
 allocation = 75.5
@@ -240,6 +248,10 @@ def test_both_engines_agree_on_20000_users(engines: Any) -> None:
     assert {g for (n, g) in seen if n == "button_color"} == {None, "Control", "Red", "Green"}
     assert {g for (n, g) in seen if n == "pricing"} == {None, "control", "cheap"}
     assert {g for (n, g) in seen if n == "by_company"} == {None, "A", "B"}
+    assert {g for (n, g) in seen if n == "launched"} == {None}  # shipped: in no group
+    assert rules["launched", "launchedGroup"] == sum(
+        n for (e, _), n in seen.items() if e == "launched"
+    )
 
 
 def test_numeric_strings_differ_on_equals(engines: Any) -> None:

@@ -416,7 +416,8 @@ INVALID_SPECS = [
         EXPERIMENT + GROUPS + "alocation = 5",
         "experiments.e.alocation: unknown key (did you mean 'allocation'?)"
         " (expected one of: allocation, allocation_salt,"
-        " groups, overrides, restart, salt, sequential, sequential_tuning, targeting_gate, unit)",
+        " groups, overrides, restart, salt, sequential, sequential_tuning, ship, targeting_gate,"
+        " unit)",
     ),
     (
         EXPERIMENT + GROUPS + "sequential_tuning = 50",
@@ -435,6 +436,11 @@ INVALID_SPECS = [
     (
         EXPERIMENT + GROUPS + 'overrides = { Red = ["u1", "u1"] }',
         "experiments.e.overrides.Red: 'u1' is listed twice",
+    ),
+    (
+        EXPERIMENT + GROUPS + 'ship = "red"',
+        "experiments.e.ship: unknown group 'red' (did you mean 'Red'?) (expected one of:"
+        " Control, Red)",
     ),
     (
         EXPERIMENT + GROUPS + "sequential_tuning = true",

@@ -26,8 +26,9 @@ from flagware.events.store.reader import Reader, database_errors, open_reader
 from flagware.results import sequential as seq
 from flagware.results import sql
 from flagware.results.analysis import MetricData, analyse_metrics
-from flagware.results.changes import changed_since_start, reading_changes
+from flagware.results.changes import changed_since_start
 from flagware.results.coverage import unattributed, unstored
+from flagware.results.history import history
 from flagware.results.lock import as_started, recorded_experiment
 from flagware.results.model import (
     GroupResult,
@@ -215,6 +216,10 @@ def _analyse(
         if served is None:  # a record this version cannot rebuild
             raise ResultsError(edited)
         exp = served
+    if record is not None and record.shipped_at is not None and record.shipped_at < opt.until:
+        # Shipped: every unit has been served one group since, outside the
+        # experiment, so the experiment's data end there.
+        opt = replace(opt, until=record.shipped_at)
     opened = sql.window_opened(record, reset_at)
     window_start = None if opened is None else opened + sql.SETTLE_MS
     # Read within the settling seconds, the window is only empty yet.
@@ -313,24 +318,8 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
-    if edited is not None:
-        warnings.insert(0, edited)
-    if record is not None:  # how the spec reads it, changed since it started
-        warnings += [f"experiments.{exp.name}: {said}" for said in reading_changes(record, exp)]
-    if switched:
-        warnings.append(
-            f"{switched} unit(s) of the window were exposed to another group before it"
-            " opened, and what they saw there carries over: with the salts kept, a restart"
-            " that changes weights moves units from some groups into others, so the groups"
-            " differ in their history; a restart that also changes `salt` spreads it evenly"
-        )
-    if units.left:
-        warnings.append(
-            f"{units.left} unit(s) in the groups were later exposed outside them (served"
-            " the defaults: a targeting gate narrowed, most likely): each is counted in its"
-            " group (intention to treat), though it saw the group's treatment only until"
-            " then; widen the gate back, or restart the experiment"
-        )
+    first, later = history(exp, record, edited, switched, units.left)
+    warnings = [*first, *warnings, *later]
     if units.without_unit:
         warnings.append(
             f"{units.without_unit} exposure(s) had no {exp.unit} and are left out: no unit to"
@@ -363,6 +352,8 @@ def _analyse(
         if window_start is None
         else ("restart" if record is not None and record.restarts else "reset"),
         units_before_window=before,
+        shipped=None if record is None else record.shipped,
+        shipped_at=None if record is None else record.shipped_at,
         computed_at=opt.now,
         until=opt.until,
         sequential=opt.sequential,

@@ -50,7 +50,13 @@ from flagware.results.changes import (
     reading_changes,
     refusal_message,
 )
-from flagware.results.records import StartRecord, meta_key, reset_key, served_targeting
+from flagware.results.records import (
+    StartRecord,
+    meta_key,
+    reset_key,
+    served_targeting,
+    shipped_key,
+)
 from flagware.spec import ExperimentSpec, Group, Spec, SpecError
 
 __all__ = [
@@ -62,6 +68,7 @@ __all__ = [
     "meta_key",
     "read_started",
     "reading_changes",
+    "record_shipped",
     "record_started",
     "recorded_experiment",
     "reset_key",
@@ -129,17 +136,40 @@ def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
     if is_postgres_url(store):
         with open_store(str(store)) as opened:
             return read_started(opened, experiment)
+    keys = meta_key(experiment), reset_key(experiment), shipped_key(experiment)
     if not isinstance(store, _Raw):
-        text, reset = store.get_meta(meta_key(experiment)), store.get_meta(reset_key(experiment))
+        values = [store.get_meta(key) for key in keys]
     else:
         with _connection(store) as conn:
-            rows = conn.execute(
-                "SELECT key, value FROM meta WHERE key IN (?, ?)",
-                (meta_key(experiment), reset_key(experiment)),
-            )
+            rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)", keys)
             found = {str(key): str(value) for key, value in rows}
-        text, reset = found.get(meta_key(experiment)), found.get(reset_key(experiment))
-    return StartRecord.stored(text, reset)
+        values = [found.get(key) for key in keys]
+    return StartRecord.stored(*values)
+
+
+def record_shipped(
+    store: StoreRef, experiment: ExperimentSpec, record: StartRecord, *, time_ms: int | None = None
+) -> None:
+    """Note when the app first served ``experiment``'s ``ship``: the first
+    process to load it writes the time, the others keep it (a changed
+    group, or a launch before a restart, is written again)."""
+    assert experiment.ship is not None
+    key = shipped_key(experiment.name)
+    at = now_ms() if time_ms is None else int(time_ms)
+    value = json.dumps({"group": experiment.ship, "at": at}, separators=(",", ":"))
+    again = record.shipped is not None  # another group launched in this window
+    if not isinstance(store, _Raw):
+        if again:
+            store.set_meta(key, value)
+        else:
+            store.init_meta(key, value)
+        return
+    verb = "INSERT OR REPLACE" if again else "INSERT OR IGNORE"
+    with _connection(store) as conn:
+        was_in_transaction = conn.in_transaction
+        conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
+        if conn.in_transaction and not was_in_transaction:
+            conn.commit()
 
 
 def check_unchanged(
@@ -192,6 +222,8 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
         record = read_started(conn, experiment.name)
         if record is None:
             continue
+        if experiment.ship is not None and record.shipped != experiment.ship:
+            record_shipped(conn, experiment, record, time_ms=time_ms)
         changes = describe_changes(record, experiment)
         if not changes:
             if record.allocation < experiment.allocation:

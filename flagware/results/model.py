@@ -121,6 +121,8 @@ class Results:
     window_start: int | None = None  # ms, when a restart opened a new analysis window
     window_opened_by: str | None = None  # "restart" or "reset": what opened it
     units_before_window: int = 0  # units exposed before it: not counted
+    shipped: str | None = None  # the group `ship` launched, if it did (results end there)
+    shipped_at: int | None = None  # ms: when the app first served it
     computed_at: int = field(default_factory=now_ms)
     until: int | None = None  # ms: nothing later is counted (default: computed_at)
     sequential: bool = False

@@ -20,7 +20,7 @@ from typing import Any
 
 from flagware.spec import ExperimentSpec
 
-__all__ = ["StartRecord", "meta_key", "reset_key", "served_targeting"]
+__all__ = ["StartRecord", "meta_key", "reset_key", "served_targeting", "shipped_key"]
 
 
 def meta_key(experiment: str) -> str:
@@ -31,6 +31,12 @@ def reset_key(experiment: str) -> str:
     """When ``flagware reset`` last forgot ``experiment`` (ms, in ``meta``): the
     analysis window of the start recorded after it opens there."""
     return f"reset:{experiment}"
+
+
+def shipped_key(experiment: str) -> str:
+    """Which group ``ship`` launched, and when the app first served it
+    (``{"group": ..., "at": ms}`` in ``meta``): results read up to then."""
+    return f"shipped:{experiment}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class StartRecord:
     # before they were kept): switched after looks, the error rate is not alpha.
     sequential: bool | None = None
     sequential_tuning: int | None = None
+    # The group `ship` launched in this window, and when (ms), if it did.
+    shipped: str | None = None
+    shipped_at: int | None = None
 
     @classmethod
     def from_json(cls, text: str) -> StartRecord:
@@ -70,12 +79,23 @@ class StartRecord:
         )
 
     @classmethod
-    def stored(cls, record: str | None, reset: str | None) -> StartRecord | None:
-        """From the ``meta`` values under :func:`meta_key` and :func:`reset_key`."""
+    def stored(
+        cls, record: str | None, reset: str | None, shipped: str | None = None
+    ) -> StartRecord | None:
+        """From the ``meta`` values under :func:`meta_key`, :func:`reset_key`
+        and :func:`shipped_key`. A launch before this window (a restart since)
+        is none of its business."""
         if record is None:
             return None
         started = cls.from_json(record)
-        return started if reset is None else replace(started, reset_at=int(reset))
+        if reset is not None:
+            started = replace(started, reset_at=int(reset))
+        if shipped is not None:
+            launch = json.loads(shipped)
+            group, at = str(launch["group"]), int(launch["at"])
+            if at >= started.window_start:
+                started = replace(started, shipped=group, shipped_at=at)
+        return started
 
 
 def served_targeting(record: StartRecord, experiment: ExperimentSpec) -> str | None:

@@ -54,6 +54,8 @@ def to_dict(results: Results) -> dict[str, Any]:
         "window_start": results.window_start,
         "window_opened_by": results.window_opened_by,
         "units_before_window": results.units_before_window,
+        "shipped": results.shipped,
+        "shipped_at": results.shipped_at,
         "until": results.until,
         "sequential": results.sequential,
         "sequential_tuning": results.sequential_tuning,

@@ -48,6 +48,8 @@ and every problem is reported at once.
 - ``targeting_gate``  name of a gate in this spec; units failing it are not in the experiment.
 - ``overrides``  ``{ <group> = [IDs] }``: IDs of the experiment's unit forced into a group
   before allocation and targeting; not part of its definition, left out of results.
+- ``ship``  a group's name: the decision; every unit gets its params, outside the
+  experiment, and results end when the app first served it.
 - ``sequential``  ``true`` (the default) makes results always valid (a confidence
   sequence), so they can be read at any time; ``false`` is a fixed horizon.
 - ``sequential_tuning``  a comparison's units (a group and the control together) where

@@ -154,10 +154,13 @@ def _experiment_dcs(exp: ExperimentSpec) -> dict[str, Any]:
         for group in exp.groups
         if (ids := exp.overrides.get(group.name))
     ]
-    rules.append(_allocation_rule(exp, default))
-    if exp.targeting_gate is not None:
-        rules.append(_targeting_rule(exp, exp.targeting_gate, default))
-    rules.extend(_group_rules(exp))
+    if exp.ship is not None:
+        rules.append(_launched_rule(exp, exp.ship))
+    else:
+        rules.append(_allocation_rule(exp, default))
+        if exp.targeting_gate is not None:
+            rules.append(_targeting_rule(exp, exp.targeting_gate, default))
+        rules.extend(_group_rules(exp))
     return {
         "name": exp.name,
         "type": "dynamic_config",
@@ -188,6 +191,14 @@ def _not_in_experiment_rule(
         "isDeviceBased": False,
         "conditions": [condition],
     }
+
+
+def _launched_rule(exp: ExperimentSpec, ship: str) -> dict[str, Any]:
+    """Shipped: one group's params for everyone, outside the experiment (no
+    group, as the console's launched experiments are served)."""
+    params = next(g.params for g in exp.groups if g.name == ship)
+    condition = _dcs_condition("public", exp.unit, operator=None, target=None)
+    return _not_in_experiment_rule(exp, "launchedGroup", params, condition)
 
 
 def _allocation_rule(exp: ExperimentSpec, default: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,9 @@ class ExperimentSpec:
     # {group name: (...)}. Not part of the definition (a QA account may be
     # added at any time), and their exposures are left out of results.
     overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A decision, as the console's "Ship": every unit gets this group's params
+    # (allocated or not), and results read up to when the app first served it.
+    ship: str | None = None
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """What decides which group a unit lands in and what it sees; not allocation."""

@@ -43,6 +43,7 @@ from flagware.spec.values import (
     _overrides,
     _percent,
     _sequential_tuning,
+    _ship,
     _table,
     _type_name,
     _unit,
@@ -69,6 +70,7 @@ EXPERIMENT_KEYS = {
     "sequential",
     "sequential_tuning",
     "overrides",
+    "ship",
 }
 METRIC_KEYS = {
     "event",
@@ -286,6 +288,7 @@ class _Parser:
             overrides=self.attempt(
                 lambda: _overrides(body, path, [g.name for g in groups], "group"), {}
             ),
+            ship=self.attempt(lambda: _ship(body, path, [g.name for g in groups]), None),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),
                 None,

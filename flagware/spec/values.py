@@ -95,6 +95,19 @@ def _overrides(
     return forced
 
 
+def _ship(body: Mapping[str, Any], path: str, groups: Collection[str]) -> str | None:
+    if "ship" not in body:
+        return None
+    group = _get(body, path, "ship", str, "")
+    if group not in groups:
+        raise _Invalid(
+            f"{path}.ship",
+            f"unknown group {group!r}{did_you_mean(group, groups)} (expected one of:"
+            f" {', '.join(groups)})",
+        )
+    return group
+
+
 def _cap_percentile(body: Mapping[str, Any], path: str, kind: str) -> float | None:
     """The metric's cap, or None for the default (MetricSpec.cap): a guardrail
     is uncapped unless asked, since a crash loop in 0.2% of units is what an

@@ -1,0 +1,55 @@
+"""What happened to an experiment over time, said beside its results.
+
+A refused edit the results read around, a launch (``ship``) that ended the
+data, settings changed since the start, a restart's units that bring another
+group's history, units a narrowed targeting gate took out of their groups:
+none of it shows in a table of intervals, and each changes how to read one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from flagware.results.changes import reading_changes
+from flagware.results.records import StartRecord
+from flagware.spec import ExperimentSpec
+
+__all__ = ["history"]
+
+
+def history(
+    exp: ExperimentSpec,
+    record: StartRecord | None,
+    edited: str | None,
+    switched: int,
+    left: int,
+) -> tuple[list[str], list[str]]:
+    """(warnings to read first, warnings to read after the data's own)."""
+    first: list[str] = []
+    later: list[str] = []
+    if record is not None and record.shipped_at is not None:
+        shipped = datetime.fromtimestamp(record.shipped_at / 1000, tz=UTC)
+        first.append(
+            f"shipped {record.shipped} at {shipped:%Y-%m-%d %H:%M:%S} UTC (`ship` in the spec):"
+            " every unit has been served its params since, outside the experiment, so results"
+            " read the exposures and events up to then"
+        )
+    if edited is not None:
+        first.append(edited)
+    if record is not None:  # how the spec reads it, changed since it started
+        later += [f"experiments.{exp.name}: {said}" for said in reading_changes(record, exp)]
+    if switched:
+        later.append(
+            f"{switched} unit(s) of the window were exposed to another group before it"
+            " opened, and what they saw there carries over: with the salts kept, a restart"
+            " that changes weights moves units from some groups into others, so the groups"
+            " differ in their history; a restart that also changes `salt` spreads it evenly"
+        )
+    if left:
+        later.append(
+            f"{left} unit(s) in the groups were later exposed outside them (served"
+            " the defaults: a targeting gate narrowed, most likely): each is counted in its"
+            " group (intention to treat), though it saw the group's treatment only until"
+            " then; widen the gate back, or restart the experiment"
+        )
+    return first, later
