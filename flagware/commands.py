@@ -169,6 +169,13 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                 f"{spec.source}: warning: experiments.{experiment.name}: {said}"
                 for said in reading_changes(record, experiment)
             ]
+            if record.shipped is not None and experiment.ship is None:
+                reminders.append(
+                    f"{spec.source}: warning: experiments.{experiment.name}: shipped"
+                    f" {record.shipped} (recorded in {redact(store)}) and no longer `ship`:"
+                    " the app serves its groups again, while results still end at the launch;"
+                    " to run it again, give it a new name (as Statsig starts a new experiment)"
+                )
             changes = describe_changes(record, experiment)
             if experiment.restart:
                 if not changes:  # the restart happened, or there is none to make

@@ -1336,3 +1336,32 @@ def test_ship_serves_one_group_to_everyone_and_ends_the_results_there(
         record.shipped_at,
     )
     assert after.warnings[0].startswith("shipped Red at ")
+
+
+def test_a_ship_changed_keeps_its_first_time_and_a_removed_one_is_warned(
+    make_client: Any, spec_file: Any, capsys: Any
+) -> None:
+    from flagware.cli import main
+    from flagware.results.lock import read_started
+
+    client = make_client()
+    client.flags_for(user_id="u", stable_id="s").experiment("button_color")
+    client.close()
+    started = spec_file.read_text()
+    spec_file.write_text(started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Red"'))
+    make_client().close()
+    first = read_started(client.event_store_path, "button_color")
+    assert first is not None and first.shipped == "Red"
+    spec_file.write_text(
+        started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Control"')
+    )
+    make_client().close()
+    second = read_started(client.event_store_path, "button_color")
+    assert second is not None and (second.shipped, second.shipped_at) == (
+        "Control",
+        first.shipped_at,
+    )
+    spec_file.write_text(started)  # un-shipped: served again, and said
+    store = str(client.event_store_path)
+    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
+    assert "shipped Control (recorded in" in capsys.readouterr().err

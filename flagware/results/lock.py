@@ -151,13 +151,16 @@ def record_shipped(
     store: StoreRef, experiment: ExperimentSpec, record: StartRecord, *, time_ms: int | None = None
 ) -> None:
     """Note when the app first served ``experiment``'s ``ship``: the first
-    process to load it writes the time, the others keep it (a changed
-    group, or a launch before a restart, is written again)."""
+    process to load it writes the time, the others keep it. Another group
+    shipped later keeps that first time (everyone has seen one group since),
+    and a launch before a restart is none of the new window's."""
     assert experiment.ship is not None
     key = shipped_key(experiment.name)
     at = now_ms() if time_ms is None else int(time_ms)
-    value = json.dumps({"group": experiment.ship, "at": at}, separators=(",", ":"))
     again = record.shipped is not None  # another group launched in this window
+    if record.shipped_at is not None:
+        at = record.shipped_at
+    value = json.dumps({"group": experiment.ship, "at": at}, separators=(",", ":"))
     if not isinstance(store, _Raw):
         if again:
             store.set_meta(key, value)
