@@ -156,7 +156,7 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
     """What the running app would refuse (started experiments changed without
     restart), and reminders: a ``restart = true`` left set once its restart is
     recorded, a started experiment the spec no longer has."""
-    from flagware.results.changes import describe_changes, reading_changes
+    from flagware.results.changes import describe_changes, reading_changes, shipped_message
     from flagware.results.lock import read_started
 
     problems, reminders = [], []
@@ -169,13 +169,9 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                 f"{spec.source}: warning: experiments.{experiment.name}: {said}"
                 for said in reading_changes(record, experiment)
             ]
-            if record.shipped is not None and experiment.ship is None:
-                reminders.append(
-                    f"{spec.source}: warning: experiments.{experiment.name}: shipped"
-                    f" {record.shipped} (recorded in {redact(store)}) and no longer `ship`:"
-                    " the app serves its groups again, while results still end at the launch;"
-                    " to run it again, give it a new name (as Statsig starts a new experiment)"
-                )
+            if record.shipped is not None and experiment.ship != record.shipped:
+                problems.append(f"{spec.source}: {shipped_message(experiment, record)}")
+                continue
             changes = describe_changes(record, experiment)
             if experiment.restart:
                 if not changes:  # the restart happened, or there is none to make

@@ -1338,30 +1338,45 @@ def test_ship_serves_one_group_to_everyone_and_ends_the_results_there(
     assert after.warnings[0].startswith("shipped Red at ")
 
 
-def test_a_ship_changed_keeps_its_first_time_and_a_removed_one_is_warned(
+def test_a_ship_is_final_and_a_reset_lets_the_next_one_be_recorded(
     make_client: Any, spec_file: Any, capsys: Any
 ) -> None:
+    """Moved to another group, a ship counted clicks made under the first as the
+    second group's; dropped, it served the groups again; after a reset, a new
+    ship was never recorded (an operator's trial, each)."""
     from flagware.cli import main
     from flagware.results.lock import read_started
 
     client = make_client()
     client.flags_for(user_id="u", stable_id="s").experiment("button_color")
     client.close()
+    store = str(client.event_store_path)
     started = spec_file.read_text()
     spec_file.write_text(started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Red"'))
     make_client().close()
-    first = read_started(client.event_store_path, "button_color")
+    first = read_started(store, "button_color")
     assert first is not None and first.shipped == "Red"
+    for edit in ('unit = "stableID"\nship = "Control"', 'unit = "stableID"'):
+        spec_file.write_text(started.replace('unit = "stableID"', edit))
+        moved = make_client()
+        config = moved.flags_for(user_id="v", stable_id="t").experiment("button_color")
+        assert (config.get("color"), config.group) == ("red", None)  # still Red's, refused
+        assert "a ship is final" in moved.engine.refused[0]
+        moved.close()
+        assert main(["check", "--spec", str(spec_file), "--store", store]) == 2
+        assert "ship = 'Red' (shipped " in capsys.readouterr().err
+    again = read_started(store, "button_color")
+    assert again is not None and (again.shipped, again.shipped_at) == ("Red", first.shipped_at)
+    # A reset forgets it all: the experiment starts again, and a new ship is recorded.
+    assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    spec_file.write_text(started)
+    restarted = make_client()
+    restarted.flags_for(user_id="w", stable_id="x").experiment("button_color")
+    restarted.close()
     spec_file.write_text(
         started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Control"')
     )
     make_client().close()
-    second = read_started(client.event_store_path, "button_color")
-    assert second is not None and (second.shipped, second.shipped_at) == (
-        "Control",
-        first.shipped_at,
-    )
-    spec_file.write_text(started)  # un-shipped: served again, and said
-    store = str(client.event_store_path)
-    assert main(["check", "--spec", str(spec_file), "--store", store]) == 0
-    assert "shipped Control (recorded in" in capsys.readouterr().err
+    new = read_started(store, "button_color")
+    assert new is not None and new.shipped == "Control"
+    assert new.shipped_at is not None and new.shipped_at > first.shipped_at  # type: ignore[operator]

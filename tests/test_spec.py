@@ -298,8 +298,7 @@ INVALID_SPECS = [
     ),
     (
         '[gates.x]\noverrides = { pas = ["u1"] }',
-        "gates.x.overrides.pas: unknown answer (did you mean 'pass'?) (expected one of: pass,"
-        " fail)",
+        "gates.x.overrides.pas: unknown list (did you mean 'pass'?) (expected one of: pass, fail)",
     ),
     (
         '[gates.x]\noverrides = { pass = ["u1"], fail = ["u1"] }',
@@ -307,7 +306,11 @@ INVALID_SPECS = [
     ),
     (
         '[gates.x]\noverrides = { pass = "u1" }',
-        "gates.x.overrides.pass: must be a list of IDs (non-empty strings)",
+        "gates.x.overrides.pass: must be a list of IDs, not a string",
+    ),
+    (
+        '[gates.x]\noverrides = { pass = ["a", true] }',
+        "gates.x.overrides.pass[1]: must be an ID (a non-empty string or a number)",
     ),
     ('[gates.x]\nrollout = "50"', "gates.x.rollout: must be a number, not a string"),
     ("[gates.x]\nrollout = true", "gates.x.rollout: must be a number, not a boolean"),

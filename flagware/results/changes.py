@@ -17,7 +17,13 @@ from flagware.results.records import StartRecord, served_targeting
 from flagware.spec import ExperimentSpec, derived_salt
 from flagware.spec.diff import differences, show
 
-__all__ = ["changed_since_start", "describe_changes", "reading_changes", "refusal_message"]
+__all__ = [
+    "changed_since_start",
+    "describe_changes",
+    "reading_changes",
+    "refusal_message",
+    "shipped_message",
+]
 
 
 def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
@@ -111,6 +117,19 @@ def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
         f" [experiments.{name}] to start a new analysis window from now (results then"
         f" count only exposures from the restart on); or, in development, forget its"
         f" start with `flagware reset {name}`."
+    )
+
+
+def shipped_message(experiment: ExperimentSpec, record: StartRecord) -> str:
+    """A ship dropped or moved to another group, refused: ship is final."""
+    assert record.shipped is not None and record.shipped_at is not None
+    at = datetime.fromtimestamp(record.shipped_at / 1000, tz=UTC)
+    now = "removed" if experiment.ship is None else f"changed to {experiment.ship!r}"
+    return (
+        f"experiments.{experiment.name}: ship = {record.shipped!r} (shipped {at:%Y-%m-%d %H:%M}"
+        f" UTC) {now}: a ship is final, as on Statsig, so it is still served; to run the"
+        f" experiment again, give it a new name (or, in development, `flagware reset"
+        f" {experiment.name}`)"
     )
 
 

@@ -47,9 +47,9 @@ def history(
         )
     if left:
         later.append(
-            f"{left} unit(s) in the groups were later exposed outside them (served"
-            " the defaults: a targeting gate narrowed, most likely): each is counted in its"
-            " group (intention to treat), though it saw the group's treatment only until"
-            " then; widen the gate back, or restart the experiment"
+            f"{left} unit(s) in the groups were later exposed outside them (served the"
+            " defaults, as a narrowed targeting gate does, or forced into another group by"
+            " an override): each is counted in its group (intention to treat), though it saw"
+            " the group's treatment only until then"
         )
     return first, later

@@ -49,6 +49,7 @@ from flagware.results.changes import (
     describe_changes,
     reading_changes,
     refusal_message,
+    shipped_message,
 )
 from flagware.results.records import (
     StartRecord,
@@ -150,29 +151,36 @@ def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
 def record_shipped(
     store: StoreRef, experiment: ExperimentSpec, record: StartRecord, *, time_ms: int | None = None
 ) -> None:
-    """Note when the app first served ``experiment``'s ``ship``: the first
-    process to load it writes the time, the others keep it. Another group
-    shipped later keeps that first time (everyone has seen one group since),
-    and a launch before a restart is none of the new window's."""
+    """Note when the app first served ``experiment``'s ``ship`` in this
+    window: the first process to load it writes the time, the others keep it.
+    A ship from before a restart or a reset is replaced (a trial's second ship
+    after a reset was never recorded, and results kept counting)."""
     assert experiment.ship is not None
     key = shipped_key(experiment.name)
     at = now_ms() if time_ms is None else int(time_ms)
-    again = record.shipped is not None  # another group launched in this window
-    if record.shipped_at is not None:
-        at = record.shipped_at
     value = json.dumps({"group": experiment.ship, "at": at}, separators=(",", ":"))
     if not isinstance(store, _Raw):
-        if again:
+        stale = store.get_meta(key) is not None
+        if stale:
             store.set_meta(key, value)
         else:
             store.init_meta(key, value)
-        return
-    verb = "INSERT OR REPLACE" if again else "INSERT OR IGNORE"
-    with _connection(store) as conn:
-        was_in_transaction = conn.in_transaction
-        conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
-        if conn.in_transaction and not was_in_transaction:
-            conn.commit()
+    else:
+        with _connection(store) as conn:
+            stale = conn.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
+            verb = "INSERT OR REPLACE" if stale else "INSERT OR IGNORE"
+            was_in_transaction = conn.in_transaction
+            conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
+            if conn.in_transaction and not was_in_transaction:
+                conn.commit()
+    # A warning: the decision ends the experiment's data for good, and INFO
+    # lines are hidden under a server's default logging (a trial).
+    log.warning(
+        "flagware: experiments.%s shipped %s: every unit gets its params from now on, and"
+        " results read the experiment's data up to now",
+        experiment.name,
+        experiment.ship,
+    )
 
 
 def check_unchanged(
@@ -225,7 +233,16 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
         record = read_started(conn, experiment.name)
         if record is None:
             continue
-        if experiment.ship is not None and record.shipped != experiment.ship:
+        if record.shipped is not None and experiment.ship != record.shipped:
+            # Ship is final, as on Statsig: dropped or moved to another group,
+            # the data after it would mix (a trial: clicks under Red counted
+            # as Control's). Served as shipped, and refused.
+            served[experiment.name] = replace(
+                as_started(record, experiment) or experiment, ship=record.shipped
+            )
+            refused.append(shipped_message(experiment, record))
+            continue
+        if experiment.ship is not None and record.shipped is None:
             record_shipped(conn, experiment, record, time_ms=time_ms)
         changes = describe_changes(record, experiment)
         if not changes:

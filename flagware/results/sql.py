@@ -209,14 +209,17 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         (experiment, CONFIG_EXPOSURE, start, until),
     ).fetchone()
     without_unit = int(window_total) - _count_rows(conn, exposures)
-    # Units in a group later served none: a targeting gate narrowed (or an
-    # allocation shrunk past a refusal) took them out, and they are still
-    # counted in their group, having seen the defaults since (a trial).
+    # Units in a group later served none (a narrowed targeting gate took them
+    # out) or forced into another (an ID override added while it ran): still
+    # counted in their group, having seen something else since (trials).
     (left,) = conn.execute(
         f"""
         SELECT count(DISTINCT f.unit) FROM {d.temp}.fw_first AS f
         JOIN {exposures} AS x ON x.unit = f.unit
-        WHERE x.forced = 0 AND x.grp IS NULL AND x.t > f.t0
+        WHERE x.t > f.t0 AND (
+            (x.forced = 0 AND x.grp IS NULL)
+            OR (x.forced = 1 AND x.grp IS NOT NULL AND x.grp <> f.grp)
+        )
         """
     ).fetchone()
     return Units(

@@ -196,7 +196,7 @@ def _not_in_experiment_rule(
 def _launched_rule(exp: ExperimentSpec, ship: str) -> dict[str, Any]:
     """Shipped: one group's params for everyone, outside the experiment (no
     group, as the console's launched experiments are served)."""
-    params = next(g.params for g in exp.groups if g.name == ship)
+    params = next((g.params for g in exp.groups if g.name == ship), exp.control.params)
     condition = _dcs_condition("public", exp.unit, operator=None, target=None)
     return _not_in_experiment_rule(exp, "launchedGroup", params, condition)
 

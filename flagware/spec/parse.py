@@ -256,7 +256,7 @@ class _Parser:
             unit=self.attempt(lambda: _unit(body, path, self.custom_ids), "userID"),
             enabled=self.attempt(lambda: _get(body, path, "enabled", bool, True), True),
             conditions=tuple(conditions),
-            overrides=self.attempt(lambda: _overrides(body, path, ("pass", "fail"), "answer"), {}),
+            overrides=self.attempt(lambda: _overrides(body, path, ("pass", "fail"), "list"), {}),
         )
 
     def experiment(self, name: str, body: Mapping[str, Any]) -> ExperimentSpec:

@@ -84,8 +84,15 @@ def _overrides(
                 f"{where}.{key}",
                 f"unknown {what}{did_you_mean(key, keys)} (expected one of: {', '.join(keys)})",
             )
-        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
-            raise _Invalid(f"{where}.{key}", "must be a list of IDs (non-empty strings)")
+        if not isinstance(ids, list):
+            raise _Invalid(f"{where}.{key}", f"must be a list of IDs, not {_type_name(ids)}")
+        for i, unit_id in enumerate(ids):
+            # An ID as the app gives it: 42 is "42" (flags_for takes either).
+            if isinstance(unit_id, bool) or not isinstance(unit_id, str | int) or unit_id == "":
+                raise _Invalid(
+                    f"{where}.{key}[{i}]", "must be an ID (a non-empty string or a number)"
+                )
+        ids = [str(unit_id) for unit_id in ids]
         for unit_id in ids:
             if unit_id in seen:
                 twice = "listed twice" if seen[unit_id] == key else f"in {seen[unit_id]!r} too"
