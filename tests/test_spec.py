@@ -441,6 +441,10 @@ INVALID_SPECS = [
         "experiments.e.overrides.Red: 'u1' is listed twice",
     ),
     (
+        EXPERIMENT + GROUPS + 'overrides = [ "u1" ]',
+        "experiments.e.overrides: must be a table (group = [IDs]), not a list",
+    ),
+    (
         EXPERIMENT + GROUPS + 'ship = "red"',
         "experiments.e.ship: unknown group 'red' (did you mean 'Red'?) (expected one of:"
         " Control, Red)",
@@ -625,6 +629,22 @@ def test_invalid_spec_names_file_key_path_and_problem(toml: str, message: str) -
     with pytest.raises(SpecError) as excinfo:
         spec_from(toml)
     assert str(excinfo.value) == f"flagware.toml: {message}"
+
+
+def test_every_problem_of_an_overrides_table_is_listed() -> None:
+    """A trial was told one problem of its overrides at a time."""
+    toml = (
+        EXPERIMENT + GROUPS + 'overrides = { Blue = ["x"], Red = [1, true, "a"], Control = ["a"] }'
+    )
+    with pytest.raises(SpecError) as excinfo:
+        spec_from(toml)
+    assert excinfo.value.problems == [
+        "flagware.toml: experiments.e.overrides.Blue: unknown group (expected one of: Control,"
+        " Red)",
+        "flagware.toml: experiments.e.overrides.Red[1]: must be an ID (a non-empty string or a"
+        " number)",
+        "flagware.toml: experiments.e.overrides.Control: 'a' is in 'Red' too",
+    ]
 
 
 def test_spec_error_is_a_value_error() -> None:

@@ -152,6 +152,12 @@ class _Parser:
             self.problems.append(exc)
             return default
 
+    def all_of(self, checked: tuple[_T, list[_Invalid]]) -> _T:
+        """A value checked in parts: every part's problem recorded, the rest kept."""
+        value, problems = checked
+        self.problems += problems
+        return value
+
     def known_keys(self, body: Mapping[str, Any], path: str, allowed: set[str]) -> None:
         for key in body:
             if key not in allowed:
@@ -256,7 +262,7 @@ class _Parser:
             unit=self.attempt(lambda: _unit(body, path, self.custom_ids), "userID"),
             enabled=self.attempt(lambda: _get(body, path, "enabled", bool, True), True),
             conditions=tuple(conditions),
-            overrides=self.attempt(lambda: _overrides(body, path, ("pass", "fail"), "list"), {}),
+            overrides=self.all_of(_overrides(body, path, ("pass", "fail"), "list")),
         )
 
     def experiment(self, name: str, body: Mapping[str, Any]) -> ExperimentSpec:
@@ -285,9 +291,7 @@ class _Parser:
             sequential_tuning=self.attempt(
                 lambda: _sequential_tuning(body, path), SEQUENTIAL_TUNING
             ),
-            overrides=self.attempt(
-                lambda: _overrides(body, path, [g.name for g in groups], "group"), {}
-            ),
+            overrides=self.all_of(_overrides(body, path, [g.name for g in groups], "group")),
             ship=self.attempt(lambda: _ship(body, path, [g.name for g in groups]), None),
             allocation_salt=self.attempt(
                 lambda: _nonempty(body, path, "allocation_salt", derived_salt("allocation", salt)),

@@ -68,38 +68,44 @@ def _sequential_tuning(body: Mapping[str, Any], path: str) -> int:
 
 def _overrides(
     body: Mapping[str, Any], path: str, keys: Collection[str], what: str
-) -> dict[str, tuple[str, ...]]:
+) -> tuple[dict[str, tuple[str, ...]], list[_Invalid]]:
     """``overrides = { <key> = ["id", ...] }``: the IDs (of the flag's unit)
     forced to a gate's ``pass``/``fail`` or an experiment's group, as Statsig's
-    console overrides do. Each ID once: two answers for one ID is a mistake."""
+    console overrides do, and every problem with them (a trial was told one
+    at a time). Each ID once: two answers for one ID is a mistake."""
     where = f"{path}.overrides"
     table = body.get("overrides", {})
     if not isinstance(table, Mapping):
-        raise _Invalid(where, f"must be a table ({what} = [IDs]), not {_type_name(table)}")
+        return {}, [_Invalid(where, f"must be a table ({what} = [IDs]), not {_type_name(table)}")]
     forced: dict[str, tuple[str, ...]] = {}
+    problems: list[_Invalid] = []
     seen: dict[str, str] = {}
     for key, ids in table.items():
         if key not in keys:
-            raise _Invalid(
-                f"{where}.{key}",
-                f"unknown {what}{did_you_mean(key, keys)} (expected one of: {', '.join(keys)})",
-            )
+            hint = f"{did_you_mean(key, keys)} (expected one of: {', '.join(keys)})"
+            problems.append(_Invalid(f"{where}.{key}", f"unknown {what}{hint}"))
+            continue
         if not isinstance(ids, list):
-            raise _Invalid(f"{where}.{key}", f"must be a list of IDs, not {_type_name(ids)}")
+            problems.append(
+                _Invalid(f"{where}.{key}", f"must be a list of IDs, not {_type_name(ids)}")
+            )
+            continue
+        named = []
         for i, unit_id in enumerate(ids):
             # An ID as the app gives it: 42 is "42" (flags_for takes either).
             if isinstance(unit_id, bool) or not isinstance(unit_id, str | int) or unit_id == "":
-                raise _Invalid(
-                    f"{where}.{key}[{i}]", "must be an ID (a non-empty string or a number)"
-                )
-        ids = [str(unit_id) for unit_id in ids]
-        for unit_id in ids:
+                said = "must be an ID (a non-empty string or a number)"
+                problems.append(_Invalid(f"{where}.{key}[{i}]", said))
+                continue
+            unit_id = str(unit_id)
             if unit_id in seen:
                 twice = "listed twice" if seen[unit_id] == key else f"in {seen[unit_id]!r} too"
-                raise _Invalid(f"{where}.{key}", f"{unit_id!r} is {twice}")
+                problems.append(_Invalid(f"{where}.{key}", f"{unit_id!r} is {twice}"))
+                continue
             seen[unit_id] = key
-        forced[key] = tuple(ids)
-    return forced
+            named.append(unit_id)
+        forced[key] = tuple(named)
+    return forced, problems
 
 
 def _ship(body: Mapping[str, Any], path: str, groups: Collection[str]) -> str | None:
