@@ -240,8 +240,7 @@ def _analyse(
     shared = sql.shared_browsers(conn) if exp.unit == "userID" else (0, 0)
     switched = before = 0
     if window_start is not None:
-        switched = sql.switched_groups(conn, exp.name, unit, window_start)
-        before = sql.units_before(conn, exp.name, unit, window_start)
+        before, switched = sql.before_window(conn, exp.name, unit, window_start)
     reads = _reads(metrics, opt.cuped)
     tables = load_unit_events(
         conn, exp.unit, sum(units.per_group.values()), reads, opt.until, opt.now

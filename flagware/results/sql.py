@@ -28,6 +28,7 @@ from flagware.spec import did_you_mean
 
 __all__ = [
     "SETTLE_MS",
+    "before_window",
     "future_exposures",
     "load_units",
     "named",
@@ -128,7 +129,7 @@ class Units:
         self.crossovers = crossovers
         self.ungrouped = ungrouped  # first exposed with no group: not allocated, or targeted out
         self.without_unit = without_unit  # exposures without the unit's ID: no unit to count
-        self.left = left  # in a group, later exposed with none (a narrowed targeting gate)
+        self.left = left  # in a group, later served none or forced into another (an override)
         self.overrides = overrides
         self.first = first
         self.last = last
@@ -328,35 +329,29 @@ def newest_event(conn: Reader, event: str, since: int, until: int) -> int | None
     return None if row is None or row[0] is None else int(row[0])
 
 
-def units_before(conn: Reader, experiment: str, unit: str, window_start: int) -> int:
-    """Units exposed to the experiment before its analysis window opened:
-    what a restart or a reset left out (said beside the window, a trial)."""
-    (n,) = conn.execute(
-        f"""
-        SELECT count(DISTINCT {unit}) FROM events AS e
-        WHERE e.exposure = ? AND e.event = ? AND e.time < ? AND {unit} IS NOT NULL
-        """,
-        (experiment, CONFIG_EXPOSURE, window_start),
-    ).fetchone()
-    return int(n)
-
-
-def switched_groups(conn: Reader, experiment: str, unit: str, window_start: int) -> int:
-    """Units of the window (``temp.fw_first``) exposed to another group before
-    it opened: a restart keeps the salts, so a unit whose hash the new weights
-    put elsewhere brings what it saw before into another group (a trial: 96 of
-    299 returning units after a weights restart, said nowhere)."""
+def before_window(conn: Reader, experiment: str, unit: str, window_start: int) -> tuple[int, int]:
+    """What a restart or a reset left out, from one scan of the exposures
+    before the analysis window opened: (units exposed then, said beside the
+    window, a trial; units of the window, ``temp.fw_first``, exposed to another
+    group then). A restart keeps the salts, so a unit whose hash the new
+    weights put elsewhere brings what it saw before into another group (a
+    trial: 96 of 299 returning units after a weights restart, said nowhere)."""
     d = conn.dialect
-    (n,) = conn.execute(
+    (before, switched) = conn.execute(
         f"""
-        SELECT count(DISTINCT f.unit) FROM {d.temp}.fw_first AS f
-        JOIN events AS e ON {unit} = f.unit
-        WHERE e.exposure = ? AND e.event = ? AND e.time < ? AND e.group_name IS NOT NULL
-          AND e.group_name <> f.grp AND {_not_override(d)}
+        SELECT count(DISTINCT b.unit),
+               count(DISTINCT CASE WHEN b.counted = 1 AND b.grp <> f.grp THEN b.unit END)
+        FROM (
+            SELECT {unit} AS unit, e.group_name AS grp,
+                   CASE WHEN {_not_override(d)} THEN 1 ELSE 0 END AS counted
+            FROM events AS e
+            WHERE e.exposure = ? AND e.event = ? AND e.time < ? AND {unit} IS NOT NULL
+        ) AS b
+        LEFT JOIN {d.temp}.fw_first AS f ON f.unit = b.unit
         """,
         (experiment, CONFIG_EXPOSURE, window_start),
     ).fetchone()
-    return int(n)
+    return int(before), int(switched)
 
 
 def future_exposures(conn: Reader, experiment: str, now: int) -> int:
