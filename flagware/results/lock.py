@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,9 +55,11 @@ from flagware.results.changes import (
 from flagware.results.records import (
     StartRecord,
     meta_key,
+    record_keys,
     reset_key,
     served_targeting,
     shipped_key,
+    stored_values,
 )
 from flagware.spec import ExperimentSpec, Group, Spec, SpecError
 
@@ -123,13 +126,7 @@ def record_started(
     if not isinstance(store, _Raw):  # a store: either backend, in its own dialect
         store.run("record_start", params)
         return
-    with _connection(store) as conn:
-        was_in_transaction = conn.in_transaction
-        conn.execute(_UPSERT, params)
-        # Commit only a transaction this call opened (legacy isolation levels
-        # open one implicitly); never the caller's.
-        if conn.in_transaction and not was_in_transaction:
-            conn.commit()
+    _write_sqlite(store, lambda conn: conn.execute(_UPSERT, params))
 
 
 def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
@@ -137,15 +134,11 @@ def read_started(store: StoreRef, experiment: str) -> StartRecord | None:
     if is_postgres_url(store):
         with open_store(str(store)) as opened:
             return read_started(opened, experiment)
-    keys = meta_key(experiment), reset_key(experiment), shipped_key(experiment)
     if not isinstance(store, _Raw):
-        values = [store.get_meta(key) for key in keys]
-    else:
-        with _connection(store) as conn:
-            rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)", keys)
-            found = {str(key): str(value) for key, value in rows}
-        values = [found.get(key) for key in keys]
-    return StartRecord.stored(*values)
+        record, reset, shipped = (store.get_meta(key) for key in record_keys(experiment))
+        return StartRecord.stored(record, reset, shipped)
+    with _connection(store) as conn:
+        return StartRecord.stored(*stored_values(conn.execute, experiment))
 
 
 def record_shipped(
@@ -166,13 +159,13 @@ def record_shipped(
         else:
             store.init_meta(key, value)
     else:
-        with _connection(store) as conn:
+
+        def upsert(conn: sqlite3.Connection) -> None:
             stale = conn.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
             verb = "INSERT OR REPLACE" if stale else "INSERT OR IGNORE"
-            was_in_transaction = conn.in_transaction
             conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", (key, value))
-            if conn.in_transaction and not was_in_transaction:
-                conn.commit()
+
+        _write_sqlite(store, upsert)
     # A warning: the decision ends the experiment's data for good, and INFO
     # lines are hidden under a server's default logging (a trial).
     log.warning(
@@ -308,6 +301,20 @@ def recorded_experiment(name: str, record: StartRecord) -> ExperimentSpec | None
     if record.sequential_tuning is not None:
         blank = replace(blank, sequential_tuning=record.sequential_tuning)
     return as_started(record, blank)
+
+
+def _write_sqlite(
+    store: sqlite3.Connection | str | os.PathLike[str],
+    write: Callable[[sqlite3.Connection], object],
+) -> None:
+    """Run ``write`` on the caller's SQLite connection (or one opened for a
+    path), committing only a transaction it opened (legacy isolation levels
+    open one implicitly); never the caller's."""
+    with _connection(store) as conn:
+        was_in_transaction = conn.in_transaction
+        write(conn)
+        if conn.in_transaction and not was_in_transaction:
+            conn.commit()
 
 
 class _connection:

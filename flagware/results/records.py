@@ -15,12 +15,21 @@ read with the defaults.) ``results.lock`` writes and enforces them;
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from flagware.spec import ExperimentSpec
 
-__all__ = ["StartRecord", "meta_key", "reset_key", "served_targeting", "shipped_key"]
+__all__ = [
+    "StartRecord",
+    "meta_key",
+    "record_keys",
+    "reset_key",
+    "served_targeting",
+    "shipped_key",
+    "stored_values",
+]
 
 
 def meta_key(experiment: str) -> str:
@@ -37,6 +46,25 @@ def shipped_key(experiment: str) -> str:
     """Which group ``ship`` launched, and when the app first served it
     (``{"group": ..., "at": ms}`` in ``meta``): results read up to then."""
     return f"shipped:{experiment}"
+
+
+def record_keys(experiment: str) -> tuple[str, str, str]:
+    """The ``meta`` keys a record is read from, in :meth:`StartRecord.stored`'s order."""
+    return meta_key(experiment), reset_key(experiment), shipped_key(experiment)
+
+
+def stored_values(
+    execute: Callable[[str, tuple[str, str, str]], Iterable[Any]], experiment: str
+) -> tuple[str | None, str | None, str | None]:
+    """The values under :func:`record_keys` (None where absent), read with one
+    query through ``execute`` (an SQLite connection's, or a results Reader's)."""
+    keys = record_keys(experiment)
+    found = {
+        str(key): str(value)
+        for key, value in execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)", keys)
+    }
+    record, reset, shipped = (found.get(key) for key in keys)
+    return record, reset, shipped
 
 
 @dataclass(frozen=True)

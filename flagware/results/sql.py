@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE
 from flagware.events.store.reader import Dialect, Reader, database_errors
-from flagware.results.records import StartRecord, meta_key, reset_key, shipped_key
+from flagware.results.records import StartRecord, stored_values
 from flagware.spec import did_you_mean
 
 __all__ = [
@@ -60,15 +60,11 @@ def unit_column(unit: str, dialect: Dialect) -> str:
 def start_record(conn: Reader, experiment: str) -> tuple[StartRecord | None, int | None]:
     """What the experiment's first exposure recorded (``results.lock``), if any,
     and when ``flagware reset`` last forgot it (ms), if ever."""
-    keys = meta_key(experiment), reset_key(experiment), shipped_key(experiment)
     try:
-        rows = conn.execute("SELECT key, value FROM meta WHERE key IN (?, ?, ?)", keys).fetchall()
+        record, reset, shipped = stored_values(conn.execute, experiment)
     except database_errors():  # a store without the meta table: never started
         return None, None
-    found = {str(key): str(value) for key, value in rows}
-    reset = found.get(keys[1])
-    record = StartRecord.stored(found.get(keys[0]), reset, found.get(keys[2]))
-    return record, None if reset is None else int(reset)
+    return StartRecord.stored(record, reset, shipped), None if reset is None else int(reset)
 
 
 def started_experiments(conn: Reader) -> list[str]:
