@@ -20,6 +20,7 @@ from flagware.events.store import not_a_store, open_store, redact, store_exists
 from flagware.results.compute import ResultsError
 from flagware.results.coverage import unstored_metric_events
 from flagware.spec import SpecError, did_you_mean, load_spec
+from flagware.spec.model import SEQUENTIAL_TUNING
 
 
 def add_parsers(sub: Any) -> None:
@@ -107,6 +108,16 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for warning in unstored:
         print(f"{spec.source}: warning: metrics.{warning}", file=sys.stderr)
+    for name, experiment in spec.experiments.items():
+        # Accepted, and read by nothing: a statistician's trial tuned a
+        # fixed-horizon experiment and was not told.
+        if not experiment.sequential and experiment.sequential_tuning != SEQUENTIAL_TUNING:
+            print(
+                f"{spec.source}: warning: experiments.{name}.sequential_tuning is not used:"
+                " the experiment sets sequential = false, so its results are read once,"
+                " at the planned size, with no confidence sequence to tune",
+                file=sys.stderr,
+            )
     if changes:
         _say_problems(len(changes), args.spec)
         return EXIT_BAD_INPUT

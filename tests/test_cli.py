@@ -748,3 +748,24 @@ def test_a_spec_in_the_app_package_is_pointed_at(
         "flagware check: found shop/flagware.toml: pass --spec shop/flagware.toml"
     )
     assert main(["check", "--spec", "shop/flagware.toml"]) == 0
+
+
+def test_check_warns_of_a_sequential_tuning_no_fixed_horizon_reads(
+    tmp_path: Any, capsys: Any
+) -> None:
+    """Accepted without a word: a fixed-horizon experiment tuned (a trial)."""
+    spec = tmp_path / "flagware.toml"
+    store = tmp_path / "events.db"
+    spec.write_text(SPEC_WITH_EXPERIMENT + "sequential = false\nsequential_tuning = 200000\n")
+    assert main(["check", "--spec", str(spec), "--store", str(store)]) == 0
+    out, err = capsys.readouterr()
+    assert "is valid" in out
+    assert err == (
+        f"{spec}: warning: experiments.button_color.sequential_tuning is not used: the"
+        " experiment sets sequential = false, so its results are read once, at the planned"
+        " size, with no confidence sequence to tune\n"
+    )
+    # Sequential, the tuning is read: nothing to say.
+    spec.write_text(SPEC_WITH_EXPERIMENT + "sequential_tuning = 200000\n")
+    assert main(["check", "--spec", str(spec), "--store", str(store)]) == 0
+    assert capsys.readouterr().err == ""
