@@ -167,7 +167,12 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
     """What the running app would refuse (started experiments changed without
     restart), and reminders: a ``restart = true`` left set once its restart is
     recorded, a started experiment the spec no longer has."""
-    from flagware.results.changes import describe_changes, reading_changes, shipped_message
+    from flagware.results.changes import (
+        describe_changes,
+        reading_changes,
+        shipped_message,
+        since_start,
+    )
     from flagware.results.lock import read_started
 
     problems, reminders = [], []
@@ -195,7 +200,7 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                 else:
                     # A restart left set took the next edit as a new restart,
                     # and check said only "valid" (an operator's trial).
-                    since = "its restart" if record.restarts else "it started"
+                    since = since_start(record)
                     opened_at = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
                     reminders.append(
                         f"{spec.source}: warning: experiments.{experiment.name}: restart = true"
@@ -208,8 +213,8 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
                 continue
             if changes:
                 problems.append(
-                    f"{spec.source}: experiments.{experiment.name}: {'; '.join(changes)} after"
-                    f" the experiment started (recorded in {redact(store)}): rename it, set"
+                    f"{spec.source}: experiments.{experiment.name}: {'; '.join(changes)} since"
+                    f" {since_start(record)} (recorded in {redact(store)}): rename it, set"
                     f" `restart = true`, or, in development, `flagware reset {experiment.name}`"
                 )
         # Not a mistake (an experiment that ended is removed), but its record

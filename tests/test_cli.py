@@ -362,8 +362,8 @@ def test_check_reminds_to_remove_restart_once_the_restart_is_recorded(
     pending = capsys.readouterr().err
     assert pending.startswith(
         f"{spec_file}: warning: experiments.button_color: restart = true and"
-        ' groups[1].params.color changed from "red" to "crimson" since it started: the app'
-        " restarts it when it loads this spec, and results then count only exposures from"
+        ' groups[1].params.color changed from "red" to "crimson" since the experiment started:'
+        " the app restarts it when it loads this spec, and results then count only exposures from"
         " then on; the analysis window open since "
     )
     assert pending.endswith(
@@ -465,12 +465,12 @@ def test_how_results_are_read_is_recorded_at_the_start_and_its_change_warned(
     assert main(check) == 0  # a warning: nothing served changes
     assert capsys.readouterr().err == (
         f"{spec_file}: warning: experiments.button_color: sequential changed from true to"
-        " false since it started: a fixed horizon holds its error rate read once at a size"
-        " planned before the start; chosen after sequential looks, it does not\n"
+        " false since the experiment started: a fixed horizon holds its error rate read once at"
+        " a size planned before the start; chosen after sequential looks, it does not\n"
     )
     spec_file.write_text(started.replace("sequential_tuning = 20000", "sequential_tuning = 90000"))
     assert main(check) == 0
-    assert "sequential_tuning changed from 20000 to 90000 since it started" in (
+    assert "sequential_tuning changed from 20000 to 90000 since the experiment started" in (
         capsys.readouterr().err
     )
     results = ["results", "button_color", "--spec", str(spec_file), "--store", store]

@@ -204,7 +204,7 @@ def test_check_and_reset_read_either_store(
     changed.write_text(spec_file.read_text().replace('color = "red"', 'color = "pink"'))
     assert main(["check", "--spec", str(spec_file), "--store", store_location]) == 0
     assert main(["check", "--spec", str(changed), "--store", store_location]) == 2
-    assert "after the experiment started" in capsys.readouterr().err
+    assert "since the experiment started" in capsys.readouterr().err
     assert main(["reset", "button_color", "--yes", "--store", store_location]) == 0
     assert main(["check", "--spec", str(changed), "--store", store_location]) == 0
     # The next start opens the analysis window at the reset, on either backend.

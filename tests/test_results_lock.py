@@ -154,7 +154,7 @@ def test_changes_after_start_fail_naming_the_change(
     message = str(raised.value)
     assert message.startswith("flagware.toml: experiments.button_color: ")
     assert expected in message
-    assert "after the experiment started" in message
+    assert "since the experiment started" in message
     assert "new name" in message and "restart = true" in message
     assert message.endswith(
         "or, in development, forget its start with `flagware reset button_color`."
@@ -261,7 +261,7 @@ def test_a_record_that_cannot_be_rebuilt_refuses_the_whole_spec(store: str) -> N
         record = json.loads(events.get_meta(meta_key("button_color")) or "{}")
         del record["fields"]["allocation_salt"]
         events.set_meta(meta_key("button_color"), json.dumps(record))
-    with pytest.raises(SpecError, match="after the experiment started"):
+    with pytest.raises(SpecError, match="since the experiment started"):
         served_spec(make_spec(red_color="green"), store)
 
 

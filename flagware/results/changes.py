@@ -23,7 +23,14 @@ __all__ = [
     "reading_changes",
     "refusal_message",
     "shipped_message",
+    "since_start",
 ]
+
+
+def since_start(record: StartRecord) -> str:
+    """What a record's window opened with, said the same in every message
+    (they said "after the experiment started" of a restart's, a trial)."""
+    return "its restart" if record.restarts else "the experiment started"
 
 
 def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str]:
@@ -34,7 +41,8 @@ def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str
     if record.sequential is not None and record.sequential != experiment.sequential:
         was, now = (show(v) for v in (record.sequential, experiment.sequential))
         said.append(
-            f"sequential changed from {was} to {now} since it started: a fixed horizon"
+            f"sequential changed from {was} to {now} since {since_start(record)}: a fixed"
+            " horizon"
             " holds its error rate read once at a size planned before the start; chosen"
             " after sequential looks, it does not"
         )
@@ -42,8 +50,8 @@ def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str
     if experiment.sequential and tuning is not None and tuning != experiment.sequential_tuning:
         said.append(
             f"sequential_tuning changed from {tuning} to {experiment.sequential_tuning} since"
-            " it started: any tuning fixed before the data keeps the guarantee; one chosen"
-            " after looking at results is one more forking path"
+            f" {since_start(record)}: any tuning fixed before the data keeps the guarantee;"
+            " one chosen after looking at results is one more forking path"
         )
     return said
 
@@ -111,7 +119,7 @@ def _reordered(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
 def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
     started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
     return (
-        f"experiments.{name}: {'; '.join(changes)} after the experiment started"
+        f"experiments.{name}: {'; '.join(changes)} since {since_start(record)}"
         f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
         f" either give the changed experiment a new name, or set `restart = true` in"
         f" [experiments.{name}] to start a new analysis window from now (results then"
@@ -147,7 +155,7 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
     if not changes:
         return None
     started = datetime.fromtimestamp(record.window_start / 1000, tz=UTC)
-    since = "its restart" if record.restarts else "the experiment started"
+    since = since_start(record)
     ran = "the definition its restart recorded" if record.restarts else "the recorded definition"
     if experiment.restart:
         then = (
