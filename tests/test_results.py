@@ -350,10 +350,10 @@ def test_the_method_line_names_the_estimators_used(tmp_path: Path) -> None:
     every = compute_results(make_spec(), "button_color", store, now=NOW, cuped=False)
     used = {r.method for m in every.metrics for r in m.results}
     assert {"score", "welch"} <= used <= {"score", "welch", "pooled", "delta", "delta-pooled"}
-    pooled = ", pooled t where its error is larger" if "pooled" in used else ""
+    pooled = ", pooled t where its error is larger than Welch's" if "pooled" in used else ""
     delta = ", delta method for means and ratios" if "delta" in used else ""
     if "delta-pooled" in used:
-        delta += ", pooled delta method where its error is larger"
+        delta += ", pooled delta method where its error is larger than the unpooled"
     assert method_line(every).startswith(
         f"Intervals: fixed-horizon tests (score for conversions, Welch t{pooled}{delta}),"
         " lifts by Fieller's interval, the score ratio interval for conversions;"
@@ -919,7 +919,9 @@ def test_reasons_word_p_as_the_tables_do(tmp_path: Path) -> None:
     )
     (srm,) = [r for r in results.reasons if "sample ratio" in r]
     assert "p < 0.0001 for units Control 1000, Red 1500" in srm  # not "p = 0" or "p = 3e-23"
-    assert "SRM chi-square p < 0.0001 (failed)" in render_text(results)
+    assert "SRM chi-square p < 0.0001 (failed; warns below 0.01, blocks below 0.001)" in (
+        render_text(results)
+    )
 
 
 def test_guardrail_regression_blocks_and_exits_3(tmp_path: Path, capsys: Any) -> None:

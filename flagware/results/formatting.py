@@ -94,9 +94,9 @@ ROLE_MARK = {"decision": " *", "secondary": " ~", "guardrail": " !"}
 _FIXED_HORIZON = {
     "score": "score for conversions",
     "welch": "Welch t",
-    "pooled": "pooled t where its error is larger",
+    "pooled": "pooled t where its error is larger than Welch's",
     "delta": "delta method for means and ratios",
-    "delta-pooled": "pooled delta method where its error is larger",
+    "delta-pooled": "pooled delta method where its error is larger than the unpooled",
 }
 
 

@@ -27,6 +27,7 @@ from flagware.results.formatting import (
 )
 from flagware.results.model import MetricResult, Results
 from flagware.results.report import render_chart_svg, render_html
+from flagware.results.verdict import SRM_RULE
 
 __all__ = ["render", "render_chart_svg", "render_html", "render_json", "render_text", "to_dict"]
 
@@ -175,7 +176,7 @@ def render_text(results: Results) -> str:
     ]
     out += table(["group", "units", "weight", "expected"], group_rows, {1, 2, 3})
     srm = "p = -" if results.srm_p_value is None else p_phrase(results.srm_p_value)
-    out += [f"SRM chi-square {srm} ({results.srm_status})", ""]
+    out += [f"SRM chi-square {srm} ({results.srm_status}; {SRM_RULE})", ""]
 
     header = [
         "metric",

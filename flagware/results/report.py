@@ -31,6 +31,7 @@ from flagware.results.formatting import (
     window_line,
 )
 from flagware.results.model import GroupResult, MetricResult, Results
+from flagware.results.verdict import SRM_RULE
 
 __all__ = ["render_chart_svg", "render_html"]
 
@@ -230,7 +231,7 @@ def _html_groups(results: Results) -> list[str]:
         "<h2>Units and sample ratio</h2>",
         f"<table><tr><th>group</th><th>units</th><th>weight</th><th>expected</th></tr>{rows}</table>",
         f'<p>SRM chi-square {escape(srm)}: <span class="{results.srm_status}">'
-        f"{escape(results.srm_status)}</span> (warn below 0.01, block below 0.001)</p>",
+        f"{escape(results.srm_status)}</span> ({SRM_RULE})</p>",
     ]
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "CROSSOVER_BLOCK",
     "FIXED_HORIZON",
     "SRM_BLOCK_P",
+    "SRM_RULE",
     "SRM_WARN_P",
     "describe",
     "guardrail_status",
@@ -37,6 +38,9 @@ __all__ = [
 
 SRM_WARN_P = 0.01
 SRM_BLOCK_P = 0.001
+#: Said beside the status: "ok" alone beside p = 0.013 read as a clean bill
+#: (a statistician's trial); it only means not below the warning line.
+SRM_RULE = f"warns below {SRM_WARN_P:g}, blocks below {SRM_BLOCK_P:g}"
 #: Crossovers above this share of the experiment's units block the launch
 #: (GrowthBook's multiple-exposure warning threshold); any crossover warns.
 CROSSOVER_BLOCK = 0.01
