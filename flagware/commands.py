@@ -231,7 +231,7 @@ def _changes_since_start(spec: Any, store: str) -> tuple[list[str], list[str]]:
 
 def run_reset(args: argparse.Namespace) -> int:
     from flagware.events.model import now_ms
-    from flagware.results.lock import meta_key, reset_key
+    from flagware.results.lock import meta_key, reset_key, shipped_key
 
     reader = existing_store(args.store, "reset")
     if reader is None:
@@ -261,5 +261,8 @@ def run_reset(args: argparse.Namespace) -> int:
         # Its next start opens an analysis window here (results.sql.window_start).
         store.set_meta(reset_key(args.experiment), str(now_ms()))
         store.run("meta_delete", {"key": meta_key(args.experiment)})
+        # Its ship too: read nowhere once the record is gone, but left in the
+        # database as if it stood (an operator's trial read it there).
+        store.run("meta_delete", {"key": shipped_key(args.experiment)})
     print(f"flagware reset: {args.experiment} forgotten; it starts again on its next exposure")
     return EXIT_OK

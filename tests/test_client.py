@@ -1339,11 +1339,14 @@ def test_ship_serves_one_group_to_everyone_and_ends_the_results_there(
 
 
 def test_a_ship_is_final_and_a_reset_lets_the_next_one_be_recorded(
-    make_client: Any, spec_file: Any, capsys: Any
+    make_client: Any, spec_file: Any, capsys: Any, caplog: Any
 ) -> None:
     """Moved to another group, a ship counted clicks made under the first as the
     second group's; dropped, it served the groups again; after a reset, a new
     ship was never recorded (an operator's trial, each)."""
+    import sqlite3
+    from contextlib import closing
+
     from flagware.cli import main
     from flagware.results.lock import read_started
 
@@ -1362,13 +1365,31 @@ def test_a_ship_is_final_and_a_reset_lets_the_next_one_be_recorded(
         config = moved.flags_for(user_id="v", stable_id="t").experiment("button_color")
         assert (config.get("color"), config.group) == ("red", None)  # still Red's, refused
         assert "a ship is final" in moved.engine.refused[0]
+        # Logged as served: as shipped, not "as it started" (a trial).
+        logged = [r.getMessage() for r in caplog.records if "a ship is final" in r.getMessage()]
+        assert logged and "as it started" not in logged[-1]
+        assert logged[-1].endswith(
+            "`flagware reset button_color`). The rest of the spec is served as written."
+        )
         moved.close()
         assert main(["check", "--spec", str(spec_file), "--store", store]) == 2
         assert "ship = 'Red' (shipped " in capsys.readouterr().err
+        # Results read it as shipped, and say the spec no longer does (a trial:
+        # "(`ship` in the spec)" and exit 0, with the spec saying otherwise).
+        assert main(["results", "button_color", "--spec", str(spec_file), "--store", store]) in (
+            0,
+            3,
+        )
+        said = capsys.readouterr().out
+        assert "shipped Red at " in said and "UTC (recorded):" in said
+        assert "ship = 'Red' (shipped " in said and "a ship is final" in said
     again = read_started(store, "button_color")
     assert again is not None and (again.shipped, again.shipped_at) == ("Red", first.shipped_at)
     # A reset forgets it all: the experiment starts again, and a new ship is recorded.
     assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    with closing(sqlite3.connect(store)) as conn:  # no ship left (a trial read it there)
+        shipped = conn.execute("SELECT key FROM meta WHERE key LIKE 'shipped:%'").fetchall()
+    assert shipped == []
     spec_file.write_text(started)
     restarted = make_client()
     restarted.flags_for(user_id="w", stable_id="x").experiment("button_color")

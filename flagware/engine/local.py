@@ -188,12 +188,9 @@ class LocalSpec(Engine):
 
     def _say_refused(self) -> None:
         for message in self.refused:
-            log.error(
-                "flagware: %s: %s Until then it is served as it started; the rest of the spec"
-                " is served as written.",
-                self.path,
-                message,
-            )
+            # Each message says how it is served meanwhile: an edit as it
+            # started, a moved ship as shipped (a trial read "as it started").
+            log.error("flagware: %s: %s", self.path, message)
 
     def _stat(self) -> tuple[int, ...]:
         """What tells an edit: the modification time alone missed a file

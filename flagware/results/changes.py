@@ -137,7 +137,7 @@ def shipped_message(experiment: ExperimentSpec, record: StartRecord) -> str:
         f"experiments.{experiment.name}: ship = {record.shipped!r} (shipped {at:%Y-%m-%d %H:%M}"
         f" UTC) {now}: a ship is final, as on Statsig, so it is still served; to run the"
         f" experiment again, give it a new name (or, in development, `flagware reset"
-        f" {experiment.name}`)"
+        f" {experiment.name}`)."
     )
 
 

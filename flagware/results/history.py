@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from flagware.results.changes import reading_changes
+from flagware.results.changes import reading_changes, shipped_message
 from flagware.results.records import StartRecord
 from flagware.spec import ExperimentSpec
 
@@ -29,11 +29,14 @@ def history(
     later: list[str] = []
     if record is not None and record.shipped_at is not None:
         shipped = datetime.fromtimestamp(record.shipped_at / 1000, tz=UTC)
+        where = "`ship` in the spec" if exp.ship == record.shipped else "recorded"
         first.append(
-            f"shipped {record.shipped} at {shipped:%Y-%m-%d %H:%M:%S} UTC (`ship` in the spec):"
+            f"shipped {record.shipped} at {shipped:%Y-%m-%d %H:%M:%S} UTC ({where}):"
             " every unit has been served its params since, outside the experiment, so results"
             " read the exposures and events up to then"
         )
+        if exp.ship != record.shipped:  # refused by the app and check: said here too (a trial)
+            first.append(shipped_message(exp, record))
     if edited is not None:
         first.append(edited)
     if record is not None:  # how the spec reads it, changed since it started

@@ -77,6 +77,7 @@ __all__ = [
     "recorded_experiment",
     "reset_key",
     "served_spec",
+    "shipped_key",
 ]
 
 log = logging.getLogger("flagware")
@@ -185,9 +186,9 @@ def check_unchanged(
     analysis window starting now instead. A store that does not exist yet has
     nothing started, so there is nothing to check.
     """
-    _, refused = served_spec(spec, store_path, time_ms=time_ms)
+    _, refused = _served_spec(spec, store_path, time_ms)
     if refused:
-        raise _refusal(spec, refused)
+        raise _refusal(spec, [message for message, _ in refused])
 
 
 def _refusal(spec: Spec, messages: list[str]) -> SpecError:
@@ -206,8 +207,16 @@ def served_spec(
     change still takes. A gate is a yes/no to change at any time, and a
     refused experiment edit held back every gate change with it (a new
     user's trial: a kill switch at ``rollout = 0`` kept serving true). One
-    marked ``restart = true`` gets a new analysis window instead.
+    marked ``restart = true`` gets a new analysis window instead. Each
+    message ends with how the app serves it meanwhile.
     """
+    served, refused = _served_spec(spec, store_path, time_ms)
+    return served, [f"{message} {serving}" for message, serving in refused]
+
+
+def _served_spec(
+    spec: Spec, store_path: str | os.PathLike[str], time_ms: int | None
+) -> tuple[Spec, list[tuple[str, str]]]:
     if is_postgres_url(store_path):
         if store_exists(store_path):
             with open_store(store_path) as store:
@@ -219,8 +228,11 @@ def served_spec(
         return _served(spec, conn, time_ms)
 
 
-def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list[str]]:
-    refused: list[str] = []
+def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list[tuple[str, str]]]:
+    """The spec served, and each refusal with how the app serves it meanwhile
+    (a moved ship was logged "served as it started", a trial)."""
+    rest = "the rest of the spec is served as written."  # a gate edited beside takes
+    refused: list[tuple[str, str]] = []
     served = dict(spec.experiments)
     for experiment in spec.experiments.values():
         record = read_started(conn, experiment.name)
@@ -233,7 +245,7 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             served[experiment.name] = replace(
                 as_started(record, experiment) or experiment, ship=record.shipped
             )
-            refused.append(shipped_message(experiment, record))
+            refused.append((shipped_message(experiment, record), rest.capitalize()))
             continue
         if experiment.ship is not None and record.shipped is None:
             record_shipped(conn, experiment, record, time_ms=time_ms)
@@ -259,7 +271,8 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
         if started is None:  # a record this version cannot rebuild: the whole spec is refused
             raise _refusal(spec, [refusal_message(experiment.name, changes, record)])
         served[experiment.name] = started
-        refused.append(refusal_message(experiment.name, changes, record))
+        message = refusal_message(experiment.name, changes, record)
+        refused.append((message, f"Until then it is served as it started; {rest}"))
     if not refused:
         return spec, []
     return replace(spec, experiments=served), refused
