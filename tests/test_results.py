@@ -401,6 +401,8 @@ def test_units_later_exposed_outside_their_group_are_counted_and_said(tmp_path: 
     )
     log.events.append(forced)  # Control's, then forced into Red by an ID override
     log.events.append(replace(forced, user=user(3), group="Red"))  # Red's, forced to Red: stays
+    log.expose(4, None, NOW - 5 * HOUR)  # both ways: one unit, said in each
+    log.events.append(replace(forced, user=user(4)))
     log.expose(9, None, NOW - 10 * HOUR)  # never in a group: ungrouped, not "left"
     log.expose(9, None, NOW - 9 * HOUR)
     log.expose(7, "Red", NOW - 10 * HOUR)  # a crossover is said as one, not here
@@ -409,10 +411,14 @@ def test_units_later_exposed_outside_their_group_are_counted_and_said(tmp_path: 
     spec = make_spec(metrics={"clicks": {"event": "click", "kind": "count"}})
     results = compute_results(spec, "button_color", log.store(tmp_path), now=NOW)
     assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 3}
-    assert (results.units_left_groups, results.ungrouped_units) == (3, 1)
-    assert json.loads(render_json(results))["units_left_groups"] == 3
+    assert (results.units_left_groups, results.ungrouped_units) == (4, 1)
+    assert json.loads(render_json(results))["units_left_groups"] == 4
     [said] = [w for w in results.warnings if "later exposed outside" in w]
-    assert said.startswith("3 unit(s) in the groups were later exposed outside them")
+    # Which way each left, said (a statistician's trial could not tell).
+    assert said.startswith(
+        "4 unit(s) in the groups were later exposed outside them (3 served the defaults, as a"
+        " narrowed targeting gate does; 2 forced into another group by an override): "
+    )
 
 
 def test_first_exposure_decides_group_and_start(tmp_path: Path) -> None:

@@ -317,7 +317,7 @@ def _analyse(
             " experiment that runs across a login, key it on stableID (README: Visitors who"
             " log in)"
         )
-    first, later = history(exp, record, edited, switched, units.left)
+    first, later = history(exp, record, edited, switched, units)
     warnings = [*first, *warnings, *later]
     if units.without_unit:
         warnings.append(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from flagware.results.changes import reading_changes, shipped_message
 from flagware.results.records import StartRecord
+from flagware.results.sql import Units
 from flagware.spec import ExperimentSpec
 
 __all__ = ["history"]
@@ -22,7 +23,7 @@ def history(
     record: StartRecord | None,
     edited: str | None,
     switched: int,
-    left: int,
+    units: Units,
 ) -> tuple[list[str], list[str]]:
     """(warnings to read first, warnings to read after the data's own)."""
     first: list[str] = []
@@ -48,11 +49,17 @@ def history(
             " that changes weights moves units from some groups into others, so the groups"
             " differ in their history; a restart that also changes `salt` spreads it evenly"
         )
-    if left:
+    if units.left:
+        ways = []
+        if units.left_served_none:
+            ways.append(
+                f"{units.left_served_none} served the defaults, as a narrowed targeting gate does"
+            )
+        if units.left_forced:
+            ways.append(f"{units.left_forced} forced into another group by an override")
         later.append(
-            f"{left} unit(s) in the groups were later exposed outside them (served the"
-            " defaults, as a narrowed targeting gate does, or forced into another group by"
-            " an override): each is counted in its group (intention to treat), though it saw"
-            " the group's treatment only until then"
+            f"{units.left} unit(s) in the groups were later exposed outside them"
+            f" ({'; '.join(ways)}): each is counted in its group (intention to treat), though it"
+            " saw the group's treatment only until then"
         )
     return first, later

@@ -28,6 +28,7 @@ from flagware.spec import did_you_mean
 
 __all__ = [
     "SETTLE_MS",
+    "Units",
     "before_window",
     "future_exposures",
     "load_units",
@@ -120,12 +121,16 @@ class Units:
         ungrouped: int = 0,
         without_unit: int = 0,
         left: int = 0,
+        left_served_none: int = 0,
+        left_forced: int = 0,
     ) -> None:
         self.per_group = per_group
         self.crossovers = crossovers
         self.ungrouped = ungrouped  # first exposed with no group: not allocated, or targeted out
         self.without_unit = without_unit  # exposures without the unit's ID: no unit to count
         self.left = left  # in a group, later served none or forced into another (an override)
+        self.left_served_none = left_served_none  # of those, served none (targeted out)
+        self.left_forced = left_forced  # of those, forced into another group
         self.overrides = overrides
         self.first = first
         self.last = last
@@ -209,9 +214,14 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
     # Units in a group later served none (a narrowed targeting gate took them
     # out) or forced into another (an ID override added while it ran): still
     # counted in their group, having seen something else since (trials).
-    (left,) = conn.execute(
+    # Both counted, and each way (a unit may have done both): a statistician's
+    # trial could not tell which of the two the warning meant.
+    left, served_none, forced = conn.execute(
         f"""
-        SELECT count(DISTINCT f.unit) FROM {d.temp}.fw_first AS f
+        SELECT count(DISTINCT f.unit),
+               count(DISTINCT CASE WHEN x.forced = 0 THEN f.unit END),
+               count(DISTINCT CASE WHEN x.forced = 1 THEN f.unit END)
+        FROM {d.temp}.fw_first AS f
         JOIN {exposures} AS x ON x.unit = f.unit
         WHERE x.t > f.t0 AND (
             (x.forced = 0 AND x.grp IS NULL)
@@ -228,6 +238,8 @@ def load_units(conn: Reader, experiment: str, unit: str, start: int, until: int)
         int(ungrouped),
         without_unit,
         int(left),
+        int(served_none),
+        int(forced),
     )
 
 
