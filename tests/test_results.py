@@ -755,9 +755,10 @@ def test_stale_guardrail_blocks(tmp_path: Path, age_hours: int | None) -> None:
         log.log(0, "error", NOW - age_hours * HOUR)
     results = compute_results(make_spec(), "button_color", log.store(tmp_path), now=NOW)
     (guardrail,) = results.guardrails
-    assert guardrail.status == "blocked" and guardrail.reason.startswith("stale")
+    # None in the window: "not fed" ("stale" of a guardrail never fed read oddly, a trial).
+    assert guardrail.status == "blocked" and guardrail.reason.startswith("not fed: no 'error'")
     assert results.verdict == "blocked"
-    assert any("stale" in r for r in results.reasons)
+    assert any("not fed" in r for r in results.reasons)
 
 
 def test_guardrail_freshness_is_judged_at_the_windows_end(tmp_path: Path) -> None:
@@ -807,14 +808,15 @@ def test_a_metric_event_never_stored_is_named_with_a_did_you_mean(tmp_path: Path
     ]
     (guardrail,) = results.guardrails
     assert guardrail.reason == (
-        "stale: no 'eror' events stored (did you mean 'error'?), so the guardrail cannot be checked"
+        "not fed: no 'eror' events stored (did you mean 'error'?), so the guardrail cannot be"
+        " checked"
     )
     # Spelled right, the events exist: no warning, and an --until before them says so.
     results = compute_results(make_spec(), "button_color", store, now=NOW, until=NOW - 90 * 60_000)
     assert not [w for w in results.warnings if "signup" in w or "'error'" in w]
     (guardrail,) = results.guardrails
     assert guardrail.reason == (
-        "stale: no 'error' events in the analysis window, so the guardrail cannot be checked"
+        "not fed: no 'error' events in the analysis window, so the guardrail cannot be checked"
     )
     # An --until before the first exposure: the window holds no unit at all, and
     # the reason says that rather than blaming the guardrail's events. Nothing
@@ -880,7 +882,7 @@ def test_guardrail_events_from_before_the_window_vouch_for_nothing(tmp_path: Pat
     (guardrail,) = results.guardrails
     assert (guardrail.status, guardrail.reason) == (
         "blocked",
-        "stale: no 'error' events in the analysis window, so the guardrail cannot be checked",
+        "not fed: no 'error' events in the analysis window, so the guardrail cannot be checked",
     )
 
 
@@ -914,7 +916,7 @@ def test_missing_events_on_either_side_of_a_ratio_and_of_a_mean(tmp_path: Path) 
     (guardrail,) = results.guardrails
     assert (guardrail.status, guardrail.reason) == (
         "blocked",
-        "stale: no 'pageveiw' events stored, so the guardrail cannot be checked",
+        "not fed: no 'pageveiw' events stored, so the guardrail cannot be checked",
     )
     assert results.verdict == "blocked"
 

@@ -101,7 +101,7 @@ def guardrail_status(
             what = never_stored_phrase(*never_stored)
         else:  # stored, only not in this window (--until before them)
             what = f"no {event!r} events in the analysis window"
-        problems.append(f"stale: {what}, so {UNCHECKABLE}")
+        problems.append(f"not fed: {what}, so {UNCHECKABLE}")  # "stale" read oddly (a trial)
     elif fresh_within is not None and (now - newest) / 3_600_000 > fresh_within:
         age, limit = (now - newest) / 3_600_000, _hours(fresh_within)
         problems.append(
