@@ -39,7 +39,9 @@ else:  # hidden from them, so a misspelled name stays an error there
         return value
 
     def __dir__() -> list[str]:
-        return sorted([*globals(), *_EXPORTS])
+        # The public names, for completion: not this module's own imports
+        # (a statistician's trial read `Any` and `import_module` as API).
+        return sorted([*_EXPORTS, "__version__"])
 
 
 __all__ = [
