@@ -1036,6 +1036,17 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
         log.expose(i, "Control" if i % 2 else "Red", NOW - HOUR)
     log.expose(0, "Red", NOW - HOUR)  # re-exposed after the restart: its first in the window
     log.expose(1, "Red", NOW - HOUR)  # Control's before the restart, Red's after: switched
+    log.expose(20, None, NOW - 9 * HOUR)  # never in a group before: not the experiment's units
+    log.events.append(
+        Event(
+            CONFIG_EXPOSURE,
+            user(21),
+            time=NOW - 9 * HOUR,
+            exposure="button_color",
+            group="Red",
+            metadata={"ruleID": "override"},
+        )
+    )
     store = log.store(tmp_path)
     record_started(store, make_spec().experiments["button_color"], time_ms=NOW - 10 * HOUR)
     restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
@@ -1045,8 +1056,10 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
     assert {g.name: g.units for g in results.groups} == {"Control": 3, "Red": 5}
     # What a switched unit saw before carries over (a trial: 96 of 299, said nowhere).
     assert results.units_switched_groups == 1
-    # What the window left out, and what opened it (a trial read neither).
+    # What the window left out, and what opened it (a trial read neither): the
+    # units in its groups then (one counted visitors never in one, a trial).
     assert (results.units_before_window, results.window_opened_by) == (10, "restart")
+    assert "(10 unit(s) were in its groups then;" in render_text(results)
     assert json.loads(render_json(results))["units_before_window"] == 10
     [said] = [w for w in results.warnings if "another group before it opened" in w]
     assert said.startswith("1 unit(s) of the window were exposed to another group before")

@@ -139,8 +139,9 @@ def window_line(results: Results) -> str | None:
     )
     return (
         f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (7 s after {by}, once every"
-        f" process serves the new definition): the {results.units_before_window} unit(s)"
-        " exposed before it are not counted"
+        f" process serves the new definition): exposures before it are not counted"
+        f" ({results.units_before_window} unit(s) were in its groups then; those exposed"
+        " again since count from their first exposure in the window)"
     )
 
 
