@@ -16,7 +16,7 @@ from flagware.cli import (
     existing_store,
     on_statsig,
 )
-from flagware.events.store import not_a_store, open_store, redact, store_exists
+from flagware.events.store import is_postgres_url, not_a_store, open_store, redact, store_exists
 from flagware.results.compute import ResultsError
 from flagware.results.coverage import unstored_metric_events
 from flagware.spec import SpecError, did_you_mean, load_spec
@@ -122,7 +122,7 @@ def run_check(args: argparse.Namespace) -> int:
         _say_problems(len(changes), args.spec)
         return EXIT_BAD_INPUT
     compared = (
-        f"; no event store at {redact(args.store)}, so no started experiment was compared with it"
+        f"; no event store {_where(args.store)}, so no started experiment was compared with it"
         if missing and spec.experiments
         else ""
     )
@@ -143,6 +143,14 @@ def _store_state(store: str) -> tuple[bool, str | None]:
     except Exception:  # an unreachable server, a bad URL: not_a_store words it
         missing = False
     return missing, None if missing else not_a_store(store)
+
+
+def _where(store: str) -> str:
+    # A database the app has not written yet holds no tables: "no event store
+    # at postgresql://..." read as a wrong URL (an operator's trial).
+    if is_postgres_url(store):
+        return f"in the database at {redact(store)} yet (the app creates it on its first event)"
+    return f"at {redact(store)}"
 
 
 def _say_problems(count: int, spec: str) -> None:

@@ -341,3 +341,19 @@ def test_browsers_exposed_under_two_user_ids_are_said(store_location: str) -> No
     by_browser = compute_results(make_spec(unit="stableID"), "button_color", location, now=NOW)
     assert by_browser.shared_browsers == 0  # one unit each, crossovers checked as usual
     assert not [w for w in by_browser.warnings if "browser(s)" in w]
+
+
+def test_check_before_the_app_wrote_the_store_says_where_it_looked(
+    store_location: str, spec_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty database read "no event store at postgresql://...", as if the
+    URL were wrong (an operator's trial): it says the app has not written it."""
+    from flagware.events.store import redact
+
+    assert main(["check", "--spec", str(spec_file), "--store", store_location]) == 0
+    out = capsys.readouterr().out
+    if store_location.startswith("postgresql"):
+        where = f"in the database at {redact(store_location)} yet (the app creates it on its"
+    else:
+        where = f"at {store_location}"
+    assert f"; no event store {where}" in out
