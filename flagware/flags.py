@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from flagware import denials, identity, qa, visitors
 from flagware.events.model import CONFIG_EXPOSURE, GATE_EXPOSURE, Event, compact_json, now_ms
 from flagware.overrides import OVERRIDE_RULE, Config, overrides
+from flagware.spec.compile import LAUNCHED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -263,7 +264,13 @@ class Flags:
                 )
                 client._log_exposure(exposure)
                 starts = client.starts
-                if forced is None and config.group is not None and name not in starts.seen:
+                # A start: a unit in a group, or the ship served (a ship left
+                # across `flagware reset` served everyone, and nothing recorded it).
+                if (
+                    forced is None
+                    and (config.group is not None or config.rule_id == LAUNCHED)
+                    and name not in starts.seen
+                ):
                     starts.note(name, exposure.time)
         except Exception as exc:
             client.report(exc, "experiment")

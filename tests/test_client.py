@@ -1401,3 +1401,36 @@ def test_a_ship_is_final_and_a_reset_lets_the_next_one_be_recorded(
     new = read_started(store, "button_color")
     assert new is not None and new.shipped == "Control"
     assert new.shipped_at is not None and new.shipped_at > first.shipped_at  # type: ignore[operator]
+
+
+def test_a_ship_in_the_spec_across_a_reset_is_recorded_with_the_start(
+    make_client: Any, spec_file: Any
+) -> None:
+    """Moved (refused), then `flagware reset` as the refusal suggests: the
+    moved ship was served from the next exposure and never recorded, and
+    results said no unit was in a group (a trial, on both stores)."""
+    from flagware.cli import main
+    from flagware.results import compute_results
+    from flagware.results.lock import read_started
+    from flagware.spec import load_spec
+
+    started = spec_file.read_text()
+    spec_file.write_text(started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Red"'))
+    client = make_client()
+    client.flags_for(user_id="u", stable_id="s").experiment("button_color")
+    client.close()
+    store = str(client.event_store_path)
+    spec_file.write_text(
+        started.replace('unit = "stableID"', 'unit = "stableID"\nship = "Control"')
+    )
+    assert main(["reset", "button_color", "--store", store, "--yes"]) == 0
+    moved = make_client()
+    config = moved.flags_for(user_id="v", stable_id="t").experiment("button_color")
+    assert (config.get("color"), config.group) == ("blue", None)  # Control's, shipped
+    moved.close()
+    record = read_started(store, "button_color")
+    assert record is not None and record.shipped == "Control"
+    assert record.shipped_at == record.started  # shipped as it started: no data to read
+    results = compute_results(load_spec(spec_file), "button_color", store)
+    assert results.shipped == "Control"
+    assert results.warnings[0].startswith("shipped Control at ")

@@ -17,8 +17,10 @@ from flagware.spec.model import BUCKETS, Condition, ExperimentSpec, GateSpec, Gr
 # report it: results leave exposures with it out. (Not imported: the spec
 # package stands alone.)
 OVERRIDE_RULE = "override"
+#: The rule ID of a shipped group (``ship``), served outside the experiment.
+LAUNCHED = "launchedGroup"
 
-__all__ = ["compile_dcs", "gate_rule_id", "group_rule_id"]
+__all__ = ["LAUNCHED", "compile_dcs", "gate_rule_id", "group_rule_id"]
 
 
 def compile_dcs(spec: Spec, *, time_ms: int | None = None) -> dict[str, Any]:
@@ -198,7 +200,7 @@ def _launched_rule(exp: ExperimentSpec, ship: str) -> dict[str, Any]:
     group, as the console's launched experiments are served)."""
     params = next((g.params for g in exp.groups if g.name == ship), exp.control.params)
     condition = _dcs_condition("public", exp.unit, operator=None, target=None)
-    return _not_in_experiment_rule(exp, "launchedGroup", params, condition)
+    return _not_in_experiment_rule(exp, LAUNCHED, params, condition)
 
 
 def _allocation_rule(exp: ExperimentSpec, default: dict[str, Any]) -> dict[str, Any]:
