@@ -257,3 +257,36 @@ def test_a_reloaded_spec_and_a_new_capture_expose_everyone_anew(
     with capture_events() as captured:
         browser.get("/")
     assert len(captured.exposures) == 2
+
+
+def test_a_restart_exposes_everyone_anew_again_once_its_window_opens(
+    make_client: Any, spec_file: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit first exposed in a restart's settling seconds (before its window
+    opens) was remembered, and not logged again when it came back within the
+    dedupe window: a trial's window left out 37 of 100 returning browsers."""
+    import os
+    import time
+
+    from flagware.engine import local
+    from flagware.results import sql
+
+    monkeypatch.setattr(local, "RELOAD_CHECK_INTERVAL", 0.0)
+    monkeypatch.setattr(sql, "SETTLE_MS", 300)  # the window opens 0.3 s after the restart
+    client = make_client()
+    browser = Client(FlagwareMiddleware(app, client))
+    browser.get("/")
+    written = spec_file.read_text()
+    spec_file.write_text(
+        written.replace('"red"', '"crimson"').replace(
+            'unit = "stableID"', 'unit = "stableID"\nrestart = true'
+        )
+    )
+    os.utime(spec_file, (2, 2))
+    browser.get("/")  # the restart: exposed anew, in its settling time
+    browser.get("/")
+    assert len(exposures(client)) == 4
+    time.sleep(0.35)
+    browser.get("/")  # the window is open: logged again, counted in it
+    browser.get("/")
+    assert len(exposures(client)) == 6

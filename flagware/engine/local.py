@@ -279,7 +279,11 @@ class LocalSpec(Engine):
             # the group they had, so its new window counts them. (A gate's
             # exposures name the value: a changed one is logged anyway.)
             if experiments:
-                forget_repeats()
+                from flagware.results.sql import SETTLE_MS  # loaded already: the start check
+
+                # And again once a restart's window opens (its settling
+                # seconds): exposures in between were remembered.
+                forget_repeats(again_after=SETTLE_MS / 1000)
             if self.on_reload is not None:
                 self.on_reload(spec)
             if adopting:

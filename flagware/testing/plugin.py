@@ -94,9 +94,9 @@ def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """Clients made during a test store under that test's own directory, and
     expose every visitor anew (an earlier test's exposures dedupe nothing)."""
     from flagware.overrides import overrides
-    from flagware.visitors import forget_repeats
+    from flagware.visitors import start_afresh
 
-    forget_repeats()
+    start_afresh()
 
     isolation = _isolation
     if isolation is not None:
