@@ -113,8 +113,9 @@ def not_a_store(location: Location) -> str | None:
         # Reached, but without flagware's tables: "no event store at" read as
         # an unreachable database (a new user's trial).
         return (
-            f"no event store at {redact(str(location))}: the database answers, but nothing"
-            " has been logged to it yet (flagware makes its tables at the first write)"
+            f"no event store in the database at {redact(str(location))} yet: it answers, but"
+            " nothing has been logged to it (flagware makes its tables at the first write,"
+            " as `flagware check` says)"
         )
     problem = unsupported_url(location)
     if problem is not None:
