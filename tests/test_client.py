@@ -1434,3 +1434,27 @@ def test_a_ship_in_the_spec_across_a_reset_is_recorded_with_the_start(
     results = compute_results(load_spec(spec_file), "button_color", store)
     assert results.shipped == "Control"
     assert results.warnings[0].startswith("shipped Control at ")
+
+
+def test_an_edit_after_a_restart_is_said_as_since_the_restart_and_served_as_it_recorded(
+    make_client: Any, spec_file: Any
+) -> None:
+    """The refusal said "since its restart" and then "served as it started",
+    and the diagnostics page "still served as started" (a trial)."""
+    written = spec_file.read_text()
+    first = make_client()
+    _expose(first)
+    first.close()
+    crimson = written.replace('"red"', '"crimson"')
+    spec_file.write_text(crimson.replace('unit = "stableID"', 'unit = "stableID"\nrestart = true'))
+    make_client().close()  # the restart is recorded
+    spec_file.write_text(crimson.replace('"crimson"', '"darkred"'))
+    edited = make_client()
+    assert _colors(edited) == {"blue", "crimson"}  # as its restart recorded it
+    [message] = edited.engine.refused
+    assert 'changed from "crimson" to "darkred" since its restart (' in message
+    assert message.endswith(
+        "Until then it is served as its restart recorded it; the rest of the spec is served as"
+        " written."
+    )
+    edited.close()

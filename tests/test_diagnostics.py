@@ -453,7 +453,10 @@ def test_the_page_says_which_edit_of_a_started_experiment_is_refused(
     os.utime(spec_file, (1, 1))
     html = page(browser).text
     [refused] = re.findall(r'<span class="off specs-refused">(.*?)</span>', html)
-    assert refused.startswith("refused, still served as started: ")
+    assert refused.startswith("refused: ")
+    assert refused.endswith(
+        "Until then it is served as it started; the rest of the spec is served as written."
+    )
     assert "groups[1].params.color changed from &quot;red&quot; to &quot;crimson&quot;" in refused
 
 

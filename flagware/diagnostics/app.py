@@ -267,8 +267,9 @@ class DiagnosticsApp:
         of the edit (an operator's trial)."""
         refused = getattr(self.client.engine, "refused", None) or []
         return "".join(
-            f' · <span class="off specs-refused">refused, still served as started:'
-            f" {escape(message)}</span>"
+            # Each says how it is served meanwhile: as it started, as its
+            # restart recorded it, or as shipped (said "as started" of all).
+            f' · <span class="off specs-refused">refused: {escape(message)}</span>'
             for message in refused
         )
 

@@ -272,7 +272,8 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             raise _refusal(spec, [refusal_message(experiment.name, changes, record)])
         served[experiment.name] = started
         message = refusal_message(experiment.name, changes, record)
-        refused.append((message, f"Until then it is served as it started; {rest}"))
+        served_as = "as its restart recorded it" if record.restarts else "as it started"
+        refused.append((message, f"Until then it is served {served_as}; {rest}"))
     if not refused:
         return spec, []
     return replace(spec, experiments=served), refused
