@@ -930,6 +930,11 @@ def test_reasons_word_p_as_the_tables_do(tmp_path: Path) -> None:
     assert "SRM chi-square p < 0.0001 (failed; warns below 0.01, blocks below 0.001)" in (
         render_text(results)
     )
+    # The page words it alike (a trial compared the two).
+    assert (
+        'SRM chi-square p &lt; 0.0001 (<span class="failed">failed</span>; warns below 0.01,'
+        " blocks below 0.001)"
+    ) in render_html(results)
 
 
 def test_guardrail_regression_blocks_and_exits_3(tmp_path: Path, capsys: Any) -> None:

@@ -230,8 +230,9 @@ def _html_groups(results: Results) -> list[str]:
     return [
         "<h2>Units and sample ratio</h2>",
         f"<table><tr><th>group</th><th>units</th><th>weight</th><th>expected</th></tr>{rows}</table>",
-        f'<p>SRM chi-square {escape(srm)}: <span class="{results.srm_status}">'
-        f"{escape(results.srm_status)}</span> ({SRM_RULE})</p>",
+        # Worded as the text says it (a trial compared the two).
+        f'<p>SRM chi-square {escape(srm)} (<span class="{results.srm_status}">'
+        f"{escape(results.srm_status)}</span>; {SRM_RULE})</p>",
     ]
 
 
