@@ -180,6 +180,42 @@ def test_django_tests_are_isolated_without_a_runner(tmp_path: Path) -> None:
     assert project_store.exists() and "created a hash key" in said
 
 
+SEEDED_TESTS = """
+import sys
+
+from django.test import SimpleTestCase
+
+
+class SeededTests(SimpleTestCase):
+    def test_first(self):
+        print("first", self.client.get("/signup").cookies["flagware_id"].value, file=sys.stderr)
+
+    def test_second(self):
+        print("second", self.client.get("/signup").cookies["flagware_id"].value, file=sys.stderr)
+"""
+
+
+def test_django_tests_mint_the_same_stable_ids_on_every_run(tmp_path: Path) -> None:
+    """The pytest plugin seeds each test's new visitors by its ID; Django's
+    runner did not, and a test that forced no group got Control, Red, Red on
+    three runs (a trial). Either way it is isolated, a test's visitors are
+    the same on every run, and differ from another test's."""
+    (tmp_path / "seeded_tests.py").write_text(SEEDED_TESTS)
+    (tmp_path / "flagware_runner.py").write_text(RUNNER)
+
+    def minted(*args: str) -> dict[str, str]:
+        said = _django_test(tmp_path, *args)  # after the runner's progress dots
+        return dict(re.findall(r"(first|second) ([0-9a-f]{32})", said))
+
+    once = minted("seeded_tests")
+    assert once == minted("seeded_tests") and once["first"] != once["second"]
+    # A test alone gets its own visitors, and the explicit runner seeds alike.
+    alone = minted("seeded_tests.SeededTests.test_second")
+    assert alone["second"] == once["second"]
+    runner = ["--testrunner", "flagware_runner.FlagwareRunner"]
+    assert minted("seeded_tests", *runner) == once
+
+
 PARALLEL_TESTS = """
 import time
 

@@ -42,13 +42,16 @@ import inspect
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import unittest
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from flagware import identity
 from flagware.flags import listeners
 from flagware.overrides import OVERRIDE_RULE, Config, SpecGroup, overrides
 from flagware.testing.known import UnknownOverrideWarning, _check_known
@@ -164,9 +167,11 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
                     return super().run_tests(*args, **kwargs)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, seed_tests: bool = True) -> None:
         self.root: Path | None = None
         self._pid = -1  # the process that entered
+        self.seed_tests = seed_tests  # False: the pytest plugin seeds by node ID itself
+        self._run: Any = None  # unittest's TestCase.run, while it is wrapped
         self.label = "session"  # the plugin names a folder per test
         self.prefix = "flagware-tests-"  # Django's --parallel workers: their parent's
         self._count = itertools.count(1)
@@ -191,13 +196,41 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
         self.root = Path(tempfile.mkdtemp(prefix=self.prefix))
         self._pid = os.getpid()
         client.isolated_store = self
+        if self.seed_tests:
+            self._seed_each_test()
         return self.root
+
+    def _seed_each_test(self) -> None:
+        """Each unittest test's new visitors get the same stableIDs, so the same
+        groups, on every run and machine, seeded by the test's ID as the
+        pytest plugin seeds by node ID: under Django's runner a test that
+        forced no group got Control, Red, Red on three runs (a trial). Every
+        runner calls ``TestCase.run`` (Django's ``--parallel`` workers too).
+        Django's isolation is entered by the first test that makes a client,
+        inside its ``run``: that test is found on the stack, and seeded alike."""
+        run = unittest.TestCase.run
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame.f_code is not run.__code__:
+            frame = frame.f_back
+        running = None if frame is None else frame.f_locals.get("self")
+
+        def seeded(test: unittest.TestCase, result: Any = None) -> Any:
+            identity.seed_ids(test.id())
+            return run(test, result)
+
+        self._run = run
+        unittest.TestCase.run = seeded  # type: ignore[assignment,method-assign]
+        identity.seed_ids(running.id() if isinstance(running, unittest.TestCase) else "session")
 
     def __exit__(self, *exc_info: object) -> None:
         from flagware import client, lifecycle
 
         if client.isolated_store is self:
             client.isolated_store = None
+        if self._run is not None:
+            unittest.TestCase.run = self._run  # type: ignore[method-assign]
+            self._run = None
+            identity.seed_ids(None)
         # Close what is still open before removing its stores, or exit would
         # write to them again.
         for live in list(lifecycle._live_clients):

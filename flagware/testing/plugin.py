@@ -77,7 +77,7 @@ def _start(config: pytest.Config) -> None:
     _runs.add(id(config))
     if _isolation is not None or not config.getini("flagware_isolate"):
         return
-    _isolation = isolate()
+    _isolation = isolate(seed_tests=False)  # seeded by node ID, below
     _isolation.__enter__()
 
 
