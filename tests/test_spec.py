@@ -647,6 +647,21 @@ def test_every_problem_of_an_overrides_table_is_listed() -> None:
     ]
 
 
+def test_weights_and_params_are_checked_together() -> None:
+    """A trial's weights hid its misspelt parameter until the next check."""
+    toml = (
+        EXPERIMENT + 'groups = [{ name = "Control", weight = 50, params = { color = "blue" } },'
+        ' { name = "Red", weight = 40, params = { colour = "red" } }]'
+    )
+    with pytest.raises(SpecError) as excinfo:
+        spec_from(toml)
+    assert excinfo.value.problems == [
+        "flagware.toml: experiments.e.groups: weights add up to 90, not 100",
+        "flagware.toml: experiments.e.groups[1].params.colour: 'colour' here, 'color' in group"
+        " 'Control' (every group sets the same parameters)",
+    ]
+
+
 def test_spec_error_is_a_value_error() -> None:
     assert issubclass(SpecError, ValueError)
 

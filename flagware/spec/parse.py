@@ -48,6 +48,7 @@ from flagware.spec.values import (
     _type_name,
     _unit,
     _unknown_key,
+    _weights,
     did_you_mean,
     param_problems,
 )
@@ -278,6 +279,7 @@ class _Parser:
             targeting = self.attempt(lambda: _nonempty(body, path, "targeting_gate", ""), None)
         no_groups: tuple[Group, ...] = ()
         groups = self.attempt(lambda: _groups(body, path), no_groups)
+        self.attempt(lambda: _weights(groups, path), None)
         self.problems += param_problems(groups, path)
         return ExperimentSpec(
             name=name,
