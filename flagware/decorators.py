@@ -32,6 +32,12 @@ log = logging.getLogger("flagware")
 F = TypeVar("F", bound=Callable[..., Any])
 Value = str | float | None
 _warned: set[tuple[str, str]] = set()
+#: The attribute naming the flags a decorated view reads, as ("gate" or
+#: "experiment", name) pairs, outermost decorator last: a check before any
+#: request reads it (Django's flagware.W006), where a misspelt
+#: ``@feature_gate`` answered 404 to everyone, said once in the log at the
+#: first request (a trial).
+FLAGS_READ = "__flagware_flags__"
 
 
 def _flags_or_warn(decorator: str, name: str) -> Flags | None:
@@ -245,7 +251,7 @@ def feature_gate(name: str, *, otherwise: int | Callable[..., Any] = 404) -> Cal
 
         return sync_view
 
-    return _decorator(decorate)
+    return _decorator(decorate, read=("gate", name))
 
 
 Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -262,7 +268,10 @@ def _is_async(fn: object) -> bool:
 
 
 def _decorator(
-    decorate: Wrap, adapt: Callable[[inspect.Signature], inspect.Signature] | None = None
+    decorate: Wrap,
+    adapt: Callable[[inspect.Signature], inspect.Signature] | None = None,
+    *,
+    read: tuple[str, str] | None = None,
 ) -> Callable[[F], F]:
     """``decorate`` as a decorator.
 
@@ -272,13 +281,16 @@ def _decorator(
     change: frameworks that call a view by what it accepts read it, and
     ``inspect.getfullargspec`` (Pyramid's "request only" check) reads only
     that, never ``__wrapped__``. ``classmethod`` and ``staticmethod`` objects
-    are rewrapped around their decorated function.
+    are rewrapped around their decorated function. ``read`` is the flag the
+    decorator reads, added to :data:`FLAGS_READ`.
     """
 
     def decorator(view: F) -> F:
         if isinstance(view, classmethod | staticmethod):
             return type(view)(decorator(view.__func__))
         wrapper: Any = functools.update_wrapper(decorate(view), view)
+        if read is not None:  # a tuple: update_wrapper shared the inner one's
+            setattr(wrapper, FLAGS_READ, (*getattr(view, FLAGS_READ, ()), read))
         # Django's method_decorator decorates a partial on every call, and
         # calls it itself: no signature to read, and none worth its cost.
         if not isinstance(view, functools.partial):
@@ -340,4 +352,4 @@ def experiment(name: str, *, arg: str = "experiment") -> Callable[[F], F]:
         parameters = [p for p in signature.parameters.values() if p.name != arg]
         return signature.replace(parameters=parameters)
 
-    return _decorator(decorate, hide)
+    return _decorator(decorate, hide, read=("experiment", name))

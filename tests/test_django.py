@@ -594,8 +594,51 @@ def check_ids(**settings: Any) -> list[str]:
         return [str(m.id) for m in checks.check_settings() + checks.check_middleware()]
 
 
+DEMO_URLS = "examples.django_demo.demo.urls"  # this module's views read the tests' own spec
+
+
+@override_settings(ROOT_URLCONF=DEMO_URLS)
 def test_the_test_settings_pass_every_check() -> None:
     assert run_checks(tags=["flagware"]) == []
+
+
+def test_check_warns_of_views_decorated_with_flags_the_spec_lacks(spec_file: Path) -> None:
+    """A misspelt @feature_gate answered 404 to everyone, said once in the log
+    at the first request (a trial): the check names each routed view, method
+    decorators included, before any request."""
+    lacking = spec_file.parent / "lacking.toml"
+    lacking.write_text(spec_file.read_text().replace("[gates.nobody]", "[gates.nobdy]"))
+    with override_settings(FLAGWARE={"spec": spec_file}):
+        assert run_checks(tags=["flagware"]) == []  # every name defined
+    with override_settings(FLAGWARE={"spec": lacking}):
+        said = [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W006"]
+    assert [m.msg.partition(" is decorated")[0] for m in said] == [
+        "test_django.AsyncMethodView.post",
+        "test_django.MethodDecoratedView.post",
+        "test_django.async_gated_out",
+        "test_django.gated_403",
+        "test_django.gated_out",
+    ]
+    assert said[-1].msg == (
+        f"test_django.gated_out is decorated with @feature_gate('nobody'), which {lacking}"
+        " does not define (did you mean 'nobdy'?): it reads False for every request"
+    )
+    # Experiments too, under stacked decorators and on a class-based view's method.
+    renamed = spec_file.parent / "renamed.toml"
+    renamed.write_text(spec_file.read_text().replace("experiments.button_color", "experiments.b"))
+    with override_settings(FLAGWARE={"spec": renamed}):
+        said = [m.msg for m in run_checks(tags=["flagware"]) if m.id == "flagware.W006"]
+    assert [m.partition(" is decorated")[0] for m in said] == [
+        "test_django.DirectView.get",
+        "test_django.async_decorated",
+        "test_django.with_experiment",
+    ]
+    assert said[0].endswith(
+        "@experiment('button_color'), which " + f"{renamed} does not"
+        " define: it serves its defaults to every request"
+    )
+    with override_settings(FLAGWARE={"statsig_secret": "secret-x", "hash_key": "k"}):
+        assert [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W006"] == []
 
 
 def test_check_statsig_without_a_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -627,6 +670,7 @@ def test_check_a_statsig_api_flagware_would_refuse(
     assert check_ids(FLAGWARE={"spec": spec_file}) == []  # local: the API is not read
 
 
+@override_settings(ROOT_URLCONF=DEMO_URLS)
 def test_check_deploy_warns_of_development_settings(spec_file: Path) -> None:
     """``check --deploy`` said nothing of a page open to anyone (a trial)."""
     assert run_checks(tags=["flagware"], include_deployment_checks=True) == []

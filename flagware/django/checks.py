@@ -11,6 +11,7 @@ reported with a fix before the first request, not as a failing page.
 - flagware.W002: settings.FLAGWARE is not set, and a setting named like it is
 - flagware.W005: FlagwareMiddleware is placed before AuthenticationMiddleware (it was
   E004: views get the user whatever the order; a middleware between them does not)
+- flagware.W006: a view decorated with a gate or an experiment the local spec does not define
 - flagware.W003 (``check --deploy``): ``diagnostics="debug"`` opens the page to anyone
 - flagware.W004 (``check --deploy``): ``allow_random_override`` lets anyone pick a group
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from django.core import checks
 from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
+from flagware.decorators import FLAGS_READ
 from flagware.django import conf
 from flagware.events.store import open_store, redact
 from flagware.settings import (
@@ -44,7 +46,7 @@ from flagware.settings import (
     statsig_api_problem,
 )
 from flagware.settings import env as _env
-from flagware.spec import SpecError, load_spec
+from flagware.spec import SpecError, did_you_mean, load_spec
 
 OUR_MIDDLEWARE = {
     "flagware.django.FlagwareMiddleware",
@@ -105,13 +107,79 @@ def check_settings(
             )
         )
         return errors
-    if spec is None and secret is None:
-        secret = _env("STATSIG_SERVER_SECRET")  # as Flagware(...) decides
-    if secret is not None:
+    path = _local_spec(options)
+    if path is None:
         errors += _check_hash_key(options) + _check_api(options.get("statsig_api"))
     else:
-        errors += _check_spec(Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC))
+        errors += _check_spec(path)
     return errors
+
+
+def _local_spec(options: dict[str, Any]) -> Path | None:
+    """The local spec's path, as Flagware(...) decides; None on Statsig."""
+    spec, secret = options.get("spec"), options.get("statsig_secret")
+    if spec is None and secret is None:
+        secret = _env("STATSIG_SERVER_SECRET")
+    if spec is None and secret is not None:
+        return None
+    return Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC)
+
+
+@register("flagware", checks.Tags.urls)
+def check_views(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Views in the URLconf decorated with a gate or an experiment the local
+    spec does not define: each reads False (a gate's view answers 404 to
+    everyone) or the defaults, said only once in the log at the first request
+    (a trial's misspelt ``@feature_gate``). On Statsig the console's names are
+    not known here."""
+    from django.urls import get_resolver
+
+    try:
+        path = _local_spec(conf.options())
+        spec = None if path is None else load_spec(path)
+        patterns = get_resolver().url_patterns  # imports the views, as Django's URL checks do
+    except Exception:  # E002, E003, E005 or Django's own URL checks say it
+        return []
+    if spec is None:
+        return []
+    found: list[CheckMessage] = []
+    for view, (kind, name) in sorted(set(_flags_read(patterns))):
+        defined = list(spec.gates if kind == "gate" else spec.experiments)
+        if name in defined:
+            continue
+        decorator, said = (
+            ("feature_gate", "reads False for every request")
+            if kind == "gate"
+            else ("experiment", "serves its defaults to every request")
+        )
+        found.append(
+            checks.Warning(
+                f"{view} is decorated with @{decorator}({name!r}), which {path} does not"
+                f" define{did_you_mean(name, defined)}: it {said}",
+                hint=f"define {kind}s.{name} in the spec, or fix the name",
+                id="flagware.W006",
+            )
+        )
+    return found
+
+
+def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]]:
+    """(view, flag) for each flag a routed view's decorators read: function
+    views and the methods of class-based ones (not ``method_decorator``'s,
+    which decorates at each call)."""
+    for pattern in patterns:
+        if hasattr(pattern, "url_patterns"):  # an include()
+            yield from _flags_read(pattern.url_patterns)
+            continue
+        callback = pattern.callback
+        view_class = getattr(callback, "view_class", None)
+        views = [callback, *vars(view_class).values()] if view_class is not None else [callback]
+        for view in views:
+            where = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', view)}"
+            for flag in getattr(view, FLAGS_READ, ()):
+                yield where, flag
 
 
 def _store_problems(location: Any) -> list[str]:
