@@ -99,6 +99,13 @@ class Log:
     def expose(self, i: int | str, group: str | None, t: int, exp: str = "button_color") -> None:
         self.events.append(Event(CONFIG_EXPOSURE, user(i), time=t, exposure=exp, group=group))
 
+    def force(self, i: int | str, group: str, t: int, exp: str = "button_color") -> None:
+        """An exposure forced by an ID override (rule "override")."""
+        metadata = {"ruleID": "override"}
+        self.events.append(
+            Event(CONFIG_EXPOSURE, user(i), time=t, exposure=exp, group=group, metadata=metadata)
+        )
+
     def log(self, i: int | str, name: str, t: int, value: float | None = None) -> None:
         self.events.append(Event(name, user(i), value=value, time=t))
 
@@ -391,18 +398,10 @@ def test_units_later_exposed_outside_their_group_are_counted_and_said(tmp_path: 
     log.expose(0, None, NOW - 5 * HOUR)  # targeted out later: still Control's
     log.expose(1, None, NOW - 5 * HOUR)
     log.expose(1, None, NOW - 4 * HOUR)  # one unit, however often
-    forced = Event(
-        CONFIG_EXPOSURE,
-        user(2),
-        time=NOW - 5 * HOUR,
-        exposure="button_color",
-        group="Red",
-        metadata={"ruleID": "override"},
-    )
-    log.events.append(forced)  # Control's, then forced into Red by an ID override
-    log.events.append(replace(forced, user=user(3), group="Red"))  # Red's, forced to Red: stays
+    log.force(2, "Red", NOW - 5 * HOUR)  # Control's, then forced into Red by an ID override
+    log.force(3, "Red", NOW - 5 * HOUR)  # Red's, forced to Red: stays
     log.expose(4, None, NOW - 5 * HOUR)  # both ways: one unit, said in each
-    log.events.append(replace(forced, user=user(4)))
+    log.force(4, "Red", NOW - 5 * HOUR)
     log.expose(9, None, NOW - 10 * HOUR)  # never in a group: ungrouped, not "left"
     log.expose(9, None, NOW - 9 * HOUR)
     log.expose(7, "Red", NOW - 10 * HOUR)  # a crossover is said as one, not here
@@ -1042,16 +1041,7 @@ def test_restart_window_counts_only_new_exposures(tmp_path: Path) -> None:
     log.expose(0, "Red", NOW - HOUR)  # re-exposed after the restart: its first in the window
     log.expose(1, "Red", NOW - HOUR)  # Control's before the restart, Red's after: switched
     log.expose(20, None, NOW - 9 * HOUR)  # never in a group before: not the experiment's units
-    log.events.append(
-        Event(
-            CONFIG_EXPOSURE,
-            user(21),
-            time=NOW - 9 * HOUR,
-            exposure="button_color",
-            group="Red",
-            metadata={"ruleID": "override"},
-        )
-    )
+    log.force(21, "Red", NOW - 9 * HOUR)
     store = log.store(tmp_path)
     record_started(store, make_spec().experiments["button_color"], time_ms=NOW - 10 * HOUR)
     restarted = make_spec((("Control", 40), ("Red", 60)), restart=True)
