@@ -517,7 +517,8 @@ INVALID_SPECS = [
     (
         EXPERIMENT + 'groups = [{ name = "A", weight = 33.33 }, { name = "B", weight = 66.67 }]',
         "experiments.e.groups[0].weight: 33.33 is finer than 0.1"
-        " (units are split into 1000 buckets)",
+        " (units are split into 1000 buckets)\nflagware.toml: experiments.e.groups[1].weight:"
+        " 66.67 is finer than 0.1 (units are split into 1000 buckets)",
     ),
     (
         EXPERIMENT
@@ -659,6 +660,25 @@ def test_weights_and_params_are_checked_together() -> None:
         "flagware.toml: experiments.e.groups: weights add up to 90, not 100",
         "flagware.toml: experiments.e.groups[1].params.colour: 'colour' here, 'color' in group"
         " 'Control' (every group sets the same parameters)",
+    ]
+
+
+def test_a_duplicate_name_or_a_bad_weight_hides_no_other_problem() -> None:
+    """A duplicate group name hid three problems, a weight of 0 every other (a re-check)."""
+    toml = (
+        EXPERIMENT + 'groups = [{ name = "Control", weight = 50, params = { c = "b", s = 1 } },'
+        ' { name = "Red", weight = 40, params = { c = 3 } },'
+        ' { name = "Red", weight = 0, params = { c = "r", s = 2 } }]'
+    )
+    with pytest.raises(SpecError) as excinfo:
+        spec_from(toml)
+    assert excinfo.value.problems == [
+        "flagware.toml: experiments.e.groups[2].weight: must be positive, not 0",
+        "flagware.toml: experiments.e.groups[2].name: duplicate group name 'Red'",
+        "flagware.toml: experiments.e.groups[1].params: has no 's', which group 'Control' sets"
+        " (every group sets the same parameters)",
+        "flagware.toml: experiments.e.groups[1].params.c: is a number, but a string in group"
+        " 'Control'",
     ]
 
 

@@ -48,7 +48,6 @@ from flagware.spec.values import (
     _type_name,
     _unit,
     _unknown_key,
-    _weights,
     did_you_mean,
     param_problems,
 )
@@ -277,9 +276,8 @@ class _Parser:
         targeting = body.get("targeting_gate")
         if targeting is not None:
             targeting = self.attempt(lambda: _nonempty(body, path, "targeting_gate", ""), None)
-        no_groups: tuple[Group, ...] = ()
-        groups = self.attempt(lambda: _groups(body, path), no_groups)
-        self.attempt(lambda: _weights(groups, path), None)
+        no_groups: tuple[tuple[Group, ...], list[_Invalid]] = ((), [])
+        groups = self.all_of(self.attempt(lambda: _groups(body, path), no_groups))
         self.problems += param_problems(groups, path)
         return ExperimentSpec(
             name=name,

@@ -272,27 +272,42 @@ def _json_value(value: Any, path: str, depth: int = 0) -> None:
     raise _Invalid(path, f"{type(value).__name__} values cannot be sent as JSON")
 
 
-def _groups(body: Mapping[str, Any], path: str) -> tuple[Group, ...]:
+def _groups(body: Mapping[str, Any], path: str) -> tuple[tuple[Group, ...], list[_Invalid]]:
+    """The groups, and every problem of theirs at once: each group's, a
+    duplicate name, weights that do not add up to 100 (a trial's weights hid
+    its misspelt parameter, another's duplicate name three more problems).
+    A group that cannot be read leaves none, so their params are not
+    compared (the groups' indices would shift)."""
     if "groups" not in body:
         raise _Invalid(f"{path}.groups", "missing (a list of { name, weight, params })")
     raw = _get(body, path, "groups", list, [])
     if not raw:
         raise _Invalid(f"{path}.groups", "must list at least one group")
-    groups = tuple(_group(g, f"{path}.groups[{i}]") for i, g in enumerate(raw))
+    groups: list[Group] = []
+    problems: list[_Invalid] = []
+    for i, entry in enumerate(raw):
+        where = f"{path}.groups[{i}]"
+        try:
+            group = _group(entry, where)
+            groups.append(group)
+            if group.weight <= 0:
+                raise _Invalid(f"{where}.weight", f"must be positive, not {_fmt(group.weight)}")
+            _check_buckets(group.weight, f"{where}.weight")
+        except _Invalid as exc:
+            problems.append(exc)
+    if len(groups) < len(raw):
+        return (), problems
     seen: set[str] = set()
     for i, group in enumerate(groups):
         if group.name.casefold() in seen:
-            raise _Invalid(f"{path}.groups[{i}].name", f"duplicate group name {group.name!r}")
+            said = f"duplicate group name {group.name!r}"
+            problems.append(_Invalid(f"{path}.groups[{i}].name", said))
         seen.add(group.name.casefold())
-    return groups
-
-
-def _weights(groups: tuple[Group, ...], path: str) -> None:
-    """Checked apart from the groups, so their params are checked too: a
-    spec's weights hid its misspelt parameter until the next run (a trial)."""
     total = sum(g.weight for g in groups)
-    if groups and abs(total - 100) > 1e-6:
-        raise _Invalid(f"{path}.groups", f"weights add up to {_fmt(round(total, 6))}, not 100")
+    if all(g.weight > 0 for g in groups) and abs(total - 100) > 1e-6:
+        said = f"weights add up to {_fmt(round(total, 6))}, not 100"
+        problems.append(_Invalid(f"{path}.groups", said))
+    return tuple(groups), problems
 
 
 def param_problems(groups: tuple[Group, ...], path: str) -> list[_Invalid]:
@@ -337,10 +352,7 @@ def _group(raw: Any, path: str) -> Group:
     for key in ("name", "weight"):
         if key not in raw:
             raise _Invalid(f"{path}.{key}", "missing")
-    weight = _number(raw["weight"], f"{path}.weight")
-    if weight <= 0:
-        raise _Invalid(f"{path}.weight", f"must be positive, not {_fmt(weight)}")
-    _check_buckets(weight, f"{path}.weight")
+    weight = _number(raw["weight"], f"{path}.weight")  # its value: checked by _groups
     params = _table(raw, f"{path}.params", "params")
     _json_value(params, f"{path}.params")
     return Group(name=_nonempty(raw, path, "name", ""), weight=weight, params=dict(params))
