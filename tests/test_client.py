@@ -1434,6 +1434,10 @@ def test_a_ship_in_the_spec_across_a_reset_is_recorded_with_the_start(
     results = compute_results(load_spec(spec_file), "button_color", store)
     assert results.shipped == "Control"
     assert results.warnings[0].startswith("shipped Control at ")
+    assert list(results.reasons) == [  # not "not allocated, or failing the targeting gate"
+        "no unit is in a group: Control was shipped before any unit was, so every unit"
+        " exposed was served its params outside the experiment"
+    ]
 
 
 def test_an_edit_after_a_restart_is_said_as_since_the_restart_and_served_as_it_recorded(

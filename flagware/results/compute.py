@@ -298,6 +298,7 @@ def _analyse(
         ungrouped_units=units.ungrouped,
         future_events=future,
         sequential=opt.sequential,
+        shipped=None if record is None else record.shipped,
     )
     # A misspelled event reads as "no effect" unless said. (A guardrail's
     # blocks the launch and says so in its reason.)

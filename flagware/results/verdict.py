@@ -147,6 +147,7 @@ def verdict(
     ungrouped_units: int = 0,
     future_events: int = 0,
     sequential: bool = False,
+    shipped: str | None = None,
 ) -> tuple[Verdict, list[str], list[str], str | None]:
     """(verdict, reasons, warnings, best group)."""
     warnings: list[str] = []
@@ -200,6 +201,14 @@ def verdict(
         return "ship", [f"ship {best}: " + "; ".join(wins[best])], warnings, best
     if regressions:
         return "no-ship", [f"significant regression: {t}" for t in regressions], warnings, None
+    if not units and shipped is not None:
+        # Shipped as it started (a ship left across `flagware reset`): it read
+        # "not allocated, or failing the targeting gate" (a re-check).
+        reason = (
+            f"no unit is in a group: {shipped} was shipped before any unit was, so every"
+            " unit exposed was served its params outside the experiment"
+        )
+        return "inconclusive", [reason], warnings, None
     if not units and ungrouped_units:
         reason = (
             f"no unit is in a group: the {ungrouped_units} unit(s) exposed were first exposed"
