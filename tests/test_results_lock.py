@@ -370,8 +370,8 @@ def test_results_read_a_definition_changed_since_start_as_it_started(store: str)
     said = (
         "Analysis window from 2026-09-21 14:13:28 UTC (7 s after a restart (restart = true),"
         " once every process serves the new definition): exposures before it are not counted"
-        " (0 unit(s) were in its groups then; those exposed again since count from their"
-        " first exposure in the window)"
+        " (0 unit(s) in its groups then were not exposed again since; those that were count"
+        " from their first exposure in the window)"
     )
     assert said in render_text(results) and said in render_html(results)
     assert results.window_opened_by == "restart"

@@ -140,8 +140,8 @@ def window_line(results: Results) -> str | None:
     return (
         f"Analysis window from {start:%Y-%m-%d %H:%M:%S} UTC (7 s after {by}, once every"
         f" process serves the new definition): exposures before it are not counted"
-        f" ({results.units_before_window} unit(s) were in its groups then; those exposed"
-        " again since count from their first exposure in the window)"
+        f" ({results.units_before_window} unit(s) in its groups then were not exposed again"
+        " since; those that were count from their first exposure in the window)"
     )
 
 

@@ -120,7 +120,7 @@ class Results:
     best_group: str | None = None
     window_start: int | None = None  # ms, when a restart opened a new analysis window
     window_opened_by: str | None = None  # "restart" or "reset": what opened it
-    units_before_window: int = 0  # units in a group before it: those exposures not counted
+    units_before_window: int = 0  # units in a group before it, not exposed in it since
     shipped: str | None = None  # the group `ship` launched, if it did (results end there)
     shipped_at: int | None = None  # ms: when the app first served it
     computed_at: int = field(default_factory=now_ms)

@@ -339,17 +339,20 @@ def newest_event(conn: Reader, event: str, since: int, until: int) -> int | None
 
 def before_window(conn: Reader, experiment: str, unit: str, window_start: int) -> tuple[int, int]:
     """What a restart or a reset left out, from one scan of the exposures
-    before the analysis window opened: (units in a group then, said beside the
-    window, a trial; units of the window, ``temp.fw_first``, exposed to another
-    group then). Visitors never in a group (unallocated, targeted out, served
-    a ship) and overrides are not the experiment's, and read as if they were
-    (an operator's trial). A restart keeps the salts, so a unit whose hash the new
-    weights put elsewhere brings what it saw before into another group (a
-    trial: 96 of 299 returning units after a weights restart, said nowhere)."""
+    before the analysis window opened: (units in a group then and not in the
+    window since, ``temp.fw_first``, said beside the window, a trial; units of
+    the window exposed to another group then). Units back in the window are
+    not left out (a re-check read them as counted twice); visitors never in a
+    group (unallocated, targeted out, served a ship) and overrides are not
+    the experiment's (an operator's trial). A restart keeps the salts, so a
+    unit whose hash the new weights put elsewhere brings what it saw before
+    into another group (a trial: 96 of 299 returning units after a weights
+    restart, said nowhere)."""
     d = conn.dialect
     (before, switched) = conn.execute(
         f"""
-        SELECT count(DISTINCT CASE WHEN b.counted = 1 AND b.grp IS NOT NULL THEN b.unit END),
+        SELECT count(DISTINCT CASE WHEN b.counted = 1 AND b.grp IS NOT NULL AND f.unit IS NULL
+                                   THEN b.unit END),
                count(DISTINCT CASE WHEN b.counted = 1 AND b.grp <> f.grp THEN b.unit END)
         FROM (
             SELECT {unit} AS unit, e.group_name AS grp,
