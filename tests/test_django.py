@@ -142,6 +142,12 @@ class MethodDecoratedView(View):
         return HttpResponse("in")
 
 
+@method_decorator(feature_gate("nobody"), name="dispatch")
+class DispatchGatedView(View):
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("in")
+
+
 class AsyncMethodView(View):
     @method_decorator(log_event("cbv_async"))
     async def get(self, request: HttpRequest) -> HttpResponse:
@@ -189,6 +195,7 @@ urlpatterns = [
     path("cbv/direct", DirectView.as_view()),
     path("cbv/method_decorator", MethodDecoratedView.as_view()),
     path("cbv/async", AsyncMethodView.as_view()),
+    path("cbv/dispatch", DispatchGatedView.as_view()),
     path("tags", tags_view),
     path("jinja", jinja_view),
 ]
@@ -607,13 +614,17 @@ def test_check_warns_of_views_decorated_with_flags_the_spec_lacks(spec_file: Pat
     at the first request (a trial): the check names each routed view, method
     decorators included, before any request."""
     lacking = spec_file.parent / "lacking.toml"
-    lacking.write_text(spec_file.read_text().replace("[gates.nobody]", "[gates.nobdy]"))
+    lacking.write_text(
+        spec_file.read_text().replace("[gates.nobody]", "[gates.nobdy]")
+        + '\n[experiments.nobody]\ngroups = [{ name = "A", weight = 100 }]\n'
+    )
     with override_settings(FLAGWARE={"spec": spec_file}):
         assert run_checks(tags=["flagware"]) == []  # every name defined
     with override_settings(FLAGWARE={"spec": lacking}):
         said = [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W006"]
     assert [m.msg.partition(" is decorated")[0] for m in said] == [
         "test_django.AsyncMethodView.post",
+        "test_django.DispatchGatedView.dispatch",  # once, by its class (a re-check)
         "test_django.MethodDecoratedView.post",
         "test_django.async_gated_out",
         "test_django.gated_403",
@@ -623,6 +634,7 @@ def test_check_warns_of_views_decorated_with_flags_the_spec_lacks(spec_file: Pat
         f"test_django.gated_out is decorated with @feature_gate('nobody'), which {lacking}"
         " does not define (did you mean 'nobdy'?): it reads False for every request"
     )
+    assert said[-1].hint == "'nobody' is an experiment: read it with @experiment"
     # Experiments too, under stacked decorators and on a class-based view's method.
     renamed = spec_file.parent / "renamed.toml"
     renamed.write_text(spec_file.read_text().replace("experiments.button_color", "experiments.b"))

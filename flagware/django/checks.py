@@ -125,6 +125,9 @@ def _local_spec(options: dict[str, Any]) -> Path | None:
     return Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC)
 
 
+_DECORATOR = {"gate": "feature_gate", "experiment": "experiment"}
+
+
 @register("flagware", checks.Tags.urls)
 def check_views(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
@@ -149,16 +152,17 @@ def check_views(
         defined = list(spec.gates if kind == "gate" else spec.experiments)
         if name in defined:
             continue
-        decorator, said = (
-            ("feature_gate", "reads False for every request")
-            if kind == "gate"
-            else ("experiment", "serves its defaults to every request")
-        )
+        hint = f"define {kind}s.{name} in the spec, or fix the name"
+        if kind == "gate" and name in spec.experiments:  # the other kind (a re-check)
+            hint = f"{name!r} is an experiment: read it with @experiment"
+        elif kind == "experiment" and name in spec.gates:
+            hint = f"{name!r} is a gate: read it with @feature_gate"
+        said = "reads False for" if kind == "gate" else "serves its defaults to"
         found.append(
             checks.Warning(
-                f"{view} is decorated with @{decorator}({name!r}), which {path} does not"
-                f" define{did_you_mean(name, defined)}: it {said}",
-                hint=f"define {kind}s.{name} in the spec, or fix the name",
+                f"{view} is decorated with @{_DECORATOR[kind]}({name!r}), which {path} does not"
+                f" define{did_you_mean(name, defined)}: it {said} every request",
+                hint=hint,
                 id="flagware.W006",
             )
         )
@@ -175,11 +179,19 @@ def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]
             continue
         callback = pattern.callback
         view_class = getattr(callback, "view_class", None)
-        views = [callback, *vars(view_class).values()] if view_class is not None else [callback]
-        for view in views:
-            where = f"{getattr(view, '__module__', '?')}.{getattr(view, '__qualname__', view)}"
-            for flag in getattr(view, FLAGS_READ, ()):
-                yield where, flag
+        if view_class is None:
+            where = f"{callback.__module__}.{getattr(callback, '__qualname__', callback)}"
+            yield from ((where, flag) for flag in getattr(callback, FLAGS_READ, ()))
+            continue
+        # Named by the class: a decorated dispatch read as Django's View.dispatch,
+        # and as_view() copies its attributes to the view function (a re-check).
+        named = f"{view_class.__module__}.{view_class.__qualname__}"
+        seen = set()
+        for attr, member in vars(view_class).items():
+            for flag in getattr(member, FLAGS_READ, ()):
+                seen.add(flag)
+                yield f"{named}.{attr}", flag
+        yield from ((named, f) for f in getattr(callback, FLAGS_READ, ()) if f not in seen)
 
 
 def _store_problems(location: Any) -> list[str]:
