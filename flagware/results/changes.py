@@ -122,8 +122,9 @@ def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
         f"experiments.{name}: {'; '.join(changes)} since {since_start(record)}"
         f" ({started:%Y-%m-%d %H:%M} UTC). Experiments cannot change once started:"
         f" either give the changed experiment a new name, or set `restart = true` in"
-        f" [experiments.{name}] to start a new analysis window from now (results then"
-        f" count only exposures from the restart on); or, in development, forget its"
+        f" [experiments.{name}] to start a new analysis window (results then count only"
+        f" exposures from 7 s after the restart, once every process serves it); or, in"
+        f" development, forget its"
         f" start with `flagware reset {name}`."
     )
 
@@ -166,7 +167,7 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
         then = (
             f"The app refuses the edit and serves {ran}, and results read the window with"
             " it. To change the experiment, rename it, or set `restart = true` (results"
-            " then count exposures from the restart on); or, in development, forget its"
+            " then count exposures from 7 s after the restart); or, in development, forget its"
             f" start with `flagware reset {experiment.name}`."
         )
     return (
