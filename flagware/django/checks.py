@@ -171,8 +171,8 @@ def check_views(
 
 def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]]:
     """(view, flag) for each flag a routed view's decorators read: function
-    views and the methods of class-based ones (not ``method_decorator``'s,
-    which decorates at each call)."""
+    views, and class-based ones by their class and method (``method_decorator``
+    copies the attribute to the method it makes)."""
     for pattern in patterns:
         if hasattr(pattern, "url_patterns"):  # an include()
             yield from _flags_read(pattern.url_patterns)

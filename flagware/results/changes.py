@@ -42,9 +42,8 @@ def reading_changes(record: StartRecord, experiment: ExperimentSpec) -> list[str
         was, now = (show(v) for v in (record.sequential, experiment.sequential))
         said.append(
             f"sequential changed from {was} to {now} since {since_start(record)}: a fixed"
-            " horizon"
-            " holds its error rate read once at a size planned before the start; chosen"
-            " after sequential looks, it does not"
+            " horizon holds its error rate read once at a size planned before the start;"
+            " chosen after sequential looks, it does not"
         )
     tuning = record.sequential_tuning
     if experiment.sequential and tuning is not None and tuning != experiment.sequential_tuning:
@@ -124,8 +123,7 @@ def refusal_message(name: str, changes: list[str], record: StartRecord) -> str:
         f" either give the changed experiment a new name, or set `restart = true` in"
         f" [experiments.{name}] to start a new analysis window (results then count only"
         f" exposures from 7 s after the restart, once every process serves it); or, in"
-        f" development, forget its"
-        f" start with `flagware reset {name}`."
+        f" development, forget its start with `flagware reset {name}`."
     )
 
 
@@ -167,8 +165,8 @@ def changed_since_start(record: StartRecord, experiment: ExperimentSpec) -> str 
         then = (
             f"The app refuses the edit and serves {ran}, and results read the window with"
             " it. To change the experiment, rename it, or set `restart = true` (results"
-            " then count exposures from 7 s after the restart); or, in development, forget its"
-            f" start with `flagware reset {experiment.name}`."
+            " then count exposures from 7 s after the restart); or, in development, forget"
+            f" its start with `flagware reset {experiment.name}`."
         )
     return (
         f"experiments.{experiment.name}: {'; '.join(changes)} since {since}"

@@ -298,7 +298,8 @@ def _analyse(
         ungrouped_units=units.ungrouped,
         future_events=future,
         sequential=opt.sequential,
-        shipped=None if record is None else record.shipped,
+        # Said when the ship is what ended the data (an --until before it is not).
+        shipped=record.shipped if record is not None and record.shipped_at == opt.until else None,
     )
     # A misspelled event reads as "no effect" unless said. (A guardrail's
     # blocks the launch and says so in its reason.)
@@ -352,7 +353,8 @@ def _analyse(
         if window_start is None
         else ("restart" if record is not None and record.restarts else "reset"),
         units_before_window=before,
-        shipped=None if record is None else record.shipped,
+        # Said when the ship is what ended the data (an --until before it is not).
+        shipped=record.shipped if record is not None and record.shipped_at == opt.until else None,
         shipped_at=None if record is None else record.shipped_at,
         computed_at=opt.now,
         until=opt.until,
