@@ -69,7 +69,7 @@ class Starts:
         """Store the starts noted so far (the writer thread, after a flush; close())."""
         if not self.pending or self.engine is None:
             return
-        from flagware.results.lock import read_started, record_shipped, record_started
+        from flagware.results.lock import read_started, record_ship_if_new, record_started
 
         spec = self.engine.spec
         while True:
@@ -88,8 +88,7 @@ class Starts:
                     # recorded with it. A trial's was served, never recorded,
                     # and results said no unit was in a group.
                     started = read_started(self._store, name)
-                    if started is not None and started.shipped is None:
-                        record_shipped(self._store, experiment, started, time_ms=time_ms)
+                    record_ship_if_new(self._store, experiment, started, time_ms=time_ms)
             except Exception as exc:  # tried again after the next flush: it was lost
                 self.pending.setdefault(name, time_ms)
                 self._report(exc, "experiment start record")

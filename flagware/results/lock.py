@@ -72,6 +72,7 @@ __all__ = [
     "meta_key",
     "read_started",
     "reading_changes",
+    "record_ship_if_new",
     "record_shipped",
     "record_started",
     "recorded_experiment",
@@ -177,6 +178,17 @@ def record_shipped(
     )
 
 
+def record_ship_if_new(
+    store: StoreRef, experiment: ExperimentSpec, record: StartRecord | None, *, time_ms: int | None
+) -> None:
+    """Record ``experiment``'s ``ship`` unless its start record has one: a ship
+    added to a running experiment (the start check) and one in the spec as the
+    experiment starts (a ship left across `flagware reset`, recorded with the
+    start) alike. A moved or dropped ship is refused elsewhere, never replaced."""
+    if experiment.ship is not None and record is not None and record.shipped is None:
+        record_shipped(store, experiment, record, time_ms=time_ms)
+
+
 def check_unchanged(
     spec: Spec, store_path: str | os.PathLike[str], *, time_ms: int | None = None
 ) -> None:
@@ -247,8 +259,7 @@ def _served(spec: Spec, conn: StoreRef, time_ms: int | None) -> tuple[Spec, list
             )
             refused.append((shipped_message(experiment, record), rest.capitalize()))
             continue
-        if experiment.ship is not None and record.shipped is None:
-            record_shipped(conn, experiment, record, time_ms=time_ms)
+        record_ship_if_new(conn, experiment, record, time_ms=time_ms)
         changes = describe_changes(record, experiment)
         if not changes:
             if record.allocation < experiment.allocation:
