@@ -317,25 +317,17 @@ def _started(flags: _ScopeFlags, message: Message, status: int) -> Message:
 
 
 def _private(message: Message, *, vary: bool) -> Message:
-    """The response start with the caching headers of a response that depends
-    on its visitor (request.varies_by_cookie, request.PRIVATE)."""
+    """The response start with the caching headers of a response that depends on its visitor."""
     headers = list(message.get("headers", ()))
-    varied, cached, first = not vary, False, -1
-    for i, (key, value) in enumerate(headers):
-        name = key.lower()
-        if name == b"cache-control":
-            cached = True
-        elif name == b"vary" and not varied:  # any of its lines may name Cookie
-            if request.varies_by_cookie(value.decode("latin-1")):
-                varied = True
-            elif first < 0:
-                first = i
-    if not varied and first >= 0:
-        key, value = headers[first]
-        headers[first] = (key, value + b", Cookie")
-    elif not varied:
+    line, uncached = request.caching_changes(
+        ((key.decode("latin-1"), value.decode("latin-1")) for key, value in headers), vary=vary
+    )
+    if line is not None and line >= 0:
+        key, value = headers[line]
+        headers[line] = (key, value + b", Cookie")
+    elif line is not None:
         headers.append((b"vary", b"Cookie"))
-    if not cached:
+    if uncached:
         headers.append((b"cache-control", request.PRIVATE.encode()))
     return {**message, "headers": headers}
 

@@ -118,24 +118,14 @@ class _EnvironFlags(Flags):
 
 
 def _private(headers: list[tuple[str, str]], *, vary: bool) -> None:
-    """The caching headers of a response that depends on its visitor
-    (request.varies_by_cookie, request.PRIVATE)."""
-    varied, cached, first = not vary, False, -1
-    for i, (key, value) in enumerate(headers):
-        name = key.lower()
-        if name == "cache-control":
-            cached = True
-        elif name == "vary" and not varied:  # any of its lines may name Cookie
-            if request.varies_by_cookie(value):
-                varied = True
-            elif first < 0:
-                first = i
-    if not varied and first >= 0:
-        key, value = headers[first]
-        headers[first] = (key, f"{value}, Cookie")
-    elif not varied:
+    """The caching headers of a response that depends on its visitor."""
+    line, uncached = request.caching_changes(headers, vary=vary)
+    if line is not None and line >= 0:
+        key, value = headers[line]
+        headers[line] = (key, f"{value}, Cookie")
+    elif line is not None:
         headers.append(("Vary", "Cookie"))
-    if not cached:
+    if uncached:
         headers.append(("Cache-Control", request.PRIVATE))
 
 

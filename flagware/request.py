@@ -26,7 +26,7 @@ an exception into a page.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +157,25 @@ def varies_by_cookie(vary: str) -> bool:
     """
     said = {v.strip().lower() for v in vary.split(",")}
     return "cookie" in said or "*" in said
+
+
+def caching_changes(headers: Iterable[tuple[str, str]], *, vary: bool) -> tuple[int | None, bool]:
+    """What a response that depends on its visitor needs in its caching
+    headers: the index of the ``Vary`` line to add Cookie to (-1: add a
+    ``Vary: Cookie`` line; None: one names Cookie already, or ``vary`` is
+    false), and whether to add ``Cache-Control: private`` (the response says
+    nothing of caching). WSGI's str headers and ASGI's bytes, decoded, alike."""
+    varied, cached, first = not vary, False, -1
+    for i, (key, value) in enumerate(headers):
+        name = key.lower()
+        if name == "cache-control":
+            cached = True
+        elif name == "vary" and not varied:  # any of its lines may name Cookie
+            if varies_by_cookie(value):
+                varied = True
+            elif first < 0:
+                first = i
+    return (None if varied else first), not cached
 
 
 # A response that depends on its visitor (a flag read, a new visitor's stableID
