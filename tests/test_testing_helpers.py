@@ -7,6 +7,7 @@ import inspect
 import io
 import os
 import sys
+import time
 import unittest
 import warnings
 from typing import Any
@@ -414,6 +415,36 @@ def test_isolate_for_other_runners(spec_file: Any, tmp_path: Any) -> None:
     assert not (tmp_path / "app.db").exists()
     with Flagware(spec=spec_file, event_store=tmp_path / "app.db", hash_key="k") as after:
         assert not after.isolated
+
+
+def test_isolate_starts_each_unittest_test_afresh(spec_file: Any) -> None:
+    """Under Django's runner an earlier test's restart left its second
+    forgetting pending (the window opens SETTLE_MS later), and a later test
+    logged a visitor's repeat exposure; the pytest plugin starts each test
+    afresh, and isolate() now does the same for unittest's tests."""
+    from flagware import Flagware
+    from flagware.visitors import forget_repeats
+
+    logged: list[int] = []
+    deadline: list[float] = []
+
+    class Tests(unittest.TestCase):
+        def test_1_restart(self) -> None:
+            forget_repeats(again_after=1.0)  # what a restart's reload asks
+            deadline.append(time.monotonic() + 1.0)
+
+        def test_2_repeat(self) -> None:
+            with Flagware(spec=spec_file) as fw, capture_events() as events:
+                fw.flags_for(user_id="u1").experiment("button_color")
+                time.sleep(max(0.0, deadline[0] - time.monotonic()) + 0.05)
+                fw.flags_for(user_id="u1").experiment("button_color")
+                logged.append(len(events.exposures))
+
+    with isolate():
+        result = unittest.TextTestRunner(stream=io.StringIO()).run(
+            unittest.defaultTestLoader.loadTestsFromTestCase(Tests)
+        )
+    assert result.wasSuccessful() and logged == [1]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -55,7 +55,7 @@ from flagware import identity
 from flagware.flags import listeners
 from flagware.overrides import OVERRIDE_RULE, Config, SpecGroup, overrides
 from flagware.testing.known import UnknownOverrideWarning, _check_known
-from flagware.visitors import forget_repeats
+from flagware.visitors import forget_repeats, start_afresh
 
 if TYPE_CHECKING:
     from flagware.events.model import Event
@@ -216,6 +216,9 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
 
         def seeded(test: unittest.TestCase, result: Any = None) -> Any:
             identity.seed_ids(test.id())
+            # As the pytest plugin: every visitor exposed anew, and an earlier
+            # test's restart leaves no forgetting pending to log this one's repeats.
+            start_afresh()
             return run(test, result)
 
         self._run = run
