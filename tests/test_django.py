@@ -653,6 +653,63 @@ def test_check_warns_of_views_decorated_with_flags_the_spec_lacks(spec_file: Pat
         assert [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W006"] == []
 
 
+def test_check_warns_of_templates_reading_flags_the_spec_lacks(
+    spec_file: Path, tmp_path: Path
+) -> None:
+    """A misspelt {% gate %} read False for every visitor, said once in the
+    log at the first render: W007 names the file and line before any
+    request, in Django templates that load flagware's tags (or have them as
+    builtins) and Jinja2 templates under flagware's environment."""
+    django_dir, jinja_dir, other_dir = (tmp_path / d for d in ("t", "j", "o"))
+    (django_dir / "shop").mkdir(parents=True)
+    page = django_dir / "shop" / "page.html"
+    page.write_text(
+        '{% load static flagware %}\n<p>\n{% gate "nobdy" as a %}{% gate "nobdy" as b %}\n'
+        "{%- experiment \"button_colour\" as exp %}{% gate 'button_color' as c %}"
+        '{% gate "nobody" as d %}{% gate name as e %}\n'
+    )
+    (django_dir / "unloaded.html").write_text('{% gate "elsewhere" as g %}')  # not our tag
+    jinja_dir.mkdir()
+    (jinja_dir / "page.j2").write_text('{{ flags.gate("nobdy") }}\n{{ experiment("x").group }}')
+    other_dir.mkdir()
+    (other_dir / "page.j2").write_text('{{ gate("theirs") }}')  # another Jinja2 environment
+    templates = [
+        {"BACKEND": "django.template.backends.django.DjangoTemplates", "DIRS": [django_dir]},
+        {
+            "BACKEND": "django.template.backends.jinja2.Jinja2",
+            "DIRS": [jinja_dir],
+            "OPTIONS": {"environment": "flagware.django.jinja2.environment"},
+        },
+        {"BACKEND": "django.template.backends.jinja2.Jinja2", "DIRS": [other_dir], "NAME": "o"},
+    ]
+    with override_settings(FLAGWARE={"spec": spec_file}, TEMPLATES=templates):
+        said = [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W007"]
+    assert [m.msg.partition(", which")[0] for m in said] == [
+        f"{page}:3: {{% gate %}} reads gate 'nobdy'",  # once per file and flag
+        f"{page}:4: {{% experiment %}} reads experiment 'button_colour'",
+        f"{page}:4: {{% gate %}} reads gate 'button_color'",
+        f"{jinja_dir / 'page.j2'}:1: gate(...) reads gate 'nobdy'",
+        f"{jinja_dir / 'page.j2'}:2: experiment(...) reads experiment 'x'",
+    ]
+    assert said[0].msg.endswith(
+        f"which {spec_file} does not define (did you mean 'nobody'?): it reads False for"
+        " every request"
+    )
+    assert said[1].msg.endswith(
+        "(did you mean 'button_color'?): it serves its defaults to every request"
+    )
+    assert said[2].hint == "'button_color' is an experiment: read it with {% experiment %}"
+    assert said[4].hint == "define experiments.x in the spec, or fix the name"
+    builtin = [{**templates[0], "OPTIONS": {"builtins": ["flagware.django.templatetags.flagware"]}}]
+    with override_settings(FLAGWARE={"spec": spec_file}, TEMPLATES=builtin):
+        said = [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W007"]
+    assert [m.msg.partition(":")[0] for m in said].count(str(django_dir / "unloaded.html")) == 1
+    with override_settings(
+        FLAGWARE={"statsig_secret": "secret-x", "hash_key": "k"}, TEMPLATES=templates
+    ):
+        assert [m for m in run_checks(tags=["flagware"]) if m.id == "flagware.W007"] == []
+
+
 def test_check_statsig_without_a_hash_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FLAGWARE_HASH_KEY", raising=False)
     assert check_ids(FLAGWARE={"statsig_secret": "secret-x"}) == ["flagware.E001"]

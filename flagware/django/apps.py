@@ -18,7 +18,7 @@ class FlagwareConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported for its @register side effect: `manage.py check` runs them.
-        from flagware.django import checks  # noqa: F401
+        from flagware.django import checks, template_checks  # noqa: F401
 
         # A test runner's workers that --failfast terminated left their
         # temporary stores: this process removes them at its exit.

@@ -12,6 +12,8 @@ reported with a fix before the first request, not as a failing page.
 - flagware.W005: FlagwareMiddleware is placed before AuthenticationMiddleware (it was
   E004: views get the user whatever the order; a middleware between them does not)
 - flagware.W006: a view decorated with a gate or an experiment the local spec does not define
+- flagware.W007: a template reading a gate or an experiment the local spec does not define
+  (template_checks.py)
 - flagware.W003 (``check --deploy``): ``diagnostics="debug"`` opens the page to anyone
 - flagware.W004 (``check --deploy``): ``allow_random_override`` lets anyone pick a group
 """
