@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from flagware.settings import (
     statsig_api_problem,
 )
 from flagware.settings import env as _env
-from flagware.spec import SpecError, did_you_mean, load_spec
+from flagware.spec import Spec, SpecError, did_you_mean, load_spec
 
 OUR_MIDDLEWARE = {
     "flagware.django.FlagwareMiddleware",
@@ -127,7 +127,13 @@ def _local_spec(options: dict[str, Any]) -> Path | None:
     return Path(spec or _env("FLAGWARE_SPEC") or DEFAULT_SPEC)
 
 
-_DECORATOR = {"gate": "feature_gate", "experiment": "experiment"}
+def local_spec() -> Spec | None:
+    """The local spec the app serves, loaded (raises what E002-E005 say); None on Statsig."""
+    path = _local_spec(conf.options())
+    return None if path is None else load_spec(path)
+
+
+_DECORATORS = {"gate": "@feature_gate", "experiment": "@experiment"}
 
 
 @register("flagware", checks.Tags.urls)
@@ -142,8 +148,7 @@ def check_views(
     from django.urls import get_resolver
 
     try:
-        path = _local_spec(conf.options())
-        spec = None if path is None else load_spec(path)
+        spec = local_spec()
         patterns = get_resolver().url_patterns  # imports the views, as Django's URL checks do
     except Exception:  # E002, E003, E005 or Django's own URL checks say it
         return []
@@ -151,24 +156,36 @@ def check_views(
         return []
     found: list[CheckMessage] = []
     for view, (kind, name) in sorted(set(_flags_read(patterns))):
-        defined = list(spec.gates if kind == "gate" else spec.experiments)
-        if name in defined:
-            continue
-        hint = f"define {kind}s.{name} in the spec, or fix the name"
-        if kind == "gate" and name in spec.experiments:  # the other kind (a re-check)
-            hint = f"{name!r} is an experiment: read it with @experiment"
-        elif kind == "experiment" and name in spec.gates:
-            hint = f"{name!r} is a gate: read it with @feature_gate"
-        said = "reads False for" if kind == "gate" else "serves its defaults to"
-        found.append(
-            checks.Warning(
-                f"{view} is decorated with @{_DECORATOR[kind]}({name!r}), which {path} does not"
-                f" define{did_you_mean(name, defined)}: it {said} every request",
-                hint=hint,
-                id="flagware.W006",
+        lacking = undefined_flag(spec, kind, name, _DECORATORS)
+        if lacking is not None:
+            message, hint = lacking
+            found.append(
+                checks.Warning(
+                    f"{view} is decorated with {_DECORATORS[kind]}({name!r}), {message}",
+                    hint=hint,
+                    id="flagware.W006",
+                )
             )
-        )
     return found
+
+
+def undefined_flag(
+    spec: Spec, kind: str, name: str, read_by: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """What reading gate or experiment ``name`` does when the local spec lacks
+    it, and the hint, for W006 and W007 (``read_by``: how each kind is read
+    there, ``@feature_gate`` or ``{% gate %}``); None when the spec defines it."""
+    defined = list(spec.gates if kind == "gate" else spec.experiments)
+    if name in defined:
+        return None
+    hint = f"define {kind}s.{name} in the spec, or fix the name"
+    if kind == "gate" and name in spec.experiments:  # the other kind (a re-check)
+        hint = f"{name!r} is an experiment: read it with {read_by['experiment']}"
+    elif kind == "experiment" and name in spec.gates:
+        hint = f"{name!r} is a gate: read it with {read_by['gate']}"
+    said = "reads False for" if kind == "gate" else "serves its defaults to"
+    lacks = f"which {spec.source} does not define{did_you_mean(name, defined)}"
+    return f"{lacks}: it {said} every request", hint
 
 
 def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]]:

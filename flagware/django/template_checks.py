@@ -20,11 +20,14 @@ from django.apps import AppConfig
 from django.core import checks
 from django.core.checks import CheckMessage, register
 
-from flagware.spec import Spec, did_you_mean, load_spec
-
 _TAG = re.compile(r"""\{%-?\s*(gate|experiment)\s+(["'])([^"'\s]+)\2""")
 _LOADS = re.compile(r"\{%-?\s*load\s[^%]*\bflagware\b")
 _CALL = re.compile(r"""\b(gate|experiment)\(\s*(["'])([^"'\s]+)\2\s*\)""")
+# How each kind is read, in Django's templates (tags) and in Jinja2's (calls).
+_READ_BY = {
+    True: {"gate": "{% gate %}", "experiment": "{% experiment %}"},
+    False: {"gate": "gate(...)", "experiment": "experiment(...)"},
+}
 _LARGEST = 1 << 20  # bytes: larger files are no templates worth reading at every check
 
 
@@ -32,50 +35,32 @@ _LARGEST = 1 << 20  # bytes: larger files are no templates worth reading at ever
 def check_templates(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from flagware.django import conf
-    from flagware.django.checks import _local_spec
+    from flagware.django.checks import local_spec, undefined_flag
 
     try:
-        path = _local_spec(conf.options())
-        spec = None if path is None else load_spec(path)
+        spec = local_spec()
     except Exception:  # E002, E003 or E005 say it
         return []
     if spec is None:  # on Statsig the console's names are not known here
         return []
-    found = []
-    for where, written, kind, name in _flags_read():
-        defined = list(spec.gates if kind == "gate" else spec.experiments)
-        if name not in defined:
-            found.append(_warning(spec, path, where, written, kind, name, defined))
+    found: list[CheckMessage] = []
+    for where, tags, kind, name in _flags_read():
+        lacking = undefined_flag(spec, kind, name, _READ_BY[tags])
+        if lacking is not None:
+            message, hint = lacking
+            found.append(
+                checks.Warning(
+                    f"{where}: {_READ_BY[tags][kind]} reads {kind} {name!r}, {message}",
+                    hint=hint,
+                    id="flagware.W007",
+                )
+            )
     return found
 
 
-def _warning(
-    spec: Spec,
-    path: Path | None,
-    where: str,
-    written: str,
-    kind: str,
-    name: str,
-    defined: list[str],
-) -> CheckMessage:
-    hint = f"define {kind}s.{name} in the spec, or fix the name"
-    if kind == "gate" and name in spec.experiments:
-        hint = f"{name!r} is an experiment: read it with " + written.replace("gate", "experiment")
-    elif kind == "experiment" and name in spec.gates:
-        hint = f"{name!r} is a gate: read it with " + written.replace("experiment", "gate")
-    said = "reads False for" if kind == "gate" else "serves its defaults to"
-    return checks.Warning(
-        f"{where}: {written} reads {kind} {name!r}, which {path} does not define"
-        f"{did_you_mean(name, defined)}: it {said} every request",
-        hint=hint,
-        id="flagware.W007",
-    )
-
-
-def _flags_read() -> Iterator[tuple[str, str, str, str]]:
-    """(file:line, as written, kind, name) for each flag a template names, once
-    per file and flag."""
+def _flags_read() -> Iterator[tuple[str, bool, str, str]]:
+    """(file:line, read by a tag, kind, name) for each flag a template names,
+    once per file and flag."""
     from django.template import engines
 
     seen: set[tuple[Path, str, str]] = set()
@@ -97,8 +82,7 @@ def _flags_read() -> Iterator[tuple[str, str, str, str]]:
                 if (file, kind, name) not in seen:
                     seen.add((file, kind, name))
                     line = text.count("\n", 0, match.start()) + 1
-                    written = f"{{% {kind} %}}" if pattern is _TAG else f"{kind}(...)"
-                    yield f"{file}:{line}", written, kind, name
+                    yield f"{file}:{line}", pattern is _TAG, kind, name
 
 
 def _pattern(engine: Any) -> re.Pattern[str] | None:
