@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from flagware.events.store import Store, redact
+from flagware.events.store import Store, redact, request_reads
 from flagware.outages import describe
 from flagware.threads import start_thread
 
@@ -52,7 +52,8 @@ class SharedKey:
     def first(self) -> bytes:
         """The key, read now; b"" when the store is away (said once, then read later)."""
         try:
-            return self._read()
+            with request_reads():  # on a worker's first request, maybe
+                return self._read()
         except Exception as exc:
             self._tried = (os.getpid(), time.monotonic())
             log.error(

@@ -98,11 +98,13 @@ class Starts:
         """The spec to serve (a started experiment that changed is served as it
         started) and the refused changes, each counted once in ``errors``; with
         the store unreachable, ``spec`` as it is, said once."""
+        from flagware.events.store import request_reads
         from flagware.results.lock import served_spec
         from flagware.spec import SpecError
 
         try:
-            served, refused = served_spec(spec, self._event_store)
+            with request_reads():  # a worker's first request, or a reload's
+                served, refused = served_spec(spec, self._event_store)
         except SpecError:
             raise
         except Exception as exc:

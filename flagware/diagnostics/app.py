@@ -35,6 +35,7 @@ from flagware.diagnostics.http import (
     _script_name,
 )
 from flagware.diagnostics.visitor import assignments, visitor_rows
+from flagware.events.store import request_reads
 from flagware.flags import Flags
 from flagware.outages import is_outage
 
@@ -118,7 +119,8 @@ class DiagnosticsApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._hops:
             proxies.proxy_fix(environ, self._hops)
-        return self._serve(environ, start_response)
+        with request_reads():  # a hung database held each poll 10 s (a trial)
+            return self._serve(environ, start_response)
 
     def render(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[str, str]], bytes]:
         """The whole response at once, for adapters that are not WSGI (ASGI, Django)."""

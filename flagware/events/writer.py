@@ -107,6 +107,9 @@ class EventWriter:
         self._flusher: int | None = None  # the thread holding _flush_lock
         self._drop_lock = ProcessLock()
         self._held: list[Row] = []  # a batch the store refused: stored first next time
+        # Events of the batch being written: a write that never returns (a
+        # database that hangs mid-COPY) holds them, and an exit loses them.
+        self._writing = 0
         self._waited_out = False  # stopping() spent its timeout on a store that refused
         self._say_held_at = 0.0  # when _say_held may speak again
         self._room = self.max_queue  # what the queue may hold besides the held batch
@@ -161,6 +164,7 @@ class EventWriter:
             # Fresh state in a new process: inherited events belong to the parent.
             self._queue = queue.SimpleQueue()
             self._held = []
+            self._writing = 0
             self._waited_out = False
             self._room = self.max_queue
             self._wake = threading.Event()
@@ -250,6 +254,7 @@ class EventWriter:
             batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
             if not batch:
                 break
+            self._writing = len(batch)
             try:
                 self.store.append_rows(batch)
             except Exception as exc:  # keep the events for the next try, within the cap
@@ -257,6 +262,8 @@ class EventWriter:
                 self._room = max(0, self.max_queue - len(batch))
                 self._report(exc)
                 break
+            finally:
+                self._writing = 0
             self._room = self.max_queue
             total += len(batch)
         if total and (self._failing_since is not None or self._unrecorded):
@@ -324,14 +331,16 @@ class EventWriter:
         """
         if self._pid != os.getpid():
             return
+        deadline = time.monotonic() + timeout  # the writer's last flush counts against it
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        # A SIGTERM that already waited out the timeout for this outage (see
-        # stopping()): one more try, not a second wait.
-        left = self.store_within(0.0 if self._waited_out else timeout)
+            # A SIGTERM that already waited out the outage (see stopping())
+            # waits a second for a write in flight, not five more.
+            thread.join(timeout=1.0 if self._waited_out else 5.0)
+        # After such a SIGTERM: one more try, not a second wait.
+        left = self.store_within(0.0 if self._waited_out else max(0.0, deadline - time.monotonic()))
         if left:  # the store still refuses writes: say what is lost, never silently
             # The total: any count a SIGTERM said is part of it (three lines
             # with overlapping counts read as three losses in a trial's log).
@@ -379,13 +388,20 @@ class EventWriter:
         to ``timeout`` s; how many events are left."""
         if self._flusher == threading.get_ident():
             return 0  # a signal handler in this thread's own flush, which stores them all
-        self.flush(timeout=5)
+        # A flush running in the writer is waited for within the time given: at
+        # exit, one that outlived close()'s join is a write that hangs.
+        self.flush(timeout=min(5.0, timeout))
         deadline, pause = time.monotonic() + timeout, 0.1
         while (self._held or self._queue.qsize()) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(2 * pause, 1.0)
             self.flush(timeout=5)
-        return len(self._held) + self._queue.qsize()
+        return self._left()
+
+    def _left(self) -> int:
+        # With a write still running in another thread (a hung database: a
+        # trial's exit said nothing of the batch it held), its events too.
+        return len(self._held) + self._queue.qsize() + self._writing
 
     def failing_for(self) -> float | None:
         """Seconds since this process's writes began to fail, or None while they succeed."""
@@ -396,7 +412,7 @@ class EventWriter:
         """Events this process holds in memory, not yet stored."""
         if self._pid != os.getpid():
             return 0
-        return self._queue.qsize() + len(self._held)
+        return self._left()
 
     def pending_drops(self) -> int:
         """Events this process dropped that the store's counter does not show yet."""

@@ -52,6 +52,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flagware import identity
+from flagware.events.store.postgres import forget_failures
 from flagware.flags import listeners
 from flagware.overrides import OVERRIDE_RULE, Config, SpecGroup, overrides
 from flagware.testing.known import UnknownOverrideWarning, _check_known
@@ -219,6 +220,7 @@ class isolate:  # lower case: used like a function, as contextlib's helpers
             # As the pytest plugin: every visitor exposed anew, and an earlier
             # test's restart leaves no forgetting pending to log this one's repeats.
             start_afresh()
+            forget_failures()
             return run(test, result)
 
         self._run = run

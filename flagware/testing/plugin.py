@@ -93,10 +93,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _flagware_test(request: pytest.FixtureRequest) -> Iterator[None]:
     """Clients made during a test store under that test's own directory, and
     expose every visitor anew (an earlier test's exposures dedupe nothing)."""
+    from flagware.events.store.postgres import forget_failures
     from flagware.overrides import overrides
     from flagware.visitors import start_afresh
 
     start_afresh()
+    forget_failures()  # an earlier test's stopped database, as seen by request reads
 
     isolation = _isolation
     if isolation is not None:

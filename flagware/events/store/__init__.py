@@ -21,7 +21,12 @@ from flagware.events.store.base import (
     StoreStats,
     lease_owner,
 )
-from flagware.events.store.postgres import is_postgres_url, redact, unsupported_url
+from flagware.events.store.postgres import (
+    is_postgres_url,
+    redact,
+    request_reads,
+    unsupported_url,
+)
 from flagware.events.store.sqlite import (
     SQLITE_NOTADB,
     EventStore,
@@ -51,6 +56,7 @@ __all__ = [
     "not_a_store",
     "open_store",
     "redact",
+    "request_reads",
     "store_exists",
 ]
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from flagware.events.store.base import EVENT_COLUMNS, load_queries
@@ -38,6 +40,39 @@ _COPY = f"COPY events ({EVENT_COLUMNS}) FROM STDIN"
 # flush interval, although the server is back. Under traffic the writer
 # uses its connection every flush_interval and never pays for the check.
 IDLE_CHECK = 1.0
+# Seconds a connection may take to open (psycopg's least), unless the URL sets
+# ``connect_timeout``. A database that hangs (up, answering nothing) held a
+# worker's first request for 17 s, the diagnostics page 10 s a poll and a
+# stop 23 s at libpq's 10 s a try (a new user's trial); one slower than this
+# to connect is away for flagware: its events wait in memory, tried again.
+CONNECT_TIMEOUT = 2
+# After a read a request waits for failed to connect (``request_reads``), the
+# next ones skip the database for this long (s) and fail at once: a request
+# pays for one timeout, not one per read (the start check and the shared
+# key, each page poll). The writer and the commands always try.
+AWAY_SKIP = 5.0
+_TIMEOUT = {"connect_timeout": CONNECT_TIMEOUT}
+# url -> (monotonic time request reads skip it until, the failure that said so)
+_away: dict[str, tuple[float, str]] = {}
+_request_reads: ContextVar[bool] = ContextVar("flagware_request_reads", default=False)
+
+
+def forget_failures() -> None:
+    """Request reads try every database again at once (a test starts afresh)."""
+    _away.clear()
+
+
+@contextmanager
+def request_reads() -> Iterator[None]:
+    """Reads a request waits for, in this block: connections opened within
+    :data:`CONNECT_TIMEOUT` s whatever the URL says, and none tried for
+    :data:`AWAY_SKIP` s after one failed (psycopg's ``OperationalError`` at once)."""
+    token = _request_reads.set(True)
+    try:
+        yield
+    finally:
+        _request_reads.reset(token)
+
 
 # The lease heartbeat (events/leases.py): extends a batch's lease on the
 # database's clock, if the batch is still its owner's.
@@ -130,22 +165,37 @@ class PostgresStore(SQLStore):
     dialect = "postgres"
     queries = load_queries("postgres")
 
-    def __init__(self, url: str, *, create: bool = True, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
         super().__init__()
         _psycopg()
         self.url = libpq_url(url)
         self.location = redact(url)
         self._create = create
-        self._connect_timeout = connect_timeout
         self._schema_ready = not create
+        from psycopg.conninfo import conninfo_to_dict
+
+        # The URL's own connect_timeout wins, except for a request's reads.
+        self._timeout = {} if "connect_timeout" in conninfo_to_dict(self.url) else _TIMEOUT
 
     def _connect(self) -> psycopg.Connection[Any]:
         driver = _psycopg()
+        timeout = self._timeout
+        if _request_reads.get():
+            until, failure = _away.get(self.url, (0.0, ""))
+            if time.monotonic() < until:  # what the failure raised, for every handler
+                raise driver.OperationalError(
+                    f"{failure} (not tried again for {AWAY_SKIP:g} s, so that no request"
+                    " waits for the database)"
+                )
+            timeout = _TIMEOUT
         # autocommit: reads are single statements, writes open their own
         # transactions, and no idle connection ever sits inside one.
-        conn: psycopg.Connection[Any] = driver.connect(
-            self.url, autocommit=True, connect_timeout=self._connect_timeout
-        )
+        try:
+            conn: psycopg.Connection[Any] = driver.connect(self.url, autocommit=True, **timeout)
+        except driver.OperationalError as exc:
+            if _request_reads.get():
+                _away[self.url] = (time.monotonic() + AWAY_SKIP, " ".join(str(exc).split()))
+            raise
         try:
             if not self._schema_ready:
                 self._make_schema(conn, driver)
