@@ -212,11 +212,17 @@ def _served(app: object) -> object:
     return owner if owner is not None else app
 
 
+# Where a wrapping middleware keeps the app it wraps: werkzeug's ProxyFix and
+# most as ``app``; others as ``application`` (a trial's hand-written one, and
+# a Falcon app behind it answered every denial with a 500) or ``wsgi_app``.
+_WRAPPED = ("app", "application", "wsgi_app", "_app", "__wrapped__")
+
+
 def framework(app: object) -> str | None:
     """The framework serving through ``app``, or None when none flagware knows.
 
     Follows a bound method to its object and a wrapping middleware to the app
-    it keeps as ``.app``, a few layers deep.
+    it keeps (:data:`_WRAPPED`), a few layers deep.
     """
     seen: set[int] = set()
     try:
@@ -228,7 +234,13 @@ def framework(app: object) -> str | None:
             if name is not None:
                 return name
             served = _served(app)
-            app = served if served is not app else getattr(app, "app", None)
+            if served is not app:
+                app = served
+                continue
+            app = next(
+                (inner for inner in (getattr(app, a, None) for a in _WRAPPED) if inner is not None),
+                None,
+            )
     except Exception:  # an object whose attributes raise (a proxy): not one we know
         return None
     return None

@@ -183,6 +183,15 @@ def test_the_framework_is_found_through_bound_methods_and_wrapping_middlewares()
     assert framework(ProxyFix(falcon_app())) == "falcon"  # through .app
     assert framework(bottle_app()) == "bottle"
 
+    class Kept:  # a hand-written middleware (a trial's, before a Falcon app)
+        def __init__(self, application: Any) -> None:
+            self.application = application
+
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            return self.application(environ, start_response)
+
+    assert framework(Kept(Kept(falcon_app()))) == "falcon"
+
     class Loop:  # a chain that comes back to itself ends
         def __init__(self) -> None:
             self.app = self
