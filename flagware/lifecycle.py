@@ -104,8 +104,8 @@ class Lifecycle:
                 self.starts.record()  # "recorded after the next events" misled (a trial)
             if self.delivery is not None:
                 try:
-                    if not self.delivery.drain(max(0.0, deadline - time.monotonic())):
-                        warn_undelivered(self.delivery, self.shutdown_timeout)
+                    drained = self.delivery.drain(max(0.0, deadline - time.monotonic()))
+                    warn_undelivered(self.delivery, self.shutdown_timeout, drained=drained)
                 finally:
                     # What the drain left, and a second at least for the threads to
                     # stop. A send still in flight then (a Statsig API that hangs) is

@@ -494,6 +494,45 @@ def test_a_refusal_ends_a_drain_and_says_so_at_close(
         assert (stats.backlog, stats.delivered, stats.last_failure) == (0, 2, None)
 
 
+def test_a_process_stopping_while_another_sends_the_last_batch_says_the_backlog(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers stopping during an outage each say what the store still holds;
+    one that found the last batch in flight in the other (nothing left for it
+    to send) exited at once without a word (a trial: 5 of 8 stops)."""
+    from flagware import Flagware
+
+    def client(**options: Any) -> Flagware:
+        return Flagware(
+            statsig_secret="secret-test",
+            statsig_api=stub.url,
+            hash_key="k",
+            event_store=tmp_path / "outbox.db",
+            delivery_options={"retry_max": 0.5},
+            **options,
+        )
+
+    with StatsigStub() as stub:
+        stub.fail_for(60, 503)
+        sending = client()
+        sending.log(event("u1"))
+        sending.flush()
+        assert _until(lambda: sending.delivery_stats().last_failure == "HTTP 503")
+        stub.blackhole_for(30)  # its next try hangs, holding the batch's lease
+        requests = stub.requests
+        assert _until(lambda: stub.requests > requests)
+        stopping = client(shutdown_timeout=3)
+        with caplog.at_level(logging.WARNING, logger="flagware"):
+            started = time.monotonic()
+            stopping.close()
+        assert time.monotonic() - started < 2  # nothing of its own to wait for
+        said = [r.getMessage() for r in caplog.records if "not yet delivered" in r.getMessage()]
+        assert len(said) == 1 and "holds 1 events" in said[0], said
+        assert "the last send failed (HTTP 503)" in said[0]
+        sending.shutdown_timeout = 0
+        sending.close()
+
+
 def test_redeliver_sends_parked_events_again(
     pipeline: Callable[..., Pipeline],
     stub: StatsigStub,
