@@ -116,6 +116,31 @@ def test_cuped_zero_fills_units_without_pre_exposure_data(tmp_path: Path) -> Non
     assert sum(g.units for g in results.groups) == 400
 
 
+def test_cuped_without_pre_exposure_data_says_so(tmp_path: Path) -> None:
+    """No unit with events before its exposure: nothing to adjust by, said in
+    the notes; the JSON's false alone was read as CUPED applied (a
+    statistician's trial)."""
+    import json
+
+    from flagware.results.render import render_json
+
+    log, _ = correlated_log(200, 0.7, 0.0, seed=6)
+    log.events = [e for e in log.events if not (e.name == "spend" and e.time < NOW - 2 * DAY)]
+    results = compute_results(make_spec(metrics=SPEND), "button_color", log.store(tmp_path))
+    metric = results.metrics[0]
+    assert not metric.cuped and metric.cuped_without == "none"
+    assert (
+        "spend: no CUPED: no 'spend' events before the units' first exposure (cuped_days),"
+        " nothing to adjust by"
+    ) in render_text(results)
+    assert json.loads(render_json(results))["metrics"][0]["cuped_without"] == "none"
+    plain = compute_results(
+        make_spec(metrics=SPEND), "button_color", log.store(tmp_path / "again"), cuped=False
+    )
+    assert plain.metrics[0].cuped_without is None  # not asked for: nothing to say
+    assert "no CUPED" not in render_text(plain)
+
+
 def converting_log(n: int, repeat: float, seed: int) -> Log:
     """A signup metric; each unit signed up before its exposure with chance 0.3,
     and signs up after it with chance ``repeat`` if it had, 0.1 if not."""

@@ -75,8 +75,14 @@ class _Prepared:
         self.samples = {g: m.y for g, m in data.moments.items()}
         self.reduction: dict[str, float] = {}
         self.skipped: float | None = None  # CUPED's reduction, when too small to use
+        self.without: str | None = None  # why CUPED had nothing to adjust by
         if metric.kind not in _RATIOS and use_cuped and metric.cuped_days > 0:
             self.theta = cuped.theta(data.moments)
+            if self.theta is None and any(m.n for m in data.moments.values()):
+                # Said, not only a JSON false: a statistician's trial read the
+                # silence as CUPED applied with nothing to show.
+                pre = any(m.mean_x for m in data.moments.values())
+                self.without = "constant" if pre else "none"
         if self.theta is not None:
             adjusted = cuped.adjust(data.moments, self.theta)
             gain = cuped.pooled_reduction(data.moments, adjusted)
@@ -235,6 +241,7 @@ def _metric_result(
         theta=prep.theta,
         variance_reduction=prep.reduction,
         cuped_skipped=prep.skipped,
+        cuped_without=prep.without,
         cap=prep.data.cap,
         capped_units=prep.data.capped_units,
         group_intervals=intervals,

@@ -230,6 +230,13 @@ def metric_notes(m: MetricResult) -> list[str]:
             " level, so the relative effect is barely bounded or not at all; read the delta"
             " and its CI"
         )
+    if m.cuped_without is not None:  # last: it changes nothing read above
+        before = (
+            f"no {m.event!r} events before the units' first exposure"
+            if m.cuped_without == "none"
+            else f"every unit has the same {m.event!r} value before its first exposure"
+        )
+        notes.append(f"no CUPED: {before} (cuped_days), nothing to adjust by")
     return notes
 
 

@@ -90,6 +90,9 @@ class MetricResult:
     variance_reduction: dict[str, float] = field(default_factory=dict)  # per group, 0-1
     # A conversion metric left unadjusted: the pooled reduction CUPED would have made.
     cuped_skipped: float | None = None
+    # CUPED asked for and not applied: no unit had the metric's events before
+    # its first exposure ("none"), or every unit the same value ("constant").
+    cuped_without: str | None = None
     cap: float | None = None  # per-unit values were capped here (winsorized)
     capped_units: int = 0
     group_intervals: dict[str, tuple[float, float] | None] = field(default_factory=dict)

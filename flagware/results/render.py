@@ -113,6 +113,7 @@ def _metric_dict(m: MetricResult, results: Results) -> dict[str, Any]:
         "theta": m.theta,
         "variance_reduction": m.variance_reduction,
         "cuped_skipped_reduction": m.cuped_skipped,
+        "cuped_without": m.cuped_without,
         "cap": m.cap,
         "capped_units": m.capped_units,
         "group_intervals": {g: list(ci) if ci else None for g, ci in m.group_intervals.items()},
