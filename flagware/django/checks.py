@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ from django.core import checks
 from django.core.checks import CheckMessage, Error, register
 from django.core.exceptions import ImproperlyConfigured
 
-from flagware.decorators import FLAGS_READ
 from flagware.django import conf
 from flagware.events.store import open_store, redact
+from flagware.names import undefined_flag, view_flags
 from flagware.settings import (
     CHECKED_DEFAULTS,
     DEFAULT_SPEC,
@@ -48,7 +48,7 @@ from flagware.settings import (
     statsig_api_problem,
 )
 from flagware.settings import env as _env
-from flagware.spec import Spec, SpecError, did_you_mean, load_spec
+from flagware.spec import Spec, SpecError, load_spec
 
 OUR_MIDDLEWARE = {
     "flagware.django.FlagwareMiddleware",
@@ -169,48 +169,16 @@ def check_views(
     return found
 
 
-def undefined_flag(
-    spec: Spec, kind: str, name: str, read_by: Mapping[str, str]
-) -> tuple[str, str] | None:
-    """What reading gate or experiment ``name`` does when the local spec lacks
-    it, and the hint, for W006 and W007 (``read_by``: how each kind is read
-    there, ``@feature_gate`` or ``{% gate %}``); None when the spec defines it."""
-    defined = list(spec.gates if kind == "gate" else spec.experiments)
-    if name in defined:
-        return None
-    hint = f"define {kind}s.{name} in the spec, or fix the name"
-    if kind == "gate" and name in spec.experiments:  # the other kind (a re-check)
-        hint = f"{name!r} is an experiment: read it with {read_by['experiment']}"
-    elif kind == "experiment" and name in spec.gates:
-        hint = f"{name!r} is a gate: read it with {read_by['gate']}"
-    said = "reads False for" if kind == "gate" else "serves its defaults to"
-    lacks = f"which {spec.source} does not define{did_you_mean(name, defined)}"
-    return f"{lacks}: it {said} every request", hint
-
-
 def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]]:
-    """(view, flag) for each flag a routed view's decorators read: function
-    views, and class-based ones by their class and method (``method_decorator``
-    copies the attribute to the method it makes)."""
+    """(view, flag) for each flag a routed view's decorators read
+    (``method_decorator`` copies the attribute to the method it makes)."""
     for pattern in patterns:
         if hasattr(pattern, "url_patterns"):  # an include()
             yield from _flags_read(pattern.url_patterns)
             continue
         callback = pattern.callback
-        view_class = getattr(callback, "view_class", None)
-        if view_class is None:
-            where = f"{callback.__module__}.{getattr(callback, '__qualname__', callback)}"
-            yield from ((where, flag) for flag in getattr(callback, FLAGS_READ, ()))
-            continue
-        # Named by the class: a decorated dispatch read as Django's View.dispatch,
-        # and as_view() copies its attributes to the view function (a re-check).
-        named = f"{view_class.__module__}.{view_class.__qualname__}"
-        seen = set()
-        for attr, member in vars(view_class).items():
-            for flag in getattr(member, FLAGS_READ, ()):
-                seen.add(flag)
-                yield f"{named}.{attr}", flag
-        yield from ((named, f) for f in getattr(callback, FLAGS_READ, ()) if f not in seen)
+        where = f"{callback.__module__}.{getattr(callback, '__qualname__', callback)}"
+        yield from view_flags(callback, where)
 
 
 def _store_problems(location: Any) -> list[str]:

@@ -20,9 +20,8 @@ from django.apps import AppConfig
 from django.core import checks
 from django.core.checks import CheckMessage, register
 
-_TAG = re.compile(r"""\{%-?\s*(gate|experiment)\s+(["'])([^"'\s]+)\2""")
-_LOADS = re.compile(r"\{%-?\s*load\s[^%]*\bflagware\b")
-_CALL = re.compile(r"""\b(gate|experiment)\(\s*(["'])([^"'\s]+)\2\s*\)""")
+from flagware.names import CALLS, LOADS, TAGS, named_in, undefined_flag
+
 # How each kind is read, in Django's templates (tags) and in Jinja2's (calls).
 _READ_BY = {
     True: {"gate": "{% gate %}", "experiment": "{% experiment %}"},
@@ -35,7 +34,7 @@ _LARGEST = 1 << 20  # bytes: larger files are no templates worth reading at ever
 def check_templates(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    from flagware.django.checks import local_spec, undefined_flag
+    from flagware.django.checks import local_spec
 
     try:
         spec = local_spec()
@@ -63,7 +62,6 @@ def _flags_read() -> Iterator[tuple[str, bool, str, str]]:
     once per file and flag."""
     from django.template import engines
 
-    seen: set[tuple[Path, str, str]] = set()
     for engine in engines.all():
         pattern = _pattern(engine)
         if pattern is None:
@@ -75,14 +73,10 @@ def _flags_read() -> Iterator[tuple[str, bool, str, str]]:
                 text = file.read_text(errors="replace")
             except OSError:
                 continue
-            if pattern is _TAG and not (_builtin(engine) or _LOADS.search(text)):
+            if pattern is TAGS and not (_builtin(engine) or LOADS.search(text)):
                 continue
-            for match in pattern.finditer(text):
-                kind, name = match[1], match[3]
-                if (file, kind, name) not in seen:
-                    seen.add((file, kind, name))
-                    line = text.count("\n", 0, match.start()) + 1
-                    yield f"{file}:{line}", pattern is _TAG, kind, name
+            for line, kind, name in named_in(text, pattern):
+                yield f"{file}:{line}", pattern is TAGS, kind, name
 
 
 def _pattern(engine: Any) -> re.Pattern[str] | None:
@@ -91,12 +85,12 @@ def _pattern(engine: Any) -> re.Pattern[str] | None:
     from django.template.backends.jinja2 import Jinja2
 
     if isinstance(engine, DjangoTemplates):
-        return _TAG
+        return TAGS
     if isinstance(engine, Jinja2):
         from flagware.django import jinja2
 
         if engine.env.globals.get("gate") is jinja2.gate:
-            return _CALL
+            return CALLS
     return None
 
 
