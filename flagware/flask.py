@@ -77,6 +77,9 @@ class FlaskFlagware:
         app.wsgi_app = FlagwareMiddleware(app.wsgi_app, client)  # type: ignore[method-assign]
         app.extensions["flagware"] = client
         app.context_processor(_template_flags)
+        from flagware.flask_cli import cli
+
+        app.cli.add_command(cli)  # flask flagware check
         return client
 
 

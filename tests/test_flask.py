@@ -360,3 +360,74 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
         ]
     finally:
         fw.close()
+
+
+def test_flask_flagware_check_names_the_flags_the_spec_lacks(tmp_path: Any, spec_file: Any) -> None:
+    """`flask flagware check`: a misspelt @feature_gate answered 404 to every
+    visitor, and a misspelt flags.gate(...) in a template read False, said
+    once in the log at the first request (W006 and W007 are Django's)."""
+    from flask import Blueprint
+    from flask.views import MethodView
+
+    from flagware import experiment, feature_gate
+
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "page.html").write_text(
+        "<p>\n{% if flags.gate('new_sigup') %}new{% endif %}\n"
+        "{{ flags.experiment(\"button_color\").get('color') }} {{ flags.gate(name) }}\n"
+    )
+    app = Flask(__name__, root_path=str(tmp_path))
+    FlaskFlagware(app, client=Flagware(spec=spec_file, event_store=tmp_path / "e.db"))
+
+    @app.get("/signup")
+    @feature_gate("new_sigup")
+    def signup() -> str:
+        return "ok"
+
+    @app.get("/color")
+    @experiment("nobody")  # a gate, read as an experiment
+    def color(experiment: Any) -> str:
+        return "ok"
+
+    class Checkout(MethodView):
+        @feature_gate("everyone")
+        def get(self) -> str:
+            return "ok"
+
+    app.add_url_rule("/checkout", view_func=Checkout.as_view("checkout"))
+    shop = Blueprint("shop", __name__)
+
+    @shop.get("/shop")
+    @feature_gate("shp")
+    def shop_page() -> str:
+        return "ok"
+
+    app.register_blueprint(shop)
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["flagware", "check"])
+    assert result.exit_code == 1, result.output
+    said = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    local = "test_flask.test_flask_flagware_check_names_the_flags_the_spec_lacks.<locals>"
+    assert [line.partition(", which")[0] for line in said] == [
+        f"warning: {local}.color is decorated with @experiment('nobody')",
+        f"warning: {local}.shop_page is decorated with @feature_gate('shp')",
+        f"warning: {local}.signup is decorated with @feature_gate('new_sigup')",
+        "warning: templates/page.html:2: flags.gate(...) reads gate 'new_sigup'",
+    ]
+    assert said[2].endswith(
+        f"which {spec_file} does not define (did you mean 'new_signup'?): it reads False"
+        " for every request"
+    )
+    assert "hint: 'nobody' is a gate: read it with @feature_gate" in result.output
+    # Every name defined: exit 0, said.
+    fixed = spec_file.parent / "fixed.toml"
+    fixed.write_text(
+        spec_file.read_text()
+        + "\n[gates.new_sigup]\nrollout = 0\n[gates.shp]\nrollout = 0\n"
+        + '[experiments.nobody2]\ngroups = [{ name = "A", weight = 100 }]\n'
+    )
+    ok = Flask(__name__, root_path=str(tmp_path))
+    FlaskFlagware(ok, client=Flagware(spec=fixed, event_store=tmp_path / "f.db"))
+    result = ok.test_cli_runner().invoke(args=["flagware", "check"])
+    assert result.exit_code == 0, result.output
+    assert f"every flag the views and templates read is defined in {fixed}" in result.output
