@@ -19,7 +19,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from flagware.names import CALLS, named_in, undefined_flag, view_flags
+from flagware.names import CALLS, Read, named_in, undefined_flags, view_flags
 
 if TYPE_CHECKING:
     from flagware.engine.local import LocalSpec
@@ -50,24 +50,21 @@ def check() -> None:
 
 
 def _lacking(app: Flask, engine: LocalSpec) -> Iterator[tuple[str, str]]:
-    spec = engine.spec
-    views = {flag for view in app.view_functions.values() for flag in _views(view)}
-    for where, (kind, name) in sorted(views):
-        lacking = undefined_flag(spec, kind, name, _DECORATORS)
-        if lacking is not None:
-            said, hint = lacking
-            yield f"{where} is decorated with {_DECORATORS[kind]}({name!r}), {said}", hint
-    env = app.jinja_env
-    if env.loader is None:
-        return
-    for template in sorted(env.list_templates()):
-        source, filename, _ = env.loader.get_source(env, template)
+    views = sorted({flag for view in app.view_functions.values() for flag in _views(view)})
+    reads: list[Read] = [
+        (f"{where} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS)
+        for where, (kind, name) in views
+    ]
+    env, loader = app.jinja_env, app.jinja_env.loader
+    for template in sorted(env.list_templates()) if loader is not None else []:
+        assert loader is not None
+        source, filename, _ = loader.get_source(env, template)
         shown = _shown(filename or template, app.root_path)
-        for line, kind, name in named_in(source, CALLS):
-            lacking = undefined_flag(spec, kind, name, _TEMPLATES)
-            if lacking is not None:
-                said, hint = lacking
-                yield f"{shown}:{line}: {_TEMPLATES[kind]} reads {kind} {name!r}, {said}", hint
+        reads += (
+            (f"{shown}:{line}: {_TEMPLATES[kind]} reads {kind} {name!r}", kind, name, _TEMPLATES)
+            for line, kind, name in named_in(source, CALLS)
+        )
+    return undefined_flags(engine.spec, reads)
 
 
 def _views(view: object) -> Iterator[tuple[str, tuple[str, str]]]:

@@ -11,13 +11,26 @@ lacks. Django's system checks (W006, W007) and ``flask flagware check`` use it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flagware.decorators import FLAGS_READ
 from flagware.spec import Spec, did_you_mean
 
-__all__ = ["CALLS", "LOADS", "TAGS", "named_in", "undefined_flag", "view_flags"]
+__all__ = [
+    "CALLS",
+    "LOADS",
+    "TAGS",
+    "Read",
+    "named_in",
+    "undefined_flag",
+    "undefined_flags",
+    "view_flags",
+]
+
+# A flag read somewhere: (what reads it, as the message starts; kind; name;
+# how each kind is read there, for the hint).
+Read = tuple[str, str, str, Mapping[str, str]]
 
 # Django's template tags: {% gate "x" as v %}, {% experiment 'x' as e %}.
 TAGS = re.compile(r"""\{%-?\s*(gate|experiment)\s+(["'])([^"'\s]+)\2""")
@@ -73,3 +86,11 @@ def undefined_flag(
     said = "reads False for" if kind == "gate" else "serves its defaults to"
     lacks = f"which {spec.source} does not define{did_you_mean(name, defined)}"
     return f"{lacks}: it {said} every request", hint
+
+
+def undefined_flags(spec: Spec, reads: Iterable[Read]) -> Iterator[tuple[str, str]]:
+    """(message, hint) for each read of a flag the spec lacks."""
+    for what, kind, name, read_by in reads:
+        lacking = undefined_flag(spec, kind, name, read_by)
+        if lacking is not None:
+            yield f"{what}, {lacking[0]}", lacking[1]

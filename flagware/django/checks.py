@@ -34,7 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from flagware.django import conf
 from flagware.events.store import open_store, redact
-from flagware.names import undefined_flag, view_flags
+from flagware.names import undefined_flags, view_flags
 from flagware.settings import (
     CHECKED_DEFAULTS,
     DEFAULT_SPEC,
@@ -154,19 +154,11 @@ def check_views(
         return []
     if spec is None:
         return []
-    found: list[CheckMessage] = []
-    for view, (kind, name) in sorted(set(_flags_read(patterns))):
-        lacking = undefined_flag(spec, kind, name, _DECORATORS)
-        if lacking is not None:
-            message, hint = lacking
-            found.append(
-                checks.Warning(
-                    f"{view} is decorated with {_DECORATORS[kind]}({name!r}), {message}",
-                    hint=hint,
-                    id="flagware.W006",
-                )
-            )
-    return found
+    reads = (
+        (f"{view} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS)
+        for view, (kind, name) in sorted(set(_flags_read(patterns)))
+    )
+    return [checks.Warning(m, hint=h, id="flagware.W006") for m, h in undefined_flags(spec, reads)]
 
 
 def _flags_read(patterns: Iterable[Any]) -> Iterator[tuple[str, tuple[str, str]]]:

@@ -20,7 +20,7 @@ from django.apps import AppConfig
 from django.core import checks
 from django.core.checks import CheckMessage, register
 
-from flagware.names import CALLS, LOADS, TAGS, named_in, undefined_flag
+from flagware.names import CALLS, LOADS, TAGS, named_in, undefined_flags
 
 # How each kind is read, in Django's templates (tags) and in Jinja2's (calls).
 _READ_BY = {
@@ -42,19 +42,11 @@ def check_templates(
         return []
     if spec is None:  # on Statsig the console's names are not known here
         return []
-    found: list[CheckMessage] = []
-    for where, tags, kind, name in _flags_read():
-        lacking = undefined_flag(spec, kind, name, _READ_BY[tags])
-        if lacking is not None:
-            message, hint = lacking
-            found.append(
-                checks.Warning(
-                    f"{where}: {_READ_BY[tags][kind]} reads {kind} {name!r}, {message}",
-                    hint=hint,
-                    id="flagware.W007",
-                )
-            )
-    return found
+    reads = (
+        (f"{where}: {_READ_BY[tags][kind]} reads {kind} {name!r}", kind, name, _READ_BY[tags])
+        for where, tags, kind, name in _flags_read()
+    )
+    return [checks.Warning(m, hint=h, id="flagware.W007") for m, h in undefined_flags(spec, reads)]
 
 
 def _flags_read() -> Iterator[tuple[str, bool, str, str]]:
