@@ -5,7 +5,8 @@ A misspelt ``@feature_gate`` answers 404 to everyone and a misspelt
 ``flags.gate("...")`` in a template reads False, said once in the log at the
 first request that reads it. The command exits 1 when it finds one, so a CI
 step catches it. Templates are read through the app's Jinja loader
-(blueprints' included); only names written as string literals are known.
+(blueprints' included) and Jinja's lexer (not comments, ``raw`` blocks or
+page text); only ``flags.gate("...")`` with a string literal is known.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from flagware.names import CALLS, Read, named_in, undefined_flags, view_flags
+from flagware.names import Read, jinja_reads, undefined_flags, view_flags
 
 if TYPE_CHECKING:
     from flagware.engine.local import LocalSpec
@@ -55,15 +56,9 @@ def _lacking(app: Flask, engine: LocalSpec) -> Iterator[tuple[str, str]]:
         (f"{where} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS)
         for where, (kind, name) in views
     ]
-    env, loader = app.jinja_env, app.jinja_env.loader
-    for template in sorted(env.list_templates()) if loader is not None else []:
-        assert loader is not None
-        source, filename, _ = loader.get_source(env, template)
-        shown = _shown(filename or template, app.root_path)
-        reads += (
-            (f"{shown}:{line}: {_TEMPLATES[kind]} reads {kind} {name!r}", kind, name, _TEMPLATES)
-            for line, kind, name in named_in(source, CALLS)
-        )
+    for source, line, kind, name in jinja_reads(app.jinja_env, plain_calls=False):
+        where = f"{_shown(source, app.root_path)}:{line}: {_TEMPLATES[kind]}"
+        reads.append((f"{where} reads {kind} {name!r}", kind, name, _TEMPLATES))
     return undefined_flags(engine.spec, reads)
 
 

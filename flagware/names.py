@@ -10,44 +10,53 @@ lacks. Django's system checks (W006, W007) and ``flask flagware check`` use it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flagware.decorators import FLAGS_READ
 from flagware.spec import Spec, did_you_mean
 
-__all__ = [
-    "CALLS",
-    "LOADS",
-    "TAGS",
-    "Read",
-    "named_in",
-    "undefined_flag",
-    "undefined_flags",
-    "view_flags",
-]
+__all__ = ["KINDS", "Read", "jinja_reads", "undefined_flag", "undefined_flags", "view_flags"]
 
 # A flag read somewhere: (what reads it, as the message starts; kind; name;
 # how each kind is read there, for the hint).
 Read = tuple[str, str, str, Mapping[str, str]]
-
-# Django's template tags: {% gate "x" as v %}, {% experiment 'x' as e %}.
-TAGS = re.compile(r"""\{%-?\s*(gate|experiment)\s+(["'])([^"'\s]+)\2""")
-# A Django template that loads flagware's tags (unless they are builtins).
-LOADS = re.compile(r"\{%-?\s*load\s[^%]*\bflagware\b")
-# Jinja2's calls: gate("x"), flags.experiment("x") (Flask's and Django's).
-CALLS = re.compile(r"""\b(gate|experiment)\(\s*(["'])([^"'\s]+)\2\s*\)""")
+KINDS = ("gate", "experiment")
 
 
-def named_in(text: str, pattern: re.Pattern[str]) -> Iterator[tuple[int, str, str]]:
-    """(line, kind, name) of each flag ``text`` names, once per kind and name."""
-    seen: set[tuple[str, str]] = set()
-    for match in pattern.finditer(text):
-        kind, name = match[1], match[3]
-        if (kind, name) not in seen:
-            seen.add((kind, name))
-            yield text.count("\n", 0, match.start()) + 1, kind, name
+def jinja_reads(env: Any, plain_calls: bool) -> Iterator[tuple[str, int, str, str]]:
+    """(template file, line, kind, name) of each flag the templates ``env``'s
+    loader lists read by name: ``flags.gate("x")``, and ``gate("x")`` too with
+    ``plain_calls`` (Django's Jinja2 globals). Read by Jinja's own lexer, so
+    comments, ``raw`` blocks and page text say nothing (a regular expression
+    flagged each: a re-check); once per template, kind and name."""
+    loader = env.loader
+    for template in sorted(env.list_templates()) if loader is not None else []:
+        try:
+            source, filename, _ = loader.get_source(env, template)
+            tokens = [(t[0], t[1], t[2]) for t in env.lex(source) if t[1] != "whitespace"]
+        except Exception:  # unreadable, or a syntax error: rendering says it
+            continue
+        seen: set[tuple[str, str]] = set()
+        for i, (line, token, value) in enumerate(tokens[:-3]):
+            if token != "name" or value not in KINDS or tokens[i + 2][1] != "string":
+                continue
+            if (tokens[i + 1][2], tokens[i + 3][2]) != ("(", ")"):
+                continue
+            name = tokens[i + 2][2][1:-1]
+            if _on_flags(tokens, i, plain_calls) and (value, name) not in seen:
+                seen.add((value, name))
+                yield filename or template, line, value, name
+
+
+def _on_flags(tokens: list[tuple[int, str, str]], i: int, plain_calls: bool) -> bool:
+    """Whether the call at ``i`` is ``flags.<kind>(...)`` or, with
+    ``plain_calls``, a bare ``<kind>(...)`` (not another object's method)."""
+    if i >= 1 and tokens[i - 1][2] == ".":
+        return (
+            i >= 2 and tokens[i - 2][1:] == ("name", "flags") and (i < 3 or tokens[i - 3][2] != ".")
+        )
+    return plain_calls
 
 
 def view_flags(view: Any, where: str) -> Iterator[tuple[str, tuple[str, str]]]:

@@ -529,6 +529,7 @@ def test_a_process_stopping_while_another_sends_the_last_batch_says_the_backlog(
         said = [r.getMessage() for r in caplog.records if "not yet delivered" in r.getMessage()]
         assert len(said) == 1 and "holds 1 events" in said[0], said
         assert "the last send failed (HTTP 503)" in said[0]
+        assert f"as this process (pid {os.getpid()}) stops" in said[0]  # which worker said it
         sending.shutdown_timeout = 0
         sending.close()
 

@@ -375,6 +375,9 @@ def test_flask_flagware_check_names_the_flags_the_spec_lacks(tmp_path: Any, spec
     (tmp_path / "templates" / "page.html").write_text(
         "<p>\n{% if flags.gate('new_sigup') %}new{% endif %}\n"
         "{{ flags.experiment(\"button_color\").get('color') }} {{ flags.gate(name) }}\n"
+        # Not read as flags (a regular expression read each; a re-check):
+        "{# flags.gate('c') #}{% raw %}{{ flags.gate('r') }}{% endraw %}<p>flags.gate('t')</p>"
+        "{{ other.gate('o') }} {{ gate('plain') }}\n"
     )
     app = Flask(__name__, root_path=str(tmp_path))
     FlaskFlagware(app, client=Flagware(spec=spec_file, event_store=tmp_path / "e.db"))

@@ -51,9 +51,11 @@ def warn_undelivered(delivery: Delivery, shutdown_timeout: float, *, drained: bo
     if stats.backlog and (problem or not drained):
         log.warning(
             "flagware: the event store holds %d events not yet delivered to Statsig (this"
-            " process's and any other's) as this process stops: %s; they stay there, and"
-            " the next process that sends events sends them too (`flagware status`)",
+            " process's and any other's) as this process (pid %d) stops: %s; they stay"
+            " there, and the next process that sends events sends them too (`flagware"
+            " status`)",
             stats.backlog,
+            os.getpid(),  # gunicorn's workers each say it: which one (a re-check)
             f"the last send failed ({problem})"
             if problem
             else f"shutdown_timeout ({shutdown_timeout:g} s) ran out",
