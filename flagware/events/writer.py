@@ -388,9 +388,10 @@ class EventWriter:
         to ``timeout`` s; how many events are left."""
         if self._flusher == threading.get_ident():
             return 0  # a signal handler in this thread's own flush, which stores them all
-        # A flush running in the writer is waited for within the time given: at
-        # exit, one that outlived close()'s join is a write that hangs.
-        self.flush(timeout=min(5.0, timeout))
+        # A flush running in the writer is waited for within the time given (a
+        # second at least): at exit, one that outlived close()'s join is a
+        # write that hangs, not one about to end.
+        self.flush(timeout=min(5.0, max(1.0, timeout)))
         deadline, pause = time.monotonic() + timeout, 0.1
         while (self._held or self._queue.qsize()) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
