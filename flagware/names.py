@@ -50,12 +50,11 @@ def jinja_reads(env: Any, plain_calls: bool) -> Iterator[tuple[str, int, str, st
 
 
 def _on_flags(tokens: list[tuple[int, str, str]], i: int, plain_calls: bool) -> bool:
-    """Whether the call at ``i`` is ``flags.<kind>(...)`` or, with
-    ``plain_calls``, a bare ``<kind>(...)`` (not another object's method)."""
+    """Whether the call at ``i`` is ``flags.<kind>(...)`` (``request.flags``
+    too) or, with ``plain_calls``, a bare ``<kind>(...)``: not another
+    object's method."""
     if i >= 1 and tokens[i - 1][2] == ".":
-        return (
-            i >= 2 and tokens[i - 2][1:] == ("name", "flags") and (i < 3 or tokens[i - 3][2] != ".")
-        )
+        return i >= 2 and tokens[i - 2][1:] == ("name", "flags")
     return plain_calls
 
 
