@@ -94,21 +94,18 @@ def _client_backends(admin: Any) -> list[int]:
     return [int(pid) for (pid,) in rows]
 
 
-def test_an_exit_says_what_a_hung_write_held(
-    postgres_url: str, spec_file: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A write that never returns (its server process stopped mid-session)
-    held its batch out of the count: the exit waited 10 s and said nothing
-    of the event it lost."""
+@contextmanager
+def hung_write(postgres_url: str, fw: Flagware) -> Iterator[None]:
+    """The writer thread inside a write that does not return: its server
+    process stopped mid-session (SIGSTOP), resumed when the block ends."""
     import psycopg
 
     if os.geteuid() != 0:
         pytest.skip("stopping the server's processes needs root (CI runs as root)")
-    fw = Flagware(spec=spec_file, event_store=postgres_url, hash_key="k", shutdown_timeout=1.0)
     stopped: list[int] = []
     with psycopg.connect(postgres_url, autocommit=True) as admin:
         try:
-            fw.flags_for(user_id="u1").gate("everyone")
+            fw.flags_for(user_id="u0").gate("everyone")
             deadline = time.monotonic() + 10
             while fw.writer.stored == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)  # the writer thread stored it, on its own connection
@@ -117,15 +114,75 @@ def test_an_exit_says_what_a_hung_write_held(
                 os.kill(pid, signal.SIGSTOP)
                 stopped.append(pid)
             assert stopped
-            fw.flags_for(user_id="u2").gate("everyone")
+            fw.flags_for(user_id="u1").gate("everyone")
             time.sleep(0.5)  # the writer is inside that write now, for good
             assert fw.writer.waiting() == 1
-            with caplog.at_level(logging.ERROR, logger="flagware"):
-                _, took = timed(fw.close)
+            yield
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGCONT)
-    assert took < 7.0, took  # the writer's join (5 s), not one more wait for its lock
+
+
+def test_an_exit_says_what_a_hung_write_held(
+    postgres_url: str, spec_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that never returns held its batch out of the count: the exit
+    waited 10 s and said nothing of the event it lost."""
+    fw = Flagware(spec=spec_file, event_store=postgres_url, hash_key="k", shutdown_timeout=1.0)
+    with hung_write(postgres_url, fw), caplog.at_level(logging.ERROR, logger="flagware"):
+        _, took = timed(fw.close)
+    assert took < 1.0 + 2.5, took  # a second's join, a second for its lock: not 10 s
     assert any(
         "1 events held in all could not be stored before exit: lost" in m for m in caplog.messages
     ), caplog.messages
+
+
+def test_a_sigterm_during_a_hung_write_keeps_within_its_timeout(
+    postgres_url: str, spec_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM's store waited 5 s for the hung writer's lock, then each retry 5 s
+    more: a stop took 11.5 s with shutdown_timeout 5 (a re-check)."""
+    fw = Flagware(spec=spec_file, event_store=postgres_url, hash_key="k", shutdown_timeout=2.0)
+    with hung_write(postgres_url, fw), caplog.at_level(logging.ERROR, logger="flagware"):
+        fw.log_event("clicked", user_id="queued")  # requests go on: the queue is not empty
+        _, took = timed(lambda: fw.writer.stopping(fw.shutdown_timeout))
+        _, closing = timed(fw.close)
+    assert took < 2.0 + 1.0, took
+    assert closing < 2.0 + 1.0, closing  # a second's join, and a second's wait for the lock
+    assert any("does not answer" in m for m in caplog.messages), caplog.messages
+
+
+def test_a_write_that_hangs_is_said_and_so_is_its_end(
+    postgres_url: str,
+    spec_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that stops answering on an open connection raises nothing:
+    a re-check's workers said nothing of a 10 minute hang. The requests that
+    queue events say it once HUNG_AFTER s have passed (counted as a store
+    failure), request reads skip the database meanwhile, and the write's end
+    is said as a recovery."""
+    from flagware.events import writer
+    from flagware.events.store import request_reads
+    from flagware.events.store.postgres import PostgresStore
+
+    monkeypatch.setattr(writer, "HUNG_AFTER", 0.5)
+    fw = Flagware(spec=spec_file, event_store=postgres_url, hash_key="k")
+    try:
+        with hung_write(postgres_url, fw), caplog.at_level(logging.WARNING, logger="flagware"):
+            time.sleep(0.6)  # past HUNG_AFTER since the write began
+            for i in range(70):  # checked every 64 events queued
+                fw.log_event("clicked", user_id=f"v{i}")
+            said = [m for m in caplog.messages if "event store failed" in m]
+            assert len(said) == 1 and "a write has not returned for 0.5 s" in said[0], said
+            assert fw.errors[writer.STORE_FAILURE] == 1
+            with request_reads(), pytest.raises(Exception, match="not tried again"):
+                PostgresStore(postgres_url, create=False).exists()
+        deadline = time.monotonic() + 10
+        while fw.writer.waiting() and time.monotonic() < deadline:
+            time.sleep(0.05)  # resumed: the write returns, and the rest follows
+        assert fw.writer.waiting() == 0
+        assert any("takes writes again" in m for m in caplog.messages), caplog.messages
+    finally:
+        fw.close()

@@ -38,16 +38,20 @@ from typing import Any
 
 from flagware.events import shutdown
 from flagware.events.model import Event
-from flagware.events.store import Store
+from flagware.events.store import Store, StoreUnavailable
 from flagware.events.store.base import event_row
 from flagware.locks import ProcessLock
-from flagware.outages import is_refusal
+from flagware.outages import describe, is_outage, is_refusal
 from flagware.threads import start_thread
 
 log = logging.getLogger("flagware")
 
 MAX_BATCH = 5000
 STORE_FAILURE = "event store"  # where a failed append is reported (Flagware.errors key)
+# Seconds a write may take before it is said to hang: a database that stops
+# answering (up, frozen) holds a write on an open connection for good, and a
+# trial's workers said nothing for a 10 minute hang.
+HUNG_AFTER = 10.0
 # About 40 MB of events (~750 bytes each): a store outage of 25 s at 2,000
 # events/s per process before anything is dropped.
 DEFAULT_MAX_QUEUE = 50_000
@@ -110,6 +114,7 @@ class EventWriter:
         # Events of the batch being written: a write that never returns (a
         # database that hangs mid-COPY) holds them, and an exit loses them.
         self._writing = 0
+        self._write_began = 0.0  # monotonic time the write in flight began
         self._waited_out = False  # stopping() spent its timeout on a store that refused
         self._say_held_at = 0.0  # when _say_held may speak again
         self._room = self.max_queue  # what the queue may hold besides the held batch
@@ -140,6 +145,8 @@ class EventWriter:
         self._queue.put(event_row(event, self.deliver))
         if size == MAX_BATCH:  # a burst: store it now rather than at the next tick
             self._wake.set()
+        if self._writing and not size & 63:  # the writer cannot say it hangs: its callers do
+            self._check_hung()
         if shutdown.draining or self.inline:  # SIGTERM: the process may end without a flush
             self.flush(timeout=5)
             if self._waited_out and self._held:
@@ -254,7 +261,7 @@ class EventWriter:
             batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
             if not batch:
                 break
-            self._writing = len(batch)
+            self._writing, self._write_began = len(batch), time.monotonic()
             try:
                 self.store.append_rows(batch)
             except Exception as exc:  # keep the events for the next try, within the cap
@@ -303,7 +310,24 @@ class EventWriter:
         if self.on_recovered is not None:
             self.on_recovered()
 
+    def _check_hung(self) -> None:
+        """Say a write that has not returned for HUNG_AFTER s as an outage (its
+        end as a recovery); request reads skip the database meanwhile."""
+        if time.monotonic() - self._write_began < HUNG_AFTER:
+            return
+        if self._failing_since is None:
+            self._report(StoreUnavailable(f"a write has not returned for {HUNG_AFTER:g} s"))
+        else:
+            self._mark_away("a write does not return")
+
+    def _mark_away(self, failure: str) -> None:
+        away = getattr(self.store, "away", None)  # PostgreSQL's: see request_reads
+        if away is not None:
+            away(failure)
+
     def _report(self, exc: BaseException) -> None:
+        if is_outage(exc) and not is_refusal(exc):
+            self._mark_away(describe(exc))
         self._refusing = is_refusal(exc)
         if self._failing_since is None:
             self._failing_since = time.monotonic()
@@ -336,9 +360,10 @@ class EventWriter:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            # A SIGTERM that already waited out the outage (see stopping())
-            # waits a second for a write in flight, not five more.
-            thread.join(timeout=1.0 if self._waited_out else 5.0)
+            # Its write in flight, within the timeout (a second at least, at
+            # most five); after a SIGTERM that waited out the outage (see
+            # stopping()), a second.
+            thread.join(timeout=1.0 if self._waited_out else min(5.0, max(1.0, timeout)))
         # After such a SIGTERM: one more try, not a second wait.
         left = self.store_within(0.0 if self._waited_out else max(0.0, deadline - time.monotonic()))
         if left:  # the store still refuses writes: say what is lost, never silently
@@ -362,8 +387,9 @@ class EventWriter:
         if left:
             log.error(
                 "flagware: %d queued events could not be stored within %g s of SIGTERM (the"
-                " store refuses writes); they and the events of requests still in flight are"
-                " tried again until this process ends, and lost if it ends first",
+                " store refuses writes or does not answer); they and the events of requests"
+                " still in flight are tried again until this process ends, and lost if it"
+                " ends first",
                 left,
                 timeout,
             )
@@ -390,13 +416,14 @@ class EventWriter:
             return 0  # a signal handler in this thread's own flush, which stores them all
         # A flush running in the writer is waited for within the time given (a
         # second at least): at exit, one that outlived close()'s join is a
-        # write that hangs, not one about to end.
-        self.flush(timeout=min(5.0, max(1.0, timeout)))
+        # write that hangs, not one about to end. Its waits count against the
+        # time (a hung database's SIGTERM waited 5 s more each).
         deadline, pause = time.monotonic() + timeout, 0.1
+        self.flush(timeout=min(5.0, max(1.0, timeout)))
         while (self._held or self._queue.qsize()) and time.monotonic() < deadline:
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(2 * pause, 1.0)
-            self.flush(timeout=5)
+            self.flush(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
         return self._left()
 
     def _left(self) -> int:

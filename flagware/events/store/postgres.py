@@ -177,6 +177,11 @@ class PostgresStore(SQLStore):
         # The URL's own connect_timeout wins, except for a request's reads.
         self._timeout = {} if "connect_timeout" in conninfo_to_dict(self.url) else _TIMEOUT
 
+    def away(self, failure: str) -> None:
+        """The writer's word that the database is away (a failed or hung write):
+        request reads skip it for AWAY_SKIP s, as after one of their own fails."""
+        _away[self.url] = (time.monotonic() + AWAY_SKIP, failure)
+
     def _connect(self) -> psycopg.Connection[Any]:
         driver = _psycopg()
         timeout = self._timeout
@@ -194,7 +199,7 @@ class PostgresStore(SQLStore):
             conn: psycopg.Connection[Any] = driver.connect(self.url, autocommit=True, **timeout)
         except driver.OperationalError as exc:
             if _request_reads.get():
-                _away[self.url] = (time.monotonic() + AWAY_SKIP, " ".join(str(exc).split()))
+                self.away(" ".join(str(exc).split()))
             raise
         try:
             if not self._schema_ready:
