@@ -119,6 +119,7 @@ class DiagnosticsApp:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._hops:
             proxies.proxy_fix(environ, self._hops)
+        self.client.writer.check_hung()  # a hung write keeps the reads below off the database
         with request_reads():  # a hung database held each poll 10 s (a trial)
             return self._serve(environ, start_response)
 

@@ -145,8 +145,8 @@ class EventWriter:
         self._queue.put(event_row(event, self.deliver))
         if size == MAX_BATCH:  # a burst: store it now rather than at the next tick
             self._wake.set()
-        if self._writing and not size & 63:  # the writer cannot say it hangs: its callers do
-            self._check_hung()
+        if self._writing:  # the writer cannot say it hangs: its callers do
+            self.check_hung()
         if shutdown.draining or self.inline:  # SIGTERM: the process may end without a flush
             self.flush(timeout=5)
             if self._waited_out and self._held:
@@ -261,7 +261,8 @@ class EventWriter:
             batch, self._held = self._held or self._take(min(MAX_BATCH, self.max_queue)), []
             if not batch:
                 break
-            self._writing, self._write_began = len(batch), time.monotonic()
+            self._write_began = time.monotonic()  # first: check_hung reads _writing first
+            self._writing = len(batch)
             try:
                 self.store.append_rows(batch)
             except Exception as exc:  # keep the events for the next try, within the cap
@@ -310,12 +311,14 @@ class EventWriter:
         if self.on_recovered is not None:
             self.on_recovered()
 
-    def _check_hung(self) -> None:
-        """Say a write that has not returned for HUNG_AFTER s as an outage (its
-        end as a recovery); request reads skip the database meanwhile."""
-        if time.monotonic() - self._write_began < HUNG_AFTER:
+    def check_hung(self) -> None:
+        """Say a write that has not returned for HUNG_AFTER s as an outage, from
+        when it began (its end as a recovery), and keep request reads off the
+        database meanwhile (each queued event and diagnostics request asks)."""
+        if not self._writing or time.monotonic() - self._write_began < HUNG_AFTER:
             return
         if self._failing_since is None:
+            self._failing_since = self._write_began
             self._report(StoreUnavailable(f"a write has not returned for {HUNG_AFTER:g} s"))
         else:
             self._mark_away("a write does not return")
