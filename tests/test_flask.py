@@ -362,7 +362,9 @@ def test_a_visitor_who_logs_in_keeps_a_stableid_group_and_the_resolver_sees_the_
         fw.close()
 
 
-def test_flask_flagware_check_names_the_flags_the_spec_lacks(tmp_path: Any, spec_file: Any) -> None:
+def test_flask_flagware_check_names_the_flags_the_spec_lacks(
+    tmp_path: Any, spec_file: Any, request: pytest.FixtureRequest
+) -> None:
     """`flask flagware check`: a misspelt @feature_gate answered 404 to every
     visitor, and a misspelt flags.gate(...) in a template read False, said
     once in the log at the first request (W006 and W007 are Django's)."""
@@ -380,7 +382,9 @@ def test_flask_flagware_check_names_the_flags_the_spec_lacks(tmp_path: Any, spec
         "{{ other.gate('o') }} {{ gate('plain') }}\n"
     )
     app = Flask(__name__, root_path=str(tmp_path))
-    FlaskFlagware(app, client=Flagware(spec=spec_file, event_store=tmp_path / "e.db"))
+    clients = [Flagware(spec=spec_file, event_store=tmp_path / "e.db")]  # the caller's to close
+    request.addfinalizer(lambda: [c.close() for c in clients])
+    FlaskFlagware(app, client=clients[0])
 
     @app.get("/signup")
     @feature_gate("new_sigup")
@@ -430,7 +434,8 @@ def test_flask_flagware_check_names_the_flags_the_spec_lacks(tmp_path: Any, spec
         + '[experiments.nobody2]\ngroups = [{ name = "A", weight = 100 }]\n'
     )
     ok = Flask(__name__, root_path=str(tmp_path))
-    FlaskFlagware(ok, client=Flagware(spec=fixed, event_store=tmp_path / "f.db"))
+    clients.append(Flagware(spec=fixed, event_store=tmp_path / "f.db"))
+    FlaskFlagware(ok, client=clients[-1])
     result = ok.test_cli_runner().invoke(args=["flagware", "check"])
     assert result.exit_code == 0, result.output
     assert f"every flag the views and templates read is defined in {fixed}" in result.output
