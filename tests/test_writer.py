@@ -454,3 +454,27 @@ def test_flush_with_wait_says_what_it_could_not_store(
         "flagware: 5 events could not be stored within 0.6 s (the store refuses writes); they"
         " wait in this process's memory, and a process that ends now loses them"
     ]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_say_its_parents_write_hangs(store: Store) -> None:
+    """A child forked while its parent's writer was inside a write inherits
+    that write's state; its first diagnostics request asked whether a write
+    hangs before the child had a writer of its own."""
+    errors: list[str] = []
+    writer = EventWriter(store, on_error=lambda exc, where: errors.append(str(exc)))
+    writer.put(Event("e", {"userID": "u"}))
+    writer.flush()
+    writer._writing, writer._write_began = 1, 0.0  # the parent, mid-write, long ago
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: asked before it queued anything
+        writer.check_hung()
+        os.write(write, str(len(errors)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"0"
+    writer.check_hung()  # the parent's own: said
+    assert errors and "has not returned" in errors[0]
+    writer._writing = 0
+    writer.close()

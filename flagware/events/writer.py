@@ -317,6 +317,8 @@ class EventWriter:
         database meanwhile (each queued event and diagnostics request asks)."""
         if not self._writing or time.monotonic() - self._write_began < HUNG_AFTER:
             return
+        if self._pid != os.getpid():  # a parent's write, inherited by a fork
+            return
         if self._failing_since is None:
             self._failing_since = self._write_began
             self._report(StoreUnavailable(f"a write has not returned for {HUNG_AFTER:g} s"))
