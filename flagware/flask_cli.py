@@ -20,14 +20,13 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from flagware.names import Read, jinja_reads, undefined_flags, view_flags
+from flagware.names import Read, decorator_reads, jinja_reads, undefined_flags, view_flags
 
 if TYPE_CHECKING:
     from flagware.engine.local import LocalSpec
 
 cli = AppGroup("flagware", help="flagware's commands for this app.")
 
-_DECORATORS = {"gate": "@feature_gate", "experiment": "@experiment"}
 _TEMPLATES = {"gate": "flags.gate(...)", "experiment": "flags.experiment(...)"}
 
 
@@ -52,10 +51,7 @@ def check() -> None:
 
 def _lacking(app: Flask, engine: LocalSpec) -> Iterator[tuple[str, str]]:
     views = sorted({flag for view in app.view_functions.values() for flag in _views(view)})
-    reads: list[Read] = [
-        (f"{where} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS)
-        for where, (kind, name) in views
-    ]
+    reads: list[Read] = list(decorator_reads(views))
     for source, line, kind, name in jinja_reads(app.jinja_env, plain_calls=False):
         where = f"{_shown(source, app.root_path)}:{line}: {_TEMPLATES[kind]}"
         reads.append((f"{where} reads {kind} {name!r}", kind, name, _TEMPLATES))

@@ -16,7 +16,15 @@ from typing import Any
 from flagware.decorators import FLAGS_READ
 from flagware.spec import Spec, did_you_mean
 
-__all__ = ["KINDS", "Read", "jinja_reads", "undefined_flag", "undefined_flags", "view_flags"]
+__all__ = [
+    "KINDS",
+    "Read",
+    "decorator_reads",
+    "jinja_reads",
+    "undefined_flag",
+    "undefined_flags",
+    "view_flags",
+]
 
 # A flag read somewhere: (what reads it, as the message starts; kind; name;
 # how each kind is read there, for the hint).
@@ -75,6 +83,15 @@ def view_flags(view: Any, where: str) -> Iterator[tuple[str, tuple[str, str]]]:
             seen.add(flag)
             yield f"{named}.{attr}", flag
     yield from ((named, f) for f in getattr(view, FLAGS_READ, ()) if f not in seen)
+
+
+_DECORATORS = {"gate": "@feature_gate", "experiment": "@experiment"}
+
+
+def decorator_reads(views: Iterable[tuple[str, tuple[str, str]]]) -> Iterator[Read]:
+    """The reads of :func:`view_flags`' (view, flag) pairs, as the checks say them."""
+    for where, (kind, name) in views:
+        yield f"{where} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS
 
 
 def undefined_flag(

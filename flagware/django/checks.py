@@ -34,7 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from flagware.django import conf
 from flagware.events.store import open_store, redact
-from flagware.names import undefined_flags, view_flags
+from flagware.names import decorator_reads, undefined_flags, view_flags
 from flagware.settings import (
     CHECKED_DEFAULTS,
     DEFAULT_SPEC,
@@ -133,9 +133,6 @@ def local_spec() -> Spec | None:
     return None if path is None else load_spec(path)
 
 
-_DECORATORS = {"gate": "@feature_gate", "experiment": "@experiment"}
-
-
 @register("flagware", checks.Tags.urls)
 def check_views(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
@@ -154,10 +151,7 @@ def check_views(
         return []
     if spec is None:
         return []
-    reads = (
-        (f"{view} is decorated with {_DECORATORS[kind]}({name!r})", kind, name, _DECORATORS)
-        for view, (kind, name) in sorted(set(_flags_read(patterns)))
-    )
+    reads = decorator_reads(sorted(set(_flags_read(patterns))))
     return [checks.Warning(m, hint=h, id="flagware.W006") for m, h in undefined_flags(spec, reads)]
 
 
